@@ -1,0 +1,219 @@
+//! Hook commands (SPEC §4): each runs as `sh -c COMMAND` in stretcher's own working
+//! directory, one after another, with `STRETCHER_*` in its environment; its stdout
+//! and stderr become log lines as they arrive. `success` / `failure` commands get the
+//! whole log of the run on stdin; one that does not read it is not an error.
+//!
+//! The only module that starts processes. A hook runs in its own process group, so
+//! a signal to stretcher stops the hook's whole group and nothing is left behind.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::interrupt;
+use crate::log;
+use crate::logln;
+
+/// What the hooks learn about the deploy through their environment.
+#[derive(Debug, Clone, Default)]
+pub struct HookEnv {
+    pub dest: String,
+    pub src: String,
+    pub manifest_url: String,
+}
+
+impl HookEnv {
+    fn vars(&self) -> [(&'static str, &str); 3] {
+        [
+            ("STRETCHER_DEST", &self.dest),
+            ("STRETCHER_SRC", &self.src),
+            ("STRETCHER_MANIFEST_URL", &self.manifest_url),
+        ]
+    }
+}
+
+/// Runs `commands` in order, stdin from /dev/null; stops at the first failure.
+pub fn run(commands: &[String], env: &HookEnv) -> Result<()> {
+    for c in commands {
+        run_one(c, env, None)?;
+    }
+    Ok(())
+}
+
+/// Runs `commands` in order, each with `input` (the log) on its stdin.
+pub fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Result<()> {
+    for c in commands {
+        run_one(c, env, Some(input))?;
+    }
+    Ok(())
+}
+
+/// How long to wait, after a hook exited, for output still held open by something it
+/// left running in the background (`server &`): then the log moves on without it.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
+    interrupt::check()?;
+    logln!("Invoking command: {command}");
+    let (reader, writer) = io::pipe().map_err(|e| spawn_error(command, e))?;
+    let writer2 = writer.try_clone().map_err(|e| spawn_error(command, e))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .envs(env.vars())
+        .stdout(writer)
+        .stderr(writer2)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| spawn_error(command, e))?;
+    // The Command still holds the write ends of the pipe; drop it so the reader sees
+    // EOF once the hook (and its children) close theirs.
+    drop(cmd);
+
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let l = line.strip_suffix(b"\n").unwrap_or(&line);
+                    log::line(String::from_utf8_lossy(l));
+                }
+            }
+        }
+        let _ = done_tx.send(());
+    });
+
+    let feeder = input.zip(child.stdin.take()).map(|(data, mut stdin)| {
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            // A hook that does not read its stdin closes the pipe: EPIPE is expected
+            // and not an error (the process ignores SIGPIPE, as Rust programs do).
+            let _ = stdin.write_all(&data);
+        })
+    });
+
+    let status = wait(&mut child, command)?;
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let _ = done_rx.recv_timeout(OUTPUT_GRACE);
+    check_status(command, status)
+}
+
+/// Waits for the hook, killing its process group if a signal arrives meanwhile.
+fn wait(child: &mut Child, command: &str) -> Result<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(e) => return Err(spawn_error(command, e)),
+        }
+        if let Some(sig) = interrupt::pending() {
+            kill_group(child);
+            let _ = child.wait();
+            logln!("stopped command {command:?}: interrupted by {sig}");
+            return Err(Error::Interrupted(sig));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill_group(child: &Child) {
+    if let Ok(id) = i32::try_from(child.id()) {
+        let pg = Pid::from_raw(id);
+        let _ = killpg(pg, Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+}
+
+fn check_status(command: &str, status: ExitStatus) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| sig.to_string());
+            format!("killed by signal {name}")
+        }
+        (None, None) => "failed".to_string(),
+    };
+    Err(Error::Hook {
+        command: command.to_string(),
+        status,
+    })
+}
+
+fn spawn_error(command: &str, source: io::Error) -> Error {
+    Error::Spawn {
+        command: command.to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HookEnv {
+        HookEnv {
+            dest: "/d".into(),
+            src: "file:///s".into(),
+            manifest_url: "file:///m".into(),
+        }
+    }
+
+    #[test]
+    fn failure_is_reported_like_the_original() {
+        let e = run(&["echo 'FOO'; echo 'BAR' 2>&1; false".to_string()], &env()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "failed: echo 'FOO'; echo 'BAR' 2>&1; false exit status 1"
+        );
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(log.contains(" FOO\n") && log.contains(" BAR\n"), "{log}");
+    }
+
+    #[test]
+    fn environment_and_output_reach_the_log() {
+        run(
+            &["echo \"dest=$STRETCHER_DEST src=$STRETCHER_SRC m=$STRETCHER_MANIFEST_URL\" >&2"
+                .to_string()],
+            &env(),
+        )
+        .unwrap();
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(log.contains(" dest=/d src=file:///s m=file:///m\n"), "{log}");
+    }
+
+    #[test]
+    fn unread_stdin_is_not_an_error() {
+        let big = vec![b'x'; 1 << 20];
+        run_with_input(&["echo ok".to_string()], &env(), &big).unwrap();
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(!log.contains("roken pipe"), "{log}");
+    }
+
+    #[test]
+    fn signal_death_is_named() {
+        let e = run(&["kill -9 $$".to_string()], &env()).unwrap_err();
+        assert_eq!(e.to_string(), "failed: kill -9 $$ killed by signal SIGKILL");
+    }
+}

@@ -1,0 +1,31 @@
+//! stretcher: a pull-based deployment agent.
+//!
+//! The flow of one run (SPEC §5), each step owned by one module:
+//!
+//! ```text
+//! argv ─cli::parse→ Options                 stdin, env ─event::read→ Event
+//! Event.url ─fetch (text)→ manifest::parse(text, base_url) → Manifest
+//! Manifest.src ─fetch::download (hashing as bytes arrive)→ Verified<temp file>
+//! hooks::run(pre) → unpack → Staged (dest untouched) → sync::plan → sync::apply → Stats
+//! hooks::run(post) → hooks::finish(success | failure, log snapshot on stdin)
+//! ```
+//!
+//! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
+//! `dest`, only `hooks` starts processes, only `fetch` reads sources.
+
+pub mod cli;
+pub mod deploy;
+pub mod error;
+pub mod event;
+pub mod fetch;
+pub mod filter;
+pub mod hooks;
+pub mod interrupt;
+pub mod log;
+pub mod manifest;
+pub mod state;
+pub mod sync;
+pub mod unpack;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,82 @@
+//! Go-`log`-style timestamped lines on stderr, and an in-memory copy of them (SPEC §9).
+//!
+//! Every line is `2006/01/02 15:04:05 message` in local time. The copy is what the
+//! `success` / `failure` hooks get on stdin. This module never decides what to log.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
+
+static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+fn buffer() -> MutexGuard<'static, Vec<u8>> {
+    // A panic while holding the lock cannot leave the Vec in a broken state, so a
+    // poisoned lock is still safe to use.
+    BUFFER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Logs a message: each of its lines becomes one timestamped line.
+pub fn line(msg: impl Display) {
+    let text = msg.to_string();
+    let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
+    let mut out = String::with_capacity(text.len() + 24);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    for l in body.split('\n') {
+        out.push_str(&stamp);
+        out.push(' ');
+        out.push_str(l);
+        out.push('\n');
+    }
+    let mut buf = buffer();
+    buf.extend_from_slice(out.as_bytes());
+    // stderr may be closed (a handler redirected nowhere); the in-memory copy is
+    // what matters for the hooks, so a failed write is not an error.
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+}
+
+/// Logs raw bytes (hook output), one timestamped line per input line; invalid
+/// UTF-8 is shown lossily.
+pub fn bytes(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    line(String::from_utf8_lossy(data));
+}
+
+/// A copy of everything logged so far in this run.
+pub fn snapshot() -> Vec<u8> {
+    buffer().clone()
+}
+
+/// Forgets the in-memory copy (start of a run; tests).
+pub fn reset() {
+    buffer().clear();
+}
+
+/// `logln!("downloaded {} bytes", n)`: format and log one message.
+#[macro_export]
+macro_rules! logln {
+    ($($arg:tt)*) => {
+        $crate::log::line(format_args!($($arg)*))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_is_stamped() {
+        line("first\nsecond\n");
+        let snap = String::from_utf8(snapshot()).unwrap();
+        let tail: Vec<&str> = snap.lines().rev().take(2).collect();
+        for l in &tail {
+            // 2006/01/02 15:04:05 = 19 chars, then a space
+            assert_eq!(l.as_bytes()[4], b'/');
+            assert_eq!(l.as_bytes()[13], b':');
+            assert_eq!(l.as_bytes()[19], b' ');
+        }
+        assert!(tail[1].ends_with(" first"));
+        assert!(tail[0].ends_with(" second"));
+    }
+}
