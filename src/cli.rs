@@ -1,1 +1,649 @@
-//! (being written)
+//! Command line → validated `Options` (SPEC §3, §10).
+//!
+//! One job: turn argv into either `Command::Help`, `Command::Version` or a
+//! `Command::Run(Options)` whose every field is already checked. Go-style
+//! `-flag`, `--flag`, `-flag=value` and `-flag value` are first rewritten into
+//! the one form argh understands (`--flag value`), then argh does the parsing.
+//!
+//! It must never exit the process, print, or touch the environment: bad usage is
+//! returned as `Error::Usage` (exit 2) and `main` decides what to do with it.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::error::{Error, Result};
+
+/// The version printed by `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Validated run options (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Download rate cap in bytes per second; `None` = unlimited (`0` means that too).
+    pub max_bandwidth: Option<u64>,
+    /// Whole-download deadline, retries included; `None` = no deadline (`0`).
+    pub timeout: Option<Duration>,
+    /// Upper bound of the random sleep before anything else; `None` = no sleep.
+    pub random_delay: Option<Duration>,
+    /// Extra download attempts after a failure.
+    pub retry: u32,
+    /// Pause between download attempts (default 3s).
+    pub retry_wait: Duration,
+    /// `""` → 0, `-v` → 1 (default), `-vv` → 2, `-vvv` → 3.
+    pub rsync_verbose: u8,
+    /// The positional manifest URL or local path, if given.
+    pub target: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_bandwidth: None,
+            timeout: None,
+            random_delay: None,
+            retry: 0,
+            retry_wait: DEFAULT_RETRY_WAIT,
+            rsync_verbose: 1,
+            target: None,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Version,
+    Help,
+}
+
+const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
+
+/// Flags that take a value, by canonical name, with the aliases that map onto them.
+const VALUE_FLAGS: &[(&str, &str)] = &[
+    ("max-bandwidth", "max-bandwidth"),
+    ("max-band-width", "max-bandwidth"),
+    ("timeout", "timeout"),
+    ("random-delay", "random-delay"),
+    ("retry", "retry"),
+    ("retry-wait", "retry-wait"),
+    ("rsync-verbose", "rsync-verbose"),
+];
+
+/// The raw, string-valued flags argh parses; validation happens in `validate`.
+#[derive(FromArgs, Debug)]
+/// A pull-based deployment agent.
+struct RawArgs {
+    /// max bandwidth
+    #[argh(option)]
+    max_bandwidth: Option<String>,
+    /// timeout
+    #[argh(option)]
+    timeout: Option<String>,
+    /// random delay
+    #[argh(option)]
+    random_delay: Option<String>,
+    /// retry
+    #[argh(option)]
+    retry: Option<String>,
+    /// retry wait
+    #[argh(option)]
+    retry_wait: Option<String>,
+    /// rsync verbose
+    #[argh(option)]
+    rsync_verbose: Option<String>,
+    /// manifest URL or path
+    #[argh(positional)]
+    target: Vec<String>,
+}
+
+/// Parses argv (without argv[0]).
+pub fn parse(args: &[OsString]) -> Result<Command> {
+    let argv = normalize(args)?;
+    let (opts, rest) = match argv.iter().position(|a| a == "--") {
+        Some(i) => (&argv[..i], &argv[i..]),
+        None => (&argv[..], &argv[argv.len()..]),
+    };
+    // `normalize` keeps a value right after its flag, so a bare `--help` /
+    // `--version` at an even position among the flag words is the flag itself.
+    let mut words = opts.iter();
+    let (mut help, mut version) = (false, false);
+    let mut for_argh: Vec<&str> = Vec::with_capacity(argv.len());
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--help" => help = true,
+            "--version" => version = true,
+            flag => {
+                for_argh.push(flag);
+                if let Some(value) = words.next() {
+                    for_argh.push(value);
+                }
+            }
+        }
+    }
+    if help {
+        return Ok(Command::Help);
+    }
+    if version {
+        return Ok(Command::Version);
+    }
+    for_argh.extend(rest.iter().map(String::as_str));
+    let raw = RawArgs::from_args(&["stretcher"], &for_argh).map_err(|e| {
+        // `--help` never reaches argh (it is handled above), so any early exit is
+        // an error; argh's message ends with a newline.
+        Error::Usage(e.output.trim_end().to_string())
+    })?;
+    validate(raw).map(Command::Run)
+}
+
+/// Rewrites argv into the canonical form: `--name value` pairs (aliases resolved,
+/// `=value` split off), `--help`, `--version`, then `--` and the positionals.
+fn normalize(args: &[OsString]) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    let mut positionals = Vec::new();
+    let mut iter = args.iter();
+    let mut options_ended = false;
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_str().ok_or_else(|| {
+            Error::Usage(format!(
+                "argument {:?} is not valid UTF-8",
+                arg.to_string_lossy()
+            ))
+        })?;
+        if options_ended || arg == "-" || !arg.starts_with('-') {
+            positionals.push(arg.to_string());
+            continue;
+        }
+        if arg == "--" {
+            options_ended = true;
+            continue;
+        }
+        let body = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-'))
+            .unwrap_or(arg);
+        if body.is_empty() || body.starts_with('-') || body.starts_with('=') {
+            return Err(Error::Usage(format!("bad flag syntax: {arg}")));
+        }
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (body, None),
+        };
+        match name {
+            "h" | "help" | "v" | "version" => {
+                if inline.is_some() {
+                    return Err(Error::Usage(format!("flag -{name} does not take a value")));
+                }
+                let canonical = if name.starts_with('h') {
+                    "--help"
+                } else {
+                    "--version"
+                };
+                flags.push(canonical.to_string());
+            }
+            _ => {
+                let Some(&(_, canonical)) = VALUE_FLAGS.iter().find(|(n, _)| *n == name) else {
+                    return Err(Error::Usage(format!(
+                        "unknown flag: {arg} (see stretcher --help)"
+                    )));
+                };
+                let value = match inline {
+                    Some(v) => v.to_string(),
+                    // The next word is the value whatever it looks like:
+                    // `--rsync-verbose -vv` must work.
+                    None => match iter.next() {
+                        Some(v) => v
+                            .to_str()
+                            .ok_or_else(|| {
+                                Error::Usage(format!("value of -{name} is not valid UTF-8"))
+                            })?
+                            .to_string(),
+                        None => {
+                            return Err(Error::Usage(format!("flag needs an argument: -{name}")))
+                        }
+                    },
+                };
+                flags.push(format!("--{canonical}"));
+                flags.push(value);
+            }
+        }
+    }
+    if !positionals.is_empty() {
+        flags.push("--".to_string());
+        flags.extend(positionals);
+    }
+    Ok(flags)
+}
+
+fn validate(raw: RawArgs) -> Result<Options> {
+    let mut o = Options::default();
+    if let Some(v) = raw.max_bandwidth {
+        o.max_bandwidth = Some(parse_bytes(&v).map_err(|m| bad_value("max-bandwidth", &v, &m))?)
+            .filter(|&n| n > 0);
+    }
+    if let Some(v) = raw.timeout {
+        o.timeout = Some(parse_duration(&v).map_err(|m| bad_value("timeout", &v, &m))?)
+            .filter(|d| !d.is_zero());
+    }
+    if let Some(v) = raw.random_delay {
+        o.random_delay = Some(parse_duration(&v).map_err(|m| bad_value("random-delay", &v, &m))?)
+            .filter(|d| !d.is_zero());
+    }
+    if let Some(v) = raw.retry {
+        o.retry = parse_count(&v).map_err(|m| bad_value("retry", &v, &m))?;
+    }
+    if let Some(v) = raw.retry_wait {
+        o.retry_wait = parse_duration(&v).map_err(|m| bad_value("retry-wait", &v, &m))?;
+    }
+    if let Some(v) = raw.rsync_verbose {
+        o.rsync_verbose = match v.as_str() {
+            "" => 0,
+            "-v" => 1,
+            "-vv" => 2,
+            "-vvv" => 3,
+            _ => {
+                return Err(bad_value(
+                    "rsync-verbose",
+                    &v,
+                    "expected \"\", -v, -vv or -vvv",
+                ))
+            }
+        };
+    }
+    let mut targets = raw.target.into_iter();
+    o.target = targets.next();
+    if let Some(extra) = targets.next() {
+        return Err(Error::Usage(format!(
+            "only one manifest URL or path may be given (extra argument {extra:?})"
+        )));
+    }
+    if o.target.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(Error::Usage("the manifest URL argument is empty".into()));
+    }
+    Ok(o)
+}
+
+fn bad_value(flag: &str, value: &str, msg: &str) -> Error {
+    Error::Usage(format!("invalid value {value:?} for flag --{flag}: {msg}"))
+}
+
+/// A byte count as go-humanize's `ParseBytes` reads it: `1000000`, `10M` = `10MB`
+/// = 10^7, `512KiB` = 512·2^10, `1.5GB`, any case, spaces and `,` allowed.
+fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    if t.is_empty() {
+        // The Go tool treated an empty value as "no limit".
+        return Ok(0);
+    }
+    let without_commas: String = t.chars().filter(|&c| c != ',').collect();
+    parse_size::parse_size(&without_commas)
+        .map_err(|e| format!("{e}; expected bytes per second like 1000000, 10M, 512KiB"))
+}
+
+/// A non-negative integer count.
+fn parse_count(text: &str) -> std::result::Result<u32, String> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    t.parse::<u32>()
+        .map_err(|e| format!("{e}; expected a non-negative integer"))
+}
+
+/// Seconds (`30`, `2.5`) or a duration (`1m30s`, `500ms`, `1.5h`, `2 minutes`).
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    const HINT: &str = "expected seconds (30, 2.5) or a duration (1m30s, 500ms)";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("empty; {HINT}"));
+    }
+    if t.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{e}; {HINT}"));
+    }
+    if let Some(d) = parse_go_duration(t) {
+        return Ok(d);
+    }
+    humantime::parse_duration(t).map_err(|e| format!("{e}; {HINT}"))
+}
+
+/// Go's `time.ParseDuration` for non-negative values: `[+]{number unit}+`, units
+/// ns, us, µs, ms, s, m, h; fractions allowed (`1.5h`); `0` alone is zero.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let s = text.strip_prefix('+').unwrap_or(text);
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let mut total_ns: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." {
+            return None;
+        }
+        let value: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total_ns += value * scale;
+        rest = tail;
+    }
+    if !total_ns.is_finite() || total_ns > u64::MAX as f64 {
+        return None;
+    }
+    Some(Duration::from_nanos(total_ns.round() as u64))
+}
+
+/// The `--help` text: every flag, both spellings, and the ways to hand over a URL.
+pub fn usage() -> String {
+    format!(
+        "\
+stretcher {VERSION} - a pull-based deployment agent
+
+Usage:
+  stretcher [FLAGS] [MANIFEST_URL | PATH]
+  consul watch -type event -name NAME stretcher [FLAGS]
+  serf agent -event-handler \"user:NAME=stretcher [FLAGS]\"
+  echo MANIFEST_URL | stretcher [FLAGS]
+
+Without a positional argument the manifest URL is read from stdin: a Consul event
+list (JSON), a Serf user event payload, or one line. A local PATH means file://PATH.
+
+Flags (each may be written -flag or --flag, with =value or a separate value):
+  --max-bandwidth BYTES   cap the download rate of src, bytes per second
+                          (1000000, 10M = 10MB = 10^7, 512KiB); 0 = unlimited
+                          (alias --max-band-width)
+  --timeout DURATION      whole-download deadline, retries included: seconds (30)
+                          or a duration (1m30s, 500ms); 0 = none (default)
+  --random-delay DURATION sleep a random time in [0, DURATION) before anything
+                          else: seconds (2.5) or a duration
+  --retry N               extra download attempts after a failure (default 0)
+  --retry-wait DURATION   pause between download attempts (default 3s)
+  --rsync-verbose LEVEL   how much of the sync is logged: \"\", -v (default), -vv, -vvv
+  -v, --version           print the version and exit
+  -h, --help              print this help and exit
+
+Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
+(CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    fn run(args: &[&str]) -> Options {
+        match parse(&os(args)) {
+            Ok(Command::Run(o)) => o,
+            other => panic!("{args:?}: expected Run, got {other:?}"),
+        }
+    }
+
+    fn usage_err(args: &[&str]) -> String {
+        match parse(&os(args)) {
+            Err(Error::Usage(m)) => m,
+            other => panic!("{args:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn normalizer_table() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&[], &[]),
+            (&["-timeout", "5"], &["--timeout", "5"]),
+            (&["--timeout", "5"], &["--timeout", "5"]),
+            (&["-timeout=5"], &["--timeout", "5"]),
+            (&["--timeout=5"], &["--timeout", "5"]),
+            (&["-max-band-width", "1M"], &["--max-bandwidth", "1M"]),
+            (&["--max-band-width=1M"], &["--max-bandwidth", "1M"]),
+            (&["-rsync-verbose", "-vv"], &["--rsync-verbose", "-vv"]),
+            (&["--rsync-verbose=-vv"], &["--rsync-verbose", "-vv"]),
+            (&["-rsync-verbose="], &["--rsync-verbose", ""]),
+            (&["-rsync-verbose", ""], &["--rsync-verbose", ""]),
+            (
+                &["--rsync-verbose", "-v", "x"],
+                &["--rsync-verbose", "-v", "--", "x"],
+            ),
+            (&["-v"], &["--version"]),
+            (&["-version"], &["--version"]),
+            (&["--version"], &["--version"]),
+            (&["-h"], &["--help"]),
+            (&["-help"], &["--help"]),
+            (&["--help"], &["--help"]),
+            (&["s3://b/m.yml"], &["--", "s3://b/m.yml"]),
+            (
+                &["s3://b/m.yml", "-retry", "2"],
+                &["--retry", "2", "--", "s3://b/m.yml"],
+            ),
+            (&["--", "-odd-name"], &["--", "-odd-name"]),
+            (&["-"], &["--", "-"]),
+            (&["help"], &["--", "help"]),
+            (&["--timeout", "--help"], &["--timeout", "--help"]),
+        ];
+        for (input, want) in cases {
+            let got = normalize(&os(input)).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(got, *want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn normalizer_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-timeout"], "flag needs an argument: -timeout"),
+            (&["--bogus"], "unknown flag: --bogus"),
+            (&["-state-dir", "/x"], "unknown flag: -state-dir"),
+            (&["---timeout", "1"], "bad flag syntax"),
+            (&["-=1"], "bad flag syntax"),
+            (&["-version=1"], "does not take a value"),
+        ];
+        for (input, want) in cases {
+            let e = normalize(&os(input)).expect_err(&format!("{input:?}"));
+            assert!(e.to_string().contains(want), "{input:?}: {e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = run(&[]);
+        assert_eq!(o, Options::default());
+        assert_eq!(o.retry_wait, Duration::from_secs(3));
+        assert_eq!(o.rsync_verbose, 1);
+        assert_eq!(o.max_bandwidth, None);
+        assert_eq!(o.timeout, None);
+        assert_eq!(o.target, None);
+    }
+
+    #[test]
+    fn help_and_version() {
+        for args in [&["-h"][..], &["--help"], &["-help"], &["-retry", "1", "-h"]] {
+            assert_eq!(parse(&os(args)).unwrap(), Command::Help, "{args:?}");
+        }
+        for args in [&["-v"][..], &["-version"], &["--version"], &["--v"]] {
+            assert_eq!(parse(&os(args)).unwrap(), Command::Version, "{args:?}");
+        }
+        // `-v` as the value of --rsync-verbose is not the version flag.
+        assert_eq!(run(&["--rsync-verbose", "-v"]).rsync_verbose, 1);
+        // After `--` it is a positional.
+        assert_eq!(run(&["--", "--help"]).target.as_deref(), Some("--help"));
+        // argh's own `help` trigger does not swallow a file named help.
+        assert_eq!(run(&["help"]).target.as_deref(), Some("help"));
+    }
+
+    #[test]
+    fn max_bandwidth_table() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("1000000", Some(1_000_000)),
+            ("10M", Some(10_000_000)),
+            ("10MB", Some(10_000_000)),
+            ("10mb", Some(10_000_000)),
+            ("10 MB", Some(10_000_000)),
+            ("512KiB", Some(512 * 1024)),
+            ("512kib", Some(512 * 1024)),
+            ("1.5GB", Some(1_500_000_000)),
+            ("2Ki", Some(2048)),
+            ("1,000,000", Some(1_000_000)),
+            ("100B", Some(100)),
+            ("0", None),
+            ("", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(run(&["-max-bandwidth", v]).max_bandwidth, *want, "{v:?}");
+            let joined = format!("--max-band-width={v}");
+            assert_eq!(run(&[&joined]).max_bandwidth, *want, "{joined:?}");
+        }
+        for bad in ["-1", "abc", "10XB", "1..5M"] {
+            let m = usage_err(&["--max-bandwidth", bad]);
+            assert!(m.contains("--max-bandwidth"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn durations_table() {
+        let cases: &[(&str, Duration)] = &[
+            ("30", Duration::from_secs(30)),
+            ("2.5", Duration::from_millis(2500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+            ("100us", Duration::from_micros(100)),
+            ("100µs", Duration::from_micros(100)),
+            ("2 minutes", Duration::from_secs(120)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_duration(v), Ok(*want), "{v:?}");
+        }
+        for bad in ["", "-1", "-1s", "abc", "5x", "1e400", "nan", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn duration_flags() {
+        let o = run(&[
+            "-timeout",
+            "1m30s",
+            "-random-delay=2.5",
+            "--retry-wait",
+            "500ms",
+        ]);
+        assert_eq!(o.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(o.random_delay, Some(Duration::from_millis(2500)));
+        assert_eq!(o.retry_wait, Duration::from_millis(500));
+        let o = run(&["-timeout", "0", "-random-delay", "0", "-retry-wait", "0"]);
+        assert_eq!(o.timeout, None);
+        assert_eq!(o.random_delay, None);
+        assert_eq!(o.retry_wait, Duration::ZERO);
+        for flag in ["timeout", "random-delay", "retry-wait"] {
+            let m = usage_err(&[&format!("--{flag}"), "-3"]);
+            assert!(m.contains(&format!("--{flag}")), "{m}");
+            let m = usage_err(&[&format!("-{flag}=soon")]);
+            assert!(m.contains(&format!("--{flag}")), "{m}");
+        }
+    }
+
+    #[test]
+    fn retry() {
+        assert_eq!(run(&["-retry", "3"]).retry, 3);
+        assert_eq!(run(&["--retry=0"]).retry, 0);
+        for bad in ["-1", "x", "1.5", ""] {
+            let m = usage_err(&["--retry", bad]);
+            assert!(m.contains("--retry"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn rsync_verbose_table() {
+        let cases: &[(&[&str], u8)] = &[
+            (&["-rsync-verbose="], 0),
+            (&["--rsync-verbose", ""], 0),
+            (&["--rsync-verbose", "-v"], 1),
+            (&["--rsync-verbose=-v"], 1),
+            (&["-rsync-verbose", "-vv"], 2),
+            (&["--rsync-verbose=-vv"], 2),
+            (&["--rsync-verbose", "-vvv"], 3),
+        ];
+        for (args, want) in cases {
+            assert_eq!(run(args).rsync_verbose, *want, "{args:?}");
+        }
+        for bad in ["-vvvv", "v", "-q", "1"] {
+            let m = usage_err(&["--rsync-verbose", bad]);
+            assert!(m.contains("--rsync-verbose"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn positional() {
+        assert_eq!(
+            run(&["-retry", "1", "s3://b/m.yml"]).target.as_deref(),
+            Some("s3://b/m.yml")
+        );
+        assert_eq!(
+            run(&["./manifest.yml", "--retry=1"]).target.as_deref(),
+            Some("./manifest.yml")
+        );
+        let m = usage_err(&["a.yml", "b.yml"]);
+        assert!(m.contains("only one"), "{m}");
+        usage_err(&[""]);
+    }
+
+    #[test]
+    fn argh_errors_become_usage() {
+        // A repeated flag: argh refuses it.
+        let m = usage_err(&["--retry", "1", "-retry", "2"]);
+        assert!(m.contains("retry"), "{m}");
+        // Unknown flag
+        usage_err(&["--dry-run"]);
+    }
+
+    #[test]
+    fn usage_lists_every_flag() {
+        let u = usage();
+        for flag in [
+            "--max-bandwidth",
+            "--max-band-width",
+            "--timeout",
+            "--random-delay",
+            "--retry ",
+            "--retry-wait",
+            "--rsync-verbose",
+            "--version",
+            "--help",
+        ] {
+            assert!(u.contains(flag), "usage lacks {flag}");
+        }
+    }
+}

@@ -1,1 +1,971 @@
-//! (being written)
+//! Manifest text → validated `Manifest` (SPEC §4, §10).
+//!
+//! One job: expand the `{{ env }}` / `{{ must_env }}` templates, read the YAML,
+//! and refuse anything wrong — missing `dest` / `checksum`, a bad checksum, an
+//! unknown strategy, a dangerous `dest`, a non-octal `dest_mode` — before a single
+//! byte of `src` is fetched or a command runs. A relative `src` is resolved against
+//! the manifest's own URL.
+//!
+//! It must never fetch, touch the filesystem, read the process environment
+//! directly (the caller passes a lookup), or log: unknown keys are returned for the
+//! caller to warn about.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_norway::Value;
+
+use crate::error::{Error, Result};
+use crate::event::has_scheme;
+use crate::verify::Checksum;
+
+/// How the unpacked tree reaches `dest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// `rsync -a --delete` semantics (the default).
+    #[default]
+    Rsync,
+    /// Rename the unpacked tree onto an absent or empty `dest`.
+    Mv,
+}
+
+/// Hook command lines, each run with `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Commands {
+    pub pre: Vec<String>,
+    pub post: Vec<String>,
+    pub success: Vec<String>,
+    pub failure: Vec<String>,
+}
+
+/// A manifest that passed every check of SPEC §4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Absolute URL of the archive; `None` for a commands-only manifest.
+    pub src: Option<String>,
+    /// Present whenever `src` is.
+    pub checksum: Option<Checksum>,
+    /// Absolute, normalised (no `//`, `/./`, trailing `/`); present whenever `src` is.
+    pub dest: Option<PathBuf>,
+    /// Permission bits for `dest` (≤ 0o7777), when the manifest sets them.
+    pub dest_mode: Option<u32>,
+    pub sync_strategy: Strategy,
+    pub excludes: Vec<String>,
+    pub exclude_from: Option<String>,
+    pub commands: Commands,
+    /// Keys the manifest has but stretcher does not know (`exclude`, `commands.pree`).
+    pub unknown_keys: Vec<String>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "src",
+    "checksum",
+    "dest",
+    "dest_mode",
+    "sync_strategy",
+    "excludes",
+    "exclude_from",
+    "commands",
+];
+const COMMAND_KEYS: &[&str] = &["pre", "post", "success", "failure"];
+
+/// Top-level directories a deploy must never mirror onto (SPEC §10).
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "media", "mnt", "opt",
+    "proc", "root", "run", "sbin", "srv", "sys", "tmp", "usr", "var",
+];
+
+/// The YAML as read. Every scalar is a `String`: serde_norway hands a plain scalar
+/// to a string field as written, so `0711` stays `"0711"` and a numeric checksum
+/// keeps its leading zeros — no YAML 1.1 / 1.2 number rules involved.
+#[derive(Debug, Deserialize)]
+struct RawManifest {
+    src: Option<String>,
+    checksum: Option<String>,
+    dest: Option<String>,
+    dest_mode: Option<String>,
+    sync_strategy: Option<String>,
+    excludes: Option<Vec<String>>,
+    exclude_from: Option<String>,
+    commands: Option<RawCommands>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCommands {
+    pre: Option<Vec<String>>,
+    post: Option<Vec<String>>,
+    success: Option<Vec<String>>,
+    failure: Option<Vec<String>>,
+}
+
+/// Parses and validates a manifest. `text`: the manifest as fetched; `url`: where
+/// it came from (for errors, and to resolve a relative `src`); `env`: an
+/// environment lookup for the templates.
+pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest> {
+    let fail = |msg: String| Error::Manifest {
+        url: url.to_string(),
+        msg,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let expanded = expand_templates(text, env).map_err(|m| fail(format!("template: {m}")))?;
+
+    // Pass 1: the shape, and the keys we do not know.
+    let doc: Value = serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
+    let top = match &doc {
+        Value::Null => return Err(fail("the manifest is empty".into())),
+        Value::Mapping(m) => m,
+        other => {
+            return Err(fail(format!(
+                "the manifest must be a YAML mapping (src:, dest:, ...), not {}",
+                kind(other)
+            )))
+        }
+    };
+    let mut unknown_keys = Vec::new();
+    for (k, v) in top {
+        let name = key_name(k);
+        if !TOP_KEYS.contains(&name.as_str()) {
+            unknown_keys.push(name);
+        } else if name == "commands" {
+            if let Value::Mapping(cmds) = v {
+                for ck in cmds.keys() {
+                    let cname = key_name(ck);
+                    if !COMMAND_KEYS.contains(&cname.as_str()) {
+                        unknown_keys.push(format!("commands.{cname}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // Pass 2: the typed read.
+    let raw: RawManifest =
+        serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
+    let src = non_empty(raw.src);
+    let dest = non_empty(raw.dest);
+    let checksum = non_empty(raw.checksum);
+    if src.is_some() && dest.is_none() {
+        return Err(fail("dest is required".into()));
+    }
+    if src.is_some() && checksum.is_none() {
+        return Err(fail("checksum is required".into()));
+    }
+    let checksum = checksum
+        .map(|c| Checksum::parse(&c))
+        .transpose()
+        .map_err(fail)?;
+    let sync_strategy = match non_empty(raw.sync_strategy).as_deref() {
+        None | Some("rsync") => Strategy::Rsync,
+        Some("mv") => Strategy::Mv,
+        Some(other) => {
+            return Err(fail(format!(
+                "invalid strategy name: {other} (expected rsync or mv)"
+            )))
+        }
+    };
+    let dest = dest.map(|d| check_dest(&d)).transpose().map_err(fail)?;
+    let dest_mode = non_empty(raw.dest_mode)
+        .map(|m| parse_mode(&m))
+        .transpose()
+        .map_err(fail)?;
+    let src = src
+        .map(|s| resolve_src(&s, url))
+        .transpose()
+        .map_err(fail)?;
+    let commands = raw
+        .commands
+        .map(|c| Commands {
+            pre: c.pre.unwrap_or_default(),
+            post: c.post.unwrap_or_default(),
+            success: c.success.unwrap_or_default(),
+            failure: c.failure.unwrap_or_default(),
+        })
+        .unwrap_or_default();
+    Ok(Manifest {
+        src,
+        checksum,
+        dest,
+        dest_mode,
+        sync_strategy,
+        excludes: raw.excludes.unwrap_or_default(),
+        exclude_from: non_empty(raw.exclude_from)
+            .map(|f| check_exclude_from(&f))
+            .transpose()
+            .map_err(fail)?,
+        commands,
+        unknown_keys,
+    })
+}
+
+/// `exclude_from` names a file inside the archive: a relative path that stays
+/// below the archive root (a leading `./` is fine).
+fn check_exclude_from(name: &str) -> Result<String, String> {
+    let p = std::path::Path::new(name);
+    let escapes = p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes {
+        return Err(format!(
+            "exclude_from {name:?} must be a relative path inside the archive"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+fn key_name(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "~".to_string(),
+        other => format!("<{}>", kind(other)),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// `dest_mode` digits, always octal: `711`, `0711`, `0o711` → 0o711.
+fn parse_mode(text: &str) -> std::result::Result<u32, String> {
+    let t = text.trim();
+    let digits = t
+        .strip_prefix("0o")
+        .or_else(|| t.strip_prefix("0O"))
+        .unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!(
+            "dest_mode {text:?} is not an octal mode (digits 0-7, like 0755)"
+        ));
+    }
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("dest_mode {text:?} is larger than 07777")),
+    }
+}
+
+/// `dest` must be absolute, free of `..`, and not `/` or a top-level system
+/// directory. Returns it normalised.
+fn check_dest(dest: &str) -> std::result::Result<PathBuf, String> {
+    if !dest.starts_with('/') {
+        return Err(format!("dest {dest:?} must be an absolute path"));
+    }
+    let parts: Vec<&str> = dest
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(format!("dest {dest:?} must not contain \"..\""));
+    }
+    match parts.as_slice() {
+        [] => Err(format!("refusing dest {dest:?}: it is the root directory")),
+        [top] if SYSTEM_DIRS.contains(top) => Err(format!(
+            "refusing dest {dest:?}: /{top} is a system directory (use a directory below it)"
+        )),
+        _ => Ok(PathBuf::from(format!("/{}", parts.join("/")))),
+    }
+}
+
+/// Resolves `src` against the manifest URL (RFC 3986 style): a URL with a scheme
+/// is kept; `//host/p` takes the scheme; `/p` takes scheme and host; anything else
+/// is relative to the manifest's directory. Dot segments are removed.
+fn resolve_src(src: &str, base: &str) -> std::result::Result<String, String> {
+    if has_scheme(src) {
+        return Ok(src.to_string());
+    }
+    let Some((scheme, rest)) = base.split_once("://").filter(|_| has_scheme(base)) else {
+        return Err(format!(
+            "relative src {src:?} cannot be resolved: the manifest URL {base:?} has no scheme"
+        ));
+    };
+    if src.starts_with("//") {
+        return Ok(format!("{scheme}:{src}"));
+    }
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(auth_end);
+    let base_path = &after[..after.find(['?', '#']).unwrap_or(after.len())];
+    let (src_path, suffix) = src.split_at(src.find(['?', '#']).unwrap_or(src.len()));
+    let merged = if src_path.starts_with('/') {
+        src_path.to_string()
+    } else if src_path.is_empty() {
+        base_path.to_string()
+    } else {
+        let dir = match base_path.rfind('/') {
+            Some(i) => &base_path[..=i],
+            None => "/",
+        };
+        format!("{dir}{src_path}")
+    };
+    Ok(format!(
+        "{scheme}://{authority}{}{suffix}",
+        remove_dot_segments(&merged)
+    ))
+}
+
+/// RFC 3986 §5.2.4 for an absolute path: `.` dropped, `..` pops (never above `/`).
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        if last && matches!(*seg, "." | "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Expands `{{ env "NAME" }}`, `{{ env "NAME" "default" }}` and
+/// `{{ must_env "NAME" }}` (arguments in `"..."` or `` `...` ``; Go's `{{-`/`-}}`
+/// trim markers and `{{/* comments */}}` honoured). Any other action is an error.
+///
+/// `env "A" "B" ... "default"`: the first of A, B, ... that is set and non-empty,
+/// else the last argument; `env "NAME"` alone gives `""` when NAME is unset.
+/// `must_env` of an unset variable is an error naming it (set but empty is fine).
+pub fn expand_templates(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let line = text[..text.len() - rest.len() + open].matches('\n').count() + 1;
+        let at = |m: String| format!("line {line}: {m}");
+        out.push_str(&rest[..open]);
+        let mut inner = &rest[open + 2..];
+        if inner.starts_with('-') && inner[1..].starts_with(is_space) {
+            out.truncate(out.trim_end_matches(is_space).len());
+            inner = &inner[1..];
+        }
+        let (action, after, trim_right) = split_action(inner).map_err(at)?;
+        if let Some(action) = action {
+            out.push_str(&eval_action(action, env).map_err(at)?);
+        }
+        rest = if trim_right {
+            after.trim_start_matches(is_space)
+        } else {
+            after
+        };
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// Splits `inner` (the text after `{{` and a left trim marker) into the action,
+/// the text after `}}`, and whether a `-}}` right trim marker was present. A
+/// comment has no action.
+fn split_action(inner: &str) -> std::result::Result<(Option<&str>, &str, bool), String> {
+    let trimmed = inner.trim_start_matches(is_space);
+    if let Some(comment) = trimmed.strip_prefix("/*") {
+        let end = comment
+            .find("*/")
+            .ok_or_else(|| "unclosed comment".to_string())?;
+        let after = &comment[end + 2..];
+        if let Some(rest) = after.strip_prefix("}}") {
+            return Ok((None, rest, false));
+        }
+        let spaced = after.trim_start_matches(is_space);
+        if spaced.len() < after.len() {
+            if let Some(rest) = spaced.strip_prefix("-}}") {
+                return Ok((None, rest, true));
+            }
+        }
+        return Err("comment ends before closing delimiter".into());
+    }
+    let bytes = inner.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'\n' => return Err("unterminated quoted string".into()),
+                        _ => i += 1,
+                    }
+                }
+                if i >= bytes.len() {
+                    return Err("unterminated quoted string".into());
+                }
+                i += 1;
+            }
+            b'`' => {
+                let end = inner[i + 1..]
+                    .find('`')
+                    .ok_or_else(|| "unterminated raw quoted string".to_string())?;
+                i += end + 2;
+            }
+            b'}' if bytes.get(i + 1) == Some(&b'}') => {
+                let action = &inner[..i];
+                let after = &inner[i + 2..];
+                if let Some(body) = action.strip_suffix('-') {
+                    if body.ends_with(is_space) {
+                        return Ok((Some(body), after, true));
+                    }
+                }
+                return Ok((Some(action), after, false));
+            }
+            _ => i += 1,
+        }
+    }
+    Err("unclosed action: \"{{\" without \"}}\"".into())
+}
+
+fn eval_action(
+    action: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let shown = || format!("{{{{{}}}}}", action);
+    if action.trim().is_empty() {
+        return Err(format!("missing value for command in {}", shown()));
+    }
+    let tokens = tokenize(action).map_err(|m| {
+        format!(
+            "unsupported template action {} ({m}): only env and must_env are supported",
+            shown()
+        )
+    })?;
+    let (name, args) = match tokens.split_first() {
+        Some((Token::Ident(name), args)) => (name.as_str(), args),
+        _ => {
+            return Err(format!(
+                "unsupported template action {}: only env and must_env are supported",
+                shown()
+            ))
+        }
+    };
+    let args: Vec<&str> = args
+        .iter()
+        .map(|t| match t {
+            Token::Str(s) => Ok(s.as_str()),
+            Token::Ident(i) => Err(format!(
+                "unsupported argument {i:?} in {}: arguments must be quoted strings",
+                shown()
+            )),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    match (name, args.as_slice()) {
+        ("env", [key]) => Ok(env(key).unwrap_or_default()),
+        ("env", [keys @ .., default]) if !keys.is_empty() => Ok(keys
+            .iter()
+            .find_map(|k| env(k).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| default.to_string())),
+        ("must_env", [key]) => {
+            env(key).ok_or_else(|| format!("environment variable {key} is not defined"))
+        }
+        ("env", _) | ("must_env", _) => Err(format!("wrong number of arguments in {}", shown())),
+        _ => Err(format!(
+            "unknown template function {name:?} in {}: only env and must_env are supported",
+            shown()
+        )),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Token {
+    Ident(String),
+    Str(String),
+}
+
+fn tokenize(action: &str) -> std::result::Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = action.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if is_space(c) {
+            chars.next();
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let mut end = start;
+            while let Some(&(i, c)) = chars.peek() {
+                if !(c.is_ascii_alphanumeric() || c == '_') {
+                    break;
+                }
+                end = i + c.len_utf8();
+                chars.next();
+            }
+            tokens.push(Token::Ident(action[start..end].to_string()));
+        } else if c == '`' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next() {
+                    Some((_, '`')) => break,
+                    Some((_, c)) => s.push(c),
+                    None => return Err("unterminated raw quoted string".into()),
+                }
+            }
+            tokens.push(Token::Str(s));
+        } else if c == '"' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next() {
+                    Some((_, '"')) => break,
+                    Some((_, '\\')) => s.push(unescape(&mut chars)?),
+                    Some((_, c)) => s.push(c),
+                    None => return Err("unterminated quoted string".into()),
+                }
+            }
+            tokens.push(Token::Str(s));
+        } else {
+            return Err(format!("unexpected {c:?}"));
+        }
+    }
+    Ok(tokens)
+}
+
+/// One Go string escape, the backslash already consumed.
+fn unescape(
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+) -> std::result::Result<char, String> {
+    let bad = || "bad escape in quoted string".to_string();
+    let digits = match chars.next().map(|(_, c)| c) {
+        Some('n') => return Ok('\n'),
+        Some('t') => return Ok('\t'),
+        Some('r') => return Ok('\r'),
+        Some('a') => return Ok('\x07'),
+        Some('b') => return Ok('\x08'),
+        Some('f') => return Ok('\x0c'),
+        Some('v') => return Ok('\x0b'),
+        Some(c @ ('\\' | '"' | '\'')) => return Ok(c),
+        Some('x') => 2,
+        Some('u') => 4,
+        Some('U') => 8,
+        _ => return Err(bad()),
+    };
+    let mut v = 0u32;
+    for _ in 0..digits {
+        let d = chars
+            .next()
+            .and_then(|(_, c)| c.to_digit(16))
+            .ok_or_else(bad)?;
+        v = v * 16 + d;
+    }
+    char::from_u32(v).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const URL: &str = "s3://example.com/path/to/manifest.yml";
+    const SHA1: &str = "e0840daaa97cd2cf2175f9e5d133ffb3324a2b93";
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    fn ok(yml: &str) -> Manifest {
+        parse(yml, URL, &env_of(&[])).unwrap_or_else(|e| panic!("{yml}\n=> {e}"))
+    }
+
+    fn err(yml: &str) -> String {
+        match parse(yml, URL, &env_of(&[])) {
+            Err(e @ Error::Manifest { .. }) => e.to_string(),
+            other => panic!("{yml}\n=> expected a manifest error, got {other:?}"),
+        }
+    }
+
+    fn with_src(extra: &str) -> String {
+        format!("src: s3://example.com/app.tar.gz\nchecksum: {SHA1}\ndest: /home/stretcher/app\n{extra}")
+    }
+
+    #[test]
+    fn go_parse_manifest() {
+        let m = ok(&format!(
+            "\nsrc: s3://example.com/path/to/archive.tar.gz\nchecksum: {SHA1}\ndest: /home/stretcher/app\ncommands:\n  pre:\n    - echo 'staring deploy'\n    - echo 'xxx'\n  post:\n    - echo 'deploy done'\n"
+        ));
+        assert_eq!(
+            m.src.as_deref(),
+            Some("s3://example.com/path/to/archive.tar.gz")
+        );
+        assert_eq!(m.checksum.as_ref().map(Checksum::hex), Some(SHA1));
+        assert_eq!(m.dest, Some(PathBuf::from("/home/stretcher/app")));
+        assert_eq!(m.commands.pre, ["echo 'staring deploy'", "echo 'xxx'"]);
+        assert_eq!(m.commands.post, ["echo 'deploy done'"]);
+        assert!(m.commands.success.is_empty() && m.commands.failure.is_empty());
+        assert_eq!(m.sync_strategy, Strategy::Rsync);
+        assert_eq!(m.dest_mode, None);
+        assert!(m.unknown_keys.is_empty());
+    }
+
+    #[test]
+    fn readme_manifest() {
+        let m = ok(&format!(
+            "src: s3://example.com/app.tar.gz\nchecksum: {SHA1}\ndest: /home/stretcher/app\ndest_mode: 0711\nsync_strategy: rsync\nexcludes:\n  - \"*.pid\"\n  - \"*.socket\"\nexclude_from: exclude.list\ncommands:\n  pre:\n    - echo 'staring deploy'\n  post:\n    - echo 'deploy done'\n  success:\n    - echo 'deploy success'\n  failure:\n    - echo 'deploy failed!!'\n    - cat >> /path/to/failure.log\n"
+        ));
+        assert_eq!(m.excludes, ["*.pid", "*.socket"]);
+        assert_eq!(m.exclude_from.as_deref(), Some("exclude.list"));
+        assert_eq!(m.dest_mode, Some(0o711));
+        assert_eq!(m.commands.success, ["echo 'deploy success'"]);
+        assert_eq!(
+            m.commands.failure,
+            ["echo 'deploy failed!!'", "cat >> /path/to/failure.log"]
+        );
+    }
+
+    #[test]
+    fn sync_strategy() {
+        assert_eq!(
+            ok(&with_src("sync_strategy: mv\n")).sync_strategy,
+            Strategy::Mv
+        );
+        assert_eq!(
+            ok(&with_src("sync_strategy: rsync\n")).sync_strategy,
+            Strategy::Rsync
+        );
+        assert_eq!(
+            ok(&with_src("sync_strategy: \"\"\n")).sync_strategy,
+            Strategy::Rsync
+        );
+        let e = err(&with_src("sync_strategy: dummy\n"));
+        assert!(e.contains("invalid strategy"), "{e}");
+    }
+
+    #[test]
+    fn colon_in_commands() {
+        // Go's TestParseManifestWithColonInvalid.
+        let e = err(&with_src(
+            "commands:\n  success:\n    - some-commend-with-argument-includes-colon \":foo: bar\"\n",
+        ));
+        assert!(e.contains("YAML"), "{e}");
+        // Go's TestParseManifestWithColonValid.
+        let m = ok(&with_src(
+            "commands:\n  success:\n    - 'some-commend-with-argument-includes-colon \":foo: bar\"'\n",
+        ));
+        assert_eq!(
+            m.commands.success,
+            [r#"some-commend-with-argument-includes-colon ":foo: bar""#]
+        );
+    }
+
+    #[test]
+    fn templates_in_manifest() {
+        let yml = format!(
+            "src: {{{{ must_env \"SRC\" }}}}\nchecksum: {SHA1}\ndest: {{{{ env \"DEST\" \"/srv/default\" }}}}\ncommands:\n  pre:\n    - echo {{{{env `GREETING`}}}}\n"
+        );
+        let env = env_of(&[("SRC", "http://h/app.tgz"), ("GREETING", "hi")]);
+        let m = parse(&yml, URL, &env).unwrap();
+        assert_eq!(m.src.as_deref(), Some("http://h/app.tgz"));
+        assert_eq!(m.dest, Some(PathBuf::from("/srv/default")));
+        assert_eq!(m.commands.pre, ["echo hi"]);
+        let e = parse(&yml, URL, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("SRC is not defined"), "{e}");
+        assert!(e.contains(URL), "{e}");
+    }
+
+    #[test]
+    fn templates_table() {
+        let env = env_of(&[("A", "alpha"), ("EMPTY", ""), ("Q", "x\"y")]);
+        let cases: &[(&str, &str)] = &[
+            ("plain text", "plain text"),
+            ("{{ env \"A\" }}", "alpha"),
+            ("{{env \"A\"}}", "alpha"),
+            ("{{  env   `A`  }}", "alpha"),
+            ("{{ env \"UNSET\" }}", ""),
+            ("{{ env \"UNSET\" \"dflt\" }}", "dflt"),
+            ("{{ env \"EMPTY\" \"dflt\" }}", "dflt"),
+            ("{{ env \"A\" \"dflt\" }}", "alpha"),
+            ("{{ env \"UNSET\" \"A\" \"last\" }}", "alpha"),
+            ("{{ env \"UNSET\" `a \"b\"` }}", "a \"b\""),
+            ("{{ env \"UNSET\" \"a\\tb\\u00e9\" }}", "a\tb\u{e9}"),
+            ("{{ env \"UNSET\" \"}}\" }}", "}}"),
+            ("{{ must_env \"A\" }}", "alpha"),
+            ("{{ must_env \"EMPTY\" }}", ""),
+            ("{{ env \"Q\" }}", "x\"y"),
+            ("a {{- env \"A\" -}} b", "aalphab"),
+            ("a\n  {{- env \"A\" }}\n", "aalpha\n"),
+            ("x: {{/* a comment */}}1", "x: 1"),
+            ("x: 1  {{- /* c */ -}}  \n y", "x: 1y"),
+            ("no {single} braces }}", "no {single} braces }}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                expand_templates(input, &env).as_deref(),
+                Ok(*want),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_errors() {
+        let env = env_of(&[]);
+        let cases: &[(&str, &str)] = &[
+            (
+                "{{ must_env \"NOPE\" }}",
+                "environment variable NOPE is not defined",
+            ),
+            ("{{ .Foo }}", "unsupported"),
+            (
+                "{{ printf \"%s\" \"x\" }}",
+                "unknown template function \"printf\"",
+            ),
+            ("{{ env }}", "wrong number of arguments"),
+            ("{{ must_env \"A\" \"B\" }}", "wrong number of arguments"),
+            ("{{ env A }}", "must be quoted"),
+            ("{{ env \"A\" | lower }}", "unexpected '|'"),
+            ("{{ }}", "missing value"),
+            ("{{}}", "missing value"),
+            ("{{-3}}", "unexpected '-'"),
+            ("src: {{ env \"A\"", "unclosed action"),
+            ("{{ env \"A }}", "unterminated quoted string"),
+            ("{{ env `A }}", "unterminated raw"),
+            ("{{/* x }}", "unclosed comment"),
+            ("a\nb\n{{ nope }}", "line 3"),
+        ];
+        for (input, want) in cases {
+            let e = expand_templates(input, &env).expect_err(input);
+            assert!(e.contains(want), "{input:?}: {e}");
+        }
+        let e = err("src: {{ nope }}\n");
+        assert!(e.contains("template"), "{e}");
+    }
+
+    #[test]
+    fn exclude_from_stays_inside_the_archive() {
+        for ok in ["exclude.txt", "./conf/exclude.list", "a/b"] {
+            assert_eq!(check_exclude_from(ok).unwrap(), ok);
+        }
+        for bad in ["/etc/passwd", "../x", "a/../../x"] {
+            assert!(check_exclude_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dest_mode_table() {
+        let cases: &[(&str, u32)] = &[
+            ("0711", 0o711),
+            ("711", 0o711),
+            ("0o711", 0o711),
+            ("\"0711\"", 0o711),
+            ("'711'", 0o711),
+            ("0755", 0o755),
+            ("0", 0),
+            ("02775", 0o2775),
+        ];
+        for (v, want) in cases {
+            let m = ok(&with_src(&format!("dest_mode: {v}\n")));
+            assert_eq!(m.dest_mode, Some(*want), "dest_mode: {v}");
+        }
+        for bad in ["0789", "8", "0o9", "rwx", "0x1ed", "-0711", "17777", "1.5"] {
+            let e = err(&with_src(&format!("dest_mode: {bad}\n")));
+            assert!(e.contains("dest_mode"), "{bad}: {e}");
+        }
+        assert_eq!(ok(&with_src("dest_mode:\n")).dest_mode, None);
+    }
+
+    #[test]
+    fn checksum_read_as_string() {
+        // 32 digits, all numeric, with leading zeros: a number to YAML, an md5 to us.
+        let digits = "00123456789012345678901234567890";
+        let m = ok(&format!(
+            "src: s3://b/a.tgz\nchecksum: {digits}\ndest: /srv/app\n"
+        ));
+        assert_eq!(m.checksum.as_ref().map(Checksum::hex), Some(digits));
+        // Upper case is accepted and normalised.
+        let m = ok(&format!(
+            "src: s3://b/a.tgz\nchecksum: {}\ndest: /srv/app\n",
+            SHA1.to_uppercase()
+        ));
+        assert_eq!(m.checksum.as_ref().map(Checksum::hex), Some(SHA1));
+        for bad in ["abc", "1e5", "zz40daaa97cd2cf2175f9e5d133ffb3324a2b93"] {
+            let e = err(&format!(
+                "src: s3://b/a.tgz\nchecksum: {bad}\ndest: /srv/app\n"
+            ));
+            assert!(e.contains("checksum"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn required_fields() {
+        let e = err(&format!("src: s3://b/a.tgz\nchecksum: {SHA1}\n"));
+        assert!(e.ends_with("dest is required"), "{e}");
+        let e = err("src: s3://b/a.tgz\ndest: /srv/app\n");
+        assert!(e.ends_with("checksum is required"), "{e}");
+        // Commands only: valid without dest or checksum.
+        let m = ok("commands:\n  pre:\n    - echo hi\n");
+        assert_eq!(m.src, None);
+        assert_eq!(m.dest, None);
+        assert_eq!(m.commands.pre, ["echo hi"]);
+        // An empty src is no src.
+        assert_eq!(ok("src: \"\"\ncommands:\n  post: [\"true\"]\n").src, None);
+    }
+
+    #[test]
+    fn dest_table() {
+        let allowed: &[(&str, &str)] = &[
+            ("/srv/app", "/srv/app"),
+            ("/app", "/app"),
+            ("/home/stretcher/app", "/home/stretcher/app"),
+            ("/srv//app/", "/srv/app"),
+            ("/srv/./app/.", "/srv/app"),
+            ("/usr/local/app", "/usr/local/app"),
+            ("/variable", "/variable"),
+        ];
+        for (dest, want) in allowed {
+            let m = ok(&format!(
+                "src: s3://b/a.tgz\nchecksum: {SHA1}\ndest: {dest}\n"
+            ));
+            assert_eq!(m.dest, Some(PathBuf::from(want)), "{dest}");
+        }
+        let mut refused: Vec<String> = [
+            "/",
+            "//",
+            "/.",
+            "/./",
+            "relative/app",
+            "app",
+            "./app",
+            "/srv/../etc/x",
+            "/a/..",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for dir in SYSTEM_DIRS {
+            refused.push(format!("/{dir}"));
+            refused.push(format!("/{dir}/"));
+            refused.push(format!("//{dir}"));
+            refused.push(format!("/./{dir}/."));
+        }
+        for dest in refused {
+            let e = err(&format!(
+                "src: s3://b/a.tgz\nchecksum: {SHA1}\ndest: \"{dest}\"\n"
+            ));
+            assert!(e.contains("dest"), "{dest}: {e}");
+        }
+    }
+
+    #[test]
+    fn relative_src_resolution() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "file:///a/b/manifest.yml",
+                "app.tar.gz",
+                "file:///a/b/app.tar.gz",
+            ),
+            (
+                "file:///a/b/manifest.yml",
+                "./app.tar.gz",
+                "file:///a/b/app.tar.gz",
+            ),
+            (
+                "file:///a/b/manifest.yml",
+                "../c/app.tgz",
+                "file:///a/c/app.tgz",
+            ),
+            (
+                "file:///a/b/manifest.yml",
+                "/abs/path.tgz",
+                "file:///abs/path.tgz",
+            ),
+            ("http://h/x/m.yml", "../y.tgz", "http://h/y.tgz"),
+            ("http://h/x/m.yml", "../../../y.tgz", "http://h/y.tgz"),
+            (
+                "http://h:8080/x/m.yml?sig=1#f",
+                "y.tgz?v=2",
+                "http://h:8080/x/y.tgz?v=2",
+            ),
+            ("https://h/x/m.yml", "/abs/path", "https://h/abs/path"),
+            ("https://h/x/m.yml", "//cdn/y.tgz", "https://cdn/y.tgz"),
+            ("https://h", "y.tgz", "https://h/y.tgz"),
+            (
+                "s3://bucket/dir/m.yml",
+                "app.tgz",
+                "s3://bucket/dir/app.tgz",
+            ),
+            (
+                "s3://bucket/m.yml",
+                "sub/app.tgz",
+                "s3://bucket/sub/app.tgz",
+            ),
+            (
+                "s3://bucket/dir/m.yml",
+                "http://other/a.tgz",
+                "http://other/a.tgz",
+            ),
+            ("file:///a/m.yml", "s3://bucket/a.tgz", "s3://bucket/a.tgz"),
+        ];
+        for (base, src, want) in cases {
+            let yml = format!("src: {src}\nchecksum: {SHA1}\ndest: /srv/app\n");
+            let m = parse(&yml, base, &env_of(&[])).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(m.src.as_deref(), Some(*want), "{base} + {src}");
+        }
+        let e = parse(
+            &format!("src: app.tgz\nchecksum: {SHA1}\ndest: /srv/app\n"),
+            "manifest.yml",
+            &env_of(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot be resolved"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_collected() {
+        let m = ok(&with_src(
+            "exclude:\n  - \"*.pid\"\nsrcs: x\ncommands:\n  pree: [\"x\"]\n  post: [\"y\"]\n",
+        ));
+        assert_eq!(m.unknown_keys, ["exclude", "srcs", "commands.pree"]);
+        assert!(m.excludes.is_empty());
+        assert_eq!(m.commands.post, ["y"]);
+    }
+
+    #[test]
+    fn shape_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("# only a comment\n", "empty"),
+            ("---\n", "empty"),
+            ("- a\n- b\n", "must be a YAML mapping"),
+            ("just a string\n", "must be a YAML mapping"),
+            ("src: [\n", "YAML"),
+            ("src: a\nsrc: b\n", "YAML"),
+            ("excludes: \"*.pid\"\n", "YAML"),
+            ("commands: [echo]\n", "YAML"),
+            ("commands:\n  pre: echo\n", "YAML"),
+        ];
+        for (yml, want) in cases {
+            let e = err(yml);
+            assert!(e.contains(want), "{yml:?}: {e}");
+            assert!(e.starts_with(&format!("manifest {URL}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn scalars_in_lists_stay_as_written() {
+        let m = ok(&with_src(
+            "excludes: [007, true, 1.50]\ncommands:\n  pre:\n    - 0755\n    - \"echo a: b\"\n",
+        ));
+        assert_eq!(m.excludes, ["007", "true", "1.50"]);
+        assert_eq!(m.commands.pre, ["0755", "echo a: b"]);
+    }
+}
