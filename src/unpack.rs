@@ -1,1 +1,930 @@
-//! (being written)
+//! Unpacks a tar or tar.gz stream into the private staging directory (SPEC §7, §6, §10).
+//!
+//! Its one job: turn archive bytes into a tree below `into`, applying the entry path
+//! policy (leading `/` stripped with a warning, `..` refused, never written through a
+//! symlink) and the archive's modes, mtimes and — as root — owners.
+//!
+//! It must never create, change or follow anything outside `into`, never follow a
+//! symlink that an entry created, and never take a truncated or corrupt stream for a
+//! shorter tree: the whole input is read to its end (the gzip CRC checked) and the tar
+//! end-of-archive marker is required before it reports success.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use tar::EntryType;
+
+use crate::error::Error;
+use crate::Result;
+
+/// How to unpack.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// Set owners from the archive (running as root): by user/group NAME when it
+    /// exists on this host, else the numeric id — as GNU tar does.
+    pub same_owner: bool,
+    /// The archive's URL as the user wrote it, for error messages.
+    pub label: String,
+}
+
+/// The unpacked tree, ready for the sync step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// The directory the tree was unpacked into (= `into`).
+    pub root: PathBuf,
+    /// Mode bits (& 0o7777) of the archive's `.` / `./` entry, if it had one.
+    pub root_mode: Option<u32>,
+    /// Entries written (files, dirs, links), for the log.
+    pub entries: u64,
+}
+
+/// Bytes read ahead to recognise the compression format.
+const MAGIC_LEN: usize = 4;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// Buffer between the source and the decoder / tar parser.
+const INPUT_BUF: usize = 128 * 1024;
+/// Buffer for copying file contents (one per unpack, reused for every file).
+const COPY_BUF: usize = 256 * 1024;
+/// Mode of directories created because an entry needs them as parents.
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Gzip,
+    Tar,
+}
+
+/// The format, by content: never by the URL's name.
+fn sniff(magic: &[u8]) -> Format {
+    if magic.starts_with(&GZIP_MAGIC) {
+        return Format::Gzip;
+    }
+    // zstd (28 b5 2f fd) will be recognised here.
+    Format::Tar
+}
+
+/// Unpacks the tar or tar.gz stream `reader` into `into`, which is an existing, empty,
+/// private directory (the staging dir). Writes only below `into`.
+pub fn unpack<R: Read>(mut reader: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
+    let mut magic = [0u8; MAGIC_LEN];
+    let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
+    let input = io::BufReader::with_capacity(INPUT_BUF, (&magic[..n]).chain(reader));
+    match sniff(&magic[..n]) {
+        Format::Gzip => extract(flate2::bufread::MultiGzDecoder::new(input), into, opts),
+        Format::Tar => extract(input, into, opts),
+    }
+}
+
+/// Fills `buf` as far as the reader allows (short only at end of stream).
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Remembers whether the stream ran dry: tar-rs ends the entry list silently at end of
+/// input, so an archive cut exactly between two entries would otherwise pass for a
+/// complete one with fewer files (and `--delete` would then remove them from dest).
+struct EofTracker<R> {
+    inner: R,
+    hit_eof: bool,
+}
+
+impl<R: Read> Read for EofTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.hit_eof = true;
+        }
+        Ok(n)
+    }
+}
+
+fn extract<R: Read>(stream: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
+    let mut archive = tar::Archive::new(EofTracker {
+        inner: stream,
+        hit_eof: false,
+    });
+    let mut x = Extractor::new(into, opts);
+    for entry in archive.entries().map_err(|e| corrupt(opts, &e))? {
+        let mut entry = entry.map_err(|e| corrupt(opts, &e))?;
+        x.entry(&mut entry)?;
+    }
+    let mut rest = archive.into_inner();
+    if rest.hit_eof {
+        return Err(archive_error(
+            opts,
+            "truncated: the stream ends before the tar end-of-archive marker".into(),
+        ));
+    }
+    // Read to the very end: the padding after the end-of-archive blocks, and for gzip
+    // the member trailers, whose CRC and length the decoder checks as it reaches them.
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, &e))?;
+    // Directory modes and mtimes only once the stream is known to be good, so a failed
+    // unpack leaves a staging tree the caller can always remove.
+    x.finish()
+}
+
+/// Metadata an entry carries for the node it creates.
+struct Meta {
+    mode: u32,
+    mtime: FileTime,
+    owner: Option<(u32, u32)>,
+}
+
+/// What is still to be done to a directory once all entries are written.
+struct DirFix {
+    mode: u32,
+    mtime: Option<FileTime>,
+    owner: Option<(u32, u32)>,
+}
+
+struct Extractor<'a> {
+    into: &'a Path,
+    opts: &'a UnpackOptions,
+    buf: Vec<u8>,
+    /// Relative paths known to be real directories (never symlinks) below `into`:
+    /// created or checked by us, so parents need no syscall to be trusted.
+    dirs: HashSet<PathBuf>,
+    /// Directory modes / mtimes / owners applied at the end, deepest first; keyed by
+    /// relative path (empty = `into` itself), a later duplicate entry wins.
+    fixes: HashMap<PathBuf, DirFix>,
+    /// The process umask if known; `None` means "always chmod explicitly".
+    umask: Option<u32>,
+    users: HashMap<Vec<u8>, Option<u32>>,
+    groups: HashMap<Vec<u8>, Option<u32>>,
+    warned_absolute: bool,
+    root_mode: Option<u32>,
+    entries: u64,
+}
+
+impl<'a> Extractor<'a> {
+    fn new(into: &'a Path, opts: &'a UnpackOptions) -> Self {
+        Extractor {
+            into,
+            opts,
+            buf: vec![0; COPY_BUF],
+            dirs: HashSet::new(),
+            fixes: HashMap::new(),
+            umask: current_umask(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            warned_absolute: false,
+            root_mode: None,
+            entries: 0,
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let mut kind = entry.header().entry_type();
+        if kind == EntryType::XGlobalHeader {
+            // pax global header (git archive puts the commit id there): nothing to write.
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let path = entry_path(&raw).map_err(|r| refused(&raw, r))?;
+        if path.absolute && !self.warned_absolute {
+            self.warned_absolute = true;
+            crate::logln!(
+                "archive {}: removing leading '/' from member names (first: {:?})",
+                self.opts.label,
+                lossy(&raw)
+            );
+        }
+        // Old (V7 / BSD) archives mark directories by a trailing slash only.
+        if matches!(kind, EntryType::Regular | EntryType::Continuous) && raw.ends_with(b"/") {
+            kind = EntryType::Directory;
+        }
+        let rel = path.rel;
+        if rel.as_os_str().is_empty() {
+            if kind != EntryType::Directory {
+                return Err(fail(&raw, "the archive root must be a directory"));
+            }
+            let meta = self.meta(entry, &raw)?;
+            self.root_mode = Some(meta.mode);
+            self.fixes.insert(rel, meta.into());
+            return Ok(());
+        }
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let meta = self.meta(entry, &raw)?;
+                self.file(entry, &rel, &raw, &meta)?;
+            }
+            EntryType::Directory => {
+                let meta = self.meta(entry, &raw)?;
+                self.dir(&rel, &raw, meta)?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| fail(&raw, "symlink without a target"))?
+                    .into_owned();
+                let meta = self.meta(entry, &raw)?;
+                self.symlink(&rel, &raw, &target, &meta)?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| fail(&raw, "hard link without a target"))?
+                    .into_owned();
+                self.hard_link(&rel, &raw, &target)?;
+            }
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                if !self.opts.same_owner {
+                    crate::logln!(
+                        "archive {}: skipping {} {:?}: device nodes and fifos are created only when running as root",
+                        self.opts.label,
+                        type_name(kind),
+                        lossy(&raw)
+                    );
+                    return Ok(());
+                }
+                let meta = self.meta(entry, &raw)?;
+                self.special(entry.header(), kind, &rel, &raw, &meta)?;
+            }
+            other => {
+                // GNU volume labels ('V'), multi-volume continuations ('M'), vendor
+                // metadata records: nothing a deploy tree should contain.
+                crate::logln!(
+                    "archive {}: skipping {:?}: unsupported entry type {:?}",
+                    self.opts.label,
+                    lossy(&raw),
+                    char::from(other.as_byte())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Mode, mtime (sub-second from pax) and, when `same_owner`, the owner to set.
+    fn meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
+        let mut pax_mtime = None;
+        let mut uname = None;
+        let mut gname = None;
+        if let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(self.opts, &e))? {
+            for ext in exts {
+                let ext = ext.map_err(|e| fail(raw, format!("bad pax record: {e}")))?;
+                match ext.key_bytes() {
+                    b"mtime" => pax_mtime = parse_pax_time(ext.value_bytes()),
+                    b"uname" => uname = Some(ext.value_bytes().to_vec()),
+                    b"gname" => gname = Some(ext.value_bytes().to_vec()),
+                    _ => {}
+                }
+            }
+        }
+        let h = entry.header();
+        let mode = h.mode().map_err(|e| fail(raw, format!("mode: {e}")))? & 0o7777;
+        let mtime = match pax_mtime {
+            Some(t) => t,
+            None => {
+                let secs = h.mtime().map_err(|e| fail(raw, format!("mtime: {e}")))?;
+                FileTime::from_unix_time(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+            }
+        };
+        let owner = if self.opts.same_owner {
+            let uid = h.uid().map_err(|e| fail(raw, format!("uid: {e}")))?;
+            let gid = h.gid().map_err(|e| fail(raw, format!("gid: {e}")))?;
+            let uname = uname.as_deref().or(h.username_bytes());
+            let gname = gname.as_deref().or(h.groupname_bytes());
+            let uid = match uname.and_then(|n| cached(&mut self.users, n, user_by_name)) {
+                Some(id) => id,
+                None => u32::try_from(uid).map_err(|_| fail(raw, "uid out of range"))?,
+            };
+            let gid = match gname.and_then(|n| cached(&mut self.groups, n, group_by_name)) {
+                Some(id) => id,
+                None => u32::try_from(gid).map_err(|_| fail(raw, "gid out of range"))?,
+            };
+            Some((uid, gid))
+        } else {
+            None
+        };
+        Ok(Meta { mode, mtime, owner })
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &Path,
+        raw: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        self.parents(rel, raw)?;
+        let abs = self.into.join(rel);
+        let create = |abs: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true) // O_EXCL: never opens through an existing symlink
+                .mode(meta.mode)
+                .open(abs)
+        };
+        let mut file = match create(&abs) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, &abs, raw)?;
+                create(&abs)
+            }
+            other => other,
+        }
+        .map_err(|e| fail(raw, format!("create: {e}")))?;
+        let size = entry.size();
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(corrupt(self.opts, &e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| fail(raw, format!("write: {e}")))?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(archive_error(
+                self.opts,
+                format!(
+                    "truncated in entry {:?}: {written} of {size} bytes",
+                    lossy(raw)
+                ),
+            ));
+        }
+        if let Some((uid, gid)) = meta.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| fail(raw, format!("chown: {e}")))?;
+        }
+        if self.needs_chmod(meta.mode) {
+            file.set_permissions(Permissions::from_mode(meta.mode))
+                .map_err(|e| fail(raw, format!("chmod: {e}")))?;
+        }
+        filetime::set_file_handle_times(&file, None, Some(meta.mtime))
+            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn dir(&mut self, rel: &Path, raw: &[u8], meta: Meta) -> Result<()> {
+        self.parents(rel, raw)?;
+        if !self.dirs.contains(rel) {
+            let abs = self.into.join(rel);
+            match mkdir(&abs) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let is_dir = fs::symlink_metadata(&abs)
+                        .map_err(|e| fail(raw, format!("stat: {e}")))?
+                        .is_dir();
+                    if !is_dir {
+                        self.remove_existing(rel, &abs, raw)?;
+                        mkdir(&abs)
+                    } else {
+                        Ok(())
+                    }
+                }
+                other => other,
+            }
+            .map_err(|e| fail(raw, format!("mkdir: {e}")))?;
+            self.dirs.insert(rel.to_path_buf());
+        }
+        self.fixes.insert(rel.to_path_buf(), meta.into());
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn symlink(&mut self, rel: &Path, raw: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        self.parents(rel, raw)?;
+        let abs = self.into.join(rel);
+        let target = OsStr::from_bytes(target);
+        match std::os::unix::fs::symlink(target, &abs) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, &abs, raw)?;
+                std::os::unix::fs::symlink(target, &abs)
+            }
+            other => other,
+        }
+        .map_err(|e| fail(raw, format!("symlink: {e}")))?;
+        if let Some((uid, gid)) = meta.owner {
+            std::os::unix::fs::lchown(&abs, Some(uid), Some(gid))
+                .map_err(|e| fail(raw, format!("chown: {e}")))?;
+        }
+        filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
+            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn hard_link(&mut self, rel: &Path, raw: &[u8], target: &[u8]) -> Result<()> {
+        let target = link_target(target).map_err(|r| refused(raw, r))?;
+        if target == rel {
+            // A link to itself: the file is already there.
+            return Ok(());
+        }
+        self.check_parents(&target, raw)?;
+        self.parents(rel, raw)?;
+        let src = self.into.join(&target);
+        let abs = self.into.join(rel);
+        // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
+        let link = |src: &Path, abs: &Path| {
+            nix::unistd::linkat(None, src, None, abs, nix::fcntl::AtFlags::empty())
+                .map_err(io::Error::from)
+        };
+        match link(&src, &abs) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, &abs, raw)?;
+                link(&src, &abs)
+            }
+            other => other,
+        }
+        .map_err(|e| fail(raw, format!("hard link to {:?}: {e}", target)))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// A fifo or device node (only called when running as root).
+    fn special(
+        &mut self,
+        h: &tar::Header,
+        kind: EntryType,
+        rel: &Path,
+        raw: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        self.parents(rel, raw)?;
+        let abs = self.into.join(rel);
+        let sflag = match kind {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        let dev = if sflag == SFlag::S_IFIFO {
+            0
+        } else {
+            let major = h.device_major().map_err(|e| fail(raw, format!("{e}")))?;
+            let minor = h.device_minor().map_err(|e| fail(raw, format!("{e}")))?;
+            makedev(major.unwrap_or(0).into(), minor.unwrap_or(0).into())
+        };
+        let perm = Mode::from_bits_truncate(meta.mode & 0o777);
+        let make = |abs: &Path| mknod(abs, sflag, perm, dev).map_err(io::Error::from);
+        match make(&abs) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, &abs, raw)?;
+                make(&abs)
+            }
+            other => other,
+        }
+        .map_err(|e| fail(raw, format!("mknod: {e}")))?;
+        if let Some((uid, gid)) = meta.owner {
+            std::os::unix::fs::lchown(&abs, Some(uid), Some(gid))
+                .map_err(|e| fail(raw, format!("chown: {e}")))?;
+        }
+        if self.needs_chmod(meta.mode) {
+            // Just created by mknod, so not a symlink: chmod cannot be redirected.
+            fs::set_permissions(&abs, Permissions::from_mode(meta.mode))
+                .map_err(|e| fail(raw, format!("chmod: {e}")))?;
+        }
+        filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
+            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Makes every parent of `rel` a real directory below `into`, creating missing
+    /// ones; refuses a parent that is a symlink (never followed) or not a directory.
+    fn parents(&mut self, rel: &Path, raw: &[u8]) -> Result<()> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut prefix = PathBuf::with_capacity(parent.as_os_str().len());
+        for comp in parent.components() {
+            prefix.push(comp);
+            if self.dirs.contains(&prefix) {
+                continue;
+            }
+            let abs = self.into.join(&prefix);
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(fail(
+                        raw,
+                        format!("refusing to write through the symlink {:?}", prefix),
+                    ))
+                }
+                Ok(_) => return Err(fail(raw, format!("{:?} is not a directory", prefix))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    mkdir(&abs).map_err(|e| fail(raw, format!("mkdir {:?}: {e}", prefix)))?;
+                    if self.needs_chmod(IMPLICIT_DIR_MODE) {
+                        self.fixes.insert(
+                            prefix.clone(),
+                            DirFix {
+                                mode: IMPLICIT_DIR_MODE,
+                                mtime: None,
+                                owner: None,
+                            },
+                        );
+                    }
+                }
+                Err(e) => return Err(fail(raw, format!("stat {:?}: {e}", prefix))),
+            }
+            self.dirs.insert(prefix.clone());
+        }
+        Ok(())
+    }
+
+    /// Like `parents` for a hard link's target, but creates nothing.
+    fn check_parents(&mut self, target: &Path, raw: &[u8]) -> Result<()> {
+        let Some(parent) = target.parent() else {
+            return Ok(());
+        };
+        if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut prefix = PathBuf::with_capacity(parent.as_os_str().len());
+        for comp in parent.components() {
+            prefix.push(comp);
+            if self.dirs.contains(&prefix) {
+                continue;
+            }
+            match fs::symlink_metadata(self.into.join(&prefix)) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(fail(
+                        raw,
+                        format!("hard link target passes through the symlink {:?}", prefix),
+                    ))
+                }
+                Ok(_) => return Err(fail(raw, format!("{:?} is not a directory", prefix))),
+                Err(e) => return Err(fail(raw, format!("hard link target: {e}"))),
+            }
+            self.dirs.insert(prefix.clone());
+        }
+        Ok(())
+    }
+
+    /// A later entry replaces what an earlier one put at `abs` (as GNU tar does).
+    fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
+        let m = fs::symlink_metadata(abs).map_err(|e| fail(raw, format!("stat: {e}")))?;
+        if m.is_dir() {
+            // remove_dir_all never follows symlinks inside the tree.
+            fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            self.dirs.retain(|d| !d.starts_with(rel));
+            self.fixes.retain(|d, _| !d.starts_with(rel));
+        } else {
+            fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Whether creating with `mode` may have lost bits to the umask (or needs
+    /// setuid/setgid/sticky set explicitly).
+    fn needs_chmod(&self, mode: u32) -> bool {
+        match self.umask {
+            Some(umask) => mode & umask != 0 || mode & 0o7000 != 0,
+            None => true,
+        }
+    }
+
+    /// Applies directory owners, modes and mtimes, deepest first: writing inside a
+    /// directory would bump its mtime, and a read-only or unsearchable parent would
+    /// block fixing its children.
+    fn finish(self) -> Result<Staged> {
+        let mut fixes: Vec<(PathBuf, DirFix)> = self.fixes.into_iter().collect();
+        fixes.sort_by_key(|(rel, _)| Reverse(rel.components().count()));
+        for (rel, fix) in &fixes {
+            let abs = if rel.as_os_str().is_empty() {
+                self.into.to_path_buf()
+            } else {
+                self.into.join(rel)
+            };
+            let name = if rel.as_os_str().is_empty() {
+                ".".to_string()
+            } else {
+                rel.to_string_lossy().into_owned()
+            };
+            apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+        }
+        Ok(Staged {
+            root: self.into.to_path_buf(),
+            root_mode: self.root_mode,
+            entries: self.entries,
+        })
+    }
+}
+
+impl From<Meta> for DirFix {
+    fn from(m: Meta) -> Self {
+        DirFix {
+            mode: m.mode,
+            mtime: Some(m.mtime),
+            owner: m.owner,
+        }
+    }
+}
+
+fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
+    // O_NOFOLLOW: even if something replaced the directory by a symlink, never follow it.
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(abs)
+        .map_err(|e| format!("open directory: {e}"))?;
+    if let Some((uid, gid)) = fix.owner {
+        std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))?;
+    }
+    dir.set_permissions(Permissions::from_mode(fix.mode))
+        .map_err(|e| format!("chmod: {e}"))?;
+    if let Some(mtime) = fix.mtime {
+        filetime::set_file_handle_times(&dir, None, Some(mtime))
+            .map_err(|e| format!("set mtime: {e}"))?;
+    }
+    Ok(())
+}
+
+fn mkdir(abs: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(IMPLICIT_DIR_MODE).create(abs)
+}
+
+/// The umask, read without changing it (Linux ≥ 4.7 shows it in /proc).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}
+
+fn cached(
+    cache: &mut HashMap<Vec<u8>, Option<u32>>,
+    name: &[u8],
+    lookup: fn(&str) -> Option<u32>,
+) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(id) = cache.get(name) {
+        return *id;
+    }
+    let id = std::str::from_utf8(name).ok().and_then(lookup);
+    cache.insert(name.to_vec(), id);
+    id
+}
+
+fn user_by_name(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+fn group_by_name(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+/// A pax `mtime` record: decimal seconds with an optional fraction (`1700000000.5`,
+/// `-1.25`). `None` when malformed (the header's whole seconds are used instead).
+fn parse_pax_time(value: &[u8]) -> Option<FileTime> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = whole.parse().ok()?;
+    let mut nanos: u32 = 0;
+    for (i, d) in frac.bytes().take(9).enumerate() {
+        nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
+    }
+    if !negative {
+        Some(FileTime::from_unix_time(secs, nanos))
+    } else if nanos == 0 {
+        Some(FileTime::from_unix_time(-secs, 0))
+    } else {
+        Some(FileTime::from_unix_time(-secs - 1, 1_000_000_000 - nanos))
+    }
+}
+
+fn type_name(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Fifo => "fifo",
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        _ => "special file",
+    }
+}
+
+// ---- the entry path policy (pure) ----
+
+/// An entry's path after the policy: relative to the archive root (empty = the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntryPath {
+    rel: PathBuf,
+    /// The name started with `/` (stripped; worth a warning).
+    absolute: bool,
+}
+
+/// Why an entry's name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    ParentDir,
+    Nul,
+    AbsoluteLink,
+    EmptyLink,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::ParentDir => "path has a '..' component",
+            Refusal::Nul => "path contains a NUL byte",
+            Refusal::AbsoluteLink => "hard link target is absolute",
+            Refusal::EmptyLink => "hard link target is empty",
+        })
+    }
+}
+
+/// Raw name bytes → relative path: leading `/`s, empty and `.` components dropped,
+/// `..` refused. Works on bytes: names need not be UTF-8.
+fn entry_path(raw: &[u8]) -> std::result::Result<EntryPath, Refusal> {
+    if raw.contains(&0) {
+        return Err(Refusal::Nul);
+    }
+    let mut rel = PathBuf::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err(Refusal::ParentDir),
+            name => rel.push(OsStr::from_bytes(name)),
+        }
+    }
+    Ok(EntryPath {
+        rel,
+        absolute: raw.first() == Some(&b'/'),
+    })
+}
+
+/// A hard link's target: like an entry path, but absolute or empty is refused.
+fn link_target(raw: &[u8]) -> std::result::Result<PathBuf, Refusal> {
+    let p = entry_path(raw)?;
+    if p.absolute {
+        Err(Refusal::AbsoluteLink)
+    } else if p.rel.as_os_str().is_empty() {
+        Err(Refusal::EmptyLink)
+    } else {
+        Ok(p.rel)
+    }
+}
+
+// ---- errors ----
+
+fn lossy(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn fail(raw: &[u8], msg: impl Into<String>) -> Error {
+    Error::Entry {
+        entry: lossy(raw),
+        msg: msg.into(),
+    }
+}
+
+fn refused(raw: &[u8], r: Refusal) -> Error {
+    fail(raw, r.to_string())
+}
+
+fn archive_error(opts: &UnpackOptions, msg: String) -> Error {
+    Error::Archive {
+        url: opts.label.clone(),
+        msg,
+    }
+}
+
+/// A read error from the decoder or tar parser: the stream is corrupt or cut short.
+fn corrupt(opts: &UnpackOptions, e: &io::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    archive_error(opts, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(raw: &[u8]) -> PathBuf {
+        entry_path(raw).unwrap().rel
+    }
+
+    #[test]
+    fn plain_and_dotted_names_normalise() {
+        assert_eq!(rel(b"a/b/c"), PathBuf::from("a/b/c"));
+        assert_eq!(rel(b"./a/./b/"), PathBuf::from("a/b"));
+        assert_eq!(rel(b"a//b"), PathBuf::from("a/b"));
+        assert_eq!(rel(b"dir/"), PathBuf::from("dir"));
+        assert!(!entry_path(b"./a").unwrap().absolute);
+    }
+
+    #[test]
+    fn root_entry_is_empty() {
+        for raw in [&b"."[..], b"./", b"", b".//.", b"/"] {
+            assert_eq!(rel(raw), PathBuf::new(), "{:?}", lossy(raw));
+        }
+    }
+
+    #[test]
+    fn leading_slashes_are_stripped_and_flagged() {
+        let p = entry_path(b"///etc/x").unwrap();
+        assert_eq!(p.rel, PathBuf::from("etc/x"));
+        assert!(p.absolute);
+        assert!(entry_path(b"/").unwrap().absolute);
+    }
+
+    #[test]
+    fn parent_components_are_refused() {
+        for raw in [&b".."[..], b"../x", b"a/../b", b"a/..", b"/../etc", b"./.."] {
+            assert_eq!(entry_path(raw), Err(Refusal::ParentDir), "{:?}", lossy(raw));
+        }
+        // Only a whole component is `..`.
+        assert_eq!(rel(b"a/..b/c.."), PathBuf::from("a/..b/c.."));
+        assert_eq!(rel(b"..."), PathBuf::from("..."));
+    }
+
+    #[test]
+    fn nul_is_refused() {
+        assert_eq!(entry_path(b"a\0b"), Err(Refusal::Nul));
+    }
+
+    #[test]
+    fn non_utf8_names_keep_their_bytes() {
+        let p = rel(b"dir/caf\xe9");
+        assert_eq!(p.as_os_str().as_bytes(), b"dir/caf\xe9");
+    }
+
+    #[test]
+    fn hard_link_targets() {
+        assert_eq!(link_target(b"./a/b"), Ok(PathBuf::from("a/b")));
+        assert_eq!(link_target(b"/etc/passwd"), Err(Refusal::AbsoluteLink));
+        assert_eq!(link_target(b"../x"), Err(Refusal::ParentDir));
+        assert_eq!(link_target(b"a/../../x"), Err(Refusal::ParentDir));
+        assert_eq!(link_target(b"./"), Err(Refusal::EmptyLink));
+    }
+
+    #[test]
+    fn format_by_magic() {
+        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
+        assert_eq!(sniff(b"hello"), Format::Tar);
+        assert_eq!(sniff(&[0x1f]), Format::Tar);
+        assert_eq!(sniff(&[]), Format::Tar);
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.123456789"),
+            Some(FileTime::from_unix_time(1_700_000_000, 123_456_789))
+        );
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"12"), Some(FileTime::from_unix_time(12, 0)));
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(FileTime::from_unix_time(-2, 750_000_000))
+        );
+        assert_eq!(
+            parse_pax_time(b"1.1234567891"),
+            Some(FileTime::from_unix_time(1, 123_456_789))
+        );
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b".5"), None);
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+}
