@@ -189,7 +189,11 @@ fn with_retries<T>(
     }
 }
 
-fn limited(url: &str, deadline: Option<(Instant, Duration)>, bw: Option<u64>) -> Result<Limited<Box<dyn Read + Send>>> {
+fn limited(
+    url: &str,
+    deadline: Option<(Instant, Duration)>,
+    bw: Option<u64>,
+) -> Result<Limited<Box<dyn Read + Send>>> {
     let l = Limited {
         inner: open(url)?,
         url: url.to_string(),
@@ -234,7 +238,8 @@ pub fn download(
         logln!("Set timeout {}", humantime::format_duration(t));
     }
     let (written, hasher) = with_retries(url, opts, start, |deadline| {
-        file.set_len(0).map_err(|e| Error::io("truncate", file_path, e))?;
+        file.set_len(0)
+            .map_err(|e| Error::io("truncate", file_path, e))?;
         file.rewind().map_err(|e| Error::io("seek", file_path, e))?;
         let src = limited(url, deadline, opts.max_bandwidth)?;
         let mut hashing = HashingReader::new(src, checksum.hasher());
@@ -283,7 +288,10 @@ mod tests {
     #[test]
     fn unsupported_scheme_is_named() {
         let e = fetch_text("gopher://x/y", &FetchOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("unsupported URL scheme \"gopher\""), "{e}");
+        assert!(
+            e.to_string().contains("unsupported URL scheme \"gopher\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -302,7 +310,11 @@ mod tests {
         l.read_to_end(&mut out).unwrap();
         assert_eq!(out.len(), 3000);
         // 3000 bytes at 10 kB/s cannot finish in much under 0.3 s.
-        assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -312,7 +324,10 @@ mod tests {
             inner: &data[..],
             url: "mem".into(),
             start: Instant::now(),
-            deadline: Some((Instant::now() + Duration::from_millis(200), Duration::from_millis(200))),
+            deadline: Some((
+                Instant::now() + Duration::from_millis(200),
+                Duration::from_millis(200),
+            )),
             bandwidth: Some(10_000),
             bytes: 0,
         };

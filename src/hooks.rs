@@ -194,13 +194,18 @@ mod tests {
     #[test]
     fn environment_and_output_reach_the_log() {
         run(
-            &["echo \"dest=$STRETCHER_DEST src=$STRETCHER_SRC m=$STRETCHER_MANIFEST_URL\" >&2"
-                .to_string()],
+            &[
+                "echo \"dest=$STRETCHER_DEST src=$STRETCHER_SRC m=$STRETCHER_MANIFEST_URL\" >&2"
+                    .to_string(),
+            ],
             &env(),
         )
         .unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
-        assert!(log.contains(" dest=/d src=file:///s m=file:///m\n"), "{log}");
+        assert!(
+            log.contains(" dest=/d src=file:///s m=file:///m\n"),
+            "{log}"
+        );
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub fn pending() -> Option<&'static str> {
     }
 }
 
+/// Forgets a signal that was already acted on: the `failure` hooks run after an
+/// interrupted deploy, and only a further signal stops them.
+pub fn clear() {
+    flag().store(0, Ordering::SeqCst);
+}
+
 /// `Err(Interrupted)` once a signal arrived.
 pub fn check() -> Result<()> {
     match pending() {

@@ -1,1 +1,27 @@
-fn main(){}
+//! The `stretcher` binary: parse the command line, run one deploy, exit with its
+//! status. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use stretcher::cli::{self, Command};
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let code = match cli::parse(&args) {
+        Ok(Command::Version) => {
+            println!("stretcher {}", cli::VERSION);
+            0
+        }
+        Ok(Command::Help) => {
+            print!("{}", cli::usage());
+            0
+        }
+        Ok(Command::Run(opts)) => stretcher::deploy::main(&opts),
+        Err(e) => {
+            eprintln!("stretcher: {e}");
+            eprintln!("Try 'stretcher --help' for more information.");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

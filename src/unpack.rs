@@ -122,6 +122,7 @@ fn extract<R: Read>(stream: R, into: &Path, opts: &UnpackOptions) -> Result<Stag
     });
     let mut x = Extractor::new(into, opts);
     for entry in archive.entries().map_err(|e| corrupt(opts, &e))? {
+        crate::interrupt::check()?;
         let mut entry = entry.map_err(|e| corrupt(opts, &e))?;
         x.entry(&mut entry)?;
     }

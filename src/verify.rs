@@ -225,6 +225,9 @@ mod tests {
         io::copy(&mut r, &mut io::sink()).unwrap();
         let (_, h) = r.into_parts();
         let err = c.verify(h, ()).unwrap_err().to_string();
-        assert!(err.starts_with("checksum mismatch. expected:a9993e36"), "{err}");
+        assert!(
+            err.starts_with("checksum mismatch. expected:a9993e36"),
+            "{err}"
+        );
     }
 }

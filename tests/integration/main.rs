@@ -1,1 +1,11 @@
+//! Integration tests: the real binary and the library against real files, real
+//! processes and real `rsync` as the oracle. One file per topic.
 
+mod util;
+
+mod cli;
+mod deploy;
+mod events;
+mod hooks;
+mod rsync_oracle;
+mod unpack;

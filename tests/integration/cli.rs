@@ -1,0 +1,89 @@
+//! The command line of the real binary (SPEC §3): both flag spellings, version,
+//! help, exit codes for bad usage.
+
+use crate::util::*;
+
+#[test]
+fn version_in_every_spelling() {
+    for flag in ["-v", "-version", "--version"] {
+        let r = stretcher().arg(flag).run();
+        r.assert_ok();
+        assert_eq!(
+            r.stdout.trim(),
+            format!("stretcher {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_flag() {
+    for flag in ["-h", "--help", "-help"] {
+        let r = stretcher().arg(flag).run();
+        r.assert_ok();
+        for f in [
+            "max-bandwidth",
+            "timeout",
+            "random-delay",
+            "retry",
+            "retry-wait",
+            "rsync-verbose",
+            "version",
+        ] {
+            assert!(
+                r.stdout.contains(f),
+                "{flag}: help lacks {f}:\n{}",
+                r.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_usage_exits_2_with_one_line() {
+    for args in [
+        vec!["--no-such-flag"],
+        vec!["-retry", "many"],
+        vec!["--timeout=soon"],
+        vec!["--max-bandwidth", "lots"],
+        vec!["--rsync-verbose=-vvvv"],
+        vec!["a.yml", "b.yml"],
+    ] {
+        let r = stretcher().args(&args).run();
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("stretcher: "),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn both_flag_spellings_reach_the_deploy() {
+    // a commands-only manifest: the flags are parsed and the run succeeds
+    let s = Scratch::new();
+    let m = s.manifest("m.yml", "commands:\n  pre:\n    - echo hi\n");
+    for args in [
+        vec!["-retry", "2", "-retry-wait=1", "-timeout", "1m30s"],
+        vec!["--retry=2", "--retry-wait", "500ms", "--timeout=30"],
+        vec!["--max-band-width", "10M", "-rsync-verbose", "-vv"],
+        vec!["-max-bandwidth=512KiB", "--rsync-verbose="],
+        vec!["--random-delay", "0.01"],
+    ] {
+        s.stretcher()
+            .args(&args)
+            .arg(&m)
+            .run()
+            .assert_ok()
+            .assert_log(" hi\n");
+    }
+}
+
+#[test]
+fn random_delay_sleeps_before_reading_the_event() {
+    // the original's TestInitSleep: the delay comes first, then the (missing) event fails
+    let r = stretcher().args(["-random-delay", "0.3"]).stdin("").run();
+    r.assert_fail().assert_log("Sleeping");
+}

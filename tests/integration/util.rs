@@ -1,0 +1,408 @@
+//! Shared test helpers: run the real binary (bounded in time, killed by pid),
+//! fixture paths, manifests in temp dirs, tree snapshots, raw tar writers.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The built binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stretcher")
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn archive(name: &str) -> PathBuf {
+    fixtures().join("archives").join(name)
+}
+
+/// sha1 of a file, lower-case hex (via the library's own checksum code).
+pub fn sha1_file(path: &Path) -> String {
+    use stretcher::verify::Checksum;
+    let c = Checksum::parse(&"0".repeat(40)).unwrap();
+    let mut h = c.hasher();
+    h.update(&std::fs::read(path).unwrap());
+    h.finish_hex()
+}
+
+pub fn sha1_bytes(data: &[u8]) -> String {
+    use stretcher::verify::Checksum;
+    let c = Checksum::parse(&"0".repeat(40)).unwrap();
+    let mut h = c.hasher();
+    h.update(data);
+    h.finish_hex()
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code(), 0, "expected success; stderr:\n{}", self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_fail(&self) -> &Self {
+        assert_eq!(self.code(), 1, "expected failure; stderr:\n{}", self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_log(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "log lacks {needle:?}; stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A run of the binary being set up.
+pub struct Stretcher {
+    cmd: Command,
+    stdin: Vec<u8>,
+    limit: Duration,
+}
+
+pub fn stretcher() -> Stretcher {
+    let mut cmd = Command::new(bin());
+    for k in [
+        "CONSUL_INDEX",
+        "SERF_EVENT",
+        "SERF_USER_EVENT",
+        "SERF_USER_LTIME",
+    ] {
+        cmd.env_remove(k);
+    }
+    Stretcher {
+        cmd,
+        stdin: Vec::new(),
+        limit: Duration::from_secs(60),
+    }
+}
+
+impl Stretcher {
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = data.into();
+        self
+    }
+
+    pub fn limit(mut self, d: Duration) -> Self {
+        self.limit = d;
+        self
+    }
+
+    /// Starts the process (stdout/stderr captured), for tests that signal it.
+    pub fn spawn(mut self) -> Running {
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = self.cmd.spawn().expect("spawn stretcher");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = std::mem::take(&mut self.stdin);
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = reader(child.stdout.take().unwrap());
+        let err = reader(child.stderr.take().unwrap());
+        Running {
+            child,
+            start,
+            limit: self.limit,
+            out,
+            err,
+        }
+    }
+
+    /// Runs to the end (killed by pid when it exceeds the limit).
+    pub fn run(self) -> Run {
+        self.spawn().wait()
+    }
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+pub struct Running {
+    child: Child,
+    start: Instant,
+    limit: Duration,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    pub fn wait(mut self) -> Run {
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if self.start.elapsed() > self.limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("stretcher ran longer than {:?}; killed", self.limit);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.start.elapsed();
+        let stdout = String::from_utf8_lossy(&self.out.join().unwrap()).into_owned();
+        let stderr = String::from_utf8_lossy(&self.err.join().unwrap()).into_owned();
+        Run {
+            status,
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+/// A scratch area: `dir/dest` is the deploy target, `dir/work` the cwd of runs.
+pub struct Scratch {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let tmp = tempfile::Builder::new()
+            .prefix("stretcher-it-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(tmp.path().join("work")).unwrap();
+        std::fs::create_dir(tmp.path().join("parent")).unwrap();
+        Scratch { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The deploy target (inside its own parent, so leftovers beside it are visible).
+    pub fn dest(&self) -> PathBuf {
+        self.tmp.path().join("parent").join("dest")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+
+    /// Writes `text` as a manifest file and returns its path.
+    pub fn manifest(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Writes bytes as a file in the scratch dir.
+    pub fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    /// A run of the binary with `work` as its cwd.
+    pub fn stretcher(&self) -> Stretcher {
+        stretcher().cwd(&self.work())
+    }
+
+    /// Names beside dest other than dest and its lock file.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.tmp.path().join("parent"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "dest" && n != ".dest.stretcher.lock")
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A manifest deploying `archive` (with its sha1) into `dest`, plus `extra` YAML.
+pub fn manifest_for(archive: &Path, dest: &Path, extra: &str) -> String {
+    format!(
+        "src: file://{}\nchecksum: {}\ndest: {}\n{}",
+        archive.display(),
+        sha1_file(archive),
+        dest.display(),
+        extra
+    )
+}
+
+/// One entry of a tree snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File {
+        data: Vec<u8>,
+        mode: u32,
+        mtime: i64,
+    },
+    Dir {
+        mode: u32,
+        mtime: i64,
+    },
+    Link {
+        target: PathBuf,
+    },
+}
+
+/// Everything below `root` (and root itself as ""), never following links.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut map = BTreeMap::new();
+    if std::fs::symlink_metadata(root).is_err() {
+        return map;
+    }
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        let md = e.path().symlink_metadata().unwrap();
+        let node = if md.file_type().is_symlink() {
+            Node::Link {
+                target: std::fs::read_link(e.path()).unwrap(),
+            }
+        } else if md.is_dir() {
+            Node::Dir {
+                mode: md.permissions().mode() & 0o7777,
+                mtime: md.mtime(),
+            }
+        } else {
+            Node::File {
+                data: std::fs::read(e.path()).unwrap(),
+                mode: md.permissions().mode() & 0o7777,
+                mtime: md.mtime(),
+            }
+        };
+        map.insert(rel, node);
+    }
+    map
+}
+
+pub fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// A raw tar entry for hostile archives (names as bytes, no checks at all).
+pub enum Raw<'a> {
+    File(&'a [u8], &'a [u8]),
+    Dir(&'a [u8]),
+    Symlink(&'a [u8], &'a [u8]),
+    HardLink(&'a [u8], &'a [u8]),
+}
+
+/// Writes a ustar archive byte by byte (so `..` and absolute names survive).
+pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let (name, kind, data, link): (&[u8], u8, &[u8], &[u8]) = match e {
+            Raw::File(n, d) => (n, b'0', d, b""),
+            Raw::Dir(n) => (n, b'5', b"", b""),
+            Raw::Symlink(n, t) => (n, b'2', b"", t),
+            Raw::HardLink(n, t) => (n, b'1', b"", t),
+        };
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        let mode: &[u8] = if kind == b'5' {
+            b"0000755\0"
+        } else {
+            b"0000644\0"
+        };
+        h[100..108].copy_from_slice(mode);
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[136..148].copy_from_slice(b"14544743105\0");
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Gives the current test a fresh dir under the scratch root with `files`.
+pub fn make_tree(root: &Path, files: &[(&str, &str)]) {
+    for (p, content) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+pub fn metadata_mtime(p: &Path) -> i64 {
+    std::fs::metadata(p).unwrap().mtime()
+}
