@@ -33,6 +33,18 @@ pub enum Error {
     #[error("fetch {url}: {msg}")]
     Fetch { url: String, msg: String },
 
+    /// A source answered with a non-2xx HTTP status: 5xx is retried, 4xx is final.
+    #[error("fetch {url}: HTTP {status}{detail}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+
+    /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
+    #[error("fetch {url}: {msg}")]
+    S3 { url: String, msg: String },
+
     /// The whole-download deadline (`--timeout`) passed.
     #[error("fetch {url}: timeout after {secs:.1}s")]
     Timeout { url: String, secs: f64 },

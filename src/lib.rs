@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
+pub mod s3;
 pub mod state;
 pub mod sync;
 pub mod unpack;

@@ -7,5 +7,7 @@ mod cli;
 mod deploy;
 mod events;
 mod hooks;
+mod http;
 mod rsync_oracle;
+mod s3;
 mod unpack;

@@ -263,9 +263,18 @@ impl Scratch {
         p
     }
 
-    /// A run of the binary with `work` as its cwd.
+    /// A run of the binary with `work` as its cwd and its own replay state
+    /// (`--state-dir <scratch>/state`), so tests never share or keep event state.
     pub fn stretcher(&self) -> Stretcher {
-        stretcher().cwd(&self.work())
+        stretcher()
+            .cwd(&self.work())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+    }
+
+    /// The replay state directory of `stretcher()` runs.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
     }
 
     /// Names beside dest other than dest and its lock file.
