@@ -9,11 +9,13 @@
 //! returned as `Error::Usage` (exit 2) and `main` decides what to do with it.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
 
 use crate::error::{Error, Result};
+use crate::event::AllowList;
 
 /// The version printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,6 +37,10 @@ pub struct Options {
     pub rsync_verbose: u8,
     /// The positional manifest URL or local path, if given.
     pub target: Option<String>,
+    /// `--state-dir`: where replay state lives; `None` = the default (SPEC §2).
+    pub state_dir: Option<PathBuf>,
+    /// `--allow-url` prefixes (normalised); empty = every URL is allowed.
+    pub allow_url: AllowList,
 }
 
 impl Default for Options {
@@ -47,6 +53,8 @@ impl Default for Options {
             retry_wait: DEFAULT_RETRY_WAIT,
             rsync_verbose: 1,
             target: None,
+            state_dir: None,
+            allow_url: AllowList::default(),
         }
     }
 }
@@ -70,6 +78,8 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("retry", "retry"),
     ("retry-wait", "retry-wait"),
     ("rsync-verbose", "rsync-verbose"),
+    ("state-dir", "state-dir"),
+    ("allow-url", "allow-url"),
 ];
 
 /// The raw, string-valued flags argh parses; validation happens in `validate`.
@@ -94,6 +104,12 @@ struct RawArgs {
     /// rsync verbose
     #[argh(option)]
     rsync_verbose: Option<String>,
+    /// state dir
+    #[argh(option)]
+    state_dir: Option<String>,
+    /// allowed URL prefixes (repeatable)
+    #[argh(option)]
+    allow_url: Vec<String>,
     /// manifest URL or path
     #[argh(positional)]
     target: Vec<String>,
@@ -252,6 +268,17 @@ fn validate(raw: RawArgs) -> Result<Options> {
             }
         };
     }
+    if let Some(v) = raw.state_dir {
+        if v.trim().is_empty() {
+            return Err(bad_value("state-dir", &v, "expected a directory path"));
+        }
+        o.state_dir = Some(PathBuf::from(v));
+    }
+    o.allow_url = AllowList::new(&raw.allow_url).map_err(|m| {
+        Error::Usage(format!(
+            "invalid value for flag --allow-url: {m}; expected a URL prefix like https://host/dir/"
+        ))
+    })?;
     let mut targets = raw.target.into_iter();
     o.target = targets.next();
     if let Some(extra) = targets.next() {
@@ -383,6 +410,13 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
   --retry N               extra download attempts after a failure (default 0)
   --retry-wait DURATION   pause between download attempts (default 3s)
   --rsync-verbose LEVEL   how much of the sync is logged: \"\", -v (default), -vv, -vvv
+  --state-dir DIR         where the last handled consul/serf event of each name is
+                          remembered, so that a replayed event is skipped (default
+                          /var/lib/stretcher when writable, else
+                          $XDG_STATE_HOME/stretcher or ~/.local/state/stretcher)
+  --allow-url PREFIX      refuse a manifest or src URL that starts with none of the
+                          PREFIXes (repeatable; end each with /); checked before
+                          anything is fetched
   -v, --version           print the version and exit
   -h, --help              print this help and exit
 
@@ -447,6 +481,12 @@ mod tests {
             (&["-"], &["--", "-"]),
             (&["help"], &["--", "help"]),
             (&["--timeout", "--help"], &["--timeout", "--help"]),
+            (&["-state-dir", "/s"], &["--state-dir", "/s"]),
+            (&["--state-dir=/s"], &["--state-dir", "/s"]),
+            (
+                &["-allow-url", "s3://b/", "--allow-url=file:///srv/"],
+                &["--allow-url", "s3://b/", "--allow-url", "file:///srv/"],
+            ),
         ];
         for (input, want) in cases {
             let got = normalize(&os(input)).unwrap_or_else(|e| panic!("{input:?}: {e}"));
@@ -459,7 +499,9 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["-timeout"], "flag needs an argument: -timeout"),
             (&["--bogus"], "unknown flag: --bogus"),
-            (&["-state-dir", "/x"], "unknown flag: -state-dir"),
+            (&["-dry-runs", "/x"], "unknown flag: -dry-runs"),
+            (&["-state-dir"], "flag needs an argument: -state-dir"),
+            (&["--allow-url"], "flag needs an argument: -allow-url"),
             (&["---timeout", "1"], "bad flag syntax"),
             (&["-=1"], "bad flag syntax"),
             (&["-version=1"], "does not take a value"),
@@ -640,10 +682,53 @@ mod tests {
             "--retry ",
             "--retry-wait",
             "--rsync-verbose",
+            "--state-dir",
+            "--allow-url",
             "--version",
             "--help",
         ] {
             assert!(u.contains(flag), "usage lacks {flag}");
+        }
+    }
+
+    #[test]
+    fn state_dir_flag() {
+        assert_eq!(run(&[]).state_dir, None);
+        for args in [
+            &["-state-dir", "/var/tmp/st"][..],
+            &["--state-dir=/var/tmp/st"],
+            &["--state-dir", "/var/tmp/st"],
+            &["-state-dir=/var/tmp/st"],
+        ] {
+            assert_eq!(
+                run(args).state_dir.as_deref(),
+                Some(std::path::Path::new("/var/tmp/st")),
+                "{args:?}"
+            );
+        }
+        let m = usage_err(&["--state-dir", ""]);
+        assert!(m.contains("--state-dir"), "{m}");
+    }
+
+    #[test]
+    fn allow_url_flag_repeats() {
+        assert!(run(&[]).allow_url.is_empty());
+        let o = run(&[
+            "-allow-url",
+            "s3://bucket/releases/",
+            "--allow-url=HTTPS://Host",
+            "--allow-url",
+            "file:///srv/app/",
+            "m.yml",
+        ]);
+        assert_eq!(
+            o.allow_url.prefixes(),
+            ["s3://bucket/releases/", "https://host/", "file:///srv/app/"]
+        );
+        assert_eq!(o.target.as_deref(), Some("m.yml"));
+        for bad in ["/srv/app/", "https://u@h/", "file:///srv/../x/", ""] {
+            let m = usage_err(&["--allow-url", bad]);
+            assert!(m.contains("--allow-url"), "{bad}: {m}");
         }
     }
 }

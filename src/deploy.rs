@@ -7,7 +7,6 @@
 //! and it guarantees that nothing touches `dest` before the sync step.
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,6 +78,49 @@ fn run_inner(
     }
 
     let event = event::read(opts.target.as_deref(), env, stdin)?;
+    for warning in opts.allow_url.warnings() {
+        logln!("{warning}");
+    }
+    // Replays (SPEC §2, §10): a consul/serf event already handled is skipped. The
+    // claim holds the event name's lock until the event is recorded, so a second
+    // handler of the same event waits and then skips it.
+    let claim = match event.replay_key() {
+        None => None,
+        Some((name, seen)) => {
+            let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
+            match state::claim(&dir, name, &seen)? {
+                state::Claim::Replay(why) => {
+                    logln!("Skipping {}: already handled: {why}", event.describe());
+                    return Ok(());
+                }
+                state::Claim::Fresh(claim) => Some(claim),
+            }
+        }
+    };
+    let result = run_event(&event, opts, env);
+    // Handled once its deploy ran to an end, success or failure (a refused or
+    // unreadable manifest included); not when a signal cut it short, so that a
+    // redelivery finishes the job.
+    if let Some(claim) = claim {
+        if !matches!(result, Err(Error::Interrupted(_))) {
+            if let Err(e) = claim.record() {
+                logln!(
+                    "warning: cannot record {} as handled: {e}",
+                    event.describe()
+                );
+            }
+        }
+    }
+    result
+}
+
+/// One event that is not a replay: allow-url check, manifest, deploy, final hooks.
+fn run_event(
+    event: &event::Event,
+    opts: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", event.url);
     let fetch_opts = FetchOptions {
         retry: opts.retry,
@@ -93,6 +135,10 @@ fn run_inner(
             "warning: manifest {}: unknown key {key:?} is ignored",
             event.url
         );
+    }
+    if let Some(src) = &manifest.src {
+        // Before anything is fetched or run: a refused src runs no hook at all.
+        opts.allow_url.check("src", src)?;
     }
 
     let hook_env = HookEnv {
@@ -157,28 +203,37 @@ fn deploy(
     let work = Workspace::new(dest)?;
     work.remove_leftovers();
 
+    // Download, hash and unpack in one pass into a private staging directory beside
+    // dest. dest is only read: files it already has (same size, mtime, mode) are
+    // linked from it instead of written.
     logln!("Loading URL {src}");
-    let (file, file_path) = work.download_file()?;
-    let archive = fetch::download(src, checksum, file, &file_path, fetch_opts)?;
+    let same_owner = nix::unistd::geteuid().is_root();
+    let staged = fetch::stream(src, checksum, fetch_opts, |reader| {
+        let staging = work.staging_dir()?;
+        let unpack_opts = UnpackOptions {
+            same_owner,
+            label: src.to_string(),
+            reuse_from: reusable_dest(dest, staging.path()),
+        };
+        logln!("Extract archive: {src} to {}", staging.path().display());
+        let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
+        Ok((staging, staged))
+    })?;
+    // Verified: from here on the staged tree is the archive's.
+    let (staging, staged) = staged.into_inner();
+    logln!(
+        "Unpacked {} entries ({} unchanged files taken from {})",
+        staged.entries,
+        staged.reused.len(),
+        dest.display()
+    );
 
     hooks::run(&manifest.commands.pre, hook_env)?;
-
-    let staging = work.staging_dir()?;
-    logln!("Extract archive: {src} to {}", staging.path().display());
-    let same_owner = nix::unistd::geteuid().is_root();
-    let unpack_opts = UnpackOptions {
-        same_owner,
-        label: src.to_string(),
-    };
-    let staged = archive
-        .try_map(|f| unpack::unpack(std::io::BufReader::new(f), staging.path(), &unpack_opts))?;
-    // The archive is fully read; free its disk space before the sync needs some.
-    let _ = std::fs::remove_file(&file_path);
-    interrupt::check()?;
+    check_reused(staging.path(), &staged)?;
 
     let mode = manifest
         .dest_mode
-        .or(staged.get().root_mode)
+        .or(staged.root_mode)
         .unwrap_or(DEFAULT_DEST_MODE);
     logln!("Set dest mode {mode:04o}");
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(mode))
@@ -202,6 +257,8 @@ fn deploy(
             let sync_opts = SyncOptions {
                 verbosity: opts.rsync_verbose,
                 preserve_owner: same_owner,
+                // staging is private and discarded: rename from it instead of copying
+                move_source: true,
             };
             sync::sync(staging.path(), dest, &filter, &sync_opts)?;
         }
@@ -218,17 +275,43 @@ fn deploy(
     hooks::run(&manifest.commands.post, hook_env)
 }
 
+/// `dest` when unchanged files can be taken from it by hard link: it is a directory
+/// on the staging directory's filesystem.
+fn reusable_dest(dest: &Path, staging: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let d = std::fs::metadata(dest).ok().filter(|m| m.is_dir())?;
+    let s = std::fs::metadata(staging).ok()?;
+    (d.dev() == s.dev()).then(|| dest.to_path_buf())
+}
+
+/// Files taken from dest share their inode with it: a `pre` command that rewrote one
+/// in place changed the staged copy too. That copy is no longer the archive's, so the
+/// deploy stops before the sync (the next run writes the file afresh).
+fn check_reused(staging: &Path, staged: &unpack::Staged) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for (rel, size, mtime) in &staged.reused {
+        let path = staging.join(rel);
+        let m = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        if m.size() != *size || m.mtime() != *mtime {
+            return Err(Error::Sync {
+                path: rel.clone(),
+                msg: "a pre command changed this file in dest in place; its archive \
+                      content was taken from there, so it is gone: deploy again"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
-/// renames are atomic), named `.stretcher-<dest name>.XXXXXX.{download,staging}`.
+/// renames are atomic), named `.stretcher-<dest name>.XXXXXX.staging`.
 struct Workspace {
     dir: PathBuf,
     prefix: OsString,
-    /// Paths made by this run, removed on drop.
-    made: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 const RAND_LEN: usize = 6;
-const DOWNLOAD_SUFFIX: &str = ".download";
 const STAGING_SUFFIX: &str = ".staging";
 
 impl Workspace {
@@ -240,7 +323,6 @@ impl Workspace {
         Ok(Workspace {
             dir: parent.to_path_buf(),
             prefix,
-            made: Default::default(),
         })
     }
 
@@ -274,9 +356,7 @@ impl Workspace {
         let Some(rest) = n.strip_prefix(p) else {
             return false;
         };
-        let middle = rest
-            .strip_suffix(DOWNLOAD_SUFFIX.as_bytes())
-            .or_else(|| rest.strip_suffix(STAGING_SUFFIX.as_bytes()));
+        let middle = rest.strip_suffix(STAGING_SUFFIX.as_bytes());
         matches!(middle, Some(m) if m.len() == RAND_LEN && m.iter().all(u8::is_ascii_alphanumeric))
     }
 
@@ -284,18 +364,6 @@ impl Workspace {
         let mut b = tempfile::Builder::new();
         b.prefix(&self.prefix).suffix(suffix).rand_bytes(RAND_LEN);
         b
-    }
-
-    /// A private temp file for the download.
-    fn download_file(&self) -> Result<(File, PathBuf)> {
-        let (file, path) = self
-            .builder(DOWNLOAD_SUFFIX)
-            .tempfile_in(&self.dir)
-            .map_err(|e| Error::io("create temp file in", &self.dir, e))?
-            .keep()
-            .map_err(|e| Error::io("create temp file in", &self.dir, e.error))?;
-        self.made.borrow_mut().push(path.clone());
-        Ok((file, path))
     }
 
     /// A private, empty staging directory.
@@ -308,14 +376,6 @@ impl Workspace {
             path: dir.keep(),
             kept: false,
         })
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        for p in self.made.borrow().iter() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -390,7 +450,6 @@ mod tests {
     fn leftovers_are_recognised_by_exact_name() {
         let w = Workspace::new(Path::new("/srv/app")).unwrap();
         assert!(w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.staging")));
-        assert!(w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.download")));
         // another dest's leftovers, and look-alikes, are not ours
         assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.x.Ab12Cd.staging")));
         assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12C.staging")));

@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::state::Seen;
 
 /// Who handed us the manifest URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +25,10 @@ pub enum Origin {
     Consul {
         name: String,
         id: String,
-        ltime: u64,
+        ltime: Option<u64>,
     },
-    /// A Serf user event (`SERF_EVENT=user`).
-    Serf { name: String, ltime: u64 },
+    /// A Serf user event (`SERF_EVENT=user`); `ltime` from `SERF_USER_LTIME`.
+    Serf { name: String, ltime: Option<u64> },
     /// One line on stdin (`echo URL | stretcher`, ssh, cron).
     Line,
     /// The positional command-line argument.
@@ -51,7 +52,7 @@ struct ConsulEvent {
     #[serde(rename = "Payload", default)]
     payload: Option<String>,
     #[serde(rename = "LTime", default)]
-    ltime: u64,
+    ltime: Option<u64>,
 }
 
 /// Standard base64 alphabet, padding optional (Consul pads; be lenient anyway).
@@ -191,13 +192,13 @@ fn serf(kind: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
     let name = env("SERF_USER_EVENT").unwrap_or_default();
     let ltime = match env("SERF_USER_LTIME") {
-        None => 0,
-        Some(v) if v.trim().is_empty() => 0,
-        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+        None => None,
+        Some(v) if v.trim().is_empty() => None,
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
             Error::Event(format!(
                 "serf event {name}: SERF_USER_LTIME {v:?} is not a number"
             ))
-        })?,
+        })?),
     };
     let payload = text.trim();
     if payload.is_empty() {
@@ -254,6 +255,162 @@ pub(crate) fn has_scheme(text: &str) -> bool {
     let mut chars = scheme.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+impl Event {
+    /// The event name and identity that replay detection keys on (SPEC §2, §10),
+    /// or `None` for a stdin line or a positional argument (never skipped).
+    pub fn replay_key(&self) -> Option<(&str, Seen)> {
+        match &self.origin {
+            Origin::Consul { name, id, ltime } => Some((
+                name,
+                Seen {
+                    id: Some(id.clone()).filter(|i| !i.is_empty()),
+                    ltime: *ltime,
+                },
+            )),
+            Origin::Serf { name, ltime } => Some((
+                name,
+                Seen {
+                    id: None,
+                    ltime: *ltime,
+                },
+            )),
+            Origin::Line | Origin::Arg => None,
+        }
+    }
+
+    /// Who sent it, for the log: `consul event "deploy" (ID x, LTime 3)`.
+    pub fn describe(&self) -> String {
+        match (&self.origin, self.replay_key()) {
+            (Origin::Consul { name, .. }, Some((_, seen))) => {
+                format!("consul event {name:?} ({seen})")
+            }
+            (Origin::Serf { name, .. }, Some((_, seen))) => {
+                format!("serf user event {name:?} ({seen})")
+            }
+            (Origin::Line, _) => "a line on stdin".to_string(),
+            _ => "the command line".to_string(),
+        }
+    }
+}
+
+/// `--allow-url` (SPEC §3): the URL prefixes a manifest or `src` may start with.
+/// Empty means "anything". Prefixes and URLs are compared after the same
+/// normalisation (scheme and host lower-cased, `file://localhost/` → `file:///`,
+/// an empty path → `/`), and under an allow-list a URL with user info
+/// (`https://good@evil/`) or a `.` / `..` segment (also percent-encoded, also
+/// between backslashes) is refused outright. The comparison is on the string: a
+/// prefix should end with `/` (`file:///srv/app` also allows `file:///srv/app-x/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    prefixes: Vec<String>,
+}
+
+impl AllowList {
+    /// Normalises and checks the prefixes; the error names the bad one.
+    pub fn new(prefixes: &[String]) -> std::result::Result<AllowList, String> {
+        let prefixes = prefixes
+            .iter()
+            .map(|p| normalize_url(p.trim()).map_err(|e| format!("prefix {p:?} {e}")))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(AllowList { prefixes })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+
+    /// The (normalised) prefixes.
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+
+    /// Prefixes that end inside a name and so allow its siblings too.
+    pub fn warnings(&self) -> Vec<String> {
+        self.prefixes
+            .iter()
+            .filter(|p| !p.ends_with('/'))
+            .map(|p| {
+                format!(
+                    "warning: --allow-url {p} does not end with \"/\": it also allows {p}-other/..."
+                )
+            })
+            .collect()
+    }
+
+    /// `Ok` when the list is empty or `url` starts with one of the prefixes;
+    /// otherwise an error naming the URL and `what` it is (manifest, src).
+    pub fn check(&self, what: &str, url: &str) -> Result<()> {
+        if self.prefixes.is_empty() {
+            return Ok(());
+        }
+        let refuse = |why: String| Error::Fetch {
+            url: url.to_string(),
+            msg: format!("{what} URL refused by --allow-url: {why}"),
+        };
+        let norm = normalize_url(url).map_err(|e| refuse(format!("the URL {e}")))?;
+        if self.prefixes.iter().any(|p| norm.starts_with(p.as_str())) {
+            return Ok(());
+        }
+        Err(refuse(format!(
+            "it starts with none of {}",
+            self.prefixes.join(", ")
+        )))
+    }
+}
+
+/// The form `AllowList` compares: see there. `Err` says what is wrong.
+fn normalize_url(url: &str) -> std::result::Result<String, String> {
+    if !has_scheme(url) {
+        return Err("has no scheme (scheme://...)".to_string());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("has no scheme (scheme://...)".to_string());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(auth_end);
+    if authority.contains('@') {
+        return Err("has user info (user@host)".to_string());
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    if scheme == "file" && authority == "localhost" {
+        authority.clear();
+    }
+    let path_end = after.find(['?', '#']).unwrap_or(after.len());
+    let (path, suffix) = after.split_at(path_end);
+    let decoded = percent_decode(path);
+    if decoded
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|seg| seg == b".." || seg == b".")
+    {
+        return Err("has a \".\" or \"..\" segment".to_string());
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    Ok(format!("{scheme}://{authority}{path}{suffix}"))
+}
+
+/// `%XX` → the byte, everything else as is (only for the `..` check).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -324,7 +481,7 @@ mod tests {
             Origin::Consul {
                 name: "deploy".into(),
                 id: "b5ef1588-1bcd-d93f-5d9c-67cb6e8c4587".into(),
-                ltime: 3,
+                ltime: Some(3),
             }
         );
         let ev = read_with(None, &[("CONSUL_INDEX", "12")], CONSUL_TWO).unwrap();
@@ -396,17 +553,17 @@ mod tests {
             ev.origin,
             Origin::Serf {
                 name: "deploy".into(),
-                ltime: 42
+                ltime: Some(42)
             }
         );
-        // Trimmed; ltime defaults to 0.
+        // Trimmed; no SERF_USER_LTIME, no LTime.
         let ev = read_with(None, &[("SERF_EVENT", "user")], "  http://h/m.yml \n").unwrap();
         assert_eq!(ev.url, "http://h/m.yml");
         assert_eq!(
             ev.origin,
             Origin::Serf {
                 name: String::new(),
-                ltime: 0
+                ltime: None
             }
         );
         for (vars, input, want) in [
@@ -536,5 +693,122 @@ mod tests {
             assert_eq!(&to_url(input).unwrap(), want, "{input:?}");
         }
         assert!(to_url("  ").is_err());
+    }
+
+    #[test]
+    fn replay_keys() {
+        let ev = read_with(None, &[], CONSUL_TWO).unwrap();
+        let (name, seen) = ev.replay_key().unwrap();
+        assert_eq!(name, "deploy");
+        assert_eq!(
+            seen.id.as_deref(),
+            Some("b5ef1588-1bcd-d93f-5d9c-67cb6e8c4587")
+        );
+        assert_eq!(seen.ltime, Some(3));
+        assert!(ev.describe().contains("LTime 3"), "{}", ev.describe());
+        // an empty ID or a missing LTime is "not given"
+        let input = format!(
+            r#"[{{"ID":"","Name":"d","Payload":"{}"}}]"#,
+            b64("s3://b/k")
+        );
+        let (_, seen) = read_with(None, &[], &input)
+            .unwrap()
+            .replay_key()
+            .unwrap()
+            .clone();
+        assert_eq!(seen, Seen::default());
+        let ev = read_with(
+            None,
+            &[
+                ("SERF_EVENT", "user"),
+                ("SERF_USER_EVENT", "deploy"),
+                ("SERF_USER_LTIME", "0"),
+            ],
+            "s3://b/k",
+        )
+        .unwrap();
+        let (name, seen) = ev.replay_key().unwrap();
+        assert_eq!((name, seen.id, seen.ltime), ("deploy", None, Some(0)));
+        // lines and positionals are never replays
+        assert!(read_with(None, &[], "s3://b/k\n")
+            .unwrap()
+            .replay_key()
+            .is_none());
+        assert!(read_with(Some("s3://b/k"), &[], "")
+            .unwrap()
+            .replay_key()
+            .is_none());
+    }
+
+    fn allow(prefixes: &[&str]) -> AllowList {
+        let v: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        AllowList::new(&v).unwrap()
+    }
+
+    #[test]
+    fn allow_list_table() {
+        let list = allow(&[
+            "file:///srv/app/",
+            "HTTPS://Deploy.Example.com",
+            "s3://bucket/releases/",
+            "file:///srv/legacy",
+        ]);
+        let cases: &[(&str, bool)] = &[
+            ("file:///srv/app/m.yml", true),
+            ("file://localhost/srv/app/m.yml", true),
+            ("file:///srv/app/sub/a.tar.gz", true),
+            ("FILE:///srv/app/m.yml", true),
+            ("file:///srv/app", false),
+            ("file:///srv/app-evil/m.yml", false),
+            ("file:///srv/app/../etc/m.yml", false),
+            ("file:///srv/app/./m.yml", false),
+            ("file:///srv/app/%2e%2e/etc/m.yml", false),
+            ("file:///srv/app/..%2Fetc/m.yml", false),
+            ("file:///srv/app/..\\etc/m.yml", false),
+            ("file:///srv/app/..x/m.yml", true),
+            ("file:///srv/app2/m.yml", false),
+            ("https://deploy.example.com/m.yml", true),
+            ("https://DEPLOY.example.com/m.yml?x=1", true),
+            ("https://deploy.example.com", true),
+            ("https://deploy.example.com.evil.net/m.yml", false),
+            ("https://deploy.example.com@evil.net/m.yml", false),
+            ("http://deploy.example.com/m.yml", false),
+            ("s3://bucket/releases/app.tar.gz", true),
+            ("s3://bucket/other/app.tar.gz", false),
+            ("s3://BUCKET/releases/app.tar.gz", true),
+            // a prefix without a trailing slash is a plain string prefix
+            ("file:///srv/legacy/m.yml", true),
+            ("file:///srv/legacy-evil/m.yml", true),
+            ("/srv/app/m.yml", false),
+        ];
+        for (url, want) in cases {
+            let got = list.check("manifest", url);
+            assert_eq!(got.is_ok(), *want, "{url}: {got:?}");
+            if let Err(e) = got {
+                let m = e.to_string();
+                assert!(
+                    m.contains("refused by --allow-url") && m.contains(url),
+                    "{m}"
+                );
+            }
+        }
+        assert_eq!(list.warnings().len(), 1);
+        assert!(list.warnings()[0].contains("file:///srv/legacy"));
+        // no list: anything goes
+        assert!(AllowList::default().check("src", "file:///x/../y").is_ok());
+    }
+
+    #[test]
+    fn bad_prefixes() {
+        for bad in [
+            "/srv/app/",
+            "srv",
+            "https://u@h/",
+            "file:///srv/../app/",
+            "",
+        ] {
+            assert!(AllowList::new(&[bad.to_string()]).is_err(), "{bad:?}");
+        }
+        assert_eq!(allow(&["file://"]).prefixes(), ["file:///"]);
     }
 }

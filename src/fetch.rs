@@ -1,17 +1,16 @@
 //! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
 //! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
 //! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client); `with_retries`, `Limited`, `download` and `fetch_text` are shared.
-//! `download` hashes the bytes as they arrive into a private temp file and hands back
-//! only a `Verified` file.
+//! same HTTP client); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
+//! `stream` hashes the bytes as they arrive on their way to the consumer (the
+//! unpacker) and hands back only a `Verified` result.
 //!
-//! Never writes anywhere but the temp file it is given; never logs a secret or a
+//! Never writes anything; never logs a secret or a
 //! presigned URL: errors and log lines name the URL as the user wrote it. With `s3`,
 //! the only module that touches the network.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read, Seek, Write};
-use std::path::Path;
+use std::io::{self, IsTerminal, Read, Write};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -639,15 +638,21 @@ pub fn fetch_text(url: &str, opts: &FetchOptions) -> Result<String> {
     })
 }
 
-/// Downloads `url` into `file` (truncated first, rewound after), hashing as the
-/// bytes arrive; only a matching digest gives the file back, `Verified`.
-pub fn download(
+/// Streams `url` into `consume` (the unpacker), hashing the bytes as they arrive,
+/// with the retries, deadline and bandwidth cap of `opts`; each attempt starts
+/// `consume` afresh, so it must not keep state across calls. Only a matching digest
+/// gives its result back, `Verified`.
+///
+/// A source error (connection, deadline, signal) is reported as such even when the
+/// consumer saw it first as a broken stream. When the consumer fails on its own (a
+/// corrupt archive), the rest of the source is still read: if the digest does not
+/// match, the mismatch is the error reported, the likelier story.
+pub fn stream<T>(
     url: &str,
     checksum: &Checksum,
-    mut file: File,
-    file_path: &Path,
     opts: &FetchOptions,
-) -> Result<Verified<File>> {
+    mut consume: impl FnMut(&mut (dyn Read + Send)) -> Result<T>,
+) -> Result<Verified<T>> {
     let start = Instant::now();
     if let Some(bw) = opts.max_bandwidth.filter(|b| *b > 0) {
         logln!("Set max bandwidth {bw} bytes/sec");
@@ -655,43 +660,71 @@ pub fn download(
     if let Some(t) = opts.timeout {
         logln!("Set timeout {}", humantime::format_duration(t));
     }
-    let (written, hasher) = with_retries(url, opts, start, |deadline| {
-        file.set_len(0)
-            .map_err(|e| Error::io("truncate", file_path, e))?;
-        file.rewind().map_err(|e| Error::io("seek", file_path, e))?;
+    // Outer error: the source failed (retried when retryable); inner: the consumer's
+    // own verdict on good bytes (never retried).
+    let (outcome, count, hasher) = with_retries(url, opts, start, |deadline| {
         let (src, len) = limited(url, deadline, opts.max_bandwidth)?;
-        let mut progress = Progress::new(len);
-        let mut hashing = HashingReader::new(src, checksum.hasher());
-        let mut out = io::BufWriter::with_capacity(256 * 1024, &mut file);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match hashing.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => {
-                    continue
-                }
-                Err(e) => return Err(read_error(url, e)),
-            };
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", file_path, e))?;
-            progress.update(hashing.count());
+        let mut tap = Tap {
+            inner: HashingReader::new(src, checksum.hasher()),
+            progress: Progress::new(len),
+            failure: None,
+        };
+        let outcome = consume(&mut tap);
+        if tap.failure.is_none() {
+            // The digest needs every byte (normally the consumer read them all).
+            let _ = io::copy(&mut tap, &mut io::sink());
         }
-        out.flush().map_err(|e| Error::io("write", file_path, e))?;
-        let count = hashing.count();
-        let (_, hasher) = hashing.into_parts();
-        Ok((count, hasher))
+        if let Some(e) = tap.failure.take() {
+            return Err(read_error(url, e));
+        }
+        let count = tap.inner.count();
+        let (_, hasher) = tap.inner.into_parts();
+        Ok((outcome, count, hasher))
     })?;
     let secs = start.elapsed().as_secs_f64();
     logln!(
-        "Wrote {written} bytes to {} (in {secs:.3}s, {:.0} bytes/s)",
-        file_path.display(),
-        written as f64 / secs.max(1e-9)
+        "Read {count} bytes from {url} (in {secs:.3}s, {:.0} bytes/s)",
+        count as f64 / secs.max(1e-9)
     );
-    let verified = checksum.verify(hasher, ())?;
-    logln!("Checksum ok: {}", checksum.hex());
-    file.rewind().map_err(|e| Error::io("seek", file_path, e))?;
-    Ok(verified.map(|()| file))
+    match outcome {
+        Ok(value) => {
+            let verified = checksum.verify(hasher, value)?;
+            logln!("Checksum ok: {}", checksum.hex());
+            Ok(verified)
+        }
+        Err(e) => {
+            checksum.verify(hasher, ())?;
+            Err(e)
+        }
+    }
+}
+
+/// The consumer's view of a source: hashes, shows progress, and keeps the source's
+/// own error (the consumer only gets a copy, which it may wrap beyond recognition).
+struct Tap<R> {
+    inner: HashingReader<R>,
+    progress: Progress,
+    failure: Option<io::Error>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.failure {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.progress.update(self.inner.count());
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failure = Some(e);
+                Err(copy)
+            }
+        }
+    }
 }
 
 /// A `\r`-rewritten line on stderr while a download runs, only when stderr is a
@@ -742,6 +775,7 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn file_urls_map_to_paths() {

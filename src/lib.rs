@@ -5,8 +5,9 @@
 //! ```text
 //! argv ─cli::parse→ Options                 stdin, env ─event::read→ Event
 //! Event.url ─fetch (text)→ manifest::parse(text, base_url) → Manifest
-//! Manifest.src ─fetch::download (hashing as bytes arrive)→ Verified<temp file>
-//! hooks::run(pre) → unpack → Staged (dest untouched) → sync::plan → sync::apply → Stats
+//! Manifest.src ─fetch::stream (hashing as bytes arrive)→ unpack → Verified<Staged>
+//!   (one pass, two threads; dest only read: unchanged files are linked from it)
+//! hooks::run(pre) → sync::plan → sync::apply (renames from staging) → Stats
 //! hooks::run(post) → hooks::finish(success | failure, log snapshot on stdin)
 //! ```
 //!

@@ -1,16 +1,24 @@
-//! What persists between runs (SPEC §2, §10): the exclusive lock that keeps two
-//! deploys of one `dest` from interleaving — `.<dest name>.stretcher.lock` in dest's
-//! parent, held with flock(2) so a lock of a dead process never blocks.
+//! What persists between runs (SPEC §2, §10):
 //!
-//! Never removes the lock file (removing it would let a third run lock a different
-//! inode while the second still holds the old one).
+//! - the exclusive lock that keeps two deploys of one `dest` from interleaving —
+//!   `.<dest name>.stretcher.lock` in dest's parent;
+//! - the replay memory: per event name, the last event handled (consul: ID and
+//!   LTime; serf: LTime), one small JSON file per name in the state directory,
+//!   replaced atomically (temp file, fsync, rename, fsync of the directory).
+//!
+//! Every lock is flock(2), so a lock held by a dead process never blocks. Lock files
+//! are never removed (removing one would let a third run lock a different inode
+//! while the second still holds the old one). A corrupt state file is reported and
+//! treated as empty, never a crash. This module never fetches or runs anything.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
@@ -56,12 +64,20 @@ pub fn lock_dest(dest: &Path) -> Result<DestLock> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     }
+    let what = format!("another stretcher is deploying to {}", dest.display());
+    let lock = lock_waiting(&path, &what)?;
+    Ok(DestLock { _lock: lock, path })
+}
+
+/// Opens (creating) `path` and takes an exclusive flock on it, polling so that a
+/// signal can end the wait; logs once that it waits, and once that it got it.
+fn lock_waiting(path: &Path, holder: &str) -> Result<Flock<File>> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
+        .open(path)
+        .map_err(|e| Error::io("open lock file", path, e))?;
     let mut said = false;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -69,30 +85,293 @@ pub fn lock_dest(dest: &Path) -> Result<DestLock> {
                 if said {
                     logln!("got the lock {}", path.display());
                 }
-                return Ok(DestLock { _lock: lock, path });
+                return Ok(lock);
             }
             Err((f, Errno::EWOULDBLOCK)) => {
                 if !said {
-                    logln!(
-                        "waiting for the lock {}: another stretcher is deploying to {}",
-                        path.display(),
-                        dest.display()
-                    );
+                    logln!("waiting for the lock {}: {holder}", path.display());
                     said = true;
                 }
                 file = f;
                 interrupt::sleep(Duration::from_millis(100))?;
             }
             Err((_, errno)) => {
-                return Err(Error::io("lock", &path, std::io::Error::from(errno)));
+                return Err(Error::io("lock", path, std::io::Error::from(errno)));
             }
         }
     }
 }
 
+// ---------------------------------------------------------------------------
+// Replay memory
+// ---------------------------------------------------------------------------
+
+/// The system-wide default state directory (SPEC §2).
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/stretcher";
+
+/// What identifies one delivery of an event: consul gives an ID and an LTime,
+/// serf an LTime only. `None` means "not given", which never matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ltime: Option<u64>,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.id, self.ltime) {
+            (Some(id), Some(t)) => write!(f, "ID {id}, LTime {t}"),
+            (Some(id), None) => write!(f, "ID {id}"),
+            (None, Some(t)) => write!(f, "LTime {t}"),
+            (None, None) => write!(f, "no ID or LTime"),
+        }
+    }
+}
+
+/// Why `new` is a replay of what was handled last (`last`), or `None` when it
+/// must run (SPEC §10): an LTime at or below the last handled one, or a consul
+/// ID equal to it. A missing LTime or ID compares with nothing.
+pub fn replay_reason(last: &Seen, new: &Seen) -> Option<String> {
+    if let (Some(a), Some(b)) = (&last.id, &new.id) {
+        if a == b {
+            return Some(format!("ID {b} was handled already"));
+        }
+    }
+    if let (Some(a), Some(b)) = (last.ltime, new.ltime) {
+        if b <= a {
+            return Some(format!(
+                "LTime {b} is not newer than the last handled LTime {a}"
+            ));
+        }
+    }
+    None
+}
+
+/// What is written after an event ran: the event itself, except that the LTime
+/// never goes down (a handled event without an LTime keeps the old high mark).
+fn merged(last: &Seen, new: &Seen) -> Seen {
+    let ltime = match (last.ltime, new.ltime) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => b.or(a),
+    };
+    Seen {
+        id: new.id.clone().or_else(|| last.id.clone()),
+        ltime,
+    }
+}
+
+/// One state file: the event name (checked on read) and the last handled event.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    #[serde(flatten)]
+    seen: Seen,
+}
+
+/// The state file name for an event name: `event-<name>.json`, the name reduced to
+/// `[A-Za-z0-9._-]` (at most 64 of them); when anything had to change, a hash
+/// of the real name is appended so that two names never share a file.
+pub fn file_stem(name: &str) -> String {
+    const MAX: usize = 64;
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX)
+        .collect();
+    if clean == name && !name.is_empty() {
+        return format!("event-{clean}");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    format!("event-{clean}-{}", &hex::encode(digest)[..16])
+}
+
+/// Where replay state lives (SPEC §2): `explicit` (`--state-dir`), else
+/// `/var/lib/stretcher` when it is writable or can be created, else
+/// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
+/// exists when this returns.
+pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
+        return Ok(dir.to_path_buf());
+    }
+    resolve_default(Path::new(SYSTEM_STATE_DIR), env)
+}
+
+fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    if writable(system) {
+        return Ok(system.to_path_buf());
+    }
+    if !system.exists() && system.parent().is_some_and(writable) && make_dir(system).is_ok() {
+        return Ok(system.to_path_buf());
+    }
+    let xdg = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        // The XDG spec: a relative value is invalid and must be ignored.
+        .filter(|p| p.is_absolute());
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|h| h.join(".local").join("state"));
+    let base = xdg.or(home).ok_or_else(|| {
+        Error::io(
+            "choose a state directory",
+            system,
+            std::io::Error::other(
+                "not writable, and neither XDG_STATE_HOME nor HOME is set; give --state-dir",
+            ),
+        )
+    })?;
+    let dir = base.join("stretcher");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
+    Ok(dir)
+}
+
+fn writable(p: &Path) -> bool {
+    p.is_dir() && nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+fn make_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o755).create(p)
+}
+
+/// The outcome of `claim`.
+#[derive(Debug)]
+pub enum Claim {
+    /// Already handled: the reason, for the log. Nothing is locked any more.
+    Replay(String),
+    /// Not handled yet: run it, then `record` it. Holds the event name's lock, so a
+    /// second handler of the same name waits until this one has recorded.
+    Fresh(EventClaim),
+}
+
+/// The right to handle one event: holds the lock of its name until dropped.
+#[derive(Debug)]
+pub struct EventClaim {
+    _lock: Flock<File>,
+    dir: PathBuf,
+    path: PathBuf,
+    name: String,
+    last: Seen,
+    new: Seen,
+}
+
+/// Checks `new` (an event called `name`) against the state in `dir`. Takes the
+/// name's lock first (waiting, and saying so, while another stretcher handles an
+/// event of that name) and keeps it in the returned claim, so that the check, the
+/// deploy and the record are one step for every process that shares `dir`.
+pub fn claim(dir: &Path, name: &str, new: &Seen) -> Result<Claim> {
+    let stem = file_stem(name);
+    let lock_path = dir.join(format!("{stem}.lock"));
+    let path = dir.join(format!("{stem}.json"));
+    let holder = format!("another stretcher is handling event {name:?}");
+    let lock = lock_waiting(&lock_path, &holder)?;
+    let last = read_record(&path, name);
+    if let Some(why) = replay_reason(&last, new) {
+        return Ok(Claim::Replay(format!(
+            "{why} (state file {})",
+            path.display()
+        )));
+    }
+    Ok(Claim::Fresh(EventClaim {
+        _lock: lock,
+        dir: dir.to_path_buf(),
+        path,
+        name: name.to_string(),
+        last,
+        new: new.clone(),
+    }))
+}
+
+/// Reads the last handled event; a missing file is empty, an unreadable or
+/// corrupt one is reported and treated as empty.
+fn read_record(path: &Path, name: &str) -> Seen {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Seen::default(),
+        Err(e) => {
+            logln!(
+                "warning: cannot read state file {}: {e}; treating it as empty",
+                path.display()
+            );
+            return Seen::default();
+        }
+    };
+    match serde_json::from_slice::<Record>(&text) {
+        Ok(r) if r.name == name => r.seen,
+        Ok(r) => {
+            logln!(
+                "warning: state file {} is for event {:?}, not {name:?}; treating it as empty",
+                path.display(),
+                r.name
+            );
+            Seen::default()
+        }
+        Err(e) => {
+            logln!(
+                "warning: state file {} is corrupt ({e}); treating it as empty",
+                path.display()
+            );
+            Seen::default()
+        }
+    }
+}
+
+impl EventClaim {
+    /// The state file this claim writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the event as handled (atomically: temp file, fsync, rename, fsync
+    /// of the directory), then releases the lock.
+    pub fn record(self) -> Result<()> {
+        let record = Record {
+            name: self.name.clone(),
+            seen: merged(&self.last, &self.new),
+        };
+        // Serialising a struct of strings and integers cannot fail.
+        let mut text = serde_json::to_vec(&record).unwrap_or_default();
+        text.push(b'\n');
+        write_atomic(&self.dir, &self.path, &text)
+    }
+}
+
+fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".state-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create temp file in", dir, e))?;
+    tmp.write_all(data)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename state file to", path, e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seen(id: Option<&str>, ltime: Option<u64>) -> Seen {
+        Seen {
+            id: id.map(str::to_string),
+            ltime,
+        }
+    }
 
     #[test]
     fn lock_file_sits_beside_dest() {
@@ -118,5 +397,196 @@ mod tests {
         drop(first);
         let waited = t.join().unwrap();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    }
+
+    #[test]
+    fn replay_table() {
+        let empty = Seen::default();
+        let cases: &[(Seen, Seen, bool)] = &[
+            // nothing handled yet
+            (empty.clone(), seen(Some("a"), Some(3)), false),
+            (empty.clone(), seen(None, Some(0)), false),
+            // consul: same ID, or an LTime at or below
+            (seen(Some("a"), Some(3)), seen(Some("a"), Some(3)), true),
+            (seen(Some("a"), Some(3)), seen(Some("b"), Some(3)), true),
+            (seen(Some("a"), Some(3)), seen(Some("b"), Some(2)), true),
+            (seen(Some("a"), Some(3)), seen(Some("b"), Some(4)), false),
+            (seen(Some("a"), Some(3)), seen(Some("a"), Some(4)), true),
+            (seen(Some("a"), None), seen(Some("a"), None), true),
+            (seen(Some("a"), None), seen(Some("b"), None), false),
+            // serf: LTime only; 0 is a real LTime (serf's first event has it)
+            (seen(None, Some(0)), seen(None, Some(0)), true),
+            (seen(None, Some(0)), seen(None, Some(1)), false),
+            (seen(None, Some(7)), seen(None, Some(5)), true),
+            // a missing LTime compares with nothing
+            (seen(None, Some(7)), seen(None, None), false),
+            (seen(None, None), seen(None, Some(1)), false),
+        ];
+        for (last, new, want) in cases {
+            assert_eq!(
+                replay_reason(last, new).is_some(),
+                *want,
+                "last {last:?} new {new:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_recorded_ltime_never_goes_down() {
+        let m = merged(&seen(Some("a"), Some(9)), &seen(Some("b"), None));
+        assert_eq!(m, seen(Some("b"), Some(9)));
+        let m = merged(&seen(Some("a"), Some(9)), &seen(Some("b"), Some(4)));
+        assert_eq!(m, seen(Some("b"), Some(9)));
+        let m = merged(&Seen::default(), &seen(None, Some(4)));
+        assert_eq!(m, seen(None, Some(4)));
+    }
+
+    #[test]
+    fn file_names_are_safe_and_distinct() {
+        assert_eq!(file_stem("deploy"), "event-deploy");
+        assert_eq!(file_stem("web-1.deploy_x"), "event-web-1.deploy_x");
+        let odd = [
+            "",
+            "a/b",
+            "a_b/",
+            "..",
+            "../x",
+            "a b",
+            "ü",
+            &"x".repeat(200),
+        ];
+        let mut stems: Vec<String> = odd.iter().map(|n| file_stem(n)).collect();
+        for s in &stems {
+            assert!(s.starts_with("event-"), "{s}");
+            assert!(!s.contains('/'), "{s}");
+            assert!(s.len() <= 6 + 64 + 17, "{s}");
+            assert!(
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                "{s}"
+            );
+        }
+        stems.push(file_stem("a_b"));
+        let n = stems.len();
+        stems.sort();
+        stems.dedup();
+        assert_eq!(stems.len(), n, "two names share a file");
+    }
+
+    #[test]
+    fn claim_record_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = seen(Some("id-1"), Some(5));
+        let Claim::Fresh(c) = claim(dir.path(), "deploy", &ev).unwrap() else {
+            panic!("first delivery must run");
+        };
+        let path = c.path().to_path_buf();
+        c.record().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"id-1\"") && text.contains('5'), "{text}");
+        assert!(matches!(
+            claim(dir.path(), "deploy", &ev).unwrap(),
+            Claim::Replay(_)
+        ));
+        // another name has its own memory
+        assert!(matches!(
+            claim(dir.path(), "other", &ev).unwrap(),
+            Claim::Fresh(_)
+        ));
+        // a newer event runs; a dropped (unrecorded) claim leaves the state as it was
+        let newer = seen(Some("id-2"), Some(6));
+        let Claim::Fresh(c) = claim(dir.path(), "deploy", &newer).unwrap() else {
+            panic!("newer event must run");
+        };
+        drop(c);
+        assert!(matches!(
+            claim(dir.path(), "deploy", &newer).unwrap(),
+            Claim::Fresh(_)
+        ));
+        // only the state and lock files are left: no temp files
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["event-deploy.json", "event-deploy.lock", "event-other.lock"]
+        );
+    }
+
+    #[test]
+    fn corrupt_state_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = seen(Some("id-1"), Some(5));
+        for junk in [
+            &b"{not json"[..],
+            b"",
+            b"\xff\xfe",
+            b"{\"name\":\"other\",\"ltime\":9}",
+        ] {
+            std::fs::write(dir.path().join("event-deploy.json"), junk).unwrap();
+            assert!(
+                matches!(claim(dir.path(), "deploy", &ev).unwrap(), Claim::Fresh(_)),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn second_claim_of_a_name_waits_and_then_sees_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = seen(None, Some(1));
+        let Claim::Fresh(first) = claim(dir.path(), "deploy", &ev).unwrap() else {
+            panic!("must run");
+        };
+        let d = dir.path().to_path_buf();
+        let ev2 = ev.clone();
+        let t = std::thread::spawn(move || claim(&d, "deploy", &ev2).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!t.is_finished(), "the second claim must wait");
+        first.record().unwrap();
+        assert!(matches!(t.join().unwrap(), Claim::Replay(_)));
+    }
+
+    #[test]
+    fn default_state_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let env_none = |_: &str| None;
+        // a writable system dir, existing or creatable, wins
+        let system = root.path().join("varlib").join("stretcher");
+        std::fs::create_dir(root.path().join("varlib")).unwrap();
+        assert_eq!(resolve_default(&system, &env_none).unwrap(), system);
+        assert!(system.is_dir());
+        assert_eq!(resolve_default(&system, &env_none).unwrap(), system);
+        // otherwise XDG_STATE_HOME, then HOME
+        let missing = root.path().join("no").join("such").join("stretcher");
+        let xdg = root.path().join("xdg");
+        let home = root.path().join("home");
+        let (x, h) = (xdg.display().to_string(), home.display().to_string());
+        let both = |k: &str| match k {
+            "XDG_STATE_HOME" => Some(x.clone()),
+            "HOME" => Some(h.clone()),
+            _ => None,
+        };
+        assert_eq!(
+            resolve_default(&missing, &both).unwrap(),
+            xdg.join("stretcher")
+        );
+        let home_only = |k: &str| match k {
+            "XDG_STATE_HOME" => Some("relative/ignored".to_string()),
+            "HOME" => Some(h.clone()),
+            _ => None,
+        };
+        assert_eq!(
+            resolve_default(&missing, &home_only).unwrap(),
+            home.join(".local/state/stretcher")
+        );
+        assert!(home.join(".local/state/stretcher").is_dir());
+        assert!(resolve_default(&missing, &env_none).is_err());
+        // an explicit directory is created
+        let explicit = root.path().join("explicit").join("state");
+        assert_eq!(state_dir(Some(&explicit), &env_none).unwrap(), explicit);
+        assert!(explicit.is_dir());
     }
 }

@@ -50,6 +50,10 @@ pub struct SyncOptions {
     /// Set owner and group from `src` (true when running as root), and create device
     /// nodes and fifos (skipped otherwise, with a log line).
     pub preserve_owner: bool,
+    /// The source is a private staging tree on dest's filesystem that is discarded
+    /// afterwards: new and changed files (and whole new directories) are renamed into
+    /// `dest` instead of copied. The result is the same; the source is consumed.
+    pub move_source: bool,
 }
 
 /// What kind of filesystem object an entry is (never following symlinks).
@@ -74,6 +78,8 @@ pub struct Meta {
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub rdev: u64,
+    /// Hard links to the inode (a staged file with more than one is never moved).
+    pub nlink: u64,
 }
 
 impl Meta {
@@ -98,6 +104,7 @@ impl Meta {
             // st_mtime_nsec is always in 0..1e9.
             mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
             rdev: m.rdev(),
+            nlink: m.nlink(),
         }
     }
 
@@ -128,7 +135,10 @@ pub enum Op {
     /// deleted, the directory stays (rsync: "cannot delete non-empty directory").
     KeepNonEmpty { dest: Meta },
     /// A directory is created (0700 at first; its attributes come with `DirAttrs`).
-    MakeDir { existing: Option<Kind> },
+    /// `whole`: its source subtree holds no excluded entry, no multiply-linked file and
+    /// no special file, so with [`SyncOptions::move_source`] it is renamed into place
+    /// in one step instead of being rebuilt entry by entry.
+    MakeDir { existing: Option<Kind>, whole: bool },
     /// A regular file is written from `src` (temp file + rename).
     CopyFile { src: Meta, existing: Option<Kind> },
     /// A symlink to `target` is made.
@@ -311,7 +321,27 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
         Err(e) => return Err(Error::io("stat", dest, e)),
     };
 
-    let (src_entries, _) = walk(src, Path::new(""), filter)?;
+    let (src_entries, src_excluded) = walk(src, Path::new(""), filter)?;
+    // Source directories that cannot be moved whole: something below is excluded (it
+    // must not reach dest), is a hard link (rsync -a makes separate files) or special.
+    let mut not_whole: HashSet<PathBuf> = HashSet::new();
+    let odd = src_entries
+        .iter()
+        .filter(|e| match e.meta.kind {
+            Kind::File => e.meta.nlink > 1,
+            Kind::Special => true,
+            Kind::Dir | Kind::Symlink => false,
+        })
+        .map(|e| e.rel.as_path());
+    for rel in src_excluded.keys().map(PathBuf::as_path).chain(odd) {
+        let mut p = rel.parent();
+        while let Some(dir) = p {
+            if !not_whole.insert(dir.to_path_buf()) {
+                break;
+            }
+            p = dir.parent();
+        }
+    }
     let (dest_entries, dest_excluded) = match dest_root {
         Some(_) => walk(dest, Path::new(""), filter)?,
         None => (Vec::new(), HashMap::new()),
@@ -335,7 +365,10 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
     if dest_root.is_none() {
         updates.push(Action {
             rel: PathBuf::new(),
-            op: Op::MakeDir { existing: None },
+            op: Op::MakeDir {
+                existing: None,
+                whole: !not_whole.contains(Path::new("")),
+            },
         });
     }
 
@@ -380,7 +413,7 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                     }
                 }
                 dirty.insert(parent_of(&se.rel));
-                add_src(src, &se, existing, &mut updates, &mut dirs)?;
+                add_src(src, &se, existing, &not_whole, &mut updates, &mut dirs)?;
             }
             std::cmp::Ordering::Equal => {
                 let (Some(se), Some(de)) = (s.next(), d.next()) else {
@@ -391,7 +424,14 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                         return Err(cannot_replace(dest, &se));
                     }
                     dirty.insert(parent_of(&se.rel));
-                    add_src(src, &se, Some(de.meta.kind), &mut updates, &mut dirs)?;
+                    add_src(
+                        src,
+                        &se,
+                        Some(de.meta.kind),
+                        &not_whole,
+                        &mut updates,
+                        &mut dirs,
+                    )?;
                     continue;
                 }
                 match se.meta.kind {
@@ -407,7 +447,14 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                             });
                         } else {
                             dirty.insert(parent_of(&se.rel));
-                            add_src(src, &se, Some(Kind::File), &mut updates, &mut dirs)?;
+                            add_src(
+                                src,
+                                &se,
+                                Some(Kind::File),
+                                &not_whole,
+                                &mut updates,
+                                &mut dirs,
+                            )?;
                         }
                     }
                     Kind::Symlink => {
@@ -425,7 +472,14 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                             });
                         } else {
                             dirty.insert(parent_of(&se.rel));
-                            add_src(src, &se, Some(Kind::Symlink), &mut updates, &mut dirs)?;
+                            add_src(
+                                src,
+                                &se,
+                                Some(Kind::Symlink),
+                                &not_whole,
+                                &mut updates,
+                                &mut dirs,
+                            )?;
                         }
                     }
                     Kind::Special => {
@@ -440,7 +494,14 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                             });
                         } else {
                             dirty.insert(parent_of(&se.rel));
-                            add_src(src, &se, Some(Kind::Special), &mut updates, &mut dirs)?;
+                            add_src(
+                                src,
+                                &se,
+                                Some(Kind::Special),
+                                &not_whole,
+                                &mut updates,
+                                &mut dirs,
+                            )?;
                         }
                     }
                 }
@@ -487,13 +548,17 @@ fn add_src(
     src: &Path,
     se: &Entry,
     existing: Option<Kind>,
+    not_whole: &HashSet<PathBuf>,
     updates: &mut Vec<Action>,
     dirs: &mut Vec<(PathBuf, Meta, Option<Meta>)>,
 ) -> Result<()> {
     let op = match se.meta.kind {
         Kind::Dir => {
             dirs.push((se.rel.clone(), se.meta, None));
-            Op::MakeDir { existing }
+            Op::MakeDir {
+                existing,
+                whole: !not_whole.contains(&se.rel),
+            }
         }
         Kind::File => Op::CopyFile {
             src: se.meta,
@@ -553,8 +618,17 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
             }
         }
     }
+    // With `move_source`, a directory renamed whole into dest carries its subtree:
+    // the actions below it are already done.
+    let mut moved: Option<&Path> = None;
     for a in &plan.actions {
-        apply_one(plan, a, opts, &mut stats)?;
+        if moved.is_some_and(|m| a.rel.starts_with(m)) {
+            continue;
+        }
+        crate::interrupt::check()?;
+        if apply_one(plan, a, opts, &mut stats)? == Applied::MovedWhole {
+            moved = Some(&a.rel);
+        }
     }
     crate::logln!(
         "sync {}/ -> {}/: {} created, {} updated, {} deleted, {} unchanged, {} skipped, {} bytes copied",
@@ -570,7 +644,15 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
     Ok(stats)
 }
 
-fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> Result<()> {
+/// What [`apply_one`] did, when the caller must know.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    Done,
+    /// A directory was renamed from the source with its whole subtree.
+    MovedWhole,
+}
+
+fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> Result<Applied> {
     let path = plan.dest.join(&a.rel);
     let v = opts.verbosity;
     let count_new = |stats: &mut Stats, existing: &Option<Kind>| match existing {
@@ -602,7 +684,7 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
                     .ctx("chmod", &path)?;
             }
         }
-        Op::MakeDir { existing } => {
+        Op::MakeDir { existing, whole } => {
             if v >= 1 {
                 crate::logln!("{a}");
             }
@@ -612,6 +694,18 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
                 }
             } else {
                 clear_for(&path, *existing)?;
+            }
+            if opts.move_source && *whole {
+                let from = plan.src.join(&a.rel);
+                match fs::rename(&from, &path) {
+                    Ok(()) => {
+                        count_new(stats, existing);
+                        return Ok(Applied::MovedWhole);
+                    }
+                    // Another filesystem: build it entry by entry instead.
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+                    Err(e) => return Err(Error::io("rename into", &path, e)),
+                }
             }
             fs::DirBuilder::new()
                 .mode(0o700)
@@ -627,7 +721,10 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
                 clear_for(&path, *existing)?;
             }
             let from = plan.src.join(&a.rel);
-            stats.bytes_copied += write_file(&from, &path, src, opts)?;
+            if !(opts.move_source && src.nlink == 1 && move_file(&from, &path)?) {
+                write_file(&from, &path, src, opts)?;
+            }
+            stats.bytes_copied += src.size;
             count_new(stats, existing);
         }
         Op::MakeSymlink {
@@ -659,7 +756,7 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
                     a.rel
                 );
                 stats.skipped += 1;
-                return Ok(());
+                return Ok(Applied::Done);
             }
             if v >= 1 {
                 crate::logln!("{a}");
@@ -726,7 +823,18 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
             }
         }
     }
-    Ok(())
+    Ok(Applied::Done)
+}
+
+/// Renames a staged file over `to` (atomic). `false` when the two are on different
+/// filesystems and the caller must copy. The staged file already carries the mode,
+/// mtime and owner a copy would get, since a copy takes them from it.
+fn move_file(from: &Path, to: &Path) -> Result<bool> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => Ok(false),
+        Err(e) => Err(Error::io("rename into", to, e)),
+    }
 }
 
 /// Removes what stands in the way of a new entry of another type: an (already emptied)
@@ -788,8 +896,8 @@ fn rename_into(tmp: &Path, path: &Path) -> Result<()> {
 }
 
 /// Writes `from` to a temp file beside `to` with `meta`'s mode, mtime (and owner), then
-/// renames it over `to`. Returns the bytes copied.
-fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result<u64> {
+/// renames it over `to`.
+fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result<()> {
     let mut input = File::open(from).ctx("open", from)?;
     let mut out = None;
     let tmp = temp_create(to, |t| {
@@ -810,7 +918,7 @@ fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result
             msg: "temporary file was not opened".into(),
         });
     };
-    let n = io::copy(&mut input, &mut out).ctx("write", &tmp)?;
+    io::copy(&mut input, &mut out).ctx("write", &tmp)?;
     if opts.preserve_owner {
         std::os::unix::fs::fchown(&out, Some(meta.uid), Some(meta.gid)).ctx("chown", &tmp)?;
     }
@@ -820,7 +928,7 @@ fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result
     drop(out);
     rename_into(&tmp, to)?;
     guard.disarm();
-    Ok(n)
+    Ok(())
 }
 
 /// Sets the mtime (to the nanosecond; atime untouched) with `utimensat`, which never opens

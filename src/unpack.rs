@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use filetime::FileTime;
 use tar::EntryType;
@@ -33,6 +34,11 @@ pub struct UnpackOptions {
     pub same_owner: bool,
     /// The archive's URL as the user wrote it, for error messages.
     pub label: String,
+    /// The current `dest`: a regular file entry whose size, mtime (seconds), mode (and
+    /// owner, with `same_owner`) match the file at the same path in it is not written
+    /// but hard-linked from there (rsync's quick check, done while unpacking). Only
+    /// read, never changed; a dest on another filesystem just disables the reuse.
+    pub reuse_from: Option<PathBuf>,
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -44,11 +50,19 @@ pub struct Staged {
     pub root_mode: Option<u32>,
     /// Entries written (files, dirs, links), for the log.
     pub entries: u64,
+    /// Files hard-linked from `reuse_from` instead of written: path, size, mtime
+    /// seconds as the archive has them (so the caller can check they stayed so).
+    pub reused: Vec<(PathBuf, u64, i64)>,
 }
 
 /// Bytes read ahead to recognise the compression format.
 const MAGIC_LEN: usize = 4;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Decompressed bytes handed from the decoding thread to the tar parser at a time, and
+/// how many such chunks may wait: this bounds the memory of an unpack.
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 8;
 /// Buffer between the source and the decoder / tar parser.
 const INPUT_BUF: usize = 128 * 1024;
 /// Buffer for copying file contents (one per unpack, reused for every file).
@@ -59,6 +73,7 @@ const IMPLICIT_DIR_MODE: u32 = 0o755;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Gzip,
+    Zstd,
     Tar,
 }
 
@@ -67,19 +82,105 @@ fn sniff(magic: &[u8]) -> Format {
     if magic.starts_with(&GZIP_MAGIC) {
         return Format::Gzip;
     }
-    // zstd (28 b5 2f fd) will be recognised here.
+    if magic.starts_with(&ZSTD_MAGIC) {
+        return Format::Zstd;
+    }
     Format::Tar
 }
 
-/// Unpacks the tar or tar.gz stream `reader` into `into`, which is an existing, empty,
-/// private directory (the staging dir). Writes only below `into`.
-pub fn unpack<R: Read>(mut reader: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
+/// Unpacks the tar, tar.gz or tar.zst stream `reader` into `into`, which is an
+/// existing, empty, private directory (the staging dir). Writes only below `into`.
+///
+/// Two threads share the work: one reads `reader` (where the caller hashes) and
+/// decompresses, the other parses tar and creates files; at most
+/// `CHUNKS_IN_FLIGHT` chunks of `CHUNK` bytes are in between, whatever the size.
+pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
     let mut magic = [0u8; MAGIC_LEN];
     let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
     let input = io::BufReader::with_capacity(INPUT_BUF, (&magic[..n]).chain(reader));
-    match sniff(&magic[..n]) {
-        Format::Gzip => extract(flate2::bufread::MultiGzDecoder::new(input), into, opts),
-        Format::Tar => extract(input, into, opts),
+    let format = sniff(&magic[..n]);
+    let (tx, rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (back_tx, back_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || match format {
+            Format::Gzip => pump(flate2::bufread::MultiGzDecoder::new(input), &tx, &back_rx),
+            Format::Zstd => pump(
+                zstd::stream::read::Decoder::with_buffer(input)?,
+                &tx,
+                &back_rx,
+            ),
+            Format::Tar => pump(input, &tx, &back_rx),
+        });
+        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
+        match (extracted, produced) {
+            // A decoding (or source) error explains any error the parser then saw.
+            (_, Err(e)) => Err(corrupt(opts, &e)),
+            (result, Ok(())) => result,
+        }
+    })
+}
+
+/// Moves `r`'s bytes to the parser in chunks, reusing the buffers it hands back.
+/// Stops quietly when the parser has gone (it failed: its error is the one to tell).
+fn pump(
+    mut r: impl Read,
+    tx: &mpsc::SyncSender<Vec<u8>>,
+    back: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()> {
+    loop {
+        let mut buf = back.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        buf.resize(CHUNK, 0);
+        let n = read_up_to(&mut r, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        if tx.send(buf).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The parser's end of the pipe: reads the chunks in order; end of stream when the
+/// decoding thread is done.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    back: mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>, back: mpsc::Sender<Vec<u8>>) -> Self {
+        ChunkReader {
+            rx,
+            back,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    let done = std::mem::replace(&mut self.cur, next);
+                    // The decoding thread may have finished: then the buffer is dropped.
+                    let _ = self.back.send(done);
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -172,6 +273,10 @@ struct Extractor<'a> {
     warned_absolute: bool,
     root_mode: Option<u32>,
     entries: u64,
+    /// Directories below `reuse_from` already checked: true when a real directory
+    /// (reached through real directories only), so files in it may be reused.
+    reuse_dirs: HashMap<PathBuf, bool>,
+    reused: Vec<(PathBuf, u64, i64)>,
 }
 
 impl<'a> Extractor<'a> {
@@ -188,6 +293,8 @@ impl<'a> Extractor<'a> {
             warned_absolute: false,
             root_mode: None,
             entries: 0,
+            reuse_dirs: HashMap::new(),
+            reused: Vec::new(),
         }
     }
 
@@ -326,6 +433,12 @@ impl<'a> Extractor<'a> {
     ) -> Result<()> {
         self.parents(rel, raw)?;
         let abs = self.into.join(rel);
+        if self.reuse(rel, &abs, entry.size(), meta) {
+            // The entry's data is skipped by the parser (still read, so a cut stream
+            // is still noticed).
+            self.entries += 1;
+            return Ok(());
+        }
         let create = |abs: &Path| {
             OpenOptions::new()
                 .write(true)
@@ -375,6 +488,64 @@ impl<'a> Extractor<'a> {
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
         self.entries += 1;
         Ok(())
+    }
+
+    /// Hard-links `reuse_from/rel` to `abs` when it is a regular file equal by size,
+    /// mtime seconds, mode (and owner) to the entry. Any doubt means "write it".
+    fn reuse(&mut self, rel: &Path, abs: &Path, size: u64, meta: &Meta) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dest) = self.opts.reuse_from.as_deref() else {
+            return false;
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if !self.reuse_dir(dest, parent) {
+            return false;
+        }
+        let from = dest.join(rel);
+        let Ok(m) = fs::symlink_metadata(&from) else {
+            return false;
+        };
+        let same = m.file_type().is_file()
+            && m.size() == size
+            && m.mtime() == meta.mtime.unix_seconds()
+            && m.mode() & 0o7777 == meta.mode
+            && meta.owner.is_none_or(|(u, g)| (m.uid(), m.gid()) == (u, g));
+        if !same {
+            return false;
+        }
+        // linkat without AT_SYMLINK_FOLLOW; `abs` is new (a duplicate entry earlier in
+        // the archive would have to be removed first: then just write it).
+        let linked = nix::unistd::linkat(
+            None,
+            from.as_path(),
+            None,
+            abs,
+            nix::fcntl::AtFlags::empty(),
+        );
+        if linked.is_err() {
+            return false;
+        }
+        self.reused
+            .push((rel.to_path_buf(), size, meta.mtime.unix_seconds()));
+        true
+    }
+
+    /// Whether `dest/rel` is a real directory reached through real directories only
+    /// (never through a symlink, which the sync would replace).
+    fn reuse_dir(&mut self, dest: &Path, rel: &Path) -> bool {
+        if let Some(&ok) = self.reuse_dirs.get(rel) {
+            return ok;
+        }
+        let ok = match rel.parent() {
+            // dest itself may be a symlink to a directory (rsync's `DEST/` follows it).
+            None => fs::metadata(dest).is_ok_and(|m| m.is_dir()),
+            Some(parent) => {
+                self.reuse_dir(dest, parent)
+                    && fs::symlink_metadata(dest.join(rel)).is_ok_and(|m| m.is_dir())
+            }
+        };
+        self.reuse_dirs.insert(rel.to_path_buf(), ok);
+        ok
     }
 
     fn dir(&mut self, rel: &Path, raw: &[u8], meta: Meta) -> Result<()> {
@@ -622,6 +793,7 @@ impl<'a> Extractor<'a> {
             root: self.into.to_path_buf(),
             root_mode: self.root_mode,
             entries: self.entries,
+            reused: self.reused,
         })
     }
 }

@@ -632,3 +632,168 @@ fn refused_dest() {
         s.stretcher().arg(&m).run().assert_fail().assert_log("dest");
     }
 }
+
+// ---- the one-pass deploy: unchanged files kept, changed ones renamed in ----
+
+fn ino(p: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(p).unwrap())
+}
+
+/// A tar of `files` (name, content, mtime) with a `./` entry.
+fn tar_of(files: &[(&str, &str, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(0);
+    b.append_data(&mut h, "./", std::io::empty()).unwrap();
+    for (name, data, mtime) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(*mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn update_keeps_unchanged_files_and_replaces_changed_ones() {
+    let s = Scratch::new();
+    let v1 = s.file(
+        "v1.tar",
+        &tar_of(&[
+            ("keep.txt", "same", 1_600_000_000),
+            ("dir/change.txt", "old", 1_600_000_000),
+            ("gone.txt", "x", 1_600_000_000),
+        ]),
+    );
+    let v2 = s.file(
+        "v2.tar.gz",
+        &gzip(&tar_of(&[
+            ("keep.txt", "same", 1_600_000_000),
+            ("dir/change.txt", "new!", 1_600_000_100),
+            ("dir/added.txt", "a", 1_600_000_000),
+        ])),
+    );
+    let m1 = s.manifest("m1.yml", &manifest_for(&v1, &s.dest(), ""));
+    let m2 = s.manifest("m2.yml", &manifest_for(&v2, &s.dest(), ""));
+    s.stretcher().arg(&m1).run().assert_ok();
+    let (keep, change) = (
+        ino(&s.dest().join("keep.txt")),
+        ino(&s.dest().join("dir/change.txt")),
+    );
+    s.stretcher()
+        .arg(&m2)
+        .run()
+        .assert_ok()
+        .assert_log("(1 unchanged files taken from");
+    assert_eq!(
+        ino(&s.dest().join("keep.txt")),
+        keep,
+        "unchanged file rewritten"
+    );
+    assert_ne!(ino(&s.dest().join("dir/change.txt")), change);
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("dir/change.txt")).unwrap(),
+        "new!"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("dir/added.txt")).unwrap(),
+        "a"
+    );
+    assert!(!s.dest().join("gone.txt").exists());
+    // the kept file is a file of its own again (the staging link is gone)
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(
+            &std::fs::metadata(s.dest().join("keep.txt")).unwrap()
+        ),
+        1
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn pre_removing_dest_still_gives_a_full_mirror() {
+    let s = Scratch::new();
+    let m = s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
+    s.stretcher().arg(&m).run().assert_ok();
+    let extra = format!("commands:\n  pre:\n    - rm -rf {}\n", s.dest().display());
+    let m = s.manifest(
+        "m2.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), &extra),
+    );
+    s.stretcher().arg(&m).run().assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("foo/baz")).unwrap(),
+        "baz\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("bar")).unwrap(),
+        "bar\n"
+    );
+}
+
+#[test]
+fn pre_rewriting_a_kept_file_in_place_fails_cleanly() {
+    let s = Scratch::new();
+    let m = s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
+    s.stretcher().arg(&m).run().assert_ok();
+    let extra = format!(
+        "commands:\n  pre:\n    - echo more >> {}/bar\n",
+        s.dest().display()
+    );
+    let m = s.manifest(
+        "m2.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), &extra),
+    );
+    s.stretcher()
+        .arg(&m)
+        .run()
+        .assert_fail()
+        .assert_log("a pre command changed this file in dest in place");
+    // the next deploy puts the archive's content back
+    let m = s.manifest("m3.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
+    s.stretcher().arg(&m).run().assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("bar")).unwrap(),
+        "bar\n"
+    );
+}
+
+#[test]
+fn tar_zst_deploys() {
+    let s = Scratch::new();
+    let zst =
+        zstd::stream::encode_all(&std::fs::read(archive("test.tar")).unwrap()[..], 3).unwrap();
+    let a = s.file("test.tar.zst", &zst);
+    let m = s.manifest("m.yml", &manifest_for(&a, &s.dest(), ""));
+    s.stretcher().arg(&m).run().assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("foo/baz")).unwrap(),
+        "baz\n"
+    );
+}
+
+#[test]
+fn hard_links_in_the_archive_become_separate_files() {
+    let s = Scratch::new();
+    let tar = raw_tar(&[
+        Raw::Dir(b"d/"),
+        Raw::File(b"d/a", b"shared\n"),
+        Raw::HardLink(b"d/b", b"d/a"),
+    ]);
+    let a = s.file("links.tar", &tar);
+    let m = s.manifest("m.yml", &manifest_for(&a, &s.dest(), ""));
+    s.stretcher().arg(&m).run().assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("d/b")).unwrap(),
+        "shared\n"
+    );
+    assert_ne!(ino(&s.dest().join("d/a")), ino(&s.dest().join("d/b")));
+}

@@ -245,7 +245,7 @@ fn manifest_and_src_over_http_with_user_agent() {
     let run = clean(sc.stretcher()).arg(srv.url("/deploy/m.yml")).run();
     run.assert_ok()
         .assert_log(&format!("Loading URL {}", srv.url("/deploy/app.tgz")))
-        .assert_log("Wrote ")
+        .assert_log("Read ")
         .assert_log("bytes/s");
     assert_eq!(
         std::fs::read(sc.dest().join("hello.txt")).unwrap(),
@@ -656,7 +656,7 @@ fn progress_only_on_a_terminal_and_never_in_the_log() {
     );
     assert!(tty.contains(" bytes of "), "{tty:?}");
     let log = std::fs::read_to_string(&hook_log).unwrap();
-    assert!(log.contains("Wrote "), "{log}");
+    assert!(log.contains("Read "), "{log}");
     assert!(
         !log.contains('\r') && !log.contains(" bytes of "),
         "{log:?}"

@@ -6,8 +6,11 @@ mod util;
 mod cli;
 mod deploy;
 mod events;
+mod fleet;
 mod hooks;
 mod http;
 mod rsync_oracle;
 mod s3;
+#[cfg(feature = "e2e")]
+mod serf_e2e;
 mod unpack;

@@ -555,9 +555,16 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
     fs::set_permissions(&src, fs::Permissions::from_mode(0o751)).unwrap();
     filetime::set_file_mtime(&src, FileTime::from_unix_time(1_234_567_890, 5)).unwrap();
     let (d1, d2) = (tmp.path().join("d1"), tmp.path().join("d2"));
+    // The same case once more in move mode (the deploy's way: the staged source is
+    // consumed by renames), from a second copy of the source into a third dest.
+    let (src3, d3) = (tmp.path().join("src3"), tmp.path().join("d3"));
+    materialize(&src3, &src_tree);
+    fs::set_permissions(&src3, fs::Permissions::from_mode(0o751)).unwrap();
+    filetime::set_file_mtime(&src3, FileTime::from_unix_time(1_234_567_890, 5)).unwrap();
     if let Some(dest) = &case.dest {
         materialize(&d1, dest);
         materialize(&d2, dest);
+        materialize(&d3, dest);
     }
 
     let mut cmd = Command::new(rsync_bin());
@@ -577,8 +584,23 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
     let opts = SyncOptions {
         verbosity: 0,
         preserve_owner: is_root(),
+        move_source: false,
     };
     let ours = sync::sync(&src, &d2, &filter, &opts);
+    let moved = sync::sync(
+        &src3,
+        &d3,
+        &filter,
+        &SyncOptions {
+            move_source: true,
+            ..opts.clone()
+        },
+    );
+    if ours.is_ok() != moved.is_ok() {
+        return Err(format!(
+            "{name}: copy mode {ours:?} but move mode {moved:?}"
+        ));
+    }
     let ctx = || {
         format!(
             "{name}: excludes {:?}, exclude_from {:?}\nrsync stderr: {}",
@@ -600,7 +622,13 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
         }
         (false, Ok(_)) => return Err(format!("{}\nrsync failed, ours succeeded", ctx())),
     }
-    let differences = diff(&snapshot(&d1, &src), &snapshot(&d2, &src));
+    let expected = snapshot(&d1, &src);
+    let mut differences = diff(&expected, &snapshot(&d2, &src));
+    differences.extend(
+        diff(&expected, &snapshot(&d3, &src))
+            .into_iter()
+            .map(|d| format!("(move mode) {d}")),
+    );
     if differences.is_empty() {
         Ok(())
     } else {

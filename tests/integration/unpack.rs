@@ -116,6 +116,7 @@ impl Stage {
         let opts = UnpackOptions {
             same_owner,
             label: "file:///test/app.tar.gz".into(),
+            reuse_from: None,
         };
         unpack(archive, &self.into, &opts)
     }
@@ -639,4 +640,86 @@ fn gnu_sparse_file() {
     assert_eq!(&got[1 << 20..(1 << 20) + 6], b"middle");
     assert_eq!(&got[got.len() - 3..], b"end");
     assert!(got[..1 << 20].iter().all(|&b| b == 0));
+}
+
+// ---- .tar.zst and the unpack-time quick check ----
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+fn small_tar(files: &[(&str, &[u8], u32, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mode, mtime) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(*mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn tar_zst_is_recognised_by_content() {
+    let st = Stage::new();
+    let tar = small_tar(&[("a/b.txt", b"zstd!", 0o644, 1_600_000_000)]);
+    st.unpack(&zstd(&tar)).unwrap();
+    assert_eq!(fs::read(st.path("a/b.txt")).unwrap(), b"zstd!");
+    // a cut zstd stream is an error, never a shorter tree
+    let z = zstd(&tar);
+    let st = Stage::new();
+    assert!(st.unpack(&z[..z.len() - 3]).is_err());
+}
+
+#[test]
+fn unchanged_files_are_linked_from_dest_not_written() {
+    let st = Stage::new();
+    let dest = st.tmp.path().join("dest");
+    let mtime = 1_600_000_000;
+    let put = |rel: &str, data: &[u8], mode: u32, mtime: i64| {
+        let p = dest.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(mtime, 0)).unwrap();
+    };
+    put("same.txt", b"same", 0o644, mtime);
+    put("older.txt", b"diff", 0o644, mtime - 1);
+    put("mode.txt", b"mode", 0o600, mtime);
+    put("real/in.txt", b"in", 0o644, mtime);
+    // a file reached through a symlinked directory in dest is never reused
+    std::os::unix::fs::symlink("real", dest.join("via")).unwrap();
+    let tar = small_tar(&[
+        ("same.txt", b"same", 0o644, mtime as u64),
+        ("older.txt", b"diff", 0o644, mtime as u64),
+        ("mode.txt", b"mode", 0o644, mtime as u64),
+        ("via/in.txt", b"in", 0o644, mtime as u64),
+        ("new.txt", b"new", 0o644, mtime as u64),
+    ]);
+    let opts = UnpackOptions {
+        same_owner: false,
+        label: "t".into(),
+        reuse_from: Some(dest.clone()),
+    };
+    let staged = unpack(&gz(&tar)[..], &st.into, &opts).unwrap();
+    let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    assert_eq!(ino(&st.path("same.txt")), ino(&dest.join("same.txt")));
+    for other in ["older.txt", "mode.txt"] {
+        assert_ne!(ino(&st.path(other)), ino(&dest.join(other)), "{other}");
+    }
+    assert_ne!(ino(&st.path("via/in.txt")), ino(&dest.join("real/in.txt")));
+    assert_eq!(staged.reused, vec![(PathBuf::from("same.txt"), 4, mtime)]);
+    for (rel, data) in [
+        ("same.txt", "same"),
+        ("older.txt", "diff"),
+        ("mode.txt", "mode"),
+        ("via/in.txt", "in"),
+        ("new.txt", "new"),
+    ] {
+        assert_eq!(fs::read_to_string(st.path(rel)).unwrap(), data, "{rel}");
+    }
+    // dest itself was only read
+    assert_eq!(fs::read_to_string(dest.join("older.txt")).unwrap(), "diff");
 }
