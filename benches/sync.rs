@@ -1,5 +1,7 @@
-//! Benchmarks of `stretcher::sync` on a 20,000-file tree (SPEC §6): `plan` on a tree that
-//! is already mirrored, and `plan` + `apply` for an update that changes 1% of the files.
+//! Benchmarks of the sync core on a 20,000-file tree (SPEC §6): `plan` on a tree that is
+//! already mirrored, `plan` + `apply` for an update that changes 1% of the files, and the
+//! unpack-time quick check: unpacking the tree's archive against a dest that already
+//! holds it (every file left in place) and planning with the kept list.
 //!
 //! It never runs rsync and never writes outside its own temporary directory.
 //!
@@ -18,6 +20,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use filetime::FileTime;
 use stretcher::filter::Filter;
 use stretcher::sync::{self, SyncOptions};
+use stretcher::unpack::{self, UnpackOptions};
 
 const TOP: usize = 20;
 const SUB: usize = 20;
@@ -94,6 +97,36 @@ fn benches(c: &mut Criterion) {
                 }
             },
             |()| sync::sync(&src, &dest, &filter, &opts).expect("sync"),
+            BatchSize::PerIteration,
+        )
+    });
+    // The archive of the (current) source tree, in memory, and a dest mirroring it.
+    sync::sync(&src, &dest, &filter, &opts).expect("mirror before the unpack bench");
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_dir_all(".", &src).expect("tar the tree");
+    let archive = builder.into_inner().expect("tar bytes");
+    let mut n = 0u32;
+    g.bench_function("unpack_quick_check_no_change", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let staging = tmp.path().join(format!("staging{n}"));
+                fs::create_dir(&staging).expect("staging");
+                staging
+            },
+            |staging| {
+                let opts = UnpackOptions {
+                    same_owner: false,
+                    label: "bench".into(),
+                    reuse_from: Some(dest.clone()),
+                };
+                let staged = unpack::unpack(&archive[..], &staging, &opts).expect("unpack");
+                assert_eq!(staged.reused.len(), TOP * SUB * FILES);
+                let p =
+                    sync::plan_kept(&staging, &dest, &filter, &staged.reused, false).expect("plan");
+                assert!(p.changes().next().is_none());
+                staging
+            },
             BatchSize::PerIteration,
         )
     });

@@ -41,6 +41,12 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// `--allow-url` prefixes (normalised); empty = every URL is allowed.
     pub allow_url: AllowList,
+    /// `--dry-run`: fetch, verify and unpack, print what would change; change nothing,
+    /// run no command.
+    pub dry_run: bool,
+    /// `--command-timeout`: how long one hook command may run before its process
+    /// group is killed and the deploy fails; `None` = no limit (`0`).
+    pub command_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -55,6 +61,8 @@ impl Default for Options {
             target: None,
             state_dir: None,
             allow_url: AllowList::default(),
+            dry_run: false,
+            command_timeout: None,
         }
     }
 }
@@ -80,7 +88,11 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("rsync-verbose", "rsync-verbose"),
     ("state-dir", "state-dir"),
     ("allow-url", "allow-url"),
+    ("command-timeout", "command-timeout"),
 ];
+
+/// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
+const SWITCHES: &[&str] = &["dry-run"];
 
 /// The raw, string-valued flags argh parses; validation happens in `validate`.
 #[derive(FromArgs, Debug)]
@@ -110,6 +122,12 @@ struct RawArgs {
     /// allowed URL prefixes (repeatable)
     #[argh(option)]
     allow_url: Vec<String>,
+    /// dry run
+    #[argh(switch)]
+    dry_run: bool,
+    /// command timeout
+    #[argh(option)]
+    command_timeout: Option<String>,
     /// manifest URL or path
     #[argh(positional)]
     target: Vec<String>,
@@ -131,6 +149,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         match word.as_str() {
             "--help" => help = true,
             "--version" => version = true,
+            "--dry-run" => for_argh.push("--dry-run"),
             flag => {
                 for_argh.push(flag);
                 if let Some(value) = words.next() {
@@ -199,6 +218,15 @@ fn normalize(args: &[OsString]) -> Result<Vec<String>> {
                 };
                 flags.push(canonical.to_string());
             }
+            name if SWITCHES.contains(&name) => match inline {
+                None | Some("true" | "1") => flags.push(format!("--{name}")),
+                Some("false" | "0") => {}
+                Some(v) => {
+                    return Err(Error::Usage(format!(
+                        "invalid value {v:?} for flag --{name}: expected true or false"
+                    )))
+                }
+            },
             _ => {
                 let Some(&(_, canonical)) = VALUE_FLAGS.iter().find(|(n, _)| *n == name) else {
                     return Err(Error::Usage(format!(
@@ -267,6 +295,12 @@ fn validate(raw: RawArgs) -> Result<Options> {
                 ))
             }
         };
+    }
+    o.dry_run = raw.dry_run;
+    if let Some(v) = raw.command_timeout {
+        o.command_timeout =
+            Some(parse_duration(&v).map_err(|m| bad_value("command-timeout", &v, &m))?)
+                .filter(|d| !d.is_zero());
     }
     if let Some(v) = raw.state_dir {
         if v.trim().is_empty() {
@@ -417,6 +451,14 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
   --allow-url PREFIX      refuse a manifest or src URL that starts with none of the
                           PREFIXes (repeatable; end each with /); checked before
                           anything is fetched
+  --dry-run               fetch, verify and unpack src, then print what the deploy
+                          would do (add / update / delete lines for dest, the hooks
+                          it would run) on stdout; change nothing in dest, run no
+                          command, exit 0
+  --command-timeout DURATION
+                          kill a hook command (its whole process group: SIGTERM,
+                          then SIGKILL 2s later) that runs longer than DURATION and
+                          fail the deploy; 0 = no limit (default)
   -v, --version           print the version and exit
   -h, --help              print this help and exit
 
@@ -487,6 +529,16 @@ mod tests {
                 &["-allow-url", "s3://b/", "--allow-url=file:///srv/"],
                 &["--allow-url", "s3://b/", "--allow-url", "file:///srv/"],
             ),
+            (&["-dry-run", "m.yml"], &["--dry-run", "--", "m.yml"]),
+            (&["--dry-run=true"], &["--dry-run"]),
+            (&["-dry-run=1"], &["--dry-run"]),
+            (&["-dry-run=false"], &[]),
+            (&["--timeout", "--dry-run"], &["--timeout", "--dry-run"]),
+            (&["-command-timeout", "5m"], &["--command-timeout", "5m"]),
+            (
+                &["--command-timeout=1m30s"],
+                &["--command-timeout", "1m30s"],
+            ),
         ];
         for (input, want) in cases {
             let got = normalize(&os(input)).unwrap_or_else(|e| panic!("{input:?}: {e}"));
@@ -505,6 +557,11 @@ mod tests {
             (&["---timeout", "1"], "bad flag syntax"),
             (&["-=1"], "bad flag syntax"),
             (&["-version=1"], "does not take a value"),
+            (&["--dry-run=maybe"], "--dry-run"),
+            (
+                &["-command-timeout"],
+                "flag needs an argument: -command-timeout",
+            ),
         ];
         for (input, want) in cases {
             let e = normalize(&os(input)).expect_err(&format!("{input:?}"));
@@ -667,8 +724,8 @@ mod tests {
         // A repeated flag: argh refuses it.
         let m = usage_err(&["--retry", "1", "-retry", "2"]);
         assert!(m.contains("retry"), "{m}");
-        // Unknown flag
-        usage_err(&["--dry-run"]);
+        // A positional where only flags may be
+        usage_err(&["--dry-run", "a.yml", "b.yml"]);
     }
 
     #[test]
@@ -684,6 +741,8 @@ mod tests {
             "--rsync-verbose",
             "--state-dir",
             "--allow-url",
+            "--dry-run",
+            "--command-timeout",
             "--version",
             "--help",
         ] {
@@ -729,6 +788,51 @@ mod tests {
         for bad in ["/srv/app/", "https://u@h/", "file:///srv/../x/", ""] {
             let m = usage_err(&["--allow-url", bad]);
             assert!(m.contains("--allow-url"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn dry_run_switch() {
+        assert!(!run(&[]).dry_run);
+        for args in [
+            &["-dry-run"][..],
+            &["--dry-run"],
+            &["--dry-run=true"],
+            &["-dry-run", "-retry", "1", "m.yml"],
+            &["m.yml", "--dry-run"],
+        ] {
+            assert!(run(args).dry_run, "{args:?}");
+        }
+        assert!(!run(&["-dry-run=false"]).dry_run);
+        let o = run(&["--dry-run", "m.yml"]);
+        assert_eq!(o.target.as_deref(), Some("m.yml"));
+        // `--dry-run` as another flag's value is that value, not the switch.
+        let m = usage_err(&["--timeout", "--dry-run"]);
+        assert!(m.contains("--timeout"), "{m}");
+    }
+
+    #[test]
+    fn command_timeout_flag() {
+        assert_eq!(run(&[]).command_timeout, None);
+        let cases: &[(&[&str], Option<Duration>)] = &[
+            (&["-command-timeout", "30"], Some(Duration::from_secs(30))),
+            (
+                &["--command-timeout", "1m30s"],
+                Some(Duration::from_secs(90)),
+            ),
+            (
+                &["--command-timeout=500ms"],
+                Some(Duration::from_millis(500)),
+            ),
+            (&["-command-timeout=2.5"], Some(Duration::from_millis(2500))),
+            (&["--command-timeout", "0"], None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(run(args).command_timeout, *want, "{args:?}");
+        }
+        for bad in ["-1s", "soon", ""] {
+            let m = usage_err(&["--command-timeout", bad]);
+            assert!(m.contains("--command-timeout"), "{bad}: {m}");
         }
     }
 }

@@ -102,7 +102,8 @@ fn run_inner(
     // unreadable manifest included); not when a signal cut it short, so that a
     // redelivery finishes the job.
     if let Some(claim) = claim {
-        if !matches!(result, Err(Error::Interrupted(_))) {
+        // A dry run does not handle the event: the real run must still happen.
+        if !opts.dry_run && !matches!(result, Err(Error::Interrupted(_))) {
             if let Err(e) = claim.record() {
                 logln!(
                     "warning: cannot record {} as handled: {e}",
@@ -149,8 +150,18 @@ fn run_event(
             .unwrap_or_default(),
         src: manifest.src.clone().unwrap_or_default(),
         manifest_url: event.url.clone(),
+        timeout: opts.command_timeout,
     };
     match deploy(&manifest, opts, &fetch_opts, &hook_env) {
+        // A dry run runs no command, `success` and `failure` included.
+        Ok(()) if opts.dry_run => {
+            logln!("Dry run done: nothing was changed and no command was run.");
+            Ok(())
+        }
+        Err(e) if opts.dry_run => {
+            logln!("Dry run failed: {e}");
+            Err(e)
+        }
         Ok(()) => {
             logln!("Deploy manifest succeeded.");
             finish(&manifest.commands.success, &hook_env, "success");
@@ -195,6 +206,9 @@ fn deploy(
         manifest.dest.as_deref(),
     ) else {
         // Commands-only manifest (validation guarantees src ⇒ checksum and dest).
+        if opts.dry_run {
+            return print_dry_run(manifest, None);
+        }
         hooks::run(&manifest.commands.pre, hook_env)?;
         return hooks::run(&manifest.commands.post, hook_env);
     };
@@ -204,32 +218,41 @@ fn deploy(
     work.remove_leftovers();
 
     // Download, hash and unpack in one pass into a private staging directory beside
-    // dest. dest is only read: files it already has (same size, mtime, mode) are
-    // linked from it instead of written.
+    // dest. dest is only read: files it already has as the archive does (size, mtime,
+    // mode, owner) are not written at all (rsync strategy; not in a dry run).
     logln!("Loading URL {src}");
     let same_owner = nix::unistd::geteuid().is_root();
-    let staged = fetch::stream(src, checksum, fetch_opts, |reader| {
-        let staging = work.staging_dir()?;
-        let unpack_opts = UnpackOptions {
-            same_owner,
-            label: src.to_string(),
-            reuse_from: reusable_dest(dest, staging.path()),
-        };
-        logln!("Extract archive: {src} to {}", staging.path().display());
-        let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
-        Ok((staging, staged))
-    })?;
+    let reuse = manifest.sync_strategy == Strategy::Rsync && !opts.dry_run;
+    let fetch_and_unpack = |reuse: bool| {
+        fetch::stream(src, checksum, fetch_opts, |reader| {
+            let staging = work.staging_dir()?;
+            let unpack_opts = UnpackOptions {
+                same_owner,
+                label: src.to_string(),
+                reuse_from: reuse.then(|| dest.to_path_buf()),
+            };
+            logln!("Extract archive: {src} to {}", staging.path().display());
+            let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
+            Ok((staging, staged))
+        })
+    };
+    let staged = fetch_and_unpack(reuse)?;
     // Verified: from here on the staged tree is the archive's.
     let (staging, staged) = staged.into_inner();
     logln!(
-        "Unpacked {} entries ({} unchanged files taken from {})",
+        "Unpacked {} entries ({} unchanged files left in place in {})",
         staged.entries,
         staged.reused.len(),
         dest.display()
     );
 
+    // Read before `pre`, which cannot have touched the staged tree yet.
+    let filter = load_filter(manifest, staging.path())?;
+    if opts.dry_run {
+        return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
+    }
+
     hooks::run(&manifest.commands.pre, hook_env)?;
-    check_reused(staging.path(), &staged)?;
 
     let mode = manifest
         .dest_mode
@@ -239,19 +262,6 @@ fn deploy(
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("chmod", staging.path(), e))?;
 
-    let filter = match &manifest.exclude_from {
-        Some(name) => {
-            // manifest validation keeps the name relative and free of `..`
-            let path = staging.path().join(name);
-            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
-                path: PathBuf::from(name),
-                msg: format!("exclude_from file is not in the archive: {e}"),
-            })?;
-            Filter::new(Some(&String::from_utf8_lossy(&rules)), &manifest.excludes)?
-        }
-        None => Filter::new(None, &manifest.excludes)?,
-    };
-
     match manifest.sync_strategy {
         Strategy::Rsync => {
             let sync_opts = SyncOptions {
@@ -260,7 +270,35 @@ fn deploy(
                 // staging is private and discarded: rename from it instead of copying
                 move_source: true,
             };
-            sync::sync(staging.path(), dest, &filter, &sync_opts)?;
+            let list_uptodate = opts.rsync_verbose >= 2;
+            let plan =
+                sync::plan_kept(staging.path(), dest, &filter, &staged.reused, list_uptodate);
+            let (plan, _staging) = match plan {
+                Err(Error::Stale { path }) => {
+                    // `pre` changed a file that was left in dest as unchanged: its
+                    // content is now in neither tree. Fetch and unpack it all again.
+                    logln!(
+                        "{} changed after the archive was unpacked (by a pre command?): unpacking the archive again in full",
+                        path.display()
+                    );
+                    drop(staging);
+                    let (staging, _) = fetch_and_unpack(false)?.into_inner();
+                    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| Error::io("chmod", staging.path(), e))?;
+                    (
+                        sync::plan_kept(
+                            staging.path(),
+                            dest,
+                            &filter,
+                            &Default::default(),
+                            list_uptodate,
+                        )?,
+                        staging,
+                    )
+                }
+                plan => (plan?, staging),
+            };
+            sync::apply(&plan, &sync_opts)?;
         }
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
@@ -275,33 +313,157 @@ fn deploy(
     hooks::run(&manifest.commands.post, hook_env)
 }
 
-/// `dest` when unchanged files can be taken from it by hard link: it is a directory
-/// on the staging directory's filesystem.
-fn reusable_dest(dest: &Path, staging: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let d = std::fs::metadata(dest).ok().filter(|m| m.is_dir())?;
-    let s = std::fs::metadata(staging).ok()?;
-    (d.dev() == s.dev()).then(|| dest.to_path_buf())
+/// The manifest's `excludes` after the rules of its `exclude_from` file, which is
+/// read from the unpacked archive.
+fn load_filter(manifest: &Manifest, staging: &Path) -> Result<Filter> {
+    match &manifest.exclude_from {
+        Some(name) => {
+            // manifest validation keeps the name relative and free of `..`
+            let path = staging.join(name);
+            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
+                path: PathBuf::from(name),
+                msg: format!("exclude_from file is not in the archive: {e}"),
+            })?;
+            Filter::new(Some(&String::from_utf8_lossy(&rules)), &manifest.excludes)
+        }
+        None => Filter::new(None, &manifest.excludes),
+    }
 }
 
-/// Files taken from dest share their inode with it: a `pre` command that rewrote one
-/// in place changed the staged copy too. That copy is no longer the archive's, so the
-/// deploy stops before the sync (the next run writes the file afresh).
-fn check_reused(staging: &Path, staged: &unpack::Staged) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    for (rel, size, mtime) in &staged.reused {
-        let path = staging.join(rel);
-        let m = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-        if m.size() != *size || m.mtime() != *mtime {
-            return Err(Error::Sync {
-                path: rel.clone(),
-                msg: "a pre command changed this file in dest in place; its archive \
-                      content was taken from there, so it is gone: deploy again"
-                    .into(),
+/// One line of `--dry-run` output: `VERB PATH[TAIL]`.
+struct Change {
+    verb: &'static str,
+    rel: PathBuf,
+    /// `/` for a directory, ` -> TARGET` for a symlink, else empty.
+    tail: Vec<u8>,
+}
+
+/// `--dry-run`: prints on stdout, one line each and in the order a deploy would do
+/// them, the hooks it would run (`run pre: COMMAND`) and what would change in dest:
+/// `add PATH`, `update PATH` (content, link target or type differs), `delete PATH`
+/// (dest-relative, as bytes). `staged` (staging, dest, filter) is None for a
+/// commands-only manifest.
+fn print_dry_run(manifest: &Manifest, staged: Option<(&Path, &Path, &Filter)>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut changes = Vec::new();
+    if let Some((staging, dest, filter)) = staged {
+        changes = planned_changes(manifest.sync_strategy, staging, dest, filter)?;
+        let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
+        logln!(
+            "Dry run: {} to add, {} to update, {} to delete in {}",
+            count("add"),
+            count("update"),
+            count("delete"),
+            dest.display()
+        );
+    }
+    let mut out: Vec<u8> = Vec::new();
+    let hooks = |out: &mut Vec<u8>, which: &str, commands: &[String]| {
+        for c in commands {
+            let line = format!("run {which}: {}\n", c.replace('\n', "\\n"));
+            out.extend_from_slice(line.as_bytes());
+        }
+    };
+    hooks(&mut out, "pre", &manifest.commands.pre);
+    for c in &changes {
+        let rel = if c.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &c.rel
+        };
+        out.extend_from_slice(c.verb.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(rel.as_os_str().as_bytes());
+        out.extend_from_slice(&c.tail);
+        out.push(b'\n');
+    }
+    hooks(&mut out, "post", &manifest.commands.post);
+    hooks(&mut out, "success", &manifest.commands.success);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::io("write", "stdout", e))
+}
+
+/// What the sync step would change in dest: the plan's changes (rsync), or every
+/// entry of the unpacked tree (mv, which renames it onto dest).
+fn planned_changes(
+    strategy: Strategy,
+    staging: &Path,
+    dest: &Path,
+    filter: &Filter,
+) -> Result<Vec<Change>> {
+    use sync::{Kind, Op};
+    let arrow = |target: &Path| {
+        let mut t = b" -> ".to_vec();
+        t.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
+        t
+    };
+    if strategy == Strategy::Mv {
+        logln!(
+            "Dry run: sync_strategy mv renames the unpacked tree onto {}",
+            dest.display()
+        );
+        if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
+            logln!(
+                "Dry run: {} is not empty: mv fails unless a pre command empties it",
+                dest.display()
+            );
+        }
+        let mut changes = Vec::new();
+        for e in walkdir::WalkDir::new(staging)
+            .min_depth(1)
+            .sort_by_file_name()
+        {
+            let e = e.map_err(|e| Error::io("walk", staging, e.into()))?;
+            let tail = if e.file_type().is_dir() {
+                b"/".to_vec()
+            } else if e.file_type().is_symlink() {
+                arrow(
+                    &std::fs::read_link(e.path())
+                        .map_err(|x| Error::io("readlink", e.path(), x))?,
+                )
+            } else {
+                Vec::new()
+            };
+            let rel = e.path().strip_prefix(staging).unwrap_or(e.path());
+            changes.push(Change {
+                verb: "add",
+                rel: rel.to_path_buf(),
+                tail,
             });
         }
+        return Ok(changes);
     }
-    Ok(())
+    let verb = |existing: &Option<Kind>| match existing {
+        Some(_) => "update",
+        None => "add",
+    };
+    let plan = sync::plan(staging, dest, filter)?;
+    let changes = plan.changes().filter_map(|a| {
+        let (verb, tail) = match &a.op {
+            Op::Delete { dest } if dest.kind == Kind::Dir => ("delete", b"/".to_vec()),
+            Op::Delete { .. } => ("delete", Vec::new()),
+            Op::MakeDir { existing, .. } => (verb(existing), b"/".to_vec()),
+            Op::CopyFile { existing, .. } | Op::MakeSpecial { existing, .. } => {
+                (verb(existing), Vec::new())
+            }
+            Op::MakeSymlink {
+                target, existing, ..
+            } => (verb(existing), arrow(target)),
+            // The directory stays (it holds excluded entries; its other entries have
+            // their own `delete` lines). Attribute fixes are not changes.
+            Op::KeepNonEmpty { .. } | Op::Keep { .. } | Op::DirAttrs { .. } => return None,
+        };
+        Some(Change {
+            verb,
+            rel: a.rel.clone(),
+            tail,
+        })
+    });
+    Ok(changes.collect())
 }
 
 /// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
@@ -402,11 +564,14 @@ impl Drop for Staging {
         if self.kept {
             return;
         }
-        if let Err(e) = make_writable_and_remove(&self.path) {
-            logln!(
+        match make_writable_and_remove(&self.path) {
+            // The sync moved the whole staged tree onto a new dest.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(()) => {}
+            Err(e) => logln!(
                 "warning: could not remove staging {}: {e}",
                 self.path.display()
-            );
+            ),
         }
     }
 }

@@ -78,6 +78,11 @@ pub enum Error {
     #[error("sync {path}: {msg}", path = .path.display())]
     Sync { path: PathBuf, msg: String },
 
+    /// A file the unpack took as unchanged in dest changed before the sync (a `pre`
+    /// command): its content is in neither tree.
+    #[error("sync {path}: changed after the archive was unpacked (by a pre command?)", path = .path.display())]
+    Stale { path: PathBuf },
+
     /// A hook command exited non-zero or was killed.
     #[error("failed: {command} {status}")]
     Hook { command: String, status: String },

@@ -710,7 +710,7 @@ struct Tap<R> {
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(e) = &self.failure {
-            return Err(io::Error::new(e.kind(), e.to_string()));
+            return Err(io::Error::other(e.to_string()));
         }
         match self.inner.read(buf) {
             Ok(n) => {
@@ -719,7 +719,13 @@ impl<R: Read> Read for Tap<R> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => Err(e),
             Err(e) => {
-                let copy = io::Error::new(e.kind(), e.to_string());
+                // The copy must not look like EINTR (which readers retry): a signal's
+                // error has that kind.
+                let kind = match e.kind() {
+                    io::ErrorKind::Interrupted => io::ErrorKind::Other,
+                    k => k,
+                };
+                let copy = io::Error::new(kind, e.to_string());
                 self.failure = Some(e);
                 Err(copy)
             }

@@ -4,13 +4,14 @@
 //! whole log of the run on stdin; one that does not read it is not an error.
 //!
 //! The only module that starts processes. A hook runs in its own process group, so
-//! a signal to stretcher stops the hook's whole group and nothing is left behind.
+//! a signal to stretcher, or `--command-timeout`, stops the hook's whole group
+//! (SIGTERM, then SIGKILL after `KILL_GRACE`) and nothing is left behind.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -20,12 +21,16 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 
-/// What the hooks learn about the deploy through their environment.
+/// What the hooks learn about the deploy through their environment, and how long
+/// each may run.
 #[derive(Debug, Clone, Default)]
 pub struct HookEnv {
     pub dest: String,
     pub src: String,
     pub manifest_url: String,
+    /// `--command-timeout`: one command still running after this has its process
+    /// group killed and fails with "killed after timeout D". Not exported to the hook.
+    pub timeout: Option<Duration>,
 }
 
 impl HookEnv {
@@ -57,6 +62,9 @@ pub fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Resul
 /// How long to wait, after a hook exited, for output still held open by something it
 /// left running in the background (`server &`): then the log moves on without it.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a hook's process group has to exit after SIGTERM before it gets SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
     interrupt::check()?;
@@ -106,7 +114,7 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
         })
     });
 
-    let status = wait(&mut child, command)?;
+    let status = wait(&mut child, command, env.timeout)?;
     if let Some(f) = feeder {
         let _ = f.join();
     }
@@ -114,8 +122,10 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
     check_status(command, status)
 }
 
-/// Waits for the hook, killing its process group if a signal arrives meanwhile.
-fn wait(child: &mut Child, command: &str) -> Result<ExitStatus> {
+/// Waits for the hook, killing its process group if a signal arrives meanwhile or
+/// when it runs longer than `timeout`.
+fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<ExitStatus> {
+    let deadline = timeout.map(|t| (Instant::now() + t, t));
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Ok(status),
@@ -124,21 +134,46 @@ fn wait(child: &mut Child, command: &str) -> Result<ExitStatus> {
         }
         if let Some(sig) = interrupt::pending() {
             kill_group(child);
-            let _ = child.wait();
             logln!("stopped command {command:?}: interrupted by {sig}");
             return Err(Error::Interrupted(sig));
+        }
+        if let Some((end, limit)) = deadline {
+            if Instant::now() >= end {
+                let limit = humantime::format_duration(limit);
+                logln!("stopping command {command:?}: still running after {limit}");
+                kill_group(child);
+                return Err(Error::Hook {
+                    command: command.to_string(),
+                    status: format!("killed after timeout {limit}"),
+                });
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn kill_group(child: &Child) {
-    if let Ok(id) = i32::try_from(child.id()) {
-        let pg = Pid::from_raw(id);
-        let _ = killpg(pg, Signal::SIGTERM);
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = killpg(pg, Signal::SIGKILL);
+/// SIGTERM to the hook's whole process group; SIGKILL to what is left of it after
+/// `KILL_GRACE` (sooner when the group is gone); the hook itself is reaped.
+fn kill_group(child: &mut Child) {
+    let Ok(id) = i32::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    let pg = Pid::from_raw(id);
+    let _ = killpg(pg, Signal::SIGTERM);
+    let end = Instant::now() + KILL_GRACE;
+    while Instant::now() < end {
+        // Reap the leader (a zombie still counts as a member), then ask whether any
+        // process is left in the group.
+        let _ = child.try_wait();
+        if killpg(pg, None).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = killpg(pg, Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 fn check_status(command: &str, status: ExitStatus) -> Result<()> {
@@ -177,6 +212,7 @@ mod tests {
             dest: "/d".into(),
             src: "file:///s".into(),
             manifest_url: "file:///m".into(),
+            timeout: None,
         }
     }
 
@@ -220,5 +256,39 @@ mod tests {
     fn signal_death_is_named() {
         let e = run(&["kill -9 $$".to_string()], &env()).unwrap_err();
         assert_eq!(e.to_string(), "failed: kill -9 $$ killed by signal SIGKILL");
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group_and_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child-survived");
+        let env = HookEnv {
+            timeout: Some(Duration::from_millis(300)),
+            ..env()
+        };
+        // A background child that ignores SIGTERM: SIGKILL after the grace gets it.
+        let cmd = format!(
+            "(trap '' TERM; sleep 4; touch {}) & sleep 30",
+            marker.display()
+        );
+        let t = Instant::now();
+        let e = run(std::slice::from_ref(&cmd), &env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("failed: {cmd} killed after timeout 300ms")
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(4500).saturating_sub(t.elapsed()));
+        assert!(!marker.exists(), "a process of the hook's group survived");
+    }
+
+    #[test]
+    fn timeout_spares_a_quick_command() {
+        let env = HookEnv {
+            timeout: Some(Duration::from_secs(20)),
+            ..env()
+        };
+        run(&["true".to_string(), "echo quick".to_string()], &env).unwrap();
+        run_with_input(&["cat >/dev/null".to_string()], &env, b"log").unwrap();
     }
 }

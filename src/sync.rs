@@ -168,7 +168,25 @@ pub struct Plan {
     pub src: PathBuf,
     pub dest: PathBuf,
     pub actions: Vec<Action>,
+    /// Entries already right in every respect, left out of `actions` (unless listed for
+    /// `-vv`), so a plan's size follows the changes, not the tree.
+    pub uptodate: u64,
 }
+
+/// A regular file that the unpack found already in dest, equal to the archive's by
+/// size, mtime (and mode, owner), and so did not write to staging. The plan treats it
+/// as present in the source with these attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub size: u64,
+    pub mtime: i64,
+    pub mode: u32,
+    /// The archive's owner when owners are preserved.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Kept files by path relative to the roots.
+pub type KeptFiles = HashMap<PathBuf, Kept>;
 
 impl Plan {
     /// The actions that change something in `dest` beyond attributes (for `--dry-run`).
@@ -301,6 +319,20 @@ fn parent_of(rel: &Path) -> PathBuf {
 /// Computes what [`apply`] must do to make `dest` a mirror of `src` under `filter`.
 /// Reads both trees, changes nothing.
 pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
+    plan_kept(src, dest, filter, &KeptFiles::new(), true)
+}
+
+/// [`plan`], for a source that lacks the `kept` files (they are in dest already), and
+/// listing up-to-date entries as `Keep` actions only when `list_uptodate` (for `-vv`).
+/// A kept file that dest no longer holds as it was (a `pre` command changed it) is
+/// `Error::Stale`: its content is in neither tree.
+pub fn plan_kept(
+    src: &Path,
+    dest: &Path,
+    filter: &Filter,
+    kept: &KeptFiles,
+    list_uptodate: bool,
+) -> Result<Plan> {
     let src_root = fs::metadata(src).ctx("stat", src)?;
     if !src_root.is_dir() {
         return Err(Error::Sync {
@@ -360,6 +392,22 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
 
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
+    let mut uptodate = 0u64;
+    let mut kept_seen = 0usize;
+    // An up-to-date entry is an action only when something about it needs fixing.
+    let mut keep = |updates: &mut Vec<Action>, rel: PathBuf, src: Meta, dest: Meta| {
+        let attrs_differ = src.perms() != dest.perms()
+            || (src.uid, src.gid) != (dest.uid, dest.gid)
+            || (src.kind == Kind::Symlink && src.mtime != dest.mtime);
+        if attrs_differ || list_uptodate {
+            updates.push(Action {
+                rel,
+                op: Op::Keep { src, dest },
+            });
+        } else {
+            uptodate += 1;
+        }
+    };
     let mut dirs: Vec<(PathBuf, Meta, Option<Meta>)> = vec![(PathBuf::new(), src_root, dest_root)];
     let mut dirty: HashSet<PathBuf> = HashSet::new();
     if dest_root.is_none() {
@@ -385,6 +433,24 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
             std::cmp::Ordering::Greater => {
                 // Only in dest (or excluded in src): delete, judged by its dest type.
                 let Some(de) = d.next() else { break };
+                if let Some(k) = kept.get(&de.rel) {
+                    kept_seen += 1;
+                    if de.meta.kind != Kind::File
+                        || de.meta.size != k.size
+                        || de.meta.mtime != k.mtime
+                    {
+                        return Err(stale(dest, &de.rel));
+                    }
+                    let (uid, gid) = k.owner.unwrap_or((de.meta.uid, de.meta.gid));
+                    let src_meta = Meta {
+                        mode: (de.meta.mode & !0o7777) | k.mode,
+                        uid,
+                        gid,
+                        ..de.meta
+                    };
+                    keep(&mut updates, de.rel, src_meta, de.meta);
+                    continue;
+                }
                 dirty.insert(parent_of(&de.rel));
                 let op = if de.meta.kind == Kind::Dir && protected.contains(&de.rel) {
                     Op::KeepNonEmpty { dest: de.meta }
@@ -438,13 +504,7 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                     Kind::Dir => dirs.push((se.rel, se.meta, Some(de.meta))),
                     Kind::File => {
                         if se.meta.size == de.meta.size && se.meta.mtime == de.meta.mtime {
-                            updates.push(Action {
-                                rel: se.rel,
-                                op: Op::Keep {
-                                    src: se.meta,
-                                    dest: de.meta,
-                                },
-                            });
+                            keep(&mut updates, se.rel, se.meta, de.meta);
                         } else {
                             dirty.insert(parent_of(&se.rel));
                             add_src(
@@ -463,13 +523,7 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                         let b = fs::read_link(dest.join(&de.rel))
                             .ctx("readlink", dest.join(&de.rel))?;
                         if a == b {
-                            updates.push(Action {
-                                rel: se.rel,
-                                op: Op::Keep {
-                                    src: se.meta,
-                                    dest: de.meta,
-                                },
-                            });
+                            keep(&mut updates, se.rel, se.meta, de.meta);
                         } else {
                             dirty.insert(parent_of(&se.rel));
                             add_src(
@@ -485,13 +539,7 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
                     Kind::Special => {
                         let same_type = se.meta.mode & 0o170000 == de.meta.mode & 0o170000;
                         if same_type && se.meta.rdev == de.meta.rdev {
-                            updates.push(Action {
-                                rel: se.rel,
-                                op: Op::Keep {
-                                    src: se.meta,
-                                    dest: de.meta,
-                                },
-                            });
+                            keep(&mut updates, se.rel, se.meta, de.meta);
                         } else {
                             dirty.insert(parent_of(&se.rel));
                             add_src(
@@ -524,11 +572,42 @@ pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
             },
         });
     }
+    if kept_seen < kept.len() {
+        // Some kept file was not in dest's walk: fine only when the rules exclude it
+        // (then it would be neither copied nor deleted anyway).
+        for rel in kept.keys() {
+            if !excluded_here_or_above(filter, rel) && fs::symlink_metadata(dest.join(rel)).is_err()
+            {
+                return Err(stale(dest, rel));
+            }
+        }
+    }
     Ok(Plan {
         src: src.to_path_buf(),
         dest: dest.to_path_buf(),
         actions,
+        uptodate,
     })
+}
+
+fn stale(dest: &Path, rel: &Path) -> Error {
+    Error::Stale {
+        path: dest.join(rel),
+    }
+}
+
+/// Whether `rel` (a file) or one of its directories is excluded.
+fn excluded_here_or_above(filter: &Filter, rel: &Path) -> bool {
+    let mut dir = PathBuf::new();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        dir.push(c);
+        let is_dir = i + 1 < comps.len();
+        if filter.is_excluded(&dir, is_dir) {
+            return true;
+        }
+    }
+    false
 }
 
 /// rsync exits 23 here ("could not make way for new regular file"); we refuse before
@@ -586,7 +665,10 @@ fn add_src(
 
 /// Carries out `plan`. Stops at the first error, which names the path.
 pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        unchanged: plan.uptodate,
+        ..Stats::default()
+    };
     let dest = &plan.dest;
     // Directories we must write into (or empty) need u+rwx meanwhile when not root (rsync
     // does the same); `DirAttrs` / `KeepNonEmpty` put the final mode back.

@@ -36,8 +36,8 @@ pub struct UnpackOptions {
     pub label: String,
     /// The current `dest`: a regular file entry whose size, mtime (seconds), mode (and
     /// owner, with `same_owner`) match the file at the same path in it is not written
-    /// but hard-linked from there (rsync's quick check, done while unpacking). Only
-    /// read, never changed; a dest on another filesystem just disables the reuse.
+    /// at all but listed in `Staged::reused` (rsync's quick check, done while
+    /// unpacking). Only read, never changed.
     pub reuse_from: Option<PathBuf>,
 }
 
@@ -50,9 +50,8 @@ pub struct Staged {
     pub root_mode: Option<u32>,
     /// Entries written (files, dirs, links), for the log.
     pub entries: u64,
-    /// Files hard-linked from `reuse_from` instead of written: path, size, mtime
-    /// seconds as the archive has them (so the caller can check they stayed so).
-    pub reused: Vec<(PathBuf, u64, i64)>,
+    /// Files left out of staging because `reuse_from` has them as the archive does.
+    pub reused: crate::sync::KeptFiles,
 }
 
 /// Bytes read ahead to recognise the compression format.
@@ -69,6 +68,9 @@ const INPUT_BUF: usize = 128 * 1024;
 const COPY_BUF: usize = 256 * 1024;
 /// Mode of directories created because an entry needs them as parents.
 const IMPLICIT_DIR_MODE: u32 = 0o755;
+/// Free space the size guard leaves on the staging filesystem (directories, metadata,
+/// and whatever else runs there).
+const SPACE_RESERVE: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -101,24 +103,45 @@ pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) 
     let format = sniff(&magic[..n]);
     let (tx, rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
     let (back_tx, back_rx) = mpsc::channel();
+    // For a compressed archive, reading the source (and hashing it, in the caller's
+    // reader) gets a thread of its own, apart from the decoder.
+    let (raw_tx, raw_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (raw_back_tx, raw_back_rx) = mpsc::channel();
     std::thread::scope(|s| {
-        let producer = s.spawn(move || match format {
-            Format::Gzip => pump(flate2::bufread::MultiGzDecoder::new(input), &tx, &back_rx),
-            Format::Zstd => pump(
-                zstd::stream::read::Decoder::with_buffer(input)?,
-                &tx,
-                &back_rx,
-            ),
-            Format::Tar => pump(input, &tx, &back_rx),
-        });
+        let (reader_thread, producer) = match format {
+            Format::Tar => (None, s.spawn(move || pump(input, &tx, &back_rx))),
+            compressed => {
+                let reader = s.spawn(move || pump(input, &raw_tx, &raw_back_rx));
+                let producer = s.spawn(move || {
+                    let raw = ChunkReader::new(raw_rx, raw_back_tx);
+                    let raw = io::BufReader::with_capacity(INPUT_BUF, raw);
+                    match compressed {
+                        Format::Zstd => pump(
+                            zstd::stream::read::Decoder::with_buffer(raw)?,
+                            &tx,
+                            &back_rx,
+                        ),
+                        _ => pump(flate2::bufread::MultiGzDecoder::new(raw), &tx, &back_rx),
+                    }
+                });
+                (Some(reader), producer)
+            }
+        };
         let extracted = extract(ChunkReader::new(rx, back_tx), into, opts);
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
-        match (extracted, produced) {
-            // A decoding (or source) error explains any error the parser then saw.
-            (_, Err(e)) => Err(corrupt(opts, &e)),
-            (result, Ok(())) => result,
+        let read = match reader_thread {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked"))),
+            None => Ok(()),
+        };
+        match (extracted, read, produced) {
+            // A source error explains any decoding error, which explains any error the
+            // parser then saw.
+            (_, Err(e), _) | (_, Ok(()), Err(e)) => Err(corrupt(opts, &e)),
+            (result, Ok(()), Ok(())) => result,
         }
     })
 }
@@ -191,7 +214,9 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         match r.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // EINTR is retried; an `Interrupted` carrying a message (the download's
+            // "interrupted by SIGINT") is final: retrying it would spin forever.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => {}
             Err(e) => return Err(e),
         }
     }
@@ -276,7 +301,12 @@ struct Extractor<'a> {
     /// Directories below `reuse_from` already checked: true when a real directory
     /// (reached through real directories only), so files in it may be reused.
     reuse_dirs: HashMap<PathBuf, bool>,
-    reused: Vec<(PathBuf, u64, i64)>,
+    reused: crate::sync::KeptFiles,
+    /// The size guard: (bytes available to unprivileged users, fragment size) of the
+    /// staging filesystem when the unpack started, and the bytes of file content
+    /// written so far, each file rounded up to whole fragments.
+    space: Option<(u64, u64)>,
+    to_write: u64,
 }
 
 impl<'a> Extractor<'a> {
@@ -294,8 +324,35 @@ impl<'a> Extractor<'a> {
             root_mode: None,
             entries: 0,
             reuse_dirs: HashMap::new(),
-            reused: Vec::new(),
+            reused: HashMap::new(),
+            space: free_space(into),
+            to_write: 0,
         }
+    }
+
+    /// The size guard: refuses a file whose content would take the bytes written so
+    /// far past the free space of the staging filesystem (less `SPACE_RESERVE`), before
+    /// it is created — a decompression bomb or a full disk fails here, cleanly.
+    fn claim_space(&mut self, size: u64) -> Result<()> {
+        let Some((free, frsize)) = self.space else {
+            return Ok(());
+        };
+        self.to_write = self
+            .to_write
+            .saturating_add(size.div_ceil(frsize).saturating_mul(frsize));
+        if self.to_write > free.saturating_sub(SPACE_RESERVE) {
+            let fs = self.into.parent().unwrap_or(self.into);
+            return Err(archive_error(
+                self.opts,
+                format!(
+                    "not enough space on the filesystem of {}: the archive needs more than \
+                     {} bytes, {free} free ({SPACE_RESERVE} kept in reserve)",
+                    fs.display(),
+                    self.to_write
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
@@ -319,6 +376,10 @@ impl<'a> Extractor<'a> {
             kind = EntryType::Directory;
         }
         let rel = path.rel;
+        if !self.reused.is_empty() {
+            // A later entry for the same path replaces the one found unchanged.
+            self.reused.remove(&rel);
+        }
         if rel.as_os_str().is_empty() {
             if kind != EntryType::Directory {
                 return Err(fail(&raw, "the archive root must be a directory"));
@@ -433,12 +494,13 @@ impl<'a> Extractor<'a> {
     ) -> Result<()> {
         self.parents(rel, raw)?;
         let abs = self.into.join(rel);
-        if self.reuse(rel, &abs, entry.size(), meta) {
+        if self.reuse(rel, entry.size(), meta) {
             // The entry's data is skipped by the parser (still read, so a cut stream
             // is still noticed).
             self.entries += 1;
             return Ok(());
         }
+        self.claim_space(entry.size())?;
         let create = |abs: &Path| {
             OpenOptions::new()
                 .write(true)
@@ -490,9 +552,9 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// Hard-links `reuse_from/rel` to `abs` when it is a regular file equal by size,
-    /// mtime seconds, mode (and owner) to the entry. Any doubt means "write it".
-    fn reuse(&mut self, rel: &Path, abs: &Path, size: u64, meta: &Meta) -> bool {
+    /// Lists `rel` as kept (not written) when `reuse_from/rel` is a regular file equal
+    /// by size, mtime seconds, mode (and owner) to the entry. Any doubt means "write it".
+    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> bool {
         use std::os::unix::fs::MetadataExt;
         let Some(dest) = self.opts.reuse_from.as_deref() else {
             return false;
@@ -501,33 +563,25 @@ impl<'a> Extractor<'a> {
         if !self.reuse_dir(dest, parent) {
             return false;
         }
-        let from = dest.join(rel);
-        let Ok(m) = fs::symlink_metadata(&from) else {
+        let Ok(m) = fs::symlink_metadata(dest.join(rel)) else {
             return false;
         };
+        let mtime = meta.mtime.unix_seconds();
         let same = m.file_type().is_file()
             && m.size() == size
-            && m.mtime() == meta.mtime.unix_seconds()
+            && m.mtime() == mtime
             && m.mode() & 0o7777 == meta.mode
             && meta.owner.is_none_or(|(u, g)| (m.uid(), m.gid()) == (u, g));
-        if !same {
-            return false;
+        if same {
+            let kept = crate::sync::Kept {
+                size,
+                mtime,
+                mode: meta.mode,
+                owner: meta.owner,
+            };
+            self.reused.insert(rel.to_path_buf(), kept);
         }
-        // linkat without AT_SYMLINK_FOLLOW; `abs` is new (a duplicate entry earlier in
-        // the archive would have to be removed first: then just write it).
-        let linked = nix::unistd::linkat(
-            None,
-            from.as_path(),
-            None,
-            abs,
-            nix::fcntl::AtFlags::empty(),
-        );
-        if linked.is_err() {
-            return false;
-        }
-        self.reused
-            .push((rel.to_path_buf(), size, meta.mtime.unix_seconds()));
-        true
+        same
     }
 
     /// Whether `dest/rel` is a real directory reached through real directories only
@@ -604,7 +658,12 @@ impl<'a> Extractor<'a> {
         }
         self.check_parents(&target, raw)?;
         self.parents(rel, raw)?;
-        let src = self.into.join(&target);
+        // A link to a file kept in dest (not staged) is made to dest's copy: the sync
+        // writes it as a file of its own (rsync -a has no -H).
+        let src = match (&self.opts.reuse_from, self.reused.contains_key(&target)) {
+            (Some(dest), true) => dest.join(&target),
+            _ => self.into.join(&target),
+        };
         let abs = self.into.join(rel);
         // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
         let link = |src: &Path, abs: &Path| {
@@ -829,6 +888,19 @@ fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
 
 fn mkdir(abs: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(IMPLICIT_DIR_MODE).create(abs)
+}
+
+/// (bytes available to unprivileged users, fragment size) of the filesystem holding
+/// `dir`: `f_bavail * f_frsize`. `None` when unknown, or when the filesystem reports
+/// no size at all (some FUSE ones): such a filesystem is not guarded.
+fn free_space(dir: &Path) -> Option<(u64, u64)> {
+    let v = nix::sys::statvfs::statvfs(dir).ok()?;
+    if v.blocks() == 0 {
+        return None;
+    }
+    let frsize = v.fragment_size().max(1);
+    let free = v.blocks_available().saturating_mul(frsize);
+    Some((free, frsize))
 }
 
 /// The umask, read without changing it (Linux ≥ 4.7 shows it in /proc).

@@ -692,7 +692,7 @@ fn update_keeps_unchanged_files_and_replaces_changed_ones() {
         .arg(&m2)
         .run()
         .assert_ok()
-        .assert_log("(1 unchanged files taken from");
+        .assert_log("(1 unchanged files left in place in");
     assert_eq!(
         ino(&s.dest().join("keep.txt")),
         keep,
@@ -708,7 +708,6 @@ fn update_keeps_unchanged_files_and_replaces_changed_ones() {
         "a"
     );
     assert!(!s.dest().join("gone.txt").exists());
-    // the kept file is a file of its own again (the staging link is gone)
     assert_eq!(
         std::os::unix::fs::MetadataExt::nlink(
             &std::fs::metadata(s.dest().join("keep.txt")).unwrap()
@@ -740,10 +739,11 @@ fn pre_removing_dest_still_gives_a_full_mirror() {
 }
 
 #[test]
-fn pre_rewriting_a_kept_file_in_place_fails_cleanly() {
+fn pre_changing_a_kept_file_unpacks_again() {
     let s = Scratch::new();
     let m = s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
     s.stretcher().arg(&m).run().assert_ok();
+    // `bar` is left in place by the unpack (unchanged), then `pre` rewrites it
     let extra = format!(
         "commands:\n  pre:\n    - echo more >> {}/bar\n",
         s.dest().display()
@@ -755,15 +755,13 @@ fn pre_rewriting_a_kept_file_in_place_fails_cleanly() {
     s.stretcher()
         .arg(&m)
         .run()
-        .assert_fail()
-        .assert_log("a pre command changed this file in dest in place");
-    // the next deploy puts the archive's content back
-    let m = s.manifest("m3.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
-    s.stretcher().arg(&m).run().assert_ok();
+        .assert_ok()
+        .assert_log("unpacking the archive again in full");
     assert_eq!(
         std::fs::read_to_string(s.dest().join("bar")).unwrap(),
         "bar\n"
     );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
 
 #[test]

@@ -6,11 +6,13 @@ mod util;
 mod cli;
 mod deploy;
 mod events;
+mod faults;
 mod fleet;
 mod hooks;
 mod http;
 mod rsync_oracle;
 mod s3;
+mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 mod unpack;
