@@ -500,58 +500,30 @@ pub fn plan_kept(
                     )?;
                     continue;
                 }
-                match se.meta.kind {
-                    Kind::Dir => dirs.push((se.rel, se.meta, Some(de.meta))),
-                    Kind::File => {
-                        if se.meta.size == de.meta.size && se.meta.mtime == de.meta.mtime {
-                            keep(&mut updates, se.rel, se.meta, de.meta);
-                        } else {
-                            dirty.insert(parent_of(&se.rel));
-                            add_src(
-                                src,
-                                &se,
-                                Some(Kind::File),
-                                &not_whole,
-                                &mut updates,
-                                &mut dirs,
-                            )?;
-                        }
-                    }
+                if se.meta.kind == Kind::Dir {
+                    dirs.push((se.rel, se.meta, Some(de.meta)));
+                    continue;
+                }
+                let same = match se.meta.kind {
+                    // rsync's quick check: size and mtime seconds
+                    Kind::File => se.meta.size == de.meta.size && se.meta.mtime == de.meta.mtime,
                     Kind::Symlink => {
-                        let a =
-                            fs::read_link(src.join(&se.rel)).ctx("readlink", src.join(&se.rel))?;
-                        let b = fs::read_link(dest.join(&de.rel))
-                            .ctx("readlink", dest.join(&de.rel))?;
-                        if a == b {
-                            keep(&mut updates, se.rel, se.meta, de.meta);
-                        } else {
-                            dirty.insert(parent_of(&se.rel));
-                            add_src(
-                                src,
-                                &se,
-                                Some(Kind::Symlink),
-                                &not_whole,
-                                &mut updates,
-                                &mut dirs,
-                            )?;
-                        }
+                        let a = src.join(&se.rel);
+                        let b = dest.join(&de.rel);
+                        fs::read_link(&a).ctx("readlink", &a)?
+                            == fs::read_link(&b).ctx("readlink", &b)?
                     }
-                    Kind::Special => {
-                        let same_type = se.meta.mode & 0o170000 == de.meta.mode & 0o170000;
-                        if same_type && se.meta.rdev == de.meta.rdev {
-                            keep(&mut updates, se.rel, se.meta, de.meta);
-                        } else {
-                            dirty.insert(parent_of(&se.rel));
-                            add_src(
-                                src,
-                                &se,
-                                Some(Kind::Special),
-                                &not_whole,
-                                &mut updates,
-                                &mut dirs,
-                            )?;
-                        }
+                    _ => {
+                        se.meta.mode & 0o170000 == de.meta.mode & 0o170000
+                            && se.meta.rdev == de.meta.rdev
                     }
+                };
+                if same {
+                    keep(&mut updates, se.rel, se.meta, de.meta);
+                } else {
+                    dirty.insert(parent_of(&se.rel));
+                    let kind = Some(se.meta.kind);
+                    add_src(src, &se, kind, &not_whole, &mut updates, &mut dirs)?;
                 }
             }
         }

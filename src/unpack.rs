@@ -734,12 +734,22 @@ impl<'a> Extractor<'a> {
     /// Makes every parent of `rel` a real directory below `into`, creating missing
     /// ones; refuses a parent that is a symlink (never followed) or not a directory.
     fn parents(&mut self, rel: &Path, raw: &[u8]) -> Result<()> {
+        self.real_parents(rel, raw, true)
+    }
+
+    /// Like `parents` for a hard link's target, but creates nothing.
+    fn check_parents(&mut self, target: &Path, raw: &[u8]) -> Result<()> {
+        self.real_parents(target, raw, false)
+    }
+
+    fn real_parents(&mut self, rel: &Path, raw: &[u8], create: bool) -> Result<()> {
         let Some(parent) = rel.parent() else {
             return Ok(());
         };
         if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
             return Ok(());
         }
+        let what = if create { "" } else { "hard link target: " };
         let mut prefix = PathBuf::with_capacity(parent.as_os_str().len());
         for comp in parent.components() {
             prefix.push(comp);
@@ -750,56 +760,26 @@ impl<'a> Extractor<'a> {
             match fs::symlink_metadata(&abs) {
                 Ok(m) if m.is_dir() => {}
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(fail(
-                        raw,
-                        format!("refusing to write through the symlink {:?}", prefix),
-                    ))
+                    let msg = if create {
+                        format!("refusing to write through the symlink {prefix:?}")
+                    } else {
+                        format!("hard link target passes through the symlink {prefix:?}")
+                    };
+                    return Err(fail(raw, msg));
                 }
-                Ok(_) => return Err(fail(raw, format!("{:?} is not a directory", prefix))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    mkdir(&abs).map_err(|e| fail(raw, format!("mkdir {:?}: {e}", prefix)))?;
+                Ok(_) => return Err(fail(raw, format!("{what}{prefix:?} is not a directory"))),
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    mkdir(&abs).map_err(|e| fail(raw, format!("mkdir {prefix:?}: {e}")))?;
                     if self.needs_chmod(IMPLICIT_DIR_MODE) {
-                        self.fixes.insert(
-                            prefix.clone(),
-                            DirFix {
-                                mode: IMPLICIT_DIR_MODE,
-                                mtime: None,
-                                owner: None,
-                            },
-                        );
+                        let fix = DirFix {
+                            mode: IMPLICIT_DIR_MODE,
+                            mtime: None,
+                            owner: None,
+                        };
+                        self.fixes.insert(prefix.clone(), fix);
                     }
                 }
-                Err(e) => return Err(fail(raw, format!("stat {:?}: {e}", prefix))),
-            }
-            self.dirs.insert(prefix.clone());
-        }
-        Ok(())
-    }
-
-    /// Like `parents` for a hard link's target, but creates nothing.
-    fn check_parents(&mut self, target: &Path, raw: &[u8]) -> Result<()> {
-        let Some(parent) = target.parent() else {
-            return Ok(());
-        };
-        if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
-            return Ok(());
-        }
-        let mut prefix = PathBuf::with_capacity(parent.as_os_str().len());
-        for comp in parent.components() {
-            prefix.push(comp);
-            if self.dirs.contains(&prefix) {
-                continue;
-            }
-            match fs::symlink_metadata(self.into.join(&prefix)) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(fail(
-                        raw,
-                        format!("hard link target passes through the symlink {:?}", prefix),
-                    ))
-                }
-                Ok(_) => return Err(fail(raw, format!("{:?} is not a directory", prefix))),
-                Err(e) => return Err(fail(raw, format!("hard link target: {e}"))),
+                Err(e) => return Err(fail(raw, format!("{what}stat {prefix:?}: {e}"))),
             }
             self.dirs.insert(prefix.clone());
         }
