@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of the four fuzz targets into fuzz/corpus/<target>/.
+
+Run from anywhere: `python3 fuzz/make_seeds.py` (needs gzip and zstd on PATH).
+Idempotent: the seed names are fixed (seed-*), so rerunning overwrites them and leaves
+the files libFuzzer added (named by their sha1) alone. Every seed is < 10 KB.
+"""
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CORPUS = os.path.join(HERE, "corpus")
+ABS_SENTINEL = "/tmp/stretcher-fuzz-outside"  # the unpack target checks it stays empty
+
+tarfile.RECORDSIZE = 512  # no padding to 10 KiB: seeds stay small
+
+
+def put(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    assert len(data) < 10 * 1024, (target, name, len(data))
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+# ---- unpack: tar archives ----
+
+def member(name, kind=tarfile.REGTYPE, data=b"", link="", mode=None, **kw):
+    return (name, kind, data, link, mode, kw)
+
+
+def tar(members, fmt=tarfile.GNU_FORMAT):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",
+                      errors="surrogateescape") as t:
+        for name, kind, data, link, mode, kw in members:
+            ti = tarfile.TarInfo(name)
+            ti.type = kind
+            ti.mtime = 1704164645
+            ti.uname = kw.get("uname", "root")
+            ti.gname = kw.get("gname", "root")
+            if kind == tarfile.DIRTYPE:
+                ti.mode = 0o755 if mode is None else mode
+            else:
+                ti.mode = 0o644 if mode is None else mode
+            ti.linkname = link
+            if "pax" in kw:
+                ti.pax_headers = kw["pax"]
+            if "devmajor" in kw:
+                ti.devmajor, ti.devminor = kw["devmajor"], kw["devminor"]
+            if kind == tarfile.REGTYPE:
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+            else:
+                t.addfile(ti)
+    return buf.getvalue()
+
+
+D, F, SYM, LNK = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+UNPACK = {
+    "plain": [member("./", D), member("./bar", data=b"bar\n"), member("./foo/", D),
+              member("./foo/baz", data=b"baz\n", mode=0o755)],
+    "no-top": [member("bar", data=b"bar\n"), member("foo/baz", data=b"baz\n")],
+    "symlink-dir-escape": [member("l", SYM, link="../outside"), member("l/x", data=b"x\n")],
+    "symlink-dir-escape-dir": [member("l", SYM, link="../outside"), member("l/d/", D)],
+    "symlink-abs": [member("l", SYM, link=ABS_SENTINEL), member("l/x", data=b"x\n"),
+                    member("l/d", D)],
+    "symlink-chain": [member("a", SYM, link="b"), member("b", SYM, link="c"),
+                      member("c", SYM, link="../outside"), member("a/x", data=b"x\n")],
+    "symlink-file-overwrite": [member("v", SYM, link="../victim"),
+                               member("v", data=b"overwrite\n")],
+    "dir-then-symlink": [member("d/", D), member("d/f", data=b"f\n"),
+                         member("d", SYM, link="../outside"), member("d/g", data=b"g\n")],
+    "symlink-then-dir": [member("d", SYM, link="../outside"), member("d/", D),
+                         member("d/g", data=b"g\n")],
+    "hardlink-outside": [member("h", LNK, link="../victim"), member("h2", LNK, link="/etc/passwd")],
+    "hardlink-through-symlink": [member("l", SYM, link=".."), member("h", LNK, link="l/victim"),
+                                 member("h", data=b"w\n")],
+    "hardlink-to-symlink": [member("l", SYM, link="../outside"), member("h", LNK, link="l"),
+                            member("h/x", data=b"x\n")],
+    "hardlink-ok": [member("a", data=b"a\n"), member("d/b", LNK, link="a"),
+                    member("a", LNK, link="a")],
+    "dotdot": [member("../x", data=b"x\n"), member("a/../../x", data=b"x\n")],
+    "dotdot-late": [member("ok", data=b"ok\n"), member("./../outside/x", data=b"x\n")],
+    "absolute": [member("/abs/file", data=b"abs\n"), member("/", D)],
+    "long-names": [member("d" * 90 + "/" + "n" * 120, data=b"long\n"),
+                   member("s" * 150, SYM, link="t" * 200),
+                   member("h" * 130, LNK, link="d" * 90 + "/" + "n" * 120)],
+    "modes": [member("ro/", D, mode=0o500), member("ro/f", data=b"f\n", mode=0o4755),
+              member("none/", D, mode=0), member("none/sub/", D, mode=0o000),
+              member("x", data=b"", mode=0o7777)],
+    "special": [member("fifo", tarfile.FIFOTYPE), member("null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+                member("blk", tarfile.BLKTYPE, devmajor=7, devminor=0)],
+    "replace": [member("a", data=b"file\n"), member("a/", D), member("a/b", data=b"b\n"),
+                member("a", data=b"file again\n"), member("a", SYM, link="a")],
+    "non-utf8": [member("caf\udce9/\udcff\udcfe", data=b"bytes\n"), member("l\udce9", SYM, link="caf\udce9")],
+    "nul-in-link": [member("l", SYM, link="")],
+}
+UNPACK_PAX = {
+    "pax": [member("p/" + "x" * 120, data=b"pax\n",
+                   pax={"mtime": "1704164645.123456789", "uname": "nobody", "gname": "nogroup"}),
+            member("q", SYM, link="../" + "y" * 110, pax={"linkpath": "../outside"})],
+    "pax-path-escape": [member("safe", data=b"x\n", pax={"path": "../outside/x"})],
+}
+
+
+def put_tar(name, data):
+    put("unpack", name + ".tar", data)
+
+
+def compress(cmd, data):
+    return subprocess.run(cmd, input=data, stdout=subprocess.PIPE, check=True).stdout
+
+
+def unpack_seeds():
+    archives = {k: tar(v) for k, v in UNPACK.items()}
+    archives.update({k: tar(v, tarfile.PAX_FORMAT) for k, v in UNPACK_PAX.items()})
+    archives["ustar"] = tar(UNPACK["plain"], tarfile.USTAR_FORMAT)
+    for k, v in archives.items():
+        put_tar(k, v)
+    # V7-style directory: a regular entry whose name ends in '/'.
+    v7 = bytearray(tar([member("olddir/", data=b""), member("olddir/f", data=b"f\n")]))
+    put_tar("v7-dir", bytes(v7))
+    put("unpack", "empty.tar", b"\0" * 1024)
+    put("unpack", "truncated.tar", archives["plain"][:700])
+    put("unpack", "plain.tar.gz", compress(["gzip", "-n", "-9"], archives["plain"]))
+    put("unpack", "symlink-dir-escape.tar.gz",
+        compress(["gzip", "-n", "-9"], archives["symlink-dir-escape"]))
+    put("unpack", "two-members.tar.gz",
+        compress(["gzip", "-n"], archives["plain"][:1024]) +
+        compress(["gzip", "-n"], archives["plain"][1024:]))
+    put("unpack", "plain.tar.zst", compress(["zstd", "-q", "-19", "-c"], archives["plain"]))
+    put("unpack", "dotdot.tar.zst", compress(["zstd", "-q", "-c"], archives["dotdot"]))
+    put("unpack", "hardlink-outside.tar.zst",
+        compress(["zstd", "-q", "-c"], archives["hardlink-outside"]))
+    # The repo's own fixture archives, GNU tar made (cut at the end-of-archive padding).
+    for f in ["test.tar", "test_no_top_dir.tar"]:
+        with open(os.path.join(ROOT, "fixtures", "archives", f), "rb") as fh:
+            data = fh.read().rstrip(b"\0")
+        data += b"\0" * (-len(data) % 512) + b"\0" * 1024
+        put("unpack", "fixture-" + f, data)
+    with open(os.path.join(ROOT, "fixtures", "demo", "app.tar.gz"), "rb") as fh:
+        put("unpack", "fixture-app.tar.gz", fh.read())
+
+
+# ---- manifest ----
+
+SHA1 = "e0840daaa97cd2cf2175f9e5d133ffb3324a2b93"
+
+
+def manifest_seeds():
+    with open(os.path.join(ROOT, "fixtures", "demo", "manifest.yml")) as fh:
+        put("manifest", "demo.yml", fh.read())
+    put("manifest", "minimal.yml",
+        f"src: s3://example.com/app.tar.gz\nchecksum: {SHA1}\ndest: /home/stretcher/app\n")
+    put("manifest", "full.yml",
+        f"src: s3://example.com/app.tar.gz\nchecksum: {SHA1}\ndest: /home/stretcher/app\n"
+        "dest_mode: 0711\nsync_strategy: rsync\nexcludes:\n  - \"*.pid\"\n  - \"*.socket\"\n"
+        "exclude_from: exclude.list\ncommands:\n  pre:\n    - echo 'staring deploy'\n"
+        "  post:\n    - echo 'deploy done'\n  success:\n    - echo 'deploy success'\n"
+        "  failure:\n    - echo 'deploy failed!!'\n    - cat >> /path/to/failure.log\n")
+    put("manifest", "templates.yml",
+        f"src: {{{{ must_env \"SRC\" }}}}\nchecksum: {SHA1}\n"
+        "dest: {{ env \"DEST\" \"/srv/default\" }}\ncommands:\n  pre:\n"
+        "    - echo {{env `A`}} {{- env \"EMPTY\" \"dflt\" -}} {{/* c */}}\n"
+        "    - {{ env \"UNSET\" \"A\" \"last\" }} {{ env \"UNSET\" \"a\\tb\\u00e9\" }}\n"
+        "x: {{ env \"YAML\" }}\n")
+    put("manifest", "mv-sha256.yml",
+        "src: ./app.tar.zst\nchecksum: " + "ab" * 32 + "\nsync_strategy: mv\ndest_mode: \"0755\"\n")
+    put("manifest", "sha512-unknown.yml",
+        "\ufeffsrc: http://h/a.tgz\nchecksum: " + "0f" * 64 +
+        "\ndest: /srv/x\nunknown_key: 1\nnested: {a: [1, 2]}\n")
+    put("manifest", "md5-anchors.yml",
+        "src: &s file:///tmp/a.tar\nchecksum: " + "1" * 32 +
+        "\ndest: *s\ncommands: {pre: [a, b], post: null}\n")
+    put("manifest", "bad-colon.yml",
+        "commands:\n  success:\n    - some-commend-with-argument-includes-colon \":foo: bar\"\n")
+    put("manifest", "bad-template.yml", "src: {{ env \"A\" | lower }}\ndest: {{-3}}\n{{/* x }}")
+    put("manifest", "flow.yml", "{src: 'a', checksum: 1, dest: [x], excludes: !!str x}\n")
+
+
+# ---- event: byte 0 = env flags (see fuzz_targets/event.rs) ----
+
+CONSUL_TWO = json.dumps([
+    {"LTime": 2, "Version": 1, "TagFilter": "", "ServiceFilter": "", "NodeFilter": "",
+     "Payload": base64.b64encode(b"s3://example.com/path/to/tar.gz").decode(),
+     "Name": "deploy", "ID": "1d6731a8-833c-1aff-94e5-aa5e5a77da9f"},
+    {"LTime": 3, "Version": 1, "TagFilter": "", "ServiceFilter": "", "NodeFilter": "",
+     "Payload": base64.b64encode(b"s3://example.com/path/to/app.tar.gz").decode(),
+     "Name": "deploy", "ID": "b5ef1588-1bcd-d93f-5d9c-67cb6e8c4587"},
+], indent=2)
+
+
+def event_seeds():
+    put("event", "line", b"\x00s3://bucket/manifest.yml\n")
+    put("event", "line-path", b"\x00  ./rel/../m.yml  \nsecond line\n")
+    put("event", "line-trickle", b"\x10\n\n  http://h/m.yml\r\nrest")
+    put("event", "consul-list", b"\x00" + CONSUL_TWO.encode())
+    put("event", "consul-index", b"\x01" + CONSUL_TWO.encode())
+    put("event", "consul-unpadded", b"\x01" + json.dumps(
+        [{"ID": "x", "Name": "d", "LTime": 1, "Payload": "czM6Ly9iL20ueW1s"}]).encode())
+    put("event", "consul-null", b"\x01" + b'[{"ID":"x","Name":"d","LTime":1,"Payload":null}]')
+    put("event", "consul-empty", b"\x01[]")
+    put("event", "consul-bad-b64", b"\x01" + b'[{"ID":"","Name":"d","Payload":"!!!"}]')
+    put("event", "serf-user", b"\x06  http://h/m.yml \n")
+    put("event", "serf-user-noltime", b"\x02/srv/m.yml")
+    put("event", "serf-member-join", b"\x03node1\t10.0.0.1\n")
+    put("event", "positional", b"\x08file:///srv/m.yml")
+    put("event", "positional-rel", b"\x08./a/./b//m.yml")
+    put("event", "not-utf8", b"\x00\xff\xfe\n")
+
+
+# ---- filter: exclude_from 0xFF excludes (NUL-separated) 0xFF paths (NUL-separated) ----
+
+def filter_seeds():
+    S, N = b"\xff", b"\0"
+    put("filter", "from-file",
+        b"# comment\n; also\n\n- *.tmp\r\n+ important.tmp\n*.bak\n" + S + S +
+        N.join([b"a/important.tmp", b"x.bak", b"a/b.tmp"]))
+    put("filter", "excludes",
+        S + b"*.pid\0*.socket\0/top\0dir/***\0a/**/b/\0+ keep.log\0- *.log" + S +
+        N.join([b"run/app.pid", b"top", b"a/top", b"dir/x/y", b"a/x/b", b"keep.log"]))
+    put("filter", "classes",
+        S + b"[!ab].c\0[[:digit:]]*\0a[\0a\\*b\0?.txt\0[a-c]x\0**/x\0foo**" + S +
+        N.join([b"c.c", b"7up", b"a[", b"a*b", b"bx", b"q/a/b/x"]))
+    put("filter", "clear", b"*\n!\n+ *\n" + S + b"!\0a*/c" + S + N.join([b"ab/x/c", b"d\xff/x\xfe.log"]))
+    put("filter", "bytes", S + b"*.c\0d?/*.log\0/\0- \0+ \0***" + S +
+        N.join([b"\xff.c", b"/", b"", b"d\xff/x.log", b"//a//b/", b"./a"]))
+
+
+if __name__ == "__main__":
+    unpack_seeds()
+    manifest_seeds()
+    event_seeds()
+    filter_seeds()
+    for t in sorted(os.listdir(CORPUS)):
+        files = os.listdir(os.path.join(CORPUS, t))
+        size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)
+        print(f"{t}: {len(files)} files, {size} bytes")
