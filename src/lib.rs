@@ -21,6 +21,7 @@ pub mod event;
 pub mod fetch;
 pub mod filter;
 pub mod hooks;
+pub mod http;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;

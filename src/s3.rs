@@ -5,7 +5,7 @@
 //!
 //! It never puts a secret or a presigned URL in a log line or an error (errors name the
 //! `s3://` URL as the user wrote it), and it does no network I/O of its own: the ECS
-//! and EC2 metadata endpoints are asked through `fetch::metadata_request`.
+//! and EC2 metadata endpoints are asked through `http::metadata_request`.
 //!
 //! The key is the text after `bucket/`, byte for byte: nothing is percent-decoded
 //! (`s3://b/a%20b` names the key `a%20b`, `+` stays `+`), as the AWS CLI reads it and
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use rusty_s3::{Bucket, S3Action, UrlStyle};
 
 use crate::error::{Error, Result};
-use crate::fetch::{self, Method};
+use crate::http::{self, Method};
 use crate::logln;
 
 /// Looks up an environment variable: the process env at run time, a fake in tests.
@@ -452,9 +452,8 @@ fn from_ecs(env: Env, uri: &str) -> std::result::Result<Credentials, CredError> 
     if let Some(t) = &token {
         headers.push(("Authorization", t.as_str()));
     }
-    let (status, body) =
-        fetch::metadata_request(Method::Get, uri, &headers, ECS_CONNECT, ECS_TOTAL)
-            .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")))?;
+    let (status, body) = http::metadata_request(Method::Get, uri, &headers, ECS_CONNECT, ECS_TOTAL)
+        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")))?;
     if status != 200 {
         return Err(status_error(&format!("{source} {uri}"), status));
     }
@@ -478,7 +477,7 @@ fn from_imds(env: Env) -> std::result::Result<Credentials, CredError> {
     let what = format!("EC2 instance metadata {base}");
     let call = |method, path: &str, headers: &[(&str, &str)]| {
         let url = format!("{base}{path}");
-        match fetch::metadata_request(method, &url, headers, IMDS_CONNECT, IMDS_TOTAL) {
+        match http::metadata_request(method, &url, headers, IMDS_CONNECT, IMDS_TOTAL) {
             Ok((200, body)) => Ok(body),
             Ok((status, _)) => Err(status_error(&format!("{what}: {path}"), status)),
             // Most often: not on EC2. Not worth another attempt.
