@@ -84,18 +84,8 @@ pub struct Meta {
 
 impl Meta {
     fn from_std(m: &fs::Metadata) -> Meta {
-        let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Special
-        };
         Meta {
-            kind,
+            kind: kind_of(m.file_type()),
             mode: m.mode(),
             uid: m.uid(),
             gid: m.gid(),
