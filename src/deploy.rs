@@ -478,14 +478,18 @@ const STAGING_SUFFIX: &str = ".staging";
 
 impl Workspace {
     fn new(dest: &Path) -> Result<Workspace> {
-        let (parent, name) = state::parent_and_name(dest)?;
+        let (dir, tag) = state::work_dir(dest)?;
+        if dest.parent() != Some(dir.as_path()) {
+            logln!(
+                "cannot write beside {}: staging in {} (changes are copied, not renamed)",
+                dest.display(),
+                dir.display()
+            );
+        }
         let mut prefix = OsString::from(".stretcher-");
-        prefix.push(name);
+        prefix.push(tag);
         prefix.push(".");
-        Ok(Workspace {
-            dir: parent.to_path_buf(),
-            prefix,
-        })
+        Ok(Workspace { dir, prefix })
     }
 
     /// Removes what a killed run for the same dest left behind. Safe because the

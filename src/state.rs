@@ -39,11 +39,33 @@ impl DestLock {
 
 /// The lock file for `dest`: `.<name>.stretcher.lock` beside it.
 pub fn lock_path(dest: &Path) -> Result<PathBuf> {
-    let (parent, name) = parent_and_name(dest)?;
+    let (dir, tag) = work_dir(dest)?;
     let mut file = std::ffi::OsString::from(".");
-    file.push(name);
+    file.push(tag);
     file.push(".stretcher.lock");
-    Ok(parent.join(file))
+    Ok(dir.join(file))
+}
+
+/// Where the lock file and the staging directory of `dest` go, and the tag their
+/// names carry (SPEC §10): beside `dest`, tagged with its name — or, when dest's parent
+/// exists and this user cannot write there, in `$TMPDIR`, tagged with the name and a
+/// hash of the whole path (two dests of one name must not share them). A missing
+/// parent counts as writable: it is created.
+pub fn work_dir(dest: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
+    use nix::unistd::{access, AccessFlags};
+    let (parent, name) = parent_and_name(dest)?;
+    let writable =
+        !parent.exists() || access(parent, AccessFlags::W_OK | AccessFlags::X_OK).is_ok();
+    if writable {
+        return Ok((parent.to_path_buf(), name.to_os_string()));
+    }
+    use sha1::{Digest, Sha1};
+    use std::os::unix::ffi::OsStrExt;
+    let hash = hex::encode(Sha1::digest(dest.as_os_str().as_bytes()));
+    let mut tag = name.to_os_string();
+    tag.push("-");
+    tag.push(&hash[..12]);
+    Ok((std::env::temp_dir(), tag))
 }
 
 /// `dest`'s parent directory and its own name.

@@ -795,3 +795,74 @@ fn hard_links_in_the_archive_become_separate_files() {
     );
     assert_ne!(ino(&s.dest().join("d/a")), ino(&s.dest().join("d/b")));
 }
+
+/// dest's parent is not writable by the runner (dest itself is): the lock and the
+/// staging directory go to $TMPDIR, the changes are copied in, nothing is left over.
+#[test]
+fn unwritable_parent_stages_in_tmpdir() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let tmpdir = s.path().join("tmpdir");
+    std::fs::create_dir_all(s.dest()).unwrap();
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    std::fs::write(s.dest().join("stale"), "x").unwrap();
+    let m = s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""));
+    let root = nix::unistd::geteuid().is_root();
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let run = if root {
+        let Some(setpriv) = setpriv else {
+            eprintln!("skipped: running as root and no setpriv to drop to nobody");
+            return;
+        };
+        // nobody owns dest, the work dir and TMPDIR, not dest's parent (root's, 0755)
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            s.path().join("parent"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        for p in [s.dest(), s.dest().join("stale"), s.work(), tmpdir.clone()] {
+            nix::unistd::chown(&p, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        }
+        let args = [
+            format!("--reuid={}", nobody.uid),
+            format!("--regid={}", nobody.gid),
+            "--clear-groups".to_string(),
+        ];
+        stretcher_via(Some((setpriv, &args[..])))
+            .cwd(&s.work())
+            .arg("--state-dir")
+            .arg(tmpdir.join("state"))
+    } else {
+        std::fs::set_permissions(
+            s.path().join("parent"),
+            std::fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+        s.stretcher()
+    };
+    let r = run.env("TMPDIR", &tmpdir).arg(&m).run();
+    if !root {
+        std::fs::set_permissions(
+            s.path().join("parent"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    r.assert_ok().assert_log("cannot write beside");
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("foo/baz")).unwrap(),
+        "baz\n"
+    );
+    assert!(!s.dest().join("stale").exists());
+    let left: Vec<_> = std::fs::read_dir(&tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stretcher-"))
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}

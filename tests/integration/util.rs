@@ -85,7 +85,19 @@ pub struct Stretcher {
 }
 
 pub fn stretcher() -> Stretcher {
-    let mut cmd = Command::new(bin());
+    stretcher_via(None)
+}
+
+/// The binary started through a wrapper (`setpriv --reuid=... `): `Some((program, args))`.
+pub fn stretcher_via(wrapper: Option<(&str, &[String])>) -> Stretcher {
+    let mut cmd = match wrapper {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     for k in [
         "CONSUL_INDEX",
         "SERF_EVENT",
