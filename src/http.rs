@@ -342,29 +342,24 @@ pub(crate) fn metadata_request(
     total: Duration,
 ) -> std::result::Result<(u16, String), String> {
     let agent = agent(None)?;
+    // Headers and timeouts are the same for both methods; only the send differs.
+    fn prepare<B>(
+        mut r: ureq::RequestBuilder<B>,
+        headers: &[(&str, &str)],
+        connect: Duration,
+        total: Duration,
+    ) -> ureq::RequestBuilder<B> {
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.config()
+            .timeout_connect(Some(connect))
+            .timeout_global(Some(total))
+            .build()
+    }
     let resp = match method {
-        Method::Get => {
-            let mut r = agent.get(url);
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            r.config()
-                .timeout_connect(Some(connect))
-                .timeout_global(Some(total))
-                .build()
-                .call()
-        }
-        Method::Put => {
-            let mut r = agent.put(url);
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            r.config()
-                .timeout_connect(Some(connect))
-                .timeout_global(Some(total))
-                .build()
-                .send_empty()
-        }
+        Method::Get => prepare(agent.get(url), headers, connect, total).call(),
+        Method::Put => prepare(agent.put(url), headers, connect, total).send_empty(),
     };
     let resp = resp.map_err(|e| describe(&e))?;
     let status = resp.status().as_u16();
