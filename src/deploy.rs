@@ -259,8 +259,7 @@ fn deploy(
         .or(staged.root_mode)
         .unwrap_or(DEFAULT_DEST_MODE);
     logln!("Set dest mode {mode:04o}");
-    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("chmod", staging.path(), e))?;
+    staging.set_mode(mode)?;
 
     match manifest.sync_strategy {
         Strategy::Rsync => {
@@ -283,8 +282,7 @@ fn deploy(
                     );
                     drop(staging);
                     let (staging, _) = fetch_and_unpack(false)?.into_inner();
-                    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| Error::io("chmod", staging.path(), e))?;
+                    staging.set_mode(mode)?;
                     (
                         sync::plan_kept(
                             staging.path(),
@@ -304,7 +302,7 @@ fn deploy(
             logln!("Moving {} to {}", staging.path().display(), dest.display());
             let path = staging.keep();
             if let Err(e) = sync::move_into_place(&path, dest) {
-                let _ = std::fs::remove_dir_all(&path);
+                let _ = make_writable_and_remove(&path);
                 return Err(e);
             }
         }
@@ -554,6 +552,12 @@ struct Staging {
 impl Staging {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The mode the tree's root (and so dest) gets.
+    fn set_mode(&self, mode: u32) -> Result<()> {
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", &self.path, e))
     }
 
     /// Hands the directory over (the `mv` strategy renames it onto dest).

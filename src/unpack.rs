@@ -493,13 +493,13 @@ impl<'a> Extractor<'a> {
         meta: &Meta,
     ) -> Result<()> {
         self.parents(rel, raw)?;
-        let abs = self.into.join(rel);
         if self.reuse(rel, entry.size(), meta) {
             // The entry's data is skipped by the parser (still read, so a cut stream
             // is still noticed).
             self.entries += 1;
             return Ok(());
         }
+        let abs = self.into.join(rel);
         self.claim_space(entry.size())?;
         let create = |abs: &Path| {
             OpenOptions::new()

@@ -155,18 +155,15 @@ fn unknown_strategy_is_refused() {
     assert!(!s.dest().exists());
 }
 
-#[test]
-fn excludes_keep_and_skip() {
+/// Deploys test.tar with `rules` into a dest holding test.pid: `foo/baz` must be
+/// left out and test.pid kept (the original's exclude tests).
+fn assert_excludes_baz_and_pid(rules: &str) {
     let s = Scratch::new();
     std::fs::create_dir_all(s.dest()).unwrap();
     std::fs::write(s.dest().join("test.pid"), "123").unwrap();
     let m = s.manifest(
         "m.yml",
-        &manifest_for(
-            &archive("test.tar"),
-            &s.dest(),
-            "excludes:\n  - \"*.pid\"\n  - baz\n",
-        ),
+        &manifest_for(&archive("test.tar"), &s.dest(), rules),
     );
     s.stretcher().arg(&m).run().assert_ok();
     assert!(
@@ -178,25 +175,13 @@ fn excludes_keep_and_skip() {
 }
 
 #[test]
+fn excludes_keep_and_skip() {
+    assert_excludes_baz_and_pid("excludes:\n  - \"*.pid\"\n  - baz\n");
+}
+
+#[test]
 fn exclude_from_file_in_archive() {
-    let s = Scratch::new();
-    std::fs::create_dir_all(s.dest()).unwrap();
-    std::fs::write(s.dest().join("test.pid"), "123").unwrap();
-    let m = s.manifest(
-        "m.yml",
-        &manifest_for(
-            &archive("test.tar"),
-            &s.dest(),
-            "exclude_from: exclude.txt\n",
-        ),
-    );
-    s.stretcher().arg(&m).run().assert_ok();
-    assert!(
-        !s.dest().join("foo/baz").exists(),
-        "/foo/baz must be excluded"
-    );
-    assert!(s.dest().join("bar").is_file());
-    assert!(s.dest().join("test.pid").is_file());
+    assert_excludes_baz_and_pid("exclude_from: exclude.txt\n");
 }
 
 #[test]
@@ -642,21 +627,10 @@ fn ino(p: &std::path::Path) -> u64 {
 /// A tar of `files` (name, content, mtime) with a `./` entry.
 fn tar_of(files: &[(&str, &str, u64)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_mtime(1_600_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_size(0);
+    let mut h = tar_header(tar::EntryType::Directory, 0o755, 1_600_000_000, 0);
     b.append_data(&mut h, "./", std::io::empty()).unwrap();
     for (name, data, mtime) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(*mtime);
-        h.set_uid(0);
-        h.set_gid(0);
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, *mtime, data.len() as u64);
         b.append_data(&mut h, name, data.as_bytes()).unwrap();
     }
     b.into_inner().unwrap()

@@ -215,20 +215,10 @@ fn manifest(src: &str, sum: &str, dest: &std::path::Path) -> String {
 
 /// A run with no proxy or AWS settings leaking in from the environment.
 fn clean(s: Stretcher) -> Stretcher {
-    [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ]
-    .iter()
-    .fold(s, |s, k| s.env_remove(k))
+    PROXY_VARS
+        .iter()
+        .chain(&["SSL_CERT_FILE", "SSL_CERT_DIR"])
+        .fold(s, |s, k| s.env_remove(k))
 }
 
 #[test]

@@ -178,13 +178,10 @@ fn aws(sc: &Scratch) -> Stretcher {
         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT",
         "AWS_ENDPOINT_URL",
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
+    ]
+    .iter()
+    .chain(&PROXY_VARS)
+    {
         s = s.env_remove(k);
     }
     s.env("HOME", sc.path())

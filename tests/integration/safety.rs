@@ -15,24 +15,13 @@ use crate::util::*;
 
 const T0: u64 = 1_600_000_000;
 
-fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_mtime(mtime);
-    h.set_size(size);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
-}
-
 /// A tar of (name bytes, content, mtime) files, with a `./` entry.
 fn files_tar(files: &[(&[u8], &[u8], u64)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = header(tar::EntryType::Directory, 0o755, T0, 0);
+    let mut h = tar_header(tar::EntryType::Directory, 0o755, T0, 0);
     b.append_data(&mut h, "./", std::io::empty()).unwrap();
     for (name, data, mtime) in files {
-        let mut h = header(tar::EntryType::Regular, 0o644, *mtime, data.len() as u64);
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, *mtime, data.len() as u64);
         b.append_data(&mut h, Path::new(OsStr::from_bytes(name)), *data)
             .unwrap();
     }
@@ -212,19 +201,19 @@ fn symlinks_in_dest_are_replaced_never_written_through() {
 /// A tar with a character device, a block device and a fifo between two files.
 fn devices_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = header(tar::EntryType::Regular, 0o644, T0, 6);
+    let mut h = tar_header(tar::EntryType::Regular, 0o644, T0, 6);
     b.append_data(&mut h, "before", &b"before"[..]).unwrap();
     for (kind, name) in [
         (tar::EntryType::Char, "null"),
         (tar::EntryType::Block, "disk"),
         (tar::EntryType::Fifo, "pipe"),
     ] {
-        let mut h = header(kind, 0o666, T0, 0);
+        let mut h = tar_header(kind, 0o666, T0, 0);
         h.set_device_major(1).unwrap();
         h.set_device_minor(3).unwrap();
         b.append_data(&mut h, name, std::io::empty()).unwrap();
     }
-    let mut h = header(tar::EntryType::Regular, 0o644, T0, 5);
+    let mut h = tar_header(tar::EntryType::Regular, 0o644, T0, 5);
     b.append_data(&mut h, "after", &b"after"[..]).unwrap();
     b.into_inner().unwrap()
 }

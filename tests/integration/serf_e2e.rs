@@ -113,12 +113,7 @@ fn start_agent(node: &Agent, join: Option<u16>) -> Child {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(node.dir.join("agent.log")).unwrap())
         .stderr(Stdio::inherit());
-    for k in [
-        "CONSUL_INDEX",
-        "SERF_EVENT",
-        "SERF_USER_EVENT",
-        "SERF_USER_LTIME",
-    ] {
+    for k in EVENT_VARS {
         cmd.env_remove(k);
     }
     if let Some(port) = join {

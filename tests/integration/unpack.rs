@@ -24,31 +24,20 @@ impl Tar {
         Tar(tar::Builder::new(Vec::new()))
     }
 
-    fn header(kind: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_mtime(mtime);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    }
-
     fn dir(mut self, path: &str, mode: u32, mtime: u64) -> Tar {
-        let mut h = Tar::header(EntryType::Directory, mode, mtime, 0);
+        let mut h = crate::util::tar_header(EntryType::Directory, mode, mtime, 0);
         self.0.append_data(&mut h, path, &[][..]).unwrap();
         self
     }
 
     fn file(mut self, path: &str, data: &[u8], mode: u32, mtime: u64) -> Tar {
-        let mut h = Tar::header(EntryType::Regular, mode, mtime, data.len() as u64);
+        let mut h = crate::util::tar_header(EntryType::Regular, mode, mtime, data.len() as u64);
         self.0.append_data(&mut h, path, data).unwrap();
         self
     }
 
     fn link(mut self, kind: EntryType, path: &str, target: &str) -> Tar {
-        let mut h = Tar::header(kind, 0o777, T0, 0);
+        let mut h = crate::util::tar_header(kind, 0o777, T0, 0);
         self.0.append_link(&mut h, path, target).unwrap();
         self
     }
@@ -60,7 +49,7 @@ impl Tar {
     /// An entry whose name (and link name) bytes go into the header verbatim: for
     /// names `Header::set_path` refuses (`..`, absolute) or that are not UTF-8.
     fn raw(mut self, kind: EntryType, name: &[u8], link: &[u8], data: &[u8]) -> Tar {
-        let mut h = Tar::header(kind, 0o644, T0, data.len() as u64);
+        let mut h = crate::util::tar_header(kind, 0o644, T0, data.len() as u64);
         let old = h.as_old_mut();
         old.name = [0; 100];
         old.name[..name.len()].copy_from_slice(name);
@@ -369,7 +358,7 @@ fn non_utf8_file_name() {
 fn large_size_in_base256() {
     // GNU base-256 size field (what sizes ≥ 8 GiB use), here on a small file.
     let data = vec![7u8; 70_000];
-    let mut h = Tar::header(EntryType::Regular, 0o644, T0, 0);
+    let mut h = crate::util::tar_header(EntryType::Regular, 0o644, T0, 0);
     h.set_path("big").unwrap();
     let size = &mut h.as_gnu_mut().unwrap().size;
     *size = [0; 12];
@@ -596,13 +585,13 @@ fn owners_by_name_then_id_when_root() {
         return;
     }
     let mut t = Tar::new();
-    let mut h = Tar::header(EntryType::Regular, 0o644, T0, 1);
+    let mut h = crate::util::tar_header(EntryType::Regular, 0o644, T0, 1);
     h.set_uid(12345);
     h.set_gid(12345);
     h.set_username("root").unwrap();
     h.set_groupname("root").unwrap();
     t.0.append_data(&mut h, "by-name", &b"1"[..]).unwrap();
-    let mut h = Tar::header(EntryType::Directory, 0o755, T0, 0);
+    let mut h = crate::util::tar_header(EntryType::Directory, 0o755, T0, 0);
     h.set_uid(4321);
     h.set_gid(4322);
     h.set_username("no-such-user-stretcher").unwrap();

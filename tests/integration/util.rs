@@ -10,6 +10,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// What tells stretcher it runs under consul watch or a serf handler: removed from
+/// every run unless a test sets them.
+pub const EVENT_VARS: [&str; 4] = [
+    "CONSUL_INDEX",
+    "SERF_EVENT",
+    "SERF_USER_EVENT",
+    "SERF_USER_LTIME",
+];
+
+/// Proxy settings that would send the tests' loopback requests elsewhere.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A GNU tar header with uid/gid 0, for archives built in tests.
+pub fn tar_header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
 /// The built binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_stretcher")
@@ -98,12 +131,7 @@ pub fn stretcher_via(wrapper: Option<(&str, &[String])>) -> Stretcher {
         }
         None => Command::new(bin()),
     };
-    for k in [
-        "CONSUL_INDEX",
-        "SERF_EVENT",
-        "SERF_USER_EVENT",
-        "SERF_USER_LTIME",
-    ] {
+    for k in EVENT_VARS {
         cmd.env_remove(k);
     }
     Stretcher {
