@@ -629,6 +629,49 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
             .into_iter()
             .map(|d| format!("(move mode) {d}")),
     );
+    if !differences.is_empty() {
+        return Err(format!("{}\n  {}", ctx(), differences.join("\n  ")));
+    }
+
+    // The same source once more onto each result (a redeploy of the same archive):
+    // rsync onto its own result, ours onto ours, in both modes (move mode from a fresh
+    // copy of the source, the first was consumed).
+    let out = cmd.output().map_err(|e| format!("running rsync: {e}"))?;
+    let src4 = tmp.path().join("src4");
+    materialize(&src4, &src_tree);
+    fs::set_permissions(&src4, fs::Permissions::from_mode(0o751)).unwrap();
+    filetime::set_file_mtime(&src4, FileTime::from_unix_time(1_234_567_890, 5)).unwrap();
+    let again = sync::sync(&src, &d2, &filter, &opts);
+    let moved_again = sync::sync(
+        &src4,
+        &d3,
+        &filter,
+        &SyncOptions {
+            move_source: true,
+            ..opts.clone()
+        },
+    );
+    match (out.status.success(), &again, &moved_again) {
+        (true, Ok(_), Ok(_)) => {}
+        _ => {
+            return Err(format!(
+                "{}\nsecond run onto its own result: rsync {:?}, ours {again:?}, move mode {moved_again:?}\n{}",
+                ctx(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+    let expected = snapshot(&d1, &src);
+    let mut differences: Vec<String> = diff(&expected, &snapshot(&d2, &src))
+        .into_iter()
+        .map(|d| format!("(second run) {d}"))
+        .collect();
+    differences.extend(
+        diff(&expected, &snapshot(&d3, &src))
+            .into_iter()
+            .map(|d| format!("(second run, move mode) {d}")),
+    );
     if differences.is_empty() {
         Ok(())
     } else {
@@ -828,4 +871,127 @@ fn quick_check_and_type_changes() {
         ("was_dir/inner/f", file("f", 1)),
     ]);
     check("quick check", src, dest, &[], None);
+}
+
+/// `--exclude=` (an empty pattern) adds no rule in rsync; neither does `excludes: [""]`.
+#[test]
+fn empty_exclude_pattern_adds_no_rule() {
+    let src = tree(&[("a.log", file("l", 1)), ("b", file("b", 1))]);
+    let dest = tree(&[("c.log", file("c", 1)), ("d", file("d", 1))]);
+    check("empty only", src.clone(), dest.clone(), &[""], None);
+    check("empty among others", src, dest, &["", "*.log", ""], None);
+}
+
+/// rsync keeps each rules-file line in a C string: a NUL byte ends the rule there, and
+/// a line that starts with NUL is empty (skipped).
+#[test]
+fn nul_in_a_rules_line_ends_the_rule() {
+    let src = tree(&[
+        ("a.txt", file("a", 1)),
+        ("b.txt", file("b", 1)),
+        ("c.txt", file("c", 1)),
+    ]);
+    let dest = tree(&[("a.txt.old", file("o", 1)), ("zz", file("z", 1))]);
+    check(
+        "NUL in exclude_from",
+        src,
+        dest,
+        &[],
+        Some("- a.txt\0and the rest is ignored\n\0- b.txt\n+ zz\0\n- z*\n"),
+    );
+}
+
+/// Rules with non-UTF-8 bytes in an exclude_from file match names byte for byte, as
+/// in rsync (`- \xe9*`, `- [\xe8]x`), against non-UTF-8 names in source and dest.
+#[test]
+fn non_utf8_rule_bytes_match_non_utf8_names() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, d1, d2) = (
+        tmp.path().join("src"),
+        tmp.path().join("d1"),
+        tmp.path().join("d2"),
+    );
+    let rules: &[u8] = b"# latin-1 names\n- \xe9*\n- [\xe8]x\n- sub/caf\xe9\n";
+    let put = |root: &Path, name: &[u8], data: &[u8]| {
+        let p = root.join(OsStr::from_bytes(name));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        filetime::set_file_mtime(&p, FileTime::from_unix_time(1_500_000_000, 0)).unwrap();
+    };
+    put(&src, b"rules.list", rules);
+    for name in [
+        &b"\xe9t\xe9"[..],
+        b"caf\xe9.txt",
+        b"\xe8x",
+        b"\xe9x",
+        b"sub/caf\xe9",
+        b"sub/caf\xe9s",
+        b"plain",
+    ] {
+        put(&src, name, name);
+    }
+    for d in [&d1, &d2] {
+        for name in [&b"\xe9-dest-only"[..], b"y\xe9", b"\xe8x", b"sub/caf\xe9"] {
+            put(d, name, b"old");
+        }
+    }
+    let out = Command::new(rsync_bin())
+        .args(["-a", "--delete"])
+        .arg(format!(
+            "--exclude-from={}",
+            src.join("rules.list").display()
+        ))
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", d1.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let filter = Filter::from_bytes(Some(rules), &[]).unwrap();
+    let opts = SyncOptions {
+        verbosity: 0,
+        preserve_owner: is_root(),
+        move_source: false,
+    };
+    sync::sync(&src, &d2, &filter, &opts).unwrap();
+    let expected = snapshot(&d1, &src);
+    let listing = |root: &Path| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v: Vec<_> = walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec();
+                let data = if e.file_type().is_file() {
+                    fs::read(e.path()).unwrap()
+                } else {
+                    b"<dir>".to_vec()
+                };
+                (rel, data)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(&d2), listing(&d1));
+    assert!(diff(&expected, &snapshot(&d2, &src)).is_empty());
+    // What rsync decided, spelled out: excluded names kept as they were in dest.
+    assert_eq!(
+        fs::read(d1.join(OsStr::from_bytes(b"\xe8x"))).unwrap(),
+        b"old"
+    );
+    assert!(d1.join(OsStr::from_bytes(b"\xe9-dest-only")).exists());
+    assert!(!d1.join(OsStr::from_bytes(b"y\xe9")).exists());
+    assert!(!d1.join(OsStr::from_bytes(b"\xe9t\xe9")).exists());
 }
