@@ -1,9 +1,11 @@
-//! The HTTP(S) client of the sources (SPEC §8): ureq with rustls (ring), the system's
-//! CA store or `SSL_CERT_FILE`, bundled roots as fallback; proxies from
-//! `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as Go reads them; connect and read-silence
-//! timeouts inside the caller's deadline; a body shorter than its `Content-Length` is an
-//! error; S3's XML error codes in the message. Also the small direct requests `s3` makes
-//! to credential endpoints (ECS, EC2 IMDS).
+//! The HTTP(S) client of the sources (SPEC §8): reqwest's blocking client with rustls
+//! (ring), the system's CA store or `SSL_CERT_FILE`, bundled roots as fallback; proxies
+//! from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as Go reads them (`http://` in
+//! absolute form through the proxy, `https://` by CONNECT, the proxy URL's credentials
+//! as `Proxy-Authorization: Basic` for both); connect and read-silence timeouts inside
+//! the caller's deadline; a body shorter than its `Content-Length` is an error; S3's
+//! XML error codes in the message. Also the small direct requests `s3` makes to
+//! credential endpoints (ECS, EC2 IMDS).
 //!
 //! Only `fetch` (the GET of a source) and `s3` (credential endpoints) call it. It never
 //! names a presigned URL or a secret in an error: callers pass the URL as the user wrote
@@ -21,56 +23,68 @@ use crate::logln;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence while reading a response before the attempt fails (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
 
 /// The root certificates: the system's store (or `SSL_CERT_FILE` / `SSL_CERT_DIR`
 /// when set, as rustls-native-certs and OpenSSL read them), else the bundled
 /// webpki roots. Loaded once, on the first HTTP request.
-fn tls_config() -> ureq::tls::TlsConfig {
-    static TLS: OnceLock<ureq::tls::TlsConfig> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            logln!("warning: CA certificates: {e}");
-        }
-        let certs: Vec<ureq::tls::Certificate<'static>> = found
-            .certs
-            .iter()
-            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-            .collect();
-        let roots = if certs.is_empty() {
-            logln!("warning: no system CA certificates found; using the bundled roots");
-            ureq::tls::RootCerts::WebPki
-        } else {
-            ureq::tls::RootCerts::new_with_certs(&certs)
-        };
-        ureq::tls::TlsConfig::builder().root_certs(roots).build()
-    })
-    .clone()
+fn root_certs() -> Vec<reqwest::Certificate> {
+    static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                logln!("warning: CA certificates: {e}");
+            }
+            let mut certs: Vec<reqwest::Certificate> = found
+                .certs
+                .iter()
+                .filter_map(|c| reqwest::Certificate::from_der(c.as_ref()).ok())
+                .collect();
+            if certs.is_empty() {
+                logln!("warning: no system CA certificates found; using the bundled roots");
+                certs = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .filter_map(|c| reqwest::Certificate::from_der(c.as_ref()).ok())
+                    .collect();
+            }
+            certs
+        })
+        .clone()
 }
 
-/// The HTTP agent for one proxy choice (`None` = direct), made once per run and
+/// The HTTP client for one proxy choice (`None` = direct), made once per run and
 /// kept, so that the manifest and the archive share connections.
-fn agent(proxy: Option<String>) -> std::result::Result<ureq::Agent, String> {
-    static AGENTS: Mutex<Vec<(Option<String>, ureq::Agent)>> = Mutex::new(Vec::new());
-    // A poisoned list of agents is still a valid list.
+fn agent(proxy: Option<String>) -> std::result::Result<reqwest::blocking::Client, String> {
+    static AGENTS: Mutex<Vec<(Option<String>, reqwest::blocking::Client)>> = Mutex::new(Vec::new());
+    // A poisoned list of clients is still a valid list.
     let mut agents = AGENTS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, a)) = agents.iter().find(|(p, _)| *p == proxy) {
         return Ok(a.clone());
     }
-    let p = match &proxy {
-        // The proxy URL may hold a password: never shown.
-        Some(url) => Some(
-            ureq::Proxy::new(url).map_err(|_| "invalid proxy URL in HTTP(S)_PROXY".to_string())?,
-        ),
-        None => None,
-    };
-    let config = ureq::Agent::config_builder()
-        .proxy(p)
-        .tls_config(tls_config())
+    // rustls' crypto: ring, for reqwest as for everything else in the process. An
+    // error only says a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::blocking::Client::builder()
+        .tls_certs_only(root_certs())
         .user_agent(format!("stretcher/{}", crate::cli::VERSION))
-        .http_status_as_error(false)
-        .build();
-    let a = ureq::Agent::new_with_config(config);
+        .connect_timeout(CONNECT_TIMEOUT)
+        // per read (and until the response head), not for the whole body
+        .timeout(READ_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
+    let builder = match &proxy {
+        // The proxy URL may hold a password: never shown.
+        Some(url) => builder.proxy(
+            reqwest::Proxy::all(url.as_str())
+                .map_err(|_| "invalid proxy URL in HTTP(S)_PROXY".to_string())?,
+        ),
+        // Never the environment's proxies: `proxy_for` has decided already.
+        None => builder.no_proxy(),
+    };
+    let a = builder
+        .build()
+        .map_err(|e| format!("HTTP client: {}", describe(&e)))?;
     agents.push((proxy, a.clone()));
     Ok(a)
 }
@@ -191,14 +205,34 @@ fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u32) -> bool {
     }
 }
 
-/// Describes a ureq error without the URL it was about (it may be presigned).
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => "invalid URL".into(),
-        ureq::Error::RequireHttpsOnly(_) => "https required".into(),
-        ureq::Error::ConnectProxyFailed(_) => "the proxy refused the connection".into(),
-        ureq::Error::HostNotFound => "host not found".into(),
-        other => other.to_string(),
+/// Describes a client error without the URL it was about (it may be presigned): the
+/// error and its causes, `: `-separated.
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_redirect() {
+        "too many redirects".to_string()
+    } else if e.is_builder() {
+        "invalid URL".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    push_causes(&mut msg, std::error::Error::source(e));
+    msg
+}
+
+/// Appends `: CAUSE` for `first` and each error below it (repeats left out).
+fn push_causes(msg: &mut String, first: Option<&(dyn std::error::Error + 'static)>) {
+    let mut source = first;
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
     }
 }
 
@@ -234,21 +268,16 @@ pub(crate) fn http_get(
         msg,
     };
     let agent = agent(proxy_for(url, &env)).map_err(fail)?;
-    let connect = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-    let resp = agent
-        .get(url)
-        .config()
-        .timeout_connect(Some(connect))
-        .timeout_per_read(Some(READ_TIMEOUT))
-        .timeout_global(left)
-        .build()
-        .call()
-        .map_err(|e| {
-            // Past the deadline, whatever ureq says, it is the deadline.
-            remaining(label, deadline)
-                .err()
-                .unwrap_or_else(|| fail(describe(&e)))
-        })?;
+    let mut req = agent.get(url);
+    if let Some(left) = left {
+        req = req.timeout(left);
+    }
+    let resp = req.send().map_err(|e| {
+        // Past the deadline, whatever the client says, it is the deadline.
+        remaining(label, deadline)
+            .err()
+            .unwrap_or_else(|| fail(describe(&e)))
+    })?;
     let status = resp.status();
     if !status.is_success() {
         let region = resp
@@ -256,12 +285,8 @@ pub(crate) fn http_get(
             .get("x-amz-bucket-region")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut body = resp.into_body();
-        let text = body
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
+        let mut text = String::new();
+        let _ = resp.take(64 * 1024).read_to_string(&mut text);
         let mut detail = status
             .canonical_reason()
             .map(|r| format!(" {r}"))
@@ -282,11 +307,10 @@ pub(crate) fn http_get(
             detail,
         });
     }
-    let len = resp.body().content_length();
-    let reader = resp.into_body().into_reader();
+    let len = resp.content_length();
     Ok(Source {
         reader: Box::new(Exact {
-            inner: reader,
+            inner: resp,
             expected: len,
             got: 0,
         }),
@@ -317,7 +341,13 @@ impl<R: Read> Read for Exact<R> {
                 .expected
                 .map(|w| format!(" of {w}"))
                 .unwrap_or_default();
-            io::Error::new(e.kind(), format!("{e} after {}{of} bytes", self.got))
+            // The client's own words are generic ("response body error"): its
+            // causes say what happened (the connection closed early, a timeout).
+            let mut what = e.to_string();
+            if let Some(inner) = e.get_ref() {
+                push_causes(&mut what, inner.source());
+            }
+            io::Error::new(e.kind(), format!("{what} after {}{of} bytes", self.got))
         })?;
         self.got += n as u64;
         if n == 0 && !buf.is_empty() {
@@ -342,33 +372,30 @@ pub(crate) fn metadata_request(
     total: Duration,
 ) -> std::result::Result<(u16, String), String> {
     let agent = agent(None)?;
-    // Headers and timeouts are the same for both methods; only the send differs.
-    fn prepare<B>(
-        mut r: ureq::RequestBuilder<B>,
-        headers: &[(&str, &str)],
-        connect: Duration,
-        total: Duration,
-    ) -> ureq::RequestBuilder<B> {
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        r.config()
-            .timeout_connect(Some(connect))
-            .timeout_global(Some(total))
-            .build()
-    }
-    let resp = match method {
-        Method::Get => prepare(agent.get(url), headers, connect, total).call(),
-        Method::Put => prepare(agent.put(url), headers, connect, total).send_empty(),
+    let mut req = match method {
+        Method::Get => agent.get(url),
+        Method::Put => agent.put(url),
     };
-    let resp = resp.map_err(|e| describe(&e))?;
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    // The whole request within `total`; the connection within `connect` of it.
+    let start = Instant::now();
+    let resp = req.timeout(total).send().map_err(|e| {
+        if e.is_connect() && start.elapsed() >= connect {
+            format!(
+                "no connection within {}",
+                humantime::format_duration(connect)
+            )
+        } else {
+            describe(&e)
+        }
+    })?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .into_with_config()
-        .limit(64 * 1024)
-        .read_to_string()
-        .map_err(|e| describe(&e))?;
+    let mut body = String::new();
+    resp.take(64 * 1024)
+        .read_to_string(&mut body)
+        .map_err(|e| e.to_string())?;
     Ok((status, body))
 }
 
