@@ -36,7 +36,7 @@ impl Req {
 pub trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
 
-type Handler = dyn Fn(&Req, &mut dyn Conn) + Send + Sync;
+pub type Handler = dyn Fn(&Req, &mut dyn Conn) + Send + Sync;
 
 /// A tiny HTTP/1.1 server (optionally TLS): one thread per connection, one request
 /// per connection, `Connection: close`. The handler writes the raw response.
@@ -54,7 +54,7 @@ impl TestServer {
         Self::start_with(None, Arc::new(handler))
     }
 
-    fn start_with(tls: Option<Arc<rustls::ServerConfig>>, handler: Arc<Handler>) -> TestServer {
+    pub fn start_with(tls: Option<Arc<rustls::ServerConfig>>, handler: Arc<Handler>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -187,7 +187,7 @@ pub fn respond(w: &mut dyn Write, status: &str, body: &[u8]) {
 }
 
 /// A small tar archive and its sha1.
-fn small_archive() -> (Vec<u8>, String) {
+pub fn small_archive() -> (Vec<u8>, String) {
     let tar = gzip(&raw_tar(&[
         Raw::Dir(b"./"),
         Raw::File(b"./hello.txt", b"hello over http\n"),
@@ -214,7 +214,7 @@ fn manifest(src: &str, sum: &str, dest: &std::path::Path) -> String {
 }
 
 /// A run with no proxy or AWS settings leaking in from the environment.
-fn clean(s: Stretcher) -> Stretcher {
+pub fn clean(s: Stretcher) -> Stretcher {
     PROXY_VARS
         .iter()
         .chain(&["SSL_CERT_FILE", "SSL_CERT_DIR"])
@@ -516,7 +516,10 @@ fn max_bandwidth_paces_the_download() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 / localhost, made here.
-fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+/// A CA (its PEM written to `dir/ca.pem`) and a server certificate it signed for
+/// 127.0.0.1, localhost and origin.test (the name tests/integration/proxy.rs gives the
+/// origin behind Squid).
+pub fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -526,7 +529,8 @@ fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerCon
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+    let names = ["127.0.0.1", "localhost", "origin.test"].map(String::from);
+    let leaf = CertificateParams::new(names.to_vec())
         .unwrap()
         .signed_by(&leaf_key, &issuer)
         .unwrap();
