@@ -13,9 +13,8 @@
 //! host. Squid runs in the foreground (`-N`), bounded in time, and is stopped by its
 //! pid when the test ends.
 
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -392,5 +391,4 @@ fn no_proxy_bypasses_squid() {
         .assert_ok();
     let log = squid.stop();
     assert_eq!(logged(&log).len(), 2, "only the control's two GETs:\n{log}");
-    let _ = std::io::stderr().flush();
 }
