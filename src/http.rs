@@ -54,26 +54,33 @@ fn root_certs() -> Vec<reqwest::Certificate> {
         .clone()
 }
 
-/// The HTTP client for one proxy choice (`None` = direct), made once per run and
-/// kept, so that the manifest and the archive share connections.
-fn agent(proxy: Option<String>) -> std::result::Result<reqwest::blocking::Client, String> {
-    static AGENTS: Mutex<Vec<(Option<String>, reqwest::blocking::Client)>> = Mutex::new(Vec::new());
+/// The HTTP client for one proxy choice (`None` = direct) and connect timeout, made
+/// once per run and kept, so that the manifest and the archive share connections.
+fn agent(
+    proxy: Option<String>,
+    connect: Duration,
+) -> std::result::Result<reqwest::blocking::Client, String> {
+    type Agents = Vec<((Option<String>, Duration), reqwest::blocking::Client)>;
+    static AGENTS: Mutex<Agents> = Mutex::new(Vec::new());
     // A poisoned list of clients is still a valid list.
     let mut agents = AGENTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, a)) = agents.iter().find(|(p, _)| *p == proxy) {
+    let key = (proxy, connect);
+    if let Some((_, a)) = agents.iter().find(|(k, _)| *k == key) {
         return Ok(a.clone());
     }
+    let proxy = &key.0;
     // rustls' crypto: ring, for reqwest as for everything else in the process. An
     // error only says a provider is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::blocking::Client::builder()
         .tls_certs_only(root_certs())
         .user_agent(format!("stretcher/{}", crate::cli::VERSION))
-        .connect_timeout(CONNECT_TIMEOUT)
-        // per read (and until the response head), not for the whole body
+        .connect_timeout(connect)
+        // per read (and until the response head), not for the whole body; a request
+        // with a deadline has the time left instead (`RequestBuilder::timeout`)
         .timeout(READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
-    let builder = match &proxy {
+    let builder = match proxy {
         // The proxy URL may hold a password: never shown.
         Some(url) => builder.proxy(
             reqwest::Proxy::all(url.as_str())
@@ -85,7 +92,7 @@ fn agent(proxy: Option<String>) -> std::result::Result<reqwest::blocking::Client
     let a = builder
         .build()
         .map_err(|e| format!("HTTP client: {}", describe(&e)))?;
-    agents.push((proxy, a.clone()));
+    agents.push((key, a.clone()));
     Ok(a)
 }
 
@@ -267,7 +274,7 @@ pub(crate) fn http_get(
         url: label.to_string(),
         msg,
     };
-    let agent = agent(proxy_for(url, &env)).map_err(fail)?;
+    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT).map_err(fail)?;
     let mut req = agent.get(url);
     if let Some(left) = left {
         req = req.timeout(left);
@@ -371,7 +378,7 @@ pub(crate) fn metadata_request(
     connect: Duration,
     total: Duration,
 ) -> std::result::Result<(u16, String), String> {
-    let agent = agent(None)?;
+    let agent = agent(None, connect)?;
     let mut req = match method {
         Method::Get => agent.get(url),
         Method::Put => agent.put(url),
@@ -379,18 +386,8 @@ pub(crate) fn metadata_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    // The whole request within `total`; the connection within `connect` of it.
-    let start = Instant::now();
-    let resp = req.timeout(total).send().map_err(|e| {
-        if e.is_connect() && start.elapsed() >= connect {
-            format!(
-                "no connection within {}",
-                humantime::format_duration(connect)
-            )
-        } else {
-            describe(&e)
-        }
-    })?;
+    // The connection within `connect` (the client's), the whole request within `total`.
+    let resp = req.timeout(total).send().map_err(|e| describe(&e))?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
