@@ -249,6 +249,8 @@ fn manifest_and_src_over_http_with_user_agent() {
         assert_eq!(r.header("user-agent"), Some(ua.as_str()), "{r:?}");
     }
     assert!(sc.leftovers().is_empty(), "{:?}", sc.leftovers());
+    let url = srv.url("/deploy/m.yml");
+    redeploy_unchanged(&sc, std::path::Path::new(&url), clean);
 }
 
 #[test]
@@ -577,6 +579,7 @@ fn https_with_a_ca_from_ssl_cert_file() {
         std::fs::read(sc.dest().join("hello.txt")).unwrap(),
         b"hello over http\n"
     );
+    redeploy_unchanged(&sc, &m, |r| clean(r).env("SSL_CERT_FILE", &ca_pem));
     // `localhost` is in the certificate too (resolves to 127.0.0.1 or ::1).
     let url2 = format!("https://localhost:{}/app.tgz", srv.addr().port());
     let sc2 = Scratch::new();

@@ -189,6 +189,12 @@ fn aws(sc: &Scratch) -> Stretcher {
         .env("AWS_ENDPOINT_URL_S3", format!("http://{}", server().addr))
 }
 
+/// `with_keys(aws(sc))` as a closure for `redeploy_unchanged` (which brings its own
+/// `sc.stretcher()`: the environment of `aws` is applied to it).
+fn with_keys_fn(sc: &Scratch) -> impl FnOnce(Stretcher) -> Stretcher + '_ {
+    move |_| with_keys(aws(sc))
+}
+
 fn with_keys(s: Stretcher) -> Stretcher {
     s.env("AWS_ACCESS_KEY_ID", AK)
         .env("AWS_SECRET_ACCESS_KEY", SK)
@@ -237,6 +243,7 @@ fn env_credentials_deploy() {
         std::fs::read(sc.dest().join("hello.txt")).unwrap(),
         b"from s3\n"
     );
+    redeploy_unchanged(&sc, &m, with_keys_fn(&sc));
 }
 
 #[test]

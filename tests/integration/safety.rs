@@ -82,6 +82,7 @@ fn absolute_paths_are_stripped_with_a_warning() {
     assert_eq!(std::fs::read(s.dest().join("two")).unwrap(), b"2");
     assert!(!Path::new("/").join(&top).exists(), "wrote to /{top}");
     assert!(!Path::new("/two").exists());
+    redeploy(&s, &m);
 }
 
 /// The forms of "an entry beneath a symlink the archive made" (the plain file form is
@@ -196,6 +197,8 @@ fn symlinks_in_dest_are_replaced_never_written_through() {
     assert!(f.is_file());
     assert_eq!(std::fs::read(s.dest().join("f")).unwrap(), b"a file now");
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    redeploy(&s, &m);
+    assert_eq!(snapshot(&outside), outside_before);
 }
 
 /// A tar with a character device, a block device and a fifo between two files.
@@ -368,6 +371,7 @@ fn non_utf8_names_deploy_end_to_end() {
     assert_eq!(out.stdout, want, "{}", String::from_utf8_lossy(&out.stdout));
 
     s.stretcher().arg(&m2).run().assert_ok();
+    redeploy(&s, &m2);
     assert_eq!(std::fs::read(p(b"caf\xe9.txt")).unwrap(), b"v2 longer");
     assert_eq!(std::fs::read(p(b"n\xe8w")).unwrap(), b"new");
     assert!(std::fs::symlink_metadata(p(b"d\xff")).is_err());
@@ -449,6 +453,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 
     // The real run does what the dry run said.
     s.stretcher().arg(&m2).run().assert_ok();
+    redeploy(&s, &m2);
     assert_eq!(std::fs::read(s.dest().join("dir/change")).unwrap(), b"new!");
     assert!(!s.dest().join("gone").exists());
     assert!(s.work().join("success.ran").exists());
