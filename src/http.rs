@@ -268,6 +268,17 @@ pub(crate) fn http_get(
     url: &str,
     deadline: Option<(Instant, Duration)>,
 ) -> Result<Source> {
+    http_get_with(label, url, &[], deadline)
+}
+
+/// `http_get` with request headers (which may hold a secret: errors describe the
+/// failure, never the request).
+pub(crate) fn http_get_with(
+    label: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    deadline: Option<(Instant, Duration)>,
+) -> Result<Source> {
     let left = remaining(label, deadline)?;
     let env = |k: &str| std::env::var(k).ok();
     let fail = |msg: String| Error::Fetch {
@@ -276,6 +287,9 @@ pub(crate) fn http_get(
     };
     let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT).map_err(fail)?;
     let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     if let Some(left) = left {
         req = req.timeout(left);
     }
