@@ -54,7 +54,7 @@ impl TestServer {
         Self::start_with(None, Arc::new(handler))
     }
 
-    fn start_with(tls: Option<Arc<rustls::ServerConfig>>, handler: Arc<Handler>) -> TestServer {
+    pub fn start_with(tls: Option<Arc<rustls::ServerConfig>>, handler: Arc<Handler>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -187,7 +187,7 @@ pub fn respond(w: &mut dyn Write, status: &str, body: &[u8]) {
 }
 
 /// A small tar archive and its sha1.
-fn small_archive() -> (Vec<u8>, String) {
+pub fn small_archive() -> (Vec<u8>, String) {
     let tar = gzip(&raw_tar(&[
         Raw::Dir(b"./"),
         Raw::File(b"./hello.txt", b"hello over http\n"),
@@ -456,7 +456,7 @@ fn max_bandwidth_paces_the_download() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 / localhost, made here.
-fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+pub fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
