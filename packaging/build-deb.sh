@@ -64,8 +64,8 @@ nodes = {n["id"]: n for n in m["resolve"]["nodes"]}
 seen, todo = set(), [m["resolve"]["root"]]
 while todo:  # normal (non-dev, non-build) dependencies, transitively
     i = todo.pop()
-    if i in seen:
-        continue
+    if i in seen or any("proc-macro" in t["kind"] for t in pk[i]["targets"]):
+        continue  # a proc-macro runs at build time and is not linked
     seen.add(i)
     for d in nodes[i]["deps"]:
         if any(k["kind"] is None for k in d["dep_kinds"]):
@@ -97,6 +97,7 @@ HEAD
 } >"$doc/copyright"
 chmod 0644 "$doc/copyright"
 
+install -m 0755 "$deb/postinst" "$root/DEBIAN/postinst"
 install -m 0755 "$deb/postrm" "$root/DEBIAN/postrm"
 built_using=""
 if [ -f "$bin.built-using" ]; then

@@ -88,7 +88,7 @@ debian)
     # Extract libunwind.a from libunwind-16-dev without installing the package.
     rm -rf "$deps/pkg" "$deps/lib"
     mkdir -p "$deps/pkg" "$deps/lib"
-    (cd "$deps/pkg" && for i in 1 2 3; do apt-get download -qq libunwind-16-dev && break; sleep 5; done)
+    (cd "$deps/pkg" && for i in 1 2 3; do apt-get download -qq -o APT::Sandbox::User=root libunwind-16-dev && break; sleep 5; done)
     dpkg-deb -x "$deps"/pkg/libunwind-16-dev_*.deb "$deps/pkg/root"
     a=$(find "$deps/pkg/root" -name libunwind.a | head -n 1)
     [ -n "$a" ] || { echo "build-static: no libunwind.a in libunwind-16-dev" >&2; exit 1; }

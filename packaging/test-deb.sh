@@ -17,6 +17,9 @@ trap 'rm -rf "$work"' EXIT
 # What the package ships, as absolute paths (directories end in /).
 dpkg-deb --fsys-tarfile "$deb" | tar -t | sed -e 's|^\./|/|' -e '/^\/$/d' >"$work/files"
 
+# A state directory made before the package (stretcher run by hand as root, the
+# tests) has the umask's mode: the package must still leave it 0700.
+[ -e /var/lib/stretcher ] || install -d -m 0755 /var/lib/stretcher
 dpkg -i "$deb" >/dev/null
 dpkg-query -W -f='${Status}\n' stretcher | grep -qx 'install ok installed' || fail "not installed"
 
