@@ -45,12 +45,18 @@ gzip -9n <"$deb/changelog" >"$doc/changelog.gz"
 chmod 0644 "$doc/changelog.gz"
 install -D -m 0644 "$deb/lintian-overrides" "$root/usr/share/lintian/overrides/stretcher"
 
-# The man page: help2man over the binary's --help / --version.
+# The man page: help2man over the shipped binary's --help / --version. The lines under
+# "Usage:" are one command line each: kept as lines (.nf), not filled into a paragraph.
 install -d -m 0755 "$root/usr/share/man/man1"
 help2man --no-info --no-discard-stderr --section=1 --manual="User Commands" \
   --name="pull-based deployment agent driven by Consul or Serf events" \
   --source="stretcher $version" --version-string="$version" \
-  "$bin" >"$out_dir/stretcher.1"
+  "$root/usr/bin/stretcher" |
+  awk '/^\.SS "Usage:"$/ { usage = 1; print; next }
+       usage && /^\.IP$/ { print; print ".nf"; nf = 1; next }
+       usage && /^\.(PP|SS|SH|TP|IP)/ { if (nf) print ".fi"; usage = 0; nf = 0 }
+       { print }' \
+    >"$out_dir/stretcher.1"
 gzip -9n <"$out_dir/stretcher.1" >"$root/usr/share/man/man1/stretcher.1.gz"
 chmod 0644 "$root/usr/share/man/man1/stretcher.1.gz"
 
