@@ -439,7 +439,8 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           (alias --max-band-width)
   --timeout DURATION      whole-download deadline, retries included: seconds (30)
                           or a duration (1m30s, 500ms); 0 = none (default)
-  --random-delay DURATION sleep a random time in [0, DURATION) before anything
+  --random-delay DURATION
+                          sleep a random time in [0, DURATION) before anything
                           else: seconds (2.5) or a duration
   --retry N               extra download attempts after a failure (default 0)
   --retry-wait DURATION   pause between download attempts (default 3s)

@@ -6,6 +6,10 @@
 //! The only module that starts processes. A hook runs in its own process group, so
 //! a signal to stretcher, or `--command-timeout`, stops the hook's whole group
 //! (SIGTERM, then SIGKILL after `KILL_GRACE`) and nothing is left behind.
+//!
+//! A hook's stdin is always a pipe: the log for `success` / `failure`, an empty one
+//! (closed at once) for `pre` / `post`. Never `/dev/null`, which a minimal root
+//! (SPEC §16: the binary, `/bin/sh`, `/etc/passwd`, `/etc/group`) may lack.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -46,7 +50,7 @@ impl HookEnv {
     }
 }
 
-/// Runs `commands` in order, stdin from /dev/null; stops at the first failure.
+/// Runs `commands` in order, stdin an empty pipe; stops at the first failure.
 pub fn run(commands: &[String], env: &HookEnv) -> Result<()> {
     for c in commands {
         run_one(c, env, None)?;
@@ -81,11 +85,7 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
         .envs(env.vars())
         .stdout(writer)
         .stderr(writer2)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(Stdio::piped())
         .process_group(0);
     let mut child = cmd.spawn().map_err(|e| spawn_error(command, e))?;
     // The Command still holds the write ends of the pipe; drop it so the reader sees
@@ -109,7 +109,9 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
         let _ = done_tx.send(());
     });
 
-    let feeder = input.zip(child.stdin.take()).map(|(data, mut stdin)| {
+    // Without input the write end is dropped here: the hook reads EOF at once.
+    let stdin = child.stdin.take();
+    let feeder = input.zip(stdin).map(|(data, mut stdin)| {
         let data = data.to_vec();
         std::thread::spawn(move || {
             // A hook that does not read its stdin closes the pipe: EPIPE is expected
@@ -255,6 +257,18 @@ mod tests {
         run_with_input(&["echo ok".to_string()], &env(), &big).unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
         assert!(!log.contains("roken pipe"), "{log}");
+    }
+
+    #[test]
+    fn stdin_without_input_is_an_empty_pipe() {
+        // `cat` returns at once (EOF), and stdin is a pipe, not /dev/null.
+        run(
+            &["cat; test -p /dev/stdin && echo stdin-is-an-empty-pipe".to_string()],
+            &env(),
+        )
+        .unwrap();
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(log.contains(" stdin-is-an-empty-pipe\n"), "{log}");
     }
 
     #[test]

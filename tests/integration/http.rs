@@ -517,7 +517,6 @@ fn max_bandwidth_paces_the_download() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 / localhost, made here.
 /// A CA (its PEM written to `dir/ca.pem`) and a server certificate it signed for
 /// 127.0.0.1, localhost and origin.test (the name tests/integration/proxy.rs gives the
 /// origin behind Squid).

@@ -16,4 +16,6 @@ mod s3;
 mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
+#[cfg(feature = "static")]
+mod static_bin;
 mod unpack;

@@ -123,14 +123,16 @@ pub fn stretcher() -> Stretcher {
 
 /// The binary started through a wrapper (`setpriv --reuid=... `): `Some((program, args))`.
 pub fn stretcher_via(wrapper: Option<(&str, &[String])>) -> Stretcher {
-    let mut cmd = match wrapper {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(bin());
-            c
-        }
-        None => Command::new(bin()),
-    };
+    match wrapper {
+        Some((program, args)) => stretcher_program(program).args(args).arg(bin()),
+        None => stretcher_program(bin()),
+    }
+}
+
+/// A run of `program` instead of the binary under test: another build of stretcher
+/// (the static one), or a wrapper given its whole command line by the caller.
+pub fn stretcher_program(program: impl AsRef<std::ffi::OsStr>) -> Stretcher {
+    let mut cmd = Command::new(program);
     for k in EVENT_VARS {
         cmd.env_remove(k);
     }
