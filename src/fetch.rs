@@ -14,7 +14,8 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::http::http_get;
+use crate::gcs;
+use crate::http::{self, http_get};
 use crate::interrupt;
 use crate::logln;
 use crate::s3;
@@ -77,12 +78,18 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
             let signed = s3::presign(url, &env, lifetime)?;
             http_get(url, &signed, deadline)
         }
+        "gs" => {
+            let env = |k: &str| std::env::var(k).ok();
+            let req = gcs::request(url, &env)?;
+            let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
+            http::http_get_with(url, &req.url, auth.as_slice(), deadline)
+        }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);
             Err(Error::Fetch {
                 url: url.to_string(),
                 msg: format!(
-                    "unsupported URL scheme {shown:?} (file://, http://, https:// and s3:// are supported)"
+                    "unsupported URL scheme {shown:?} (file://, http://, https://, s3:// and gs:// are supported)"
                 ),
             })
         }
@@ -202,7 +209,9 @@ fn read_error(url: &str, e: io::Error) -> Error {
 fn retryable(e: &Error) -> bool {
     match e {
         Error::HttpStatus { status, .. } => *status >= 500,
-        Error::S3 { .. } | Error::Timeout { .. } | Error::Interrupted(_) => false,
+        Error::S3 { .. } | Error::Gcs { .. } | Error::Timeout { .. } | Error::Interrupted(_) => {
+            false
+        }
         _ => true,
     }
 }

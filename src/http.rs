@@ -227,6 +227,17 @@ pub(crate) fn http_get(
     url: &str,
     deadline: Option<(Instant, Duration)>,
 ) -> Result<Source> {
+    http_get_with(label, url, &[], deadline)
+}
+
+/// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
+/// never shown: errors describe the failure, never the request).
+pub(crate) fn http_get_with(
+    label: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    deadline: Option<(Instant, Duration)>,
+) -> Result<Source> {
     let left = remaining(label, deadline)?;
     let env = |k: &str| std::env::var(k).ok();
     let fail = |msg: String| Error::Fetch {
@@ -235,8 +246,11 @@ pub(crate) fn http_get(
     };
     let agent = agent(proxy_for(url, &env)).map_err(fail)?;
     let connect = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-    let resp = agent
-        .get(url)
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
         .config()
         .timeout_connect(Some(connect))
         .timeout_per_read(Some(READ_TIMEOUT))
@@ -362,6 +376,35 @@ pub(crate) fn metadata_request(
         Method::Put => prepare(agent.put(url), headers, connect, total).send_empty(),
     };
     let resp = resp.map_err(|e| describe(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .into_with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .map_err(|e| describe(&e))?;
+    Ok((status, body))
+}
+
+/// A POST of a form to a token endpoint for `gcs` (through the proxy its URL calls
+/// for, like a source), body up to 64 KiB. The form holds secrets: errors never show
+/// the request.
+pub(crate) fn form_post(
+    url: &str,
+    form: &str,
+    total: Duration,
+) -> std::result::Result<(u16, String), String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let agent = agent(proxy_for(url, &env))?;
+    let resp = agent
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .config()
+        .timeout_connect(Some(CONNECT_TIMEOUT.min(total)))
+        .timeout_global(Some(total))
+        .build()
+        .send(form)
+        .map_err(|e| describe(&e))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
