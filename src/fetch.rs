@@ -1,13 +1,13 @@
 //! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
 //! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
 //! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
+//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
 //! `stream` hashes the bytes as they arrive on their way to the consumer (the
 //! unpacker) and hands back only a `Verified` result.
 //!
 //! Never writes anything; never logs a secret or a presigned URL: errors and log lines
 //! name the URL as the user wrote it. The network is reached only through `http` (the
-//! client) and `s3` (signing and credentials).
+//! client), `s3` (signing and credentials) and `gcs` (tokens).
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
@@ -209,9 +209,7 @@ fn read_error(url: &str, e: io::Error) -> Error {
 fn retryable(e: &Error) -> bool {
     match e {
         Error::HttpStatus { status, .. } => *status >= 500,
-        Error::S3 { .. } | Error::Gcs { .. } | Error::Timeout { .. } | Error::Interrupted(_) => {
-            false
-        }
+        Error::S3 { .. } | Error::Timeout { .. } | Error::Interrupted(_) => false,
         _ => true,
     }
 }
