@@ -53,9 +53,14 @@ pub fn run(
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
 ) -> Result<()> {
-    let result = run_inner(opts, env, stdin);
+    // Set once the error is in the log (before the `failure` hooks read it), so that
+    // it is not logged a second time here (SPEC §9: an error is logged once).
+    let mut logged = false;
+    let result = run_inner(opts, env, stdin, &mut logged);
     if let Err(e) = &result {
-        logln!("{e}");
+        if !logged {
+            logln!("{e}");
+        }
     }
     result
 }
@@ -64,6 +69,7 @@ fn run_inner(
     opts: &Options,
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
+    logged: &mut bool,
 ) -> Result<()> {
     interrupt::install()?;
     logln!("Starting up stretcher agent {}", crate::cli::VERSION);
@@ -97,7 +103,7 @@ fn run_inner(
             }
         }
     };
-    let result = run_event(&event, opts, env);
+    let result = run_event(&event, opts, env, logged);
     // Handled once its deploy ran to an end, success or failure (a refused or
     // unreadable manifest included); not when a signal cut it short, so that a
     // redelivery finishes the job.
@@ -120,6 +126,7 @@ fn run_event(
     event: &event::Event,
     opts: &Options,
     env: &dyn Fn(&str) -> Option<String>,
+    logged: &mut bool,
 ) -> Result<()> {
     opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", event.url);
@@ -151,6 +158,7 @@ fn run_event(
         src: manifest.src.clone().unwrap_or_default(),
         manifest_url: event.url.clone(),
         timeout: opts.command_timeout,
+        vars: manifest.commands.env.clone(),
     };
     match deploy(&manifest, opts, &fetch_opts, &hook_env) {
         // A dry run runs no command, `success` and `failure` included.
@@ -160,6 +168,7 @@ fn run_event(
         }
         Err(e) if opts.dry_run => {
             logln!("Dry run failed: {e}");
+            *logged = true;
             Err(e)
         }
         Ok(()) => {
@@ -169,6 +178,7 @@ fn run_event(
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
+            *logged = true;
             finish(&manifest.commands.failure, &hook_env, "failure");
             Err(e)
         }
@@ -247,7 +257,7 @@ fn deploy(
     );
 
     // Read before `pre`, which cannot have touched the staged tree yet.
-    let filter = load_filter(manifest, staging.path())?;
+    let filter = load_filter(manifest, staging.path(), &staged.reused, dest)?;
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
@@ -311,18 +321,33 @@ fn deploy(
     hooks::run(&manifest.commands.post, hook_env)
 }
 
-/// The manifest's `excludes` after the rules of its `exclude_from` file, which is
-/// read from the unpacked archive.
-fn load_filter(manifest: &Manifest, staging: &Path) -> Result<Filter> {
+/// The manifest's `excludes` after the rules of its `exclude_from` file. That file is
+/// part of the archive: it is read from staging, or from `dest` when the unpack left
+/// dest's identical copy in place (`reused`) instead of writing it to staging.
+fn load_filter(
+    manifest: &Manifest,
+    staging: &Path,
+    reused: &sync::KeptFiles,
+    dest: &Path,
+) -> Result<Filter> {
     match &manifest.exclude_from {
         Some(name) => {
-            // manifest validation keeps the name relative and free of `..`
-            let path = staging.join(name);
+            // manifest validation keeps the name relative and free of `..`; the
+            // unpack names its entries without `.` components.
+            let rel: PathBuf = Path::new(name)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            let path = if reused.contains_key(&rel) {
+                dest.join(&rel)
+            } else {
+                staging.join(&rel)
+            };
             let rules = std::fs::read(&path).map_err(|e| Error::Sync {
                 path: PathBuf::from(name),
                 msg: format!("exclude_from file is not in the archive: {e}"),
             })?;
-            Filter::new(Some(&String::from_utf8_lossy(&rules)), &manifest.excludes)
+            Filter::from_bytes(Some(&rules), &manifest.excludes)
         }
         None => Filter::new(None, &manifest.excludes),
     }

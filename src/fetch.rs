@@ -204,18 +204,19 @@ fn read_error(url: &str, e: io::Error) -> Error {
     }
 }
 
-/// Whether another attempt may succeed: connection errors and 5xx yes; 4xx, a
-/// missing credential, the deadline and signals no.
+/// Whether another attempt may succeed (SPEC §8: with `--retry`, every failed attempt
+/// is retried, whatever failed — a 404 or S3's 403 for an archive not uploaded yet is
+/// the common case). Only a passed deadline, a signal, and a checksum mismatch (which
+/// `stream` decides after the attempts) are final.
 fn retryable(e: &Error) -> bool {
-    match e {
-        Error::HttpStatus { status, .. } => *status >= 500,
-        Error::S3 { .. } | Error::Timeout { .. } | Error::Interrupted(_) => false,
-        _ => true,
-    }
+    !matches!(
+        e,
+        Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. }
+    )
 }
 
-/// Runs `attempt` with retries, waits and the deadline of `opts`. Only `retryable`
-/// errors are tried again.
+/// Runs `attempt` with retries, waits and the deadline of `opts`. Every `retryable`
+/// error is tried again, up to `opts.retry` times, each retry logged with its reason.
 fn with_retries<T>(
     url: &str,
     opts: &FetchOptions,
@@ -230,9 +231,8 @@ fn with_retries<T>(
             Err(e) if !retryable(&e) => return Err(e),
             Err(e) if tries < opts.retry => {
                 tries += 1;
-                logln!("{e}");
                 logln!(
-                    "retrying in {} ({tries}/{})",
+                    "attempt {tries} failed: {e}; retrying in {} ({tries}/{})",
                     humantime::format_duration(opts.retry_wait),
                     opts.retry
                 );
@@ -445,27 +445,31 @@ mod tests {
     }
 
     #[test]
-    fn only_server_errors_and_connection_errors_are_retried() {
+    fn every_failure_but_deadline_signal_and_mismatch_is_retried() {
         let status = |s| Error::HttpStatus {
             url: "u".into(),
             status: s,
             detail: String::new(),
         };
-        assert!(retryable(&status(500)));
-        assert!(retryable(&status(503)));
-        assert!(!retryable(&status(404)));
-        assert!(!retryable(&status(403)));
+        for s in [500, 503, 404, 403, 400] {
+            assert!(retryable(&status(s)), "{s}");
+        }
         assert!(retryable(&Error::Fetch {
             url: "u".into(),
             msg: "Connection refused".into()
         }));
-        assert!(!retryable(&Error::S3 {
+        assert!(retryable(&Error::S3 {
             url: "u".into(),
             msg: "no credentials".into()
         }));
         assert!(!retryable(&Error::Timeout {
             url: "u".into(),
             secs: 1.0
+        }));
+        assert!(!retryable(&Error::Interrupted("SIGTERM")));
+        assert!(!retryable(&Error::ChecksumMismatch {
+            expected: "a".into(),
+            got: "b".into()
         }));
     }
 

@@ -54,24 +54,36 @@ impl Filter {
 
     /// Rules in rsync's order for `rsync --exclude-from F --exclude P1 --exclude P2 ...`:
     /// first the lines of the exclude_from file (its contents, already read), then each
-    /// `excludes` pattern.
-    ///
-    /// File lines end at `\n` or `\r`; empty lines and lines starting with `#` or `;` are
-    /// skipped (a line of spaces is a pattern of spaces, as in rsync). In both the file and
-    /// the arguments, `- PAT` excludes, `+ PAT` includes, anything else is an exclude
-    /// pattern, and a lone `!` clears the rules given so far.
+    /// `excludes` pattern. See [`Filter::from_bytes`].
     pub fn new(exclude_from: Option<&str>, excludes: &[String]) -> Result<Filter> {
+        Filter::from_bytes(exclude_from.map(str::as_bytes), excludes)
+    }
+
+    /// [`Filter::new`] with the exclude_from file as raw bytes: a rule's bytes are matched
+    /// against names as bytes, UTF-8 or not, as rsync does.
+    ///
+    /// File lines end at `\n` or `\r`; a NUL byte ends the rule (rsync keeps each line in
+    /// a C string; the rest of that line is ignored); empty lines and lines starting with
+    /// `#` or `;` are skipped (a line of spaces is a pattern of spaces, as in rsync). In
+    /// both the file and the arguments, `- PAT` excludes, `+ PAT` includes, anything else
+    /// is an exclude pattern, a lone `!` clears the rules given so far, and an empty
+    /// argument adds no rule (rsync's `--exclude=`).
+    pub fn from_bytes(exclude_from: Option<&[u8]>, excludes: &[String]) -> Result<Filter> {
         let mut filter = Filter::empty();
         if let Some(text) = exclude_from {
-            for line in text.split(['\n', '\r']) {
-                if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            for line in text.split(|&b| b == b'\n' || b == b'\r') {
+                let line = until_nul(line);
+                if line.is_empty() || line.starts_with(b"#") || line.starts_with(b";") {
                     continue;
                 }
                 filter.add(line)?;
             }
         }
         for arg in excludes {
-            filter.add(arg)?;
+            let arg = until_nul(arg.as_bytes());
+            if !arg.is_empty() {
+                filter.add(arg)?;
+            }
         }
         Ok(filter)
     }
@@ -98,12 +110,12 @@ impl Filter {
     }
 
     /// Parses one rule in rsync's "old prefixes" syntax (`XFLG_OLD_PREFIXES`).
-    fn add(&mut self, text: &str) -> Result<()> {
-        let (include, pat) = if let Some(p) = text.strip_prefix("- ") {
+    fn add(&mut self, text: &[u8]) -> Result<()> {
+        let (include, pat) = if let Some(p) = text.strip_prefix(b"- ") {
             (false, p)
-        } else if let Some(p) = text.strip_prefix("+ ") {
+        } else if let Some(p) = text.strip_prefix(b"+ ") {
             (true, p)
-        } else if text == "!" {
+        } else if text == b"!" {
             self.rules.clear();
             return Ok(());
         } else {
@@ -111,13 +123,18 @@ impl Filter {
         };
         if pat.is_empty() {
             return Err(Error::Pattern {
-                pattern: text.to_string(),
+                pattern: String::from_utf8_lossy(text).into_owned(),
                 msg: "unexpected end of filter rule".into(),
             });
         }
-        self.rules.push(Rule::new(include, pat.as_bytes()));
+        self.rules.push(Rule::new(include, pat));
         Ok(())
     }
+}
+
+/// The bytes before the first NUL (all of them when there is none).
+fn until_nul(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |i| &b[..i])
 }
 
 impl Rule {

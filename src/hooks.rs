@@ -31,6 +31,9 @@ pub struct HookEnv {
     /// `--command-timeout`: one command still running after this has its process
     /// group killed and fails with "killed after timeout D". Not exported to the hook.
     pub timeout: Option<Duration>,
+    /// The manifest's `commands.env` (SPEC §4), exported beside the `STRETCHER_*`
+    /// variables (validation keeps `STRETCHER_` names out).
+    pub vars: Vec<(String, String)>,
 }
 
 impl HookEnv {
@@ -74,6 +77,7 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(env.vars())
         .stdout(writer)
         .stderr(writer2)
@@ -213,6 +217,7 @@ mod tests {
             src: "file:///s".into(),
             manifest_url: "file:///m".into(),
             timeout: None,
+            vars: vec![("APP_ENV".into(), "prod".into())],
         }
     }
 
@@ -231,7 +236,7 @@ mod tests {
     fn environment_and_output_reach_the_log() {
         run(
             &[
-                "echo \"dest=$STRETCHER_DEST src=$STRETCHER_SRC m=$STRETCHER_MANIFEST_URL\" >&2"
+                "echo \"dest=$STRETCHER_DEST src=$STRETCHER_SRC m=$STRETCHER_MANIFEST_URL app=$APP_ENV\" >&2"
                     .to_string(),
             ],
             &env(),
@@ -239,7 +244,7 @@ mod tests {
         .unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
         assert!(
-            log.contains(" dest=/d src=file:///s m=file:///m\n"),
+            log.contains(" dest=/d src=file:///s m=file:///m app=prod\n"),
             "{log}"
         );
     }

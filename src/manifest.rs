@@ -36,6 +36,8 @@ pub struct Commands {
     pub post: Vec<String>,
     pub success: Vec<String>,
     pub failure: Vec<String>,
+    /// `commands.env`: NAME, value pairs exported to every hook, sorted by name.
+    pub env: Vec<(String, String)>,
 }
 
 /// A manifest that passed every check of SPEC §4.
@@ -67,7 +69,7 @@ const TOP_KEYS: &[&str] = &[
     "exclude_from",
     "commands",
 ];
-const COMMAND_KEYS: &[&str] = &["pre", "post", "success", "failure"];
+const COMMAND_KEYS: &[&str] = &["pre", "post", "success", "failure", "env"];
 
 /// Top-level directories a deploy must never mirror onto (SPEC §10).
 const SYSTEM_DIRS: &[&str] = &[
@@ -96,6 +98,8 @@ struct RawCommands {
     post: Option<Vec<String>>,
     success: Option<Vec<String>>,
     failure: Option<Vec<String>>,
+    /// Scalars as written (`007`, `true`); null is the empty string.
+    env: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 /// Parses and validates a manifest. `text`: the manifest as fetched; `url`: where
@@ -128,10 +132,12 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
             unknown_keys.push(name);
         } else if name == "commands" {
             if let Value::Mapping(cmds) = v {
-                for ck in cmds.keys() {
+                for (ck, cv) in cmds {
                     let cname = key_name(ck);
                     if !COMMAND_KEYS.contains(&cname.as_str()) {
                         unknown_keys.push(format!("commands.{cname}"));
+                    } else if cname == "env" {
+                        check_env(cv).map_err(fail)?;
                     }
                 }
             }
@@ -179,6 +185,12 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
             post: c.post.unwrap_or_default(),
             success: c.success.unwrap_or_default(),
             failure: c.failure.unwrap_or_default(),
+            env: c
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect(),
         })
         .unwrap_or_default();
     Ok(Manifest {
@@ -210,6 +222,54 @@ fn check_exclude_from(name: &str) -> Result<String, String> {
         ));
     }
     Ok(name.to_string())
+}
+
+/// `commands.env` must map names to scalars (SPEC §4): a list or mapping value, a
+/// name a process environment cannot hold, or one in stretcher's own `STRETCHER_`
+/// namespace is an error.
+fn check_env(v: &Value) -> std::result::Result<(), String> {
+    let map = match v {
+        Value::Null => return Ok(()),
+        Value::Mapping(m) => m,
+        other => {
+            return Err(format!(
+                "commands.env must be a mapping of NAME: value, not {}",
+                kind(other)
+            ))
+        }
+    };
+    for (k, val) in map {
+        let name = match k {
+            Value::String(s) => s.clone(),
+            other => {
+                return Err(format!(
+                    "commands.env: the name {} must be a string, not {}",
+                    key_name(other),
+                    kind(other)
+                ))
+            }
+        };
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "commands.env: {name:?} is not a valid environment variable name"
+            ));
+        }
+        if name.starts_with("STRETCHER_") {
+            return Err(format!(
+                "commands.env: {name} is reserved (stretcher sets the STRETCHER_ variables)"
+            ));
+        }
+        match val {
+            Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => {
+                return Err(format!(
+                    "commands.env: the value of {name} must be a string, number or boolean, not {}",
+                    kind(val)
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -973,5 +1033,41 @@ mod tests {
         ));
         assert_eq!(m.excludes, ["007", "true", "1.50"]);
         assert_eq!(m.commands.pre, ["0755", "echo a: b"]);
+    }
+
+    #[test]
+    fn commands_env_as_yaml_spells_scalars() {
+        let m = ok(&with_src(
+            "commands:\n  env:\n    B: 007\n    A: \"x y\"\n    C: true\n    D: 1.50\n    E:\n  pre: [\"true\"]\n",
+        ));
+        let want: Vec<(String, String)> = [
+            ("A", "x y"),
+            ("B", "007"),
+            ("C", "true"),
+            ("D", "1.50"),
+            ("E", ""),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(m.commands.env, want);
+        assert!(m.unknown_keys.is_empty(), "{:?}", m.unknown_keys);
+    }
+
+    #[test]
+    fn commands_env_errors() {
+        for (yml, needle) in [
+            (
+                "commands:\n  env:\n    A: [1, 2]\n",
+                "value of A must be a string",
+            ),
+            ("commands:\n  env:\n    A:\n      b: c\n", "not a mapping"),
+            ("commands:\n  env:\n    STRETCHER_DEST: x\n", "reserved"),
+            ("commands:\n  env: [A]\n", "must be a mapping"),
+            ("commands:\n  env:\n    \"A=B\": x\n", "not a valid"),
+        ] {
+            let e = err(&with_src(yml));
+            assert!(e.contains(needle), "{yml}: {e}");
+        }
     }
 }

@@ -663,10 +663,12 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
         }
     }
     // With `move_source`, a directory renamed whole into dest carries its subtree:
-    // the actions below it are already done.
+    // the actions below it are already done. Each entry that arrived with it is still
+    // logged and counted as created, as `rsync -v` lists it (SPEC §9).
     let mut moved: Option<&Path> = None;
     for a in &plan.actions {
         if moved.is_some_and(|m| a.rel.starts_with(m)) {
+            arrived_with_dir(a, opts, &mut stats);
             continue;
         }
         crate::interrupt::check()?;
@@ -686,6 +688,29 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
         stats.bytes_copied
     );
     Ok(stats)
+}
+
+/// The log line and count of an entry below a directory that was renamed into dest
+/// whole, so already in place: what [`apply_one`] would log and count creating it.
+fn arrived_with_dir(a: &Action, opts: &SyncOptions, stats: &mut Stats) {
+    let created = match &a.op {
+        Op::MakeDir { .. } | Op::MakeSymlink { .. } => true,
+        Op::CopyFile { src, .. } => {
+            stats.bytes_copied += src.size;
+            true
+        }
+        // Not moved whole when it holds one (`whole` excludes special files).
+        Op::MakeSpecial { .. } => opts.preserve_owner,
+        Op::Delete { .. } | Op::KeepNonEmpty { .. } | Op::Keep { .. } | Op::DirAttrs { .. } => {
+            false
+        }
+    };
+    if created {
+        if opts.verbosity >= 1 {
+            crate::logln!("{a}");
+        }
+        stats.created += 1;
+    }
 }
 
 /// What [`apply_one`] did, when the caller must know.

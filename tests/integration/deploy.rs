@@ -44,6 +44,7 @@ fn deploy_mirrors_archive_and_runs_pre_post() {
     );
     // hooks run in stretcher's own cwd
     r.assert_log(&format!(" {}\n", s.work().display()));
+    redeploy(&s, &m);
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
 
@@ -67,6 +68,7 @@ fn manifest_with_two_pre_and_one_post() {
     let pre = r.stderr.find(" xxx\n").unwrap();
     let post = r.stderr.find(" deploy done\n").unwrap();
     assert!(pre < post);
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -88,6 +90,11 @@ fn env_and_must_env_templates() {
         .assert_ok()
         .assert_log(" greeting=hi who=ops\n");
     assert!(s.dest().join("foo/baz").is_file());
+    redeploy_unchanged(&s, &m, |r| {
+        r.env("ARCHIVE", &tar)
+            .env("DEST", s.dest())
+            .env("WHO", "ops")
+    });
 
     // must_env of an unset variable fails naming it, before anything runs.
     let r = s.stretcher().arg(&m).env("ARCHIVE", &tar).run();
@@ -104,6 +111,7 @@ fn mv_strategy_into_absent_dest() {
     s.stretcher().arg(&m).run().assert_ok();
     assert!(s.dest().join("foo/baz").is_file());
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    redeploy_mv_refused(&s, &m);
 }
 
 /// mv with dest_mode after a pre command removed dest.
@@ -123,6 +131,8 @@ fn mv_strategy_with_dest_mode_after_pre_removed_dest() {
     assert_eq!(mode_of(&s.dest()), 0o751);
     assert!(s.dest().join("bar").is_file());
     assert!(!s.dest().join("old").exists());
+    // its pre removes dest again: the second run is a full deploy with the same result
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -172,6 +182,9 @@ fn assert_excludes_baz_and_pid(rules: &str) {
     );
     assert!(s.dest().join("bar").is_file());
     assert!(s.dest().join("test.pid").is_file());
+    // dest now holds the exclude_from file unchanged: the unpack leaves it in place
+    redeploy(&s, &m);
+    assert!(!s.dest().join("foo/baz").exists());
 }
 
 #[test]
@@ -218,6 +231,7 @@ fn dest_mode_without_top_dir_entry() {
     s.stretcher().arg(&m).run().assert_ok();
     assert_eq!(mode_of(&s.dest()), 0o711);
     assert!(s.dest().join("foo/baz").is_file());
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -238,6 +252,7 @@ fn dest_mode_defaults_to_archive_root_then_0755() {
     let m = s.manifest("m2.yml", &manifest_for(&a, &s.dest(), ""));
     s.stretcher().arg(&m).run().assert_ok();
     assert_eq!(mode_of(&s.dest()), 0o750);
+    redeploy(&s, &m);
 }
 
 fn raw_tar_with_root_mode(mode: &[u8; 8]) -> Vec<u8> {
@@ -334,6 +349,9 @@ fn max_bandwidth_paces_download() {
     r.assert_ok();
     let secs = r.elapsed.as_secs_f64();
     assert!((1.0..=4.0).contains(&secs), "took {secs}s");
+    redeploy_unchanged(&s, &m, |r| {
+        r.args(["--max-bandwidth", &(size / 2).to_string()])
+    });
 }
 
 #[test]
@@ -410,6 +428,7 @@ fn relative_src_beside_manifest() {
     let m = s.manifest("m.yml", &text);
     s.stretcher().arg(&m).run().assert_ok();
     assert!(s.dest().join("foo/baz").is_file());
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -432,6 +451,7 @@ fn tar_gz_and_checksum_algorithms() {
     let m = s.manifest("m.yml", &text);
     s.stretcher().arg(&m).run().assert_ok();
     assert!(s.dest().join("foo/baz").is_file());
+    redeploy(&s, &m);
 }
 
 /// Redeploying the same archive changes nothing and rewrites nothing.
@@ -682,6 +702,7 @@ fn update_keeps_unchanged_files_and_replaces_changed_ones() {
         "a"
     );
     assert!(!s.dest().join("gone.txt").exists());
+    redeploy(&s, &m2);
     assert_eq!(
         std::os::unix::fs::MetadataExt::nlink(
             &std::fs::metadata(s.dest().join("keep.txt")).unwrap()
@@ -710,6 +731,7 @@ fn pre_removing_dest_still_gives_a_full_mirror() {
         std::fs::read_to_string(s.dest().join("bar")).unwrap(),
         "bar\n"
     );
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -736,6 +758,7 @@ fn pre_changing_a_kept_file_unpacks_again() {
         "bar\n"
     );
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -750,6 +773,7 @@ fn tar_zst_deploys() {
         std::fs::read_to_string(s.dest().join("foo/baz")).unwrap(),
         "baz\n"
     );
+    redeploy(&s, &m);
 }
 
 #[test]
@@ -768,6 +792,7 @@ fn hard_links_in_the_archive_become_separate_files() {
         "shared\n"
     );
     assert_ne!(ino(&s.dest().join("d/a")), ino(&s.dest().join("d/b")));
+    redeploy(&s, &m);
 }
 
 /// dest's parent is not writable by the runner (dest itself is): the lock and the
@@ -839,4 +864,220 @@ fn unwritable_parent_stages_in_tmpdir() {
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+/// A tar with a `./` entry, the directories `dirs` and the files `files` (name,
+/// content, mtime), every entry with an explicit mtime (so GNU tar and the unpack
+/// agree on directories too).
+fn tar_with_dirs(dirs: &[&str], files: &[(&str, &str, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar_header(tar::EntryType::Directory, 0o755, 1_600_000_000, 0);
+    b.append_data(&mut h, "./", std::io::empty()).unwrap();
+    for d in dirs {
+        let mut h = tar_header(tar::EntryType::Directory, 0o750, 1_600_000_500, 0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (name, data, mtime) in files {
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, *mtime, data.len() as u64);
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// `rsync -a --delete --exclude-from SRC/LIST SRC/ DEST/` of the archive as GNU tar
+/// extracts it: the oracle of a deploy with `exclude_from`.
+fn rsync_deploy(tar_file: &std::path::Path, list: &str, dest: &std::path::Path) {
+    let src = tempfile::tempdir().unwrap();
+    // Directory mtimes set after all entries (the archive lists files after dirs).
+    let ok = std::process::Command::new("tar")
+        .args(["--delay-directory-restore", "-xf"])
+        .arg(tar_file)
+        .arg("-C")
+        .arg(src.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new("rsync")
+        .args(["-a", "--delete"])
+        .arg(format!(
+            "--exclude-from={}",
+            src.path().join(list).display()
+        ))
+        .arg(format!("{}/", src.path().display()))
+        .arg(format!("{}/", dest.display()))
+        .output()
+        .expect("rsync (the sync oracle) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What two dests must agree on: every entry below the root.
+fn below_root(dest: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Node> {
+    let mut s = snapshot(dest);
+    s.remove(std::path::Path::new(""));
+    s
+}
+
+/// The redeploys of a manifest with `exclude_from` (the rules file is then unchanged in
+/// dest, left in place by the unpack): the same archive again, then one with a file
+/// changed; each time dest equals what rsync makes of the same archive.
+#[test]
+fn exclude_from_redeploys_match_rsync() {
+    let s = Scratch::new();
+    let oracle = s.path().join("oracle");
+    for d in [s.dest(), oracle.clone()] {
+        make_tree(
+            &d,
+            &[("app.pid", "1"), ("cache/big", "cached"), ("old.txt", "x")],
+        );
+    }
+    let list = "# rules\n- *.pid\n/cache/\n";
+    let dirs = ["app/", "cache/"];
+    let v1 = s.file(
+        "v1.tar",
+        &tar_with_dirs(
+            &dirs,
+            &[
+                ("rules.list", list, 1_600_000_000),
+                ("app/a.txt", "a", 1_600_000_000),
+                ("app/b.txt", "b", 1_600_000_000),
+                ("app/run.pid", "9", 1_600_000_000),
+                ("cache/in-archive", "c", 1_600_000_000),
+            ],
+        ),
+    );
+    let v2 = s.file(
+        "v2.tar",
+        &tar_with_dirs(
+            &dirs,
+            &[
+                ("rules.list", list, 1_600_000_000),
+                ("app/a.txt", "a", 1_600_000_000),
+                ("app/b.txt", "b, changed", 1_600_000_200),
+                ("app/run.pid", "9", 1_600_000_000),
+                ("cache/in-archive", "c", 1_600_000_000),
+            ],
+        ),
+    );
+    let m1 = s.manifest(
+        "m1.yml",
+        &manifest_for(&v1, &s.dest(), "exclude_from: rules.list\n"),
+    );
+    let m2 = s.manifest(
+        "m2.yml",
+        &manifest_for(&v2, &s.dest(), "exclude_from: ./rules.list\n"),
+    );
+    for (m, tar) in [(&m1, &v1), (&m1, &v1), (&m2, &v2), (&m2, &v2)] {
+        let r = s.stretcher().arg(m).run();
+        r.assert_ok();
+        rsync_deploy(tar, "rules.list", &oracle);
+        assert_eq!(below_root(&s.dest()), below_root(&oracle), "{}", r.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(s.dest().join("app/b.txt")).unwrap(),
+        "b, changed"
+    );
+    assert!(s.dest().join("app.pid").exists() && s.dest().join("cache/big").exists());
+    assert!(!s.dest().join("app/run.pid").exists() && !s.dest().join("old.txt").exists());
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+/// `-v` (the default) logs every path a first deploy creates, also inside the new
+/// directories that are renamed into dest whole (SPEC §9); `--rsync-verbose ""` none.
+#[test]
+fn first_deploy_logs_every_created_path_and_keeps_the_rename() {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..5 {
+        dirs.push(format!("d{i}/"));
+        dirs.push(format!("d{i}/sub/"));
+        for j in 0..5 {
+            files.push(format!("d{i}/f{j}.txt"));
+            files.push(format!("d{i}/sub/g{j}.txt"));
+        }
+    }
+    assert_eq!(files.len(), 50);
+    let dir_refs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let file_refs: Vec<(&str, &str, u64)> = files
+        .iter()
+        .map(|f| (f.as_str(), "x", 1_600_000_000))
+        .collect();
+    let path_lines = |log: &str| {
+        log.lines()
+            .filter(|l| files.iter().any(|f| l.ends_with(&format!(" {f}"))))
+            .count()
+    };
+    for verbose in ["-v", ""] {
+        let s = Scratch::new();
+        // dest exists (empty): d0/ ... d4/ are new directories moved in by rename.
+        std::fs::create_dir_all(s.dest()).unwrap();
+        let a = s.file("tree.tar", &tar_with_dirs(&dir_refs, &file_refs));
+        // pre runs after the unpack: it records the inode of a staged directory.
+        let extra = format!(
+            "commands:\n  pre:\n    - stat -c %i {}/.stretcher-dest.*.staging/d3/sub > staged.ino\n",
+            s.dest().parent().unwrap().display()
+        );
+        let m = s.manifest("m.yml", &manifest_for(&a, &s.dest(), &extra));
+        let r = s
+            .stretcher()
+            .args(["--rsync-verbose", verbose])
+            .arg(&m)
+            .run();
+        r.assert_ok();
+        let want = if verbose.is_empty() { 0 } else { 50 };
+        assert_eq!(path_lines(&r.stderr), want, "{verbose:?}:\n{}", r.stderr);
+        if !verbose.is_empty() {
+            for f in &files {
+                r.assert_log(&format!(" {f}\n"));
+            }
+            r.assert_log(" d3/sub/\n");
+        }
+        r.assert_log(": 60 created, 0 updated, 0 deleted");
+        let staged: u64 = std::fs::read_to_string(s.work().join("staged.ino"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            staged,
+            ino(&s.dest().join("d3/sub")),
+            "d3/sub was not renamed into dest"
+        );
+        redeploy_unchanged(&s, &m, |r| r.args(["--rsync-verbose", verbose]));
+    }
+}
+
+/// A failed deploy logs its error once (SPEC §9), the `failure` hooks see it.
+#[test]
+fn a_failed_deploy_logs_its_error_once() {
+    let s = Scratch::new();
+    let m = s.manifest(
+        "m.yml",
+        &manifest_for(
+            &archive("test.tar"),
+            &s.dest(),
+            "commands:\n  pre:\n    - exit 7\n  failure:\n    - cat > failure.log\n",
+        ),
+    );
+    let r = s.stretcher().arg(&m).run();
+    r.assert_fail();
+    let error = "failed: exit 7 exit status 7";
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(error)).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].ends_with(&format!("Deploy manifest failed: {error}")),
+        "{lines:?}"
+    );
+    assert!(std::fs::read_to_string(s.work().join("failure.log"))
+        .unwrap()
+        .contains(error));
+    // no line of the log is repeated at all
+    let mut seen = std::collections::HashSet::new();
+    for l in r.stderr.lines() {
+        let msg = l.get(20..).unwrap_or(l);
+        assert!(seen.insert(msg), "repeated: {msg:?}\n{}", r.stderr);
+    }
 }

@@ -101,4 +101,65 @@ fn hooks_get_stretcher_environment() {
             archive("test.tar").display()
         ))
         .assert_log(&format!(" m=file://{}\n", m.display()));
+    redeploy(&s, &m);
+}
+
+/// `commands.env` (SPEC §4): exported to the command of every phase, templates
+/// expanded in values, scalars as YAML spells them.
+#[test]
+fn commands_env_reaches_every_phase() {
+    let s = Scratch::new();
+    let show = "echo \"$PHASE app=$APP_ENV n=$WORKERS b=$DEBUG v=$FROM_ENV\"";
+    let text = manifest_for(
+        &archive("test.tar"),
+        &s.dest(),
+        &format!(
+            "commands:\n  env:\n    APP_ENV: production\n    WORKERS: 007\n    DEBUG: false\n    FROM_ENV: '{{{{ env \"DEPLOY_COLOR\" }}}}'\n  pre:\n    - PHASE=pre; {show}\n  post:\n    - PHASE=post; {show}\n  success:\n    - PHASE=success; {show}\n"
+        ),
+    );
+    let m = s.manifest("m.yml", &text);
+    let r = s.stretcher().arg(&m).env("DEPLOY_COLOR", "blue").run();
+    r.assert_ok();
+    for phase in ["pre", "post", "success"] {
+        r.assert_log(&format!(" {phase} app=production n=007 b=false v=blue\n"));
+    }
+    assert!(!r.stderr.contains("unknown key"), "{}", r.stderr);
+    redeploy_unchanged(&s, &m, |r| r.env("DEPLOY_COLOR", "blue"));
+
+    // failure commands too
+    let bad = s.manifest(
+        "bad.yml",
+        "commands:\n  env:\n    APP_ENV: staging\n  pre:\n    - \"false\"\n  failure:\n    - echo \"failure app=$APP_ENV\"\n",
+    );
+    s.stretcher()
+        .arg(&bad)
+        .run()
+        .assert_fail()
+        .assert_log(" failure app=staging\n");
+}
+
+/// A list or map value, or a STRETCHER_ name, is refused before anything is fetched
+/// or run.
+#[test]
+fn commands_env_errors_come_before_anything_runs() {
+    for (env, needle) in [
+        ("    LIST: [a, b]\n", "the value of LIST must be"),
+        ("    MAP:\n      a: b\n", "the value of MAP must be"),
+        ("    STRETCHER_DEST: /x\n", "STRETCHER_DEST is reserved"),
+    ] {
+        let s = Scratch::new();
+        let text = format!(
+            "src: file://{}/never.tar\nchecksum: {}\ndest: {}\ncommands:\n  env:\n{env}  pre:\n    - touch pre.ran\n  failure:\n    - touch failure.ran\n",
+            s.path().display(),
+            "0".repeat(40),
+            s.dest().display()
+        );
+        let m = s.manifest("m.yml", &text);
+        let r = s.stretcher().arg(&m).run();
+        r.assert_fail().assert_log(needle);
+        assert!(!r.stderr.contains("Loading URL"), "{}", r.stderr);
+        assert!(!s.work().join("pre.ran").exists());
+        assert!(!s.work().join("failure.ran").exists());
+        assert!(!s.dest().exists());
+    }
 }

@@ -252,22 +252,82 @@ fn manifest_and_src_over_http_with_user_agent() {
 }
 
 #[test]
-fn not_found_is_final_and_names_the_url() {
+fn not_found_without_retry_fails_at_once_and_names_the_url() {
     let sc = Scratch::new();
     make_tree(&sc.dest(), &[("keep.txt", "old")]);
     let before = snapshot(&sc.dest());
     let srv = TestServer::start(|_, w| respond(w, "404 Not Found", b"<html>nope</html>"));
     let url = srv.url("/missing.tgz");
     let m = sc.manifest("m.yml", &manifest(&url, &"a".repeat(40), &sc.dest()));
+    let run = clean(sc.stretcher()).arg(&m).run();
+    let error = format!("fetch {url}: HTTP 404 Not Found");
+    run.assert_fail().assert_log(&error);
+    assert_eq!(srv.hits("/missing.tgz"), 1, "no --retry: one attempt");
+    // An error is logged once (SPEC §9).
+    assert_eq!(
+        run.stderr.lines().filter(|l| l.contains(&error)).count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(snapshot(&sc.dest()), before);
+    assert!(sc.leftovers().is_empty(), "{:?}", sc.leftovers());
+}
+
+/// The race `--retry` is for: the event fires before the archive is uploaded.
+#[test]
+fn not_found_twice_then_found_deploys_with_retry() {
+    let (tar, sum) = small_archive();
+    let sc = Scratch::new();
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    let srv = TestServer::start(move |_, w| {
+        let mut n = c.lock().unwrap();
+        *n += 1;
+        if *n <= 2 {
+            respond(w, "404 Not Found", b"not yet");
+        } else {
+            respond(w, "200 OK", &tar);
+        }
+    });
+    let url = srv.url("/late.tgz");
+    let m = sc.manifest("m.yml", &manifest(&url, &sum, &sc.dest()));
+    let run = clean(sc.stretcher())
+        .args(["--retry", "3", "--retry-wait", "1"])
+        .arg(&m)
+        .run();
+    run.assert_ok()
+        .assert_log(&format!(
+            "attempt 1 failed: fetch {url}: HTTP 404 Not Found; retrying in 1s (1/3)"
+        ))
+        .assert_log(&format!(
+            "attempt 2 failed: fetch {url}: HTTP 404 Not Found; retrying in 1s (2/3)"
+        ));
+    assert!(!run.stderr.contains("(3/3)"), "{}", run.stderr);
+    assert_eq!(srv.hits("/late.tgz"), 3);
+    assert_eq!(
+        std::fs::read(sc.dest().join("hello.txt")).unwrap(),
+        b"hello over http\n"
+    );
+    redeploy_unchanged(&sc, &m, |s| clean(s).args(["--retry", "3"]));
+}
+
+/// A checksum mismatch is the archive's verdict, not the network's: never retried.
+#[test]
+fn checksum_mismatch_is_not_retried() {
+    let (tar, _) = small_archive();
+    let sc = Scratch::new();
+    let srv = TestServer::start(move |_, w| respond(w, "200 OK", &tar));
+    let url = srv.url("/a.tgz");
+    let m = sc.manifest("m.yml", &manifest(&url, &"c".repeat(40), &sc.dest()));
     let run = clean(sc.stretcher())
         .args(["--retry", "3", "--retry-wait", "10ms"])
         .arg(&m)
         .run();
-    run.assert_fail()
-        .assert_log(&format!("fetch {url}: HTTP 404 Not Found"));
-    assert_eq!(srv.hits("/missing.tgz"), 1, "a 4xx is not retried");
-    assert_eq!(snapshot(&sc.dest()), before);
-    assert!(sc.leftovers().is_empty(), "{:?}", sc.leftovers());
+    run.assert_fail().assert_log("checksum mismatch");
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    assert_eq!(srv.hits("/a.tgz"), 1);
+    assert!(!sc.dest().exists());
 }
 
 #[test]
@@ -291,8 +351,8 @@ fn server_error_then_success_is_retried() {
         .arg(&m)
         .run();
     run.assert_ok()
-        .assert_log("HTTP 500 Internal Server Error")
-        .assert_log("retrying in 50ms (1/1)");
+        .assert_log("attempt 1 failed: ")
+        .assert_log("HTTP 500 Internal Server Error; retrying in 50ms (1/1)");
     assert_eq!(srv.hits("/a.tgz"), 2);
     assert!(sc.dest().join("hello.txt").exists());
     // Without --retry the 500 is the end.

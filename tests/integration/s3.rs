@@ -356,11 +356,46 @@ fn wrong_secret_is_a_clear_403_and_dest_unchanged() {
     run.assert_fail().assert_log(&format!(
         "fetch {src}: HTTP 403 Forbidden (SignatureDoesNotMatch"
     ));
-    assert!(!run.stderr.contains("retrying"), "a 403 is not retried");
+    // Every failed attempt is retried (SPEC §8), each logged with its reason.
+    assert_eq!(
+        run.stderr
+            .matches("HTTP 403 Forbidden (SignatureDoesNotMatch")
+            .count(),
+        3,
+        "two retries and the final error:\n{}",
+        run.stderr
+    );
+    run.assert_log("; retrying in 10ms (2/2)");
     assert!(!run.stderr.contains("not-the-secret"));
     assert_no_secrets(&run);
     assert_eq!(snapshot(&sc.dest()), before);
     assert!(sc.leftovers().is_empty(), "{:?}", sc.leftovers());
+}
+
+/// The event fired before the upload finished: the first GETs answer 404, then the
+/// key appears and the deploy goes through (`--retry`).
+#[test]
+fn key_uploaded_after_the_deploy_started_is_retried_until_found() {
+    let (tar, sum) = archive_bytes("uploaded late\n");
+    let key = format!("{}/app.tgz", unique("late"));
+    let src = format!("s3://{BUCKET}/{key}");
+    let sc = Scratch::new();
+    let m = s3_manifest(&sc, &src, &sum);
+    let running = with_keys(aws(&sc))
+        .args(["--retry", "10", "--retry-wait", "1"])
+        .arg(&m)
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    put(&key, &tar);
+    let run = running.wait();
+    run.assert_ok().assert_log(&format!(
+        "attempt 1 failed: fetch {src}: HTTP 404 Not Found (NoSuchKey"
+    ));
+    assert_no_secrets(&run);
+    assert_eq!(
+        std::fs::read(sc.dest().join("hello.txt")).unwrap(),
+        b"uploaded late\n"
+    );
 }
 
 #[test]
@@ -420,10 +455,17 @@ fn no_credentials_is_a_clear_error() {
     let sc = Scratch::new();
     let src = format!("s3://{BUCKET}/x.tgz");
     let m = s3_manifest(&sc, &src, &"c".repeat(40));
-    let run = aws(&sc).args(["--retry", "3"]).arg(&m).run();
+    let run = aws(&sc)
+        .args(["--retry", "3", "--retry-wait", "10ms"])
+        .arg(&m)
+        .run();
     run.assert_fail()
         .assert_log(&format!("fetch {src}: no AWS credentials found"));
-    assert!(!run.stderr.contains("retrying"));
+    // Retried like any failure (credentials may come from an endpoint that is not up
+    // yet), each retry with its reason.
+    run.assert_log(&format!(
+        "attempt 3 failed: fetch {src}: no AWS credentials found"
+    ));
 }
 
 /// A fake EC2 instance metadata service (IMDSv2) handing out `keys`.

@@ -455,3 +455,53 @@ pub fn make_tree(root: &Path, files: &[(&str, &str)]) {
 pub fn metadata_mtime(p: &Path) -> i64 {
     std::fs::metadata(p).unwrap().mtime()
 }
+
+/// `snapshot` of a dest as a redeploy must leave it: everything but the root's own
+/// mtime (when the archive has no `.` entry it is the unpack's time, as with rsync).
+fn redeploy_view(dest: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut snap = snapshot(dest);
+    if let Some(Node::Dir { mtime, .. }) = snap.get_mut(Path::new("")) {
+        *mtime = 0;
+    }
+    snap
+}
+
+/// Every deploy test's second run (HELPERS: "every deploy test also deploys a second
+/// time onto its own result"): the same manifest again, `prepare`d as the first run
+/// was (environment, flags), must succeed and leave dest exactly as it was.
+#[track_caller]
+pub fn redeploy_unchanged(
+    s: &Scratch,
+    manifest: &Path,
+    prepare: impl FnOnce(Stretcher) -> Stretcher,
+) -> Run {
+    let before = redeploy_view(&s.dest());
+    let run = prepare(s.stretcher()).arg(manifest).run();
+    run.assert_ok();
+    assert_eq!(
+        redeploy_view(&s.dest()),
+        before,
+        "a redeploy onto its own result changed dest; log:\n{}",
+        run.stderr
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    run
+}
+
+/// [`redeploy_unchanged`] with the run as `Scratch::stretcher` makes it.
+#[track_caller]
+pub fn redeploy(s: &Scratch, manifest: &Path) -> Run {
+    redeploy_unchanged(s, manifest, |r| r)
+}
+
+/// The second run of an `mv` deploy: dest is no longer empty, so it must fail and
+/// change nothing (SPEC §6).
+#[track_caller]
+pub fn redeploy_mv_refused(s: &Scratch, manifest: &Path) -> Run {
+    let before = snapshot(&s.dest());
+    let run = s.stretcher().arg(manifest).run();
+    run.assert_fail().assert_log("not empty");
+    assert_eq!(snapshot(&s.dest()), before);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+    run
+}
