@@ -80,7 +80,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
         }
         "gs" => {
             let env = |k: &str| std::env::var(k).ok();
-            let req = gcs::request(url, &env)?;
+            let req = gcs::request(url, &env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
             http::http_get_with(url, &req.url, auth.as_slice(), deadline)
         }

@@ -456,14 +456,19 @@ fn parse_token(what: &str, status: u16, body: &str) -> std::result::Result<Token
 }
 
 /// Exchanges a grant (a form) at a token endpoint.
-fn exchange(what: &str, uri: &str, form: &str) -> std::result::Result<Token, CredError> {
-    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL)
+fn exchange(
+    what: &str,
+    uri: &str,
+    form: &str,
+    cap: Duration,
+) -> std::result::Result<Token, CredError> {
+    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap))
         .map_err(|e| CredError::transient(format!("{what}: {e}")))?;
     parse_token(what, status, &body)
 }
 
-/// A new token from `source` (network).
-fn fetch_token(source: &Source) -> std::result::Result<Token, CredError> {
+/// A new token from `source` (network), within `cap`.
+fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, CredError> {
     match source {
         Source::AccessToken(t) => Ok(t.clone()),
         Source::ServiceAccount { key, .. } => {
@@ -475,7 +480,7 @@ fn fetch_token(source: &Source) -> std::result::Result<Token, CredError> {
                 .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
                 .append_pair("assertion", &jwt)
                 .finish();
-            exchange(&what, uri, &form)
+            exchange(&what, uri, &form, cap)
         }
         Source::AuthorizedUser { user, .. } => {
             let u = &user.0;
@@ -487,7 +492,7 @@ fn fetch_token(source: &Source) -> std::result::Result<Token, CredError> {
                 .append_pair("client_secret", &u.client_secret)
                 .append_pair("refresh_token", &u.refresh_token)
                 .finish();
-            exchange(&what, uri, &form)
+            exchange(&what, uri, &form, cap)
         }
         Source::Metadata { host } => {
             let url = format!("http://{host}{METADATA_TOKEN_PATH}");
@@ -496,8 +501,8 @@ fn fetch_token(source: &Source) -> std::result::Result<Token, CredError> {
                 http::Method::Get,
                 &url,
                 &[("Metadata-Flavor", "Google")],
-                METADATA_CONNECT,
-                METADATA_TOTAL,
+                METADATA_CONNECT.min(cap),
+                METADATA_TOTAL.min(cap),
             )
             // Most often: not on Google Cloud. Reported as "no credentials found".
             .map_err(|e| CredError::config(format!("{what}: {e}")))?;
@@ -509,10 +514,12 @@ fn fetch_token(source: &Source) -> std::result::Result<Token, CredError> {
 /// Tokens of this run, by source.
 static CACHE: Mutex<Vec<(String, Token)>> = Mutex::new(Vec::new());
 
-/// A token from `source`: the cached one while it is fresh, else a new one (cached).
+/// A token from `source`: the cached one while it is fresh, else a new one (cached),
+/// asked for within `cap`.
 fn token(
     source: &Source,
     cache: &Mutex<Vec<(String, Token)>>,
+    cap: Duration,
 ) -> std::result::Result<Token, CredError> {
     if let Source::AccessToken(t) = source {
         return Ok(t.clone());
@@ -525,7 +532,7 @@ fn token(
             return Ok(t.clone());
         }
     }
-    let t = fetch_token(source)?;
+    let t = fetch_token(source, cap)?;
     if t.expires.is_some_and(|e| e <= Instant::now()) {
         return Err(CredError::transient(format!(
             "{}: the token has already expired",
@@ -557,9 +564,25 @@ impl fmt::Debug for Request {
     }
 }
 
-/// The GET for `url` (`gs://bucket/object`) with a bearer token. With an emulator
-/// and no credentials found at all, the request goes without one.
-pub fn request(url: &str, env: Env) -> Result<Request> {
+/// The GET for `url` (`gs://bucket/object`) with a bearer token, fetched within the
+/// download's deadline. With an emulator and no credentials found at all, the request
+/// goes without one.
+pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Result<Request> {
+    let timeout = |secs: f64| Error::Timeout {
+        url: url.to_string(),
+        secs,
+    };
+    let cap = match deadline {
+        None => Duration::MAX,
+        Some((end, d)) => {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout(d.as_secs_f64()));
+            }
+            left
+        }
+    };
+    let passed = || deadline.filter(|(end, _)| Instant::now() >= *end);
     let fail = |msg: String| Error::Gcs {
         url: url.to_string(),
         msg,
@@ -582,7 +605,11 @@ pub fn request(url: &str, env: Env) -> Result<Request> {
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_default();
     let source = find(env).map_err(to_error)?;
-    let authorization = match token(&source, &CACHE) {
+    let got = token(&source, &CACHE, cap);
+    if let Some((_, d)) = passed() {
+        return Err(timeout(d.as_secs_f64()));
+    }
+    let authorization = match got {
         Ok(t) => {
             logln!(
                 "GCS {url}: endpoint {host}, credentials from {}",
@@ -766,12 +793,12 @@ mod tests {
             .unwrap()
             .push((source.cache_key(), cached(3600)));
         assert_eq!(
-            token(&source, &cache).unwrap().bearer(),
+            token(&source, &cache, Duration::MAX).unwrap().bearer(),
             "Bearer cached-secret"
         );
         // Within five minutes of expiry it is not used again.
         *cache.lock().unwrap() = vec![(source.cache_key(), cached(60))];
-        assert!(token(&source, &cache).is_err());
+        assert!(token(&source, &cache, Duration::MAX).is_err());
         let dbg = format!("{:?} {:?}", cached(1), source);
         assert!(!dbg.contains("cached-secret"), "{dbg}");
     }

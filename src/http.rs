@@ -286,6 +286,9 @@ pub(crate) fn http_get_with(
                 detail.push_str(&format!(": {m}"));
             }
             detail.push(')');
+        } else if let Some(m) = json_error_message(&text) {
+            // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
+            detail.push_str(&format!(" ({m})"));
         }
         if let Some(r) = region {
             detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
@@ -314,6 +317,13 @@ fn xml_tag(text: &str, tag: &str) -> Option<String> {
     let end = start + text[start..].find(&format!("</{tag}>"))?;
     let v: String = text[start..end].chars().take(200).collect();
     Some(v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// The `error.message` of a JSON error body (GCS), cut short.
+fn json_error_message(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let m: String = v["error"]["message"].as_str()?.chars().take(200).collect();
+    Some(m.trim().to_string()).filter(|m| !m.is_empty())
 }
 
 /// A response body that must be as long as its Content-Length said: ending early is
@@ -510,5 +520,12 @@ mod tests {
             Some("The key does not exist")
         );
         assert_eq!(xml_tag("<html>", "Code"), None);
+        let gcs =
+            r#"{"error":{"code":403,"message":"a@b does not have storage.objects.get access"}}"#;
+        assert_eq!(
+            json_error_message(gcs).as_deref(),
+            Some("a@b does not have storage.objects.get access")
+        );
+        assert_eq!(json_error_message("{}"), None);
     }
 }

@@ -803,8 +803,64 @@ fn access_token_variable_is_sent_and_a_refusal_is_clear() {
         .env("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.stale-token")
         .arg(&m)
         .run();
-    run.assert_fail()
-        .assert_log(&format!("fetch {src}: HTTP 401 Unauthorized"));
+    run.assert_fail().assert_log(&format!(
+        "fetch {src}: HTTP 401 Unauthorized (Invalid Credentials)"
+    ));
     assert_no_secrets(&sc, &run, &[], &["ya29.stale-token"]);
+    assert!(!sc.dest().exists());
+}
+
+#[test]
+fn the_one_download_path_checksum_bandwidth_and_deadline() {
+    let emu = Emulator::start();
+    let (tar, sum) = archive_bytes("paced\n");
+    let src = emu.put("path/app.tgz", &tar);
+    // The bytes are hashed on the way: a wrong checksum fails, dest untouched.
+    let sc = Scratch::new();
+    let m = sc.manifest("m.yml", &manifest_text(&src, &"c".repeat(40), &sc.dest()));
+    google(&sc, &emu.host())
+        .arg(&m)
+        .run()
+        .assert_fail()
+        .assert_log("checksum mismatch");
+    assert!(!sc.dest().exists());
+    // The bandwidth cap and the byte count of every download.
+    let m = sc.manifest("m.yml", &manifest_text(&src, &sum, &sc.dest()));
+    google(&sc, &emu.host())
+        .args(["--max-bandwidth", "100000"])
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log("Set max bandwidth 100000 bytes/sec")
+        .assert_log(&format!("Read {} bytes from {src}", tar.len()));
+    assert_eq!(hello(&sc), b"paced\n");
+    // A token endpoint that does not answer in time: the deadline ends the wait.
+    let slow = TestServer::start(|req: &Req, w: &mut dyn Conn| {
+        let _ = body(req, w);
+        std::thread::sleep(Duration::from_secs(6));
+        respond(w, "200 OK", br#"{"access_token":"late","expires_in":3600}"#);
+    });
+    let sc = Scratch::new();
+    let creds = sc.file(
+        "user.json",
+        serde_json::json!({
+            "type": "authorized_user",
+            "client_id": "c",
+            "client_secret": "s",
+            "refresh_token": "r",
+            "token_uri": slow.url("/token"),
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let m = sc.manifest("m.yml", &manifest_text(&src, &sum, &sc.dest()));
+    let run = google(&sc, &emu.host())
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
+        .args(["--timeout", "1500ms"])
+        .arg(&m)
+        .run();
+    run.assert_fail()
+        .assert_log(&format!("fetch {src}: timeout after 1.5s"));
+    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
     assert!(!sc.dest().exists());
 }
