@@ -545,8 +545,8 @@ fn token(
     Ok(t)
 }
 
-/// An object request: the URL and the `Authorization` header value, if any. Both
-/// are secrets enough never to be shown (the URL is not, but the header is).
+/// An object request: the URL and the `Authorization` header value, if any. The
+/// header is a secret (`Debug` hides it); the URL is not.
 pub struct Request {
     pub url: String,
     pub authorization: Option<String>,
