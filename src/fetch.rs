@@ -82,7 +82,11 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
             let env = |k: &str| std::env::var(k).ok();
             let req = gcs::request(url, &env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
-            http::http_get_with(url, &req.url, auth.as_slice(), deadline)
+            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline);
+            if let Err(Error::HttpStatus { status: 401, .. }) = &got {
+                gcs::forget_tokens();
+            }
+            got
         }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);

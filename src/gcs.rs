@@ -514,6 +514,12 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
 /// Tokens of this run, by source.
 static CACHE: Mutex<Vec<(String, Token)>> = Mutex::new(Vec::new());
 
+/// Drops the cached tokens: the store refused one (HTTP 401), so the next attempt
+/// asks for a new one.
+pub fn forget_tokens() {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// A token from `source`: the cached one while it is fresh, else a new one (cached),
 /// asked for within `cap`.
 fn token(
@@ -602,7 +608,7 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
     let object = object_url(&base, &loc);
     let host = url::Url::parse(&base)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_string))
+        .map(|u| u.authority().to_string())
         .unwrap_or_default();
     let source = find(env).map_err(to_error)?;
     let got = token(&source, &CACHE, cap);

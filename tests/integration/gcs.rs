@@ -351,7 +351,13 @@ struct Gate {
 
 impl Gate {
     fn start(emu: &Emulator, issued: Issued) -> Gate {
+        Gate::start_with(emu, issued, false)
+    }
+
+    /// With `revoke`, a token is refused once it has been used (as if revoked).
+    fn start_with(emu: &Emulator, issued: Issued, revoke: bool) -> Gate {
         let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
         let (seen2, upstream) = (seen.clone(), emu.addr);
         let srv = TestServer::start(move |req: &Req, w: &mut dyn Conn| {
             let bearer = req
@@ -360,10 +366,15 @@ impl Gate {
                 .map(str::to_string);
             seen2.lock().unwrap().push(bearer.clone());
             let newest = issued.lock().unwrap().last().cloned();
-            if bearer.is_none() || bearer != newest {
+            let mut revoked = revoked.lock().unwrap();
+            if bearer.is_none() || bearer != newest || revoked.contains(bearer.as_ref().unwrap()) {
                 let body = br#"{"error":{"code":401,"message":"Invalid Credentials"}}"#;
                 return respond(w, "401 Unauthorized", body);
             }
+            if revoke {
+                revoked.extend(bearer);
+            }
+            drop(revoked);
             forward(upstream, req, w);
         });
         Gate { srv, seen }
@@ -648,6 +659,47 @@ fn service_account_jwt_is_verified_and_its_token_cached() {
     assert!(gate.bearers().is_empty());
     let key_body = other_pem.lines().nth(1).unwrap().to_string();
     assert_no_secrets(&sc, &run, &[creds.as_path()], &[&key_body]);
+}
+
+#[test]
+fn a_refused_cached_token_is_replaced_on_retry() {
+    let emu = Emulator::start();
+    let (tar, sum) = archive_bytes("revoked\n");
+    let keys = tempfile::tempdir().unwrap();
+    let (pem, public) = rsa_key(keys.path());
+    let issued: Issued = Arc::default();
+    let (tokens, problems) = sa_token_endpoint(public, keys.path().into(), issued.clone(), 3600);
+    let gate = Gate::start_with(&emu, issued.clone(), true);
+    let sc = Scratch::new();
+    emu.put("revoked/app.tgz", &tar);
+    let m = emu.put(
+        "revoked/deploy.yml",
+        manifest_text("app.tgz", &sum, &sc.dest()).as_bytes(),
+    );
+    let creds = sc.file(
+        "sa.json",
+        serde_json::json!({
+            "type": "service_account",
+            "private_key_id": "key-1",
+            "private_key": pem,
+            "client_email": "deployer@proj.iam.gserviceaccount.com",
+            "token_uri": tokens.url("/token"),
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let run = google(&sc, &gate.host())
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
+        .args(["--retry", "1", "--retry-wait", "10ms"])
+        .arg(&m)
+        .run();
+    run.assert_ok().assert_log("HTTP 401 Unauthorized");
+    assert!(problems.lock().unwrap().is_empty());
+    assert_eq!(hello(&sc), b"revoked\n");
+    // The manifest with token 1; the archive with token 1, refused; then token 2.
+    let t = |n: u32| Some(format!("sa-token-{n}"));
+    assert_eq!(gate.bearers(), vec![t(1), t(1), t(2)]);
+    assert_no_secrets(&sc, &run, &[creds.as_path()], &["sa-token-1", "sa-token-2"]);
 }
 
 #[test]
