@@ -56,7 +56,13 @@ impl Emulator {
                 if let Ok(Some(_)) = emu.child.try_wait() {
                     break; // the port was taken after all: another one
                 }
-                if emu.call("GET", "/", b"").is_some_and(|(s, _)| s == 200) {
+                // The emulator's own answer (its bucket), not another test's server
+                // that took the port first.
+                let bucket = format!("/storage/v1/b/{BUCKET}");
+                if emu.call("GET", &bucket, b"").is_some_and(|(s, b)| {
+                    s == 200 && String::from_utf8_lossy(&b).contains("\"storage#bucket\"")
+                }) && matches!(emu.child.try_wait(), Ok(None))
+                {
                     return emu;
                 }
                 std::thread::sleep(Duration::from_millis(50));
