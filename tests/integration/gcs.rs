@@ -371,6 +371,10 @@ impl Gate {
                 .and_then(|a| a.strip_prefix("Bearer "))
                 .map(str::to_string);
             seen2.lock().unwrap().push(bearer.clone());
+            if bearer.as_deref() == Some("ya29.no-permission") {
+                let body = br#"{"error":{"code":403,"message":"someone@example.com does not have storage.objects.get access to the Google Cloud Storage object."}}"#;
+                return respond(w, "403 Forbidden", body);
+            }
             let newest = issued.lock().unwrap().last().cloned();
             let mut revoked = revoked.lock().unwrap();
             if bearer.is_none() || bearer != newest || revoked.contains(bearer.as_ref().unwrap()) {
@@ -865,6 +869,16 @@ fn access_token_variable_is_sent_and_a_refusal_is_clear() {
         "fetch {src}: HTTP 401 Unauthorized (Invalid Credentials)"
     ));
     assert_no_secrets(&sc, &run, &[], &["ya29.stale-token"]);
+    assert!(!sc.dest().exists());
+    // A token without the permission: 403 and GCS's own reason.
+    let run = google(&sc, &gate.host())
+        .env("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.no-permission")
+        .arg(&m)
+        .run();
+    run.assert_fail().assert_log(&format!(
+        "fetch {src}: HTTP 403 Forbidden (someone@example.com does not have storage.objects.get access"
+    ));
+    assert_no_secrets(&sc, &run, &[], &["ya29.no-permission"]);
     assert!(!sc.dest().exists());
 }
 
