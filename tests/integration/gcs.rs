@@ -1,6 +1,6 @@
 //! Google Cloud Storage sources (SPEC §8) against a real GCS emulator
-//! (`gcp-storage-emulator` from PyPI, started by each test on 127.0.0.1 and killed by
-//! its pid when the test ends), driven through the real binary: manifest and archive
+//! (`gcp-storage-emulator` from PyPI, run as `python3 -m gcp_storage_emulator`, started
+//! by each test on 127.0.0.1 and killed by its pid when the test ends), driven through the real binary: manifest and archive
 //! in gs://, a relative src, object names with spaces, `+` and unicode, 404, a late
 //! upload retried; and the credential chain against loopback fakes started here: a
 //! token endpoint that checks a service account's RS256 JWT with the public half of a
@@ -38,7 +38,8 @@ impl Emulator {
                 .local_addr()
                 .unwrap()
                 .port();
-            let child = Command::new("gcp-storage-emulator")
+            let child = Command::new("python3")
+                .args(["-m", "gcp_storage_emulator"])
                 .args(["start", "--host", "127.0.0.1", "--port"])
                 .arg(port.to_string())
                 .args(["--in-memory", "--default-bucket", BUCKET, "--quiet"])
@@ -46,7 +47,7 @@ impl Emulator {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("gcp-storage-emulator on PATH (pip install gcp-storage-emulator)");
+                .expect("python3 on PATH, with `pip install gcp-storage-emulator`");
             let mut emu = Emulator {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
