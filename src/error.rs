@@ -45,6 +45,11 @@ pub enum Error {
     #[error("fetch {url}: {msg}")]
     S3 { url: String, msg: String },
 
+    /// A `gs://` source could not be asked for (bad URL, no credentials, a token
+    /// endpoint that refused the grant).
+    #[error("fetch {url}: {msg}")]
+    Gcs { url: String, msg: String },
+
     /// The whole-download deadline (`--timeout`) passed.
     #[error("fetch {url}: timeout after {secs:.1}s")]
     Timeout { url: String, secs: f64 },

@@ -751,6 +751,7 @@ mod tests {
             "file:///srv/app/",
             "HTTPS://Deploy.Example.com",
             "s3://bucket/releases/",
+            "gs://bucket/releases/",
             "file:///srv/legacy",
         ]);
         let cases: &[(&str, bool)] = &[
@@ -776,6 +777,9 @@ mod tests {
             ("s3://bucket/releases/app.tar.gz", true),
             ("s3://bucket/other/app.tar.gz", false),
             ("s3://BUCKET/releases/app.tar.gz", true),
+            ("gs://bucket/releases/app.tar.gz", true),
+            ("gs://bucket/releases-x/app.tar.gz", false),
+            ("gs://bucket/releases/../app.tar.gz", false),
             // a prefix without a trailing slash is a plain string prefix
             ("file:///srv/legacy/m.yml", true),
             ("file:///srv/legacy-evil/m.yml", true),

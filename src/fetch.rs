@@ -1,20 +1,21 @@
 //! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
 //! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
 //! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
+//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
 //! `stream` hashes the bytes as they arrive on their way to the consumer (the
 //! unpacker) and hands back only a `Verified` result.
 //!
 //! Never writes anything; never logs a secret or a presigned URL: errors and log lines
 //! name the URL as the user wrote it. The network is reached only through `http` (the
-//! client) and `s3` (signing and credentials).
+//! client), `s3` (signing and credentials) and `gcs` (tokens).
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::http::http_get;
+use crate::gcs;
+use crate::http::{self, http_get};
 use crate::interrupt;
 use crate::logln;
 use crate::s3;
@@ -77,12 +78,22 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
             let signed = s3::presign(url, &env, lifetime)?;
             http_get(url, &signed, deadline)
         }
+        "gs" => {
+            let env = |k: &str| std::env::var(k).ok();
+            let req = gcs::request(url, &env, deadline)?;
+            let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
+            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline);
+            if let Err(Error::HttpStatus { status: 401, .. }) = &got {
+                gcs::forget_tokens();
+            }
+            got
+        }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);
             Err(Error::Fetch {
                 url: url.to_string(),
                 msg: format!(
-                    "unsupported URL scheme {shown:?} (file://, http://, https:// and s3:// are supported)"
+                    "unsupported URL scheme {shown:?} (file://, http://, https://, s3:// and gs:// are supported)"
                 ),
             })
         }

@@ -271,8 +271,8 @@ pub(crate) fn http_get(
     http_get_with(label, url, &[], deadline)
 }
 
-/// `http_get` with request headers (which may hold a secret: errors describe the
-/// failure, never the request).
+/// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
+/// never shown: errors describe the failure, never the request).
 pub(crate) fn http_get_with(
     label: &str,
     url: &str,
@@ -318,6 +318,9 @@ pub(crate) fn http_get_with(
                 detail.push_str(&format!(": {m}"));
             }
             detail.push(')');
+        } else if let Some(m) = json_error_message(&text) {
+            // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
+            detail.push_str(&format!(" ({m})"));
         }
         if let Some(r) = region {
             detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
@@ -345,6 +348,13 @@ fn xml_tag(text: &str, tag: &str) -> Option<String> {
     let end = start + text[start..].find(&format!("</{tag}>"))?;
     let v: String = text[start..end].chars().take(200).collect();
     Some(v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// The `error.message` of a JSON error body (GCS), cut short.
+fn json_error_message(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let m: String = v["error"]["message"].as_str()?.chars().take(200).collect();
+    Some(m.trim().to_string()).filter(|m| !m.is_empty())
 }
 
 /// A response body that must be as long as its Content-Length said: ending early is
@@ -402,6 +412,31 @@ pub(crate) fn metadata_request(
     }
     // The connection within `connect` (the client's), the whole request within `total`.
     let resp = req.timeout(total).send().map_err(|e| describe(&e))?;
+    let status = resp.status().as_u16();
+    let mut body = String::new();
+    resp.take(64 * 1024)
+        .read_to_string(&mut body)
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// A POST of a form to a token endpoint for `gcs` (through the proxy its URL calls
+/// for, like a source), body up to 64 KiB. The form holds secrets: errors never show
+/// the request.
+pub(crate) fn form_post(
+    url: &str,
+    form: &str,
+    total: Duration,
+) -> std::result::Result<(u16, String), String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT.min(total))?;
+    let resp = agent
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.to_string())
+        .timeout(total)
+        .send()
+        .map_err(|e| describe(&e))?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
@@ -505,5 +540,12 @@ mod tests {
             Some("The key does not exist")
         );
         assert_eq!(xml_tag("<html>", "Code"), None);
+        let gcs =
+            r#"{"error":{"code":403,"message":"a@b does not have storage.objects.get access"}}"#;
+        assert_eq!(
+            json_error_message(gcs).as_deref(),
+            Some("a@b does not have storage.objects.get access")
+        );
+        assert_eq!(json_error_message("{}"), None);
     }
 }

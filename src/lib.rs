@@ -20,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod fetch;
 pub mod filter;
+pub mod gcs;
 pub mod hooks;
 pub mod http;
 pub mod interrupt;

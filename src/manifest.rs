@@ -974,6 +974,12 @@ mod tests {
                 "http://other/a.tgz",
             ),
             ("file:///a/m.yml", "s3://bucket/a.tgz", "s3://bucket/a.tgz"),
+            (
+                "gs://bucket/dir/m.yml",
+                "my app+1.tgz",
+                "gs://bucket/dir/my app+1.tgz",
+            ),
+            ("gs://bucket/m.yml", "../a.tgz", "gs://bucket/a.tgz"),
         ];
         for (base, src, want) in cases {
             let yml = format!("src: {src}\nchecksum: {SHA1}\ndest: /srv/app\n");

@@ -8,6 +8,7 @@ mod deploy;
 mod events;
 mod faults;
 mod fleet;
+mod gcs;
 mod hooks;
 mod http;
 mod proxy;
