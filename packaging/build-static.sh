@@ -113,7 +113,8 @@ int __fprintf_chk(FILE *f, int flag, const char *fmt, ...) {
 }
 C
   musl-gcc -O2 -fPIC -c "$deps/fprintf_chk.c" -o "$deps/fprintf_chk.o"
-  # musl-gcc's specs with a static-pie case (rcrt1.o, no interpreter).
+  # musl-gcc's specs with a static-pie case (rcrt1.o, no interpreter), and libgcc
+  # without libgcc_eh.a (it needs glibc's _dl_find_object; libunwind.a unwinds instead).
   cat >"$deps/musl-static-pie.specs" <<SPECS
 %rename cpp_options old_cpp_options
 
