@@ -53,11 +53,21 @@ pub fn run(
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
 ) -> Result<()> {
+    ERROR_LOGGED.with(|l| l.set(false));
     let result = run_inner(opts, env, stdin);
     if let Err(e) = &result {
-        logln!("{e}");
+        // Unless the deploy's "failed" line already said it (SPEC §9: logged once).
+        if !ERROR_LOGGED.with(|l| l.replace(false)) {
+            logln!("{e}");
+        }
     }
     result
+}
+
+thread_local! {
+    /// Set when the error being returned has already been logged (with the failure
+    /// line of the deploy, before the `failure` hooks got the log).
+    static ERROR_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn run_inner(
@@ -160,6 +170,7 @@ fn run_event(
         }
         Err(e) if opts.dry_run => {
             logln!("Dry run failed: {e}");
+            ERROR_LOGGED.with(|l| l.set(true));
             Err(e)
         }
         Ok(()) => {
@@ -169,6 +180,7 @@ fn run_event(
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
+            ERROR_LOGGED.with(|l| l.set(true));
             finish(&manifest.commands.failure, &hook_env, "failure");
             Err(e)
         }

@@ -353,6 +353,14 @@ impl<'a> EntriesFields<'a> {
         if let Some(pax_size) = pax_size {
             size = pax_size;
         }
+        // PATCH(no-data-types): GNU tar never skips data after a directory header
+        // ('5'; skip_member), and reads a hard link's size as 0 unless the member has
+        // a pax header (POSIX lets a pax hard link carry data).
+        if !is_extension_header
+            && (entry_type.is_dir() || (entry_type.is_hard_link() && pax_extensions.is_none()))
+        {
+            size = 0;
+        }
         let ret = EntryFields {
             size,
             header_pos,
@@ -362,6 +370,7 @@ impl<'a> EntriesFields<'a> {
             long_pathname: None,
             long_linkname: None,
             pax_extensions: None,
+            sparse_map: None,
             mask: self.archive.inner.mask,
             unpack_xattrs: self.archive.inner.unpack_xattrs,
             preserve_permissions: self.archive.inner.preserve_permissions,
@@ -408,35 +417,23 @@ impl<'a> EntriesFields<'a> {
             let is_recognized_header =
                 entry.header().as_gnu().is_some() || entry.header().as_ustar().is_some();
 
+            // PATCH(last-wins): several long-name / long-link entries for one member:
+            // the last one wins, as in GNU tar, bsdtar and Go's archive/tar.
             if is_recognized_header && entry.header().entry_type().is_gnu_longname() {
-                if gnu_longname.is_some() {
-                    return Err(other(
-                        "two long name entries describing \
-                         the same member",
-                    ));
-                }
                 gnu_longname = Some(EntryFields::from(entry).read_all()?);
                 continue;
             }
 
+            // PATCH(last-wins): several long-name / long-link entries for one member:
+            // the last one wins, as in GNU tar, bsdtar and Go's archive/tar.
             if is_recognized_header && entry.header().entry_type().is_gnu_longlink() {
-                if gnu_longlink.is_some() {
-                    return Err(other(
-                        "two long name entries describing \
-                         the same member",
-                    ));
-                }
                 gnu_longlink = Some(EntryFields::from(entry).read_all()?);
                 continue;
             }
 
+            // PATCH(last-wins): several pax headers for one member: the last one
+            // replaces the earlier ones wholly, as GNU tar's xheader_read does.
             if is_recognized_header && entry.header().entry_type().is_pax_local_extensions() {
-                if pax_extensions.is_some() {
-                    return Err(other(
-                        "two pax extensions entries describing \
-                         the same member",
-                    ));
-                }
                 pax_extensions = Some(EntryFields::from(entry).read_all()?);
                 continue;
             }
@@ -482,10 +479,12 @@ impl<'a> EntriesFields<'a> {
 
         let mut cur = 0;
         let mut remaining = entry.size;
+        let mut map = Vec::new();
         {
             let data = &mut entry.data;
             let reader = &self.archive.inner;
             let size = entry.size;
+            let map = &mut map;
             let mut add_block = |block: &GnuSparseHeader| -> io::Result<_> {
                 if block.is_empty() {
                     return Ok(());
@@ -502,10 +501,10 @@ impl<'a> EntriesFields<'a> {
                         "out of order or overlapping sparse \
                          blocks",
                     ));
-                } else if cur < off {
-                    let block = io::repeat(0).take(off - cur);
-                    data.push(EntryIo::Pad(block));
                 }
+                // PATCH(sparse-map): holes are not materialised as zeros; the map
+                // is kept for the reader (`Entry::sparse_map`), which seeks over them.
+                map.push((off, len));
                 cur = off
                     .checked_add(len)
                     .ok_or_else(|| other("more bytes listed in sparse file than u64 can hold"))?;
@@ -543,6 +542,7 @@ impl<'a> EntriesFields<'a> {
             ));
         }
         entry.size = cur;
+        entry.sparse_map = Some(map);
         if remaining > 0 {
             return Err(other(
                 "mismatch in sparse file chunks and \

@@ -31,6 +31,9 @@ pub struct EntryFields<'a> {
     pub long_pathname: Option<Vec<u8>>,
     pub long_linkname: Option<Vec<u8>>,
     pub pax_extensions: Option<Vec<u8>>,
+    /// PATCH(sparse-map): for an old-GNU sparse member ('S'), its (offset, length)
+    /// data chunks in order; reading the entry then yields only their bytes.
+    pub sparse_map: Option<Vec<(u64, u64)>>,
     pub mask: u32,
     pub header: Header,
     pub size: u64,
@@ -45,6 +48,8 @@ pub struct EntryFields<'a> {
 }
 
 pub enum EntryIo<'a> {
+    // PATCH(sparse-map): no longer built (holes are left to the reader).
+    #[allow(dead_code)]
     Pad(io::Take<io::Repeat>),
     Data(io::Take<&'a ArchiveInner<dyn Read + 'a>>),
 }
@@ -134,6 +139,14 @@ impl<'a, R: Read> Entry<'a, R> {
     /// itself is a list of extensions.
     pub fn pax_extensions(&mut self) -> io::Result<Option<PaxExtensions<'_>>> {
         self.fields.pax_extensions()
+    }
+
+    /// PATCH(sparse-map): for an old-GNU sparse member ('S'), the (offset, length)
+    /// of each data chunk of the file, in order. Reading such an entry yields the
+    /// chunks' bytes one after the other, holes left out; `size()` is the file's
+    /// logical size.
+    pub fn sparse_map(&self) -> Option<&[(u64, u64)]> {
+        self.fields.sparse_map.as_deref()
     }
 
     /// Returns access to the header of this entry in the archive.
@@ -305,28 +318,26 @@ impl<'a> EntryFields<'a> {
         bytes2path(self.path_bytes())
     }
 
+    // PATCH(last-wins): the pax record wins over a GNU long name (GNU tar decodes the
+    // pax header after the long name), the last record of a key wins, and a long name
+    // ends at its first NUL (GNU tar reads it as a C string).
     fn path_bytes(&self) -> Cow<'_, [u8]> {
-        match self.long_pathname {
-            Some(ref bytes) => {
-                if let Some(&0) = bytes.last() {
-                    Cow::Borrowed(&bytes[..bytes.len() - 1])
-                } else {
-                    Cow::Borrowed(bytes)
-                }
-            }
-            None => {
-                if let Some(ref pax) = self.pax_extensions {
-                    let pax = PaxExtensions::new(pax)
-                        .filter_map(|f| f.ok())
-                        .find(|f| f.key_bytes() == b"path")
-                        .map(|f| f.value_bytes());
-                    if let Some(field) = pax {
-                        return Cow::Borrowed(field);
-                    }
-                }
-                self.header.path_bytes()
-            }
+        if let Some(field) = self.pax_value(b"path") {
+            return Cow::Borrowed(field);
         }
+        match self.long_pathname {
+            Some(ref bytes) => Cow::Borrowed(until_nul(bytes)),
+            None => self.header.path_bytes(),
+        }
+    }
+
+    fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
+        let pax = self.pax_extensions.as_ref()?;
+        PaxExtensions::new(pax)
+            .filter_map(|f| f.ok())
+            .filter(|f| f.key_bytes() == key)
+            .last()
+            .map(|f| f.value_bytes())
     }
 
     /// Gets the path in a "lossy" way, used for error reporting ONLY.
@@ -341,27 +352,14 @@ impl<'a> EntryFields<'a> {
         }
     }
 
+    // PATCH(last-wins): as for `path_bytes`.
     fn link_name_bytes(&self) -> Option<Cow<'_, [u8]>> {
+        if let Some(field) = self.pax_value(b"linkpath") {
+            return Some(Cow::Borrowed(field));
+        }
         match self.long_linkname {
-            Some(ref bytes) => {
-                if let Some(&0) = bytes.last() {
-                    Some(Cow::Borrowed(&bytes[..bytes.len() - 1]))
-                } else {
-                    Some(Cow::Borrowed(bytes))
-                }
-            }
-            None => {
-                if let Some(ref pax) = self.pax_extensions {
-                    let pax = PaxExtensions::new(pax)
-                        .filter_map(|f| f.ok())
-                        .find(|f| f.key_bytes() == b"linkpath")
-                        .map(|f| f.value_bytes());
-                    if let Some(field) = pax {
-                        return Some(Cow::Borrowed(field));
-                    }
-                }
-                self.header.link_name_bytes()
-            }
+            Some(ref bytes) => Some(Cow::Borrowed(until_nul(bytes))),
+            None => self.header.link_name_bytes(),
         }
     }
 
@@ -970,5 +968,13 @@ impl<'a> Read for EntryIo<'a> {
             EntryIo::Pad(ref mut io) => io.read(into),
             EntryIo::Data(ref mut io) => io.read(into),
         }
+    }
+}
+
+/// A GNU long name / link record's bytes up to its first NUL.
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().position(|b| *b == 0) {
+        Some(i) => &bytes[..i],
+        None => bytes,
     }
 }

@@ -1483,6 +1483,11 @@ fn octal_from(slice: &[u8]) -> io::Result<u64> {
             )));
         }
     };
+    // PATCH(blank-numbers): a field of only spaces / NULs reads as 0, as GNU tar reads
+    // it (plexus-archiver writes blank uid / gid / size fields).
+    if num.trim().is_empty() {
+        return Ok(0);
+    }
     match u64::from_str_radix(num.trim(), 8) {
         Ok(n) => Ok(n),
         Err(_) => Err(other(&format!("numeric field was not a number: {}", num))),

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use std::io;
 use std::io::Write;
-use std::slice;
+
 use std::str;
 
 use crate::other;
@@ -39,19 +39,20 @@ pub const PAX_GNUSPARSEREALSIZE: &str = "GNU.sparse.realsize";
 ///
 /// This iterator yields structures which can themselves be parsed into
 /// key/value pairs.
+///
+/// PATCH(pax-length): records are cut by their decimal length prefix, as POSIX
+/// defines them (and GNU tar reads them), so a value may hold any byte, newlines
+/// included (binary xattrs such as `security.ima`, comments, paths). A record whose
+/// length does not fit, or that does not end in a newline, is malformed and ends
+/// the iteration.
 pub struct PaxExtensions<'entry> {
-    data: slice::Split<'entry, u8, fn(&u8) -> bool>,
+    data: &'entry [u8],
 }
 
 impl<'entry> PaxExtensions<'entry> {
     /// Create new pax extensions iterator from the given entry data.
     pub fn new(a: &'entry [u8]) -> Self {
-        fn is_newline(a: &u8) -> bool {
-            *a == b'\n'
-        }
-        PaxExtensions {
-            data: a.split(is_newline),
-        }
+        PaxExtensions { data: a }
     }
 }
 
@@ -61,11 +62,13 @@ pub struct PaxExtension<'entry> {
     value: &'entry [u8],
 }
 
+// PATCH(last-wins): a key given twice in one pax header: the last record wins.
 pub fn pax_extensions_value(a: &[u8], key: &str) -> Option<u64> {
+    let mut found = None;
     for extension in PaxExtensions::new(a) {
         let current_extension = match extension {
             Ok(ext) => ext,
-            Err(_) => return None,
+            Err(_) => return found,
         };
         if current_extension.key() != Ok(key) {
             continue;
@@ -73,51 +76,47 @@ pub fn pax_extensions_value(a: &[u8], key: &str) -> Option<u64> {
 
         let value = match current_extension.value() {
             Ok(value) => value,
-            Err(_) => return None,
+            Err(_) => {
+                found = None;
+                continue;
+            }
         };
-        let result = match value.parse::<u64>() {
-            Ok(result) => result,
-            Err(_) => return None,
-        };
-        return Some(result);
+        found = value.parse::<u64>().ok();
     }
-    None
+    found
 }
 
 impl<'entry> Iterator for PaxExtensions<'entry> {
     type Item = io::Result<PaxExtension<'entry>>;
 
     fn next(&mut self) -> Option<io::Result<PaxExtension<'entry>>> {
-        let line = match self.data.next() {
-            Some([]) => return None,
-            Some(line) => line,
-            None => return None,
-        };
-
-        Some(
-            line.iter()
-                .position(|b| *b == b' ')
-                .and_then(|i| {
-                    str::from_utf8(&line[..i])
-                        .ok()
-                        .and_then(|len| len.parse::<usize>().ok().map(|j| (i + 1, j)))
-                })
-                .and_then(|(kvstart, reported_len)| {
-                    if line.len() + 1 == reported_len {
-                        line[kvstart..]
-                            .iter()
-                            .position(|b| *b == b'=')
-                            .map(|equals| (kvstart, equals))
-                    } else {
-                        None
-                    }
-                })
-                .map(|(kvstart, equals)| PaxExtension {
-                    key: &line[kvstart..kvstart + equals],
-                    value: &line[kvstart + equals + 1..],
-                })
-                .ok_or_else(|| other("malformed pax extension")),
-        )
+        // What follows the last record is padding (NULs) in real archives.
+        if self.data.is_empty() || self.data[0] == 0 {
+            return None;
+        }
+        let record = self
+            .data
+            .iter()
+            .position(|b| *b == b' ')
+            .and_then(|i| {
+                let len = str::from_utf8(&self.data[..i]).ok()?.parse::<usize>().ok()?;
+                if len <= i + 1 || len > self.data.len() || self.data[len - 1] != b'\n' {
+                    return None;
+                }
+                let kv = &self.data[i + 1..len - 1];
+                let equals = kv.iter().position(|b| *b == b'=')?;
+                Some((len, &kv[..equals], &kv[equals + 1..]))
+            });
+        match record {
+            Some((len, key, value)) => {
+                self.data = &self.data[len..];
+                Some(Ok(PaxExtension { key, value }))
+            }
+            None => {
+                self.data = &[];
+                Some(Err(other("malformed pax extension")))
+            }
+        }
     }
 }
 
