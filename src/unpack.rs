@@ -1155,10 +1155,17 @@ impl<'a> Extractor<'a> {
     fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
         let m = fs::symlink_metadata(abs).map_err(|e| fail(raw, format!("stat: {e}")))?;
         if m.is_dir() {
-            // remove_dir_all never follows symlinks inside the tree.
-            fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
-            self.dirs.retain(|d| !d.starts_with(rel));
-            self.fixes.retain(|d, _| !d.starts_with(rel));
+            // GNU tar replaces an empty directory, and fails on a non-empty one.
+            fs::remove_dir(abs).map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ENOTEMPTY) | Some(nix::libc::EEXIST) => fail(
+                    raw,
+                    "an earlier member made this a directory that is not empty; \
+                     it cannot be replaced (GNU tar refuses it too)",
+                ),
+                _ => fail(raw, format!("remove: {e}")),
+            })?;
+            self.dirs.remove(rel);
+            self.fixes.remove(rel);
         } else {
             fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
         }
@@ -1420,12 +1427,10 @@ fn header_error(opts: &UnpackOptions, format: Format, last: Option<&[u8]>, e: &i
     };
     let msg = match (last, format) {
         (Some(name), _) => format!("after member \"{}\": {what}", shown(name)),
-        (None, Format::Tar)
-            if what.starts_with("a header's checksum") || what.starts_with("truncated") =>
-        {
+        // Nothing readable at all: as GNU tar says, this does not look like a tar.
+        (None, Format::Tar) => {
             format!("not an archive: tried {FORMATS_TRIED} by content, it is none of them")
         }
-        (None, Format::Tar) => format!("first member: {what}"),
         (None, f) => format!(
             "the {} data does not start with a tar header: {what}",
             f.name()

@@ -353,12 +353,9 @@ impl<'a> EntriesFields<'a> {
         if let Some(pax_size) = pax_size {
             size = pax_size;
         }
-        // PATCH(no-data-types): GNU tar never skips data after a directory header
-        // ('5'; skip_member), and reads a hard link's size as 0 unless the member has
-        // a pax header (POSIX lets a pax hard link carry data).
-        if !is_extension_header
-            && (entry_type.is_dir() || (entry_type.is_hard_link() && pax_extensions.is_none()))
-        {
+        // PATCH(dir-size): GNU tar never skips data after a directory header ('5';
+        // `skip_member`): its size is not the size of anything that follows.
+        if entry_type.is_dir() {
             size = 0;
         }
         let ret = EntryFields {
@@ -443,6 +440,17 @@ impl<'a> EntriesFields<'a> {
             fields.long_linkname = gnu_longlink;
             fields.pax_extensions = pax_extensions;
             self.parse_sparse_header(&mut fields)?;
+            // PATCH(dir-size): an old-style directory (a regular-file header whose name,
+            // long name included, ends in '/') has no data either, whatever its size.
+            if fields.header.entry_type() == crate::EntryType::Regular
+                && fields.size > 0
+                && fields.path_bytes().ends_with(b"/")
+            {
+                let stored = (fields.size + (BLOCK_SIZE - 1)) & !(BLOCK_SIZE - 1);
+                self.next -= stored;
+                fields.size = 0;
+                fields.data = vec![EntryIo::Data((&self.archive.inner).take(0))];
+            }
             return Ok(Some(fields.into_entry()));
         }
     }

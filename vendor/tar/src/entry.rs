@@ -321,7 +321,7 @@ impl<'a> EntryFields<'a> {
     // PATCH(last-wins): the pax record wins over a GNU long name (GNU tar decodes the
     // pax header after the long name), the last record of a key wins, and a long name
     // ends at its first NUL (GNU tar reads it as a C string).
-    fn path_bytes(&self) -> Cow<'_, [u8]> {
+    pub(crate) fn path_bytes(&self) -> Cow<'_, [u8]> {
         if let Some(field) = self.pax_value(b"path") {
             return Cow::Borrowed(field);
         }
