@@ -1155,17 +1155,10 @@ impl<'a> Extractor<'a> {
     fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
         let m = fs::symlink_metadata(abs).map_err(|e| fail(raw, format!("stat: {e}")))?;
         if m.is_dir() {
-            // GNU tar replaces an empty directory, and fails on a non-empty one.
-            fs::remove_dir(abs).map_err(|e| match e.raw_os_error() {
-                Some(nix::libc::ENOTEMPTY) | Some(nix::libc::EEXIST) => fail(
-                    raw,
-                    "an earlier member made this a directory that is not empty; \
-                     it cannot be replaced (GNU tar refuses it too)",
-                ),
-                _ => fail(raw, format!("remove: {e}")),
-            })?;
-            self.dirs.remove(rel);
-            self.fixes.remove(rel);
+            // remove_dir_all never follows symlinks inside the tree.
+            fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            self.dirs.retain(|d| !d.starts_with(rel));
+            self.fixes.retain(|d, _| !d.starts_with(rel));
         } else {
             fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
         }
@@ -1545,10 +1538,107 @@ mod tests {
 
     #[test]
     fn format_by_magic() {
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]), Format::Zstd);
+        // pzstd starts with a skippable frame
+        assert_eq!(sniff(&[0x50, 0x2a, 0x4d, 0x18, 4, 0]), Format::Zstd);
+        assert_eq!(sniff(&[0x5f, 0x2a, 0x4d, 0x18, 4, 0]), Format::Zstd);
+        assert_eq!(sniff(&[0x60, 0x2a, 0x4d, 0x18, 4, 0]), Format::Tar);
+        assert_eq!(sniff(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Format::Xz);
+        assert_eq!(sniff(b"BZh91AY"), Format::Bzip2);
+        assert_eq!(sniff(b"BZhx"), Format::Tar);
         assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
         assert_eq!(sniff(b"hello"), Format::Tar);
         assert_eq!(sniff(&[0x1f]), Format::Tar);
         assert_eq!(sniff(&[]), Format::Tar);
+    }
+
+    #[test]
+    fn names_are_shown_as_utf8_or_escaped() {
+        assert_eq!(shown("café ☃".as_bytes()), "café ☃");
+        assert_eq!(shown(b"caf\xe9/x"), "caf\\xe9/x");
+        assert_eq!(shown(b"\xff\xfe"), "\\xff\\xfe");
+        // a truncated UTF-8 sequence: each byte escaped
+        assert_eq!(shown(b"a\xe2\x98"), "a\\xe2\\x98");
+    }
+
+    fn header_with_mtime(field: [u8; 12]) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().mtime = field;
+        h
+    }
+
+    #[test]
+    fn base256_mtimes_may_be_negative() {
+        let mut f = [0u8; 12];
+        f[0] = 0x80;
+        f[8..].copy_from_slice(&1_700_000_000u32.to_be_bytes());
+        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(1_700_000_000));
+        // -1 and -2^31 - 1 (1901) in GNU's two's complement form
+        assert_eq!(header_mtime(&header_with_mtime([0xff; 12])), Ok(-1));
+        let mut f = [0xff; 12];
+        f[7..].copy_from_slice(&[0xff, 0x7f, 0xff, 0xff, 0xff]);
+        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(-(1 << 31) - 1));
+        // octal, as before
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(12345);
+        assert_eq!(header_mtime(&h), Ok(12345));
+        // beyond i64
+        let mut f = [0u8; 12];
+        f[0] = 0x80;
+        f[2] = 0x01;
+        assert!(header_mtime(&header_with_mtime(f)).is_err());
+    }
+
+    #[test]
+    fn pax_1_0_sparse_maps() {
+        let mut data = b"2\n0\n5\n1048576\n3\n".to_vec();
+        let map_len = data.len();
+        data.resize(512, 0);
+        data.extend_from_slice(b"hellotail");
+        let (map, used) = read_sparse_map_1_0(&mut &data[..], data.len() as u64).unwrap();
+        assert_eq!(map, vec![(0, 5), (1_048_576, 3)]);
+        assert_eq!(used, 512);
+        assert!(map_len < 512);
+        for bad in [
+            &b"2\n0\n5\n"[..],
+            b"1\nx\n1\n",
+            b"",
+            b"99999999999999999999999\n",
+        ] {
+            assert!(read_sparse_map_1_0(&mut &bad[..], 4096).is_err(), "{bad:?}");
+        }
+        let huge = format!("{}\n", MAX_SPARSE_CHUNKS + 1);
+        assert!(read_sparse_map_1_0(&mut huge.as_bytes(), 4096).is_err());
+        // the map may not run past the member's data
+        assert!(read_sparse_map_1_0(&mut &b"1\n0\n1\n"[..], 4).is_err());
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn gunzip(data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        GzMembers::new(io::BufReader::with_capacity(7, data)).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_members_and_zero_padding() {
+        let mut two = gz(b"first ");
+        two.extend(gz(b"second"));
+        assert_eq!(gunzip(&two).unwrap(), b"first second");
+        let mut padded = two.clone();
+        padded.extend([0u8; 10240]);
+        assert_eq!(gunzip(&padded).unwrap(), b"first second");
+        let mut garbage = padded.clone();
+        garbage.push(1);
+        assert!(gunzip(&garbage).is_err());
+        let mut not_gzip = two;
+        not_gzip.extend(b"tail");
+        assert!(gunzip(&not_gzip).is_err());
     }
 
     #[test]

@@ -300,3 +300,117 @@ fn real_tools_archives_deploy_as_gnu_tar_extracts_them() {
         );
     }
 }
+
+/// A few KiB of archive describing a 60 GB sparse file deploys in a few KiB of disk
+/// (holes are seeked over; the size guard counts real data), in every sparse format;
+/// a redeploy leaves it alone (same inode: nothing written).
+#[test]
+fn sixty_gigabyte_sparse_file_costs_kilobytes() {
+    const SIZE: u64 = 60 << 30;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("vm.img");
+    let f = fs::File::create(&file).unwrap();
+    f.set_len(SIZE).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"boot sector", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"in the middle", SIZE / 2).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"the end", SIZE - 7).unwrap();
+    drop(f);
+    for flags in [
+        &["--format=gnu"][..],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ] {
+        let s = Scratch::new();
+        let archive = s.path().join("sparse.tar");
+        let ok = Command::new("tar")
+            .arg("-cSf")
+            .arg(&archive)
+            .args(flags)
+            .arg("-C")
+            .arg(src.path())
+            .arg("vm.img")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tar -cS {flags:?}");
+        let archive_len = fs::metadata(&archive).unwrap().len();
+        assert!(archive_len < 64 << 10, "{archive_len} bytes of archive");
+        let dest = s.dest();
+        let manifest = s.manifest("m.yml", &manifest_for(&archive, &dest, ""));
+        deploy(&s, &manifest, false).assert_ok();
+        let m = fs::metadata(dest.join("vm.img")).unwrap();
+        assert_eq!(m.len(), SIZE, "{flags:?}");
+        // Three data chunks: a few blocks each (a filesystem may round to 64 KiB).
+        assert!(
+            m.blocks() * 512 <= 1 << 20,
+            "{flags:?}: {} blocks",
+            m.blocks()
+        );
+        let mut f = fs::File::open(dest.join("vm.img")).unwrap();
+        for (at, want) in [
+            (0, &b"boot sector"[..]),
+            (SIZE / 2, b"in the middle"),
+            (SIZE - 7, b"the end"),
+            (SIZE / 4, &[0u8; 16]),
+        ] {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut got = vec![0u8; want.len()];
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut got).unwrap();
+            assert_eq!(got, want, "{flags:?} at {at}");
+        }
+        let run = deploy(&s, &manifest, false);
+        run.assert_ok()
+            .assert_log(": 0 created, 0 updated, 0 deleted,");
+        let again = fs::metadata(dest.join("vm.img")).unwrap();
+        assert_eq!(again.ino(), m.ino(), "{flags:?}: rewritten on redeploy");
+    }
+}
+
+/// An error is one line, logged once, naming the member as it is (UTF-8) or with
+/// `\xNN` escapes (never `?` or U+FFFD), and saying what is wrong in words.
+#[test]
+fn errors_are_logged_once_with_names_escaped() {
+    let s = Scratch::new();
+    let mut data = Vec::new();
+    for name in [&b"caf\xc3\xa9 ok"[..], b"caf\xe9/../escape"] {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        data.extend_from_slice(h.as_bytes());
+    }
+    data.extend_from_slice(&[0; 1024]);
+    let archive = s.file("bad.tar", &data);
+    let manifest = s.manifest("m.yml", &manifest_for(&archive, &s.dest(), ""));
+    let run = deploy(&s, &manifest, false);
+    run.assert_fail();
+    let want = r#"archive entry "caf\xe9/../escape": path has a '..' component"#;
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("escape"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(lines[0].contains(want), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains('\u{fffd}') && !run.stderr.contains('?'),
+        "{}",
+        run.stderr
+    );
+
+    // Not an archive: the formats tried are named.
+    let junk = s.file("junk.bin", &[b'x'; 4096]);
+    let manifest = s.manifest("m2.yml", &manifest_for(&junk, &s.dest(), ""));
+    let run = deploy(&s, &manifest, false);
+    run.assert_fail()
+        .assert_log("not an archive: tried tar, gzip, zstd, xz and bzip2 by content");
+    assert_eq!(
+        run.stderr.matches("not an archive").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
