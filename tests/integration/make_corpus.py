@@ -24,8 +24,7 @@ import subprocess
 import sys
 import tarfile
 
-OUT = os.path.abspath(sys.argv[1])
-WORK = os.path.join(OUT, "_src")
+OUT = WORK = ""  # set by main()
 T0 = 1_600_000_000
 ROOT = os.geteuid() == 0
 INDEX = []
@@ -196,6 +195,9 @@ def raw(name, data, expect="ok", what=""):
 
 
 def main():
+    global OUT, WORK
+    OUT = os.path.abspath(sys.argv[1])
+    WORK = os.path.join(OUT, "_src")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(WORK)
 
@@ -425,4 +427,5 @@ def main():
     print(f"{len(INDEX)} archives in {OUT}")
 
 
-main()
+if __name__ == "__main__":
+    main()
