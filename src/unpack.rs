@@ -7,8 +7,10 @@
 //!
 //! It must never create, change or follow anything outside `into`, never follow a
 //! symlink that an entry created, and never take a truncated or corrupt stream for a
-//! shorter tree: the whole input is read to its end (the gzip CRC checked) and the tar
-//! stream must end at a member boundary before it reports success.
+//! shorter tree: the whole input is read to its end (the gzip CRC checked) and must end
+//! at a member boundary. A stream that stops at a boundary without the end-of-archive
+//! marker is accepted with a warning, as GNU tar accepts it (SPEC §7): the manifest's
+//! checksum, checked before the sync, is what proves the stream whole.
 //!
 //! It reads archives as GNU tar 1.34 does: the format is sniffed by content and goes
 //! through one decode pipeline ([`decoder`]); tar-rs parses the headers, patched in
@@ -331,8 +333,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Remembers whether the stream ran dry: tar-rs ends the entry list silently at end of
-/// input, so an archive cut exactly between two entries would otherwise pass for a
-/// complete one with fewer files (and `--delete` would then remove them from dest).
+/// input, so an archive that lacks its end-of-archive marker (cut between two entries,
+/// or written so) is told apart, for the warning, and an empty stream for the error.
 struct EofTracker<R> {
     inner: R,
     hit_eof: bool,
