@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import tarfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -149,6 +151,64 @@ def unpack_seeds():
         put("unpack", "fixture-" + f, data)
     with open(os.path.join(ROOT, "fixtures", "demo", "app.tar.gz"), "rb") as fh:
         put("unpack", "fixture-app.tar.gz", fh.read())
+    archive_quirk_seeds(archives["plain"])
+
+
+# Reproducible pax headers (no atime / ctime, a fixed name).
+PAX_FIXED = "--pax-option=delete=atime,delete=ctime,exthdr.name=%d/PaxHeaders/%f"
+
+
+def archive_quirk_seeds(plain):
+    """Issue 12: xz, bzip2, pzstd, zstd frames, gzip padding, sparse members in every
+    format, and the header quirks of tests/integration/make_corpus.py."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    import make_corpus as mc
+
+    put("unpack", "plain.tar.xz", compress(["xz", "-c"], plain))
+    put("unpack", "plain.tar.bz2", compress(["bzip2", "-c"], plain))
+    put("unpack", "plain.tar.pzstd", compress(["pzstd", "-q", "-c", "-p", "1"], plain))
+    put("unpack", "two-frames.tar.zst",
+        compress(["zstd", "-q", "-c"], plain[:1024]) + compress(["zstd", "-q", "-c"], plain[1024:]))
+    put("unpack", "two-streams.tar.xz",
+        compress(["xz", "-c"], plain[:1024]) + compress(["xz", "-c"], plain[1024:]))
+    put("unpack", "padded.tar.gz", compress(["gzip", "-n"], plain) + b"\0" * 1024)
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "src")
+        os.makedirs(src)
+        with open(os.path.join(src, "sparse"), "wb") as f:
+            f.write(b"head")
+            f.seek(5000)
+            f.write(b"middle")
+            f.truncate(12000)
+        for name, flags in [("sparse-gnu", ["--format=gnu"]),
+                            ("sparse-pax-0.0", ["--format=posix", "--sparse-version=0.0", PAX_FIXED]),
+                            ("sparse-pax-0.1", ["--format=posix", "--sparse-version=0.1", PAX_FIXED]),
+                            ("sparse-pax-1.0", ["--format=posix", "--sparse-version=1.0", PAX_FIXED])]:
+            out = os.path.join(d, name)
+            subprocess.run(["tar", "-cSf", out, "--mtime=@1600000000", "--owner=0", "--group=0",
+                            "--numeric-owner", *flags,
+                            "-C", src, "sparse"], check=True)
+            with open(out, "rb") as fh:
+                data = fh.read().rstrip(b"\0")
+                put_tar(name, data + b"\0" * (-len(data) % 512 + 1024))
+    h, m, pax, END = mc.header, mc.member, mc.pax, mc.END
+    blank = b" " * 7 + b"\0"
+    put_tar("blank-numeric", h(b"d/", b"5", fields={(108, 116): blank, (124, 136): b" " * 11 + b"\0"})
+            + m(b"d/f", b"x\n", fields={(108, 116): b"", (116, 124): b""}) + END)
+    put_tar("two-long-names", mc.long_name(b"a" * 110) + mc.long_name(b"b" * 120)
+            + m(b"short", b"x\n", magic=b"ustar  \0") + END)
+    put_tar("two-pax", pax([(b"path", b"one")]) + pax([(b"path", b"two"), (b"path", b"three")])
+            + m(b"hdr", b"x\n") + END)
+    put_tar("pax-newlines", pax([(b"comment", b"a\nb\n"), (b"SCHILY.xattr.user.x", b"\n\0\n")])
+            + m(b"nl", b"x\n") + END)
+    put_tar("hardlink-size", m(b"f", b"abc") + h(b"h", b"1", 3, link=b"/f") + mc.pad(b"xyz") + END)
+    put_tar("no-end-marker", m(b"a", b"a\n") + m(b"b", b"b\n"))
+    put_tar("v7-dir-size", h(b"v/", b"0", 1, magic=b"\0" * 8) + m(b"v/f", b"abc", magic=b"\0" * 8) + END)
+    put_tar("dumpdir", m(b"dd/", b"Yf\0\0", b"D", magic=b"ustar  \0") + m(b"dd/f", b"f\n") + END)
+    put_tar("negative-mtime", h(b"old", b"0", 0, fields={(136, 148): b"\xff" * 12}, magic=b"ustar  \0") + END)
+    put_tar("sparse-pax-lies", pax([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                                    (b"GNU.sparse.name", b"s"), (b"GNU.sparse.realsize", b"99999999999")])
+            + m(b"GNUSparseFile.0/s", b"3\n0\n5\n100\n2\n50\n1\n".ljust(512, b"\0") + b"hello") + END)
 
 
 # ---- manifest ----
@@ -157,6 +217,8 @@ SHA1 = "e0840daaa97cd2cf2175f9e5d133ffb3324a2b93"
 
 
 def manifest_seeds():
+    put("manifest", "xz-bz2-src", ("src: https://example.com/app-{{ .Env.VERSION }}.tar.xz\n"
+                                   "checksum: " + SHA1 + "\ndest: /srv/app\n").encode())
     with open(os.path.join(ROOT, "fixtures", "demo", "manifest.yml")) as fh:
         put("manifest", "demo.yml", fh.read())
     put("manifest", "minimal.yml",
@@ -216,6 +278,7 @@ def event_seeds():
     put("event", "positional", b"\x08file:///srv/m.yml")
     put("event", "positional-rel", b"\x08./a/./b//m.yml")
     put("event", "not-utf8", b"\x00\xff\xfe\n")
+    put("event", "archive-formats", b"\x00s3://bucket/app.tar.bz2 http://h/app.tar.pzstd\n")
 
 
 # ---- filter: exclude_from 0xFF excludes (NUL-separated) 0xFF paths (NUL-separated) ----
@@ -232,6 +295,8 @@ def filter_seeds():
         S + b"[!ab].c\0[[:digit:]]*\0a[\0a\\*b\0?.txt\0[a-c]x\0**/x\0foo**" + S +
         N.join([b"c.c", b"7up", b"a[", b"a*b", b"bx", b"q/a/b/x"]))
     put("filter", "clear", b"*\n!\n+ *\n" + S + b"!\0a*/c" + S + N.join([b"ab/x/c", b"d\xff/x\xfe.log"]))
+    put("filter", "archive-names", b"*.tar.xz\n*.tar.bz2\nGNUSparseFile.*/\n" + S + S +
+        N.join([b"a.tar.xz", b"GNUSparseFile.0/disk.img", b"caf\xe9.tar.bz2"]))
     put("filter", "bytes", S + b"*.c\0d?/*.log\0/\0- \0+ \0***" + S +
         N.join([b"\xff.c", b"/", b"", b"d\xff/x.log", b"//a//b/", b"./a"]))
 

@@ -63,7 +63,7 @@ pub enum Error {
     Archive { url: String, msg: String },
 
     /// One archive entry was refused or could not be written.
-    #[error("archive entry {entry:?}: {msg}")]
+    #[error("archive entry \"{entry}\": {msg}")]
     Entry { entry: String, msg: String },
 
     /// A filesystem operation failed on a path.

@@ -987,7 +987,7 @@ fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result
             msg: "temporary file was not opened".into(),
         });
     };
-    io::copy(&mut input, &mut out).ctx("write", &tmp)?;
+    copy_keeping_holes(&mut input, &mut out, meta.size).ctx("write", &tmp)?;
     if opts.preserve_owner {
         std::os::unix::fs::fchown(&out, Some(meta.uid), Some(meta.gid)).ctx("chown", &tmp)?;
     }
@@ -998,6 +998,42 @@ fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result
     rename_into(&tmp, to)?;
     guard.disarm();
     Ok(())
+}
+
+/// Copies `input` (`len` bytes) to the new, empty `out` region by region, as
+/// `SEEK_DATA` / `SEEK_HOLE` report them: the holes of a sparse file (an unpacked sparse
+/// member) stay holes, and the length is set at the end. Where the filesystem does not
+/// report holes, the whole file is one data region.
+fn copy_keeping_holes(input: &mut File, out: &mut File, len: u64) -> io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let size = i64::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+    let mut pos = 0i64;
+    while pos < size {
+        let data = match lseek(input.as_raw_fd(), pos, Whence::SeekData) {
+            Ok(d) => d,
+            // No data after `pos`: the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(input.as_raw_fd(), data, Whence::SeekHole)?.min(size);
+        if hole <= data {
+            break;
+        }
+        input.seek(SeekFrom::Start(data as u64))?;
+        out.seek(SeekFrom::Start(data as u64))?;
+        let want = (hole - data) as u64;
+        let copied = io::copy(&mut input.by_ref().take(want), out)?;
+        if copied != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was copied",
+            ));
+        }
+        pos = hole;
+    }
+    out.set_len(len)
 }
 
 /// Sets the mtime (to the nanosecond; atime untouched) with `utimensat`, which never opens
@@ -1137,6 +1173,38 @@ mod tests {
         assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("f"));
         let m = fs::metadata(&dest).unwrap();
         assert_eq!(m.mtime(), 300);
+    }
+
+    #[test]
+    fn copied_sparse_files_keep_their_holes() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir(&src).unwrap();
+        let f = File::create(src.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"middle", 32 << 20).unwrap();
+        drop(f);
+        let f = File::create(src.join("hole-at-end")).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        write(&src.join("dense"), "dense", 100);
+        sync(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
+        for name in ["sparse", "hole-at-end", "dense"] {
+            assert_eq!(
+                fs::read(src.join(name)).unwrap(),
+                fs::read(dest.join(name)).unwrap()
+            );
+        }
+        let m = fs::metadata(dest.join("sparse")).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(m.blocks() * 512 <= 1 << 20, "{} blocks", m.blocks());
+        assert_eq!(
+            fs::metadata(dest.join("hole-at-end")).unwrap().len(),
+            1 << 20
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Unpacks a tar or tar.gz stream into the private staging directory (SPEC §7, §6, §10).
+//! Unpacks a tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream into the private staging
+//! directory (SPEC §7, §6, §10).
 //!
 //! Its one job: turn archive bytes into a tree below `into`, applying the entry path
 //! policy (leading `/` stripped with a warning, `..` refused, never written through a
@@ -6,15 +7,24 @@
 //!
 //! It must never create, change or follow anything outside `into`, never follow a
 //! symlink that an entry created, and never take a truncated or corrupt stream for a
-//! shorter tree: the whole input is read to its end (the gzip CRC checked) and the tar
-//! end-of-archive marker is required before it reports success.
+//! shorter tree: the whole input is read to its end (the gzip CRC checked) and must end
+//! at a member boundary. A stream that stops at a boundary without the end-of-archive
+//! marker is accepted with a warning, as GNU tar accepts it (SPEC §7): the manifest's
+//! checksum, checked before the sync, is what proves the stream whole.
+//!
+//! It reads archives as GNU tar 1.34 does: the format is sniffed by content and goes
+//! through one decode pipeline ([`decoder`]); tar-rs parses the headers, patched in
+//! `vendor/tar` where it read differently from GNU tar (vendor/tar/PATCHES.md); this
+//! module adds the rest: sparse members (old-GNU `S`, pax 0.0, 0.1 and 1.0) written
+//! with holes, GNU base-256 negative times, `D` dump directories, hard link targets
+//! with a leading `/`, and a missing end-of-archive marker accepted with a warning.
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -55,9 +65,17 @@ pub struct Staged {
 }
 
 /// Bytes read ahead to recognise the compression format.
-const MAGIC_LEN: usize = 4;
+const MAGIC_LEN: usize = 6;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// A zstd skippable frame (`pzstd` starts with one): 0x184D2A50..=0x184D2A5F, LE.
+const ZSTD_SKIPPABLE_TAIL: [u8; 3] = [0x2a, 0x4d, 0x18];
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
+const BZIP2_MAGIC: [u8; 3] = *b"BZh";
+/// What a stream that is none of these was tried as, for the error.
+const FORMATS_TRIED: &str = "tar, gzip, zstd, xz and bzip2";
+/// Sparse map entries a pax 1.0 member may declare (each costs 16 bytes of memory).
+const MAX_SPARSE_CHUNKS: u64 = 1 << 20;
 /// Decompressed bytes handed from the decoding thread to the tar parser at a time, and
 /// how many such chunks may wait: this bounds the memory of an unpack.
 const CHUNK: usize = 256 * 1024;
@@ -76,6 +94,8 @@ const SPACE_RESERVE: u64 = 1 << 20;
 enum Format {
     Gzip,
     Zstd,
+    Xz,
+    Bzip2,
     Tar,
 }
 
@@ -84,13 +104,105 @@ fn sniff(magic: &[u8]) -> Format {
     if magic.starts_with(&GZIP_MAGIC) {
         return Format::Gzip;
     }
-    if magic.starts_with(&ZSTD_MAGIC) {
+    if magic.starts_with(&ZSTD_MAGIC)
+        || (magic.len() >= 4 && magic[0] & 0xf0 == 0x50 && magic[1..4] == ZSTD_SKIPPABLE_TAIL)
+    {
         return Format::Zstd;
+    }
+    if magic.starts_with(&XZ_MAGIC) {
+        return Format::Xz;
+    }
+    if magic.starts_with(&BZIP2_MAGIC) && magic.get(3).is_some_and(|b| (b'1'..=b'9').contains(b)) {
+        return Format::Bzip2;
     }
     Format::Tar
 }
 
-/// Unpacks the tar, tar.gz or tar.zst stream `reader` into `into`, which is an
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Gzip => "gzip",
+            Format::Zstd => "zstd",
+            Format::Xz => "xz",
+            Format::Bzip2 => "bzip2",
+            Format::Tar => "tar",
+        }
+    }
+}
+
+/// The one decode pipeline: the decompressed bytes of a compressed stream, read to its
+/// end (every member / frame / stream, trailers and checksums checked).
+fn decoder<'a, R: io::BufRead + Send + 'a>(
+    format: Format,
+    raw: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match format {
+        Format::Tar => Box::new(raw),
+        Format::Gzip => Box::new(GzMembers::new(raw)),
+        // libzstd reads every frame and skips skippable ones.
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+        // Concatenated streams and stream padding, as `xz -d` reads them.
+        Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(raw)),
+        Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(raw)),
+    })
+}
+
+/// Every member of a gzip stream, one after the other; zero bytes after the last
+/// member are padding and ignored (as `gzip -d` does, tape-style blocking). Anything
+/// else after a member must be another member.
+struct GzMembers<R: io::BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: io::BufRead> GzMembers<R> {
+    fn new(raw: R) -> Self {
+        GzMembers {
+            member: Some(flate2::bufread::GzDecoder::new(raw)),
+        }
+    }
+}
+
+impl<R: io::BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            let n = member.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This member ended (its CRC and length checked): what follows?
+            let Some(mut raw) = self.member.take().map(|m| m.into_inner()) else {
+                return Ok(0);
+            };
+            let next = raw.fill_buf()?;
+            if next.is_empty() {
+                return Ok(0);
+            }
+            if next[0] != 0 {
+                self.member = Some(flate2::bufread::GzDecoder::new(raw));
+                continue;
+            }
+            loop {
+                let rest = raw.fill_buf()?;
+                if rest.is_empty() {
+                    return Ok(0);
+                }
+                if rest.iter().any(|&b| b != 0) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bytes after the gzip data are neither another gzip member nor zero padding",
+                    ));
+                }
+                let n = rest.len();
+                raw.consume(n);
+            }
+        }
+    }
+}
+
+/// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an
 /// existing, empty, private directory (the staging dir). Writes only below `into`.
 ///
 /// Two threads share the work: one reads `reader` (where the caller hashes) and
@@ -115,19 +227,12 @@ pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) 
                 let producer = s.spawn(move || {
                     let raw = ChunkReader::new(raw_rx, raw_back_tx);
                     let raw = io::BufReader::with_capacity(INPUT_BUF, raw);
-                    match compressed {
-                        Format::Zstd => pump(
-                            zstd::stream::read::Decoder::with_buffer(raw)?,
-                            &tx,
-                            &back_rx,
-                        ),
-                        _ => pump(flate2::bufread::MultiGzDecoder::new(raw), &tx, &back_rx),
-                    }
+                    pump(decoder(compressed, raw)?, &tx, &back_rx)
                 });
                 (Some(reader), producer)
             }
         };
-        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts);
+        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts, format);
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
@@ -140,7 +245,11 @@ pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) 
         match (extracted, read, produced) {
             // A source error explains any decoding error, which explains any error the
             // parser then saw.
-            (_, Err(e), _) | (_, Ok(()), Err(e)) => Err(corrupt(opts, &e)),
+            (_, Err(e), _) => Err(corrupt(opts, &e)),
+            (_, Ok(()), Err(e)) => Err(archive_error(
+                opts,
+                format!("{} data is corrupt: {}", format.name(), chain(&e)),
+            )),
             (result, Ok(()), Ok(())) => result,
         }
     })
@@ -224,8 +333,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Remembers whether the stream ran dry: tar-rs ends the entry list silently at end of
-/// input, so an archive cut exactly between two entries would otherwise pass for a
-/// complete one with fewer files (and `--delete` would then remove them from dest).
+/// input, so an archive that lacks its end-of-archive marker (cut between two entries,
+/// or written so) is told apart, for the warning, and an empty stream for the error.
 struct EofTracker<R> {
     inner: R,
     hit_eof: bool,
@@ -241,23 +350,35 @@ impl<R: Read> Read for EofTracker<R> {
     }
 }
 
-fn extract<R: Read>(stream: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
+fn extract<R: Read>(
+    stream: R,
+    into: &Path,
+    opts: &UnpackOptions,
+    format: Format,
+) -> Result<Staged> {
     let mut archive = tar::Archive::new(EofTracker {
         inner: stream,
         hit_eof: false,
     });
     let mut x = Extractor::new(into, opts);
+    // The last member read, for errors in the header that follows it.
+    let mut last: Option<Vec<u8>> = None;
     for entry in archive.entries().map_err(|e| corrupt(opts, &e))? {
         crate::interrupt::check()?;
-        let mut entry = entry.map_err(|e| corrupt(opts, &e))?;
+        let mut entry = entry.map_err(|e| header_error(opts, format, last.as_deref(), &e))?;
+        last = Some(entry.path_bytes().into_owned());
         x.entry(&mut entry)?;
     }
     let mut rest = archive.into_inner();
     if rest.hit_eof {
-        return Err(archive_error(
-            opts,
-            "truncated: the stream ends before the tar end-of-archive marker".into(),
-        ));
+        if last.is_none() {
+            return Err(archive_error(opts, empty_stream(format)));
+        }
+        // The manifest's checksum already proved the stream complete; GNU tar warns.
+        crate::logln!(
+            "archive {}: warning: no end-of-archive marker (two zero blocks) after the last member; accepted as GNU tar does",
+            opts.label
+        );
     }
     // Read to the very end: the padding after the end-of-archive blocks, and for gzip
     // the member trailers, whose CRC and length the decoder checks as it reaches them.
@@ -265,6 +386,151 @@ fn extract<R: Read>(stream: R, into: &Path, opts: &UnpackOptions) -> Result<Stag
     // Directory modes and mtimes only once the stream is known to be good, so a failed
     // unpack leaves a staging tree the caller can always remove.
     x.finish()
+}
+
+/// What this module reads from a member's pax records (tar-rs applies `path`,
+/// `linkpath`, `size`, `uid` and `gid` itself).
+#[derive(Debug, Default)]
+struct PaxInfo {
+    mtime: Option<FileTime>,
+    uname: Option<Vec<u8>>,
+    gname: Option<Vec<u8>>,
+    /// `GNU.sparse.name` (pax sparse 0.1, 1.0): the member's real name.
+    sparse_name: Option<Vec<u8>>,
+    /// `GNU.sparse.size` (0.0, 0.1) or `GNU.sparse.realsize` (1.0): the logical size;
+    /// present on every pax sparse member.
+    sparse_size: Option<u64>,
+    sparse_major: Option<u64>,
+    /// The (offset, length) map of 0.0 (`GNU.sparse.offset` / `numbytes` pairs) or
+    /// 0.1 (`GNU.sparse.map`).
+    sparse_map: Vec<(u64, u64)>,
+}
+
+impl PaxInfo {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>, opts: &UnpackOptions) -> Result<PaxInfo> {
+        let mut info = PaxInfo::default();
+        let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(opts, &e))? else {
+            return Ok(info);
+        };
+        let mut offset: Option<u64> = None;
+        for ext in exts {
+            // tar-rs takes a malformed record as the end of the header, as GNU tar
+            // does after its warning: the member is read with what came before.
+            let Ok(ext) = ext else { break };
+            let value = ext.value_bytes();
+            let number = || {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            match ext.key_bytes() {
+                b"mtime" => info.mtime = parse_pax_time(value),
+                b"uname" => info.uname = Some(value.to_vec()),
+                b"gname" => info.gname = Some(value.to_vec()),
+                b"GNU.sparse.name" => info.sparse_name = Some(value.to_vec()),
+                b"GNU.sparse.size" | b"GNU.sparse.realsize" => info.sparse_size = number(),
+                b"GNU.sparse.major" => info.sparse_major = number(),
+                b"GNU.sparse.offset" => offset = number(),
+                b"GNU.sparse.numbytes" => {
+                    if let (Some(o), Some(n)) = (offset.take(), number()) {
+                        info.sparse_map.push((o, n));
+                    }
+                }
+                b"GNU.sparse.map" => {
+                    let numbers: Vec<u64> = std::str::from_utf8(value)
+                        .unwrap_or("")
+                        .split(',')
+                        .filter_map(|n| n.trim().parse().ok())
+                        .collect();
+                    info.sparse_map = numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+                }
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+}
+
+/// A sparse member's layout: logical size and data chunks (offset, length) in order.
+struct Sparse {
+    size: u64,
+    chunks: Vec<(u64, u64)>,
+}
+
+/// Reads a pax sparse 1.0 map from the start of the member's data: decimal numbers
+/// one per line (the count, then offset / length pairs), padded with NULs to a whole
+/// block. Returns the map and the bytes it took.
+fn read_sparse_map_1_0(
+    data: &mut impl Read,
+    stored: u64,
+) -> std::result::Result<(Vec<(u64, u64)>, u64), String> {
+    let mut used = 0u64;
+    let mut line = Vec::new();
+    let mut next = |used: &mut u64| -> std::result::Result<u64, String> {
+        line.clear();
+        loop {
+            let mut b = [0u8; 1];
+            if *used >= stored || data.read(&mut b).map_err(|e| e.to_string())? == 0 {
+                return Err("the map is cut short".into());
+            }
+            *used += 1;
+            if b[0] == b'\n' {
+                break;
+            }
+            if !b[0].is_ascii_digit() || line.len() >= 20 {
+                return Err("the map holds something other than decimal numbers".into());
+            }
+            line.push(b[0]);
+        }
+        std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| "a map number is empty or too large".to_string())
+    };
+    let count = next(&mut used)?;
+    if count > MAX_SPARSE_CHUNKS {
+        return Err(format!("{count} chunks is more than {MAX_SPARSE_CHUNKS}"));
+    }
+    let mut map = Vec::new();
+    for _ in 0..count {
+        let offset = next(&mut used)?;
+        let len = next(&mut used)?;
+        map.push((offset, len));
+    }
+    let pad = used.next_multiple_of(512) - used;
+    if used + pad > stored {
+        return Err("the map is cut short".into());
+    }
+    io::copy(&mut data.take(pad), &mut io::sink()).map_err(|e| e.to_string())?;
+    Ok((map, used + pad))
+}
+
+/// The header's mtime in seconds; GNU base-256 fields may be negative (1969, 1901).
+fn header_mtime(h: &tar::Header) -> std::result::Result<i64, String> {
+    let field = &h.as_old().mtime;
+    if field[0] & 0x80 == 0 {
+        let secs = h.mtime().map_err(|e| format!("mtime field: {e}"))?;
+        return Ok(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+    // Base-256: big-endian two's complement, bit 6 of the first byte the sign.
+    let negative = field[0] & 0x40 != 0;
+    let mut value: i128 = if negative { -1 } else { 0 };
+    for (i, &b) in field.iter().enumerate() {
+        let b = if i == 0 {
+            if negative {
+                b | 0x80
+            } else {
+                b & 0x7f
+            }
+        } else {
+            b
+        };
+        value = (value << 8) | i128::from(b);
+        if !(i64::MIN as i128..=i64::MAX as i128).contains(&value) && i > 0 {
+            return Err("mtime field: out of range".into());
+        }
+    }
+    i64::try_from(value).map_err(|_| "mtime field: out of range".to_string())
 }
 
 /// Metadata an entry carries for the node it creates.
@@ -361,18 +627,23 @@ impl<'a> Extractor<'a> {
             // pax global header (git archive puts the commit id there): nothing to write.
             return Ok(());
         }
-        let raw = entry.path_bytes().into_owned();
+        let pax = PaxInfo::read(entry, self.opts)?;
+        // Sparse pax 0.1 / 1.0 members are stored under `GNUSparseFile.N/NAME`; the
+        // real name is a pax record.
+        let raw = match &pax.sparse_name {
+            Some(name) => name.clone(),
+            None => entry.path_bytes().into_owned(),
+        };
         let path = entry_path(&raw).map_err(|r| refused(&raw, r))?;
-        if path.absolute && !self.warned_absolute {
-            self.warned_absolute = true;
-            crate::logln!(
-                "archive {}: removing leading '/' from member names (first: {:?})",
-                self.opts.label,
-                lossy(&raw)
-            );
+        if path.absolute {
+            self.warn_absolute(&raw);
         }
-        // Old (V7 / BSD) archives mark directories by a trailing slash only.
-        if matches!(kind, EntryType::Regular | EntryType::Continuous) && raw.ends_with(b"/") {
+        // Old (V7 / BSD) archives mark directories by a trailing slash only. A GNU
+        // dump directory ('D') is a directory whose data (the names it held when
+        // dumped, for incremental restores) tar-rs skips.
+        if (matches!(kind, EntryType::Regular | EntryType::Continuous) && raw.ends_with(b"/"))
+            || kind.as_byte() == b'D'
+        {
             kind = EntryType::Directory;
         }
         let rel = path.rel;
@@ -384,18 +655,18 @@ impl<'a> Extractor<'a> {
             if kind != EntryType::Directory {
                 return Err(fail(&raw, "the archive root must be a directory"));
             }
-            let meta = self.meta(entry, &raw)?;
+            let meta = self.meta(entry, &pax, &raw)?;
             self.root_mode = Some(meta.mode);
             self.fixes.insert(rel, meta.into());
             return Ok(());
         }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let meta = self.meta(entry, &raw)?;
-                self.file(entry, &rel, &raw, &meta)?;
+                let meta = self.meta(entry, &pax, &raw)?;
+                self.file(entry, &pax, &rel, &raw, &meta)?;
             }
             EntryType::Directory => {
-                let meta = self.meta(entry, &raw)?;
+                let meta = self.meta(entry, &pax, &raw)?;
                 self.dir(&rel, &raw, meta)?;
             }
             EntryType::Symlink => {
@@ -403,7 +674,7 @@ impl<'a> Extractor<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| fail(&raw, "symlink without a target"))?
                     .into_owned();
-                let meta = self.meta(entry, &raw)?;
+                let meta = self.meta(entry, &pax, &raw)?;
                 self.symlink(&rel, &raw, &target, &meta)?;
             }
             EntryType::Link => {
@@ -416,23 +687,23 @@ impl<'a> Extractor<'a> {
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 if !self.opts.same_owner {
                     crate::logln!(
-                        "archive {}: skipping {} {:?}: device nodes and fifos are created only when running as root",
+                        "archive {}: skipping {} \"{}\": device nodes and fifos are created only when running as root",
                         self.opts.label,
                         type_name(kind),
-                        lossy(&raw)
+                        shown(&raw)
                     );
                     return Ok(());
                 }
-                let meta = self.meta(entry, &raw)?;
+                let meta = self.meta(entry, &pax, &raw)?;
                 self.special(entry.header(), kind, &rel, &raw, &meta)?;
             }
             other => {
                 // GNU volume labels ('V'), multi-volume continuations ('M'), vendor
                 // metadata records: nothing a deploy tree should contain.
                 crate::logln!(
-                    "archive {}: skipping {:?}: unsupported entry type {:?}",
+                    "archive {}: skipping \"{}\": unsupported entry type {:?}",
                     self.opts.label,
-                    lossy(&raw),
+                    shown(&raw),
                     char::from(other.as_byte())
                 );
             }
@@ -440,34 +711,38 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    /// Mode, mtime (sub-second from pax) and, when `same_owner`, the owner to set.
-    fn meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
-        let mut pax_mtime = None;
-        let mut uname = None;
-        let mut gname = None;
-        if let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(self.opts, &e))? {
-            for ext in exts {
-                let ext = ext.map_err(|e| fail(raw, format!("bad pax record: {e}")))?;
-                match ext.key_bytes() {
-                    b"mtime" => pax_mtime = parse_pax_time(ext.value_bytes()),
-                    b"uname" => uname = Some(ext.value_bytes().to_vec()),
-                    b"gname" => gname = Some(ext.value_bytes().to_vec()),
-                    _ => {}
-                }
-            }
+    /// Warns once per archive that leading `/`s are stripped (names and hard links).
+    fn warn_absolute(&mut self, raw: &[u8]) {
+        if !self.warned_absolute {
+            self.warned_absolute = true;
+            crate::logln!(
+                "archive {}: removing leading '/' from member names (first: \"{}\")",
+                self.opts.label,
+                shown(raw)
+            );
         }
+    }
+
+    /// Mode, mtime (sub-second from pax) and, when `same_owner`, the owner to set.
+    fn meta<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        pax: &PaxInfo,
+        raw: &[u8],
+    ) -> Result<Meta> {
+        let (pax_mtime, uname, gname) = (pax.mtime, pax.uname.clone(), pax.gname.clone());
         let h = entry.header();
-        let mode = h.mode().map_err(|e| fail(raw, format!("mode: {e}")))? & 0o7777;
+        let mode = h
+            .mode()
+            .map_err(|e| fail(raw, format!("mode field: {e}")))?
+            & 0o7777;
         let mtime = match pax_mtime {
             Some(t) => t,
-            None => {
-                let secs = h.mtime().map_err(|e| fail(raw, format!("mtime: {e}")))?;
-                FileTime::from_unix_time(i64::try_from(secs).unwrap_or(i64::MAX), 0)
-            }
+            None => FileTime::from_unix_time(header_mtime(h).map_err(|e| fail(raw, e))?, 0),
         };
         let owner = if self.opts.same_owner {
-            let uid = h.uid().map_err(|e| fail(raw, format!("uid: {e}")))?;
-            let gid = h.gid().map_err(|e| fail(raw, format!("gid: {e}")))?;
+            let uid = h.uid().map_err(|e| fail(raw, format!("uid field: {e}")))?;
+            let gid = h.gid().map_err(|e| fail(raw, format!("gid field: {e}")))?;
             let uname = uname.as_deref().or(h.username_bytes());
             let gname = gname.as_deref().or(h.groupname_bytes());
             let uid = match uname.and_then(|n| cached(&mut self.users, n, user_by_name)) {
@@ -488,19 +763,38 @@ impl<'a> Extractor<'a> {
     fn file<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        pax: &PaxInfo,
         rel: &Path,
         raw: &[u8],
         meta: &Meta,
     ) -> Result<()> {
         self.parents(rel, raw)?;
-        if self.reuse(rel, entry.size(), meta) {
+        let sparse = self.sparse_layout(entry, pax, raw)?;
+        // The file's size as tar extracts it: a sparse member's logical size.
+        let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
+        let abs = self.into.join(rel);
+        if self.reuse(rel, size, meta) {
+            // An earlier member of the same name may have been written: the later one
+            // wins, so staging must not keep it.
+            if fs::symlink_metadata(&abs).is_ok() {
+                self.remove_existing(rel, &abs, raw)?;
+            }
             // The entry's data is skipped by the parser (still read, so a cut stream
             // is still noticed).
             self.entries += 1;
             return Ok(());
         }
-        let abs = self.into.join(rel);
-        self.claim_space(entry.size())?;
+        // The size guard counts what is really written: a sparse file's data chunks.
+        match &sparse {
+            Some(s) => {
+                let (frsize, mut total) = (self.space.map_or(1, |(_, f)| f), 0u64);
+                for &(_, len) in &s.chunks {
+                    total = total.saturating_add(len.div_ceil(frsize).saturating_mul(frsize));
+                }
+                self.claim_space(total)?;
+            }
+            None => self.claim_space(size)?,
+        }
         let create = |abs: &Path| {
             OpenOptions::new()
                 .write(true)
@@ -516,27 +810,18 @@ impl<'a> Extractor<'a> {
             other => other,
         }
         .map_err(|e| fail(raw, format!("create: {e}")))?;
-        let size = entry.size();
-        let mut written = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(corrupt(self.opts, &e)),
-            };
-            file.write_all(&self.buf[..n])
-                .map_err(|e| fail(raw, format!("write: {e}")))?;
-            written += n as u64;
-        }
-        if written != size {
-            return Err(archive_error(
-                self.opts,
-                format!(
-                    "truncated in entry {:?}: {written} of {size} bytes",
-                    lossy(raw)
-                ),
-            ));
+        match &sparse {
+            None => self.copy_data(entry, &mut file, size, raw)?,
+            Some(s) => {
+                // Holes are seeked over, never written; the length is set at the end.
+                for &(offset, len) in &s.chunks {
+                    file.seek(SeekFrom::Start(offset))
+                        .map_err(|e| fail(raw, format!("seek: {e}")))?;
+                    self.copy_data(entry, &mut file, len, raw)?;
+                }
+                file.set_len(s.size)
+                    .map_err(|e| fail(raw, format!("set length: {e}")))?;
+            }
         }
         if let Some((uid, gid)) = meta.owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
@@ -550,6 +835,85 @@ impl<'a> Extractor<'a> {
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
         self.entries += 1;
         Ok(())
+    }
+
+    /// Copies exactly `len` bytes of the entry's data into `file`.
+    fn copy_data(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut fs::File,
+        len: u64,
+        raw: &[u8],
+    ) -> Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = match entry.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(corrupt(self.opts, &e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| fail(raw, format!("write: {e}")))?;
+            left -= n as u64;
+        }
+        if left > 0 {
+            return Err(archive_error(
+                self.opts,
+                format!(
+                    "truncated in member \"{}\": the stream ends {left} bytes before the end of its data",
+                    shown(raw)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sparse layout of a member, if it is sparse: old-GNU (`S`, map parsed by
+    /// tar-rs), pax 0.0 / 0.1 (map in pax records) or pax 1.0 (map at the start of the
+    /// data, read here). `None` for a plain file.
+    fn sparse_layout<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        pax: &PaxInfo,
+        raw: &[u8],
+    ) -> Result<Option<Sparse>> {
+        let bad = |msg: String| fail(raw, format!("sparse map: {msg}"));
+        let (size, chunks, stored) = if let Some(map) = entry.sparse_map() {
+            let stored = map.iter().map(|&(_, l)| l).sum();
+            (entry.size(), map.to_vec(), stored)
+        } else if let Some(size) = pax.sparse_size {
+            let stored = entry.size();
+            if pax.sparse_major == Some(1) {
+                let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
+                (size, chunks, stored - map_len)
+            } else {
+                (size, pax.sparse_map.clone(), stored)
+            }
+        } else {
+            return Ok(None);
+        };
+        let mut end = 0u64;
+        let mut data = 0u64;
+        for &(offset, len) in &chunks {
+            if offset < end {
+                return Err(bad("chunks overlap or are out of order".into()));
+            }
+            end = offset
+                .checked_add(len)
+                .filter(|&e| e <= size)
+                .ok_or_else(|| bad(format!("a chunk ends past the file's size {size}")))?;
+            data += len;
+        }
+        if data != stored {
+            return Err(bad(format!(
+                "the map describes {data} bytes of data, the member holds {stored}"
+            )));
+        }
+        Ok(Some(Sparse { size, chunks }))
     }
 
     /// Lists `rel` as kept (not written) when `reuse_from/rel` is a regular file equal
@@ -651,7 +1015,10 @@ impl<'a> Extractor<'a> {
     }
 
     fn hard_link(&mut self, rel: &Path, raw: &[u8], target: &[u8]) -> Result<()> {
-        let target = link_target(target).map_err(|r| refused(raw, r))?;
+        let (target, absolute) = link_target(target).map_err(|r| refused(raw, r))?;
+        if absolute {
+            self.warn_absolute(raw);
+        }
         if target == rel {
             // A link to itself: the file is already there.
             return Ok(());
@@ -824,7 +1191,7 @@ impl<'a> Extractor<'a> {
             let name = if rel.as_os_str().is_empty() {
                 ".".to_string()
             } else {
-                rel.to_string_lossy().into_owned()
+                shown(rel.as_os_str().as_bytes())
             };
             apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
         }
@@ -973,7 +1340,6 @@ struct EntryPath {
 enum Refusal {
     ParentDir,
     Nul,
-    AbsoluteLink,
     EmptyLink,
 }
 
@@ -982,7 +1348,6 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::ParentDir => "path has a '..' component",
             Refusal::Nul => "path contains a NUL byte",
-            Refusal::AbsoluteLink => "hard link target is absolute",
             Refusal::EmptyLink => "hard link target is empty",
         })
     }
@@ -1008,29 +1373,88 @@ fn entry_path(raw: &[u8]) -> std::result::Result<EntryPath, Refusal> {
     })
 }
 
-/// A hard link's target: like an entry path, but absolute or empty is refused.
-fn link_target(raw: &[u8]) -> std::result::Result<PathBuf, Refusal> {
+/// A hard link's target: like an entry path (a leading `/` stripped, as GNU tar
+/// does, flagged for the warning), but empty is refused.
+fn link_target(raw: &[u8]) -> std::result::Result<(PathBuf, bool), Refusal> {
     let p = entry_path(raw)?;
-    if p.absolute {
-        Err(Refusal::AbsoluteLink)
-    } else if p.rel.as_os_str().is_empty() {
+    if p.rel.as_os_str().is_empty() {
         Err(Refusal::EmptyLink)
     } else {
-        Ok(p.rel)
+        Ok((p.rel, p.absolute))
     }
 }
 
 // ---- errors ----
 
-fn lossy(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
+/// A name as shown to the user (SPEC §9): as it is when UTF-8, each byte of an invalid
+/// sequence as `\xNN` otherwise (never `?` or U+FFFD).
+pub fn shown(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn fail(raw: &[u8], msg: impl Into<String>) -> Error {
     Error::Entry {
-        entry: lossy(raw),
+        entry: shown(raw),
         msg: msg.into(),
     }
+}
+
+/// An error of tar-rs reading a header, in words, naming where it is.
+fn header_error(opts: &UnpackOptions, format: Format, last: Option<&[u8]>, e: &io::Error) -> Error {
+    let text = chain(e);
+    let what = if text.contains("checksum mismatch") {
+        "a header's checksum does not match (corrupt data, or not a tar archive)".to_string()
+    } else if text.contains("numeric field") {
+        "a numeric header field holds something other than an octal or base-256 number".to_string()
+    } else if text.contains("failed to read entire block") || text.contains("unexpected EOF") {
+        "truncated: the stream ends inside a member".to_string()
+    } else if text.contains("no future member") {
+        "truncated: the stream ends after a long-name or pax header, before its member".to_string()
+    } else {
+        text
+    };
+    let msg = match (last, format) {
+        (Some(name), _) => format!("after member \"{}\": {what}", shown(name)),
+        // Nothing readable at all: as GNU tar says, this does not look like a tar.
+        (None, Format::Tar) => {
+            format!("not an archive: tried {FORMATS_TRIED} by content, it is none of them")
+        }
+        (None, f) => format!(
+            "the {} data does not start with a tar header: {what}",
+            f.name()
+        ),
+    };
+    archive_error(opts, msg)
+}
+
+/// The error for a stream that ends before its first member.
+fn empty_stream(format: Format) -> String {
+    match format {
+        Format::Tar => format!("empty: no tar member (tried {FORMATS_TRIED} by content)"),
+        f => format!("the {} data holds no tar member", f.name()),
+    }
+}
+
+/// An error and its sources on one line.
+fn chain(e: &io::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
 }
 
 fn refused(raw: &[u8], r: Refusal) -> Error {
@@ -1046,17 +1470,7 @@ fn archive_error(opts: &UnpackOptions, msg: String) -> Error {
 
 /// A read error from the decoder or tar parser: the stream is corrupt or cut short.
 fn corrupt(opts: &UnpackOptions, e: &io::Error) -> Error {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    archive_error(opts, msg)
+    archive_error(opts, chain(e))
 }
 
 #[cfg(test)]
@@ -1079,7 +1493,7 @@ mod tests {
     #[test]
     fn root_entry_is_empty() {
         for raw in [&b"."[..], b"./", b"", b".//.", b"/"] {
-            assert_eq!(rel(raw), PathBuf::new(), "{:?}", lossy(raw));
+            assert_eq!(rel(raw), PathBuf::new(), "{:?}", shown(raw));
         }
     }
 
@@ -1094,7 +1508,7 @@ mod tests {
     #[test]
     fn parent_components_are_refused() {
         for raw in [&b".."[..], b"../x", b"a/../b", b"a/..", b"/../etc", b"./.."] {
-            assert_eq!(entry_path(raw), Err(Refusal::ParentDir), "{:?}", lossy(raw));
+            assert_eq!(entry_path(raw), Err(Refusal::ParentDir), "{:?}", shown(raw));
         }
         // Only a whole component is `..`.
         assert_eq!(rel(b"a/..b/c.."), PathBuf::from("a/..b/c.."));
@@ -1114,8 +1528,11 @@ mod tests {
 
     #[test]
     fn hard_link_targets() {
-        assert_eq!(link_target(b"./a/b"), Ok(PathBuf::from("a/b")));
-        assert_eq!(link_target(b"/etc/passwd"), Err(Refusal::AbsoluteLink));
+        assert_eq!(link_target(b"./a/b"), Ok((PathBuf::from("a/b"), false)));
+        assert_eq!(
+            link_target(b"/etc/passwd"),
+            Ok((PathBuf::from("etc/passwd"), true))
+        );
         assert_eq!(link_target(b"../x"), Err(Refusal::ParentDir));
         assert_eq!(link_target(b"a/../../x"), Err(Refusal::ParentDir));
         assert_eq!(link_target(b"./"), Err(Refusal::EmptyLink));
@@ -1123,10 +1540,107 @@ mod tests {
 
     #[test]
     fn format_by_magic() {
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]), Format::Zstd);
+        // pzstd starts with a skippable frame
+        assert_eq!(sniff(&[0x50, 0x2a, 0x4d, 0x18, 4, 0]), Format::Zstd);
+        assert_eq!(sniff(&[0x5f, 0x2a, 0x4d, 0x18, 4, 0]), Format::Zstd);
+        assert_eq!(sniff(&[0x60, 0x2a, 0x4d, 0x18, 4, 0]), Format::Tar);
+        assert_eq!(sniff(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Format::Xz);
+        assert_eq!(sniff(b"BZh91AY"), Format::Bzip2);
+        assert_eq!(sniff(b"BZhx"), Format::Tar);
         assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
         assert_eq!(sniff(b"hello"), Format::Tar);
         assert_eq!(sniff(&[0x1f]), Format::Tar);
         assert_eq!(sniff(&[]), Format::Tar);
+    }
+
+    #[test]
+    fn names_are_shown_as_utf8_or_escaped() {
+        assert_eq!(shown("café ☃".as_bytes()), "café ☃");
+        assert_eq!(shown(b"caf\xe9/x"), "caf\\xe9/x");
+        assert_eq!(shown(b"\xff\xfe"), "\\xff\\xfe");
+        // a truncated UTF-8 sequence: each byte escaped
+        assert_eq!(shown(b"a\xe2\x98"), "a\\xe2\\x98");
+    }
+
+    fn header_with_mtime(field: [u8; 12]) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().mtime = field;
+        h
+    }
+
+    #[test]
+    fn base256_mtimes_may_be_negative() {
+        let mut f = [0u8; 12];
+        f[0] = 0x80;
+        f[8..].copy_from_slice(&1_700_000_000u32.to_be_bytes());
+        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(1_700_000_000));
+        // -1 and -2^31 - 1 (1901) in GNU's two's complement form
+        assert_eq!(header_mtime(&header_with_mtime([0xff; 12])), Ok(-1));
+        let mut f = [0xff; 12];
+        f[7..].copy_from_slice(&[0xff, 0x7f, 0xff, 0xff, 0xff]);
+        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(-(1 << 31) - 1));
+        // octal, as before
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(12345);
+        assert_eq!(header_mtime(&h), Ok(12345));
+        // beyond i64
+        let mut f = [0u8; 12];
+        f[0] = 0x80;
+        f[2] = 0x01;
+        assert!(header_mtime(&header_with_mtime(f)).is_err());
+    }
+
+    #[test]
+    fn pax_1_0_sparse_maps() {
+        let mut data = b"2\n0\n5\n1048576\n3\n".to_vec();
+        let map_len = data.len();
+        data.resize(512, 0);
+        data.extend_from_slice(b"hellotail");
+        let (map, used) = read_sparse_map_1_0(&mut &data[..], data.len() as u64).unwrap();
+        assert_eq!(map, vec![(0, 5), (1_048_576, 3)]);
+        assert_eq!(used, 512);
+        assert!(map_len < 512);
+        for bad in [
+            &b"2\n0\n5\n"[..],
+            b"1\nx\n1\n",
+            b"",
+            b"99999999999999999999999\n",
+        ] {
+            assert!(read_sparse_map_1_0(&mut &bad[..], 4096).is_err(), "{bad:?}");
+        }
+        let huge = format!("{}\n", MAX_SPARSE_CHUNKS + 1);
+        assert!(read_sparse_map_1_0(&mut huge.as_bytes(), 4096).is_err());
+        // the map may not run past the member's data
+        assert!(read_sparse_map_1_0(&mut &b"1\n0\n1\n"[..], 4).is_err());
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn gunzip(data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        GzMembers::new(io::BufReader::with_capacity(7, data)).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_members_and_zero_padding() {
+        let mut two = gz(b"first ");
+        two.extend(gz(b"second"));
+        assert_eq!(gunzip(&two).unwrap(), b"first second");
+        let mut padded = two.clone();
+        padded.extend([0u8; 10240]);
+        assert_eq!(gunzip(&padded).unwrap(), b"first second");
+        let mut garbage = padded.clone();
+        garbage.push(1);
+        assert!(gunzip(&garbage).is_err());
+        let mut not_gzip = two;
+        not_gzip.extend(b"tail");
+        assert!(gunzip(&not_gzip).is_err());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Fuzzes the unpacker (SPEC §7, §10): whatever the archive bytes, nothing is created,
 //! changed or linked outside the staging directory, and nothing panics.
 //!
-//! Input: a tar, tar.gz or tar.zst stream, exactly as `unpack` sniffs it. For a plain
-//! tar (no gzip / zstd magic), the header checksums are recomputed first, walking the
-//! headers as tar does, so that mutated header fields (names, types, link targets,
-//! sizes) reach the extractor instead of all failing the checksum test; the checksum
+//! Input: a tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream, exactly as `unpack` sniffs
+//! it. For a plain tar (no gzip / zstd / xz / bzip2 magic), the header checksums are
+//! recomputed first, walking the headers as tar does, so that mutated header fields
+//! (names, types, link targets, sizes) reach the extractor instead of all failing the checksum test; the checksum
 //! check itself is covered by unit tests.
 //!
 //! Layout per run, under a fresh temp dir `outer/`:
@@ -80,9 +80,13 @@ fn fix_checksums(buf: &mut [u8]) {
             return;
         }
         h[148..156].copy_from_slice(text.as_bytes());
-        let Some(size) = numeric(&h[124..136]) else {
+        let Some(mut size) = numeric(&h[124..136]) else {
             return;
         };
+        // A directory's size is not followed by data (GNU tar, vendor/tar PATCHES.md).
+        if h[156] == b'5' {
+            size = 0;
+        }
         let blocks = size.div_ceil(512);
         let Some(next) = blocks
             .checked_mul(512)
@@ -122,7 +126,11 @@ fn assert_empty(dir: &Path) {
 fuzz_target!(|data: &[u8]| {
     init();
     let mut input = data.to_vec();
-    let compressed = input.starts_with(&[0x1f, 0x8b]) || input.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let compressed = input.starts_with(&[0x1f, 0x8b])
+        || input.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (input.len() >= 4 && input[0] & 0xf0 == 0x50 && input[1..4] == [0x2a, 0x4d, 0x18])
+        || input.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || input.starts_with(b"BZh");
     if !compressed {
         fix_checksums(&mut input);
     }

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod archives_corpus;
 mod cli;
 mod deploy;
 mod events;
