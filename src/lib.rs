@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod deploy;
+pub mod drift;
 pub mod error;
 pub mod event;
 pub mod fetch;
@@ -23,9 +24,12 @@ pub mod filter;
 pub mod gcs;
 pub mod hooks;
 pub mod http;
+pub mod index;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
+pub mod record;
+pub mod redeploy;
 pub mod s3;
 pub mod state;
 pub mod sync;

@@ -13,6 +13,8 @@ mod gcs;
 mod hooks;
 mod http;
 mod proxy;
+mod record;
+mod redeploy;
 mod rsync_oracle;
 mod s3;
 mod safety;
