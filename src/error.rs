@@ -95,6 +95,11 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// `stretcher fleet status` could not ask the fleet (serf failed or is missing,
+    /// no member answered).
+    #[error("fleet status: {0}")]
+    Fleet(String),
+
     /// SIGINT / SIGTERM arrived during the deploy.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),
