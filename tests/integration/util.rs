@@ -455,3 +455,199 @@ pub fn make_tree(root: &Path, files: &[(&str, &str)]) {
 pub fn metadata_mtime(p: &Path) -> i64 {
     std::fs::metadata(p).unwrap().mtime()
 }
+
+/// Real `serf agent`s on 127.0.0.1 for the end-to-end tests (feature `e2e`): ports,
+/// agents started with their handlers and environment, the `serf` command, and a
+/// cluster guard that kills every agent by pid when dropped.
+pub mod serf {
+    use std::ffi::OsString;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A port free for both TCP and UDP on 127.0.0.1 (serf gossips over both).
+    pub fn free_port() -> u16 {
+        for _ in 0..50 {
+            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            let port = tcp.local_addr().unwrap().port();
+            if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free TCP+UDP port on 127.0.0.1");
+    }
+
+    /// One agent's identity (node name, ports) and private directory.
+    pub struct Host {
+        pub name: String,
+        pub dir: PathBuf,
+        pub bind: u16,
+        pub rpc: u16,
+    }
+
+    impl Host {
+        /// `root/NAME`, created, with fresh ports.
+        pub fn new(root: &Path, name: &str) -> Host {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            Host {
+                name: name.to_string(),
+                dir,
+                bind: free_port(),
+                rpc: free_port(),
+            }
+        }
+
+        /// `-rpc-addr=127.0.0.1:PORT`, for serf commands.
+        pub fn rpc_flag(&self) -> String {
+            format!("-rpc-addr={}", self.rpc_addr())
+        }
+
+        pub fn rpc_addr(&self) -> String {
+            format!("127.0.0.1:{}", self.rpc)
+        }
+
+        pub fn agent_log(&self) -> PathBuf {
+            self.dir.join("agent.log")
+        }
+    }
+
+    /// How to start one agent.
+    #[derive(Default)]
+    pub struct Spec {
+        /// `-event-handler` values.
+        pub handlers: Vec<String>,
+        /// Extra environment of the agent (and so of its handlers).
+        pub env: Vec<(String, OsString)>,
+        pub tags: Vec<(String, String)>,
+        /// `-profile`; `None` = serf's default (`lan`).
+        pub profile: Option<&'static str>,
+        /// The bind port of a member to join.
+        pub join: Option<u16>,
+    }
+
+    /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
+    /// dropped, also when the test fails.
+    #[derive(Default)]
+    pub struct Cluster {
+        agents: Vec<(String, Child)>,
+    }
+
+    impl Cluster {
+        /// Starts `serf agent` for `node` (cwd its dir, stdout to its agent log).
+        pub fn start(&mut self, node: &Host, spec: &Spec) {
+            let mut cmd = Command::new("serf");
+            cmd.arg("agent")
+                .arg(format!("-node={}", node.name))
+                .arg(format!("-bind=127.0.0.1:{}", node.bind))
+                .arg(node.rpc_flag())
+                .arg("-log-level=info");
+            if let Some(p) = spec.profile {
+                cmd.arg(format!("-profile={p}"));
+            }
+            for h in &spec.handlers {
+                cmd.arg(format!("-event-handler={h}"));
+            }
+            for (k, v) in &spec.tags {
+                cmd.arg(format!("-tag={k}={v}"));
+            }
+            if let Some(port) = spec.join {
+                cmd.arg(format!("-join=127.0.0.1:{port}"));
+            }
+            for k in super::EVENT_VARS {
+                cmd.env_remove(k);
+            }
+            for (k, v) in &spec.env {
+                cmd.env(k, v);
+            }
+            cmd.current_dir(&node.dir)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(node.agent_log()).unwrap())
+                .stderr(Stdio::inherit());
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!("cannot start serf agent (apt-get install -y serf): {e}")
+            });
+            self.agents.push((node.name.clone(), child));
+        }
+
+        /// Sends SIGKILL to the agent `name` (by its pid) and reaps it.
+        pub fn kill(&mut self, name: &str) {
+            let (_, child) = self
+                .agents
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no agent {name}"));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+
+        /// Waits (bounded) for the agent `name` to exit by itself (after `serf leave`).
+        pub fn wait_exit(&mut self, name: &str, limit: Duration) {
+            let (_, child) = self
+                .agents
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no agent {name}"));
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                assert!(start.elapsed() < limit, "agent {name} did not exit");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for (_, child) in &mut self.agents {
+                let _ = child.kill();
+            }
+            for (_, child) in &mut self.agents {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Runs the `serf` command to its end.
+    pub fn serf(args: &[&str]) -> Output {
+        Command::new("serf")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run serf (apt-get install -y serf): {e}"))
+    }
+
+    /// Waits until `node`'s RPC port accepts connections.
+    pub fn wait_rpc(node: &Host, limit: Duration) {
+        wait_until(
+            &format!("{} RPC up", node.name),
+            limit,
+            || TcpStream::connect(("127.0.0.1", node.rpc)).is_ok(),
+            || std::fs::read_to_string(node.agent_log()).unwrap_or_default(),
+        );
+    }
+
+    /// The members `node`'s agent lists with `status` (alive, failed, left).
+    pub fn members_with_status(node: &Host, status: &str) -> Vec<String> {
+        let out = serf(&["members", &node.rpc_flag(), &format!("-status={status}")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Polls `done` every 200 ms until it holds; panics with `report()` after `limit`.
+    pub fn wait_until(
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut() -> bool,
+        report: impl Fn() -> String,
+    ) {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > limit {
+                panic!("{what}: not done after {limit:?}\n{}", report());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
