@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cli::Options;
@@ -22,6 +23,7 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
+use crate::record;
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, UnpackOptions};
@@ -115,11 +117,38 @@ fn run_inner(
     result
 }
 
-/// One event that is not a replay: allow-url check, manifest, deploy, final hooks.
+/// One event that is not a replay: the run, then its deploy record (SPEC §5 step
+/// 9, §11). A dry run changes nothing, so it writes no record either.
 fn run_event(
     event: &event::Event,
     opts: &Options,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let mut draft = record::Draft::new(event);
+    let state = match state::state_dir(opts.state_dir.as_deref(), env) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            logln!("warning: no state directory ({e}): no deploy record is kept");
+            None
+        }
+    };
+    let result = run_manifest(event, opts, env, &mut draft, state.as_deref());
+    if let (Some(dir), false) = (&state, opts.dry_run) {
+        let (key, rec) = draft.finish(result.as_ref().err());
+        if let Err(e) = record::write(dir, &key, &rec) {
+            logln!("warning: cannot write the deploy record: {e}");
+        }
+    }
+    result
+}
+
+/// Allow-url check, manifest, deploy, final hooks; `draft` follows along.
+fn run_manifest(
+    event: &event::Event,
+    opts: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
     opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", event.url);
@@ -130,7 +159,9 @@ fn run_event(
         max_bandwidth: opts.max_bandwidth,
     };
     let text = fetch::fetch_text(&event.url, &fetch_opts)?;
+    draft.manifest_read(text.as_bytes());
     let manifest = manifest::parse(&text, &event.url, env)?;
+    draft.manifest_valid(&manifest);
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -152,7 +183,7 @@ fn run_event(
         manifest_url: event.url.clone(),
         timeout: opts.command_timeout,
     };
-    match deploy(&manifest, opts, &fetch_opts, &hook_env) {
+    match deploy(&manifest, opts, &fetch_opts, &hook_env, draft, state) {
         // A dry run runs no command, `success` and `failure` included.
         Ok(()) if opts.dry_run => {
             logln!("Dry run done: nothing was changed and no command was run.");
@@ -165,13 +196,41 @@ fn run_event(
         Ok(()) => {
             logln!("Deploy manifest succeeded.");
             finish(&manifest.commands.success, &hook_env, "success");
+            draft.hooks_ran("success");
             Ok(())
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
             finish(&manifest.commands.failure, &hook_env, "failure");
+            draft.hooks_ran("failure");
             Err(e)
         }
+    }
+}
+
+/// Runs the hooks of `phase` and records them in `draft`.
+fn run_hooks(
+    draft: &mut record::Draft,
+    phase: &'static str,
+    commands: &[String],
+    env: &HookEnv,
+) -> Result<()> {
+    let result = hooks::run(commands, env);
+    draft.hooks_ran(phase);
+    result
+}
+
+/// Counts the bytes read through it (the record's `downloaded_bytes`).
+struct Counting<'a> {
+    inner: &'a mut (dyn Read + Send),
+    count: &'a AtomicU64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -199,7 +258,10 @@ fn deploy(
     opts: &Options,
     fetch_opts: &FetchOptions,
     hook_env: &HookEnv,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
+    let _ = state;
     let (Some(src), Some(checksum), Some(dest)) = (
         manifest.src.as_deref(),
         manifest.checksum.as_ref(),
@@ -209,8 +271,10 @@ fn deploy(
         if opts.dry_run {
             return print_dry_run(manifest, None);
         }
-        hooks::run(&manifest.commands.pre, hook_env)?;
-        return hooks::run(&manifest.commands.post, hook_env);
+        draft.step = record::Step::Pre;
+        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+        draft.step = record::Step::Post;
+        return run_hooks(draft, "post", &manifest.commands.post, hook_env);
     };
 
     let _lock = state::lock_dest(dest)?;
@@ -223,8 +287,15 @@ fn deploy(
     logln!("Loading URL {src}");
     let same_owner = nix::unistd::geteuid().is_root();
     let reuse = manifest.sync_strategy == Strategy::Rsync && !opts.dry_run;
+    draft.step = record::Step::Download;
+    let downloaded = AtomicU64::new(0);
     let fetch_and_unpack = |reuse: bool| {
         fetch::stream(src, checksum, fetch_opts, |reader| {
+            downloaded.store(0, Ordering::Relaxed);
+            let reader = &mut Counting {
+                inner: reader,
+                count: &downloaded,
+            };
             let staging = work.staging_dir()?;
             let unpack_opts = UnpackOptions {
                 same_owner,
@@ -236,7 +307,9 @@ fn deploy(
             Ok((staging, staged))
         })
     };
-    let staged = fetch_and_unpack(reuse)?;
+    let staged = fetch_and_unpack(reuse);
+    draft.downloaded_bytes = Some(downloaded.load(Ordering::Relaxed));
+    let staged = staged?;
     // Verified: from here on the staged tree is the archive's.
     let (staging, staged) = staged.into_inner();
     logln!(
@@ -247,13 +320,16 @@ fn deploy(
     );
 
     // Read before `pre`, which cannot have touched the staged tree yet.
+    draft.step = record::Step::Unpack;
     let filter = load_filter(manifest, staging.path())?;
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
 
-    hooks::run(&manifest.commands.pre, hook_env)?;
+    draft.step = record::Step::Pre;
+    run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
 
+    draft.step = record::Step::Sync;
     let mode = manifest
         .dest_mode
         .or(staged.root_mode)
@@ -296,7 +372,8 @@ fn deploy(
                 }
                 plan => (plan?, staging),
             };
-            sync::apply(&plan, &sync_opts)?;
+            let stats = sync::apply(&plan, &sync_opts)?;
+            draft.changes = Some(record::Changes::from(&stats));
         }
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
@@ -305,10 +382,15 @@ fn deploy(
                 let _ = make_writable_and_remove(&path);
                 return Err(e);
             }
+            draft.changes = Some(record::Changes {
+                created: staged.entries,
+                ..Default::default()
+            });
         }
     }
 
-    hooks::run(&manifest.commands.post, hook_env)
+    draft.step = record::Step::Post;
+    run_hooks(draft, "post", &manifest.commands.post, hook_env)
 }
 
 /// The manifest's `excludes` after the rules of its `exclude_from` file, which is

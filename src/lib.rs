@@ -27,6 +27,7 @@ pub mod interrupt;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
+pub mod record;
 pub mod s3;
 pub mod state;
 pub mod status;
