@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::record::{self, Outcome, Record};
 
 /// The values of one dest's last deploy that the metrics show.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +110,46 @@ pub fn render(d: &LastDeploy) -> String {
         );
     }
     out
+}
+
+impl<'a> LastDeploy<'a> {
+    /// The values of `rec`, the record written under `key`.
+    pub fn of(key: &'a str, rec: &'a Record) -> LastDeploy<'a> {
+        let finished = chrono::DateTime::parse_from_rfc3339(&rec.finished)
+            .map(|t| t.timestamp_millis() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        LastDeploy {
+            dest: rec.dest.as_deref().unwrap_or(key),
+            success: rec.result == Outcome::Success,
+            finished,
+            duration_s: rec.duration_s,
+            checksum: rec.checksum.as_deref().unwrap_or(""),
+            manifest_url: &rec.manifest_url,
+            changes: rec
+                .changes
+                .as_ref()
+                .map(|c| [c.created, c.updated, c.deleted, c.unchanged]),
+        }
+    }
+}
+
+/// After the record `rec` of `key` (SPEC §13): writes its metrics file in `dir`.
+/// A record of a usable manifest also removes the file an earlier run left for the
+/// same manifest URL when it could not use the manifest (`manifest-*` key), so an
+/// old failure does not stay in the metrics once the manifest works.
+pub fn write_record(dir: &Path, key: &str, rec: &Record, manifest_url: &str) -> Result<PathBuf> {
+    let path = write(dir, key, &LastDeploy::of(key, rec))?;
+    let unusable = record::key_for_manifest(manifest_url);
+    if unusable != key {
+        let stale = dir.join(file_name(&unusable));
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", &stale, e))
+            }
+            _ => {}
+        }
+    }
+    Ok(path)
 }
 
 /// Writes `render(d)` to `dir/stretcher-<key>.prom` atomically; returns its path.

@@ -228,6 +228,22 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) 
     resolve_default(Path::new(SYSTEM_STATE_DIR), env)
 }
 
+/// The state directory a deploy with the same `explicit` and environment would use,
+/// found without creating anything (for readers such as `status`); it may not exist.
+pub fn state_dir_to_read(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let system = Path::new(SYSTEM_STATE_DIR);
+    if writable(system) || (!system.exists() && system.parent().is_some_and(writable)) {
+        return Ok(system.to_path_buf());
+    }
+    Ok(user_state_dir(system, env)?.join("stretcher"))
+}
+
 fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
     if writable(system) {
         return Ok(system.to_path_buf());
@@ -235,6 +251,13 @@ fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if !system.exists() && system.parent().is_some_and(writable) && make_dir(system).is_ok() {
         return Ok(system.to_path_buf());
     }
+    let dir = user_state_dir(system, env)?.join("stretcher");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
+    Ok(dir)
+}
+
+/// `$XDG_STATE_HOME`, else `$HOME/.local/state` (absolute values only).
+fn user_state_dir(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
     let xdg = env("XDG_STATE_HOME")
         .map(PathBuf::from)
         // The XDG spec: a relative value is invalid and must be ignored.
@@ -243,7 +266,7 @@ fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .map(|h| h.join(".local").join("state"));
-    let base = xdg.or(home).ok_or_else(|| {
+    xdg.or(home).ok_or_else(|| {
         Error::io(
             "choose a state directory",
             system,
@@ -251,10 +274,7 @@ fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 "not writable, and neither XDG_STATE_HOME nor HOME is set; give --state-dir",
             ),
         )
-    })?;
-    let dir = base.join("stretcher");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
-    Ok(dir)
+    })
 }
 
 fn writable(p: &Path) -> bool {

@@ -8,7 +8,16 @@
 //! exits 0 and writes nothing on stderr whatever happens, because Serf drops the
 //! answer of a handler that exits non-zero and mixes its stderr into the answer.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
+
+use crate::cli::StatusOptions;
+use crate::error::{Error, Result};
+use crate::log;
+use crate::record::{self, Outcome, Record};
+use crate::state;
 
 /// Serf's default limit of one query response (`QueryResponseSizeLimit`).
 pub const BRIEF_LIMIT: usize = 1024;
@@ -126,9 +135,167 @@ fn shorten(text: &str, max: usize) -> String {
     s
 }
 
-/// Runs `stretcher status`; returns the exit status (SPEC §13).
-pub fn main(_opts: &crate::cli::StatusOptions) -> i32 {
-    3
+/// Runs `stretcher status` with the process's environment; prints its output and
+/// returns the exit status (SPEC §13; always 0 under a serf query).
+pub fn main(opts: &StatusOptions) -> i32 {
+    let env = |k: &str| std::env::var(k).ok();
+    let query = env("SERF_EVENT").as_deref() == Some("query");
+    if query {
+        // warnings about corrupt records would be mixed into the answer
+        log::set_quiet(true);
+    }
+    let (text, code) = match run(opts, &env) {
+        Ok(done) => done,
+        Err(e) if opts.brief || query => {
+            let brief = Brief {
+                host: record::hostname().unwrap_or_default(),
+                deploys: Vec::new(),
+                omitted: 0,
+                error: Some(e.to_string()),
+            };
+            (brief_json(&brief, BRIEF_LIMIT) + "\n", 1)
+        }
+        Err(e) => {
+            eprintln!("stretcher: status: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match (query, written) {
+        (true, _) => 0,
+        (false, Ok(())) => code,
+        (false, Err(_)) => 1,
+    }
+}
+
+/// The output and exit status of `stretcher status` (SPEC §13).
+pub fn run(opts: &StatusOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, i32)> {
+    let dir = state::state_dir_to_read(opts.state_dir.as_deref(), env)?;
+    let (records, missing) = select(&dir, &opts.dests)?;
+    let failed = records.iter().any(|r| r.result != Outcome::Success);
+    let code = if failed {
+        1
+    } else if records.is_empty() || !missing.is_empty() {
+        3
+    } else {
+        0
+    };
+    let text = if opts.brief {
+        let brief = Brief {
+            host: record::hostname().unwrap_or_default(),
+            deploys: records.iter().map(brief_deploy).collect(),
+            omitted: 0,
+            error: None,
+        };
+        brief_json(&brief, BRIEF_LIMIT) + "\n"
+    } else if opts.json {
+        serde_json::to_string_pretty(&records).unwrap_or_default() + "\n"
+    } else {
+        lines(&records, &missing)
+    };
+    Ok((text, code))
+}
+
+/// The last records to show: of the `dests` named (and those of them that have
+/// none), or of every key in `dir`. A record of a manifest that could not be used
+/// (`manifest-*` key) is left out once a later record of the same manifest URL
+/// exists: the manifest has been read since.
+fn select(dir: &Path, dests: &[PathBuf]) -> Result<(Vec<Record>, Vec<PathBuf>)> {
+    if !dests.is_empty() {
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for d in dests {
+            let abs = absolute(d)?;
+            match record::last(dir, &abs) {
+                Some(r) => found.push(r),
+                None => missing.push(abs),
+            }
+        }
+        return Ok((found, missing));
+    }
+    let all = record::all(dir);
+    let superseded = |key: &str, r: &Record| {
+        key.starts_with("manifest-")
+            && all.iter().any(|(k, other)| {
+                k != key && other.manifest_url == r.manifest_url && other.finished > r.finished
+            })
+    };
+    let records = all
+        .iter()
+        .filter(|(k, r)| !superseded(k, r))
+        .map(|(_, r)| r.clone())
+        .collect();
+    Ok((records, Vec::new()))
+}
+
+/// `dest` as the manifest would name it: absolute, without `.` parts or a
+/// trailing `/` (the record key is a digest of that path).
+fn absolute(dest: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(dest).map_err(|e| Error::io("resolve", dest, e))?;
+    Ok(abs.components().collect())
+}
+
+/// A record in brief (checksum cut to 12 digits).
+fn brief_deploy(r: &Record) -> BriefDeploy {
+    BriefDeploy {
+        dest: r.dest.clone(),
+        result: r.result.as_str().to_string(),
+        checksum: r.checksum.as_ref().map(|c| c.chars().take(12).collect()),
+        finished: Some(r.finished.clone()),
+        failed_step: r.failed_step.map(|s| s.as_str().to_string()),
+        error: r.error.clone(),
+    }
+}
+
+/// One line per record, columns aligned: `DEST  RESULT  CHECKSUM  FINISHED
+/// DURATION  MANIFEST_URL`, then `failed at STEP: ERROR` for a failure; one line
+/// `DEST  none` per named dest without a record.
+fn lines(records: &[Record], missing: &[PathBuf]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for r in records {
+        let mut row = vec![
+            r.dest.clone().unwrap_or_else(|| "-".into()),
+            r.result.as_str().to_string(),
+            r.checksum
+                .as_ref()
+                .map_or("-".into(), |c| c.chars().take(12).collect()),
+            r.finished.clone(),
+            format!("{:.3}s", r.duration_s),
+            r.manifest_url.clone(),
+        ];
+        if r.result != Outcome::Success {
+            let step = r.failed_step.map_or("?", |s| s.as_str());
+            row.push(format!(
+                "failed at {step}: {}",
+                r.error.as_deref().unwrap_or(r.result.as_str())
+            ));
+        }
+        rows.push(row);
+    }
+    for m in missing {
+        rows.push(vec![m.display().to_string(), "none".into()]);
+    }
+    // align every column but the last of each row
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(c);
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
