@@ -251,7 +251,7 @@ pub struct Member {
 
 #[derive(Deserialize)]
 struct Members {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     members: Vec<Member>,
 }
 
@@ -584,6 +584,9 @@ mod tests {
         .unwrap();
         assert_eq!(q.acks, ["a", "b"]);
         assert!(q.responses["a"].ends_with('\n'));
+        assert!(parse_members(b"{\n  \"members\": null\n}\n")
+            .unwrap()
+            .is_empty());
         let q = parse_query(br#"{"Acks":null,"Responses":null}"#).unwrap();
         assert_eq!(q, QueryOutput::default());
         assert!(parse_query(b"Error connecting").is_err());

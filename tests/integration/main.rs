@@ -15,4 +15,6 @@ mod s3;
 mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
+#[cfg(feature = "e2e")]
+mod serf_e2e_fleet;
 mod unpack;
