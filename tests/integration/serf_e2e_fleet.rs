@@ -76,7 +76,7 @@ fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
         stretcher::fleet::QUERY,
         bin()
     );
-    let role = if i % 2 == 0 { "web" } else { "db" };
+    let role = if i.is_multiple_of(2) { "web" } else { "db" };
     let spec = Spec {
         handlers: vec![deploy, status],
         env: vec![
