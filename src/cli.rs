@@ -50,6 +50,8 @@ pub struct Options {
     /// `--textfile-dir`: where node_exporter textfile metrics are written after each
     /// deploy (SPEC §13); `None` = none are written.
     pub textfile_dir: Option<PathBuf>,
+    /// `--force`: deploy even when `dest` already holds the archive (SPEC §11).
+    pub force: bool,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             dry_run: false,
             command_timeout: None,
             textfile_dir: None,
+            force: false,
         }
     }
 }
@@ -83,6 +86,8 @@ pub enum Command {
     FleetStatus(FleetOptions),
     /// `--help` of a subcommand: the text to print (exit 0).
     SubcommandHelp(String),
+    /// `stretcher verify DEST` (SPEC §12).
+    Verify(VerifyOptions),
 }
 
 /// `stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]` (SPEC §13).
@@ -111,6 +116,16 @@ pub struct FleetOptions {
     pub json: bool,
 }
 
+/// `stretcher verify DEST [--json] [--state-dir DIR]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyOptions {
+    pub dest: PathBuf,
+    pub json: bool,
+    pub state_dir: Option<PathBuf>,
+    /// `--help`: print [`verify_usage`] instead.
+    pub help: bool,
+}
+
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
 
 /// Flags that take a value, by canonical name, with the aliases that map onto them.
@@ -129,7 +144,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
 ];
 
 /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
-const SWITCHES: &[&str] = &["dry-run"];
+const SWITCHES: &[&str] = &["dry-run", "force"];
 
 /// The raw, string-valued flags argh parses; validation happens in `validate`.
 #[derive(FromArgs, Debug)]
@@ -162,6 +177,9 @@ struct RawArgs {
     /// dry run
     #[argh(switch)]
     dry_run: bool,
+    /// force
+    #[argh(switch)]
+    force: bool,
     /// command timeout
     #[argh(option)]
     command_timeout: Option<String>,
@@ -173,11 +191,113 @@ struct RawArgs {
     target: Vec<String>,
 }
 
-/// Parses argv (without argv[0]).
+/// Parses argv (without argv[0]): a subcommand when the first word names one
+/// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
 pub fn parse(args: &[OsString]) -> Result<Command> {
     if let Some(command) = parse_subcommand(args)? {
         return Ok(command);
     }
+    match args.first().and_then(|a| a.to_str()) {
+        Some("verify") => parse_verify(&args[1..]),
+        _ => parse_deploy(args),
+    }
+}
+
+/// The words of a subcommand's argv as `(flag, inline value)` or positionals, for
+/// the small hand parsers below: `-flag` and `--flag`, `=value` or the next word.
+fn sub_words(args: &[OsString]) -> Result<Vec<String>> {
+    args.iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or_else(|| {
+                Error::Usage(format!(
+                    "argument {:?} is not valid UTF-8",
+                    a.to_string_lossy()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn parse_verify(args: &[OsString]) -> Result<Command> {
+    let words = sub_words(args)?;
+    let mut o = VerifyOptions::default();
+    let mut dest = None;
+    let mut it = words.iter();
+    let mut options_ended = false;
+    while let Some(w) = it.next() {
+        if options_ended || !w.starts_with('-') || w == "-" {
+            if dest.replace(w.clone()).is_some() {
+                return Err(Error::Usage(format!(
+                    "verify takes one DEST (extra argument {w:?})"
+                )));
+            }
+            continue;
+        }
+        if w == "--" {
+            options_ended = true;
+            continue;
+        }
+        let body = w.trim_start_matches('-');
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        match name {
+            "h" | "help" => o.help = true,
+            "json" => o.json = true,
+            "state-dir" => {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| Error::Usage("flag needs an argument: -state-dir".into()))?,
+                };
+                if v.trim().is_empty() {
+                    return Err(bad_value("state-dir", &v, "expected a directory path"));
+                }
+                o.state_dir = Some(PathBuf::from(v));
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "unknown flag for verify: {w} (see stretcher verify --help)"
+                )))
+            }
+        }
+    }
+    if o.help {
+        return Ok(Command::Verify(o));
+    }
+    let dest = dest.ok_or_else(|| Error::Usage("verify needs a DEST directory".into()))?;
+    if dest.trim().is_empty() {
+        return Err(Error::Usage("verify: DEST is empty".into()));
+    }
+    o.dest = PathBuf::from(dest);
+    Ok(Command::Verify(o))
+}
+
+/// `stretcher verify --help`.
+pub fn verify_usage() -> String {
+    "\
+Usage: stretcher verify DEST [--json] [--state-dir DIR]
+
+Compares DEST now with the index of its last successful deploy, read-only, and
+prints one line per difference (dest-relative, directories ending in /):
+  added PATH
+  deleted PATH
+  changed PATH (WHAT[,WHAT])   WHAT among type, size, mtime, mode, owner, target
+Excluded paths are never drift.
+
+  --json            print {\"dest\", \"checksum\", \"deployed\", \"drift\": [{\"path\", \"kind\", \"what\"}]}
+  --state-dir DIR   the state directory the deploys used (default as for a deploy)
+  -h, --help        print this help
+
+Exit status: 0 no drift, 1 drift, 2 no deploy recorded for DEST (or bad usage).
+"
+    .to_string()
+}
+
+fn parse_deploy(args: &[OsString]) -> Result<Command> {
     let (help, version, for_argh) = prepare(args, VALUE_FLAGS, SWITCHES)?;
     if help {
         return Ok(Command::Help);
@@ -385,7 +505,9 @@ named), one line each: DEST RESULT CHECKSUM FINISHED DURATION MANIFEST_URL, and
 for a failure `failed at STEP: ERROR`. Reads the state directory only.
 
   --json           the records, as a JSON array
-  --brief          with --json: at most 1024 bytes, for a serf query answer
+  --brief          the brief JSON answer for a serf query (with or without
+                   --json): host and, per dest, result, checksum, finished and
+                   error, at most 1024 bytes in all
   --state-dir DIR  the state directory the deploys used (default as for a deploy)
 
 Exit status: 0 every last deploy succeeded, 1 one did not, 3 nothing recorded
@@ -412,7 +534,8 @@ not counted. Needs the `serf` command on PATH.
   --tag KEY=VALUE      only members whose tag KEY matches VALUE (a regexp; repeatable)
   --node NAME          only this member (repeatable)
   --timeout DURATION   how long to collect answers (default: serf's query timeout)
-  --checksum HEX       every host must hold this checksum (a prefix of 12+ digits)
+  --checksum HEX       every host must hold this checksum (its first 12 digits
+                       are compared)
   --json               print the result as one JSON object
 
 Exit status: 0 when every alive member answered and its last deploys succeeded
@@ -556,6 +679,7 @@ fn validate(raw: RawArgs) -> Result<Options> {
         };
     }
     o.dry_run = raw.dry_run;
+    o.force = raw.force;
     if let Some(v) = raw.command_timeout {
         o.command_timeout =
             Some(parse_duration(&v).map_err(|m| bad_value("command-timeout", &v, &m))?)
@@ -731,10 +855,15 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           fail the deploy; 0 = no limit (default)
   --textfile-dir DIR      after each deploy, write DIR/stretcher-KEY.prom for
                           node_exporter's textfile collector
+  --force                 deploy even when dest already holds the archive (by
+                          default a redeploy of what dest still holds, unchanged,
+                          downloads nothing and runs only the hooks)
   -v, --version           print the version and exit
   -h, --help              print this help and exit
 
-Subcommands (each has its own --help; a manifest file of that name is ./NAME):
+Subcommands (first argument; a manifest file of that name is written ./NAME),
+each with its own --help:
+  verify DEST             report drift of DEST since its last deploy
   status [DEST...]        the last deploy of each dest recorded on this host
   fleet status            the last deploys of every host, asked through serf
 

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod deploy;
+pub mod drift;
 pub mod error;
 pub mod event;
 pub mod fetch;
@@ -23,11 +24,13 @@ pub mod filter;
 pub mod fleet;
 pub mod hooks;
 pub mod http;
+pub mod index;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
 pub mod record;
+pub mod redeploy;
 pub mod s3;
 pub mod state;
 pub mod status;

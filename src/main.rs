@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         }
         Ok(Command::Status(opts)) => stretcher::status::main(&opts),
         Ok(Command::FleetStatus(opts)) => stretcher::fleet::main(&opts),
+        Ok(Command::Verify(opts)) => stretcher::drift::main(&opts),
         Err(e) => {
             eprintln!("stretcher: {e}");
             eprintln!("Try 'stretcher --help' for more information.");

@@ -470,7 +470,13 @@ pub fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| Error::io("create temp file in", dir, e))?;
+    // Readable by all, like the rest of the state directory (`status` as any user).
+    use std::os::unix::fs::PermissionsExt;
     tmp.write_all(data)
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| Error::io("write", tmp.path(), e))?;
     tmp.persist(path)

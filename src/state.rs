@@ -228,20 +228,27 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) 
     resolve_default(Path::new(SYSTEM_STATE_DIR), env)
 }
 
-/// The state directory a deploy with the same `explicit` and environment would use,
-/// found without creating anything (for readers such as `status`); it may not exist.
-pub fn state_dir_to_read(
+/// The state directory a deploy would use (see [`state_dir`]), for the read-only
+/// subcommands: nothing is created; `None` when none can be chosen.
+pub fn find_state_dir(
     explicit: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<PathBuf> {
+) -> Option<PathBuf> {
     if let Some(dir) = explicit {
-        return Ok(dir.to_path_buf());
+        return Some(dir.to_path_buf());
     }
     let system = Path::new(SYSTEM_STATE_DIR);
     if writable(system) || (!system.exists() && system.parent().is_some_and(writable)) {
-        return Ok(system.to_path_buf());
+        return Some(system.to_path_buf());
     }
-    Ok(user_state_dir(system, env)?.join("stretcher"))
+    let xdg = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|h| h.join(".local").join("state"));
+    xdg.or(home).map(|b| b.join("stretcher"))
 }
 
 fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
@@ -251,13 +258,6 @@ fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if !system.exists() && system.parent().is_some_and(writable) && make_dir(system).is_ok() {
         return Ok(system.to_path_buf());
     }
-    let dir = user_state_dir(system, env)?.join("stretcher");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
-    Ok(dir)
-}
-
-/// `$XDG_STATE_HOME`, else `$HOME/.local/state` (absolute values only).
-fn user_state_dir(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
     let xdg = env("XDG_STATE_HOME")
         .map(PathBuf::from)
         // The XDG spec: a relative value is invalid and must be ignored.
@@ -266,7 +266,7 @@ fn user_state_dir(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .map(|h| h.join(".local").join("state"));
-    xdg.or(home).ok_or_else(|| {
+    let base = xdg.or(home).ok_or_else(|| {
         Error::io(
             "choose a state directory",
             system,
@@ -274,7 +274,10 @@ fn user_state_dir(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "not writable, and neither XDG_STATE_HOME nor HOME is set; give --state-dir",
             ),
         )
-    })
+    })?;
+    let dir = base.join("stretcher");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
+    Ok(dir)
 }
 
 fn writable(p: &Path) -> bool {

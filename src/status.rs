@@ -171,7 +171,15 @@ pub fn main(opts: &StatusOptions) -> i32 {
 
 /// The output and exit status of `stretcher status` (SPEC §13).
 pub fn run(opts: &StatusOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, i32)> {
-    let dir = state::state_dir_to_read(opts.state_dir.as_deref(), env)?;
+    let dir = state::find_state_dir(opts.state_dir.as_deref(), env).ok_or_else(|| {
+        Error::io(
+            "choose a state directory",
+            state::SYSTEM_STATE_DIR,
+            std::io::Error::other(
+                "not writable, and neither XDG_STATE_HOME nor HOME is set; give --state-dir",
+            ),
+        )
+    })?;
     let (records, missing) = select(&dir, &opts.dests)?;
     let failed = records.iter().any(|r| r.result != Outcome::Success);
     let code = if failed {
