@@ -199,6 +199,8 @@ pub fn run(opts: &StatusOptions, env: &dyn Fn(&str) -> Option<String>) -> Result
         brief_json(&brief, BRIEF_LIMIT) + "\n"
     } else if opts.json {
         serde_json::to_string_pretty(&records).unwrap_or_default() + "\n"
+    } else if records.is_empty() && missing.is_empty() {
+        format!("no deploy recorded in {}\n", dir.display())
     } else {
         lines(&records, &missing)
     };

@@ -19,4 +19,5 @@ mod safety;
 mod serf_e2e;
 #[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
+mod status;
 mod unpack;
