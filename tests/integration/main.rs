@@ -10,6 +10,8 @@ mod faults;
 mod fleet;
 mod hooks;
 mod http;
+#[cfg(feature = "e2e")]
+mod metrics_e2e;
 mod record;
 mod redeploy;
 mod rsync_oracle;
