@@ -5,11 +5,13 @@
 //! query -format=json stretcher-status`, with the same filters), read what it
 //! prints, judge every member (`assess`, a pure function), and print a table and
 //! the summary line, or one JSON object. Every host answers with `stretcher status
-//! --brief --json` (`status::Brief`).
+//! --brief --json` (`status::Brief`). When stderr is a terminal the query runs in
+//! serf's text format instead (`TextQuery`), whose lines arrive answer by answer,
+//! to show the hosts answered so far.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -62,7 +64,7 @@ pub fn main(opts: &FleetOptions) -> i32 {
 
 /// Asks serf for the members and their answers, and judges them.
 pub fn run(opts: &FleetOptions) -> Result<Report> {
-    let members_out = run_serf(&members_args(opts), MEMBERS_LIMIT, None)?;
+    let members_out = run_serf(&members_args(opts), MEMBERS_LIMIT, |_| {})?;
     let members = parse_members(&members_out)?;
     let alive = members.iter().filter(|m| m.status == "alive").count();
     if alive == 0 && members.iter().all(|m| m.status != "failed") {
@@ -71,12 +73,11 @@ pub fn run(opts: &FleetOptions) -> Result<Report> {
         ));
     }
     let limit = opts.timeout.map_or(QUERY_LIMIT, |t| t + MEMBERS_LIMIT);
-    let progress = std::io::stderr().is_terminal().then_some(Progress {
-        alive,
-        timeout: opts.timeout,
-    });
-    let query_out = run_serf(&query_args(opts), limit, progress)?;
-    let query = parse_query(&query_out)?;
+    let query = if std::io::stderr().is_terminal() {
+        query_with_progress(opts, alive, limit)?
+    } else {
+        parse_query(&run_serf(&query_args(opts), limit, |_| {})?)?
+    };
     if alive > 0 && query.responses.is_empty() {
         return Err(Error::Fleet(format!(
             "no member answered serf query {QUERY} ({} of {alive} alive acknowledged it): \
@@ -105,9 +106,14 @@ pub fn members_args(opts: &FleetOptions) -> Vec<String> {
     args
 }
 
-/// `serf query stretcher-status` with the same filters as `members_args`.
+/// `serf query -format=json stretcher-status` with the same filters as
+/// `members_args`.
 pub fn query_args(opts: &FleetOptions) -> Vec<String> {
-    let mut args = vec!["query".to_string(), "-format=json".to_string()];
+    query_args_as(opts, "json")
+}
+
+fn query_args_as(opts: &FleetOptions, format: &str) -> Vec<String> {
+    let mut args = vec!["query".to_string(), format!("-format={format}")];
     if let Some(a) = &opts.rpc_addr {
         args.push(format!("-rpc-addr={a}"));
     }
@@ -136,15 +142,83 @@ fn quote_meta(s: &str) -> String {
     out
 }
 
-/// What to show on a terminal while the query runs.
-struct Progress {
-    alive: usize,
-    timeout: Option<Duration>,
+/// The query on a terminal: serf's text output arrives line by line as the
+/// answers do (its JSON only when the query ends), so the hosts answered so far are
+/// shown while it waits; the result is the same as `parse_query` of the JSON.
+fn query_with_progress(opts: &FleetOptions, alive: usize, limit: Duration) -> Result<QueryOutput> {
+    let start = Instant::now();
+    let of = opts
+        .timeout
+        .map(|t| format!(" of {:.1}s", t.as_secs_f64()))
+        .unwrap_or_default();
+    let mut text = TextQuery::default();
+    let result = run_serf(&query_args_as(opts, "text"), limit, |line| {
+        if let Some(line) = line {
+            text.line(line);
+        }
+        eprint!(
+            "\r\x1b[K{} of {alive} alive members answered ({} acknowledged), {:.1}s{of}",
+            text.out.responses.len(),
+            text.out.acks.len(),
+            start.elapsed().as_secs_f64()
+        );
+    });
+    // clear the progress line
+    eprint!("\r\x1b[K");
+    result.map(|_| text.out)
 }
 
-/// Runs `serf ARGS` to its end (killed by pid after `limit`); its stdout, or an
-/// error with the first line serf wrote.
-fn run_serf(args: &[String], limit: Duration, progress: Option<Progress>) -> Result<Vec<u8>> {
+/// `serf query` in text format, read line by line: `Ack from 'NODE'`, `Response
+/// from 'NODE': PAYLOAD` (a payload of several lines continues on the next lines),
+/// and the `Query ... dispatched` / `Total ...` lines around them.
+#[derive(Debug, Default)]
+pub struct TextQuery {
+    pub out: QueryOutput,
+    /// The node whose payload a following unknown line continues.
+    last: Option<String>,
+}
+
+impl TextQuery {
+    pub fn line(&mut self, line: &str) {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if let Some(node) = line
+            .strip_prefix("Ack from '")
+            .and_then(|r| r.strip_suffix('\''))
+        {
+            self.out.acks.push(node.to_string());
+            self.last = None;
+        } else if let Some((node, payload)) = line.strip_prefix("Response from '").and_then(|r| {
+            r.split_once("': ")
+                .or_else(|| Some((r.strip_suffix("':")?, "")))
+        }) {
+            self.out
+                .responses
+                .insert(node.to_string(), payload.to_string());
+            self.last = Some(node.to_string());
+        } else if (line.starts_with("Query '") && line.ends_with("' dispatched"))
+            || line.starts_with("Total Acks: ")
+            || line.starts_with("Total Responses: ")
+        {
+            self.last = None;
+        } else if let Some(answer) = self
+            .last
+            .as_ref()
+            .and_then(|n| self.out.responses.get_mut(n))
+        {
+            answer.push('\n');
+            answer.push_str(line);
+        }
+    }
+}
+
+/// Runs `serf ARGS` to its end (killed by pid after `limit`), calling `tick` with
+/// each line of its stdout as it arrives and with `None` every 200 ms; returns its
+/// stdout, or an error with the first line serf wrote.
+fn run_serf(
+    args: &[String],
+    limit: Duration,
+    mut tick: impl FnMut(Option<&str>),
+) -> Result<Vec<u8>> {
     let what = format!("serf {}", args[0]);
     let mut child = Command::new("serf")
         .args(args)
@@ -157,20 +231,49 @@ fn run_serf(args: &[String], limit: Duration, progress: Option<Progress>) -> Res
                 "cannot run serf: {e} (is serf installed and on PATH?)"
             ))
         })?;
-    let out = drain(child.stdout.take());
+    let lines = lines_of(child.stdout.take());
     let err = drain(child.stderr.take());
-    let status = wait_bounded(&mut child, limit, progress.as_ref());
-    if progress.is_some() {
-        // clear the progress line
-        eprint!("\r\x1b[K");
-    }
-    let status = status.ok_or_else(|| {
-        Error::Fleet(format!(
+    let start = Instant::now();
+    let mut stdout = Vec::new();
+    let mut shown = Instant::now();
+    let status = loop {
+        match lines.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => {
+                tick(Some(&String::from_utf8_lossy(&line)));
+                stdout.extend_from_slice(&line);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // stdout closed: serf is done (or closed it); wait for its status
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+        }
+        if shown.elapsed() >= Duration::from_millis(200) {
+            shown = Instant::now();
+            tick(None);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // what it wrote before exiting
+                for line in lines.iter() {
+                    tick(Some(&String::from_utf8_lossy(&line)));
+                    stdout.extend_from_slice(&line);
+                }
+                break Some(status);
+            }
+            Ok(None) if start.elapsed() <= limit => {}
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Fleet(format!(
             "{what} did not finish within {}s; killed",
             limit.as_secs()
-        ))
-    })?;
-    let stdout = out.join().unwrap_or_default();
+        )));
+    };
     let stderr = err.join().unwrap_or_default();
     if !status.success() {
         let text = String::from_utf8_lossy(if stderr.iter().all(u8::is_ascii_whitespace) {
@@ -190,6 +293,27 @@ fn run_serf(args: &[String], limit: Duration, progress: Option<Progress>) -> Res
     Ok(stdout)
 }
 
+/// The lines of `pipe` (each with its `\n`), as they arrive.
+fn lines_of<R: Read + Send + 'static>(pipe: Option<R>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(pipe) = pipe else { return };
+        let mut reader = std::io::BufReader::new(pipe);
+        loop {
+            let mut line = Vec::new();
+            match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut v = Vec::new();
@@ -198,45 +322,6 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<V
         }
         v
     })
-}
-
-/// Waits for `child`, showing `progress` on stderr every 200 ms; kills it by pid
-/// and returns `None` after `limit`.
-fn wait_bounded(
-    child: &mut Child,
-    limit: Duration,
-    progress: Option<&Progress>,
-) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    let mut shown = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => break,
-        }
-        if start.elapsed() > limit {
-            break;
-        }
-        if let Some(p) = progress {
-            if shown.elapsed() >= Duration::from_millis(200) {
-                shown = Instant::now();
-                let of = p
-                    .timeout
-                    .map(|t| format!(" of {:.0}s", t.as_secs_f64()))
-                    .unwrap_or_default();
-                eprint!(
-                    "\r\x1b[Kasking {} alive members through serf: {:.1}s{of}",
-                    p.alive,
-                    start.elapsed().as_secs_f64()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 /// One member as `serf members -format=json` lists it.
@@ -590,6 +675,29 @@ mod tests {
         let q = parse_query(br#"{"Acks":null,"Responses":null}"#).unwrap();
         assert_eq!(q, QueryOutput::default());
         assert!(parse_query(b"Error connecting").is_err());
+    }
+
+    #[test]
+    fn text_output_as_it_arrives() {
+        let mut t = TextQuery::default();
+        for line in [
+            "Query 'stretcher-status' dispatched\n",
+            "Ack from 'a'\r\n",
+            "Ack from 'b'\n",
+            "Response from 'a': {\"host\":\"a\",\"deploys\":[]}\n",
+            "Response from 'b': first\n",
+            "second\n",
+            "Response from 'c':\n",
+            "Total Acks: 2\n",
+            "Total Responses: 3\n",
+        ] {
+            t.line(line);
+        }
+        assert_eq!(t.out.acks, ["a", "b"]);
+        assert_eq!(t.out.responses["a"], r#"{"host":"a","deploys":[]}"#);
+        assert_eq!(t.out.responses["b"], "first\nsecond");
+        assert_eq!(t.out.responses["c"], "");
+        assert_eq!(t.out.responses.len(), 3);
     }
 
     #[test]

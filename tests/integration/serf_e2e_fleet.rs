@@ -100,6 +100,51 @@ fn fleet(via: &Agent, args: &[&str]) -> Run {
         .run()
 }
 
+/// `stretcher fleet status ARGS` with stderr on a terminal (a pty): its exit
+/// status, stdout, and what it showed on the terminal.
+fn fleet_on_tty(via: &Agent, args: &[&str]) -> (i32, String, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["fleet", "status", "--rpc-addr", &via.host.rpc_addr()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the pty's slave end: the master sees EOF when the child exits
+    let mut master = std::fs::File::from(pty.master);
+    let terminal = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = master.read_to_end(&mut v); // ends with EIO once the slave is closed
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fleet status on a tty did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        stdout,
+        terminal.join().unwrap(),
+    )
+}
+
 /// The table rows of `out` that start with `node`.
 fn rows<'a>(out: &'a str, node: &str) -> Vec<&'a str> {
     out.lines()
@@ -234,6 +279,19 @@ fn ten_agents_answer_fleet_status() {
         "{}",
         run.stdout
     );
+    // on a terminal it shows the hosts answered so far; the result is the same
+    let (code, stdout, terminal) = fleet_on_tty(&agents[5], &["--timeout", "3s"]);
+    assert_eq!(code, 0, "{stdout}\n{terminal}");
+    assert!(
+        stdout.contains("10 answered of 10 alive members: 10 success"),
+        "{stdout}"
+    );
+    assert!(
+        terminal.contains("10 of 10 alive members answered"),
+        "{terminal:?}"
+    );
+    assert!(terminal.ends_with("\r\x1b[K"), "{terminal:?}");
+
     // another checksum: converged elsewhere, so the check fails
     let run = fleet(
         &agents[4],
