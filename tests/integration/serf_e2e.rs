@@ -231,5 +231,19 @@ fn three_serf_agents_deploy_and_update() {
         beside.sort();
         assert_eq!(beside, [".dest.stretcher.lock", "dest"], "{}", n.node.name);
     }
+
+    // these agents have no query handler: fleet status says so in one line
+    let run = stretcher()
+        .args(["fleet", "status", "--timeout", "2s", "--rpc-addr"])
+        .arg(nodes[0].node.rpc_addr())
+        .run();
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no member answered serf query stretcher-status"),
+        "{}",
+        run.stderr
+    );
     drop(cluster);
 }
