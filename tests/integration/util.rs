@@ -466,11 +466,16 @@ pub mod serf {
     use std::process::{Child, Command, Output, Stdio};
     use std::time::{Duration, Instant};
 
-    /// A port free for both TCP and UDP on 127.0.0.1 (serf gossips over both).
+    /// A port free for both TCP and UDP on 127.0.0.1 (serf gossips over both),
+    /// chosen below Linux's ephemeral range (32768–60999): a port the kernel hands
+    /// out for `:0` can be taken as the source port of one agent's outgoing
+    /// connection before the agent meant to listen on it has started.
     pub fn free_port() -> u16 {
-        for _ in 0..50 {
-            let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-            let port = tcp.local_addr().unwrap().port();
+        for _ in 0..200 {
+            let port = fastrand::u16(20000..32000);
+            let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+                continue;
+            };
             if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
                 return port;
             }
