@@ -563,10 +563,10 @@ fn record_of_an_s3_deploy_holds_no_secret() {
     let run = with_keys(aws(&sc)).arg(&m).run();
     run.assert_ok();
     let key = stretcher::record::key_for_dest(&sc.dest());
-    let rec = std::fs::read_to_string(stretcher::record::record_path(&sc.state_dir(), &key))
-        .unwrap();
-    let hist = std::fs::read_to_string(stretcher::record::history_path(&sc.state_dir(), &key))
-        .unwrap();
+    let rec =
+        std::fs::read_to_string(stretcher::record::record_path(&sc.state_dir(), &key)).unwrap();
+    let hist =
+        std::fs::read_to_string(stretcher::record::history_path(&sc.state_dir(), &key)).unwrap();
     assert!(rec.contains(&format!("\"src\": \"{src}\"")), "{rec}");
     for text in [&rec, &hist] {
         for secret in [
