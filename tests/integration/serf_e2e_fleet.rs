@@ -323,6 +323,22 @@ fn ten_agents_answer_fleet_status() {
         .collect();
     assert_eq!(nodes, ["node00", "node02", "node04", "node06", "node08"]);
 
+    // --node selects members by name (serf members -name, serf query -node)
+    let run = fleet(
+        &agents[0],
+        &["--node", "node01", "--node", "node07", "--timeout", "3s"],
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "2 answered of 2 alive members: 2 success, 0 failure, 0 silent, 0 unreachable"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(rows(&run.stdout, "node01").len(), 1, "{}", run.stdout);
+    assert_eq!(rows(&run.stdout, "node07").len(), 1, "{}", run.stdout);
+
     // a member that left is not counted
     let out = serf(&["leave", &agents[9].host.rpc_flag()]);
     assert!(out.status.success(), "serf leave: {out:?}");
