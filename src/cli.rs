@@ -507,7 +507,7 @@ for a failure `failed at STEP: ERROR`. Reads the state directory only.
   --json           the records, as a JSON array
   --brief          the brief JSON answer for a serf query (with or without
                    --json): host and, per dest, result, checksum, finished and
-                   error, at most 1024 bytes in all
+                   error, small enough for serf's 1024-byte response limit
   --state-dir DIR  the state directory the deploys used (default as for a deploy)
 
 Exit status: 0 every last deploy succeeded, 1 one did not, 3 nothing recorded

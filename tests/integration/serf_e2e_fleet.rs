@@ -10,6 +10,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use stretcher::record::Outcome;
+
+use crate::util::records;
 use crate::util::serf::{self, serf, Cluster, Host, Spec};
 use crate::util::*;
 
@@ -338,6 +341,47 @@ fn ten_agents_answer_fleet_status() {
     );
     assert_eq!(rows(&run.stdout, "node01").len(), 1, "{}", run.stdout);
     assert_eq!(rows(&run.stdout, "node07").len(), 1, "{}", run.stdout);
+
+    // a host with many dests and long errors: its shortened answer still gets
+    // through serf's 1024-byte response limit (node09 leaves next, so its extra
+    // records do not change the counts below)
+    let long =
+        "failed: /opt/deploy/bin/check-health --url http://127.0.0.1:8080/health exit status 1; "
+            .repeat(4);
+    for i in 0..24 {
+        let result = if i % 3 == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let rec = records::record(
+            &format!("/srv/applications/service-{i:02}"),
+            result,
+            &checksum,
+            &format!("2026-12-01T10:{i:02}:00.000Z"),
+            (result == Outcome::Failure).then_some(long.as_str()),
+        );
+        records::write(&agents[9].state(), &rec);
+    }
+    let run = fleet(&agents[0], &["--node", "node09", "--timeout", "3s"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "1 answered of 1 alive members: 0 success, 1 failure, 0 silent, 0 unreachable"
+        ),
+        "{}\n{}",
+        run.stdout,
+        agents[9].report()
+    );
+    let many = rows(&run.stdout, "node09");
+    assert!(many.len() > 5, "{}", run.stdout);
+    assert!(many.iter().any(|r| r.contains("more)")), "{}", run.stdout);
+    assert!(
+        many.iter()
+            .any(|r| r.contains("failed at pre: failed: /opt/deploy/bin/check-health")),
+        "{}",
+        run.stdout
+    );
 
     // a member that left is not counted
     let out = serf(&["leave", &agents[9].host.rpc_flag()]);

@@ -2,60 +2,10 @@
 //! written by the library's own record writer, the 1024-byte brief answer, exit
 //! codes 0/1/3, and the rules under a serf query (exit 0, nothing on stderr).
 
-use std::path::Path;
+use stretcher::record::{self, Outcome, Record};
 
-use stretcher::record::{self, Changes, EventInfo, Outcome, Record, Step};
-
+use crate::util::records::{record, write};
 use crate::util::*;
-
-fn record(
-    dest: &str,
-    result: Outcome,
-    checksum: &str,
-    finished: &str,
-    error: Option<&str>,
-) -> Record {
-    let failed = result != Outcome::Success;
-    Record {
-        schema: record::SCHEMA,
-        host: Some("web-1".into()),
-        stretcher_version: "0.1.0".into(),
-        dest: Some(dest.into()),
-        strategy: Some("rsync".into()),
-        release: None,
-        manifest_url: format!("https://releases.example.com{dest}.yml"),
-        manifest_sha256: Some("ab".repeat(32)),
-        serial: None,
-        src: Some(format!("https://releases.example.com{dest}.tar.gz")),
-        checksum: Some(checksum.into()),
-        event: EventInfo {
-            origin: "serf".into(),
-            name: Some("deploy".into()),
-            id: None,
-            ltime: Some(7),
-        },
-        result,
-        failed_step: failed.then_some(Step::Pre),
-        error: error.map(str::to_string),
-        started: finished.into(),
-        finished: finished.into(),
-        duration_s: if failed { 0.3 } else { 1.25 },
-        downloaded_bytes: Some(1000),
-        download_skipped: false,
-        changes: (!failed).then_some(Changes {
-            created: 3,
-            updated: 1,
-            deleted: 0,
-            unchanged: 10,
-        }),
-        hooks: Vec::new(),
-    }
-}
-
-fn write(state: &Path, rec: &Record) {
-    let key = record::key_for_dest(Path::new(rec.dest.as_deref().unwrap()));
-    record::write(state, &key, rec).unwrap();
-}
 
 fn status(s: &Scratch, args: &[&str]) -> Run {
     stretcher()
@@ -171,7 +121,30 @@ fn brief_json_of_many_dests_fits_in_1024_bytes() {
     let run = status(&s, &["--brief", "--json"]);
     assert_eq!(run.code(), 1);
     let answer = run.stdout.trim_end();
-    assert!(answer.len() <= 1024, "{} bytes: {answer}", answer.len());
+    // with its newline, and the message serf wraps it in, within 1024 bytes
+    let budget = stretcher::status::brief_budget(&record::hostname().unwrap_or_default());
+    assert!(
+        run.stdout.len() <= budget,
+        "{} bytes: {answer}",
+        run.stdout.len()
+    );
+    assert!(
+        run.stdout.len() > budget - 40,
+        "{} of {budget} bytes used",
+        run.stdout.len()
+    );
+    // under serf, the node name counts
+    let long_name = "a-rather-long-serf-node-name-for-this-host.example.com";
+    let run = stretcher()
+        .env("SERF_EVENT", "query")
+        .env("SERF_SELF_NAME", long_name)
+        .args(["status", "--brief", "--json", "--state-dir"])
+        .arg(s.state_dir())
+        .run();
+    assert_eq!((run.code(), run.stderr.as_str()), (0, ""));
+    assert!(run.stdout.len() <= stretcher::status::brief_budget(long_name));
+    assert!(1024 - run.stdout.len() >= long_name.len() + 41);
+    serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(answer).unwrap();
     let deploys = v["deploys"].as_array().unwrap();
     let omitted = v["omitted"].as_u64().unwrap_or(0) as usize;

@@ -456,6 +456,64 @@ pub fn metadata_mtime(p: &Path) -> i64 {
     std::fs::metadata(p).unwrap().mtime()
 }
 
+/// Deploy records as the library writes them, for the `status` and `fleet status`
+/// tests.
+pub mod records {
+    use std::path::Path;
+
+    use stretcher::record::{self, Changes, EventInfo, Outcome, Record, Step};
+
+    /// `dest`'s last deploy with `result`, finished at `finished` (RFC 3339).
+    pub fn record(
+        dest: &str,
+        result: Outcome,
+        checksum: &str,
+        finished: &str,
+        error: Option<&str>,
+    ) -> Record {
+        let failed = result != Outcome::Success;
+        Record {
+            schema: record::SCHEMA,
+            host: Some("web-1".into()),
+            stretcher_version: "0.1.0".into(),
+            dest: Some(dest.into()),
+            strategy: Some("rsync".into()),
+            release: None,
+            manifest_url: format!("https://releases.example.com{dest}.yml"),
+            manifest_sha256: Some("ab".repeat(32)),
+            serial: None,
+            src: Some(format!("https://releases.example.com{dest}.tar.gz")),
+            checksum: Some(checksum.into()),
+            event: EventInfo {
+                origin: "serf".into(),
+                name: Some("deploy".into()),
+                id: None,
+                ltime: Some(7),
+            },
+            result,
+            failed_step: failed.then_some(Step::Pre),
+            error: error.map(str::to_string),
+            started: finished.into(),
+            finished: finished.into(),
+            duration_s: if failed { 0.3 } else { 1.25 },
+            downloaded_bytes: Some(1000),
+            download_skipped: false,
+            changes: (!failed).then_some(Changes {
+                created: 3,
+                updated: 1,
+                deleted: 0,
+                unchanged: 10,
+            }),
+            hooks: Vec::new(),
+        }
+    }
+
+    pub fn write(state: &Path, rec: &Record) {
+        let key = record::key_for_dest(Path::new(rec.dest.as_deref().unwrap()));
+        record::write(state, &key, rec).unwrap();
+    }
+}
+
 /// Real `serf agent`s on 127.0.0.1 for the end-to-end tests (feature `e2e`): ports,
 /// agents started with their handlers and environment, the `serf` command, and a
 /// cluster guard that kills every agent by pid when dropped.
