@@ -80,9 +80,9 @@ pub fn run(opts: &FleetOptions) -> Result<Report> {
     };
     if alive > 0 && query.responses.is_empty() {
         return Err(Error::Fleet(format!(
-            "no member answered serf query {QUERY} ({} of {alive} alive acknowledged it): \
-             is the handler \"query:{QUERY}=stretcher status --brief --json\" in the agents' \
-             -event-handler?",
+            "no member answered serf query {QUERY} in time ({} of {alive} alive acknowledged \
+             it): is \"query:{QUERY}=stretcher status --brief --json\" among the agents' \
+             -event-handler (or are they all still deploying)?",
             query.acks.len()
         )));
     }
