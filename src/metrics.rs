@@ -263,4 +263,41 @@ stretcher_last_deploy_changes{dest=\"/srv/app\",kind=\"unchanged\"} 10
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(write(&dir.path().join("missing"), "k", &d).is_err());
     }
+
+    #[test]
+    fn a_record_replaces_the_unusable_manifest_file() {
+        let url = "https://releases.example.com/app.yml";
+        let rec: Record = serde_json::from_value(serde_json::json!({
+            "schema": 1, "host": "h", "stretcher_version": "0.1.0", "dest": "/srv/app",
+            "strategy": "rsync", "release": null, "manifest_url": url,
+            "manifest_sha256": null, "serial": null, "src": null, "checksum": "ab12",
+            "event": {"origin": "arg", "name": null, "id": null, "ltime": null},
+            "result": "success", "failed_step": null, "error": null,
+            "started": "2026-12-01T10:00:00.000Z", "finished": "2026-12-01T10:00:01.500Z",
+            "duration_s": 1.5, "downloaded_bytes": 10, "download_skipped": false,
+            "changes": {"created": 1, "updated": 2, "deleted": 3, "unchanged": 4}, "hooks": []
+        }))
+        .unwrap();
+        let d = LastDeploy::of("app-0123456789abcdef", &rec);
+        assert_eq!(d.dest, "/srv/app");
+        assert!(d.success);
+        assert_eq!(d.finished, 1_796_119_201.5);
+        assert_eq!(d.changes, Some([1, 2, 3, 4]));
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(file_name(&record::key_for_manifest(url)));
+        std::fs::write(&stale, "stretcher_last_deploy_success{dest=\"x\"} 0\n").unwrap();
+        let other = dir.path().join("other.prom");
+        std::fs::write(&other, "").unwrap();
+        write_record(dir.path(), "app-0123456789abcdef", &rec, url).unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+        assert!(dir
+            .path()
+            .join("stretcher-app-0123456789abcdef.prom")
+            .exists());
+        // a commands-only record has its key as dest
+        let mut commands = rec.clone();
+        commands.dest = None;
+        assert_eq!(LastDeploy::of("commands-00", &commands).dest, "commands-00");
+    }
 }
