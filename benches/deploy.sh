@@ -335,15 +335,17 @@ peer_deploy() {
 export -f peer_deploy
 
 # ---- timing --------------------------------------------------------------------------
-# run_timed LOGFILE CMD... : sets T (seconds) and RSS (peak RSS in kB of the largest process)
+# run_timed LOGFILE CMD... : sets T (seconds), RSS (peak RSS in kB of the largest process)
+# and CPU (user + system seconds of the process, all its threads; children excluded)
 run_timed() {
   local logf=$1 s e rc=0
   shift
   s=$(date +%s%N)
-  /usr/bin/time -f '%M' -o "$RUNROOT/time.out" "$@" >"$logf" 2>&1 || rc=$?
+  /usr/bin/time -f '%M %U %S' -o "$RUNROOT/time.out" "$@" >"$logf" 2>&1 || rc=$?
   e=$(date +%s%N)
   T=$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", (b-a)/1e9}')
-  RSS=$(tail -n1 "$RUNROOT/time.out")
+  RSS=$(tail -n1 "$RUNROOT/time.out" | awk '{print $1}')
+  CPU=$(tail -n1 "$RUNROOT/time.out" | awk '{printf "%.3f", $2 + $3}')
   return $rc
 }
 
@@ -479,6 +481,7 @@ scenario_redeploy() {
           read -r n_e n_b n_r n_w < <(printf '%s\n' "$line" | awk '{gsub(/[()]/,""); print $3, $5, $9, $14}')
           record "$group" redeploy "$i" index "$n_r" "$n_b" "entries:$n_e"
           record "$group" redeploy "$i" walk "$n_w" "$n_e" ok
+          record "$group" redeploy "$i" cpu "$CPU" "$n_e" ok
         else
           record "$group" redeploy "$i" ours-gz NA NA failed
         fi
@@ -651,8 +654,8 @@ if rd_groups:
       "result (downloads nothing); peer = its no-change redeploy. Walk and index read as ours logs "
       "them (`redeploy check: ...`), medians over the pairs.")
     p("")
-    p("| files | ours s | peer no-change s | ours/peer | walk ms | walk ms per 10,000 entries | index bytes | bytes/entry | index read ms | target |")
-    p("|---|---|---|---|---|---|---|---|---|---|")
+    p("| files | ours s | peer no-change s | ours/peer | walk ms | walk ms per 10,000 entries | ours CPU ms (whole run) | CPU ms per 10,000 entries | index bytes | bytes/entry | index read ms | target |")
+    p("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for g in rd_groups:
         o, q = samples(g, "redeploy", "ours-gz"), samples(g, "redeploy", "peer")
         om = med([x[0] for x in o.values()]); qm = med([x[0] for x in q.values()])
@@ -664,11 +667,15 @@ if rd_groups:
         rd_ms = med([float(x[4]) for x in ix])
         wk_ms = med([float(x[4]) for x in wk])
         per10k = wk_ms / n_e * 10000 if wk_ms is not None and n_e else None
+        cp = [r_ for r_ in rows if r_[0] == g and r_[1] == "redeploy" and r_[3] == "cpu" and r_[2] != "0"]
+        cpu_ms = med([float(x[4]) * 1000 for x in cp])
+        cpu10k = cpu_ms / n_e * 10000 if cpu_ms is not None and n_e else None
         tgt = "ours/peer ≤ 0.05: %s; walk ≤ 25 ms/10k: %s" % (
             "—" if r is None else ("met" if r <= 0.05 else "not met"),
             "—" if per10k is None else ("met" if per10k <= 25 else "not met"))
-        p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             format(n_e, ",") if n_e else "—", f(om, "%.3f"), f(qm), rtxt, f(wk_ms, "%.1f"), f(per10k, "%.1f"),
+            f(cpu_ms, "%.0f"), f(cpu10k, "%.1f"),
             format(n_b, ",") if n_b else "—", f(n_b / n_e if n_b and n_e else None, "%.1f"),
             f(rd_ms, "%.1f"), tgt))
     p("")

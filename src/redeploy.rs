@@ -31,8 +31,8 @@ pub struct Wanted<'a> {
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// `dest` holds it: `deployed` is when the last deploy finished, `entries`
-    /// how many entries the walk compared.
+    /// `dest` holds it: `deployed` is when the sync that made it so ran (the
+    /// index's time), `entries` how many entries the walk compared.
     Skip { deployed: String, entries: u64 },
     /// Deploy as usual, because of `reason`; `warn`: the reason is a problem
     /// (a corrupt or missing index), not just a change.
@@ -118,7 +118,7 @@ pub fn check(state_dir: &Path, dest: &Path, want: &Wanted) -> Decision {
         return deploy(format!("dest changed since: {first}{more}"));
     }
     Decision::Skip {
-        deployed: last.finished,
+        deployed: header.written,
         entries: now.len() as u64,
     }
 }
