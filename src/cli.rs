@@ -47,6 +47,9 @@ pub struct Options {
     /// `--command-timeout`: how long one hook command may run before its process
     /// group is killed and the deploy fails; `None` = no limit (`0`).
     pub command_timeout: Option<Duration>,
+    /// `--textfile-dir`: where node_exporter textfile metrics are written after each
+    /// deploy (SPEC §13); `None` = none are written.
+    pub textfile_dir: Option<PathBuf>,
     /// `--force`: deploy even when `dest` already holds the archive (SPEC §11).
     pub force: bool,
 }
@@ -65,6 +68,7 @@ impl Default for Options {
             allow_url: AllowList::default(),
             dry_run: false,
             command_timeout: None,
+            textfile_dir: None,
             force: false,
         }
     }
@@ -76,8 +80,40 @@ pub enum Command {
     Run(Options),
     Version,
     Help,
+    /// `stretcher status` (SPEC §13).
+    Status(StatusOptions),
+    /// `stretcher fleet status` (SPEC §13).
+    FleetStatus(FleetOptions),
+    /// `--help` of a subcommand: the text to print (exit 0).
+    SubcommandHelp(String),
     /// `stretcher verify DEST` (SPEC §12).
     Verify(VerifyOptions),
+}
+
+/// `stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]` (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusOptions {
+    /// Only these dests (as given); empty = every dest recorded.
+    pub dests: Vec<PathBuf>,
+    pub json: bool,
+    pub brief: bool,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `stretcher fleet status` (SPEC §13): what to ask `serf`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetOptions {
+    /// `--rpc-addr`: the serf agent's RPC address; `None` = serf's default.
+    pub rpc_addr: Option<String>,
+    /// `--tag KEY=VALUE` filters (VALUE is a serf regexp), in order.
+    pub tags: Vec<(String, String)>,
+    /// `--node NAME` filters.
+    pub nodes: Vec<String>,
+    /// `--timeout`: how long the query collects answers; `None` = serf's default.
+    pub timeout: Option<Duration>,
+    /// `--checksum`: every host must hold this checksum (lower-case hex).
+    pub checksum: Option<String>,
+    pub json: bool,
 }
 
 /// `stretcher verify DEST [--json] [--state-dir DIR]`.
@@ -104,6 +140,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("state-dir", "state-dir"),
     ("allow-url", "allow-url"),
     ("command-timeout", "command-timeout"),
+    ("textfile-dir", "textfile-dir"),
 ];
 
 /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
@@ -146,6 +183,9 @@ struct RawArgs {
     /// command timeout
     #[argh(option)]
     command_timeout: Option<String>,
+    /// textfile dir
+    #[argh(option)]
+    textfile_dir: Option<String>,
     /// manifest URL or path
     #[argh(positional)]
     target: Vec<String>,
@@ -154,6 +194,9 @@ struct RawArgs {
 /// Parses argv (without argv[0]): a subcommand when the first word names one
 /// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
 pub fn parse(args: &[OsString]) -> Result<Command> {
+    if let Some(command) = parse_subcommand(args)? {
+        return Ok(command);
+    }
     match args.first().and_then(|a| a.to_str()) {
         Some("verify") => parse_verify(&args[1..]),
         _ => parse_deploy(args),
@@ -255,7 +298,30 @@ Exit status: 0 no drift, 1 drift, 2 no deploy recorded for DEST (or bad usage).
 }
 
 fn parse_deploy(args: &[OsString]) -> Result<Command> {
-    let argv = normalize(args)?;
+    let (help, version, for_argh) = prepare(args, VALUE_FLAGS, SWITCHES)?;
+    if help {
+        return Ok(Command::Help);
+    }
+    if version {
+        return Ok(Command::Version);
+    }
+    let words: Vec<&str> = for_argh.iter().map(String::as_str).collect();
+    let raw = RawArgs::from_args(&["stretcher"], &words).map_err(|e| {
+        // `--help` never reaches argh (it is handled above), so any early exit is
+        // an error; argh's message ends with a newline.
+        Error::Usage(e.output.trim_end().to_string())
+    })?;
+    validate(raw).map(Command::Run)
+}
+
+/// Normalises argv for one command's flags, then takes `--help` and `--version`
+/// out: `(help, version, the words for argh)`.
+fn prepare(
+    args: &[OsString],
+    value_flags: &[(&str, &str)],
+    switches: &[&str],
+) -> Result<(bool, bool, Vec<String>)> {
+    let argv = normalize_with(args, value_flags, switches)?;
     let (opts, rest) = match argv.iter().position(|a| a == "--") {
         Some(i) => (&argv[..i], &argv[i..]),
         None => (&argv[..], &argv[argv.len()..]),
@@ -264,39 +330,234 @@ fn parse_deploy(args: &[OsString]) -> Result<Command> {
     // `--version` at an even position among the flag words is the flag itself.
     let mut words = opts.iter();
     let (mut help, mut version) = (false, false);
-    let mut for_argh: Vec<&str> = Vec::with_capacity(argv.len());
+    let mut for_argh: Vec<String> = Vec::with_capacity(argv.len());
     while let Some(word) = words.next() {
         match word.as_str() {
             "--help" => help = true,
             "--version" => version = true,
-            "--dry-run" => for_argh.push("--dry-run"),
-            "--force" => for_argh.push("--force"),
+            flag if flag
+                .strip_prefix("--")
+                .is_some_and(|name| switches.contains(&name)) =>
+            {
+                for_argh.push(flag.to_string())
+            }
             flag => {
-                for_argh.push(flag);
+                for_argh.push(flag.to_string());
                 if let Some(value) = words.next() {
-                    for_argh.push(value);
+                    for_argh.push(value.clone());
                 }
             }
         }
     }
+    for_argh.extend(rest.iter().cloned());
+    Ok((help, version, for_argh))
+}
+
+/// `status` and `fleet status` as the first argument (SPEC §3); `None` otherwise.
+fn parse_subcommand(args: &[OsString]) -> Result<Option<Command>> {
+    let first = args.first().and_then(|a| a.to_str());
+    match first {
+        Some("status") => parse_status(&args[1..]).map(Some),
+        Some("fleet") => match args.get(1).and_then(|a| a.to_str()) {
+            Some("status") => parse_fleet_status(&args[2..]).map(Some),
+            Some("-h" | "-help" | "--help") => Ok(Some(Command::SubcommandHelp(fleet_usage()))),
+            Some(other) => Err(Error::Usage(format!(
+                "unknown fleet subcommand {other:?}: expected `fleet status`"
+            ))),
+            None => Err(Error::Usage("expected `fleet status`".into())),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// The flags of `stretcher status`.
+const STATUS_VALUE_FLAGS: &[(&str, &str)] = &[("state-dir", "state-dir")];
+const STATUS_SWITCHES: &[&str] = &["json", "brief"];
+
+#[derive(FromArgs, Debug)]
+/// stretcher status
+struct RawStatus {
+    /// json
+    #[argh(switch)]
+    json: bool,
+    /// brief
+    #[argh(switch)]
+    brief: bool,
+    /// state dir
+    #[argh(option)]
+    state_dir: Option<String>,
+    /// dests
+    #[argh(positional)]
+    dests: Vec<String>,
+}
+
+fn parse_status(args: &[OsString]) -> Result<Command> {
+    let (help, _, words) = prepare(args, STATUS_VALUE_FLAGS, STATUS_SWITCHES)?;
     if help {
-        return Ok(Command::Help);
+        return Ok(Command::SubcommandHelp(status_usage()));
     }
-    if version {
-        return Ok(Command::Version);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let raw = RawStatus::from_args(&["stretcher status"], &words)
+        .map_err(|e| Error::Usage(e.output.trim_end().to_string()))?;
+    if raw.dests.iter().any(|d| d.trim().is_empty()) {
+        return Err(Error::Usage("status: a DEST argument is empty".into()));
     }
-    for_argh.extend(rest.iter().map(String::as_str));
-    let raw = RawArgs::from_args(&["stretcher"], &for_argh).map_err(|e| {
-        // `--help` never reaches argh (it is handled above), so any early exit is
-        // an error; argh's message ends with a newline.
-        Error::Usage(e.output.trim_end().to_string())
-    })?;
-    validate(raw).map(Command::Run)
+    Ok(Command::Status(StatusOptions {
+        dests: raw.dests.into_iter().map(PathBuf::from).collect(),
+        json: raw.json,
+        brief: raw.brief,
+        state_dir: raw.state_dir.map(dir_flag("state-dir")).transpose()?,
+    }))
+}
+
+/// The flags of `stretcher fleet status`.
+const FLEET_VALUE_FLAGS: &[(&str, &str)] = &[
+    ("rpc-addr", "rpc-addr"),
+    ("tag", "tag"),
+    ("node", "node"),
+    ("timeout", "timeout"),
+    ("checksum", "checksum"),
+];
+const FLEET_SWITCHES: &[&str] = &["json"];
+
+#[derive(FromArgs, Debug)]
+/// stretcher fleet status
+struct RawFleet {
+    /// rpc addr
+    #[argh(option)]
+    rpc_addr: Option<String>,
+    /// tag filters
+    #[argh(option)]
+    tag: Vec<String>,
+    /// node filters
+    #[argh(option)]
+    node: Vec<String>,
+    /// timeout
+    #[argh(option)]
+    timeout: Option<String>,
+    /// checksum
+    #[argh(option)]
+    checksum: Option<String>,
+    /// json
+    #[argh(switch)]
+    json: bool,
+    /// nothing
+    #[argh(positional)]
+    extra: Vec<String>,
+}
+
+fn parse_fleet_status(args: &[OsString]) -> Result<Command> {
+    let (help, _, words) = prepare(args, FLEET_VALUE_FLAGS, FLEET_SWITCHES)?;
+    if help {
+        return Ok(Command::SubcommandHelp(fleet_usage()));
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let raw = RawFleet::from_args(&["stretcher fleet status"], &words)
+        .map_err(|e| Error::Usage(e.output.trim_end().to_string()))?;
+    if let Some(extra) = raw.extra.first() {
+        return Err(Error::Usage(format!(
+            "fleet status takes no arguments (got {extra:?})"
+        )));
+    }
+    let mut o = FleetOptions {
+        json: raw.json,
+        ..FleetOptions::default()
+    };
+    if let Some(v) = raw.rpc_addr {
+        if v.trim().is_empty() {
+            return Err(bad_value("rpc-addr", &v, "expected HOST:PORT"));
+        }
+        o.rpc_addr = Some(v);
+    }
+    for t in raw.tag {
+        match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => o.tags.push((k.to_string(), v.to_string())),
+            _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+        }
+    }
+    for n in raw.node {
+        if n.is_empty() {
+            return Err(bad_value("node", &n, "expected a node name"));
+        }
+        o.nodes.push(n);
+    }
+    if let Some(v) = raw.timeout {
+        o.timeout = Some(parse_duration(&v).map_err(|m| bad_value("timeout", &v, &m))?)
+            .filter(|d| !d.is_zero());
+    }
+    if let Some(v) = raw.checksum {
+        let hex = v.trim().to_ascii_lowercase();
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad_value("checksum", &v, "expected hex digits"));
+        }
+        o.checksum = Some(hex);
+    }
+    Ok(Command::FleetStatus(o))
+}
+
+/// `stretcher status --help`.
+pub fn status_usage() -> String {
+    "\
+Usage: stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]
+
+The last deploy of each dest recorded in the state directory (or of the DESTs
+named), one line each: DEST RESULT CHECKSUM FINISHED DURATION MANIFEST_URL, and
+for a failure `failed at STEP: ERROR`. Reads the state directory only.
+
+  --json           the records, as a JSON array
+  --brief          the brief JSON answer for a serf query (with or without
+                   --json): host and, per dest, result, checksum, finished and
+                   error, small enough for serf's 1024-byte response limit
+  --state-dir DIR  the state directory the deploys used (default as for a deploy)
+
+Exit status: 0 every last deploy succeeded, 1 one did not, 3 nothing recorded
+(for the DESTs named). Under a serf query (SERF_EVENT=query) it always exits 0
+and writes nothing on stderr, so that serf delivers the answer:
+  serf agent -event-handler \"query:stretcher-status=stretcher status --brief --json\"
+"
+    .to_string()
+}
+
+/// `stretcher fleet status --help`.
+pub fn fleet_usage() -> String {
+    "\
+Usage: stretcher fleet status [--rpc-addr ADDR] [--tag KEY=VALUE]... [--node NAME]...
+                              [--timeout DURATION] [--checksum HEX] [--json]
+
+Asks every serf member for its last deploys (`serf query stretcher-status`, answered
+by `stretcher status --brief --json` on each host) and prints one row per host and
+dest, then `N answered of M alive members: S success, F failure, K silent, U
+unreachable`. Members serf reports as failed are unreachable; members that left are
+not counted. Needs the `serf` command on PATH.
+
+  --rpc-addr ADDR      the serf agent to ask (default: serf's, 127.0.0.1:7373)
+  --tag KEY=VALUE      only members whose tag KEY matches VALUE (a regexp; repeatable)
+  --node NAME          only this member (repeatable)
+  --timeout DURATION   how long to collect answers (default: serf's query timeout)
+  --checksum HEX       every host must hold this checksum (its first 12 digits
+                       are compared)
+  --json               print the result as one JSON object
+
+Exit status: 0 when every alive member answered and its last deploys succeeded
+(and, with --checksum, it holds that checksum); 1 otherwise or when serf fails;
+2 bad usage.
+"
+    .to_string()
 }
 
 /// Rewrites argv into the canonical form: `--name value` pairs (aliases resolved,
 /// `=value` split off), `--help`, `--version`, then `--` and the positionals.
+#[cfg(test)]
 fn normalize(args: &[OsString]) -> Result<Vec<String>> {
+    normalize_with(args, VALUE_FLAGS, SWITCHES)
+}
+
+/// `normalize` for a command whose flags are `value_flags` and `switches`.
+fn normalize_with(
+    args: &[OsString],
+    value_flags: &[(&str, &str)],
+    switches: &[&str],
+) -> Result<Vec<String>> {
     let mut flags = Vec::new();
     let mut positionals = Vec::new();
     let mut iter = args.iter();
@@ -339,7 +600,7 @@ fn normalize(args: &[OsString]) -> Result<Vec<String>> {
                 };
                 flags.push(canonical.to_string());
             }
-            name if SWITCHES.contains(&name) => match inline {
+            name if switches.contains(&name) => match inline {
                 None | Some("true" | "1") => flags.push(format!("--{name}")),
                 Some("false" | "0") => {}
                 Some(v) => {
@@ -349,7 +610,7 @@ fn normalize(args: &[OsString]) -> Result<Vec<String>> {
                 }
             },
             _ => {
-                let Some(&(_, canonical)) = VALUE_FLAGS.iter().find(|(n, _)| *n == name) else {
+                let Some(&(_, canonical)) = value_flags.iter().find(|(n, _)| *n == name) else {
                     return Err(Error::Usage(format!(
                         "unknown flag: {arg} (see stretcher --help)"
                     )));
@@ -430,6 +691,7 @@ fn validate(raw: RawArgs) -> Result<Options> {
         }
         o.state_dir = Some(PathBuf::from(v));
     }
+    o.textfile_dir = raw.textfile_dir.map(dir_flag("textfile-dir")).transpose()?;
     o.allow_url = AllowList::new(&raw.allow_url).map_err(|m| {
         Error::Usage(format!(
             "invalid value for flag --allow-url: {m}; expected a URL prefix like https://host/dir/"
@@ -446,6 +708,16 @@ fn validate(raw: RawArgs) -> Result<Options> {
         return Err(Error::Usage("the manifest URL argument is empty".into()));
     }
     Ok(o)
+}
+
+/// A directory-valued flag: any non-blank path.
+fn dir_flag(flag: &'static str) -> impl Fn(String) -> Result<PathBuf> {
+    move |v| {
+        if v.trim().is_empty() {
+            return Err(bad_value(flag, &v, "expected a directory path"));
+        }
+        Ok(PathBuf::from(v))
+    }
 }
 
 fn bad_value(flag: &str, value: &str, msg: &str) -> Error {
@@ -582,6 +854,8 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           kill a hook command (its whole process group: SIGTERM,
                           then SIGKILL 2s later) that runs longer than DURATION and
                           fail the deploy; 0 = no limit (default)
+  --textfile-dir DIR      after each deploy, write DIR/stretcher-KEY.prom for
+                          node_exporter's textfile collector
   --force                 deploy even when dest already holds the archive (by
                           default a redeploy of what dest still holds, unchanged,
                           downloads nothing and runs only the hooks)
@@ -591,6 +865,8 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
 Subcommands (first argument; a manifest file of that name is written ./NAME),
 each with its own --help:
   verify DEST             report drift of DEST since its last deploy
+  status [DEST...]        the last deploy of each dest recorded on this host
+  fleet status            the last deploys of every host, asked through serf
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
@@ -964,5 +1240,96 @@ mod tests {
             let m = usage_err(&["--command-timeout", bad]);
             assert!(m.contains("--command-timeout"), "{bad}: {m}");
         }
+    }
+
+    #[test]
+    fn status_subcommand() {
+        let status = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Status(o)) => o,
+            other => panic!("{args:?}: expected Status, got {other:?}"),
+        };
+        assert_eq!(status(&["status"]), StatusOptions::default());
+        let o = status(&[
+            "status",
+            "--brief",
+            "-json",
+            "/srv/a",
+            "-state-dir=/s",
+            "/srv/b",
+        ]);
+        assert!(o.brief && o.json);
+        assert_eq!(o.dests, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        assert_eq!(o.state_dir, Some(PathBuf::from("/s")));
+        assert!(matches!(
+            parse(&os(&["status", "--help"])),
+            Ok(Command::SubcommandHelp(t)) if t.contains("--brief")
+        ));
+        usage_err(&["status", "--bogus"]);
+        usage_err(&["status", "--state-dir", ""]);
+        // a manifest file named status is ./status
+        assert_eq!(run(&["./status"]).target.as_deref(), Some("./status"));
+    }
+
+    #[test]
+    fn fleet_status_subcommand() {
+        let fleet = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::FleetStatus(o)) => o,
+            other => panic!("{args:?}: expected FleetStatus, got {other:?}"),
+        };
+        assert_eq!(fleet(&["fleet", "status"]), FleetOptions::default());
+        let o = fleet(&[
+            "fleet",
+            "status",
+            "-rpc-addr=127.0.0.1:7373",
+            "--tag",
+            "role=web",
+            "--tag=dc=a=b",
+            "--node",
+            "n1",
+            "-node=n2",
+            "--timeout",
+            "5s",
+            "--checksum",
+            "ABCDEF",
+            "--json",
+        ]);
+        assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7373"));
+        assert_eq!(
+            o.tags,
+            [("role".into(), "web".into()), ("dc".into(), "a=b".into())]
+        );
+        assert_eq!(o.nodes, ["n1", "n2"]);
+        assert_eq!(o.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(o.checksum.as_deref(), Some("abcdef"));
+        assert!(o.json);
+        assert!(matches!(
+            parse(&os(&["fleet", "status", "-h"])),
+            Ok(Command::SubcommandHelp(t)) if t.contains("--checksum")
+        ));
+        for bad in [
+            &["fleet"][..],
+            &["fleet", "stat"],
+            &["fleet", "status", "extra"],
+            &["fleet", "status", "--tag", "novalue"],
+            &["fleet", "status", "--checksum", "xyz"],
+            &["fleet", "status", "--timeout", "soon"],
+            &["fleet", "status", "--brief"],
+        ] {
+            usage_err(bad);
+        }
+    }
+
+    #[test]
+    fn textfile_dir_flag() {
+        assert_eq!(run(&[]).textfile_dir, None);
+        assert_eq!(
+            run(&["--textfile-dir", "/var/lib/node_exporter", "m.yml"]).textfile_dir,
+            Some(PathBuf::from("/var/lib/node_exporter"))
+        );
+        assert_eq!(
+            run(&["-textfile-dir=/t"]).textfile_dir,
+            Some(PathBuf::from("/t"))
+        );
+        usage_err(&["--textfile-dir", " "]);
     }
 }

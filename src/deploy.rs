@@ -146,6 +146,11 @@ fn run_event(
         if let Err(e) = record::write(dir, &key, &rec) {
             logln!("warning: cannot write the deploy record: {e}");
         }
+        if let Some(textfile_dir) = &opts.textfile_dir {
+            if let Err(e) = crate::metrics::write_record(textfile_dir, &key, &rec, &event.url) {
+                logln!("warning: cannot write the textfile metrics: {e}");
+            }
+        }
     }
     result
 }

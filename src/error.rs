@@ -100,6 +100,11 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// `stretcher fleet status` could not ask the fleet (serf failed or is missing,
+    /// no member answered).
+    #[error("fleet status: {0}")]
+    Fleet(String),
+
     /// A URL or manifest was refused before it was used (`--allow-url`): the
     /// record says `refused` (SPEC §11).
     #[error("fetch {url}: {msg}")]

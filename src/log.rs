@@ -9,6 +9,15 @@ use std::sync::{Mutex, MutexGuard};
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
+/// When set, lines are only kept in memory, never written to stderr (`status`
+/// under a serf query, whose stderr would be mixed into the answer).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops (or resumes) writing log lines to stderr.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn buffer() -> MutexGuard<'static, Vec<u8>> {
     // A panic while holding the lock cannot leave the Vec in a broken state, so a
     // poisoned lock is still safe to use.
@@ -31,7 +40,9 @@ pub fn line(msg: impl Display) {
     buf.extend_from_slice(out.as_bytes());
     // stderr may be closed (a handler redirected nowhere); the in-memory copy is
     // what matters for the hooks, so a failed write is not an error.
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    }
 }
 
 /// Logs raw bytes (hook output), one timestamped line per input line; invalid

@@ -17,6 +17,12 @@ fn main() -> ExitCode {
             0
         }
         Ok(Command::Run(opts)) => stretcher::deploy::main(&opts),
+        Ok(Command::SubcommandHelp(text)) => {
+            print!("{text}");
+            0
+        }
+        Ok(Command::Status(opts)) => stretcher::status::main(&opts),
+        Ok(Command::FleetStatus(opts)) => stretcher::fleet::main(&opts),
         Ok(Command::Verify(opts)) => stretcher::drift::main(&opts),
         Err(e) => {
             eprintln!("stretcher: {e}");

@@ -12,6 +12,8 @@ mod fleet;
 mod gcs;
 mod hooks;
 mod http;
+#[cfg(feature = "e2e")]
+mod metrics_e2e;
 mod proxy;
 mod record;
 mod redeploy;
@@ -20,6 +22,9 @@ mod s3;
 mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
+#[cfg(feature = "e2e")]
+mod serf_e2e_fleet;
 #[cfg(feature = "static")]
 mod static_bin;
+mod status;
 mod unpack;

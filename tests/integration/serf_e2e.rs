@@ -7,48 +7,32 @@
 //! when the test fails (a Drop guard).
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::util::serf::{self, serf, Cluster, Host, Spec};
 use crate::util::*;
 
 /// How long the cluster may take to join, and each event to reach every node.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A port free for both TCP and UDP on 127.0.0.1 (serf gossips over both).
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP+UDP port on 127.0.0.1");
-}
-
 /// One agent's private area: its dest, hook marks, state and logs.
 struct Agent {
-    name: String,
-    dir: PathBuf,
-    bind: u16,
-    rpc: u16,
+    node: Host,
 }
 
 impl Agent {
     fn dest(&self) -> PathBuf {
-        self.dir.join("parent").join("dest")
+        self.node.dir.join("parent").join("dest")
     }
     fn marks(&self) -> PathBuf {
-        self.dir.join("hooks.log")
+        self.node.dir.join("hooks.log")
     }
     fn log(&self) -> PathBuf {
-        self.dir.join("stretcher.log")
+        self.node.dir.join("stretcher.log")
     }
     fn rpc_addr(&self) -> String {
-        format!("-rpc-addr=127.0.0.1:{}", self.rpc)
+        self.node.rpc_flag()
     }
     fn hook_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.marks())
@@ -60,78 +44,38 @@ impl Agent {
     fn report(&self) -> String {
         format!(
             "--- {} stretcher log:\n{}\n--- {} agent log:\n{}",
-            self.name,
+            self.node.name,
             std::fs::read_to_string(self.log()).unwrap_or_default(),
-            self.name,
-            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default(),
+            self.node.name,
+            std::fs::read_to_string(self.node.agent_log()).unwrap_or_default(),
         )
     }
 }
 
-/// The running agents; killed (by pid) and reaped when dropped.
-struct Cluster {
-    agents: Vec<Child>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.agents {
-            let _ = child.kill();
-        }
-        for child in &mut self.agents {
-            let _ = child.wait();
-        }
-    }
-}
-
-fn serf(args: &[&str]) -> Output {
-    Command::new("serf")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run serf (apt-get install -y serf): {e}"))
-}
-
-fn start_agent(node: &Agent, join: Option<u16>) -> Child {
-    std::fs::create_dir_all(node.dir.join("parent")).unwrap();
+fn start_agent(cluster: &mut Cluster, agent: &Agent, join: Option<u16>) {
+    std::fs::create_dir_all(agent.node.dir.join("parent")).unwrap();
     let handler = format!(
         "user:deploy={} --state-dir {} >> {} 2>&1",
         bin(),
-        node.dir.join("state").display(),
-        node.log().display()
+        agent.node.dir.join("state").display(),
+        agent.log().display()
     );
-    let mut cmd = Command::new("serf");
-    cmd.arg("agent")
-        .arg(format!("-node={}", node.name))
-        .arg(format!("-bind=127.0.0.1:{}", node.bind))
-        .arg(node.rpc_addr())
-        .arg("-profile=local")
-        .arg("-log-level=info")
-        .arg(format!("-event-handler={handler}"))
-        .env("DEST", node.dest())
-        .env("MARKS", node.marks())
-        .current_dir(&node.dir)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(node.dir.join("agent.log")).unwrap())
-        .stderr(Stdio::inherit());
-    for k in EVENT_VARS {
-        cmd.env_remove(k);
-    }
-    if let Some(port) = join {
-        cmd.arg(format!("-join=127.0.0.1:{port}"));
-    }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start serf agent (apt-get install -y serf): {e}"))
+    let spec = Spec {
+        handlers: vec![handler],
+        env: vec![
+            ("DEST".into(), agent.dest().into()),
+            ("MARKS".into(), agent.marks().into()),
+        ],
+        profile: Some("local"),
+        join,
+        ..Spec::default()
+    };
+    cluster.start(&agent.node, &spec);
 }
 
 /// Polls `done` until it holds or LIMIT passes; then panics with `report()`.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, report: impl Fn() -> String) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > LIMIT {
-            panic!("{what}: not done after {LIMIT:?}\n{}", report());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool, report: impl Fn() -> String) {
+    serf::wait_until(what, LIMIT, done, report)
 }
 
 /// Relative path → file contents (directories as `None`), dest's root excluded.
@@ -177,10 +121,7 @@ fn three_serf_agents_deploy_and_update() {
         .unwrap();
     let nodes: Vec<Agent> = (0..3)
         .map(|i| Agent {
-            name: format!("node{i}"),
-            dir: root.path().join(format!("node{i}")),
-            bind: free_port(),
-            rpc: free_port(),
+            node: Host::new(root.path(), &format!("node{i}")),
         })
         .collect();
     let report = || {
@@ -192,15 +133,11 @@ fn three_serf_agents_deploy_and_update() {
     };
 
     // node0 first; the others join it once its RPC port answers
-    let mut cluster = Cluster { agents: Vec::new() };
-    cluster.agents.push(start_agent(&nodes[0], None));
-    wait_until(
-        "node0 RPC up",
-        || TcpStream::connect(("127.0.0.1", nodes[0].rpc)).is_ok(),
-        report,
-    );
+    let mut cluster = Cluster::default();
+    start_agent(&mut cluster, &nodes[0], None);
+    serf::wait_rpc(&nodes[0].node, LIMIT);
     for node in &nodes[1..] {
-        cluster.agents.push(start_agent(node, Some(nodes[0].bind)));
+        start_agent(&mut cluster, node, Some(nodes[0].node.bind));
     }
     wait_until(
         "three alive members",
@@ -277,8 +214,8 @@ fn three_serf_agents_deploy_and_update() {
     std::thread::sleep(Duration::from_secs(3));
     for n in &nodes {
         assert_eq!(n.hook_lines(), hooks2, "{}", report());
-        let state = std::fs::read_to_string(n.dir.join("state").join("event-deploy.json"))
-            .unwrap_or_else(|e| panic!("{}: no state file: {e}\n{}", n.name, report()));
+        let state = std::fs::read_to_string(n.node.dir.join("state").join("event-deploy.json"))
+            .unwrap_or_else(|e| panic!("{}: no state file: {e}\n{}", n.node.name, report()));
         assert!(state.contains("\"ltime\":"), "{state}");
         let log = std::fs::read_to_string(n.log()).unwrap();
         assert_eq!(
@@ -287,12 +224,26 @@ fn three_serf_agents_deploy_and_update() {
             "{log}"
         );
         // nothing but dest and its lock beside dest
-        let mut beside: Vec<String> = std::fs::read_dir(n.dir.join("parent"))
+        let mut beside: Vec<String> = std::fs::read_dir(n.node.dir.join("parent"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         beside.sort();
-        assert_eq!(beside, [".dest.stretcher.lock", "dest"], "{}", n.name);
+        assert_eq!(beside, [".dest.stretcher.lock", "dest"], "{}", n.node.name);
     }
+
+    // these agents have no query handler: fleet status says so in one line
+    let run = stretcher()
+        .args(["fleet", "status", "--timeout", "2s", "--rpc-addr"])
+        .arg(nodes[0].node.rpc_addr())
+        .run();
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("no member answered serf query stretcher-status"),
+        "{}",
+        run.stderr
+    );
     drop(cluster);
 }

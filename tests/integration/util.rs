@@ -507,3 +507,262 @@ pub fn redeploy_mv_refused(s: &Scratch, manifest: &Path) -> Run {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
     run
 }
+
+/// Deploy records as the library writes them, for the `status` and `fleet status`
+/// tests.
+pub mod records {
+    use std::path::Path;
+
+    use stretcher::record::{self, Changes, EventInfo, Outcome, Record, Step};
+
+    /// `dest`'s last deploy with `result`, finished at `finished` (RFC 3339).
+    pub fn record(
+        dest: &str,
+        result: Outcome,
+        checksum: &str,
+        finished: &str,
+        error: Option<&str>,
+    ) -> Record {
+        let failed = result != Outcome::Success;
+        Record {
+            schema: record::SCHEMA,
+            host: Some("web-1".into()),
+            stretcher_version: "0.1.0".into(),
+            dest: Some(dest.into()),
+            strategy: Some("rsync".into()),
+            release: None,
+            manifest_url: format!("https://releases.example.com{dest}.yml"),
+            manifest_sha256: Some("ab".repeat(32)),
+            serial: None,
+            src: Some(format!("https://releases.example.com{dest}.tar.gz")),
+            checksum: Some(checksum.into()),
+            event: EventInfo {
+                origin: "serf".into(),
+                name: Some("deploy".into()),
+                id: None,
+                ltime: Some(7),
+            },
+            result,
+            failed_step: failed.then_some(Step::Pre),
+            error: error.map(str::to_string),
+            started: finished.into(),
+            finished: finished.into(),
+            duration_s: if failed { 0.3 } else { 1.25 },
+            downloaded_bytes: Some(1000),
+            download_skipped: false,
+            changes: (!failed).then_some(Changes {
+                created: 3,
+                updated: 1,
+                deleted: 0,
+                unchanged: 10,
+            }),
+            hooks: Vec::new(),
+        }
+    }
+
+    pub fn write(state: &Path, rec: &Record) {
+        let key = record::key_for_dest(Path::new(rec.dest.as_deref().unwrap()));
+        record::write(state, &key, rec).unwrap();
+    }
+}
+
+/// Real `serf agent`s on 127.0.0.1 for the end-to-end tests (feature `e2e`): ports,
+/// agents started with their handlers and environment, the `serf` command, and a
+/// cluster guard that kills every agent by pid when dropped.
+pub mod serf {
+    use std::ffi::OsString;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A port free for both TCP and UDP on 127.0.0.1 (serf gossips over both),
+    /// chosen below Linux's ephemeral range (32768–60999): a port the kernel hands
+    /// out for `:0` can be taken as the source port of one agent's outgoing
+    /// connection before the agent meant to listen on it has started.
+    pub fn free_port() -> u16 {
+        for _ in 0..200 {
+            let port = fastrand::u16(20000..32000);
+            let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free TCP+UDP port on 127.0.0.1");
+    }
+
+    /// One agent's identity (node name, ports) and private directory.
+    pub struct Host {
+        pub name: String,
+        pub dir: PathBuf,
+        pub bind: u16,
+        pub rpc: u16,
+    }
+
+    impl Host {
+        /// `root/NAME`, created, with fresh ports.
+        pub fn new(root: &Path, name: &str) -> Host {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            Host {
+                name: name.to_string(),
+                dir,
+                bind: free_port(),
+                rpc: free_port(),
+            }
+        }
+
+        /// `-rpc-addr=127.0.0.1:PORT`, for serf commands.
+        pub fn rpc_flag(&self) -> String {
+            format!("-rpc-addr={}", self.rpc_addr())
+        }
+
+        pub fn rpc_addr(&self) -> String {
+            format!("127.0.0.1:{}", self.rpc)
+        }
+
+        pub fn agent_log(&self) -> PathBuf {
+            self.dir.join("agent.log")
+        }
+    }
+
+    /// How to start one agent.
+    #[derive(Default)]
+    pub struct Spec {
+        /// `-event-handler` values.
+        pub handlers: Vec<String>,
+        /// Extra environment of the agent (and so of its handlers).
+        pub env: Vec<(String, OsString)>,
+        pub tags: Vec<(String, String)>,
+        /// `-profile`; `None` = serf's default (`lan`).
+        pub profile: Option<&'static str>,
+        /// The bind port of a member to join.
+        pub join: Option<u16>,
+    }
+
+    /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
+    /// dropped, also when the test fails.
+    #[derive(Default)]
+    pub struct Cluster {
+        agents: Vec<(String, Child)>,
+    }
+
+    impl Cluster {
+        /// Starts `serf agent` for `node` (cwd its dir, stdout to its agent log).
+        pub fn start(&mut self, node: &Host, spec: &Spec) {
+            let mut cmd = Command::new("serf");
+            cmd.arg("agent")
+                .arg(format!("-node={}", node.name))
+                .arg(format!("-bind=127.0.0.1:{}", node.bind))
+                .arg(node.rpc_flag())
+                .arg("-log-level=info");
+            if let Some(p) = spec.profile {
+                cmd.arg(format!("-profile={p}"));
+            }
+            for h in &spec.handlers {
+                cmd.arg(format!("-event-handler={h}"));
+            }
+            for (k, v) in &spec.tags {
+                cmd.arg(format!("-tag={k}={v}"));
+            }
+            if let Some(port) = spec.join {
+                cmd.arg(format!("-join=127.0.0.1:{port}"));
+            }
+            for k in super::EVENT_VARS {
+                cmd.env_remove(k);
+            }
+            for (k, v) in &spec.env {
+                cmd.env(k, v);
+            }
+            cmd.current_dir(&node.dir)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(node.agent_log()).unwrap())
+                .stderr(Stdio::inherit());
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!("cannot start serf agent (apt-get install -y serf): {e}")
+            });
+            self.agents.push((node.name.clone(), child));
+        }
+
+        /// Sends SIGKILL to the agent `name` (by its pid) and reaps it.
+        pub fn kill(&mut self, name: &str) {
+            let (_, child) = self
+                .agents
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no agent {name}"));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+
+        /// Waits (bounded) for the agent `name` to exit by itself (after `serf leave`).
+        pub fn wait_exit(&mut self, name: &str, limit: Duration) {
+            let (_, child) = self
+                .agents
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no agent {name}"));
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                assert!(start.elapsed() < limit, "agent {name} did not exit");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for (_, child) in &mut self.agents {
+                let _ = child.kill();
+            }
+            for (_, child) in &mut self.agents {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Runs the `serf` command to its end.
+    pub fn serf(args: &[&str]) -> Output {
+        Command::new("serf")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run serf (apt-get install -y serf): {e}"))
+    }
+
+    /// Waits until `node`'s RPC port accepts connections.
+    pub fn wait_rpc(node: &Host, limit: Duration) {
+        wait_until(
+            &format!("{} RPC up", node.name),
+            limit,
+            || TcpStream::connect(("127.0.0.1", node.rpc)).is_ok(),
+            || std::fs::read_to_string(node.agent_log()).unwrap_or_default(),
+        );
+    }
+
+    /// The members `node`'s agent lists with `status` (alive, failed, left).
+    pub fn members_with_status(node: &Host, status: &str) -> Vec<String> {
+        let out = serf(&["members", &node.rpc_flag(), &format!("-status={status}")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Polls `done` every 200 ms until it holds; panics with `report()` after `limit`.
+    pub fn wait_until(
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut() -> bool,
+        report: impl Fn() -> String,
+    ) {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > limit {
+                panic!("{what}: not done after {limit:?}\n{}", report());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

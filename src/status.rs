@@ -1,0 +1,422 @@
+//! `stretcher status [DEST...] [--json] [--brief]` (SPEC §13): the last record of
+//! each dest in the state directory, for a person, a script, or a Serf query.
+//!
+//! One job: read the last records (`record`), and print them as lines, as the
+//! JSON array of records, or as the brief answer (`Brief`) that `fleet status`
+//! reads — small enough that Serf's whole response message, answer included, stays
+//! within `BRIEF_LIMIT` bytes, Serf's default response size limit. It
+//! reads the state directory only. Under a Serf query (`SERF_EVENT=query`) it
+//! exits 0 and writes nothing on stderr whatever happens, because Serf drops the
+//! answer of a handler that exits non-zero and mixes its stderr into the answer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::StatusOptions;
+use crate::error::{Error, Result};
+use crate::log;
+use crate::record::{self, Outcome, Record};
+use crate::state;
+
+/// Serf's default limit of one query response (`QueryResponseSizeLimit`). It
+/// applies to the encoded response message, not to the answer alone: Serf drops
+/// (and only logs) a response that exceeds it.
+pub const BRIEF_LIMIT: usize = 1024;
+
+/// What Serf's response message adds to the answer, besides the node name: 41
+/// bytes measured with serf 0.8 (message type, field names, LTime, ID, flags,
+/// length headers), and room for LTimes and IDs of full width.
+pub const RESPONSE_OVERHEAD: usize = 56;
+
+/// The longest brief answer (its newline included) that a node called `node`
+/// can send within Serf's default limit.
+pub fn brief_budget(node: &str) -> usize {
+    BRIEF_LIMIT - RESPONSE_OVERHEAD - node.len().min(BRIEF_LIMIT / 2)
+}
+
+/// The node name Serf will send the answer as: `SERF_SELF_NAME` under a handler,
+/// else the host name (Serf's default node name).
+fn node_name(env: &dyn Fn(&str) -> Option<String>) -> String {
+    env("SERF_SELF_NAME")
+        .filter(|n| !n.is_empty())
+        .or_else(record::hostname)
+        .unwrap_or_default()
+}
+
+/// The answer to `serf query stretcher-status`: this host and its last deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Brief {
+    pub host: String,
+    pub deploys: Vec<BriefDeploy>,
+    /// Deploys left out to stay within `BRIEF_LIMIT` (the newest are kept).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+    /// Why the records could not be read at all (under a query that is still an
+    /// answer, with exit 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One dest's last deploy, in brief.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BriefDeploy {
+    pub dest: Option<String>,
+    pub result: String,
+    /// The first 12 hex digits.
+    pub checksum: Option<String>,
+    pub finished: Option<String>,
+    pub failed_step: Option<String>,
+    /// The one-line error, shortened (ending in `…`) to fit `BRIEF_LIMIT`.
+    pub error: Option<String>,
+}
+
+/// The shortest an error is cut to before whole deploys are left out.
+const MIN_ERROR_CHARS: usize = 24;
+
+/// `brief` as JSON within `limit` bytes: errors are cut, all to the same length
+/// (never below `MIN_ERROR_CHARS` while deploys are dropped), then the oldest
+/// deploys are left out (counted in `omitted`), then errors go entirely. Always
+/// valid JSON; never longer than `limit` unless even the host name alone is.
+pub fn brief_json(brief: &Brief, limit: usize) -> String {
+    let fits = |b: &Brief| -> Option<String> {
+        let s = serde_json::to_string(b).ok()?;
+        (s.len() <= limit).then_some(s)
+    };
+    if let Some(s) = fits(brief) {
+        return s;
+    }
+    let longest = brief
+        .deploys
+        .iter()
+        .filter_map(|d| d.error.as_ref())
+        .map(|e| e.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut b = brief.clone();
+    loop {
+        // the longest error length that fits, by bisection
+        let (mut lo, mut hi) = (MIN_ERROR_CHARS.min(longest), longest);
+        let cut = |n: usize| {
+            let mut c = b.clone();
+            for d in &mut c.deploys {
+                d.error = d.error.as_deref().map(|e| shorten(e, n));
+            }
+            c
+        };
+        if fits(&cut(lo)).is_some() {
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if fits(&cut(mid)).is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            if let Some(s) = fits(&cut(lo)) {
+                return s;
+            }
+        }
+        // even short errors do not fit: leave out the oldest deploy
+        if b.deploys.len() <= 1 {
+            break;
+        }
+        let oldest = b
+            .deploys
+            .iter()
+            .enumerate()
+            .min_by(|(_, x), (_, y)| x.finished.cmp(&y.finished))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        b.deploys.remove(oldest);
+        b.omitted += 1;
+    }
+    for d in &mut b.deploys {
+        d.error = d.error.as_ref().map(|_| "…".to_string());
+    }
+    b.error = b.error.as_deref().map(|e| shorten(e, MIN_ERROR_CHARS));
+    if let Some(s) = fits(&b) {
+        return s;
+    }
+    b.omitted += b.deploys.len();
+    b.deploys.clear();
+    serde_json::to_string(&b).unwrap_or_else(|_| "{}".into())
+}
+
+/// `text` cut to at most `max` characters, the last one `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
+/// Runs `stretcher status` with the process's environment; prints its output and
+/// returns the exit status (SPEC §13; always 0 under a serf query).
+pub fn main(opts: &StatusOptions) -> i32 {
+    let env = |k: &str| std::env::var(k).ok();
+    let query = env("SERF_EVENT").as_deref() == Some("query");
+    if query {
+        // warnings about corrupt records would be mixed into the answer
+        log::set_quiet(true);
+    }
+    let (text, code) = match run(opts, &env) {
+        Ok(done) => done,
+        Err(e) if opts.brief || query => {
+            let brief = Brief {
+                host: record::hostname().unwrap_or_default(),
+                deploys: Vec::new(),
+                omitted: 0,
+                error: Some(e.to_string()),
+            };
+            (
+                brief_json(&brief, brief_budget(&node_name(&env)) - 1) + "\n",
+                1,
+            )
+        }
+        Err(e) => {
+            eprintln!("stretcher: status: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match (query, written) {
+        (true, _) => 0,
+        (false, Ok(())) => code,
+        (false, Err(_)) => 1,
+    }
+}
+
+/// The output and exit status of `stretcher status` (SPEC §13).
+pub fn run(opts: &StatusOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, i32)> {
+    let dir = state::find_state_dir(opts.state_dir.as_deref(), env).ok_or_else(|| {
+        Error::io(
+            "choose a state directory",
+            state::SYSTEM_STATE_DIR,
+            std::io::Error::other(
+                "not writable, and neither XDG_STATE_HOME nor HOME is set; give --state-dir",
+            ),
+        )
+    })?;
+    let (records, missing) = select(&dir, &opts.dests)?;
+    let failed = records.iter().any(|r| r.result != Outcome::Success);
+    let code = if failed {
+        1
+    } else if records.is_empty() || !missing.is_empty() {
+        3
+    } else {
+        0
+    };
+    let text = if opts.brief {
+        let brief = Brief {
+            host: record::hostname().unwrap_or_default(),
+            deploys: records.iter().map(brief_deploy).collect(),
+            omitted: 0,
+            error: None,
+        };
+        // the newline is part of the answer serf sends
+        brief_json(&brief, brief_budget(&node_name(env)) - 1) + "\n"
+    } else if opts.json {
+        serde_json::to_string_pretty(&records).unwrap_or_default() + "\n"
+    } else if records.is_empty() && missing.is_empty() {
+        format!("no deploy recorded in {}\n", dir.display())
+    } else {
+        lines(&records, &missing)
+    };
+    Ok((text, code))
+}
+
+/// The last records to show: of the `dests` named (and those of them that have
+/// none), or of every key in `dir`. A record of a manifest that could not be used
+/// (`manifest-*` key) is left out once a later record of the same manifest URL
+/// exists: the manifest has been read since.
+fn select(dir: &Path, dests: &[PathBuf]) -> Result<(Vec<Record>, Vec<PathBuf>)> {
+    if !dests.is_empty() {
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for d in dests {
+            let abs = absolute(d)?;
+            match record::last(dir, &abs) {
+                Some(r) => found.push(r),
+                None => missing.push(abs),
+            }
+        }
+        return Ok((found, missing));
+    }
+    let all = record::all(dir);
+    let superseded = |key: &str, r: &Record| {
+        key.starts_with("manifest-")
+            && all.iter().any(|(k, other)| {
+                k != key && other.manifest_url == r.manifest_url && other.finished > r.finished
+            })
+    };
+    let records = all
+        .iter()
+        .filter(|(k, r)| !superseded(k, r))
+        .map(|(_, r)| r.clone())
+        .collect();
+    Ok((records, Vec::new()))
+}
+
+/// `dest` as the manifest would name it: absolute, without `.` parts or a
+/// trailing `/` (the record key is a digest of that path).
+fn absolute(dest: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(dest).map_err(|e| Error::io("resolve", dest, e))?;
+    Ok(abs.components().collect())
+}
+
+/// A record in brief (checksum cut to 12 digits).
+fn brief_deploy(r: &Record) -> BriefDeploy {
+    BriefDeploy {
+        dest: r.dest.clone(),
+        result: r.result.as_str().to_string(),
+        checksum: r.checksum.as_ref().map(|c| c.chars().take(12).collect()),
+        finished: Some(r.finished.clone()),
+        failed_step: r.failed_step.map(|s| s.as_str().to_string()),
+        error: r.error.clone(),
+    }
+}
+
+/// One line per record, columns aligned: `DEST  RESULT  CHECKSUM  FINISHED
+/// DURATION  MANIFEST_URL`, then `failed at STEP: ERROR` for a failure; one line
+/// `DEST  none` per named dest without a record.
+fn lines(records: &[Record], missing: &[PathBuf]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for r in records {
+        let mut row = vec![
+            r.dest.clone().unwrap_or_else(|| "-".into()),
+            r.result.as_str().to_string(),
+            r.checksum
+                .as_ref()
+                .map_or("-".into(), |c| c.chars().take(12).collect()),
+            r.finished.clone(),
+            format!("{:.3}s", r.duration_s),
+            r.manifest_url.clone(),
+        ];
+        if r.result != Outcome::Success {
+            let step = r.failed_step.map_or("?", |s| s.as_str());
+            row.push(format!(
+                "failed at {step}: {}",
+                r.error.as_deref().unwrap_or(r.result.as_str())
+            ));
+        }
+        rows.push(row);
+    }
+    for m in missing {
+        rows.push(vec![m.display().to_string(), "none".into()]);
+    }
+    // align every column but the last of each row
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(c);
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(i: usize, error: Option<String>) -> BriefDeploy {
+        BriefDeploy {
+            dest: Some(format!("/srv/application-number-{i}")),
+            result: if error.is_some() {
+                "failure"
+            } else {
+                "success"
+            }
+            .into(),
+            checksum: Some("0123456789ab".into()),
+            finished: Some(format!("2026-12-01T10:00:{i:02}.000Z")),
+            failed_step: error.as_ref().map(|_| "pre".into()),
+            error,
+        }
+    }
+
+    #[test]
+    fn small_answers_are_untouched() {
+        let b = Brief {
+            host: "web-1".into(),
+            deploys: vec![deploy(1, Some("failed: false exit status 1".into()))],
+            omitted: 0,
+            error: None,
+        };
+        let s = brief_json(&b, BRIEF_LIMIT);
+        assert_eq!(serde_json::from_str::<Brief>(&s).unwrap(), b);
+        assert!(!s.contains("omitted"), "{s}");
+    }
+
+    #[test]
+    fn long_errors_are_cut_to_fit() {
+        let long = "x".repeat(900);
+        let b = Brief {
+            host: "web-1".into(),
+            deploys: (0..4).map(|i| deploy(i, Some(long.clone()))).collect(),
+            omitted: 0,
+            error: None,
+        };
+        let s = brief_json(&b, BRIEF_LIMIT);
+        assert!(s.len() <= BRIEF_LIMIT, "{}", s.len());
+        let back: Brief = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.deploys.len(), 4);
+        assert_eq!(back.omitted, 0);
+        let e = back.deploys[0].error.as_deref().unwrap();
+        assert!(
+            e.ends_with('…') && e.chars().count() > MIN_ERROR_CHARS,
+            "{e}"
+        );
+        // as long as fits: one more character each would not
+        assert!(s.len() > BRIEF_LIMIT - 4 * 3, "{}", s.len());
+    }
+
+    #[test]
+    fn many_dests_leave_the_oldest_out() {
+        let b = Brief {
+            host: "web-1".into(),
+            deploys: (0..40)
+                .map(|i| deploy(i, (i % 2 == 0).then(|| "e".repeat(200))))
+                .collect(),
+            omitted: 0,
+            error: None,
+        };
+        let s = brief_json(&b, BRIEF_LIMIT);
+        assert!(s.len() <= BRIEF_LIMIT, "{}", s.len());
+        let back: Brief = serde_json::from_str(&s).unwrap();
+        assert!(back.omitted > 0);
+        assert_eq!(back.omitted + back.deploys.len(), 40);
+        // the newest are kept
+        assert!(back
+            .deploys
+            .iter()
+            .any(|d| d.dest.as_deref() == Some("/srv/application-number-39")));
+    }
+
+    #[test]
+    fn shorten_counts_characters() {
+        assert_eq!(shorten("abc", 3), "abc");
+        assert_eq!(shorten("abcd", 3), "ab…");
+        assert_eq!(shorten("ééé", 2), "é…");
+    }
+}

@@ -1,0 +1,456 @@
+//! The fleet view end to end (SPEC §13; cargo feature `e2e`, needs `serf` on
+//! PATH): ten real `serf agent`s on 127.0.0.1 with serf's default `lan` profile,
+//! each with its own dest and state directory and both handlers,
+//! `user:deploy=stretcher ...` and `query:stretcher-status=stretcher status
+//! --brief --json ...`. One `serf event deploy URL`; one host's environment makes
+//! its `pre` fail; `stretcher fleet status` sees it, then sees the fix, a member
+//! that left (not counted) and one killed with SIGKILL (unreachable). Every agent
+//! is killed by pid at the end, also when the test fails.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use stretcher::record::Outcome;
+
+use crate::util::records;
+use crate::util::serf::{self, serf, Cluster, Host, Spec};
+use crate::util::*;
+
+/// How long the cluster may take to join, a deploy to reach every node, and a
+/// killed member to be declared failed.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The agent whose `pre` fails (its PRE_BLOCK file exists).
+const BLOCKED: usize = 3;
+
+struct Agent {
+    host: Host,
+}
+
+impl Agent {
+    fn dest(&self) -> PathBuf {
+        self.host.dir.join("parent").join("dest")
+    }
+    fn state(&self) -> PathBuf {
+        self.host.dir.join("state")
+    }
+    fn marks(&self) -> PathBuf {
+        self.host.dir.join("outcomes")
+    }
+    fn block(&self) -> PathBuf {
+        self.host.dir.join("block")
+    }
+    fn log(&self) -> PathBuf {
+        self.host.dir.join("stretcher.log")
+    }
+    fn outcomes(&self) -> Vec<String> {
+        std::fs::read_to_string(self.marks())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+    fn report(&self) -> String {
+        format!(
+            "--- {} stretcher log:\n{}\n--- {} agent log (tail):\n{}",
+            self.host.name,
+            std::fs::read_to_string(self.log()).unwrap_or_default(),
+            self.host.name,
+            tail(&std::fs::read_to_string(self.host.agent_log()).unwrap_or_default()),
+        )
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
+    std::fs::create_dir_all(a.host.dir.join("parent")).unwrap();
+    let state = a.state().display().to_string();
+    let deploy = format!(
+        "user:deploy={} --state-dir {state} >> {} 2>&1",
+        bin(),
+        a.log().display()
+    );
+    let status = format!(
+        "query:{}={} status --brief --json --state-dir {state}",
+        stretcher::fleet::QUERY,
+        bin()
+    );
+    let role = if i.is_multiple_of(2) { "web" } else { "db" };
+    let spec = Spec {
+        handlers: vec![deploy, status],
+        env: vec![
+            ("DEST".into(), a.dest().into()),
+            ("MARKS".into(), a.marks().into()),
+            ("PRE_BLOCK".into(), a.block().into()),
+        ],
+        tags: vec![("role".into(), role.into())],
+        profile: None,
+        join,
+    };
+    cluster.start(&a.host, &spec);
+}
+
+/// `stretcher fleet status ARGS` against `via`'s agent.
+fn fleet(via: &Agent, args: &[&str]) -> Run {
+    stretcher()
+        .args(["fleet", "status", "--rpc-addr", &via.host.rpc_addr()])
+        .args(args)
+        .limit(Duration::from_secs(90))
+        .run()
+}
+
+/// `stretcher fleet status ARGS` with stderr on a terminal (a pty): its exit
+/// status, stdout, and what it showed on the terminal.
+fn fleet_on_tty(via: &Agent, args: &[&str]) -> (i32, String, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["fleet", "status", "--rpc-addr", &via.host.rpc_addr()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the pty's slave end: the master sees EOF when the child exits
+    let mut master = std::fs::File::from(pty.master);
+    let terminal = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = master.read_to_end(&mut v); // ends with EIO once the slave is closed
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fleet status on a tty did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        stdout,
+        terminal.join().unwrap(),
+    )
+}
+
+/// The table rows of `out` that start with `node`.
+fn rows<'a>(out: &'a str, node: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter(|l| l.split_whitespace().next() == Some(node))
+        .collect()
+}
+
+#[test]
+fn ten_agents_answer_fleet_status() {
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-fleet-")
+        .tempdir()
+        .unwrap();
+    let agents: Vec<Agent> = (0..10)
+        .map(|i| Agent {
+            host: Host::new(root.path(), &format!("node{i:02}")),
+        })
+        .collect();
+    let report = || {
+        agents
+            .iter()
+            .map(Agent::report)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let test_start = Instant::now();
+
+    let mut cluster = Cluster::default();
+    start(&mut cluster, 0, &agents[0], None);
+    serf::wait_rpc(&agents[0].host, LIMIT);
+    for (i, a) in agents.iter().enumerate().skip(1) {
+        start(&mut cluster, i, a, Some(agents[0].host.bind));
+    }
+    let first = &agents[0].host;
+    serf::wait_until(
+        "ten alive members",
+        LIMIT,
+        || serf::members_with_status(first, "alive").len() == 10,
+        report,
+    );
+
+    // the release, and one host whose environment makes its pre fail
+    let release = root.path().join("release");
+    std::fs::create_dir(&release).unwrap();
+    let tar = raw_tar(&[
+        Raw::File(b"index.html", b"<h1>fleet</h1>\n"),
+        Raw::Dir(b"bin/"),
+        Raw::File(b"bin/app", b"#!/bin/sh\necho fleet\n"),
+    ]);
+    std::fs::write(release.join("app.tar"), &tar).unwrap();
+    let checksum = sha1_bytes(&tar);
+    let manifest = release.join("app.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "src: app.tar\nchecksum: {checksum}\ndest: {{{{ must_env \"DEST\" }}}}\ncommands:\n  pre:\n    - test ! -e \"$PRE_BLOCK\"\n  success:\n    - echo success >> \"$MARKS\"\n  failure:\n    - echo failure >> \"$MARKS\"\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("file://{}", manifest.display());
+    std::fs::write(agents[BLOCKED].block(), "").unwrap();
+
+    // one event deploys everywhere; the blocked host fails at pre
+    let out = serf(&["event", &agents[1].host.rpc_flag(), "deploy", &url]);
+    assert!(out.status.success(), "serf event: {out:?}");
+    serf::wait_until(
+        "the first deploy ended on every node",
+        LIMIT,
+        || agents.iter().all(|a| a.outcomes().len() == 1),
+        report,
+    );
+    for (i, a) in agents.iter().enumerate() {
+        let want = if i == BLOCKED { "failure" } else { "success" };
+        assert_eq!(a.outcomes(), [want], "{}\n{}", a.host.name, report());
+    }
+
+    // the query round with serf's default timeout, timed
+    let round = Instant::now();
+    let run = fleet(&agents[0], &["--checksum", &checksum]);
+    let round = round.elapsed();
+    eprintln!("fleet status over 10 agents (serf's default query timeout): {round:.2?}");
+    assert_eq!(run.code(), 1, "{run:?}\n{}", report());
+    assert!(
+        run.stdout.contains(
+            "10 answered of 10 alive members: 9 success, 1 failure, 0 silent, 0 unreachable"
+        ),
+        "{}\n{}",
+        run.stdout,
+        report()
+    );
+    let blocked = rows(&run.stdout, "node03");
+    assert_eq!(blocked.len(), 1, "{}", run.stdout);
+    assert!(blocked[0].contains(" failure "), "{}", blocked[0]);
+    assert!(
+        blocked[0].contains("failed at pre: failed: test ! -e \"$PRE_BLOCK\" exit status 1"),
+        "{}",
+        blocked[0]
+    );
+    assert!(blocked[0].contains(&agents[BLOCKED].dest().display().to_string()));
+    for a in agents.iter().filter(|a| a.host.name != "node03") {
+        let r = rows(&run.stdout, &a.host.name);
+        assert_eq!(r.len(), 1, "{}", run.stdout);
+        assert!(
+            r[0].contains(" success ") && r[0].contains(&checksum[..12]),
+            "{}",
+            r[0]
+        );
+    }
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+
+    // fix the cause, fire again: every host succeeds
+    std::fs::remove_file(agents[BLOCKED].block()).unwrap();
+    let out = serf(&["event", &agents[2].host.rpc_flag(), "deploy", &url]);
+    assert!(out.status.success(), "serf event: {out:?}");
+    serf::wait_until(
+        "the second deploy ended on every node",
+        LIMIT,
+        || agents.iter().all(|a| a.outcomes().len() == 2),
+        report,
+    );
+    assert!(
+        agents.iter().all(|a| a.outcomes()[1] == "success"),
+        "{}",
+        report()
+    );
+    let run = fleet(&agents[4], &["--checksum", &checksum, "--timeout", "3s"]);
+    assert_eq!(run.code(), 0, "{run:?}\n{}", report());
+    assert!(
+        run.stdout.contains(
+            "10 answered of 10 alive members: 10 success, 0 failure, 0 silent, 0 unreachable"
+        ),
+        "{}",
+        run.stdout
+    );
+    // on a terminal it shows the hosts answered so far; the result is the same
+    let (code, stdout, terminal) = fleet_on_tty(&agents[5], &["--timeout", "3s"]);
+    assert_eq!(code, 0, "{stdout}\n{terminal}");
+    assert!(
+        stdout.contains("10 answered of 10 alive members: 10 success"),
+        "{stdout}"
+    );
+    assert!(
+        terminal.contains("10 of 10 alive members answered"),
+        "{terminal:?}"
+    );
+    assert!(terminal.ends_with("\r\x1b[K"), "{terminal:?}");
+
+    // another checksum: converged elsewhere, so the check fails
+    let run = fleet(
+        &agents[4],
+        &["--checksum", "0123456789ab", "--timeout", "3s"],
+    );
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        run.stdout.contains("0 success, 10 failure"),
+        "{}",
+        run.stdout
+    );
+
+    // --tag role=web selects the even half; --json says the same
+    let run = fleet(
+        &agents[1],
+        &["--tag", "role=web", "--timeout", "3s", "--json"],
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["alive"], 5, "{json}");
+    assert_eq!(json["answered"], 5, "{json}");
+    assert_eq!(json["success"], 5, "{json}");
+    assert_eq!(json["ok"], true, "{json}");
+    let nodes: Vec<&str> = json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["node00", "node02", "node04", "node06", "node08"]);
+
+    // --node selects members by name (serf members -name, serf query -node)
+    let run = fleet(
+        &agents[0],
+        &["--node", "node01", "--node", "node07", "--timeout", "3s"],
+    );
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "2 answered of 2 alive members: 2 success, 0 failure, 0 silent, 0 unreachable"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(rows(&run.stdout, "node01").len(), 1, "{}", run.stdout);
+    assert_eq!(rows(&run.stdout, "node07").len(), 1, "{}", run.stdout);
+
+    // a host with many dests and long errors: its shortened answer still gets
+    // through serf's 1024-byte response limit (node09 leaves next, so its extra
+    // records do not change the counts below)
+    let long =
+        "failed: /opt/deploy/bin/check-health --url http://127.0.0.1:8080/health exit status 1; "
+            .repeat(4);
+    for i in 0..24 {
+        let result = if i % 3 == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let rec = records::record(
+            &format!("/srv/applications/service-{i:02}"),
+            result,
+            &checksum,
+            &format!("2026-12-01T10:{i:02}:00.000Z"),
+            (result == Outcome::Failure).then_some(long.as_str()),
+        );
+        records::write(&agents[9].state(), &rec);
+    }
+    let run = fleet(&agents[0], &["--node", "node09", "--timeout", "3s"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "1 answered of 1 alive members: 0 success, 1 failure, 0 silent, 0 unreachable"
+        ),
+        "{}\n{}",
+        run.stdout,
+        agents[9].report()
+    );
+    let many = rows(&run.stdout, "node09");
+    assert!(many.len() > 5, "{}", run.stdout);
+    assert!(many.iter().any(|r| r.contains("more)")), "{}", run.stdout);
+    assert!(
+        many.iter()
+            .any(|r| r.contains("failed at pre: failed: /opt/deploy/bin/check-health")),
+        "{}",
+        run.stdout
+    );
+
+    // a member that left is not counted
+    let out = serf(&["leave", &agents[9].host.rpc_flag()]);
+    assert!(out.status.success(), "serf leave: {out:?}");
+    cluster.wait_exit("node09", LIMIT);
+    serf::wait_until(
+        "node09 left",
+        LIMIT,
+        || serf::members_with_status(first, "left") == ["node09"],
+        report,
+    );
+    let run = fleet(&agents[0], &["--timeout", "3s"]);
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "9 answered of 9 alive members: 9 success, 0 failure, 0 silent, 0 unreachable"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(rows(&run.stdout, "node09").is_empty(), "{}", run.stdout);
+
+    // a member killed with SIGKILL is unreachable once serf declares it failed
+    cluster.kill("node08");
+    serf::wait_until(
+        "node08 failed",
+        LIMIT,
+        || serf::members_with_status(first, "failed") == ["node08"],
+        report,
+    );
+    let run = fleet(&agents[0], &["--timeout", "3s"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "8 answered of 8 alive members: 8 success, 0 failure, 0 silent, 1 unreachable"
+        ),
+        "{}",
+        run.stdout
+    );
+    let killed = rows(&run.stdout, "node08");
+    assert_eq!(killed.len(), 1, "{}", run.stdout);
+    assert!(killed[0].contains(" unreachable "), "{}", killed[0]);
+
+    // serf's own errors are one clear line
+    let run = fleet(&agents[0], &["--tag", "role=nothing"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no alive serf member matches"),
+        "{}",
+        run.stderr
+    );
+    let nobody = serf::free_port();
+    let run = stretcher()
+        .args([
+            "fleet",
+            "status",
+            "--rpc-addr",
+            &format!("127.0.0.1:{nobody}"),
+        ])
+        .run();
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("serf members failed") && run.stderr.contains("Error connecting"),
+        "{}",
+        run.stderr
+    );
+
+    drop(cluster);
+    eprintln!("whole fleet test: {:.1?}", test_start.elapsed());
+}
