@@ -16,6 +16,7 @@ use argh::FromArgs;
 
 use crate::error::{Error, Result};
 use crate::event::AllowList;
+use crate::signature::TrustedKey;
 
 /// The version printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,6 +48,8 @@ pub struct Options {
     /// `--command-timeout`: how long one hook command may run before its process
     /// group is killed and the deploy fails; `None` = no limit (`0`).
     pub command_timeout: Option<Duration>,
+    /// `--trusted-key`s: when any, every manifest must be signed by one (SPEC §15).
+    pub trusted_keys: Vec<TrustedKey>,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             allow_url: AllowList::default(),
             dry_run: false,
             command_timeout: None,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -89,6 +93,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("state-dir", "state-dir"),
     ("allow-url", "allow-url"),
     ("command-timeout", "command-timeout"),
+    ("trusted-key", "trusted-key"),
 ];
 
 /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
@@ -128,6 +133,9 @@ struct RawArgs {
     /// command timeout
     #[argh(option)]
     command_timeout: Option<String>,
+    /// trusted minisign public keys (repeatable)
+    #[argh(option)]
+    trusted_key: Vec<String>,
     /// manifest URL or path
     #[argh(positional)]
     target: Vec<String>,
@@ -313,6 +321,10 @@ fn validate(raw: RawArgs) -> Result<Options> {
             "invalid value for flag --allow-url: {m}; expected a URL prefix like https://host/dir/"
         ))
     })?;
+    for k in &raw.trusted_key {
+        o.trusted_keys
+            .push(TrustedKey::parse(k).map_err(|m| bad_value("trusted-key", k, &m))?);
+    }
     let mut targets = raw.target.into_iter();
     o.target = targets.next();
     if let Some(extra) = targets.next() {
@@ -459,6 +471,9 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           kill a hook command (its whole process group: SIGTERM,
                           then SIGKILL 2s later) that runs longer than DURATION and
                           fail the deploy; 0 = no limit (default)
+  --trusted-key KEY       a minisign public key (its RW... line, or a .pub file);
+                          repeatable. With any, every manifest must have a valid
+                          signature by one of them at MANIFEST_URL.minisig
   -v, --version           print the version and exit
   -h, --help              print this help and exit
 
@@ -833,6 +848,28 @@ mod tests {
         for bad in ["-1s", "soon", ""] {
             let m = usage_err(&["--command-timeout", bad]);
             assert!(m.contains("--command-timeout"), "{bad}: {m}");
+        }
+    }
+
+    #[test]
+    fn trusted_key_flag_is_repeatable() {
+        const A: &str = "RWTKOxCE232ibYYNKLgoV4BFn7DsbRQOS0xOHQ1xToilceH+JfW+u9z6";
+        const B: &str = "RWSjEx7YLJzzt0lkK5ejv9YHzpdUjWtunMfhlxgWI45Y23cIfB/yTR2w";
+        assert!(run(&[]).trusted_keys.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let pub_file = dir.path().join("b.pub");
+        std::fs::write(
+            &pub_file,
+            format!("untrusted comment: minisign public key B7F39C2CD81E13A3\n{B}\n"),
+        )
+        .unwrap();
+        let path = pub_file.to_str().unwrap();
+        let o = run(&["-trusted-key", A, &format!("--trusted-key={path}")]);
+        let ids: Vec<&str> = o.trusted_keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["6DA27DDB84103BCA", "B7F39C2CD81E13A3"]);
+        for bad in ["RWnope", "/no/such.pub", ""] {
+            let m = usage_err(&["--trusted-key", bad]);
+            assert!(m.contains("--trusted-key"), "{bad}: {m}");
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
+use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, UnpackOptions};
@@ -129,8 +130,14 @@ fn run_event(
         timeout: opts.timeout,
         max_bandwidth: opts.max_bandwidth,
     };
-    let text = fetch::fetch_text(&event.url, &fetch_opts)?;
+    let bytes = fetch::fetch_bytes(&event.url, &fetch_opts, u64::MAX)?;
+    if !opts.trusted_keys.is_empty() {
+        // Before templates and before anything of the manifest is used (SPEC §15).
+        check_signature(&event.url, &bytes, &opts.trusted_keys, &fetch_opts)?;
+    }
+    let text = fetch::into_text(&event.url, bytes)?;
     let manifest = manifest::parse(&text, &event.url, env)?;
+    check_fresh(&manifest, &event.url)?;
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -173,6 +180,53 @@ fn run_event(
             Err(e)
         }
     }
+}
+
+/// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
+/// against the raw manifest bytes; logs the trusted comment of a good signature.
+fn check_signature(
+    url: &str,
+    bytes: &[u8],
+    keys: &[signature::TrustedKey],
+    fetch_opts: &FetchOptions,
+) -> Result<()> {
+    let sig_url = signature::signature_url(url);
+    let refused = |reason: signature::Refusal| Error::Signature {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let max = signature::MAX_SIGNATURE_BYTES as u64;
+    let sig = match fetch::fetch_bytes(&sig_url, fetch_opts, max) {
+        Ok(sig) => sig,
+        // A signal is not a verdict on the manifest.
+        Err(e @ Error::Interrupted(_)) => return Err(e),
+        Err(e) => return Err(refused(signature::Refusal::NoSignature(e.to_string()))),
+    };
+    let good = signature::verify(bytes, &sig, keys).map_err(refused)?;
+    logln!(
+        "Signature ok: {sig_url} by key {}, trusted comment: {}",
+        good.key_id,
+        good.trusted_comment
+    );
+    Ok(())
+}
+
+/// `expires` (SPEC §15): a manifest past it is refused.
+fn check_fresh(manifest: &Manifest, url: &str) -> Result<()> {
+    if let Some(expires) = manifest.expires {
+        let now = chrono::Utc::now();
+        if now >= expires {
+            return Err(Error::Freshness {
+                url: url.to_string(),
+                msg: format!(
+                    "expired at {} (now {})",
+                    expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A uniformly random time in [0, max): spreads a fleet's downloads.

@@ -26,6 +26,7 @@ pub mod interrupt;
 pub mod log;
 pub mod manifest;
 pub mod s3;
+pub mod signature;
 pub mod state;
 pub mod sync;
 pub mod unpack;
