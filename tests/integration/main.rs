@@ -15,4 +15,5 @@ mod s3;
 mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
+mod signing;
 mod unpack;
