@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cli::Options;
@@ -22,6 +23,7 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
+use crate::record;
 use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
@@ -116,11 +118,44 @@ fn run_inner(
     result
 }
 
-/// One event that is not a replay: allow-url check, manifest, deploy, final hooks.
+/// One event that is not a replay: the run, then its deploy record (SPEC §5 step
+/// 9, §11). A dry run changes nothing, so it writes no record either.
 fn run_event(
     event: &event::Event,
     opts: &Options,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let mut draft = record::Draft::new(event);
+    let state = match state::state_dir(opts.state_dir.as_deref(), env) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            logln!("warning: no state directory ({e}): no deploy record is kept");
+            None
+        }
+    };
+    let result = run_manifest(event, opts, env, &mut draft, state.as_deref());
+    if let (Some(dir), false) = (&state, opts.dry_run) {
+        let (key, rec) = draft.finish(result.as_ref().err());
+        if let Err(e) = record::write(dir, &key, &rec) {
+            logln!("warning: cannot write the deploy record: {e}");
+        }
+        if rec.result == record::Outcome::Success {
+            // The floor of the next manifest's serial (SPEC §15).
+            if let Err(e) = record::write_success_serial(dir, &key, rec.serial) {
+                logln!("warning: cannot write the serial of this deploy: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// Allow-url check, manifest, deploy, final hooks; `draft` follows along.
+fn run_manifest(
+    event: &event::Event,
+    opts: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
     opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", event.url);
@@ -131,13 +166,18 @@ fn run_event(
         max_bandwidth: opts.max_bandwidth,
     };
     let bytes = fetch::fetch_bytes(&event.url, &fetch_opts, u64::MAX)?;
+    draft.manifest_read(&bytes);
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
+        draft.step = record::Step::Signature;
         check_signature(&event.url, &bytes, &opts.trusted_keys, &fetch_opts)?;
+        draft.step = record::Step::Manifest;
     }
     let text = fetch::into_text(&event.url, bytes)?;
     let manifest = manifest::parse(&text, &event.url, env)?;
-    check_fresh(&manifest, &event.url)?;
+    draft.manifest_valid(&manifest);
+    draft.serial = manifest.serial;
+    check_fresh(&manifest, &event.url, &draft.key(), state)?;
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -159,7 +199,7 @@ fn run_event(
         manifest_url: event.url.clone(),
         timeout: opts.command_timeout,
     };
-    match deploy(&manifest, opts, &fetch_opts, &hook_env) {
+    match deploy(&manifest, opts, &fetch_opts, &hook_env, draft, state) {
         // A dry run runs no command, `success` and `failure` included.
         Ok(()) if opts.dry_run => {
             logln!("Dry run done: nothing was changed and no command was run.");
@@ -172,13 +212,41 @@ fn run_event(
         Ok(()) => {
             logln!("Deploy manifest succeeded.");
             finish(&manifest.commands.success, &hook_env, "success");
+            draft.hooks_ran("success");
             Ok(())
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
             finish(&manifest.commands.failure, &hook_env, "failure");
+            draft.hooks_ran("failure");
             Err(e)
         }
+    }
+}
+
+/// Runs the hooks of `phase` and records them in `draft`.
+fn run_hooks(
+    draft: &mut record::Draft,
+    phase: &'static str,
+    commands: &[String],
+    env: &HookEnv,
+) -> Result<()> {
+    let result = hooks::run(commands, env);
+    draft.hooks_ran(phase);
+    result
+}
+
+/// Counts the bytes read through it (the record's `downloaded_bytes`).
+struct Counting<'a> {
+    inner: &'a mut (dyn Read + Send),
+    count: &'a AtomicU64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -211,8 +279,29 @@ fn check_signature(
     Ok(())
 }
 
-/// `expires` (SPEC §15): a manifest past it is refused.
-fn check_fresh(manifest: &Manifest, url: &str) -> Result<()> {
+/// `expires` and `serial` (SPEC §15): a manifest past its `expires`, or whose
+/// `serial` is lower than that of the last successful deploy of the same record
+/// `key` (its dest), is refused.
+fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) -> Result<()> {
+    if let Some(serial) = manifest.serial {
+        match state {
+            Some(dir) => {
+                if let Some(last) = record::last_success_serial(dir, key) {
+                    if serial < last {
+                        return Err(Error::Freshness {
+                            url: url.to_string(),
+                            msg: format!(
+                                "serial {serial} is lower than {last}, the serial of the last successful deploy"
+                            ),
+                        });
+                    }
+                }
+            }
+            None => {
+                logln!("warning: no state directory: serial {serial} of {url} cannot be compared")
+            }
+        }
+    }
     if let Some(expires) = manifest.expires {
         let now = chrono::Utc::now();
         if now >= expires {
@@ -253,7 +342,10 @@ fn deploy(
     opts: &Options,
     fetch_opts: &FetchOptions,
     hook_env: &HookEnv,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
+    let _ = state;
     let (Some(src), Some(checksum), Some(dest)) = (
         manifest.src.as_deref(),
         manifest.checksum.as_ref(),
@@ -263,8 +355,10 @@ fn deploy(
         if opts.dry_run {
             return print_dry_run(manifest, None);
         }
-        hooks::run(&manifest.commands.pre, hook_env)?;
-        return hooks::run(&manifest.commands.post, hook_env);
+        draft.step = record::Step::Pre;
+        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+        draft.step = record::Step::Post;
+        return run_hooks(draft, "post", &manifest.commands.post, hook_env);
     };
 
     let _lock = state::lock_dest(dest)?;
@@ -277,8 +371,15 @@ fn deploy(
     logln!("Loading URL {src}");
     let same_owner = nix::unistd::geteuid().is_root();
     let reuse = manifest.sync_strategy == Strategy::Rsync && !opts.dry_run;
+    draft.step = record::Step::Download;
+    let downloaded = AtomicU64::new(0);
     let fetch_and_unpack = |reuse: bool| {
         fetch::stream(src, checksum, fetch_opts, |reader| {
+            downloaded.store(0, Ordering::Relaxed);
+            let reader = &mut Counting {
+                inner: reader,
+                count: &downloaded,
+            };
             let staging = work.staging_dir()?;
             let unpack_opts = UnpackOptions {
                 same_owner,
@@ -290,7 +391,9 @@ fn deploy(
             Ok((staging, staged))
         })
     };
-    let staged = fetch_and_unpack(reuse)?;
+    let staged = fetch_and_unpack(reuse);
+    draft.downloaded_bytes = Some(downloaded.load(Ordering::Relaxed));
+    let staged = staged?;
     // Verified: from here on the staged tree is the archive's.
     let (staging, staged) = staged.into_inner();
     logln!(
@@ -301,13 +404,16 @@ fn deploy(
     );
 
     // Read before `pre`, which cannot have touched the staged tree yet.
+    draft.step = record::Step::Unpack;
     let filter = load_filter(manifest, staging.path())?;
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
 
-    hooks::run(&manifest.commands.pre, hook_env)?;
+    draft.step = record::Step::Pre;
+    run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
 
+    draft.step = record::Step::Sync;
     let mode = manifest
         .dest_mode
         .or(staged.root_mode)
@@ -350,7 +456,8 @@ fn deploy(
                 }
                 plan => (plan?, staging),
             };
-            sync::apply(&plan, &sync_opts)?;
+            let stats = sync::apply(&plan, &sync_opts)?;
+            draft.changes = Some(record::Changes::from(&stats));
         }
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
@@ -359,10 +466,15 @@ fn deploy(
                 let _ = make_writable_and_remove(&path);
                 return Err(e);
             }
+            draft.changes = Some(record::Changes {
+                created: staged.entries,
+                ..Default::default()
+            });
         }
     }
 
-    hooks::run(&manifest.commands.post, hook_env)
+    draft.step = record::Step::Post;
+    run_hooks(draft, "post", &manifest.commands.post, hook_env)
 }
 
 /// The manifest's `excludes` after the rules of its `exclude_from` file, which is

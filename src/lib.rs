@@ -25,6 +25,7 @@ pub mod http;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
+pub mod record;
 pub mod s3;
 pub mod signature;
 pub mod state;
