@@ -746,4 +746,50 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
+
+    #[test]
+    fn signature_and_freshness_refusals_are_classified() {
+        let sig = Error::Signature {
+            url: "u".into(),
+            reason: "no signature".into(),
+        };
+        assert_eq!(
+            classify(Step::Signature, Some(&sig)),
+            (Outcome::Refused, Some(Step::Signature))
+        );
+        let stale = Error::Freshness {
+            url: "u".into(),
+            msg: "expired".into(),
+        };
+        assert_eq!(
+            classify(Step::Manifest, Some(&stale)),
+            (Outcome::Refused, Some(Step::Manifest))
+        );
+    }
+
+    #[test]
+    fn success_serial_survives_the_history_and_falls_back_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "app-0123456789abcdef";
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        // from the history when there is no .serial file
+        let mut ok = sample(Outcome::Success);
+        ok.serial = Some(7);
+        write(dir.path(), key, &ok).unwrap();
+        write(dir.path(), key, &sample(Outcome::Refused)).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+        // the .serial file wins, also over a history that lost the success
+        for _ in 0..HISTORY_KEEP {
+            write(dir.path(), key, &sample(Outcome::Refused)).unwrap();
+        }
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        write_success_serial(dir.path(), key, Some(7)).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+        write_success_serial(dir.path(), key, None).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        // corrupt: the history decides
+        std::fs::write(serial_path(dir.path(), key), "x\n").unwrap();
+        write(dir.path(), key, &ok).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+    }
 }

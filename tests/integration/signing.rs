@@ -92,6 +92,40 @@ fn algorithm(sig: &[u8]) -> [u8; 2] {
     [bin[0], bin[1]]
 }
 
+/// The deploy record of `key` in the scratch's state directory (SPEC §11).
+fn record(sc: &Scratch, key: &str) -> serde_json::Value {
+    let path = sc.state_dir().join("deploys").join(format!("{key}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The record key of a manifest none of which was used: `manifest-` and the first
+/// 16 hex digits of the sha256 of its URL (SPEC §15).
+fn manifest_key(url: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "manifest-{}",
+        &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16]
+    )
+}
+
+/// The record key of a dest: its file name, `-`, 16 hex of the sha256 of its path.
+fn dest_key(dest: &Path) -> String {
+    use sha2::Digest;
+    let name = dest.file_name().unwrap().to_str().unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(dest.to_str().unwrap().as_bytes()));
+    format!("{name}-{}", &digest[..16])
+}
+
+#[track_caller]
+fn assert_refused_record(rec: &serde_json::Value, step: &str, reason: &str) {
+    assert_eq!(rec["result"], "refused", "{rec:#}");
+    assert_eq!(rec["failed_step"], step, "{rec:#}");
+    let error = rec["error"].as_str().unwrap_or_default();
+    assert!(error.contains(reason), "{rec:#}");
+    assert_eq!(rec["hooks"], serde_json::json!([]), "{rec:#}");
+}
+
 /// Hook markers: every hook of the test manifests touches its file in `dir`.
 fn hooks_yaml(dir: &Path) -> String {
     let d = dir.display();
@@ -167,6 +201,11 @@ impl Setup {
         no_hook_ran(&self.markers);
         assert_eq!(&snapshot(&self.sc.dest()), before, "dest changed");
         assert!(self.sc.leftovers().is_empty(), "{:?}", self.sc.leftovers());
+        // Nothing of the manifest was used: the record is keyed by its URL.
+        let rec = record(&self.sc, &manifest_key(&self.url()));
+        assert_refused_record(&rec, "signature", reason);
+        assert_eq!(rec["dest"], serde_json::Value::Null, "{rec:#}");
+        assert_eq!(rec["manifest_url"], self.url(), "{rec:#}");
     }
 }
 
@@ -197,6 +236,8 @@ fn signed_manifest_deploys_and_bad_signatures_are_refused() {
     }
     let deployed = snapshot(&s.sc.dest());
     assert_ne!(deployed, before);
+    let rec = record(&s.sc, &dest_key(&s.sc.dest()));
+    assert_eq!(rec["result"], "success", "{rec:#}");
     assert!(!s.sc.dest().join("keep.txt").exists());
     clear_markers(&s.markers);
 
@@ -464,6 +505,8 @@ fn expires_past_is_refused_future_accepted() {
     ));
     no_hook_ran(&markers);
     assert_eq!(snapshot(&sc.dest()), before);
+    let rec = record(&sc, &dest_key(&sc.dest()));
+    assert_refused_record(&rec, "manifest", "expired at 2020-01-01T00:00:00Z");
 
     let m = sc.manifest(
         "new.yml",
@@ -501,6 +544,13 @@ fn consul_event_with_an_unsigned_manifest_is_handled_once() {
         .assert_log("exiting 0 so that consul watch keeps running");
     no_hook_ran(&s.markers);
     assert_eq!(snapshot(&s.sc.dest()), before);
+    let rec = record(&s.sc, &manifest_key(&url));
+    assert_refused_record(&rec, "signature", "no signature");
+    assert_eq!(rec["event"]["origin"], "consul", "{rec:#}");
+    assert_eq!(
+        rec["event"]["id"], "c0ffee00-0000-0000-0000-000000000016",
+        "{rec:#}"
+    );
     // handled: the same list again is a replay, even once the manifest is signed
     sign(&s.key, &s.manifest, &[], "late");
     let run = consul();
@@ -508,4 +558,65 @@ fn consul_event_with_an_unsigned_manifest_is_handled_once() {
     assert!(!run.stderr.contains("Loading manifest"), "{}", run.stderr);
     no_hook_ran(&s.markers);
     assert_eq!(snapshot(&s.sc.dest()), before);
+}
+
+#[test]
+fn serial_lower_than_the_last_success_is_refused() {
+    let sc = Scratch::new();
+    let key = key_pair(sc.path(), "k");
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let tar_a = archive("test.tar");
+    let tar_b = archive("test_no_top_dir.tar");
+    let m = sc.path().join("m.yml");
+    let url = format!("file://{}", m.display());
+    // Each serial is a signed manifest, published at the same URL.
+    let publish = |serial: u64, tar: &Path| {
+        let extra = format!("serial: {serial}\n{}", hooks_yaml(&markers));
+        std::fs::write(&m, manifest_for(tar, &sc.dest(), &extra)).unwrap();
+        sign(&key, &m, &[], &format!("serial {serial}"));
+    };
+    let run = || {
+        clear_markers(&markers);
+        sc.stretcher()
+            .args(["--trusted-key", &key.line])
+            .arg(&url)
+            .run()
+    };
+    let dest_rec = || record(&sc, &dest_key(&sc.dest()));
+
+    publish(7, &tar_a);
+    run().assert_ok();
+    assert_eq!(dest_rec()["serial"], 7);
+    let at_7 = snapshot(&sc.dest());
+
+    // an old signed manifest replayed: refused, nothing runs, dest as it was
+    publish(5, &tar_b);
+    let refused = run();
+    refused.assert_fail().assert_log(&format!(
+        "manifest {url}: refused: serial 5 is lower than 7, the serial of the last successful deploy"
+    ));
+    no_hook_ran(&markers);
+    assert_eq!(snapshot(&sc.dest()), at_7);
+    let rec = dest_rec();
+    assert_refused_record(&rec, "manifest", "serial 5 is lower than 7");
+    assert_eq!(rec["serial"], 5);
+
+    // refused replays push records out of the history (50 kept): the floor stays
+    for _ in 0..51 {
+        run().assert_fail();
+    }
+    run().assert_fail().assert_log("serial 5 is lower than 7");
+    assert_eq!(snapshot(&sc.dest()), at_7);
+
+    // the same serial again is fine, and a higher one
+    publish(7, &tar_a);
+    run().assert_ok();
+    assert!(markers.join("success").exists());
+    publish(8, &tar_b);
+    run().assert_ok();
+    assert_eq!(dest_rec()["serial"], 8);
+    assert_ne!(snapshot(&sc.dest()), at_7);
+    publish(7, &tar_a);
+    run().assert_fail().assert_log("serial 7 is lower than 8");
 }
