@@ -24,6 +24,7 @@ use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
 use crate::record;
+use crate::redeploy;
 use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
@@ -345,7 +346,6 @@ fn deploy(
     draft: &mut record::Draft,
     state: Option<&Path>,
 ) -> Result<()> {
-    let _ = state;
     let (Some(src), Some(checksum), Some(dest)) = (
         manifest.src.as_deref(),
         manifest.checksum.as_ref(),
@@ -364,6 +364,63 @@ fn deploy(
     let _lock = state::lock_dest(dest)?;
     let work = Workspace::new(dest)?;
     work.remove_leftovers();
+
+    // The redeploy that downloads nothing (SPEC §11).
+    let euid = nix::unistd::geteuid().as_raw();
+    let strategy_name = match manifest.sync_strategy {
+        Strategy::Rsync => "rsync",
+        Strategy::Mv => "mv",
+    };
+    let checksum_hex = checksum.hex().to_ascii_lowercase();
+    let wanted = redeploy::Wanted {
+        checksum: &checksum_hex,
+        strategy: strategy_name,
+        dest_mode: manifest.dest_mode,
+        excludes: &manifest.excludes,
+        exclude_from: manifest.exclude_from.as_deref(),
+        euid,
+    };
+    let mut pre_done = false;
+    if let (Some(dir), false) = (state, opts.force) {
+        match redeploy::check(dir, dest, &wanted) {
+            redeploy::Decision::Skip { deployed, entries } => {
+                logln!(
+                    "dest {} already holds {checksum_hex} (deployed {deployed}): nothing to download",
+                    dest.display()
+                );
+                if opts.dry_run {
+                    return print_dry_run(manifest, None);
+                }
+                draft.step = record::Step::Pre;
+                run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+                pre_done = true;
+                // A `pre` command may change dest: then the sync would not be a no-op.
+                let still = manifest.commands.pre.is_empty()
+                    || matches!(
+                        redeploy::check(dir, dest, &wanted),
+                        redeploy::Decision::Skip { .. }
+                    );
+                if still {
+                    draft.download_skipped = true;
+                    draft.downloaded_bytes = Some(0);
+                    draft.changes = Some(record::Changes {
+                        unchanged: entries,
+                        ..Default::default()
+                    });
+                    draft.step = record::Step::Post;
+                    return run_hooks(draft, "post", &manifest.commands.post, hook_env);
+                }
+                logln!(
+                    "a pre command changed {}: deploying in full",
+                    dest.display()
+                );
+            }
+            redeploy::Decision::Deploy { reason, warn } => {
+                let w = if warn { "warning: " } else { "" };
+                logln!("{w}{} is deployed in full: {reason}", dest.display());
+            }
+        }
+    }
 
     // Download, hash and unpack in one pass into a private staging directory beside
     // dest. dest is only read: files it already has as the archive does (size, mtime,
@@ -406,12 +463,15 @@ fn deploy(
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
     let filter = load_filter(manifest, staging.path())?;
+    let exclude_text = exclude_from_text(manifest, staging.path());
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
 
-    draft.step = record::Step::Pre;
-    run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+    if !pre_done {
+        draft.step = record::Step::Pre;
+        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+    }
 
     draft.step = record::Step::Sync;
     let mode = manifest
@@ -458,6 +518,10 @@ fn deploy(
             };
             let stats = sync::apply(&plan, &sync_opts)?;
             draft.changes = Some(record::Changes::from(&stats));
+            if let Some(dir) = state {
+                let entries = crate::index::from_plan(&plan, same_owner);
+                write_index(dir, dest, &wanted, exclude_text, &entries);
+            }
         }
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
@@ -470,11 +534,51 @@ fn deploy(
                 created: staged.entries,
                 ..Default::default()
             });
+            // Nothing was walked: the tree was renamed whole. One walk of the result.
+            if let Some(dir) = state {
+                match crate::index::scan(dest, &filter) {
+                    Ok(entries) => write_index(dir, dest, &wanted, exclude_text, &entries),
+                    Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
+                }
+            }
         }
     }
 
     draft.step = record::Step::Post;
     run_hooks(draft, "post", &manifest.commands.post, hook_env)
+}
+
+/// The text of the `exclude_from` file (as [`load_filter`] read it), for the index.
+fn exclude_from_text(manifest: &Manifest, staging: &Path) -> Option<String> {
+    let name = manifest.exclude_from.as_ref()?;
+    let bytes = std::fs::read(staging.join(name)).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes the index of what dest holds after a successful sync; a failure is a
+/// warning (the deploy's result stands; the next redeploy downloads in full).
+fn write_index(
+    state: &Path,
+    dest: &Path,
+    wanted: &redeploy::Wanted,
+    exclude_from_text: Option<String>,
+    entries: &[crate::index::Entry],
+) {
+    let header = crate::index::Header {
+        checksum: wanted.checksum.to_string(),
+        strategy: wanted.strategy.to_string(),
+        dest_mode: wanted.dest_mode,
+        excludes: wanted.excludes.to_vec(),
+        exclude_from: wanted.exclude_from.map(str::to_string),
+        exclude_from_text,
+        euid: wanted.euid,
+        written: record::timestamp(chrono::Utc::now()),
+        entries: entries.len() as u64,
+    };
+    let key = record::key_for_dest(dest);
+    if let Err(e) = crate::index::write(state, &key, &header, entries) {
+        logln!("warning: cannot write the deploy index: {e}");
+    }
 }
 
 /// The manifest's `excludes` after the rules of its `exclude_from` file, which is
