@@ -216,6 +216,25 @@ def archive_quirk_seeds(plain):
 SHA1 = "e0840daaa97cd2cf2175f9e5d133ffb3324a2b93"
 
 
+SIGNATURES = {
+    "prehashed": """untrusted comment: signature from minisign secret key
+RUTKOxCE232ibZIGHTIZqZCgGusdrRJo3Bvcr/uJlu+g53xi2X+baE+3kGLjiaRUOBwcApSTWoIP2hWwYmQzklOLr3pQkGkJbQk=
+trusted comment: unit test
+UyKD2SlURUTKXls1lNxaFzlnDTZoZ2DMLaxwSCJbOLESwLLwoEJjJoDG4Xb460vD9vs++xtfu+06IrJNtaJQDg==
+""",
+    "legacy": """untrusted comment: signature from minisign secret key
+RWTKOxCE232ibVloiIgVaeYyU2pT8hoyqvnB/LPJqGxDhMtLan5KEH9i7OU8YjRiSYo9kXJ5693qG6sgG0/2+UxwyI6rDSNgBwY=
+trusted comment: unit test legacy
+FNTuBFpweYFQz0nA0YEHb53er/OI84GUduaG0ZD/F1z2p7+3ppiMjGyyYdZ5xaH9CSdjgj8k3rVhPJRERiLsDw==
+""",
+    "other-key": """untrusted comment: signature from minisign secret key
+RUSjEx7YLJzzt+oWWD/Q6jP3axO4o0EgMPt8gNX3HpzaDCqwCCOZFDieUcGIgykiLyATVENuVvLM8e/BUmJxFs7+DlICXV19IwA=
+trusted comment: other
+Ektp7TtotGnTE7ChxpC5vhJLb4XuyMIu4H3cZHzpLNYdCS7qDtmmDKC9JVs/sfPQY5Vk1z9m1Qofyw9EMMhmDQ==
+""",
+}
+
+
 def manifest_seeds():
     put("manifest", "xz-bz2-src", ("src: https://example.com/app-{{ .Env.VERSION }}.tar.xz\n"
                                    "checksum: " + SHA1 + "\ndest: /srv/app\n").encode())
@@ -247,6 +266,15 @@ def manifest_seeds():
         "commands:\n  success:\n    - some-commend-with-argument-includes-colon \":foo: bar\"\n")
     put("manifest", "bad-template.yml", "src: {{ env \"A\" | lower }}\ndest: {{-3}}\n{{/* x }}")
     put("manifest", "flow.yml", "{src: 'a', checksum: 1, dest: [x], excludes: !!str x}\n")
+    put("manifest", "fresh.yml",
+        f"src: app.tgz\nchecksum: {SHA1}\ndest: /srv/app\n"
+        "expires: 2030-01-02T03:04:05+09:00\nserial: 7\n")
+    put("manifest", "stale.yml", "expires: 2020-13-01T00:00:00Z\nserial: -1\n")
+    # Signatures (fuzz_targets/manifest.rs): MESSAGE 0xFF .minisig, made with
+    # minisign 0.11 by the target's TRUSTED_KEY (prehashed, legacy) and by another key.
+    for name, sig in SIGNATURES.items():
+        put("manifest", "signed-" + name, b"src: x\n\xff" + sig.encode())
+    put("manifest", "signed-garbage", b"src: x\n\xffuntrusted comment: x\nRUQ=\n")
 
 
 # ---- event: byte 0 = env flags (see fuzz_targets/event.rs) ----

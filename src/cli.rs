@@ -16,6 +16,7 @@ use argh::FromArgs;
 
 use crate::error::{Error, Result};
 use crate::event::AllowList;
+use crate::signature::TrustedKey;
 
 /// The version printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -50,6 +51,8 @@ pub struct Options {
     /// `--textfile-dir`: where node_exporter textfile metrics are written after each
     /// deploy (SPEC §13); `None` = none are written.
     pub textfile_dir: Option<PathBuf>,
+    /// `--trusted-key`s: when any, every manifest must be signed by one (SPEC §15).
+    pub trusted_keys: Vec<TrustedKey>,
     /// `--force`: deploy even when `dest` already holds the archive (SPEC §11).
     pub force: bool,
 }
@@ -69,6 +72,7 @@ impl Default for Options {
             dry_run: false,
             command_timeout: None,
             textfile_dir: None,
+            trusted_keys: Vec::new(),
             force: false,
         }
     }
@@ -141,6 +145,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
     ("allow-url", "allow-url"),
     ("command-timeout", "command-timeout"),
     ("textfile-dir", "textfile-dir"),
+    ("trusted-key", "trusted-key"),
 ];
 
 /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
@@ -186,6 +191,9 @@ struct RawArgs {
     /// textfile dir
     #[argh(option)]
     textfile_dir: Option<String>,
+    /// trusted minisign public keys (repeatable)
+    #[argh(option)]
+    trusted_key: Vec<String>,
     /// manifest URL or path
     #[argh(positional)]
     target: Vec<String>,
@@ -697,6 +705,10 @@ fn validate(raw: RawArgs) -> Result<Options> {
             "invalid value for flag --allow-url: {m}; expected a URL prefix like https://host/dir/"
         ))
     })?;
+    for k in &raw.trusted_key {
+        o.trusted_keys
+            .push(TrustedKey::parse(k).map_err(|m| bad_value("trusted-key", k, &m))?);
+    }
     let mut targets = raw.target.into_iter();
     o.target = targets.next();
     if let Some(extra) = targets.next() {
@@ -856,6 +868,9 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           fail the deploy; 0 = no limit (default)
   --textfile-dir DIR      after each deploy, write DIR/stretcher-KEY.prom for
                           node_exporter's textfile collector
+  --trusted-key KEY       a minisign public key (its RW... line, or a .pub file);
+                          repeatable. With any, every manifest must have a valid
+                          signature by one of them at MANIFEST_URL.minisig
   --force                 deploy even when dest already holds the archive (by
                           default a redeploy of what dest still holds, unchanged,
                           downloads nothing and runs only the hooks)
@@ -1331,5 +1346,27 @@ mod tests {
             Some(PathBuf::from("/t"))
         );
         usage_err(&["--textfile-dir", " "]);
+    }
+
+    #[test]
+    fn trusted_key_flag_is_repeatable() {
+        const A: &str = "RWTKOxCE232ibYYNKLgoV4BFn7DsbRQOS0xOHQ1xToilceH+JfW+u9z6";
+        const B: &str = "RWSjEx7YLJzzt0lkK5ejv9YHzpdUjWtunMfhlxgWI45Y23cIfB/yTR2w";
+        assert!(run(&[]).trusted_keys.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let pub_file = dir.path().join("b.pub");
+        std::fs::write(
+            &pub_file,
+            format!("untrusted comment: minisign public key B7F39C2CD81E13A3\n{B}\n"),
+        )
+        .unwrap();
+        let path = pub_file.to_str().unwrap();
+        let o = run(&["-trusted-key", A, &format!("--trusted-key={path}")]);
+        let ids: Vec<&str> = o.trusted_keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["6DA27DDB84103BCA", "B7F39C2CD81E13A3"]);
+        for bad in ["RWnope", "/no/such.pub", ""] {
+            let m = usage_err(&["--trusted-key", bad]);
+            assert!(m.contains("--trusted-key"), "{bad}: {m}");
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
 use crate::record;
 use crate::redeploy;
+use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, UnpackOptions};
@@ -146,6 +147,12 @@ fn run_event(
         if let Err(e) = record::write(dir, &key, &rec) {
             logln!("warning: cannot write the deploy record: {e}");
         }
+        if rec.result == record::Outcome::Success {
+            // The floor of the next manifest's serial (SPEC §15).
+            if let Err(e) = record::write_success_serial(dir, &key, rec.serial) {
+                logln!("warning: cannot write the serial of this deploy: {e}");
+            }
+        }
         if let Some(textfile_dir) = &opts.textfile_dir {
             if let Err(e) = crate::metrics::write_record(textfile_dir, &key, &rec, &event.url) {
                 logln!("warning: cannot write the textfile metrics: {e}");
@@ -172,10 +179,19 @@ fn run_manifest(
         timeout: opts.timeout,
         max_bandwidth: opts.max_bandwidth,
     };
-    let text = fetch::fetch_text(&event.url, &fetch_opts)?;
-    draft.manifest_read(text.as_bytes());
+    let bytes = fetch::fetch_bytes(&event.url, &fetch_opts, u64::MAX)?;
+    draft.manifest_read(&bytes);
+    if !opts.trusted_keys.is_empty() {
+        // Before templates and before anything of the manifest is used (SPEC §15).
+        draft.step = record::Step::Signature;
+        check_signature(&event.url, &bytes, &opts.trusted_keys, &fetch_opts)?;
+        draft.step = record::Step::Manifest;
+    }
+    let text = fetch::into_text(&event.url, bytes)?;
     let manifest = manifest::parse(&text, &event.url, env)?;
     draft.manifest_valid(&manifest);
+    draft.serial = manifest.serial;
+    check_fresh(&manifest, &event.url, &draft.key(), state)?;
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -249,6 +265,74 @@ impl Read for Counting<'_> {
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
+/// against the raw manifest bytes; logs the trusted comment of a good signature.
+fn check_signature(
+    url: &str,
+    bytes: &[u8],
+    keys: &[signature::TrustedKey],
+    fetch_opts: &FetchOptions,
+) -> Result<()> {
+    let sig_url = signature::signature_url(url);
+    let refused = |reason: signature::Refusal| Error::Signature {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let max = signature::MAX_SIGNATURE_BYTES as u64;
+    let sig = match fetch::fetch_bytes(&sig_url, fetch_opts, max) {
+        Ok(sig) => sig,
+        // A signal is not a verdict on the manifest.
+        Err(e @ Error::Interrupted(_)) => return Err(e),
+        Err(e) => return Err(refused(signature::Refusal::NoSignature(e.to_string()))),
+    };
+    let good = signature::verify(bytes, &sig, keys).map_err(refused)?;
+    logln!(
+        "Signature ok: {sig_url} by key {}, trusted comment: {}",
+        good.key_id,
+        good.trusted_comment
+    );
+    Ok(())
+}
+
+/// `expires` and `serial` (SPEC §15): a manifest past its `expires`, or whose
+/// `serial` is lower than that of the last successful deploy of the same record
+/// `key` (its dest), is refused.
+fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) -> Result<()> {
+    if let Some(serial) = manifest.serial {
+        match state {
+            Some(dir) => {
+                if let Some(last) = record::last_success_serial(dir, key) {
+                    if serial < last {
+                        return Err(Error::Freshness {
+                            url: url.to_string(),
+                            msg: format!(
+                                "serial {serial} is lower than {last}, the serial of the last successful deploy"
+                            ),
+                        });
+                    }
+                }
+            }
+            None => {
+                logln!("warning: no state directory: serial {serial} of {url} cannot be compared")
+            }
+        }
+    }
+    if let Some(expires) = manifest.expires {
+        let now = chrono::Utc::now();
+        if now >= expires {
+            return Err(Error::Freshness {
+                url: url.to_string(),
+                msg: format!(
+                    "expired at {} (now {})",
+                    expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A uniformly random time in [0, max): spreads a fleet's downloads.

@@ -29,6 +29,16 @@ pub enum Error {
     #[error("manifest {url}: {msg}")]
     Manifest { url: String, msg: String },
 
+    /// `--trusted-key` is given and the manifest has no valid signature by one of
+    /// the keys (SPEC §15): refused, nothing of it is used.
+    #[error("manifest {url}: refused: {reason}")]
+    Signature { url: String, reason: String },
+
+    /// The manifest is stale (SPEC §15): past its `expires`, or its `serial` is
+    /// lower than that of the last successful deploy to the same dest. Refused.
+    #[error("manifest {url}: refused: {msg}")]
+    Freshness { url: String, msg: String },
+
     /// A source could not be read (after its retries).
     #[error("fetch {url}: {msg}")]
     Fetch { url: String, msg: String },

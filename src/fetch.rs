@@ -274,13 +274,31 @@ fn limited(url: &str, deadline: Option<(Instant, Duration)>, bw: Option<u64>) ->
 
 /// Fetches a small text document (the manifest), with retries and the deadline.
 pub fn fetch_text(url: &str, opts: &FetchOptions) -> Result<String> {
+    into_text(url, fetch_bytes(url, opts, u64::MAX)?)
+}
+
+/// Fetches a small document's raw bytes (the manifest and its signature), with
+/// retries and the deadline; more than `max` bytes is an error.
+pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
     let start = Instant::now();
-    let bytes = with_retries(url, opts, start, |deadline| {
-        let (mut r, _) = limited(url, deadline, None)?;
+    with_retries(url, opts, start, |deadline| {
+        let (r, _) = limited(url, deadline, None)?;
         let mut buf = Vec::new();
-        r.read_to_end(&mut buf).map_err(|e| read_error(url, e))?;
+        r.take(max.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| read_error(url, e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::Fetch {
+                url: url.to_string(),
+                msg: format!("larger than {max} bytes"),
+            });
+        }
         Ok(buf)
-    })?;
+    })
+}
+
+/// The fetched bytes of `url` as text (a manifest must be UTF-8).
+pub fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| Error::Fetch {
         url: url.to_string(),
         msg: "not UTF-8 text".into(),

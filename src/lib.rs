@@ -5,6 +5,8 @@
 //! ```text
 //! argv ─cli::parse→ Options                 stdin, env ─event::read→ Event
 //! Event.url ─fetch (text)→ manifest::parse(text, base_url) → Manifest
+//!   (--trusted-key: Event.url.minisig ─fetch→ signature::verify(raw bytes) first;
+//!   then expires / serial against the last success's record)
 //! Manifest.src ─fetch::stream (hashing as bytes arrive)→ unpack → Verified<Staged>
 //!   (one pass, two threads; dest only read: unchanged files are linked from it)
 //! hooks::run(pre) → sync::plan → sync::apply (renames from staging) → Stats
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod record;
 pub mod redeploy;
 pub mod s3;
+pub mod signature;
 pub mod state;
 pub mod status;
 pub mod sync;

@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_norway::Value;
 
@@ -57,6 +58,11 @@ pub struct Manifest {
     pub commands: Commands,
     /// Keys the manifest has but stretcher does not know (`exclude`, `commands.pree`).
     pub unknown_keys: Vec<String>,
+    /// `expires` (RFC 3339): the manifest is refused after this instant (SPEC §15).
+    pub expires: Option<DateTime<Utc>>,
+    /// `serial` (an integer ≥ 0): refused when lower than the last successful
+    /// deploy's to the same dest (SPEC §15).
+    pub serial: Option<u64>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -68,6 +74,8 @@ const TOP_KEYS: &[&str] = &[
     "excludes",
     "exclude_from",
     "commands",
+    "expires",
+    "serial",
 ];
 const COMMAND_KEYS: &[&str] = &["pre", "post", "success", "failure", "env"];
 
@@ -90,6 +98,8 @@ struct RawManifest {
     excludes: Option<Vec<String>>,
     exclude_from: Option<String>,
     commands: Option<RawCommands>,
+    expires: Option<String>,
+    serial: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,7 +216,34 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
             .map_err(fail)?,
         commands,
         unknown_keys,
+        expires: non_empty(raw.expires)
+            .map(|e| parse_expires(&e))
+            .transpose()
+            .map_err(fail)?,
+        serial: non_empty(raw.serial)
+            .map(|n| parse_serial(&n))
+            .transpose()
+            .map_err(fail)?,
     })
+}
+
+/// `expires`: an RFC 3339 date-time with an offset (`2026-12-31T23:59:59Z`).
+fn parse_expires(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("expires {text:?} is not an RFC 3339 time like 2026-12-31T23:59:59Z: {e}")
+        })
+}
+
+/// `serial`: decimal digits, an integer ≥ 0.
+fn parse_serial(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("serial {text:?} is not an integer >= 0"));
+    }
+    t.parse::<u64>()
+        .map_err(|e| format!("serial {text:?} is not an integer >= 0: {e}"))
 }
 
 /// `exclude_from` names a file inside the archive: a relative path that stays
@@ -1068,6 +1105,29 @@ mod tests {
         ] {
             let e = err(&with_src(yml));
             assert!(e.contains(needle), "{yml}: {e}");
+        }
+    }
+
+    #[test]
+    fn expires_and_serial() {
+        let m = ok(&with_src(""));
+        assert_eq!((m.expires, m.serial), (None, None));
+        let m = ok(&with_src("expires: 2030-01-02T03:04:05+01:00\nserial: 7\n"));
+        assert_eq!(
+            m.expires.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2030-01-02T02:04:05+00:00")
+        );
+        assert_eq!(m.serial, Some(7));
+        assert!(m.unknown_keys.is_empty());
+        assert_eq!(ok(&with_src("serial: 0\n")).serial, Some(0));
+        assert_eq!(ok("serial: '12'\n").serial, Some(12));
+        for bad in ["-1", "7.5", "0x10", "seven", "99999999999999999999999"] {
+            let e = err(&with_src(&format!("serial: {bad}\n")));
+            assert!(e.contains("serial"), "{bad}: {e}");
+        }
+        for bad in ["2030-01-02", "tomorrow", "2030-01-02T03:04:05", "[1]"] {
+            let e = err(&with_src(&format!("expires: {bad}\n")));
+            assert!(e.contains("expires") || e.contains("YAML"), "{bad}: {e}");
         }
     }
 }

@@ -91,6 +91,9 @@ pub fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step>) {
     match err {
         Error::Interrupted(_) => (Outcome::Interrupted, Some(step)),
         Error::Refused { .. } => (Outcome::Refused, Some(step)),
+        // SPEC §15: no valid signature; a stale (expired, lower serial) manifest.
+        Error::Signature { .. } => (Outcome::Refused, Some(Step::Signature)),
+        Error::Freshness { .. } => (Outcome::Refused, Some(Step::Manifest)),
         // The download and the unpack are one pass: the error says which failed.
         Error::Archive { .. } | Error::Entry { .. } if step == Step::Download => {
             (Outcome::Failure, Some(Step::Unpack))
@@ -563,6 +566,52 @@ pub fn all(state_dir: &Path) -> Vec<(String, Record)> {
         .collect()
 }
 
+/// `STATE/deploys/<key>.serial`: the `serial` of the key's last successful deploy
+/// (SPEC §15), beside its records. The history keeps only the last
+/// [`HISTORY_KEEP`] records, so a run of refused replays would otherwise push the
+/// last success out of it, and with it the serial an old manifest must not undercut.
+pub fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
+    deploys_dir(state_dir).join(format!("{key}.serial"))
+}
+
+/// Remembers the `serial` of a successful deploy of `key` (`None`: it had none, so
+/// the next manifest is not compared). Replaced atomically.
+pub fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) -> Result<()> {
+    let dir = deploys_dir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let text = match serial {
+        Some(n) => format!("{n}\n"),
+        None => "none\n".to_string(),
+    };
+    write_atomic(&dir, &serial_path(state_dir, key), text.as_bytes())
+}
+
+/// The `serial` of the last successful deploy of `key`: from `<key>.serial`, or,
+/// when that file is missing or corrupt (a warning), from the newest success in
+/// the history. `None`: no success, or it had no serial.
+pub fn last_success_serial(state_dir: &Path, key: &str) -> Option<u64> {
+    let path = serial_path(state_dir, key);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim() {
+            "none" => return None,
+            t => match t.parse::<u64>() {
+                Ok(n) => return Some(n),
+                Err(_) => logln!(
+                    "warning: {} is corrupt; using the deploy history",
+                    path.display()
+                ),
+            },
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => logln!("warning: cannot read {}: {e}", path.display()),
+    }
+    history(state_dir, key)
+        .into_iter()
+        .rev()
+        .find(|r| r.result == Outcome::Success)
+        .and_then(|r| r.serial)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,5 +745,51 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn signature_and_freshness_refusals_are_classified() {
+        let sig = Error::Signature {
+            url: "u".into(),
+            reason: "no signature".into(),
+        };
+        assert_eq!(
+            classify(Step::Signature, Some(&sig)),
+            (Outcome::Refused, Some(Step::Signature))
+        );
+        let stale = Error::Freshness {
+            url: "u".into(),
+            msg: "expired".into(),
+        };
+        assert_eq!(
+            classify(Step::Manifest, Some(&stale)),
+            (Outcome::Refused, Some(Step::Manifest))
+        );
+    }
+
+    #[test]
+    fn success_serial_survives_the_history_and_falls_back_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "app-0123456789abcdef";
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        // from the history when there is no .serial file
+        let mut ok = sample(Outcome::Success);
+        ok.serial = Some(7);
+        write(dir.path(), key, &ok).unwrap();
+        write(dir.path(), key, &sample(Outcome::Refused)).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+        // the .serial file wins, also over a history that lost the success
+        for _ in 0..HISTORY_KEEP {
+            write(dir.path(), key, &sample(Outcome::Refused)).unwrap();
+        }
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        write_success_serial(dir.path(), key, Some(7)).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+        write_success_serial(dir.path(), key, None).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), None);
+        // corrupt: the history decides
+        std::fs::write(serial_path(dir.path(), key), "x\n").unwrap();
+        write(dir.path(), key, &ok).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
     }
 }

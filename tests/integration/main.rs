@@ -24,6 +24,7 @@ mod safety;
 mod serf_e2e;
 #[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
+mod signing;
 #[cfg(feature = "static")]
 mod static_bin;
 mod status;

@@ -129,7 +129,7 @@ fn url_encode(s: &str) -> String {
 }
 
 /// Puts `data` at `key` in the bucket (s3s-fs keeps objects as files).
-fn put(key: &str, data: &[u8]) -> String {
+pub fn put(key: &str, data: &[u8]) -> String {
     let path = server().root.join(BUCKET).join(key);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, data).unwrap();
@@ -137,7 +137,7 @@ fn put(key: &str, data: &[u8]) -> String {
 }
 
 /// A unique key prefix per test (tests share the bucket).
-fn unique(name: &str) -> String {
+pub fn unique(name: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(
@@ -147,7 +147,7 @@ fn unique(name: &str) -> String {
     )
 }
 
-fn archive_bytes(text: &str) -> (Vec<u8>, String) {
+pub fn archive_bytes(text: &str) -> (Vec<u8>, String) {
     let tar = gzip(&raw_tar(&[
         Raw::Dir(b"./"),
         Raw::File(b"./hello.txt", text.as_bytes()),
@@ -158,7 +158,7 @@ fn archive_bytes(text: &str) -> (Vec<u8>, String) {
 
 /// A run pointed at the test server, with no AWS or proxy settings from outside:
 /// HOME is the scratch dir (no ~/.aws), IMDS is off unless a test turns it on.
-fn aws(sc: &Scratch) -> Stretcher {
+pub fn aws(sc: &Scratch) -> Stretcher {
     let mut s = sc.stretcher();
     for k in [
         "AWS_ACCESS_KEY_ID",
@@ -195,7 +195,7 @@ fn with_keys_fn(sc: &Scratch) -> impl FnOnce(Stretcher) -> Stretcher + '_ {
     move |_| with_keys(aws(sc))
 }
 
-fn with_keys(s: Stretcher) -> Stretcher {
+pub fn with_keys(s: Stretcher) -> Stretcher {
     s.env("AWS_ACCESS_KEY_ID", AK)
         .env("AWS_SECRET_ACCESS_KEY", SK)
 }
