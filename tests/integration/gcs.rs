@@ -197,9 +197,11 @@ fn manifest_and_archive_in_gs_with_a_relative_src() {
         manifest_text("app.tgz", &sum, &sc.dest()).as_bytes(),
     );
     for round in 0..2 {
-        // The second deploy goes onto the first one's result.
+        // The second deploy goes onto the first one's result, and downloads again
+        // (--force: not the redeploy that downloads nothing).
         let run = google(&sc, &emu.host())
             .env("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.env-token")
+            .arg("--force")
             .arg(&m)
             .run();
         run.assert_ok()

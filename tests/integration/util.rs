@@ -468,9 +468,11 @@ fn redeploy_view(dest: &Path) -> BTreeMap<PathBuf, Node> {
     snap
 }
 
-/// Every deploy test's second run (HELPERS: "every deploy test also deploys a second
-/// time onto its own result"): the same manifest again, `prepare`d as the first run
-/// was (environment, flags), must succeed and leave dest exactly as it was.
+/// Every deploy test's second run (every deploy test also deploys a second time onto
+/// its own result): the same manifest again, `prepare`d as the first run was
+/// (environment, flags), must succeed and leave dest exactly as it was. It runs with
+/// `--force`, so that it takes the whole download, unpack and sync path rather than
+/// the redeploy that downloads nothing (tests/integration/redeploy.rs tests that).
 #[track_caller]
 pub fn redeploy_unchanged(
     s: &Scratch,
@@ -478,7 +480,7 @@ pub fn redeploy_unchanged(
     prepare: impl FnOnce(Stretcher) -> Stretcher,
 ) -> Run {
     let before = redeploy_view(&s.dest());
-    let run = prepare(s.stretcher()).arg(manifest).run();
+    let run = prepare(s.stretcher()).arg("--force").arg(manifest).run();
     run.assert_ok();
     assert_eq!(
         redeploy_view(&s.dest()),
@@ -501,7 +503,7 @@ pub fn redeploy(s: &Scratch, manifest: &Path) -> Run {
 #[track_caller]
 pub fn redeploy_mv_refused(s: &Scratch, manifest: &Path) -> Run {
     let before = snapshot(&s.dest());
-    let run = s.stretcher().arg(manifest).run();
+    let run = s.stretcher().arg("--force").arg(manifest).run();
     run.assert_fail().assert_log("not empty");
     assert_eq!(snapshot(&s.dest()), before);
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
