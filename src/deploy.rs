@@ -22,6 +22,7 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
+use crate::release;
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, UnpackOptions};
@@ -216,6 +217,12 @@ fn deploy(
     let _lock = state::lock_dest(dest)?;
     let work = Workspace::new(dest)?;
     work.remove_leftovers();
+    if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
+        let deployed =
+            release::deploy(manifest, opts, fetch_opts, hook_env, (src, checksum, dest))?;
+        logln!("Release {} is live in {}", deployed.id, dest.display());
+        return Ok(());
+    }
 
     // Download, hash and unpack in one pass into a private staging directory beside
     // dest. dest is only read: files it already has as the archive does (size, mtime,
@@ -230,6 +237,7 @@ fn deploy(
                 same_owner,
                 label: src.to_string(),
                 reuse_from: reuse.then(|| dest.to_path_buf()),
+                link_unchanged: false,
             };
             logln!("Extract archive: {src} to {}", staging.path().display());
             let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
@@ -298,6 +306,8 @@ fn deploy(
             };
             sync::apply(&plan, &sync_opts)?;
         }
+        // Handled above (a dry run never gets here either).
+        Strategy::Release => {}
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
             let path = staging.keep();
@@ -313,7 +323,7 @@ fn deploy(
 
 /// The manifest's `excludes` after the rules of its `exclude_from` file, which is
 /// read from the unpacked archive.
-fn load_filter(manifest: &Manifest, staging: &Path) -> Result<Filter> {
+pub(crate) fn load_filter(manifest: &Manifest, staging: &Path) -> Result<Filter> {
     match &manifest.exclude_from {
         Some(name) => {
             // manifest validation keeps the name relative and free of `..`
@@ -346,7 +356,11 @@ fn print_dry_run(manifest: &Manifest, staged: Option<(&Path, &Path, &Filter)>) -
     use std::os::unix::ffi::OsStrExt;
     let mut changes = Vec::new();
     if let Some((staging, dest, filter)) = staged {
-        changes = planned_changes(manifest.sync_strategy, staging, dest, filter)?;
+        let release = match (manifest.sync_strategy, &manifest.dest) {
+            (Strategy::Release, Some(d)) => Some(release::dry_run_target(manifest, d)?),
+            _ => None,
+        };
+        changes = planned_changes(manifest.sync_strategy, staging, dest, filter, release)?;
         let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
         logln!(
             "Dry run: {} to add, {} to update, {} to delete in {}",
@@ -392,6 +406,7 @@ fn planned_changes(
     staging: &Path,
     dest: &Path,
     filter: &Filter,
+    release_dry_run: Option<(Option<PathBuf>, PathBuf)>,
 ) -> Result<Vec<Change>> {
     use sync::{Kind, Op};
     let arrow = |target: &Path| {
@@ -433,6 +448,22 @@ fn planned_changes(
                 tail,
             });
         }
+        return Ok(changes);
+    }
+    if strategy == Strategy::Release {
+        // The new release against the live one, then the switch.
+        let Some(live_or_none) = release_dry_run else {
+            return Ok(Vec::new());
+        };
+        let (live, target) = live_or_none;
+        let empty = tempfile::tempdir().map_err(|e| Error::io("create temp dir", "", e))?;
+        let against = live.unwrap_or_else(|| empty.path().join("none"));
+        let mut changes = planned_changes(Strategy::Rsync, staging, &against, filter, None)?;
+        changes.push(Change {
+            verb: "switch",
+            rel: dest.to_path_buf(),
+            tail: arrow(&target),
+        });
         return Ok(changes);
     }
     let verb = |existing: &Option<Kind>| match existing {
@@ -586,7 +617,7 @@ impl Drop for Staging {
 
 /// `remove_dir_all`, after making directories writable (an archive may hold
 /// read-only directories, which a non-root runner could not empty otherwise).
-fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
+pub(crate) fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
     if std::fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }

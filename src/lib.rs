@@ -25,6 +25,7 @@ pub mod http;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
+pub mod release;
 pub mod s3;
 pub mod state;
 pub mod sync;
