@@ -559,6 +559,7 @@ pub fn deploy(
     let release = dir.join(&id);
     fs::rename(&partial_path, &release).ctx("rename onto", &release)?;
     partial.armed = false;
+    logln!("Release {id} is complete in {}", dir.display());
     if let Err(e) = switch(dest, &release) {
         // Not live: take the new release away again.
         let _ = remove_release(&dir, &id);

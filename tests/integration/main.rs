@@ -10,6 +10,7 @@ mod faults;
 mod fleet;
 mod hooks;
 mod http;
+mod releases;
 mod rsync_oracle;
 mod s3;
 mod safety;
