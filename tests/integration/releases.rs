@@ -183,7 +183,7 @@ fn the_switch_is_atomic_for_a_reader() {
         done
         echo "reads $n bad $bad"
     "#;
-    let mut reader = Command::new("sh")
+    let reader = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg("sh")
