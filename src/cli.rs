@@ -47,6 +47,8 @@ pub struct Options {
     /// `--command-timeout`: how long one hook command may run before its process
     /// group is killed and the deploy fails; `None` = no limit (`0`).
     pub command_timeout: Option<Duration>,
+    /// `--force`: deploy even when `dest` already holds the archive (SPEC §11).
+    pub force: bool,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             allow_url: AllowList::default(),
             dry_run: false,
             command_timeout: None,
+            force: false,
         }
     }
 }
@@ -73,6 +76,18 @@ pub enum Command {
     Run(Options),
     Version,
     Help,
+    /// `stretcher verify DEST` (SPEC §12).
+    Verify(VerifyOptions),
+}
+
+/// `stretcher verify DEST [--json] [--state-dir DIR]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyOptions {
+    pub dest: PathBuf,
+    pub json: bool,
+    pub state_dir: Option<PathBuf>,
+    /// `--help`: print [`verify_usage`] instead.
+    pub help: bool,
 }
 
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
@@ -92,7 +107,7 @@ const VALUE_FLAGS: &[(&str, &str)] = &[
 ];
 
 /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
-const SWITCHES: &[&str] = &["dry-run"];
+const SWITCHES: &[&str] = &["dry-run", "force"];
 
 /// The raw, string-valued flags argh parses; validation happens in `validate`.
 #[derive(FromArgs, Debug)]
@@ -125,6 +140,9 @@ struct RawArgs {
     /// dry run
     #[argh(switch)]
     dry_run: bool,
+    /// force
+    #[argh(switch)]
+    force: bool,
     /// command timeout
     #[argh(option)]
     command_timeout: Option<String>,
@@ -133,8 +151,110 @@ struct RawArgs {
     target: Vec<String>,
 }
 
-/// Parses argv (without argv[0]).
+/// Parses argv (without argv[0]): a subcommand when the first word names one
+/// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
 pub fn parse(args: &[OsString]) -> Result<Command> {
+    match args.first().and_then(|a| a.to_str()) {
+        Some("verify") => parse_verify(&args[1..]),
+        _ => parse_deploy(args),
+    }
+}
+
+/// The words of a subcommand's argv as `(flag, inline value)` or positionals, for
+/// the small hand parsers below: `-flag` and `--flag`, `=value` or the next word.
+fn sub_words(args: &[OsString]) -> Result<Vec<String>> {
+    args.iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or_else(|| {
+                Error::Usage(format!(
+                    "argument {:?} is not valid UTF-8",
+                    a.to_string_lossy()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn parse_verify(args: &[OsString]) -> Result<Command> {
+    let words = sub_words(args)?;
+    let mut o = VerifyOptions::default();
+    let mut dest = None;
+    let mut it = words.iter();
+    let mut options_ended = false;
+    while let Some(w) = it.next() {
+        if options_ended || !w.starts_with('-') || w == "-" {
+            if dest.replace(w.clone()).is_some() {
+                return Err(Error::Usage(format!(
+                    "verify takes one DEST (extra argument {w:?})"
+                )));
+            }
+            continue;
+        }
+        if w == "--" {
+            options_ended = true;
+            continue;
+        }
+        let body = w.trim_start_matches('-');
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        match name {
+            "h" | "help" => o.help = true,
+            "json" => o.json = true,
+            "state-dir" => {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| Error::Usage("flag needs an argument: -state-dir".into()))?,
+                };
+                if v.trim().is_empty() {
+                    return Err(bad_value("state-dir", &v, "expected a directory path"));
+                }
+                o.state_dir = Some(PathBuf::from(v));
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "unknown flag for verify: {w} (see stretcher verify --help)"
+                )))
+            }
+        }
+    }
+    if o.help {
+        return Ok(Command::Verify(o));
+    }
+    let dest = dest.ok_or_else(|| Error::Usage("verify needs a DEST directory".into()))?;
+    if dest.trim().is_empty() {
+        return Err(Error::Usage("verify: DEST is empty".into()));
+    }
+    o.dest = PathBuf::from(dest);
+    Ok(Command::Verify(o))
+}
+
+/// `stretcher verify --help`.
+pub fn verify_usage() -> String {
+    "\
+Usage: stretcher verify DEST [--json] [--state-dir DIR]
+
+Compares DEST now with the index of its last successful deploy, read-only, and
+prints one line per difference (dest-relative, directories ending in /):
+  added PATH
+  deleted PATH
+  changed PATH (WHAT[,WHAT])   WHAT among type, size, mtime, mode, owner, target
+Excluded paths are never drift.
+
+  --json            print {\"dest\", \"checksum\", \"deployed\", \"drift\": [{\"path\", \"kind\", \"what\"}]}
+  --state-dir DIR   the state directory the deploys used (default as for a deploy)
+  -h, --help        print this help
+
+Exit status: 0 no drift, 1 drift, 2 no deploy recorded for DEST (or bad usage).
+"
+    .to_string()
+}
+
+fn parse_deploy(args: &[OsString]) -> Result<Command> {
     let argv = normalize(args)?;
     let (opts, rest) = match argv.iter().position(|a| a == "--") {
         Some(i) => (&argv[..i], &argv[i..]),
@@ -150,6 +270,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
             "--help" => help = true,
             "--version" => version = true,
             "--dry-run" => for_argh.push("--dry-run"),
+            "--force" => for_argh.push("--force"),
             flag => {
                 for_argh.push(flag);
                 if let Some(value) = words.next() {
@@ -297,6 +418,7 @@ fn validate(raw: RawArgs) -> Result<Options> {
         };
     }
     o.dry_run = raw.dry_run;
+    o.force = raw.force;
     if let Some(v) = raw.command_timeout {
         o.command_timeout =
             Some(parse_duration(&v).map_err(|m| bad_value("command-timeout", &v, &m))?)
@@ -459,8 +581,15 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           kill a hook command (its whole process group: SIGTERM,
                           then SIGKILL 2s later) that runs longer than DURATION and
                           fail the deploy; 0 = no limit (default)
+  --force                 deploy even when dest already holds the archive (by
+                          default a redeploy of what dest still holds, unchanged,
+                          downloads nothing and runs only the hooks)
   -v, --version           print the version and exit
   -h, --help              print this help and exit
+
+Subcommands (first argument; a manifest file of that name is written ./NAME),
+each with its own --help:
+  verify DEST             report drift of DEST since its last deploy
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.

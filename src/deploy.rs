@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cli::Options;
@@ -22,6 +23,8 @@ use crate::interrupt;
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
+use crate::record;
+use crate::redeploy;
 use crate::release;
 use crate::state;
 use crate::sync::{self, SyncOptions};
@@ -116,11 +119,38 @@ fn run_inner(
     result
 }
 
-/// One event that is not a replay: allow-url check, manifest, deploy, final hooks.
+/// One event that is not a replay: the run, then its deploy record (SPEC §5 step
+/// 9, §11). A dry run changes nothing, so it writes no record either.
 fn run_event(
     event: &event::Event,
     opts: &Options,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let mut draft = record::Draft::new(event);
+    let state = match state::state_dir(opts.state_dir.as_deref(), env) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            logln!("warning: no state directory ({e}): no deploy record is kept");
+            None
+        }
+    };
+    let result = run_manifest(event, opts, env, &mut draft, state.as_deref());
+    if let (Some(dir), false) = (&state, opts.dry_run) {
+        let (key, rec) = draft.finish(result.as_ref().err());
+        if let Err(e) = record::write(dir, &key, &rec) {
+            logln!("warning: cannot write the deploy record: {e}");
+        }
+    }
+    result
+}
+
+/// Allow-url check, manifest, deploy, final hooks; `draft` follows along.
+fn run_manifest(
+    event: &event::Event,
+    opts: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
     opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", event.url);
@@ -131,7 +161,9 @@ fn run_event(
         max_bandwidth: opts.max_bandwidth,
     };
     let text = fetch::fetch_text(&event.url, &fetch_opts)?;
+    draft.manifest_read(text.as_bytes());
     let manifest = manifest::parse(&text, &event.url, env)?;
+    draft.manifest_valid(&manifest);
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -153,7 +185,7 @@ fn run_event(
         manifest_url: event.url.clone(),
         timeout: opts.command_timeout,
     };
-    match deploy(&manifest, opts, &fetch_opts, &hook_env) {
+    match deploy(&manifest, opts, &fetch_opts, &hook_env, draft, state) {
         // A dry run runs no command, `success` and `failure` included.
         Ok(()) if opts.dry_run => {
             logln!("Dry run done: nothing was changed and no command was run.");
@@ -166,13 +198,41 @@ fn run_event(
         Ok(()) => {
             logln!("Deploy manifest succeeded.");
             finish(&manifest.commands.success, &hook_env, "success");
+            draft.hooks_ran("success");
             Ok(())
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
             finish(&manifest.commands.failure, &hook_env, "failure");
+            draft.hooks_ran("failure");
             Err(e)
         }
+    }
+}
+
+/// Runs the hooks of `phase` and records them in `draft`.
+pub(crate) fn run_hooks(
+    draft: &mut record::Draft,
+    phase: &'static str,
+    commands: &[String],
+    env: &HookEnv,
+) -> Result<()> {
+    let result = hooks::run(commands, env);
+    draft.hooks_ran(phase);
+    result
+}
+
+/// Counts the bytes read through it (the record's `downloaded_bytes`).
+pub(crate) struct Counting<'a> {
+    pub(crate) inner: &'a mut (dyn Read + Send),
+    pub(crate) count: &'a AtomicU64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -200,6 +260,8 @@ fn deploy(
     opts: &Options,
     fetch_opts: &FetchOptions,
     hook_env: &HookEnv,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
     let (Some(src), Some(checksum), Some(dest)) = (
         manifest.src.as_deref(),
@@ -210,16 +272,82 @@ fn deploy(
         if opts.dry_run {
             return print_dry_run(manifest, None);
         }
-        hooks::run(&manifest.commands.pre, hook_env)?;
-        return hooks::run(&manifest.commands.post, hook_env);
+        draft.step = record::Step::Pre;
+        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+        draft.step = record::Step::Post;
+        return run_hooks(draft, "post", &manifest.commands.post, hook_env);
     };
 
     let _lock = state::lock_dest(dest)?;
     let work = Workspace::new(dest)?;
     work.remove_leftovers();
+
+    // The redeploy that downloads nothing (SPEC §11).
+    let euid = nix::unistd::geteuid().as_raw();
+    let strategy_name = match manifest.sync_strategy {
+        Strategy::Rsync => "rsync",
+        Strategy::Mv => "mv",
+        Strategy::Release => "release",
+    };
+    let checksum_hex = checksum.hex().to_ascii_lowercase();
+    let wanted = redeploy::Wanted {
+        checksum: &checksum_hex,
+        strategy: strategy_name,
+        dest_mode: manifest.dest_mode,
+        excludes: &manifest.excludes,
+        exclude_from: manifest.exclude_from.as_deref(),
+        euid,
+    };
+    let mut pre_done = false;
+    if let (Some(dir), false) = (state, opts.force) {
+        match redeploy::check(dir, dest, &wanted) {
+            redeploy::Decision::Skip { deployed, entries } => {
+                logln!(
+                    "dest {} already holds {checksum_hex} (deployed {deployed}): nothing to download",
+                    dest.display()
+                );
+                if opts.dry_run {
+                    return print_dry_run(manifest, None);
+                }
+                draft.step = record::Step::Pre;
+                run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+                pre_done = true;
+                // A `pre` command may change dest: then the sync would not be a no-op.
+                let still = manifest.commands.pre.is_empty()
+                    || matches!(
+                        redeploy::check(dir, dest, &wanted),
+                        redeploy::Decision::Skip { .. }
+                    );
+                if still {
+                    draft.download_skipped = true;
+                    draft.downloaded_bytes = Some(0);
+                    draft.changes = Some(record::Changes {
+                        unchanged: entries,
+                        ..Default::default()
+                    });
+                    draft.step = record::Step::Post;
+                    return run_hooks(draft, "post", &manifest.commands.post, hook_env);
+                }
+                logln!(
+                    "a pre command changed {}: deploying in full",
+                    dest.display()
+                );
+            }
+            redeploy::Decision::Deploy { reason, warn } => {
+                let w = if warn { "warning: " } else { "" };
+                logln!("{w}{} is deployed in full: {reason}", dest.display());
+            }
+        }
+    }
+
     if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
-        let deployed =
-            release::deploy(manifest, opts, fetch_opts, hook_env, (src, checksum, dest))?;
+        let ctx = release::Context {
+            draft,
+            state,
+            wanted: &wanted,
+            pre_done,
+        };
+        let deployed = release::deploy(manifest, fetch_opts, hook_env, (src, checksum, dest), ctx)?;
         logln!("Release {} is live in {}", deployed.id, dest.display());
         return Ok(());
     }
@@ -230,8 +358,15 @@ fn deploy(
     logln!("Loading URL {src}");
     let same_owner = nix::unistd::geteuid().is_root();
     let reuse = manifest.sync_strategy == Strategy::Rsync && !opts.dry_run;
+    draft.step = record::Step::Download;
+    let downloaded = AtomicU64::new(0);
     let fetch_and_unpack = |reuse: bool| {
         fetch::stream(src, checksum, fetch_opts, |reader| {
+            downloaded.store(0, Ordering::Relaxed);
+            let reader = &mut Counting {
+                inner: reader,
+                count: &downloaded,
+            };
             let staging = work.staging_dir()?;
             let unpack_opts = UnpackOptions {
                 same_owner,
@@ -244,7 +379,9 @@ fn deploy(
             Ok((staging, staged))
         })
     };
-    let staged = fetch_and_unpack(reuse)?;
+    let staged = fetch_and_unpack(reuse);
+    draft.downloaded_bytes = Some(downloaded.load(Ordering::Relaxed));
+    let staged = staged?;
     // Verified: from here on the staged tree is the archive's.
     let (staging, staged) = staged.into_inner();
     logln!(
@@ -255,13 +392,19 @@ fn deploy(
     );
 
     // Read before `pre`, which cannot have touched the staged tree yet.
+    draft.step = record::Step::Unpack;
     let filter = load_filter(manifest, staging.path())?;
+    let exclude_text = exclude_from_text(manifest, staging.path());
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
 
-    hooks::run(&manifest.commands.pre, hook_env)?;
+    if !pre_done {
+        draft.step = record::Step::Pre;
+        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+    }
 
+    draft.step = record::Step::Sync;
     let mode = manifest
         .dest_mode
         .or(staged.root_mode)
@@ -304,7 +447,12 @@ fn deploy(
                 }
                 plan => (plan?, staging),
             };
-            sync::apply(&plan, &sync_opts)?;
+            let stats = sync::apply(&plan, &sync_opts)?;
+            draft.changes = Some(record::Changes::from(&stats));
+            if let Some(dir) = state {
+                let entries = crate::index::from_plan(&plan, same_owner);
+                write_index(dir, dest, &wanted, exclude_text, &entries);
+            }
         }
         // Handled above (a dry run never gets here either).
         Strategy::Release => {}
@@ -315,10 +463,55 @@ fn deploy(
                 let _ = make_writable_and_remove(&path);
                 return Err(e);
             }
+            draft.changes = Some(record::Changes {
+                created: staged.entries,
+                ..Default::default()
+            });
+            // Nothing was walked: the tree was renamed whole. One walk of the result.
+            if let Some(dir) = state {
+                match crate::index::scan(dest, &filter) {
+                    Ok(entries) => write_index(dir, dest, &wanted, exclude_text, &entries),
+                    Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
+                }
+            }
         }
     }
 
-    hooks::run(&manifest.commands.post, hook_env)
+    draft.step = record::Step::Post;
+    run_hooks(draft, "post", &manifest.commands.post, hook_env)
+}
+
+/// The text of the `exclude_from` file (as [`load_filter`] read it), for the index.
+pub(crate) fn exclude_from_text(manifest: &Manifest, staging: &Path) -> Option<String> {
+    let name = manifest.exclude_from.as_ref()?;
+    let bytes = std::fs::read(staging.join(name)).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes the index of what dest holds after a successful sync; a failure is a
+/// warning (the deploy's result stands; the next redeploy downloads in full).
+fn write_index(
+    state: &Path,
+    dest: &Path,
+    wanted: &redeploy::Wanted,
+    exclude_from_text: Option<String>,
+    entries: &[crate::index::Entry],
+) {
+    let header = crate::index::Header {
+        checksum: wanted.checksum.to_string(),
+        strategy: wanted.strategy.to_string(),
+        dest_mode: wanted.dest_mode,
+        excludes: wanted.excludes.to_vec(),
+        exclude_from: wanted.exclude_from.map(str::to_string),
+        exclude_from_text,
+        euid: wanted.euid,
+        written: record::timestamp(chrono::Utc::now()),
+        entries: entries.len() as u64,
+    };
+    let key = record::key_for_dest(dest);
+    if let Err(e) = crate::index::write(state, &key, &header, entries) {
+        logln!("warning: cannot write the deploy index: {e}");
+    }
 }
 
 /// The manifest's `excludes` after the rules of its `exclude_from` file, which is

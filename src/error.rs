@@ -99,6 +99,11 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A URL or manifest was refused before it was used (`--allow-url`): the
+    /// record says `refused` (SPEC §11).
+    #[error("fetch {url}: {msg}")]
+    Refused { url: String, msg: String },
+
     /// SIGINT / SIGTERM arrived during the deploy.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),

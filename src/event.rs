@@ -345,7 +345,7 @@ impl AllowList {
         if self.prefixes.is_empty() {
             return Ok(());
         }
-        let refuse = |why: String| Error::Fetch {
+        let refuse = |why: String| Error::Refused {
             url: url.to_string(),
             msg: format!("{what} URL refused by --allow-url: {why}"),
         };

@@ -66,8 +66,54 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a hook's process group has to exit after SIGTERM before it gets SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// One command that ran, for the deploy record: its exit status or the signal that
+/// ended it, and how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ran {
+    pub command: String,
+    pub exit: Option<i32>,
+    pub signal: Option<String>,
+    pub seconds: f64,
+}
+
+/// The commands run since the last [`take_ran`], in order.
+static RAN: std::sync::Mutex<Vec<Ran>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes the list of commands run so far (and empties it).
+pub fn take_ran() -> Vec<Ran> {
+    RAN.lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
 fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
     interrupt::check()?;
+    let start = Instant::now();
+    let result = spawn_and_wait(command, env, input);
+    let (exit, signal) = match &result {
+        Ok(status) => (status.code(), status.signal().map(signal_name)),
+        // Stopped by us (timeout, interrupt): its group got SIGTERM first.
+        Err(Error::Hook { .. } | Error::Interrupted(_)) => (None, Some("SIGTERM".to_string())),
+        Err(_) => (None, None),
+    };
+    if let Ok(mut ran) = RAN.lock() {
+        ran.push(Ran {
+            command: command.to_string(),
+            exit,
+            signal,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    check_status(command, result?)
+}
+
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| sig.to_string())
+}
+
+fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<ExitStatus> {
     logln!("Invoking command: {command}");
     let (reader, writer) = io::pipe().map_err(|e| spawn_error(command, e))?;
     let writer2 = writer.try_clone().map_err(|e| spawn_error(command, e))?;
@@ -119,7 +165,7 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
         let _ = f.join();
     }
     let _ = done_rx.recv_timeout(OUTPUT_GRACE);
-    check_status(command, status)
+    Ok(status)
 }
 
 /// Waits for the hook, killing its process group if a signal arrives meanwhile or

@@ -16,15 +16,19 @@
 
 pub mod cli;
 pub mod deploy;
+pub mod drift;
 pub mod error;
 pub mod event;
 pub mod fetch;
 pub mod filter;
 pub mod hooks;
 pub mod http;
+pub mod index;
 pub mod interrupt;
 pub mod log;
 pub mod manifest;
+pub mod record;
+pub mod redeploy;
 pub mod release;
 pub mod s3;
 pub mod state;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             0
         }
         Ok(Command::Run(opts)) => stretcher::deploy::main(&opts),
+        Ok(Command::Verify(opts)) => stretcher::drift::main(&opts),
         Err(e) => {
             eprintln!("stretcher: {e}");
             eprintln!("Try 'stretcher --help' for more information.");

@@ -32,13 +32,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Options;
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::{self, FetchOptions};
 use crate::filter::Filter;
-use crate::hooks::{self, HookEnv};
+use crate::hooks::HookEnv;
 use crate::logln;
 use crate::manifest::Manifest;
+use crate::record::{self, Step};
+use crate::redeploy;
 use crate::unpack::{self, UnpackOptions};
 use crate::verify::Checksum;
 
@@ -68,6 +69,10 @@ pub struct Meta {
     pub bad: bool,
     /// Why it is bad.
     pub reason: Option<String>,
+    /// The settings it was deployed with, as the deploy index spells them (so that a
+    /// rollback can write the index of the release it switches to).
+    #[serde(default)]
+    pub index: Option<crate::index::Header>,
 }
 
 impl Meta {
@@ -480,15 +485,31 @@ pub struct Deployed {
     pub previous: Option<String>,
 }
 
+/// What a release deploy shares with the generic deploy: the record in the making,
+/// the state directory (for the index), the settings the index is written with, and
+/// whether `pre` already ran (a skipped redeploy that found dest changed after it).
+pub struct Context<'a, 'w> {
+    pub draft: &'a mut record::Draft,
+    pub state: Option<&'a Path>,
+    pub wanted: &'a redeploy::Wanted<'w>,
+    pub pre_done: bool,
+}
+
 /// A release deploy, from the verified download to the cleanup (SPEC §14). The caller
-/// holds dest's lock; `opts.dry_run` is handled by the generic path (not here).
+/// holds dest's lock; a dry run is handled by the generic path (not here).
 pub fn deploy(
     manifest: &Manifest,
-    opts: &Options,
     fetch_opts: &FetchOptions,
     hook_env: &HookEnv,
     (src, checksum, dest): (&str, &Checksum, &Path),
+    ctx: Context,
 ) -> Result<Deployed> {
+    let Context {
+        draft,
+        state,
+        wanted,
+        pre_done,
+    } = ctx;
     let dir = releases_dir(manifest, dest)?;
     let before = dest_state(dest, &dir)?;
     fs::create_dir_all(&dir).ctx("create directory", &dir)?;
@@ -504,7 +525,14 @@ pub fn deploy(
 
     logln!("Loading URL {src}");
     let same_owner = nix::unistd::geteuid().is_root();
+    draft.step = Step::Download;
+    let downloaded = std::sync::atomic::AtomicU64::new(0);
     let verified = fetch::stream(src, checksum, fetch_opts, |reader| {
+        downloaded.store(0, std::sync::atomic::Ordering::Relaxed);
+        let reader = &mut crate::deploy::Counting {
+            inner: reader,
+            count: &downloaded,
+        };
         let partial = Partial::create(&partial_path)?;
         let unpack_opts = UnpackOptions {
             same_owner,
@@ -515,8 +543,10 @@ pub fn deploy(
         logln!("Extract archive: {src} to {}", partial_path.display());
         let staged = unpack::unpack(reader, &partial_path, &unpack_opts)?;
         Ok((partial, staged))
-    })?;
-    let (mut partial, staged) = verified.into_inner();
+    });
+    draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));
+    let (mut partial, staged) = verified?.into_inner();
+    draft.step = Step::Unpack;
     logln!(
         "Unpacked {} entries into release {id} ({} unchanged files linked from {})",
         staged.entries,
@@ -524,6 +554,7 @@ pub fn deploy(
         live.as_deref().unwrap_or("no live release")
     );
     let filter = crate::deploy::load_filter(manifest, &partial_path)?;
+    let exclude_text = crate::deploy::exclude_from_text(manifest, &partial_path);
     let excluded = remove_excluded(&partial_path, &filter)?;
     if excluded > 0 {
         logln!("Left {excluded} excluded entries out of release {id}");
@@ -536,9 +567,13 @@ pub fn deploy(
     fs::set_permissions(&partial_path, fs::Permissions::from_mode(mode))
         .ctx("chmod", &partial_path)?;
 
-    hooks::run(&manifest.commands.pre, hook_env)?;
+    if !pre_done {
+        draft.step = Step::Pre;
+        crate::deploy::run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+    }
 
     // `pre` may have changed dest: check again, right before the switch.
+    draft.step = Step::Sync;
     let before = dest_state(dest, &dir)?;
     let previous = match before {
         DestState::Live(id) => Some(id),
@@ -554,6 +589,17 @@ pub fn deploy(
         deployed: None,
         bad: false,
         reason: None,
+        index: Some(crate::index::Header {
+            checksum: wanted.checksum.to_string(),
+            strategy: wanted.strategy.to_string(),
+            dest_mode: wanted.dest_mode,
+            excludes: wanted.excludes.to_vec(),
+            exclude_from: wanted.exclude_from.map(str::to_string),
+            exclude_from_text: exclude_text,
+            euid: wanted.euid,
+            written: String::new(),
+            entries: 0,
+        }),
     };
     write_meta(&dir, &meta)?;
     let release = dir.join(&id);
@@ -573,9 +619,19 @@ pub fn deploy(
             .map(|p| format!(" (was {p})"))
             .unwrap_or_default()
     );
-    let _ = opts;
+    draft.release = Some(id.clone());
+    // What changed against the previous release (read before a cleanup can take it).
+    let entries = crate::index::scan(&release, &filter);
+    if let Ok(new) = &entries {
+        let old = previous
+            .as_ref()
+            .and_then(|p| crate::index::scan(&dir.join(p), &filter).ok())
+            .unwrap_or_default();
+        draft.changes = Some(changes(&old, new));
+    }
 
-    if let Err(e) = hooks::run(&manifest.commands.post, hook_env) {
+    draft.step = Step::Post;
+    if let Err(e) = crate::deploy::run_hooks(draft, "post", &manifest.commands.post, hook_env) {
         switch_back(dest, &dir, previous.as_deref());
         if let Err(m) = mark(&dir, &id, true, Some(format!("post failed: {e}"))) {
             logln!("warning: could not mark release {id} bad: {m}");
@@ -588,8 +644,46 @@ pub fn deploy(
         ..meta
     };
     write_meta(&dir, &confirmed)?;
+    match (state, entries) {
+        (Some(state), Ok(entries)) => write_index(state, dest, &confirmed, &entries),
+        (Some(_), Err(e)) => logln!("warning: cannot index release {id}: {e}"),
+        (None, _) => {}
+    }
     cleanup(&dir, &id, manifest.keep_releases)?;
     Ok(Deployed { id, previous })
+}
+
+/// The record's `changes` of a release against the one before it (SPEC §11).
+fn changes(old: &[crate::index::Entry], new: &[crate::index::Entry]) -> record::Changes {
+    let mut c = record::Changes::default();
+    for d in crate::index::diff(old, new) {
+        match d.kind {
+            "added" => c.created += 1,
+            "deleted" => c.deleted += 1,
+            _ => c.updated += 1,
+        }
+    }
+    c.unchanged = (new.len() as u64).saturating_sub(c.created + c.updated);
+    c
+}
+
+/// Writes the deploy index of dest (= the live release) for the redeploy that
+/// downloads nothing and `verify`; a failure is a warning.
+fn write_index(state: &Path, dest: &Path, meta: &Meta, entries: &[crate::index::Entry]) {
+    let Some(header) = &meta.index else {
+        logln!("warning: release {} has no index settings", meta.id);
+        return;
+    };
+    let header = crate::index::Header {
+        checksum: meta.checksum.clone(),
+        written: record::timestamp(chrono::Utc::now()),
+        entries: entries.len() as u64,
+        ..header.clone()
+    };
+    let key = record::key_for_dest(dest);
+    if let Err(e) = crate::index::write(state, &key, &header, entries) {
+        logln!("warning: cannot write the deploy index: {e}");
+    }
 }
 
 /// After a failed `post`: dest back to the release it pointed at, or removed on a
@@ -765,6 +859,66 @@ pub fn rollback(dest: &Path, to: Option<&str>) -> Result<RolledBack> {
     })
 }
 
+/// After a rollback: the deploy record (origin `rollback`, SPEC §11) and the index of
+/// the release now live, so that `verify` and the redeploy that downloads nothing see
+/// it. The manifest URL and src come from the last record that deployed that release.
+/// Failures are warnings: the switch stands.
+pub fn record_rollback(
+    state: &Path,
+    dest: &Path,
+    r: &RolledBack,
+    started: chrono::DateTime<chrono::Utc>,
+) {
+    let key = record::key_for_dest(dest);
+    let history = record::history(state, &key);
+    let made = history
+        .iter()
+        .rev()
+        .find(|h| h.release.as_deref() == Some(r.to.id.as_str()));
+    let from = made.or(history.last());
+    let finished = chrono::Utc::now();
+    let rec = record::Record {
+        schema: record::SCHEMA,
+        host: record::hostname(),
+        stretcher_version: crate::cli::VERSION.to_string(),
+        dest: Some(dest.display().to_string()),
+        strategy: Some("release".into()),
+        release: Some(r.to.id.clone()),
+        manifest_url: from.map(|h| h.manifest_url.clone()).unwrap_or_default(),
+        manifest_sha256: made.and_then(|h| h.manifest_sha256.clone()),
+        serial: made.and_then(|h| h.serial),
+        src: made.and_then(|h| h.src.clone()),
+        checksum: Some(r.to.meta.checksum.clone()),
+        event: record::EventInfo {
+            origin: "rollback".into(),
+            name: None,
+            id: None,
+            ltime: None,
+        },
+        result: record::Outcome::Success,
+        failed_step: None,
+        error: None,
+        started: record::timestamp(started),
+        finished: record::timestamp(finished),
+        duration_s: ((finished - started).num_milliseconds() as f64) / 1000.0,
+        downloaded_bytes: None,
+        download_skipped: true,
+        changes: None,
+        hooks: Vec::new(),
+    };
+    if let Err(e) = record::write(state, &key, &rec) {
+        logln!("warning: cannot write the deploy record: {e}");
+    }
+    let filter = match r.to.meta.index.as_ref().map(|h| h.filter()) {
+        Some(Ok(f)) => f,
+        _ => Filter::empty(),
+    };
+    match crate::index::scan(&r.dir.join(&r.to.id), &filter) {
+        Ok(entries) => write_index(state, dest, &r.to.meta, &entries),
+        Err(e) => logln!("warning: cannot index release {}: {e}", r.to.id),
+    }
+}
+
 /// Arguments of `stretcher releases`.
 #[derive(argh::FromArgs, Debug)]
 /// List the releases of DEST (sync_strategy release), newest first:
@@ -810,13 +964,7 @@ pub fn subcommand(args: &[OsString]) -> Option<i32> {
         })
         .collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let absolute = |d: &str| {
-        let p = Path::new(d);
-        match std::env::current_dir() {
-            Ok(cwd) if p.is_relative() => cwd.join(p),
-            _ => p.to_path_buf(),
-        }
-    };
+    let absolute = |d: &str| crate::drift::normalize_dest(Path::new(d));
     let cmd = ["stretcher", name];
     let early = |e: argh::EarlyExit| {
         if e.status.is_ok() {
@@ -845,10 +993,19 @@ pub fn subcommand(args: &[OsString]) -> Option<i32> {
         match <RollbackArgs as argh::FromArgs>::from_args(&cmd, &rest) {
             Err(e) => early(e),
             Ok(a) => {
-                let _ = &a.state_dir;
-                match rollback(&absolute(&a.dest), a.to.as_deref()) {
+                let started = chrono::Utc::now();
+                let dest = absolute(&a.dest);
+                match rollback(&dest, a.to.as_deref()) {
                     Ok(r) => {
-                        println!("{}: {} -> {}", a.dest, r.from, r.to.id);
+                        let env = |k: &str| std::env::var(k).ok();
+                        let explicit = a.state_dir.as_deref().map(Path::new);
+                        match crate::state::state_dir(explicit, &env) {
+                            Ok(state) => record_rollback(&state, &dest, &r, started),
+                            Err(e) => logln!(
+                                "warning: no state directory ({e}): no deploy record is kept"
+                            ),
+                        }
+                        println!("{}: {} -> {}", dest.display(), r.from, r.to.id);
                         0
                     }
                     Err(e) => {

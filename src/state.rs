@@ -228,6 +228,29 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) 
     resolve_default(Path::new(SYSTEM_STATE_DIR), env)
 }
 
+/// The state directory a deploy would use (see [`state_dir`]), for the read-only
+/// subcommands: nothing is created; `None` when none can be chosen.
+pub fn find_state_dir(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<PathBuf> {
+    if let Some(dir) = explicit {
+        return Some(dir.to_path_buf());
+    }
+    let system = Path::new(SYSTEM_STATE_DIR);
+    if writable(system) || (!system.exists() && system.parent().is_some_and(writable)) {
+        return Some(system.to_path_buf());
+    }
+    let xdg = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|h| h.join(".local").join("state"));
+    xdg.or(home).map(|b| b.join("stretcher"))
+}
+
 fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
     if writable(system) {
         return Ok(system.to_path_buf());

@@ -161,6 +161,83 @@ pub struct Plan {
     /// Entries already right in every respect, left out of `actions` (unless listed for
     /// `-vv`), so a plan's size follows the changes, not the tree.
     pub uptodate: u64,
+    /// Every entry `dest` holds once the plan is applied (not excluded ones), with
+    /// what decides its attributes then: the deploy index is made from it
+    /// ([`After::result`]) without walking `dest` again.
+    pub after: Vec<After>,
+}
+
+/// How an entry of `dest` comes to be, once a plan is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Written from the source (created, or replaced).
+    New,
+    /// Same content (quick check / same link target): only attributes fixed.
+    Same,
+    /// A directory of the source; `dirty`: its mtime is set after its contents.
+    Dir { dirty: bool },
+    /// A dest-only directory kept for the excluded entries it holds.
+    Left,
+}
+
+/// One entry of `dest` after the plan (see [`Plan::after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub rel: PathBuf,
+    /// The source's attributes (for `Left`: dest's).
+    pub src: Meta,
+    /// What dest held there before, when the entry is not `New`.
+    pub dest: Option<Meta>,
+    /// Symlinks: the target.
+    pub target: Option<PathBuf>,
+    pub fate: Fate,
+}
+
+impl After {
+    /// The entry's attributes once [`apply`] has run with `preserve_owner`, as
+    /// `apply` sets them: `None` when it will not exist (a special file, not root).
+    /// An entry left untouched keeps what dest had (its mtime to the nanosecond:
+    /// the quick check compares seconds).
+    pub fn result(&self, preserve_owner: bool) -> Option<Meta> {
+        let owner = |d: &Meta| {
+            if preserve_owner {
+                (self.src.uid, self.src.gid)
+            } else {
+                (d.uid, d.gid)
+            }
+        };
+        let with = |base: &Meta, perms: u32, (uid, gid): (u32, u32), time: &Meta| Meta {
+            mode: (base.mode & !0o7777) | perms,
+            uid,
+            gid,
+            mtime: time.mtime,
+            mtime_nsec: time.mtime_nsec,
+            ..*base
+        };
+        match (self.fate, &self.dest) {
+            (Fate::New, _) if self.src.kind == Kind::Special && !preserve_owner => None,
+            (Fate::New, _) | (Fate::Dir { .. }, None) => Some(self.src),
+            (Fate::Left, _) => Some(self.src),
+            (Fate::Same, None) => Some(self.src),
+            (Fate::Same, Some(d)) => {
+                let (perms, time) = match self.src.kind {
+                    // A symlink gets its mtime when the seconds differ; its mode is not set.
+                    Kind::Symlink if self.src.mtime != d.mtime => (d.perms(), &self.src),
+                    Kind::Symlink => (d.perms(), d),
+                    _ => (self.src.perms(), d),
+                };
+                Some(with(&self.src, perms, owner(d), time))
+            }
+            (Fate::Dir { dirty }, Some(d)) => {
+                let time = if dirty || d.mtime != self.src.mtime {
+                    &self.src
+                } else {
+                    d
+                };
+                Some(with(&self.src, self.src.perms(), owner(d), time))
+            }
+        }
+    }
 }
 
 /// A regular file that the unpack found already in dest, equal to the archive's by
@@ -382,6 +459,7 @@ pub fn plan_kept(
 
     let mut deletes = Vec::new();
     let mut updates = Vec::new();
+    let mut after: Vec<After> = Vec::new();
     let mut uptodate = 0u64;
     let mut kept_seen = 0usize;
     // An up-to-date entry is an action only when something about it needs fixing.
@@ -438,11 +516,25 @@ pub fn plan_kept(
                         gid,
                         ..de.meta
                     };
+                    after.push(After {
+                        rel: de.rel.clone(),
+                        src: src_meta,
+                        dest: Some(de.meta),
+                        target: None,
+                        fate: Fate::Same,
+                    });
                     keep(&mut updates, de.rel, src_meta, de.meta);
                     continue;
                 }
                 dirty.insert(parent_of(&de.rel));
                 let op = if de.meta.kind == Kind::Dir && protected.contains(&de.rel) {
+                    after.push(After {
+                        rel: de.rel.clone(),
+                        src: de.meta,
+                        dest: Some(de.meta),
+                        target: None,
+                        fate: Fate::Left,
+                    });
                     Op::KeepNonEmpty { dest: de.meta }
                 } else {
                     Op::Delete { dest: de.meta }
@@ -469,7 +561,15 @@ pub fn plan_kept(
                     }
                 }
                 dirty.insert(parent_of(&se.rel));
-                add_src(src, &se, existing, &not_whole, &mut updates, &mut dirs)?;
+                add_src(
+                    src,
+                    &se,
+                    existing,
+                    &not_whole,
+                    &mut updates,
+                    &mut dirs,
+                    &mut after,
+                )?;
             }
             std::cmp::Ordering::Equal => {
                 let (Some(se), Some(de)) = (s.next(), d.next()) else {
@@ -487,6 +587,7 @@ pub fn plan_kept(
                         &not_whole,
                         &mut updates,
                         &mut dirs,
+                        &mut after,
                     )?;
                     continue;
                 }
@@ -494,14 +595,17 @@ pub fn plan_kept(
                     dirs.push((se.rel, se.meta, Some(de.meta)));
                     continue;
                 }
+                let mut target = None;
                 let same = match se.meta.kind {
                     // rsync's quick check: size and mtime seconds
                     Kind::File => se.meta.size == de.meta.size && se.meta.mtime == de.meta.mtime,
                     Kind::Symlink => {
                         let a = src.join(&se.rel);
                         let b = dest.join(&de.rel);
-                        fs::read_link(&a).ctx("readlink", &a)?
-                            == fs::read_link(&b).ctx("readlink", &b)?
+                        let t = fs::read_link(&a).ctx("readlink", &a)?;
+                        let same = t == fs::read_link(&b).ctx("readlink", &b)?;
+                        target = Some(t);
+                        same
                     }
                     _ => {
                         se.meta.mode & 0o170000 == de.meta.mode & 0o170000
@@ -509,11 +613,26 @@ pub fn plan_kept(
                     }
                 };
                 if same {
+                    after.push(After {
+                        rel: se.rel.clone(),
+                        src: se.meta,
+                        dest: Some(de.meta),
+                        target,
+                        fate: Fate::Same,
+                    });
                     keep(&mut updates, se.rel, se.meta, de.meta);
                 } else {
                     dirty.insert(parent_of(&se.rel));
                     let kind = Some(se.meta.kind);
-                    add_src(src, &se, kind, &not_whole, &mut updates, &mut dirs)?;
+                    add_src(
+                        src,
+                        &se,
+                        kind,
+                        &not_whole,
+                        &mut updates,
+                        &mut dirs,
+                        &mut after,
+                    )?;
                 }
             }
         }
@@ -525,6 +644,13 @@ pub fn plan_kept(
     actions.extend(updates);
     for (rel, src_meta, dest_meta) in dirs.into_iter().rev() {
         let dirty = dest_meta.is_none() || dirty.contains(&rel);
+        after.push(After {
+            rel: rel.clone(),
+            src: src_meta,
+            dest: dest_meta,
+            target: None,
+            fate: Fate::Dir { dirty },
+        });
         actions.push(Action {
             rel,
             op: Op::DirAttrs {
@@ -549,6 +675,7 @@ pub fn plan_kept(
         dest: dest.to_path_buf(),
         actions,
         uptodate,
+        after,
     })
 }
 
@@ -592,6 +719,7 @@ fn add_src(
     not_whole: &HashSet<PathBuf>,
     updates: &mut Vec<Action>,
     dirs: &mut Vec<(PathBuf, Meta, Option<Meta>)>,
+    after: &mut Vec<After>,
 ) -> Result<()> {
     let op = match se.meta.kind {
         Kind::Dir => {
@@ -601,22 +729,48 @@ fn add_src(
                 whole: !not_whole.contains(&se.rel),
             }
         }
-        Kind::File => Op::CopyFile {
-            src: se.meta,
-            existing,
-        },
-        Kind::Symlink => {
-            let p = src.join(&se.rel);
-            Op::MakeSymlink {
-                target: fs::read_link(&p).ctx("readlink", &p)?,
+        Kind::File => {
+            after.push(After {
+                rel: se.rel.clone(),
+                src: se.meta,
+                dest: None,
+                target: None,
+                fate: Fate::New,
+            });
+            Op::CopyFile {
                 src: se.meta,
                 existing,
             }
         }
-        Kind::Special => Op::MakeSpecial {
-            src: se.meta,
-            existing,
-        },
+        Kind::Symlink => {
+            let p = src.join(&se.rel);
+            let target = fs::read_link(&p).ctx("readlink", &p)?;
+            after.push(After {
+                rel: se.rel.clone(),
+                src: se.meta,
+                dest: None,
+                target: Some(target.clone()),
+                fate: Fate::New,
+            });
+            Op::MakeSymlink {
+                target,
+                src: se.meta,
+                existing,
+            }
+        }
+        Kind::Special => {
+            after.push(After {
+                rel: se.rel.clone(),
+                src: se.meta,
+                dest: None,
+                target: None,
+                fate: Fate::New,
+            });
+            Op::MakeSpecial {
+                src: se.meta,
+                existing,
+            }
+        }
     };
     updates.push(Action {
         rel: se.rel.clone(),

@@ -221,7 +221,18 @@ fn lines_and_positionals_are_never_skipped() {
             .assert_ok();
     }
     assert_eq!(runs(&s, "a"), 6);
-    assert!(!s.state_dir().exists(), "no state is kept for these runs");
+    // Only deploy records (SPEC §11): no replay state is kept for these runs.
+    let names: Vec<String> = std::fs::read_dir(s.state_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        names.iter().all(|n| n == "deploys"),
+        "no replay state is kept for these runs: {names:?}"
+    );
 }
 
 #[test]

@@ -10,6 +10,8 @@ mod faults;
 mod fleet;
 mod hooks;
 mod http;
+mod record;
+mod redeploy;
 mod releases;
 mod rsync_oracle;
 mod s3;

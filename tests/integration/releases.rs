@@ -611,16 +611,19 @@ fn failed_post_switches_back_and_rollback_skips_bad_releases() {
     std::fs::remove_file(&failure_ran).unwrap();
 
     s.stretcher().arg(&ma).run().assert_ok();
-    s.stretcher().arg(&ma).run().assert_ok(); // a second time onto its own result
+    // A second time onto its own result: the live release holds it (SPEC §11).
+    s.stretcher()
+        .arg(&ma)
+        .run()
+        .assert_ok()
+        .assert_log("nothing to download");
     let a_release = live(&dest);
     assert_eq!(
         ids(&dir).len(),
-        2,
+        1,
         "the bad one went at the cleanup: {:?}",
         ids(&dir)
     );
-    let a_id = a_release.file_name().unwrap().to_str().unwrap().to_string();
-    let a_first = ids(&dir).into_iter().find(|i| *i != a_id).unwrap();
     let before = inodes(&a_release);
 
     // post fails on B: back to A, same inode set, failure ran, B bad.
@@ -633,7 +636,7 @@ fn failed_post_switches_back_and_rollback_skips_bad_releases() {
     assert_eq!(std::fs::read(dest.join("VERSION")).unwrap(), b"A\n");
     assert!(failure_ran.exists(), "failure did not run");
     let l = releases(&s, &dest);
-    assert_eq!(l.len(), 3, "{l:?}");
+    assert_eq!(l.len(), 2, "{l:?}");
     assert_eq!(
         l[0][3..],
         ["bad"],
@@ -659,21 +662,15 @@ fn failed_post_switches_back_and_rollback_skips_bad_releases() {
     // from C, the newest older release is the bad B: skipped for A
     rollback(&s).arg(&dest).run().assert_ok();
     assert_eq!(live(&dest), a_release, "rollback picked a bad release");
-    rollback(&s).arg(&dest).run().assert_ok(); // to the first A release
-    assert_eq!(live(&dest), dir.join(&a_first));
     let l = releases(&s, &dest);
     let flags: Vec<&[String]> = l.iter().map(|w| &w[3..]).collect();
-    assert_eq!(
-        flags,
-        [&["bad"][..], &["bad"], &["bad"], &["live"]],
-        "{l:?}"
-    );
-    // Nothing good older than the first A: one line, exit 1, nothing changed.
+    assert_eq!(flags, [&["bad"][..], &["bad"], &["live"]], "{l:?}");
+    // Nothing good older than A: one line, exit 1, nothing changed.
     let r = rollback(&s).arg(&dest).run();
     r.assert_fail();
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("nothing to roll back to"), "{}", r.stderr);
-    assert_eq!(live(&dest), dir.join(&a_first));
+    assert_eq!(live(&dest), a_release);
     // --to an unknown ID: one line, exit 1.
     let r = rollback(&s)
         .args(["--to", "20200101T000000Z-00000000"])
@@ -682,7 +679,7 @@ fn failed_post_switches_back_and_rollback_skips_bad_releases() {
     r.assert_fail();
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("unknown release"), "{}", r.stderr);
-    assert_eq!(live(&dest), dir.join(&a_first));
+    assert_eq!(live(&dest), a_release);
     assert!(beside(&s).is_empty(), "{:?}", beside(&s));
 }
 
@@ -821,4 +818,69 @@ fn dest_rules_excludes_mode_and_dry_run() {
     let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
     assert_eq!(ino(&dest.join("d0/f000")), ino(&rel.join("d0/f000")));
     assert_ne!(ino(&dest.join("VERSION")), ino(&rel.join("VERSION")));
+}
+
+/// The deploy record carries the release (SPEC §11); the redeploy of what the live
+/// release holds downloads nothing; `verify` checks the live release; a rollback
+/// writes a record with origin `rollback` and makes the rolled-to release the one
+/// `verify` and the skip compare with.
+#[test]
+fn record_skip_and_verify_follow_the_live_release() {
+    let s = Scratch::new();
+    let dest = s.dest();
+    let a = s.file("a.tar", &tar_of(&small_version("A", 5)));
+    let b = s.file("b.tar", &tar_of(&small_version("B", 5)));
+    let ma = s.manifest("a.yml", &release_manifest(&a, &dest, ""));
+    let mb = s.manifest("b.yml", &release_manifest(&b, &dest, ""));
+    let last_record = || -> serde_json::Value {
+        let dir = s.state_dir().join("deploys");
+        let json = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .expect("a deploy record");
+        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+    };
+    let id_of = |p: PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    s.stretcher().arg(&ma).run().assert_ok();
+    let a_id = id_of(live(&dest));
+    let rec = last_record();
+    assert_eq!(rec["strategy"], "release");
+    assert_eq!(rec["release"], a_id.as_str());
+    assert_eq!(rec["result"], "success");
+    s.stretcher().arg(&mb).run().assert_ok();
+    let b_id = id_of(live(&dest));
+    assert_eq!(last_record()["release"], b_id.as_str());
+    // a second time onto its own result: nothing downloaded, no new release
+    let r = s.stretcher().arg(&mb).run();
+    r.assert_ok().assert_log("nothing to download");
+    assert_eq!(id_of(live(&dest)), b_id);
+    assert_eq!(last_record()["download_skipped"], true);
+    // verify: clean, then a change in the live release is drift
+    let verify = || {
+        stretcher()
+            .arg("verify")
+            .arg("--state-dir")
+            .arg(s.state_dir())
+            .arg(&dest)
+            .run()
+    };
+    assert_eq!(verify().code(), 0, "{}", verify().stdout);
+    std::fs::write(dest.join("a/b/file"), "changed in place!\n").unwrap();
+    let v = verify();
+    assert_eq!(v.code(), 1, "{}", v.stderr);
+    assert!(v.stdout.contains("changed a/b/file"), "{}", v.stdout);
+    // rollback: record with origin rollback, and the skip now compares with A
+    rollback(&s).arg(&dest).run().assert_ok();
+    let rec = last_record();
+    assert_eq!(rec["event"]["origin"], "rollback");
+    assert_eq!(rec["release"], a_id.as_str());
+    assert_eq!(rec["checksum"], sha1_file(&a).as_str());
+    assert_eq!(verify().code(), 0, "{}", verify().stdout);
+    let r = s.stretcher().arg(&ma).run();
+    r.assert_ok().assert_log("nothing to download");
+    assert_eq!(id_of(live(&dest)), a_id);
+    // --force deploys anyway: a new release, all hard links
+    s.stretcher().arg("--force").arg(&ma).run().assert_ok();
+    assert_ne!(id_of(live(&dest)), a_id);
 }

@@ -1,0 +1,115 @@
+//! `stretcher verify DEST` (SPEC §12): the drift of `dest` since its last
+//! successful deploy, against that deploy's index. Read-only: it writes nothing,
+//! in `dest` or in the state directory.
+//!
+//! Exit 0: no drift; 1: drift; 2: nothing recorded for `dest` (or bad usage).
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::VerifyOptions;
+use crate::index::{self, Drift};
+use crate::record;
+use crate::state;
+
+/// What `verify --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dest: String,
+    pub checksum: String,
+    pub deployed: String,
+    pub drift: Vec<Drift>,
+}
+
+/// Runs `verify` with the process's environment; returns the exit status.
+pub fn main(opts: &VerifyOptions) -> i32 {
+    if opts.help {
+        print!("{}", crate::cli::verify_usage());
+        return 0;
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    match report(opts, &env) {
+        Ok(r) => {
+            let mut out = Vec::new();
+            if opts.json {
+                // A struct of strings always serialises.
+                out = serde_json::to_vec(&r).unwrap_or_default();
+                out.push(b'\n');
+            } else {
+                for d in &r.drift {
+                    out.extend_from_slice(format!("{d}\n").as_bytes());
+                }
+            }
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(&out)
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return 1;
+            }
+            i32::from(!r.drift.is_empty())
+        }
+        Err(msg) => {
+            eprintln!("stretcher verify: {msg}");
+            2
+        }
+    }
+}
+
+/// `dest` as the manifest has it: absolute, without `.` components, doubled or
+/// trailing slashes.
+pub fn normalize_dest(dest: &Path) -> PathBuf {
+    let abs = if dest.is_absolute() {
+        dest.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(dest))
+            .unwrap_or_else(|_| dest.to_path_buf())
+    };
+    abs.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// The drift report, or why there is none to make (exit 2).
+pub fn report(
+    opts: &VerifyOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Report, String> {
+    let dest = normalize_dest(&opts.dest);
+    let dir = state::find_state_dir(opts.state_dir.as_deref(), env)
+        .ok_or_else(|| "no state directory (give --state-dir)".to_string())?;
+    let key = record::key_for_dest(&dest);
+    let none = || {
+        format!(
+            "no successful deploy of {} is recorded in {}",
+            dest.display(),
+            dir.display()
+        )
+    };
+    let (header, entries) = match index::read(&dir, &key) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err(none()),
+        Err(e) => return Err(format!("{e}")),
+    };
+    let filter = header.filter().map_err(|e| e.to_string())?;
+    let now = match index::scan(&dest, &filter) {
+        Ok(now) => now,
+        // dest is gone (or not a directory): everything recorded was deleted.
+        Err(_) if std::fs::symlink_metadata(&dest).is_err() => Vec::new(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let deployed = record::last_success(&dir, &dest)
+        .filter(|r| r.checksum.as_deref() == Some(header.checksum.as_str()))
+        .map(|r| r.finished)
+        .unwrap_or_else(|| header.written.clone());
+    Ok(Report {
+        dest: dest.display().to_string(),
+        checksum: header.checksum.clone(),
+        deployed,
+        drift: index::diff(&entries, &now),
+    })
+}

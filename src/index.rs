@@ -1,0 +1,709 @@
+//! The deploy index (SPEC §11): what `dest` held right after the last successful
+//! sync, and the settings that sync ran with — so that a redeploy of the same
+//! archive can tell, with one `lstat` per entry and no download, that the sync
+//! would change nothing, and `stretcher verify` can report drift (SPEC §12).
+//!
+//! File format of `STATE/deploys/<key>.index` (written atomically, like records):
+//!
+//! ```text
+//! "STRIDX1\n"                                 magic, format version 1
+//! zstd frame (with its content checksum) of:
+//!   header: one JSON object, then "\n"         Header (settings, filter rules, count)
+//!   entries, sorted by path bytes, each:
+//!     varint  bytes shared with the previous path
+//!     varint  length of the rest, then the rest
+//!     u8      type: 0 file, 1 dir, 2 symlink, 3 special
+//!     varint  mode & 0o7777, uid, gid
+//!     varint  size (files; rdev for specials; 0 for dirs and symlinks)
+//!     varint  mtime seconds (zigzag), mtime nanoseconds
+//!     symlinks only: varint length, then the target bytes
+//! ```
+//!
+//! Paths are dest-relative bytes (the root is the empty path). Prefix-shared paths
+//! and varints make an entry about 30–40 bytes before zstd, ≈ 10–20 after (see the
+//! README's benchmark table). Directory sizes are not kept: they depend on the
+//! filesystem's history, not on what the directory holds, and rsync ignores them.
+//!
+//! [`scan`] is the walk of `dest` the redeploy check and `verify` use: the same
+//! pruning of excluded entries as the sync, and directories read in parallel by a
+//! few threads. [`diff`] compares two sorted entry lists. This module writes only
+//! its own index file and never changes `dest`.
+
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::sync::Kind;
+
+const MAGIC: &[u8] = b"STRIDX1\n";
+/// zstd level: the index is small; level 3 is fast and near the best ratio here.
+const ZSTD_LEVEL: i32 = 3;
+
+/// The settings of the sync an index describes (compared before the walk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Lower-case hex checksum of the archive that was deployed.
+    pub checksum: String,
+    /// `rsync` | `mv`.
+    pub strategy: String,
+    /// The manifest's `dest_mode`, when it set one.
+    pub dest_mode: Option<u32>,
+    pub excludes: Vec<String>,
+    /// The manifest's `exclude_from` name, and that file's text as it was read.
+    pub exclude_from: Option<String>,
+    pub exclude_from_text: Option<String>,
+    /// The effective user id the sync ran as.
+    pub euid: u32,
+    /// RFC 3339 time the index was written.
+    pub written: String,
+    /// Number of entries that follow.
+    pub entries: u64,
+}
+
+impl Header {
+    /// The filter rules in force for this index.
+    pub fn filter(&self) -> Result<Filter> {
+        Filter::new(self.exclude_from_text.as_deref(), &self.excludes)
+    }
+}
+
+/// One entry of `dest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// dest-relative path bytes; empty for dest itself.
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Files: the size; specials: the device number; dirs and symlinks: 0.
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Symlinks: the target bytes.
+    pub target: Option<Vec<u8>>,
+}
+
+impl Entry {
+    /// The entry for `path` from its lstat result (`target` read by the caller).
+    pub fn from_meta(path: Vec<u8>, m: &std::fs::Metadata, target: Option<Vec<u8>>) -> Entry {
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Special
+        };
+        let size = match kind {
+            Kind::File => m.size(),
+            Kind::Special => m.rdev(),
+            Kind::Dir | Kind::Symlink => 0,
+        };
+        Entry {
+            path,
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            size,
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+            target,
+        }
+    }
+
+    /// The path as a user sees it: `.` for the root, a trailing `/` on directories.
+    pub fn display_path(&self) -> String {
+        let mut p = if self.path.is_empty() {
+            ".".to_string()
+        } else {
+            escape(&self.path)
+        };
+        if self.kind == Kind::Dir {
+            p.push('/');
+        }
+        p
+    }
+}
+
+/// Path bytes as text: UTF-8 as it is, any other byte as `\xNN` (SPEC §9).
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        s.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+        Kind::Special => 3,
+    }
+}
+
+fn kind_from(c: u8) -> Option<Kind> {
+    Some(match c {
+        0 => Kind::File,
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        3 => Kind::Special,
+        _ => return None,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// `STATE/deploys/<key>.index`.
+pub fn index_path(state_dir: &Path, key: &str) -> PathBuf {
+    crate::record::deploys_dir(state_dir).join(format!("{key}.index"))
+}
+
+/// Encodes an index; `entries` must be sorted by path (see [`sort`]).
+pub fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut raw = Vec::with_capacity(64 + entries.len() * 40);
+    let mut h = header.clone();
+    h.entries = entries.len() as u64;
+    // A struct of strings and numbers always serialises.
+    raw.extend_from_slice(&serde_json::to_vec(&h).unwrap_or_default());
+    raw.push(b'\n');
+    let mut prev: &[u8] = b"";
+    for e in entries {
+        let shared = prev.iter().zip(&e.path).take_while(|(a, b)| a == b).count();
+        put_varint(&mut raw, shared as u64);
+        put_varint(&mut raw, (e.path.len() - shared) as u64);
+        raw.extend_from_slice(&e.path[shared..]);
+        raw.push(kind_code(e.kind));
+        put_varint(&mut raw, u64::from(e.mode));
+        put_varint(&mut raw, u64::from(e.uid));
+        put_varint(&mut raw, u64::from(e.gid));
+        put_varint(&mut raw, e.size);
+        put_varint(&mut raw, zigzag(e.mtime));
+        put_varint(&mut raw, u64::from(e.mtime_nsec));
+        if e.kind == Kind::Symlink {
+            let t = e.target.as_deref().unwrap_or(b"");
+            put_varint(&mut raw, t.len() as u64);
+            raw.extend_from_slice(t);
+        }
+        prev = &e.path;
+    }
+    let mut out = MAGIC.to_vec();
+    let mut enc =
+        zstd::Encoder::new(&mut out, ZSTD_LEVEL).map_err(|e| Error::io("compress", "index", e))?;
+    enc.include_checksum(true)
+        .map_err(|e| Error::io("compress", "index", e))?;
+    enc.write_all(&raw)
+        .map_err(|e| Error::io("compress", "index", e))?;
+    enc.finish()
+        .map_err(|e| Error::io("compress", "index", e))?;
+    Ok(out)
+}
+
+/// Why an index could not be read.
+fn corrupt(path: &Path, what: &str) -> Error {
+    Error::Sync {
+        path: path.to_path_buf(),
+        msg: format!("deploy index is corrupt: {what}"),
+    }
+}
+
+/// Decodes an index file's bytes (`path` only names it in errors).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> {
+    let body = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| corrupt(path, "not an index (bad magic)"))?;
+    let mut raw = Vec::new();
+    zstd::Decoder::new(body)
+        .and_then(|mut d| d.read_to_end(&mut raw))
+        .map_err(|e| corrupt(path, &e.to_string()))?;
+    let nl = raw
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt(path, "no header"))?;
+    let header: Header =
+        serde_json::from_slice(&raw[..nl]).map_err(|e| corrupt(path, &e.to_string()))?;
+    let mut r = Reader {
+        data: &raw[nl + 1..],
+        pos: 0,
+    };
+    let n = usize::try_from(header.entries).map_err(|_| corrupt(path, "entry count"))?;
+    let mut entries: Vec<Entry> = Vec::with_capacity(n.min(10_000_000));
+    let short = || corrupt(path, "truncated entry");
+    for _ in 0..n {
+        let prev = entries.last().map_or(&b""[..], |e| e.path.as_slice());
+        let shared = r.varint().ok_or_else(short)? as usize;
+        let rest = r.varint().ok_or_else(short)? as usize;
+        if shared > prev.len() {
+            return Err(corrupt(path, "bad path prefix"));
+        }
+        let mut p = Vec::with_capacity(shared + rest);
+        p.extend_from_slice(&prev[..shared]);
+        p.extend_from_slice(r.bytes(rest).ok_or_else(short)?);
+        let kind = kind_from(r.byte().ok_or_else(short)?).ok_or_else(|| corrupt(path, "type"))?;
+        let small = |v: u64| u32::try_from(v).map_err(|_| corrupt(path, "field out of range"));
+        let mode = small(r.varint().ok_or_else(short)?)?;
+        let uid = small(r.varint().ok_or_else(short)?)?;
+        let gid = small(r.varint().ok_or_else(short)?)?;
+        let size = r.varint().ok_or_else(short)?;
+        let mtime = unzigzag(r.varint().ok_or_else(short)?);
+        let mtime_nsec = small(r.varint().ok_or_else(short)?)?;
+        let target = if kind == Kind::Symlink {
+            let len = r.varint().ok_or_else(short)? as usize;
+            Some(r.bytes(len).ok_or_else(short)?.to_vec())
+        } else {
+            None
+        };
+        if entries.last().is_some_and(|e| e.path >= p) {
+            return Err(corrupt(path, "entries out of order"));
+        }
+        entries.push(Entry {
+            path: p,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            mtime_nsec,
+            target,
+        });
+    }
+    if r.pos != r.data.len() {
+        return Err(corrupt(path, "trailing bytes"));
+    }
+    Ok((header, entries))
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.data.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+/// Sorts entries by path bytes (the order an index is stored in).
+pub fn sort(entries: &mut [Entry]) {
+    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+}
+
+/// Writes the index of `key` atomically.
+pub fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
+    let dir = crate::record::deploys_dir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let bytes = encode(header, entries)?;
+    crate::record::write_atomic(&dir, &index_path(state_dir, key), &bytes)
+}
+
+/// Reads the index of `key`: `Ok(None)` when there is none.
+pub fn read(state_dir: &Path, key: &str) -> Result<Option<(Header, Vec<Entry>)>> {
+    let path = index_path(state_dir, key);
+    match std::fs::read(&path) {
+        Ok(b) => decode(&path, &b).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
+/// Threads that read directories in [`scan`].
+fn scan_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// Walks `root` as the sync does (never following symlinks below it; excluded
+/// entries neither listed nor descended into) and returns every entry, the root
+/// first, sorted by path. Directories are read by a few threads in parallel.
+pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
+    // The root is followed, as the sync follows `DEST/`.
+    let m = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
+    let root_entry = Entry::from_meta(Vec::new(), &m, None);
+    if root_entry.kind != Kind::Dir {
+        return Err(Error::Sync {
+            path: root.to_path_buf(),
+            msg: "dest is not a directory".into(),
+        });
+    }
+    struct Queue {
+        dirs: Vec<Vec<u8>>,
+        busy: usize,
+        failed: Option<Error>,
+    }
+    let queue = Mutex::new(Queue {
+        dirs: vec![Vec::new()],
+        busy: 0,
+        failed: None,
+    });
+    let wake = Condvar::new();
+    let worker = || -> Vec<Entry> {
+        let mut found = Vec::new();
+        loop {
+            let dir = {
+                let Ok(mut q) = queue.lock() else {
+                    return found;
+                };
+                loop {
+                    if q.failed.is_some() {
+                        return found;
+                    }
+                    if let Some(d) = q.dirs.pop() {
+                        q.busy += 1;
+                        break d;
+                    }
+                    if q.busy == 0 {
+                        wake.notify_all();
+                        return found;
+                    }
+                    q = match wake.wait(q) {
+                        Ok(q) => q,
+                        Err(_) => return found,
+                    };
+                }
+            };
+            let mut subdirs = Vec::new();
+            let result = read_one(root, &dir, filter, &mut found, &mut subdirs);
+            let Ok(mut q) = queue.lock() else {
+                return found;
+            };
+            q.busy -= 1;
+            if let Err(e) = result {
+                q.failed.get_or_insert(e);
+            }
+            q.dirs.extend(subdirs);
+            wake.notify_all();
+        }
+    };
+    let mut all = vec![root_entry];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..scan_threads()).map(|_| s.spawn(worker)).collect();
+        all.extend(worker());
+        for h in handles {
+            if let Ok(v) = h.join() {
+                all.extend(v);
+            }
+        }
+    });
+    let failed = queue.into_inner().ok().and_then(|q| q.failed);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    sort(&mut all);
+    Ok(all)
+}
+
+/// Lists one directory of the scan: its entries into `found`, its subdirectories
+/// (not excluded) into `subdirs`.
+fn read_one(
+    root: &Path,
+    dir: &[u8],
+    filter: &Filter,
+    found: &mut Vec<Entry>,
+    subdirs: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let abs = if dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(std::ffi::OsStr::from_bytes(dir))
+    };
+    let rd = std::fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))?;
+    for item in rd {
+        let item = item.map_err(|e| Error::io("read directory", &abs, e))?;
+        let name = item.file_name().into_vec();
+        let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
+        if !dir.is_empty() {
+            rel.extend_from_slice(dir);
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(&name);
+        let ft = item
+            .file_type()
+            .map_err(|e| Error::io("stat", item.path(), e))?;
+        if filter.is_excluded(Path::new(std::ffi::OsStr::from_bytes(&rel)), ft.is_dir()) {
+            continue;
+        }
+        let m = item
+            .metadata()
+            .map_err(|e| Error::io("stat", item.path(), e))?;
+        let target = if m.file_type().is_symlink() {
+            let t = std::fs::read_link(item.path())
+                .map_err(|e| Error::io("readlink", item.path(), e))?;
+            Some(t.into_os_string().into_vec())
+        } else {
+            None
+        };
+        if m.is_dir() {
+            subdirs.push(rel.clone());
+        }
+        found.push(Entry::from_meta(rel, &m, target));
+    }
+    Ok(())
+}
+
+/// The index entries of what `dest` holds once `plan` is applied with
+/// `preserve_owner` (see [`crate::sync::After::result`]), sorted: made from what
+/// the sync already read, without walking `dest` again.
+pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
+    let mut out: Vec<Entry> = plan
+        .after
+        .iter()
+        .filter_map(|a| {
+            let m = a.result(preserve_owner)?;
+            let size = match m.kind {
+                Kind::File => m.size,
+                Kind::Special => m.rdev,
+                Kind::Dir | Kind::Symlink => 0,
+            };
+            Some(Entry {
+                path: a.rel.as_os_str().as_bytes().to_vec(),
+                kind: m.kind,
+                mode: m.perms(),
+                uid: m.uid,
+                gid: m.gid,
+                size,
+                mtime: m.mtime,
+                mtime_nsec: m.mtime_nsec,
+                target: a.target.as_ref().map(|t| t.as_os_str().as_bytes().to_vec()),
+            })
+        })
+        .collect();
+    sort(&mut out);
+    out
+}
+
+/// How an entry differs (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// dest-relative, directories ending in `/` (`.` / `./` for dest itself).
+    pub path: String,
+    /// `added` | `deleted` | `changed`.
+    pub kind: &'static str,
+    /// For `changed`: among `type`, `size`, `mtime`, `mode`, `owner`, `target`.
+    pub what: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.what.is_empty() {
+            write!(f, "{} {}", self.kind, self.path)
+        } else {
+            write!(f, "{} {} ({})", self.kind, self.path, self.what.join(","))
+        }
+    }
+}
+
+/// What differs between `then` (the index) and `now` (a scan); both sorted.
+pub fn diff(then: &[Entry], now: &[Entry]) -> Vec<Drift> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < then.len() || j < now.len() {
+        let order = match (then.get(i), now.get(j)) {
+            (Some(a), Some(b)) => a.path.cmp(&b.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push(Drift {
+                    path: then[i].display_path(),
+                    kind: "deleted",
+                    what: Vec::new(),
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(Drift {
+                    path: now[j].display_path(),
+                    kind: "added",
+                    what: Vec::new(),
+                });
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (a, b) = (&then[i], &now[j]);
+                let what = changes(a, b);
+                if !what.is_empty() {
+                    out.push(Drift {
+                        path: b.display_path(),
+                        kind: "changed",
+                        what,
+                    });
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The attributes of one path that differ, in SPEC order.
+fn changes(a: &Entry, b: &Entry) -> Vec<&'static str> {
+    if a.kind != b.kind {
+        return vec!["type"];
+    }
+    let mut what = Vec::new();
+    if a.size != b.size {
+        what.push("size");
+    }
+    if (a.mtime, a.mtime_nsec) != (b.mtime, b.mtime_nsec) {
+        what.push("mtime");
+    }
+    // A symlink's own mode is not meaningful on Linux (always 0777).
+    if a.mode != b.mode && a.kind != Kind::Symlink {
+        what.push("mode");
+    }
+    if (a.uid, a.gid) != (b.uid, b.gid) {
+        what.push("owner");
+    }
+    if a.target != b.target {
+        what.push("target");
+    }
+    what
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            checksum: "ab".into(),
+            strategy: "rsync".into(),
+            dest_mode: Some(0o711),
+            excludes: vec!["*.log".into()],
+            exclude_from: Some("ex".into()),
+            exclude_from_text: Some("- tmp/\n".into()),
+            euid: 0,
+            written: "2026-01-01T00:00:00.000Z".into(),
+            entries: 0,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_corruption() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("d");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), "x").unwrap();
+        std::fs::write(root.join("a/g.log"), "x").unwrap();
+        std::os::unix::fs::symlink("b/f", root.join("a/l")).unwrap();
+        std::fs::create_dir_all(root.join("tmp/x")).unwrap();
+        let h = header();
+        let entries = scan(&root, &h.filter().unwrap()).unwrap();
+        let paths: Vec<_> = entries.iter().map(Entry::display_path).collect();
+        assert_eq!(paths, ["./", "a/", "a/b/", "a/b/f", "a/l"]);
+        assert_eq!(entries[4].target.as_deref(), Some(&b"b/f"[..]));
+        let bytes = encode(&h, &entries).unwrap();
+        let p = Path::new("x.index");
+        let (h2, e2) = decode(p, &bytes).unwrap();
+        assert_eq!(e2, entries);
+        assert_eq!(h2.entries, 5);
+        assert_eq!(h2.checksum, h.checksum);
+        assert!(diff(&entries, &e2).is_empty());
+        for cut in [0, 3, 8, bytes.len() - 1] {
+            assert!(decode(p, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        assert!(decode(p, &flipped).is_err());
+    }
+
+    #[test]
+    fn diff_names_what_changed() {
+        let e = |path: &str, kind: Kind| Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 1,
+            gid: 1,
+            size: 3,
+            mtime: 10,
+            mtime_nsec: 5,
+            target: (kind == Kind::Symlink).then(|| b"t".to_vec()),
+        };
+        let then = vec![
+            e("", Kind::Dir),
+            e("a", Kind::File),
+            e("b", Kind::File),
+            e("d", Kind::Dir),
+            e("l", Kind::Symlink),
+        ];
+        let mut now = then.clone();
+        now[1].mtime_nsec = 6;
+        now[1].mode = 0o600;
+        now[4].target = Some(b"u".to_vec());
+        now.remove(2);
+        now[2].uid = 0;
+        now.push(e("m", Kind::File));
+        let lines: Vec<String> = diff(&then, &now).iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "changed a (mtime,mode)",
+                "deleted b",
+                "changed d/ (owner)",
+                "changed l (target)",
+                "added m"
+            ]
+        );
+        let mut t2 = then.clone();
+        t2[1].kind = Kind::Dir;
+        assert_eq!(diff(&then, &t2)[0].to_string(), "changed a/ (type)");
+    }
+}

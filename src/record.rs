@@ -1,0 +1,707 @@
+//! The deploy record (SPEC §11): what one run did, written to the state directory
+//! after every run that reached a manifest.
+//!
+//! - `deploys/<key>.json`: the last record of a key, replaced atomically (temp
+//!   file, fsync, rename, fsync of the directory);
+//! - `deploys/<key>.history.jsonl`: the last [`HISTORY_KEEP`] records of the key,
+//!   oldest first, one JSON object a line (rewritten atomically too).
+//!
+//! The key ([`key_for_dest`], [`key_for_commands`], [`key_for_manifest`]) is
+//! dest's file name and a digest of its absolute path, so two dests of one name
+//! never share records. [`classify`] is the one place that turns the step a run
+//! reached and its error into `result` and `failed_step`.
+//!
+//! A record never holds a secret: URLs go through [`redact_url`] (user info and
+//! presigning query parameters removed) and errors already never carry one
+//! (`error.rs`). A record that cannot be written is a logged warning for the
+//! caller, never a change of the deploy's result. Reading is lenient: a missing
+//! record is `None`, a corrupt one is a warning and `None`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::logln;
+
+/// The `schema` of the records this version writes.
+pub const SCHEMA: u32 = 1;
+/// Records kept in `<key>.history.jsonl`.
+pub const HISTORY_KEEP: usize = 50;
+/// The directory below the state directory that holds records and indexes.
+pub const DEPLOYS_DIR: &str = "deploys";
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Refused,
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Refused => "refused",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The steps of a deploy a failure is attributed to (SPEC §11 `failed_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    Manifest,
+    Signature,
+    Download,
+    Unpack,
+    Pre,
+    Sync,
+    Post,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Manifest => "manifest",
+            Step::Signature => "signature",
+            Step::Download => "download",
+            Step::Unpack => "unpack",
+            Step::Pre => "pre",
+            Step::Sync => "sync",
+            Step::Post => "post",
+        }
+    }
+}
+
+/// `result` and `failed_step` of a run that was at `step` when it ended with `err`
+/// (`None`: it succeeded). The one mapping from errors to outcomes: a new kind of
+/// refusal or a new step is one arm here.
+pub fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step>) {
+    let Some(err) = err else {
+        return (Outcome::Success, None);
+    };
+    match err {
+        Error::Interrupted(_) => (Outcome::Interrupted, Some(step)),
+        Error::Refused { .. } => (Outcome::Refused, Some(step)),
+        // The download and the unpack are one pass: the error says which failed.
+        Error::Archive { .. } | Error::Entry { .. } if step == Step::Download => {
+            (Outcome::Failure, Some(Step::Unpack))
+        }
+        _ => (Outcome::Failure, Some(step)),
+    }
+}
+
+/// Who handed over the manifest URL (SPEC §11 `event`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// `consul` | `serf` | `line` | `arg` | `rollback`.
+    pub origin: String,
+    pub name: Option<String>,
+    pub id: Option<String>,
+    pub ltime: Option<u64>,
+}
+
+impl EventInfo {
+    pub fn of(event: &crate::event::Event) -> EventInfo {
+        use crate::event::Origin;
+        let (origin, name, id, ltime) = match &event.origin {
+            Origin::Consul { name, id, ltime } => (
+                "consul",
+                Some(name.clone()),
+                Some(id.clone()).filter(|i| !i.is_empty()),
+                *ltime,
+            ),
+            Origin::Serf { name, ltime } => ("serf", Some(name.clone()), None, *ltime),
+            Origin::Line => ("line", None, None, None),
+            Origin::Arg => ("arg", None, None, None),
+        };
+        EventInfo {
+            origin: origin.to_string(),
+            name,
+            id,
+            ltime,
+        }
+    }
+}
+
+/// What the sync changed in dest (SPEC §11 `changes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+impl From<&crate::sync::Stats> for Changes {
+    fn from(s: &crate::sync::Stats) -> Changes {
+        Changes {
+            created: s.created,
+            updated: s.updated,
+            deleted: s.deleted,
+            unchanged: s.unchanged,
+        }
+    }
+}
+
+/// One hook command that ran (SPEC §11 `hooks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookRecord {
+    /// `pre` | `post` | `success` | `failure`.
+    pub phase: String,
+    pub command: String,
+    /// Exit status; null when it was killed or could not start.
+    pub exit: Option<i32>,
+    /// The signal that ended it (`SIGTERM`), when one did.
+    pub signal: Option<String>,
+    pub seconds: f64,
+}
+
+/// One deploy record, exactly the fields of SPEC §11 (null where n/a).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    pub host: Option<String>,
+    pub stretcher_version: String,
+    pub dest: Option<String>,
+    /// `rsync` | `mv` | `release`.
+    pub strategy: Option<String>,
+    /// The release ID (SPEC §14).
+    pub release: Option<String>,
+    pub manifest_url: String,
+    /// sha256 of the manifest's raw bytes, when it was fetched.
+    pub manifest_sha256: Option<String>,
+    /// The manifest's `serial` (SPEC §15).
+    pub serial: Option<u64>,
+    /// The resolved `src` URL.
+    pub src: Option<String>,
+    /// Lower-case hex.
+    pub checksum: Option<String>,
+    pub event: EventInfo,
+    pub result: Outcome,
+    pub failed_step: Option<Step>,
+    pub error: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    pub started: String,
+    pub finished: String,
+    pub duration_s: f64,
+    /// Bytes read from `src`; null when there is no `src`.
+    pub downloaded_bytes: Option<u64>,
+    pub download_skipped: bool,
+    /// Null when the run did not reach the sync step.
+    pub changes: Option<Changes>,
+    pub hooks: Vec<HookRecord>,
+}
+
+/// A record in the making: the deploy fills it in as it goes (`step` is where it
+/// is), [`Draft::finish`] turns it into the [`Record`] and its key.
+#[derive(Debug)]
+pub struct Draft {
+    /// The step the run is at; a failure is attributed to it (see [`classify`]).
+    pub step: Step,
+    started: chrono::DateTime<chrono::Utc>,
+    clock: std::time::Instant,
+    event: EventInfo,
+    manifest_url: String,
+    pub manifest_sha256: Option<String>,
+    /// Set once the manifest was parsed and validated.
+    pub dest: Option<PathBuf>,
+    /// A valid manifest without `src` (keyed by its URL).
+    pub commands_only: bool,
+    pub strategy: Option<String>,
+    pub release: Option<String>,
+    pub serial: Option<u64>,
+    pub src: Option<String>,
+    pub checksum: Option<String>,
+    pub downloaded_bytes: Option<u64>,
+    pub download_skipped: bool,
+    pub changes: Option<Changes>,
+    pub hooks: Vec<HookRecord>,
+}
+
+impl Draft {
+    pub fn new(event: &crate::event::Event) -> Draft {
+        Draft {
+            step: Step::Manifest,
+            started: chrono::Utc::now(),
+            clock: std::time::Instant::now(),
+            event: EventInfo::of(event),
+            manifest_url: event.url.clone(),
+            manifest_sha256: None,
+            dest: None,
+            commands_only: false,
+            strategy: None,
+            release: None,
+            serial: None,
+            src: None,
+            checksum: None,
+            downloaded_bytes: None,
+            download_skipped: false,
+            changes: None,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// The manifest was read: its raw bytes (for `manifest_sha256`).
+    pub fn manifest_read(&mut self, raw: &[u8]) {
+        self.manifest_sha256 = Some(hex::encode(Sha256::digest(raw)));
+    }
+
+    /// The manifest is valid: what the record takes from it.
+    pub fn manifest_valid(&mut self, m: &crate::manifest::Manifest) {
+        use crate::manifest::Strategy;
+        self.dest = m.dest.clone();
+        self.commands_only = m.src.is_none();
+        self.src = m.src.as_deref().map(redact_url);
+        self.checksum = m.checksum.as_ref().map(|c| c.hex().to_ascii_lowercase());
+        if m.src.is_some() {
+            self.strategy = Some(
+                match m.sync_strategy {
+                    Strategy::Rsync => "rsync",
+                    Strategy::Mv => "mv",
+                    Strategy::Release => "release",
+                }
+                .to_string(),
+            );
+        }
+    }
+
+    /// Moves the hook commands run since the last call into the record, as `phase`.
+    pub fn hooks_ran(&mut self, phase: &str) {
+        for r in crate::hooks::take_ran() {
+            self.hooks.push(HookRecord {
+                phase: phase.to_string(),
+                command: r.command,
+                exit: r.exit,
+                signal: r.signal,
+                seconds: (r.seconds * 1000.0).round() / 1000.0,
+            });
+        }
+    }
+
+    /// The key this run's record goes under (SPEC §11, §15).
+    pub fn key(&self) -> String {
+        match &self.dest {
+            Some(d) => key_for_dest(d),
+            None if self.commands_only => key_for_commands(&self.manifest_url),
+            None => key_for_manifest(&self.manifest_url),
+        }
+    }
+
+    /// The finished record and its key; `err` is how the run ended.
+    pub fn finish(self, err: Option<&Error>) -> (String, Record) {
+        let key = self.key();
+        let (result, failed_step) = classify(self.step, err);
+        let finished = chrono::Utc::now();
+        let duration = self.clock.elapsed().as_secs_f64();
+        let record = Record {
+            schema: SCHEMA,
+            host: hostname(),
+            stretcher_version: crate::cli::VERSION.to_string(),
+            dest: self.dest.map(|d| d.display().to_string()),
+            strategy: self.strategy,
+            release: self.release,
+            manifest_url: redact_url(&self.manifest_url),
+            manifest_sha256: self.manifest_sha256,
+            serial: self.serial,
+            src: self.src,
+            checksum: self.checksum,
+            event: self.event,
+            result,
+            failed_step,
+            error: err.map(|e| e.to_string()),
+            started: timestamp(self.started),
+            finished: timestamp(finished),
+            duration_s: (duration * 1000.0).round() / 1000.0,
+            downloaded_bytes: self.downloaded_bytes,
+            download_skipped: self.download_skipped,
+            changes: self.changes,
+            hooks: self.hooks,
+        };
+        (key, record)
+    }
+}
+
+/// An RFC 3339 UTC time with milliseconds, as records spell it.
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The host name, as the kernel has it (null in the record when it cannot be read).
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+fn digest16(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// The key of a dest (SPEC §11): its file name, `-`, and the first 16 hex digits
+/// of the sha256 of its absolute path. The name is kept to `[A-Za-z0-9._-]`
+/// (other bytes become `_`) so that the key is always a plain file name.
+pub fn key_for_dest(dest: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let name: String = dest
+        .file_name()
+        .map(|n| n.as_bytes())
+        .unwrap_or(b"")
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{name}-{}", digest16(dest.as_os_str().as_bytes()))
+}
+
+/// The key of a commands-only manifest: `commands-` and the digest of its URL.
+pub fn key_for_commands(manifest_url: &str) -> String {
+    format!("commands-{}", digest16(manifest_url.as_bytes()))
+}
+
+/// The key of a manifest none of which could be used (unreadable, invalid,
+/// refused, unverified): `manifest-` and the digest of its URL (SPEC §15).
+pub fn key_for_manifest(manifest_url: &str) -> String {
+    format!("manifest-{}", digest16(manifest_url.as_bytes()))
+}
+
+/// `STATE/deploys`.
+pub fn deploys_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(DEPLOYS_DIR)
+}
+
+/// `STATE/deploys/<key>.json`.
+pub fn record_path(state_dir: &Path, key: &str) -> PathBuf {
+    deploys_dir(state_dir).join(format!("{key}.json"))
+}
+
+/// `STATE/deploys/<key>.history.jsonl`.
+pub fn history_path(state_dir: &Path, key: &str) -> PathBuf {
+    deploys_dir(state_dir).join(format!("{key}.history.jsonl"))
+}
+
+/// Query parameters that make a URL a credential (presigned S3 / GCS / Azure
+/// URLs, tokens). A URL with any of them loses its whole query in a record.
+const SECRET_PARAMS: &[&str] = &[
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "signature",
+    "sig",
+    "token",
+    "access_token",
+    "awsaccesskeyid",
+];
+
+/// `url` fit for a record or a log: user info (`user:pass@`) dropped, and the
+/// query dropped when it holds a signature or token.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(auth_end);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after = match after.split_once('?') {
+        Some((path, query)) => {
+            let secret = query.split('&').any(|kv| {
+                let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+                SECRET_PARAMS.contains(&k.as_str())
+            });
+            if secret {
+                path.to_string()
+            } else {
+                after.to_string()
+            }
+        }
+        None => after.to_string(),
+    };
+    format!("{scheme}://{authority}{after}")
+}
+
+/// Writes `record` as the last record of `key` and appends it to the key's
+/// history (the last [`HISTORY_KEEP`] kept). Both files are replaced atomically.
+pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
+    let dir = deploys_dir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    // Serialising plain strings, numbers and options cannot fail.
+    let line = serde_json::to_string(record).unwrap_or_default();
+    let mut pretty = serde_json::to_vec_pretty(record).unwrap_or_default();
+    pretty.push(b'\n');
+
+    let hist = history_path(state_dir, key);
+    let old = match std::fs::read(&hist) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io("read", &hist, e)),
+    };
+    let old = String::from_utf8_lossy(&old);
+    let mut lines: Vec<&str> = old.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines.push(&line);
+    let skip = lines.len().saturating_sub(HISTORY_KEEP);
+    let mut text = String::new();
+    for l in &lines[skip..] {
+        text.push_str(l);
+        text.push('\n');
+    }
+    write_atomic(&dir, &hist, text.as_bytes())?;
+    write_atomic(&dir, &record_path(state_dir, key), &pretty)
+}
+
+/// Replaces `path` (in `dir`) by `data`: temp file in `dir`, fsync, rename, fsync
+/// of `dir`.
+pub fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create temp file in", dir, e))?;
+    // Readable by all, like the rest of the state directory (`status` as any user).
+    use std::os::unix::fs::PermissionsExt;
+    tmp.write_all(data)
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into place", path, e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Reads the last record of `key`: `None` when there is none; a corrupt or
+/// unreadable one is a logged warning and `None`.
+pub fn last_by_key(state_dir: &Path, key: &str) -> Option<Record> {
+    let path = record_path(state_dir, key);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            logln!("warning: cannot read deploy record {}: {e}", path.display());
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            logln!(
+                "warning: deploy record {} is corrupt ({e}); ignoring it",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// The last record of `dest` (absolute, as the manifest has it).
+pub fn last(state_dir: &Path, dest: &Path) -> Option<Record> {
+    last_by_key(state_dir, &key_for_dest(dest))
+}
+
+/// The records of `key`'s history, oldest first; unreadable lines are skipped
+/// (with a warning).
+pub fn history(state_dir: &Path, key: &str) -> Vec<Record> {
+    let path = history_path(state_dir, key);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(e) => logln!(
+                "warning: {} line {}: corrupt record ({e}); skipped",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    out
+}
+
+/// The newest successful record of `dest`, from its history (for `serial`, §15).
+pub fn last_success(state_dir: &Path, dest: &Path) -> Option<Record> {
+    history(state_dir, &key_for_dest(dest))
+        .into_iter()
+        .rev()
+        .find(|r| r.result == Outcome::Success)
+}
+
+/// The last record of every key in the state directory, sorted by key (for
+/// `status`). Corrupt records are warnings and left out.
+pub fn all(state_dir: &Path) -> Vec<(String, Record)> {
+    let dir = deploys_dir(state_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let key = name.strip_suffix(".json")?;
+            (!key.starts_with('.')).then(|| key.to_string())
+        })
+        .collect();
+    keys.sort();
+    keys.into_iter()
+        .filter_map(|k| last_by_key(state_dir, &k).map(|r| (k, r)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(result: Outcome) -> Record {
+        Record {
+            schema: SCHEMA,
+            host: Some("h".into()),
+            stretcher_version: crate::cli::VERSION.into(),
+            dest: Some("/srv/app".into()),
+            strategy: Some("rsync".into()),
+            release: None,
+            manifest_url: "file:///m.yml".into(),
+            manifest_sha256: Some("00".into()),
+            serial: None,
+            src: Some("file:///a.tgz".into()),
+            checksum: Some("ab".into()),
+            event: EventInfo {
+                origin: "arg".into(),
+                ..Default::default()
+            },
+            result,
+            failed_step: None,
+            error: None,
+            started: "2026-01-01T00:00:00.000Z".into(),
+            finished: "2026-01-01T00:00:01.000Z".into(),
+            duration_s: 1.0,
+            downloaded_bytes: Some(10),
+            download_skipped: false,
+            changes: Some(Changes::default()),
+            hooks: vec![],
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_spec() {
+        let k = key_for_dest(Path::new("/srv/app"));
+        let d = hex::encode(Sha256::digest(b"/srv/app"));
+        assert_eq!(k, format!("app-{}", &d[..16]));
+        assert_ne!(k, key_for_dest(Path::new("/srv2/app")));
+        assert_eq!(
+            key_for_dest(Path::new("/srv/a b\u{e9}")).split('-').next(),
+            Some("a_b__")
+        );
+        let u = hex::encode(Sha256::digest(b"file:///m.yml"));
+        assert_eq!(
+            key_for_commands("file:///m.yml"),
+            format!("commands-{}", &u[..16])
+        );
+        assert_eq!(
+            key_for_manifest("file:///m.yml"),
+            format!("manifest-{}", &u[..16])
+        );
+    }
+
+    #[test]
+    fn classify_maps_steps_and_errors() {
+        assert_eq!(classify(Step::Post, None), (Outcome::Success, None));
+        let hook = Error::Hook {
+            command: "false".into(),
+            status: "exit status 1".into(),
+        };
+        assert_eq!(
+            classify(Step::Pre, Some(&hook)),
+            (Outcome::Failure, Some(Step::Pre))
+        );
+        assert_eq!(
+            classify(Step::Download, Some(&Error::Interrupted("SIGTERM"))),
+            (Outcome::Interrupted, Some(Step::Download))
+        );
+        let refused = Error::Refused {
+            url: "x".into(),
+            msg: "no".into(),
+        };
+        assert_eq!(
+            classify(Step::Manifest, Some(&refused)),
+            (Outcome::Refused, Some(Step::Manifest))
+        );
+        let bad = Error::Archive {
+            url: "x".into(),
+            msg: "truncated".into(),
+        };
+        assert_eq!(
+            classify(Step::Download, Some(&bad)),
+            (Outcome::Failure, Some(Step::Unpack))
+        );
+    }
+
+    #[test]
+    fn urls_lose_secrets() {
+        assert_eq!(
+            redact_url("https://u:p@h/a?X-Amz-Signature=1&X-Amz-Credential=k"),
+            "https://h/a"
+        );
+        assert_eq!(redact_url("https://h/a?v=2"), "https://h/a?v=2");
+        assert_eq!(redact_url("s3://b/k.tgz"), "s3://b/k.tgz");
+        assert_eq!(redact_url("file:///x"), "file:///x");
+    }
+
+    #[test]
+    fn write_read_and_history_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = Path::new("/srv/app");
+        let key = key_for_dest(dest);
+        assert!(last(t.path(), dest).is_none());
+        for i in 0..(HISTORY_KEEP + 7) {
+            let mut r = sample(if i % 2 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            });
+            r.serial = Some(i as u64);
+            write(t.path(), &key, &r).unwrap();
+        }
+        let h = history(t.path(), &key);
+        assert_eq!(h.len(), HISTORY_KEEP);
+        assert_eq!(h[0].serial, Some(7));
+        assert_eq!(h.last().unwrap().serial, Some((HISTORY_KEEP + 6) as u64));
+        let l = last(t.path(), dest).unwrap();
+        assert_eq!(l.serial, Some((HISTORY_KEEP + 6) as u64));
+        assert_eq!(
+            last_success(t.path(), dest).unwrap().serial,
+            Some((HISTORY_KEEP + 6) as u64)
+        );
+        assert_eq!(all(t.path()).len(), 1);
+        std::fs::write(record_path(t.path(), &key), b"{not json").unwrap();
+        assert!(last(t.path(), dest).is_none());
+        // no temp files left behind
+        let names: Vec<_> = std::fs::read_dir(deploys_dir(t.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}

@@ -1,0 +1,109 @@
+//! The redeploy that downloads nothing (SPEC §11): decides whether `dest` already
+//! holds what a manifest would deploy, from the last record of `dest`, its index,
+//! and one walk of `dest` — never less exact than rsync's own decision (type,
+//! size, mtime to the nanosecond as stored, mode, owner, link target; excluded
+//! paths ignored, with the same rules as the deploy that wrote the index).
+//!
+//! It only reads: the state directory and `dest`.
+
+use std::path::Path;
+
+use crate::index;
+use crate::record::{self, Outcome};
+
+/// The settings of the deploy about to run, compared with the index's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted<'a> {
+    pub checksum: &'a str,
+    pub strategy: &'a str,
+    pub dest_mode: Option<u32>,
+    pub excludes: &'a [String],
+    pub exclude_from: Option<&'a str>,
+    pub euid: u32,
+}
+
+/// What the check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// `dest` holds it: `deployed` is when the last deploy finished, `entries`
+    /// how many entries the walk compared.
+    Skip { deployed: String, entries: u64 },
+    /// Deploy as usual, because of `reason`; `warn`: the reason is a problem
+    /// (a corrupt or missing index), not just a change.
+    Deploy { reason: String, warn: bool },
+}
+
+fn deploy(reason: impl Into<String>) -> Decision {
+    Decision::Deploy {
+        reason: reason.into(),
+        warn: false,
+    }
+}
+
+fn warn(reason: impl Into<String>) -> Decision {
+    Decision::Deploy {
+        reason: reason.into(),
+        warn: true,
+    }
+}
+
+/// Whether a sync of the archive `want` names onto `dest` would change nothing.
+pub fn check(state_dir: &Path, dest: &Path, want: &Wanted) -> Decision {
+    let key = record::key_for_dest(dest);
+    let Some(last) = record::last_by_key(state_dir, &key) else {
+        return deploy("no earlier deploy of it is recorded");
+    };
+    if last.result != Outcome::Success {
+        return deploy(format!("its last deploy ended in {}", last.result.as_str()));
+    }
+    if last.checksum.as_deref() != Some(want.checksum) {
+        return deploy("its last deploy was another archive");
+    }
+    if last.strategy.as_deref() != Some(want.strategy) {
+        return deploy("the sync strategy changed");
+    }
+    let (header, entries) = match index::read(state_dir, &key) {
+        Ok(Some(x)) => x,
+        Ok(None) => return warn("its deploy index is missing"),
+        Err(e) => return warn(format!("{e}")),
+    };
+    if header.checksum != want.checksum {
+        return deploy("its index is of another archive");
+    }
+    if header.strategy != want.strategy {
+        return deploy("the sync strategy changed");
+    }
+    if header.dest_mode != want.dest_mode {
+        return deploy("dest_mode changed");
+    }
+    if header.excludes != want.excludes {
+        return deploy("excludes changed");
+    }
+    if header.exclude_from.as_deref() != want.exclude_from {
+        return deploy("exclude_from changed");
+    }
+    if header.euid != want.euid {
+        return deploy("it was deployed by another user");
+    }
+    let filter = match header.filter() {
+        Ok(f) => f,
+        Err(e) => return warn(format!("its index has bad rules: {e}")),
+    };
+    let now = match index::scan(dest, &filter) {
+        Ok(n) => n,
+        Err(e) => return deploy(format!("{e}")),
+    };
+    let drift = index::diff(&entries, &now);
+    if let Some(first) = drift.first() {
+        let more = if drift.len() > 1 {
+            format!(" and {} more", drift.len() - 1)
+        } else {
+            String::new()
+        };
+        return deploy(format!("dest changed since: {first}{more}"));
+    }
+    Decision::Skip {
+        deployed: last.finished,
+        entries: now.len() as u64,
+    }
+}
