@@ -1035,6 +1035,7 @@ mod tests {
                 deployed: good.then(|| "t".into()),
                 bad,
                 reason: None,
+                index: None,
             },
         }
     }
