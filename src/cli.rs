@@ -590,6 +590,8 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
 Subcommands (first argument; a manifest file of that name is written ./NAME),
 each with its own --help:
   verify DEST             report drift of DEST since its last deploy
+  releases DEST           list the releases of DEST (sync_strategy release)
+  rollback DEST [--to ID] switch DEST back to an older good release
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.

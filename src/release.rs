@@ -919,7 +919,7 @@ pub fn record_rollback(
     }
 }
 
-/// Arguments of `stretcher releases`.
+// Arguments of `stretcher releases`.
 #[derive(argh::FromArgs, Debug)]
 /// List the releases of DEST (sync_strategy release), newest first:
 /// ID, checksum (12 digits), when deployed, and whether live or bad.
@@ -929,7 +929,7 @@ struct ReleasesArgs {
     dest: String,
 }
 
-/// Arguments of `stretcher rollback`.
+// Arguments of `stretcher rollback`.
 #[derive(argh::FromArgs, Debug)]
 /// Switch DEST back to the newest good release older than the live one (or to
 /// --to ID) and mark the one left bad. Runs no hook and needs no network.
