@@ -623,9 +623,16 @@ pub fn deploy(
     // What changed against the previous release (read before a cleanup can take it).
     let entries = crate::index::scan(&release, &filter);
     if let Ok(new) = &entries {
+        // The index of the previous release when the state directory has it (cheaper
+        // than a walk), else a walk of it.
+        let indexed = |p: &str| {
+            let sum = read_meta(&dir, p)?.checksum;
+            let (h, e) = crate::index::read(state?, &record::key_for_dest(dest)).ok()??;
+            (h.checksum == sum && h.strategy == "release").then_some(e)
+        };
         let old = previous
-            .as_ref()
-            .and_then(|p| crate::index::scan(&dir.join(p), &filter).ok())
+            .as_deref()
+            .and_then(|p| indexed(p).or_else(|| crate::index::scan(&dir.join(p), &filter).ok()))
             .unwrap_or_default();
         draft.changes = Some(changes(&old, new));
     }
