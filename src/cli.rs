@@ -160,8 +160,8 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
     }
 }
 
-/// The words of a subcommand's argv as `(flag, inline value)` or positionals, for
-/// the small hand parsers below: `-flag` and `--flag`, `=value` or the next word.
+/// A subcommand's argv as strings (its flags are few: each subcommand parses its
+/// own, accepting `-flag` and `--flag`, `=value` or the next word).
 fn sub_words(args: &[OsString]) -> Result<Vec<String>> {
     args.iter()
         .map(|a| {

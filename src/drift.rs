@@ -102,10 +102,8 @@ pub fn report(
         Err(_) if std::fs::symlink_metadata(&dest).is_err() => Vec::new(),
         Err(e) => return Err(e.to_string()),
     };
-    let deployed = record::last_success(&dir, &dest)
-        .filter(|r| r.checksum.as_deref() == Some(header.checksum.as_str()))
-        .map(|r| r.finished)
-        .unwrap_or_else(|| header.written.clone());
+    // When the sync that made dest so ran (the index's time).
+    let deployed = header.written.clone();
     Ok(Report {
         dest: dest.display().to_string(),
         checksum: header.checksum.clone(),

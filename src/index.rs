@@ -494,14 +494,23 @@ fn read_one(
     Ok(())
 }
 
-/// The index entries of what `dest` holds once `plan` is applied with
+/// The index entries of what `dest` holds after `plan` was applied with
 /// `preserve_owner` (see [`crate::sync::After::result`]), sorted: made from what
-/// the sync already read, without walking `dest` again.
+/// the sync already read, without walking `dest` again (only a dest-only directory
+/// kept for its excluded entries is looked at again).
 pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
     let mut out: Vec<Entry> = plan
         .after
         .iter()
         .filter_map(|a| {
+            if a.fate == crate::sync::Fate::Left {
+                // A dest-only directory kept for its excluded entries: the deletions
+                // in it set its mtime to "now". One lstat each (they are rare).
+                let p = plan.dest.join(&a.rel);
+                let m = std::fs::symlink_metadata(&p).ok()?;
+                let path = a.rel.as_os_str().as_bytes().to_vec();
+                return Some(Entry::from_meta(path, &m, None));
+            }
             let m = a.result(preserve_owner)?;
             let size = match m.kind {
                 Kind::File => m.size,

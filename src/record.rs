@@ -348,23 +348,16 @@ fn digest16(bytes: &[u8]) -> String {
 }
 
 /// The key of a dest (SPEC §11): its file name, `-`, and the first 16 hex digits
-/// of the sha256 of its absolute path. The name is kept to `[A-Za-z0-9._-]`
-/// (other bytes become `_`) so that the key is always a plain file name.
+/// of the sha256 of its absolute path. (A byte of the name that is not UTF-8
+/// becomes `_`; the digest still tells such names apart.)
 pub fn key_for_dest(dest: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let name: String = dest
-        .file_name()
-        .map(|n| n.as_bytes())
-        .unwrap_or(b"")
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-                b as char
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let bytes = dest.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+    let mut name = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        name.push_str(chunk.valid());
+        name.extend(chunk.invalid().iter().map(|_| '_'));
+    }
     format!("{name}-{}", digest16(dest.as_os_str().as_bytes()))
 }
 
@@ -561,7 +554,8 @@ pub fn all(state_dir: &Path) -> Vec<(String, Record)> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let key = name.strip_suffix(".json")?;
-            (!key.starts_with('.')).then(|| key.to_string())
+            // not a temp file of `write_atomic`
+            (!key.starts_with(".tmp-")).then(|| key.to_string())
         })
         .collect();
     keys.sort();
@@ -610,10 +604,10 @@ mod tests {
         let d = hex::encode(Sha256::digest(b"/srv/app"));
         assert_eq!(k, format!("app-{}", &d[..16]));
         assert_ne!(k, key_for_dest(Path::new("/srv2/app")));
-        assert_eq!(
-            key_for_dest(Path::new("/srv/a b\u{e9}")).split('-').next(),
-            Some("a_b__")
-        );
+        assert!(key_for_dest(Path::new("/srv/a b\u{e9}")).starts_with("a b\u{e9}-"));
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/srv/x\xff"));
+        assert!(key_for_dest(odd).starts_with("x_-"));
         let u = hex::encode(Sha256::digest(b"file:///m.yml"));
         assert_eq!(
             key_for_commands("file:///m.yml"),

@@ -587,18 +587,32 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
         move_source: false,
     };
     let ours = sync::sync(&src, &d2, &filter, &opts);
-    let moved = sync::sync(
-        &src3,
-        &d3,
-        &filter,
-        &SyncOptions {
-            move_source: true,
-            ..opts.clone()
-        },
-    );
+    let move_opts = SyncOptions {
+        move_source: true,
+        ..opts.clone()
+    };
+    // Move mode as the deploy runs it: plan, apply, and the deploy index made from
+    // the plan, which must equal a walk of the result.
+    let moved = sync::plan(&src3, &d3, &filter).and_then(|plan| {
+        sync::apply(&plan, &move_opts)?;
+        Ok(plan)
+    });
+    if let Ok(plan) = &moved {
+        let predicted = stretcher::index::from_plan(plan, move_opts.preserve_owner);
+        let walked = stretcher::index::scan(&d3, &filter).map_err(|e| format!("{name}: {e}"))?;
+        let drift = stretcher::index::diff(&predicted, &walked);
+        if !drift.is_empty() {
+            let lines: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
+            return Err(format!(
+                "{name}: the index made from the plan differs from dest: {}",
+                lines.join("; ")
+            ));
+        }
+    }
     if ours.is_ok() != moved.is_ok() {
         return Err(format!(
-            "{name}: copy mode {ours:?} but move mode {moved:?}"
+            "{name}: copy mode {ours:?} but move mode {:?}",
+            moved.as_ref().err()
         ));
     }
     let ctx = || {

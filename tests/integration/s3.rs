@@ -545,3 +545,41 @@ fn ecs_container_credentials_with_auth_token() {
         .assert_log("HTTP 403");
     assert!(!sc.dest().exists());
 }
+
+/// The deploy record (SPEC §11) of an S3 deploy names `s3://…`, never the
+/// presigned GET: no signature, credential, key or token in the record or history.
+#[test]
+fn record_of_an_s3_deploy_holds_no_secret() {
+    let (tar, sum) = archive_bytes("recorded\n");
+    let src = put(&format!("{}/app.tgz", unique("record")), &tar);
+    let sc = Scratch::new();
+    let m = s3_manifest(&sc, &src, &sum);
+    let run = with_keys(aws(&sc))
+        .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
+        .arg(&m)
+        .run();
+    // the session token is not one the server knows: what matters is the record
+    let _ = run;
+    let run = with_keys(aws(&sc)).arg(&m).run();
+    run.assert_ok();
+    let key = stretcher::record::key_for_dest(&sc.dest());
+    let rec =
+        std::fs::read_to_string(stretcher::record::record_path(&sc.state_dir(), &key)).unwrap();
+    let hist =
+        std::fs::read_to_string(stretcher::record::history_path(&sc.state_dir(), &key)).unwrap();
+    assert!(rec.contains(&format!("\"src\": \"{src}\"")), "{rec}");
+    for text in [&rec, &hist] {
+        for secret in [
+            AK,
+            SK,
+            SESSION_TOKEN,
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "X-Amz-Security-Token",
+            "Signature=",
+            "?",
+        ] {
+            assert!(!text.contains(secret), "record holds {secret:?}:\n{text}");
+        }
+    }
+}
