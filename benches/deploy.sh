@@ -528,7 +528,7 @@ if [ $SCALING = 1 ]; then
   done
 else
   meta mode scenarios
-  need_v2=0; want update && need_v2=1
+  need_v2=0; { want update || want release; } && need_v2=1
   prepare_workload "$FILES" "$MB" "$need_v2"
   meta summary "$(tr -d '\n ' <"$W/summary.json")"
   meta archives "$(stat -c '%n=%s' "$W"/arch/*.tar.* | sed "s|$W/arch/||" | tr '\n' ' ')"
