@@ -394,7 +394,7 @@ fn deploy(
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
     let filter = load_filter(manifest, staging.path())?;
-    let exclude_text = exclude_from_text(manifest, staging.path());
+    let exclude_text = exclude_from_text(manifest, staging.path(), dest);
     if opts.dry_run {
         return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
@@ -481,10 +481,17 @@ fn deploy(
     run_hooks(draft, "post", &manifest.commands.post, hook_env)
 }
 
-/// The text of the `exclude_from` file (as [`load_filter`] read it), for the index.
-pub(crate) fn exclude_from_text(manifest: &Manifest, staging: &Path) -> Option<String> {
+/// The text of the `exclude_from` file (the rules [`load_filter`] read), for the
+/// index: from staging, or from dest when the unpack left it there unchanged.
+pub(crate) fn exclude_from_text(
+    manifest: &Manifest,
+    staging: &Path,
+    dest: &Path,
+) -> Option<String> {
     let name = manifest.exclude_from.as_ref()?;
-    let bytes = std::fs::read(staging.join(name)).ok()?;
+    let bytes = std::fs::read(staging.join(name))
+        .or_else(|_| std::fs::read(dest.join(name)))
+        .ok()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 

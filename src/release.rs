@@ -554,7 +554,7 @@ pub fn deploy(
         live.as_deref().unwrap_or("no live release")
     );
     let filter = crate::deploy::load_filter(manifest, &partial_path)?;
-    let exclude_text = crate::deploy::exclude_from_text(manifest, &partial_path);
+    let exclude_text = crate::deploy::exclude_from_text(manifest, &partial_path, &partial_path);
     let excluded = remove_excluded(&partial_path, &filter)?;
     if excluded > 0 {
         logln!("Left {excluded} excluded entries out of release {id}");

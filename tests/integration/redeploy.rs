@@ -469,3 +469,44 @@ fn verify_is_read_only() {
     assert_eq!(st.verify().0, 1);
     assert_eq!((listing(&st.dest()), listing(&st.s.state_dir())), (d0, s0));
 }
+
+/// The exclude_from rules are kept in the index: the redeploy check and verify use
+/// them without the archive (`foo/baz` matches `baz` in test.tar's exclude.txt).
+#[test]
+fn exclude_from_rules_come_from_the_index() {
+    let s = Scratch::new();
+    let a = s.file("test.tar", &std::fs::read(archive("test.tar")).unwrap());
+    let m = s.manifest(
+        "m.yml",
+        &manifest_for(&a, &s.dest(), "exclude_from: exclude.txt\n"),
+    );
+    s.stretcher().arg(&m).run().assert_ok();
+    assert!(!s.dest().join("foo/baz").exists());
+    std::fs::remove_file(&a).unwrap();
+    // a file the rules exclude appears (foo/'s own mtime, which it changes, is put
+    // back: that is a change of a directory that is not excluded)
+    let foo = s.dest().join("foo");
+    let t = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&foo).unwrap());
+    std::fs::write(foo.join("baz"), "local").unwrap();
+    filetime::set_file_mtime(&foo, t).unwrap();
+    s.stretcher()
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log("nothing to download");
+    let r = stretcher()
+        .args(["verify", "--state-dir"])
+        .arg(s.state_dir())
+        .arg(s.dest())
+        .run();
+    assert_eq!((r.code(), r.stdout.as_str()), (0, ""));
+    // a file they do not exclude is drift
+    std::fs::write(foo.join("other"), "x").unwrap();
+    filetime::set_file_mtime(&foo, t).unwrap();
+    let r = stretcher()
+        .args(["verify", "--state-dir"])
+        .arg(s.state_dir())
+        .arg(s.dest())
+        .run();
+    assert_eq!((r.code(), r.stdout.as_str()), (1, "added foo/other\n"));
+}
