@@ -119,6 +119,7 @@ fn benches(c: &mut Criterion) {
                     same_owner: false,
                     label: "bench".into(),
                     reuse_from: Some(dest.clone()),
+                    link_unchanged: false,
                 };
                 let staged = unpack::unpack(&archive[..], &staging, &opts).expect("unpack");
                 assert_eq!(staged.reused.len(), TOP * SUB * FILES);

@@ -882,6 +882,8 @@ each with its own --help:
   verify DEST             report drift of DEST since its last deploy
   status [DEST...]        the last deploy of each dest recorded on this host
   fleet status            the last deploys of every host, asked through serf
+  releases DEST           list the releases of DEST (sync_strategy release)
+  rollback DEST [--to ID] switch DEST back to an older good release
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.

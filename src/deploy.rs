@@ -25,6 +25,7 @@ use crate::logln;
 use crate::manifest::{self, Manifest, Strategy};
 use crate::record;
 use crate::redeploy;
+use crate::release;
 use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
@@ -242,7 +243,7 @@ fn run_manifest(
 }
 
 /// Runs the hooks of `phase` and records them in `draft`.
-fn run_hooks(
+pub(crate) fn run_hooks(
     draft: &mut record::Draft,
     phase: &'static str,
     commands: &[String],
@@ -254,9 +255,9 @@ fn run_hooks(
 }
 
 /// Counts the bytes read through it (the record's `downloaded_bytes`).
-struct Counting<'a> {
-    inner: &'a mut (dyn Read + Send),
-    count: &'a AtomicU64,
+pub(crate) struct Counting<'a> {
+    pub(crate) inner: &'a mut (dyn Read + Send),
+    pub(crate) count: &'a AtomicU64,
 }
 
 impl Read for Counting<'_> {
@@ -386,6 +387,7 @@ fn deploy(
     let strategy_name = match manifest.sync_strategy {
         Strategy::Rsync => "rsync",
         Strategy::Mv => "mv",
+        Strategy::Release => "release",
     };
     let checksum_hex = checksum.hex().to_ascii_lowercase();
     let wanted = redeploy::Wanted {
@@ -438,6 +440,18 @@ fn deploy(
         }
     }
 
+    if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
+        let ctx = release::Context {
+            draft,
+            state,
+            wanted: &wanted,
+            pre_done,
+        };
+        let deployed = release::deploy(manifest, fetch_opts, hook_env, (src, checksum, dest), ctx)?;
+        logln!("Release {} is live in {}", deployed.id, dest.display());
+        return Ok(());
+    }
+
     // Download, hash and unpack in one pass into a private staging directory beside
     // dest. dest is only read: files it already has as the archive does (size, mtime,
     // mode, owner) are not written at all (rsync strategy; not in a dry run).
@@ -458,6 +472,7 @@ fn deploy(
                 same_owner,
                 label: src.to_string(),
                 reuse_from: reuse.then(|| dest.to_path_buf()),
+                link_unchanged: false,
             };
             logln!("Extract archive: {src} to {}", staging.path().display());
             let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
@@ -538,6 +553,8 @@ fn deploy(
                 write_index(dir, dest, &wanted, exclude_text, &entries);
             }
         }
+        // Handled above (a dry run never gets here either).
+        Strategy::Release => {}
         Strategy::Mv => {
             logln!("Moving {} to {}", staging.path().display(), dest.display());
             let path = staging.keep();
@@ -593,7 +610,7 @@ fn write_index(
 /// file's text (for the index). The file is part of the archive: it is read from
 /// staging, or from `dest` when the unpack left dest's identical copy in place
 /// (`reused`) instead of writing it to staging.
-fn load_filter(
+pub(crate) fn load_filter(
     manifest: &Manifest,
     staging: &Path,
     reused: &sync::KeptFiles,
@@ -641,7 +658,11 @@ fn print_dry_run(manifest: &Manifest, staged: Option<(&Path, &Path, &Filter)>) -
     use std::os::unix::ffi::OsStrExt;
     let mut changes = Vec::new();
     if let Some((staging, dest, filter)) = staged {
-        changes = planned_changes(manifest.sync_strategy, staging, dest, filter)?;
+        let release = match (manifest.sync_strategy, &manifest.dest) {
+            (Strategy::Release, Some(d)) => Some(release::dry_run_target(manifest, d)?),
+            _ => None,
+        };
+        changes = planned_changes(manifest.sync_strategy, staging, dest, filter, release)?;
         let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
         logln!(
             "Dry run: {} to add, {} to update, {} to delete in {}",
@@ -687,6 +708,7 @@ fn planned_changes(
     staging: &Path,
     dest: &Path,
     filter: &Filter,
+    release_dry_run: Option<(Option<PathBuf>, PathBuf)>,
 ) -> Result<Vec<Change>> {
     use sync::{Kind, Op};
     let arrow = |target: &Path| {
@@ -728,6 +750,22 @@ fn planned_changes(
                 tail,
             });
         }
+        return Ok(changes);
+    }
+    if strategy == Strategy::Release {
+        // The new release against the live one, then the switch.
+        let Some(live_or_none) = release_dry_run else {
+            return Ok(Vec::new());
+        };
+        let (live, target) = live_or_none;
+        let empty = tempfile::tempdir().map_err(|e| Error::io("create temp dir", "", e))?;
+        let against = live.unwrap_or_else(|| empty.path().join("none"));
+        let mut changes = planned_changes(Strategy::Rsync, staging, &against, filter, None)?;
+        changes.push(Change {
+            verb: "switch",
+            rel: dest.to_path_buf(),
+            tail: arrow(&target),
+        });
         return Ok(changes);
     }
     let verb = |existing: &Option<Kind>| match existing {
@@ -881,7 +919,7 @@ impl Drop for Staging {
 
 /// `remove_dir_all`, after making directories writable (an archive may hold
 /// read-only directories, which a non-root runner could not empty otherwise).
-fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
+pub(crate) fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
     if std::fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }

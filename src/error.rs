@@ -98,6 +98,10 @@ pub enum Error {
     #[error("sync {path}: changed after the archive was unpacked (by a pre command?)", path = .path.display())]
     Stale { path: PathBuf },
 
+    /// A release deploy, `releases` or `rollback` refused or failed (SPEC §14).
+    #[error("{path}: {msg}", path = .path.display())]
+    Release { path: PathBuf, msg: String },
+
     /// A hook command exited non-zero or was killed.
     #[error("failed: {command} {status}")]
     Hook { command: String, status: String },

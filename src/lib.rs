@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod record;
 pub mod redeploy;
+pub mod release;
 pub mod s3;
 pub mod signature;
 pub mod state;

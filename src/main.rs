@@ -7,6 +7,9 @@ use stretcher::cli::{self, Command};
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(code) = stretcher::release::subcommand(&args) {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let code = match cli::parse(&args) {
         Ok(Command::Version) => {
             println!("stretcher {}", cli::VERSION);

@@ -28,7 +28,12 @@ pub enum Strategy {
     Rsync,
     /// Rename the unpacked tree onto an absent or empty `dest`.
     Mv,
+    /// Unpack into a new release directory and switch the `dest` symlink to it (SPEC §14).
+    Release,
 }
+
+/// `keep_releases` when the manifest does not say (SPEC §14).
+pub const DEFAULT_KEEP_RELEASES: u32 = 5;
 
 /// Hook command lines, each run with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,6 +61,11 @@ pub struct Manifest {
     pub excludes: Vec<String>,
     pub exclude_from: Option<String>,
     pub commands: Commands,
+    /// `keep_releases` (release strategy): at least 1, default 5.
+    pub keep_releases: u32,
+    /// `releases_dir` (release strategy): absolute, normalised, never inside `dest`;
+    /// `DEST.releases` beside dest when not set. `None` for the other strategies.
+    pub releases_dir: Option<PathBuf>,
     /// Keys the manifest has but stretcher does not know (`exclude`, `commands.pree`).
     pub unknown_keys: Vec<String>,
     /// `expires` (RFC 3339): the manifest is refused after this instant (SPEC §15).
@@ -76,6 +86,8 @@ const TOP_KEYS: &[&str] = &[
     "commands",
     "expires",
     "serial",
+    "keep_releases",
+    "releases_dir",
 ];
 const COMMAND_KEYS: &[&str] = &["pre", "post", "success", "failure", "env"];
 
@@ -100,6 +112,8 @@ struct RawManifest {
     commands: Option<RawCommands>,
     expires: Option<String>,
     serial: Option<String>,
+    keep_releases: Option<String>,
+    releases_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,13 +187,25 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
     let sync_strategy = match non_empty(raw.sync_strategy).as_deref() {
         None | Some("rsync") => Strategy::Rsync,
         Some("mv") => Strategy::Mv,
+        Some("release") => Strategy::Release,
         Some(other) => {
             return Err(fail(format!(
-                "invalid strategy name: {other} (expected rsync or mv)"
+                "invalid strategy name: {other} (expected rsync, mv or release)"
             )))
         }
     };
     let dest = dest.map(|d| check_dest(&d)).transpose().map_err(fail)?;
+    let keep_releases = non_empty(raw.keep_releases)
+        .map(|k| parse_keep(&k))
+        .transpose()
+        .map_err(fail)?
+        .unwrap_or(DEFAULT_KEEP_RELEASES);
+    let releases_dir = match (sync_strategy, &dest) {
+        (Strategy::Release, Some(dest)) => {
+            Some(releases_dir(non_empty(raw.releases_dir).as_deref(), dest).map_err(fail)?)
+        }
+        _ => None,
+    };
     let dest_mode = non_empty(raw.dest_mode)
         .map(|m| parse_mode(&m))
         .transpose()
@@ -215,6 +241,8 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
             .transpose()
             .map_err(fail)?,
         commands,
+        keep_releases,
+        releases_dir,
         unknown_keys,
         expires: non_empty(raw.expires)
             .map(|e| parse_expires(&e))
@@ -244,6 +272,36 @@ fn parse_serial(text: &str) -> Result<u64, String> {
     }
     t.parse::<u64>()
         .map_err(|e| format!("serial {text:?} is not an integer >= 0: {e}"))
+}
+
+/// `keep_releases`: a whole number, at least 1.
+fn parse_keep(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "keep_releases {text:?} must be a whole number of at least 1"
+        )),
+    }
+}
+
+/// `releases_dir`, or `DEST.releases` beside dest: absolute, normalised, and neither
+/// dest itself nor inside it (nor a system directory, as for dest).
+fn releases_dir(given: Option<&str>, dest: &std::path::Path) -> Result<PathBuf, String> {
+    let dir = match given {
+        None => {
+            let mut d = dest.as_os_str().to_os_string();
+            d.push(".releases");
+            PathBuf::from(d)
+        }
+        Some(g) => check_dest(g).map_err(|m| m.replacen("dest", "releases_dir", 1))?,
+    };
+    if dir.starts_with(dest) {
+        return Err(format!(
+            "releases_dir {} must not be dest or inside it",
+            dir.display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// `exclude_from` names a file inside the archive: a relative path that stays
@@ -1129,5 +1187,64 @@ mod tests {
             let e = err(&with_src(&format!("expires: {bad}\n")));
             assert!(e.contains("expires") || e.contains("YAML"), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    const URL: &str = "file:///m.yml";
+
+    fn parse_ok(extra: &str) -> Manifest {
+        let yml = format!(
+            "src: app.tar\nchecksum: {}\ndest: /srv/app\n{extra}",
+            "a".repeat(40)
+        );
+        parse(&yml, URL, &|_| None).unwrap_or_else(|e| panic!("{extra}\n=> {e}"))
+    }
+
+    fn parse_err(extra: &str) -> String {
+        let yml = format!(
+            "src: app.tar\nchecksum: {}\ndest: /srv/app\n{extra}",
+            "a".repeat(40)
+        );
+        match parse(&yml, URL, &|_| None) {
+            Err(e) => e.to_string(),
+            Ok(m) => panic!("{extra}\n=> accepted: {m:?}"),
+        }
+    }
+
+    #[test]
+    fn release_strategy_and_its_keys() {
+        let m = parse_ok("sync_strategy: release\n");
+        assert_eq!(m.sync_strategy, Strategy::Release);
+        assert_eq!(m.keep_releases, DEFAULT_KEEP_RELEASES);
+        assert_eq!(m.releases_dir, Some(PathBuf::from("/srv/app.releases")));
+        assert!(m.unknown_keys.is_empty());
+        let m = parse_ok("sync_strategy: release\nkeep_releases: 3\nreleases_dir: /data//rel/\n");
+        assert_eq!(m.keep_releases, 3);
+        assert_eq!(m.releases_dir, Some(PathBuf::from("/data/rel")));
+        // the keys mean nothing to the other strategies
+        assert_eq!(parse_ok("keep_releases: 2\n").releases_dir, None);
+    }
+
+    #[test]
+    fn release_keys_are_validated() {
+        for (extra, needle) in [
+            ("keep_releases: 0", "at least 1"),
+            ("keep_releases: -1", "at least 1"),
+            ("keep_releases: two", "at least 1"),
+            ("releases_dir: rel", "absolute"),
+            ("releases_dir: /srv/app", "inside"),
+            ("releases_dir: /srv/app/releases", "inside"),
+            ("releases_dir: /srv/app/./x/", "inside"),
+            ("releases_dir: /", "root"),
+            ("releases_dir: /var", "system"),
+        ] {
+            let e = parse_err(&format!("sync_strategy: release\n{extra}\n"));
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        assert!(parse_err("sync_strategy: releases\n").contains("invalid strategy"));
     }
 }

@@ -270,6 +270,7 @@ impl Draft {
                 match m.sync_strategy {
                     Strategy::Rsync => "rsync",
                     Strategy::Mv => "mv",
+                    Strategy::Release => "release",
                 }
                 .to_string(),
             );

@@ -49,6 +49,11 @@ pub struct UnpackOptions {
     /// at all but listed in `Staged::reused` (rsync's quick check, done while
     /// unpacking). Only read, never changed.
     pub reuse_from: Option<PathBuf>,
+    /// With `reuse_from`: a file found unchanged is hard-linked from `reuse_from` into
+    /// `into` (and still listed in `Staged::reused`) instead of left out, so `into` is a
+    /// whole tree sharing unchanged inodes with it (the `release` strategy, SPEC §14).
+    /// A link that cannot be made (another filesystem, too many links) is written.
+    pub link_unchanged: bool,
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -781,8 +786,11 @@ impl<'a> Extractor<'a> {
             }
             // The entry's data is skipped by the parser (still read, so a cut stream
             // is still noticed).
-            self.entries += 1;
-            return Ok(());
+            if !self.opts.link_unchanged || self.link_reused(rel, raw)? {
+                self.entries += 1;
+                return Ok(());
+            }
+            self.reused.remove(rel);
         }
         // The size guard counts what is really written: a sparse file's data chunks.
         match &sparse {
@@ -948,6 +956,27 @@ impl<'a> Extractor<'a> {
         same
     }
 
+    /// `link_unchanged`: hard-links the reused `reuse_from/rel` to `into/rel`. False when
+    /// the link cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
+    fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
+        let Some(from) = self.opts.reuse_from.as_deref() else {
+            return Ok(false);
+        };
+        let (src, abs) = (from.join(rel), self.into.join(rel));
+        // linkat without AT_SYMLINK_FOLLOW: `reuse` saw a regular file, never a symlink.
+        let link = |abs: &Path| {
+            nix::unistd::linkat(None, src.as_path(), None, abs, nix::fcntl::AtFlags::empty())
+        };
+        let linked = match link(&abs) {
+            Err(nix::errno::Errno::EEXIST) => {
+                self.remove_existing(rel, &abs, raw)?;
+                link(&abs)
+            }
+            other => other,
+        };
+        Ok(linked.is_ok())
+    }
+
     /// Whether `dest/rel` is a real directory reached through real directories only
     /// (never through a symlink, which the sync would replace).
     fn reuse_dir(&mut self, dest: &Path, rel: &Path) -> bool {
@@ -1027,8 +1056,9 @@ impl<'a> Extractor<'a> {
         self.parents(rel, raw)?;
         // A link to a file kept in dest (not staged) is made to dest's copy: the sync
         // writes it as a file of its own (rsync -a has no -H).
+        let linked = self.opts.link_unchanged;
         let src = match (&self.opts.reuse_from, self.reused.contains_key(&target)) {
-            (Some(dest), true) => dest.join(&target),
+            (Some(dest), true) if !linked => dest.join(&target),
             _ => self.into.join(&target),
         };
         let abs = self.into.join(rel);

@@ -152,6 +152,7 @@ fuzz_target!(|data: &[u8]| {
         same_owner: false,
         label: "fuzz.tar".to_string(),
         reuse_from: None,
+        link_unchanged: false,
     };
     match unpack(&input[..], &stage, &opts) {
         Ok(staged) => assert_eq!(staged.root, stage),

@@ -155,10 +155,7 @@ fn compare(oracle: &Path, got: &Path, since: i64) -> Vec<String> {
 fn deploy(s: &Scratch, manifest: &Path, dry_run: bool) -> crate::util::Run {
     // --force: the redeploy and its dry run take the whole unpack and sync path (not
     // the redeploy that downloads nothing), which is what this corpus checks.
-    let mut cmd = s
-        .stretcher()
-        .limit(Duration::from_secs(120))
-        .arg("--force");
+    let mut cmd = s.stretcher().limit(Duration::from_secs(120)).arg("--force");
     if dry_run {
         cmd = cmd.arg("--dry-run");
     }

@@ -17,6 +17,7 @@ mod metrics_e2e;
 mod proxy;
 mod record;
 mod redeploy;
+mod releases;
 mod rsync_oracle;
 mod s3;
 mod safety;

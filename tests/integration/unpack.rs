@@ -106,6 +106,7 @@ impl Stage {
             same_owner,
             label: "file:///test/app.tar.gz".into(),
             reuse_from: None,
+            link_unchanged: false,
         };
         unpack(archive, &self.into, &opts)
     }
@@ -696,6 +697,7 @@ fn unchanged_files_are_listed_not_written() {
         same_owner: false,
         label: "t".into(),
         reuse_from: Some(dest.clone()),
+        link_unchanged: false,
     };
     let staged = unpack(&gz(&tar)[..], &st.into, &opts).unwrap();
     // the unchanged file is listed, not written; everything else is written
