@@ -127,25 +127,13 @@ impl Entry {
         let mut p = if self.path.is_empty() {
             ".".to_string()
         } else {
-            escape(&self.path)
+            crate::log::shown(&self.path)
         };
         if self.kind == Kind::Dir {
             p.push('/');
         }
         p
     }
-}
-
-/// Path bytes as text: UTF-8 as it is, any other byte as `\xNN` (SPEC §9).
-pub fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        s.push_str(chunk.valid());
-        for b in chunk.invalid() {
-            s.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    s
 }
 
 fn kind_code(k: Kind) -> u8 {

@@ -64,6 +64,25 @@ pub fn reset() {
     buffer().clear();
 }
 
+/// A name or path as shown to the user (SPEC §9): as it is when UTF-8, each byte of
+/// an invalid sequence as `\xNN` otherwise (never `?` or U+FFFD).
+pub fn shown(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// [`shown`] of a path's bytes.
+pub fn shown_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    shown(path.as_os_str().as_bytes())
+}
+
 /// `logln!("downloaded {} bytes", n)`: format and log one message.
 #[macro_export]
 macro_rules! logln {
@@ -89,5 +108,13 @@ mod tests {
         }
         assert!(tail[1].ends_with(" first"));
         assert!(tail[0].ends_with(" second"));
+    }
+
+    #[test]
+    fn names_are_shown_escaped_only_where_not_utf8() {
+        assert_eq!(shown("café ☃".as_bytes()), "café ☃");
+        assert_eq!(shown(b"caf\xe9/x"), "caf\\xe9/x");
+        assert_eq!(shown(b"\xff\xfe"), "\\xff\\xfe");
+        assert_eq!(shown(b"a\xe2\x98"), "a\\xe2\\x98");
     }
 }

@@ -278,14 +278,16 @@ impl fmt::Display for Action {
         } else {
             &self.rel
         };
-        let rel = rel.display();
+        let rel = crate::log::shown_path(rel);
         match &self.op {
             Op::Delete { dest } if dest.kind == Kind::Dir => write!(f, "deleting {rel}/"),
             Op::Delete { .. } => write!(f, "deleting {rel}"),
             Op::KeepNonEmpty { .. } => write!(f, "cannot delete non-empty directory: {rel}"),
             Op::MakeDir { .. } => write!(f, "{rel}/"),
             Op::CopyFile { .. } | Op::MakeSpecial { .. } => write!(f, "{rel}"),
-            Op::MakeSymlink { target, .. } => write!(f, "{rel} -> {}", target.display()),
+            Op::MakeSymlink { target, .. } => {
+                write!(f, "{rel} -> {}", crate::log::shown_path(target))
+            }
             Op::Keep { .. } => write!(f, "{rel} is uptodate"),
             Op::DirAttrs { .. } => write!(f, "{rel}/ attributes"),
         }
@@ -1003,7 +1005,12 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
             let mut chowned = false;
             if opts.preserve_owner && (src.uid, src.gid) != (dest.uid, dest.gid) {
                 if v >= 3 {
-                    crate::logln!("{}: owner {}:{}", a.rel.display(), src.uid, src.gid);
+                    crate::logln!(
+                        "{}: owner {}:{}",
+                        crate::log::shown_path(&a.rel),
+                        src.uid,
+                        src.gid
+                    );
                 }
                 std::os::unix::fs::lchown(&path, Some(src.uid), Some(src.gid))
                     .ctx("lchown", &path)?;
@@ -1015,7 +1022,11 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
                 }
             } else if chowned || src.perms() != dest.perms() {
                 if v >= 3 {
-                    crate::logln!("{}: mode {:04o}", a.rel.display(), src.perms());
+                    crate::logln!(
+                        "{}: mode {:04o}",
+                        crate::log::shown_path(&a.rel),
+                        src.perms()
+                    );
                 }
                 fs::set_permissions(&path, Permissions::from_mode(src.perms()))
                     .ctx("chmod", &path)?;
@@ -1032,7 +1043,11 @@ fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> 
             let writable_fix = *dirty && dest.is_some_and(|d| d.perms() & 0o700 != 0o700);
             if chown || writable_fix || dest.is_none_or(|d| d.perms() != src.perms()) {
                 if v >= 3 {
-                    crate::logln!("{}/: mode {:04o}", a.rel.display(), src.perms());
+                    crate::logln!(
+                        "{}/: mode {:04o}",
+                        crate::log::shown_path(&a.rel),
+                        src.perms()
+                    );
                 }
                 fs::set_permissions(&path, Permissions::from_mode(src.perms()))
                     .ctx("chmod", &path)?;

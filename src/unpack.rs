@@ -34,6 +34,7 @@ use filetime::FileTime;
 use tar::EntryType;
 
 use crate::error::Error;
+use crate::log::shown;
 use crate::Result;
 
 /// How to unpack.
@@ -1416,19 +1417,6 @@ fn link_target(raw: &[u8]) -> std::result::Result<(PathBuf, bool), Refusal> {
 
 // ---- errors ----
 
-/// A name as shown to the user (SPEC §9): as it is when UTF-8, each byte of an invalid
-/// sequence as `\xNN` otherwise (never `?` or U+FFFD).
-pub fn shown(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for chunk in raw.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
 fn fail(raw: &[u8], msg: impl Into<String>) -> Error {
     Error::Entry {
         entry: shown(raw),
@@ -1582,15 +1570,6 @@ mod tests {
         assert_eq!(sniff(b"hello"), Format::Tar);
         assert_eq!(sniff(&[0x1f]), Format::Tar);
         assert_eq!(sniff(&[]), Format::Tar);
-    }
-
-    #[test]
-    fn names_are_shown_as_utf8_or_escaped() {
-        assert_eq!(shown("café ☃".as_bytes()), "café ☃");
-        assert_eq!(shown(b"caf\xe9/x"), "caf\\xe9/x");
-        assert_eq!(shown(b"\xff\xfe"), "\\xff\\xfe");
-        // a truncated UTF-8 sequence: each byte escaped
-        assert_eq!(shown(b"a\xe2\x98"), "a\\xe2\\x98");
     }
 
     fn header_with_mtime(field: [u8; 12]) -> tar::Header {

@@ -340,7 +340,13 @@ fn non_utf8_names_deploy_end_to_end() {
     let (a1, a2) = (s.file("v1.tar", &v1), s.file("v2.tar", &v2));
     let m1 = s.manifest("m1.yml", &manifest_for(&a1, &s.dest(), ""));
     let m2 = s.manifest("m2.yml", &manifest_for(&a2, &s.dest(), ""));
-    s.stretcher().arg(&m1).run().assert_ok();
+    // The -v lines show non-UTF-8 bytes as \xNN (SPEC §9), never U+FFFD.
+    let run = s.stretcher().arg(&m1).run();
+    run.assert_ok()
+        .assert_log("caf\\xe9.txt")
+        .assert_log("d\\xff/inner\\x80")
+        .assert_log("l\\xfe -> caf\\xe9.txt");
+    assert!(!run.stderr.contains('\u{fffd}'), "{}", run.stderr);
     let p = |b: &[u8]| s.dest().join(OsStr::from_bytes(b));
     assert_eq!(std::fs::read(p(b"caf\xe9.txt")).unwrap(), b"v1");
     assert_eq!(std::fs::read(p(b"d\xff/inner\x80")).unwrap(), b"inner");
@@ -370,7 +376,8 @@ fn non_utf8_names_deploy_end_to_end() {
     let want: &[u8] = b"delete d\xff/inner\x80\ndelete d\xff/\nupdate caf\xe9.txt\nupdate l\xfe -> n\xe8w\nadd n\xe8w\n";
     assert_eq!(out.stdout, want, "{}", String::from_utf8_lossy(&out.stdout));
 
-    s.stretcher().arg(&m2).run().assert_ok();
+    let run = s.stretcher().arg(&m2).run();
+    run.assert_ok().assert_log("deleting d\\xff/");
     redeploy(&s, &m2);
     assert_eq!(std::fs::read(p(b"caf\xe9.txt")).unwrap(), b"v2 longer");
     assert_eq!(std::fs::read(p(b"n\xe8w")).unwrap(), b"new");
@@ -452,7 +459,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 
     // The real run does what the dry run said.
-    s.stretcher().arg(&m2).run().assert_ok();
+    let run = s.stretcher().arg(&m2).run();
+    run.assert_ok().assert_log("deleting d\\xff/");
     redeploy(&s, &m2);
     assert_eq!(std::fs::read(s.dest().join("dir/change")).unwrap(), b"new!");
     assert!(!s.dest().join("gone").exists());
