@@ -352,7 +352,9 @@ fn sigkill_at_random_points_never_leaves_a_partial_file() {
     let (mut temps, mut staging_left) = (0, 0);
     let mut done = 0;
     for i in 0..KILL_POINTS {
-        if began.elapsed() > Duration::from_secs(90) {
+        // Bounded in time, with room for a loaded 2-core machine (every kill point
+        // also redeploys and writes an index now).
+        if began.elapsed() > Duration::from_secs(240) {
             assert!(
                 i >= MIN_KILL_POINTS,
                 "out of time after {i} kill points ({:?})",
