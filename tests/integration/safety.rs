@@ -459,8 +459,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 
     // The real run does what the dry run said.
-    let run = s.stretcher().arg(&m2).run();
-    run.assert_ok().assert_log("deleting d\\xff/");
+    s.stretcher().arg(&m2).run().assert_ok();
     redeploy(&s, &m2);
     assert_eq!(std::fs::read(s.dest().join("dir/change")).unwrap(), b"new!");
     assert!(!s.dest().join("gone").exists());
