@@ -65,25 +65,15 @@ pub struct Location {
 
 /// Splits `gs://bucket/object`. The object name is kept verbatim (see the module doc).
 pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("gs") => rest,
-        _ => return Err("not a gs:// URL".into()),
-    };
-    let (bucket, object) = rest
-        .split_once('/')
-        .ok_or("no object name (expected gs://bucket/object)")?;
-    if bucket.is_empty() {
-        return Err("no bucket name (expected gs://bucket/object)".into());
-    }
-    if !bucket
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    {
-        return Err(format!("invalid bucket name {bucket:?}"));
-    }
-    if object.is_empty() {
-        return Err("no object name (expected gs://bucket/object)".into());
-    }
+    let (bucket, object) = crate::bucket_url::split(
+        url,
+        &crate::bucket_url::Form {
+            scheme: "gs",
+            other_scheme: "not a gs:// URL",
+            name: "object name",
+            shape: "gs://bucket/object",
+        },
+    )?;
     if object.contains(['\r', '\n']) {
         return Err("object names cannot contain line breaks".into());
     }
@@ -93,17 +83,16 @@ pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
     })
 }
 
+/// RFC 3986's unreserved characters: every other byte is percent-encoded (`/` too).
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes every byte but RFC 3986's unreserved ones (`/` too).
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 fn nonempty(v: Option<String>) -> Option<String> {

@@ -16,6 +16,7 @@
 //! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
 //! `dest`, only `hooks` starts processes, only `fetch` reads sources.
 
+mod bucket_url;
 pub mod cli;
 pub mod deploy;
 pub mod drift;

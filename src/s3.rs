@@ -48,25 +48,15 @@ pub struct Location {
 
 /// Splits `s3://bucket/key`. The key is kept verbatim (see the module doc).
 pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("s3") => rest,
-        _ => return Err("not an s3:// URL".into()),
-    };
-    let (bucket, key) = rest
-        .split_once('/')
-        .ok_or("no object key (expected s3://bucket/key)")?;
-    if bucket.is_empty() {
-        return Err("no bucket name (expected s3://bucket/key)".into());
-    }
-    if !bucket
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    {
-        return Err(format!("invalid bucket name {bucket:?}"));
-    }
-    if key.is_empty() {
-        return Err("no object key (expected s3://bucket/key)".into());
-    }
+    let (bucket, key) = crate::bucket_url::split(
+        url,
+        &crate::bucket_url::Form {
+            scheme: "s3",
+            other_scheme: "not an s3:// URL",
+            name: "object key",
+            shape: "s3://bucket/key",
+        },
+    )?;
     // A presigned URL is a URL path: `.`/`..` segments would be folded away and a
     // leading `/` would replace the bucket, so such keys cannot be asked for safely.
     if key.starts_with('/') || key.split('/').any(|s| s == "." || s == "..") {
