@@ -118,10 +118,11 @@ fn benches(c: &mut Criterion) {
                 let opts = UnpackOptions {
                     same_owner: false,
                     label: "bench".into(),
-                    reuse_from: Some(dest.clone()),
                     link_unchanged: false,
                 };
-                let staged = unpack::unpack(&archive[..], &staging, &opts).expect("unpack");
+                let mut probe = sync::DestProbe::new(&dest);
+                let staged = unpack::unpack(&archive[..], &staging, &opts, Some(&mut probe))
+                    .expect("unpack");
                 assert_eq!(staged.reused.len(), TOP * SUB * FILES);
                 let p =
                     sync::plan_kept(&staging, &dest, &filter, &staged.reused, false).expect("plan");

@@ -471,11 +471,12 @@ fn deploy(
             let unpack_opts = UnpackOptions {
                 same_owner,
                 label: src.to_string(),
-                reuse_from: reuse.then(|| dest.to_path_buf()),
                 link_unchanged: false,
             };
+            let mut probe = sync::DestProbe::new(dest);
+            let probe = reuse.then_some(&mut probe as &mut dyn unpack::Unchanged);
             logln!("Extract archive: {src} to {}", staging.path().display());
-            let staged = unpack::unpack(reader, staging.path(), &unpack_opts)?;
+            let staged = unpack::unpack(reader, staging.path(), &unpack_opts, probe)?;
             Ok((staging, staged))
         })
     };

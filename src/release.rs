@@ -537,11 +537,14 @@ pub fn deploy(
         let unpack_opts = UnpackOptions {
             same_owner,
             label: src.to_string(),
-            reuse_from: live.as_ref().map(|l| dir.join(l)),
             link_unchanged: true,
         };
+        let mut probe = live
+            .as_ref()
+            .map(|l| crate::sync::DestProbe::new(dir.join(l)));
+        let probe = probe.as_mut().map(|p| p as &mut dyn unpack::Unchanged);
         logln!("Extract archive: {src} to {}", partial_path.display());
-        let staged = unpack::unpack(reader, &partial_path, &unpack_opts)?;
+        let staged = unpack::unpack(reader, &partial_path, &unpack_opts, probe)?;
         Ok((partial, staged))
     });
     draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));

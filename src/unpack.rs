@@ -45,16 +45,35 @@ pub struct UnpackOptions {
     pub same_owner: bool,
     /// The archive's URL as the user wrote it, for error messages.
     pub label: String,
-    /// The current `dest`: a regular file entry whose size, mtime (seconds), mode (and
-    /// owner, with `same_owner`) match the file at the same path in it is not written
-    /// at all but listed in `Staged::reused` (rsync's quick check, done while
-    /// unpacking). Only read, never changed.
-    pub reuse_from: Option<PathBuf>,
-    /// With `reuse_from`: a file found unchanged is hard-linked from `reuse_from` into
-    /// `into` (and still listed in `Staged::reused`) instead of left out, so `into` is a
-    /// whole tree sharing unchanged inodes with it (the `release` strategy, SPEC §14).
-    /// A link that cannot be made (another filesystem, too many links) is written.
+    /// With an [`Unchanged`] probe: a file it finds unchanged is hard-linked from the
+    /// path it answers into `into` (and still listed in `Staged::reused`) instead of
+    /// left out, so `into` is a whole tree sharing unchanged inodes with that tree (the
+    /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
+    /// too many links) is written.
     pub link_unchanged: bool,
+}
+
+/// A regular file entry's attributes as the unpack would write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttrs {
+    /// The file's size as tar extracts it (a sparse member's logical size).
+    pub size: u64,
+    /// Modification time, whole seconds.
+    pub mtime: i64,
+    /// Permission bits (& 0o7777).
+    pub mode: u32,
+    /// The archive's owner when owners are preserved.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Asked before each regular file entry is written: rsync's quick check done while
+/// unpacking, against a tree the unpack does not know (deploy wires it to
+/// `sync::quick`, against `dest` or the live release).
+pub trait Unchanged {
+    /// The path of an existing regular file equal to the entry at `rel` by size,
+    /// mtime seconds, mode (and owner when given): the entry is then not written but
+    /// listed in `Staged::reused`. Any doubt must answer `None` ("write it").
+    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<PathBuf>;
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -66,8 +85,9 @@ pub struct Staged {
     pub root_mode: Option<u32>,
     /// Entries written (files, dirs, links), for the log.
     pub entries: u64,
-    /// Files left out of staging because `reuse_from` has them as the archive does.
-    pub reused: crate::sync::KeptFiles,
+    /// Files left out of staging because the [`Unchanged`] probe found them as the
+    /// archive has them, with the archive's attributes.
+    pub reused: HashMap<PathBuf, FileAttrs>,
 }
 
 /// Bytes read ahead to recognise the compression format.
@@ -214,7 +234,15 @@ impl<R: io::BufRead> Read for GzMembers<R> {
 /// Two threads share the work: one reads `reader` (where the caller hashes) and
 /// decompresses, the other parses tar and creates files; at most
 /// `CHUNKS_IN_FLIGHT` chunks of `CHUNK` bytes are in between, whatever the size.
-pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) -> Result<Staged> {
+///
+/// `unchanged`, when given, is asked before each regular file is written (see
+/// [`Unchanged`]).
+pub fn unpack<R: Read + Send>(
+    mut reader: R,
+    into: &Path,
+    opts: &UnpackOptions,
+    unchanged: Option<&mut dyn Unchanged>,
+) -> Result<Staged> {
     let mut magic = [0u8; MAGIC_LEN];
     let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
     let input = io::BufReader::with_capacity(INPUT_BUF, (&magic[..n]).chain(reader));
@@ -238,7 +266,7 @@ pub fn unpack<R: Read + Send>(mut reader: R, into: &Path, opts: &UnpackOptions) 
                 (Some(reader), producer)
             }
         };
-        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts, format);
+        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts, format, unchanged);
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
@@ -361,12 +389,13 @@ fn extract<R: Read>(
     into: &Path,
     opts: &UnpackOptions,
     format: Format,
+    unchanged: Option<&mut dyn Unchanged>,
 ) -> Result<Staged> {
     let mut archive = tar::Archive::new(EofTracker {
         inner: stream,
         hit_eof: false,
     });
-    let mut x = Extractor::new(into, opts);
+    let mut x = Extractor::new(into, opts, unchanged);
     // The last member read, for errors in the header that follows it.
     let mut last: Option<Vec<u8>> = None;
     for entry in archive.entries().map_err(|e| corrupt(opts, &e))? {
@@ -553,9 +582,10 @@ struct DirFix {
     owner: Option<(u32, u32)>,
 }
 
-struct Extractor<'a> {
+struct Extractor<'a, 'u> {
     into: &'a Path,
     opts: &'a UnpackOptions,
+    unchanged: Option<&'u mut dyn Unchanged>,
     buf: Vec<u8>,
     /// Relative paths known to be real directories (never symlinks) below `into`:
     /// created or checked by us, so parents need no syscall to be trusted.
@@ -570,10 +600,9 @@ struct Extractor<'a> {
     warned_absolute: bool,
     root_mode: Option<u32>,
     entries: u64,
-    /// Directories below `reuse_from` already checked: true when a real directory
-    /// (reached through real directories only), so files in it may be reused.
-    reuse_dirs: HashMap<PathBuf, bool>,
-    reused: crate::sync::KeptFiles,
+    reused: HashMap<PathBuf, FileAttrs>,
+    /// Where each reused file is (the probe's answer), for hard links to it.
+    kept_at: HashMap<PathBuf, PathBuf>,
     /// The size guard: (bytes available to unprivileged users, fragment size) of the
     /// staging filesystem when the unpack started, and the bytes of file content
     /// written so far, each file rounded up to whole fragments.
@@ -581,11 +610,16 @@ struct Extractor<'a> {
     to_write: u64,
 }
 
-impl<'a> Extractor<'a> {
-    fn new(into: &'a Path, opts: &'a UnpackOptions) -> Self {
+impl<'a, 'u> Extractor<'a, 'u> {
+    fn new(
+        into: &'a Path,
+        opts: &'a UnpackOptions,
+        unchanged: Option<&'u mut dyn Unchanged>,
+    ) -> Self {
         Extractor {
             into,
             opts,
+            unchanged,
             buf: vec![0; COPY_BUF],
             dirs: HashSet::new(),
             fixes: HashMap::new(),
@@ -595,8 +629,8 @@ impl<'a> Extractor<'a> {
             warned_absolute: false,
             root_mode: None,
             entries: 0,
-            reuse_dirs: HashMap::new(),
             reused: HashMap::new(),
+            kept_at: HashMap::new(),
             space: free_space(into),
             to_write: 0,
         }
@@ -656,6 +690,7 @@ impl<'a> Extractor<'a> {
         if !self.reused.is_empty() {
             // A later entry for the same path replaces the one found unchanged.
             self.reused.remove(&rel);
+            self.kept_at.remove(&rel);
         }
         if rel.as_os_str().is_empty() {
             if kind != EntryType::Directory {
@@ -792,6 +827,7 @@ impl<'a> Extractor<'a> {
                 return Ok(());
             }
             self.reused.remove(rel);
+            self.kept_at.remove(rel);
         }
         // The size guard counts what is really written: a sparse file's data chunks.
         match &sparse {
@@ -925,46 +961,34 @@ impl<'a> Extractor<'a> {
         Ok(Some(Sparse { size, chunks }))
     }
 
-    /// Lists `rel` as kept (not written) when `reuse_from/rel` is a regular file equal
-    /// by size, mtime seconds, mode (and owner) to the entry. Any doubt means "write it".
+    /// Lists `rel` as kept (not written) when the [`Unchanged`] probe finds it as the
+    /// entry has it.
     fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Some(dest) = self.opts.reuse_from.as_deref() else {
+        let Some(probe) = self.unchanged.as_deref_mut() else {
             return false;
         };
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        if !self.reuse_dir(dest, parent) {
-            return false;
-        }
-        let Ok(m) = fs::symlink_metadata(dest.join(rel)) else {
+        let attrs = FileAttrs {
+            size,
+            mtime: meta.mtime.unix_seconds(),
+            mode: meta.mode,
+            owner: meta.owner,
+        };
+        let Some(at) = probe.find(rel, &attrs) else {
             return false;
         };
-        let mtime = meta.mtime.unix_seconds();
-        let same = m.file_type().is_file()
-            && m.size() == size
-            && m.mtime() == mtime
-            && m.mode() & 0o7777 == meta.mode
-            && meta.owner.is_none_or(|(u, g)| (m.uid(), m.gid()) == (u, g));
-        if same {
-            let kept = crate::sync::Kept {
-                size,
-                mtime,
-                mode: meta.mode,
-                owner: meta.owner,
-            };
-            self.reused.insert(rel.to_path_buf(), kept);
-        }
-        same
+        self.reused.insert(rel.to_path_buf(), attrs);
+        self.kept_at.insert(rel.to_path_buf(), at);
+        true
     }
 
-    /// `link_unchanged`: hard-links the reused `reuse_from/rel` to `into/rel`. False when
-    /// the link cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
+    /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
+    /// cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
     fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
-        let Some(from) = self.opts.reuse_from.as_deref() else {
+        let Some(src) = self.kept_at.get(rel).cloned() else {
             return Ok(false);
         };
-        let (src, abs) = (from.join(rel), self.into.join(rel));
-        // linkat without AT_SYMLINK_FOLLOW: `reuse` saw a regular file, never a symlink.
+        let abs = self.into.join(rel);
+        // linkat without AT_SYMLINK_FOLLOW: the probe saw a regular file, never a symlink.
         let link = |abs: &Path| {
             nix::unistd::linkat(None, src.as_path(), None, abs, nix::fcntl::AtFlags::empty())
         };
@@ -976,24 +1000,6 @@ impl<'a> Extractor<'a> {
             other => other,
         };
         Ok(linked.is_ok())
-    }
-
-    /// Whether `dest/rel` is a real directory reached through real directories only
-    /// (never through a symlink, which the sync would replace).
-    fn reuse_dir(&mut self, dest: &Path, rel: &Path) -> bool {
-        if let Some(&ok) = self.reuse_dirs.get(rel) {
-            return ok;
-        }
-        let ok = match rel.parent() {
-            // dest itself may be a symlink to a directory (rsync's `DEST/` follows it).
-            None => fs::metadata(dest).is_ok_and(|m| m.is_dir()),
-            Some(parent) => {
-                self.reuse_dir(dest, parent)
-                    && fs::symlink_metadata(dest.join(rel)).is_ok_and(|m| m.is_dir())
-            }
-        };
-        self.reuse_dirs.insert(rel.to_path_buf(), ok);
-        ok
     }
 
     fn dir(&mut self, rel: &Path, raw: &[u8], meta: Meta) -> Result<()> {
@@ -1057,9 +1063,8 @@ impl<'a> Extractor<'a> {
         self.parents(rel, raw)?;
         // A link to a file kept in dest (not staged) is made to dest's copy: the sync
         // writes it as a file of its own (rsync -a has no -H).
-        let linked = self.opts.link_unchanged;
-        let src = match (&self.opts.reuse_from, self.reused.contains_key(&target)) {
-            (Some(dest), true) if !linked => dest.join(&target),
+        let src = match self.kept_at.get(&target) {
+            Some(kept) if !self.opts.link_unchanged => kept.clone(),
             _ => self.into.join(&target),
         };
         let abs = self.into.join(rel);

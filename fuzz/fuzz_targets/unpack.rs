@@ -151,10 +151,9 @@ fuzz_target!(|data: &[u8]| {
     let opts = UnpackOptions {
         same_owner: false,
         label: "fuzz.tar".to_string(),
-        reuse_from: None,
         link_unchanged: false,
     };
-    match unpack(&input[..], &stage, &opts) {
+    match unpack(&input[..], &stage, &opts, None) {
         Ok(staged) => assert_eq!(staged.root, stage),
         Err(e) => {
             let _ = e.to_string();

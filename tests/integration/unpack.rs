@@ -105,10 +105,9 @@ impl Stage {
         let opts = UnpackOptions {
             same_owner,
             label: "file:///test/app.tar.gz".into(),
-            reuse_from: None,
             link_unchanged: false,
         };
-        unpack(archive, &self.into, &opts)
+        unpack(archive, &self.into, &opts, None)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -696,10 +695,10 @@ fn unchanged_files_are_listed_not_written() {
     let opts = UnpackOptions {
         same_owner: false,
         label: "t".into(),
-        reuse_from: Some(dest.clone()),
         link_unchanged: false,
     };
-    let staged = unpack(&gz(&tar)[..], &st.into, &opts).unwrap();
+    let mut probe = stretcher::sync::DestProbe::new(&dest);
+    let staged = unpack(&gz(&tar)[..], &st.into, &opts, Some(&mut probe)).unwrap();
     // the unchanged file is listed, not written; everything else is written
     assert!(!st.path("same.txt").exists());
     let kept: Vec<_> = staged.reused.iter().collect();
