@@ -36,7 +36,7 @@ use crate::record;
 use crate::redeploy;
 use crate::release;
 use crate::signature;
-use crate::staging::{make_writable_and_remove, Staging, Workspace};
+use crate::staging::{load_filter, make_writable_and_remove, Staging, Workspace};
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, Staged, UnpackOptions};
@@ -862,40 +862,6 @@ fn write_index(
     let key = record::key_for_dest(dest);
     if let Err(e) = crate::index::write(state, &key, &header, entries) {
         logln!("warning: cannot write the deploy index: {e}");
-    }
-}
-
-/// The manifest's `excludes` after the rules of its `exclude_from` file, and that
-/// file's text (for the index). The file is part of the archive: it is read from
-/// staging, or from `dest` when the unpack left dest's identical copy in place
-/// (`reused`) instead of writing it to staging.
-pub(crate) fn load_filter(
-    manifest: &Manifest,
-    staging: &Path,
-    reused: &sync::KeptFiles,
-    dest: &Path,
-) -> Result<(Filter, Option<String>)> {
-    match &manifest.exclude_from {
-        Some(name) => {
-            // manifest validation keeps the name relative and free of `..`; the
-            // unpack names its entries without `.` components.
-            let rel: PathBuf = Path::new(name)
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
-            let path = if reused.contains_key(&rel) {
-                dest.join(&rel)
-            } else {
-                staging.join(&rel)
-            };
-            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
-                path: PathBuf::from(name),
-                msg: format!("exclude_from file is not in the archive: {e}"),
-            })?;
-            let filter = Filter::from_bytes(Some(&rules), &manifest.excludes)?;
-            Ok((filter, Some(String::from_utf8_lossy(&rules).into_owned())))
-        }
-        None => Ok((Filter::new(None, &manifest.excludes)?, None)),
     }
 }
 

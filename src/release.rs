@@ -558,7 +558,7 @@ pub fn deploy(
     );
     // Unchanged files are hard links in the partial release: every rule file is there.
     let (filter, exclude_text) =
-        crate::deploy::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
+        crate::staging::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
     let excluded = remove_excluded(&partial_path, &filter)?;
     if excluded > 0 {
         logln!("Left {excluded} excluded entries out of release {id}");

@@ -6,7 +6,9 @@
 //! filesystem, so the sync renames out of it; in `$TMPDIR` when dest's parent is not
 //! writable, see `state::work_dir`), the recognition by exact name and the
 //! removal of what a killed run for the same `dest` left there, and the removal of the
-//! staging directory on drop, read-only directories included.
+//! staging directory on drop, read-only directories included. It also reads the
+//! `exclude_from` rule file out of a staged tree (`load_filter`): the file is part of
+//! the archive, so it is in staging (or left in dest as unchanged).
 //!
 //! It must never write `dest`, nor anything inside the staged tree (the unpack fills
 //! it); it creates, hands over and removes the directory, and removes only names that
@@ -17,8 +19,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::logln;
+use crate::manifest::Manifest;
 use crate::state;
+use crate::sync;
 
 /// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
 /// renames are atomic), named `.stretcher-<dest name>.XXXXXX.staging`.
@@ -154,6 +159,40 @@ pub(crate) fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(path)
 }
 
+/// The manifest's `excludes` after the rules of its `exclude_from` file, and that
+/// file's text (for the index). The file is part of the archive: it is read from
+/// staging, or from `dest` when the unpack left dest's identical copy in place
+/// (`reused`) instead of writing it to staging.
+pub(crate) fn load_filter(
+    manifest: &Manifest,
+    staging: &Path,
+    reused: &sync::KeptFiles,
+    dest: &Path,
+) -> Result<(Filter, Option<String>)> {
+    match &manifest.exclude_from {
+        Some(name) => {
+            // manifest validation keeps the name relative and free of `..`; the
+            // unpack names its entries without `.` components.
+            let rel: PathBuf = Path::new(name)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            let path = if reused.contains_key(&rel) {
+                dest.join(&rel)
+            } else {
+                staging.join(&rel)
+            };
+            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
+                path: PathBuf::from(name),
+                msg: format!("exclude_from file is not in the archive: {e}"),
+            })?;
+            let filter = Filter::from_bytes(Some(&rules), &manifest.excludes)?;
+            Ok((filter, Some(String::from_utf8_lossy(&rules).into_owned())))
+        }
+        None => Ok((Filter::new(None, &manifest.excludes)?, None)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +254,63 @@ mod tests {
         for name in others {
             assert!(p.join(name).is_dir(), "{name}");
         }
+    }
+
+    fn manifest(extra: &str) -> Manifest {
+        let text = format!(
+            "src: http://127.0.0.1/a.tar\nchecksum: {}\ndest: /srv/app\nexcludes: [\"*.log\"]\n{extra}",
+            "0".repeat(64)
+        );
+        crate::manifest::parse(&text, "http://127.0.0.1/m.yml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn filter_rules_are_read_from_staging_or_from_the_dest_copy_left_in_place() {
+        let root = tempfile::tempdir().unwrap();
+        let (staging, dest) = (root.path().join("staging"), root.path().join("dest"));
+        std::fs::create_dir_all(staging.join("conf")).unwrap();
+        std::fs::create_dir_all(dest.join("conf")).unwrap();
+        std::fs::write(staging.join("conf/rules"), b"/cache\n").unwrap();
+        std::fs::write(dest.join("conf/rules"), b"/tmp\n").unwrap();
+        let m = manifest("exclude_from: ./conf/rules\n");
+
+        let none = sync::KeptFiles::default();
+        let (filter, text) = load_filter(&m, &staging, &none, &dest).unwrap();
+        assert_eq!(text.as_deref(), Some("/cache\n"));
+        assert!(filter.is_excluded(Path::new("cache"), true));
+        assert!(!filter.is_excluded(Path::new("tmp"), true));
+        assert!(filter.is_excluded(Path::new("x.log"), false));
+
+        // the unpack left dest's identical copy in place instead of writing staging
+        let mut reused = sync::KeptFiles::default();
+        let attrs = crate::unpack::FileAttrs {
+            size: 5,
+            mtime: 0,
+            mode: 0o644,
+            owner: None,
+        };
+        reused.insert(PathBuf::from("conf/rules"), attrs);
+        let (filter, text) = load_filter(&m, &staging, &reused, &dest).unwrap();
+        assert_eq!(text.as_deref(), Some("/tmp\n"));
+        assert!(filter.is_excluded(Path::new("tmp"), true));
+        assert!(!filter.is_excluded(Path::new("cache"), true));
+    }
+
+    #[test]
+    fn a_missing_rule_file_is_an_error_and_no_rule_file_reads_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let none = sync::KeptFiles::default();
+        let m = manifest("exclude_from: rules\n");
+        let err = load_filter(&m, root.path(), &none, root.path()).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("exclude_from file is not in the archive"),
+            "{err}"
+        );
+        assert!(err.contains("rules"), "{err}");
+
+        let (filter, text) = load_filter(&manifest(""), root.path(), &none, root.path()).unwrap();
+        assert_eq!(text, None);
+        assert!(filter.is_excluded(Path::new("a.log"), false));
     }
 }
