@@ -11,8 +11,9 @@
 //! the archive, so it is in staging (or left in dest as unchanged).
 //!
 //! It must never write `dest`, nor anything inside the staged tree (the unpack fills
-//! it); it creates, hands over and removes the directory, and removes only names that
-//! are exactly its own.
+//! it; `Staging::set_mode` sets the root's mode, the one exception); it creates, hands
+//! over and removes the directory, and removes only names that are exactly its own.
+//! `make_writable_and_remove` is also how `release` removes a release's tree.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
