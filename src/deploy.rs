@@ -410,9 +410,8 @@ fn finish(commands: &[String], env: &HookEnv, which: &str) {
     }
 }
 
-/// The deploy proper: everything between a valid manifest and the final hooks.
-/// dest's lock is held, and the workspace beside it, from the leftover removal to
-/// the end of `post`.
+/// The deploy proper: everything between a valid manifest and the final hooks. It
+/// holds dest's lock from before the leftover removal to the end of `post`.
 fn deploy(
     manifest: &Manifest,
     opts: &Options,
