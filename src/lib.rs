@@ -38,6 +38,7 @@ pub mod redeploy;
 pub mod release;
 pub mod s3;
 pub mod signature;
+mod staging;
 pub mod state;
 pub mod status;
 pub mod sync;
