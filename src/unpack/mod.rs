@@ -42,16 +42,14 @@ mod pipe;
 mod tar_read;
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use crate::Result;
 
-use self::errors::{archive_error, chain, corrupt};
-use self::format::{decoder, sniff, Format, MAGIC_LEN};
-use self::pipe::{pump, read_up_to, ChunkReader, CHUNKS_IN_FLIGHT, INPUT_BUF};
-use self::tar_read::extract;
+use self::errors::corrupt;
+use self::format::{sniff, MAGIC_LEN};
+use self::pipe::read_up_to;
 
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
@@ -109,9 +107,9 @@ pub struct Staged {
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an
 /// existing, empty, private directory (the staging dir). Writes only below `into`.
 ///
-/// Two threads share the work: one reads `reader` (where the caller hashes) and
-/// decompresses, the other parses tar and creates files; at most
-/// `CHUNKS_IN_FLIGHT` chunks of `CHUNK` bytes are in between, whatever the size.
+/// Threads share the work (see `pipe`): one reads `reader` (where the caller hashes),
+/// one decompresses (for a compressed archive), and the calling thread parses tar and
+/// creates files; a bounded number of chunks is in between, whatever the size.
 ///
 /// `unchanged`, when given, is asked before each regular file is written (see
 /// [`Unchanged`]).
@@ -123,46 +121,9 @@ pub fn unpack<R: Read + Send>(
 ) -> Result<Staged> {
     let mut magic = [0u8; MAGIC_LEN];
     let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
-    let input = io::BufReader::with_capacity(INPUT_BUF, (&magic[..n]).chain(reader));
     let format = sniff(&magic[..n]);
-    let (tx, rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-    let (back_tx, back_rx) = mpsc::channel();
-    // For a compressed archive, reading the source (and hashing it, in the caller's
-    // reader) gets a thread of its own, apart from the decoder.
-    let (raw_tx, raw_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-    let (raw_back_tx, raw_back_rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        let (reader_thread, producer) = match format {
-            Format::Tar => (None, s.spawn(move || pump(input, &tx, &back_rx))),
-            compressed => {
-                let reader = s.spawn(move || pump(input, &raw_tx, &raw_back_rx));
-                let producer = s.spawn(move || {
-                    let raw = ChunkReader::new(raw_rx, raw_back_tx);
-                    let raw = io::BufReader::with_capacity(INPUT_BUF, raw);
-                    pump(decoder(compressed, raw)?, &tx, &back_rx)
-                });
-                (Some(reader), producer)
-            }
-        };
-        let extracted = extract(ChunkReader::new(rx, back_tx), into, opts, format, unchanged);
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
-        let read = match reader_thread {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked"))),
-            None => Ok(()),
-        };
-        match (extracted, read, produced) {
-            // A source error explains any decoding error, which explains any error the
-            // parser then saw.
-            (_, Err(e), _) => Err(corrupt(opts, &e)),
-            (_, Ok(()), Err(e)) => Err(archive_error(
-                opts,
-                format!("{} data is corrupt: {}", format.name(), chain(&e)),
-            )),
-            (result, Ok(()), Ok(())) => result,
-        }
+    let input = (&magic[..n]).chain(reader);
+    pipe::run(input, format, opts, |stream| {
+        tar_read::read_archive(stream, into, opts, format, unchanged)
     })
 }

@@ -1,23 +1,82 @@
-//! The pipe between the source and the tar parser: the reading and decoding threads
-//! move the bytes in chunks of `CHUNK` over a bounded channel (`CHUNKS_IN_FLIGHT`),
-//! reusing the buffers the parser hands back, so an unpack's memory is bounded
-//! whatever the archive's size.
+//! The pipe between the source and the tar parser: a thread reads the source (where
+//! the caller hashes), for a compressed archive a second one runs the decoder, and the
+//! calling thread parses; the bytes move in chunks of `CHUNK` over bounded channels
+//! (`CHUNKS_IN_FLIGHT`), reusing the buffers the parser hands back, so an unpack's
+//! memory is bounded whatever the archive's size.
 //!
-//! Never decodes a format itself and never touches the filesystem.
+//! Never decodes a format itself (`format::decoder` does) and never touches the
+//! filesystem.
 
 use std::io::{self, Read};
 use std::sync::mpsc;
 
+use crate::Result;
+
+use super::errors::{archive_error, chain, corrupt};
+use super::format::{decoder, Format};
+use super::UnpackOptions;
+
 /// Decompressed bytes handed from the decoding thread to the tar parser at a time, and
 /// how many such chunks may wait: this bounds the memory of an unpack.
-pub(super) const CHUNK: usize = 256 * 1024;
-pub(super) const CHUNKS_IN_FLIGHT: usize = 8;
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 8;
 /// Buffer between the source and the decoder / tar parser.
-pub(super) const INPUT_BUF: usize = 128 * 1024;
+const INPUT_BUF: usize = 128 * 1024;
+
+/// Runs `parse` on this thread over the decoded bytes of `input` (of `format`), while
+/// scoped threads read and decode them; one error is told (the first cause, below).
+pub(super) fn run<R: Read + Send, T>(
+    input: R,
+    format: Format,
+    opts: &UnpackOptions,
+    parse: impl FnOnce(ChunkReader) -> Result<T>,
+) -> Result<T> {
+    let input = io::BufReader::with_capacity(INPUT_BUF, input);
+    let (tx, rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (back_tx, back_rx) = mpsc::channel();
+    // For a compressed archive, reading the source (and hashing it, in the caller's
+    // reader) gets a thread of its own, apart from the decoder.
+    let (raw_tx, raw_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (raw_back_tx, raw_back_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let (reader_thread, producer) = match format {
+            Format::Tar => (None, s.spawn(move || pump(input, &tx, &back_rx))),
+            compressed => {
+                let reader = s.spawn(move || pump(input, &raw_tx, &raw_back_rx));
+                let producer = s.spawn(move || {
+                    let raw = ChunkReader::new(raw_rx, raw_back_tx);
+                    let raw = io::BufReader::with_capacity(INPUT_BUF, raw);
+                    pump(decoder(compressed, raw)?, &tx, &back_rx)
+                });
+                (Some(reader), producer)
+            }
+        };
+        let parsed = parse(ChunkReader::new(rx, back_tx));
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
+        let read = match reader_thread {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked"))),
+            None => Ok(()),
+        };
+        match (parsed, read, produced) {
+            // A source error explains any decoding error, which explains any error the
+            // parser then saw.
+            (_, Err(e), _) => Err(corrupt(opts, &e)),
+            (_, Ok(()), Err(e)) => Err(archive_error(
+                opts,
+                format!("{} data is corrupt: {}", format.name(), chain(&e)),
+            )),
+            (result, Ok(()), Ok(())) => result,
+        }
+    })
+}
 
 /// Moves `r`'s bytes to the parser in chunks, reusing the buffers it hands back.
 /// Stops quietly when the parser has gone (it failed: its error is the one to tell).
-pub(super) fn pump(
+fn pump(
     mut r: impl Read,
     tx: &mpsc::SyncSender<Vec<u8>>,
     back: &mpsc::Receiver<Vec<u8>>,
@@ -46,7 +105,7 @@ pub(super) struct ChunkReader {
 }
 
 impl ChunkReader {
-    pub(super) fn new(rx: mpsc::Receiver<Vec<u8>>, back: mpsc::Sender<Vec<u8>>) -> Self {
+    fn new(rx: mpsc::Receiver<Vec<u8>>, back: mpsc::Sender<Vec<u8>>) -> Self {
         ChunkReader {
             rx,
             back,

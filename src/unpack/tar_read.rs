@@ -35,7 +35,9 @@ impl<R: Read> Read for EofTracker<R> {
     }
 }
 
-pub(super) fn extract<R: Read>(
+/// Every member of the tar `stream` through the `Extractor` into `into`, then the
+/// stream to its very end, then the directory fixes: the tree, or the first error.
+pub(super) fn read_archive<R: Read>(
     stream: R,
     into: &Path,
     opts: &UnpackOptions,
