@@ -1,21 +1,23 @@
 //! The layer where GNU tar's readings are added to tar-rs's: the pax records this
-//! crate reads itself (sub-second mtimes, owner names, the sparse records), the pax
-//! sparse 1.0 map at the start of a member's data, and GNU base-256 header mtimes
-//! (negative ones too).
+//! crate reads itself (sub-second mtimes, owner names, the sparse records), a member's
+//! real name and type (pax sparse names, V7 trailing-slash and `D` dump directories),
+//! sparse layouts (old-GNU `S`, pax 0.0 / 0.1, and the pax 1.0 map at the start of the
+//! member's data), and GNU base-256 header mtimes (negative ones too).
 //!
-//! Pure readings of headers and bytes: never touches the filesystem.
+//! Readings of headers and member bytes only: never touches the filesystem.
 
 use std::io::{self, Read};
 
 use filetime::FileTime;
+use tar::EntryType;
 
 use crate::Result;
 
-use super::errors::corrupt;
+use super::errors::{corrupt, fail};
 use super::UnpackOptions;
 
 /// Sparse map entries a pax 1.0 member may declare (each costs 16 bytes of memory).
-pub(super) const MAX_SPARSE_CHUNKS: u64 = 1 << 20;
+const MAX_SPARSE_CHUNKS: u64 = 1 << 20;
 
 /// What this module reads from a member's pax records (tar-rs applies `path`,
 /// `linkpath`, `size`, `uid` and `gid` itself).
@@ -83,16 +85,81 @@ impl PaxInfo {
     }
 }
 
+/// The member's name as raw bytes: sparse pax 0.1 / 1.0 members are stored under
+/// `GNUSparseFile.N/NAME`, the real name is a pax record.
+pub(super) fn member_name<R: Read>(entry: &tar::Entry<'_, R>, pax: &PaxInfo) -> Vec<u8> {
+    match &pax.sparse_name {
+        Some(name) => name.clone(),
+        None => entry.path_bytes().into_owned(),
+    }
+}
+
+/// The member's type as GNU tar reads it: old (V7 / BSD) archives mark directories by
+/// a trailing slash only, and a GNU dump directory (`D`) is a directory whose data (the
+/// names it held when dumped, for incremental restores) tar-rs skips.
+pub(super) fn member_kind(kind: EntryType, raw: &[u8]) -> EntryType {
+    if (matches!(kind, EntryType::Regular | EntryType::Continuous) && raw.ends_with(b"/"))
+        || kind.as_byte() == b'D'
+    {
+        EntryType::Directory
+    } else {
+        kind
+    }
+}
+
 /// A sparse member's layout: logical size and data chunks (offset, length) in order.
 pub(super) struct Sparse {
     pub(super) size: u64,
     pub(super) chunks: Vec<(u64, u64)>,
 }
 
+/// The sparse layout of a member, if it is sparse: old-GNU (`S`, map parsed by
+/// tar-rs), pax 0.0 / 0.1 (map in pax records) or pax 1.0 (map at the start of the
+/// data, read here). `None` for a plain file.
+pub(super) fn sparse_layout<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    pax: &PaxInfo,
+    raw: &[u8],
+) -> Result<Option<Sparse>> {
+    let bad = |msg: String| fail(raw, format!("sparse map: {msg}"));
+    let (size, chunks, stored) = if let Some(map) = entry.sparse_map() {
+        let stored = map.iter().map(|&(_, l)| l).sum();
+        (entry.size(), map.to_vec(), stored)
+    } else if let Some(size) = pax.sparse_size {
+        let stored = entry.size();
+        if pax.sparse_major == Some(1) {
+            let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
+            (size, chunks, stored - map_len)
+        } else {
+            (size, pax.sparse_map.clone(), stored)
+        }
+    } else {
+        return Ok(None);
+    };
+    let mut end = 0u64;
+    let mut data = 0u64;
+    for &(offset, len) in &chunks {
+        if offset < end {
+            return Err(bad("chunks overlap or are out of order".into()));
+        }
+        end = offset
+            .checked_add(len)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| bad(format!("a chunk ends past the file's size {size}")))?;
+        data += len;
+    }
+    if data != stored {
+        return Err(bad(format!(
+            "the map describes {data} bytes of data, the member holds {stored}"
+        )));
+    }
+    Ok(Some(Sparse { size, chunks }))
+}
+
 /// Reads a pax sparse 1.0 map from the start of the member's data: decimal numbers
 /// one per line (the count, then offset / length pairs), padded with NULs to a whole
 /// block. Returns the map and the bytes it took.
-pub(super) fn read_sparse_map_1_0(
+fn read_sparse_map_1_0(
     data: &mut impl Read,
     stored: u64,
 ) -> std::result::Result<(Vec<(u64, u64)>, u64), String> {
