@@ -25,12 +25,15 @@
 //! One file a job:
 //! - `format` — the format by content, and the decoders (gzip members and padding,
 //!   zstd frames incl. skippable ones, xz streams, bzip2 streams);
-//! - `pipe` — the reading / decoding threads and the bounded chunk channel to the parser;
+//! - `pipe` — the reading / decoding threads, the bounded chunk channel to the parser,
+//!   and which thread's error is told;
 //! - `tar_read` — the entry loop over tar-rs, the end of the archive, header errors;
-//! - `gnu` — what GNU tar reads that tar-rs does not: pax times and names, sparse maps
-//!   (1.0 read from the data), base-256 header mtimes;
+//! - `gnu` — what GNU tar reads that tar-rs does not: pax times and owner names, a
+//!   member's real name and type, sparse layouts (the 1.0 map read from the data),
+//!   base-256 header mtimes;
 //! - `path` — the entry path policy (pure): `..`, absolute names, NUL, link targets;
-//! - `extract` — the `Extractor`, which writes staging, one entry at a time;
+//! - `extract` — the `Extractor`, which writes staging, one entry at a time (split by
+//!   kind of node, see its docs);
 //! - `errors` — the unpack's errors, one line each with the archive or the entry.
 
 mod errors;
