@@ -1,0 +1,198 @@
+//! Regular files: the [`Unchanged`](super::super::Unchanged) probe asked first (a file
+//! it finds is left out, or hard-linked with `link_unchanged`), then the size guard,
+//! then the file created `O_EXCL` and written — a sparse one with holes seeked over —
+//! and its owner, mode and mtime set on the open handle.
+//!
+//! Never opens through an existing path: `O_EXCL` on create, a replaced earlier member
+//! is removed first.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::log::shown;
+use crate::Result;
+
+use super::super::errors::{archive_error, corrupt, fail};
+use super::super::gnu::{sparse_layout, PaxInfo, Sparse};
+use super::super::FileAttrs;
+use super::{Extractor, Meta};
+
+/// Buffer for copying file contents (one per unpack, reused for every file).
+pub(super) const COPY_BUF: usize = 256 * 1024;
+
+impl Extractor<'_, '_> {
+    pub(super) fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        pax: &PaxInfo,
+        rel: &Path,
+        raw: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        self.parents(rel, raw)?;
+        let sparse = sparse_layout(entry, pax, raw)?;
+        // The file's size as tar extracts it: a sparse member's logical size.
+        let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
+        let abs = self.into.join(rel);
+        if self.reuse(rel, size, meta) && self.keep(rel, &abs, raw)? {
+            return Ok(());
+        }
+        // The size guard counts what is really written: a sparse file's data chunks.
+        match &sparse {
+            Some(s) => self.space.claim_chunks(&s.chunks, self.into, self.opts)?,
+            None => self.space.claim(size, self.into, self.opts)?,
+        }
+        let mut file = self.create(rel, &abs, raw, meta.mode)?;
+        match &sparse {
+            None => self.copy_data(entry, &mut file, size, raw)?,
+            Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
+        }
+        if let Some((uid, gid)) = meta.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| fail(raw, format!("chown: {e}")))?;
+        }
+        if self.needs_chmod(meta.mode) {
+            file.set_permissions(Permissions::from_mode(meta.mode))
+                .map_err(|e| fail(raw, format!("chmod: {e}")))?;
+        }
+        filetime::set_file_handle_times(&file, None, Some(meta.mtime))
+            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Lists `rel` as kept (not written) when the [`Unchanged`](super::super::Unchanged)
+    /// probe finds it as the entry has it.
+    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> bool {
+        let Some(probe) = self.unchanged.as_deref_mut() else {
+            return false;
+        };
+        let attrs = FileAttrs {
+            size,
+            mtime: meta.mtime.unix_seconds(),
+            mode: meta.mode,
+            owner: meta.owner,
+        };
+        let Some(at) = probe.find(rel, &attrs) else {
+            return false;
+        };
+        self.reused.insert(rel.to_path_buf(), attrs);
+        self.kept_at.insert(rel.to_path_buf(), at);
+        true
+    }
+
+    /// A file the probe found unchanged: left out of staging (or, `link_unchanged`,
+    /// hard-linked there). True when that is done; false when the link could not be
+    /// made and the entry is to be written after all.
+    fn keep(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<bool> {
+        // An earlier member of the same name may have been written: the later one
+        // wins, so staging must not keep it.
+        if fs::symlink_metadata(abs).is_ok() {
+            self.remove_existing(rel, abs, raw)?;
+        }
+        // The entry's data is skipped by the parser (still read, so a cut stream
+        // is still noticed).
+        if !self.opts.link_unchanged || self.link_reused(rel, raw)? {
+            self.entries += 1;
+            return Ok(true);
+        }
+        self.reused.remove(rel);
+        self.kept_at.remove(rel);
+        Ok(false)
+    }
+
+    /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
+    /// cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
+    fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
+        let Some(src) = self.kept_at.get(rel).cloned() else {
+            return Ok(false);
+        };
+        let abs = self.into.join(rel);
+        // linkat without AT_SYMLINK_FOLLOW: the probe saw a regular file, never a symlink.
+        let link = |abs: &Path| {
+            nix::unistd::linkat(None, src.as_path(), None, abs, nix::fcntl::AtFlags::empty())
+        };
+        let linked = match link(&abs) {
+            Err(nix::errno::Errno::EEXIST) => {
+                self.remove_existing(rel, &abs, raw)?;
+                link(&abs)
+            }
+            other => other,
+        };
+        Ok(linked.is_ok())
+    }
+
+    /// Creates the file new, with `mode` (less the umask until the chmod).
+    fn create(&mut self, rel: &Path, abs: &Path, raw: &[u8], mode: u32) -> Result<fs::File> {
+        let create = |abs: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true) // O_EXCL: never opens through an existing symlink
+                .mode(mode)
+                .open(abs)
+        };
+        match create(abs) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, abs, raw)?;
+                create(abs)
+            }
+            other => other,
+        }
+        .map_err(|e| fail(raw, format!("create: {e}")))
+    }
+
+    /// A sparse member's data chunks at their offsets: holes are seeked over, never
+    /// written; the length is set at the end.
+    fn write_sparse(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut fs::File,
+        sparse: &Sparse,
+        raw: &[u8],
+    ) -> Result<()> {
+        for &(offset, len) in &sparse.chunks {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| fail(raw, format!("seek: {e}")))?;
+            self.copy_data(entry, file, len, raw)?;
+        }
+        file.set_len(sparse.size)
+            .map_err(|e| fail(raw, format!("set length: {e}")))
+    }
+
+    /// Copies exactly `len` bytes of the entry's data into `file`.
+    fn copy_data(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut fs::File,
+        len: u64,
+        raw: &[u8],
+    ) -> Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = match entry.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(corrupt(self.opts, &e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| fail(raw, format!("write: {e}")))?;
+            left -= n as u64;
+        }
+        if left > 0 {
+            return Err(archive_error(
+                self.opts,
+                format!(
+                    "truncated in member \"{}\": the stream ends {left} bytes before the end of its data",
+                    shown(raw)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! The `Extractor`: writes one entry at a time below `into`, and the directory fixes
+//! once the stream is known to be good. This file reads an entry's type, path and
+//! metadata and hands it to the job that writes it:
+//! - `files` — regular and sparse files, and the [`Unchanged`] probe asked first;
+//! - `space` — the size guard against the staging filesystem's free space;
+//! - `dirs` — directories, the parents an entry needs, the deferred directory fixes;
+//! - `links` — symlinks and hard links;
+//! - `special` — fifos and device nodes;
+//! - `owners` — user / group names → ids, cached per unpack.
+//!
+//! Never creates, changes or follows anything outside `into`, and never writes
+//! through a symlink: every parent is a directory it created or checked, every node is
+//! created new (a replaced earlier member removed first).
+
+mod dirs;
+mod files;
+mod links;
+mod owners;
+mod space;
+mod special;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use tar::EntryType;
+
+use crate::log::shown;
+use crate::Result;
+
+use self::dirs::DirFix;
+use self::owners::Owners;
+use self::space::Space;
+use super::errors::{fail, refused};
+use super::gnu::{header_mtime, member_kind, member_name, PaxInfo};
+use super::path::entry_path;
+use super::{FileAttrs, Staged, Unchanged, UnpackOptions};
+
+/// Metadata an entry carries for the node it creates.
+struct Meta {
+    mode: u32,
+    mtime: FileTime,
+    owner: Option<(u32, u32)>,
+}
+
+pub(super) struct Extractor<'a, 'u> {
+    into: &'a Path,
+    opts: &'a UnpackOptions,
+    unchanged: Option<&'u mut dyn Unchanged>,
+    buf: Vec<u8>,
+    /// Relative paths known to be real directories (never symlinks) below `into`:
+    /// created or checked by us, so parents need no syscall to be trusted.
+    dirs: HashSet<PathBuf>,
+    /// Directory modes / mtimes / owners applied at the end, deepest first; keyed by
+    /// relative path (empty = `into` itself), a later duplicate entry wins.
+    fixes: HashMap<PathBuf, DirFix>,
+    /// The process umask if known; `None` means "always chmod explicitly".
+    umask: Option<u32>,
+    owners: Owners,
+    warned_absolute: bool,
+    root_mode: Option<u32>,
+    entries: u64,
+    reused: HashMap<PathBuf, FileAttrs>,
+    /// Where each reused file is (the probe's answer), for hard links to it.
+    kept_at: HashMap<PathBuf, PathBuf>,
+    space: Space,
+}
+
+impl<'a, 'u> Extractor<'a, 'u> {
+    pub(super) fn new(
+        into: &'a Path,
+        opts: &'a UnpackOptions,
+        unchanged: Option<&'u mut dyn Unchanged>,
+    ) -> Self {
+        Extractor {
+            into,
+            opts,
+            unchanged,
+            buf: vec![0; files::COPY_BUF],
+            dirs: HashSet::new(),
+            fixes: HashMap::new(),
+            umask: current_umask(),
+            owners: Owners::default(),
+            warned_absolute: false,
+            root_mode: None,
+            entries: 0,
+            reused: HashMap::new(),
+            kept_at: HashMap::new(),
+            space: Space::new(into),
+        }
+    }
+
+    pub(super) fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let kind = entry.header().entry_type();
+        if kind == EntryType::XGlobalHeader {
+            // pax global header (git archive puts the commit id there): nothing to write.
+            return Ok(());
+        }
+        let pax = PaxInfo::read(entry, self.opts)?;
+        let raw = member_name(entry, &pax);
+        let path = entry_path(&raw).map_err(|r| refused(&raw, r))?;
+        if path.absolute {
+            self.warn_absolute(&raw);
+        }
+        let kind = member_kind(kind, &raw);
+        let rel = path.rel;
+        if !self.reused.is_empty() {
+            // A later entry for the same path replaces the one found unchanged.
+            self.reused.remove(&rel);
+            self.kept_at.remove(&rel);
+        }
+        if rel.as_os_str().is_empty() {
+            return self.root(entry, &pax, kind, &raw);
+        }
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let meta = self.meta(entry, &pax, &raw)?;
+                self.file(entry, &pax, &rel, &raw, &meta)
+            }
+            EntryType::Directory => {
+                let meta = self.meta(entry, &pax, &raw)?;
+                self.dir(&rel, &raw, meta)
+            }
+            EntryType::Symlink => self.symlink(entry, &pax, &rel, &raw),
+            EntryType::Link => self.hard_link(entry, &rel, &raw),
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                self.special(entry, &pax, kind, &rel, &raw)
+            }
+            other => {
+                // GNU volume labels ('V'), multi-volume continuations ('M'), vendor
+                // metadata records: nothing a deploy tree should contain.
+                crate::logln!(
+                    "archive {}: skipping \"{}\": unsupported entry type {:?}",
+                    self.opts.label,
+                    shown(&raw),
+                    char::from(other.as_byte())
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Warns once per archive that leading `/`s are stripped (names and hard links).
+    fn warn_absolute(&mut self, raw: &[u8]) {
+        if !self.warned_absolute {
+            self.warned_absolute = true;
+            crate::logln!(
+                "archive {}: removing leading '/' from member names (first: \"{}\")",
+                self.opts.label,
+                shown(raw)
+            );
+        }
+    }
+
+    /// Mode, mtime (sub-second from pax) and, when `same_owner`, the owner to set.
+    fn meta<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        pax: &PaxInfo,
+        raw: &[u8],
+    ) -> Result<Meta> {
+        let h = entry.header();
+        let mode = h
+            .mode()
+            .map_err(|e| fail(raw, format!("mode field: {e}")))?
+            & 0o7777;
+        let mtime = match pax.mtime {
+            Some(t) => t,
+            None => FileTime::from_unix_time(header_mtime(h).map_err(|e| fail(raw, e))?, 0),
+        };
+        let owner = if self.opts.same_owner {
+            Some(self.owners.of(h, pax, raw)?)
+        } else {
+            None
+        };
+        Ok(Meta { mode, mtime, owner })
+    }
+
+    /// A later entry replaces what an earlier one put at `abs` (as GNU tar does).
+    fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
+        let m = fs::symlink_metadata(abs).map_err(|e| fail(raw, format!("stat: {e}")))?;
+        if m.is_dir() {
+            // remove_dir_all never follows symlinks inside the tree.
+            fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            self.dirs.retain(|d| !d.starts_with(rel));
+            self.fixes.retain(|d, _| !d.starts_with(rel));
+        } else {
+            fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Whether creating with `mode` may have lost bits to the umask (or needs
+    /// setuid/setgid/sticky set explicitly).
+    fn needs_chmod(&self, mode: u32) -> bool {
+        match self.umask {
+            Some(umask) => mode & umask != 0 || mode & 0o7000 != 0,
+            None => true,
+        }
+    }
+
+    /// The directory fixes (see `dirs`), then the tree.
+    pub(super) fn finish(mut self) -> Result<Staged> {
+        self.fix_dirs()?;
+        Ok(Staged {
+            root: self.into.to_path_buf(),
+            root_mode: self.root_mode,
+            entries: self.entries,
+            reused: self.reused,
+        })
+    }
+}
+
+/// The umask, read without changing it (Linux ≥ 4.7 shows it in /proc).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}

@@ -1,0 +1,132 @@
+//! Unpacks a tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream into the private staging
+//! directory (SPEC §7, §6, §10).
+//!
+//! Its one job: turn archive bytes into a tree below `into`, applying the entry path
+//! policy (leading `/` stripped with a warning, `..` refused, never written through a
+//! symlink) and the archive's modes, mtimes and — as root — owners.
+//!
+//! It must never create, change or follow anything outside `into`, never follow a
+//! symlink that an entry created, and never take a truncated or corrupt stream for a
+//! shorter tree: the whole input is read to its end (the gzip CRC checked) and must end
+//! at a member boundary. A stream that stops at a boundary without the end-of-archive
+//! marker is accepted with a warning, as GNU tar accepts it (SPEC §7): the manifest's
+//! checksum, checked before the sync, is what proves the stream whole.
+//!
+//! It reads archives as GNU tar 1.34 does: the format is sniffed by content and goes
+//! through one decode pipeline (`format::decoder`); tar-rs parses the headers, patched
+//! in `vendor/tar` where it read differently from GNU tar (vendor/tar/PATCHES.md); this
+//! module adds the rest: sparse members (old-GNU `S`, pax 0.0, 0.1 and 1.0) written
+//! with holes, GNU base-256 negative times, `D` dump directories, hard link targets
+//! with a leading `/`, and a missing end-of-archive marker accepted with a warning.
+//!
+//! It does not know `dest`: rsync's quick check reaches it as an [`Unchanged`] probe
+//! that the caller wires.
+//!
+//! One file a job:
+//! - `format` — the format by content, and the decoders (gzip members and padding,
+//!   zstd frames incl. skippable ones, xz streams, bzip2 streams);
+//! - `pipe` — the reading / decoding threads, the bounded chunk channel to the parser,
+//!   and which thread's error is told;
+//! - `tar_read` — the entry loop over tar-rs, the end of the archive, header errors;
+//! - `gnu` — what GNU tar reads that tar-rs does not: pax times and owner names, a
+//!   member's real name and type, sparse layouts (the 1.0 map read from the data),
+//!   base-256 header mtimes;
+//! - `path` — the entry path policy (pure): `..`, absolute names, NUL, link targets;
+//! - `extract` — the `Extractor`, which writes staging, one entry at a time (split by
+//!   kind of node, see its docs);
+//! - `errors` — the unpack's errors, one line each with the archive or the entry.
+
+mod errors;
+mod extract;
+mod format;
+mod gnu;
+mod path;
+mod pipe;
+mod tar_read;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::Result;
+
+use self::errors::corrupt;
+use self::format::{sniff, MAGIC_LEN};
+use self::pipe::read_up_to;
+
+/// How to unpack.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// Set owners from the archive (running as root): by user/group NAME when it
+    /// exists on this host, else the numeric id — as GNU tar does.
+    pub same_owner: bool,
+    /// The archive's URL as the user wrote it, for error messages.
+    pub label: String,
+    /// With an [`Unchanged`] probe: a file it finds unchanged is hard-linked from the
+    /// path it answers into `into` (and still listed in `Staged::reused`) instead of
+    /// left out, so `into` is a whole tree sharing unchanged inodes with that tree (the
+    /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
+    /// too many links) is written.
+    pub link_unchanged: bool,
+}
+
+/// A regular file entry's attributes as the unpack would write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttrs {
+    /// The file's size as tar extracts it (a sparse member's logical size).
+    pub size: u64,
+    /// Modification time, whole seconds.
+    pub mtime: i64,
+    /// Permission bits (& 0o7777).
+    pub mode: u32,
+    /// The archive's owner when owners are preserved.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Asked before each regular file entry is written: rsync's quick check done while
+/// unpacking, against a tree the unpack does not know (deploy wires it to
+/// `sync::quick`, against `dest` or the live release).
+pub trait Unchanged {
+    /// The path of an existing regular file equal to the entry at `rel` by size,
+    /// mtime seconds, mode (and owner when given): the entry is then not written but
+    /// listed in `Staged::reused`. Any doubt must answer `None` ("write it").
+    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<PathBuf>;
+}
+
+/// The unpacked tree, ready for the sync step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// The directory the tree was unpacked into (= `into`).
+    pub root: PathBuf,
+    /// Mode bits (& 0o7777) of the archive's `.` / `./` entry, if it had one.
+    pub root_mode: Option<u32>,
+    /// Entries written (files, dirs, links), for the log.
+    pub entries: u64,
+    /// Files left out of staging because the [`Unchanged`] probe found them as the
+    /// archive has them, with the archive's attributes.
+    pub reused: HashMap<PathBuf, FileAttrs>,
+}
+
+/// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an
+/// existing, empty, private directory (the staging dir). Writes only below `into`.
+///
+/// Threads share the work (see `pipe`): one reads `reader` (where the caller hashes),
+/// one decompresses (for a compressed archive), and the calling thread parses tar and
+/// creates files; a bounded number of chunks is in between, whatever the size.
+///
+/// `unchanged`, when given, is asked before each regular file is written (see
+/// [`Unchanged`]).
+pub fn unpack<R: Read + Send>(
+    mut reader: R,
+    into: &Path,
+    opts: &UnpackOptions,
+    unchanged: Option<&mut dyn Unchanged>,
+) -> Result<Staged> {
+    let mut magic = [0u8; MAGIC_LEN];
+    let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
+    let format = sniff(&magic[..n]);
+    let input = (&magic[..n]).chain(reader);
+    pipe::run(input, format, opts, |stream| {
+        tar_read::read_archive(stream, into, opts, format, unchanged)
+    })
+}
