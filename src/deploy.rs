@@ -77,7 +77,7 @@ fn run_inner(
     logged: &mut bool,
 ) -> Result<()> {
     interrupt::install()?;
-    logln!("Starting up stretcher agent {}", crate::cli::VERSION);
+    logln!("Starting up stretcher agent {}", crate::VERSION);
     if let Some(d) = opts.random_delay.filter(|d| !d.is_zero()) {
         let sleep = random_delay(d);
         logln!(

@@ -74,7 +74,7 @@ fn agent(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::blocking::Client::builder()
         .tls_certs_only(root_certs())
-        .user_agent(format!("stretcher/{}", crate::cli::VERSION))
+        .user_agent(format!("stretcher/{}", crate::VERSION))
         .connect_timeout(connect)
         // per read (and until the response head), not for the whole body; a request
         // with a deadline has the time left instead (`RequestBuilder::timeout`)

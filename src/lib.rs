@@ -45,3 +45,7 @@ pub mod unpack;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+/// The version of this build (`stretcher --version`, the HTTP `User-Agent`, the
+/// deploy record's `stretcher_version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -308,7 +308,7 @@ impl Draft {
         let record = Record {
             schema: SCHEMA,
             host: hostname(),
-            stretcher_version: crate::cli::VERSION.to_string(),
+            stretcher_version: crate::VERSION.to_string(),
             dest: self.dest.map(|d| d.display().to_string()),
             strategy: self.strategy,
             release: self.release,
@@ -621,7 +621,7 @@ mod tests {
         Record {
             schema: SCHEMA,
             host: Some("h".into()),
-            stretcher_version: crate::cli::VERSION.into(),
+            stretcher_version: crate::VERSION.into(),
             dest: Some("/srv/app".into()),
             strategy: Some("rsync".into()),
             release: None,

@@ -891,7 +891,7 @@ pub fn record_rollback(
     let rec = record::Record {
         schema: record::SCHEMA,
         host: record::hostname(),
-        stretcher_version: crate::cli::VERSION.to_string(),
+        stretcher_version: crate::VERSION.to_string(),
         dest: Some(dest.display().to_string()),
         strategy: Some("release".into()),
         release: Some(r.to.id.clone()),
