@@ -46,6 +46,15 @@ pub(crate) struct Source {
     pub(crate) len: Option<u64>,
 }
 
+impl From<http::Body> for Source {
+    fn from(b: http::Body) -> Source {
+        Source {
+            reader: b.reader,
+            len: b.len,
+        }
+    }
+}
+
 /// Opens a URL for reading. One arm per scheme; everything above is shared.
 fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
@@ -68,7 +77,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
                 len: md.map(|m| m.len()),
             })
         }
-        "http" | "https" => http_get(url, url, deadline),
+        "http" | "https" => http_get(url, url, deadline).map(Source::from),
         "s3" => {
             let env = |k: &str| std::env::var(k).ok();
             let lifetime = deadline
@@ -76,7 +85,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
             let signed = s3::presign(url, &env, lifetime)?;
-            http_get(url, &signed, deadline)
+            http_get(url, &signed, deadline).map(Source::from)
         }
         "gs" => {
             let env = |k: &str| std::env::var(k).ok();
@@ -86,7 +95,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
                 gcs::forget_tokens();
             }
-            got
+            got.map(Source::from)
         }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);

@@ -16,7 +16,6 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::fetch::Source;
 use crate::logln;
 
 /// Longest wait for a TCP connection (and TLS handshake), capped by the deadline.
@@ -267,7 +266,7 @@ pub(crate) fn http_get(
     label: &str,
     url: &str,
     deadline: Option<(Instant, Duration)>,
-) -> Result<Source> {
+) -> Result<Body> {
     http_get_with(label, url, &[], deadline)
 }
 
@@ -278,7 +277,7 @@ pub(crate) fn http_get_with(
     url: &str,
     headers: &[(&str, &str)],
     deadline: Option<(Instant, Duration)>,
-) -> Result<Source> {
+) -> Result<Body> {
     let left = remaining(label, deadline)?;
     let env = |k: &str| std::env::var(k).ok();
     let fail = |msg: String| Error::Fetch {
@@ -332,7 +331,7 @@ pub(crate) fn http_get_with(
         });
     }
     let len = resp.content_length();
-    Ok(Source {
+    Ok(Body {
         reader: Box::new(Exact {
             inner: resp,
             expected: len,
@@ -340,6 +339,12 @@ pub(crate) fn http_get_with(
         }),
         len,
     })
+}
+
+/// A response body being read, and its length when the server said.
+pub(crate) struct Body {
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) len: Option<u64>,
 }
 
 /// The text of the first `<tag>` of a small XML document (S3's error body), cut short.
