@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::allow::AllowList;
 use crate::error::{Error, Result};
-use crate::event::AllowList;
 use crate::signature::TrustedKey;
 use crate::VERSION;
 

@@ -120,7 +120,8 @@ pub enum Error {
     Fleet(String),
 
     /// A URL or manifest was refused before it was used (`--allow-url`): the
-    /// record says `refused` (SPEC §11).
+    /// allow-list's own error (only `allow` makes it); the record says `refused`
+    /// (SPEC §11).
     #[error("fetch {url}: {msg}")]
     Refused { url: String, msg: String },
 

@@ -16,6 +16,7 @@
 //! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
 //! `dest`, only `hooks` starts processes, only `fetch` reads sources.
 
+mod allow;
 mod bucket_url;
 pub mod cli;
 pub mod deploy;
@@ -42,6 +43,7 @@ pub mod state;
 pub mod status;
 pub mod sync;
 pub mod unpack;
+mod urls;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::error::{Error, Result};
-use crate::event::has_scheme;
+use crate::urls::has_scheme;
 use crate::verify::Checksum;
 
 /// How the unpacked tree reaches `dest`.
