@@ -30,6 +30,7 @@ use crate::signature;
 use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, UnpackOptions};
+use crate::Env;
 
 /// The default mode of `dest` when neither the manifest nor the archive says.
 const DEFAULT_DEST_MODE: u32 = 0o755;
@@ -53,11 +54,7 @@ pub fn main(opts: &Options) -> i32 {
 }
 
 /// Runs one deploy. Every error is logged here, once, before it is returned.
-pub fn run(
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-) -> Result<()> {
+pub fn run(opts: &Options, env: Env, stdin: &mut dyn Read) -> Result<()> {
     // Set once the error is in the log (before the `failure` hooks read it), so that
     // it is not logged a second time here (SPEC §9: an error is logged once).
     let mut logged = false;
@@ -70,12 +67,7 @@ pub fn run(
     result
 }
 
-fn run_inner(
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-    logged: &mut bool,
-) -> Result<()> {
+fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) -> Result<()> {
     interrupt::install()?;
     logln!("Starting up stretcher agent {}", crate::VERSION);
     if let Some(d) = opts.random_delay.filter(|d| !d.is_zero()) {
@@ -128,12 +120,7 @@ fn run_inner(
 
 /// One event that is not a replay: the run, then its deploy record (SPEC §5 step
 /// 9, §11). A dry run changes nothing, so it writes no record either.
-fn run_event(
-    event: &event::Event,
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    logged: &mut bool,
-) -> Result<()> {
+fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) -> Result<()> {
     let mut draft = record::Draft::new(event);
     let state = match state::state_dir(opts.state_dir.as_deref(), env) {
         Ok(dir) => Some(dir),
@@ -167,7 +154,7 @@ fn run_event(
 fn run_manifest(
     event: &event::Event,
     opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env,
     draft: &mut record::Draft,
     state: Option<&Path>,
     logged: &mut bool,
@@ -179,6 +166,7 @@ fn run_manifest(
         retry_wait: opts.retry_wait,
         timeout: opts.timeout,
         max_bandwidth: opts.max_bandwidth,
+        env,
     };
     let bytes = fetch::fetch_bytes(&event.url, &fetch_opts, u64::MAX)?;
     draft.manifest_read(&bytes);
@@ -378,8 +366,8 @@ fn deploy(
         return run_hooks(draft, "post", &manifest.commands.post, hook_env);
     };
 
-    let _lock = state::lock_dest(dest)?;
-    let work = Workspace::new(dest)?;
+    let _lock = state::lock_dest(dest, fetch_opts.env)?;
+    let work = Workspace::new(dest, fetch_opts.env)?;
     work.remove_leftovers();
 
     // The redeploy that downloads nothing (SPEC §11).
@@ -809,8 +797,8 @@ const RAND_LEN: usize = 6;
 const STAGING_SUFFIX: &str = ".staging";
 
 impl Workspace {
-    fn new(dest: &Path) -> Result<Workspace> {
-        let (dir, tag) = state::work_dir(dest)?;
+    fn new(dest: &Path, env: Env) -> Result<Workspace> {
+        let (dir, tag) = state::work_dir(dest, env)?;
         if dest.parent() != Some(dir.as_path()) {
             logln!(
                 "cannot write beside {}: staging in {} (changes are copied, not renamed)",
@@ -955,7 +943,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_recognised_by_exact_name() {
-        let w = Workspace::new(Path::new("/srv/app")).unwrap();
+        let w = Workspace::new(Path::new("/srv/app"), &|_| None).unwrap();
         assert!(w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.staging")));
         // another dest's leftovers, and look-alikes, are not ours
         assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.x.Ab12Cd.staging")));

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::state::Seen;
 use crate::urls::has_scheme;
+use crate::Env;
 
 /// Who handed us the manifest URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +70,7 @@ const PAYLOAD_B64: GeneralPurpose = GeneralPurpose::new(
 /// Order of recognition: a positional argument; `CONSUL_INDEX` set → Consul;
 /// `SERF_EVENT` set → Serf (only `user` events are accepted); stdin whose first
 /// non-blank byte is `[` → Consul; otherwise the first non-blank line.
-pub fn read(
-    positional: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-) -> Result<Event> {
+pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<Event> {
     if let Some(arg) = positional {
         return Ok(Event {
             url: to_url(arg)?,
@@ -185,7 +182,7 @@ fn consul(text: &str) -> Result<Event> {
     })
 }
 
-fn serf(kind: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Event> {
+fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
     if kind != "user" {
         return Err(Error::Event(format!(
             "serf event {kind:?} is not a user event; register stretcher as \"user:NAME=stretcher\""

@@ -20,6 +20,7 @@ use crate::interrupt;
 use crate::logln;
 use crate::s3;
 use crate::verify::{Checksum, HashingReader, Verified};
+use crate::Env;
 
 /// A presigned S3 URL lives at least this long, and this much longer than `--timeout`.
 const PRESIGN_MIN: Duration = Duration::from_secs(15 * 60);
@@ -27,9 +28,10 @@ const PRESIGN_SLACK: Duration = Duration::from_secs(5 * 60);
 /// At most this many progress updates per second on a terminal.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How sources are fetched (from the command line).
-#[derive(Debug, Clone, Default)]
-pub struct FetchOptions {
+/// How sources are fetched (from the command line), and the environment lookup
+/// that proxies and the S3 / GCS credential chains read.
+#[derive(Clone)]
+pub struct FetchOptions<'e> {
     /// Extra attempts after a failed one.
     pub retry: u32,
     /// Pause between attempts.
@@ -38,6 +40,19 @@ pub struct FetchOptions {
     pub timeout: Option<Duration>,
     /// Bytes per second; `None` is unlimited.
     pub max_bandwidth: Option<u64>,
+    /// The environment (`HTTPS_PROXY`, `AWS_*`, `GOOGLE_*`, ...), read by no one else.
+    pub env: Env<'e>,
+}
+
+impl std::fmt::Debug for FetchOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("retry", &self.retry)
+            .field("retry_wait", &self.retry_wait)
+            .field("timeout", &self.timeout)
+            .field("max_bandwidth", &self.max_bandwidth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An open source: its bytes and, when the server said, how many there are.
@@ -56,7 +71,7 @@ impl From<http::Body> for Source {
 }
 
 /// Opens a URL for reading. One arm per scheme; everything above is shared.
-fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
+fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<Source> {
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
     match scheme.to_ascii_lowercase().as_str() {
         "file" => {
@@ -77,21 +92,19 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
                 len: md.map(|m| m.len()),
             })
         }
-        "http" | "https" => http_get(url, url, deadline).map(Source::from),
+        "http" | "https" => http_get(url, url, deadline, env).map(Source::from),
         "s3" => {
-            let env = |k: &str| std::env::var(k).ok();
             let lifetime = deadline
                 .map(|(_, d)| d + PRESIGN_SLACK)
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
-            let signed = s3::presign(url, &env, lifetime)?;
-            http_get(url, &signed, deadline).map(Source::from)
+            let signed = s3::presign(url, env, lifetime)?;
+            http_get(url, &signed, deadline, env).map(Source::from)
         }
         "gs" => {
-            let env = |k: &str| std::env::var(k).ok();
-            let req = gcs::request(url, &env, deadline)?;
+            let req = gcs::request(url, env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
-            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline);
+            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline, env);
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
                 gcs::forget_tokens();
             }
@@ -267,8 +280,13 @@ fn with_retries<T>(
 /// An open, limited source and its length when known.
 type Opened = (Limited<Box<dyn Read + Send>>, Option<u64>);
 
-fn limited(url: &str, deadline: Option<(Instant, Duration)>, bw: Option<u64>) -> Result<Opened> {
-    let src = open(url, deadline)?;
+fn limited(
+    url: &str,
+    deadline: Option<(Instant, Duration)>,
+    bw: Option<u64>,
+    env: Env,
+) -> Result<Opened> {
+    let src = open(url, deadline, env)?;
     let l = Limited {
         inner: src.reader,
         url: url.to_string(),
@@ -291,7 +309,7 @@ pub fn fetch_text(url: &str, opts: &FetchOptions) -> Result<String> {
 pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
     let start = Instant::now();
     with_retries(url, opts, start, |deadline| {
-        let (r, _) = limited(url, deadline, None)?;
+        let (r, _) = limited(url, deadline, None, opts.env)?;
         let mut buf = Vec::new();
         r.take(max.saturating_add(1))
             .read_to_end(&mut buf)
@@ -339,7 +357,7 @@ pub fn stream<T>(
     // Outer error: the source failed (retried when retryable); inner: the consumer's
     // own verdict on good bytes (never retried).
     let (outcome, count, hasher) = with_retries(url, opts, start, |deadline| {
-        let (src, len) = limited(url, deadline, opts.max_bandwidth)?;
+        let (src, len) = limited(url, deadline, opts.max_bandwidth, opts.env)?;
         let mut tap = Tap {
             inner: HashingReader::new(src, checksum.hasher()),
             progress: Progress::new(len),
@@ -468,7 +486,14 @@ mod tests {
 
     #[test]
     fn unsupported_scheme_is_named() {
-        let e = fetch_text("gopher://x/y", &FetchOptions::default()).unwrap_err();
+        let opts = FetchOptions {
+            retry: 0,
+            retry_wait: Duration::ZERO,
+            timeout: None,
+            max_bandwidth: None,
+            env: &|_| None,
+        };
+        let e = fetch_text("gopher://x/y", &opts).unwrap_err();
         assert!(
             e.to_string().contains("unsupported URL scheme \"gopher\""),
             "{e}"

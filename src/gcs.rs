@@ -33,9 +33,7 @@ use base64::Engine;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::logln;
-
-/// Looks up an environment variable: the process env at run time, a fake in tests.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+use crate::Env;
 
 /// Google's public endpoint for object requests.
 const STORAGE_API: &str = "https://storage.googleapis.com";
@@ -450,14 +448,15 @@ fn exchange(
     uri: &str,
     form: &str,
     cap: Duration,
+    env: Env,
 ) -> std::result::Result<Token, CredError> {
-    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap))
+    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap), env)
         .map_err(|e| CredError::transient(format!("{what}: {e}")))?;
     parse_token(what, status, &body)
 }
 
 /// A new token from `source` (network), within `cap`.
-fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, CredError> {
+fn fetch_token(source: &Source, cap: Duration, env: Env) -> std::result::Result<Token, CredError> {
     match source {
         Source::AccessToken(t) => Ok(t.clone()),
         Source::ServiceAccount { key, .. } => {
@@ -469,7 +468,7 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
                 .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
                 .append_pair("assertion", &jwt)
                 .finish();
-            exchange(&what, uri, &form, cap)
+            exchange(&what, uri, &form, cap, env)
         }
         Source::AuthorizedUser { user, .. } => {
             let u = &user.0;
@@ -481,7 +480,7 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
                 .append_pair("client_secret", &u.client_secret)
                 .append_pair("refresh_token", &u.refresh_token)
                 .finish();
-            exchange(&what, uri, &form, cap)
+            exchange(&what, uri, &form, cap, env)
         }
         Source::Metadata { host } => {
             let url = format!("http://{host}{METADATA_TOKEN_PATH}");
@@ -515,6 +514,7 @@ fn token(
     source: &Source,
     cache: &Mutex<Vec<(String, Token)>>,
     cap: Duration,
+    env: Env,
 ) -> std::result::Result<Token, CredError> {
     if let Source::AccessToken(t) = source {
         return Ok(t.clone());
@@ -527,7 +527,7 @@ fn token(
             return Ok(t.clone());
         }
     }
-    let t = fetch_token(source, cap)?;
+    let t = fetch_token(source, cap, env)?;
     if t.expires.is_some_and(|e| e <= Instant::now()) {
         return Err(CredError::transient(format!(
             "{}: the token has already expired",
@@ -600,7 +600,7 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
         .map(|u| u.authority().to_string())
         .unwrap_or_default();
     let source = find(env).map_err(to_error)?;
-    let got = token(&source, &CACHE, cap);
+    let got = token(&source, &CACHE, cap, env);
     if let Some((_, d)) = passed() {
         return Err(timeout(d.as_secs_f64()));
     }
@@ -788,12 +788,14 @@ mod tests {
             .unwrap()
             .push((source.cache_key(), cached(3600)));
         assert_eq!(
-            token(&source, &cache, Duration::MAX).unwrap().bearer(),
+            token(&source, &cache, Duration::MAX, &|_| None)
+                .unwrap()
+                .bearer(),
             "Bearer cached-secret"
         );
         // Within five minutes of expiry it is not used again.
         *cache.lock().unwrap() = vec![(source.cache_key(), cached(60))];
-        assert!(token(&source, &cache, Duration::MAX).is_err());
+        assert!(token(&source, &cache, Duration::MAX, &|_| None).is_err());
         let dbg = format!("{:?} {:?}", cached(1), source);
         assert!(!dbg.contains("cached-secret"), "{dbg}");
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::logln;
+use crate::Env;
 
 /// Longest wait for a TCP connection (and TLS handshake), capped by the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +99,7 @@ fn agent(
 /// The proxy for a request, as Go's net/http reads the environment: `HTTPS_PROXY`
 /// for https, `HTTP_PROXY` for http (upper case first, then lower case), none for
 /// `localhost` and loopback addresses or a host matched by `NO_PROXY`.
-fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+fn proxy_for(url: &str, env: Env) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let hostport = authority.rsplit('@').next().unwrap_or(authority);
@@ -266,8 +267,9 @@ pub(crate) fn http_get(
     label: &str,
     url: &str,
     deadline: Option<(Instant, Duration)>,
+    env: Env,
 ) -> Result<Body> {
-    http_get_with(label, url, &[], deadline)
+    http_get_with(label, url, &[], deadline, env)
 }
 
 /// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
@@ -277,14 +279,14 @@ pub(crate) fn http_get_with(
     url: &str,
     headers: &[(&str, &str)],
     deadline: Option<(Instant, Duration)>,
+    env: Env,
 ) -> Result<Body> {
     let left = remaining(label, deadline)?;
-    let env = |k: &str| std::env::var(k).ok();
     let fail = |msg: String| Error::Fetch {
         url: label.to_string(),
         msg,
     };
-    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT).map_err(fail)?;
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(fail)?;
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -432,9 +434,9 @@ pub(crate) fn form_post(
     url: &str,
     form: &str,
     total: Duration,
+    env: Env,
 ) -> std::result::Result<(u16, String), String> {
-    let env = |k: &str| std::env::var(k).ok();
-    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT.min(total))?;
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT.min(total))?;
     let resp = agent
         .post(url)
         .header("Content-Type", "application/x-www-form-urlencoded")

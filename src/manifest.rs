@@ -19,6 +19,7 @@ use serde_norway::Value;
 use crate::error::{Error, Result};
 use crate::urls::has_scheme;
 use crate::verify::Checksum;
+use crate::Env;
 
 /// How the unpacked tree reaches `dest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,7 +130,7 @@ struct RawCommands {
 /// Parses and validates a manifest. `text`: the manifest as fetched; `url`: where
 /// it came from (for errors, and to resolve a relative `src`); `env`: an
 /// environment lookup for the templates.
-pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest> {
+pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
     let fail = |msg: String| Error::Manifest {
         url: url.to_string(),
         msg,
@@ -496,10 +497,7 @@ fn remove_dot_segments(path: &str) -> String {
 /// `env "A" "B" ... "default"`: the first of A, B, ... that is set and non-empty,
 /// else the last argument; `env "NAME"` alone gives `""` when NAME is unset.
 /// `must_env` of an unset variable is an error naming it (set but empty is fine).
-pub fn expand_templates(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> std::result::Result<String, String> {
+pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -590,10 +588,7 @@ fn split_action(inner: &str) -> std::result::Result<(Option<&str>, &str, bool), 
     Err("unclosed action: \"{{\" without \"}}\"".into())
 }
 
-fn eval_action(
-    action: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> std::result::Result<String, String> {
+fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
     let shown = || format!("{{{{{}}}}}", action);
     if action.trim().is_empty() {
         return Err(format!("missing value for command in {}", shown()));

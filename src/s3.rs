@@ -23,9 +23,7 @@ use rusty_s3::{Bucket, S3Action, UrlStyle};
 use crate::error::{Error, Result};
 use crate::http::{self, Method};
 use crate::logln;
-
-/// Looks up an environment variable: the process env at run time, a fake in tests.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+use crate::Env;
 
 /// Cached remote credentials are used again only while they have this much life left.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::logln;
+use crate::Env;
 
 /// An exclusive lock on one `dest`, released when dropped (or when the process dies).
 #[derive(Debug)]
@@ -38,8 +39,8 @@ impl DestLock {
 }
 
 /// The lock file for `dest`: `.<name>.stretcher.lock` beside it.
-pub fn lock_path(dest: &Path) -> Result<PathBuf> {
-    let (dir, tag) = work_dir(dest)?;
+pub fn lock_path(dest: &Path, env: Env) -> Result<PathBuf> {
+    let (dir, tag) = work_dir(dest, env)?;
     let mut file = std::ffi::OsString::from(".");
     file.push(tag);
     file.push(".stretcher.lock");
@@ -51,7 +52,7 @@ pub fn lock_path(dest: &Path) -> Result<PathBuf> {
 /// exists and this user cannot write there, in `$TMPDIR`, tagged with the name and a
 /// hash of the whole path (two dests of one name must not share them). A missing
 /// parent counts as writable: it is created.
-pub fn work_dir(dest: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
+pub fn work_dir(dest: &Path, env: Env) -> Result<(PathBuf, std::ffi::OsString)> {
     use nix::unistd::{access, AccessFlags};
     let (parent, name) = parent_and_name(dest)?;
     let writable =
@@ -65,7 +66,13 @@ pub fn work_dir(dest: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
     let mut tag = name.to_os_string();
     tag.push("-");
     tag.push(&hash[..12]);
-    Ok((std::env::temp_dir(), tag))
+    Ok((temp_dir(env), tag))
+}
+
+/// `$TMPDIR`, else `/tmp`, as `std::env::temp_dir` reads it, but from `env` (whose
+/// values are UTF-8: a non-UTF-8 `TMPDIR` counts as unset).
+fn temp_dir(env: Env) -> PathBuf {
+    env("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
 }
 
 /// `dest`'s parent directory and its own name.
@@ -81,8 +88,8 @@ pub fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
 
 /// Takes the exclusive lock for `dest`, creating its parent if needed; waits (and
 /// says so in the log) while another stretcher holds it. A signal ends the wait.
-pub fn lock_dest(dest: &Path) -> Result<DestLock> {
-    let path = lock_path(dest)?;
+pub fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
+    let path = lock_path(dest, env)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     }
@@ -220,7 +227,7 @@ pub fn file_stem(name: &str) -> String {
 /// `/var/lib/stretcher` when it is writable or can be created, else
 /// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
 /// exists when this returns.
-pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+pub fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
         return Ok(dir.to_path_buf());
@@ -230,10 +237,7 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) 
 
 /// The state directory a deploy would use (see [`state_dir`]), for the read-only
 /// subcommands: nothing is created; `None` when none can be chosen.
-pub fn find_state_dir(
-    explicit: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<PathBuf> {
+pub fn find_state_dir(explicit: Option<&Path>, env: Env) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return Some(dir.to_path_buf());
     }
@@ -251,7 +255,7 @@ pub fn find_state_dir(
     xdg.or(home).map(|b| b.join("stretcher"))
 }
 
-fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+fn resolve_default(system: &Path, env: Env) -> Result<PathBuf> {
     if writable(system) {
         return Ok(system.to_path_buf());
     }
@@ -421,21 +425,21 @@ mod tests {
     #[test]
     fn lock_file_sits_beside_dest() {
         assert_eq!(
-            lock_path(Path::new("/srv/app")).unwrap(),
+            lock_path(Path::new("/srv/app"), &|_| None).unwrap(),
             Path::new("/srv/.app.stretcher.lock")
         );
-        assert!(lock_path(Path::new("/")).is_err());
+        assert!(lock_path(Path::new("/"), &|_| None).is_err());
     }
 
     #[test]
     fn second_lock_waits_for_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("app");
-        let first = lock_dest(&dest).unwrap();
+        let first = lock_dest(&dest, &|_| None).unwrap();
         let d2 = dest.clone();
         let t = std::thread::spawn(move || {
             let start = std::time::Instant::now();
-            let _second = lock_dest(&d2).unwrap();
+            let _second = lock_dest(&d2, &|_| None).unwrap();
             start.elapsed()
         });
         std::thread::sleep(Duration::from_millis(300));
