@@ -78,10 +78,12 @@ pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<
         });
     }
     let whole = env("CONSUL_INDEX").is_some() || env("SERF_EVENT").is_some();
-    let raw =
-        read_input(stdin, whole).map_err(|e| Error::Event(format!("cannot read stdin: {e}")))?;
+    let raw = read_input(stdin, whole).map_err(|e| Error::Event {
+        msg: format!("cannot read stdin: {e}"),
+        source: Some(e.into()),
+    })?;
     let text =
-        String::from_utf8(raw).map_err(|_| Error::Event("stdin is not valid UTF-8".to_string()))?;
+        String::from_utf8(raw).map_err(|_| Error::event("stdin is not valid UTF-8".to_string()))?;
 
     if env("CONSUL_INDEX").is_some() {
         return consul(&text);
@@ -97,7 +99,7 @@ pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<
         .map(str::trim)
         .find(|l| !l.is_empty())
         .ok_or_else(|| {
-            Error::Event(
+            Error::event(
                 "no manifest URL on stdin (give it as an argument, or pipe one line)".to_string(),
             )
         })?;
@@ -140,34 +142,39 @@ fn read_input(stdin: &mut dyn Read, whole: bool) -> std::io::Result<Vec<u8>> {
 
 fn consul(text: &str) -> Result<Event> {
     if text.trim().is_empty() {
-        return Err(Error::Event(
+        return Err(Error::event(
             "consul: stdin is empty, expected a JSON list of events".to_string(),
         ));
     }
-    let events: Vec<ConsulEvent> = serde_json::from_str(text)
-        .map_err(|e| Error::Event(format!("consul: cannot parse the event list: {e}")))?;
+    let events: Vec<ConsulEvent> = serde_json::from_str(text).map_err(|e| Error::Event {
+        msg: format!("consul: cannot parse the event list: {e}"),
+        source: Some(e.into()),
+    })?;
     let last = events.into_iter().last().ok_or(Error::NoConsulEvents)?;
     let payload = last.payload.ok_or_else(|| {
-        Error::Event(format!(
+        Error::event(format!(
             "consul event {} (ID {}) has a null payload",
             last.name, last.id
         ))
     })?;
-    let decoded = PAYLOAD_B64.decode(payload.trim()).map_err(|e| {
-        Error::Event(format!(
-            "consul event {} (ID {}): payload is not base64: {e}",
-            last.name, last.id
-        ))
-    })?;
+    let decoded = PAYLOAD_B64
+        .decode(payload.trim())
+        .map_err(|e| Error::Event {
+            msg: format!(
+                "consul event {} (ID {}): payload is not base64: {e}",
+                last.name, last.id
+            ),
+            source: Some(e.into()),
+        })?;
     let url = String::from_utf8(decoded).map_err(|_| {
-        Error::Event(format!(
+        Error::event(format!(
             "consul event {} (ID {}): payload is not UTF-8",
             last.name, last.id
         ))
     })?;
     let url = url.trim();
     if url.is_empty() {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "consul event {} (ID {}) has an empty payload",
             last.name, last.id
         )));
@@ -184,7 +191,7 @@ fn consul(text: &str) -> Result<Event> {
 
 fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
     if kind != "user" {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "serf event {kind:?} is not a user event; register stretcher as \"user:NAME=stretcher\""
         )));
     }
@@ -193,14 +200,14 @@ fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
         None => None,
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            Error::Event(format!(
+            Error::event(format!(
                 "serf event {name}: SERF_USER_LTIME {v:?} is not a number"
             ))
         })?),
     };
     let payload = text.trim();
     if payload.is_empty() {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "serf event {name} has an empty payload"
         )));
     }
@@ -216,7 +223,7 @@ fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
 pub fn to_url(text: &str) -> Result<String> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(Error::Event("empty manifest URL".to_string()));
+        return Err(Error::event("empty manifest URL".to_string()));
     }
     if has_scheme(text) {
         return Ok(text.to_string());
@@ -225,8 +232,9 @@ pub fn to_url(text: &str) -> Result<String> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        let cwd = std::env::current_dir().map_err(|e| {
-            Error::Event(format!("cannot resolve {text:?}: current directory: {e}"))
+        let cwd = std::env::current_dir().map_err(|e| Error::Event {
+            msg: format!("cannot resolve {text:?}: current directory: {e}"),
+            source: Some(e.into()),
         })?;
         cwd.join(path)
     };
@@ -237,7 +245,7 @@ pub fn to_url(text: &str) -> Result<String> {
         .filter(|c| !matches!(c, Component::CurDir))
         .collect();
     let clean = clean.to_str().ok_or_else(|| {
-        Error::Event(format!(
+        Error::event(format!(
             "cannot make a URL of {:?}: the path is not valid UTF-8",
             clean.display()
         ))
@@ -405,7 +413,7 @@ mod tests {
         ];
         for (vars, input, want) in errors {
             let e = read_with(None, vars, input).expect_err(input);
-            assert!(matches!(e, Error::Event(_)), "{input}: {e:?}");
+            assert!(matches!(e, Error::Event { .. }), "{input}: {e:?}");
             assert!(e.to_string().contains(want), "{input}: {e}");
         }
     }

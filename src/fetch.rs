@@ -76,16 +76,10 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<So
     match scheme.to_ascii_lowercase().as_str() {
         "file" => {
             let path = file_path(rest);
-            let f = File::open(&path).map_err(|e| Error::Fetch {
-                url: url.to_string(),
-                msg: e.to_string(),
-            })?;
+            let f = File::open(&path).map_err(|e| Error::fetch_from(url, e))?;
             let md = f.metadata().ok();
             if md.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(Error::Fetch {
-                    url: url.to_string(),
-                    msg: "is a directory".into(),
-                });
+                return Err(Error::fetch(url, "is a directory"));
             }
             Ok(Source {
                 reader: Box::new(f),
@@ -112,12 +106,12 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<So
         }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);
-            Err(Error::Fetch {
-                url: url.to_string(),
-                msg: format!(
+            Err(Error::fetch(
+                url,
+                format!(
                     "unsupported URL scheme {shown:?} (file://, http://, https://, s3:// and gs:// are supported)"
                 ),
-            })
+            ))
         }
     }
 }
@@ -224,25 +218,13 @@ fn read_error(url: &str, e: io::Error) -> Error {
             return Error::Interrupted(s.0);
         }
     }
-    Error::Fetch {
-        url: url.to_string(),
-        msg: e.to_string(),
-    }
+    Error::fetch_from(url, e)
 }
 
-/// Whether another attempt may succeed (SPEC §8: with `--retry`, every failed attempt
-/// is retried, whatever failed — a 404 or S3's 403 for an archive not uploaded yet is
-/// the common case). Only a passed deadline, a signal, and a checksum mismatch (which
-/// `stream` decides after the attempts) are final.
-fn retryable(e: &Error) -> bool {
-    !matches!(
-        e,
-        Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. }
-    )
-}
-
-/// Runs `attempt` with retries, waits and the deadline of `opts`. Every `retryable`
-/// error is tried again, up to `opts.retry` times, each retry logged with its reason.
+/// Runs `attempt` with retries, waits and the deadline of `opts`. Every error that
+/// `Error::is_retryable` (SPEC §8: all but the deadline, a signal and a checksum
+/// mismatch, which `stream` decides after the attempts) is tried again, up to
+/// `opts.retry` times, each retry logged with its reason.
 fn with_retries<T>(
     url: &str,
     opts: &FetchOptions,
@@ -254,7 +236,7 @@ fn with_retries<T>(
     loop {
         match attempt(deadline) {
             Ok(v) => return Ok(v),
-            Err(e) if !retryable(&e) => return Err(e),
+            Err(e) if !e.is_retryable() => return Err(e),
             Err(e) if tries < opts.retry => {
                 tries += 1;
                 logln!(
@@ -315,10 +297,7 @@ pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> 
             .read_to_end(&mut buf)
             .map_err(|e| read_error(url, e))?;
         if buf.len() as u64 > max {
-            return Err(Error::Fetch {
-                url: url.to_string(),
-                msg: format!("larger than {max} bytes"),
-            });
+            return Err(Error::fetch(url, format!("larger than {max} bytes")));
         }
         Ok(buf)
     })
@@ -326,9 +305,10 @@ pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> 
 
 /// The fetched bytes of `url` as text (a manifest must be UTF-8).
 pub fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
-    String::from_utf8(bytes).map_err(|_| Error::Fetch {
+    String::from_utf8(bytes).map_err(|e| Error::Fetch {
         url: url.to_string(),
         msg: "not UTF-8 text".into(),
+        source: Some(e.into()),
     })
 }
 
@@ -508,25 +488,25 @@ mod tests {
             detail: String::new(),
         };
         for s in [500, 503, 404, 403, 400] {
-            assert!(retryable(&status(s)), "{s}");
+            assert!(status(s).is_retryable(), "{s}");
         }
-        assert!(retryable(&Error::Fetch {
-            url: "u".into(),
-            msg: "Connection refused".into()
-        }));
-        assert!(retryable(&Error::S3 {
+        assert!(Error::fetch("u", "Connection refused").is_retryable());
+        assert!(Error::S3 {
             url: "u".into(),
             msg: "no credentials".into()
-        }));
-        assert!(!retryable(&Error::Timeout {
+        }
+        .is_retryable());
+        assert!(!Error::Timeout {
             url: "u".into(),
             secs: 1.0
-        }));
-        assert!(!retryable(&Error::Interrupted("SIGTERM")));
-        assert!(!retryable(&Error::ChecksumMismatch {
+        }
+        .is_retryable());
+        assert!(!Error::Interrupted("SIGTERM").is_retryable());
+        assert!(!Error::ChecksumMismatch {
             expected: "a".into(),
             got: "b".into()
-        }));
+        }
+        .is_retryable());
     }
 
     #[test]

@@ -582,16 +582,9 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
         url: url.to_string(),
         msg,
     };
-    let to_error = |e: CredError| {
-        if e.retryable {
-            Error::Fetch {
-                url: url.to_string(),
-                msg: e.msg,
-            }
-        } else {
-            fail(e.msg)
-        }
-    };
+    // Whether a failed token endpoint is worth another attempt is
+    // `Error::is_retryable`'s call, not this variant's.
+    let to_error = |e: CredError| fail(e.msg);
     let loc = parse_url(url).map_err(fail)?;
     let (base, emulator) = endpoint(env).map_err(fail)?;
     let object = object_url(&base, &loc);

@@ -282,11 +282,7 @@ pub(crate) fn http_get_with(
     env: Env,
 ) -> Result<Body> {
     let left = remaining(label, deadline)?;
-    let fail = |msg: String| Error::Fetch {
-        url: label.to_string(),
-        msg,
-    };
-    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(fail)?;
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(|m| Error::fetch(label, m))?;
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -298,7 +294,11 @@ pub(crate) fn http_get_with(
         // Past the deadline, whatever the client says, it is the deadline.
         remaining(label, deadline)
             .err()
-            .unwrap_or_else(|| fail(describe(&e)))
+            .unwrap_or_else(|| Error::Fetch {
+                url: label.to_string(),
+                msg: describe(&e),
+                source: Some(e.into()),
+            })
     })?;
     let status = resp.status();
     if !status.is_success() {

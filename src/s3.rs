@@ -620,16 +620,9 @@ pub fn presign(url: &str, env: Env, expires_in: Duration) -> Result<String> {
     let shared = Shared::load(env);
     let region = region(env, &shared);
     let (endpoint, style) = endpoint(env, &region, &loc.bucket).map_err(fail)?;
-    let creds = resolve(env, &shared, Some(&CACHE)).map_err(|e| {
-        if e.retryable {
-            Error::Fetch {
-                url: url.to_string(),
-                msg: e.msg,
-            }
-        } else {
-            fail(e.msg)
-        }
-    })?;
+    // Whether a failed credential endpoint is worth another attempt is
+    // `Error::is_retryable`'s call, not this variant's.
+    let creds = resolve(env, &shared, Some(&CACHE)).map_err(|e| fail(e.msg))?;
     let host = endpoint.host_str().unwrap_or_default().to_string();
     let bucket = Bucket::new(endpoint, style, loc.bucket.clone(), region.clone())
         .map_err(|e| fail(format!("bucket {:?}: {e}", loc.bucket)))?;
