@@ -134,20 +134,36 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
     let fail = |msg: String| Error::Manifest {
         url: url.to_string(),
         msg,
+        source: None,
+    };
+    let yaml = |e: serde_norway::Error| Error::Manifest {
+        url: url.to_string(),
+        msg: format!("YAML: {e}"),
+        source: Some(e.into()),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let expanded = expand_templates(text, env).map_err(|m| fail(format!("template: {m}")))?;
 
     // Pass 1: the shape, and the keys we do not know.
-    let doc: Value = serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
-    let top = match &doc {
-        Value::Null => return Err(fail("the manifest is empty".into())),
+    let doc: Value = serde_norway::from_str(&expanded).map_err(yaml)?;
+    let unknown_keys = unknown_keys(&doc).map_err(fail)?;
+
+    // Pass 2: the typed read.
+    let raw: RawManifest = serde_norway::from_str(&expanded).map_err(yaml)?;
+    validate(raw, url, unknown_keys).map_err(fail)
+}
+
+/// Pass 1 of `parse`: the document must be a mapping; the keys we do not know (for a
+/// warning), with `commands.env` checked on the way.
+fn unknown_keys(doc: &Value) -> Result<Vec<String>, String> {
+    let top = match doc {
+        Value::Null => return Err("the manifest is empty".into()),
         Value::Mapping(m) => m,
         other => {
-            return Err(fail(format!(
+            return Err(format!(
                 "the manifest must be a YAML mapping (src:, dest:, ...), not {}",
                 kind(other)
-            )))
+            ))
         }
     };
     let mut unknown_keys = Vec::new();
@@ -162,62 +178,79 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
                     if !COMMAND_KEYS.contains(&cname.as_str()) {
                         unknown_keys.push(format!("commands.{cname}"));
                     } else if cname == "env" {
-                        check_env(cv).map_err(fail)?;
+                        check_env(cv)?;
                     }
                 }
             }
         }
     }
+    Ok(unknown_keys)
+}
 
-    // Pass 2: the typed read.
-    let raw: RawManifest =
-        serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
+/// Pass 2 of `parse`: every key of the typed read checked; the first error is the one.
+fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Manifest, String> {
     let src = non_empty(raw.src);
     let dest = non_empty(raw.dest);
     let checksum = non_empty(raw.checksum);
     if src.is_some() && dest.is_none() {
-        return Err(fail("dest is required".into()));
+        return Err("dest is required".into());
     }
     if src.is_some() && checksum.is_none() {
-        return Err(fail("checksum is required".into()));
+        return Err("checksum is required".into());
     }
-    let checksum = checksum
-        .map(|c| Checksum::parse(&c))
-        .transpose()
-        .map_err(fail)?;
+    let checksum = checksum.map(|c| Checksum::parse(&c)).transpose()?;
     let sync_strategy = match non_empty(raw.sync_strategy).as_deref() {
         None | Some("rsync") => Strategy::Rsync,
         Some("mv") => Strategy::Mv,
         Some("release") => Strategy::Release,
         Some(other) => {
-            return Err(fail(format!(
+            return Err(format!(
                 "invalid strategy name: {other} (expected rsync, mv or release)"
-            )))
+            ))
         }
     };
-    let dest = dest.map(|d| check_dest(&d)).transpose().map_err(fail)?;
+    let dest = dest.map(|d| check_dest(&d)).transpose()?;
     let keep_releases = non_empty(raw.keep_releases)
         .map(|k| parse_keep(&k))
-        .transpose()
-        .map_err(fail)?
+        .transpose()?
         .unwrap_or(DEFAULT_KEEP_RELEASES);
     let releases_dir = match (sync_strategy, &dest) {
         (Strategy::Release, Some(dest)) => {
-            Some(releases_dir(non_empty(raw.releases_dir).as_deref(), dest).map_err(fail)?)
+            Some(releases_dir(non_empty(raw.releases_dir).as_deref(), dest)?)
         }
         _ => None,
     };
     let dest_mode = non_empty(raw.dest_mode)
         .map(|m| parse_mode(&m))
-        .transpose()
-        .map_err(fail)?;
-    let src = src
-        .map(|s| resolve_src(&s, url))
-        .transpose()
-        .map_err(fail)?;
-    let commands = raw
-        .commands
-        .map(|c| Commands {
+        .transpose()?;
+    let src = src.map(|s| resolve_src(&s, url)).transpose()?;
+    let commands = raw.commands.map(Commands::from).unwrap_or_default();
+    Ok(Manifest {
+        src,
+        checksum,
+        dest,
+        dest_mode,
+        sync_strategy,
+        excludes: raw.excludes.unwrap_or_default(),
+        exclude_from: non_empty(raw.exclude_from)
+            .map(|f| check_exclude_from(&f))
+            .transpose()?,
+        commands,
+        keep_releases,
+        releases_dir,
+        unknown_keys,
+        expires: non_empty(raw.expires)
+            .map(|e| parse_expires(&e))
+            .transpose()?,
+        serial: non_empty(raw.serial)
+            .map(|n| parse_serial(&n))
+            .transpose()?,
+    })
+}
+
+impl From<RawCommands> for Commands {
+    fn from(c: RawCommands) -> Commands {
+        Commands {
             pre: c.pre.unwrap_or_default(),
             post: c.post.unwrap_or_default(),
             success: c.success.unwrap_or_default(),
@@ -228,32 +261,8 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
                 .into_iter()
                 .map(|(k, v)| (k, v.unwrap_or_default()))
                 .collect(),
-        })
-        .unwrap_or_default();
-    Ok(Manifest {
-        src,
-        checksum,
-        dest,
-        dest_mode,
-        sync_strategy,
-        excludes: raw.excludes.unwrap_or_default(),
-        exclude_from: non_empty(raw.exclude_from)
-            .map(|f| check_exclude_from(&f))
-            .transpose()
-            .map_err(fail)?,
-        commands,
-        keep_releases,
-        releases_dir,
-        unknown_keys,
-        expires: non_empty(raw.expires)
-            .map(|e| parse_expires(&e))
-            .transpose()
-            .map_err(fail)?,
-        serial: non_empty(raw.serial)
-            .map(|n| parse_serial(&n))
-            .transpose()
-            .map_err(fail)?,
-    })
+        }
+    }
 }
 
 /// `expires`: an RFC 3339 date-time with an offset (`2026-12-31T23:59:59Z`).
