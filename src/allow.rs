@@ -73,7 +73,9 @@ impl AllowList {
     }
 }
 
-/// The form `AllowList` compares: see there. `Err` says what is wrong.
+/// The form `AllowList` compares: see there. `Err` says what is wrong. Split by
+/// hand, not by `url::Url`, which would resolve a `..` segment (it must be refused)
+/// and encode the path differently from the byte-for-byte use `fetch` makes of it.
 fn normalize_url(url: &str) -> std::result::Result<String, String> {
     if !has_scheme(url) {
         return Err("has no scheme (scheme://...)".to_string());

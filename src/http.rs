@@ -100,22 +100,26 @@ fn agent(
 /// for https, `HTTP_PROXY` for http (upper case first, then lower case), none for
 /// `localhost` and loopback addresses or a host matched by `NO_PROXY`.
 fn proxy_for(url: &str, env: Env) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let hostport = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = split_host_port(hostport, scheme);
+    // Host and port as the client will see them: it parses the URL with `url` too.
+    let parsed = url::Url::parse(url).ok()?;
+    let scheme = parsed.scheme();
+    let port = parsed.port_or_known_default()?;
+    let host = match parsed.host()? {
+        url::Host::Domain(d) => d.to_string(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
     let get = |a: &str, b: &str| {
         env(a)
             .or_else(|| env(b))
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let proxy = match scheme.to_ascii_lowercase().as_str() {
+    let proxy = match scheme {
         "https" => get("HTTPS_PROXY", "https_proxy")?,
         "http" => get("HTTP_PROXY", "http_proxy")?,
         _ => return None,
     };
-    let host = host.to_ascii_lowercase();
     if host == "localhost"
         || host
             .parse::<std::net::IpAddr>()

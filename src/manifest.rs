@@ -446,6 +446,12 @@ fn check_dest(dest: &str) -> std::result::Result<PathBuf, String> {
 /// Resolves `src` against the manifest URL (RFC 3986 style): a URL with a scheme
 /// is kept; `//host/p` takes the scheme; `/p` takes scheme and host; anything else
 /// is relative to the manifest's directory. Dot segments are removed.
+///
+/// Hand-written, not `url::Url::join`: the result is used byte for byte (a `file://`
+/// path opened as written, an S3 key signed as written, a GCS object name encoded
+/// once on the wire), and `Url` would percent-encode it (`my app.tgz` →
+/// `my%20app.tgz`, a different key: see the `gs://` case of `relative_src_resolution`),
+/// lower-case an `https://` host, and rewrite `file://localhost/`.
 fn resolve_src(src: &str, base: &str) -> std::result::Result<String, String> {
     if has_scheme(src) {
         return Ok(src.to_string());

@@ -406,7 +406,9 @@ const SECRET_PARAMS: &[&str] = &[
 ];
 
 /// `url` fit for a record or a log: user info (`user:pass@`) dropped, and the
-/// query dropped when it holds a signature or token.
+/// query dropped when it holds a signature or token. Split by hand, not by
+/// `url::Url`: the rest stays exactly as the user wrote it (no percent-encoding, no
+/// lower-cased host), as every error and log line names it.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
