@@ -71,12 +71,22 @@ pub enum Error {
 
     /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
     #[error("fetch {url}: {msg}")]
-    S3 { url: String, msg: String },
+    S3 {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// A `gs://` source could not be asked for (bad URL, no credentials, a token
     /// endpoint that refused the grant).
     #[error("fetch {url}: {msg}")]
-    Gcs { url: String, msg: String },
+    Gcs {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The whole-download deadline (`--timeout`) passed.
     #[error("fetch {url}: timeout after {secs:.1}s")]
@@ -323,8 +333,22 @@ mod tests {
                 },
                 true,
             ),
-            (Error::S3 { url: s(), msg: s() }, true),
-            (Error::Gcs { url: s(), msg: s() }, true),
+            (
+                Error::S3 {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
+            (
+                Error::Gcs {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
             (Error::io("read", "/x", io()), true),
             // bytes that did not read as what they should be
             (Error::Archive { url: s(), msg: s() }, true),

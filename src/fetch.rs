@@ -493,7 +493,8 @@ mod tests {
         assert!(Error::fetch("u", "Connection refused").is_retryable());
         assert!(Error::S3 {
             url: "u".into(),
-            msg: "no credentials".into()
+            msg: "no credentials".into(),
+            source: None,
         }
         .is_retryable());
         assert!(!Error::Timeout {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::http;
 use crate::logln;
 use crate::Env;
@@ -161,6 +161,8 @@ impl fmt::Debug for Token {
 pub struct CredError {
     pub msg: String,
     pub retryable: bool,
+    /// The io / parser error `msg` says, kept as the source of the crate error.
+    pub source: Option<Cause>,
 }
 
 impl CredError {
@@ -168,13 +170,20 @@ impl CredError {
         CredError {
             msg: msg.into(),
             retryable: false,
+            source: None,
         }
     }
     fn transient(msg: impl Into<String>) -> CredError {
         CredError {
             msg: msg.into(),
             retryable: true,
+            source: None,
         }
+    }
+    /// Keeps `cause` (already said in `msg`) as the source.
+    fn because(mut self, cause: impl Into<Cause>) -> CredError {
+        self.source = Some(cause.into());
+        self
     }
 }
 
@@ -263,9 +272,11 @@ impl Source {
 fn read_credentials_file(path: PathBuf) -> std::result::Result<Source, CredError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| CredError::config(format!("credentials file {shown}: {e}")))?;
+        .map_err(|e| CredError::config(format!("credentials file {shown}: {e}")).because(e))?;
     // serde_json's messages name a position, never the text: safe to show.
-    let bad = |e: serde_json::Error| CredError::config(format!("credentials file {shown}: {e}"));
+    let bad = |e: serde_json::Error| {
+        CredError::config(format!("credentials file {shown}: {e}")).because(e)
+    };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
     let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
     match kind {
@@ -297,8 +308,9 @@ fn read_credentials_file(path: PathBuf) -> std::result::Result<Source, CredError
 /// A grant is sent only over https, or plain http to a loopback address.
 fn check_token_uri(uri: Option<&str>, file: &str) -> std::result::Result<(), CredError> {
     let Some(uri) = uri else { return Ok(()) };
-    let u = url::Url::parse(uri)
-        .map_err(|e| CredError::config(format!("credentials file {file}: token_uri: {e}")))?;
+    let u = url::Url::parse(uri).map_err(|e| {
+        CredError::config(format!("credentials file {file}: token_uri: {e}")).because(e)
+    })?;
     let ok = match (u.scheme(), u.host()) {
         ("https", Some(_)) => true,
         ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
@@ -581,10 +593,15 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
     let fail = |msg: String| Error::Gcs {
         url: url.to_string(),
         msg,
+        source: None,
     };
     // Whether a failed token endpoint is worth another attempt is
     // `Error::is_retryable`'s call, not this variant's.
-    let to_error = |e: CredError| fail(e.msg);
+    let to_error = |e: CredError| Error::Gcs {
+        url: url.to_string(),
+        msg: e.msg,
+        source: e.source,
+    };
     let loc = parse_url(url).map_err(fail)?;
     let (base, emulator) = endpoint(env).map_err(fail)?;
     let object = object_url(&base, &loc);
