@@ -1,7 +1,7 @@
 //! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
 //! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
 //! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
+//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_bytes` are shared.
 //! `stream` hashes the bytes as they arrive on their way to the consumer (the
 //! unpacker) and hands back only a `Verified` result.
 //!
@@ -281,11 +281,6 @@ fn limited(
     Ok((l, src.len))
 }
 
-/// Fetches a small text document (the manifest), with retries and the deadline.
-pub fn fetch_text(url: &str, opts: &FetchOptions) -> Result<String> {
-    into_text(url, fetch_bytes(url, opts, u64::MAX)?)
-}
-
 /// Fetches a small document's raw bytes (the manifest and its signature), with
 /// retries and the deadline; more than `max` bytes is an error.
 pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
@@ -473,7 +468,7 @@ mod tests {
             max_bandwidth: None,
             env: &|_| None,
         };
-        let e = fetch_text("gopher://x/y", &opts).unwrap_err();
+        let e = fetch_bytes("gopher://x/y", &opts, u64::MAX).unwrap_err();
         assert!(
             e.to_string().contains("unsupported URL scheme \"gopher\""),
             "{e}"

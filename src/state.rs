@@ -29,13 +29,6 @@ use crate::Env;
 #[derive(Debug)]
 pub struct DestLock {
     _lock: Flock<File>,
-    path: PathBuf,
-}
-
-impl DestLock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// The lock file for `dest`: `.<name>.stretcher.lock` beside it.
@@ -95,7 +88,7 @@ pub fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
     }
     let what = format!("another stretcher is deploying to {}", dest.display());
     let lock = lock_waiting(&path, &what)?;
-    Ok(DestLock { _lock: lock, path })
+    Ok(DestLock { _lock: lock })
 }
 
 /// Opens (creating) `path` and takes an exclusive flock on it, polling so that a
@@ -376,11 +369,6 @@ fn read_record(path: &Path, name: &str) -> Seen {
 }
 
 impl EventClaim {
-    /// The state file this claim writes.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Records the event as handled (atomically: temp file, fsync, rename, fsync
     /// of the directory), then releases the lock.
     pub fn record(self) -> Result<()> {
@@ -529,7 +517,7 @@ mod tests {
         let Claim::Fresh(c) = claim(dir.path(), "deploy", &ev).unwrap() else {
             panic!("first delivery must run");
         };
-        let path = c.path().to_path_buf();
+        let path = c.path.clone();
         c.record().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"id-1\"") && text.contains('5'), "{text}");
