@@ -61,7 +61,7 @@ pub enum Error {
         source: Option<Cause>,
     },
 
-    /// A source answered with a non-2xx HTTP status: 5xx is retried, 4xx is final.
+    /// A source answered with a non-2xx HTTP status (retried like any failed attempt).
     #[error("fetch {url}: HTTP {status}{detail}")]
     HttpStatus {
         url: String,
@@ -203,23 +203,23 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. } => false,
-            // The source itself failed: the network, a status, credentials, a file.
+            // The source failed: the network, a status, credentials, the file.
             Error::Fetch { .. }
             | Error::HttpStatus { .. }
             | Error::S3 { .. }
             | Error::Gcs { .. }
             | Error::Io { .. } => true,
-            // Bytes that arrived but did not read as the thing they should be: a
-            // truncated or half-uploaded object reads differently the next time.
+            // Never the error of an attempt today (`stream` keeps the unpacker's verdict
+            // on good bytes out of the retries; the manifest is read after its fetch):
+            // a failed attempt all the same, should one ever be.
             Error::Archive { .. }
             | Error::Entry { .. }
             | Error::Manifest { .. }
             | Error::Signature { .. }
             | Error::Freshness { .. }
             | Error::Refused { .. }
-            | Error::Pattern { .. } => true,
-            // Not raised inside an attempt; retried like any other failure if they were.
-            Error::Usage(_)
+            | Error::Pattern { .. }
+            | Error::Usage(_)
             | Error::Event { .. }
             | Error::NoConsulEvents
             | Error::Sync { .. }
@@ -350,7 +350,7 @@ mod tests {
                 true,
             ),
             (Error::io("read", "/x", io()), true),
-            // bytes that did not read as what they should be
+            // never the error of an attempt today
             (Error::Archive { url: s(), msg: s() }, true),
             (
                 Error::Entry {
@@ -383,7 +383,6 @@ mod tests {
                 },
                 true,
             ),
-            // never inside an attempt
             (Error::Usage(s()), true),
             (Error::event("x"), true),
             (Error::NoConsulEvents, true),
