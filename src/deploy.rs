@@ -1,14 +1,23 @@
-//! One run, in the order of SPEC §5: delay → event → manifest → download and
-//! verify → `pre` → unpack into staging → sync into `dest` → `post` →
-//! `success` / `failure` with the log on stdin.
+//! One run, in the order of SPEC §5, and the only module that knows that order.
+//! Read top-down, each step is one function:
 //!
-//! The only module that knows that order. It owns the staging directory and the
-//! temp download file beside `dest` (and removes them, or a killed run's leftovers),
-//! and it guarantees that nothing touches `dest` before the sync step.
+//! 1. the random delay (`sleep_random_delay`);
+//! 2. the event and its replay claim (`claim_event`, then `record_handled`);
+//! 3. the manifest, its signature and freshness (`load_manifest`); for a manifest
+//!    with an archive, under dest's lock (`deploy`), the redeploy decision of SPEC
+//!    §11 (`Job::redeploy`);
+//! 4. the download, unpacked into staging as it arrives (`Job::download`);
+//! 5. `pre` (`pre`);
+//! 6. the sync or mv (`Job::sync`), or the release switch (`Job::release`);
+//! 7. `post` (`post`);
+//! 8. `success` / `failure` with the log on stdin (`final_hooks`);
+//! 9. the deploy record (`write_record`).
+//!
+//! It guarantees that nothing touches `dest` before the sync step. The staging
+//! directory beside `dest` is `staging`'s; a `--dry-run` prints what the run would
+//! do instead of running `pre` (`print_dry_run`).
 
-use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,9 +36,11 @@ use crate::record;
 use crate::redeploy;
 use crate::release;
 use crate::signature;
+use crate::staging::{load_filter, make_writable_and_remove, Staging, Workspace};
 use crate::state;
 use crate::sync::{self, SyncOptions};
-use crate::unpack::{self, UnpackOptions};
+use crate::unpack::{self, Staged, UnpackOptions};
+use crate::verify::{Checksum, Verified};
 use crate::Env;
 
 /// The default mode of `dest` when neither the manifest nor the archive says.
@@ -67,9 +78,26 @@ pub fn run(opts: &Options, env: Env, stdin: &mut dyn Read) -> Result<()> {
     result
 }
 
+/// Steps 1 and 2 (delay, event, replay claim), then the event's run.
 fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) -> Result<()> {
     interrupt::install()?;
     logln!("Starting up stretcher agent {}", crate::VERSION);
+    sleep_random_delay(opts)?;
+
+    let event = event::read(opts.target.as_deref(), env, stdin)?;
+    for warning in opts.allow_url.warnings() {
+        logln!("{warning}");
+    }
+    let Handling::Run(claim) = claim_event(&event, opts, env)? else {
+        return Ok(());
+    };
+    let result = run_event(&event, opts, env, logged);
+    record_handled(claim, &event, opts, &result);
+    result
+}
+
+/// Step 1: sleeps the `--random-delay`, if any.
+fn sleep_random_delay(opts: &Options) -> Result<()> {
     if let Some(d) = opts.random_delay.filter(|d| !d.is_zero()) {
         let sleep = random_delay(d);
         logln!(
@@ -79,31 +107,48 @@ fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) 
         );
         interrupt::sleep(sleep)?;
     }
+    Ok(())
+}
 
-    let event = event::read(opts.target.as_deref(), env, stdin)?;
-    for warning in opts.allow_url.warnings() {
-        logln!("{warning}");
-    }
-    // Replays (SPEC §2, §10): a consul/serf event already handled is skipped. The
-    // claim holds the event name's lock until the event is recorded, so a second
-    // handler of the same event waits and then skips it.
-    let claim = match event.replay_key() {
-        None => None,
-        Some((name, seen)) => {
-            let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
-            match state::claim(&dir, name, &seen)? {
-                state::Claim::Replay(why) => {
-                    logln!("Skipping {}: already handled: {why}", event.describe());
-                    return Ok(());
-                }
-                state::Claim::Fresh(claim) => Some(claim),
-            }
-        }
+/// A uniformly random time in [0, max): spreads a fleet's downloads.
+fn random_delay(max: Duration) -> Duration {
+    max.mul_f64(fastrand::f64())
+}
+
+/// What the replay check decided about an event.
+enum Handling {
+    /// Already handled: skipped (and logged).
+    Replay,
+    /// Run it; a consul/serf event's claim is recorded after the run.
+    Run(Option<state::EventClaim>),
+}
+
+/// Step 2, replays (SPEC §2, §10): a consul/serf event already handled is skipped.
+/// The claim holds the event name's lock until the event is recorded, so a second
+/// handler of the same event waits and then skips it.
+fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handling> {
+    let Some((name, seen)) = event.replay_key() else {
+        return Ok(Handling::Run(None));
     };
-    let result = run_event(&event, opts, env, logged);
-    // Handled once its deploy ran to an end, success or failure (a refused or
-    // unreadable manifest included); not when a signal cut it short, so that a
-    // redelivery finishes the job.
+    let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
+    match state::claim(&dir, name, &seen)? {
+        state::Claim::Replay(why) => {
+            logln!("Skipping {}: already handled: {why}", event.describe());
+            Ok(Handling::Replay)
+        }
+        state::Claim::Fresh(claim) => Ok(Handling::Run(Some(claim))),
+    }
+}
+
+/// Records the event as handled once its deploy ran to an end, success or failure (a
+/// refused or unreadable manifest included); not when a signal cut it short, so that
+/// a redelivery finishes the job.
+fn record_handled(
+    claim: Option<state::EventClaim>,
+    event: &event::Event,
+    opts: &Options,
+    result: &Result<()>,
+) {
     if let Some(claim) = claim {
         // A dry run does not handle the event: the real run must still happen.
         if !opts.dry_run && !matches!(result, Err(Error::Interrupted(_))) {
@@ -115,7 +160,6 @@ fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) 
             }
         }
     }
-    result
 }
 
 /// One event that is not a replay: the run, then its deploy record (SPEC §5 step
@@ -131,26 +175,38 @@ fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) 
     };
     let result = run_manifest(event, opts, env, &mut draft, state.as_deref(), logged);
     if let (Some(dir), false) = (&state, opts.dry_run) {
-        let (key, rec) = draft.finish(result.as_ref().err());
-        if let Err(e) = record::write(dir, &key, &rec) {
-            logln!("warning: cannot write the deploy record: {e}");
-        }
-        if rec.result == record::Outcome::Success {
-            // The floor of the next manifest's serial (SPEC §15).
-            if let Err(e) = record::write_success_serial(dir, &key, rec.serial) {
-                logln!("warning: cannot write the serial of this deploy: {e}");
-            }
-        }
-        if let Some(textfile_dir) = &opts.textfile_dir {
-            if let Err(e) = crate::metrics::write_record(textfile_dir, &key, &rec, &event.url) {
-                logln!("warning: cannot write the textfile metrics: {e}");
-            }
-        }
+        write_record(dir, draft, result.as_ref().err(), opts, event);
     }
     result
 }
 
-/// Allow-url check, manifest, deploy, final hooks; `draft` follows along.
+/// Step 9: the deploy record, the serial floor of a success and the textfile
+/// metrics. A failure to write them is a warning: the deploy's result stands.
+fn write_record(
+    dir: &Path,
+    draft: record::Draft,
+    error: Option<&Error>,
+    opts: &Options,
+    event: &event::Event,
+) {
+    let (key, rec) = draft.finish(error);
+    if let Err(e) = record::write(dir, &key, &rec) {
+        logln!("warning: cannot write the deploy record: {e}");
+    }
+    if rec.result == record::Outcome::Success {
+        // The floor of the next manifest's serial (SPEC §15).
+        if let Err(e) = record::write_success_serial(dir, &key, rec.serial) {
+            logln!("warning: cannot write the serial of this deploy: {e}");
+        }
+    }
+    if let Some(textfile_dir) = &opts.textfile_dir {
+        if let Err(e) = crate::metrics::write_record(textfile_dir, &key, &rec, &event.url) {
+            logln!("warning: cannot write the textfile metrics: {e}");
+        }
+    }
+}
+
+/// Steps 3 to 8: the manifest, the deploy, the final hooks; `draft` follows along.
 fn run_manifest(
     event: &event::Event,
     opts: &Options,
@@ -159,8 +215,6 @@ fn run_manifest(
     state: Option<&Path>,
     logged: &mut bool,
 ) -> Result<()> {
-    opts.allow_url.check("manifest", &event.url)?;
-    logln!("Loading manifest: {}", event.url);
     let fetch_opts = FetchOptions {
         retry: opts.retry,
         retry_wait: opts.retry_wait,
@@ -168,12 +222,40 @@ fn run_manifest(
         max_bandwidth: opts.max_bandwidth,
         env,
     };
-    let bytes = fetch::fetch_bytes(&event.url, &fetch_opts, u64::MAX)?;
+    let manifest = load_manifest(event, opts, env, &fetch_opts, draft, state)?;
+    let hook_env = HookEnv {
+        dest: manifest
+            .dest
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        src: manifest.src.clone().unwrap_or_default(),
+        manifest_url: event.url.clone(),
+        timeout: opts.command_timeout,
+        vars: manifest.commands.env.clone(),
+    };
+    let result = deploy(&manifest, opts, &fetch_opts, &hook_env, draft, state);
+    final_hooks(result, &manifest, opts, &hook_env, draft, logged)
+}
+
+/// Step 3: the allow-url check, the manifest (and its signature, §15), validated and
+/// fresh; the `src` allow-url check, before anything is fetched or run.
+fn load_manifest(
+    event: &event::Event,
+    opts: &Options,
+    env: Env,
+    fetch_opts: &FetchOptions,
+    draft: &mut record::Draft,
+    state: Option<&Path>,
+) -> Result<Manifest> {
+    opts.allow_url.check("manifest", &event.url)?;
+    logln!("Loading manifest: {}", event.url);
+    let bytes = fetch::fetch_bytes(&event.url, fetch_opts, u64::MAX)?;
     draft.manifest_read(&bytes);
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
         draft.step = record::Step::Signature;
-        check_signature(&event.url, &bytes, &opts.trusted_keys, &fetch_opts)?;
+        check_signature(&event.url, &bytes, &opts.trusted_keys, fetch_opts)?;
         draft.step = record::Step::Manifest;
     }
     let text = fetch::into_text(&event.url, bytes)?;
@@ -191,69 +273,7 @@ fn run_manifest(
         // Before anything is fetched or run: a refused src runs no hook at all.
         opts.allow_url.check("src", src)?;
     }
-
-    let hook_env = HookEnv {
-        dest: manifest
-            .dest
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default(),
-        src: manifest.src.clone().unwrap_or_default(),
-        manifest_url: event.url.clone(),
-        timeout: opts.command_timeout,
-        vars: manifest.commands.env.clone(),
-    };
-    match deploy(&manifest, opts, &fetch_opts, &hook_env, draft, state) {
-        // A dry run runs no command, `success` and `failure` included.
-        Ok(()) if opts.dry_run => {
-            logln!("Dry run done: nothing was changed and no command was run.");
-            Ok(())
-        }
-        Err(e) if opts.dry_run => {
-            logln!("Dry run failed: {e}");
-            *logged = true;
-            Err(e)
-        }
-        Ok(()) => {
-            logln!("Deploy manifest succeeded.");
-            finish(&manifest.commands.success, &hook_env, "success");
-            draft.hooks_ran("success");
-            Ok(())
-        }
-        Err(e) => {
-            logln!("Deploy manifest failed: {e}");
-            *logged = true;
-            finish(&manifest.commands.failure, &hook_env, "failure");
-            draft.hooks_ran("failure");
-            Err(e)
-        }
-    }
-}
-
-/// Runs the hooks of `phase` and records them in `draft`.
-pub(crate) fn run_hooks(
-    draft: &mut record::Draft,
-    phase: &'static str,
-    commands: &[String],
-    env: &HookEnv,
-) -> Result<()> {
-    let result = hooks::run(commands, env);
-    draft.hooks_ran(phase);
-    result
-}
-
-/// Counts the bytes read through it (the record's `downloaded_bytes`).
-pub(crate) struct Counting<'a> {
-    pub(crate) inner: &'a mut (dyn Read + Send),
-    pub(crate) count: &'a AtomicU64,
-}
-
-impl Read for Counting<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
+    Ok(manifest)
 }
 
 /// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
@@ -324,9 +344,41 @@ fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) 
     Ok(())
 }
 
-/// A uniformly random time in [0, max): spreads a fleet's downloads.
-fn random_delay(max: Duration) -> Duration {
-    max.mul_f64(fastrand::f64())
+/// Step 8: after the deploy's `result`, the `success` or `failure` hooks (none in a
+/// dry run). The error is logged here, before the `failure` hooks read the log.
+fn final_hooks(
+    result: Result<()>,
+    manifest: &Manifest,
+    opts: &Options,
+    hook_env: &HookEnv,
+    draft: &mut record::Draft,
+    logged: &mut bool,
+) -> Result<()> {
+    match result {
+        // A dry run runs no command, `success` and `failure` included.
+        Ok(()) if opts.dry_run => {
+            logln!("Dry run done: nothing was changed and no command was run.");
+            Ok(())
+        }
+        Err(e) if opts.dry_run => {
+            logln!("Dry run failed: {e}");
+            *logged = true;
+            Err(e)
+        }
+        Ok(()) => {
+            logln!("Deploy manifest succeeded.");
+            finish(&manifest.commands.success, hook_env, "success");
+            draft.hooks_ran("success");
+            Ok(())
+        }
+        Err(e) => {
+            logln!("Deploy manifest failed: {e}");
+            *logged = true;
+            finish(&manifest.commands.failure, hook_env, "failure");
+            draft.hooks_ran("failure");
+            Err(e)
+        }
+    }
 }
 
 /// Runs the `success` or `failure` commands with the whole log on stdin. Their
@@ -342,7 +394,8 @@ fn finish(commands: &[String], env: &HookEnv, which: &str) {
     }
 }
 
-/// The deploy proper: everything between a valid manifest and the final hooks.
+/// The deploy proper: everything between a valid manifest and the final hooks. It
+/// holds dest's lock from before the leftover removal to the end of `post`.
 fn deploy(
     manifest: &Manifest,
     opts: &Options,
@@ -357,103 +410,266 @@ fn deploy(
         manifest.dest.as_deref(),
     ) else {
         // Commands-only manifest (validation guarantees src ⇒ checksum and dest).
-        if opts.dry_run {
-            return print_dry_run(manifest, None);
-        }
-        draft.step = record::Step::Pre;
-        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
-        draft.step = record::Step::Post;
-        return run_hooks(draft, "post", &manifest.commands.post, hook_env);
+        return commands_only(manifest, opts, hook_env, draft);
     };
 
     let _lock = state::lock_dest(dest, fetch_opts.env)?;
     let work = Workspace::new(dest, fetch_opts.env)?;
     work.remove_leftovers();
 
-    // The redeploy that downloads nothing (SPEC §11).
+    let checksum_hex = checksum.hex().to_ascii_lowercase();
+    let wanted = wanted(manifest, &checksum_hex);
+    let job = Job {
+        manifest,
+        opts,
+        fetch_opts,
+        hook_env,
+        state,
+        src,
+        checksum,
+        dest,
+        wanted: &wanted,
+        work: &work,
+        same_owner: nix::unistd::geteuid().is_root(),
+        downloaded: AtomicU64::new(0),
+    };
+    let pre_done = match job.redeploy(draft)? {
+        Next::Done => return Ok(()),
+        Next::Deploy { pre_done } => pre_done,
+    };
+    if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
+        return job.release(draft, pre_done);
+    }
+
+    let (staging, staged) = job.download(draft)?;
+    // Read before `pre`, which cannot have touched the staged tree yet.
+    draft.step = record::Step::Unpack;
+    let (filter, exclude_text) = load_filter(manifest, staging.path(), &staged.reused, dest)?;
+    if opts.dry_run {
+        return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
+    }
+    if !pre_done {
+        pre(draft, manifest, hook_env)?;
+    }
+    job.sync(draft, staging, staged, filter, exclude_text)?;
+    post(draft, manifest, hook_env)
+}
+
+/// A manifest without `src`: `pre` and `post` only (a dry run prints them).
+fn commands_only(
+    manifest: &Manifest,
+    opts: &Options,
+    hook_env: &HookEnv,
+    draft: &mut record::Draft,
+) -> Result<()> {
+    if opts.dry_run {
+        return print_dry_run(manifest, None);
+    }
+    pre(draft, manifest, hook_env)?;
+    post(draft, manifest, hook_env)
+}
+
+/// Step 5: the `pre` hooks.
+fn pre(draft: &mut record::Draft, manifest: &Manifest, hook_env: &HookEnv) -> Result<()> {
+    draft.step = record::Step::Pre;
+    run_hooks(draft, "pre", &manifest.commands.pre, hook_env)
+}
+
+/// Step 7: the `post` hooks.
+fn post(draft: &mut record::Draft, manifest: &Manifest, hook_env: &HookEnv) -> Result<()> {
+    draft.step = record::Step::Post;
+    run_hooks(draft, "post", &manifest.commands.post, hook_env)
+}
+
+/// Runs the hooks of `phase` and records them in `draft`.
+pub(crate) fn run_hooks(
+    draft: &mut record::Draft,
+    phase: &'static str,
+    commands: &[String],
+    env: &HookEnv,
+) -> Result<()> {
+    let result = hooks::run(commands, env);
+    draft.hooks_ran(phase);
+    result
+}
+
+/// What a deploy of this manifest must match for the redeploy that downloads
+/// nothing (SPEC §11), and what its index records.
+fn wanted<'a>(manifest: &'a Manifest, checksum_hex: &'a str) -> redeploy::Wanted<'a> {
     let euid = nix::unistd::geteuid().as_raw();
     let strategy_name = match manifest.sync_strategy {
         Strategy::Rsync => "rsync",
         Strategy::Mv => "mv",
         Strategy::Release => "release",
     };
-    let checksum_hex = checksum.hex().to_ascii_lowercase();
-    let wanted = redeploy::Wanted {
-        checksum: &checksum_hex,
+    redeploy::Wanted {
+        checksum: checksum_hex,
         strategy: strategy_name,
         dest_mode: manifest.dest_mode,
         excludes: &manifest.excludes,
         exclude_from: manifest.exclude_from.as_deref(),
         euid,
-    };
-    let mut pre_done = false;
-    if let (Some(dir), false) = (state, opts.force) {
-        match redeploy::check(dir, dest, &wanted) {
+    }
+}
+
+/// One deploy of an archive onto `dest`: what its steps read.
+struct Job<'a> {
+    manifest: &'a Manifest,
+    opts: &'a Options,
+    fetch_opts: &'a FetchOptions<'a>,
+    hook_env: &'a HookEnv,
+    state: Option<&'a Path>,
+    src: &'a str,
+    checksum: &'a Checksum,
+    dest: &'a Path,
+    wanted: &'a redeploy::Wanted<'a>,
+    work: &'a Workspace,
+    /// Running as root: the archive's owners are kept.
+    same_owner: bool,
+    /// The bytes of the last download (the record's `downloaded_bytes`).
+    downloaded: AtomicU64,
+}
+
+/// What is left to do after the redeploy decision.
+enum Next {
+    /// The deploy ran to its end without a download (or a dry run printed it).
+    Done,
+    /// Download and deploy; `pre_done`: the `pre` hooks already ran.
+    Deploy { pre_done: bool },
+}
+
+impl Job<'_> {
+    /// The redeploy that downloads nothing (SPEC §11): skipped with `--force` or
+    /// without a state directory.
+    fn redeploy(&self, draft: &mut record::Draft) -> Result<Next> {
+        let (Some(dir), false) = (self.state, self.opts.force) else {
+            return Ok(Next::Deploy { pre_done: false });
+        };
+        match redeploy::check(dir, self.dest, self.wanted) {
             redeploy::Decision::Skip { deployed, entries } => {
-                logln!(
-                    "dest {} already holds {checksum_hex} (deployed {deployed}): nothing to download",
-                    dest.display()
-                );
-                if opts.dry_run {
-                    return print_dry_run(manifest, None);
-                }
-                draft.step = record::Step::Pre;
-                run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
-                pre_done = true;
-                // A `pre` command may change dest: then the sync would not be a no-op.
-                let still = manifest.commands.pre.is_empty()
-                    || matches!(
-                        redeploy::check(dir, dest, &wanted),
-                        redeploy::Decision::Skip { .. }
-                    );
-                if still {
-                    draft.download_skipped = true;
-                    draft.downloaded_bytes = Some(0);
-                    draft.changes = Some(record::Changes {
-                        unchanged: entries,
-                        ..Default::default()
-                    });
-                    draft.step = record::Step::Post;
-                    return run_hooks(draft, "post", &manifest.commands.post, hook_env);
-                }
-                logln!(
-                    "a pre command changed {}: deploying in full",
-                    dest.display()
-                );
+                self.skip_download(draft, dir, &deployed, entries)
             }
             redeploy::Decision::Deploy { reason, warn } => {
                 let w = if warn { "warning: " } else { "" };
-                logln!("{w}{} is deployed in full: {reason}", dest.display());
+                logln!("{w}{} is deployed in full: {reason}", self.dest.display());
+                Ok(Next::Deploy { pre_done: false })
             }
         }
     }
 
-    if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
+    /// dest already holds the archive: `pre`, then `post` with nothing downloaded —
+    /// unless a `pre` command changed dest, then the deploy goes on in full.
+    fn skip_download(
+        &self,
+        draft: &mut record::Draft,
+        dir: &Path,
+        deployed: &str,
+        entries: u64,
+    ) -> Result<Next> {
+        let Job {
+            manifest,
+            hook_env,
+            dest,
+            wanted,
+            ..
+        } = *self;
+        logln!(
+            "dest {} already holds {} (deployed {deployed}): nothing to download",
+            dest.display(),
+            wanted.checksum
+        );
+        if self.opts.dry_run {
+            print_dry_run(manifest, None)?;
+            return Ok(Next::Done);
+        }
+        pre(draft, manifest, hook_env)?;
+        // A `pre` command may change dest: then the sync would not be a no-op.
+        let still = manifest.commands.pre.is_empty()
+            || matches!(
+                redeploy::check(dir, dest, wanted),
+                redeploy::Decision::Skip { .. }
+            );
+        if still {
+            draft.download_skipped = true;
+            draft.downloaded_bytes = Some(0);
+            draft.changes = Some(record::Changes {
+                unchanged: entries,
+                ..Default::default()
+            });
+            post(draft, manifest, hook_env)?;
+            return Ok(Next::Done);
+        }
+        logln!(
+            "a pre command changed {}: deploying in full",
+            dest.display()
+        );
+        Ok(Next::Deploy { pre_done: true })
+    }
+
+    /// Steps 4 to 7 for `sync_strategy: release` (SPEC §14), in `release`.
+    fn release(&self, draft: &mut record::Draft, pre_done: bool) -> Result<()> {
+        let Job {
+            manifest,
+            fetch_opts,
+            hook_env,
+            state,
+            src,
+            checksum,
+            dest,
+            wanted,
+            ..
+        } = *self;
         let ctx = release::Context {
             draft,
             state,
-            wanted: &wanted,
+            wanted,
             pre_done,
         };
         let deployed = release::deploy(manifest, fetch_opts, hook_env, (src, checksum, dest), ctx)?;
         logln!("Release {} is live in {}", deployed.id, dest.display());
-        return Ok(());
+        Ok(())
     }
 
-    // Download, hash and unpack in one pass into a private staging directory beside
-    // dest. dest is only read: files it already has as the archive does (size, mtime,
-    // mode, owner) are not written at all (rsync strategy; not in a dry run).
-    logln!("Loading URL {src}");
-    let same_owner = nix::unistd::geteuid().is_root();
-    let reuse = manifest.sync_strategy == Strategy::Rsync && !opts.dry_run;
-    draft.step = record::Step::Download;
-    let downloaded = AtomicU64::new(0);
-    let fetch_and_unpack = |reuse: bool| {
+    /// Step 4: download, hash and unpack in one pass into a private staging directory
+    /// beside dest. dest is only read: files it already has as the archive does (size,
+    /// mtime, mode, owner) are not written at all (rsync strategy; not in a dry run).
+    fn download(&self, draft: &mut record::Draft) -> Result<(Staging, Staged)> {
+        let src = self.src;
+        logln!("Loading URL {src}");
+        let reuse = self.manifest.sync_strategy == Strategy::Rsync && !self.opts.dry_run;
+        draft.step = record::Step::Download;
+        let staged = self.fetch_and_unpack(reuse);
+        draft.downloaded_bytes = Some(self.downloaded.load(Ordering::Relaxed));
+        let staged = staged?;
+        // Verified: from here on the staged tree is the archive's.
+        let (staging, staged) = staged.into_inner();
+        logln!(
+            "Unpacked {} entries ({} unchanged files left in place in {})",
+            staged.entries,
+            staged.reused.len(),
+            self.dest.display()
+        );
+        Ok((staging, staged))
+    }
+
+    /// One download of `src` into a new staging directory, counted in `downloaded`;
+    /// `reuse`: dest's unchanged files are left out of staging.
+    fn fetch_and_unpack(&self, reuse: bool) -> Result<Verified<(Staging, Staged)>> {
+        let Job {
+            src,
+            checksum,
+            fetch_opts,
+            dest,
+            work,
+            same_owner,
+            ..
+        } = *self;
+        let downloaded = &self.downloaded;
         fetch::stream(src, checksum, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
             let reader = &mut Counting {
                 inner: reader,
-                count: &downloaded,
+                count: downloaded,
             };
             let staging = work.staging_dir()?;
             let unpack_opts = UnpackOptions {
@@ -467,106 +683,143 @@ fn deploy(
             let staged = unpack::unpack(reader, staging.path(), &unpack_opts, probe)?;
             Ok((staging, staged))
         })
-    };
-    let staged = fetch_and_unpack(reuse);
-    draft.downloaded_bytes = Some(downloaded.load(Ordering::Relaxed));
-    let staged = staged?;
-    // Verified: from here on the staged tree is the archive's.
-    let (staging, staged) = staged.into_inner();
-    logln!(
-        "Unpacked {} entries ({} unchanged files left in place in {})",
-        staged.entries,
-        staged.reused.len(),
-        dest.display()
-    );
-
-    // Read before `pre`, which cannot have touched the staged tree yet.
-    draft.step = record::Step::Unpack;
-    let (filter, exclude_text) = load_filter(manifest, staging.path(), &staged.reused, dest)?;
-    if opts.dry_run {
-        return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
     }
 
-    if !pre_done {
-        draft.step = record::Step::Pre;
-        run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
-    }
+    /// Step 6: dest's mode on the staged tree, then the rsync or mv strategy. The
+    /// staging directory is gone when this returns (renamed onto dest, or removed).
+    fn sync(
+        &self,
+        draft: &mut record::Draft,
+        staging: Staging,
+        staged: Staged,
+        filter: Filter,
+        exclude_text: Option<String>,
+    ) -> Result<()> {
+        draft.step = record::Step::Sync;
+        let mode = self
+            .manifest
+            .dest_mode
+            .or(staged.root_mode)
+            .unwrap_or(DEFAULT_DEST_MODE);
+        logln!("Set dest mode {mode:04o}");
+        staging.set_mode(mode)?;
 
-    draft.step = record::Step::Sync;
-    let mode = manifest
-        .dest_mode
-        .or(staged.root_mode)
-        .unwrap_or(DEFAULT_DEST_MODE);
-    logln!("Set dest mode {mode:04o}");
-    staging.set_mode(mode)?;
-
-    match manifest.sync_strategy {
-        Strategy::Rsync => {
-            let sync_opts = SyncOptions {
-                verbosity: opts.rsync_verbose,
-                preserve_owner: same_owner,
-                // staging is private and discarded: rename from it instead of copying
-                move_source: true,
-            };
-            let list_uptodate = opts.rsync_verbose >= 2;
-            let plan =
-                sync::plan_kept(staging.path(), dest, &filter, &staged.reused, list_uptodate);
-            let (plan, _staging) = match plan {
-                Err(Error::Stale { path }) => {
-                    // `pre` changed a file that was left in dest as unchanged: its
-                    // content is now in neither tree. Fetch and unpack it all again.
-                    logln!(
-                        "{} changed after the archive was unpacked (by a pre command?): unpacking the archive again in full",
-                        path.display()
-                    );
-                    drop(staging);
-                    let (staging, _) = fetch_and_unpack(false)?.into_inner();
-                    staging.set_mode(mode)?;
-                    (
-                        sync::plan_kept(
-                            staging.path(),
-                            dest,
-                            &filter,
-                            &Default::default(),
-                            list_uptodate,
-                        )?,
-                        staging,
-                    )
-                }
-                plan => (plan?, staging),
-            };
-            let stats = sync::apply(&plan, &sync_opts)?;
-            draft.changes = Some(record::Changes::from(&stats));
-            if let Some(dir) = state {
-                let entries = crate::index::from_plan(&plan, same_owner);
-                write_index(dir, dest, &wanted, exclude_text, &entries);
-            }
-        }
-        // Handled above (a dry run never gets here either).
-        Strategy::Release => {}
-        Strategy::Mv => {
-            logln!("Moving {} to {}", staging.path().display(), dest.display());
-            let path = staging.keep();
-            if let Err(e) = sync::move_into_place(&path, dest) {
-                let _ = make_writable_and_remove(&path);
-                return Err(e);
-            }
-            draft.changes = Some(record::Changes {
-                created: staged.entries,
-                ..Default::default()
-            });
-            // Nothing was walked: the tree was renamed whole. One walk of the result.
-            if let Some(dir) = state {
-                match crate::index::scan(dest, &filter) {
-                    Ok(entries) => write_index(dir, dest, &wanted, exclude_text, &entries),
-                    Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
-                }
-            }
+        match self.manifest.sync_strategy {
+            Strategy::Rsync => self.sync_rsync(draft, staging, staged, filter, exclude_text, mode),
+            // Handled before the download (a dry run never gets here either).
+            Strategy::Release => Ok(()),
+            Strategy::Mv => self.sync_mv(draft, staging, staged, filter, exclude_text),
         }
     }
 
-    draft.step = record::Step::Post;
-    run_hooks(draft, "post", &manifest.commands.post, hook_env)
+    /// `sync_strategy: rsync`: the plan, applied; the index of the result.
+    fn sync_rsync(
+        &self,
+        draft: &mut record::Draft,
+        staging: Staging,
+        staged: Staged,
+        filter: Filter,
+        exclude_text: Option<String>,
+        mode: u32,
+    ) -> Result<()> {
+        let Job {
+            opts,
+            state,
+            dest,
+            wanted,
+            same_owner,
+            ..
+        } = *self;
+        let sync_opts = SyncOptions {
+            verbosity: opts.rsync_verbose,
+            preserve_owner: same_owner,
+            // staging is private and discarded: rename from it instead of copying
+            move_source: true,
+        };
+        let list_uptodate = opts.rsync_verbose >= 2;
+        let plan = sync::plan_kept(staging.path(), dest, &filter, &staged.reused, list_uptodate);
+        let (plan, _staging) = match plan {
+            Err(Error::Stale { path }) => {
+                // `pre` changed a file that was left in dest as unchanged: its
+                // content is now in neither tree. Fetch and unpack it all again.
+                logln!(
+                    "{} changed after the archive was unpacked (by a pre command?): unpacking the archive again in full",
+                    path.display()
+                );
+                drop(staging);
+                let (staging, _) = self.fetch_and_unpack(false)?.into_inner();
+                staging.set_mode(mode)?;
+                (
+                    sync::plan_kept(
+                        staging.path(),
+                        dest,
+                        &filter,
+                        &Default::default(),
+                        list_uptodate,
+                    )?,
+                    staging,
+                )
+            }
+            plan => (plan?, staging),
+        };
+        let stats = sync::apply(&plan, &sync_opts)?;
+        draft.changes = Some(record::Changes::from(&stats));
+        if let Some(dir) = state {
+            let entries = crate::index::from_plan(&plan, same_owner);
+            write_index(dir, dest, wanted, exclude_text, &entries);
+        }
+        Ok(())
+    }
+
+    /// `sync_strategy: mv`: the staged tree renamed onto dest; one walk of the result
+    /// for the index.
+    fn sync_mv(
+        &self,
+        draft: &mut record::Draft,
+        staging: Staging,
+        staged: Staged,
+        filter: Filter,
+        exclude_text: Option<String>,
+    ) -> Result<()> {
+        let Job {
+            state,
+            dest,
+            wanted,
+            ..
+        } = *self;
+        logln!("Moving {} to {}", staging.path().display(), dest.display());
+        let path = staging.keep();
+        if let Err(e) = sync::move_into_place(&path, dest) {
+            let _ = make_writable_and_remove(&path);
+            return Err(e);
+        }
+        draft.changes = Some(record::Changes {
+            created: staged.entries,
+            ..Default::default()
+        });
+        // Nothing was walked: the tree was renamed whole. One walk of the result.
+        if let Some(dir) = state {
+            match crate::index::scan(dest, &filter) {
+                Ok(entries) => write_index(dir, dest, wanted, exclude_text, &entries),
+                Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts the bytes read through it (the record's `downloaded_bytes`).
+pub(crate) struct Counting<'a> {
+    pub(crate) inner: &'a mut (dyn Read + Send),
+    pub(crate) count: &'a AtomicU64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// Writes the index of what dest holds after a successful sync; a failure is a
@@ -592,40 +845,6 @@ fn write_index(
     let key = record::key_for_dest(dest);
     if let Err(e) = crate::index::write(state, &key, &header, entries) {
         logln!("warning: cannot write the deploy index: {e}");
-    }
-}
-
-/// The manifest's `excludes` after the rules of its `exclude_from` file, and that
-/// file's text (for the index). The file is part of the archive: it is read from
-/// staging, or from `dest` when the unpack left dest's identical copy in place
-/// (`reused`) instead of writing it to staging.
-pub(crate) fn load_filter(
-    manifest: &Manifest,
-    staging: &Path,
-    reused: &sync::KeptFiles,
-    dest: &Path,
-) -> Result<(Filter, Option<String>)> {
-    match &manifest.exclude_from {
-        Some(name) => {
-            // manifest validation keeps the name relative and free of `..`; the
-            // unpack names its entries without `.` components.
-            let rel: PathBuf = Path::new(name)
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
-            let path = if reused.contains_key(&rel) {
-                dest.join(&rel)
-            } else {
-                staging.join(&rel)
-            };
-            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
-                path: PathBuf::from(name),
-                msg: format!("exclude_from file is not in the archive: {e}"),
-            })?;
-            let filter = Filter::from_bytes(Some(&rules), &manifest.excludes)?;
-            Ok((filter, Some(String::from_utf8_lossy(&rules).into_owned())))
-        }
-        None => Ok((Filter::new(None, &manifest.excludes)?, None)),
     }
 }
 
@@ -786,140 +1005,6 @@ fn planned_changes(
     Ok(changes.collect())
 }
 
-/// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
-/// renames are atomic), named `.stretcher-<dest name>.XXXXXX.staging`.
-struct Workspace {
-    dir: PathBuf,
-    prefix: OsString,
-}
-
-const RAND_LEN: usize = 6;
-const STAGING_SUFFIX: &str = ".staging";
-
-impl Workspace {
-    fn new(dest: &Path, env: Env) -> Result<Workspace> {
-        let (dir, tag) = state::work_dir(dest, env)?;
-        if dest.parent() != Some(dir.as_path()) {
-            logln!(
-                "cannot write beside {}: staging in {} (changes are copied, not renamed)",
-                dest.display(),
-                dir.display()
-            );
-        }
-        let mut prefix = OsString::from(".stretcher-");
-        prefix.push(tag);
-        prefix.push(".");
-        Ok(Workspace { dir, prefix })
-    }
-
-    /// Removes what a killed run for the same dest left behind. Safe because the
-    /// caller holds the dest lock, and the names carry the dest's own name.
-    fn remove_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !self.is_ours(&name) {
-                continue;
-            }
-            let path = entry.path();
-            logln!("removing leftover of an earlier run: {}", path.display());
-            let result = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                make_writable_and_remove(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            if let Err(e) = result {
-                logln!("warning: could not remove {}: {e}", path.display());
-            }
-        }
-    }
-
-    fn is_ours(&self, name: &std::ffi::OsStr) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        let (n, p) = (name.as_bytes(), self.prefix.as_bytes());
-        let Some(rest) = n.strip_prefix(p) else {
-            return false;
-        };
-        let middle = rest.strip_suffix(STAGING_SUFFIX.as_bytes());
-        matches!(middle, Some(m) if m.len() == RAND_LEN && m.iter().all(u8::is_ascii_alphanumeric))
-    }
-
-    fn builder<'a>(&'a self, suffix: &'a str) -> tempfile::Builder<'a, 'a> {
-        let mut b = tempfile::Builder::new();
-        b.prefix(&self.prefix).suffix(suffix).rand_bytes(RAND_LEN);
-        b
-    }
-
-    /// A private, empty staging directory.
-    fn staging_dir(&self) -> Result<Staging> {
-        let dir = self
-            .builder(STAGING_SUFFIX)
-            .tempdir_in(&self.dir)
-            .map_err(|e| Error::io("create staging directory in", &self.dir, e))?;
-        Ok(Staging {
-            path: dir.keep(),
-            kept: false,
-        })
-    }
-}
-
-/// The staging directory; removed on drop unless `keep` handed it over.
-struct Staging {
-    path: PathBuf,
-    kept: bool,
-}
-
-impl Staging {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The mode the tree's root (and so dest) gets.
-    fn set_mode(&self, mode: u32) -> Result<()> {
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("chmod", &self.path, e))
-    }
-
-    /// Hands the directory over (the `mv` strategy renames it onto dest).
-    fn keep(mut self) -> PathBuf {
-        self.kept = true;
-        std::mem::take(&mut self.path)
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        match make_writable_and_remove(&self.path) {
-            // The sync moved the whole staged tree onto a new dest.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Ok(()) => {}
-            Err(e) => logln!(
-                "warning: could not remove staging {}: {e}",
-                self.path.display()
-            ),
-        }
-    }
-}
-
-/// `remove_dir_all`, after making directories writable (an archive may hold
-/// read-only directories, which a non-root runner could not empty otherwise).
-pub(crate) fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
-    if std::fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
-        if entry.file_type().is_dir() {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
-        }
-    }
-    std::fs::remove_dir_all(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,16 +1024,5 @@ mod tests {
             avg > Duration::from_secs(4) && avg < Duration::from_secs(6),
             "{avg:?}"
         );
-    }
-
-    #[test]
-    fn leftovers_are_recognised_by_exact_name() {
-        let w = Workspace::new(Path::new("/srv/app"), &|_| None).unwrap();
-        assert!(w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.staging")));
-        // another dest's leftovers, and look-alikes, are not ours
-        assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.x.Ab12Cd.staging")));
-        assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12C.staging")));
-        assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.other")));
-        assert!(!w.is_ours(std::ffi::OsStr::new("app")));
     }
 }

@@ -271,7 +271,7 @@ fn dowild(p: &[u8], text: &[u8]) -> M {
     let mut pi = 0;
     let mut ti = 0;
     while pi < p.len() {
-        let mut p_ch = p[pi];
+        let p_ch = p[pi];
         let t_ch = at(text, ti);
         if ti >= text.len() && p_ch != b'*' {
             return M::AbortAll;
@@ -282,118 +282,15 @@ fn dowild(p: &[u8], text: &[u8]) -> M {
                     return M::False;
                 }
             }
-            b'*' => {
-                pi += 1;
-                let special = at(p, pi) == b'*';
-                if special {
-                    while at(p, pi) == b'*' {
-                        pi += 1;
+            b'*' => return star(p, pi + 1, text, ti),
+            b'[' => match bracket(p, &mut pi, t_ch) {
+                None => return M::AbortAll,
+                Some(ok) => {
+                    if !ok || t_ch == b'/' {
+                        return M::False;
                     }
                 }
-                if pi >= p.len() {
-                    // Trailing "**" matches everything; trailing "*" only within a name.
-                    return if !special && text[ti..].contains(&b'/') {
-                        M::False
-                    } else {
-                        M::True
-                    };
-                }
-                while ti < text.len() {
-                    let m = dowild(&p[pi..], &text[ti..]);
-                    if m != M::False {
-                        if !special || m != M::AbortToStarStar {
-                            return m;
-                        }
-                    } else if !special && text[ti] == b'/' {
-                        return M::AbortToStarStar;
-                    }
-                    ti += 1;
-                }
-                return M::AbortAll;
-            }
-            b'[' => {
-                pi += 1;
-                p_ch = at(p, pi);
-                if p_ch == b'^' {
-                    p_ch = b'!';
-                }
-                let negated = p_ch == b'!';
-                if negated {
-                    pi += 1;
-                    p_ch = at(p, pi);
-                }
-                let mut prev_ch = 0u8;
-                let mut matched = false;
-                loop {
-                    if p_ch == 0 {
-                        return M::AbortAll;
-                    }
-                    if p_ch == b'\\' {
-                        pi += 1;
-                        p_ch = at(p, pi);
-                        if p_ch == 0 {
-                            return M::AbortAll;
-                        }
-                        if t_ch == p_ch {
-                            matched = true;
-                        }
-                    } else if p_ch == b'-'
-                        && prev_ch != 0
-                        && at(p, pi + 1) != 0
-                        && at(p, pi + 1) != b']'
-                    {
-                        pi += 1;
-                        p_ch = at(p, pi);
-                        if p_ch == b'\\' {
-                            pi += 1;
-                            p_ch = at(p, pi);
-                            if p_ch == 0 {
-                                return M::AbortAll;
-                            }
-                        }
-                        if t_ch <= p_ch && t_ch >= prev_ch {
-                            matched = true;
-                        }
-                        p_ch = 0; // so that prev_ch becomes 0
-                    } else if p_ch == b'[' && at(p, pi + 1) == b':' {
-                        pi += 2;
-                        let s = pi;
-                        while at(p, pi) != 0 && at(p, pi) != b']' {
-                            pi += 1;
-                        }
-                        p_ch = at(p, pi);
-                        if p_ch == 0 {
-                            return M::AbortAll;
-                        }
-                        if pi == s || p[pi - 1] != b':' {
-                            // No ":]": a plain '[' in the set.
-                            pi = s - 2;
-                            p_ch = b'[';
-                            if t_ch == p_ch {
-                                matched = true;
-                            }
-                        } else {
-                            match char_class(&p[s..pi - 1], t_ch) {
-                                Some(true) => matched = true,
-                                Some(false) => {}
-                                None => return M::AbortAll,
-                            }
-                            p_ch = 0;
-                        }
-                    } else if t_ch == p_ch {
-                        matched = true;
-                    }
-                    prev_ch = p_ch;
-                    pi += 1;
-                    p_ch = at(p, pi);
-                    if p_ch == b']' {
-                        break;
-                    }
-                }
-                if matched == negated || t_ch == b'/' {
-                    return M::False;
-                }
-            }
+            },
             b'\\' => {
                 // Literal match with the next byte; a trailing '\' never matches.
                 pi += 1;
@@ -415,6 +312,115 @@ fn dowild(p: &[u8], text: &[u8]) -> M {
     } else {
         M::True
     }
+}
+
+/// `dowild`'s `*` / `**` arm: `p[pi..]` is what follows the first `*`, `text[ti..]` what
+/// is left to match.
+fn star(p: &[u8], mut pi: usize, text: &[u8], mut ti: usize) -> M {
+    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    let special = at(p, pi) == b'*';
+    if special {
+        while at(p, pi) == b'*' {
+            pi += 1;
+        }
+    }
+    if pi >= p.len() {
+        // Trailing "**" matches everything; trailing "*" only within a name.
+        return if !special && text[ti..].contains(&b'/') {
+            M::False
+        } else {
+            M::True
+        };
+    }
+    while ti < text.len() {
+        let m = dowild(&p[pi..], &text[ti..]);
+        if m != M::False {
+            if !special || m != M::AbortToStarStar {
+                return m;
+            }
+        } else if !special && text[ti] == b'/' {
+            return M::AbortToStarStar;
+        }
+        ti += 1;
+    }
+    M::AbortAll
+}
+
+/// `dowild`'s `[...]` arm, `*pi` at the `[`: whether the set accepts `t_ch` (`None`:
+/// a malformed set, rsync aborts the whole match). Leaves `*pi` at the closing `]`.
+fn bracket(p: &[u8], pi: &mut usize, t_ch: u8) -> Option<bool> {
+    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    *pi += 1;
+    let mut p_ch = at(p, *pi);
+    if p_ch == b'^' {
+        p_ch = b'!';
+    }
+    let negated = p_ch == b'!';
+    if negated {
+        *pi += 1;
+        p_ch = at(p, *pi);
+    }
+    let mut prev_ch = 0u8;
+    let mut matched = false;
+    loop {
+        if p_ch == 0 {
+            return None;
+        }
+        if p_ch == b'\\' {
+            *pi += 1;
+            p_ch = at(p, *pi);
+            if p_ch == 0 {
+                return None;
+            }
+            if t_ch == p_ch {
+                matched = true;
+            }
+        } else if p_ch == b'-' && prev_ch != 0 && at(p, *pi + 1) != 0 && at(p, *pi + 1) != b']' {
+            *pi += 1;
+            p_ch = at(p, *pi);
+            if p_ch == b'\\' {
+                *pi += 1;
+                p_ch = at(p, *pi);
+                if p_ch == 0 {
+                    return None;
+                }
+            }
+            if t_ch <= p_ch && t_ch >= prev_ch {
+                matched = true;
+            }
+            p_ch = 0; // so that prev_ch becomes 0
+        } else if p_ch == b'[' && at(p, *pi + 1) == b':' {
+            *pi += 2;
+            let s = *pi;
+            while at(p, *pi) != 0 && at(p, *pi) != b']' {
+                *pi += 1;
+            }
+            p_ch = at(p, *pi);
+            if p_ch == 0 {
+                return None;
+            }
+            if *pi == s || p[*pi - 1] != b':' {
+                // No ":]": a plain '[' in the set.
+                *pi = s - 2;
+                p_ch = b'[';
+                if t_ch == p_ch {
+                    matched = true;
+                }
+            } else {
+                matched |= char_class(&p[s..*pi - 1], t_ch)?;
+                p_ch = 0;
+            }
+        } else if t_ch == p_ch {
+            matched = true;
+        }
+        prev_ch = p_ch;
+        *pi += 1;
+        p_ch = at(p, *pi);
+        if p_ch == b']' {
+            break;
+        }
+    }
+    Some(matched != negated)
 }
 
 /// `[:name:]` classes in the C locale; None for an unknown name (rsync aborts the match).

@@ -39,6 +39,7 @@ pub mod redeploy;
 pub mod release;
 pub(crate) mod s3;
 pub mod signature;
+mod staging;
 pub(crate) mod state;
 pub mod status;
 pub mod sync;

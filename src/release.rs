@@ -326,7 +326,7 @@ pub fn remove_leftovers(dir: &Path, dest: &Path) {
         }
         logln!("removing leftover of an earlier run: {}", path.display());
         let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            crate::deploy::make_writable_and_remove(&path)
+            crate::staging::make_writable_and_remove(&path)
         } else {
             fs::remove_file(&path)
         };
@@ -347,7 +347,7 @@ fn remove_release(dir: &Path, id: &str) -> Result<()> {
         }
         _ => {}
     }
-    crate::deploy::make_writable_and_remove(&away).ctx("remove", &away)
+    crate::staging::make_writable_and_remove(&away).ctx("remove", &away)
 }
 
 /// The releases a cleanup keeps (SPEC §14): the live one, the previous good one (the
@@ -412,7 +412,7 @@ struct Partial {
 impl Partial {
     fn create(path: &Path) -> Result<Partial> {
         if path.symlink_metadata().is_ok() {
-            crate::deploy::make_writable_and_remove(path).ctx("remove", path)?;
+            crate::staging::make_writable_and_remove(path).ctx("remove", path)?;
         }
         fs::DirBuilder::new()
             .mode(0o700)
@@ -432,7 +432,7 @@ impl Drop for Partial {
         if !self.armed {
             return;
         }
-        if let Err(e) = crate::deploy::make_writable_and_remove(&self.path) {
+        if let Err(e) = crate::staging::make_writable_and_remove(&self.path) {
             if e.kind() != io::ErrorKind::NotFound {
                 logln!("warning: could not remove {}: {e}", self.path.display());
             }
@@ -465,7 +465,7 @@ fn remove_excluded(root: &Path, filter: &Filter) -> Result<usize> {
             .ok()
             .map(|m| filetime::FileTime::from_last_modification_time(&m));
         if *is_dir {
-            crate::deploy::make_writable_and_remove(path).ctx("remove excluded", path)?;
+            crate::staging::make_writable_and_remove(path).ctx("remove excluded", path)?;
         } else {
             fs::remove_file(path).ctx("remove excluded", path)?;
         }
@@ -558,7 +558,7 @@ pub fn deploy(
     );
     // Unchanged files are hard links in the partial release: every rule file is there.
     let (filter, exclude_text) =
-        crate::deploy::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
+        crate::staging::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
     let excluded = remove_excluded(&partial_path, &filter)?;
     if excluded > 0 {
         logln!("Left {excluded} excluded entries out of release {id}");

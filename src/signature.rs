@@ -66,13 +66,14 @@ fn key_line(content: &str) -> Option<&str> {
 }
 
 /// The key id (bytes 2..10 of a decoded key or signature line) the way minisign
-/// prints it: a little-endian u64 in upper-case hex.
+/// prints it (`minisign public key 61F28A1FC425206`): a little-endian u64 in upper-case
+/// hex, without leading zeros (minisign's `%" PRIX64 "`).
 fn key_id_of(b64_line: &str) -> Option<String> {
     let bin = base64::engine::general_purpose::STANDARD
         .decode(b64_line.trim())
         .ok()?;
     let id: [u8; 8] = bin.get(2..10)?.try_into().ok()?;
-    Some(format!("{:016X}", u64::from_le_bytes(id)))
+    Some(format!("{:X}", u64::from_le_bytes(id)))
 }
 
 /// A verified signature: which key made it, and its trusted comment.
@@ -305,5 +306,15 @@ Ektp7TtotGnTE7ChxpC5vhJLb4XuyMIu4H3cZHzpLNYdCS7qDtmmDKC9JVs/sfPQY5Vk1z9m1Qofyw9E
         assert!(Refusal::UnknownKeyId("AB".into())
             .to_string()
             .starts_with("unknown key id AB"));
+    }
+
+    #[test]
+    fn key_ids_print_without_leading_zeros_as_minisign_does() {
+        use base64::Engine;
+        let mut bin = b"Ed".to_vec();
+        bin.extend_from_slice(&0x061F_28A1_FC42_5206u64.to_le_bytes());
+        bin.extend_from_slice(&[0; 32]);
+        let line = base64::engine::general_purpose::STANDARD.encode(&bin);
+        assert_eq!(key_id_of(&line).as_deref(), Some("61F28A1FC425206"));
     }
 }
