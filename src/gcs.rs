@@ -463,7 +463,7 @@ fn exchange(
     env: Env,
 ) -> std::result::Result<Token, CredError> {
     let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap), env)
-        .map_err(|e| CredError::transient(format!("{what}: {e}")))?;
+        .map_err(|e| CredError::transient(format!("{what}: {e}")).because(e))?;
     parse_token(what, status, &body)
 }
 
@@ -505,7 +505,7 @@ fn fetch_token(source: &Source, cap: Duration, env: Env) -> std::result::Result<
                 METADATA_TOTAL.min(cap),
             )
             // Most often: not on Google Cloud. Reported as "no credentials found".
-            .map_err(|e| CredError::config(format!("{what}: {e}")))?;
+            .map_err(|e| CredError::config(format!("{what}: {e}")).because(e))?;
             parse_token(&what, status, &body)
         }
     }

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::logln;
 use crate::Env;
 
@@ -404,6 +404,44 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
+/// A small request that failed: `describe`'s words (never the request, which may hold
+/// a secret) and the client's own error, kept as the source.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    msg: String,
+    source: Option<Cause>,
+}
+
+impl Failed {
+    fn new(msg: String) -> Failed {
+        Failed { msg, source: None }
+    }
+    fn from_client(e: reqwest::Error) -> Failed {
+        Failed {
+            msg: describe(&e),
+            source: Some(e.into()),
+        }
+    }
+    fn from_io(e: io::Error) -> Failed {
+        Failed {
+            msg: e.to_string(),
+            source: Some(e.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
 /// A small request to a credential endpoint (ECS, EC2 IMDS) for `s3`: direct (no
 /// proxy), short timeouts, body up to 64 KiB. The URL holds no secret; headers may.
 pub(crate) fn metadata_request(
@@ -412,8 +450,8 @@ pub(crate) fn metadata_request(
     headers: &[(&str, &str)],
     connect: Duration,
     total: Duration,
-) -> std::result::Result<(u16, String), String> {
-    let agent = agent(None, connect)?;
+) -> std::result::Result<(u16, String), Failed> {
+    let agent = agent(None, connect).map_err(Failed::new)?;
     let mut req = match method {
         Method::Get => agent.get(url),
         Method::Put => agent.put(url),
@@ -422,12 +460,12 @@ pub(crate) fn metadata_request(
         req = req.header(*k, *v);
     }
     // The connection within `connect` (the client's), the whole request within `total`.
-    let resp = req.timeout(total).send().map_err(|e| describe(&e))?;
+    let resp = req.timeout(total).send().map_err(Failed::from_client)?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
         .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(Failed::from_io)?;
     Ok((status, body))
 }
 
@@ -439,20 +477,20 @@ pub(crate) fn form_post(
     form: &str,
     total: Duration,
     env: Env,
-) -> std::result::Result<(u16, String), String> {
-    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT.min(total))?;
+) -> std::result::Result<(u16, String), Failed> {
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT.min(total)).map_err(Failed::new)?;
     let resp = agent
         .post(url)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(form.to_string())
         .timeout(total)
         .send()
-        .map_err(|e| describe(&e))?;
+        .map_err(Failed::from_client)?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
         .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(Failed::from_io)?;
     Ok((status, body))
 }
 

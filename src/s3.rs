@@ -454,7 +454,7 @@ fn from_ecs(env: Env, uri: &str) -> std::result::Result<Credentials, CredError> 
         headers.push(("Authorization", t.as_str()));
     }
     let (status, body) = http::metadata_request(Method::Get, uri, &headers, ECS_CONNECT, ECS_TOTAL)
-        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")))?;
+        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")).because(e))?;
     if status != 200 {
         return Err(status_error(&format!("{source} {uri}"), status));
     }
@@ -482,7 +482,7 @@ fn from_imds(env: Env) -> std::result::Result<Credentials, CredError> {
             Ok((200, body)) => Ok(body),
             Ok((status, _)) => Err(status_error(&format!("{what}: {path}"), status)),
             // Most often: not on EC2. Not worth another attempt.
-            Err(e) => Err(CredError::config(format!("{what}: {e}"))),
+            Err(e) => Err(CredError::config(format!("{what}: {e}")).because(e)),
         }
     };
     let token = call(
