@@ -144,8 +144,12 @@ pub enum Error {
 
     /// `stretcher fleet status` could not ask the fleet (serf failed or is missing,
     /// no member answered).
-    #[error("fleet status: {0}")]
-    Fleet(String),
+    #[error("fleet status: {msg}")]
+    Fleet {
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// A URL or manifest was refused before it was used (`--allow-url`): the
     /// allow-list's own error (only `allow` makes it); the record says `refused`
@@ -171,6 +175,14 @@ impl Error {
     /// An `Error::Event` without an underlying cause.
     pub(crate) fn event(msg: impl Into<String>) -> Error {
         Error::Event {
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// An `Error::Fleet` without an underlying cause.
+    pub(crate) fn fleet(msg: impl Into<String>) -> Error {
+        Error::Fleet {
             msg: msg.into(),
             source: None,
         }
@@ -227,7 +239,7 @@ impl Error {
             | Error::Release { .. }
             | Error::Hook { .. }
             | Error::Spawn { .. }
-            | Error::Fleet(_) => true,
+            | Error::Fleet { .. } => true,
         }
     }
 
@@ -415,7 +427,7 @@ mod tests {
                 },
                 true,
             ),
-            (Error::Fleet(s()), true),
+            (Error::fleet(s()), true),
         ]
     }
 
