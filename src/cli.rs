@@ -14,12 +14,10 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::allow::AllowList;
 use crate::error::{Error, Result};
-use crate::event::AllowList;
 use crate::signature::TrustedKey;
-
-/// The version printed by `--version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::VERSION;
 
 /// Validated run options (SPEC §3).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,7 @@ use crate::state;
 use crate::sync::{self, SyncOptions};
 use crate::unpack::{self, Staged, UnpackOptions};
 use crate::verify::{Checksum, Verified};
+use crate::Env;
 
 /// The default mode of `dest` when neither the manifest nor the archive says.
 const DEFAULT_DEST_MODE: u32 = 0o755;
@@ -64,11 +65,7 @@ pub fn main(opts: &Options) -> i32 {
 }
 
 /// Runs one deploy. Every error is logged here, once, before it is returned.
-pub fn run(
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-) -> Result<()> {
+pub fn run(opts: &Options, env: Env, stdin: &mut dyn Read) -> Result<()> {
     // Set once the error is in the log (before the `failure` hooks read it), so that
     // it is not logged a second time here (SPEC §9: an error is logged once).
     let mut logged = false;
@@ -82,14 +79,9 @@ pub fn run(
 }
 
 /// Steps 1 and 2 (delay, event, replay claim), then the event's run.
-fn run_inner(
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-    logged: &mut bool,
-) -> Result<()> {
+fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) -> Result<()> {
     interrupt::install()?;
-    logln!("Starting up stretcher agent {}", crate::cli::VERSION);
+    logln!("Starting up stretcher agent {}", crate::VERSION);
     sleep_random_delay(opts)?;
 
     let event = event::read(opts.target.as_deref(), env, stdin)?;
@@ -134,11 +126,7 @@ enum Handling {
 /// Step 2, replays (SPEC §2, §10): a consul/serf event already handled is skipped.
 /// The claim holds the event name's lock until the event is recorded, so a second
 /// handler of the same event waits and then skips it.
-fn claim_event(
-    event: &event::Event,
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Handling> {
+fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handling> {
     let Some((name, seen)) = event.replay_key() else {
         return Ok(Handling::Run(None));
     };
@@ -176,12 +164,7 @@ fn record_handled(
 
 /// One event that is not a replay: the run, then its deploy record (SPEC §5 step
 /// 9, §11). A dry run changes nothing, so it writes no record either.
-fn run_event(
-    event: &event::Event,
-    opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
-    logged: &mut bool,
-) -> Result<()> {
+fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) -> Result<()> {
     let mut draft = record::Draft::new(event);
     let state = match state::state_dir(opts.state_dir.as_deref(), env) {
         Ok(dir) => Some(dir),
@@ -227,7 +210,7 @@ fn write_record(
 fn run_manifest(
     event: &event::Event,
     opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env,
     draft: &mut record::Draft,
     state: Option<&Path>,
     logged: &mut bool,
@@ -237,6 +220,7 @@ fn run_manifest(
         retry_wait: opts.retry_wait,
         timeout: opts.timeout,
         max_bandwidth: opts.max_bandwidth,
+        env,
     };
     let manifest = load_manifest(event, opts, env, &fetch_opts, draft, state)?;
     let hook_env = HookEnv {
@@ -259,7 +243,7 @@ fn run_manifest(
 fn load_manifest(
     event: &event::Event,
     opts: &Options,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env,
     fetch_opts: &FetchOptions,
     draft: &mut record::Draft,
     state: Option<&Path>,
@@ -429,8 +413,8 @@ fn deploy(
         return commands_only(manifest, opts, hook_env, draft);
     };
 
-    let _lock = state::lock_dest(dest)?;
-    let work = Workspace::new(dest)?;
+    let _lock = state::lock_dest(dest, fetch_opts.env)?;
+    let work = Workspace::new(dest, fetch_opts.env)?;
     work.remove_leftovers();
 
     let checksum_hex = checksum.hex().to_ascii_lowercase();
@@ -532,7 +516,7 @@ fn wanted<'a>(manifest: &'a Manifest, checksum_hex: &'a str) -> redeploy::Wanted
 struct Job<'a> {
     manifest: &'a Manifest,
     opts: &'a Options,
-    fetch_opts: &'a FetchOptions,
+    fetch_opts: &'a FetchOptions<'a>,
     hook_env: &'a HookEnv,
     state: Option<&'a Path>,
     src: &'a str,

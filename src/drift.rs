@@ -13,6 +13,7 @@ use crate::cli::VerifyOptions;
 use crate::index::{self, Drift};
 use crate::record;
 use crate::state;
+use crate::Env;
 
 /// What `verify --json` prints.
 #[derive(Debug, Serialize)]
@@ -75,10 +76,7 @@ pub fn normalize_dest(dest: &Path) -> PathBuf {
 }
 
 /// The drift report, or why there is none to make (exit 2).
-pub fn report(
-    opts: &VerifyOptions,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Report, String> {
+pub fn report(opts: &VerifyOptions, env: Env) -> Result<Report, String> {
     let dest = normalize_dest(&opts.dest);
     let dir = state::find_state_dir(opts.state_dir.as_deref(), env)
         .ok_or_else(|| "no state directory (give --state-dir)".to_string())?;

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The underlying error a variant keeps as its `source()` (an io, HTTP or parser
+/// error); its text is already in the variant's one line.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Everything that can go wrong in a run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,8 +22,12 @@ pub enum Error {
     Usage(String),
 
     /// The event on stdin could not be understood.
-    #[error("event: {0}")]
-    Event(String),
+    #[error("event: {msg}")]
+    Event {
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// `consul watch` handed over an empty list: nothing to run.
     #[error("no consul events")]
@@ -27,7 +35,12 @@ pub enum Error {
 
     /// The manifest could not be expanded, parsed or validated.
     #[error("manifest {url}: {msg}")]
-    Manifest { url: String, msg: String },
+    Manifest {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// `--trusted-key` is given and the manifest has no valid signature by one of
     /// the keys (SPEC §15): refused, nothing of it is used.
@@ -41,9 +54,14 @@ pub enum Error {
 
     /// A source could not be read (after its retries).
     #[error("fetch {url}: {msg}")]
-    Fetch { url: String, msg: String },
+    Fetch {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
-    /// A source answered with a non-2xx HTTP status: 5xx is retried, 4xx is final.
+    /// A source answered with a non-2xx HTTP status (retried like any failed attempt).
     #[error("fetch {url}: HTTP {status}{detail}")]
     HttpStatus {
         url: String,
@@ -53,12 +71,22 @@ pub enum Error {
 
     /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
     #[error("fetch {url}: {msg}")]
-    S3 { url: String, msg: String },
+    S3 {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// A `gs://` source could not be asked for (bad URL, no credentials, a token
     /// endpoint that refused the grant).
     #[error("fetch {url}: {msg}")]
-    Gcs { url: String, msg: String },
+    Gcs {
+        url: String,
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The whole-download deadline (`--timeout`) passed.
     #[error("fetch {url}: timeout after {secs:.1}s")]
@@ -116,11 +144,16 @@ pub enum Error {
 
     /// `stretcher fleet status` could not ask the fleet (serf failed or is missing,
     /// no member answered).
-    #[error("fleet status: {0}")]
-    Fleet(String),
+    #[error("fleet status: {msg}")]
+    Fleet {
+        msg: String,
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// A URL or manifest was refused before it was used (`--allow-url`): the
-    /// record says `refused` (SPEC §11).
+    /// allow-list's own error (only `allow` makes it); the record says `refused`
+    /// (SPEC §11).
     #[error("fetch {url}: {msg}")]
     Refused { url: String, msg: String },
 
@@ -136,6 +169,77 @@ impl Error {
             op,
             path: path.as_ref().to_path_buf(),
             source,
+        }
+    }
+
+    /// An `Error::Event` without an underlying cause.
+    pub(crate) fn event(msg: impl Into<String>) -> Error {
+        Error::Event {
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// An `Error::Fleet` without an underlying cause.
+    pub(crate) fn fleet(msg: impl Into<String>) -> Error {
+        Error::Fleet {
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// An `Error::Fetch` of `url` without an underlying cause.
+    pub(crate) fn fetch(url: &str, msg: impl Into<String>) -> Error {
+        Error::Fetch {
+            url: url.to_string(),
+            msg: msg.into(),
+            source: None,
+        }
+    }
+
+    /// An `Error::Fetch` of `url` that says `cause` and keeps it as its source.
+    pub(crate) fn fetch_from(url: &str, cause: impl Into<Cause>) -> Error {
+        let cause = cause.into();
+        Error::Fetch {
+            url: url.to_string(),
+            msg: cause.to_string(),
+            source: Some(cause),
+        }
+    }
+
+    /// Whether another attempt at a download may succeed (SPEC §8 "retry"): every
+    /// failed attempt is retried, whatever failed (a 404 or S3's 403 for an archive not
+    /// uploaded yet is the common case), but for the whole-download deadline, a signal
+    /// and a checksum mismatch (the bytes arrived whole and are wrong), which are final.
+    /// `fetch` asks this, never which variant an error is.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. } => false,
+            // The source failed: the network, a status, credentials, the file.
+            Error::Fetch { .. }
+            | Error::HttpStatus { .. }
+            | Error::S3 { .. }
+            | Error::Gcs { .. }
+            | Error::Io { .. } => true,
+            // Never the error of an attempt today (`stream` keeps the unpacker's verdict
+            // on good bytes out of the retries; the manifest is read after its fetch):
+            // a failed attempt all the same, should one ever be.
+            Error::Archive { .. }
+            | Error::Entry { .. }
+            | Error::Manifest { .. }
+            | Error::Signature { .. }
+            | Error::Freshness { .. }
+            | Error::Refused { .. }
+            | Error::Pattern { .. }
+            | Error::Usage(_)
+            | Error::Event { .. }
+            | Error::NoConsulEvents
+            | Error::Sync { .. }
+            | Error::Stale { .. }
+            | Error::Release { .. }
+            | Error::Hook { .. }
+            | Error::Spawn { .. }
+            | Error::Fleet { .. } => true,
         }
     }
 
@@ -183,5 +287,154 @@ mod tests {
         assert_eq!(e.to_string(), "open /x/y: gone");
         assert_eq!(e.exit_code(), 1);
         assert_eq!(Error::Usage("bad".into()).exit_code(), 2);
+    }
+
+    #[test]
+    fn causes_are_kept_and_the_line_stays_the_same() {
+        use std::error::Error as _;
+        let io = io::Error::new(io::ErrorKind::NotFound, "No such file or directory");
+        let e = Error::fetch_from("file:///x", io);
+        assert_eq!(e.to_string(), "fetch file:///x: No such file or directory");
+        let cause = e.source().expect("the io error is kept");
+        assert_eq!(cause.to_string(), "No such file or directory");
+        assert!(cause.downcast_ref::<io::Error>().is_some());
+        let e = Error::fetch("file:///x", "is a directory");
+        assert_eq!(e.to_string(), "fetch file:///x: is a directory");
+        assert!(e.source().is_none());
+        let e = Error::event("empty manifest URL");
+        assert_eq!(e.to_string(), "event: empty manifest URL");
+    }
+
+    /// One error of each variant class; `true` where another attempt is made.
+    fn every_variant() -> Vec<(Error, bool)> {
+        let io = || io::Error::other("x");
+        let s = || "x".to_string();
+        vec![
+            // final: the deadline, a signal, a checksum mismatch
+            (
+                Error::Timeout {
+                    url: s(),
+                    secs: 1.0,
+                },
+                false,
+            ),
+            (Error::Interrupted("SIGINT"), false),
+            (
+                Error::ChecksumMismatch {
+                    expected: s(),
+                    got: s(),
+                },
+                false,
+            ),
+            // the source failed
+            (Error::fetch("u", "Connection refused"), true),
+            (Error::fetch_from("u", io()), true),
+            (
+                Error::HttpStatus {
+                    url: s(),
+                    status: 404,
+                    detail: s(),
+                },
+                true,
+            ),
+            (
+                Error::HttpStatus {
+                    url: s(),
+                    status: 503,
+                    detail: s(),
+                },
+                true,
+            ),
+            (
+                Error::S3 {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
+            (
+                Error::Gcs {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
+            (Error::io("read", "/x", io()), true),
+            // never the error of an attempt today
+            (Error::Archive { url: s(), msg: s() }, true),
+            (
+                Error::Entry {
+                    entry: s(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (
+                Error::Manifest {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
+            (
+                Error::Signature {
+                    url: s(),
+                    reason: s(),
+                },
+                true,
+            ),
+            (Error::Freshness { url: s(), msg: s() }, true),
+            (Error::Refused { url: s(), msg: s() }, true),
+            (
+                Error::Pattern {
+                    pattern: s(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (Error::Usage(s()), true),
+            (Error::event("x"), true),
+            (Error::NoConsulEvents, true),
+            (
+                Error::Sync {
+                    path: "/x".into(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (Error::Stale { path: "/x".into() }, true),
+            (
+                Error::Release {
+                    path: "/x".into(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (
+                Error::Hook {
+                    command: s(),
+                    status: s(),
+                },
+                true,
+            ),
+            (
+                Error::Spawn {
+                    command: s(),
+                    source: io(),
+                },
+                true,
+            ),
+            (Error::fleet(s()), true),
+        ]
+    }
+
+    #[test]
+    fn only_the_deadline_a_signal_and_a_mismatch_are_final() {
+        for (e, want) in every_variant() {
+            assert_eq!(e.is_retryable(), want, "{e:?}");
+        }
     }
 }

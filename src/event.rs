@@ -17,6 +17,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::state::Seen;
+use crate::urls::has_scheme;
+use crate::Env;
 
 /// Who handed us the manifest URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +70,7 @@ const PAYLOAD_B64: GeneralPurpose = GeneralPurpose::new(
 /// Order of recognition: a positional argument; `CONSUL_INDEX` set → Consul;
 /// `SERF_EVENT` set → Serf (only `user` events are accepted); stdin whose first
 /// non-blank byte is `[` → Consul; otherwise the first non-blank line.
-pub fn read(
-    positional: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-) -> Result<Event> {
+pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<Event> {
     if let Some(arg) = positional {
         return Ok(Event {
             url: to_url(arg)?,
@@ -80,10 +78,12 @@ pub fn read(
         });
     }
     let whole = env("CONSUL_INDEX").is_some() || env("SERF_EVENT").is_some();
-    let raw =
-        read_input(stdin, whole).map_err(|e| Error::Event(format!("cannot read stdin: {e}")))?;
+    let raw = read_input(stdin, whole).map_err(|e| Error::Event {
+        msg: format!("cannot read stdin: {e}"),
+        source: Some(e.into()),
+    })?;
     let text =
-        String::from_utf8(raw).map_err(|_| Error::Event("stdin is not valid UTF-8".to_string()))?;
+        String::from_utf8(raw).map_err(|_| Error::event("stdin is not valid UTF-8".to_string()))?;
 
     if env("CONSUL_INDEX").is_some() {
         return consul(&text);
@@ -99,7 +99,7 @@ pub fn read(
         .map(str::trim)
         .find(|l| !l.is_empty())
         .ok_or_else(|| {
-            Error::Event(
+            Error::event(
                 "no manifest URL on stdin (give it as an argument, or pipe one line)".to_string(),
             )
         })?;
@@ -142,34 +142,39 @@ fn read_input(stdin: &mut dyn Read, whole: bool) -> std::io::Result<Vec<u8>> {
 
 fn consul(text: &str) -> Result<Event> {
     if text.trim().is_empty() {
-        return Err(Error::Event(
+        return Err(Error::event(
             "consul: stdin is empty, expected a JSON list of events".to_string(),
         ));
     }
-    let events: Vec<ConsulEvent> = serde_json::from_str(text)
-        .map_err(|e| Error::Event(format!("consul: cannot parse the event list: {e}")))?;
+    let events: Vec<ConsulEvent> = serde_json::from_str(text).map_err(|e| Error::Event {
+        msg: format!("consul: cannot parse the event list: {e}"),
+        source: Some(e.into()),
+    })?;
     let last = events.into_iter().last().ok_or(Error::NoConsulEvents)?;
     let payload = last.payload.ok_or_else(|| {
-        Error::Event(format!(
+        Error::event(format!(
             "consul event {} (ID {}) has a null payload",
             last.name, last.id
         ))
     })?;
-    let decoded = PAYLOAD_B64.decode(payload.trim()).map_err(|e| {
-        Error::Event(format!(
-            "consul event {} (ID {}): payload is not base64: {e}",
-            last.name, last.id
-        ))
-    })?;
+    let decoded = PAYLOAD_B64
+        .decode(payload.trim())
+        .map_err(|e| Error::Event {
+            msg: format!(
+                "consul event {} (ID {}): payload is not base64: {e}",
+                last.name, last.id
+            ),
+            source: Some(e.into()),
+        })?;
     let url = String::from_utf8(decoded).map_err(|_| {
-        Error::Event(format!(
+        Error::event(format!(
             "consul event {} (ID {}): payload is not UTF-8",
             last.name, last.id
         ))
     })?;
     let url = url.trim();
     if url.is_empty() {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "consul event {} (ID {}) has an empty payload",
             last.name, last.id
         )));
@@ -184,9 +189,9 @@ fn consul(text: &str) -> Result<Event> {
     })
 }
 
-fn serf(kind: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Event> {
+fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
     if kind != "user" {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "serf event {kind:?} is not a user event; register stretcher as \"user:NAME=stretcher\""
         )));
     }
@@ -195,14 +200,14 @@ fn serf(kind: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
         None => None,
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            Error::Event(format!(
+            Error::event(format!(
                 "serf event {name}: SERF_USER_LTIME {v:?} is not a number"
             ))
         })?),
     };
     let payload = text.trim();
     if payload.is_empty() {
-        return Err(Error::Event(format!(
+        return Err(Error::event(format!(
             "serf event {name} has an empty payload"
         )));
     }
@@ -218,7 +223,7 @@ fn serf(kind: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
 pub fn to_url(text: &str) -> Result<String> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(Error::Event("empty manifest URL".to_string()));
+        return Err(Error::event("empty manifest URL".to_string()));
     }
     if has_scheme(text) {
         return Ok(text.to_string());
@@ -227,8 +232,9 @@ pub fn to_url(text: &str) -> Result<String> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        let cwd = std::env::current_dir().map_err(|e| {
-            Error::Event(format!("cannot resolve {text:?}: current directory: {e}"))
+        let cwd = std::env::current_dir().map_err(|e| Error::Event {
+            msg: format!("cannot resolve {text:?}: current directory: {e}"),
+            source: Some(e.into()),
         })?;
         cwd.join(path)
     };
@@ -239,22 +245,12 @@ pub fn to_url(text: &str) -> Result<String> {
         .filter(|c| !matches!(c, Component::CurDir))
         .collect();
     let clean = clean.to_str().ok_or_else(|| {
-        Error::Event(format!(
+        Error::event(format!(
             "cannot make a URL of {:?}: the path is not valid UTF-8",
             clean.display()
         ))
     })?;
     Ok(format!("file://{clean}"))
-}
-
-/// `scheme://` with an RFC 3986 scheme: a letter, then letters, digits, `+ - .`.
-pub(crate) fn has_scheme(text: &str) -> bool {
-    let Some((scheme, _)) = text.split_once("://") else {
-        return false;
-    };
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 impl Event {
@@ -293,124 +289,6 @@ impl Event {
             _ => "the command line".to_string(),
         }
     }
-}
-
-/// `--allow-url` (SPEC §3): the URL prefixes a manifest or `src` may start with.
-/// Empty means "anything". Prefixes and URLs are compared after the same
-/// normalisation (scheme and host lower-cased, `file://localhost/` → `file:///`,
-/// an empty path → `/`), and under an allow-list a URL with user info
-/// (`https://good@evil/`) or a `.` / `..` segment (also percent-encoded, also
-/// between backslashes) is refused outright. The comparison is on the string: a
-/// prefix should end with `/` (`file:///srv/app` also allows `file:///srv/app-x/`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    prefixes: Vec<String>,
-}
-
-impl AllowList {
-    /// Normalises and checks the prefixes; the error names the bad one.
-    pub fn new(prefixes: &[String]) -> std::result::Result<AllowList, String> {
-        let prefixes = prefixes
-            .iter()
-            .map(|p| normalize_url(p.trim()).map_err(|e| format!("prefix {p:?} {e}")))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(AllowList { prefixes })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.prefixes.is_empty()
-    }
-
-    /// The (normalised) prefixes.
-    pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
-    }
-
-    /// Prefixes that end inside a name and so allow its siblings too.
-    pub fn warnings(&self) -> Vec<String> {
-        self.prefixes
-            .iter()
-            .filter(|p| !p.ends_with('/'))
-            .map(|p| {
-                format!(
-                    "warning: --allow-url {p} does not end with \"/\": it also allows {p}-other/..."
-                )
-            })
-            .collect()
-    }
-
-    /// `Ok` when the list is empty or `url` starts with one of the prefixes;
-    /// otherwise an error naming the URL and `what` it is (manifest, src).
-    pub fn check(&self, what: &str, url: &str) -> Result<()> {
-        if self.prefixes.is_empty() {
-            return Ok(());
-        }
-        let refuse = |why: String| Error::Refused {
-            url: url.to_string(),
-            msg: format!("{what} URL refused by --allow-url: {why}"),
-        };
-        let norm = normalize_url(url).map_err(|e| refuse(format!("the URL {e}")))?;
-        if self.prefixes.iter().any(|p| norm.starts_with(p.as_str())) {
-            return Ok(());
-        }
-        Err(refuse(format!(
-            "it starts with none of {}",
-            self.prefixes.join(", ")
-        )))
-    }
-}
-
-/// The form `AllowList` compares: see there. `Err` says what is wrong.
-fn normalize_url(url: &str) -> std::result::Result<String, String> {
-    if !has_scheme(url) {
-        return Err("has no scheme (scheme://...)".to_string());
-    }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("has no scheme (scheme://...)".to_string());
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, after) = rest.split_at(auth_end);
-    if authority.contains('@') {
-        return Err("has user info (user@host)".to_string());
-    }
-    let mut authority = authority.to_ascii_lowercase();
-    if scheme == "file" && authority == "localhost" {
-        authority.clear();
-    }
-    let path_end = after.find(['?', '#']).unwrap_or(after.len());
-    let (path, suffix) = after.split_at(path_end);
-    let decoded = percent_decode(path);
-    if decoded
-        .split(|&b| b == b'/' || b == b'\\')
-        .any(|seg| seg == b".." || seg == b".")
-    {
-        return Err("has a \".\" or \"..\" segment".to_string());
-    }
-    let path = if path.is_empty() { "/" } else { path };
-    Ok(format!("{scheme}://{authority}{path}{suffix}"))
-}
-
-/// `%XX` → the byte, everything else as is (only for the `..` check).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -535,7 +413,7 @@ mod tests {
         ];
         for (vars, input, want) in errors {
             let e = read_with(None, vars, input).expect_err(input);
-            assert!(matches!(e, Error::Event(_)), "{input}: {e:?}");
+            assert!(matches!(e, Error::Event { .. }), "{input}: {e:?}");
             assert!(e.to_string().contains(want), "{input}: {e}");
         }
     }
@@ -738,81 +616,5 @@ mod tests {
             .unwrap()
             .replay_key()
             .is_none());
-    }
-
-    fn allow(prefixes: &[&str]) -> AllowList {
-        let v: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
-        AllowList::new(&v).unwrap()
-    }
-
-    #[test]
-    fn allow_list_table() {
-        let list = allow(&[
-            "file:///srv/app/",
-            "HTTPS://Deploy.Example.com",
-            "s3://bucket/releases/",
-            "gs://bucket/releases/",
-            "file:///srv/legacy",
-        ]);
-        let cases: &[(&str, bool)] = &[
-            ("file:///srv/app/m.yml", true),
-            ("file://localhost/srv/app/m.yml", true),
-            ("file:///srv/app/sub/a.tar.gz", true),
-            ("FILE:///srv/app/m.yml", true),
-            ("file:///srv/app", false),
-            ("file:///srv/app-evil/m.yml", false),
-            ("file:///srv/app/../etc/m.yml", false),
-            ("file:///srv/app/./m.yml", false),
-            ("file:///srv/app/%2e%2e/etc/m.yml", false),
-            ("file:///srv/app/..%2Fetc/m.yml", false),
-            ("file:///srv/app/..\\etc/m.yml", false),
-            ("file:///srv/app/..x/m.yml", true),
-            ("file:///srv/app2/m.yml", false),
-            ("https://deploy.example.com/m.yml", true),
-            ("https://DEPLOY.example.com/m.yml?x=1", true),
-            ("https://deploy.example.com", true),
-            ("https://deploy.example.com.evil.net/m.yml", false),
-            ("https://deploy.example.com@evil.net/m.yml", false),
-            ("http://deploy.example.com/m.yml", false),
-            ("s3://bucket/releases/app.tar.gz", true),
-            ("s3://bucket/other/app.tar.gz", false),
-            ("s3://BUCKET/releases/app.tar.gz", true),
-            ("gs://bucket/releases/app.tar.gz", true),
-            ("gs://bucket/releases-x/app.tar.gz", false),
-            ("gs://bucket/releases/../app.tar.gz", false),
-            // a prefix without a trailing slash is a plain string prefix
-            ("file:///srv/legacy/m.yml", true),
-            ("file:///srv/legacy-evil/m.yml", true),
-            ("/srv/app/m.yml", false),
-        ];
-        for (url, want) in cases {
-            let got = list.check("manifest", url);
-            assert_eq!(got.is_ok(), *want, "{url}: {got:?}");
-            if let Err(e) = got {
-                let m = e.to_string();
-                assert!(
-                    m.contains("refused by --allow-url") && m.contains(url),
-                    "{m}"
-                );
-            }
-        }
-        assert_eq!(list.warnings().len(), 1);
-        assert!(list.warnings()[0].contains("file:///srv/legacy"));
-        // no list: anything goes
-        assert!(AllowList::default().check("src", "file:///x/../y").is_ok());
-    }
-
-    #[test]
-    fn bad_prefixes() {
-        for bad in [
-            "/srv/app/",
-            "srv",
-            "https://u@h/",
-            "file:///srv/../app/",
-            "",
-        ] {
-            assert!(AllowList::new(&[bad.to_string()]).is_err(), "{bad:?}");
-        }
-        assert_eq!(allow(&["file://"]).prefixes(), ["file:///"]);
     }
 }

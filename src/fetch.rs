@@ -1,7 +1,7 @@
 //! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
 //! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
 //! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_text` are shared.
+//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_bytes` are shared.
 //! `stream` hashes the bytes as they arrive on their way to the consumer (the
 //! unpacker) and hands back only a `Verified` result.
 //!
@@ -20,6 +20,7 @@ use crate::interrupt;
 use crate::logln;
 use crate::s3;
 use crate::verify::{Checksum, HashingReader, Verified};
+use crate::Env;
 
 /// A presigned S3 URL lives at least this long, and this much longer than `--timeout`.
 const PRESIGN_MIN: Duration = Duration::from_secs(15 * 60);
@@ -27,9 +28,10 @@ const PRESIGN_SLACK: Duration = Duration::from_secs(5 * 60);
 /// At most this many progress updates per second on a terminal.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How sources are fetched (from the command line).
-#[derive(Debug, Clone, Default)]
-pub struct FetchOptions {
+/// How sources are fetched (from the command line), and the environment lookup
+/// that proxies and the S3 / GCS credential chains read.
+#[derive(Clone)]
+pub struct FetchOptions<'e> {
     /// Extra attempts after a failed one.
     pub retry: u32,
     /// Pause between attempts.
@@ -38,6 +40,19 @@ pub struct FetchOptions {
     pub timeout: Option<Duration>,
     /// Bytes per second; `None` is unlimited.
     pub max_bandwidth: Option<u64>,
+    /// The environment (`HTTPS_PROXY`, `AWS_*`, `GOOGLE_*`, ...), read by no one else.
+    pub env: Env<'e>,
+}
+
+impl std::fmt::Debug for FetchOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("retry", &self.retry)
+            .field("retry_wait", &self.retry_wait)
+            .field("timeout", &self.timeout)
+            .field("max_bandwidth", &self.max_bandwidth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An open source: its bytes and, when the server said, how many there are.
@@ -46,56 +61,57 @@ pub(crate) struct Source {
     pub(crate) len: Option<u64>,
 }
 
+impl From<http::Body> for Source {
+    fn from(b: http::Body) -> Source {
+        Source {
+            reader: b.reader,
+            len: b.len,
+        }
+    }
+}
+
 /// Opens a URL for reading. One arm per scheme; everything above is shared.
-fn open(url: &str, deadline: Option<(Instant, Duration)>) -> Result<Source> {
+fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<Source> {
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
     match scheme.to_ascii_lowercase().as_str() {
         "file" => {
             let path = file_path(rest);
-            let f = File::open(&path).map_err(|e| Error::Fetch {
-                url: url.to_string(),
-                msg: e.to_string(),
-            })?;
+            let f = File::open(&path).map_err(|e| Error::fetch_from(url, e))?;
             let md = f.metadata().ok();
             if md.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(Error::Fetch {
-                    url: url.to_string(),
-                    msg: "is a directory".into(),
-                });
+                return Err(Error::fetch(url, "is a directory"));
             }
             Ok(Source {
                 reader: Box::new(f),
                 len: md.map(|m| m.len()),
             })
         }
-        "http" | "https" => http_get(url, url, deadline),
+        "http" | "https" => http_get(url, url, deadline, env).map(Source::from),
         "s3" => {
-            let env = |k: &str| std::env::var(k).ok();
             let lifetime = deadline
                 .map(|(_, d)| d + PRESIGN_SLACK)
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
-            let signed = s3::presign(url, &env, lifetime)?;
-            http_get(url, &signed, deadline)
+            let signed = s3::presign(url, env, lifetime)?;
+            http_get(url, &signed, deadline, env).map(Source::from)
         }
         "gs" => {
-            let env = |k: &str| std::env::var(k).ok();
-            let req = gcs::request(url, &env, deadline)?;
+            let req = gcs::request(url, env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
-            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline);
+            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline, env);
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
                 gcs::forget_tokens();
             }
-            got
+            got.map(Source::from)
         }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);
-            Err(Error::Fetch {
-                url: url.to_string(),
-                msg: format!(
+            Err(Error::fetch(
+                url,
+                format!(
                     "unsupported URL scheme {shown:?} (file://, http://, https://, s3:// and gs:// are supported)"
                 ),
-            })
+            ))
         }
     }
 }
@@ -202,25 +218,13 @@ fn read_error(url: &str, e: io::Error) -> Error {
             return Error::Interrupted(s.0);
         }
     }
-    Error::Fetch {
-        url: url.to_string(),
-        msg: e.to_string(),
-    }
+    Error::fetch_from(url, e)
 }
 
-/// Whether another attempt may succeed (SPEC §8: with `--retry`, every failed attempt
-/// is retried, whatever failed — a 404 or S3's 403 for an archive not uploaded yet is
-/// the common case). Only a passed deadline, a signal, and a checksum mismatch (which
-/// `stream` decides after the attempts) are final.
-fn retryable(e: &Error) -> bool {
-    !matches!(
-        e,
-        Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. }
-    )
-}
-
-/// Runs `attempt` with retries, waits and the deadline of `opts`. Every `retryable`
-/// error is tried again, up to `opts.retry` times, each retry logged with its reason.
+/// Runs `attempt` with retries, waits and the deadline of `opts`. Every error that
+/// `Error::is_retryable` (SPEC §8: all but the deadline, a signal and a checksum
+/// mismatch, which `stream` decides after the attempts) is tried again, up to
+/// `opts.retry` times, each retry logged with its reason.
 fn with_retries<T>(
     url: &str,
     opts: &FetchOptions,
@@ -232,7 +236,7 @@ fn with_retries<T>(
     loop {
         match attempt(deadline) {
             Ok(v) => return Ok(v),
-            Err(e) if !retryable(&e) => return Err(e),
+            Err(e) if !e.is_retryable() => return Err(e),
             Err(e) if tries < opts.retry => {
                 tries += 1;
                 logln!(
@@ -258,8 +262,13 @@ fn with_retries<T>(
 /// An open, limited source and its length when known.
 type Opened = (Limited<Box<dyn Read + Send>>, Option<u64>);
 
-fn limited(url: &str, deadline: Option<(Instant, Duration)>, bw: Option<u64>) -> Result<Opened> {
-    let src = open(url, deadline)?;
+fn limited(
+    url: &str,
+    deadline: Option<(Instant, Duration)>,
+    bw: Option<u64>,
+    env: Env,
+) -> Result<Opened> {
+    let src = open(url, deadline, env)?;
     let l = Limited {
         inner: src.reader,
         url: url.to_string(),
@@ -272,26 +281,18 @@ fn limited(url: &str, deadline: Option<(Instant, Duration)>, bw: Option<u64>) ->
     Ok((l, src.len))
 }
 
-/// Fetches a small text document (the manifest), with retries and the deadline.
-pub fn fetch_text(url: &str, opts: &FetchOptions) -> Result<String> {
-    into_text(url, fetch_bytes(url, opts, u64::MAX)?)
-}
-
 /// Fetches a small document's raw bytes (the manifest and its signature), with
 /// retries and the deadline; more than `max` bytes is an error.
 pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
     let start = Instant::now();
     with_retries(url, opts, start, |deadline| {
-        let (r, _) = limited(url, deadline, None)?;
+        let (r, _) = limited(url, deadline, None, opts.env)?;
         let mut buf = Vec::new();
         r.take(max.saturating_add(1))
             .read_to_end(&mut buf)
             .map_err(|e| read_error(url, e))?;
         if buf.len() as u64 > max {
-            return Err(Error::Fetch {
-                url: url.to_string(),
-                msg: format!("larger than {max} bytes"),
-            });
+            return Err(Error::fetch(url, format!("larger than {max} bytes")));
         }
         Ok(buf)
     })
@@ -299,9 +300,10 @@ pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> 
 
 /// The fetched bytes of `url` as text (a manifest must be UTF-8).
 pub fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
-    String::from_utf8(bytes).map_err(|_| Error::Fetch {
+    String::from_utf8(bytes).map_err(|e| Error::Fetch {
         url: url.to_string(),
         msg: "not UTF-8 text".into(),
+        source: Some(e.into()),
     })
 }
 
@@ -330,7 +332,7 @@ pub fn stream<T>(
     // Outer error: the source failed (retried when retryable); inner: the consumer's
     // own verdict on good bytes (never retried).
     let (outcome, count, hasher) = with_retries(url, opts, start, |deadline| {
-        let (src, len) = limited(url, deadline, opts.max_bandwidth)?;
+        let (src, len) = limited(url, deadline, opts.max_bandwidth, opts.env)?;
         let mut tap = Tap {
             inner: HashingReader::new(src, checksum.hasher()),
             progress: Progress::new(len),
@@ -459,7 +461,14 @@ mod tests {
 
     #[test]
     fn unsupported_scheme_is_named() {
-        let e = fetch_text("gopher://x/y", &FetchOptions::default()).unwrap_err();
+        let opts = FetchOptions {
+            retry: 0,
+            retry_wait: Duration::ZERO,
+            timeout: None,
+            max_bandwidth: None,
+            env: &|_| None,
+        };
+        let e = fetch_bytes("gopher://x/y", &opts, u64::MAX).unwrap_err();
         assert!(
             e.to_string().contains("unsupported URL scheme \"gopher\""),
             "{e}"
@@ -474,25 +483,26 @@ mod tests {
             detail: String::new(),
         };
         for s in [500, 503, 404, 403, 400] {
-            assert!(retryable(&status(s)), "{s}");
+            assert!(status(s).is_retryable(), "{s}");
         }
-        assert!(retryable(&Error::Fetch {
+        assert!(Error::fetch("u", "Connection refused").is_retryable());
+        assert!(Error::S3 {
             url: "u".into(),
-            msg: "Connection refused".into()
-        }));
-        assert!(retryable(&Error::S3 {
-            url: "u".into(),
-            msg: "no credentials".into()
-        }));
-        assert!(!retryable(&Error::Timeout {
+            msg: "no credentials".into(),
+            source: None,
+        }
+        .is_retryable());
+        assert!(!Error::Timeout {
             url: "u".into(),
             secs: 1.0
-        }));
-        assert!(!retryable(&Error::Interrupted("SIGTERM")));
-        assert!(!retryable(&Error::ChecksumMismatch {
+        }
+        .is_retryable());
+        assert!(!Error::Interrupted("SIGTERM").is_retryable());
+        assert!(!Error::ChecksumMismatch {
             expected: "a".into(),
             got: "b".into()
-        }));
+        }
+        .is_retryable());
     }
 
     #[test]

@@ -68,8 +68,8 @@ pub fn run(opts: &FleetOptions) -> Result<Report> {
     let members = parse_members(&members_out)?;
     let alive = members.iter().filter(|m| m.status == "alive").count();
     if alive == 0 && members.iter().all(|m| m.status != "failed") {
-        return Err(Error::Fleet(
-            "no alive serf member matches the --tag / --node filters".into(),
+        return Err(Error::fleet(
+            "no alive serf member matches the --tag / --node filters",
         ));
     }
     let limit = opts.timeout.map_or(QUERY_LIMIT, |t| t + MEMBERS_LIMIT);
@@ -79,7 +79,7 @@ pub fn run(opts: &FleetOptions) -> Result<Report> {
         parse_query(&run_serf(&query_args(opts), limit, |_| {})?)?
     };
     if alive > 0 && query.responses.is_empty() {
-        return Err(Error::Fleet(format!(
+        return Err(Error::fleet(format!(
             "no member answered serf query {QUERY} in time ({} of {alive} alive acknowledged \
              it): is \"query:{QUERY}=stretcher status --brief --json\" among the agents' \
              -event-handler (or are they all still deploying)?",
@@ -226,10 +226,9 @@ fn run_serf(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            Error::Fleet(format!(
-                "cannot run serf: {e} (is serf installed and on PATH?)"
-            ))
+        .map_err(|e| Error::Fleet {
+            msg: format!("cannot run serf: {e} (is serf installed and on PATH?)"),
+            source: Some(e.into()),
         })?;
     let lines = lines_of(child.stdout.take());
     let err = drain(child.stderr.take());
@@ -269,7 +268,7 @@ fn run_serf(
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(Error::Fleet(format!(
+        return Err(Error::fleet(format!(
             "{what} did not finish within {}s; killed",
             limit.as_secs()
         )));
@@ -288,7 +287,7 @@ fn run_serf(
             .find(|l| !l.is_empty())
             .unwrap_or("no message")
             .to_string();
-        return Err(Error::Fleet(format!("{what} failed ({status}): {line}")));
+        return Err(Error::fleet(format!("{what} failed ({status}): {line}")));
     }
     Ok(stdout)
 }
@@ -360,14 +359,18 @@ where
 }
 
 pub fn parse_members(out: &[u8]) -> Result<Vec<Member>> {
-    let m: Members = serde_json::from_slice(out)
-        .map_err(|e| Error::Fleet(format!("cannot read the output of serf members: {e}")))?;
+    let m: Members = serde_json::from_slice(out).map_err(|e| Error::Fleet {
+        msg: format!("cannot read the output of serf members: {e}"),
+        source: Some(e.into()),
+    })?;
     Ok(m.members)
 }
 
 pub fn parse_query(out: &[u8]) -> Result<QueryOutput> {
-    serde_json::from_slice(out)
-        .map_err(|e| Error::Fleet(format!("cannot read the output of serf query: {e}")))
+    serde_json::from_slice(out).map_err(|e| Error::Fleet {
+        msg: format!("cannot read the output of serf query: {e}"),
+        source: Some(e.into()),
+    })
 }
 
 /// How one host stands.

@@ -30,12 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::http;
 use crate::logln;
-
-/// Looks up an environment variable: the process env at run time, a fake in tests.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+use crate::Env;
 
 /// Google's public endpoint for object requests.
 const STORAGE_API: &str = "https://storage.googleapis.com";
@@ -163,6 +161,8 @@ impl fmt::Debug for Token {
 pub struct CredError {
     pub msg: String,
     pub retryable: bool,
+    /// The io / parser error `msg` says, kept as the source of the crate error.
+    pub source: Option<Cause>,
 }
 
 impl CredError {
@@ -170,13 +170,20 @@ impl CredError {
         CredError {
             msg: msg.into(),
             retryable: false,
+            source: None,
         }
     }
     fn transient(msg: impl Into<String>) -> CredError {
         CredError {
             msg: msg.into(),
             retryable: true,
+            source: None,
         }
+    }
+    /// Keeps `cause` (already said in `msg`) as the source.
+    fn because(mut self, cause: impl Into<Cause>) -> CredError {
+        self.source = Some(cause.into());
+        self
     }
 }
 
@@ -265,9 +272,11 @@ impl Source {
 fn read_credentials_file(path: PathBuf) -> std::result::Result<Source, CredError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| CredError::config(format!("credentials file {shown}: {e}")))?;
+        .map_err(|e| CredError::config(format!("credentials file {shown}: {e}")).because(e))?;
     // serde_json's messages name a position, never the text: safe to show.
-    let bad = |e: serde_json::Error| CredError::config(format!("credentials file {shown}: {e}"));
+    let bad = |e: serde_json::Error| {
+        CredError::config(format!("credentials file {shown}: {e}")).because(e)
+    };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
     let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
     match kind {
@@ -299,8 +308,9 @@ fn read_credentials_file(path: PathBuf) -> std::result::Result<Source, CredError
 /// A grant is sent only over https, or plain http to a loopback address.
 fn check_token_uri(uri: Option<&str>, file: &str) -> std::result::Result<(), CredError> {
     let Some(uri) = uri else { return Ok(()) };
-    let u = url::Url::parse(uri)
-        .map_err(|e| CredError::config(format!("credentials file {file}: token_uri: {e}")))?;
+    let u = url::Url::parse(uri).map_err(|e| {
+        CredError::config(format!("credentials file {file}: token_uri: {e}")).because(e)
+    })?;
     let ok = match (u.scheme(), u.host()) {
         ("https", Some(_)) => true,
         ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
@@ -450,14 +460,15 @@ fn exchange(
     uri: &str,
     form: &str,
     cap: Duration,
+    env: Env,
 ) -> std::result::Result<Token, CredError> {
-    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap))
-        .map_err(|e| CredError::transient(format!("{what}: {e}")))?;
+    let (status, body) = http::form_post(uri, form, TOKEN_TOTAL.min(cap), env)
+        .map_err(|e| CredError::transient(format!("{what}: {e}")).because(e))?;
     parse_token(what, status, &body)
 }
 
 /// A new token from `source` (network), within `cap`.
-fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, CredError> {
+fn fetch_token(source: &Source, cap: Duration, env: Env) -> std::result::Result<Token, CredError> {
     match source {
         Source::AccessToken(t) => Ok(t.clone()),
         Source::ServiceAccount { key, .. } => {
@@ -469,7 +480,7 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
                 .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
                 .append_pair("assertion", &jwt)
                 .finish();
-            exchange(&what, uri, &form, cap)
+            exchange(&what, uri, &form, cap, env)
         }
         Source::AuthorizedUser { user, .. } => {
             let u = &user.0;
@@ -481,7 +492,7 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
                 .append_pair("client_secret", &u.client_secret)
                 .append_pair("refresh_token", &u.refresh_token)
                 .finish();
-            exchange(&what, uri, &form, cap)
+            exchange(&what, uri, &form, cap, env)
         }
         Source::Metadata { host } => {
             let url = format!("http://{host}{METADATA_TOKEN_PATH}");
@@ -494,7 +505,7 @@ fn fetch_token(source: &Source, cap: Duration) -> std::result::Result<Token, Cre
                 METADATA_TOTAL.min(cap),
             )
             // Most often: not on Google Cloud. Reported as "no credentials found".
-            .map_err(|e| CredError::config(format!("{what}: {e}")))?;
+            .map_err(|e| CredError::config(format!("{what}: {e}")).because(e))?;
             parse_token(&what, status, &body)
         }
     }
@@ -515,6 +526,7 @@ fn token(
     source: &Source,
     cache: &Mutex<Vec<(String, Token)>>,
     cap: Duration,
+    env: Env,
 ) -> std::result::Result<Token, CredError> {
     if let Source::AccessToken(t) = source {
         return Ok(t.clone());
@@ -527,7 +539,7 @@ fn token(
             return Ok(t.clone());
         }
     }
-    let t = fetch_token(source, cap)?;
+    let t = fetch_token(source, cap, env)?;
     if t.expires.is_some_and(|e| e <= Instant::now()) {
         return Err(CredError::transient(format!(
             "{}: the token has already expired",
@@ -581,16 +593,14 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
     let fail = |msg: String| Error::Gcs {
         url: url.to_string(),
         msg,
+        source: None,
     };
-    let to_error = |e: CredError| {
-        if e.retryable {
-            Error::Fetch {
-                url: url.to_string(),
-                msg: e.msg,
-            }
-        } else {
-            fail(e.msg)
-        }
+    // Whether a failed token endpoint is worth another attempt is
+    // `Error::is_retryable`'s call, not this variant's.
+    let to_error = |e: CredError| Error::Gcs {
+        url: url.to_string(),
+        msg: e.msg,
+        source: e.source,
     };
     let loc = parse_url(url).map_err(fail)?;
     let (base, emulator) = endpoint(env).map_err(fail)?;
@@ -600,7 +610,7 @@ pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Re
         .map(|u| u.authority().to_string())
         .unwrap_or_default();
     let source = find(env).map_err(to_error)?;
-    let got = token(&source, &CACHE, cap);
+    let got = token(&source, &CACHE, cap, env);
     if let Some((_, d)) = passed() {
         return Err(timeout(d.as_secs_f64()));
     }
@@ -788,12 +798,14 @@ mod tests {
             .unwrap()
             .push((source.cache_key(), cached(3600)));
         assert_eq!(
-            token(&source, &cache, Duration::MAX).unwrap().bearer(),
+            token(&source, &cache, Duration::MAX, &|_| None)
+                .unwrap()
+                .bearer(),
             "Bearer cached-secret"
         );
         // Within five minutes of expiry it is not used again.
         *cache.lock().unwrap() = vec![(source.cache_key(), cached(60))];
-        assert!(token(&source, &cache, Duration::MAX).is_err());
+        assert!(token(&source, &cache, Duration::MAX, &|_| None).is_err());
         let dbg = format!("{:?} {:?}", cached(1), source);
         assert!(!dbg.contains("cached-secret"), "{dbg}");
     }

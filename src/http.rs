@@ -15,9 +15,9 @@ use std::io::{self, Read};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-use crate::fetch::Source;
+use crate::error::{Cause, Error, Result};
 use crate::logln;
+use crate::Env;
 
 /// Longest wait for a TCP connection (and TLS handshake), capped by the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +74,7 @@ fn agent(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::blocking::Client::builder()
         .tls_certs_only(root_certs())
-        .user_agent(format!("stretcher/{}", crate::cli::VERSION))
+        .user_agent(format!("stretcher/{}", crate::VERSION))
         .connect_timeout(connect)
         // per read (and until the response head), not for the whole body; a request
         // with a deadline has the time left instead (`RequestBuilder::timeout`)
@@ -99,23 +99,27 @@ fn agent(
 /// The proxy for a request, as Go's net/http reads the environment: `HTTPS_PROXY`
 /// for https, `HTTP_PROXY` for http (upper case first, then lower case), none for
 /// `localhost` and loopback addresses or a host matched by `NO_PROXY`.
-fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let hostport = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = split_host_port(hostport, scheme);
+fn proxy_for(url: &str, env: Env) -> Option<String> {
+    // Host and port as the client will see them: it parses the URL with `url` too.
+    let parsed = url::Url::parse(url).ok()?;
+    let scheme = parsed.scheme();
+    let port = parsed.port_or_known_default()?;
+    let host = match parsed.host()? {
+        url::Host::Domain(d) => d.to_string(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
     let get = |a: &str, b: &str| {
         env(a)
             .or_else(|| env(b))
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let proxy = match scheme.to_ascii_lowercase().as_str() {
+    let proxy = match scheme {
         "https" => get("HTTPS_PROXY", "https_proxy")?,
         "http" => get("HTTP_PROXY", "http_proxy")?,
         _ => return None,
     };
-    let host = host.to_ascii_lowercase();
     if host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -267,8 +271,9 @@ pub(crate) fn http_get(
     label: &str,
     url: &str,
     deadline: Option<(Instant, Duration)>,
-) -> Result<Source> {
-    http_get_with(label, url, &[], deadline)
+    env: Env,
+) -> Result<Body> {
+    http_get_with(label, url, &[], deadline, env)
 }
 
 /// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
@@ -278,14 +283,10 @@ pub(crate) fn http_get_with(
     url: &str,
     headers: &[(&str, &str)],
     deadline: Option<(Instant, Duration)>,
-) -> Result<Source> {
+    env: Env,
+) -> Result<Body> {
     let left = remaining(label, deadline)?;
-    let env = |k: &str| std::env::var(k).ok();
-    let fail = |msg: String| Error::Fetch {
-        url: label.to_string(),
-        msg,
-    };
-    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT).map_err(fail)?;
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(|m| Error::fetch(label, m))?;
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -297,7 +298,11 @@ pub(crate) fn http_get_with(
         // Past the deadline, whatever the client says, it is the deadline.
         remaining(label, deadline)
             .err()
-            .unwrap_or_else(|| fail(describe(&e)))
+            .unwrap_or_else(|| Error::Fetch {
+                url: label.to_string(),
+                msg: describe(&e),
+                source: Some(e.into()),
+            })
     })?;
     let status = resp.status();
     if !status.is_success() {
@@ -332,7 +337,7 @@ pub(crate) fn http_get_with(
         });
     }
     let len = resp.content_length();
-    Ok(Source {
+    Ok(Body {
         reader: Box::new(Exact {
             inner: resp,
             expected: len,
@@ -340,6 +345,12 @@ pub(crate) fn http_get_with(
         }),
         len,
     })
+}
+
+/// A response body being read, and its length when the server said.
+pub(crate) struct Body {
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) len: Option<u64>,
 }
 
 /// The text of the first `<tag>` of a small XML document (S3's error body), cut short.
@@ -393,6 +404,44 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
+/// A small request that failed: `describe`'s words (never the request, which may hold
+/// a secret) and the client's own error, kept as the source.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    msg: String,
+    source: Option<Cause>,
+}
+
+impl Failed {
+    fn new(msg: String) -> Failed {
+        Failed { msg, source: None }
+    }
+    fn from_client(e: reqwest::Error) -> Failed {
+        Failed {
+            msg: describe(&e),
+            source: Some(e.into()),
+        }
+    }
+    fn from_io(e: io::Error) -> Failed {
+        Failed {
+            msg: e.to_string(),
+            source: Some(e.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
 /// A small request to a credential endpoint (ECS, EC2 IMDS) for `s3`: direct (no
 /// proxy), short timeouts, body up to 64 KiB. The URL holds no secret; headers may.
 pub(crate) fn metadata_request(
@@ -401,8 +450,8 @@ pub(crate) fn metadata_request(
     headers: &[(&str, &str)],
     connect: Duration,
     total: Duration,
-) -> std::result::Result<(u16, String), String> {
-    let agent = agent(None, connect)?;
+) -> std::result::Result<(u16, String), Failed> {
+    let agent = agent(None, connect).map_err(Failed::new)?;
     let mut req = match method {
         Method::Get => agent.get(url),
         Method::Put => agent.put(url),
@@ -411,12 +460,12 @@ pub(crate) fn metadata_request(
         req = req.header(*k, *v);
     }
     // The connection within `connect` (the client's), the whole request within `total`.
-    let resp = req.timeout(total).send().map_err(|e| describe(&e))?;
+    let resp = req.timeout(total).send().map_err(Failed::from_client)?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
         .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(Failed::from_io)?;
     Ok((status, body))
 }
 
@@ -427,21 +476,21 @@ pub(crate) fn form_post(
     url: &str,
     form: &str,
     total: Duration,
-) -> std::result::Result<(u16, String), String> {
-    let env = |k: &str| std::env::var(k).ok();
-    let agent = agent(proxy_for(url, &env), CONNECT_TIMEOUT.min(total))?;
+    env: Env,
+) -> std::result::Result<(u16, String), Failed> {
+    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT.min(total)).map_err(Failed::new)?;
     let resp = agent
         .post(url)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(form.to_string())
         .timeout(total)
         .send()
-        .map_err(|e| describe(&e))?;
+        .map_err(Failed::from_client)?;
     let status = resp.status().as_u16();
     let mut body = String::new();
     resp.take(64 * 1024)
         .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(Failed::from_io)?;
     Ok((status, body))
 }
 

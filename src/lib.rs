@@ -16,18 +16,19 @@
 //! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
 //! `dest`, only `hooks` starts processes, only `fetch` reads sources.
 
+mod allow;
 mod bucket_url;
 pub mod cli;
 pub mod deploy;
 pub mod drift;
 pub mod error;
 pub mod event;
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod filter;
 pub mod fleet;
-pub mod gcs;
+pub(crate) mod gcs;
 pub mod hooks;
-pub mod http;
+pub(crate) mod http;
 pub mod index;
 pub mod interrupt;
 pub mod log;
@@ -36,13 +37,23 @@ pub mod metrics;
 pub mod record;
 pub mod redeploy;
 pub mod release;
-pub mod s3;
+pub(crate) mod s3;
 pub mod signature;
 mod staging;
-pub mod state;
+pub(crate) mod state;
 pub mod status;
 pub mod sync;
 pub mod unpack;
+mod urls;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+/// An environment lookup: the process environment (`|k| std::env::var(k).ok()`) read
+/// only at the entry points (`deploy::main`, `status::main`, ...), a table in tests.
+/// Every module below them is handed one and never reads `std::env` itself.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The version of this build (`stretcher --version`, the HTTP `User-Agent`, the
+/// deploy record's `stretcher_version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     }
     let code = match cli::parse(&args) {
         Ok(Command::Version) => {
-            println!("stretcher {}", cli::VERSION);
+            println!("stretcher {}", stretcher::VERSION);
             0
         }
         Ok(Command::Help) => {

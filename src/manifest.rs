@@ -17,8 +17,9 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::error::{Error, Result};
-use crate::event::has_scheme;
+use crate::urls::has_scheme;
 use crate::verify::Checksum;
+use crate::Env;
 
 /// How the unpacked tree reaches `dest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,24 +130,40 @@ struct RawCommands {
 /// Parses and validates a manifest. `text`: the manifest as fetched; `url`: where
 /// it came from (for errors, and to resolve a relative `src`); `env`: an
 /// environment lookup for the templates.
-pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Manifest> {
+pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
     let fail = |msg: String| Error::Manifest {
         url: url.to_string(),
         msg,
+        source: None,
+    };
+    let yaml = |e: serde_norway::Error| Error::Manifest {
+        url: url.to_string(),
+        msg: format!("YAML: {e}"),
+        source: Some(e.into()),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let expanded = expand_templates(text, env).map_err(|m| fail(format!("template: {m}")))?;
 
     // Pass 1: the shape, and the keys we do not know.
-    let doc: Value = serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
-    let top = match &doc {
-        Value::Null => return Err(fail("the manifest is empty".into())),
+    let doc: Value = serde_norway::from_str(&expanded).map_err(yaml)?;
+    let unknown_keys = unknown_keys(&doc).map_err(fail)?;
+
+    // Pass 2: the typed read.
+    let raw: RawManifest = serde_norway::from_str(&expanded).map_err(yaml)?;
+    validate(raw, url, unknown_keys).map_err(fail)
+}
+
+/// Pass 1 of `parse`: the document must be a mapping; the keys we do not know (for a
+/// warning), with `commands.env` checked on the way.
+fn unknown_keys(doc: &Value) -> Result<Vec<String>, String> {
+    let top = match doc {
+        Value::Null => return Err("the manifest is empty".into()),
         Value::Mapping(m) => m,
         other => {
-            return Err(fail(format!(
+            return Err(format!(
                 "the manifest must be a YAML mapping (src:, dest:, ...), not {}",
                 kind(other)
-            )))
+            ))
         }
     };
     let mut unknown_keys = Vec::new();
@@ -161,62 +178,79 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
                     if !COMMAND_KEYS.contains(&cname.as_str()) {
                         unknown_keys.push(format!("commands.{cname}"));
                     } else if cname == "env" {
-                        check_env(cv).map_err(fail)?;
+                        check_env(cv)?;
                     }
                 }
             }
         }
     }
+    Ok(unknown_keys)
+}
 
-    // Pass 2: the typed read.
-    let raw: RawManifest =
-        serde_norway::from_str(&expanded).map_err(|e| fail(format!("YAML: {e}")))?;
+/// Pass 2 of `parse`: every key of the typed read checked; the first error is the one.
+fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Manifest, String> {
     let src = non_empty(raw.src);
     let dest = non_empty(raw.dest);
     let checksum = non_empty(raw.checksum);
     if src.is_some() && dest.is_none() {
-        return Err(fail("dest is required".into()));
+        return Err("dest is required".into());
     }
     if src.is_some() && checksum.is_none() {
-        return Err(fail("checksum is required".into()));
+        return Err("checksum is required".into());
     }
-    let checksum = checksum
-        .map(|c| Checksum::parse(&c))
-        .transpose()
-        .map_err(fail)?;
+    let checksum = checksum.map(|c| Checksum::parse(&c)).transpose()?;
     let sync_strategy = match non_empty(raw.sync_strategy).as_deref() {
         None | Some("rsync") => Strategy::Rsync,
         Some("mv") => Strategy::Mv,
         Some("release") => Strategy::Release,
         Some(other) => {
-            return Err(fail(format!(
+            return Err(format!(
                 "invalid strategy name: {other} (expected rsync, mv or release)"
-            )))
+            ))
         }
     };
-    let dest = dest.map(|d| check_dest(&d)).transpose().map_err(fail)?;
+    let dest = dest.map(|d| check_dest(&d)).transpose()?;
     let keep_releases = non_empty(raw.keep_releases)
         .map(|k| parse_keep(&k))
-        .transpose()
-        .map_err(fail)?
+        .transpose()?
         .unwrap_or(DEFAULT_KEEP_RELEASES);
     let releases_dir = match (sync_strategy, &dest) {
         (Strategy::Release, Some(dest)) => {
-            Some(releases_dir(non_empty(raw.releases_dir).as_deref(), dest).map_err(fail)?)
+            Some(releases_dir(non_empty(raw.releases_dir).as_deref(), dest)?)
         }
         _ => None,
     };
     let dest_mode = non_empty(raw.dest_mode)
         .map(|m| parse_mode(&m))
-        .transpose()
-        .map_err(fail)?;
-    let src = src
-        .map(|s| resolve_src(&s, url))
-        .transpose()
-        .map_err(fail)?;
-    let commands = raw
-        .commands
-        .map(|c| Commands {
+        .transpose()?;
+    let src = src.map(|s| resolve_src(&s, url)).transpose()?;
+    let commands = raw.commands.map(Commands::from).unwrap_or_default();
+    Ok(Manifest {
+        src,
+        checksum,
+        dest,
+        dest_mode,
+        sync_strategy,
+        excludes: raw.excludes.unwrap_or_default(),
+        exclude_from: non_empty(raw.exclude_from)
+            .map(|f| check_exclude_from(&f))
+            .transpose()?,
+        commands,
+        keep_releases,
+        releases_dir,
+        unknown_keys,
+        expires: non_empty(raw.expires)
+            .map(|e| parse_expires(&e))
+            .transpose()?,
+        serial: non_empty(raw.serial)
+            .map(|n| parse_serial(&n))
+            .transpose()?,
+    })
+}
+
+impl From<RawCommands> for Commands {
+    fn from(c: RawCommands) -> Commands {
+        Commands {
             pre: c.pre.unwrap_or_default(),
             post: c.post.unwrap_or_default(),
             success: c.success.unwrap_or_default(),
@@ -227,32 +261,8 @@ pub fn parse(text: &str, url: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
                 .into_iter()
                 .map(|(k, v)| (k, v.unwrap_or_default()))
                 .collect(),
-        })
-        .unwrap_or_default();
-    Ok(Manifest {
-        src,
-        checksum,
-        dest,
-        dest_mode,
-        sync_strategy,
-        excludes: raw.excludes.unwrap_or_default(),
-        exclude_from: non_empty(raw.exclude_from)
-            .map(|f| check_exclude_from(&f))
-            .transpose()
-            .map_err(fail)?,
-        commands,
-        keep_releases,
-        releases_dir,
-        unknown_keys,
-        expires: non_empty(raw.expires)
-            .map(|e| parse_expires(&e))
-            .transpose()
-            .map_err(fail)?,
-        serial: non_empty(raw.serial)
-            .map(|n| parse_serial(&n))
-            .transpose()
-            .map_err(fail)?,
-    })
+        }
+    }
 }
 
 /// `expires`: an RFC 3339 date-time with an offset (`2026-12-31T23:59:59Z`).
@@ -436,6 +446,12 @@ fn check_dest(dest: &str) -> std::result::Result<PathBuf, String> {
 /// Resolves `src` against the manifest URL (RFC 3986 style): a URL with a scheme
 /// is kept; `//host/p` takes the scheme; `/p` takes scheme and host; anything else
 /// is relative to the manifest's directory. Dot segments are removed.
+///
+/// Hand-written, not `url::Url::join`: the result is used byte for byte (a `file://`
+/// path opened as written, an S3 key signed as written, a GCS object name encoded
+/// once on the wire), and `Url` would percent-encode it (`my app.tgz` →
+/// `my%20app.tgz`, a different key: see the `gs://` case of `relative_src_resolution`),
+/// lower-case an `https://` host, and rewrite `file://localhost/`.
 fn resolve_src(src: &str, base: &str) -> std::result::Result<String, String> {
     if has_scheme(src) {
         return Ok(src.to_string());
@@ -496,10 +512,7 @@ fn remove_dot_segments(path: &str) -> String {
 /// `env "A" "B" ... "default"`: the first of A, B, ... that is set and non-empty,
 /// else the last argument; `env "NAME"` alone gives `""` when NAME is unset.
 /// `must_env` of an unset variable is an error naming it (set but empty is fine).
-pub fn expand_templates(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> std::result::Result<String, String> {
+pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -590,10 +603,7 @@ fn split_action(inner: &str) -> std::result::Result<(Option<&str>, &str, bool), 
     Err("unclosed action: \"{{\" without \"}}\"".into())
 }
 
-fn eval_action(
-    action: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> std::result::Result<String, String> {
+fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
     let shown = || format!("{{{{{}}}}}", action);
     if action.trim().is_empty() {
         return Err(format!("missing value for command in {}", shown()));

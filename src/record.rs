@@ -308,7 +308,7 @@ impl Draft {
         let record = Record {
             schema: SCHEMA,
             host: hostname(),
-            stretcher_version: crate::cli::VERSION.to_string(),
+            stretcher_version: crate::VERSION.to_string(),
             dest: self.dest.map(|d| d.display().to_string()),
             strategy: self.strategy,
             release: self.release,
@@ -406,7 +406,9 @@ const SECRET_PARAMS: &[&str] = &[
 ];
 
 /// `url` fit for a record or a log: user info (`user:pass@`) dropped, and the
-/// query dropped when it holds a signature or token.
+/// query dropped when it holds a signature or token. Split by hand, not by
+/// `url::Url`: the rest stays exactly as the user wrote it (no percent-encoding, no
+/// lower-cased host), as every error and log line names it.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -621,7 +623,7 @@ mod tests {
         Record {
             schema: SCHEMA,
             host: Some("h".into()),
-            stretcher_version: crate::cli::VERSION.into(),
+            stretcher_version: crate::VERSION.into(),
             dest: Some("/srv/app".into()),
             strategy: Some("rsync".into()),
             release: None,

@@ -806,8 +806,8 @@ pub struct RolledBack {
 /// `stretcher rollback DEST [--to ID]` (SPEC §14): switches dest to release `to`, or to
 /// the newest good release older than the live one, and marks the one left bad. No
 /// hook, no network; holds dest's lock. Removes nothing but a killed run's leftovers.
-pub fn rollback(dest: &Path, to: Option<&str>) -> Result<RolledBack> {
-    let _lock = crate::state::lock_dest(dest)?;
+pub fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<RolledBack> {
+    let _lock = crate::state::lock_dest(dest, env)?;
     let target = fs::read_link(dest).map_err(|_| {
         release_error(
             dest,
@@ -891,7 +891,7 @@ pub fn record_rollback(
     let rec = record::Record {
         schema: record::SCHEMA,
         host: record::hostname(),
-        stretcher_version: crate::cli::VERSION.to_string(),
+        stretcher_version: crate::VERSION.to_string(),
         dest: Some(dest.display().to_string()),
         strategy: Some("release".into()),
         release: Some(r.to.id.clone()),
@@ -1006,9 +1006,9 @@ pub fn subcommand(args: &[OsString]) -> Option<i32> {
             Ok(a) => {
                 let started = chrono::Utc::now();
                 let dest = absolute(&a.dest);
-                match rollback(&dest, a.to.as_deref()) {
+                let env = |k: &str| std::env::var(k).ok();
+                match rollback(&dest, a.to.as_deref(), &env) {
                     Ok(r) => {
-                        let env = |k: &str| std::env::var(k).ok();
                         let explicit = a.state_dir.as_deref().map(Path::new);
                         match crate::state::state_dir(explicit, &env) {
                             Ok(state) => record_rollback(&state, &dest, &r, started),

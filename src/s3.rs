@@ -20,12 +20,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusty_s3::{Bucket, S3Action, UrlStyle};
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::http::{self, Method};
 use crate::logln;
-
-/// Looks up an environment variable: the process env at run time, a fake in tests.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+use crate::Env;
 
 /// Cached remote credentials are used again only while they have this much life left.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
@@ -99,6 +97,8 @@ impl fmt::Debug for Credentials {
 pub struct CredError {
     pub msg: String,
     pub retryable: bool,
+    /// The io / parser error `msg` says, kept as the source of the crate error.
+    pub source: Option<Cause>,
 }
 
 impl CredError {
@@ -106,13 +106,20 @@ impl CredError {
         CredError {
             msg: msg.into(),
             retryable: false,
+            source: None,
         }
     }
     fn transient(msg: impl Into<String>) -> CredError {
         CredError {
             msg: msg.into(),
             retryable: true,
+            source: None,
         }
+    }
+    /// Keeps `cause` (already said in `msg`) as the source.
+    fn because(mut self, cause: impl Into<Cause>) -> CredError {
+        self.source = Some(cause.into());
+        self
     }
 }
 
@@ -371,14 +378,16 @@ fn parse_metadata_credentials(
     source: String,
 ) -> std::result::Result<Credentials, CredError> {
     let m: MetadataCredentials = serde_json::from_str(body)
-        .map_err(|e| CredError::config(format!("{source}: unexpected answer: {e}")))?;
+        .map_err(|e| CredError::config(format!("{source}: unexpected answer: {e}")).because(e))?;
     if let Some(code) = m.code.filter(|c| c != "Success") {
         return Err(CredError::transient(format!("{source}: Code {code}")));
     }
     let expires = match m.expiration.as_deref() {
         Some(t) => Some(
             DateTime::parse_from_rfc3339(t)
-                .map_err(|e| CredError::config(format!("{source}: Expiration {t:?}: {e}")))?
+                .map_err(|e| {
+                    CredError::config(format!("{source}: Expiration {t:?}: {e}")).because(e)
+                })?
                 .with_timezone(&Utc),
         ),
         None => None,
@@ -404,7 +413,7 @@ fn ecs_uri(env: Env) -> std::result::Result<Option<String>, CredError> {
         return Ok(None);
     };
     let u = url::Url::parse(&full).map_err(|e| {
-        CredError::config(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI {full:?}: {e}"))
+        CredError::config(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI {full:?}: {e}")).because(e)
     })?;
     let allowed = match (u.scheme(), u.host()) {
         ("https", Some(_)) => true,
@@ -432,7 +441,9 @@ fn from_ecs(env: Env, uri: &str) -> std::result::Result<Credentials, CredError> 
     let token = match nonempty(env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")) {
         Some(path) => Some(
             std::fs::read_to_string(&path)
-                .map_err(|e| CredError::config(format!("{source}: token file {path}: {e}")))?
+                .map_err(|e| {
+                    CredError::config(format!("{source}: token file {path}: {e}")).because(e)
+                })?
                 .trim()
                 .to_string(),
         ),
@@ -443,7 +454,7 @@ fn from_ecs(env: Env, uri: &str) -> std::result::Result<Credentials, CredError> 
         headers.push(("Authorization", t.as_str()));
     }
     let (status, body) = http::metadata_request(Method::Get, uri, &headers, ECS_CONNECT, ECS_TOTAL)
-        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")))?;
+        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")).because(e))?;
     if status != 200 {
         return Err(status_error(&format!("{source} {uri}"), status));
     }
@@ -471,7 +482,7 @@ fn from_imds(env: Env) -> std::result::Result<Credentials, CredError> {
             Ok((200, body)) => Ok(body),
             Ok((status, _)) => Err(status_error(&format!("{what}: {path}"), status)),
             // Most often: not on EC2. Not worth another attempt.
-            Err(e) => Err(CredError::config(format!("{what}: {e}"))),
+            Err(e) => Err(CredError::config(format!("{what}: {e}")).because(e)),
         }
     };
     let token = call(
@@ -617,20 +628,18 @@ pub fn presign(url: &str, env: Env, expires_in: Duration) -> Result<String> {
     let fail = |msg: String| Error::S3 {
         url: url.to_string(),
         msg,
+        source: None,
     };
     let loc = parse_url(url).map_err(fail)?;
     let shared = Shared::load(env);
     let region = region(env, &shared);
     let (endpoint, style) = endpoint(env, &region, &loc.bucket).map_err(fail)?;
-    let creds = resolve(env, &shared, Some(&CACHE)).map_err(|e| {
-        if e.retryable {
-            Error::Fetch {
-                url: url.to_string(),
-                msg: e.msg,
-            }
-        } else {
-            fail(e.msg)
-        }
+    // Whether a failed credential endpoint is worth another attempt is
+    // `Error::is_retryable`'s call, not this variant's.
+    let creds = resolve(env, &shared, Some(&CACHE)).map_err(|e| Error::S3 {
+        url: url.to_string(),
+        msg: e.msg,
+        source: e.source,
     })?;
     let host = endpoint.host_str().unwrap_or_default().to_string();
     let bucket = Bucket::new(endpoint, style, loc.bucket.clone(), region.clone())

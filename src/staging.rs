@@ -25,6 +25,7 @@ use crate::logln;
 use crate::manifest::Manifest;
 use crate::state;
 use crate::sync;
+use crate::Env;
 
 /// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
 /// renames are atomic), named `.stretcher-<dest name>.XXXXXX.staging`.
@@ -37,8 +38,8 @@ const RAND_LEN: usize = 6;
 const STAGING_SUFFIX: &str = ".staging";
 
 impl Workspace {
-    pub(crate) fn new(dest: &Path) -> Result<Workspace> {
-        let (dir, tag) = state::work_dir(dest)?;
+    pub(crate) fn new(dest: &Path, env: Env) -> Result<Workspace> {
+        let (dir, tag) = state::work_dir(dest, env)?;
         if dest.parent() != Some(dir.as_path()) {
             logln!(
                 "cannot write beside {}: staging in {} (changes are copied, not renamed)",
@@ -200,7 +201,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_recognised_by_exact_name() {
-        let w = Workspace::new(Path::new("/srv/app")).unwrap();
+        let w = Workspace::new(Path::new("/srv/app"), &|_| None).unwrap();
         assert!(w.is_ours(std::ffi::OsStr::new(".stretcher-app.Ab12Cd.staging")));
         // another dest's leftovers, and look-alikes, are not ours
         assert!(!w.is_ours(std::ffi::OsStr::new(".stretcher-app.x.Ab12Cd.staging")));
@@ -212,7 +213,7 @@ mod tests {
     #[test]
     fn staging_is_named_as_ours_and_removed_on_drop_read_only_tree_included() {
         let parent = tempfile::tempdir().unwrap();
-        let w = Workspace::new(&parent.path().join("app")).unwrap();
+        let w = Workspace::new(&parent.path().join("app"), &|_| None).unwrap();
         let staging = w.staging_dir().unwrap();
         let path = staging.path().to_path_buf();
         assert_eq!(path.parent(), Some(parent.path()));
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn kept_staging_is_not_removed() {
         let parent = tempfile::tempdir().unwrap();
-        let w = Workspace::new(&parent.path().join("app")).unwrap();
+        let w = Workspace::new(&parent.path().join("app"), &|_| None).unwrap();
         let path = w.staging_dir().unwrap().keep();
         assert!(path.is_dir());
     }
@@ -238,7 +239,7 @@ mod tests {
     fn leftovers_of_this_dest_only_are_removed() {
         let parent = tempfile::tempdir().unwrap();
         let p = parent.path();
-        let w = Workspace::new(&p.join("app")).unwrap();
+        let w = Workspace::new(&p.join("app"), &|_| None).unwrap();
         let ours = p.join(".stretcher-app.Ab12Cd.staging");
         std::fs::create_dir_all(ours.join("ro")).unwrap();
         std::fs::set_permissions(ours.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();

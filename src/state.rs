@@ -23,23 +23,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::logln;
+use crate::Env;
 
 /// An exclusive lock on one `dest`, released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct DestLock {
     _lock: Flock<File>,
-    path: PathBuf,
-}
-
-impl DestLock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// The lock file for `dest`: `.<name>.stretcher.lock` beside it.
-pub fn lock_path(dest: &Path) -> Result<PathBuf> {
-    let (dir, tag) = work_dir(dest)?;
+pub fn lock_path(dest: &Path, env: Env) -> Result<PathBuf> {
+    let (dir, tag) = work_dir(dest, env)?;
     let mut file = std::ffi::OsString::from(".");
     file.push(tag);
     file.push(".stretcher.lock");
@@ -51,7 +45,7 @@ pub fn lock_path(dest: &Path) -> Result<PathBuf> {
 /// exists and this user cannot write there, in `$TMPDIR`, tagged with the name and a
 /// hash of the whole path (two dests of one name must not share them). A missing
 /// parent counts as writable: it is created.
-pub fn work_dir(dest: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
+pub fn work_dir(dest: &Path, env: Env) -> Result<(PathBuf, std::ffi::OsString)> {
     use nix::unistd::{access, AccessFlags};
     let (parent, name) = parent_and_name(dest)?;
     let writable =
@@ -65,7 +59,13 @@ pub fn work_dir(dest: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
     let mut tag = name.to_os_string();
     tag.push("-");
     tag.push(&hash[..12]);
-    Ok((std::env::temp_dir(), tag))
+    Ok((temp_dir(env), tag))
+}
+
+/// `$TMPDIR`, else `/tmp`, as `std::env::temp_dir` reads it, but from `env` (whose
+/// values are UTF-8: a non-UTF-8 `TMPDIR` counts as unset).
+fn temp_dir(env: Env) -> PathBuf {
+    env("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
 }
 
 /// `dest`'s parent directory and its own name.
@@ -81,14 +81,14 @@ pub fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
 
 /// Takes the exclusive lock for `dest`, creating its parent if needed; waits (and
 /// says so in the log) while another stretcher holds it. A signal ends the wait.
-pub fn lock_dest(dest: &Path) -> Result<DestLock> {
-    let path = lock_path(dest)?;
+pub fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
+    let path = lock_path(dest, env)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
     }
     let what = format!("another stretcher is deploying to {}", dest.display());
     let lock = lock_waiting(&path, &what)?;
-    Ok(DestLock { _lock: lock, path })
+    Ok(DestLock { _lock: lock })
 }
 
 /// Opens (creating) `path` and takes an exclusive flock on it, polling so that a
@@ -220,7 +220,7 @@ pub fn file_stem(name: &str) -> String {
 /// `/var/lib/stretcher` when it is writable or can be created, else
 /// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
 /// exists when this returns.
-pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+pub fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
         return Ok(dir.to_path_buf());
@@ -230,10 +230,7 @@ pub fn state_dir(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) 
 
 /// The state directory a deploy would use (see [`state_dir`]), for the read-only
 /// subcommands: nothing is created; `None` when none can be chosen.
-pub fn find_state_dir(
-    explicit: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<PathBuf> {
+pub fn find_state_dir(explicit: Option<&Path>, env: Env) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return Some(dir.to_path_buf());
     }
@@ -251,7 +248,7 @@ pub fn find_state_dir(
     xdg.or(home).map(|b| b.join("stretcher"))
 }
 
-fn resolve_default(system: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+fn resolve_default(system: &Path, env: Env) -> Result<PathBuf> {
     if writable(system) {
         return Ok(system.to_path_buf());
     }
@@ -372,11 +369,6 @@ fn read_record(path: &Path, name: &str) -> Seen {
 }
 
 impl EventClaim {
-    /// The state file this claim writes.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Records the event as handled (atomically: temp file, fsync, rename, fsync
     /// of the directory), then releases the lock.
     pub fn record(self) -> Result<()> {
@@ -421,21 +413,21 @@ mod tests {
     #[test]
     fn lock_file_sits_beside_dest() {
         assert_eq!(
-            lock_path(Path::new("/srv/app")).unwrap(),
+            lock_path(Path::new("/srv/app"), &|_| None).unwrap(),
             Path::new("/srv/.app.stretcher.lock")
         );
-        assert!(lock_path(Path::new("/")).is_err());
+        assert!(lock_path(Path::new("/"), &|_| None).is_err());
     }
 
     #[test]
     fn second_lock_waits_for_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("app");
-        let first = lock_dest(&dest).unwrap();
+        let first = lock_dest(&dest, &|_| None).unwrap();
         let d2 = dest.clone();
         let t = std::thread::spawn(move || {
             let start = std::time::Instant::now();
-            let _second = lock_dest(&d2).unwrap();
+            let _second = lock_dest(&d2, &|_| None).unwrap();
             start.elapsed()
         });
         std::thread::sleep(Duration::from_millis(300));
@@ -525,7 +517,7 @@ mod tests {
         let Claim::Fresh(c) = claim(dir.path(), "deploy", &ev).unwrap() else {
             panic!("first delivery must run");
         };
-        let path = c.path().to_path_buf();
+        let path = c.path.clone();
         c.record().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"id-1\"") && text.contains('5'), "{text}");

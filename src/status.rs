@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::log;
 use crate::record::{self, Outcome, Record};
 use crate::state;
+use crate::Env;
 
 /// Serf's default limit of one query response (`QueryResponseSizeLimit`). It
 /// applies to the encoded response message, not to the answer alone: Serf drops
@@ -38,7 +39,7 @@ pub fn brief_budget(node: &str) -> usize {
 
 /// The node name Serf will send the answer as: `SERF_SELF_NAME` under a handler,
 /// else the host name (Serf's default node name).
-fn node_name(env: &dyn Fn(&str) -> Option<String>) -> String {
+fn node_name(env: Env) -> String {
     env("SERF_SELF_NAME")
         .filter(|n| !n.is_empty())
         .or_else(record::hostname)
@@ -196,7 +197,7 @@ pub fn main(opts: &StatusOptions) -> i32 {
 }
 
 /// The output and exit status of `stretcher status` (SPEC §13).
-pub fn run(opts: &StatusOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, i32)> {
+pub fn run(opts: &StatusOptions, env: Env) -> Result<(String, i32)> {
     let dir = state::find_state_dir(opts.state_dir.as_deref(), env).ok_or_else(|| {
         Error::io(
             "choose a state directory",
