@@ -49,7 +49,7 @@ pub struct UnpackOptions {
     /// path it answers into `into` (and still listed in `Staged::reused`) instead of
     /// left out, so `into` is a whole tree sharing unchanged inodes with that tree (the
     /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
-    /// too many links) is written.
+    /// too many links) is written. Also fills `Staged::written`.
     pub link_unchanged: bool,
 }
 
@@ -71,9 +71,10 @@ pub struct FileAttrs {
 /// `sync::quick`, against `dest` or the live release).
 pub trait Unchanged {
     /// The path of an existing regular file equal to the entry at `rel` by size,
-    /// mtime seconds, mode (and owner when given): the entry is then not written but
-    /// listed in `Staged::reused`. Any doubt must answer `None` ("write it").
-    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<PathBuf>;
+    /// mtime seconds, mode (and owner when given), with the lstat that found it: the
+    /// entry is then not written but listed in `Staged::reused`. Any doubt must answer
+    /// `None` ("write it").
+    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, fs::Metadata)>;
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -88,6 +89,12 @@ pub struct Staged {
     /// Files left out of staging because the [`Unchanged`] probe found them as the
     /// archive has them, with the archive's attributes.
     pub reused: HashMap<PathBuf, FileAttrs>,
+    /// With `link_unchanged`: every node below `root` (not `root` itself), by relative
+    /// path, as the index keeps it once the unpack returns — the listing of the whole
+    /// tree without a walk of it: a written file's fstat after its last change, a
+    /// linked file's lstat by the [`Unchanged`] probe, a directory's after its deferred
+    /// fixes, a symlink's or special's lstat. Empty otherwise.
+    pub written: HashMap<PathBuf, crate::index::Entry>,
 }
 
 /// Bytes read ahead to recognise the compression format.
@@ -603,6 +610,8 @@ struct Extractor<'a, 'u> {
     reused: HashMap<PathBuf, FileAttrs>,
     /// Where each reused file is (the probe's answer), for hard links to it.
     kept_at: HashMap<PathBuf, PathBuf>,
+    /// `Staged::written` (kept only with `link_unchanged`).
+    written: HashMap<PathBuf, crate::index::Entry>,
     /// The size guard: (bytes available to unprivileged users, fragment size) of the
     /// staging filesystem when the unpack started, and the bytes of file content
     /// written so far, each file rounded up to whole fragments.
@@ -631,6 +640,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             entries: 0,
             reused: HashMap::new(),
             kept_at: HashMap::new(),
+            written: HashMap::new(),
             space: free_space(into),
             to_write: 0,
         }
@@ -814,7 +824,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         // The file's size as tar extracts it: a sparse member's logical size.
         let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
         let abs = self.into.join(rel);
-        if self.reuse(rel, size, meta) {
+        if let Some(found) = self.reuse(rel, size, meta) {
             // An earlier member of the same name may have been written: the later one
             // wins, so staging must not keep it.
             if fs::symlink_metadata(&abs).is_ok() {
@@ -823,6 +833,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
             // The entry's data is skipped by the parser (still read, so a cut stream
             // is still noticed).
             if !self.opts.link_unchanged || self.link_reused(rel, raw)? {
+                // A link shares the inode the probe read.
+                self.note(rel, raw, || Ok(found), None)?;
                 self.entries += 1;
                 return Ok(());
             }
@@ -878,7 +890,25 @@ impl<'a, 'u> Extractor<'a, 'u> {
         }
         filetime::set_file_handle_times(&file, None, Some(meta.mtime))
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.note(rel, raw, || file.metadata(), None)?;
         self.entries += 1;
+        Ok(())
+    }
+
+    /// `link_unchanged`: lists what is now at `rel` (`stat` runs only then).
+    fn note(
+        &mut self,
+        rel: &Path,
+        raw: &[u8],
+        stat: impl FnOnce() -> io::Result<fs::Metadata>,
+        target: Option<&[u8]>,
+    ) -> Result<()> {
+        if self.opts.link_unchanged {
+            let m = stat().map_err(|e| fail(raw, format!("stat: {e}")))?;
+            let path = rel.as_os_str().as_bytes().to_vec();
+            let e = crate::index::Entry::from_meta(path, &m, target.map(<[u8]>::to_vec));
+            self.written.insert(rel.to_path_buf(), e);
+        }
         Ok(())
     }
 
@@ -962,23 +992,19 @@ impl<'a, 'u> Extractor<'a, 'u> {
     }
 
     /// Lists `rel` as kept (not written) when the [`Unchanged`] probe finds it as the
-    /// entry has it.
-    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> bool {
-        let Some(probe) = self.unchanged.as_deref_mut() else {
-            return false;
-        };
+    /// entry has it; answers the probe's lstat of it.
+    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> Option<fs::Metadata> {
+        let probe = self.unchanged.as_deref_mut()?;
         let attrs = FileAttrs {
             size,
             mtime: meta.mtime.unix_seconds(),
             mode: meta.mode,
             owner: meta.owner,
         };
-        let Some(at) = probe.find(rel, &attrs) else {
-            return false;
-        };
+        let (at, found) = probe.find(rel, &attrs)?;
         self.reused.insert(rel.to_path_buf(), attrs);
         self.kept_at.insert(rel.to_path_buf(), at);
-        true
+        Some(found)
     }
 
     /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
@@ -1046,6 +1072,12 @@ impl<'a, 'u> Extractor<'a, 'u> {
         }
         filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.note(
+            rel,
+            raw,
+            || fs::symlink_metadata(&abs),
+            Some(target.as_bytes()),
+        )?;
         self.entries += 1;
         Ok(())
     }
@@ -1081,6 +1113,15 @@ impl<'a, 'u> Extractor<'a, 'u> {
             other => other,
         }
         .map_err(|e| fail(raw, format!("hard link to {:?}: {e}", target)))?;
+        // The same inode as the target's (a link never changes what the index keeps).
+        match self.written.get(&target).cloned() {
+            Some(e) => {
+                let path = rel.as_os_str().as_bytes().to_vec();
+                self.written
+                    .insert(rel.to_path_buf(), crate::index::Entry { path, ..e });
+            }
+            None => self.note(rel, raw, || fs::symlink_metadata(&abs), None)?,
+        }
         self.entries += 1;
         Ok(())
     }
@@ -1130,6 +1171,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         }
         filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.note(rel, raw, || fs::symlink_metadata(&abs), None)?;
         self.entries += 1;
         Ok(())
     }
@@ -1197,8 +1239,10 @@ impl<'a, 'u> Extractor<'a, 'u> {
             fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
+            self.written.retain(|d, _| !d.starts_with(rel));
         } else {
             fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            self.written.remove(rel);
         }
         Ok(())
     }
@@ -1215,8 +1259,26 @@ impl<'a, 'u> Extractor<'a, 'u> {
     /// Applies directory owners, modes and mtimes, deepest first: writing inside a
     /// directory would bump its mtime, and a read-only or unsearchable parent would
     /// block fixing its children.
-    fn finish(self) -> Result<Staged> {
-        let mut fixes: Vec<(PathBuf, DirFix)> = self.fixes.into_iter().collect();
+    fn finish(mut self) -> Result<Staged> {
+        if self.opts.link_unchanged {
+            // A directory without a fix is final now (a fix changes its own directory
+            // only); read before a fix can make its parent unsearchable.
+            let into = self.into;
+            let fixes = std::mem::take(&mut self.fixes);
+            let unfixed: Vec<PathBuf> = self
+                .dirs
+                .iter()
+                .filter(|d| !fixes.contains_key(*d))
+                .cloned()
+                .collect();
+            for rel in unfixed {
+                let stat = || fs::symlink_metadata(into.join(&rel));
+                self.note(&rel, rel.as_os_str().as_bytes(), stat, None)?;
+            }
+            self.fixes = fixes;
+        }
+        let mut fixes: Vec<(PathBuf, DirFix)> =
+            std::mem::take(&mut self.fixes).into_iter().collect();
         fixes.sort_by_key(|(rel, _)| Reverse(rel.components().count()));
         for (rel, fix) in &fixes {
             let abs = if rel.as_os_str().is_empty() {
@@ -1229,13 +1291,17 @@ impl<'a, 'u> Extractor<'a, 'u> {
             } else {
                 shown(rel.as_os_str().as_bytes())
             };
-            apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+            let dir = apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+            if !rel.as_os_str().is_empty() {
+                self.note(rel, rel.as_os_str().as_bytes(), || dir.metadata(), None)?;
+            }
         }
         Ok(Staged {
             root: self.into.to_path_buf(),
             root_mode: self.root_mode,
             entries: self.entries,
             reused: self.reused,
+            written: self.written,
         })
     }
 }
@@ -1250,7 +1316,8 @@ impl From<Meta> for DirFix {
     }
 }
 
-fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
+/// Answers the open directory (for its final `fstat`).
+fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, String> {
     // O_NOFOLLOW: even if something replaced the directory by a symlink, never follow it.
     let dir = OpenOptions::new()
         .read(true)
@@ -1266,7 +1333,7 @@ fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
         filetime::set_file_handle_times(&dir, None, Some(mtime))
             .map_err(|e| format!("set mtime: {e}"))?;
     }
-    Ok(())
+    Ok(dir)
 }
 
 fn mkdir(abs: &Path) -> io::Result<()> {
