@@ -7,6 +7,11 @@
 //! the switch back when `post` fails, the cleanup, and the offline `releases` and
 //! `rollback` subcommands.
 //!
+//! The deploy index of a release (SPEC §11) is written in the same pass as the unpack:
+//! it is the unpack's listing of what it wrote (`Staged::written`), with the excludes
+//! applied to that listing (their files removed from the partial release, nothing
+//! walked) and the release directory itself read once after its rename.
+//!
 //! Layout of `RELEASES_DIR` (one per dest):
 //! - `ID/`: a complete release, ID = `YYYYmmddTHHMMSSZ-` + 8 hex digits of the checksum
 //!   (`-2`, `-3`… on a collision). It only ever appears by the rename of `.ID.partial`.
