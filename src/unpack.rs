@@ -826,8 +826,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
         let abs = self.into.join(rel);
         if let Some(found) = self.reuse(rel, size, meta) {
             // An earlier member of the same name may have been written: the later one
-            // wins, so staging must not keep it.
-            if fs::symlink_metadata(&abs).is_ok() {
+            // wins, so staging must not keep it (a link replaces it: `link_reused`).
+            if !self.opts.link_unchanged && fs::symlink_metadata(&abs).is_ok() {
                 self.remove_existing(rel, &abs, raw)?;
             }
             // The entry's data is skipped by the parser (still read, so a cut stream
