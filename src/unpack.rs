@@ -1010,7 +1010,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
     /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
     /// cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
     fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
-        let Some(src) = self.kept_at.get(rel).cloned() else {
+        // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
+        let Some(src) = self.kept_at.remove(rel) else {
             return Ok(false);
         };
         let abs = self.into.join(rel);
