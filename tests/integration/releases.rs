@@ -969,6 +969,8 @@ fn assert_index_is_a_walk(state: &Path, dest: &Path, what: &str) {
     let paths: Vec<String> = indexed.iter().map(|e| e.display_path()).collect();
     for gone in ["a/debug.log", "tmp/", "tmp/x/y"] {
         assert!(!paths.iter().any(|p| p == gone), "{what}: {gone} indexed");
+        let on_disk = dest.join(gone.trim_end_matches('/')).symlink_metadata();
+        assert!(on_disk.is_err(), "{what}: {gone} left in the release");
     }
     for kept in [
         "./",
