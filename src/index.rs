@@ -24,7 +24,9 @@
 //! README's benchmark table). Directory sizes are not kept: they depend on the
 //! filesystem's history, not on what the directory holds, and rsync ignores them.
 //!
-//! [`scan`] is the walk of `dest` the redeploy check and `verify` use: the same
+//! [`scan`] is the walk of `dest` the redeploy check, `verify` and `rollback` use (an
+//! index written after a sync never comes from it: [`from_plan`] for rsync and mv, the
+//! unpack's listing for a release): the same
 //! pruning of excluded entries as the sync, and directories read in parallel by a
 //! few threads. [`diff`] compares two sorted entry lists. This module writes only
 //! its own index file and never changes `dest`.

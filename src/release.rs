@@ -7,6 +7,11 @@
 //! the switch back when `post` fails, the cleanup, and the offline `releases` and
 //! `rollback` subcommands.
 //!
+//! The deploy index of a release (SPEC §11) is written in the same pass as the unpack:
+//! it is the unpack's listing of what it wrote (`Staged::written`), with the excludes
+//! applied to that listing (their files removed from the partial release, nothing
+//! walked) and the release directory itself read once after its rename.
+//!
 //! Layout of `RELEASES_DIR` (one per dest):
 //! - `ID/`: a complete release, ID = `YYYYmmddTHHMMSSZ-` + 8 hex digits of the checksum
 //!   (`-2`, `-3`… on a collision). It only ever appears by the rename of `.ID.partial`.
@@ -24,9 +29,10 @@
 //! release, and never leave `dest` pointing at anything but a complete release.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,10 +42,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::fetch::{self, FetchOptions};
 use crate::filter::Filter;
 use crate::hooks::HookEnv;
+use crate::index::Entry;
 use crate::logln;
 use crate::manifest::Manifest;
 use crate::record::{self, Step};
 use crate::redeploy;
+use crate::sync::Kind;
 use crate::unpack::{self, UnpackOptions};
 use crate::verify::Checksum;
 
@@ -441,39 +449,74 @@ impl Drop for Partial {
 }
 
 /// Removes the excluded entries of a freshly unpacked tree (an excluded directory with
-/// its subtree), restoring the mtimes of the directories they were in.
-fn remove_excluded(root: &Path, filter: &Filter) -> Result<usize> {
+/// its subtree) and drops them from `listed`, the unpack's listing of that tree (sorted
+/// by path): the filter is applied to the listing, as the sync's walk would apply it,
+/// not to a second walk. The mtimes of the directories they were in are restored, and
+/// those directories listed again as they are now. Answers how many were removed.
+fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Result<usize> {
     if filter.is_empty() {
         return Ok(0);
     }
-    let mut doomed = Vec::new();
-    let mut walk = walkdir::WalkDir::new(root).min_depth(1).into_iter();
-    while let Some(entry) = walk.next() {
-        let entry = entry.map_err(|e| Error::io("walk", root, e.into()))?;
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let is_dir = entry.file_type().is_dir();
-        if filter.is_excluded(rel, is_dir) {
+    // Sorted by path, a directory comes before everything below it.
+    let mut pruned: HashSet<Vec<u8>> = HashSet::new();
+    let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
+    listed.retain(|e| {
+        let is_dir = e.kind == Kind::Dir;
+        let parent = e
+            .path
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map(|i| &e.path[..i]);
+        let gone = parent.is_some_and(|p| pruned.contains(p))
+            || filter.is_excluded(Path::new(OsStr::from_bytes(&e.path)), is_dir);
+        if gone {
             if is_dir {
-                walk.skip_current_dir();
+                pruned.insert(e.path.clone());
             }
-            doomed.push((entry.path().to_path_buf(), is_dir));
+            if !parent.is_some_and(|p| pruned.contains(p)) {
+                doomed.push((e.path.clone(), is_dir));
+            }
         }
-    }
-    for (path, is_dir) in &doomed {
-        let parent = path.parent().unwrap_or(root);
-        let mtime = fs::symlink_metadata(parent)
+        !gone
+    });
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for (rel, is_dir) in &doomed {
+        let path = root.join(OsStr::from_bytes(rel));
+        let parent = path.parent().unwrap_or(root).to_path_buf();
+        let mtime = fs::symlink_metadata(&parent)
             .ok()
             .map(|m| filetime::FileTime::from_last_modification_time(&m));
         if *is_dir {
-            crate::staging::make_writable_and_remove(path).ctx("remove excluded", path)?;
+            crate::staging::make_writable_and_remove(&path).ctx("remove excluded", &path)?;
         } else {
-            fs::remove_file(path).ctx("remove excluded", path)?;
+            fs::remove_file(&path).ctx("remove excluded", &path)?;
         }
         if let Some(t) = mtime {
-            let _ = filetime::set_file_mtime(parent, t);
+            let _ = filetime::set_file_mtime(&parent, t);
+        }
+        if parent != root && !parents.contains(&parent) {
+            parents.push(parent);
+        }
+    }
+    // The directories they were in, as they are now (the root is read after the rename).
+    for parent in parents {
+        let rel = parent.strip_prefix(root).unwrap_or(&parent);
+        let rel = rel.as_os_str().as_bytes();
+        if let Ok(i) = listed.binary_search_by(|e| e.path.as_slice().cmp(rel)) {
+            let m = fs::symlink_metadata(&parent).ctx("stat", &parent)?;
+            listed[i] = Entry::from_meta(rel.to_vec(), &m, None);
         }
     }
     Ok(doomed.len())
+}
+
+/// The index of a release from the unpack's listing of it (sorted, excluded entries
+/// dropped): the release directory itself, read once now that it has its name and mode,
+/// and everything below it. Equal to what `index::scan` of the release answers.
+fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
+    let m = fs::metadata(release).ctx("stat", release)?;
+    listed.insert(0, Entry::from_meta(Vec::new(), &m, None));
+    Ok(listed)
 }
 
 /// What a release deploy did, for the log and the deploy record.
@@ -548,7 +591,7 @@ pub fn deploy(
         Ok((partial, staged))
     });
     draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));
-    let (mut partial, staged) = verified?.into_inner();
+    let (mut partial, mut staged) = verified?.into_inner();
     draft.step = Step::Unpack;
     logln!(
         "Unpacked {} entries into release {id} ({} unchanged files linked from {})",
@@ -559,7 +602,10 @@ pub fn deploy(
     // Unchanged files are hard links in the partial release: every rule file is there.
     let (filter, exclude_text) =
         crate::staging::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
-    let excluded = remove_excluded(&partial_path, &filter)?;
+    // What the unpack wrote is the release's listing (SPEC §11: no second walk).
+    let mut listed: Vec<Entry> = std::mem::take(&mut staged.written).into_values().collect();
+    crate::index::sort(&mut listed);
+    let excluded = remove_excluded(&partial_path, &filter, &mut listed)?;
     if excluded > 0 {
         logln!("Left {excluded} excluded entries out of release {id}");
     }
@@ -625,7 +671,7 @@ pub fn deploy(
     );
     draft.release = Some(id.clone());
     // What changed against the previous release (read before a cleanup can take it).
-    let entries = crate::index::scan(&release, &filter);
+    let entries = release_entries(&release, listed);
     if let Ok(new) = &entries {
         // The index of the previous release when the state directory has it (cheaper
         // than a walk), else a walk of it.

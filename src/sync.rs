@@ -287,7 +287,7 @@ impl DestProbe {
 }
 
 impl crate::unpack::Unchanged for DestProbe {
-    fn find(&mut self, rel: &Path, want: &Kept) -> Option<PathBuf> {
+    fn find(&mut self, rel: &Path, want: &Kept) -> Option<(PathBuf, fs::Metadata)> {
         let parent = rel.parent().unwrap_or(Path::new(""));
         if !self.real_dir(parent) {
             return None;
@@ -299,7 +299,7 @@ impl crate::unpack::Unchanged for DestProbe {
             && m.mtime() == want.mtime
             && m.mode() & 0o7777 == want.mode
             && want.owner.is_none_or(|(u, g)| (m.uid(), m.gid()) == (u, g));
-        same.then_some(path)
+        same.then_some((path, m))
     }
 }
 

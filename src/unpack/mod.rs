@@ -66,7 +66,7 @@ pub struct UnpackOptions {
     /// path it answers into `into` (and still listed in `Staged::reused`) instead of
     /// left out, so `into` is a whole tree sharing unchanged inodes with that tree (the
     /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
-    /// too many links) is written.
+    /// too many links) is written. Also fills `Staged::written`.
     pub link_unchanged: bool,
 }
 
@@ -88,9 +88,10 @@ pub struct FileAttrs {
 /// `sync::quick`, against `dest` or the live release).
 pub trait Unchanged {
     /// The path of an existing regular file equal to the entry at `rel` by size,
-    /// mtime seconds, mode (and owner when given): the entry is then not written but
-    /// listed in `Staged::reused`. Any doubt must answer `None` ("write it").
-    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<PathBuf>;
+    /// mtime seconds, mode (and owner when given), with the lstat that found it: the
+    /// entry is then not written but listed in `Staged::reused`. Any doubt must answer
+    /// `None` ("write it").
+    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, std::fs::Metadata)>;
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -105,6 +106,12 @@ pub struct Staged {
     /// Files left out of staging because the [`Unchanged`] probe found them as the
     /// archive has them, with the archive's attributes.
     pub reused: HashMap<PathBuf, FileAttrs>,
+    /// With `link_unchanged`: every node below `root` (not `root` itself), by relative
+    /// path, as the index keeps it once the unpack returns — the listing of the whole
+    /// tree without a walk of it: a written file's fstat after its last change, a
+    /// linked file's lstat by the [`Unchanged`] probe, a directory's after its deferred
+    /// fixes, a symlink's or special's lstat. Empty otherwise.
+    pub written: HashMap<PathBuf, crate::index::Entry>,
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an

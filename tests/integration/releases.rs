@@ -884,3 +884,246 @@ fn record_skip_and_verify_follow_the_live_release() {
     s.stretcher().arg("--force").arg(&ma).run().assert_ok();
     assert_ne!(id_of(live(&dest)), a_id);
 }
+
+/// A tree for the index test: nested directories of several modes (one read-only),
+/// files of several modes (setuid included), a hard link, symlinks (to a file, to a
+/// directory, dangling), a sparse file, excluded files and an excluded directory, and
+/// with `owner`, files of another owner. `tag` changes some contents, `ns` gives the
+/// mtimes nanoseconds (kept by a pax archive).
+fn index_tree(root: &Path, tag: &str, ns: u32, owner: Option<(u32, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let t = |s: i64| filetime::FileTime::from_unix_time(s, ns);
+    let files: [(&str, u32, String); 8] = [
+        ("a/b/c/file.txt", 0o644, "same in every version\n".into()),
+        ("a/exec", 0o755, format!("#!/bin/sh\necho {tag}\n")),
+        ("a/private", 0o600, "private\n".into()),
+        ("a/suid", 0o4755, "suid\n".into()),
+        ("a/debug.log", 0o644, "excluded\n".into()),
+        ("secret/key", 0o640, format!("key {tag}\n")),
+        ("ro/inside", 0o444, "in a read-only dir\n".into()),
+        ("tmp/x/y", 0o644, "excluded dir\n".into()),
+    ];
+    for (i, (rel, mode, data)) in files.iter().enumerate() {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        filetime::set_file_mtime(&p, t(T0 as i64 + i as i64)).unwrap();
+    }
+    std::fs::hard_link(root.join("a/b/c/file.txt"), root.join("a/hard")).unwrap();
+    std::fs::write(root.join(MARKER), "ok\n").unwrap();
+    let sparse = std::fs::File::create(root.join("big.sparse")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, tag.as_bytes(), 4 << 20).unwrap();
+    drop(sparse);
+    filetime::set_file_mtime(root.join("big.sparse"), t(T0 as i64 + 20)).unwrap();
+    std::os::unix::fs::symlink("a/exec", root.join("l-file")).unwrap();
+    std::os::unix::fs::symlink("a/b", root.join("l-dir")).unwrap();
+    std::os::unix::fs::symlink(format!("nowhere-{tag}"), root.join("l-dangling")).unwrap();
+    if let Some((uid, gid)) = owner {
+        for rel in ["a/private", "secret", "secret/key", "l-file"] {
+            std::os::unix::fs::lchown(root.join(rel), Some(uid), Some(gid)).unwrap();
+        }
+    }
+    for (rel, mode) in [("secret", 0o750), ("ro", 0o555), ("a", 0o711)] {
+        std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for (i, rel) in ["a/b/c", "a/b", "a", "secret", "ro", "tmp/x", "tmp", ""]
+        .iter()
+        .enumerate()
+    {
+        filetime::set_file_mtime(root.join(rel), t(T0 as i64 - 100 - i as i64)).unwrap();
+    }
+}
+
+/// Runs GNU tar (`tar ARGS...` in `cwd`), asserting it succeeds.
+fn gnu_tar(cwd: &Path, args: &[&str]) {
+    let out = Command::new("tar")
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The deploy index of `dest` equals `index::scan` of the live release, entry for
+/// entry (the index is built from what the unpack wrote, not by a walk).
+#[track_caller]
+fn assert_index_is_a_walk(state: &Path, dest: &Path, what: &str) {
+    let key = stretcher::record::key_for_dest(dest);
+    let (header, indexed) = stretcher::index::read(state, &key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: no deploy index"));
+    let walked = stretcher::index::scan(dest, &header.filter().unwrap()).unwrap();
+    let drift: Vec<String> = stretcher::index::diff(&walked, &indexed)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert!(drift.is_empty(), "{what}: index against a walk: {drift:?}");
+    assert_eq!(indexed, walked, "{what}");
+    assert!(indexed.len() > 15, "{what}: {} entries", indexed.len());
+    let paths: Vec<String> = indexed.iter().map(|e| e.display_path()).collect();
+    for gone in ["a/debug.log", "tmp/", "tmp/x/y"] {
+        assert!(!paths.iter().any(|p| p == gone), "{what}: {gone} indexed");
+        let on_disk = dest.join(gone.trim_end_matches('/')).symlink_metadata();
+        assert!(on_disk.is_err(), "{what}: {gone} left in the release");
+    }
+    for kept in [
+        "./",
+        "a/hard",
+        "big.sparse",
+        "l-dir",
+        "ro/inside",
+        "zz-complete",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == kept),
+            "{what}: {kept} not indexed"
+        );
+    }
+}
+
+/// SPEC §11 for releases: the index written in the same pass as the unpack equals a
+/// walk of the release, on GNU tar archives (gnu and pax formats, sparse members, hard
+/// links, symlinks, excludes, a dest_mode, with and without a `./` member, a
+/// duplicate member), for a first release, one sharing unchanged files with the live
+/// one, and one made of hard links only; as root (owners kept) and as nobody.
+#[test]
+fn release_index_from_the_unpack_equals_a_walk() {
+    let root = nix::unistd::geteuid().is_root();
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let mut runs: Vec<Option<&str>> = vec![None];
+    match (root, setpriv) {
+        (true, Some(p)) => runs.push(Some(p)),
+        (true, None) => eprintln!("no setpriv: the run as nobody is skipped"),
+        _ => {}
+    }
+    for as_nobody in runs {
+        index_equals_walk(as_nobody, root && as_nobody.is_none());
+    }
+}
+
+fn index_equals_walk(setpriv: Option<&str>, owners: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let who = if setpriv.is_some() { "nobody" } else { "self" };
+    let nobody = setpriv.map(|_| nix::unistd::User::from_name("nobody").unwrap().unwrap());
+    let owner = owners.then_some((1234, 2345));
+    for (v, tag, ns) in [("v1", "one", 0), ("v2", "two", 123_456_789)] {
+        let tree = s.path().join(v);
+        index_tree(&tree, tag, ns, owner);
+        if v == "v2" {
+            std::fs::remove_file(tree.join("a/private")).unwrap();
+            std::fs::create_dir(tree.join("new")).unwrap();
+            std::fs::write(tree.join("new/added"), "added\n").unwrap();
+        }
+    }
+    // v1: GNU format with its `./` member; v2: pax (nanosecond mtimes), no `./`
+    // member, and a second member for a/exec appended (the last one wins).
+    gnu_tar(
+        s.path(),
+        &["--format=gnu", "--sparse", "-C", "v1", "-cf", "v1.tar", "."],
+    );
+    let names = [
+        "a",
+        "secret",
+        "ro",
+        "tmp",
+        "big.sparse",
+        "l-file",
+        "l-dir",
+        "l-dangling",
+        "new",
+        MARKER,
+    ];
+    let mut args = vec!["--format=posix", "--sparse", "-C", "v2", "-cf", "v2.tar"];
+    args.extend(names);
+    gnu_tar(s.path(), &args);
+    std::fs::write(s.path().join("v2/a/exec"), "#!/bin/sh\necho appended\n").unwrap();
+    // A member whose directories have none of their own (made as implicit parents).
+    std::fs::create_dir_all(s.path().join("v2/implicit/dir")).unwrap();
+    std::fs::write(s.path().join("v2/implicit/dir/file"), "implicit\n").unwrap();
+    gnu_tar(
+        s.path(),
+        &[
+            "--format=posix",
+            "-C",
+            "v2",
+            "-rf",
+            "v2.tar",
+            "a/exec",
+            "implicit/dir/file",
+        ],
+    );
+    let state = s.path().join(format!("state-{who}"));
+    std::fs::create_dir(&state).unwrap();
+    if let Some(n) = &nobody {
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for p in [s.path().join("parent"), s.work(), state.clone()] {
+            nix::unistd::chown(&p, Some(n.uid), Some(n.gid)).unwrap();
+        }
+    }
+    let dest = s.dest();
+    let excludes = "excludes:\n  - \"*.log\"\n  - tmp/\n";
+    let m1 = s.manifest(
+        "v1.yml",
+        &release_manifest(&s.path().join("v1.tar"), &dest, excludes),
+    );
+    let with_mode = format!("{excludes}dest_mode: 0750\n");
+    let m2 = s.manifest(
+        "v2.yml",
+        &release_manifest(&s.path().join("v2.tar"), &dest, &with_mode),
+    );
+    let run = |m: &Path, force: bool| {
+        let args: Vec<String> = nobody
+            .iter()
+            .flat_map(|n| {
+                [
+                    format!("--reuid={}", n.uid),
+                    format!("--regid={}", n.gid),
+                    "--clear-groups".to_string(),
+                ]
+            })
+            .collect();
+        let mut cmd = stretcher_via(setpriv.map(|p| (p, &args[..])))
+            .cwd(&s.work())
+            .arg("--state-dir")
+            .arg(&state);
+        if force {
+            cmd = cmd.arg("--force");
+        }
+        cmd.arg(m).run()
+    };
+    run(&m1, false).assert_ok();
+    assert_index_is_a_walk(&state, &dest, &format!("{who}: first release"));
+    let first = live(&dest);
+    let r = run(&m2, false);
+    r.assert_ok();
+    assert_index_is_a_walk(&state, &dest, &format!("{who}: second release"));
+    let second = live(&dest);
+    assert_ne!(first, second);
+    let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(first.join("a/b/c/file.txt")),
+        ino(second.join("a/b/c/file.txt")),
+        "{who}: unchanged file not shared"
+    );
+    assert_eq!(mode_of(&second) & 0o7777, 0o750);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("a/exec")).unwrap(),
+        "#!/bin/sh\necho appended\n"
+    );
+    let r = run(&m2, true);
+    r.assert_ok();
+    assert_index_is_a_walk(&state, &dest, &format!("{who}: release of links only"));
+    assert_ne!(live(&dest), second);
+    run(&m2, false)
+        .assert_ok()
+        .assert_log("nothing to download");
+}

@@ -146,6 +146,19 @@ impl Extractor<'_, '_> {
     /// directory would bump its mtime, and a read-only or unsearchable parent would
     /// block fixing its children.
     pub(super) fn fix_dirs(&mut self) -> Result<()> {
+        if self.opts.link_unchanged {
+            // A directory without a fix is final now (a fix changes its own directory
+            // only); read before a fix can make its parent unsearchable.
+            let into = self.into;
+            let unfixed: Vec<PathBuf> = (self.dirs.iter())
+                .filter(|d| !self.fixes.contains_key(*d))
+                .cloned()
+                .collect();
+            for rel in unfixed {
+                let stat = || fs::symlink_metadata(into.join(&rel));
+                self.note(&rel, rel.as_os_str().as_bytes(), stat, None)?;
+            }
+        }
         let mut fixes: Vec<(PathBuf, DirFix)> =
             std::mem::take(&mut self.fixes).into_iter().collect();
         fixes.sort_by_key(|(rel, _)| Reverse(rel.components().count()));
@@ -160,13 +173,17 @@ impl Extractor<'_, '_> {
             } else {
                 shown(rel.as_os_str().as_bytes())
             };
-            apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+            let dir = apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+            if !rel.as_os_str().is_empty() {
+                self.note(rel, rel.as_os_str().as_bytes(), || dir.metadata(), None)?;
+            }
         }
         Ok(())
     }
 }
 
-fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
+/// Answers the open directory (for its final `fstat`).
+fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, String> {
     // O_NOFOLLOW: even if something replaced the directory by a symlink, never follow it.
     let dir = OpenOptions::new()
         .read(true)
@@ -182,7 +199,7 @@ fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<(), String> {
         filetime::set_file_handle_times(&dir, None, Some(mtime))
             .map_err(|e| format!("set mtime: {e}"))?;
     }
-    Ok(())
+    Ok(dir)
 }
 
 fn mkdir(abs: &Path) -> io::Result<()> {

@@ -36,8 +36,10 @@ impl Extractor<'_, '_> {
         // The file's size as tar extracts it: a sparse member's logical size.
         let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
         let abs = self.into.join(rel);
-        if self.reuse(rel, size, meta) && self.keep(rel, &abs, raw)? {
-            return Ok(());
+        if let Some(found) = self.reuse(rel, size, meta) {
+            if self.keep(rel, &abs, raw, found)? {
+                return Ok(());
+            }
         }
         // The size guard counts what is really written: a sparse file's data chunks.
         match &sparse {
@@ -59,42 +61,42 @@ impl Extractor<'_, '_> {
         }
         filetime::set_file_handle_times(&file, None, Some(meta.mtime))
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.note(rel, raw, || file.metadata(), None)?;
         self.entries += 1;
         Ok(())
     }
 
     /// Lists `rel` as kept (not written) when the [`Unchanged`](super::super::Unchanged)
-    /// probe finds it as the entry has it.
-    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> bool {
-        let Some(probe) = self.unchanged.as_deref_mut() else {
-            return false;
-        };
+    /// probe finds it as the entry has it; answers the probe's lstat of it.
+    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> Option<fs::Metadata> {
+        let probe = self.unchanged.as_deref_mut()?;
         let attrs = FileAttrs {
             size,
             mtime: meta.mtime.unix_seconds(),
             mode: meta.mode,
             owner: meta.owner,
         };
-        let Some(at) = probe.find(rel, &attrs) else {
-            return false;
-        };
+        let (at, found) = probe.find(rel, &attrs)?;
         self.reused.insert(rel.to_path_buf(), attrs);
         self.kept_at.insert(rel.to_path_buf(), at);
-        true
+        Some(found)
     }
 
     /// A file the probe found unchanged: left out of staging (or, `link_unchanged`,
     /// hard-linked there). True when that is done; false when the link could not be
     /// made and the entry is to be written after all.
-    fn keep(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<bool> {
+    /// `found` is the probe's lstat of the unchanged file.
+    fn keep(&mut self, rel: &Path, abs: &Path, raw: &[u8], found: fs::Metadata) -> Result<bool> {
         // An earlier member of the same name may have been written: the later one
-        // wins, so staging must not keep it.
-        if fs::symlink_metadata(abs).is_ok() {
+        // wins, so staging must not keep it (a link replaces it: `link_reused`).
+        if !self.opts.link_unchanged && fs::symlink_metadata(abs).is_ok() {
             self.remove_existing(rel, abs, raw)?;
         }
         // The entry's data is skipped by the parser (still read, so a cut stream
         // is still noticed).
         if !self.opts.link_unchanged || self.link_reused(rel, raw)? {
+            // A link shares the inode the probe read.
+            self.note(rel, raw, || Ok(found), None)?;
             self.entries += 1;
             return Ok(true);
         }
@@ -106,7 +108,8 @@ impl Extractor<'_, '_> {
     /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
     /// cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
     fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
-        let Some(src) = self.kept_at.get(rel).cloned() else {
+        // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
+        let Some(src) = self.kept_at.remove(rel) else {
             return Ok(false);
         };
         let abs = self.into.join(rel);

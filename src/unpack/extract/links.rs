@@ -6,6 +6,7 @@
 //! directories.
 
 use std::ffi::OsStr;
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -47,6 +48,8 @@ impl Extractor<'_, '_> {
         }
         filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        let stat = || fs::symlink_metadata(&abs);
+        self.note(rel, raw, stat, Some(target.as_bytes()))?;
         self.entries += 1;
         Ok(())
     }
@@ -90,6 +93,15 @@ impl Extractor<'_, '_> {
             other => other,
         }
         .map_err(|e| fail(raw, format!("hard link to {:?}: {e}", target)))?;
+        // The same inode as the target's (a link never changes what the index keeps).
+        match self.written.get(&target).cloned() {
+            Some(e) => {
+                let path = rel.as_os_str().as_bytes().to_vec();
+                self.written
+                    .insert(rel.to_path_buf(), crate::index::Entry { path, ..e });
+            }
+            None => self.note(rel, raw, || fs::symlink_metadata(&abs), None)?,
+        }
         self.entries += 1;
         Ok(())
     }

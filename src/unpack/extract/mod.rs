@@ -21,7 +21,8 @@ mod special;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
@@ -65,6 +66,8 @@ pub(super) struct Extractor<'a, 'u> {
     reused: HashMap<PathBuf, FileAttrs>,
     /// Where each reused file is (the probe's answer), for hard links to it.
     kept_at: HashMap<PathBuf, PathBuf>,
+    /// `Staged::written` (kept only with `link_unchanged`).
+    written: HashMap<PathBuf, crate::index::Entry>,
     space: Space,
 }
 
@@ -88,6 +91,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             entries: 0,
             reused: HashMap::new(),
             kept_at: HashMap::new(),
+            written: HashMap::new(),
             space: Space::new(into),
         }
     }
@@ -186,8 +190,10 @@ impl<'a, 'u> Extractor<'a, 'u> {
             fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
+            self.written.retain(|d, _| !d.starts_with(rel));
         } else {
             fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            self.written.remove(rel);
         }
         Ok(())
     }
@@ -201,6 +207,23 @@ impl<'a, 'u> Extractor<'a, 'u> {
         }
     }
 
+    /// `link_unchanged`: lists what is now at `rel` (`stat` runs only then).
+    fn note(
+        &mut self,
+        rel: &Path,
+        raw: &[u8],
+        stat: impl FnOnce() -> io::Result<fs::Metadata>,
+        target: Option<&[u8]>,
+    ) -> Result<()> {
+        if self.opts.link_unchanged {
+            let m = stat().map_err(|e| fail(raw, format!("stat: {e}")))?;
+            let path = rel.as_os_str().as_bytes().to_vec();
+            let e = crate::index::Entry::from_meta(path, &m, target.map(<[u8]>::to_vec));
+            self.written.insert(rel.to_path_buf(), e);
+        }
+        Ok(())
+    }
+
     /// The directory fixes (see `dirs`), then the tree.
     pub(super) fn finish(mut self) -> Result<Staged> {
         self.fix_dirs()?;
@@ -209,6 +232,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             root_mode: self.root_mode,
             entries: self.entries,
             reused: self.reused,
+            written: self.written,
         })
     }
 }

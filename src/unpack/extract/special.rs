@@ -85,6 +85,7 @@ impl Extractor<'_, '_> {
         }
         filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
             .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        self.note(rel, raw, || fs::symlink_metadata(&abs), None)?;
         self.entries += 1;
         Ok(())
     }
