@@ -472,25 +472,13 @@ fn commands_only(
 /// Step 5: the `pre` hooks.
 fn pre(draft: &mut record::Draft, manifest: &Manifest, hook_env: &HookEnv) -> Result<()> {
     draft.step = record::Step::Pre;
-    run_hooks(draft, "pre", &manifest.commands.pre, hook_env)
+    draft.run_hooks("pre", &manifest.commands.pre, hook_env)
 }
 
 /// Step 7: the `post` hooks.
 fn post(draft: &mut record::Draft, manifest: &Manifest, hook_env: &HookEnv) -> Result<()> {
     draft.step = record::Step::Post;
-    run_hooks(draft, "post", &manifest.commands.post, hook_env)
-}
-
-/// Runs the hooks of `phase` and records them in `draft`.
-pub(crate) fn run_hooks(
-    draft: &mut record::Draft,
-    phase: &'static str,
-    commands: &[String],
-    env: &HookEnv,
-) -> Result<()> {
-    let result = hooks::run(commands, env);
-    draft.hooks_ran(phase);
-    result
+    draft.run_hooks("post", &manifest.commands.post, hook_env)
 }
 
 /// What a deploy of this manifest must match for the redeploy that downloads
@@ -667,7 +655,7 @@ impl Job<'_> {
         let downloaded = &self.downloaded;
         fetch::stream(src, checksum, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
-            let reader = &mut Counting {
+            let reader = &mut fetch::Counting {
                 inner: reader,
                 count: downloaded,
             };
@@ -805,20 +793,6 @@ impl Job<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Counts the bytes read through it (the record's `downloaded_bytes`).
-pub(crate) struct Counting<'a> {
-    pub(crate) inner: &'a mut (dyn Read + Send),
-    pub(crate) count: &'a AtomicU64,
-}
-
-impl Read for Counting<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
     }
 }
 

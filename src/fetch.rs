@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -444,6 +445,20 @@ impl Drop for Progress {
         if self.enabled && self.last.is_some() {
             let _ = write!(io::stderr().lock(), "\r\x1b[K");
         }
+    }
+}
+
+/// Counts the bytes read through it (the record's `downloaded_bytes`).
+pub(crate) struct Counting<'a> {
+    pub(crate) inner: &'a mut (dyn Read + Send),
+    pub(crate) count: &'a AtomicU64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

@@ -277,6 +277,19 @@ impl Draft {
         }
     }
 
+    /// Runs one phase's commands (through `hooks`, the one module that starts
+    /// processes) and records them as `phase`, whatever the result.
+    pub fn run_hooks(
+        &mut self,
+        phase: &'static str,
+        commands: &[String],
+        env: &crate::hooks::HookEnv,
+    ) -> Result<()> {
+        let result = crate::hooks::run(commands, env);
+        self.hooks_ran(phase);
+        result
+    }
+
     /// Moves the hook commands run since the last call into the record, as `phase`.
     pub fn hooks_ran(&mut self, phase: &str) {
         for r in crate::hooks::take_ran() {

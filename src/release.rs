@@ -572,7 +572,7 @@ pub fn deploy(
     let downloaded = std::sync::atomic::AtomicU64::new(0);
     let verified = fetch::stream(src, checksum, fetch_opts, |reader| {
         downloaded.store(0, std::sync::atomic::Ordering::Relaxed);
-        let reader = &mut crate::deploy::Counting {
+        let reader = &mut fetch::Counting {
             inner: reader,
             count: &downloaded,
         };
@@ -619,7 +619,7 @@ pub fn deploy(
 
     if !pre_done {
         draft.step = Step::Pre;
-        crate::deploy::run_hooks(draft, "pre", &manifest.commands.pre, hook_env)?;
+        draft.run_hooks("pre", &manifest.commands.pre, hook_env)?;
     }
 
     // `pre` may have changed dest: check again, right before the switch.
@@ -688,7 +688,7 @@ pub fn deploy(
     }
 
     draft.step = Step::Post;
-    if let Err(e) = crate::deploy::run_hooks(draft, "post", &manifest.commands.post, hook_env) {
+    if let Err(e) = draft.run_hooks("post", &manifest.commands.post, hook_env) {
         switch_back(dest, &dir, previous.as_deref());
         if let Err(m) = mark(&dir, &id, true, Some(format!("post failed: {e}"))) {
             logln!("warning: could not mark release {id} bad: {m}");
