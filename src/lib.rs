@@ -25,6 +25,7 @@ pub mod event;
 pub mod fetch;
 pub mod filter;
 pub mod fleet;
+pub(crate) mod fsops;
 pub mod gcs;
 pub mod hooks;
 pub mod http;

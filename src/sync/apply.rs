@@ -1,15 +1,19 @@
-//! Carries a plan out.
+//! Carries a [`Plan`] out in `dest`: one small function per [`Op`], in the plan's order.
+//!
+//! It must never write outside `dest` (and the source, when it is consumed), never
+//! write through a symlink, and never leave a half-written file under its final name:
+//! every new node is made under a temporary name beside it and renamed over
+//! ([`crate::fsops`]).
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
 
-use super::*;
+use super::{Action, Kind, Meta, Op, Plan, Stats, SyncOptions};
 use crate::error::IoContext;
+use crate::fsops::{self, Attrs};
 use crate::{Error, Result};
 
 /// Carries out `plan`. Stops at the first error, which names the path.
@@ -18,36 +22,8 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
         unchanged: plan.uptodate,
         ..Stats::default()
     };
-    let dest = &plan.dest;
-    // Directories we must write into (or empty) need u+rwx meanwhile when not root (rsync
-    // does the same); `DirAttrs` / `KeepNonEmpty` put the final mode back.
     if !nix::unistd::geteuid().is_root() {
-        // The directories whose entries change: parents of deletions (which covers
-        // directories replaced by another type) and dirty source directories.
-        let mut dirs: HashSet<&Path> = HashSet::new();
-        for a in &plan.actions {
-            match &a.op {
-                Op::Delete { .. } => {
-                    dirs.insert(a.rel.parent().unwrap_or(Path::new("")));
-                }
-                Op::DirAttrs {
-                    dest: Some(_),
-                    dirty: true,
-                    ..
-                } => {
-                    dirs.insert(&a.rel);
-                }
-                _ => {}
-            }
-        }
-        for rel in dirs {
-            let p = dest.join(rel);
-            let m = fs::symlink_metadata(&p).ctx("stat", &p)?;
-            if m.is_dir() && m.mode() & 0o700 != 0o700 {
-                fs::set_permissions(&p, Permissions::from_mode((m.mode() & 0o7777) | 0o700))
-                    .ctx("chmod", &p)?;
-            }
-        }
+        make_writable(plan)?;
     }
     // With `move_source`, a directory renamed whole into dest carries its subtree:
     // the actions below it are already done. Each entry that arrived with it is still
@@ -59,7 +35,13 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
             continue;
         }
         crate::interrupt::check()?;
-        if apply_one(plan, a, opts, &mut stats)? == Applied::MovedWhole {
+        let step = Step {
+            plan,
+            a,
+            path: &plan.dest.join(&a.rel),
+            opts,
+        };
+        if step.run(&mut stats)? == Applied::MovedWhole {
             moved = Some(&a.rel);
         }
     }
@@ -77,8 +59,40 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
     Ok(stats)
 }
 
+/// Directories we must write into (or empty) need u+rwx meanwhile when not root (rsync
+/// does the same); `DirAttrs` / `KeepNonEmpty` put the final mode back. They are the
+/// parents of deletions (which covers directories replaced by another type) and the
+/// dirty directories dest has already.
+fn make_writable(plan: &Plan) -> Result<()> {
+    let mut dirs: HashSet<&Path> = HashSet::new();
+    for a in &plan.actions {
+        match &a.op {
+            Op::Delete { .. } => {
+                dirs.insert(a.rel.parent().unwrap_or(Path::new("")));
+            }
+            Op::DirAttrs {
+                dest: Some(_),
+                dirty: true,
+                ..
+            } => {
+                dirs.insert(&a.rel);
+            }
+            _ => {}
+        }
+    }
+    for rel in dirs {
+        let p = plan.dest.join(rel);
+        let m = fs::symlink_metadata(&p).ctx("stat", &p)?;
+        if m.is_dir() && m.mode() & 0o700 != 0o700 {
+            fs::set_permissions(&p, Permissions::from_mode((m.mode() & 0o7777) | 0o700))
+                .ctx("chmod", &p)?;
+        }
+    }
+    Ok(())
+}
+
 /// The log line and count of an entry below a directory that was renamed into dest
-/// whole, so already in place: what [`apply_one`] would log and count creating it.
+/// whole, so already in place: what [`Step::run`] would log and count creating it.
 fn arrived_with_dir(a: &Action, opts: &SyncOptions, stats: &mut Stats) {
     let created = match &a.op {
         Op::MakeDir { .. } | Op::MakeSymlink { .. } => true,
@@ -100,7 +114,7 @@ fn arrived_with_dir(a: &Action, opts: &SyncOptions, stats: &mut Stats) {
     }
 }
 
-/// What [`apply_one`] did, when the caller must know.
+/// What [`Step::run`] did, when the caller must know.
 #[derive(Debug, PartialEq, Eq)]
 enum Applied {
     Done,
@@ -108,191 +122,224 @@ enum Applied {
     MovedWhole,
 }
 
-fn apply_one(plan: &Plan, a: &Action, opts: &SyncOptions, stats: &mut Stats) -> Result<Applied> {
-    let path = plan.dest.join(&a.rel);
-    let v = opts.verbosity;
-    let count_new = |stats: &mut Stats, existing: &Option<Kind>| match existing {
-        None => stats.created += 1,
-        Some(_) => stats.updated += 1,
-    };
-    match &a.op {
-        Op::Delete { dest } => {
-            if v >= 1 {
-                crate::logln!("{a}");
-            }
-            let r = if dest.kind == Kind::Dir {
-                fs::remove_dir(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            match r {
-                Ok(()) => stats.deleted += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("delete", &path, e)),
+/// One action of a plan, at `path` in dest.
+struct Step<'a> {
+    plan: &'a Plan,
+    a: &'a Action,
+    path: &'a Path,
+    opts: &'a SyncOptions,
+}
+
+impl Step<'_> {
+    fn run(&self, stats: &mut Stats) -> Result<Applied> {
+        let log_at = match &self.a.op {
+            Op::Keep { .. } => 2,
+            Op::DirAttrs { .. } | Op::MakeSpecial { .. } => u8::MAX,
+            _ => 1,
+        };
+        if self.opts.verbosity >= log_at {
+            crate::logln!("{}", self.a);
+        }
+        match &self.a.op {
+            Op::Delete { dest } => self.delete(dest, stats)?,
+            Op::KeepNonEmpty { dest } => self.keep_non_empty(dest)?,
+            Op::MakeDir { existing, whole } => return self.make_dir(*existing, *whole, stats),
+            Op::CopyFile { src, existing } => self.copy_file(src, *existing, stats)?,
+            Op::MakeSymlink {
+                target,
+                src,
+                existing,
+            } => self.make_symlink(target, src, *existing, stats)?,
+            Op::MakeSpecial { src, existing } => self.make_special(src, *existing, stats)?,
+            Op::Keep { src, dest } => self.keep(src, dest, stats)?,
+            Op::DirAttrs { src, dest, dirty } => {
+                self.dir_attrs(src, dest.as_ref(), *dirty, stats)?
             }
         }
-        Op::KeepNonEmpty { dest } => {
-            if v >= 1 {
-                crate::logln!("{a}");
-            }
-            if dest.perms() & 0o700 != 0o700 {
-                fs::set_permissions(&path, Permissions::from_mode(dest.perms()))
-                    .ctx("chmod", &path)?;
-            }
+        Ok(Applied::Done)
+    }
+
+    fn delete(&self, dest: &Meta, stats: &mut Stats) -> Result<()> {
+        let r = if dest.kind == Kind::Dir {
+            fs::remove_dir(self.path)
+        } else {
+            fs::remove_file(self.path)
+        };
+        match r {
+            Ok(()) => stats.deleted += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete", self.path, e)),
         }
-        Op::MakeDir { existing, whole } => {
-            if v >= 1 {
-                crate::logln!("{a}");
+        Ok(())
+    }
+
+    /// The directory stays; its mode (made u+rwx meanwhile) is put back.
+    fn keep_non_empty(&self, dest: &Meta) -> Result<()> {
+        if dest.perms() & 0o700 != 0o700 {
+            fs::set_permissions(self.path, Permissions::from_mode(dest.perms()))
+                .ctx("chmod", self.path)?;
+        }
+        Ok(())
+    }
+
+    fn make_dir(&self, existing: Option<Kind>, whole: bool, stats: &mut Stats) -> Result<Applied> {
+        let path = self.path;
+        if self.a.rel.as_os_str().is_empty() {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).ctx("create", parent)?;
             }
-            if a.rel.as_os_str().is_empty() {
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).ctx("create", parent)?;
+        } else {
+            clear_for(path, existing)?;
+        }
+        if self.opts.move_source && whole {
+            let from = self.plan.src.join(&self.a.rel);
+            match fs::rename(&from, path) {
+                Ok(()) => {
+                    count_new(stats, existing);
+                    return Ok(Applied::MovedWhole);
                 }
-            } else {
-                clear_for(&path, *existing)?;
+                // Another filesystem: build it entry by entry instead.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+                Err(e) => return Err(Error::io("rename into", path, e)),
             }
-            if opts.move_source && *whole {
-                let from = plan.src.join(&a.rel);
-                match fs::rename(&from, &path) {
-                    Ok(()) => {
-                        count_new(stats, existing);
-                        return Ok(Applied::MovedWhole);
-                    }
-                    // Another filesystem: build it entry by entry instead.
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
-                    Err(e) => return Err(Error::io("rename into", &path, e)),
-                }
-            }
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-                .ctx("mkdir", &path)?;
-            count_new(stats, existing);
         }
-        Op::CopyFile { src, existing } => {
-            if v >= 1 {
-                crate::logln!("{a}");
-            }
-            if *existing == Some(Kind::Dir) {
-                clear_for(&path, *existing)?;
-            }
-            let from = plan.src.join(&a.rel);
-            if !(opts.move_source && src.nlink == 1 && move_file(&from, &path)?) {
-                write_file(&from, &path, src, opts)?;
-            }
-            stats.bytes_copied += src.size;
-            count_new(stats, existing);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .ctx("mkdir", path)?;
+        count_new(stats, existing);
+        Ok(Applied::Done)
+    }
+
+    fn copy_file(&self, src: &Meta, existing: Option<Kind>, stats: &mut Stats) -> Result<()> {
+        if existing == Some(Kind::Dir) {
+            clear_for(self.path, existing)?;
         }
-        Op::MakeSymlink {
-            target,
-            src,
-            existing,
-        } => {
-            if v >= 1 {
-                crate::logln!("{a}");
-            }
-            if *existing == Some(Kind::Dir) {
-                clear_for(&path, *existing)?;
-            }
-            let tmp = temp_create(&path, |t| std::os::unix::fs::symlink(target, t))?;
-            let guard = TempGuard(Some(tmp.clone()));
-            if opts.preserve_owner {
-                std::os::unix::fs::lchown(&tmp, Some(src.uid), Some(src.gid))
-                    .ctx("lchown", &tmp)?;
-            }
-            set_mtime(&tmp, src, false)?;
-            rename_into(&tmp, &path)?;
-            guard.disarm();
-            count_new(stats, existing);
+        let from = self.plan.src.join(&self.a.rel);
+        if !(self.opts.move_source && src.nlink == 1 && move_file(&from, self.path)?) {
+            write_file(&from, self.path, src, self.opts)?;
         }
-        Op::MakeSpecial { src, existing } => {
-            if !opts.preserve_owner {
-                crate::logln!(
-                    "skipping non-regular file {:?} (not running as root)",
-                    a.rel
-                );
-                stats.skipped += 1;
-                return Ok(Applied::Done);
-            }
-            if v >= 1 {
-                crate::logln!("{a}");
-            }
-            if *existing == Some(Kind::Dir) {
-                clear_for(&path, *existing)?;
-            }
-            let tmp = temp_create(&path, |t| make_special(t, src))?;
-            let guard = TempGuard(Some(tmp.clone()));
-            std::os::unix::fs::lchown(&tmp, Some(src.uid), Some(src.gid)).ctx("lchown", &tmp)?;
-            fs::set_permissions(&tmp, Permissions::from_mode(src.perms())).ctx("chmod", &tmp)?;
-            set_mtime(&tmp, src, false)?;
-            rename_into(&tmp, &path)?;
-            guard.disarm();
-            count_new(stats, existing);
+        stats.bytes_copied += src.size;
+        count_new(stats, existing);
+        Ok(())
+    }
+
+    fn make_symlink(
+        &self,
+        target: &Path,
+        src: &Meta,
+        existing: Option<Kind>,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        if existing == Some(Kind::Dir) {
+            clear_for(self.path, existing)?;
         }
-        Op::Keep { src, dest } => {
-            if v >= 2 {
-                crate::logln!("{a}");
+        let tmp = fsops::create_beside(self.path, |t| std::os::unix::fs::symlink(target, t))?;
+        let attrs = Attrs {
+            owner: self.opts.preserve_owner.then_some((src.uid, src.gid)),
+            mode: None,
+            mtime: Some((src.mtime, src.mtime_nsec)),
+        };
+        fsops::set_attrs(tmp.path(), &attrs, false)?;
+        fsops::rename_to(tmp, self.path)?;
+        count_new(stats, existing);
+        Ok(())
+    }
+
+    /// Only as root (owners preserved); otherwise skipped with a log line.
+    fn make_special(&self, src: &Meta, existing: Option<Kind>, stats: &mut Stats) -> Result<()> {
+        if !self.opts.preserve_owner {
+            crate::logln!(
+                "skipping non-regular file {:?} (not running as root)",
+                self.a.rel
+            );
+            stats.skipped += 1;
+            return Ok(());
+        }
+        if self.opts.verbosity >= 1 {
+            crate::logln!("{}", self.a);
+        }
+        if existing == Some(Kind::Dir) {
+            clear_for(self.path, existing)?;
+        }
+        let tmp = fsops::create_beside(self.path, |t| fsops::mknod(t, src.mode, src.rdev))?;
+        let attrs = Attrs {
+            owner: Some((src.uid, src.gid)),
+            mode: Some(src.perms()),
+            mtime: Some((src.mtime, src.mtime_nsec)),
+        };
+        fsops::set_attrs(tmp.path(), &attrs, false)?;
+        fsops::rename_to(tmp, self.path)?;
+        count_new(stats, existing);
+        Ok(())
+    }
+
+    /// Same content: owner and mode fixed (a symlink: its mtime when the seconds differ).
+    fn keep(&self, src: &Meta, dest: &Meta, stats: &mut Stats) -> Result<()> {
+        let shown = crate::log::shown_path(&self.a.rel);
+        let chown = self.opts.preserve_owner && (src.uid, src.gid) != (dest.uid, dest.gid);
+        if chown && self.opts.verbosity >= 3 {
+            crate::logln!("{shown}: owner {}:{}", src.uid, src.gid);
+        }
+        let mut attrs = Attrs {
+            owner: chown.then_some((src.uid, src.gid)),
+            ..Attrs::default()
+        };
+        if src.kind == Kind::Symlink {
+            if src.mtime != dest.mtime {
+                attrs.mtime = Some((src.mtime, src.mtime_nsec));
             }
-            let mut chowned = false;
-            if opts.preserve_owner && (src.uid, src.gid) != (dest.uid, dest.gid) {
-                if v >= 3 {
-                    crate::logln!(
-                        "{}: owner {}:{}",
-                        crate::log::shown_path(&a.rel),
-                        src.uid,
-                        src.gid
-                    );
-                }
-                std::os::unix::fs::lchown(&path, Some(src.uid), Some(src.gid))
-                    .ctx("lchown", &path)?;
-                chowned = true;
+        } else if chown || src.perms() != dest.perms() {
+            if self.opts.verbosity >= 3 {
+                crate::logln!("{shown}: mode {:04o}", src.perms());
             }
-            if src.kind == Kind::Symlink {
-                if src.mtime != dest.mtime {
-                    set_mtime(&path, src, false)?;
-                }
-            } else if chowned || src.perms() != dest.perms() {
-                if v >= 3 {
-                    crate::logln!(
-                        "{}: mode {:04o}",
-                        crate::log::shown_path(&a.rel),
-                        src.perms()
-                    );
-                }
-                fs::set_permissions(&path, Permissions::from_mode(src.perms()))
-                    .ctx("chmod", &path)?;
-            }
+            attrs.mode = Some(src.perms());
+        }
+        fsops::set_attrs(self.path, &attrs, false)?;
+        stats.unchanged += 1;
+        Ok(())
+    }
+
+    /// A directory's owner, mode and (when `dirty` or different) mtime, after its
+    /// contents.
+    fn dir_attrs(
+        &self,
+        src: &Meta,
+        dest: Option<&Meta>,
+        dirty: bool,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let chown =
+            self.opts.preserve_owner && dest.is_none_or(|d| (d.uid, d.gid) != (src.uid, src.gid));
+        let writable_fix = dirty && dest.is_some_and(|d| d.perms() & 0o700 != 0o700);
+        let chmod = chown || writable_fix || dest.is_none_or(|d| d.perms() != src.perms());
+        if chmod && self.opts.verbosity >= 3 {
+            crate::logln!(
+                "{}/: mode {:04o}",
+                crate::log::shown_path(&self.a.rel),
+                src.perms()
+            );
+        }
+        let retime = dirty || dest.is_none_or(|d| d.mtime != src.mtime);
+        let attrs = Attrs {
+            owner: chown.then_some((src.uid, src.gid)),
+            mode: chmod.then_some(src.perms()),
+            mtime: retime.then_some((src.mtime, src.mtime_nsec)),
+        };
+        // Only the root may be a symlink to a directory (`DEST/` follows it).
+        fsops::set_attrs(self.path, &attrs, self.a.rel.as_os_str().is_empty())?;
+        if dest.is_some() {
             stats.unchanged += 1;
         }
-        Op::DirAttrs { src, dest, dirty } => {
-            let chown =
-                opts.preserve_owner && dest.is_none_or(|d| (d.uid, d.gid) != (src.uid, src.gid));
-            if chown {
-                std::os::unix::fs::lchown(&path, Some(src.uid), Some(src.gid))
-                    .ctx("lchown", &path)?;
-            }
-            let writable_fix = *dirty && dest.is_some_and(|d| d.perms() & 0o700 != 0o700);
-            if chown || writable_fix || dest.is_none_or(|d| d.perms() != src.perms()) {
-                if v >= 3 {
-                    crate::logln!(
-                        "{}/: mode {:04o}",
-                        crate::log::shown_path(&a.rel),
-                        src.perms()
-                    );
-                }
-                fs::set_permissions(&path, Permissions::from_mode(src.perms()))
-                    .ctx("chmod", &path)?;
-            }
-            if *dirty || dest.is_none_or(|d| d.mtime != src.mtime) {
-                // Only the root may be a symlink to a directory (`DEST/` follows it).
-                set_mtime(&path, src, a.rel.as_os_str().is_empty())?;
-            }
-            if dest.is_some() {
-                stats.unchanged += 1;
-            }
-        }
+        Ok(())
     }
-    Ok(Applied::Done)
+}
+
+fn count_new(stats: &mut Stats, existing: Option<Kind>) {
+    match existing {
+        None => stats.created += 1,
+        Some(_) => stats.updated += 1,
+    }
 }
 
 /// Renames a staged file over `to` (atomic). `false` when the two are on different
@@ -320,83 +367,20 @@ fn clear_for(path: &Path, existing: Option<Kind>) -> Result<()> {
     }
 }
 
-/// Removes a temporary file when dropped, unless disarmed (the rename happened).
-struct TempGuard(Option<PathBuf>);
-
-impl TempGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
-        }
-    }
-}
-
-/// Creates a fresh `.NAME.XXXXXX` beside `path` with `make`, retrying on a name clash.
-fn temp_create(path: &Path, mut make: impl FnMut(&Path) -> io::Result<()>) -> Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or(OsStr::new("x")).as_bytes();
-    let short = &name[..name.len().min(200)];
-    let mut last = None;
-    for _ in 0..100 {
-        let mut t = Vec::with_capacity(short.len() + 8);
-        t.push(b'.');
-        t.extend_from_slice(short);
-        t.push(b'.');
-        t.extend((0..6).map(|_| fastrand::alphanumeric() as u8));
-        let tmp = dir.join(OsString::from_vec(t));
-        match make(&tmp) {
-            Ok(()) => return Ok(tmp),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(Error::io("create", &tmp, e)),
-        }
-    }
-    let e = last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
-    Err(Error::io("create temporary beside", path, e))
-}
-
-fn rename_into(tmp: &Path, path: &Path) -> Result<()> {
-    fs::rename(tmp, path).ctx("rename into", path)
-}
-
-/// Writes `from` to a temp file beside `to` with `meta`'s mode, mtime (and owner), then
+/// Writes `from` to a temp file beside `to` with `meta`'s owner, mode and mtime, then
 /// renames it over `to`.
 fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result<()> {
     let mut input = File::open(from).ctx("open", from)?;
-    let mut out = None;
-    let tmp = temp_create(to, |t| {
-        out = Some(
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(t)?,
-        );
-        Ok(())
-    })?;
-    let guard = TempGuard(Some(tmp.clone()));
-    let Some(mut out) = out else {
-        // Invariant: temp_create returns Ok only after `make` stored the file.
-        return Err(Error::Sync {
-            path: tmp,
-            msg: "temporary file was not opened".into(),
-        });
+    let mut tmp = fsops::file_beside(to)?;
+    let tmp_path = tmp.path().to_path_buf();
+    copy_keeping_holes(&mut input, tmp.as_file_mut(), meta.size).ctx("write", &tmp_path)?;
+    let attrs = Attrs {
+        owner: opts.preserve_owner.then_some((meta.uid, meta.gid)),
+        mode: Some(meta.perms()),
+        mtime: Some((meta.mtime, meta.mtime_nsec)),
     };
-    copy_keeping_holes(&mut input, &mut out, meta.size).ctx("write", &tmp)?;
-    if opts.preserve_owner {
-        std::os::unix::fs::fchown(&out, Some(meta.uid), Some(meta.gid)).ctx("chown", &tmp)?;
-    }
-    out.set_permissions(Permissions::from_mode(meta.perms()))
-        .ctx("chmod", &tmp)?;
-    filetime::set_file_handle_times(&out, None, Some(meta.mtime())).ctx("set times", &tmp)?;
-    drop(out);
-    rename_into(&tmp, to)?;
-    guard.disarm();
+    fsops::set_file_attrs(tmp.as_file(), &tmp_path, &attrs)?;
+    fsops::rename_to(tmp, to)?;
     Ok(())
 }
 
@@ -434,25 +418,4 @@ fn copy_keeping_holes(input: &mut File, out: &mut File, len: u64) -> io::Result<
         pos = hole;
     }
     out.set_len(len)
-}
-
-/// Sets the mtime (to the nanosecond; atime untouched) with `utimensat`, which never opens
-/// the file: `filetime::set_file_mtime` opens it, and opening a fifo blocks.
-fn set_mtime(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    let mtime = TimeSpec::new(meta.mtime, i64::from(meta.mtime_nsec));
-    let flag = if follow {
-        UtimensatFlags::FollowSymlink
-    } else {
-        UtimensatFlags::NoFollowSymlink
-    };
-    utimensat(None, path, &TimeSpec::UTIME_OMIT, &mtime, flag)
-        .map_err(|e| Error::io("set times", path, io::Error::from(e)))
-}
-
-fn make_special(path: &Path, meta: &Meta) -> io::Result<()> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    let kind = SFlag::from_bits_truncate(meta.mode & SFlag::S_IFMT.bits());
-    mknod(path, kind, Mode::from_bits_truncate(0o600), meta.rdev).map_err(io::Error::from)
 }

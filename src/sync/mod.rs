@@ -1,10 +1,12 @@
 //! `rsync -a --delete [--exclude-from F] [--exclude P]... SRC/ DEST/`, in-process, and the
-//! `mv` strategy (SPEC §6).
+//! `mv` strategy (SPEC §6): the one wing that makes `dest` a mirror of an unpacked tree.
 //!
-//! Its one job is making `dest` a mirror of an unpacked tree: [`plan`] walks both trees
-//! (sorted, lstat, excluded subtrees pruned) and merge-joins them by relative path into a
-//! [`Plan`] of plain data; [`apply`] carries the plan out; [`move_into_place`] is the `mv`
-//! strategy. It is the only module that writes `dest`.
+//! One file a job: `tree` lists a tree from disk (the only disk reads of planning);
+//! `quick` is rsync's quick check (for the plan and for the unpack-time [`DestProbe`]);
+//! `plan` merges two listings into a [`Plan`] of plain data without touching the disk;
+//! `apply` carries a plan out; `dry_run` renders a plan as the `--dry-run` lines; `mv`
+//! is the `mv` strategy ([`move_into_place`]). The door is [`plan_staged`] / [`sync`]:
+//! they take the tree only as `Verified<Staged>`, which only a matching checksum makes.
 //!
 //! It must never write outside `dest`, never follow a symlink below either root (a symlink
 //! is recreated, never written through), never leave a half-written file under its final
@@ -17,7 +19,8 @@
 //!   `--modify-window=0` ignores nanoseconds); an up-to-date file only gets mode/owner
 //!   fixed, its mtime is left alone;
 //! - a same-target symlink still gets its mtime set (rsync has "symtimes");
-//! - the transfer root is never excluded; its mode, mtime (and owner) become `src`'s;
+//! - the transfer root is never excluded; its mode, mtime (and owner) become `src`'s
+//!   (the mode: [`SyncOptions::dest_mode`] when given);
 //! - `--delete` judges a dest-only entry by its *dest* type against the rules; excluded
 //!   dest entries are kept, and a dest-only directory that still holds excluded entries is
 //!   emptied of everything else and kept ("cannot delete non-empty directory");
@@ -31,9 +34,9 @@ use std::fs::{self};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use filetime::FileTime;
-
 use crate::filter::Filter;
+use crate::unpack::Staged;
+use crate::verify::Verified;
 use crate::Result;
 
 /// How [`apply`] behaves.
@@ -49,6 +52,9 @@ pub struct SyncOptions {
     /// afterwards: new and changed files (and whole new directories) are renamed into
     /// `dest` instead of copied. The result is the same; the source is consumed.
     pub move_source: bool,
+    /// The permission bits `dest` itself gets (the manifest's `dest_mode`, else the
+    /// archive's `.` entry, else 0755, decided by the caller); `None`: the source root's.
+    pub dest_mode: Option<u32>,
 }
 
 /// What kind of filesystem object an entry is (never following symlinks).
@@ -77,10 +83,25 @@ pub struct Meta {
     pub nlink: u64,
 }
 
+impl Kind {
+    /// The kind of a file type (as `lstat` gives it).
+    fn of(ft: fs::FileType) -> Kind {
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Special
+        }
+    }
+}
+
 impl Meta {
     fn from_std(m: &fs::Metadata) -> Meta {
         Meta {
-            kind: kind_of(m.file_type()),
+            kind: Kind::of(m.file_type()),
             mode: m.mode(),
             uid: m.uid(),
             gid: m.gid(),
@@ -96,10 +117,6 @@ impl Meta {
     /// Permission bits (`mode & 0o7777`).
     pub fn perms(&self) -> u32 {
         self.mode & 0o7777
-    }
-
-    fn mtime(&self) -> FileTime {
-        FileTime::from_unix_time(self.mtime, self.mtime_nsec)
     }
 }
 
@@ -150,7 +167,8 @@ pub enum Op {
 /// before children), then directory attributes (children before parents).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub src: PathBuf,
+    /// The source tree (only [`plan`] names it: a plan's source is a verified tree).
+    pub(crate) src: PathBuf,
     pub dest: PathBuf,
     pub actions: Vec<Action>,
     /// Entries already right in every respect, left out of `actions` (unless listed for
@@ -300,6 +318,7 @@ pub struct Stats {
 }
 
 mod apply;
+pub mod dry_run;
 mod mv;
 mod plan;
 mod quick;
@@ -307,20 +326,44 @@ mod tree;
 
 pub use apply::apply;
 pub use mv::move_into_place;
-pub use plan::{plan, plan_kept};
-pub use quick::DestProbe;
-use tree::kind_of;
+pub(crate) use plan::plan;
+pub use quick::{quick_check, DestProbe, Quick};
 
-/// [`plan`] then [`apply`].
-pub fn sync(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {
-    let p = plan(src, dest, filter)?;
-    apply(&p, opts)
+/// Plans the sync of the verified staged tree onto `dest` under `filter`: both trees
+/// are listed, then merged by the pure [`plan`]. The staged tree's `reused` files (left
+/// in dest by the unpack) are planned as present in it; up-to-date entries are listed
+/// for `-vv` (`opts.verbosity >= 2`); `opts.dest_mode` becomes the root's mode.
+/// Reads both trees, changes nothing.
+pub fn plan_staged(
+    staged: &Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+) -> Result<Plan> {
+    let staged = staged.get();
+    let mut src = tree::source(&staged.root, filter)?;
+    if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
+        root.mode = (root.mode & !0o7777) | (mode & 0o7777);
+    }
+    let dest = tree::dest(dest, filter, &src)?;
+    plan(&src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+}
+
+/// [`plan_staged`] then [`apply`].
+pub fn sync(
+    staged: &Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+) -> Result<Stats> {
+    apply(&plan_staged(staged, dest, filter, opts)?, opts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Error;
+    use filetime::FileTime;
     use std::fs::File;
     use std::os::unix::fs::symlink;
 
@@ -328,6 +371,17 @@ mod tests {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, data).unwrap();
         filetime::set_file_mtime(p, FileTime::from_unix_time(mtime, 0)).unwrap();
+    }
+
+    /// The plan of `src` onto `dest` as deploy makes it, from trees on disk.
+    fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
+        let src = tree::source(src, filter)?;
+        let dest = tree::dest(dest, filter, &src)?;
+        plan(&src, &dest, filter, &KeptFiles::new(), true)
+    }
+
+    fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {
+        apply(&plan_paths(src, dest, filter)?, opts)
     }
 
     fn ops(plan: &Plan) -> Vec<String> {
@@ -346,7 +400,7 @@ mod tests {
             write(&root.join("a/b.txt"), "hello", 1_000_000);
             symlink("a/b.txt", root.join("l")).unwrap();
         }
-        let p = plan(&src, &dest, &Filter::empty()).unwrap();
+        let p = plan_paths(&src, &dest, &Filter::empty()).unwrap();
         assert!(ops(&p).is_empty(), "{:?}", ops(&p));
         assert_eq!(p.actions.len(), 4); // b.txt, l, a/, root
     }
@@ -360,7 +414,7 @@ mod tests {
         write(&dest.join("kept/y.log"), "y", 5);
         write(&dest.join("kept/z.txt"), "z", 5);
         let f = Filter::new(None, &["*.log".into()]).unwrap();
-        let p = plan(&src, &dest, &f).unwrap();
+        let p = plan_paths(&src, &dest, &f).unwrap();
         assert_eq!(
             ops(&p),
             vec![
@@ -383,13 +437,13 @@ mod tests {
         symlink("f", src.join("link")).unwrap();
         filetime::set_file_mtime(&src, FileTime::from_unix_time(300, 0)).unwrap();
         let opts = SyncOptions::default();
-        let st = sync(&src, &dest, &Filter::empty(), &opts).unwrap();
+        let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
         assert_eq!(st.created, 5);
         // same size and mtime, other bytes: quick check keeps it.
         write(&dest.join("same"), "bbb", 200);
         fs::remove_dir(dest.join("was_file")).unwrap();
         write(&dest.join("was_file"), "file", 1);
-        let st = sync(&src, &dest, &Filter::empty(), &opts).unwrap();
+        let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
         assert_eq!((st.updated, st.created, st.deleted), (1, 0, 0));
         assert_eq!(fs::read_to_string(dest.join("same")).unwrap(), "bbb");
         assert!(dest.join("was_file").is_dir());
@@ -414,7 +468,7 @@ mod tests {
         f.set_len(1 << 20).unwrap();
         drop(f);
         write(&src.join("dense"), "dense", 100);
-        sync(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
+        sync_paths(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
         for name in ["sparse", "hole-at-end", "dense"] {
             assert_eq!(
                 fs::read(src.join(name)).unwrap(),
@@ -437,7 +491,7 @@ mod tests {
         write(&src.join("foo"), "file", 1);
         write(&dest.join("foo/x.log"), "log", 1);
         let f = Filter::new(None, &["*.log".into()]).unwrap();
-        let err = plan(&src, &dest, &f).unwrap_err();
+        let err = plan_paths(&src, &dest, &f).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
     }
 
@@ -450,15 +504,15 @@ mod tests {
         fs::create_dir_all(&dest).unwrap();
         fs::write(dest.join("x"), "x").unwrap();
         assert!(matches!(
-            move_into_place(&src, &dest),
+            move_into_place(&src, &dest, None),
             Err(Error::Sync { .. })
         ));
         assert!(src.join("a").exists());
         fs::remove_file(dest.join("x")).unwrap();
-        move_into_place(&src, &dest).unwrap();
+        move_into_place(&src, &dest, None).unwrap();
         assert!(dest.join("a").exists() && !src.exists());
         let dest2 = t.path().join("new/parent/d2");
-        move_into_place(&dest, &dest2).unwrap();
+        move_into_place(&dest, &dest2, None).unwrap();
         assert!(dest2.join("a").exists());
     }
 }

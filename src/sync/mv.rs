@@ -1,7 +1,11 @@
-//! The mv strategy.
+//! The `mv` strategy (SPEC §6): the staged tree is renamed onto `dest` whole.
+//!
+//! It must never replace a `dest` that holds anything (it refuses, changing nothing),
+//! and never copy: both trees are on one filesystem.
 
-use std::fs::{self};
+use std::fs::{self, Permissions};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::IoContext;
@@ -11,7 +15,9 @@ use crate::{Error, Result};
 /// changing nothing, when `dest` exists and is not an empty directory; an empty existing
 /// `dest` is replaced; missing parents of `dest` are created. Both must be on one
 /// filesystem (staging lives beside `dest` for that).
-pub fn move_into_place(src: &Path, dest: &Path) -> Result<()> {
+/// `dest_mode` (see [`super::SyncOptions::dest_mode`]) is set on the tree's root just
+/// before the rename, so that `dest` has it from its first moment.
+pub fn move_into_place(src: &Path, dest: &Path, dest_mode: Option<u32>) -> Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {
             let mut it = fs::read_dir(dest).ctx("read", dest)?;
@@ -34,6 +40,9 @@ pub fn move_into_place(src: &Path, dest: &Path) -> Result<()> {
             }
         }
         Err(e) => return Err(Error::io("stat", dest, e)),
+    }
+    if let Some(mode) = dest_mode {
+        fs::set_permissions(src, Permissions::from_mode(mode)).ctx("chmod", src)?;
     }
     // rename(2) replaces an empty directory atomically.
     fs::rename(src, dest).ctx("rename onto", dest)?;

@@ -1,58 +1,92 @@
-//! The plan: staging × dest × filter → actions.
+//! The plan: two [`Listing`]s × the filter (× the kept files) → a [`Plan`] of plain
+//! data, by a merge-join of the two sorted walks.
+//!
+//! Pure: it must never touch the disk (everything it needs, link targets included, is
+//! in the listings), so it is tested on listings made in memory.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self};
-use std::io;
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::*;
-use crate::error::IoContext;
+use super::quick::quick_check;
+use super::tree::{Entry, Listing};
+use super::{Action, After, Fate, KeptFiles, Kind, Meta, Op, Plan};
 use crate::filter::Filter;
 use crate::{Error, Result};
 
-use super::tree::*;
-/// Computes what [`apply`] must do to make `dest` a mirror of `src` under `filter`.
-/// Reads both trees, changes nothing.
-pub fn plan(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
-    plan_kept(src, dest, filter, &KeptFiles::new(), true)
-}
-
-/// [`plan`], for a source that lacks the `kept` files (they are in dest already), and
-/// listing up-to-date entries as `Keep` actions only when `list_uptodate` (for `-vv`).
+/// Computes what [`super::apply`] must do to make `dest` a mirror of `src` under
+/// `filter`. `kept` are files the source lacks because the unpack found them in dest
+/// already (they are planned as present in the source with their archive attributes);
+/// up-to-date entries are listed as `Keep` actions only when `list_uptodate` (`-vv`).
 /// A kept file that dest no longer holds as it was (a `pre` command changed it) is
-/// `Error::Stale`: its content is in neither tree.
-pub fn plan_kept(
-    src: &Path,
-    dest: &Path,
+/// `Error::Stale`: its content is in neither tree. A dest directory holding excluded
+/// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
+/// there, "could not make way"): refused before anything changed.
+pub fn plan(
+    src: &Listing,
+    dest: &Listing,
     filter: &Filter,
     kept: &KeptFiles,
     list_uptodate: bool,
 ) -> Result<Plan> {
-    let src_root = fs::metadata(src).ctx("stat", src)?;
-    if !src_root.is_dir() {
+    let Some(src_root) = src.root_meta else {
         return Err(Error::Sync {
-            path: src.to_path_buf(),
+            path: src.root.clone(),
             msg: "source is not a directory".into(),
         });
-    }
-    let src_root = Meta::from_std(&src_root);
-    let dest_root = match fs::metadata(dest) {
-        Ok(m) if m.is_dir() => Some(Meta::from_std(&m)),
-        Ok(_) => {
-            return Err(Error::Sync {
-                path: dest.to_path_buf(),
-                msg: "destination exists and is not a directory".into(),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io("stat", dest, e)),
     };
+    let mut p = Planner {
+        dest,
+        kept,
+        list_uptodate,
+        not_whole: not_whole(src),
+        protected: protected(dest),
+        deletes: Vec::new(),
+        updates: Vec::new(),
+        after: Vec::new(),
+        dirs: vec![(PathBuf::new(), src_root, dest.root_meta)],
+        dirty: HashSet::new(),
+        uptodate: 0,
+        kept_seen: 0,
+    };
+    if dest.root_meta.is_none() {
+        p.updates.push(Action {
+            rel: PathBuf::new(),
+            op: Op::MakeDir {
+                existing: None,
+                whole: !p.not_whole.contains(Path::new("")),
+            },
+        });
+    }
+    let mut s = src.walked.entries.iter().peekable();
+    let mut d = dest.walked.entries.iter().peekable();
+    loop {
+        let order = match (s.peek(), d.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.rel.cmp(&b.rel),
+        };
+        match order {
+            Ordering::Greater => d.next().map_or(Ok(()), |de| p.dest_only(de))?,
+            Ordering::Less => s.next().map_or(Ok(()), |se| p.src_only(se))?,
+            Ordering::Equal => match (s.next(), d.next()) {
+                (Some(se), Some(de)) => p.both(se, de)?,
+                _ => break,
+            },
+        }
+    }
+    p.check_kept_seen(filter)?;
+    Ok(p.finish(src, dest))
+}
 
-    let (src_entries, src_excluded) = walk(src, Path::new(""), filter)?;
-    // Source directories that cannot be moved whole: something below is excluded (it
-    // must not reach dest), is a hard link (rsync -a makes separate files) or special.
-    let mut not_whole: HashSet<PathBuf> = HashSet::new();
-    let odd = src_entries
+/// Source directories that cannot be moved whole: something below is excluded (it
+/// must not reach dest), is a hard link (rsync -a makes separate files) or special.
+fn not_whole(src: &Listing) -> HashSet<PathBuf> {
+    let mut not_whole = HashSet::new();
+    let odd = src
+        .walked
+        .entries
         .iter()
         .filter(|e| match e.meta.kind {
             Kind::File => e.meta.nlink > 1,
@@ -60,7 +94,7 @@ pub fn plan_kept(
             Kind::Dir | Kind::Symlink => false,
         })
         .map(|e| e.rel.as_path());
-    for rel in src_excluded.keys().map(PathBuf::as_path).chain(odd) {
+    for rel in src.walked.excluded.keys().map(PathBuf::as_path).chain(odd) {
         let mut p = rel.parent();
         while let Some(dir) = p {
             if !not_whole.insert(dir.to_path_buf()) {
@@ -69,13 +103,13 @@ pub fn plan_kept(
             p = dir.parent();
         }
     }
-    let (dest_entries, dest_excluded) = match dest_root {
-        Some(_) => walk(dest, Path::new(""), filter)?,
-        None => (Vec::new(), HashMap::new()),
-    };
-    // Directories in dest that hold an excluded entry somewhere below: never removable.
-    let mut protected: HashSet<PathBuf> = HashSet::new();
-    for rel in dest_excluded.keys() {
+    not_whole
+}
+
+/// Directories in dest that hold an excluded entry somewhere below: never removable.
+fn protected(dest: &Listing) -> HashSet<PathBuf> {
+    let mut protected = HashSet::new();
+    for rel in dest.walked.excluded.keys() {
         let mut p = rel.parent();
         while let Some(dir) = p {
             if dir.as_os_str().is_empty() || !protected.insert(dir.to_path_buf()) {
@@ -84,233 +118,241 @@ pub fn plan_kept(
             p = dir.parent();
         }
     }
+    protected
+}
 
-    let mut deletes = Vec::new();
-    let mut updates = Vec::new();
-    let mut after: Vec<After> = Vec::new();
-    let mut uptodate = 0u64;
-    let mut kept_seen = 0usize;
-    // An up-to-date entry is an action only when something about it needs fixing.
-    let mut keep = |updates: &mut Vec<Action>, rel: PathBuf, src: Meta, dest: Meta| {
+/// The state of one merge.
+struct Planner<'a> {
+    dest: &'a Listing,
+    kept: &'a KeptFiles,
+    list_uptodate: bool,
+    not_whole: HashSet<PathBuf>,
+    protected: HashSet<PathBuf>,
+    deletes: Vec<Action>,
+    updates: Vec<Action>,
+    after: Vec<After>,
+    /// Source directories (with dest's attributes there), in pre-order.
+    dirs: Vec<(PathBuf, Meta, Option<Meta>)>,
+    /// Directories whose entries are added, removed or replaced.
+    dirty: HashSet<PathBuf>,
+    uptodate: u64,
+    kept_seen: usize,
+}
+
+impl Planner<'_> {
+    /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
+    /// kept file is planned as the source's.
+    fn dest_only(&mut self, de: &Entry) -> Result<()> {
+        if let Some(k) = self.kept.get(&de.rel) {
+            self.kept_seen += 1;
+            if de.meta.kind != Kind::File || !quick_check(&de.meta, k) {
+                return Err(self.stale(&de.rel));
+            }
+            let (uid, gid) = k.owner.unwrap_or((de.meta.uid, de.meta.gid));
+            let src_meta = Meta {
+                mode: (de.meta.mode & !0o7777) | k.mode,
+                uid,
+                gid,
+                ..de.meta
+            };
+            self.same(de.rel.clone(), src_meta, de.meta, None);
+            return Ok(());
+        }
+        self.dirty.insert(parent_of(&de.rel));
+        let op = if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
+            self.after.push(After {
+                rel: de.rel.clone(),
+                src: de.meta,
+                dest: Some(de.meta),
+                target: None,
+                fate: Fate::Left,
+            });
+            Op::KeepNonEmpty { dest: de.meta }
+        } else {
+            Op::Delete { dest: de.meta }
+        };
+        self.deletes.push(Action {
+            rel: de.rel.clone(),
+            op,
+        });
+        Ok(())
+    }
+
+    /// Only in the source: created. Where dest holds it excluded as another type (e.g.
+    /// `foo/` while the source has a file `foo`), rsync makes room for it all the same,
+    /// deleting what the rules allow inside a directory and failing if anything remains.
+    fn src_only(&mut self, se: &Entry) -> Result<()> {
+        let existing = self.dest.walked.excluded.get(&se.rel).copied();
+        if existing == Some(Kind::Dir) {
+            let inner = self.dest.inside_excluded.get(&se.rel);
+            let Some(inner) = inner.filter(|w| w.excluded.is_empty()) else {
+                return Err(self.cannot_replace(se));
+            };
+            self.deletes.extend(inner.entries.iter().map(|de| Action {
+                rel: de.rel.clone(),
+                op: Op::Delete { dest: de.meta },
+            }));
+        }
+        self.add_src(se, existing);
+        Ok(())
+    }
+
+    /// In both trees: kept when the same (type, then quick check / link target /
+    /// device), else replaced.
+    fn both(&mut self, se: &Entry, de: &Entry) -> Result<()> {
+        if se.meta.kind != de.meta.kind {
+            if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
+                return Err(self.cannot_replace(se));
+            }
+            self.add_src(se, Some(de.meta.kind));
+            return Ok(());
+        }
+        let same = match se.meta.kind {
+            Kind::Dir => {
+                self.dirs.push((se.rel.clone(), se.meta, Some(de.meta)));
+                return Ok(());
+            }
+            Kind::File => quick_check(&se.meta, &de.meta),
+            Kind::Symlink => se.target == de.target,
+            Kind::Special => {
+                se.meta.mode & 0o170000 == de.meta.mode & 0o170000 && se.meta.rdev == de.meta.rdev
+            }
+        };
+        if same {
+            self.same(se.rel.clone(), se.meta, de.meta, se.target.clone());
+        } else {
+            self.add_src(se, Some(se.meta.kind));
+        }
+        Ok(())
+    }
+
+    /// An up-to-date entry: an action only when something about it needs fixing (or
+    /// for `-vv`).
+    fn same(&mut self, rel: PathBuf, src: Meta, dest: Meta, target: Option<PathBuf>) {
+        self.after.push(After {
+            rel: rel.clone(),
+            src,
+            dest: Some(dest),
+            target,
+            fate: Fate::Same,
+        });
         let attrs_differ = src.perms() != dest.perms()
             || (src.uid, src.gid) != (dest.uid, dest.gid)
             || (src.kind == Kind::Symlink && src.mtime != dest.mtime);
-        if attrs_differ || list_uptodate {
-            updates.push(Action {
+        if attrs_differ || self.list_uptodate {
+            self.updates.push(Action {
                 rel,
                 op: Op::Keep { src, dest },
             });
         } else {
-            uptodate += 1;
+            self.uptodate += 1;
         }
-    };
-    let mut dirs: Vec<(PathBuf, Meta, Option<Meta>)> = vec![(PathBuf::new(), src_root, dest_root)];
-    let mut dirty: HashSet<PathBuf> = HashSet::new();
-    if dest_root.is_none() {
-        updates.push(Action {
-            rel: PathBuf::new(),
-            op: Op::MakeDir {
-                existing: None,
-                whole: !not_whole.contains(Path::new("")),
+    }
+
+    /// Plans the creation of a source entry at a path where dest holds `existing` (or
+    /// nothing).
+    fn add_src(&mut self, se: &Entry, existing: Option<Kind>) {
+        self.dirty.insert(parent_of(&se.rel));
+        let (src, rel) = (se.meta, se.rel.clone());
+        let op = match se.meta.kind {
+            Kind::Dir => {
+                self.dirs.push((rel.clone(), src, None));
+                let whole = !self.not_whole.contains(&rel);
+                self.updates.push(Action {
+                    rel,
+                    op: Op::MakeDir { existing, whole },
+                });
+                return;
+            }
+            Kind::File => Op::CopyFile { src, existing },
+            Kind::Symlink => Op::MakeSymlink {
+                target: se.target.clone().unwrap_or_default(),
+                src,
+                existing,
             },
+            Kind::Special => Op::MakeSpecial { src, existing },
+        };
+        self.after.push(After {
+            rel: rel.clone(),
+            src,
+            dest: None,
+            target: se.target.clone(),
+            fate: Fate::New,
         });
+        self.updates.push(Action { rel, op });
     }
 
-    let mut s = src_entries.into_iter().peekable();
-    let mut d = dest_entries.into_iter().peekable();
-    loop {
-        let order = match (s.peek(), d.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(a), Some(b)) => a.rel.cmp(&b.rel),
-        };
-        match order {
-            std::cmp::Ordering::Greater => {
-                // Only in dest (or excluded in src): delete, judged by its dest type.
-                let Some(de) = d.next() else { break };
-                if let Some(k) = kept.get(&de.rel) {
-                    kept_seen += 1;
-                    if de.meta.kind != Kind::File
-                        || de.meta.size != k.size
-                        || de.meta.mtime != k.mtime
-                    {
-                        return Err(stale(dest, &de.rel));
-                    }
-                    let (uid, gid) = k.owner.unwrap_or((de.meta.uid, de.meta.gid));
-                    let src_meta = Meta {
-                        mode: (de.meta.mode & !0o7777) | k.mode,
-                        uid,
-                        gid,
-                        ..de.meta
-                    };
-                    after.push(After {
-                        rel: de.rel.clone(),
-                        src: src_meta,
-                        dest: Some(de.meta),
-                        target: None,
-                        fate: Fate::Same,
-                    });
-                    keep(&mut updates, de.rel, src_meta, de.meta);
-                    continue;
-                }
-                dirty.insert(parent_of(&de.rel));
-                let op = if de.meta.kind == Kind::Dir && protected.contains(&de.rel) {
-                    after.push(After {
-                        rel: de.rel.clone(),
-                        src: de.meta,
-                        dest: Some(de.meta),
-                        target: None,
-                        fate: Fate::Left,
-                    });
-                    Op::KeepNonEmpty { dest: de.meta }
-                } else {
-                    Op::Delete { dest: de.meta }
-                };
-                deletes.push(Action { rel: de.rel, op });
-            }
-            std::cmp::Ordering::Less => {
-                let Some(se) = s.next() else { break };
-                let mut existing = None;
-                if let Some(&kind) = dest_excluded.get(&se.rel) {
-                    // Excluded in dest as another type (e.g. `foo/` while the source has a
-                    // file `foo`): rsync makes room for it all the same, deleting what the
-                    // rules allow inside a directory and failing if anything remains.
-                    existing = Some(kind);
-                    if kind == Kind::Dir {
-                        let (inner, inner_excluded) = walk(dest, &se.rel, filter)?;
-                        if !inner_excluded.is_empty() {
-                            return Err(cannot_replace(dest, &se));
-                        }
-                        deletes.extend(inner.into_iter().map(|de| Action {
-                            rel: de.rel,
-                            op: Op::Delete { dest: de.meta },
-                        }));
-                    }
-                }
-                dirty.insert(parent_of(&se.rel));
-                add_src(
-                    src,
-                    &se,
-                    existing,
-                    &not_whole,
-                    &mut updates,
-                    &mut dirs,
-                    &mut after,
-                )?;
-            }
-            std::cmp::Ordering::Equal => {
-                let (Some(se), Some(de)) = (s.next(), d.next()) else {
-                    break;
-                };
-                if se.meta.kind != de.meta.kind {
-                    if de.meta.kind == Kind::Dir && protected.contains(&de.rel) {
-                        return Err(cannot_replace(dest, &se));
-                    }
-                    dirty.insert(parent_of(&se.rel));
-                    add_src(
-                        src,
-                        &se,
-                        Some(de.meta.kind),
-                        &not_whole,
-                        &mut updates,
-                        &mut dirs,
-                        &mut after,
-                    )?;
-                    continue;
-                }
-                if se.meta.kind == Kind::Dir {
-                    dirs.push((se.rel, se.meta, Some(de.meta)));
-                    continue;
-                }
-                let mut target = None;
-                let same = match se.meta.kind {
-                    // rsync's quick check: size and mtime seconds
-                    Kind::File => se.meta.size == de.meta.size && se.meta.mtime == de.meta.mtime,
-                    Kind::Symlink => {
-                        let a = src.join(&se.rel);
-                        let b = dest.join(&de.rel);
-                        let t = fs::read_link(&a).ctx("readlink", &a)?;
-                        let same = t == fs::read_link(&b).ctx("readlink", &b)?;
-                        target = Some(t);
-                        same
-                    }
-                    _ => {
-                        se.meta.mode & 0o170000 == de.meta.mode & 0o170000
-                            && se.meta.rdev == de.meta.rdev
-                    }
-                };
-                if same {
-                    after.push(After {
-                        rel: se.rel.clone(),
-                        src: se.meta,
-                        dest: Some(de.meta),
-                        target,
-                        fate: Fate::Same,
-                    });
-                    keep(&mut updates, se.rel, se.meta, de.meta);
-                } else {
-                    dirty.insert(parent_of(&se.rel));
-                    let kind = Some(se.meta.kind);
-                    add_src(
-                        src,
-                        &se,
-                        kind,
-                        &not_whole,
-                        &mut updates,
-                        &mut dirs,
-                        &mut after,
-                    )?;
-                }
+    /// Every kept file must be in dest's walk, unless the rules exclude it (then it
+    /// would be neither copied nor deleted anyway).
+    fn check_kept_seen(&self, filter: &Filter) -> Result<()> {
+        if self.kept_seen == self.kept.len() {
+            return Ok(());
+        }
+        let excluded = &self.dest.walked.excluded;
+        for rel in self.kept.keys() {
+            let mut walked = rel.ancestors().filter(|a| !a.as_os_str().is_empty());
+            let pruned = walked.any(|a| excluded.contains_key(a));
+            if !excluded_here_or_above(filter, rel) && !pruned {
+                return Err(self.stale(rel));
             }
         }
+        Ok(())
     }
 
-    // Deletions run children first: reverse of the walk's pre-order.
-    deletes.reverse();
-    let mut actions = deletes;
-    actions.extend(updates);
-    for (rel, src_meta, dest_meta) in dirs.into_iter().rev() {
-        let dirty = dest_meta.is_none() || dirty.contains(&rel);
-        after.push(After {
-            rel: rel.clone(),
-            src: src_meta,
-            dest: dest_meta,
-            target: None,
-            fate: Fate::Dir { dirty },
-        });
-        actions.push(Action {
-            rel,
-            op: Op::DirAttrs {
+    /// The actions in order: deletions children first (the reverse of the walk's
+    /// pre-order), creations and updates, directory attributes children first.
+    fn finish(mut self, src: &Listing, dest: &Listing) -> Plan {
+        self.deletes.reverse();
+        let mut actions = self.deletes;
+        actions.extend(self.updates);
+        for (rel, src_meta, dest_meta) in self.dirs.into_iter().rev() {
+            let dirty = dest_meta.is_none() || self.dirty.contains(&rel);
+            self.after.push(After {
+                rel: rel.clone(),
                 src: src_meta,
                 dest: dest_meta,
-                dirty,
-            },
-        });
-    }
-    if kept_seen < kept.len() {
-        // Some kept file was not in dest's walk: fine only when the rules exclude it
-        // (then it would be neither copied nor deleted anyway).
-        for rel in kept.keys() {
-            if !excluded_here_or_above(filter, rel) && fs::symlink_metadata(dest.join(rel)).is_err()
-            {
-                return Err(stale(dest, rel));
-            }
+                target: None,
+                fate: Fate::Dir { dirty },
+            });
+            actions.push(Action {
+                rel,
+                op: Op::DirAttrs {
+                    src: src_meta,
+                    dest: dest_meta,
+                    dirty,
+                },
+            });
+        }
+        Plan {
+            src: src.root.clone(),
+            dest: dest.root.clone(),
+            actions,
+            uptodate: self.uptodate,
+            after: self.after,
         }
     }
-    Ok(Plan {
-        src: src.to_path_buf(),
-        dest: dest.to_path_buf(),
-        actions,
-        uptodate,
-        after,
-    })
+
+    fn stale(&self, rel: &Path) -> Error {
+        Error::Stale {
+            path: self.dest.root.join(rel),
+        }
+    }
+
+    /// rsync exits 23 here ("could not make way for new regular file"); we refuse
+    /// before changing anything.
+    fn cannot_replace(&self, se: &Entry) -> Error {
+        Error::Sync {
+            path: self.dest.root.join(&se.rel),
+            msg: format!(
+                "cannot replace this directory by a {:?}: it holds excluded entries",
+                se.meta.kind
+            ),
+        }
+    }
 }
 
-fn stale(dest: &Path, rel: &Path) -> Error {
-    Error::Stale {
-        path: dest.join(rel),
-    }
+fn parent_of(rel: &Path) -> PathBuf {
+    rel.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Whether `rel` (a file) or one of its directories is excluded.
@@ -327,82 +369,394 @@ fn excluded_here_or_above(filter: &Filter, rel: &Path) -> bool {
     false
 }
 
-/// rsync exits 23 here ("could not make way for new regular file"); we refuse before
-/// changing anything.
-fn cannot_replace(dest: &Path, se: &Entry) -> Error {
-    Error::Sync {
-        path: dest.join(&se.rel),
-        msg: format!(
-            "cannot replace this directory by a {:?}: it holds excluded entries",
-            se.meta.kind
-        ),
-    }
-}
+#[cfg(test)]
+mod tests {
+    //! `plan` over listings made in memory: no temp dir, no disk.
+    use super::*;
+    use crate::sync::tree::Walked;
+    use crate::sync::Kept;
+    use std::collections::HashMap;
 
-/// Plans the creation of a source entry at a path where dest holds `existing` (or nothing).
-fn add_src(
-    src: &Path,
-    se: &Entry,
-    existing: Option<Kind>,
-    not_whole: &HashSet<PathBuf>,
-    updates: &mut Vec<Action>,
-    dirs: &mut Vec<(PathBuf, Meta, Option<Meta>)>,
-    after: &mut Vec<After>,
-) -> Result<()> {
-    let op = match se.meta.kind {
-        Kind::Dir => {
-            dirs.push((se.rel.clone(), se.meta, None));
-            Op::MakeDir {
-                existing,
-                whole: !not_whole.contains(&se.rel),
-            }
+    fn meta(kind: Kind, perms: u32, size: u64, mtime: i64) -> Meta {
+        let ty = match kind {
+            Kind::File => 0o100000,
+            Kind::Dir => 0o040000,
+            Kind::Symlink => 0o120000,
+            Kind::Special => 0o010000, // a fifo
+        };
+        Meta {
+            kind,
+            mode: ty | perms,
+            uid: 1000,
+            gid: 1000,
+            size,
+            mtime,
+            mtime_nsec: 0,
+            rdev: 0,
+            nlink: 1,
         }
-        Kind::File => {
-            after.push(After {
-                rel: se.rel.clone(),
-                src: se.meta,
+    }
+
+    fn file(rel: &str, size: u64, mtime: i64) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::File, 0o644, size, mtime),
+            target: None,
+        }
+    }
+
+    fn dir(rel: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Dir, 0o755, 4096, 100),
+            target: None,
+        }
+    }
+
+    fn link(rel: &str, target: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Symlink, 0o777, target.len() as u64, 100),
+            target: Some(target.into()),
+        }
+    }
+
+    fn fifo(rel: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Special, 0o644, 0, 100),
+            target: None,
+        }
+    }
+
+    /// A listing at `root` (existing, a directory) of `entries` in walk order.
+    fn listing(root: &str, entries: Vec<Entry>, excluded: &[(&str, Kind)]) -> Listing {
+        Listing {
+            root: root.into(),
+            root_meta: Some(meta(Kind::Dir, 0o755, 4096, 100)),
+            walked: Walked {
+                entries,
+                excluded: excluded.iter().map(|(r, k)| (r.into(), *k)).collect(),
+            },
+            inside_excluded: HashMap::new(),
+        }
+    }
+
+    fn run(src: &Listing, dest: &Listing, filter: &Filter) -> Plan {
+        plan(src, dest, filter, &KeptFiles::new(), false).unwrap()
+    }
+
+    /// The actions as (path, op) pairs, without the directory attributes.
+    fn ops(p: &Plan) -> Vec<(String, Op)> {
+        p.actions
+            .iter()
+            .filter(|a| !matches!(a.op, Op::DirAttrs { .. }))
+            .map(|a| (a.rel.display().to_string(), a.op.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn delete_a_dest_only_file() {
+        let src = listing("/s", vec![], &[]);
+        let gone = file("gone", 3, 5);
+        let dest = listing("/d", vec![gone.clone()], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        assert_eq!(
+            ops(&p),
+            vec![("gone".into(), Op::Delete { dest: gone.meta })]
+        );
+        assert!(p.after.iter().all(|a| a.rel != Path::new("gone")));
+    }
+
+    #[test]
+    fn deletes_run_children_first() {
+        let src = listing("/s", vec![], &[]);
+        let entries = vec![dir("a"), dir("a/b"), file("a/b/c", 1, 1), file("a/d", 1, 1)];
+        let dest = listing("/d", entries, &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let order: Vec<String> = ops(&p).into_iter().map(|(rel, _)| rel).collect();
+        assert_eq!(order, vec!["a/d", "a/b/c", "a/b", "a"]);
+        assert!(ops(&p)
+            .iter()
+            .all(|(_, op)| matches!(op, Op::Delete { .. })));
+    }
+
+    #[test]
+    fn keep_non_empty_for_a_dest_only_dir_holding_excluded_entries() {
+        let src = listing("/s", vec![], &[]);
+        let kept = dir("kept");
+        let dest = listing(
+            "/d",
+            vec![kept.clone(), file("kept/z.txt", 1, 1)],
+            &[("kept/y.log", Kind::File)],
+        );
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let p = run(&src, &dest, &f);
+        assert_eq!(
+            ops(&p),
+            vec![
+                (
+                    "kept/z.txt".into(),
+                    Op::Delete {
+                        dest: file("kept/z.txt", 1, 1).meta
+                    }
+                ),
+                ("kept".into(), Op::KeepNonEmpty { dest: kept.meta }),
+            ]
+        );
+        let left = p.after.iter().find(|a| a.rel == Path::new("kept")).unwrap();
+        assert_eq!(left.fate, Fate::Left);
+    }
+
+    #[test]
+    fn excluded_entries_are_neither_copied_nor_deleted() {
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let src = listing("/s", vec![], &[("new.log", Kind::File)]);
+        let dest = listing("/d", vec![], &[("old.log", Kind::File)]);
+        let p = run(&src, &dest, &f);
+        assert_eq!(ops(&p), vec![]);
+        assert!(p.after.iter().all(|a| a.rel != Path::new("old.log")));
+    }
+
+    #[test]
+    fn make_dir_whole_unless_something_below_is_excluded() {
+        let src = listing(
+            "/s",
+            vec![dir("a"), file("a/f", 1, 1), dir("b"), file("b/f", 1, 1)],
+            &[("b/x.log", Kind::File)],
+        );
+        let dest = listing("/d", vec![], &[]);
+        let p = run(&src, &dest, &Filter::new(None, &["*.log".into()]).unwrap());
+        let dirs: Vec<_> = ops(&p)
+            .into_iter()
+            .filter(|(_, op)| matches!(op, Op::MakeDir { .. }))
+            .collect();
+        let made = |whole| Op::MakeDir {
+            existing: None,
+            whole,
+        };
+        assert_eq!(
+            dirs,
+            vec![("a".into(), made(true)), ("b".into(), made(false))]
+        );
+    }
+
+    #[test]
+    fn make_dir_for_a_missing_dest_makes_the_root_first() {
+        let src = listing("/s", vec![file("f", 1, 1)], &[]);
+        let dest = Listing {
+            root: "/d".into(),
+            ..Listing::default()
+        };
+        let p = run(&src, &dest, &Filter::empty());
+        let (rel, op) = &ops(&p)[0];
+        assert_eq!(
+            (rel.as_str(), op),
+            (
+                "",
+                &Op::MakeDir {
+                    existing: None,
+                    whole: true
+                }
+            )
+        );
+        let root = p.actions.last().unwrap();
+        assert!(matches!(
+            root.op,
+            Op::DirAttrs {
                 dest: None,
-                target: None,
-                fate: Fate::New,
-            });
-            Op::CopyFile {
-                src: se.meta,
-                existing,
+                dirty: true,
+                ..
             }
-        }
-        Kind::Symlink => {
-            let p = src.join(&se.rel);
-            let target = fs::read_link(&p).ctx("readlink", &p)?;
-            after.push(After {
-                rel: se.rel.clone(),
-                src: se.meta,
-                dest: None,
-                target: Some(target.clone()),
-                fate: Fate::New,
-            });
-            Op::MakeSymlink {
-                target,
-                src: se.meta,
-                existing,
-            }
-        }
-        Kind::Special => {
-            after.push(After {
-                rel: se.rel.clone(),
-                src: se.meta,
-                dest: None,
-                target: None,
-                fate: Fate::New,
-            });
-            Op::MakeSpecial {
-                src: se.meta,
-                existing,
-            }
-        }
-    };
-    updates.push(Action {
-        rel: se.rel.clone(),
-        op,
-    });
-    Ok(())
+        ));
+    }
+
+    #[test]
+    fn copy_file_when_the_quick_check_differs_and_keep_when_it_matches() {
+        let src = listing(
+            "/s",
+            vec![file("new", 1, 1), file("older", 2, 9), file("same", 3, 5)],
+            &[],
+        );
+        let dest = listing("/d", vec![file("older", 2, 8), file("same", 3, 5)], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let src_meta = |e: Entry| e.meta;
+        assert_eq!(
+            ops(&p),
+            vec![
+                (
+                    "new".into(),
+                    Op::CopyFile {
+                        src: src_meta(file("new", 1, 1)),
+                        existing: None
+                    }
+                ),
+                (
+                    "older".into(),
+                    Op::CopyFile {
+                        src: src_meta(file("older", 2, 9)),
+                        existing: Some(Kind::File)
+                    }
+                ),
+            ]
+        );
+        assert_eq!(p.uptodate, 1);
+        let dir = p.actions.last().unwrap();
+        assert!(
+            matches!(dir.op, Op::DirAttrs { dirty: true, .. }),
+            "{dir:?}"
+        );
+    }
+
+    #[test]
+    fn make_symlink_when_the_target_differs_or_the_type_changes() {
+        let src = listing(
+            "/s",
+            vec![link("l", "b"), link("same", "x"), link("was_file", "t")],
+            &[],
+        );
+        let dest = listing(
+            "/d",
+            vec![link("l", "a"), link("same", "x"), file("was_file", 1, 1)],
+            &[],
+        );
+        let p = run(&src, &dest, &Filter::empty());
+        let made = |e: Entry, existing| Op::MakeSymlink {
+            target: e.target.clone().unwrap(),
+            src: e.meta,
+            existing,
+        };
+        assert_eq!(
+            ops(&p),
+            vec![
+                ("l".into(), made(link("l", "b"), Some(Kind::Symlink))),
+                (
+                    "was_file".into(),
+                    made(link("was_file", "t"), Some(Kind::File))
+                ),
+            ]
+        );
+        let same = p.after.iter().find(|a| a.rel == Path::new("same")).unwrap();
+        assert_eq!(
+            (same.fate, same.target.as_deref()),
+            (Fate::Same, Some(Path::new("x")))
+        );
+    }
+
+    #[test]
+    fn make_special_for_a_new_fifo() {
+        let src = listing("/s", vec![fifo("p")], &[]);
+        let dest = listing("/d", vec![], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        assert_eq!(
+            ops(&p),
+            vec![(
+                "p".into(),
+                Op::MakeSpecial {
+                    src: fifo("p").meta,
+                    existing: None
+                }
+            )]
+        );
+        let dest = listing("/d", vec![fifo("p")], &[]);
+        assert_eq!(ops(&run(&src, &dest, &Filter::empty())), vec![]);
+    }
+
+    #[test]
+    fn keep_fixes_the_mode_of_an_up_to_date_file_and_lists_it_for_vv() {
+        let mut changed = file("f", 3, 5);
+        changed.meta.mode = 0o100600;
+        let src = listing("/s", vec![changed.clone(), file("g", 1, 1)], &[]);
+        let dest = listing("/d", vec![file("f", 3, 5), file("g", 1, 1)], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let keep = Op::Keep {
+            src: changed.meta,
+            dest: file("f", 3, 5).meta,
+        };
+        assert_eq!(ops(&p), vec![("f".into(), keep)]);
+        assert_eq!(p.uptodate, 1);
+        let all = plan(&src, &dest, &Filter::empty(), &KeptFiles::new(), true).unwrap();
+        assert_eq!(ops(&all).len(), 2);
+        assert_eq!(all.uptodate, 0);
+    }
+
+    #[test]
+    fn dir_attrs_children_first_and_dirty_only_where_entries_change() {
+        let src = listing(
+            "/s",
+            vec![dir("a"), dir("a/b"), file("a/b/f", 1, 2), dir("c")],
+            &[],
+        );
+        let dest = listing(
+            "/d",
+            vec![dir("a"), dir("a/b"), file("a/b/f", 1, 1), dir("c")],
+            &[],
+        );
+        let p = run(&src, &dest, &Filter::empty());
+        let attrs: Vec<(String, bool)> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a.op {
+                Op::DirAttrs { dirty, .. } => Some((a.rel.display().to_string(), dirty)),
+                _ => None,
+            })
+            .collect();
+        let want = [("c", false), ("a/b", true), ("a", false), ("", false)];
+        let want: Vec<(String, bool)> = want.iter().map(|(r, d)| (r.to_string(), *d)).collect();
+        assert_eq!(attrs, want);
+    }
+
+    #[test]
+    fn a_kept_file_is_planned_as_the_source_and_a_changed_one_is_stale() {
+        let src = listing("/s", vec![], &[]);
+        let dest = listing("/d", vec![file("k", 3, 5)], &[]);
+        let mut kept = KeptFiles::new();
+        let attrs = Kept {
+            size: 3,
+            mtime: 5,
+            mode: 0o600,
+            owner: None,
+        };
+        kept.insert("k".into(), attrs);
+        let p = plan(&src, &dest, &Filter::empty(), &kept, false).unwrap();
+        let (rel, op) = &ops(&p)[0];
+        assert!(
+            matches!(op, Op::Keep { src, .. } if src.perms() == 0o600),
+            "{rel} {op:?}"
+        );
+        let changed = listing("/d", vec![file("k", 3, 6)], &[]);
+        let err = plan(&src, &changed, &Filter::empty(), &kept, false).unwrap_err();
+        assert!(
+            matches!(err, Error::Stale { ref path } if path == Path::new("/d/k")),
+            "{err}"
+        );
+        let gone = listing("/d", vec![], &[]);
+        let err = plan(&src, &gone, &Filter::empty(), &kept, false).unwrap_err();
+        assert!(matches!(err, Error::Stale { .. }), "{err}");
+    }
+
+    #[test]
+    fn replacing_an_excluded_dir_empties_it_or_refuses() {
+        let f = Filter::new(None, &["foo/".into(), "*.log".into()]).unwrap();
+        let src = listing("/s", vec![file("foo", 1, 1)], &[]);
+        let mut dest = listing("/d", vec![], &[("foo", Kind::Dir)]);
+        let inner = Walked {
+            entries: vec![file("foo/a", 1, 1)],
+            excluded: HashMap::new(),
+        };
+        dest.inside_excluded.insert("foo".into(), inner);
+        let p = run(&src, &dest, &f);
+        let kinds: Vec<_> = ops(&p)
+            .into_iter()
+            .map(|(rel, op)| (rel, matches!(op, Op::Delete { .. })))
+            .collect();
+        assert_eq!(kinds, vec![("foo/a".into(), true), ("foo".into(), false)]);
+        dest.inside_excluded
+            .get_mut(Path::new("foo"))
+            .unwrap()
+            .excluded
+            .insert("foo/x.log".into(), Kind::File);
+        let err = plan(&src, &dest, &f, &KeptFiles::new(), false).unwrap_err();
+        assert!(matches!(err, Error::Sync { .. }), "{err}");
+    }
 }
