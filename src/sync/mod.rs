@@ -167,7 +167,7 @@ pub enum Op {
 /// before children), then directory attributes (children before parents).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The source tree (only [`plan`] names it: a plan's source is a verified tree).
+    /// The source tree (set by the plan only: through [`plan_staged`], a verified tree).
     pub(crate) src: PathBuf,
     pub dest: PathBuf,
     pub actions: Vec<Action>,

@@ -572,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_file_when_the_quick_check_differs_and_keep_when_it_matches() {
+    fn copy_file_when_size_or_mtime_differs_and_keep_when_they_match() {
         let src = listing(
             "/s",
             vec![file("new", 1, 1), file("older", 2, 9), file("same", 3, 5)],

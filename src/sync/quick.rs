@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quick_check_ignores_nanoseconds_and_content() {
+    fn same_content_ignores_nanoseconds_and_bytes() {
         let meta = |size, mtime, mtime_nsec| Meta {
             kind: super::super::Kind::File,
             mode: 0o100644,
