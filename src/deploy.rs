@@ -18,7 +18,7 @@
 //! do instead of running `pre` (`print_dry_run`).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -444,9 +444,19 @@ fn deploy(
     let (staging, staged) = job.download(draft)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
-    let (filter, exclude_text) = load_filter(manifest, staging.path(), &staged.reused, dest)?;
+    let (filter, exclude_text) = load_filter(manifest, staging.path(), &staged.get().reused, dest)?;
     if opts.dry_run {
-        return print_dry_run(manifest, Some((staging.path(), dest, &filter)));
+        let release = match manifest.sync_strategy {
+            Strategy::Release => Some(release::dry_run_target(manifest, dest)?),
+            _ => None,
+        };
+        let tree = sync::dry_run::Tree {
+            staged: &staged,
+            dest,
+            filter: &filter,
+            release,
+        };
+        return sync::dry_run::print(manifest, Some(tree));
     }
     if !pre_done {
         pre(draft, manifest, hook_env)?;
@@ -463,7 +473,7 @@ fn commands_only(
     draft: &mut record::Draft,
 ) -> Result<()> {
     if opts.dry_run {
-        return print_dry_run(manifest, None);
+        return sync::dry_run::print(manifest, None);
     }
     pre(draft, manifest, hook_env)?;
     post(draft, manifest, hook_env)
@@ -567,7 +577,7 @@ impl Job<'_> {
             wanted.checksum
         );
         if self.opts.dry_run {
-            print_dry_run(manifest, None)?;
+            sync::dry_run::print(manifest, None)?;
             return Ok(Next::Done);
         }
         pre(draft, manifest, hook_env)?;
@@ -621,7 +631,7 @@ impl Job<'_> {
     /// Step 4: download, hash and unpack in one pass into a private staging directory
     /// beside dest. dest is only read: files it already has as the archive does (size,
     /// mtime, mode, owner) are not written at all (rsync strategy; not in a dry run).
-    fn download(&self, draft: &mut record::Draft) -> Result<(Staging, Staged)> {
+    fn download(&self, draft: &mut record::Draft) -> Result<(Staging, Verified<Staged>)> {
         let src = self.src;
         logln!("Loading URL {src}");
         let reuse = self.manifest.sync_strategy == Strategy::Rsync && !self.opts.dry_run;
@@ -630,11 +640,11 @@ impl Job<'_> {
         draft.downloaded_bytes = Some(self.downloaded.load(Ordering::Relaxed));
         let staged = staged?;
         // Verified: from here on the staged tree is the archive's.
-        let (staging, staged) = staged.into_inner();
+        let (staging, staged) = staged.split();
         logln!(
             "Unpacked {} entries ({} unchanged files left in place in {})",
-            staged.entries,
-            staged.reused.len(),
+            staged.get().entries,
+            staged.get().reused.len(),
             self.dest.display()
         );
         Ok((staging, staged))
@@ -673,13 +683,13 @@ impl Job<'_> {
         })
     }
 
-    /// Step 6: dest's mode on the staged tree, then the rsync or mv strategy. The
+    /// Step 6: the rsync or mv strategy, dest's mode as one of the sync's options. The
     /// staging directory is gone when this returns (renamed onto dest, or removed).
     fn sync(
         &self,
         draft: &mut record::Draft,
         staging: Staging,
-        staged: Staged,
+        staged: Verified<Staged>,
         filter: Filter,
         exclude_text: Option<String>,
     ) -> Result<()> {
@@ -687,16 +697,15 @@ impl Job<'_> {
         let mode = self
             .manifest
             .dest_mode
-            .or(staged.root_mode)
+            .or(staged.get().root_mode)
             .unwrap_or(DEFAULT_DEST_MODE);
         logln!("Set dest mode {mode:04o}");
-        staging.set_mode(mode)?;
 
         match self.manifest.sync_strategy {
             Strategy::Rsync => self.sync_rsync(draft, staging, staged, filter, exclude_text, mode),
             // Handled before the download (a dry run never gets here either).
             Strategy::Release => Ok(()),
-            Strategy::Mv => self.sync_mv(draft, staging, staged, filter, exclude_text),
+            Strategy::Mv => self.sync_mv(draft, staging, staged, filter, exclude_text, mode),
         }
     }
 
@@ -705,7 +714,7 @@ impl Job<'_> {
         &self,
         draft: &mut record::Draft,
         staging: Staging,
-        staged: Staged,
+        staged: Verified<Staged>,
         filter: Filter,
         exclude_text: Option<String>,
         mode: u32,
@@ -723,9 +732,9 @@ impl Job<'_> {
             preserve_owner: same_owner,
             // staging is private and discarded: rename from it instead of copying
             move_source: true,
+            dest_mode: Some(mode),
         };
-        let list_uptodate = opts.rsync_verbose >= 2;
-        let plan = sync::plan_kept(staging.path(), dest, &filter, &staged.reused, list_uptodate);
+        let plan = sync::plan_staged(&staged, dest, &filter, &sync_opts);
         let (plan, _staging) = match plan {
             Err(Error::Stale { path }) => {
                 // `pre` changed a file that was left in dest as unchanged: its
@@ -735,16 +744,9 @@ impl Job<'_> {
                     path.display()
                 );
                 drop(staging);
-                let (staging, _) = self.fetch_and_unpack(false)?.into_inner();
-                staging.set_mode(mode)?;
+                let (staging, staged) = self.fetch_and_unpack(false)?.split();
                 (
-                    sync::plan_kept(
-                        staging.path(),
-                        dest,
-                        &filter,
-                        &Default::default(),
-                        list_uptodate,
-                    )?,
+                    sync::plan_staged(&staged, dest, &filter, &sync_opts)?,
                     staging,
                 )
             }
@@ -765,9 +767,10 @@ impl Job<'_> {
         &self,
         draft: &mut record::Draft,
         staging: Staging,
-        staged: Staged,
+        staged: Verified<Staged>,
         filter: Filter,
         exclude_text: Option<String>,
+        mode: u32,
     ) -> Result<()> {
         let Job {
             state,
@@ -777,12 +780,12 @@ impl Job<'_> {
         } = *self;
         logln!("Moving {} to {}", staging.path().display(), dest.display());
         let path = staging.keep();
-        if let Err(e) = sync::move_into_place(&path, dest) {
+        if let Err(e) = sync::move_into_place(&path, dest, Some(mode)) {
             let _ = make_writable_and_remove(&path);
             return Err(e);
         }
         draft.changes = Some(record::Changes {
-            created: staged.entries,
+            created: staged.get().entries,
             ..Default::default()
         });
         // Nothing was walked: the tree was renamed whole. One walk of the result.
@@ -820,163 +823,6 @@ fn write_index(
     if let Err(e) = crate::index::write(state, &key, &header, entries) {
         logln!("warning: cannot write the deploy index: {e}");
     }
-}
-
-/// One line of `--dry-run` output: `VERB PATH[TAIL]`.
-struct Change {
-    verb: &'static str,
-    rel: PathBuf,
-    /// `/` for a directory, ` -> TARGET` for a symlink, else empty.
-    tail: Vec<u8>,
-}
-
-/// `--dry-run`: prints on stdout, one line each and in the order a deploy would do
-/// them, the hooks it would run (`run pre: COMMAND`) and what would change in dest:
-/// `add PATH`, `update PATH` (content, link target or type differs), `delete PATH`
-/// (dest-relative, as bytes). `staged` (staging, dest, filter) is None for a
-/// commands-only manifest.
-fn print_dry_run(manifest: &Manifest, staged: Option<(&Path, &Path, &Filter)>) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::ffi::OsStrExt;
-    let mut changes = Vec::new();
-    if let Some((staging, dest, filter)) = staged {
-        let release = match (manifest.sync_strategy, &manifest.dest) {
-            (Strategy::Release, Some(d)) => Some(release::dry_run_target(manifest, d)?),
-            _ => None,
-        };
-        changes = planned_changes(manifest.sync_strategy, staging, dest, filter, release)?;
-        let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
-        logln!(
-            "Dry run: {} to add, {} to update, {} to delete in {}",
-            count("add"),
-            count("update"),
-            count("delete"),
-            dest.display()
-        );
-    }
-    let mut out: Vec<u8> = Vec::new();
-    let hooks = |out: &mut Vec<u8>, which: &str, commands: &[String]| {
-        for c in commands {
-            let line = format!("run {which}: {}\n", c.replace('\n', "\\n"));
-            out.extend_from_slice(line.as_bytes());
-        }
-    };
-    hooks(&mut out, "pre", &manifest.commands.pre);
-    for c in &changes {
-        let rel = if c.rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            &c.rel
-        };
-        out.extend_from_slice(c.verb.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(rel.as_os_str().as_bytes());
-        out.extend_from_slice(&c.tail);
-        out.push(b'\n');
-    }
-    hooks(&mut out, "post", &manifest.commands.post);
-    hooks(&mut out, "success", &manifest.commands.success);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&out)
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Error::io("write", "stdout", e))
-}
-
-/// What the sync step would change in dest: the plan's changes (rsync), or every
-/// entry of the unpacked tree (mv, which renames it onto dest).
-fn planned_changes(
-    strategy: Strategy,
-    staging: &Path,
-    dest: &Path,
-    filter: &Filter,
-    release_dry_run: Option<(Option<PathBuf>, PathBuf)>,
-) -> Result<Vec<Change>> {
-    use sync::{Kind, Op};
-    let arrow = |target: &Path| {
-        let mut t = b" -> ".to_vec();
-        t.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
-        t
-    };
-    if strategy == Strategy::Mv {
-        logln!(
-            "Dry run: sync_strategy mv renames the unpacked tree onto {}",
-            dest.display()
-        );
-        if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
-            logln!(
-                "Dry run: {} is not empty: mv fails unless a pre command empties it",
-                dest.display()
-            );
-        }
-        let mut changes = Vec::new();
-        for e in walkdir::WalkDir::new(staging)
-            .min_depth(1)
-            .sort_by_file_name()
-        {
-            let e = e.map_err(|e| Error::io("walk", staging, e.into()))?;
-            let tail = if e.file_type().is_dir() {
-                b"/".to_vec()
-            } else if e.file_type().is_symlink() {
-                arrow(
-                    &std::fs::read_link(e.path())
-                        .map_err(|x| Error::io("readlink", e.path(), x))?,
-                )
-            } else {
-                Vec::new()
-            };
-            let rel = e.path().strip_prefix(staging).unwrap_or(e.path());
-            changes.push(Change {
-                verb: "add",
-                rel: rel.to_path_buf(),
-                tail,
-            });
-        }
-        return Ok(changes);
-    }
-    if strategy == Strategy::Release {
-        // The new release against the live one, then the switch.
-        let Some(live_or_none) = release_dry_run else {
-            return Ok(Vec::new());
-        };
-        let (live, target) = live_or_none;
-        let empty = tempfile::tempdir().map_err(|e| Error::io("create temp dir", "", e))?;
-        let against = live.unwrap_or_else(|| empty.path().join("none"));
-        let mut changes = planned_changes(Strategy::Rsync, staging, &against, filter, None)?;
-        changes.push(Change {
-            verb: "switch",
-            rel: dest.to_path_buf(),
-            tail: arrow(&target),
-        });
-        return Ok(changes);
-    }
-    let verb = |existing: &Option<Kind>| match existing {
-        Some(_) => "update",
-        None => "add",
-    };
-    let plan = sync::plan(staging, dest, filter)?;
-    let changes = plan.changes().filter_map(|a| {
-        let (verb, tail) = match &a.op {
-            Op::Delete { dest } if dest.kind == Kind::Dir => ("delete", b"/".to_vec()),
-            Op::Delete { .. } => ("delete", Vec::new()),
-            Op::MakeDir { existing, .. } => (verb(existing), b"/".to_vec()),
-            Op::CopyFile { existing, .. } | Op::MakeSpecial { existing, .. } => {
-                (verb(existing), Vec::new())
-            }
-            Op::MakeSymlink {
-                target, existing, ..
-            } => (verb(existing), arrow(target)),
-            // The directory stays (it holds excluded entries; its other entries have
-            // their own `delete` lines). Attribute fixes are not changes.
-            Op::KeepNonEmpty { .. } | Op::Keep { .. } | Op::DirAttrs { .. } => return None,
-        };
-        Some(Change {
-            verb,
-            rel: a.rel.clone(),
-            tail,
-        })
-    });
-    Ok(changes.collect())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod event;
 pub(crate) mod fetch;
 pub mod filter;
 pub mod fleet;
+pub(crate) mod fsops;
 pub(crate) mod gcs;
 pub mod hooks;
 pub(crate) mod http;

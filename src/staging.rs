@@ -117,12 +117,6 @@ impl Staging {
         &self.path
     }
 
-    /// The mode the tree's root (and so dest) gets.
-    pub(crate) fn set_mode(&self, mode: u32) -> Result<()> {
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("chmod", &self.path, e))
-    }
-
     /// Hands the directory over (the `mv` strategy renames it onto dest).
     pub(crate) fn keep(mut self) -> PathBuf {
         self.kept = true;

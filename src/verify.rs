@@ -148,7 +148,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// A value whose bytes matched the manifest's checksum. Only `Checksum::verify`
-/// makes one; `map` / `try_map` carry the guarantee to what is derived from it.
+/// makes one; nothing turns another value into one.
 #[derive(Debug)]
 pub struct Verified<T>(T);
 
@@ -160,16 +160,14 @@ impl<T> Verified<T> {
     pub fn into_inner(self) -> T {
         self.0
     }
+}
 
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Verified<U> {
-        Verified(f(self.0))
-    }
-
-    pub fn try_map<U, E>(
-        self,
-        f: impl FnOnce(T) -> std::result::Result<U, E>,
-    ) -> std::result::Result<Verified<U>, E> {
-        f(self.0).map(Verified)
+impl<A, B> Verified<(A, B)> {
+    /// Splits a verified pair: the first part handed out, the second still verified
+    /// (e.g. the staging workspace, and the staged tree the sync takes).
+    pub fn split(self) -> (A, Verified<B>) {
+        let (a, b) = self.0;
+        (a, Verified(b))
     }
 }
 

@@ -17,6 +17,8 @@ use filetime::FileTime;
 use stretcher::filter::Filter;
 use stretcher::sync::{self, SyncOptions};
 
+use crate::util::verified_tree;
+
 /// Random cases to run (seeds 1..=N).
 const CASES: u64 = 60;
 
@@ -585,18 +587,20 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
         verbosity: 0,
         preserve_owner: is_root(),
         move_source: false,
+        dest_mode: None,
     };
-    let ours = sync::sync(&src, &d2, &filter, &opts);
+    let ours = sync::sync(&verified_tree(&src), &d2, &filter, &opts);
     let move_opts = SyncOptions {
         move_source: true,
         ..opts.clone()
     };
     // Move mode as the deploy runs it: plan, apply, and the deploy index made from
     // the plan, which must equal a walk of the result.
-    let moved = sync::plan(&src3, &d3, &filter).and_then(|plan| {
-        sync::apply(&plan, &move_opts)?;
-        Ok(plan)
-    });
+    let moved =
+        sync::plan_staged(&verified_tree(&src3), &d3, &filter, &move_opts).and_then(|plan| {
+            sync::apply(&plan, &move_opts)?;
+            Ok(plan)
+        });
     if let Ok(plan) = &moved {
         let predicted = stretcher::index::from_plan(plan, move_opts.preserve_owner);
         let walked = stretcher::index::scan(&d3, &filter).map_err(|e| format!("{name}: {e}"))?;
@@ -655,9 +659,9 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
     materialize(&src4, &src_tree);
     fs::set_permissions(&src4, fs::Permissions::from_mode(0o751)).unwrap();
     filetime::set_file_mtime(&src4, FileTime::from_unix_time(1_234_567_890, 5)).unwrap();
-    let again = sync::sync(&src, &d2, &filter, &opts);
+    let again = sync::sync(&verified_tree(&src), &d2, &filter, &opts);
     let moved_again = sync::sync(
-        &src4,
+        &verified_tree(&src4),
         &d3,
         &filter,
         &SyncOptions {
@@ -971,8 +975,9 @@ fn non_utf8_rule_bytes_match_non_utf8_names() {
         verbosity: 0,
         preserve_owner: is_root(),
         move_source: false,
+        dest_mode: None,
     };
-    sync::sync(&src, &d2, &filter, &opts).unwrap();
+    sync::sync(&verified_tree(&src), &d2, &filter, &opts).unwrap();
     let expected = snapshot(&d1, &src);
     let listing = |root: &Path| -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut v: Vec<_> = walkdir::WalkDir::new(root)

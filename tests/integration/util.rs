@@ -65,6 +65,22 @@ pub fn sha1_file(path: &Path) -> String {
     h.finish_hex()
 }
 
+/// The tree at `root` as the sync takes a staged tree, `Verified<Staged>` (the sync
+/// writes dest from nothing else). The tree is the test's own, so what is verified is
+/// the empty input against its own digest; no file of it is listed as reused.
+pub fn verified_tree(root: &Path) -> stretcher::verify::Verified<stretcher::unpack::Staged> {
+    use stretcher::verify::Checksum;
+    let c = Checksum::parse(&sha1_bytes(b"")).unwrap();
+    let staged = stretcher::unpack::Staged {
+        root: root.to_path_buf(),
+        root_mode: None,
+        entries: 0,
+        reused: Default::default(),
+        written: Default::default(),
+    };
+    c.verify(c.hasher(), staged).unwrap()
+}
+
 pub fn sha1_bytes(data: &[u8]) -> String {
     use stretcher::verify::Checksum;
     let c = Checksum::parse(&"0".repeat(40)).unwrap();

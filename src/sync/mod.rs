@@ -1,0 +1,518 @@
+//! `rsync -a --delete [--exclude-from F] [--exclude P]... SRC/ DEST/`, in-process, and the
+//! `mv` strategy (SPEC §6): the one wing that makes `dest` a mirror of an unpacked tree.
+//!
+//! One file a job: `tree` lists a tree from disk (the only disk reads of planning);
+//! `quick` is rsync's quick check (for the plan and for the unpack-time [`DestProbe`]);
+//! `plan` merges two listings into a [`Plan`] of plain data without touching the disk;
+//! `apply` carries a plan out; `dry_run` renders a plan as the `--dry-run` lines; `mv`
+//! is the `mv` strategy ([`move_into_place`]). The door is [`plan_staged`] / [`sync`]:
+//! they take the tree only as `Verified<Staged>`, which only a matching checksum makes.
+//!
+//! It must never write outside `dest`, never follow a symlink below either root (a symlink
+//! is recreated, never written through), never leave a half-written file under its final
+//! name (every file is written to `.NAME.XXXXXX` beside it, then renamed over), and never
+//! run `rsync` or any other program.
+//!
+//! rsync behaviours reproduced here, checked against the real rsync by
+//! tests/integration/rsync_oracle.rs:
+//! - quick check: a file is rewritten when size or mtime *seconds* differ (rsync's default
+//!   `--modify-window=0` ignores nanoseconds); an up-to-date file only gets mode/owner
+//!   fixed, its mtime is left alone;
+//! - a same-target symlink still gets its mtime set (rsync has "symtimes");
+//! - the transfer root is never excluded; its mode, mtime (and owner) become `src`'s
+//!   (the mode: [`SyncOptions::dest_mode`] when given);
+//! - `--delete` judges a dest-only entry by its *dest* type against the rules; excluded
+//!   dest entries are kept, and a dest-only directory that still holds excluded entries is
+//!   emptied of everything else and kept ("cannot delete non-empty directory");
+//! - replacing such a directory by a file or symlink fails (rsync exits 23: "could not make
+//!   way"); here `plan` refuses it up front, before anything changed;
+//! - directory mtimes are set after their contents.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::filter::Filter;
+use crate::unpack::Staged;
+use crate::verify::Verified;
+use crate::Result;
+
+/// How [`apply`] behaves.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// 0 = `""`, 1 = `-v` (one line per change), 2 = `-vv` (also up-to-date entries),
+    /// 3 = `-vvv` (also attribute fixes).
+    pub verbosity: u8,
+    /// Set owner and group from `src` (true when running as root), and create device
+    /// nodes and fifos (skipped otherwise, with a log line).
+    pub preserve_owner: bool,
+    /// The source is a private staging tree on dest's filesystem that is discarded
+    /// afterwards: new and changed files (and whole new directories) are renamed into
+    /// `dest` instead of copied. The result is the same; the source is consumed.
+    pub move_source: bool,
+    /// The permission bits `dest` itself gets (the manifest's `dest_mode`, else the
+    /// archive's `.` entry, else 0755, decided by the caller); `None`: the source root's.
+    pub dest_mode: Option<u32>,
+}
+
+/// What kind of filesystem object an entry is (never following symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// fifo, socket, character or block device.
+    Special,
+}
+
+/// The attributes of one entry that the sync reads and copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Full `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub rdev: u64,
+    /// Hard links to the inode (a staged file with more than one is never moved).
+    pub nlink: u64,
+}
+
+impl Kind {
+    /// The kind of a file type (as `lstat` gives it).
+    fn of(ft: fs::FileType) -> Kind {
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Special
+        }
+    }
+}
+
+impl Meta {
+    fn from_std(m: &fs::Metadata) -> Meta {
+        Meta {
+            kind: Kind::of(m.file_type()),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: m.mtime(),
+            // st_mtime_nsec is always in 0..1e9.
+            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+            rdev: m.rdev(),
+            nlink: m.nlink(),
+        }
+    }
+
+    /// Permission bits (`mode & 0o7777`).
+    pub fn perms(&self) -> u32 {
+        self.mode & 0o7777
+    }
+}
+
+/// One step of a plan, on the path `rel` (relative to both roots; empty = the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub rel: PathBuf,
+    pub op: Op,
+}
+
+/// What to do with one path. `existing` is what `dest` holds there now when that is
+/// replaced (a type change, or an out-of-date file / symlink / special).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A dest-only entry is removed (a directory's contents come earlier in the plan).
+    Delete { dest: Meta },
+    /// A dest-only directory that still holds excluded entries: everything else in it is
+    /// deleted, the directory stays (rsync: "cannot delete non-empty directory").
+    KeepNonEmpty { dest: Meta },
+    /// A directory is created (0700 at first; its attributes come with `DirAttrs`).
+    /// `whole`: its source subtree holds no excluded entry, no multiply-linked file and
+    /// no special file, so with [`SyncOptions::move_source`] it is renamed into place
+    /// in one step instead of being rebuilt entry by entry.
+    MakeDir { existing: Option<Kind>, whole: bool },
+    /// A regular file is written from `src` (temp file + rename).
+    CopyFile { src: Meta, existing: Option<Kind> },
+    /// A symlink to `target` is made.
+    MakeSymlink {
+        target: PathBuf,
+        src: Meta,
+        existing: Option<Kind>,
+    },
+    /// A fifo / socket / device node is made (only when preserving owners, i.e. root).
+    MakeSpecial { src: Meta, existing: Option<Kind> },
+    /// Same content (quick check / same link target): only attributes are fixed.
+    Keep { src: Meta, dest: Meta },
+    /// A directory's mode, owner and mtime are set, after its contents. `dirty`: entries
+    /// in it are added, removed or replaced, so its mtime must be reset.
+    DirAttrs {
+        src: Meta,
+        dest: Option<Meta>,
+        dirty: bool,
+    },
+}
+
+/// The list of actions that makes `dest` a mirror of `src`, in the order [`apply`] runs
+/// them: deletions (contents before their directory), then creations and updates (parents
+/// before children), then directory attributes (children before parents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The source tree (set by the plan only: through [`plan_staged`], a verified tree).
+    pub(crate) src: PathBuf,
+    pub dest: PathBuf,
+    pub actions: Vec<Action>,
+    /// Entries already right in every respect, left out of `actions` (unless listed for
+    /// `-vv`), so a plan's size follows the changes, not the tree.
+    pub uptodate: u64,
+    /// Every entry `dest` holds once the plan is applied (not excluded ones), with
+    /// what decides its attributes then: the deploy index is made from it
+    /// ([`After::result`]) without walking `dest` again.
+    pub after: Vec<After>,
+}
+
+/// How an entry of `dest` comes to be, once a plan is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Written from the source (created, or replaced).
+    New,
+    /// Same content (quick check / same link target): only attributes fixed.
+    Same,
+    /// A directory of the source; `dirty`: its mtime is set after its contents.
+    Dir { dirty: bool },
+    /// A dest-only directory kept for the excluded entries it holds.
+    Left,
+}
+
+/// One entry of `dest` after the plan (see [`Plan::after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub rel: PathBuf,
+    /// The source's attributes (for `Left`: dest's).
+    pub src: Meta,
+    /// What dest held there before, when the entry is not `New`.
+    pub dest: Option<Meta>,
+    /// Symlinks: the target.
+    pub target: Option<PathBuf>,
+    pub fate: Fate,
+}
+
+impl After {
+    /// The entry's attributes once [`apply`] has run with `preserve_owner`, as
+    /// `apply` sets them: `None` when it will not exist (a special file, not root).
+    /// An entry left untouched keeps what dest had (its mtime to the nanosecond:
+    /// the quick check compares seconds).
+    pub fn result(&self, preserve_owner: bool) -> Option<Meta> {
+        let owner = |d: &Meta| {
+            if preserve_owner {
+                (self.src.uid, self.src.gid)
+            } else {
+                (d.uid, d.gid)
+            }
+        };
+        let with = |base: &Meta, perms: u32, (uid, gid): (u32, u32), time: &Meta| Meta {
+            mode: (base.mode & !0o7777) | perms,
+            uid,
+            gid,
+            mtime: time.mtime,
+            mtime_nsec: time.mtime_nsec,
+            ..*base
+        };
+        match (self.fate, &self.dest) {
+            (Fate::New, _) if self.src.kind == Kind::Special && !preserve_owner => None,
+            (Fate::New, _) | (Fate::Dir { .. }, None) => Some(self.src),
+            (Fate::Left, _) => Some(self.src),
+            (Fate::Same, None) => Some(self.src),
+            (Fate::Same, Some(d)) => {
+                let (perms, time) = match self.src.kind {
+                    // A symlink gets its mtime when the seconds differ; its mode is not set.
+                    Kind::Symlink if self.src.mtime != d.mtime => (d.perms(), &self.src),
+                    Kind::Symlink => (d.perms(), d),
+                    _ => (self.src.perms(), d),
+                };
+                Some(with(&self.src, perms, owner(d), time))
+            }
+            (Fate::Dir { dirty }, Some(d)) => {
+                let time = if dirty || d.mtime != self.src.mtime {
+                    &self.src
+                } else {
+                    d
+                };
+                Some(with(&self.src, self.src.perms(), owner(d), time))
+            }
+        }
+    }
+}
+
+/// A regular file that the unpack found already in dest, equal to the archive's by
+/// size, mtime (and mode, owner), and so did not write to staging. The plan treats it
+/// as present in the source with these attributes.
+pub use crate::unpack::FileAttrs as Kept;
+
+/// Kept files by path relative to the roots.
+pub type KeptFiles = HashMap<PathBuf, Kept>;
+
+impl Plan {
+    /// The actions that change something in `dest` beyond attributes (for `--dry-run`).
+    pub fn changes(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter().filter(|a| a.is_change())
+    }
+}
+
+impl Action {
+    /// Whether this action creates, replaces or removes an entry.
+    pub fn is_change(&self) -> bool {
+        !matches!(self.op, Op::Keep { .. } | Op::DirAttrs { .. })
+    }
+}
+
+/// One line like `rsync -v` prints it (`dir/`, `link -> target`, `deleting x`,
+/// `x is uptodate`).
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rel = if self.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.rel
+        };
+        let rel = crate::log::shown_path(rel);
+        match &self.op {
+            Op::Delete { dest } if dest.kind == Kind::Dir => write!(f, "deleting {rel}/"),
+            Op::Delete { .. } => write!(f, "deleting {rel}"),
+            Op::KeepNonEmpty { .. } => write!(f, "cannot delete non-empty directory: {rel}"),
+            Op::MakeDir { .. } => write!(f, "{rel}/"),
+            Op::CopyFile { .. } | Op::MakeSpecial { .. } => write!(f, "{rel}"),
+            Op::MakeSymlink { target, .. } => {
+                write!(f, "{rel} -> {}", crate::log::shown_path(target))
+            }
+            Op::Keep { .. } => write!(f, "{rel} is uptodate"),
+            Op::DirAttrs { .. } => write!(f, "{rel}/ attributes"),
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Files, directories, symlinks and special files that did not exist in `dest`.
+    pub created: u64,
+    /// Entries rewritten (content, link target, or type changed).
+    pub updated: u64,
+    /// Dest-only entries removed.
+    pub deleted: u64,
+    /// Entries whose content was already right (attributes may have been fixed).
+    pub unchanged: u64,
+    /// Special files not created because owners are not preserved (not root).
+    pub skipped: u64,
+    /// Bytes of file content written.
+    pub bytes_copied: u64,
+}
+
+mod apply;
+pub mod dry_run;
+mod mv;
+mod plan;
+mod quick;
+mod tree;
+
+pub use apply::apply;
+pub use mv::move_into_place;
+pub(crate) use plan::plan;
+pub use quick::{quick_check, DestProbe, Quick};
+
+/// Plans the sync of the verified staged tree onto `dest` under `filter`: both trees
+/// are listed, then merged by the pure [`plan`]. The staged tree's `reused` files (left
+/// in dest by the unpack) are planned as present in it; up-to-date entries are listed
+/// for `-vv` (`opts.verbosity >= 2`); `opts.dest_mode` becomes the root's mode.
+/// Reads both trees, changes nothing.
+pub fn plan_staged(
+    staged: &Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+) -> Result<Plan> {
+    let staged = staged.get();
+    let mut src = tree::source(&staged.root, filter)?;
+    if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
+        root.mode = (root.mode & !0o7777) | (mode & 0o7777);
+    }
+    let dest = tree::dest(dest, filter, &src)?;
+    plan(&src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+}
+
+/// [`plan_staged`] then [`apply`].
+pub fn sync(
+    staged: &Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+) -> Result<Stats> {
+    apply(&plan_staged(staged, dest, filter, opts)?, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use filetime::FileTime;
+    use std::fs::File;
+    use std::os::unix::fs::symlink;
+
+    fn write(p: &Path, data: &str, mtime: i64) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+        filetime::set_file_mtime(p, FileTime::from_unix_time(mtime, 0)).unwrap();
+    }
+
+    /// The plan of `src` onto `dest` as deploy makes it, from trees on disk.
+    fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
+        let src = tree::source(src, filter)?;
+        let dest = tree::dest(dest, filter, &src)?;
+        plan(&src, &dest, filter, &KeptFiles::new(), true)
+    }
+
+    fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {
+        apply(&plan_paths(src, dest, filter)?, opts)
+    }
+
+    fn ops(plan: &Plan) -> Vec<String> {
+        plan.actions
+            .iter()
+            .filter(|a| a.is_change())
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn plan_on_identical_trees_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        for root in [&src, &dest] {
+            write(&root.join("a/b.txt"), "hello", 1_000_000);
+            symlink("a/b.txt", root.join("l")).unwrap();
+        }
+        let p = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        assert!(ops(&p).is_empty(), "{:?}", ops(&p));
+        assert_eq!(p.actions.len(), 4); // b.txt, l, a/, root
+    }
+
+    #[test]
+    fn plan_orders_deletes_children_first_and_keeps_excluded() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir_all(&src).unwrap();
+        write(&dest.join("gone/sub/x.txt"), "x", 5);
+        write(&dest.join("kept/y.log"), "y", 5);
+        write(&dest.join("kept/z.txt"), "z", 5);
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let p = plan_paths(&src, &dest, &f).unwrap();
+        assert_eq!(
+            ops(&p),
+            vec![
+                "deleting kept/z.txt",
+                "cannot delete non-empty directory: kept",
+                "deleting gone/sub/x.txt",
+                "deleting gone/sub/",
+                "deleting gone/",
+            ]
+        );
+    }
+
+    #[test]
+    fn sync_copies_replaces_and_sets_times() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("x/d"));
+        write(&src.join("f"), "new", 100);
+        write(&src.join("same"), "aaa", 200);
+        fs::create_dir_all(src.join("was_file")).unwrap();
+        symlink("f", src.join("link")).unwrap();
+        filetime::set_file_mtime(&src, FileTime::from_unix_time(300, 0)).unwrap();
+        let opts = SyncOptions::default();
+        let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
+        assert_eq!(st.created, 5);
+        // same size and mtime, other bytes: quick check keeps it.
+        write(&dest.join("same"), "bbb", 200);
+        fs::remove_dir(dest.join("was_file")).unwrap();
+        write(&dest.join("was_file"), "file", 1);
+        let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
+        assert_eq!((st.updated, st.created, st.deleted), (1, 0, 0));
+        assert_eq!(fs::read_to_string(dest.join("same")).unwrap(), "bbb");
+        assert!(dest.join("was_file").is_dir());
+        assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("f"));
+        let m = fs::metadata(&dest).unwrap();
+        assert_eq!(m.mtime(), 300);
+    }
+
+    #[test]
+    fn copied_sparse_files_keep_their_holes() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        fs::create_dir(&src).unwrap();
+        let f = File::create(src.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"middle", 32 << 20).unwrap();
+        drop(f);
+        let f = File::create(src.join("hole-at-end")).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        write(&src.join("dense"), "dense", 100);
+        sync_paths(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
+        for name in ["sparse", "hole-at-end", "dense"] {
+            assert_eq!(
+                fs::read(src.join(name)).unwrap(),
+                fs::read(dest.join(name)).unwrap()
+            );
+        }
+        let m = fs::metadata(dest.join("sparse")).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(m.blocks() * 512 <= 1 << 20, "{} blocks", m.blocks());
+        assert_eq!(
+            fs::metadata(dest.join("hole-at-end")).unwrap().len(),
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn replacing_a_dir_holding_excluded_entries_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        write(&src.join("foo"), "file", 1);
+        write(&dest.join("foo/x.log"), "log", 1);
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let err = plan_paths(&src, &dest, &f).unwrap_err();
+        assert!(matches!(err, Error::Sync { .. }), "{err}");
+    }
+
+    #[test]
+    fn move_into_place_refuses_non_empty_and_replaces_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("staging");
+        write(&src.join("a"), "a", 1);
+        let dest = t.path().join("p/q/dest");
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join("x"), "x").unwrap();
+        assert!(matches!(
+            move_into_place(&src, &dest, None),
+            Err(Error::Sync { .. })
+        ));
+        assert!(src.join("a").exists());
+        fs::remove_file(dest.join("x")).unwrap();
+        move_into_place(&src, &dest, None).unwrap();
+        assert!(dest.join("a").exists() && !src.exists());
+        let dest2 = t.path().join("new/parent/d2");
+        move_into_place(&dest, &dest2, None).unwrap();
+        assert!(dest2.join("a").exists());
+    }
+}

@@ -1,0 +1,762 @@
+//! The plan: two [`Listing`]s × the filter (× the kept files) → a [`Plan`] of plain
+//! data, by a merge-join of the two sorted walks.
+//!
+//! Pure: it must never touch the disk (everything it needs, link targets included, is
+//! in the listings), so it is tested on listings made in memory.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::quick::quick_check;
+use super::tree::{Entry, Listing};
+use super::{Action, After, Fate, KeptFiles, Kind, Meta, Op, Plan};
+use crate::filter::Filter;
+use crate::{Error, Result};
+
+/// Computes what [`super::apply`] must do to make `dest` a mirror of `src` under
+/// `filter`. `kept` are files the source lacks because the unpack found them in dest
+/// already (they are planned as present in the source with their archive attributes);
+/// up-to-date entries are listed as `Keep` actions only when `list_uptodate` (`-vv`).
+/// A kept file that dest no longer holds as it was (a `pre` command changed it) is
+/// `Error::Stale`: its content is in neither tree. A dest directory holding excluded
+/// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
+/// there, "could not make way"): refused before anything changed.
+pub fn plan(
+    src: &Listing,
+    dest: &Listing,
+    filter: &Filter,
+    kept: &KeptFiles,
+    list_uptodate: bool,
+) -> Result<Plan> {
+    let Some(src_root) = src.root_meta else {
+        return Err(Error::Sync {
+            path: src.root.clone(),
+            msg: "source is not a directory".into(),
+        });
+    };
+    let mut p = Planner {
+        dest,
+        kept,
+        list_uptodate,
+        not_whole: not_whole(src),
+        protected: protected(dest),
+        deletes: Vec::new(),
+        updates: Vec::new(),
+        after: Vec::new(),
+        dirs: vec![(PathBuf::new(), src_root, dest.root_meta)],
+        dirty: HashSet::new(),
+        uptodate: 0,
+        kept_seen: 0,
+    };
+    if dest.root_meta.is_none() {
+        p.updates.push(Action {
+            rel: PathBuf::new(),
+            op: Op::MakeDir {
+                existing: None,
+                whole: !p.not_whole.contains(Path::new("")),
+            },
+        });
+    }
+    let mut s = src.walked.entries.iter().peekable();
+    let mut d = dest.walked.entries.iter().peekable();
+    loop {
+        let order = match (s.peek(), d.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => a.rel.cmp(&b.rel),
+        };
+        match order {
+            Ordering::Greater => d.next().map_or(Ok(()), |de| p.dest_only(de))?,
+            Ordering::Less => s.next().map_or(Ok(()), |se| p.src_only(se))?,
+            Ordering::Equal => match (s.next(), d.next()) {
+                (Some(se), Some(de)) => p.both(se, de)?,
+                _ => break,
+            },
+        }
+    }
+    p.check_kept_seen(filter)?;
+    Ok(p.finish(src, dest))
+}
+
+/// Source directories that cannot be moved whole: something below is excluded (it
+/// must not reach dest), is a hard link (rsync -a makes separate files) or special.
+fn not_whole(src: &Listing) -> HashSet<PathBuf> {
+    let mut not_whole = HashSet::new();
+    let odd = src
+        .walked
+        .entries
+        .iter()
+        .filter(|e| match e.meta.kind {
+            Kind::File => e.meta.nlink > 1,
+            Kind::Special => true,
+            Kind::Dir | Kind::Symlink => false,
+        })
+        .map(|e| e.rel.as_path());
+    for rel in src.walked.excluded.keys().map(PathBuf::as_path).chain(odd) {
+        let mut p = rel.parent();
+        while let Some(dir) = p {
+            if !not_whole.insert(dir.to_path_buf()) {
+                break;
+            }
+            p = dir.parent();
+        }
+    }
+    not_whole
+}
+
+/// Directories in dest that hold an excluded entry somewhere below: never removable.
+fn protected(dest: &Listing) -> HashSet<PathBuf> {
+    let mut protected = HashSet::new();
+    for rel in dest.walked.excluded.keys() {
+        let mut p = rel.parent();
+        while let Some(dir) = p {
+            if dir.as_os_str().is_empty() || !protected.insert(dir.to_path_buf()) {
+                break;
+            }
+            p = dir.parent();
+        }
+    }
+    protected
+}
+
+/// The state of one merge.
+struct Planner<'a> {
+    dest: &'a Listing,
+    kept: &'a KeptFiles,
+    list_uptodate: bool,
+    not_whole: HashSet<PathBuf>,
+    protected: HashSet<PathBuf>,
+    deletes: Vec<Action>,
+    updates: Vec<Action>,
+    after: Vec<After>,
+    /// Source directories (with dest's attributes there), in pre-order.
+    dirs: Vec<(PathBuf, Meta, Option<Meta>)>,
+    /// Directories whose entries are added, removed or replaced.
+    dirty: HashSet<PathBuf>,
+    uptodate: u64,
+    kept_seen: usize,
+}
+
+impl Planner<'_> {
+    /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
+    /// kept file is planned as the source's.
+    fn dest_only(&mut self, de: &Entry) -> Result<()> {
+        if let Some(k) = self.kept.get(&de.rel) {
+            self.kept_seen += 1;
+            if de.meta.kind != Kind::File || !quick_check(&de.meta, k) {
+                return Err(self.stale(&de.rel));
+            }
+            let (uid, gid) = k.owner.unwrap_or((de.meta.uid, de.meta.gid));
+            let src_meta = Meta {
+                mode: (de.meta.mode & !0o7777) | k.mode,
+                uid,
+                gid,
+                ..de.meta
+            };
+            self.same(de.rel.clone(), src_meta, de.meta, None);
+            return Ok(());
+        }
+        self.dirty.insert(parent_of(&de.rel));
+        let op = if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
+            self.after.push(After {
+                rel: de.rel.clone(),
+                src: de.meta,
+                dest: Some(de.meta),
+                target: None,
+                fate: Fate::Left,
+            });
+            Op::KeepNonEmpty { dest: de.meta }
+        } else {
+            Op::Delete { dest: de.meta }
+        };
+        self.deletes.push(Action {
+            rel: de.rel.clone(),
+            op,
+        });
+        Ok(())
+    }
+
+    /// Only in the source: created. Where dest holds it excluded as another type (e.g.
+    /// `foo/` while the source has a file `foo`), rsync makes room for it all the same,
+    /// deleting what the rules allow inside a directory and failing if anything remains.
+    fn src_only(&mut self, se: &Entry) -> Result<()> {
+        let existing = self.dest.walked.excluded.get(&se.rel).copied();
+        if existing == Some(Kind::Dir) {
+            let inner = self.dest.inside_excluded.get(&se.rel);
+            let Some(inner) = inner.filter(|w| w.excluded.is_empty()) else {
+                return Err(self.cannot_replace(se));
+            };
+            self.deletes.extend(inner.entries.iter().map(|de| Action {
+                rel: de.rel.clone(),
+                op: Op::Delete { dest: de.meta },
+            }));
+        }
+        self.add_src(se, existing);
+        Ok(())
+    }
+
+    /// In both trees: kept when the same (type, then quick check / link target /
+    /// device), else replaced.
+    fn both(&mut self, se: &Entry, de: &Entry) -> Result<()> {
+        if se.meta.kind != de.meta.kind {
+            if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
+                return Err(self.cannot_replace(se));
+            }
+            self.add_src(se, Some(de.meta.kind));
+            return Ok(());
+        }
+        let same = match se.meta.kind {
+            Kind::Dir => {
+                self.dirs.push((se.rel.clone(), se.meta, Some(de.meta)));
+                return Ok(());
+            }
+            Kind::File => quick_check(&se.meta, &de.meta),
+            Kind::Symlink => se.target == de.target,
+            Kind::Special => {
+                se.meta.mode & 0o170000 == de.meta.mode & 0o170000 && se.meta.rdev == de.meta.rdev
+            }
+        };
+        if same {
+            self.same(se.rel.clone(), se.meta, de.meta, se.target.clone());
+        } else {
+            self.add_src(se, Some(se.meta.kind));
+        }
+        Ok(())
+    }
+
+    /// An up-to-date entry: an action only when something about it needs fixing (or
+    /// for `-vv`).
+    fn same(&mut self, rel: PathBuf, src: Meta, dest: Meta, target: Option<PathBuf>) {
+        self.after.push(After {
+            rel: rel.clone(),
+            src,
+            dest: Some(dest),
+            target,
+            fate: Fate::Same,
+        });
+        let attrs_differ = src.perms() != dest.perms()
+            || (src.uid, src.gid) != (dest.uid, dest.gid)
+            || (src.kind == Kind::Symlink && src.mtime != dest.mtime);
+        if attrs_differ || self.list_uptodate {
+            self.updates.push(Action {
+                rel,
+                op: Op::Keep { src, dest },
+            });
+        } else {
+            self.uptodate += 1;
+        }
+    }
+
+    /// Plans the creation of a source entry at a path where dest holds `existing` (or
+    /// nothing).
+    fn add_src(&mut self, se: &Entry, existing: Option<Kind>) {
+        self.dirty.insert(parent_of(&se.rel));
+        let (src, rel) = (se.meta, se.rel.clone());
+        let op = match se.meta.kind {
+            Kind::Dir => {
+                self.dirs.push((rel.clone(), src, None));
+                let whole = !self.not_whole.contains(&rel);
+                self.updates.push(Action {
+                    rel,
+                    op: Op::MakeDir { existing, whole },
+                });
+                return;
+            }
+            Kind::File => Op::CopyFile { src, existing },
+            Kind::Symlink => Op::MakeSymlink {
+                target: se.target.clone().unwrap_or_default(),
+                src,
+                existing,
+            },
+            Kind::Special => Op::MakeSpecial { src, existing },
+        };
+        self.after.push(After {
+            rel: rel.clone(),
+            src,
+            dest: None,
+            target: se.target.clone(),
+            fate: Fate::New,
+        });
+        self.updates.push(Action { rel, op });
+    }
+
+    /// Every kept file must be in dest's walk, unless the rules exclude it (then it
+    /// would be neither copied nor deleted anyway).
+    fn check_kept_seen(&self, filter: &Filter) -> Result<()> {
+        if self.kept_seen == self.kept.len() {
+            return Ok(());
+        }
+        let excluded = &self.dest.walked.excluded;
+        for rel in self.kept.keys() {
+            let mut walked = rel.ancestors().filter(|a| !a.as_os_str().is_empty());
+            let pruned = walked.any(|a| excluded.contains_key(a));
+            if !excluded_here_or_above(filter, rel) && !pruned {
+                return Err(self.stale(rel));
+            }
+        }
+        Ok(())
+    }
+
+    /// The actions in order: deletions children first (the reverse of the walk's
+    /// pre-order), creations and updates, directory attributes children first.
+    fn finish(mut self, src: &Listing, dest: &Listing) -> Plan {
+        self.deletes.reverse();
+        let mut actions = self.deletes;
+        actions.extend(self.updates);
+        for (rel, src_meta, dest_meta) in self.dirs.into_iter().rev() {
+            let dirty = dest_meta.is_none() || self.dirty.contains(&rel);
+            self.after.push(After {
+                rel: rel.clone(),
+                src: src_meta,
+                dest: dest_meta,
+                target: None,
+                fate: Fate::Dir { dirty },
+            });
+            actions.push(Action {
+                rel,
+                op: Op::DirAttrs {
+                    src: src_meta,
+                    dest: dest_meta,
+                    dirty,
+                },
+            });
+        }
+        Plan {
+            src: src.root.clone(),
+            dest: dest.root.clone(),
+            actions,
+            uptodate: self.uptodate,
+            after: self.after,
+        }
+    }
+
+    fn stale(&self, rel: &Path) -> Error {
+        Error::Stale {
+            path: self.dest.root.join(rel),
+        }
+    }
+
+    /// rsync exits 23 here ("could not make way for new regular file"); we refuse
+    /// before changing anything.
+    fn cannot_replace(&self, se: &Entry) -> Error {
+        Error::Sync {
+            path: self.dest.root.join(&se.rel),
+            msg: format!(
+                "cannot replace this directory by a {:?}: it holds excluded entries",
+                se.meta.kind
+            ),
+        }
+    }
+}
+
+fn parent_of(rel: &Path) -> PathBuf {
+    rel.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Whether `rel` (a file) or one of its directories is excluded.
+fn excluded_here_or_above(filter: &Filter, rel: &Path) -> bool {
+    let mut dir = PathBuf::new();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        dir.push(c);
+        let is_dir = i + 1 < comps.len();
+        if filter.is_excluded(&dir, is_dir) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    //! `plan` over listings made in memory: no temp dir, no disk.
+    use super::*;
+    use crate::sync::tree::Walked;
+    use crate::sync::Kept;
+    use std::collections::HashMap;
+
+    fn meta(kind: Kind, perms: u32, size: u64, mtime: i64) -> Meta {
+        let ty = match kind {
+            Kind::File => 0o100000,
+            Kind::Dir => 0o040000,
+            Kind::Symlink => 0o120000,
+            Kind::Special => 0o010000, // a fifo
+        };
+        Meta {
+            kind,
+            mode: ty | perms,
+            uid: 1000,
+            gid: 1000,
+            size,
+            mtime,
+            mtime_nsec: 0,
+            rdev: 0,
+            nlink: 1,
+        }
+    }
+
+    fn file(rel: &str, size: u64, mtime: i64) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::File, 0o644, size, mtime),
+            target: None,
+        }
+    }
+
+    fn dir(rel: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Dir, 0o755, 4096, 100),
+            target: None,
+        }
+    }
+
+    fn link(rel: &str, target: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Symlink, 0o777, target.len() as u64, 100),
+            target: Some(target.into()),
+        }
+    }
+
+    fn fifo(rel: &str) -> Entry {
+        Entry {
+            rel: rel.into(),
+            meta: meta(Kind::Special, 0o644, 0, 100),
+            target: None,
+        }
+    }
+
+    /// A listing at `root` (existing, a directory) of `entries` in walk order.
+    fn listing(root: &str, entries: Vec<Entry>, excluded: &[(&str, Kind)]) -> Listing {
+        Listing {
+            root: root.into(),
+            root_meta: Some(meta(Kind::Dir, 0o755, 4096, 100)),
+            walked: Walked {
+                entries,
+                excluded: excluded.iter().map(|(r, k)| (r.into(), *k)).collect(),
+            },
+            inside_excluded: HashMap::new(),
+        }
+    }
+
+    fn run(src: &Listing, dest: &Listing, filter: &Filter) -> Plan {
+        plan(src, dest, filter, &KeptFiles::new(), false).unwrap()
+    }
+
+    /// The actions as (path, op) pairs, without the directory attributes.
+    fn ops(p: &Plan) -> Vec<(String, Op)> {
+        p.actions
+            .iter()
+            .filter(|a| !matches!(a.op, Op::DirAttrs { .. }))
+            .map(|a| (a.rel.display().to_string(), a.op.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn delete_a_dest_only_file() {
+        let src = listing("/s", vec![], &[]);
+        let gone = file("gone", 3, 5);
+        let dest = listing("/d", vec![gone.clone()], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        assert_eq!(
+            ops(&p),
+            vec![("gone".into(), Op::Delete { dest: gone.meta })]
+        );
+        assert!(p.after.iter().all(|a| a.rel != Path::new("gone")));
+    }
+
+    #[test]
+    fn deletes_run_children_first() {
+        let src = listing("/s", vec![], &[]);
+        let entries = vec![dir("a"), dir("a/b"), file("a/b/c", 1, 1), file("a/d", 1, 1)];
+        let dest = listing("/d", entries, &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let order: Vec<String> = ops(&p).into_iter().map(|(rel, _)| rel).collect();
+        assert_eq!(order, vec!["a/d", "a/b/c", "a/b", "a"]);
+        assert!(ops(&p)
+            .iter()
+            .all(|(_, op)| matches!(op, Op::Delete { .. })));
+    }
+
+    #[test]
+    fn keep_non_empty_for_a_dest_only_dir_holding_excluded_entries() {
+        let src = listing("/s", vec![], &[]);
+        let kept = dir("kept");
+        let dest = listing(
+            "/d",
+            vec![kept.clone(), file("kept/z.txt", 1, 1)],
+            &[("kept/y.log", Kind::File)],
+        );
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let p = run(&src, &dest, &f);
+        assert_eq!(
+            ops(&p),
+            vec![
+                (
+                    "kept/z.txt".into(),
+                    Op::Delete {
+                        dest: file("kept/z.txt", 1, 1).meta
+                    }
+                ),
+                ("kept".into(), Op::KeepNonEmpty { dest: kept.meta }),
+            ]
+        );
+        let left = p.after.iter().find(|a| a.rel == Path::new("kept")).unwrap();
+        assert_eq!(left.fate, Fate::Left);
+    }
+
+    #[test]
+    fn excluded_entries_are_neither_copied_nor_deleted() {
+        let f = Filter::new(None, &["*.log".into()]).unwrap();
+        let src = listing("/s", vec![], &[("new.log", Kind::File)]);
+        let dest = listing("/d", vec![], &[("old.log", Kind::File)]);
+        let p = run(&src, &dest, &f);
+        assert_eq!(ops(&p), vec![]);
+        assert!(p.after.iter().all(|a| a.rel != Path::new("old.log")));
+    }
+
+    #[test]
+    fn make_dir_whole_unless_something_below_is_excluded() {
+        let src = listing(
+            "/s",
+            vec![dir("a"), file("a/f", 1, 1), dir("b"), file("b/f", 1, 1)],
+            &[("b/x.log", Kind::File)],
+        );
+        let dest = listing("/d", vec![], &[]);
+        let p = run(&src, &dest, &Filter::new(None, &["*.log".into()]).unwrap());
+        let dirs: Vec<_> = ops(&p)
+            .into_iter()
+            .filter(|(_, op)| matches!(op, Op::MakeDir { .. }))
+            .collect();
+        let made = |whole| Op::MakeDir {
+            existing: None,
+            whole,
+        };
+        assert_eq!(
+            dirs,
+            vec![("a".into(), made(true)), ("b".into(), made(false))]
+        );
+    }
+
+    #[test]
+    fn make_dir_for_a_missing_dest_makes_the_root_first() {
+        let src = listing("/s", vec![file("f", 1, 1)], &[]);
+        let dest = Listing {
+            root: "/d".into(),
+            ..Listing::default()
+        };
+        let p = run(&src, &dest, &Filter::empty());
+        let (rel, op) = &ops(&p)[0];
+        assert_eq!(
+            (rel.as_str(), op),
+            (
+                "",
+                &Op::MakeDir {
+                    existing: None,
+                    whole: true
+                }
+            )
+        );
+        let root = p.actions.last().unwrap();
+        assert!(matches!(
+            root.op,
+            Op::DirAttrs {
+                dest: None,
+                dirty: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn copy_file_when_size_or_mtime_differs_and_keep_when_they_match() {
+        let src = listing(
+            "/s",
+            vec![file("new", 1, 1), file("older", 2, 9), file("same", 3, 5)],
+            &[],
+        );
+        let dest = listing("/d", vec![file("older", 2, 8), file("same", 3, 5)], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let src_meta = |e: Entry| e.meta;
+        assert_eq!(
+            ops(&p),
+            vec![
+                (
+                    "new".into(),
+                    Op::CopyFile {
+                        src: src_meta(file("new", 1, 1)),
+                        existing: None
+                    }
+                ),
+                (
+                    "older".into(),
+                    Op::CopyFile {
+                        src: src_meta(file("older", 2, 9)),
+                        existing: Some(Kind::File)
+                    }
+                ),
+            ]
+        );
+        assert_eq!(p.uptodate, 1);
+        let dir = p.actions.last().unwrap();
+        assert!(
+            matches!(dir.op, Op::DirAttrs { dirty: true, .. }),
+            "{dir:?}"
+        );
+    }
+
+    #[test]
+    fn make_symlink_when_the_target_differs_or_the_type_changes() {
+        let src = listing(
+            "/s",
+            vec![link("l", "b"), link("same", "x"), link("was_file", "t")],
+            &[],
+        );
+        let dest = listing(
+            "/d",
+            vec![link("l", "a"), link("same", "x"), file("was_file", 1, 1)],
+            &[],
+        );
+        let p = run(&src, &dest, &Filter::empty());
+        let made = |e: Entry, existing| Op::MakeSymlink {
+            target: e.target.clone().unwrap(),
+            src: e.meta,
+            existing,
+        };
+        assert_eq!(
+            ops(&p),
+            vec![
+                ("l".into(), made(link("l", "b"), Some(Kind::Symlink))),
+                (
+                    "was_file".into(),
+                    made(link("was_file", "t"), Some(Kind::File))
+                ),
+            ]
+        );
+        let same = p.after.iter().find(|a| a.rel == Path::new("same")).unwrap();
+        assert_eq!(
+            (same.fate, same.target.as_deref()),
+            (Fate::Same, Some(Path::new("x")))
+        );
+    }
+
+    #[test]
+    fn make_special_for_a_new_fifo() {
+        let src = listing("/s", vec![fifo("p")], &[]);
+        let dest = listing("/d", vec![], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        assert_eq!(
+            ops(&p),
+            vec![(
+                "p".into(),
+                Op::MakeSpecial {
+                    src: fifo("p").meta,
+                    existing: None
+                }
+            )]
+        );
+        let dest = listing("/d", vec![fifo("p")], &[]);
+        assert_eq!(ops(&run(&src, &dest, &Filter::empty())), vec![]);
+    }
+
+    #[test]
+    fn keep_fixes_the_mode_of_an_up_to_date_file_and_lists_it_for_vv() {
+        let mut changed = file("f", 3, 5);
+        changed.meta.mode = 0o100600;
+        let src = listing("/s", vec![changed.clone(), file("g", 1, 1)], &[]);
+        let dest = listing("/d", vec![file("f", 3, 5), file("g", 1, 1)], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let keep = Op::Keep {
+            src: changed.meta,
+            dest: file("f", 3, 5).meta,
+        };
+        assert_eq!(ops(&p), vec![("f".into(), keep)]);
+        assert_eq!(p.uptodate, 1);
+        let all = plan(&src, &dest, &Filter::empty(), &KeptFiles::new(), true).unwrap();
+        assert_eq!(ops(&all).len(), 2);
+        assert_eq!(all.uptodate, 0);
+    }
+
+    #[test]
+    fn dir_attrs_children_first_and_dirty_only_where_entries_change() {
+        let src = listing(
+            "/s",
+            vec![dir("a"), dir("a/b"), file("a/b/f", 1, 2), dir("c")],
+            &[],
+        );
+        let dest = listing(
+            "/d",
+            vec![dir("a"), dir("a/b"), file("a/b/f", 1, 1), dir("c")],
+            &[],
+        );
+        let p = run(&src, &dest, &Filter::empty());
+        let attrs: Vec<(String, bool)> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a.op {
+                Op::DirAttrs { dirty, .. } => Some((a.rel.display().to_string(), dirty)),
+                _ => None,
+            })
+            .collect();
+        let want = [("c", false), ("a/b", true), ("a", false), ("", false)];
+        let want: Vec<(String, bool)> = want.iter().map(|(r, d)| (r.to_string(), *d)).collect();
+        assert_eq!(attrs, want);
+    }
+
+    #[test]
+    fn a_kept_file_is_planned_as_the_source_and_a_changed_one_is_stale() {
+        let src = listing("/s", vec![], &[]);
+        let dest = listing("/d", vec![file("k", 3, 5)], &[]);
+        let mut kept = KeptFiles::new();
+        let attrs = Kept {
+            size: 3,
+            mtime: 5,
+            mode: 0o600,
+            owner: None,
+        };
+        kept.insert("k".into(), attrs);
+        let p = plan(&src, &dest, &Filter::empty(), &kept, false).unwrap();
+        let (rel, op) = &ops(&p)[0];
+        assert!(
+            matches!(op, Op::Keep { src, .. } if src.perms() == 0o600),
+            "{rel} {op:?}"
+        );
+        let changed = listing("/d", vec![file("k", 3, 6)], &[]);
+        let err = plan(&src, &changed, &Filter::empty(), &kept, false).unwrap_err();
+        assert!(
+            matches!(err, Error::Stale { ref path } if path == Path::new("/d/k")),
+            "{err}"
+        );
+        let gone = listing("/d", vec![], &[]);
+        let err = plan(&src, &gone, &Filter::empty(), &kept, false).unwrap_err();
+        assert!(matches!(err, Error::Stale { .. }), "{err}");
+    }
+
+    #[test]
+    fn replacing_an_excluded_dir_empties_it_or_refuses() {
+        let f = Filter::new(None, &["foo/".into(), "*.log".into()]).unwrap();
+        let src = listing("/s", vec![file("foo", 1, 1)], &[]);
+        let mut dest = listing("/d", vec![], &[("foo", Kind::Dir)]);
+        let inner = Walked {
+            entries: vec![file("foo/a", 1, 1)],
+            excluded: HashMap::new(),
+        };
+        dest.inside_excluded.insert("foo".into(), inner);
+        let p = run(&src, &dest, &f);
+        let kinds: Vec<_> = ops(&p)
+            .into_iter()
+            .map(|(rel, op)| (rel, matches!(op, Op::Delete { .. })))
+            .collect();
+        assert_eq!(kinds, vec![("foo/a".into(), true), ("foo".into(), false)]);
+        dest.inside_excluded
+            .get_mut(Path::new("foo"))
+            .unwrap()
+            .excluded
+            .insert("foo/x.log".into(), Kind::File);
+        let err = plan(&src, &dest, &f, &KeptFiles::new(), false).unwrap_err();
+        assert!(matches!(err, Error::Sync { .. }), "{err}");
+    }
+}
