@@ -603,7 +603,13 @@ pub(crate) fn deploy(
     let (filter, exclude_text) =
         crate::staging::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
     // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-    let mut listed: Vec<Entry> = std::mem::take(&mut staged.written).into_values().collect();
+    let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
+        .into_iter()
+        .map(|(rel, w)| {
+            let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
+            Entry::from_meta(path, &w.meta, w.target)
+        })
+        .collect();
     crate::index::sort(&mut listed);
     let excluded = remove_excluded(&partial_path, &filter, &mut listed)?;
     if excluded > 0 {
