@@ -134,7 +134,7 @@ pub struct VerifyOptions {
     pub json: bool,
     /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
-    /// `--help`: print [`verify_usage`] instead.
+    /// `--help`: print `verify_usage` instead.
     pub help: bool,
 }
 

@@ -3,15 +3,15 @@
 //!
 //! - `deploys/<key>.json`: the last record of a key, replaced atomically (temp
 //!   file, fsync, rename, fsync of the directory);
-//! - `deploys/<key>.history.jsonl`: the last [`HISTORY_KEEP`] records of the key,
+//! - `deploys/<key>.history.jsonl`: the last `HISTORY_KEEP` records of the key,
 //!   oldest first, one JSON object a line (rewritten atomically too).
 //!
 //! The key ([`key_for_dest`], [`key_for_commands`], [`key_for_manifest`]) is
 //! dest's file name and a digest of its absolute path, so two dests of one name
-//! never share records. [`classify`] is the one place that turns the step a run
+//! never share records. `classify` is the one place that turns the step a run
 //! reached and its error into `result` and `failed_step`.
 //!
-//! A record never holds a secret: URLs go through [`redact_url`] (user info and
+//! A record never holds a secret: URLs go through `redact_url` (user info and
 //! presigning query parameters removed) and errors already never carry one
 //! (`error.rs`). A record that cannot be written is a logged warning for the
 //! caller, never a change of the deploy's result. Reading is lenient: a missing
@@ -206,7 +206,7 @@ pub struct Record {
     pub strategy: Option<String>,
     /// The release ID (SPEC §14).
     pub release: Option<String>,
-    /// The manifest URL, secrets removed ([`redact_url`]).
+    /// The manifest URL, secrets removed (`redact_url`).
     pub manifest_url: String,
     /// sha256 of the manifest's raw bytes, when it was fetched.
     pub manifest_sha256: Option<String>,
@@ -483,7 +483,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 /// Writes `record` as the last record of `key` and appends it to the key's
-/// history (the last [`HISTORY_KEEP`] kept). Both files are replaced atomically.
+/// history (the last `HISTORY_KEEP` kept). Both files are replaced atomically.
 pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
     let dir = deploys_dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;

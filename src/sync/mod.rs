@@ -381,7 +381,7 @@ pub(crate) use plan::plan;
 pub use quick::{quick_check, DestProbe, Quick};
 
 /// Plans the sync of the verified staged tree onto `dest` under `filter`: both trees
-/// are listed, then merged by the pure [`plan`]. The staged tree's `reused` files (left
+/// are listed, then merged by the pure `plan`. The staged tree's `reused` files (left
 /// in dest by the unpack) are planned as present in it; up-to-date entries are listed
 /// for `-vv` (`opts.verbosity >= 2`); `opts.dest_mode` becomes the root's mode.
 /// Reads both trees, changes nothing.
