@@ -79,7 +79,7 @@ impl Default for Options {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// A deploy (no subcommand), with its checked flags and manifest URL.
+    /// A deploy (no subcommand), with its checked options.
     Run(Options),
     /// `-v`, `--version`: print the version and exit.
     Version,

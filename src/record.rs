@@ -155,13 +155,13 @@ impl EventInfo {
 /// What the sync changed in dest (SPEC §11 `changes`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
-    /// Entries created in dest.
+    /// Entries that did not exist in dest.
     pub created: u64,
-    /// Entries updated in dest.
+    /// Entries rewritten (content, link target, or type changed).
     pub updated: u64,
-    /// Entries deleted from dest.
+    /// Dest-only entries removed.
     pub deleted: u64,
-    /// Entries left as they were.
+    /// Entries whose content was already right (attributes may have been fixed).
     pub unchanged: u64,
 }
 
@@ -232,7 +232,7 @@ pub struct Record {
     pub duration_s: f64,
     /// Bytes read from `src`; null when there is no `src`.
     pub downloaded_bytes: Option<u64>,
-    /// Whether the download and unpack were skipped (dest already held the archive, or a rollback).
+    /// Whether download and unpack were skipped (dest held the archive; a rollback).
     pub download_skipped: bool,
     /// Null when the run did not reach the sync step.
     pub changes: Option<Changes>,
