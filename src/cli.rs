@@ -79,8 +79,11 @@ impl Default for Options {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// A deploy (no subcommand), with its checked options.
     Run(Options),
+    /// `-v`, `--version`: print the version and exit.
     Version,
+    /// `-h`, `--help`: print the help and exit.
     Help,
     /// `stretcher status` (SPEC §13).
     Status(StatusOptions),
@@ -97,8 +100,11 @@ pub enum Command {
 pub struct StatusOptions {
     /// Only these dests (as given); empty = every dest recorded.
     pub dests: Vec<PathBuf>,
+    /// `--json`: the records, as a JSON array.
     pub json: bool,
+    /// `--brief`: the brief JSON answer for a serf query.
     pub brief: bool,
+    /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -115,16 +121,20 @@ pub struct FleetOptions {
     pub timeout: Option<Duration>,
     /// `--checksum`: every host must hold this checksum (lower-case hex).
     pub checksum: Option<String>,
+    /// `--json`: print the result as one JSON object.
     pub json: bool,
 }
 
 /// `stretcher verify DEST [--json] [--state-dir DIR]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyOptions {
+    /// The dest to compare with the index of its last successful deploy.
     pub dest: PathBuf,
+    /// `--json`: print the drift as one JSON object.
     pub json: bool,
+    /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
-    /// `--help`: print [`verify_usage`] instead.
+    /// `--help`: print `verify_usage` instead.
     pub help: bool,
 }
 

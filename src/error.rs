@@ -24,7 +24,9 @@ pub enum Error {
     /// The event on stdin could not be understood.
     #[error("event: {msg}")]
     Event {
+        /// What was wrong with the event.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
@@ -36,8 +38,11 @@ pub enum Error {
     /// The manifest could not be expanded, parsed or validated.
     #[error("manifest {url}: {msg}")]
     Manifest {
+        /// The manifest URL.
         url: String,
+        /// What went wrong, in words.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
@@ -45,18 +50,31 @@ pub enum Error {
     /// `--trusted-key` is given and the manifest has no valid signature by one of
     /// the keys (SPEC §15): refused, nothing of it is used.
     #[error("manifest {url}: refused: {reason}")]
-    Signature { url: String, reason: String },
+    Signature {
+        /// The manifest URL.
+        url: String,
+        /// Why it is refused, in words (a `signature::Refusal`).
+        reason: String,
+    },
 
     /// The manifest is stale (SPEC §15): past its `expires`, or its `serial` is
     /// lower than that of the last successful deploy to the same dest. Refused.
     #[error("manifest {url}: refused: {msg}")]
-    Freshness { url: String, msg: String },
+    Freshness {
+        /// The manifest URL.
+        url: String,
+        /// Why it is stale (expired, or a lower serial).
+        msg: String,
+    },
 
     /// A source could not be read (after its retries).
     #[error("fetch {url}: {msg}")]
     Fetch {
+        /// The URL, as the user wrote it.
         url: String,
+        /// What went wrong, in words.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
@@ -64,16 +82,22 @@ pub enum Error {
     /// A source answered with a non-2xx HTTP status (retried like any failed attempt).
     #[error("fetch {url}: HTTP {status}{detail}")]
     HttpStatus {
+        /// The URL, as the user wrote it.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// What follows the status: its reason, the server's own message, a region hint.
         detail: String,
     },
 
     /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
     #[error("fetch {url}: {msg}")]
     S3 {
+        /// The `s3://` URL, as the user wrote it.
         url: String,
+        /// What went wrong, in words.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
@@ -82,62 +106,113 @@ pub enum Error {
     /// endpoint that refused the grant).
     #[error("fetch {url}: {msg}")]
     Gcs {
+        /// The `gs://` URL, as the user wrote it.
         url: String,
+        /// What went wrong, in words.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
 
     /// The whole-download deadline (`--timeout`) passed.
     #[error("fetch {url}: timeout after {secs:.1}s")]
-    Timeout { url: String, secs: f64 },
+    Timeout {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// The deadline (`--timeout`), in seconds.
+        secs: f64,
+    },
 
     /// The downloaded bytes do not hash to `checksum`.
     #[error("checksum mismatch. expected:{expected} got:{got}")]
-    ChecksumMismatch { expected: String, got: String },
+    ChecksumMismatch {
+        /// The manifest's checksum, lower-case hex.
+        expected: String,
+        /// The digest of the downloaded bytes, lower-case hex.
+        got: String,
+    },
 
     /// The archive is not a readable tar / tar.gz stream.
     #[error("archive {url}: {msg}")]
-    Archive { url: String, msg: String },
+    Archive {
+        /// The `src` URL, as the user wrote it.
+        url: String,
+        /// What went wrong, in words.
+        msg: String,
+    },
 
     /// One archive entry was refused or could not be written.
     #[error("archive entry \"{entry}\": {msg}")]
-    Entry { entry: String, msg: String },
+    Entry {
+        /// The entry's path in the archive, as the log shows it.
+        entry: String,
+        /// What went wrong, in words.
+        msg: String,
+    },
 
     /// A filesystem operation failed on a path.
     #[error("{op} {path}: {source}", path = .path.display())]
     Io {
+        /// The operation that failed (`stat`, `write`, `rename into`, ...).
         op: &'static str,
+        /// The path it was about.
         path: PathBuf,
+        /// The io error.
         #[source]
         source: io::Error,
     },
 
     /// An exclude rule could not be compiled.
     #[error("exclude pattern {pattern:?}: {msg}")]
-    Pattern { pattern: String, msg: String },
+    Pattern {
+        /// The rule, as written.
+        pattern: String,
+        /// What is wrong with it.
+        msg: String,
+    },
 
     /// The sync step refused to go on (e.g. `mv` onto a non-empty dest).
     #[error("sync {path}: {msg}", path = .path.display())]
-    Sync { path: PathBuf, msg: String },
+    Sync {
+        /// The path it was about.
+        path: PathBuf,
+        /// What went wrong, in words.
+        msg: String,
+    },
 
     /// A file the unpack took as unchanged in dest changed before the sync (a `pre`
     /// command): its content is in neither tree.
     #[error("sync {path}: changed after the archive was unpacked (by a pre command?)", path = .path.display())]
-    Stale { path: PathBuf },
+    Stale {
+        /// The file in dest that changed.
+        path: PathBuf,
+    },
 
     /// A release deploy, `releases` or `rollback` refused or failed (SPEC §14).
     #[error("{path}: {msg}", path = .path.display())]
-    Release { path: PathBuf, msg: String },
+    Release {
+        /// The path it was about.
+        path: PathBuf,
+        /// What went wrong, in words.
+        msg: String,
+    },
 
     /// A hook command exited non-zero or was killed.
     #[error("failed: {command} {status}")]
-    Hook { command: String, status: String },
+    Hook {
+        /// The command line.
+        command: String,
+        /// How it ended (`exit status 1`, `killed by signal SIGTERM`, ...).
+        status: String,
+    },
 
     /// A hook command could not be started at all.
     #[error("failed to start {command:?}: {source}")]
     Spawn {
+        /// The command line.
         command: String,
+        /// Why it could not be started.
         #[source]
         source: io::Error,
     },
@@ -146,7 +221,9 @@ pub enum Error {
     /// no member answered).
     #[error("fleet status: {msg}")]
     Fleet {
+        /// What went wrong, in words.
         msg: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<Cause>,
     },
@@ -155,7 +232,12 @@ pub enum Error {
     /// allow-list's own error (only `allow` makes it); the record says `refused`
     /// (SPEC §11).
     #[error("fetch {url}: {msg}")]
-    Refused { url: String, msg: String },
+    Refused {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// Why it was refused.
+        msg: String,
+    },
 
     /// SIGINT / SIGTERM arrived during the deploy.
     #[error("interrupted by {0}")]

@@ -25,12 +25,20 @@ use crate::Env;
 pub enum Origin {
     /// The last event of a `consul watch -type event` list.
     Consul {
+        /// The event's `Name`.
         name: String,
+        /// The event's `ID`.
         id: String,
+        /// The event's `LTime`, when it has one.
         ltime: Option<u64>,
     },
     /// A Serf user event (`SERF_EVENT=user`); `ltime` from `SERF_USER_LTIME`.
-    Serf { name: String, ltime: Option<u64> },
+    Serf {
+        /// The user event's name (`SERF_USER_EVENT`).
+        name: String,
+        /// `SERF_USER_LTIME`, when set.
+        ltime: Option<u64>,
+    },
     /// One line on stdin (`echo URL | stretcher`, ssh, cron).
     Line,
     /// The positional command-line argument.
@@ -40,7 +48,9 @@ pub enum Origin {
 /// A manifest URL and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The manifest URL (a local path is made a `file://` URL).
     pub url: String,
+    /// Who handed the URL over.
     pub origin: Origin,
 }
 

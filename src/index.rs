@@ -56,9 +56,11 @@ pub struct Header {
     pub strategy: String,
     /// The manifest's `dest_mode`, when it set one.
     pub dest_mode: Option<u32>,
+    /// The manifest's `excludes` rules, in order.
     pub excludes: Vec<String>,
-    /// The manifest's `exclude_from` name, and that file's text as it was read.
+    /// The manifest's `exclude_from` name.
     pub exclude_from: Option<String>,
+    /// The text of the `exclude_from` file, as it was read out of the staged tree.
     pub exclude_from_text: Option<String>,
     /// The effective user id the sync ran as.
     pub euid: u32,
@@ -80,14 +82,19 @@ impl Header {
 pub struct Entry {
     /// dest-relative path bytes; empty for dest itself.
     pub path: Vec<u8>,
+    /// The entry's type.
     pub kind: Kind,
     /// Permission bits (`& 0o7777`).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
     /// Files: the size; specials: the device number; dirs and symlinks: 0.
     pub size: u64,
+    /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
     /// Symlinks: the target bytes.
     pub target: Option<Vec<u8>>,

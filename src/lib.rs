@@ -15,6 +15,18 @@
 //!
 //! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
 //! `dest`, only `hooks` starts processes, only `fetch` reads sources.
+//!
+//! # Public API
+//!
+//! Public are only the modules something outside the library needs: the binary's
+//! commands (`cli`, `deploy::main`, `status::main`, `fleet::main`, `drift::main`,
+//! `release::subcommand`), and what `tests/`, `benches/` and `fuzz/` drive directly
+//! (`unpack`, `sync`, `filter`, `verify`, `index`, `record`, `manifest`, `event`,
+//! `signature`, `log`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
+//! Everything else is crate-private (`pub(crate)` or private), and so are the items
+//! of the public modules that nothing outside the crate uses.
+
+#![warn(missing_docs)]
 
 mod allow;
 mod bucket_url;

@@ -39,9 +39,13 @@ pub(crate) const DEFAULT_KEEP_RELEASES: u32 = 5;
 /// Hook command lines, each run with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Commands {
+    /// `pre`: run before `dest` is synced.
     pub pre: Vec<String>,
+    /// `post`: run after `dest` is synced.
     pub post: Vec<String>,
+    /// `success`: run after everything succeeded, the whole log on stdin.
     pub success: Vec<String>,
+    /// `failure`: run after any failure, the whole log on stdin.
     pub failure: Vec<String>,
     /// `commands.env`: NAME, value pairs exported to every hook, sorted by name.
     pub env: Vec<(String, String)>,
@@ -58,9 +62,13 @@ pub struct Manifest {
     pub dest: Option<PathBuf>,
     /// Permission bits for `dest` (≤ 0o7777), when the manifest sets them.
     pub dest_mode: Option<u32>,
+    /// `sync_strategy`: how the unpacked tree reaches `dest`.
     pub sync_strategy: Strategy,
+    /// `excludes`: rsync exclude rules, in order.
     pub excludes: Vec<String>,
+    /// `exclude_from`: a rule file inside the archive (rsync `--exclude-from` syntax).
     pub exclude_from: Option<String>,
+    /// Hook command lines, by phase.
     pub commands: Commands,
     /// `keep_releases` (release strategy): at least 1, default 5.
     pub keep_releases: u32,

@@ -3,15 +3,15 @@
 //!
 //! - `deploys/<key>.json`: the last record of a key, replaced atomically (temp
 //!   file, fsync, rename, fsync of the directory);
-//! - `deploys/<key>.history.jsonl`: the last [`HISTORY_KEEP`] records of the key,
+//! - `deploys/<key>.history.jsonl`: the last `HISTORY_KEEP` records of the key,
 //!   oldest first, one JSON object a line (rewritten atomically too).
 //!
 //! The key ([`key_for_dest`], [`key_for_commands`], [`key_for_manifest`]) is
 //! dest's file name and a digest of its absolute path, so two dests of one name
-//! never share records. [`classify`] is the one place that turns the step a run
+//! never share records. `classify` is the one place that turns the step a run
 //! reached and its error into `result` and `failed_step`.
 //!
-//! A record never holds a secret: URLs go through [`redact_url`] (user info and
+//! A record never holds a secret: URLs go through `redact_url` (user info and
 //! presigning query parameters removed) and errors already never carry one
 //! (`error.rs`). A record that cannot be written is a logged warning for the
 //! caller, never a change of the deploy's result. Reading is lenient: a missing
@@ -37,13 +37,18 @@ pub(crate) const DEPLOYS_DIR: &str = "deploys";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// Every step that ran succeeded.
     Success,
+    /// A step failed (`failed_step` says which).
     Failure,
+    /// Refused before use: `--allow-url`, no valid signature, or a stale manifest.
     Refused,
+    /// SIGINT / SIGTERM arrived during the run.
     Interrupted,
 }
 
 impl Outcome {
+    /// The record's spelling (`success`, `failure`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -58,16 +63,24 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    /// Fetching, expanding and checking the manifest.
     Manifest,
+    /// Verifying the manifest's signature (`--trusted-key`).
     Signature,
+    /// Downloading `src`.
     Download,
+    /// Unpacking the archive into staging.
     Unpack,
+    /// The `pre` commands.
     Pre,
+    /// Bringing the tree to `dest`: the rsync or mv sync, or the release switch.
     Sync,
+    /// The `post` commands.
     Post,
 }
 
 impl Step {
+    /// The record's spelling (`manifest`, `download`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Manifest => "manifest",
@@ -107,12 +120,16 @@ pub(crate) fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step
 pub struct EventInfo {
     /// `consul` | `serf` | `line` | `arg` | `rollback`.
     pub origin: String,
+    /// The event's name (consul, serf), when it has one.
     pub name: Option<String>,
+    /// The consul event's ID, when it has one.
     pub id: Option<String>,
+    /// The event's Lamport time (consul, serf), when it has one.
     pub ltime: Option<u64>,
 }
 
 impl EventInfo {
+    /// The record's view of an event.
     pub fn of(event: &crate::event::Event) -> EventInfo {
         use crate::event::Origin;
         let (origin, name, id, ltime) = match &event.origin {
@@ -138,9 +155,13 @@ impl EventInfo {
 /// What the sync changed in dest (SPEC §11 `changes`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
+    /// Entries that did not exist in dest.
     pub created: u64,
+    /// Entries rewritten (content, link target, or type changed).
     pub updated: u64,
+    /// Dest-only entries removed.
     pub deleted: u64,
+    /// Entries whose content was already right (attributes may have been fixed).
     pub unchanged: u64,
 }
 
@@ -160,25 +181,32 @@ impl From<&crate::sync::Stats> for Changes {
 pub struct HookRecord {
     /// `pre` | `post` | `success` | `failure`.
     pub phase: String,
+    /// The command line, as the manifest has it.
     pub command: String,
     /// Exit status; null when it was killed or could not start.
     pub exit: Option<i32>,
     /// The signal that ended it (`SIGTERM`), when one did.
     pub signal: Option<String>,
+    /// How long it ran, in seconds (milliseconds rounded).
     pub seconds: f64,
 }
 
 /// One deploy record, exactly the fields of SPEC §11 (null where n/a).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The record format's version ([`SCHEMA`]).
     pub schema: u32,
+    /// The host name, as the kernel has it; null when it cannot be read.
     pub host: Option<String>,
+    /// This build's version ([`crate::VERSION`]).
     pub stretcher_version: String,
+    /// The dest's absolute path; null for a commands-only manifest.
     pub dest: Option<String>,
     /// `rsync` | `mv` | `release`.
     pub strategy: Option<String>,
     /// The release ID (SPEC §14).
     pub release: Option<String>,
+    /// The manifest URL, secrets removed (`redact_url`).
     pub manifest_url: String,
     /// sha256 of the manifest's raw bytes, when it was fetched.
     pub manifest_sha256: Option<String>,
@@ -188,19 +216,27 @@ pub struct Record {
     pub src: Option<String>,
     /// Lower-case hex.
     pub checksum: Option<String>,
+    /// Who handed over the manifest URL.
     pub event: EventInfo,
+    /// How the run ended.
     pub result: Outcome,
+    /// The step a run that did not succeed ended at.
     pub failed_step: Option<Step>,
+    /// The error's one-line message, when the run did not succeed.
     pub error: Option<String>,
     /// RFC 3339, UTC, milliseconds.
     pub started: String,
+    /// When the run ended (RFC 3339, UTC, milliseconds).
     pub finished: String,
+    /// How long the run took, in seconds (milliseconds rounded).
     pub duration_s: f64,
     /// Bytes read from `src`; null when there is no `src`.
     pub downloaded_bytes: Option<u64>,
+    /// Whether download and unpack were skipped (dest held the archive; a rollback).
     pub download_skipped: bool,
     /// Null when the run did not reach the sync step.
     pub changes: Option<Changes>,
+    /// The hook commands that ran, in order.
     pub hooks: Vec<HookRecord>,
 }
 
@@ -447,7 +483,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 /// Writes `record` as the last record of `key` and appends it to the key's
-/// history (the last [`HISTORY_KEEP`] kept). Both files are replaced atomically.
+/// history (the last `HISTORY_KEEP` kept). Both files are replaced atomically.
 pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
     let dir = deploys_dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;

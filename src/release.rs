@@ -61,7 +61,9 @@ const META_TMP: &str = ".json.tmp";
 /// What is stored in `RELEASES_DIR/ID.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The format version of this file (1).
     pub schema: u32,
+    /// The release ID: its directory's name in the releases directory.
     pub id: String,
     /// The dest this release was made for.
     pub dest: PathBuf,

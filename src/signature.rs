@@ -79,7 +79,9 @@ fn key_id_of(b64_line: &str) -> Option<String> {
 /// A verified signature: which key made it, and its trusted comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
+    /// The ID of the trusted key that made it (upper-case hex, as minisign prints it).
     pub key_id: String,
+    /// The signature's trusted comment.
     pub trusted_comment: String,
 }
 

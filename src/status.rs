@@ -49,7 +49,9 @@ fn node_name(env: Env) -> String {
 /// The answer to `serf query stretcher-status`: this host and its last deploys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Brief {
+    /// This host's name, as the kernel has it (empty when it cannot be read).
     pub host: String,
+    /// The last deploy of each dest shown (every one recorded, or those named).
     pub deploys: Vec<BriefDeploy>,
     /// Deploys left out to stay within `BRIEF_LIMIT` (the newest are kept).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -67,11 +69,15 @@ fn is_zero(n: &usize) -> bool {
 /// One dest's last deploy, in brief.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BriefDeploy {
+    /// The dest's path; null for a commands-only manifest.
     pub dest: Option<String>,
+    /// The record's `result`.
     pub result: String,
     /// The first 12 hex digits.
     pub checksum: Option<String>,
+    /// The record's `finished`.
     pub finished: Option<String>,
+    /// The record's `failed_step`.
     pub failed_step: Option<String>,
     /// The one-line error, shortened (ending in `…`) to fit `BRIEF_LIMIT`.
     pub error: Option<String>,

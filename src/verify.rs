@@ -15,9 +15,13 @@ use crate::error::{Error, Result};
 /// The hash algorithms a `checksum` may name, by its length in hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// MD5 (32 hex digits).
     Md5,
+    /// SHA-1 (40 hex digits).
     Sha1,
+    /// SHA-256 (64 hex digits).
     Sha256,
+    /// SHA-512 (128 hex digits).
     Sha512,
 }
 
@@ -49,10 +53,12 @@ impl Checksum {
         Ok(Checksum { algorithm, hex })
     }
 
+    /// The algorithm, by the checksum's length.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
+    /// The expected digest, lower-case hex.
     pub fn hex(&self) -> &str {
         &self.hex
     }
@@ -84,13 +90,18 @@ impl Checksum {
 /// A running digest of one of the supported algorithms.
 #[derive(Clone)]
 pub enum Hasher {
+    /// An MD5 digest in progress.
     Md5(Md5),
+    /// A SHA-1 digest in progress.
     Sha1(Sha1),
+    /// A SHA-256 digest in progress.
     Sha256(Sha256),
+    /// A SHA-512 digest in progress.
     Sha512(Box<Sha512>),
 }
 
 impl Hasher {
+    /// Feeds `data` to the digest.
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Md5(h) => h.update(data),
@@ -153,10 +164,12 @@ impl<R: Read> Read for HashingReader<R> {
 pub struct Verified<T>(T);
 
 impl<T> Verified<T> {
+    /// The verified value, borrowed.
     pub fn get(&self) -> &T {
         &self.0
     }
 
+    /// The verified value, taken out.
     pub fn into_inner(self) -> T {
         self.0
     }

@@ -60,8 +60,11 @@ pub struct SyncOptions {
 /// What kind of filesystem object an entry is (never following symlinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
     /// fifo, socket, character or block device.
     Special,
@@ -70,14 +73,21 @@ pub enum Kind {
 /// The attributes of one entry that the sync reads and copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
+    /// The entry's type.
     pub kind: Kind,
     /// Full `st_mode` (type and permission bits).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
+    /// Size in bytes (`st_size`).
     pub size: u64,
+    /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
+    /// Device number (`st_rdev`) of a device special.
     pub rdev: u64,
     /// Hard links to the inode (a staged file with more than one is never moved).
     pub nlink: u64,
@@ -123,7 +133,9 @@ impl Meta {
 /// One step of a plan, on the path `rel` (relative to both roots; empty = the root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
+    /// The path, relative to both roots; empty = the root.
     pub rel: PathBuf,
+    /// What to do there.
     pub op: Op,
 }
 
@@ -132,32 +144,64 @@ pub struct Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// A dest-only entry is removed (a directory's contents come earlier in the plan).
-    Delete { dest: Meta },
+    Delete {
+        /// What `dest` holds there.
+        dest: Meta,
+    },
     /// A dest-only directory that still holds excluded entries: everything else in it is
     /// deleted, the directory stays (rsync: "cannot delete non-empty directory").
-    KeepNonEmpty { dest: Meta },
+    KeepNonEmpty {
+        /// What `dest` holds there.
+        dest: Meta,
+    },
     /// A directory is created (0700 at first; its attributes come with `DirAttrs`).
     /// `whole`: its source subtree holds no excluded entry, no multiply-linked file and
     /// no special file, so with [`SyncOptions::move_source`] it is renamed into place
     /// in one step instead of being rebuilt entry by entry.
-    MakeDir { existing: Option<Kind>, whole: bool },
+    MakeDir {
+        /// What `dest` holds there now, when that is replaced.
+        existing: Option<Kind>,
+        /// The source subtree can be renamed into place whole (see above).
+        whole: bool,
+    },
     /// A regular file is written from `src` (temp file + rename).
-    CopyFile { src: Meta, existing: Option<Kind> },
+    CopyFile {
+        /// The source's attributes.
+        src: Meta,
+        /// What `dest` holds there now, when that is replaced.
+        existing: Option<Kind>,
+    },
     /// A symlink to `target` is made.
     MakeSymlink {
+        /// The link target.
         target: PathBuf,
+        /// The source's attributes.
         src: Meta,
+        /// What `dest` holds there now, when that is replaced.
         existing: Option<Kind>,
     },
     /// A fifo / socket / device node is made (only when preserving owners, i.e. root).
-    MakeSpecial { src: Meta, existing: Option<Kind> },
+    MakeSpecial {
+        /// The source's attributes.
+        src: Meta,
+        /// What `dest` holds there now, when that is replaced.
+        existing: Option<Kind>,
+    },
     /// Same content (quick check / same link target): only attributes are fixed.
-    Keep { src: Meta, dest: Meta },
+    Keep {
+        /// The source's attributes.
+        src: Meta,
+        /// What `dest` holds there.
+        dest: Meta,
+    },
     /// A directory's mode, owner and mtime are set, after its contents. `dirty`: entries
     /// in it are added, removed or replaced, so its mtime must be reset.
     DirAttrs {
+        /// The source directory's attributes.
         src: Meta,
+        /// `dest`'s directory there, when it already had one.
         dest: Option<Meta>,
+        /// Entries in it are added, removed or replaced: its mtime must be reset.
         dirty: bool,
     },
 }
@@ -169,7 +213,9 @@ pub enum Op {
 pub struct Plan {
     /// The source tree (set by the plan only: through [`plan_staged`], a verified tree).
     pub(crate) src: PathBuf,
+    /// The dest root the plan is for.
     pub dest: PathBuf,
+    /// The steps, in the order [`apply`] runs them.
     pub actions: Vec<Action>,
     /// Entries already right in every respect, left out of `actions` (unless listed for
     /// `-vv`), so a plan's size follows the changes, not the tree.
@@ -188,7 +234,10 @@ pub enum Fate {
     /// Same content (quick check / same link target): only attributes fixed.
     Same,
     /// A directory of the source; `dirty`: its mtime is set after its contents.
-    Dir { dirty: bool },
+    Dir {
+        /// Entries in it change: its mtime is set after its contents.
+        dirty: bool,
+    },
     /// A dest-only directory kept for the excluded entries it holds.
     Left,
 }
@@ -196,6 +245,7 @@ pub enum Fate {
 /// One entry of `dest` after the plan (see [`Plan::after`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct After {
+    /// The path, relative to `dest`; empty = `dest` itself.
     pub rel: PathBuf,
     /// The source's attributes (for `Left`: dest's).
     pub src: Meta,
@@ -203,6 +253,7 @@ pub struct After {
     pub dest: Option<Meta>,
     /// Symlinks: the target.
     pub target: Option<PathBuf>,
+    /// How the entry comes to be.
     pub fate: Fate,
 }
 
@@ -330,7 +381,7 @@ pub(crate) use plan::plan;
 pub use quick::{quick_check, DestProbe, Quick};
 
 /// Plans the sync of the verified staged tree onto `dest` under `filter`: both trees
-/// are listed, then merged by the pure [`plan`]. The staged tree's `reused` files (left
+/// are listed, then merged by the pure `plan`. The staged tree's `reused` files (left
 /// in dest by the unpack) are planned as present in it; up-to-date entries are listed
 /// for `-vv` (`opts.verbosity >= 2`); `opts.dest_mode` becomes the root's mode.
 /// Reads both trees, changes nothing.
