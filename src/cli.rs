@@ -207,7 +207,7 @@ struct RawArgs {
     target: Vec<String>,
 }
 
-/// Parses argv (without argv[0]): a subcommand when the first word names one
+/// Parses argv (without `argv[0]`): a subcommand when the first word names one
 /// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
 pub fn parse(args: &[OsString]) -> Result<Command> {
     if let Some(command) = parse_subcommand(args)? {
