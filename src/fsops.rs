@@ -252,4 +252,30 @@ mod tests {
         assert_eq!(fs::symlink_metadata(&link).unwrap().mtime(), 42);
         assert_eq!(fs::metadata(&file).unwrap().mtime(), before);
     }
+
+    #[test]
+    fn apply_sets_the_atime_only_when_asked_and_names_the_failed_step() {
+        let t = tempfile::tempdir().unwrap();
+        let link = t.path().join("l");
+        std::os::unix::fs::symlink("nowhere", &link).unwrap();
+        let mut attrs = Attrs {
+            mtime: Some((1_000, 7)),
+            ..Attrs::default()
+        };
+        apply(Node::At(&link), &attrs).unwrap();
+        let m = fs::symlink_metadata(&link).unwrap();
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000, 7));
+        assert_ne!(m.atime(), 1_000);
+        attrs.atime = attrs.mtime;
+        apply(Node::At(&link), &attrs).unwrap();
+        let m = fs::symlink_metadata(&link).unwrap();
+        assert_eq!((m.atime(), m.atime_nsec()), (1_000, 7));
+
+        let gone = t.path().join("gone");
+        let (step, _) = apply(Node::At(&gone), &attrs).unwrap_err();
+        assert_eq!(step, Step::Times);
+        attrs.mode = Some(0o600);
+        let (step, _) = apply(Node::At(&gone), &attrs).unwrap_err();
+        assert_eq!(step, Step::Mode);
+    }
 }
