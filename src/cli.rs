@@ -283,7 +283,7 @@ fn parse_verify(args: &[OsString]) -> Result<Command> {
 }
 
 /// `stretcher verify --help`.
-pub fn verify_usage() -> String {
+pub(crate) fn verify_usage() -> String {
     "\
 Usage: stretcher verify DEST [--json] [--state-dir DIR]
 
@@ -502,7 +502,7 @@ fn parse_fleet_status(args: &[OsString]) -> Result<Command> {
 }
 
 /// `stretcher status --help`.
-pub fn status_usage() -> String {
+pub(crate) fn status_usage() -> String {
     "\
 Usage: stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]
 
@@ -525,7 +525,7 @@ and writes nothing on stderr, so that serf delivers the answer:
 }
 
 /// `stretcher fleet status --help`.
-pub fn fleet_usage() -> String {
+pub(crate) fn fleet_usage() -> String {
     "\
 Usage: stretcher fleet status [--rpc-addr ADDR] [--tag KEY=VALUE]... [--node NAME]...
                               [--timeout DURATION] [--checksum HEX] [--json]

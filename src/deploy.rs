@@ -65,7 +65,7 @@ pub fn main(opts: &Options) -> i32 {
 }
 
 /// Runs one deploy. Every error is logged here, once, before it is returned.
-pub fn run(opts: &Options, env: Env, stdin: &mut dyn Read) -> Result<()> {
+pub(crate) fn run(opts: &Options, env: Env, stdin: &mut dyn Read) -> Result<()> {
     // Set once the error is in the log (before the `failure` hooks read it), so that
     // it is not logged a second time here (SPEC §9: an error is logged once).
     let mut logged = false;

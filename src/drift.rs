@@ -17,7 +17,7 @@ use crate::Env;
 
 /// What `verify --json` prints.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub dest: String,
     pub checksum: String,
     pub deployed: String,
@@ -62,7 +62,7 @@ pub fn main(opts: &VerifyOptions) -> i32 {
 
 /// `dest` as the manifest has it: absolute, without `.` components, doubled or
 /// trailing slashes.
-pub fn normalize_dest(dest: &Path) -> PathBuf {
+pub(crate) fn normalize_dest(dest: &Path) -> PathBuf {
     let abs = if dest.is_absolute() {
         dest.to_path_buf()
     } else {
@@ -76,7 +76,7 @@ pub fn normalize_dest(dest: &Path) -> PathBuf {
 }
 
 /// The drift report, or why there is none to make (exit 2).
-pub fn report(opts: &VerifyOptions, env: Env) -> Result<Report, String> {
+pub(crate) fn report(opts: &VerifyOptions, env: Env) -> Result<Report, String> {
     let dest = normalize_dest(&opts.dest);
     let dir = state::find_state_dir(opts.state_dir.as_deref(), env)
         .ok_or_else(|| "no state directory (give --state-dir)".to_string())?;

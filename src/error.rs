@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The underlying error a variant keeps as its `source()` (an io, HTTP or parser
 /// error); its text is already in the variant's one line.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong in a run.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,7 @@ impl Error {
     /// uploaded yet is the common case), but for the whole-download deadline, a signal
     /// and a checksum mismatch (the bytes arrived whole and are wrong), which are final.
     /// `fetch` asks this, never which variant an error is.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. } => false,
             // The source failed: the network, a status, credentials, the file.
@@ -253,7 +253,7 @@ impl Error {
 }
 
 /// Adds path context to `io::Result`s: `fs::read(p).ctx("read", p)?`.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T>;
 }
 

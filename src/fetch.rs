@@ -32,7 +32,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// How sources are fetched (from the command line), and the environment lookup
 /// that proxies and the S3 / GCS credential chains read.
 #[derive(Clone)]
-pub struct FetchOptions<'e> {
+pub(crate) struct FetchOptions<'e> {
     /// Extra attempts after a failed one.
     pub retry: u32,
     /// Pause between attempts.
@@ -284,7 +284,7 @@ fn limited(
 
 /// Fetches a small document's raw bytes (the manifest and its signature), with
 /// retries and the deadline; more than `max` bytes is an error.
-pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
+pub(crate) fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
     let start = Instant::now();
     with_retries(url, opts, start, |deadline| {
         let (r, _) = limited(url, deadline, None, opts.env)?;
@@ -300,7 +300,7 @@ pub fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> 
 }
 
 /// The fetched bytes of `url` as text (a manifest must be UTF-8).
-pub fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
+pub(crate) fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| Error::Fetch {
         url: url.to_string(),
         msg: "not UTF-8 text".into(),
@@ -317,7 +317,7 @@ pub fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
 /// consumer saw it first as a broken stream. When the consumer fails on its own (a
 /// corrupt archive), the rest of the source is still read: if the digest does not
 /// match, the mismatch is the error reported, the likelier story.
-pub fn stream<T>(
+pub(crate) fn stream<T>(
     url: &str,
     checksum: &Checksum,
     opts: &FetchOptions,

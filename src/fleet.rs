@@ -63,7 +63,7 @@ pub fn main(opts: &FleetOptions) -> i32 {
 }
 
 /// Asks serf for the members and their answers, and judges them.
-pub fn run(opts: &FleetOptions) -> Result<Report> {
+pub(crate) fn run(opts: &FleetOptions) -> Result<Report> {
     let members_out = run_serf(&members_args(opts), MEMBERS_LIMIT, |_| {})?;
     let members = parse_members(&members_out)?;
     let alive = members.iter().filter(|m| m.status == "alive").count();
@@ -90,7 +90,7 @@ pub fn run(opts: &FleetOptions) -> Result<Report> {
 }
 
 /// `serf members` with the filters of `opts`.
-pub fn members_args(opts: &FleetOptions) -> Vec<String> {
+pub(crate) fn members_args(opts: &FleetOptions) -> Vec<String> {
     let mut args = vec!["members".to_string(), "-format=json".to_string()];
     if let Some(a) = &opts.rpc_addr {
         args.push(format!("-rpc-addr={a}"));
@@ -108,7 +108,7 @@ pub fn members_args(opts: &FleetOptions) -> Vec<String> {
 
 /// `serf query -format=json stretcher-status` with the same filters as
 /// `members_args`.
-pub fn query_args(opts: &FleetOptions) -> Vec<String> {
+pub(crate) fn query_args(opts: &FleetOptions) -> Vec<String> {
     query_args_as(opts, "json")
 }
 
@@ -172,7 +172,7 @@ fn query_with_progress(opts: &FleetOptions, alive: usize, limit: Duration) -> Re
 /// from 'NODE': PAYLOAD` (a payload of several lines continues on the next lines),
 /// and the `Query ... dispatched` / `Total ...` lines around them.
 #[derive(Debug, Default)]
-pub struct TextQuery {
+pub(crate) struct TextQuery {
     pub out: QueryOutput,
     /// The node whose payload a following unknown line continues.
     last: Option<String>,
@@ -325,7 +325,7 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<V
 
 /// One member as `serf members -format=json` lists it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     /// `alive`, `leaving`, `left` or `failed`.
     pub status: String,
@@ -341,7 +341,7 @@ struct Members {
 
 /// What `serf query -format=json` prints.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub struct QueryOutput {
+pub(crate) struct QueryOutput {
     #[serde(rename = "Acks", default, deserialize_with = "null_default")]
     pub acks: Vec<String>,
     /// Node name → the handler's output.
@@ -358,7 +358,7 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-pub fn parse_members(out: &[u8]) -> Result<Vec<Member>> {
+pub(crate) fn parse_members(out: &[u8]) -> Result<Vec<Member>> {
     let m: Members = serde_json::from_slice(out).map_err(|e| Error::Fleet {
         msg: format!("cannot read the output of serf members: {e}"),
         source: Some(e.into()),
@@ -366,7 +366,7 @@ pub fn parse_members(out: &[u8]) -> Result<Vec<Member>> {
     Ok(m.members)
 }
 
-pub fn parse_query(out: &[u8]) -> Result<QueryOutput> {
+pub(crate) fn parse_query(out: &[u8]) -> Result<QueryOutput> {
     serde_json::from_slice(out).map_err(|e| Error::Fleet {
         msg: format!("cannot read the output of serf query: {e}"),
         source: Some(e.into()),
@@ -376,7 +376,7 @@ pub fn parse_query(out: &[u8]) -> Result<QueryOutput> {
 /// How one host stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum HostState {
+pub(crate) enum HostState {
     /// It answered, every last deploy succeeded (and holds `--checksum`).
     Success,
     /// It answered, and something is wrong: a failed deploy, nothing recorded, an
@@ -401,7 +401,7 @@ impl HostState {
 
 /// One member in the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Host {
+pub(crate) struct Host {
     pub node: String,
     pub state: HostState,
     /// Why it is not `success`, when no deploy row says it.
@@ -419,7 +419,7 @@ fn is_zero(n: &usize) -> bool {
 
 /// The whole judgement; `ok` is the exit status's question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub alive: usize,
     pub answered: usize,
     pub success: usize,
@@ -434,7 +434,7 @@ pub struct Report {
 /// Judges every member (SPEC §13): `alive` ones answered (success / failure) or
 /// silent, `failed` ones unreachable, `left` / `leaving` ones not counted. An
 /// answer from a node the member list lacked (it joined meanwhile) counts as alive.
-pub fn assess(members: &[Member], query: &QueryOutput, checksum: Option<&str>) -> Report {
+pub(crate) fn assess(members: &[Member], query: &QueryOutput, checksum: Option<&str>) -> Report {
     let mut hosts = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     for m in members {
@@ -552,7 +552,7 @@ fn same_checksum(answer: &str, want: &str) -> bool {
 
 impl Report {
     /// The summary line of SPEC §13.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "{} answered of {} alive members: {} success, {} failure, {} silent, {} unreachable",
             self.answered, self.alive, self.success, self.failure, self.silent, self.unreachable

@@ -56,13 +56,13 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     pub bucket: String,
     pub object: String,
 }
 
 /// Splits `gs://bucket/object`. The object name is kept verbatim (see the module doc).
-pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
+pub(crate) fn parse_url(url: &str) -> std::result::Result<Location, String> {
     let (bucket, object) = crate::bucket_url::split(
         url,
         &crate::bucket_url::Form {
@@ -99,7 +99,7 @@ fn nonempty(v: Option<String>) -> Option<String> {
 
 /// The base of object requests: `STORAGE_EMULATOR_HOST` (`host:port`, or a URL;
 /// plain http when it has no scheme), else Google's endpoint. `true` for an emulator.
-pub fn endpoint(env: Env) -> std::result::Result<(String, bool), String> {
+pub(crate) fn endpoint(env: Env) -> std::result::Result<(String, bool), String> {
     let Some(host) = nonempty(env("STORAGE_EMULATOR_HOST")) else {
         return Ok((STORAGE_API.to_string(), false));
     };
@@ -119,7 +119,7 @@ pub fn endpoint(env: Env) -> std::result::Result<(String, bool), String> {
 }
 
 /// The JSON API media URL of an object under `base`.
-pub fn object_url(base: &str, loc: &Location) -> String {
+pub(crate) fn object_url(base: &str, loc: &Location) -> String {
     format!(
         "{base}/storage/v1/b/{}/o/{}?alt=media",
         encode(&loc.bucket),
@@ -129,7 +129,7 @@ pub fn object_url(base: &str, loc: &Location) -> String {
 
 /// An OAuth2 access token. `Debug` does not show it.
 #[derive(Clone)]
-pub struct Token {
+pub(crate) struct Token {
     secret: String,
     expires: Option<Instant>,
 }
@@ -158,7 +158,7 @@ impl fmt::Debug for Token {
 /// Why no token could be had: `retryable` when an endpoint failed in a way a later
 /// attempt may not (connection refused, 5xx).
 #[derive(Debug)]
-pub struct CredError {
+pub(crate) struct CredError {
     pub msg: String,
     pub retryable: bool,
     /// The io / parser error `msg` says, kept as the source of the crate error.
@@ -208,7 +208,7 @@ struct AuthorizedUser {
 
 /// Where the token comes from, found without any network request.
 #[derive(Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// `GOOGLE_OAUTH_ACCESS_TOKEN`.
     AccessToken(Token),
     /// A `service_account` credentials file.
@@ -227,10 +227,10 @@ pub enum Source {
 
 /// A service account's key, opaque outside this module.
 #[derive(Clone)]
-pub struct ServiceAccountKey(ServiceAccount);
+pub(crate) struct ServiceAccountKey(ServiceAccount);
 /// An authorized user's grant, opaque outside this module.
 #[derive(Clone)]
-pub struct AuthorizedUserKey(AuthorizedUser);
+pub(crate) struct AuthorizedUserKey(AuthorizedUser);
 
 impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -339,7 +339,7 @@ fn gcloud_adc_path(env: Env) -> Option<PathBuf> {
 
 /// The first source found without network: the variable, the named file, gcloud's
 /// file; else the metadata server (asked only when a token is wanted).
-pub fn find(env: Env) -> std::result::Result<Source, CredError> {
+pub(crate) fn find(env: Env) -> std::result::Result<Source, CredError> {
     if let Some(t) = nonempty(env("GOOGLE_OAUTH_ACCESS_TOKEN")) {
         return Ok(Source::AccessToken(Token {
             secret: t,
@@ -516,7 +516,7 @@ static CACHE: Mutex<Vec<(String, Token)>> = Mutex::new(Vec::new());
 
 /// Drops the cached tokens: the store refused one (HTTP 401), so the next attempt
 /// asks for a new one.
-pub fn forget_tokens() {
+pub(crate) fn forget_tokens() {
     CACHE.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
@@ -554,7 +554,7 @@ fn token(
 
 /// An object request: the URL and the `Authorization` header value, if any. The
 /// header is a secret (`Debug` hides it); the URL is not.
-pub struct Request {
+pub(crate) struct Request {
     pub url: String,
     pub authorization: Option<String>,
 }
@@ -574,7 +574,11 @@ impl fmt::Debug for Request {
 /// The GET for `url` (`gs://bucket/object`) with a bearer token, fetched within the
 /// download's deadline. With an emulator and no credentials found at all, the request
 /// goes without one.
-pub fn request(url: &str, env: Env, deadline: Option<(Instant, Duration)>) -> Result<Request> {
+pub(crate) fn request(
+    url: &str,
+    env: Env,
+    deadline: Option<(Instant, Duration)>,
+) -> Result<Request> {
     let timeout = |secs: f64| Error::Timeout {
         url: url.to_string(),
         secs,

@@ -28,7 +28,7 @@ use crate::logln;
 /// What the hooks learn about the deploy through their environment, and how long
 /// each may run.
 #[derive(Debug, Clone, Default)]
-pub struct HookEnv {
+pub(crate) struct HookEnv {
     pub dest: String,
     pub src: String,
     pub manifest_url: String,
@@ -51,7 +51,7 @@ impl HookEnv {
 }
 
 /// Runs `commands` in order, stdin an empty pipe; stops at the first failure.
-pub fn run(commands: &[String], env: &HookEnv) -> Result<()> {
+pub(crate) fn run(commands: &[String], env: &HookEnv) -> Result<()> {
     for c in commands {
         run_one(c, env, None)?;
     }
@@ -59,7 +59,7 @@ pub fn run(commands: &[String], env: &HookEnv) -> Result<()> {
 }
 
 /// Runs `commands` in order, each with `input` (the log) on its stdin.
-pub fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Result<()> {
+pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Result<()> {
     for c in commands {
         run_one(c, env, Some(input))?;
     }
@@ -76,7 +76,7 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// One command that ran, for the deploy record: its exit status or the signal that
 /// ended it, and how long it took.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Ran {
+pub(crate) struct Ran {
     pub command: String,
     pub exit: Option<i32>,
     pub signal: Option<String>,
@@ -87,7 +87,7 @@ pub struct Ran {
 static RAN: std::sync::Mutex<Vec<Ran>> = std::sync::Mutex::new(Vec::new());
 
 /// Takes the list of commands run so far (and empties it).
-pub fn take_ran() -> Vec<Ran> {
+pub(crate) fn take_ran() -> Vec<Ran> {
     RAN.lock()
         .map(|mut v| std::mem::take(&mut *v))
         .unwrap_or_default()

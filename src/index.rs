@@ -95,7 +95,11 @@ pub struct Entry {
 
 impl Entry {
     /// The entry for `path` from its lstat result (`target` read by the caller).
-    pub fn from_meta(path: Vec<u8>, m: &std::fs::Metadata, target: Option<Vec<u8>>) -> Entry {
+    pub(crate) fn from_meta(
+        path: Vec<u8>,
+        m: &std::fs::Metadata,
+        target: Option<Vec<u8>>,
+    ) -> Entry {
         let ft = m.file_type();
         let kind = if ft.is_dir() {
             Kind::Dir
@@ -179,7 +183,7 @@ pub fn index_path(state_dir: &Path, key: &str) -> PathBuf {
 }
 
 /// Encodes an index; `entries` must be sorted by path (see [`sort`]).
-pub fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
+pub(crate) fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
     let mut raw = Vec::with_capacity(64 + entries.len() * 40);
     let mut h = header.clone();
     h.entries = entries.len() as u64;
@@ -227,7 +231,7 @@ fn corrupt(path: &Path, what: &str) -> Error {
 }
 
 /// Decodes an index file's bytes (`path` only names it in errors).
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> {
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> {
     let body = bytes
         .strip_prefix(MAGIC)
         .ok_or_else(|| corrupt(path, "not an index (bad magic)"))?;
@@ -326,12 +330,12 @@ impl<'a> Reader<'a> {
 }
 
 /// Sorts entries by path bytes (the order an index is stored in).
-pub fn sort(entries: &mut [Entry]) {
+pub(crate) fn sort(entries: &mut [Entry]) {
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
 }
 
 /// Writes the index of `key` atomically.
-pub fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
+pub(crate) fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
     let dir = crate::record::deploys_dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
     let bytes = encode(header, entries)?;

@@ -17,7 +17,7 @@ fn flag() -> &'static Arc<AtomicUsize> {
 }
 
 /// Routes SIGINT and SIGTERM to the flag. Idempotent.
-pub fn install() -> Result<()> {
+pub(crate) fn install() -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_usize(sig, Arc::clone(flag()), sig as usize)
             .map_err(|e| Error::io("install signal handler for", "SIGINT/SIGTERM", e))?;
@@ -26,7 +26,7 @@ pub fn install() -> Result<()> {
 }
 
 /// The name of the signal that arrived, if any.
-pub fn pending() -> Option<&'static str> {
+pub(crate) fn pending() -> Option<&'static str> {
     match flag().load(Ordering::SeqCst) {
         0 => None,
         s if s == signal_hook::consts::SIGINT as usize => Some("SIGINT"),
@@ -36,12 +36,12 @@ pub fn pending() -> Option<&'static str> {
 
 /// Forgets a signal that was already acted on: the `failure` hooks run after an
 /// interrupted deploy, and only a further signal stops them.
-pub fn clear() {
+pub(crate) fn clear() {
     flag().store(0, Ordering::SeqCst);
 }
 
 /// `Err(Interrupted)` once a signal arrived.
-pub fn check() -> Result<()> {
+pub(crate) fn check() -> Result<()> {
     match pending() {
         Some(name) => Err(Error::Interrupted(name)),
         None => Ok(()),
@@ -49,7 +49,7 @@ pub fn check() -> Result<()> {
 }
 
 /// Sleeps `d`, waking early (with `Err`) when a signal arrives.
-pub fn sleep(d: Duration) -> Result<()> {
+pub(crate) fn sleep(d: Duration) -> Result<()> {
     let end = Instant::now() + d;
     loop {
         check()?;

@@ -14,7 +14,7 @@ static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Stops (or resumes) writing log lines to stderr.
-pub fn set_quiet(quiet: bool) {
+pub(crate) fn set_quiet(quiet: bool) {
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -25,7 +25,7 @@ fn buffer() -> MutexGuard<'static, Vec<u8>> {
 }
 
 /// Logs a message: each of its lines becomes one timestamped line.
-pub fn line(msg: impl Display) {
+pub(crate) fn line(msg: impl Display) {
     let text = msg.to_string();
     let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
     let mut out = String::with_capacity(text.len() + 24);
@@ -45,17 +45,8 @@ pub fn line(msg: impl Display) {
     }
 }
 
-/// Logs raw bytes (hook output), one timestamped line per input line; invalid
-/// UTF-8 is shown lossily.
-pub fn bytes(data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    line(String::from_utf8_lossy(data));
-}
-
 /// A copy of everything logged so far in this run.
-pub fn snapshot() -> Vec<u8> {
+pub(crate) fn snapshot() -> Vec<u8> {
     buffer().clone()
 }
 
@@ -66,7 +57,7 @@ pub fn reset() {
 
 /// A name or path as shown to the user (SPEC §9): as it is when UTF-8, each byte of
 /// an invalid sequence as `\xNN` otherwise (never `?` or U+FFFD).
-pub fn shown(raw: &[u8]) -> String {
+pub(crate) fn shown(raw: &[u8]) -> String {
     let mut out = String::with_capacity(raw.len());
     for chunk in raw.utf8_chunks() {
         out.push_str(chunk.valid());
@@ -78,7 +69,7 @@ pub fn shown(raw: &[u8]) -> String {
 }
 
 /// [`shown`] of a path's bytes.
-pub fn shown_path(path: &std::path::Path) -> String {
+pub(crate) fn shown_path(path: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     shown(path.as_os_str().as_bytes())
 }

@@ -34,7 +34,7 @@ pub enum Strategy {
 }
 
 /// `keep_releases` when the manifest does not say (SPEC §14).
-pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+pub(crate) const DEFAULT_KEEP_RELEASES: u32 = 5;
 
 /// Hook command lines, each run with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

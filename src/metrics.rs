@@ -15,7 +15,7 @@ use crate::record::{self, Outcome, Record};
 
 /// The values of one dest's last deploy that the metrics show.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LastDeploy<'a> {
+pub(crate) struct LastDeploy<'a> {
     /// The `dest` label: dest's path, or the record key of a commands-only
     /// manifest (`commands-<digest>`), so that no two files share a series.
     pub dest: &'a str,
@@ -32,13 +32,13 @@ pub struct LastDeploy<'a> {
 const CHANGE_KINDS: [&str; 4] = ["created", "updated", "deleted", "unchanged"];
 
 /// The file name for the record key `key`.
-pub fn file_name(key: &str) -> String {
+pub(crate) fn file_name(key: &str) -> String {
     format!("stretcher-{key}.prom")
 }
 
 /// A label value escaped as the text exposition format requires: `\` → `\\`,
 /// `"` → `\"`, line feed → `\n`.
-pub fn escape_label(value: &str) -> String {
+pub(crate) fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -61,7 +61,7 @@ fn number(v: f64) -> String {
 }
 
 /// The exposition text (format 0.0.4) for one dest.
-pub fn render(d: &LastDeploy) -> String {
+pub(crate) fn render(d: &LastDeploy) -> String {
     let dest = escape_label(d.dest);
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
@@ -137,7 +137,12 @@ impl<'a> LastDeploy<'a> {
 /// A record of a usable manifest also removes the file an earlier run left for the
 /// same manifest URL when it could not use the manifest (`manifest-*` key), so an
 /// old failure does not stay in the metrics once the manifest works.
-pub fn write_record(dir: &Path, key: &str, rec: &Record, manifest_url: &str) -> Result<PathBuf> {
+pub(crate) fn write_record(
+    dir: &Path,
+    key: &str,
+    rec: &Record,
+    manifest_url: &str,
+) -> Result<PathBuf> {
     let path = write(dir, key, &LastDeploy::of(key, rec))?;
     let unusable = record::key_for_manifest(manifest_url);
     if unusable != key {
@@ -155,7 +160,7 @@ pub fn write_record(dir: &Path, key: &str, rec: &Record, manifest_url: &str) -> 
 /// Writes `render(d)` to `dir/stretcher-<key>.prom` atomically; returns its path.
 /// The temp file is dot-named and does not end in `.prom`, so node_exporter never
 /// reads a half-written file.
-pub fn write(dir: &Path, key: &str, d: &LastDeploy) -> Result<PathBuf> {
+pub(crate) fn write(dir: &Path, key: &str, d: &LastDeploy) -> Result<PathBuf> {
     let path = dir.join(file_name(key));
     let mut tmp = tempfile::Builder::new()
         .prefix(".stretcher-")

@@ -29,9 +29,9 @@ use crate::logln;
 /// The `schema` of the records this version writes.
 pub const SCHEMA: u32 = 1;
 /// Records kept in `<key>.history.jsonl`.
-pub const HISTORY_KEEP: usize = 50;
+pub(crate) const HISTORY_KEEP: usize = 50;
 /// The directory below the state directory that holds records and indexes.
-pub const DEPLOYS_DIR: &str = "deploys";
+pub(crate) const DEPLOYS_DIR: &str = "deploys";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +84,7 @@ impl Step {
 /// `result` and `failed_step` of a run that was at `step` when it ended with `err`
 /// (`None`: it succeeded). The one mapping from errors to outcomes: a new kind of
 /// refusal or a new step is one arm here.
-pub fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step>) {
+pub(crate) fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step>) {
     let Some(err) = err else {
         return (Outcome::Success, None);
     };
@@ -207,7 +207,7 @@ pub struct Record {
 /// A record in the making: the deploy fills it in as it goes (`step` is where it
 /// is), [`Draft::finish`] turns it into the [`Record`] and its key.
 #[derive(Debug)]
-pub struct Draft {
+pub(crate) struct Draft {
     /// The step the run is at; a failure is attributed to it (see [`classify`]).
     pub step: Step,
     started: chrono::DateTime<chrono::Utc>,
@@ -254,12 +254,12 @@ impl Draft {
     }
 
     /// The manifest was read: its raw bytes (for `manifest_sha256`).
-    pub fn manifest_read(&mut self, raw: &[u8]) {
+    pub(crate) fn manifest_read(&mut self, raw: &[u8]) {
         self.manifest_sha256 = Some(hex::encode(Sha256::digest(raw)));
     }
 
     /// The manifest is valid: what the record takes from it.
-    pub fn manifest_valid(&mut self, m: &crate::manifest::Manifest) {
+    pub(crate) fn manifest_valid(&mut self, m: &crate::manifest::Manifest) {
         use crate::manifest::Strategy;
         self.dest = m.dest.clone();
         self.commands_only = m.src.is_none();
@@ -279,7 +279,7 @@ impl Draft {
 
     /// Runs one phase's commands (through `hooks`, the one module that starts
     /// processes) and records them as `phase`, whatever the result.
-    pub fn run_hooks(
+    pub(crate) fn run_hooks(
         &mut self,
         phase: &'static str,
         commands: &[String],
@@ -291,7 +291,7 @@ impl Draft {
     }
 
     /// Moves the hook commands run since the last call into the record, as `phase`.
-    pub fn hooks_ran(&mut self, phase: &str) {
+    pub(crate) fn hooks_ran(&mut self, phase: &str) {
         for r in crate::hooks::take_ran() {
             self.hooks.push(HookRecord {
                 phase: phase.to_string(),
@@ -347,7 +347,7 @@ impl Draft {
 }
 
 /// An RFC 3339 UTC time with milliseconds, as records spell it.
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -389,7 +389,7 @@ pub fn key_for_manifest(manifest_url: &str) -> String {
 }
 
 /// `STATE/deploys`.
-pub fn deploys_dir(state_dir: &Path) -> PathBuf {
+pub(crate) fn deploys_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(DEPLOYS_DIR)
 }
 
@@ -422,7 +422,7 @@ const SECRET_PARAMS: &[&str] = &[
 /// query dropped when it holds a signature or token. Split by hand, not by
 /// `url::Url`: the rest stays exactly as the user wrote it (no percent-encoding, no
 /// lower-cased host), as every error and log line names it.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -477,7 +477,7 @@ pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
 
 /// Replaces `path` (in `dir`) by `data`: temp file in `dir`, fsync, rename, fsync
 /// of `dir`.
-pub fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
@@ -529,7 +529,7 @@ pub fn last(state_dir: &Path, dest: &Path) -> Option<Record> {
 
 /// The records of `key`'s history, oldest first; unreadable lines are skipped
 /// (with a warning).
-pub fn history(state_dir: &Path, key: &str) -> Vec<Record> {
+pub(crate) fn history(state_dir: &Path, key: &str) -> Vec<Record> {
     let path = history_path(state_dir, key);
     let Ok(bytes) = std::fs::read(&path) else {
         return Vec::new();
@@ -552,17 +552,9 @@ pub fn history(state_dir: &Path, key: &str) -> Vec<Record> {
     out
 }
 
-/// The newest successful record of `dest`, from its history (for `serial`, §15).
-pub fn last_success(state_dir: &Path, dest: &Path) -> Option<Record> {
-    history(state_dir, &key_for_dest(dest))
-        .into_iter()
-        .rev()
-        .find(|r| r.result == Outcome::Success)
-}
-
 /// The last record of every key in the state directory, sorted by key (for
 /// `status`). Corrupt records are warnings and left out.
-pub fn all(state_dir: &Path) -> Vec<(String, Record)> {
+pub(crate) fn all(state_dir: &Path) -> Vec<(String, Record)> {
     let dir = deploys_dir(state_dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
@@ -586,13 +578,13 @@ pub fn all(state_dir: &Path) -> Vec<(String, Record)> {
 /// (SPEC §15), beside its records. The history keeps only the last
 /// [`HISTORY_KEEP`] records, so a run of refused replays would otherwise push the
 /// last success out of it, and with it the serial an old manifest must not undercut.
-pub fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
+pub(crate) fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
     deploys_dir(state_dir).join(format!("{key}.serial"))
 }
 
 /// Remembers the `serial` of a successful deploy of `key` (`None`: it had none, so
 /// the next manifest is not compared). Replaced atomically.
-pub fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) -> Result<()> {
+pub(crate) fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) -> Result<()> {
     let dir = deploys_dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
     let text = match serial {
@@ -605,7 +597,7 @@ pub fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) ->
 /// The `serial` of the last successful deploy of `key`: from `<key>.serial`, or,
 /// when that file is missing or corrupt (a warning), from the newest success in
 /// the history. `None`: no success, or it had no serial.
-pub fn last_success_serial(state_dir: &Path, key: &str) -> Option<u64> {
+pub(crate) fn last_success_serial(state_dir: &Path, key: &str) -> Option<u64> {
     let path = serial_path(state_dir, key);
     match std::fs::read_to_string(&path) {
         Ok(text) => match text.trim() {
@@ -749,7 +741,11 @@ mod tests {
         let l = last(t.path(), dest).unwrap();
         assert_eq!(l.serial, Some((HISTORY_KEEP + 6) as u64));
         assert_eq!(
-            last_success(t.path(), dest).unwrap().serial,
+            h.iter()
+                .rev()
+                .find(|r| r.result == Outcome::Success)
+                .unwrap()
+                .serial,
             Some((HISTORY_KEEP + 6) as u64)
         );
         assert_eq!(all(t.path()).len(), 1);

@@ -19,7 +19,7 @@ fn ms(since: Instant) -> f64 {
 
 /// The settings of the deploy about to run, compared with the index's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted<'a> {
+pub(crate) struct Wanted<'a> {
     pub checksum: &'a str,
     pub strategy: &'a str,
     pub dest_mode: Option<u32>,
@@ -30,7 +30,7 @@ pub struct Wanted<'a> {
 
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// `dest` holds it: `deployed` is when the sync that made it so ran (the
     /// index's time), `entries` how many entries the walk compared.
     Skip { deployed: String, entries: u64 },
@@ -54,7 +54,7 @@ fn warn(reason: impl Into<String>) -> Decision {
 }
 
 /// Whether a sync of the archive `want` names onto `dest` would change nothing.
-pub fn check(state_dir: &Path, dest: &Path, want: &Wanted) -> Decision {
+pub(crate) fn check(state_dir: &Path, dest: &Path, want: &Wanted) -> Decision {
     let key = record::key_for_dest(dest);
     let Some(last) = record::last_by_key(state_dir, &key) else {
         return deploy("no earlier deploy of it is recorded");

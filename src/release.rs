@@ -85,21 +85,21 @@ pub struct Meta {
 
 impl Meta {
     /// Confirmed by a successful deploy and not marked bad since.
-    pub fn is_good(&self) -> bool {
+    pub(crate) fn is_good(&self) -> bool {
         self.deployed.is_some() && !self.bad
     }
 }
 
 /// One complete release of a releases directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Release {
+pub(crate) struct Release {
     pub id: String,
     pub meta: Meta,
 }
 
 /// What `dest` is before a release deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DestState {
+pub(crate) enum DestState {
     /// Absent: the first deploy creates the link.
     Absent,
     /// An empty directory: replaced by the link.
@@ -109,7 +109,7 @@ pub enum DestState {
 }
 
 /// Whether `name` has the shape of a release ID.
-pub fn is_id(name: &str) -> bool {
+pub(crate) fn is_id(name: &str) -> bool {
     let b = name.as_bytes();
     if b.len() < 25 {
         return false;
@@ -143,7 +143,7 @@ fn release_error(path: &Path, msg: impl Into<String>) -> Error {
 
 /// Reads what `dest` is. A non-empty directory, a file, or a link to anything but a
 /// release of `dir` is an error naming it (SPEC §14: move it away to adopt releases).
-pub fn dest_state(dest: &Path, dir: &Path) -> Result<DestState> {
+pub(crate) fn dest_state(dest: &Path, dir: &Path) -> Result<DestState> {
     let m = match fs::symlink_metadata(dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DestState::Absent),
         other => other.ctx("stat", dest)?,
@@ -186,7 +186,7 @@ fn live_id(target: &Path, dir: &Path) -> Option<String> {
 
 /// The releases of `dir` that have metadata, newest first (by sequence number).
 /// A missing directory has none.
-pub fn list(dir: &Path) -> Result<Vec<Release>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<Release>> {
     let entries = match fs::read_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         other => other.ctx("read", dir)?,
@@ -238,7 +238,7 @@ fn now_rfc3339() -> String {
 
 /// The ID of a release made now from `checksum`: the first of `BASE`, `BASE-2`, … that
 /// names nothing in `dir` (release, partial or metadata).
-pub fn next_id(dir: &Path, checksum: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn next_id(dir: &Path, checksum: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let base = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &checksum[..8]);
     let taken = |id: &str| {
         dir.join(id).symlink_metadata().is_ok()
@@ -269,7 +269,7 @@ fn switch_path(dest: &Path) -> Result<PathBuf> {
 /// Points `dest` at `target` by renaming a new symlink over it: one atomic
 /// `rename(2)`. An empty directory at dest is removed first (rename cannot replace a
 /// directory by a link); a non-empty one is an error and nothing changes.
-pub fn switch(dest: &Path, target: &Path) -> Result<()> {
+pub(crate) fn switch(dest: &Path, target: &Path) -> Result<()> {
     let tmp = switch_path(dest)?;
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("remove", &tmp, e)),
@@ -301,7 +301,7 @@ pub fn switch(dest: &Path, target: &Path) -> Result<()> {
 /// Removes what a killed run left: `.ID.partial` and `.ID.removing` directories,
 /// metadata temp files, metadata without a release, and the switch link beside dest.
 /// The caller holds dest's lock.
-pub fn remove_leftovers(dir: &Path, dest: &Path) {
+pub(crate) fn remove_leftovers(dir: &Path, dest: &Path) {
     if let Ok(tmp) = switch_path(dest) {
         if fs::remove_file(&tmp).is_ok() {
             logln!("removed leftover of an earlier run: {}", tmp.display());
@@ -361,7 +361,7 @@ fn remove_release(dir: &Path, id: &str) -> Result<()> {
 /// The releases a cleanup keeps (SPEC §14): the live one, the previous good one (the
 /// newest good release older than the live one), and the `keep` newest good ones.
 /// `releases` is newest first.
-pub fn to_keep(releases: &[Release], live: &str, keep: u32) -> HashSet<String> {
+pub(crate) fn to_keep(releases: &[Release], live: &str, keep: u32) -> HashSet<String> {
     let mut kept: HashSet<String> = HashSet::new();
     kept.insert(live.to_string());
     let live_seq = releases.iter().find(|r| r.id == live).map(|r| r.meta.seq);
@@ -381,7 +381,7 @@ pub fn to_keep(releases: &[Release], live: &str, keep: u32) -> HashSet<String> {
 /// After a successful switch to `live`: removes the releases [`to_keep`] does not keep
 /// (older good ones beyond `keep`, bad ones, unconfirmed ones left by a killed run).
 /// A release that cannot be removed is a warning, not a failed deploy.
-pub fn cleanup(dir: &Path, live: &str, keep: u32) -> Result<()> {
+pub(crate) fn cleanup(dir: &Path, live: &str, keep: u32) -> Result<()> {
     let releases = list(dir)?;
     let kept = to_keep(&releases, live, keep);
     for r in releases.iter().filter(|r| !kept.contains(&r.id)) {
@@ -521,7 +521,7 @@ fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>>
 
 /// What a release deploy did, for the log and the deploy record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deployed {
+pub(crate) struct Deployed {
     /// The new release's ID (marked bad when `post` failed).
     pub id: String,
     /// The release dest pointed at before, if any.
@@ -531,7 +531,7 @@ pub struct Deployed {
 /// What a release deploy shares with the generic deploy: the record in the making,
 /// the state directory (for the index), the settings the index is written with, and
 /// whether `pre` already ran (a skipped redeploy that found dest changed after it).
-pub struct Context<'a, 'w> {
+pub(crate) struct Context<'a, 'w> {
     pub draft: &'a mut record::Draft,
     pub state: Option<&'a Path>,
     pub wanted: &'a redeploy::Wanted<'w>,
@@ -540,7 +540,7 @@ pub struct Context<'a, 'w> {
 
 /// A release deploy, from the verified download to the cleanup (SPEC §14). The caller
 /// holds dest's lock; a dry run is handled by the generic path (not here).
-pub fn deploy(
+pub(crate) fn deploy(
     manifest: &Manifest,
     fetch_opts: &FetchOptions,
     hook_env: &HookEnv,
@@ -686,7 +686,13 @@ impl Slot {
         let (filter, exclude_text) =
             crate::staging::load_filter(manifest, partial_path, &staged.reused, partial_path)?;
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written).into_values().collect();
+        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
+            .into_iter()
+            .map(|(rel, w)| {
+                let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
+                Entry::from_meta(path, &w.meta, w.target)
+            })
+            .collect();
         crate::index::sort(&mut listed);
         let excluded = remove_excluded(partial_path, &filter, &mut listed)?;
         if excluded > 0 {
@@ -894,7 +900,10 @@ fn releases_dir(manifest: &Manifest, dest: &Path) -> Result<PathBuf> {
 /// (dest-relative, as `deploy`'s dry run prints them), and the switch it would make,
 /// as (the live release's directory, or None on a first deploy; the switch line's
 /// path and target).
-pub fn dry_run_target(manifest: &Manifest, dest: &Path) -> Result<(Option<PathBuf>, PathBuf)> {
+pub(crate) fn dry_run_target(
+    manifest: &Manifest,
+    dest: &Path,
+) -> Result<(Option<PathBuf>, PathBuf)> {
     let dir = releases_dir(manifest, dest)?;
     let live = match dest_state(dest, &dir)? {
         DestState::Live(id) => Some(dir.join(id)),
@@ -932,7 +941,7 @@ fn dir_of(dest: &Path) -> PathBuf {
 
 /// `stretcher releases DEST`: one line per release, newest first:
 /// `ID  CHECKSUM(12)  DEPLOYED  [live] [bad]` (DEPLOYED `-` while unconfirmed).
-pub fn releases_text(dest: &Path) -> Result<String> {
+pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     let dir = dir_of(dest);
     let releases = list(&dir)?;
     if releases.is_empty() {
@@ -964,7 +973,7 @@ pub fn releases_text(dest: &Path) -> Result<String> {
 
 /// What a rollback did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RolledBack {
+pub(crate) struct RolledBack {
     pub dir: PathBuf,
     /// The release left (now marked bad).
     pub from: String,
@@ -975,7 +984,7 @@ pub struct RolledBack {
 /// `stretcher rollback DEST [--to ID]` (SPEC §14): switches dest to release `to`, or to
 /// the newest good release older than the live one, and marks the one left bad. No
 /// hook, no network; holds dest's lock. Removes nothing but a killed run's leftovers.
-pub fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<RolledBack> {
+pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<RolledBack> {
     let _lock = crate::state::lock_dest(dest, env)?;
     let target = fs::read_link(dest).map_err(|_| {
         release_error(
@@ -1043,7 +1052,7 @@ pub fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<Rolled
 /// the release now live, so that `verify` and the redeploy that downloads nothing see
 /// it. The manifest URL and src come from the last record that deployed that release.
 /// Failures are warnings: the switch stands.
-pub fn record_rollback(
+pub(crate) fn record_rollback(
     state: &Path,
     dest: &Path,
     r: &RolledBack,

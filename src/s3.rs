@@ -39,13 +39,13 @@ const ECS_TOTAL: Duration = Duration::from_secs(5);
 
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     pub bucket: String,
     pub key: String,
 }
 
 /// Splits `s3://bucket/key`. The key is kept verbatim (see the module doc).
-pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
+pub(crate) fn parse_url(url: &str) -> std::result::Result<Location, String> {
     let (bucket, key) = crate::bucket_url::split(
         url,
         &crate::bucket_url::Form {
@@ -70,7 +70,7 @@ pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
 
 /// AWS credentials. `Debug` shows neither the secret nor the token.
 #[derive(Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub access_key: String,
     secret: String,
     token: Option<String>,
@@ -94,7 +94,7 @@ impl fmt::Debug for Credentials {
 /// Why no credentials could be had: `retryable` when a metadata endpoint failed in a
 /// way a later attempt may not (connection refused, 5xx).
 #[derive(Debug)]
-pub struct CredError {
+pub(crate) struct CredError {
     pub msg: String,
     pub retryable: bool,
     /// The io / parser error `msg` says, kept as the source of the crate error.
@@ -124,14 +124,14 @@ impl CredError {
 }
 
 /// One INI section: lower-case keys → values.
-pub type Section = BTreeMap<String, String>;
+pub(crate) type Section = BTreeMap<String, String>;
 
 /// Parses an AWS shared `credentials` / `config` file. Sections `[name]` (inner
 /// whitespace collapsed, so `[ profile  x ]` is `profile x`), `key = value`, comment
 /// lines starting with `#` or `;`. An indented line after a key with an empty value
 /// belongs to that key's nested block (`s3 =` / `  addressing_style = path`) and is
 /// skipped, so it cannot overwrite a top-level key. Later keys win.
-pub fn parse_ini(text: &str) -> BTreeMap<String, Section> {
+pub(crate) fn parse_ini(text: &str) -> BTreeMap<String, Section> {
     let mut out: BTreeMap<String, Section> = BTreeMap::new();
     let mut current: Option<String> = None;
     let mut in_nested = false;
@@ -165,7 +165,7 @@ pub fn parse_ini(text: &str) -> BTreeMap<String, Section> {
 
 /// The selected profile of the shared files, as read from disk.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub profile: String,
     pub credentials_path: Option<PathBuf>,
     pub config_path: Option<PathBuf>,
@@ -251,7 +251,7 @@ impl Shared {
 }
 
 /// The region: `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's `region`, else us-east-1.
-pub fn region(env: Env, shared: &Shared) -> String {
+pub(crate) fn region(env: Env, shared: &Shared) -> String {
     nonempty(env("AWS_REGION"))
         .or_else(|| nonempty(env("AWS_DEFAULT_REGION")))
         .or_else(|| {
@@ -266,7 +266,7 @@ pub fn region(env: Env, shared: &Shared) -> String {
 /// The endpoint and addressing style. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` name an
 /// S3-compatible store, addressed path-style; otherwise AWS, virtual-host style (path
 /// style for bucket names that cannot be a DNS label, e.g. with dots).
-pub fn endpoint(
+pub(crate) fn endpoint(
     env: Env,
     region: &str,
     bucket: &str,
@@ -536,7 +536,7 @@ fn unsupported_profile_keys(shared: &Shared) -> Vec<&'static str> {
 /// The credential chain, first found wins: environment, shared files, ECS, EC2 IMDSv2.
 /// `cache` keeps remote (expiring) credentials for a later attempt of the same run;
 /// they are used again only while they have more than five minutes left.
-pub fn resolve(
+pub(crate) fn resolve(
     env: Env,
     shared: &Shared,
     cache: Option<&Mutex<Option<Credentials>>>,
@@ -624,7 +624,7 @@ static CACHE: Mutex<Option<Credentials>> = Mutex::new(None);
 
 /// A presigned GET URL for `url` (`s3://bucket/key`), valid for `expires_in`.
 /// The result is a secret: callers must not log it or put it in an error.
-pub fn presign(url: &str, env: Env, expires_in: Duration) -> Result<String> {
+pub(crate) fn presign(url: &str, env: Env, expires_in: Duration) -> Result<String> {
     let fail = |msg: String| Error::S3 {
         url: url.to_string(),
         msg,

@@ -17,7 +17,7 @@ use minisign_verify::{PublicKey, Signature};
 
 /// A `.minisig` larger than this is not a minisign signature (one is ~300 bytes;
 /// the trusted comment is one line).
-pub const MAX_SIGNATURE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_SIGNATURE_BYTES: usize = 64 * 1024;
 
 /// One `--trusted-key`: the key and its minisign key id, as minisign prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl fmt::Display for Refusal {
 
 /// The URL of the signature of `manifest_url`: the URL with `.minisig` appended to
 /// its path (before a `?query` or `#fragment` of an http(s) URL).
-pub fn signature_url(manifest_url: &str) -> String {
+pub(crate) fn signature_url(manifest_url: &str) -> String {
     let http = manifest_url.starts_with("http://") || manifest_url.starts_with("https://");
     let cut = if http {
         manifest_url.find(['?', '#']).unwrap_or(manifest_url.len())

@@ -27,12 +27,12 @@ use crate::Env;
 
 /// An exclusive lock on one `dest`, released when dropped (or when the process dies).
 #[derive(Debug)]
-pub struct DestLock {
+pub(crate) struct DestLock {
     _lock: Flock<File>,
 }
 
 /// The lock file for `dest`: `.<name>.stretcher.lock` beside it.
-pub fn lock_path(dest: &Path, env: Env) -> Result<PathBuf> {
+pub(crate) fn lock_path(dest: &Path, env: Env) -> Result<PathBuf> {
     let (dir, tag) = work_dir(dest, env)?;
     let mut file = std::ffi::OsString::from(".");
     file.push(tag);
@@ -45,7 +45,7 @@ pub fn lock_path(dest: &Path, env: Env) -> Result<PathBuf> {
 /// exists and this user cannot write there, in `$TMPDIR`, tagged with the name and a
 /// hash of the whole path (two dests of one name must not share them). A missing
 /// parent counts as writable: it is created.
-pub fn work_dir(dest: &Path, env: Env) -> Result<(PathBuf, std::ffi::OsString)> {
+pub(crate) fn work_dir(dest: &Path, env: Env) -> Result<(PathBuf, std::ffi::OsString)> {
     use nix::unistd::{access, AccessFlags};
     let (parent, name) = parent_and_name(dest)?;
     let writable =
@@ -69,7 +69,7 @@ fn temp_dir(env: Env) -> PathBuf {
 }
 
 /// `dest`'s parent directory and its own name.
-pub fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+pub(crate) fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     match (dest.parent(), dest.file_name()) {
         (Some(p), Some(n)) => Ok((p, n)),
         _ => Err(Error::Sync {
@@ -81,7 +81,7 @@ pub fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
 
 /// Takes the exclusive lock for `dest`, creating its parent if needed; waits (and
 /// says so in the log) while another stretcher holds it. A signal ends the wait.
-pub fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
+pub(crate) fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
     let path = lock_path(dest, env)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
@@ -129,7 +129,7 @@ fn lock_waiting(path: &Path, holder: &str) -> Result<Flock<File>> {
 // ---------------------------------------------------------------------------
 
 /// The system-wide default state directory (SPEC §2).
-pub const SYSTEM_STATE_DIR: &str = "/var/lib/stretcher";
+pub(crate) const SYSTEM_STATE_DIR: &str = "/var/lib/stretcher";
 
 /// What identifies one delivery of an event: consul gives an ID and an LTime,
 /// serf an LTime only. `None` means "not given", which never matches anything.
@@ -155,7 +155,7 @@ impl std::fmt::Display for Seen {
 /// Why `new` is a replay of what was handled last (`last`), or `None` when it
 /// must run (SPEC §10): an LTime at or below the last handled one, or a consul
 /// ID equal to it. A missing LTime or ID compares with nothing.
-pub fn replay_reason(last: &Seen, new: &Seen) -> Option<String> {
+pub(crate) fn replay_reason(last: &Seen, new: &Seen) -> Option<String> {
     if let (Some(a), Some(b)) = (&last.id, &new.id) {
         if a == b {
             return Some(format!("ID {b} was handled already"));
@@ -195,7 +195,7 @@ struct Record {
 /// The state file name for an event name: `event-<name>.json`, the name reduced to
 /// `[A-Za-z0-9._-]` (at most 64 of them); when anything had to change, a hash
 /// of the real name is appended so that two names never share a file.
-pub fn file_stem(name: &str) -> String {
+pub(crate) fn file_stem(name: &str) -> String {
     const MAX: usize = 64;
     let clean: String = name
         .chars()
@@ -220,7 +220,7 @@ pub fn file_stem(name: &str) -> String {
 /// `/var/lib/stretcher` when it is writable or can be created, else
 /// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
 /// exists when this returns.
-pub fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
+pub(crate) fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
         return Ok(dir.to_path_buf());
@@ -230,7 +230,7 @@ pub fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
 
 /// The state directory a deploy would use (see [`state_dir`]), for the read-only
 /// subcommands: nothing is created; `None` when none can be chosen.
-pub fn find_state_dir(explicit: Option<&Path>, env: Env) -> Option<PathBuf> {
+pub(crate) fn find_state_dir(explicit: Option<&Path>, env: Env) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return Some(dir.to_path_buf());
     }
@@ -288,7 +288,7 @@ fn make_dir(p: &Path) -> std::io::Result<()> {
 
 /// The outcome of `claim`.
 #[derive(Debug)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// Already handled: the reason, for the log. Nothing is locked any more.
     Replay(String),
     /// Not handled yet: run it, then `record` it. Holds the event name's lock, so a
@@ -298,7 +298,7 @@ pub enum Claim {
 
 /// The right to handle one event: holds the lock of its name until dropped.
 #[derive(Debug)]
-pub struct EventClaim {
+pub(crate) struct EventClaim {
     _lock: Flock<File>,
     dir: PathBuf,
     path: PathBuf,
@@ -311,7 +311,7 @@ pub struct EventClaim {
 /// name's lock first (waiting, and saying so, while another stretcher handles an
 /// event of that name) and keeps it in the returned claim, so that the check, the
 /// deploy and the record are one step for every process that shares `dir`.
-pub fn claim(dir: &Path, name: &str, new: &Seen) -> Result<Claim> {
+pub(crate) fn claim(dir: &Path, name: &str, new: &Seen) -> Result<Claim> {
     let stem = file_stem(name);
     let lock_path = dir.join(format!("{stem}.lock"));
     let path = dir.join(format!("{stem}.json"));

@@ -24,12 +24,12 @@ use crate::Env;
 /// Serf's default limit of one query response (`QueryResponseSizeLimit`). It
 /// applies to the encoded response message, not to the answer alone: Serf drops
 /// (and only logs) a response that exceeds it.
-pub const BRIEF_LIMIT: usize = 1024;
+pub(crate) const BRIEF_LIMIT: usize = 1024;
 
 /// What Serf's response message adds to the answer, besides the node name: 41
 /// bytes measured with serf 0.8 (message type, field names, LTime, ID, flags,
 /// length headers), and room for LTimes and IDs of full width.
-pub const RESPONSE_OVERHEAD: usize = 56;
+pub(crate) const RESPONSE_OVERHEAD: usize = 56;
 
 /// The longest brief answer (its newline included) that a node called `node`
 /// can send within Serf's default limit.
@@ -84,7 +84,7 @@ const MIN_ERROR_CHARS: usize = 24;
 /// (never below `MIN_ERROR_CHARS` while deploys are dropped), then the oldest
 /// deploys are left out (counted in `omitted`), then errors go entirely. Always
 /// valid JSON; never longer than `limit` unless even the host name alone is.
-pub fn brief_json(brief: &Brief, limit: usize) -> String {
+pub(crate) fn brief_json(brief: &Brief, limit: usize) -> String {
     let fits = |b: &Brief| -> Option<String> {
         let s = serde_json::to_string(b).ok()?;
         (s.len() <= limit).then_some(s)
@@ -197,7 +197,7 @@ pub fn main(opts: &StatusOptions) -> i32 {
 }
 
 /// The output and exit status of `stretcher status` (SPEC §13).
-pub fn run(opts: &StatusOptions, env: Env) -> Result<(String, i32)> {
+pub(crate) fn run(opts: &StatusOptions, env: Env) -> Result<(String, i32)> {
     let dir = state::find_state_dir(opts.state_dir.as_deref(), env).ok_or_else(|| {
         Error::io(
             "choose a state directory",

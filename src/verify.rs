@@ -112,7 +112,7 @@ impl Hasher {
 }
 
 /// A reader that hashes every byte read through it.
-pub struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
     count: u64,
@@ -133,7 +133,7 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// The reader and the hasher, for `Checksum::verify`.
-    pub fn into_parts(self) -> (R, Hasher) {
+    pub(crate) fn into_parts(self) -> (R, Hasher) {
         (self.inner, self.hasher)
     }
 }

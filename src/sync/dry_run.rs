@@ -17,7 +17,7 @@ use crate::unpack::Staged;
 use crate::verify::Verified;
 
 /// The unpacked tree a dry run reports on.
-pub struct Tree<'a> {
+pub(crate) struct Tree<'a> {
     /// The verified staged tree.
     pub staged: &'a Verified<Staged>,
     /// The deploy's `dest`.
@@ -42,7 +42,7 @@ struct Change {
 /// `update PATH` (content, link target or type differs), `delete PATH` (dest-relative,
 /// as bytes), `switch DEST -> TARGET`. `tree` is None for a commands-only manifest (or
 /// a redeploy that downloads nothing).
-pub fn print(manifest: &Manifest, tree: Option<Tree>) -> Result<()> {
+pub(crate) fn print(manifest: &Manifest, tree: Option<Tree>) -> Result<()> {
     let mut changes = Vec::new();
     if let Some(tree) = tree {
         changes = planned_changes(manifest.sync_strategy, &tree)?;

@@ -259,7 +259,7 @@ impl After {
 pub use crate::unpack::FileAttrs as Kept;
 
 /// Kept files by path relative to the roots.
-pub type KeptFiles = HashMap<PathBuf, Kept>;
+pub(crate) type KeptFiles = HashMap<PathBuf, Kept>;
 
 impl Plan {
     /// The actions that change something in `dest` beyond attributes (for `--dry-run`).
@@ -270,7 +270,7 @@ impl Plan {
 
 impl Action {
     /// Whether this action creates, replaces or removes an entry.
-    pub fn is_change(&self) -> bool {
+    pub(crate) fn is_change(&self) -> bool {
         !matches!(self.op, Op::Keep { .. } | Op::DirAttrs { .. })
     }
 }

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 /// `Error::Stale`: its content is in neither tree. A dest directory holding excluded
 /// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
 /// there, "could not make way"): refused before anything changed.
-pub fn plan(
+pub(crate) fn plan(
     src: &Listing,
     dest: &Listing,
     filter: &Filter,

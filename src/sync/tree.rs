@@ -30,7 +30,7 @@ pub struct Entry {
 
 /// Entries in sorted pre-order, with the excluded ones apart (see [`Listing::excluded`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Walked {
+pub(crate) struct Walked {
     /// Entries not excluded, parents before children, siblings by name.
     pub entries: Vec<Entry>,
     /// Excluded entries (not descended into) by relative path, with their kind.
@@ -40,7 +40,7 @@ pub struct Walked {
 /// A tree as [`super::plan`] sees it: plain data, made by [`source`] or [`dest`] (or
 /// by hand, in tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listing {
+pub(crate) struct Listing {
     /// Where the tree is (the plan names paths with it; it is never read again).
     pub root: PathBuf,
     /// The root's attributes (a symlink followed: rsync's `DEST/`); `None` when the
@@ -55,7 +55,7 @@ pub struct Listing {
 }
 
 /// Lists the source tree `root`, which must be a directory.
-pub fn source(root: &Path, filter: &Filter) -> Result<Listing> {
+pub(crate) fn source(root: &Path, filter: &Filter) -> Result<Listing> {
     let m = fs::metadata(root).ctx("stat", root)?;
     if !m.is_dir() {
         return Err(Error::Sync {
@@ -72,7 +72,7 @@ pub fn source(root: &Path, filter: &Filter) -> Result<Listing> {
 }
 
 /// Lists the destination `root` (absent, or a directory) for a sync from `src`.
-pub fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listing> {
+pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listing> {
     let root_meta = match fs::metadata(root) {
         Ok(m) if m.is_dir() => Meta::from_std(&m),
         Ok(_) => {
@@ -112,7 +112,7 @@ pub fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listing> {
 
 /// Walks `root/sub` (not following symlinks below `root`) in sorted pre-order, paths
 /// relative to `root`. Excluded entries are not descended into; they are listed apart.
-pub fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
+pub(crate) fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
     let mut entries = Vec::new();
     let mut excluded = HashMap::new();
     let rel_of = |p: &Path| p.strip_prefix(root).map(Path::to_path_buf);

@@ -94,8 +94,17 @@ pub trait Unchanged {
     fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, std::fs::Metadata)>;
 }
 
+/// One node the unpack made, as it is once the unpack returns (`Staged::written`).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Its metadata (fstat or lstat after its last change).
+    pub meta: std::fs::Metadata,
+    /// A symlink's target bytes.
+    pub target: Option<Vec<u8>>,
+}
+
 /// The unpacked tree, ready for the sync step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Staged {
     /// The directory the tree was unpacked into (= `into`).
     pub root: PathBuf,
@@ -111,7 +120,7 @@ pub struct Staged {
     /// tree without a walk of it: a written file's fstat after its last change, a
     /// linked file's lstat by the [`Unchanged`] probe, a directory's after its deferred
     /// fixes, a symlink's or special's lstat. Empty otherwise.
-    pub written: HashMap<PathBuf, crate::index::Entry>,
+    pub written: HashMap<PathBuf, Written>,
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an

@@ -91,10 +91,8 @@ impl Extractor<'_, '_> {
         .map_err(|e| fail(raw, format!("hard link to {:?}: {e}", target)))?;
         // The same inode as the target's (a link never changes what the index keeps).
         match self.written.get(&target).cloned() {
-            Some(e) => {
-                let path = rel.as_os_str().as_bytes().to_vec();
-                self.written
-                    .insert(rel.to_path_buf(), crate::index::Entry { path, ..e });
+            Some(w) => {
+                self.written.insert(rel.to_path_buf(), w);
             }
             None => self.note(rel, raw, || fs::symlink_metadata(&abs), None)?,
         }

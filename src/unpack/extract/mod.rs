@@ -22,7 +22,6 @@ mod special;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
@@ -38,7 +37,7 @@ use self::space::Space;
 use super::errors::{fail, refused};
 use super::gnu::{header_mtime, member_kind, member_name, PaxInfo};
 use super::path::entry_path;
-use super::{FileAttrs, Staged, Unchanged, UnpackOptions};
+use super::{FileAttrs, Staged, Unchanged, UnpackOptions, Written};
 
 /// Metadata an entry carries for the node it creates.
 struct Meta {
@@ -104,7 +103,7 @@ pub(super) struct Extractor<'a, 'u> {
     /// Where each reused file is (the probe's answer), for hard links to it.
     kept_at: HashMap<PathBuf, PathBuf>,
     /// `Staged::written` (kept only with `link_unchanged`).
-    written: HashMap<PathBuf, crate::index::Entry>,
+    written: HashMap<PathBuf, Written>,
     space: Space,
 }
 
@@ -253,10 +252,10 @@ impl<'a, 'u> Extractor<'a, 'u> {
         target: Option<&[u8]>,
     ) -> Result<()> {
         if self.opts.link_unchanged {
-            let m = stat().map_err(|e| fail(raw, format!("stat: {e}")))?;
-            let path = rel.as_os_str().as_bytes().to_vec();
-            let e = crate::index::Entry::from_meta(path, &m, target.map(<[u8]>::to_vec));
-            self.written.insert(rel.to_path_buf(), e);
+            let meta = stat().map_err(|e| fail(raw, format!("stat: {e}")))?;
+            let target = target.map(<[u8]>::to_vec);
+            self.written
+                .insert(rel.to_path_buf(), Written { meta, target });
         }
         Ok(())
     }
