@@ -579,12 +579,7 @@ fn normalize_with(
     let mut iter = args.iter();
     let mut options_ended = false;
     while let Some(arg) = iter.next() {
-        let arg = arg.to_str().ok_or_else(|| {
-            Error::Usage(format!(
-                "argument {:?} is not valid UTF-8",
-                arg.to_string_lossy()
-            ))
-        })?;
+        let arg = utf8_arg(arg)?;
         if options_ended || arg == "-" || !arg.starts_with('-') {
             positionals.push(arg.to_string());
             continue;
@@ -593,61 +588,13 @@ fn normalize_with(
             options_ended = true;
             continue;
         }
-        let body = arg
-            .strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-'))
-            .unwrap_or(arg);
-        if body.is_empty() || body.starts_with('-') || body.starts_with('=') {
-            return Err(Error::Usage(format!("bad flag syntax: {arg}")));
-        }
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (body, None),
-        };
+        let (name, inline) = split_flag(arg)?;
         match name {
-            "h" | "help" | "v" | "version" => {
-                if inline.is_some() {
-                    return Err(Error::Usage(format!("flag -{name} does not take a value")));
-                }
-                let canonical = if name.starts_with('h') {
-                    "--help"
-                } else {
-                    "--version"
-                };
-                flags.push(canonical.to_string());
-            }
-            name if switches.contains(&name) => match inline {
-                None | Some("true" | "1") => flags.push(format!("--{name}")),
-                Some("false" | "0") => {}
-                Some(v) => {
-                    return Err(Error::Usage(format!(
-                        "invalid value {v:?} for flag --{name}: expected true or false"
-                    )))
-                }
-            },
+            "h" | "help" | "v" | "version" => flags.push(help_or_version(name, inline)?),
+            name if switches.contains(&name) => flags.extend(switch_flag(name, inline)?),
             _ => {
-                let Some(&(_, canonical)) = value_flags.iter().find(|(n, _)| *n == name) else {
-                    return Err(Error::Usage(format!(
-                        "unknown flag: {arg} (see stretcher --help)"
-                    )));
-                };
-                let value = match inline {
-                    Some(v) => v.to_string(),
-                    // The next word is the value whatever it looks like:
-                    // `--rsync-verbose -vv` must work.
-                    None => match iter.next() {
-                        Some(v) => v
-                            .to_str()
-                            .ok_or_else(|| {
-                                Error::Usage(format!("value of -{name} is not valid UTF-8"))
-                            })?
-                            .to_string(),
-                        None => {
-                            return Err(Error::Usage(format!("flag needs an argument: -{name}")))
-                        }
-                    },
-                };
-                flags.push(format!("--{canonical}"));
+                let (flag, value) = value_flag(arg, name, inline, value_flags, &mut iter)?;
+                flags.push(flag);
                 flags.push(value);
             }
         }
@@ -657,6 +604,84 @@ fn normalize_with(
         flags.extend(positionals);
     }
     Ok(flags)
+}
+
+/// An argument as text (flags and values are UTF-8).
+fn utf8_arg(arg: &OsString) -> Result<&str> {
+    arg.to_str().ok_or_else(|| {
+        Error::Usage(format!(
+            "argument {:?} is not valid UTF-8",
+            arg.to_string_lossy()
+        ))
+    })
+}
+
+/// `-name`, `--name`, `-name=value`: the name and the inline value.
+fn split_flag(arg: &str) -> Result<(&str, Option<&str>)> {
+    let body = arg
+        .strip_prefix("--")
+        .or_else(|| arg.strip_prefix('-'))
+        .unwrap_or(arg);
+    if body.is_empty() || body.starts_with('-') || body.starts_with('=') {
+        return Err(Error::Usage(format!("bad flag syntax: {arg}")));
+    }
+    Ok(match body.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (body, None),
+    })
+}
+
+/// `-h`, `-help`, `-v`, `-version` → `--help` / `--version` (never with a value).
+fn help_or_version(name: &str, inline: Option<&str>) -> Result<String> {
+    if inline.is_some() {
+        return Err(Error::Usage(format!("flag -{name} does not take a value")));
+    }
+    let canonical = if name.starts_with('h') {
+        "--help"
+    } else {
+        "--version"
+    };
+    Ok(canonical.to_string())
+}
+
+/// A switch: `--name` when on (bare, `=true`, `=1`), nothing when off (`=false`, `=0`).
+fn switch_flag(name: &str, inline: Option<&str>) -> Result<Option<String>> {
+    match inline {
+        None | Some("true" | "1") => Ok(Some(format!("--{name}"))),
+        Some("false" | "0") => Ok(None),
+        Some(v) => Err(Error::Usage(format!(
+            "invalid value {v:?} for flag --{name}: expected true or false"
+        ))),
+    }
+}
+
+/// A flag with a value: its canonical `--name` and the value (inline, else the next
+/// argument).
+fn value_flag<'a>(
+    arg: &str,
+    name: &str,
+    inline: Option<&str>,
+    value_flags: &[(&str, &str)],
+    rest: &mut impl Iterator<Item = &'a OsString>,
+) -> Result<(String, String)> {
+    let Some(&(_, canonical)) = value_flags.iter().find(|(n, _)| *n == name) else {
+        return Err(Error::Usage(format!(
+            "unknown flag: {arg} (see stretcher --help)"
+        )));
+    };
+    let value = match inline {
+        Some(v) => v.to_string(),
+        // The next word is the value whatever it looks like:
+        // `--rsync-verbose -vv` must work.
+        None => match rest.next() {
+            Some(v) => v
+                .to_str()
+                .ok_or_else(|| Error::Usage(format!("value of -{name} is not valid UTF-8")))?
+                .to_string(),
+            None => return Err(Error::Usage(format!("flag needs an argument: -{name}"))),
+        },
+    };
+    Ok((format!("--{canonical}"), value))
 }
 
 fn validate(raw: RawArgs) -> Result<Options> {

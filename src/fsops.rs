@@ -6,8 +6,9 @@
 //!
 //! Its rules: never follow a symlink at the node being changed (`lchown`, `utimensat`
 //! with `AT_SYMLINK_NOFOLLOW`; the mode is never set on a symlink), never open a node
-//! to set its times (opening a fifo blocks), and never leave a temporary name behind on
-//! an error (the [`Temp`] removes it when dropped).
+//! to set its times (opening a fifo blocks; a descriptor the caller already holds is
+//! used as it is), and never leave a temporary name behind on an error (the [`Temp`]
+//! removes it when dropped).
 
 use std::ffi::OsString;
 use std::fs::{self, File, Permissions};
@@ -18,7 +19,6 @@ use std::path::Path;
 
 use tempfile::NamedTempFile;
 
-use crate::error::IoContext;
 use crate::{Error, Result};
 
 /// A node under a temporary name, removed when dropped unless [`Temp::rename_to`] put
@@ -64,71 +64,134 @@ pub fn rename_to<T>(tmp: Temp<T>, path: &Path) -> Result<T> {
         .map_err(|e| Error::io("rename into", path, e.error))
 }
 
-/// What [`set_attrs`] sets on a node; `None` leaves that attribute as it is.
+/// What [`apply`] (and [`set_attrs`]) sets on a node; `None` leaves that attribute as it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Attrs {
     /// Owner and group (`lchown`).
     pub owner: Option<(u32, u32)>,
     /// Permission bits (& 0o7777); never set on a symlink.
     pub mode: Option<u32>,
-    /// Modification time: seconds and nanoseconds (the atime is left alone).
+    /// Modification time: seconds and nanoseconds.
     pub mtime: Option<(i64, u32)>,
+    /// Access time, set in the same call as the mtime (`None`: left alone).
+    pub atime: Option<(i64, u32)>,
+}
+
+/// The node [`apply`] changes.
+#[derive(Debug, Clone, Copy)]
+pub enum Node<'a> {
+    /// By path, never following a symlink there (the mode is never asked of one).
+    At(&'a Path),
+    /// By path, the times following a symlink (the root of a tree, which may be a
+    /// symlink to a directory); the owner still by `lchown`.
+    Follow(&'a Path),
+    /// Through a descriptor the caller holds open (a file just written, a directory
+    /// opened `O_NOFOLLOW`): `fchown`, `fchmod`, `futimens`.
+    Open(&'a File),
+}
+
+/// The step of owner → mode → mtime that failed, for callers that word their own errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The owner (`lchown` / `fchown`).
+    Owner,
+    /// The mode (`chmod` / `fchmod`).
+    Mode,
+    /// The times (`utimensat` / `futimens`).
+    Times,
+}
+
+/// The one definition of owner → mode → mtime on a node: each step only when `attrs`
+/// asks for it, in that order; the first failing step and its cause.
+pub fn apply(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), (Step, io::Error)> {
+    if let Some((uid, gid)) = attrs.owner {
+        match node {
+            Node::At(path) | Node::Follow(path) => {
+                std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            }
+            Node::Open(file) => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
+        }
+        .map_err(|e| (Step::Owner, e))?;
+    }
+    if let Some(mode) = attrs.mode {
+        let perms = Permissions::from_mode(mode);
+        match node {
+            Node::At(path) | Node::Follow(path) => fs::set_permissions(path, perms),
+            Node::Open(file) => file.set_permissions(perms),
+        }
+        .map_err(|e| (Step::Mode, e))?;
+    }
+    if attrs.mtime.is_some() || attrs.atime.is_some() {
+        set_times(node, attrs).map_err(|e| (Step::Times, e))?;
+    }
+    Ok(())
 }
 
 /// Sets owner → mode → mtime on the node at `path`: the owner with `lchown`, the mode
 /// with `chmod` (callers never ask it of a symlink), the mtime without following a
 /// symlink unless `follow` (the root of a tree, which may be a symlink to a directory).
 pub fn set_attrs(path: &Path, attrs: &Attrs, follow: bool) -> Result<()> {
-    if let Some((uid, gid)) = attrs.owner {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).ctx("lchown", path)?;
-    }
-    if let Some(mode) = attrs.mode {
-        fs::set_permissions(path, Permissions::from_mode(mode)).ctx("chmod", path)?;
-    }
-    if let Some((secs, nsec)) = attrs.mtime {
-        set_mtime(path, secs, nsec, follow)?;
-    }
-    Ok(())
+    let node = if follow {
+        Node::Follow(path)
+    } else {
+        Node::At(path)
+    };
+    apply(node, attrs).map_err(|(step, e)| {
+        let op = match step {
+            Step::Owner => "lchown",
+            Step::Mode => "chmod",
+            Step::Times => "set times",
+        };
+        Error::io(op, path, e)
+    })
 }
 
 /// [`set_attrs`] on an open regular file, through its descriptor (`path` names it in
 /// errors).
 pub fn set_file_attrs(file: &File, path: &Path, attrs: &Attrs) -> Result<()> {
-    if let Some((uid, gid)) = attrs.owner {
-        std::os::unix::fs::fchown(file, Some(uid), Some(gid)).ctx("chown", path)?;
-    }
-    if let Some(mode) = attrs.mode {
-        file.set_permissions(Permissions::from_mode(mode))
-            .ctx("chmod", path)?;
-    }
-    if let Some((secs, nsec)) = attrs.mtime {
-        let t = filetime::FileTime::from_unix_time(secs, nsec);
-        filetime::set_file_handle_times(file, None, Some(t)).ctx("set times", path)?;
-    }
-    Ok(())
+    apply(Node::Open(file), attrs).map_err(|(step, e)| {
+        let op = match step {
+            Step::Owner => "chown",
+            Step::Mode => "chmod",
+            Step::Times => "set times",
+        };
+        Error::io(op, path, e)
+    })
 }
 
-/// Sets the mtime (to the nanosecond; atime untouched) with `utimensat`, which never
-/// opens the node.
-fn set_mtime(path: &Path, secs: i64, nsec: u32, follow: bool) -> Result<()> {
+/// Sets the times (to the nanosecond; one left out is untouched): `utimensat` by path,
+/// which never opens the node, or `futimens` on an open one.
+fn set_times(node: Node<'_>, attrs: &Attrs) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    let mtime = TimeSpec::new(secs, i64::from(nsec));
-    let flag = if follow {
-        UtimensatFlags::FollowSymlink
-    } else {
-        UtimensatFlags::NoFollowSymlink
+    let (path, flag) = match node {
+        Node::At(path) => (path, UtimensatFlags::NoFollowSymlink),
+        Node::Follow(path) => (path, UtimensatFlags::FollowSymlink),
+        Node::Open(file) => {
+            let t = |(secs, nsec)| filetime::FileTime::from_unix_time(secs, nsec);
+            let (atime, mtime) = (attrs.atime.map(t), attrs.mtime.map(t));
+            return filetime::set_file_handle_times(file, atime, mtime);
+        }
     };
-    utimensat(None, path, &TimeSpec::UTIME_OMIT, &mtime, flag)
-        .map_err(|e| Error::io("set times", path, io::Error::from(e)))
+    let spec = |t: Option<(i64, u32)>| match t {
+        Some((secs, nsec)) => TimeSpec::new(secs, i64::from(nsec)),
+        None => TimeSpec::UTIME_OMIT,
+    };
+    utimensat(None, path, &spec(attrs.atime), &spec(attrs.mtime), flag).map_err(io::Error::from)
 }
 
 /// Makes a fifo, socket or device node at `path` (mode 0600 until [`set_attrs`]):
 /// `st_mode` gives the type, `rdev` the device.
 pub fn mknod(path: &Path, st_mode: u32, rdev: u64) -> io::Result<()> {
+    mknod_with(path, st_mode, 0o600, rdev)
+}
+
+/// [`mknod`] with the permission bits `perm` (& 0o777, less the umask) from the start,
+/// for callers that skip the chmod when the umask took nothing.
+pub fn mknod_with(path: &Path, st_mode: u32, perm: u32, rdev: u64) -> io::Result<()> {
     use nix::sys::stat::{Mode, SFlag};
     let kind = SFlag::from_bits_truncate(st_mode & SFlag::S_IFMT.bits());
-    nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(0o600), rdev)
+    nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(perm & 0o777), rdev)
         .map_err(io::Error::from)
 }
 
@@ -161,6 +224,7 @@ mod tests {
             owner: None,
             mode: Some(0o640),
             mtime: Some((1_000_000, 5)),
+            atime: None,
         };
         set_file_attrs(tmp.as_file(), tmp.path(), &attrs).unwrap();
         rename_to(tmp, &path).unwrap();
@@ -187,5 +251,31 @@ mod tests {
         set_attrs(&link, &attrs, false).unwrap();
         assert_eq!(fs::symlink_metadata(&link).unwrap().mtime(), 42);
         assert_eq!(fs::metadata(&file).unwrap().mtime(), before);
+    }
+
+    #[test]
+    fn apply_sets_the_atime_only_when_asked_and_names_the_failed_step() {
+        let t = tempfile::tempdir().unwrap();
+        let link = t.path().join("l");
+        std::os::unix::fs::symlink("nowhere", &link).unwrap();
+        let mut attrs = Attrs {
+            mtime: Some((1_000, 7)),
+            ..Attrs::default()
+        };
+        apply(Node::At(&link), &attrs).unwrap();
+        let m = fs::symlink_metadata(&link).unwrap();
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000, 7));
+        assert_ne!(m.atime(), 1_000);
+        attrs.atime = attrs.mtime;
+        apply(Node::At(&link), &attrs).unwrap();
+        let m = fs::symlink_metadata(&link).unwrap();
+        assert_eq!((m.atime(), m.atime_nsec()), (1_000, 7));
+
+        let gone = t.path().join("gone");
+        let (step, _) = apply(Node::At(&gone), &attrs).unwrap_err();
+        assert_eq!(step, Step::Times);
+        attrs.mode = Some(0o600);
+        let (step, _) = apply(Node::At(&gone), &attrs).unwrap_err();
+        assert_eq!(step, Step::Mode);
     }
 }

@@ -555,75 +555,10 @@ pub(crate) fn deploy(
         wanted,
         pre_done,
     } = ctx;
-    let dir = releases_dir(manifest, dest)?;
-    let before = dest_state(dest, &dir)?;
-    fs::create_dir_all(&dir).ctx("create directory", &dir)?;
-    remove_leftovers(&dir, dest);
-    let live = match &before {
-        DestState::Live(id) => Some(id.clone()),
-        _ => None,
-    };
-    let existing = list(&dir)?;
-    let seq = existing.iter().map(|r| r.meta.seq).max().unwrap_or(0) + 1;
-    let id = next_id(&dir, checksum.hex(), chrono::Utc::now());
-    let partial_path = dir.join(format!(".{id}{PARTIAL}"));
-
-    logln!("Loading URL {src}");
-    let same_owner = nix::unistd::geteuid().is_root();
-    draft.step = Step::Download;
-    let downloaded = std::sync::atomic::AtomicU64::new(0);
-    let verified = fetch::stream(src, checksum, fetch_opts, |reader| {
-        downloaded.store(0, std::sync::atomic::Ordering::Relaxed);
-        let reader = &mut fetch::Counting {
-            inner: reader,
-            count: &downloaded,
-        };
-        let partial = Partial::create(&partial_path)?;
-        let unpack_opts = UnpackOptions {
-            same_owner,
-            label: src.to_string(),
-            link_unchanged: true,
-        };
-        let mut probe = live
-            .as_ref()
-            .map(|l| crate::sync::DestProbe::new(dir.join(l)));
-        let probe = probe.as_mut().map(|p| p as &mut dyn unpack::Unchanged);
-        logln!("Extract archive: {src} to {}", partial_path.display());
-        let staged = unpack::unpack(reader, &partial_path, &unpack_opts, probe)?;
-        Ok((partial, staged))
-    });
-    draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));
-    let (mut partial, mut staged) = verified?.into_inner();
+    let slot = Slot::take(manifest, dest, checksum)?;
+    let (mut partial, mut staged) = slot.download(src, checksum, fetch_opts, draft)?;
     draft.step = Step::Unpack;
-    logln!(
-        "Unpacked {} entries into release {id} ({} unchanged files linked from {})",
-        staged.entries,
-        staged.reused.len(),
-        live.as_deref().unwrap_or("no live release")
-    );
-    // Unchanged files are hard links in the partial release: every rule file is there.
-    let (filter, exclude_text) =
-        crate::staging::load_filter(manifest, &partial_path, &staged.reused, &partial_path)?;
-    // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-    let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
-        .into_iter()
-        .map(|(rel, w)| {
-            let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
-            Entry::from_meta(path, &w.meta, w.target)
-        })
-        .collect();
-    crate::index::sort(&mut listed);
-    let excluded = remove_excluded(&partial_path, &filter, &mut listed)?;
-    if excluded > 0 {
-        logln!("Left {excluded} excluded entries out of release {id}");
-    }
-    let mode = manifest
-        .dest_mode
-        .or(staged.root_mode)
-        .unwrap_or(DEFAULT_MODE);
-    logln!("Set release mode {mode:04o}");
-    fs::set_permissions(&partial_path, fs::Permissions::from_mode(mode))
-        .ctx("chmod", &partial_path)?;
+    let unpacked = slot.finish_partial(manifest, &mut staged)?;
 
     if !pre_done {
         draft.step = Step::Pre;
@@ -632,90 +567,278 @@ pub(crate) fn deploy(
 
     // `pre` may have changed dest: check again, right before the switch.
     draft.step = Step::Sync;
-    let before = dest_state(dest, &dir)?;
+    let before = dest_state(dest, &slot.dir)?;
     let previous = match before {
         DestState::Live(id) => Some(id),
         _ => None,
     };
-    let meta = Meta {
-        schema: 1,
-        id: id.clone(),
-        dest: dest.to_path_buf(),
-        checksum: checksum.hex().to_ascii_lowercase(),
-        seq,
-        created: now_rfc3339(),
-        deployed: None,
-        bad: false,
-        reason: None,
-        index: Some(crate::index::Header {
-            checksum: wanted.checksum.to_string(),
-            strategy: wanted.strategy.to_string(),
-            dest_mode: wanted.dest_mode,
-            excludes: wanted.excludes.to_vec(),
-            exclude_from: wanted.exclude_from.map(str::to_string),
-            exclude_from_text: exclude_text,
-            euid: wanted.euid,
-            written: String::new(),
-            entries: 0,
-        }),
-    };
-    write_meta(&dir, &meta)?;
-    let release = dir.join(&id);
-    fs::rename(&partial_path, &release).ctx("rename onto", &release)?;
-    partial.armed = false;
-    logln!("Release {id} is complete in {}", dir.display());
-    if let Err(e) = switch(dest, &release) {
-        // Not live: take the new release away again.
-        let _ = remove_release(&dir, &id);
-        return Err(e);
-    }
-    logln!(
-        "Switched {} to release {id}{}",
-        dest.display(),
-        previous
-            .as_deref()
-            .map(|p| format!(" (was {p})"))
-            .unwrap_or_default()
-    );
-    draft.release = Some(id.clone());
+    let meta = slot.meta(dest, checksum, wanted, unpacked.exclude_text);
+    let release = slot.complete(&meta, &mut partial)?;
+    slot.go_live(dest, &release, previous.as_deref())?;
+    draft.release = Some(slot.id.clone());
     // What changed against the previous release (read before a cleanup can take it).
-    let entries = release_entries(&release, listed);
+    let entries = release_entries(&release, unpacked.listed);
     if let Ok(new) = &entries {
-        // The index of the previous release when the state directory has it (cheaper
-        // than a walk), else a walk of it.
-        let indexed = |p: &str| {
-            let sum = read_meta(&dir, p)?.checksum;
-            let (h, e) = crate::index::read(state?, &record::key_for_dest(dest)).ok()??;
-            (h.checksum == sum && h.strategy == "release").then_some(e)
-        };
-        let old = previous
-            .as_deref()
-            .and_then(|p| indexed(p).or_else(|| crate::index::scan(&dir.join(p), &filter).ok()))
-            .unwrap_or_default();
+        let old = slot.previous_entries(state, dest, previous.as_deref(), &unpacked.filter);
         draft.changes = Some(changes(&old, new));
     }
 
     draft.step = Step::Post;
-    if let Err(e) = draft.run_hooks("post", &manifest.commands.post, hook_env) {
-        switch_back(dest, &dir, previous.as_deref());
-        if let Err(m) = mark(&dir, &id, true, Some(format!("post failed: {e}"))) {
-            logln!("warning: could not mark release {id} bad: {m}");
+    slot.post(draft, manifest, hook_env, dest, previous.as_deref())?;
+    slot.confirm(meta, state, dest, entries, manifest.keep_releases)?;
+    Ok(Deployed {
+        id: slot.id,
+        previous,
+    })
+}
+
+/// Where a release deploy puts its new release, decided before anything is downloaded.
+struct Slot {
+    /// The releases directory.
+    dir: PathBuf,
+    /// The release dest pointed at when the deploy began (the unpack's probe).
+    live: Option<String>,
+    /// The new release's sequence number and ID.
+    seq: u64,
+    id: String,
+    /// `RELEASES_DIR/.ID.partial`, where the unpack writes.
+    partial_path: PathBuf,
+}
+
+/// The partial release once unpacked: its filter, the rule file's text (for the
+/// index) and the listing of what is in it, excludes left out.
+struct Unpacked {
+    filter: Filter,
+    exclude_text: Option<String>,
+    listed: Vec<Entry>,
+}
+
+impl Slot {
+    /// The releases directory made (a killed run's leftovers removed), and the new
+    /// release's ID and sequence number.
+    fn take(manifest: &Manifest, dest: &Path, checksum: &Checksum) -> Result<Slot> {
+        let dir = releases_dir(manifest, dest)?;
+        let before = dest_state(dest, &dir)?;
+        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        remove_leftovers(&dir, dest);
+        let live = match &before {
+            DestState::Live(id) => Some(id.clone()),
+            _ => None,
+        };
+        let existing = list(&dir)?;
+        let seq = existing.iter().map(|r| r.meta.seq).max().unwrap_or(0) + 1;
+        let id = next_id(&dir, checksum.hex(), chrono::Utc::now());
+        let partial_path = dir.join(format!(".{id}{PARTIAL}"));
+        Ok(Slot {
+            dir,
+            live,
+            seq,
+            id,
+            partial_path,
+        })
+    }
+
+    /// Downloads and unpacks into the partial release, unchanged files hard-linked
+    /// from the live release; the record's `downloaded_bytes` whatever the outcome.
+    fn download(
+        &self,
+        src: &str,
+        checksum: &Checksum,
+        fetch_opts: &FetchOptions,
+        draft: &mut record::Draft,
+    ) -> Result<(Partial, unpack::Staged)> {
+        logln!("Loading URL {src}");
+        let same_owner = nix::unistd::geteuid().is_root();
+        draft.step = Step::Download;
+        let downloaded = std::sync::atomic::AtomicU64::new(0);
+        let verified = fetch::stream(src, checksum, fetch_opts, |reader| {
+            downloaded.store(0, std::sync::atomic::Ordering::Relaxed);
+            let reader = &mut fetch::Counting {
+                inner: reader,
+                count: &downloaded,
+            };
+            let partial = Partial::create(&self.partial_path)?;
+            let unpack_opts = UnpackOptions {
+                same_owner,
+                label: src.to_string(),
+                link_unchanged: true,
+            };
+            let mut probe =
+                (self.live.as_ref()).map(|l| crate::sync::DestProbe::new(self.dir.join(l)));
+            let probe = probe.as_mut().map(|p| p as &mut dyn unpack::Unchanged);
+            logln!("Extract archive: {src} to {}", self.partial_path.display());
+            let staged = unpack::unpack(reader, &self.partial_path, &unpack_opts, probe)?;
+            Ok((partial, staged))
+        });
+        draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));
+        Ok(verified?.into_inner())
+    }
+
+    /// The unpacked partial release: logged, its excludes removed (and left out of its
+    /// listing), its mode set.
+    fn finish_partial(&self, manifest: &Manifest, staged: &mut unpack::Staged) -> Result<Unpacked> {
+        let (id, partial_path) = (&self.id, &self.partial_path);
+        logln!(
+            "Unpacked {} entries into release {id} ({} unchanged files linked from {})",
+            staged.entries,
+            staged.reused.len(),
+            self.live.as_deref().unwrap_or("no live release")
+        );
+        // Unchanged files are hard links in the partial release: every rule file is there.
+        let (filter, exclude_text) =
+            crate::staging::load_filter(manifest, partial_path, &staged.reused, partial_path)?;
+        // What the unpack wrote is the release's listing (SPEC §11: no second walk).
+        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
+            .into_iter()
+            .map(|(rel, w)| {
+                let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
+                Entry::from_meta(path, &w.meta, w.target)
+            })
+            .collect();
+        crate::index::sort(&mut listed);
+        let excluded = remove_excluded(partial_path, &filter, &mut listed)?;
+        if excluded > 0 {
+            logln!("Left {excluded} excluded entries out of release {id}");
         }
-        logln!("Marked release {id} bad (kept for inspection until the next successful deploy)");
-        return Err(e);
+        let mode = manifest
+            .dest_mode
+            .or(staged.root_mode)
+            .unwrap_or(DEFAULT_MODE);
+        logln!("Set release mode {mode:04o}");
+        fs::set_permissions(partial_path, fs::Permissions::from_mode(mode))
+            .ctx("chmod", partial_path)?;
+        Ok(Unpacked {
+            filter,
+            exclude_text,
+            listed,
+        })
     }
-    let confirmed = Meta {
-        deployed: Some(now_rfc3339()),
-        ..meta
-    };
-    write_meta(&dir, &confirmed)?;
-    match (state, entries) {
-        (Some(state), Ok(entries)) => write_index(state, dest, &confirmed, &entries),
-        (Some(_), Err(e)) => logln!("warning: cannot index release {id}: {e}"),
-        (None, _) => {}
+
+    /// The new release's metadata (not yet deployed), with the settings its index is
+    /// written with.
+    fn meta(
+        &self,
+        dest: &Path,
+        checksum: &Checksum,
+        wanted: &redeploy::Wanted<'_>,
+        exclude_text: Option<String>,
+    ) -> Meta {
+        Meta {
+            schema: 1,
+            id: self.id.clone(),
+            dest: dest.to_path_buf(),
+            checksum: checksum.hex().to_ascii_lowercase(),
+            seq: self.seq,
+            created: now_rfc3339(),
+            deployed: None,
+            bad: false,
+            reason: None,
+            index: Some(crate::index::Header {
+                checksum: wanted.checksum.to_string(),
+                strategy: wanted.strategy.to_string(),
+                dest_mode: wanted.dest_mode,
+                excludes: wanted.excludes.to_vec(),
+                exclude_from: wanted.exclude_from.map(str::to_string),
+                exclude_from_text: exclude_text,
+                euid: wanted.euid,
+                written: String::new(),
+                entries: 0,
+            }),
+        }
     }
-    cleanup(&dir, &id, manifest.keep_releases)?;
-    Ok(Deployed { id, previous })
+
+    /// The metadata written, then the partial release renamed to its ID: complete.
+    fn complete(&self, meta: &Meta, partial: &mut Partial) -> Result<PathBuf> {
+        write_meta(&self.dir, meta)?;
+        let release = self.dir.join(&self.id);
+        fs::rename(&self.partial_path, &release).ctx("rename onto", &release)?;
+        partial.armed = false;
+        logln!("Release {} is complete in {}", self.id, self.dir.display());
+        Ok(release)
+    }
+
+    /// The atomic switch of dest to the complete release; on a failure the release is
+    /// taken away again (it was never live).
+    fn go_live(&self, dest: &Path, release: &Path, previous: Option<&str>) -> Result<()> {
+        if let Err(e) = switch(dest, release) {
+            // Not live: take the new release away again.
+            let _ = remove_release(&self.dir, &self.id);
+            return Err(e);
+        }
+        logln!(
+            "Switched {} to release {}{}",
+            dest.display(),
+            self.id,
+            previous.map(|p| format!(" (was {p})")).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The listing of the previous release: its index when the state directory has it
+    /// (cheaper than a walk), else a walk of it; none on a first deploy.
+    fn previous_entries(
+        &self,
+        state: Option<&Path>,
+        dest: &Path,
+        previous: Option<&str>,
+        filter: &Filter,
+    ) -> Vec<Entry> {
+        let dir = &self.dir;
+        let indexed = |p: &str| {
+            let sum = read_meta(dir, p)?.checksum;
+            let (h, e) = crate::index::read(state?, &record::key_for_dest(dest)).ok()??;
+            (h.checksum == sum && h.strategy == "release").then_some(e)
+        };
+        previous
+            .and_then(|p| indexed(p).or_else(|| crate::index::scan(&dir.join(p), filter).ok()))
+            .unwrap_or_default()
+    }
+
+    /// `post`; when it fails, dest flipped back and the new release marked bad.
+    fn post(
+        &self,
+        draft: &mut record::Draft,
+        manifest: &Manifest,
+        hook_env: &HookEnv,
+        dest: &Path,
+        previous: Option<&str>,
+    ) -> Result<()> {
+        let id = &self.id;
+        if let Err(e) = draft.run_hooks("post", &manifest.commands.post, hook_env) {
+            switch_back(dest, &self.dir, previous);
+            if let Err(m) = mark(&self.dir, id, true, Some(format!("post failed: {e}"))) {
+                logln!("warning: could not mark release {id} bad: {m}");
+            }
+            logln!(
+                "Marked release {id} bad (kept for inspection until the next successful deploy)"
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The release confirmed (its deployed time), dest's index written, old releases
+    /// cleaned up.
+    fn confirm(
+        &self,
+        meta: Meta,
+        state: Option<&Path>,
+        dest: &Path,
+        entries: Result<Vec<Entry>>,
+        keep: u32,
+    ) -> Result<()> {
+        let confirmed = Meta {
+            deployed: Some(now_rfc3339()),
+            ..meta
+        };
+        write_meta(&self.dir, &confirmed)?;
+        match (state, entries) {
+            (Some(state), Ok(entries)) => write_index(state, dest, &confirmed, &entries),
+            (Some(_), Err(e)) => logln!("warning: cannot index release {}: {e}", self.id),
+            (None, _) => {}
+        }
+        cleanup(&self.dir, &self.id, keep)
+    }
 }
 
 /// The record's `changes` of a release against the one before it (SPEC §11).

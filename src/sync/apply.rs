@@ -239,6 +239,7 @@ impl Step<'_> {
             owner: self.opts.preserve_owner.then_some((src.uid, src.gid)),
             mode: None,
             mtime: Some((src.mtime, src.mtime_nsec)),
+            atime: None,
         };
         fsops::set_attrs(tmp.path(), &attrs, false)?;
         fsops::rename_to(tmp, self.path)?;
@@ -267,6 +268,7 @@ impl Step<'_> {
             owner: Some((src.uid, src.gid)),
             mode: Some(src.perms()),
             mtime: Some((src.mtime, src.mtime_nsec)),
+            atime: None,
         };
         fsops::set_attrs(tmp.path(), &attrs, false)?;
         fsops::rename_to(tmp, self.path)?;
@@ -325,6 +327,7 @@ impl Step<'_> {
             owner: chown.then_some((src.uid, src.gid)),
             mode: chmod.then_some(src.perms()),
             mtime: retime.then_some((src.mtime, src.mtime_nsec)),
+            atime: None,
         };
         // Only the root may be a symlink to a directory (`DEST/` follows it).
         fsops::set_attrs(self.path, &attrs, self.a.rel.as_os_str().is_empty())?;
@@ -378,6 +381,7 @@ fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result
         owner: opts.preserve_owner.then_some((meta.uid, meta.gid)),
         mode: Some(meta.perms()),
         mtime: Some((meta.mtime, meta.mtime_nsec)),
+        atime: None,
     };
     fsops::set_file_attrs(tmp.as_file(), &tmp_path, &attrs)?;
     fsops::rename_to(tmp, to)?;

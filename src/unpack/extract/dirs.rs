@@ -6,22 +6,23 @@
 //! `O_NOFOLLOW`.
 
 use std::cmp::Reverse;
-use std::fs::{self, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 use tar::EntryType;
 
 use crate::error::Error;
+use crate::fsops::{Attrs, Node};
 use crate::log::shown;
 use crate::Result;
 
 use super::super::errors::fail;
 use super::super::gnu::PaxInfo;
-use super::{Extractor, Meta};
+use super::{seconds, set_attrs, Extractor, Meta};
 
 /// Mode of directories created because an entry needs them as parents.
 const IMPLICIT_DIR_MODE: u32 = 0o755;
@@ -190,15 +191,13 @@ fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, String> 
         .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
         .open(abs)
         .map_err(|e| format!("open directory: {e}"))?;
-    if let Some((uid, gid)) = fix.owner {
-        std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))?;
-    }
-    dir.set_permissions(Permissions::from_mode(fix.mode))
-        .map_err(|e| format!("chmod: {e}"))?;
-    if let Some(mtime) = fix.mtime {
-        filetime::set_file_handle_times(&dir, None, Some(mtime))
-            .map_err(|e| format!("set mtime: {e}"))?;
-    }
+    let attrs = Attrs {
+        owner: fix.owner,
+        mode: Some(fix.mode),
+        mtime: fix.mtime.map(seconds),
+        atime: None,
+    };
+    set_attrs(Node::Open(&dir), &attrs)?;
     Ok(dir)
 }
 

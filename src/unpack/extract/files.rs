@@ -6,9 +6,9 @@
 //! Never opens through an existing path: `O_EXCL` on create, a replaced earlier member
 //! is removed first.
 
-use std::fs::{self, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::log::shown;
@@ -17,7 +17,8 @@ use crate::Result;
 use super::super::errors::{archive_error, corrupt, fail};
 use super::super::gnu::{sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
-use super::{Extractor, Meta};
+use super::{set_attrs, Extractor, Meta};
+use crate::fsops::Node;
 
 /// Buffer for copying file contents (one per unpack, reused for every file).
 pub(super) const COPY_BUF: usize = 256 * 1024;
@@ -51,16 +52,8 @@ impl Extractor<'_, '_> {
             None => self.copy_data(entry, &mut file, size, raw)?,
             Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
         }
-        if let Some((uid, gid)) = meta.owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| fail(raw, format!("chown: {e}")))?;
-        }
-        if self.needs_chmod(meta.mode) {
-            file.set_permissions(Permissions::from_mode(meta.mode))
-                .map_err(|e| fail(raw, format!("chmod: {e}")))?;
-        }
-        filetime::set_file_handle_times(&file, None, Some(meta.mtime))
-            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
+        set_attrs(Node::Open(&file), &attrs).map_err(|msg| fail(raw, msg))?;
         self.note(rel, raw, || file.metadata(), None)?;
         self.entries += 1;
         Ok(())

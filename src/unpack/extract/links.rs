@@ -16,7 +16,8 @@ use crate::Result;
 use super::super::errors::{fail, refused};
 use super::super::gnu::PaxInfo;
 use super::super::path::link_target;
-use super::Extractor;
+use super::{set_attrs, Extractor};
+use crate::fsops::Node;
 
 impl Extractor<'_, '_> {
     pub(super) fn symlink<R: Read>(
@@ -42,12 +43,7 @@ impl Extractor<'_, '_> {
             other => other,
         }
         .map_err(|e| fail(raw, format!("symlink: {e}")))?;
-        if let Some((uid, gid)) = meta.owner {
-            std::os::unix::fs::lchown(&abs, Some(uid), Some(gid))
-                .map_err(|e| fail(raw, format!("chown: {e}")))?;
-        }
-        filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
-            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        set_attrs(Node::At(&abs), &meta.attrs(false, true)).map_err(|msg| fail(raw, msg))?;
         let stat = || fs::symlink_metadata(&abs);
         self.note(rel, raw, stat, Some(target.as_bytes()))?;
         self.entries += 1;

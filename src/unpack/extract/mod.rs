@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 use tar::EntryType;
 
+use crate::fsops::{self, Attrs, Node, Step};
 use crate::log::shown;
 use crate::Result;
 
@@ -43,6 +44,42 @@ struct Meta {
     mode: u32,
     mtime: FileTime,
     owner: Option<(u32, u32)>,
+}
+
+impl Meta {
+    /// The owner → mode → mtime of the node just made for the entry: the mode only when
+    /// `chmod` (see `Extractor::needs_chmod`), the atime set to the mtime when
+    /// `atime_too` (symlinks and special nodes).
+    fn attrs(&self, chmod: bool, atime_too: bool) -> Attrs {
+        let mtime = Some(seconds(self.mtime));
+        Attrs {
+            owner: self.owner,
+            mode: chmod.then_some(self.mode),
+            mtime,
+            atime: if atime_too { mtime } else { None },
+        }
+    }
+}
+
+/// A `FileTime` as the seconds and nanoseconds [`Attrs`] takes.
+fn seconds(t: FileTime) -> (i64, u32) {
+    (t.unix_seconds(), t.nanoseconds())
+}
+
+/// Owner → mode → mtime on a node the unpack just made ([`fsops::apply`]), a failure
+/// told as the step's cause (`step_error`).
+fn set_attrs(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), String> {
+    fsops::apply(node, attrs).map_err(|(step, e)| step_error(step, &e))
+}
+
+/// The unpack's words for a failed step: `chown: …`, `chmod: …`, `set mtime: …`.
+fn step_error(step: Step, e: &io::Error) -> String {
+    let what = match step {
+        Step::Owner => "chown",
+        Step::Mode => "chmod",
+        Step::Times => "set mtime",
+    };
+    format!("{what}: {e}")
 }
 
 pub(super) struct Extractor<'a, 'u> {

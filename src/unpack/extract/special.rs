@@ -3,19 +3,19 @@
 //!
 //! Never changes a node it did not just create.
 
-use std::fs::{self, Permissions};
+use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tar::EntryType;
 
+use crate::fsops::{self, Node};
 use crate::log::shown;
 use crate::Result;
 
 use super::super::errors::fail;
 use super::super::gnu::PaxInfo;
-use super::{Extractor, Meta};
+use super::{set_attrs, Extractor, Meta};
 
 impl Extractor<'_, '_> {
     /// A fifo or device node entry (`kind`: `Fifo`, `Char` or `Block`).
@@ -49,7 +49,7 @@ impl Extractor<'_, '_> {
         raw: &[u8],
         meta: &Meta,
     ) -> Result<()> {
-        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        use nix::sys::stat::{makedev, SFlag};
         self.parents(rel, raw)?;
         let abs = self.into.join(rel);
         let sflag = match kind {
@@ -64,8 +64,7 @@ impl Extractor<'_, '_> {
             let minor = h.device_minor().map_err(|e| fail(raw, format!("{e}")))?;
             makedev(major.unwrap_or(0).into(), minor.unwrap_or(0).into())
         };
-        let perm = Mode::from_bits_truncate(meta.mode & 0o777);
-        let make = |abs: &Path| mknod(abs, sflag, perm, dev).map_err(io::Error::from);
+        let make = |abs: &Path| fsops::mknod_with(abs, sflag.bits(), meta.mode, dev);
         match make(&abs) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove_existing(rel, &abs, raw)?;
@@ -74,17 +73,9 @@ impl Extractor<'_, '_> {
             other => other,
         }
         .map_err(|e| fail(raw, format!("mknod: {e}")))?;
-        if let Some((uid, gid)) = meta.owner {
-            std::os::unix::fs::lchown(&abs, Some(uid), Some(gid))
-                .map_err(|e| fail(raw, format!("chown: {e}")))?;
-        }
-        if self.needs_chmod(meta.mode) {
-            // Just created by mknod, so not a symlink: chmod cannot be redirected.
-            fs::set_permissions(&abs, Permissions::from_mode(meta.mode))
-                .map_err(|e| fail(raw, format!("chmod: {e}")))?;
-        }
-        filetime::set_symlink_file_times(&abs, meta.mtime, meta.mtime)
-            .map_err(|e| fail(raw, format!("set mtime: {e}")))?;
+        // Just created by mknod, so not a symlink: the chmod cannot be redirected.
+        let attrs = meta.attrs(self.needs_chmod(meta.mode), true);
+        set_attrs(Node::At(&abs), &attrs).map_err(|msg| fail(raw, msg))?;
         self.note(rel, raw, || fs::symlink_metadata(&abs), None)?;
         self.entries += 1;
         Ok(())
