@@ -8,13 +8,16 @@
 //!   (--trusted-key: Event.url.minisig ─fetch→ signature::verify(raw bytes) first;
 //!   then expires / serial against the last success's record)
 //! Manifest.src ─fetch::stream (hashing as bytes arrive)→ unpack → Verified<Staged>
-//!   (one pass, two threads; dest only read: unchanged files are linked from it)
-//! hooks::run(pre) → sync::plan → sync::apply (renames from staging) → Stats
+//!   (one pass, two threads; the `Unchanged` probe, `sync::DestProbe`, reads dest:
+//!   unchanged files are left out, or hard-linked from the live release)
+//! hooks::run(pre) → sync::plan_staged(&Verified<Staged>, dest) → Plan
+//!   → sync::apply (renames from staging) | sync::move_into_place | release switch
 //! hooks::run(post) → hooks::finish(success | failure, log snapshot on stdin)
 //! ```
 //!
-//! Only `deploy` knows that order; only `unpack` writes staging, only `sync` writes
-//! `dest`, only `hooks` starts processes, only `fetch` reads sources.
+//! Only `deploy` knows that order; only `unpack` writes staging, only `sync` and
+//! `release` write `dest`, only `hooks` starts processes, only `fetch` reads sources.
+//! ARCHITECTURE.md at the repository root is the map of every module.
 //!
 //! # Public API
 //!
