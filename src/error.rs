@@ -14,6 +14,38 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// error); its text is already in the variant's one line.
 pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why an S3 or GCS credential chain gave no credentials: `retryable` when an endpoint
+/// (metadata, token) failed in a way a later attempt may not (connection refused, 5xx).
+#[derive(Debug)]
+pub(crate) struct CredError {
+    pub msg: String,
+    pub retryable: bool,
+    /// The io / parser error `msg` says, kept as the source of the crate error.
+    pub source: Option<Cause>,
+}
+
+impl CredError {
+    pub(crate) fn config(msg: impl Into<String>) -> CredError {
+        CredError {
+            msg: msg.into(),
+            retryable: false,
+            source: None,
+        }
+    }
+    pub(crate) fn transient(msg: impl Into<String>) -> CredError {
+        CredError {
+            msg: msg.into(),
+            retryable: true,
+            source: None,
+        }
+    }
+    /// Keeps `cause` (already said in `msg`) as the source.
+    pub(crate) fn because(mut self, cause: impl Into<Cause>) -> CredError {
+        self.source = Some(cause.into());
+        self
+    }
+}
+
 /// Everything that can go wrong in a run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::error::{Cause, Error, Result};
+use crate::error::{CredError, Error, Result};
 use crate::http;
 use crate::logln;
 use crate::Env;
@@ -152,38 +152,6 @@ impl fmt::Debug for Token {
             .field("secret", &"<redacted>")
             .field("expires", &self.expires)
             .finish()
-    }
-}
-
-/// Why no token could be had: `retryable` when an endpoint failed in a way a later
-/// attempt may not (connection refused, 5xx).
-#[derive(Debug)]
-pub(crate) struct CredError {
-    pub msg: String,
-    pub retryable: bool,
-    /// The io / parser error `msg` says, kept as the source of the crate error.
-    pub source: Option<Cause>,
-}
-
-impl CredError {
-    fn config(msg: impl Into<String>) -> CredError {
-        CredError {
-            msg: msg.into(),
-            retryable: false,
-            source: None,
-        }
-    }
-    fn transient(msg: impl Into<String>) -> CredError {
-        CredError {
-            msg: msg.into(),
-            retryable: true,
-            source: None,
-        }
-    }
-    /// Keeps `cause` (already said in `msg`) as the source.
-    fn because(mut self, cause: impl Into<Cause>) -> CredError {
-        self.source = Some(cause.into());
-        self
     }
 }
 

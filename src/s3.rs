@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusty_s3::{Bucket, S3Action, UrlStyle};
 
-use crate::error::{Cause, Error, Result};
+use crate::error::{CredError, Error, Result};
 use crate::http::{self, Method};
 use crate::logln;
 use crate::Env;
@@ -88,38 +88,6 @@ impl fmt::Debug for Credentials {
             .field("expires", &self.expires)
             .field("source", &self.source)
             .finish()
-    }
-}
-
-/// Why no credentials could be had: `retryable` when a metadata endpoint failed in a
-/// way a later attempt may not (connection refused, 5xx).
-#[derive(Debug)]
-pub(crate) struct CredError {
-    pub msg: String,
-    pub retryable: bool,
-    /// The io / parser error `msg` says, kept as the source of the crate error.
-    pub source: Option<Cause>,
-}
-
-impl CredError {
-    fn config(msg: impl Into<String>) -> CredError {
-        CredError {
-            msg: msg.into(),
-            retryable: false,
-            source: None,
-        }
-    }
-    fn transient(msg: impl Into<String>) -> CredError {
-        CredError {
-            msg: msg.into(),
-            retryable: true,
-            source: None,
-        }
-    }
-    /// Keeps `cause` (already said in `msg`) as the source.
-    fn because(mut self, cause: impl Into<Cause>) -> CredError {
-        self.source = Some(cause.into());
-        self
     }
 }
 
