@@ -21,8 +21,9 @@
 //!
 //! Paths are dest-relative bytes (the root is the empty path). Prefix-shared paths
 //! and varints make an entry about 30–40 bytes before zstd, ≈ 10–20 after (see the
-//! README's benchmark table). Directory sizes are not kept: they depend on the
-//! filesystem's history, not on what the directory holds, and rsync ignores them.
+//! redeploy table in benches/README.md). Directory sizes are not kept: they depend
+//! on the filesystem's history, not on what the directory holds, and rsync ignores
+//! them.
 //!
 //! [`scan`] is the walk of `dest` the redeploy check, `verify` and `rollback` use (an
 //! index written after a sync never comes from it: [`from_plan`] for rsync and mv, the
