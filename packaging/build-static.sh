@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the static binary target/x86_64-unknown-linux-musl/release/stretcher
-# (README "A static binary"). Needs root for apt-get only when a package is missing.
+# (packaging/README.md "A static binary"). Needs root for apt-get only when a package
+# is missing.
 #
 # Route 1: the rustup target x86_64-unknown-linux-musl is installed -> plain
 #          `cargo build --release --target ...` with musl-gcc for the C parts.
