@@ -18,7 +18,7 @@
 //! do instead of running `pre` (`print_dry_run`).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,20 +31,17 @@ use crate::hooks::{self, HookEnv};
 use crate::interrupt;
 use crate::log;
 use crate::logln;
-use crate::manifest::{self, Manifest, Strategy};
+use crate::manifest::{self, Manifest};
 use crate::record;
 use crate::redeploy;
-use crate::release;
 use crate::signature;
-use crate::staging::{load_filter, make_writable_and_remove, Staging, Workspace};
+use crate::staging::{load_filter, Staging, Workspace};
 use crate::state;
-use crate::sync::{self, SyncOptions};
+use crate::strategy::{self, Land, Landed, Stage};
+use crate::sync;
 use crate::unpack::{self, Staged, UnpackOptions};
 use crate::verify::{Checksum, Verified};
 use crate::Env;
-
-/// The default mode of `dest` when neither the manifest nor the archive says.
-const DEFAULT_DEST_MODE: u32 = 0o755;
 
 /// Runs one deploy with the process's environment and stdin; returns the exit
 /// status (SPEC §3: under `consul watch` a failed deploy still exits 0).
@@ -180,7 +177,7 @@ fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) 
     result
 }
 
-/// Step 9: the deploy record, the serial floor of a success and the textfile
+/// Step 9: the deploy record (with the serial floor of a success) and the textfile
 /// metrics. A failure to write them is a warning: the deploy's result stands.
 fn write_record(
     dir: &Path,
@@ -189,16 +186,7 @@ fn write_record(
     opts: &Options,
     event: &event::Event,
 ) {
-    let (key, rec) = draft.finish(error);
-    if let Err(e) = record::write(dir, &key, &rec) {
-        logln!("warning: cannot write the deploy record: {e}");
-    }
-    if rec.result == record::Outcome::Success {
-        // The floor of the next manifest's serial (SPEC §15).
-        if let Err(e) = record::write_success_serial(dir, &key, rec.serial) {
-            logln!("warning: cannot write the serial of this deploy: {e}");
-        }
-    }
+    let (key, rec) = record::commit(dir, draft, error);
     if let Some(textfile_dir) = &opts.textfile_dir {
         if let Err(e) = crate::metrics::write_record(textfile_dir, &key, &rec, &event.url) {
             logln!("warning: cannot write the textfile metrics: {e}");
@@ -259,7 +247,12 @@ fn load_manifest(
         draft.step = record::Step::Manifest;
     }
     let text = fetch::into_text(&event.url, bytes)?;
-    let manifest = manifest::parse(&text, &event.url, env)?;
+    let manifest = manifest::parse(&text, &event.url, env).inspect_err(|_| {
+        // Recorded under dest's key when the manifest names a usable dest.
+        if let Some(dest) = manifest::dest_of(&text, env) {
+            draft.dest_known(dest);
+        }
+    })?;
     draft.manifest_valid(&manifest);
     draft.serial = manifest.serial;
     check_fresh(&manifest, &event.url, &draft.key(), state)?;
@@ -429,40 +422,51 @@ fn deploy(
         checksum,
         dest,
         wanted: &wanted,
-        work: &work,
-        same_owner: nix::unistd::geteuid().is_root(),
         downloaded: AtomicU64::new(0),
     };
     let pre_done = match job.redeploy(draft)? {
         Next::Done => return Ok(()),
         Next::Deploy { pre_done } => pre_done,
     };
-    if manifest.sync_strategy == Strategy::Release && !opts.dry_run {
-        return job.release(draft, pre_done);
-    }
+    let ctx = strategy::Ctx {
+        manifest,
+        dest,
+        state,
+        work: &work,
+        same_owner: nix::unistd::geteuid().is_root(),
+        verbosity: opts.rsync_verbose,
+    };
+    let mut strategy = strategy::for_deploy(ctx, opts.dry_run)?;
+    let strategy = strategy.as_mut();
 
-    let (staging, staged) = job.download(draft)?;
+    let (staging, staged, reused_in) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
-    let (filter, exclude_text) = load_filter(manifest, staging.path(), &staged.get().reused, dest)?;
+    let (filter, exclude_text) =
+        load_filter(manifest, staging.path(), &staged.get().reused, &reused_in)?;
     if opts.dry_run {
-        let release = match manifest.sync_strategy {
-            Strategy::Release => Some(release::dry_run_target(manifest, dest)?),
-            _ => None,
-        };
-        let tree = sync::dry_run::Tree {
-            staged: &staged,
-            dest,
-            filter: &filter,
-            release,
-        };
-        return sync::dry_run::print(manifest, Some(tree));
+        let changes = strategy.dry_run(&staged, &filter)?;
+        return sync::dry_run::print(manifest, Some((dest, changes)));
     }
     if !pre_done {
         pre(draft, manifest, hook_env)?;
     }
-    job.sync(draft, staging, staged, filter, exclude_text)?;
-    post(draft, manifest, hook_env)
+    let settings = wanted.settings(exclude_text);
+    let landed = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
+    draft.changes = Some(landed.changes);
+    draft.release = landed.release;
+    if let Err(e) = post(draft, manifest, hook_env) {
+        strategy.undo(&e);
+        return Err(e);
+    }
+    strategy.confirm()?;
+    if let Some(dir) = state {
+        match landed.entries {
+            Ok(entries) => crate::index::save(dir, dest, &settings, &entries),
+            Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
+        }
+    }
+    Ok(())
 }
 
 /// A manifest without `src`: `pre` and `post` only (a dry run prints them).
@@ -495,14 +499,9 @@ fn post(draft: &mut record::Draft, manifest: &Manifest, hook_env: &HookEnv) -> R
 /// nothing (SPEC §11), and what its index records.
 fn wanted<'a>(manifest: &'a Manifest, checksum_hex: &'a str) -> redeploy::Wanted<'a> {
     let euid = nix::unistd::geteuid().as_raw();
-    let strategy_name = match manifest.sync_strategy {
-        Strategy::Rsync => "rsync",
-        Strategy::Mv => "mv",
-        Strategy::Release => "release",
-    };
     redeploy::Wanted {
         checksum: checksum_hex,
-        strategy: strategy_name,
+        strategy: manifest.sync_strategy,
         dest_mode: manifest.dest_mode,
         excludes: &manifest.excludes,
         exclude_from: manifest.exclude_from.as_deref(),
@@ -521,9 +520,6 @@ struct Job<'a> {
     checksum: &'a Checksum,
     dest: &'a Path,
     wanted: &'a redeploy::Wanted<'a>,
-    work: &'a Workspace,
-    /// Running as root: the archive's owners are kept.
-    same_owner: bool,
     /// The bytes of the last download (the record's `downloaded_bytes`).
     downloaded: AtomicU64,
 }
@@ -604,224 +600,97 @@ impl Job<'_> {
         Ok(Next::Deploy { pre_done: true })
     }
 
-    /// Steps 4 to 7 for `sync_strategy: release` (SPEC §14), in `release`.
-    fn release(&self, draft: &mut record::Draft, pre_done: bool) -> Result<()> {
-        let Job {
-            manifest,
-            fetch_opts,
-            hook_env,
-            state,
-            src,
-            checksum,
-            dest,
-            wanted,
-            ..
-        } = *self;
-        let ctx = release::Context {
-            draft,
-            state,
-            wanted,
-            pre_done,
-        };
-        let deployed = release::deploy(manifest, fetch_opts, hook_env, (src, checksum, dest), ctx)?;
-        logln!("Release {} is live in {}", deployed.id, dest.display());
-        Ok(())
-    }
-
-    /// Step 4: download, hash and unpack in one pass into a private staging directory
-    /// beside dest. dest is only read: files it already has as the archive does (size,
-    /// mtime, mode, owner) are not written at all (rsync strategy; not in a dry run).
-    fn download(&self, draft: &mut record::Draft) -> Result<(Staging, Verified<Staged>)> {
+    /// Step 4: download, hash and unpack in one pass into the place the strategy
+    /// gives (staging beside dest, or a partial release); dest is only read. `reuse`:
+    /// files the strategy's probe finds unchanged are left out (or linked). Answers
+    /// the staging directory, the verified tree, and where its reused files are.
+    fn download(
+        &self,
+        draft: &mut record::Draft,
+        strategy: &mut dyn Land,
+        reuse: bool,
+    ) -> Result<(Staging, Verified<Staged>, PathBuf)> {
         let src = self.src;
         logln!("Loading URL {src}");
-        let reuse = self.manifest.sync_strategy == Strategy::Rsync && !self.opts.dry_run;
         draft.step = record::Step::Download;
-        let staged = self.fetch_and_unpack(reuse);
+        let staged = self.fetch_and_unpack(strategy, reuse);
         draft.downloaded_bytes = Some(self.downloaded.load(Ordering::Relaxed));
-        let staged = staged?;
+        let (stage, staged) = staged?.split();
         // Verified: from here on the staged tree is the archive's.
-        let (staging, staged) = staged.split();
         logln!(
-            "Unpacked {} entries ({} unchanged files left in place in {})",
+            "Unpacked {} entries ({} unchanged files {})",
             staged.get().entries,
             staged.get().reused.len(),
-            self.dest.display()
+            stage.reused_how
         );
-        Ok((staging, staged))
+        Ok((stage.staging, staged, stage.reused_in))
     }
 
-    /// One download of `src` into a new staging directory, counted in `downloaded`;
-    /// `reuse`: dest's unchanged files are left out of staging.
-    fn fetch_and_unpack(&self, reuse: bool) -> Result<Verified<(Staging, Staged)>> {
+    /// One download of `src` into a fresh place of the strategy's, counted in
+    /// `downloaded` (every attempt starts afresh).
+    fn fetch_and_unpack(
+        &self,
+        strategy: &mut dyn Land,
+        reuse: bool,
+    ) -> Result<Verified<(Stage, Staged)>> {
         let Job {
             src,
             checksum,
             fetch_opts,
-            dest,
-            work,
-            same_owner,
             ..
         } = *self;
         let downloaded = &self.downloaded;
+        let same_owner = nix::unistd::geteuid().is_root();
         fetch::stream(src, checksum, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
             let reader = &mut fetch::Counting {
                 inner: reader,
                 count: downloaded,
             };
-            let staging = work.staging_dir()?;
+            let mut stage = strategy.stage(reuse)?;
             let unpack_opts = UnpackOptions {
                 same_owner,
                 label: src.to_string(),
-                link_unchanged: false,
+                link_unchanged: stage.link_unchanged,
             };
-            let mut probe = sync::DestProbe::new(dest);
-            let probe = reuse.then_some(&mut probe as &mut dyn unpack::Unchanged);
-            logln!("Extract archive: {src} to {}", staging.path().display());
-            let staged = unpack::unpack(reader, staging.path(), &unpack_opts, probe)?;
-            Ok((staging, staged))
+            let into = stage.staging.path().to_path_buf();
+            let probe = stage
+                .probe
+                .as_mut()
+                .map(|p| p as &mut dyn unpack::Unchanged);
+            logln!("Extract archive: {src} to {}", into.display());
+            let staged = unpack::unpack(reader, &into, &unpack_opts, probe)?;
+            Ok((stage, staged))
         })
     }
 
-    /// Step 6: the rsync or mv strategy, dest's mode as one of the sync's options. The
-    /// staging directory is gone when this returns (renamed onto dest, or removed).
-    fn sync(
+    /// Step 6: the verified tree lands in dest by the strategy, with the one dest-mode
+    /// rule. When `pre` changed a file the unpack had left in dest as unchanged, its
+    /// content is in neither tree: the archive is fetched and unpacked again in full.
+    fn land(
         &self,
         draft: &mut record::Draft,
-        staging: Staging,
-        staged: Verified<Staged>,
-        filter: Filter,
-        exclude_text: Option<String>,
-    ) -> Result<()> {
+        strategy: &mut dyn Land,
+        (staging, staged): (Staging, Verified<Staged>),
+        filter: &Filter,
+        settings: &crate::index::Header,
+    ) -> Result<Landed> {
         draft.step = record::Step::Sync;
-        let mode = self
-            .manifest
-            .dest_mode
-            .or(staged.get().root_mode)
-            .unwrap_or(DEFAULT_DEST_MODE);
+        let mode = strategy::dest_mode(self.manifest, staged.get());
         logln!("Set dest mode {mode:04o}");
-
-        match self.manifest.sync_strategy {
-            Strategy::Rsync => self.sync_rsync(draft, staging, staged, filter, exclude_text, mode),
-            // Handled before the download (a dry run never gets here either).
-            Strategy::Release => Ok(()),
-            Strategy::Mv => self.sync_mv(draft, staging, staged, filter, exclude_text, mode),
-        }
-    }
-
-    /// `sync_strategy: rsync`: the plan, applied; the index of the result.
-    fn sync_rsync(
-        &self,
-        draft: &mut record::Draft,
-        staging: Staging,
-        staged: Verified<Staged>,
-        filter: Filter,
-        exclude_text: Option<String>,
-        mode: u32,
-    ) -> Result<()> {
-        let Job {
-            opts,
-            state,
-            dest,
-            wanted,
-            same_owner,
-            ..
-        } = *self;
-        let sync_opts = SyncOptions {
-            verbosity: opts.rsync_verbose,
-            preserve_owner: same_owner,
-            // staging is private and discarded: rename from it instead of copying
-            move_source: true,
-            dest_mode: Some(mode),
-        };
-        let plan = sync::plan_staged(&staged, dest, &filter, &sync_opts);
-        let (plan, _staging) = match plan {
+        match strategy.land(staging, staged, filter, mode, settings) {
             Err(Error::Stale { path }) => {
-                // `pre` changed a file that was left in dest as unchanged: its
-                // content is now in neither tree. Fetch and unpack it all again.
                 logln!(
                     "{} changed after the archive was unpacked (by a pre command?): unpacking the archive again in full",
                     path.display()
                 );
-                drop(staging);
-                let (staging, staged) = self.fetch_and_unpack(false)?.split();
-                (
-                    sync::plan_staged(&staged, dest, &filter, &sync_opts)?,
-                    staging,
-                )
+                let (staging, staged, _) = self.download(draft, strategy, false)?;
+                draft.step = record::Step::Sync;
+                let mode = strategy::dest_mode(self.manifest, staged.get());
+                strategy.land(staging, staged, filter, mode, settings)
             }
-            plan => (plan?, staging),
-        };
-        let stats = sync::apply(&plan, &sync_opts)?;
-        draft.changes = Some(record::Changes::from(&stats));
-        if let Some(dir) = state {
-            let entries = crate::index::from_plan(&plan, same_owner);
-            write_index(dir, dest, wanted, exclude_text, &entries);
+            landed => landed,
         }
-        Ok(())
-    }
-
-    /// `sync_strategy: mv`: the staged tree renamed onto dest; one walk of the result
-    /// for the index.
-    fn sync_mv(
-        &self,
-        draft: &mut record::Draft,
-        staging: Staging,
-        staged: Verified<Staged>,
-        filter: Filter,
-        exclude_text: Option<String>,
-        mode: u32,
-    ) -> Result<()> {
-        let Job {
-            state,
-            dest,
-            wanted,
-            ..
-        } = *self;
-        logln!("Moving {} to {}", staging.path().display(), dest.display());
-        let path = staging.keep();
-        if let Err(e) = sync::move_into_place(&path, dest, Some(mode)) {
-            let _ = make_writable_and_remove(&path);
-            return Err(e);
-        }
-        draft.changes = Some(record::Changes {
-            created: staged.get().entries,
-            ..Default::default()
-        });
-        // Nothing was walked: the tree was renamed whole. One walk of the result.
-        if let Some(dir) = state {
-            match crate::index::scan(dest, &filter) {
-                Ok(entries) => write_index(dir, dest, wanted, exclude_text, &entries),
-                Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Writes the index of what dest holds after a successful sync; a failure is a
-/// warning (the deploy's result stands; the next redeploy downloads in full).
-fn write_index(
-    state: &Path,
-    dest: &Path,
-    wanted: &redeploy::Wanted,
-    exclude_from_text: Option<String>,
-    entries: &[crate::index::Entry],
-) {
-    let header = crate::index::Header {
-        checksum: wanted.checksum.to_string(),
-        strategy: wanted.strategy.to_string(),
-        dest_mode: wanted.dest_mode,
-        excludes: wanted.excludes.to_vec(),
-        exclude_from: wanted.exclude_from.map(str::to_string),
-        exclude_from_text,
-        euid: wanted.euid,
-        written: record::timestamp(chrono::Utc::now()),
-        entries: entries.len() as u64,
-    };
-    let key = record::key_for_dest(dest);
-    if let Err(e) = crate::index::write(state, &key, &header, entries) {
-        logln!("warning: cannot write the deploy index: {e}");
     }
 }
 

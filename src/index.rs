@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::strategy::Strategy;
 use crate::sync::Kind;
 
 const MAGIC: &[u8] = b"STRIDX1\n";
@@ -53,8 +54,8 @@ const ZSTD_LEVEL: i32 = 3;
 pub struct Header {
     /// Lower-case hex checksum of the archive that was deployed.
     pub checksum: String,
-    /// `rsync` | `mv`.
-    pub strategy: String,
+    /// The strategy that made dest what it is.
+    pub strategy: Strategy,
     /// The manifest's `dest_mode`, when it set one.
     pub dest_mode: Option<u32>,
     /// The manifest's `excludes` rules, in order.
@@ -350,6 +351,21 @@ pub(crate) fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Ent
     crate::record::write_atomic(&dir, &index_path(state_dir, key), &bytes)
 }
 
+/// Writes the index of what `dest` holds after a successful landing (or a rollback):
+/// `settings` with its time and entry count filled in. A failure is a warning: the
+/// run's result stands, and the next redeploy downloads in full.
+pub(crate) fn save(state_dir: &Path, dest: &Path, settings: &Header, entries: &[Entry]) {
+    let header = Header {
+        written: crate::record::timestamp(chrono::Utc::now()),
+        entries: entries.len() as u64,
+        ..settings.clone()
+    };
+    let key = crate::record::key_for_dest(dest);
+    if let Err(e) = write(state_dir, &key, &header, entries) {
+        crate::logln!("warning: cannot write the deploy index: {e}");
+    }
+}
+
 /// Reads the index of `key`: `Ok(None)` when there is none.
 pub fn read(state_dir: &Path, key: &str) -> Result<Option<(Header, Vec<Entry>)>> {
     let path = index_path(state_dir, key);
@@ -634,7 +650,7 @@ mod tests {
     fn header() -> Header {
         Header {
             checksum: "ab".into(),
-            strategy: "rsync".into(),
+            strategy: Strategy::Rsync,
             dest_mode: Some(0o711),
             excludes: vec!["*.log".into()],
             exclude_from: Some("ex".into()),

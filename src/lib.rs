@@ -58,6 +58,7 @@ pub mod signature;
 mod staging;
 pub(crate) mod state;
 pub mod status;
+pub mod strategy;
 pub mod sync;
 pub mod unpack;
 mod urls;

@@ -17,21 +17,10 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::error::{Error, Result};
+use crate::strategy::Strategy;
 use crate::urls::has_scheme;
 use crate::verify::Checksum;
 use crate::Env;
-
-/// How the unpacked tree reaches `dest`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// `rsync -a --delete` semantics (the default).
-    #[default]
-    Rsync,
-    /// Rename the unpacked tree onto an absent or empty `dest`.
-    Mv,
-    /// Unpack into a new release directory and switch the `dest` symlink to it (SPEC §14).
-    Release,
-}
 
 /// `keep_releases` when the manifest does not say (SPEC §14).
 pub(crate) const DEFAULT_KEEP_RELEASES: u32 = 5;
@@ -161,6 +150,18 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
     validate(raw, url, unknown_keys).map_err(fail)
 }
 
+/// The `dest` a manifest names when it names a usable one, even though another of its
+/// keys failed validation: where the record of that failure belongs (SPEC §11), so
+/// that `stretcher status DEST` shows it. `None` when the text is no YAML mapping or
+/// its `dest` is missing or not acceptable.
+pub fn dest_of(text: &str, env: Env) -> Option<PathBuf> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let expanded = expand_templates(text, env).ok()?;
+    let doc: Value = serde_norway::from_str(&expanded).ok()?;
+    let dest = doc.get("dest")?.as_str()?;
+    check_dest(dest).ok()
+}
+
 /// Pass 1 of `parse`: the document must be a mapping; the keys we do not know (for a
 /// warning), with `commands.env` checked on the way.
 fn unknown_keys(doc: &Value) -> Result<Vec<String>, String> {
@@ -207,15 +208,11 @@ fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Ma
         return Err("checksum is required".into());
     }
     let checksum = checksum.map(|c| Checksum::parse(&c)).transpose()?;
-    let sync_strategy = match non_empty(raw.sync_strategy).as_deref() {
-        None | Some("rsync") => Strategy::Rsync,
-        Some("mv") => Strategy::Mv,
-        Some("release") => Strategy::Release,
-        Some(other) => {
-            return Err(format!(
-                "invalid strategy name: {other} (expected rsync, mv or release)"
-            ))
-        }
+    let sync_strategy = match non_empty(raw.sync_strategy) {
+        None => Strategy::default(),
+        Some(name) => Strategy::parse(&name).ok_or_else(|| {
+            format!("invalid strategy name: {name} (expected rsync, mv or release)")
+        })?,
     };
     let dest = dest.map(|d| check_dest(&d)).transpose()?;
     let keep_releases = non_empty(raw.keep_releases)

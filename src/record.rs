@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::logln;
+use crate::strategy::Strategy;
 
 /// The `schema` of the records this version writes.
 pub const SCHEMA: u32 = 1;
@@ -203,7 +204,7 @@ pub struct Record {
     /// The dest's absolute path; null for a commands-only manifest.
     pub dest: Option<String>,
     /// `rsync` | `mv` | `release`.
-    pub strategy: Option<String>,
+    pub strategy: Option<Strategy>,
     /// The release ID (SPEC §14).
     pub release: Option<String>,
     /// The manifest URL, secrets removed (`redact_url`).
@@ -255,7 +256,9 @@ pub(crate) struct Draft {
     pub dest: Option<PathBuf>,
     /// A valid manifest without `src` (keyed by its URL).
     pub commands_only: bool,
-    pub strategy: Option<String>,
+    pub strategy: Option<Strategy>,
+    /// A success of this run sets the serial floor (SPEC §15); a rollback does not.
+    sets_floor: bool,
     pub release: Option<String>,
     pub serial: Option<u64>,
     pub src: Option<String>,
@@ -278,6 +281,7 @@ impl Draft {
             dest: None,
             commands_only: false,
             strategy: None,
+            sets_floor: true,
             release: None,
             serial: None,
             src: None,
@@ -296,20 +300,60 @@ impl Draft {
 
     /// The manifest is valid: what the record takes from it.
     pub(crate) fn manifest_valid(&mut self, m: &crate::manifest::Manifest) {
-        use crate::manifest::Strategy;
         self.dest = m.dest.clone();
         self.commands_only = m.src.is_none();
         self.src = m.src.as_deref().map(redact_url);
         self.checksum = m.checksum.as_ref().map(|c| c.hex().to_ascii_lowercase());
         if m.src.is_some() {
-            self.strategy = Some(
-                match m.sync_strategy {
-                    Strategy::Rsync => "rsync",
-                    Strategy::Mv => "mv",
-                    Strategy::Release => "release",
-                }
-                .to_string(),
-            );
+            self.strategy = Some(m.sync_strategy);
+        }
+    }
+
+    /// The manifest did not validate, but named a usable `dest`: the failure is
+    /// recorded under dest's key, where `stretcher status DEST` looks.
+    pub(crate) fn dest_known(&mut self, dest: PathBuf) {
+        self.dest = Some(dest);
+    }
+
+    /// The record of `stretcher rollback` (origin `rollback`, SPEC §11): dest switched
+    /// to `release` (of archive `checksum`) without a download. The manifest URL, src,
+    /// serial and manifest digest come from `made`, the record that deployed that
+    /// release, else (URL only) from `last`, dest's last record.
+    pub(crate) fn rollback(
+        dest: &Path,
+        release: &str,
+        checksum: &str,
+        started: chrono::DateTime<chrono::Utc>,
+        made: Option<&Record>,
+        last: Option<&Record>,
+    ) -> Draft {
+        let from = made.or(last);
+        let ran = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+        let now = std::time::Instant::now();
+        Draft {
+            step: Step::Sync,
+            started,
+            clock: now.checked_sub(ran).unwrap_or(now),
+            event: EventInfo {
+                origin: "rollback".into(),
+                name: None,
+                id: None,
+                ltime: None,
+            },
+            manifest_url: from.map(|h| h.manifest_url.clone()).unwrap_or_default(),
+            manifest_sha256: made.and_then(|h| h.manifest_sha256.clone()),
+            dest: Some(dest.to_path_buf()),
+            commands_only: false,
+            strategy: Some(Strategy::Release),
+            sets_floor: false,
+            release: Some(release.to_string()),
+            serial: made.and_then(|h| h.serial),
+            src: made.and_then(|h| h.src.clone()),
+            checksum: Some(checksum.to_string()),
+            downloaded_bytes: None,
+            download_skipped: true,
+            changes: None,
+            hooks: Vec::new(),
         }
     }
 
@@ -380,6 +424,23 @@ impl Draft {
         };
         (key, record)
     }
+}
+
+/// Step 9 of a run (SPEC §5, §11): the finished record written under its key and, for
+/// a success that sets it, the serial floor of the next manifest (SPEC §15). A failure
+/// to write is a warning: the run's result stands. Answers the key and the record.
+pub(crate) fn commit(state_dir: &Path, draft: Draft, err: Option<&Error>) -> (String, Record) {
+    let sets_floor = draft.sets_floor;
+    let (key, rec) = draft.finish(err);
+    if let Err(e) = write(state_dir, &key, &rec) {
+        logln!("warning: cannot write the deploy record: {e}");
+    }
+    if sets_floor && rec.result == Outcome::Success {
+        if let Err(e) = write_success_serial(state_dir, &key, rec.serial) {
+            logln!("warning: cannot write the serial of this deploy: {e}");
+        }
+    }
+    (key, rec)
 }
 
 /// An RFC 3339 UTC time with milliseconds, as records spell it.
@@ -666,7 +727,7 @@ mod tests {
             host: Some("h".into()),
             stretcher_version: crate::VERSION.into(),
             dest: Some("/srv/app".into()),
-            strategy: Some("rsync".into()),
+            strategy: Some(Strategy::Rsync),
             release: None,
             manifest_url: "file:///m.yml".into(),
             manifest_sha256: Some("00".into()),

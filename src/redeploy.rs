@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::index;
 use crate::logln;
 use crate::record::{self, Outcome};
+use crate::strategy::Strategy;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
@@ -21,11 +22,29 @@ fn ms(since: Instant) -> f64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wanted<'a> {
     pub checksum: &'a str,
-    pub strategy: &'a str,
+    pub strategy: Strategy,
     pub dest_mode: Option<u32>,
     pub excludes: &'a [String],
     pub exclude_from: Option<&'a str>,
     pub euid: u32,
+}
+
+impl Wanted<'_> {
+    /// The settings the index of this deploy records (SPEC §11), with the text of its
+    /// `exclude_from` file; the time and entry count are filled in when it is saved.
+    pub(crate) fn settings(&self, exclude_from_text: Option<String>) -> index::Header {
+        index::Header {
+            checksum: self.checksum.to_string(),
+            strategy: self.strategy,
+            dest_mode: self.dest_mode,
+            excludes: self.excludes.to_vec(),
+            exclude_from: self.exclude_from.map(str::to_string),
+            exclude_from_text,
+            euid: self.euid,
+            written: String::new(),
+            entries: 0,
+        }
+    }
 }
 
 /// What the check found.
@@ -65,7 +84,7 @@ pub(crate) fn check(state_dir: &Path, dest: &Path, want: &Wanted) -> Decision {
     if last.checksum.as_deref() != Some(want.checksum) {
         return deploy("its last deploy was another archive");
     }
-    if last.strategy.as_deref() != Some(want.strategy) {
+    if last.strategy != Some(want.strategy) {
         return deploy("the sync strategy changed");
     }
     let t_read = Instant::now();

@@ -1,16 +1,12 @@
-//! The `release` strategy (SPEC §14): every deploy unpacks into a new directory of
-//! `RELEASES_DIR`, and `dest` is a symbolic link switched to it by one `rename(2)`.
+//! The releases store of `sync_strategy: release` (SPEC §14): every deploy unpacks into
+//! a new directory of `RELEASES_DIR`, and `dest` is a symbolic link switched to it by
+//! one `rename(2)`.
 //!
-//! Its one job is the releases layout: naming a release, unpacking into
-//! `RELEASES_DIR/.ID.partial` with unchanged files hard-linked from the live release
-//! (the unpack's quick check, `UnpackOptions::link_unchanged`), the atomic switch and
-//! the switch back when `post` fails, the cleanup, and the offline `releases` and
-//! `rollback` subcommands.
-//!
-//! The deploy index of a release (SPEC §11) is written in the same pass as the unpack:
-//! it is the unpack's listing of what it wrote (`Staged::written`), with the excludes
-//! applied to that listing (their files removed from the partial release, nothing
-//! walked) and the release directory itself read once after its rename.
+//! Its one job is the releases layout: naming a release, its metadata, the listing,
+//! the atomic switch and the switch back, marking a release bad, the cleanup, and the
+//! rollback and listing behind the `releases` and `rollback` subcommands, as library
+//! calls. One deploy's use of the store (unpacking into the partial release, the
+//! switch around `post`) is the strategy's, `strategy/release.rs`.
 //!
 //! Layout of `RELEASES_DIR` (one per dest):
 //! - `ID/`: a complete release, ID = `YYYYmmddTHHMMSSZ-` + 8 hex digits of the checksum
@@ -29,30 +25,19 @@
 //! release, and never leave `dest` pointing at anything but a complete release.
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fetch::{self, FetchOptions};
 use crate::filter::Filter;
-use crate::hooks::HookEnv;
-use crate::index::Entry;
 use crate::logln;
 use crate::manifest::Manifest;
-use crate::record::{self, Step};
-use crate::redeploy;
-use crate::sync::Kind;
-use crate::unpack::{self, UnpackOptions};
-use crate::verify::Checksum;
+use crate::record;
 
-/// The default mode of a release directory when neither the manifest nor the archive says.
-const DEFAULT_MODE: u32 = 0o755;
 const PARTIAL: &str = ".partial";
 const REMOVING: &str = ".removing";
 const META_EXT: &str = ".json";
@@ -210,11 +195,16 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Release>> {
     Ok(out)
 }
 
+/// `RELEASES_DIR/.ID.partial`: where release `id` is unpacked until it is complete.
+pub(crate) fn partial_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{id}{PARTIAL}"))
+}
+
 fn meta_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}{META_EXT}"))
 }
 
-fn read_meta(dir: &Path, id: &str) -> Option<Meta> {
+pub(crate) fn read_meta(dir: &Path, id: &str) -> Option<Meta> {
     let text = fs::read(meta_path(dir, id)).ok()?;
     serde_json::from_slice::<Meta>(&text)
         .ok()
@@ -222,7 +212,7 @@ fn read_meta(dir: &Path, id: &str) -> Option<Meta> {
 }
 
 /// Writes `dir/ID.json` atomically (temp file, then rename).
-fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     let tmp = dir.join(format!(".{}{META_TMP}", meta.id));
     let path = meta_path(dir, &meta.id);
     let mut text = serde_json::to_vec_pretty(meta)
@@ -234,7 +224,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     fs::rename(&tmp, &path).ctx("rename onto", &path)
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -348,7 +338,7 @@ pub(crate) fn remove_leftovers(dir: &Path, dest: &Path) {
 
 /// Deletes one release: renamed away first (so `dir/ID` is complete or absent at any
 /// moment), then its metadata, then the tree.
-fn remove_release(dir: &Path, id: &str) -> Result<()> {
+pub(crate) fn remove_release(dir: &Path, id: &str) -> Result<()> {
     let away = dir.join(format!(".{id}{REMOVING}"));
     fs::rename(dir.join(id), &away).ctx("rename", dir.join(id))?;
     match fs::remove_file(meta_path(dir, id)) {
@@ -403,7 +393,7 @@ pub(crate) fn cleanup(dir: &Path, live: &str, keep: u32) -> Result<()> {
 }
 
 /// Sets or clears the bad flag of a release (no-op without metadata).
-fn mark(dir: &Path, id: &str, bad: bool, reason: Option<String>) -> Result<()> {
+pub(crate) fn mark(dir: &Path, id: &str, bad: bool, reason: Option<String>) -> Result<()> {
     let Some(mut meta) = read_meta(dir, id) else {
         logln!("warning: release {id} has no metadata in {}", dir.display());
         return Ok(());
@@ -413,470 +403,9 @@ fn mark(dir: &Path, id: &str, bad: bool, reason: Option<String>) -> Result<()> {
     write_meta(dir, &meta)
 }
 
-/// The partial release being unpacked: removed on drop unless it got its name.
-struct Partial {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Partial {
-    fn create(path: &Path) -> Result<Partial> {
-        if path.symlink_metadata().is_ok() {
-            crate::staging::make_writable_and_remove(path).ctx("remove", path)?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path)
-            .ctx("create directory", path)?;
-        Ok(Partial {
-            path: path.to_path_buf(),
-            armed: true,
-        })
-    }
-}
-
-use std::os::unix::fs::DirBuilderExt;
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Err(e) = crate::staging::make_writable_and_remove(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                logln!("warning: could not remove {}: {e}", self.path.display());
-            }
-        }
-    }
-}
-
-/// Removes the excluded entries of a freshly unpacked tree (an excluded directory with
-/// its subtree) and drops them from `listed`, the unpack's listing of that tree (sorted
-/// by path): the filter is applied to the listing, as the sync's walk would apply it,
-/// not to a second walk. The mtimes of the directories they were in are restored, and
-/// those directories listed again as they are now. Answers how many were removed.
-fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Result<usize> {
-    if filter.is_empty() {
-        return Ok(0);
-    }
-    // Sorted by path, a directory comes before everything below it.
-    let mut pruned: HashSet<Vec<u8>> = HashSet::new();
-    let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
-    listed.retain(|e| {
-        let is_dir = e.kind == Kind::Dir;
-        let parent = e
-            .path
-            .iter()
-            .rposition(|&b| b == b'/')
-            .map(|i| &e.path[..i]);
-        let gone = parent.is_some_and(|p| pruned.contains(p))
-            || filter.is_excluded(Path::new(OsStr::from_bytes(&e.path)), is_dir);
-        if gone {
-            if is_dir {
-                pruned.insert(e.path.clone());
-            }
-            if !parent.is_some_and(|p| pruned.contains(p)) {
-                doomed.push((e.path.clone(), is_dir));
-            }
-        }
-        !gone
-    });
-    let mut parents: Vec<PathBuf> = Vec::new();
-    for (rel, is_dir) in &doomed {
-        let path = root.join(OsStr::from_bytes(rel));
-        let parent = path.parent().unwrap_or(root).to_path_buf();
-        let mtime = fs::symlink_metadata(&parent)
-            .ok()
-            .map(|m| filetime::FileTime::from_last_modification_time(&m));
-        if *is_dir {
-            crate::staging::make_writable_and_remove(&path).ctx("remove excluded", &path)?;
-        } else {
-            fs::remove_file(&path).ctx("remove excluded", &path)?;
-        }
-        if let Some(t) = mtime {
-            let _ = filetime::set_file_mtime(&parent, t);
-        }
-        if parent != root && !parents.contains(&parent) {
-            parents.push(parent);
-        }
-    }
-    // The directories they were in, as they are now (the root is read after the rename).
-    for parent in parents {
-        let rel = parent.strip_prefix(root).unwrap_or(&parent);
-        let rel = rel.as_os_str().as_bytes();
-        if let Ok(i) = listed.binary_search_by(|e| e.path.as_slice().cmp(rel)) {
-            let m = fs::symlink_metadata(&parent).ctx("stat", &parent)?;
-            listed[i] = Entry::from_meta(rel.to_vec(), &m, None);
-        }
-    }
-    Ok(doomed.len())
-}
-
-/// The index of a release from the unpack's listing of it (sorted, excluded entries
-/// dropped): the release directory itself, read once now that it has its name and mode,
-/// and everything below it. Equal to what `index::scan` of the release answers.
-fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
-    let m = fs::metadata(release).ctx("stat", release)?;
-    listed.insert(0, Entry::from_meta(Vec::new(), &m, None));
-    Ok(listed)
-}
-
-/// What a release deploy did, for the log and the deploy record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Deployed {
-    /// The new release's ID (marked bad when `post` failed).
-    pub id: String,
-    /// The release dest pointed at before, if any.
-    pub previous: Option<String>,
-}
-
-/// What a release deploy shares with the generic deploy: the record in the making,
-/// the state directory (for the index), the settings the index is written with, and
-/// whether `pre` already ran (a skipped redeploy that found dest changed after it).
-pub(crate) struct Context<'a, 'w> {
-    pub draft: &'a mut record::Draft,
-    pub state: Option<&'a Path>,
-    pub wanted: &'a redeploy::Wanted<'w>,
-    pub pre_done: bool,
-}
-
-/// A release deploy, from the verified download to the cleanup (SPEC §14). The caller
-/// holds dest's lock; a dry run is handled by the generic path (not here).
-pub(crate) fn deploy(
-    manifest: &Manifest,
-    fetch_opts: &FetchOptions,
-    hook_env: &HookEnv,
-    (src, checksum, dest): (&str, &Checksum, &Path),
-    ctx: Context,
-) -> Result<Deployed> {
-    let Context {
-        draft,
-        state,
-        wanted,
-        pre_done,
-    } = ctx;
-    let slot = Slot::take(manifest, dest, checksum)?;
-    let (mut partial, mut staged) = slot.download(src, checksum, fetch_opts, draft)?;
-    draft.step = Step::Unpack;
-    let unpacked = slot.finish_partial(manifest, &mut staged)?;
-
-    if !pre_done {
-        draft.step = Step::Pre;
-        draft.run_hooks("pre", &manifest.commands.pre, hook_env)?;
-    }
-
-    // `pre` may have changed dest: check again, right before the switch.
-    draft.step = Step::Sync;
-    let before = dest_state(dest, &slot.dir)?;
-    let previous = match before {
-        DestState::Live(id) => Some(id),
-        _ => None,
-    };
-    let meta = slot.meta(dest, checksum, wanted, unpacked.exclude_text);
-    let release = slot.complete(&meta, &mut partial)?;
-    slot.go_live(dest, &release, previous.as_deref())?;
-    draft.release = Some(slot.id.clone());
-    // What changed against the previous release (read before a cleanup can take it).
-    let entries = release_entries(&release, unpacked.listed);
-    if let Ok(new) = &entries {
-        let old = slot.previous_entries(state, dest, previous.as_deref(), &unpacked.filter);
-        draft.changes = Some(changes(&old, new));
-    }
-
-    draft.step = Step::Post;
-    slot.post(draft, manifest, hook_env, dest, previous.as_deref())?;
-    slot.confirm(meta, state, dest, entries, manifest.keep_releases)?;
-    Ok(Deployed {
-        id: slot.id,
-        previous,
-    })
-}
-
-/// Where a release deploy puts its new release, decided before anything is downloaded.
-struct Slot {
-    /// The releases directory.
-    dir: PathBuf,
-    /// The release dest pointed at when the deploy began (the unpack's probe).
-    live: Option<String>,
-    /// The new release's sequence number and ID.
-    seq: u64,
-    id: String,
-    /// `RELEASES_DIR/.ID.partial`, where the unpack writes.
-    partial_path: PathBuf,
-}
-
-/// The partial release once unpacked: its filter, the rule file's text (for the
-/// index) and the listing of what is in it, excludes left out.
-struct Unpacked {
-    filter: Filter,
-    exclude_text: Option<String>,
-    listed: Vec<Entry>,
-}
-
-impl Slot {
-    /// The releases directory made (a killed run's leftovers removed), and the new
-    /// release's ID and sequence number.
-    fn take(manifest: &Manifest, dest: &Path, checksum: &Checksum) -> Result<Slot> {
-        let dir = releases_dir(manifest, dest)?;
-        let before = dest_state(dest, &dir)?;
-        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
-        remove_leftovers(&dir, dest);
-        let live = match &before {
-            DestState::Live(id) => Some(id.clone()),
-            _ => None,
-        };
-        let existing = list(&dir)?;
-        let seq = existing.iter().map(|r| r.meta.seq).max().unwrap_or(0) + 1;
-        let id = next_id(&dir, checksum.hex(), chrono::Utc::now());
-        let partial_path = dir.join(format!(".{id}{PARTIAL}"));
-        Ok(Slot {
-            dir,
-            live,
-            seq,
-            id,
-            partial_path,
-        })
-    }
-
-    /// Downloads and unpacks into the partial release, unchanged files hard-linked
-    /// from the live release; the record's `downloaded_bytes` whatever the outcome.
-    fn download(
-        &self,
-        src: &str,
-        checksum: &Checksum,
-        fetch_opts: &FetchOptions,
-        draft: &mut record::Draft,
-    ) -> Result<(Partial, unpack::Staged)> {
-        logln!("Loading URL {src}");
-        let same_owner = nix::unistd::geteuid().is_root();
-        draft.step = Step::Download;
-        let downloaded = std::sync::atomic::AtomicU64::new(0);
-        let verified = fetch::stream(src, checksum, fetch_opts, |reader| {
-            downloaded.store(0, std::sync::atomic::Ordering::Relaxed);
-            let reader = &mut fetch::Counting {
-                inner: reader,
-                count: &downloaded,
-            };
-            let partial = Partial::create(&self.partial_path)?;
-            let unpack_opts = UnpackOptions {
-                same_owner,
-                label: src.to_string(),
-                link_unchanged: true,
-            };
-            let mut probe =
-                (self.live.as_ref()).map(|l| crate::sync::DestProbe::new(self.dir.join(l)));
-            let probe = probe.as_mut().map(|p| p as &mut dyn unpack::Unchanged);
-            logln!("Extract archive: {src} to {}", self.partial_path.display());
-            let staged = unpack::unpack(reader, &self.partial_path, &unpack_opts, probe)?;
-            Ok((partial, staged))
-        });
-        draft.downloaded_bytes = Some(downloaded.load(std::sync::atomic::Ordering::Relaxed));
-        Ok(verified?.into_inner())
-    }
-
-    /// The unpacked partial release: logged, its excludes removed (and left out of its
-    /// listing), its mode set.
-    fn finish_partial(&self, manifest: &Manifest, staged: &mut unpack::Staged) -> Result<Unpacked> {
-        let (id, partial_path) = (&self.id, &self.partial_path);
-        logln!(
-            "Unpacked {} entries into release {id} ({} unchanged files linked from {})",
-            staged.entries,
-            staged.reused.len(),
-            self.live.as_deref().unwrap_or("no live release")
-        );
-        // Unchanged files are hard links in the partial release: every rule file is there.
-        let (filter, exclude_text) =
-            crate::staging::load_filter(manifest, partial_path, &staged.reused, partial_path)?;
-        // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
-            .into_iter()
-            .map(|(rel, w)| {
-                let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
-                Entry::from_meta(path, &w.meta, w.target)
-            })
-            .collect();
-        crate::index::sort(&mut listed);
-        let excluded = remove_excluded(partial_path, &filter, &mut listed)?;
-        if excluded > 0 {
-            logln!("Left {excluded} excluded entries out of release {id}");
-        }
-        let mode = manifest
-            .dest_mode
-            .or(staged.root_mode)
-            .unwrap_or(DEFAULT_MODE);
-        logln!("Set release mode {mode:04o}");
-        fs::set_permissions(partial_path, fs::Permissions::from_mode(mode))
-            .ctx("chmod", partial_path)?;
-        Ok(Unpacked {
-            filter,
-            exclude_text,
-            listed,
-        })
-    }
-
-    /// The new release's metadata (not yet deployed), with the settings its index is
-    /// written with.
-    fn meta(
-        &self,
-        dest: &Path,
-        checksum: &Checksum,
-        wanted: &redeploy::Wanted<'_>,
-        exclude_text: Option<String>,
-    ) -> Meta {
-        Meta {
-            schema: 1,
-            id: self.id.clone(),
-            dest: dest.to_path_buf(),
-            checksum: checksum.hex().to_ascii_lowercase(),
-            seq: self.seq,
-            created: now_rfc3339(),
-            deployed: None,
-            bad: false,
-            reason: None,
-            index: Some(crate::index::Header {
-                checksum: wanted.checksum.to_string(),
-                strategy: wanted.strategy.to_string(),
-                dest_mode: wanted.dest_mode,
-                excludes: wanted.excludes.to_vec(),
-                exclude_from: wanted.exclude_from.map(str::to_string),
-                exclude_from_text: exclude_text,
-                euid: wanted.euid,
-                written: String::new(),
-                entries: 0,
-            }),
-        }
-    }
-
-    /// The metadata written, then the partial release renamed to its ID: complete.
-    fn complete(&self, meta: &Meta, partial: &mut Partial) -> Result<PathBuf> {
-        write_meta(&self.dir, meta)?;
-        let release = self.dir.join(&self.id);
-        fs::rename(&self.partial_path, &release).ctx("rename onto", &release)?;
-        partial.armed = false;
-        logln!("Release {} is complete in {}", self.id, self.dir.display());
-        Ok(release)
-    }
-
-    /// The atomic switch of dest to the complete release; on a failure the release is
-    /// taken away again (it was never live).
-    fn go_live(&self, dest: &Path, release: &Path, previous: Option<&str>) -> Result<()> {
-        if let Err(e) = switch(dest, release) {
-            // Not live: take the new release away again.
-            let _ = remove_release(&self.dir, &self.id);
-            return Err(e);
-        }
-        logln!(
-            "Switched {} to release {}{}",
-            dest.display(),
-            self.id,
-            previous.map(|p| format!(" (was {p})")).unwrap_or_default()
-        );
-        Ok(())
-    }
-
-    /// The listing of the previous release: its index when the state directory has it
-    /// (cheaper than a walk), else a walk of it; none on a first deploy.
-    fn previous_entries(
-        &self,
-        state: Option<&Path>,
-        dest: &Path,
-        previous: Option<&str>,
-        filter: &Filter,
-    ) -> Vec<Entry> {
-        let dir = &self.dir;
-        let indexed = |p: &str| {
-            let sum = read_meta(dir, p)?.checksum;
-            let (h, e) = crate::index::read(state?, &record::key_for_dest(dest)).ok()??;
-            (h.checksum == sum && h.strategy == "release").then_some(e)
-        };
-        previous
-            .and_then(|p| indexed(p).or_else(|| crate::index::scan(&dir.join(p), filter).ok()))
-            .unwrap_or_default()
-    }
-
-    /// `post`; when it fails, dest flipped back and the new release marked bad.
-    fn post(
-        &self,
-        draft: &mut record::Draft,
-        manifest: &Manifest,
-        hook_env: &HookEnv,
-        dest: &Path,
-        previous: Option<&str>,
-    ) -> Result<()> {
-        let id = &self.id;
-        if let Err(e) = draft.run_hooks("post", &manifest.commands.post, hook_env) {
-            switch_back(dest, &self.dir, previous);
-            if let Err(m) = mark(&self.dir, id, true, Some(format!("post failed: {e}"))) {
-                logln!("warning: could not mark release {id} bad: {m}");
-            }
-            logln!(
-                "Marked release {id} bad (kept for inspection until the next successful deploy)"
-            );
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// The release confirmed (its deployed time), dest's index written, old releases
-    /// cleaned up.
-    fn confirm(
-        &self,
-        meta: Meta,
-        state: Option<&Path>,
-        dest: &Path,
-        entries: Result<Vec<Entry>>,
-        keep: u32,
-    ) -> Result<()> {
-        let confirmed = Meta {
-            deployed: Some(now_rfc3339()),
-            ..meta
-        };
-        write_meta(&self.dir, &confirmed)?;
-        match (state, entries) {
-            (Some(state), Ok(entries)) => write_index(state, dest, &confirmed, &entries),
-            (Some(_), Err(e)) => logln!("warning: cannot index release {}: {e}", self.id),
-            (None, _) => {}
-        }
-        cleanup(&self.dir, &self.id, keep)
-    }
-}
-
-/// The record's `changes` of a release against the one before it (SPEC §11).
-fn changes(old: &[crate::index::Entry], new: &[crate::index::Entry]) -> record::Changes {
-    let mut c = record::Changes::default();
-    for d in crate::index::diff(old, new) {
-        match d.kind {
-            "added" => c.created += 1,
-            "deleted" => c.deleted += 1,
-            _ => c.updated += 1,
-        }
-    }
-    c.unchanged = (new.len() as u64).saturating_sub(c.created + c.updated);
-    c
-}
-
-/// Writes the deploy index of dest (= the live release) for the redeploy that
-/// downloads nothing and `verify`; a failure is a warning.
-fn write_index(state: &Path, dest: &Path, meta: &Meta, entries: &[crate::index::Entry]) {
-    let Some(header) = &meta.index else {
-        logln!("warning: release {} has no index settings", meta.id);
-        return;
-    };
-    let header = crate::index::Header {
-        checksum: meta.checksum.clone(),
-        written: record::timestamp(chrono::Utc::now()),
-        entries: entries.len() as u64,
-        ..header.clone()
-    };
-    let key = record::key_for_dest(dest);
-    if let Err(e) = crate::index::write(state, &key, &header, entries) {
-        logln!("warning: cannot write the deploy index: {e}");
-    }
-}
-
 /// After a failed `post`: dest back to the release it pointed at, or removed on a
 /// first deploy. Logged; a failure here is logged too (the deploy fails anyway).
-fn switch_back(dest: &Path, dir: &Path, previous: Option<&str>) {
+pub(crate) fn switch_back(dest: &Path, dir: &Path, previous: Option<&str>) {
     let result = match previous {
         Some(p) => switch(dest, &dir.join(p))
             .map(|()| format!("switched {} back to release {p}", dest.display())),
@@ -891,7 +420,7 @@ fn switch_back(dest: &Path, dir: &Path, previous: Option<&str>) {
 }
 
 /// The manifest's releases directory (validation sets it for the release strategy).
-fn releases_dir(manifest: &Manifest, dest: &Path) -> Result<PathBuf> {
+pub(crate) fn releases_dir(manifest: &Manifest, dest: &Path) -> Result<PathBuf> {
     manifest
         .releases_dir
         .clone()
@@ -1066,46 +595,24 @@ pub(crate) fn record_rollback(
         .iter()
         .rev()
         .find(|h| h.release.as_deref() == Some(r.to.id.as_str()));
-    let from = made.or(history.last());
-    let finished = chrono::Utc::now();
-    let rec = record::Record {
-        schema: record::SCHEMA,
-        host: record::hostname(),
-        stretcher_version: crate::VERSION.to_string(),
-        dest: Some(dest.display().to_string()),
-        strategy: Some("release".into()),
-        release: Some(r.to.id.clone()),
-        manifest_url: from.map(|h| h.manifest_url.clone()).unwrap_or_default(),
-        manifest_sha256: made.and_then(|h| h.manifest_sha256.clone()),
-        serial: made.and_then(|h| h.serial),
-        src: made.and_then(|h| h.src.clone()),
-        checksum: Some(r.to.meta.checksum.clone()),
-        event: record::EventInfo {
-            origin: "rollback".into(),
-            name: None,
-            id: None,
-            ltime: None,
-        },
-        result: record::Outcome::Success,
-        failed_step: None,
-        error: None,
-        started: record::timestamp(started),
-        finished: record::timestamp(finished),
-        duration_s: ((finished - started).num_milliseconds() as f64) / 1000.0,
-        downloaded_bytes: None,
-        download_skipped: true,
-        changes: None,
-        hooks: Vec::new(),
-    };
-    if let Err(e) = record::write(state, &key, &rec) {
-        logln!("warning: cannot write the deploy record: {e}");
-    }
+    let draft = record::Draft::rollback(
+        dest,
+        &r.to.id,
+        &r.to.meta.checksum,
+        started,
+        made,
+        history.last(),
+    );
+    record::commit(state, draft, None);
     let filter = match r.to.meta.index.as_ref().map(|h| h.filter()) {
         Some(Ok(f)) => f,
         _ => Filter::empty(),
     };
     match crate::index::scan(&r.dir.join(&r.to.id), &filter) {
-        Ok(entries) => write_index(state, dest, &r.to.meta, &entries),
+        Ok(entries) => match &r.to.meta.index {
+            Some(settings) => crate::index::save(state, dest, settings, &entries),
+            None => logln!("warning: release {} has no index settings", r.to.id),
+        },
         Err(e) => logln!("warning: cannot index release {}: {e}", r.to.id),
     }
 }

@@ -113,6 +113,23 @@ pub(crate) struct Staging {
 }
 
 impl Staging {
+    /// A new private (0700) directory at exactly `path` (a release's `.ID.partial`);
+    /// what a killed attempt left there is removed first.
+    pub(crate) fn create_at(path: &Path) -> Result<Staging> {
+        use std::os::unix::fs::DirBuilderExt;
+        if path.symlink_metadata().is_ok() {
+            make_writable_and_remove(path).map_err(|e| Error::io("remove", path, e))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io("create directory", path, e))?;
+        Ok(Staging {
+            path: path.to_path_buf(),
+            kept: false,
+        })
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -30,7 +30,10 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
     // logged and counted as created, as `rsync -v` lists it (SPEC §9).
     let mut moved: Option<&Path> = None;
     for a in &plan.actions {
-        if moved.is_some_and(|m| a.rel.starts_with(m)) {
+        // The moved directory's own attributes are still set: the plan may give it
+        // another mode than the staged tree has (`dest_mode` on a new dest's root).
+        let own_attrs = matches!(a.op, Op::DirAttrs { .. }) && moved == Some(a.rel.as_path());
+        if moved.is_some_and(|m| a.rel.starts_with(m)) && !own_attrs {
             arrived_with_dir(a, opts, &mut stats);
             continue;
         }

@@ -12,25 +12,12 @@ use super::{plan_staged, tree, Kind, Op, Plan, SyncOptions};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::logln;
-use crate::manifest::{Manifest, Strategy};
+use crate::manifest::Manifest;
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-/// The unpacked tree a dry run reports on.
-pub(crate) struct Tree<'a> {
-    /// The verified staged tree.
-    pub staged: &'a Verified<Staged>,
-    /// The deploy's `dest`.
-    pub dest: &'a Path,
-    /// The exclude rules.
-    pub filter: &'a Filter,
-    /// With `sync_strategy: release`: the live release's directory (None on a first
-    /// deploy) and the switch's target (`release::dry_run_target`).
-    pub release: Option<(Option<PathBuf>, PathBuf)>,
-}
-
 /// One line of `--dry-run` output: `VERB PATH[TAIL]`.
-struct Change {
+pub(crate) struct Change {
     verb: &'static str,
     rel: PathBuf,
     /// `/` for a directory, ` -> TARGET` for a symlink, else empty.
@@ -40,21 +27,23 @@ struct Change {
 /// Prints on stdout, one line each and in the order a deploy would do them, the hooks
 /// it would run (`run pre: COMMAND`) and what would change in dest: `add PATH`,
 /// `update PATH` (content, link target or type differs), `delete PATH` (dest-relative,
-/// as bytes), `switch DEST -> TARGET`. `tree` is None for a commands-only manifest (or
-/// a redeploy that downloads nothing).
-pub(crate) fn print(manifest: &Manifest, tree: Option<Tree>) -> Result<()> {
-    let mut changes = Vec::new();
-    if let Some(tree) = tree {
-        changes = planned_changes(manifest.sync_strategy, &tree)?;
-        let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
-        logln!(
-            "Dry run: {} to add, {} to update, {} to delete in {}",
-            count("add"),
-            count("update"),
-            count("delete"),
-            tree.dest.display()
-        );
-    }
+/// as bytes), `switch DEST -> TARGET`. `changes` (what the strategy would do to
+/// `dest`) is None for a commands-only manifest (or a redeploy that downloads nothing).
+pub(crate) fn print(manifest: &Manifest, changes: Option<(&Path, Vec<Change>)>) -> Result<()> {
+    let changes = match changes {
+        Some((dest, changes)) => {
+            let count = |verb: &str| changes.iter().filter(|c| c.verb == verb).count();
+            logln!(
+                "Dry run: {} to add, {} to update, {} to delete in {}",
+                count("add"),
+                count("update"),
+                count("delete"),
+                dest.display()
+            );
+            changes
+        }
+        None => Vec::new(),
+    };
     let mut out: Vec<u8> = Vec::new();
     let hooks = |out: &mut Vec<u8>, which: &str, commands: &[String]| {
         for c in commands {
@@ -90,38 +79,34 @@ fn arrow(target: &Path) -> Vec<u8> {
     t
 }
 
-/// What the sync step would change in dest: the plan's changes (rsync), every entry
-/// of the unpacked tree (mv, which renames it onto dest), or the new release's changes
-/// against the live one and the switch (release).
-fn planned_changes(strategy: Strategy, tree: &Tree) -> Result<Vec<Change>> {
-    let opts = SyncOptions::default();
-    match (strategy, &tree.release) {
-        (Strategy::Mv, _) => mv_changes(tree),
-        (Strategy::Release, None) => Ok(Vec::new()),
-        (Strategy::Release, Some((live, target))) => {
-            let empty = tempfile::tempdir().map_err(|e| Error::io("create temp dir", "", e))?;
-            let against = live.clone().unwrap_or_else(|| empty.path().join("none"));
-            let plan = plan_staged(tree.staged, &against, tree.filter, &opts)?;
-            let mut changes = changes(&plan);
-            changes.push(Change {
-                verb: "switch",
-                rel: tree.dest.to_path_buf(),
-                tail: arrow(target),
-            });
-            Ok(changes)
+impl Change {
+    /// `switch DEST -> TARGET`: the release switch.
+    pub(crate) fn switch(dest: &Path, target: &Path) -> Change {
+        Change {
+            verb: "switch",
+            rel: dest.to_path_buf(),
+            tail: arrow(target),
         }
-        (Strategy::Rsync, _) => Ok(changes(&plan_staged(
-            tree.staged,
-            tree.dest,
-            tree.filter,
-            &opts,
-        )?)),
     }
 }
 
+/// What the rsync strategy would change in `dest` (or the release strategy in a new
+/// release against `against`, the live one): the plan's changes.
+pub(crate) fn planned(
+    staged: &Verified<Staged>,
+    against: &Path,
+    filter: &Filter,
+) -> Result<Vec<Change>> {
+    Ok(changes(&plan_staged(
+        staged,
+        against,
+        filter,
+        &SyncOptions::default(),
+    )?))
+}
+
 /// mv renames the staged tree onto dest: every entry of it is added.
-fn mv_changes(tree: &Tree) -> Result<Vec<Change>> {
-    let dest = tree.dest;
+pub(crate) fn renamed(staged: &Verified<Staged>, dest: &Path) -> Result<Vec<Change>> {
     logln!(
         "Dry run: sync_strategy mv renames the unpacked tree onto {}",
         dest.display()
@@ -132,7 +117,7 @@ fn mv_changes(tree: &Tree) -> Result<Vec<Change>> {
             dest.display()
         );
     }
-    let walked = tree::walk(&tree.staged.get().root, Path::new(""), &Filter::empty())?;
+    let walked = tree::walk(&staged.get().root, Path::new(""), &Filter::empty())?;
     let changes = walked.entries.into_iter().map(|e| {
         let tail = match (e.meta.kind, &e.target) {
             (Kind::Dir, _) => b"/".to_vec(),

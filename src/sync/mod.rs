@@ -1,11 +1,11 @@
-//! `rsync -a --delete [--exclude-from F] [--exclude P]... SRC/ DEST/`, in-process, and the
-//! `mv` strategy (SPEC §6): the one wing that makes `dest` a mirror of an unpacked tree.
+//! `rsync -a --delete [--exclude-from F] [--exclude P]... SRC/ DEST/`, in-process (SPEC
+//! §6): the one wing that makes `dest` a mirror of an unpacked tree.
 //!
 //! One file a job: `tree` lists a tree from disk (the only disk reads of planning);
 //! `quick` is rsync's quick check (for the plan and for the unpack-time [`DestProbe`]);
 //! `plan` merges two listings into a [`Plan`] of plain data without touching the disk;
-//! `apply` carries a plan out; `dry_run` renders a plan as the `--dry-run` lines; `mv`
-//! is the `mv` strategy ([`move_into_place`]). The door is [`plan_staged`] / [`sync`]:
+//! `apply` carries a plan out; `dry_run` renders a plan as the `--dry-run` lines. The
+//! door is [`plan_staged`] / [`sync`]:
 //! they take the tree only as `Verified<Staged>`, which only a matching checksum makes.
 //!
 //! It must never write outside `dest`, never follow a symlink below either root (a symlink
@@ -370,13 +370,11 @@ pub struct Stats {
 
 mod apply;
 pub mod dry_run;
-mod mv;
 mod plan;
 mod quick;
 mod tree;
 
 pub use apply::apply;
-pub use mv::move_into_place;
 pub(crate) use plan::plan;
 pub use quick::{quick_check, DestProbe, Quick};
 
@@ -544,26 +542,5 @@ mod tests {
         let f = Filter::new(None, &["*.log".into()]).unwrap();
         let err = plan_paths(&src, &dest, &f).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
-    }
-
-    #[test]
-    fn move_into_place_refuses_non_empty_and_replaces_empty() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("staging");
-        write(&src.join("a"), "a", 1);
-        let dest = t.path().join("p/q/dest");
-        fs::create_dir_all(&dest).unwrap();
-        fs::write(dest.join("x"), "x").unwrap();
-        assert!(matches!(
-            move_into_place(&src, &dest, None),
-            Err(Error::Sync { .. })
-        ));
-        assert!(src.join("a").exists());
-        fs::remove_file(dest.join("x")).unwrap();
-        move_into_place(&src, &dest, None).unwrap();
-        assert!(dest.join("a").exists() && !src.exists());
-        let dest2 = t.path().join("new/parent/d2");
-        move_into_place(&dest, &dest2, None).unwrap();
-        assert!(dest2.join("a").exists());
     }
 }

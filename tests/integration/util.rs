@@ -559,7 +559,7 @@ pub mod records {
             host: Some("web-1".into()),
             stretcher_version: "0.1.0".into(),
             dest: Some(dest.into()),
-            strategy: Some("rsync".into()),
+            strategy: Some(stretcher::strategy::Strategy::Rsync),
             release: None,
             manifest_url: format!("https://releases.example.com{dest}.yml"),
             manifest_sha256: Some("ab".repeat(32)),

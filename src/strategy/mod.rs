@@ -1,0 +1,198 @@
+//! The three sync strategies (SPEC §6, §14) as one seam, and the one place the
+//! [`Strategy`] enum is matched.
+//!
+//! The deploy pipeline (`deploy.rs`) is the same for every strategy: download and
+//! unpack, `pre`, land, `post`, confirm or undo, index, record. A strategy answers only
+//! what differs:
+//! - where the archive is unpacked ([`Land::stage`]): a private staging directory
+//!   beside `dest` (rsync, mv, and every dry run), or `RELEASES_DIR/.ID.partial`
+//!   (release), and which tree the unpack's quick-check probe compares with (dest for
+//!   rsync, the live release for release, none for mv);
+//! - how the verified tree lands ([`Land::land`]): the sync's plan applied, a rename
+//!   onto an empty dest, or the release completed and dest switched to it;
+//! - what a dry run would change ([`Land::dry_run`]);
+//! - for a release, how the switch is undone when `post` fails ([`Land::undo`]) and
+//!   confirmed when it succeeds ([`Land::confirm`]).
+//!
+//! It never runs a hook, downloads, or writes the state directory: the pipeline does.
+
+mod mv;
+mod release;
+mod rsync;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::index;
+use crate::manifest::Manifest;
+use crate::record;
+use crate::staging::{Staging, Workspace};
+use crate::sync::{dry_run, DestProbe};
+use crate::unpack::Staged;
+use crate::verify::Verified;
+
+/// How the unpacked tree reaches `dest` (the manifest's `sync_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// `rsync -a --delete` semantics (the default).
+    #[default]
+    Rsync,
+    /// Rename the unpacked tree onto an absent or empty `dest`.
+    Mv,
+    /// Unpack into a new release directory and switch the `dest` symlink to it (SPEC §14).
+    Release,
+}
+
+impl Strategy {
+    /// Every strategy, in the order the manifest's error message names them.
+    pub const ALL: [Strategy; 3] = [Strategy::Rsync, Strategy::Mv, Strategy::Release];
+
+    /// The manifest's spelling of a strategy; `None` for an unknown name.
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The name as manifests, records and indexes spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rsync => "rsync",
+            Strategy::Mv => "mv",
+            Strategy::Release => "release",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The default mode of `dest` (or of a release directory) when neither the manifest
+/// nor the archive says.
+const DEFAULT_DEST_MODE: u32 = 0o755;
+
+/// The one dest-mode rule (SPEC §6): the manifest's `dest_mode`, else the mode of the
+/// archive's `.` entry, else 0755.
+pub(crate) fn dest_mode(manifest: &Manifest, staged: &Staged) -> u32 {
+    manifest
+        .dest_mode
+        .or(staged.root_mode)
+        .unwrap_or(DEFAULT_DEST_MODE)
+}
+
+/// What every strategy of one deploy reads.
+pub(crate) struct Ctx<'a> {
+    pub manifest: &'a Manifest,
+    pub dest: &'a Path,
+    /// The state directory (for the previous release's index), if there is one.
+    pub state: Option<&'a Path>,
+    /// Where staging directories go (beside dest).
+    pub work: &'a Workspace,
+    /// Running as root: owners are kept.
+    pub same_owner: bool,
+    /// The sync's `-v` level.
+    pub verbosity: u8,
+}
+
+/// Where one attempt unpacks the archive.
+pub(crate) struct Stage {
+    /// The directory the unpack fills; removed on drop unless the strategy keeps it.
+    pub staging: Staging,
+    /// The tree whose unchanged files the unpack leaves out (rsync: dest) or
+    /// hard-links (release: the live release); `None`: every file is written.
+    pub probe: Option<DestProbe>,
+    /// Unchanged files are hard-linked into staging rather than left out.
+    pub link_unchanged: bool,
+    /// Where a file the unpack did not write (`Staged::reused`) is read from: dest, or
+    /// staging itself when unchanged files are hard links in it.
+    pub reused_in: PathBuf,
+    /// How the log names what became of unchanged files (`left in place in DEST`).
+    pub reused_how: String,
+}
+
+/// What landing the tree did: for the record and the index.
+pub(crate) struct Landed {
+    /// The record's `changes`.
+    pub changes: record::Changes,
+    /// The index of dest after the landing, or why there is none (a warning).
+    pub entries: Result<Vec<index::Entry>>,
+    /// The release dest now points at (release strategy).
+    pub release: Option<String>,
+}
+
+/// One strategy of one deploy: see the module documentation.
+pub(crate) trait Land {
+    /// A fresh, empty place for one download attempt to unpack into; `reuse`: the
+    /// unpack may leave out (or link) files the probe finds unchanged.
+    fn stage(&mut self, reuse: bool) -> Result<Stage>;
+
+    /// The `--dry-run` lines of landing `staged` (nothing is changed).
+    fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>>;
+
+    /// Lands the verified tree in dest, with dest's mode `mode`; `settings` are what
+    /// the index of the result records (a release keeps them in its metadata). A
+    /// failure leaves dest as it was, but for the rsync strategy's partial sync.
+    fn land(
+        &mut self,
+        staging: Staging,
+        staged: Verified<Staged>,
+        filter: &Filter,
+        mode: u32,
+        settings: &index::Header,
+    ) -> Result<Landed>;
+
+    /// `post` failed after [`Land::land`]: undo what can be undone (a release flips
+    /// dest back and is marked bad). Logged; never fails.
+    fn undo(&mut self, _why: &Error) {}
+
+    /// `post` succeeded: make the landing final (a release is confirmed and old ones
+    /// are cleaned up).
+    fn confirm(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The strategy of `manifest` for one deploy onto `ctx.dest`. A dry run never makes a
+/// releases directory: every strategy stages it beside dest.
+pub(crate) fn for_deploy<'a>(ctx: Ctx<'a>, dry_run: bool) -> Result<Box<dyn Land + 'a>> {
+    Ok(match ctx.manifest.sync_strategy {
+        Strategy::Rsync => Box::new(rsync::Rsync::new(ctx, dry_run)),
+        Strategy::Mv => Box::new(mv::Mv::new(ctx)),
+        Strategy::Release => Box::new(release::Releaser::new(ctx, dry_run)?),
+    })
+}
+
+/// A private staging directory beside dest, the probe (if any) over `probed`.
+fn staging_beside(ctx: &Ctx, probed: Option<&Path>) -> Result<Stage> {
+    Ok(Stage {
+        staging: ctx.work.staging_dir()?,
+        probe: probed.map(DestProbe::new),
+        link_unchanged: false,
+        reused_in: ctx.dest.to_path_buf(),
+        reused_how: format!("left in place in {}", ctx.dest.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_none() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::parse(s.as_str()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<Strategy>(&json).unwrap(), s);
+        }
+        assert_eq!(Strategy::parse("bogus"), None);
+        assert_eq!(Strategy::parse("Rsync"), None);
+        assert_eq!(Strategy::default(), Strategy::Rsync);
+    }
+}

@@ -1,0 +1,74 @@
+//! `sync_strategy: rsync` (the default, SPEC §6): the staged tree is planned against
+//! dest and the plan applied (`sync`); unchanged files are left in dest by the unpack
+//! and never written.
+
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::index;
+use crate::record;
+use crate::staging::Staging;
+use crate::sync::{self, dry_run, SyncOptions};
+use crate::unpack::Staged;
+use crate::verify::Verified;
+
+use super::{staging_beside, Ctx, Land, Landed, Stage};
+
+/// The rsync strategy of one deploy.
+pub(super) struct Rsync<'a> {
+    ctx: Ctx<'a>,
+    /// A dry run: dest's files are compared by the plan, not left out by the unpack.
+    dry_run: bool,
+}
+
+impl<'a> Rsync<'a> {
+    pub(super) fn new(ctx: Ctx<'a>, dry_run: bool) -> Rsync<'a> {
+        Rsync { ctx, dry_run }
+    }
+}
+
+impl Land for Rsync<'_> {
+    /// Staging beside dest; dest's unchanged files (size, mtime, mode, owner) are left
+    /// where they are, not written (not in a dry run).
+    fn stage(&mut self, reuse: bool) -> Result<Stage> {
+        let probed = (reuse && !self.dry_run).then_some(self.ctx.dest);
+        staging_beside(&self.ctx, probed)
+    }
+
+    fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>> {
+        dry_run::planned(staged, self.ctx.dest, filter)
+    }
+
+    /// The plan, applied; the index is the plan's view of the result (no walk).
+    /// `Error::Stale` when a file the unpack left in dest changed since (by `pre`):
+    /// the pipeline unpacks again in full.
+    fn land(
+        &mut self,
+        staging: Staging,
+        staged: Verified<Staged>,
+        filter: &Filter,
+        mode: u32,
+        _settings: &index::Header,
+    ) -> Result<Landed> {
+        let Ctx {
+            dest,
+            same_owner,
+            verbosity,
+            ..
+        } = self.ctx;
+        let sync_opts = SyncOptions {
+            verbosity,
+            preserve_owner: same_owner,
+            // staging is private and discarded: rename from it instead of copying
+            move_source: true,
+            dest_mode: Some(mode),
+        };
+        let plan = sync::plan_staged(&staged, dest, filter, &sync_opts)?;
+        let stats = sync::apply(&plan, &sync_opts)?;
+        drop(staging);
+        Ok(Landed {
+            changes: record::Changes::from(&stats),
+            entries: Ok(index::from_plan(&plan, same_owner)),
+            release: None,
+        })
+    }
+}
