@@ -1084,3 +1084,99 @@ fn a_failed_deploy_logs_its_error_once() {
         assert!(seen.insert(msg), "repeated: {msg:?}\n{}", r.stderr);
     }
 }
+
+/// `dest_mode` on a first deploy, for every strategy and every state dest can be in
+/// before it (absent, an empty directory, a populated one for rsync), with archives
+/// GNU tar made with and without a `./` member (0750): dest gets `dest_mode` at once,
+/// not the archive's mode or 0755 until the second deploy; the second deploy changes
+/// nothing (rsync, release) or is refused (mv).
+#[test]
+fn dest_mode_holds_on_a_first_deploy_for_every_strategy() {
+    for with_root in [true, false] {
+        for strategy in ["rsync", "mv", "release"] {
+            for before in ["absent", "empty", "populated"] {
+                if before == "populated" && strategy != "rsync" {
+                    continue; // mv and release refuse a populated dest
+                }
+                let s = Scratch::new();
+                let tree = s.path().join("tree");
+                make_tree(
+                    &tree,
+                    &[("bin/app", "#!/bin/sh\n"), ("etc/app.conf", "x=1\n")],
+                );
+                std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o750)).unwrap();
+                let tar = s.path().join("a.tar.gz");
+                let mut cmd = std::process::Command::new("tar");
+                cmd.arg("-C").arg(&tree).arg("-czf").arg(&tar);
+                if with_root {
+                    cmd.arg(".");
+                } else {
+                    cmd.args(["bin", "etc"]);
+                }
+                assert!(cmd.status().unwrap().success());
+                match before {
+                    "empty" => std::fs::create_dir_all(s.dest()).unwrap(),
+                    "populated" => make_tree(&s.dest(), &[("old", "old\n")]),
+                    _ => {}
+                }
+                let extra = format!("dest_mode: 0711\nsync_strategy: {strategy}\n");
+                let m = s.manifest("m.yml", &manifest_for(&tar, &s.dest(), &extra));
+                let case = format!("{strategy}, dest {before}, ./ member: {with_root}");
+                let run = s.stretcher().arg(&m).run();
+                assert_eq!(run.code(), 0, "{case}: {}", run.stderr);
+                let dest = std::fs::canonicalize(s.dest()).unwrap();
+                assert_eq!(mode_of(&dest), 0o711, "{case}");
+                assert!(dest.join("bin/app").is_file(), "{case}");
+                assert!(!dest.join("old").exists(), "{case}");
+                if strategy == "mv" {
+                    redeploy_mv_refused(&s, &m);
+                } else {
+                    let run = s.stretcher().arg("--force").arg(&m).run();
+                    assert_eq!(run.code(), 0, "{case}: {}", run.stderr);
+                    let dest = std::fs::canonicalize(s.dest()).unwrap();
+                    assert_eq!(mode_of(&dest), 0o711, "{case} (second deploy)");
+                }
+            }
+        }
+    }
+}
+
+/// A manifest that fails validation but names a usable dest records the failure under
+/// dest's key: `stretcher status DEST` shows it and exits 1.
+#[test]
+fn an_invalid_manifest_is_recorded_under_its_dest() {
+    let s = Scratch::new();
+    let m = s.manifest(
+        "m.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), "sync_strategy: bogus\n"),
+    );
+    s.stretcher()
+        .arg(&m)
+        .run()
+        .assert_fail()
+        .assert_log("invalid strategy name: bogus");
+    let status = stretcher()
+        .args(["status", "--json", "--state-dir"])
+        .arg(s.state_dir())
+        .arg(s.dest())
+        .run();
+    assert_eq!(status.code(), 1, "{}{}", status.stdout, status.stderr);
+    let records: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let rec = &records[0];
+    assert_eq!(rec["dest"], s.dest().display().to_string());
+    assert_eq!(rec["result"], "failure");
+    assert_eq!(rec["failed_step"], "manifest");
+    // A dest the manifest names but that is not usable is not a key: the record stays
+    // under the manifest's.
+    let m2 = s.manifest(
+        "m2.yml",
+        "src: file:///x.tar\nchecksum: abc\ndest: relative\n",
+    );
+    s.stretcher().arg(&m2).run().assert_fail();
+    let all = stretcher()
+        .args(["status", "--json", "--state-dir"])
+        .arg(s.state_dir())
+        .run();
+    let all: serde_json::Value = serde_json::from_str(&all.stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+}
