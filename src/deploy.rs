@@ -360,15 +360,13 @@ fn final_hooks(
         }
         Ok(()) => {
             logln!("Deploy manifest succeeded.");
-            finish(&manifest.commands.success, hook_env, "success");
-            draft.hooks_ran("success");
+            finish(&manifest.commands.success, hook_env, "success", draft);
             Ok(())
         }
         Err(e) => {
             logln!("Deploy manifest failed: {e}");
             *logged = true;
-            finish(&manifest.commands.failure, hook_env, "failure");
-            draft.hooks_ran("failure");
+            finish(&manifest.commands.failure, hook_env, "failure", draft);
             Err(e)
         }
     }
@@ -376,13 +374,15 @@ fn final_hooks(
 
 /// Runs the `success` or `failure` commands with the whole log on stdin. Their
 /// failure is logged but does not change the outcome of the deploy.
-fn finish(commands: &[String], env: &HookEnv, which: &str) {
+fn finish(commands: &[String], env: &HookEnv, which: &str, draft: &mut record::Draft) {
     if commands.is_empty() {
         return;
     }
     // A signal that stopped the deploy must not also stop the failure hooks.
     interrupt::clear();
-    if let Err(e) = hooks::run_with_input(commands, env, &log::snapshot()) {
+    let phase = hooks::run_with_input(commands, env, &log::snapshot());
+    draft.hooks_ran(which, phase.ran);
+    if let Err(e) = phase.result {
         logln!("{which} command failed: {e}");
     }
 }

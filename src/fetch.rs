@@ -332,10 +332,10 @@ pub(crate) fn stream<T>(
     }
     // Outer error: the source failed (retried when retryable); inner: the consumer's
     // own verdict on good bytes (never retried).
-    let (outcome, count, hasher) = with_retries(url, opts, start, |deadline| {
+    let (outcome, count, hashed) = with_retries(url, opts, start, |deadline| {
         let (src, len) = limited(url, deadline, opts.max_bandwidth, opts.env)?;
         let mut tap = Tap {
-            inner: HashingReader::new(src, checksum.hasher()),
+            inner: HashingReader::new(src, checksum),
             progress: Progress::new(len),
             failure: None,
         };
@@ -348,8 +348,7 @@ pub(crate) fn stream<T>(
             return Err(read_error(url, e));
         }
         let count = tap.inner.count();
-        let (_, hasher) = tap.inner.into_parts();
-        Ok((outcome, count, hasher))
+        Ok((outcome, count, tap.inner.finish()))
     })?;
     let secs = start.elapsed().as_secs_f64();
     logln!(
@@ -358,12 +357,12 @@ pub(crate) fn stream<T>(
     );
     match outcome {
         Ok(value) => {
-            let verified = checksum.verify(hasher, value)?;
+            let verified = hashed.verify(value)?;
             logln!("Checksum ok: {}", checksum.hex());
             Ok(verified)
         }
         Err(e) => {
-            checksum.verify(hasher, ())?;
+            hashed.verify(())?;
             Err(e)
         }
     }

@@ -50,20 +50,40 @@ impl HookEnv {
     }
 }
 
+/// What one phase's commands did: each command that ran, in order (for the deploy
+/// record), and the phase's result (the first failure, which stops the phase).
+#[derive(Debug)]
+pub(crate) struct Phase {
+    pub ran: Vec<Ran>,
+    pub result: Result<()>,
+}
+
 /// Runs `commands` in order, stdin an empty pipe; stops at the first failure.
-pub(crate) fn run(commands: &[String], env: &HookEnv) -> Result<()> {
-    for c in commands {
-        run_one(c, env, None)?;
-    }
-    Ok(())
+pub(crate) fn run(commands: &[String], env: &HookEnv) -> Phase {
+    run_all(commands, env, None)
 }
 
 /// Runs `commands` in order, each with `input` (the log) on its stdin.
-pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Result<()> {
+pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Phase {
+    run_all(commands, env, Some(input))
+}
+
+fn run_all(commands: &[String], env: &HookEnv, input: Option<&[u8]>) -> Phase {
+    let mut ran = Vec::with_capacity(commands.len());
     for c in commands {
-        run_one(c, env, Some(input))?;
+        let (one, result) = run_one(c, env, input);
+        ran.extend(one);
+        if let Err(e) = result {
+            return Phase {
+                ran,
+                result: Err(e),
+            };
+        }
     }
-    Ok(())
+    Phase {
+        ran,
+        result: Ok(()),
+    }
 }
 
 /// How long to wait, after a hook exited, for output still held open by something it
@@ -83,18 +103,11 @@ pub(crate) struct Ran {
     pub seconds: f64,
 }
 
-/// The commands run since the last [`take_ran`], in order.
-static RAN: std::sync::Mutex<Vec<Ran>> = std::sync::Mutex::new(Vec::new());
-
-/// Takes the list of commands run so far (and empties it).
-pub(crate) fn take_ran() -> Vec<Ran> {
-    RAN.lock()
-        .map(|mut v| std::mem::take(&mut *v))
-        .unwrap_or_default()
-}
-
-fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
-    interrupt::check()?;
+/// Runs one command: what ran (nothing when a signal came first) and its result.
+fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> (Option<Ran>, Result<()>) {
+    if let Err(e) = interrupt::check() {
+        return (None, Err(e));
+    }
     let start = Instant::now();
     let result = spawn_and_wait(command, env, input);
     let (exit, signal) = match &result {
@@ -103,15 +116,16 @@ fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<()> {
         Err(Error::Hook { .. } | Error::Interrupted(_)) => (None, Some("SIGTERM".to_string())),
         Err(_) => (None, None),
     };
-    if let Ok(mut ran) = RAN.lock() {
-        ran.push(Ran {
-            command: command.to_string(),
-            exit,
-            signal,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-    }
-    check_status(command, result?)
+    let ran = Ran {
+        command: command.to_string(),
+        exit,
+        signal,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    (
+        Some(ran),
+        result.and_then(|status| check_status(command, status)),
+    )
 }
 
 fn signal_name(sig: i32) -> String {
@@ -271,7 +285,9 @@ mod tests {
 
     #[test]
     fn failure_is_reported_like_the_original() {
-        let e = run(&["echo 'FOO'; echo 'BAR' 2>&1; false".to_string()], &env()).unwrap_err();
+        let e = run(&["echo 'FOO'; echo 'BAR' 2>&1; false".to_string()], &env())
+            .result
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "failed: echo 'FOO'; echo 'BAR' 2>&1; false exit status 1"
@@ -289,6 +305,7 @@ mod tests {
             ],
             &env(),
         )
+        .result
         .unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
         assert!(
@@ -300,7 +317,9 @@ mod tests {
     #[test]
     fn unread_stdin_is_not_an_error() {
         let big = vec![b'x'; 1 << 20];
-        run_with_input(&["echo ok".to_string()], &env(), &big).unwrap();
+        run_with_input(&["echo ok".to_string()], &env(), &big)
+            .result
+            .unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
         assert!(!log.contains("roken pipe"), "{log}");
     }
@@ -312,14 +331,32 @@ mod tests {
             &["cat; test -p /dev/stdin && echo stdin-is-an-empty-pipe".to_string()],
             &env(),
         )
+        .result
         .unwrap();
         let log = String::from_utf8(log::snapshot()).unwrap();
         assert!(log.contains(" stdin-is-an-empty-pipe\n"), "{log}");
     }
 
     #[test]
+    fn a_phase_returns_what_ran_up_to_its_first_failure() {
+        let commands = ["true", "exit 3", "echo never"].map(String::from);
+        let phase = run(&commands, &env());
+        assert!(phase.result.is_err());
+        let ran: Vec<_> = phase
+            .ran
+            .iter()
+            .map(|r| (r.command.as_str(), r.exit))
+            .collect();
+        assert_eq!(ran, [("true", Some(0)), ("exit 3", Some(3))]);
+        // Nothing is kept between phases: the next one reports only its own.
+        let phase = run(&["true".to_string()], &env());
+        assert_eq!(phase.ran.len(), 1);
+        assert!(phase.result.is_ok());
+    }
+
+    #[test]
     fn signal_death_is_named() {
-        let e = run(&["kill -9 $$".to_string()], &env()).unwrap_err();
+        let e = run(&["kill -9 $$".to_string()], &env()).result.unwrap_err();
         assert_eq!(e.to_string(), "failed: kill -9 $$ killed by signal SIGKILL");
     }
 
@@ -337,7 +374,7 @@ mod tests {
             marker.display()
         );
         let t = Instant::now();
-        let e = run(std::slice::from_ref(&cmd), &env).unwrap_err();
+        let e = run(std::slice::from_ref(&cmd), &env).result.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("failed: {cmd} killed after timeout 300ms")
@@ -353,7 +390,11 @@ mod tests {
             timeout: Some(Duration::from_secs(20)),
             ..env()
         };
-        run(&["true".to_string(), "echo quick".to_string()], &env).unwrap();
-        run_with_input(&["cat >/dev/null".to_string()], &env, b"log").unwrap();
+        run(&["true".to_string(), "echo quick".to_string()], &env)
+            .result
+            .unwrap();
+        run_with_input(&["cat >/dev/null".to_string()], &env, b"log")
+            .result
+            .unwrap();
     }
 }

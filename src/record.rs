@@ -365,14 +365,14 @@ impl Draft {
         commands: &[String],
         env: &crate::hooks::HookEnv,
     ) -> Result<()> {
-        let result = crate::hooks::run(commands, env);
-        self.hooks_ran(phase);
-        result
+        let ran = crate::hooks::run(commands, env);
+        self.hooks_ran(phase, ran.ran);
+        ran.result
     }
 
-    /// Moves the hook commands run since the last call into the record, as `phase`.
-    pub(crate) fn hooks_ran(&mut self, phase: &str) {
-        for r in crate::hooks::take_ran() {
+    /// Records the hook commands that ran, as `phase`.
+    pub(crate) fn hooks_ran(&mut self, phase: &str, ran: Vec<crate::hooks::Ran>) {
+        for r in ran {
             self.hooks.push(HookRecord {
                 phase: phase.to_string(),
                 command: r.command,

@@ -2,7 +2,11 @@
 //! a reader that hashes what passes through it; and `Verified<T>`, a value that can
 //! only be made here, after the digest matched.
 //!
-//! Never trust bytes before `HashingReader::finish` said they match.
+//! The only way to a `Verified` is a [`HashingReader`] made for a [`Checksum`]: the
+//! bytes read through it are hashed, [`HashingReader::finish`] seals their digest
+//! ([`Hashed`], which nothing else makes), and [`Hashed::verify`] pairs a value with
+//! it only when the digest is the checksum's. A digest computed elsewhere ([`Hasher`])
+//! can never become one. Never trust bytes before that.
 
 use std::io::{self, Read};
 
@@ -72,19 +76,6 @@ impl Checksum {
             Algorithm::Sha512 => Hasher::Sha512(Box::new(Sha512::new())),
         }
     }
-
-    /// Compares a finished hasher with this checksum; the only maker of `Verified`.
-    pub fn verify<T>(&self, hasher: Hasher, value: T) -> Result<Verified<T>> {
-        let got = hasher.finish_hex();
-        if got == self.hex {
-            Ok(Verified(value))
-        } else {
-            Err(Error::ChecksumMismatch {
-                expected: self.hex.clone(),
-                got,
-            })
-        }
-    }
 }
 
 /// A running digest of one of the supported algorithms.
@@ -122,18 +113,21 @@ impl Hasher {
     }
 }
 
-/// A reader that hashes every byte read through it.
-pub(crate) struct HashingReader<R> {
+/// A reader that hashes every byte read through it, for one expected checksum.
+pub struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
+    expected: Checksum,
     count: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R, hasher: Hasher) -> Self {
+    /// Hashes what is read from `inner` with `expected`'s algorithm.
+    pub fn new(inner: R, expected: &Checksum) -> Self {
         HashingReader {
             inner,
-            hasher,
+            hasher: expected.hasher(),
+            expected: expected.clone(),
             count: 0,
         }
     }
@@ -143,9 +137,35 @@ impl<R: Read> HashingReader<R> {
         self.count
     }
 
-    /// The reader and the hasher, for `Checksum::verify`.
-    pub(crate) fn into_parts(self) -> (R, Hasher) {
-        (self.inner, self.hasher)
+    /// The digest of everything read, sealed with the checksum it must match.
+    pub fn finish(self) -> Hashed {
+        Hashed {
+            got: self.hasher.finish_hex(),
+            expected: self.expected,
+        }
+    }
+}
+
+/// The digest of the bytes one [`HashingReader`] read, and the checksum they must
+/// match. Only `HashingReader::finish` makes one.
+#[derive(Debug)]
+pub struct Hashed {
+    got: String,
+    expected: Checksum,
+}
+
+impl Hashed {
+    /// `value` as `Verified` when the bytes matched the checksum; the only maker of
+    /// `Verified`. Else the mismatch, with both digests.
+    pub fn verify<T>(self, value: T) -> Result<Verified<T>> {
+        if self.got == self.expected.hex {
+            Ok(Verified(value))
+        } else {
+            Err(Error::ChecksumMismatch {
+                expected: self.expected.hex,
+                got: self.got,
+            })
+        }
     }
 }
 
@@ -158,7 +178,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// A value whose bytes matched the manifest's checksum. Only `Checksum::verify`
+/// A value whose bytes matched the manifest's checksum. Only [`Hashed::verify`]
 /// makes one; nothing turns another value into one.
 #[derive(Debug)]
 pub struct Verified<T>(T);
@@ -226,16 +246,14 @@ mod tests {
     #[test]
     fn hashing_reader_verifies() {
         let c = Checksum::parse("a9993e364706816aba3e25717850c26c9cd0d89d").unwrap();
-        let mut r = HashingReader::new(&b"abc"[..], c.hasher());
+        let mut r = HashingReader::new(&b"abc"[..], &c);
         io::copy(&mut r, &mut io::sink()).unwrap();
         assert_eq!(r.count(), 3);
-        let (_, h) = r.into_parts();
-        assert_eq!(*c.verify(h, 7).unwrap().get(), 7);
+        assert_eq!(*r.finish().verify(7).unwrap().get(), 7);
 
-        let mut r = HashingReader::new(&b"abd"[..], c.hasher());
+        let mut r = HashingReader::new(&b"abd"[..], &c);
         io::copy(&mut r, &mut io::sink()).unwrap();
-        let (_, h) = r.into_parts();
-        let err = c.verify(h, ()).unwrap_err().to_string();
+        let err = r.finish().verify(()).unwrap_err().to_string();
         assert!(
             err.starts_with("checksum mismatch. expected:a9993e36"),
             "{err}"
