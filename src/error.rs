@@ -213,6 +213,34 @@ pub enum Error {
         msg: String,
     },
 
+    /// dest itself is not usable as one: no parent directory, not a directory.
+    #[error("dest {path}: {msg}", path = .path.display())]
+    Dest {
+        /// dest, as the manifest names it.
+        path: PathBuf,
+        /// What is wrong with it, in words.
+        msg: String,
+    },
+
+    /// The deploy index of a dest (SPEC §11) could not be read.
+    #[error("index {path}: {msg}", path = .path.display())]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it, in words.
+        msg: String,
+    },
+
+    /// The manifest's `exclude_from` file could not be read out of the staged tree.
+    #[error("exclude_from {name}: the file is not in the archive: {source}", name = .name.display())]
+    ExcludeFrom {
+        /// The name, as the manifest gives it.
+        name: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file the unpack took as unchanged in dest changed before the sync (a `pre`
     /// command): its content is in neither tree.
     #[error("sync {path}: changed after the archive was unpacked (by a pre command?)", path = .path.display())]
@@ -349,6 +377,9 @@ impl Error {
             | Error::Event { .. }
             | Error::NoConsulEvents
             | Error::Sync { .. }
+            | Error::Dest { .. }
+            | Error::Index { .. }
+            | Error::ExcludeFrom { .. }
             | Error::Stale { .. }
             | Error::Release { .. }
             | Error::Hook { .. }
@@ -516,6 +547,27 @@ mod tests {
                 Error::Sync {
                     path: "/x".into(),
                     msg: s(),
+                },
+                true,
+            ),
+            (
+                Error::Dest {
+                    path: "/x".into(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (
+                Error::Index {
+                    path: "/x".into(),
+                    msg: s(),
+                },
+                true,
+            ),
+            (
+                Error::ExcludeFrom {
+                    name: "x".into(),
+                    source: io(),
                 },
                 true,
             ),

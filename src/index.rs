@@ -233,7 +233,7 @@ pub(crate) fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
 
 /// Why an index could not be read.
 fn corrupt(path: &Path, what: &str) -> Error {
-    Error::Sync {
+    Error::Index {
         path: path.to_path_buf(),
         msg: format!("deploy index is corrupt: {what}"),
     }
@@ -392,9 +392,9 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
     let m = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
     let root_entry = Entry::from_meta(Vec::new(), &m, None);
     if root_entry.kind != Kind::Dir {
-        return Err(Error::Sync {
+        return Err(Error::Dest {
             path: root.to_path_buf(),
-            msg: "dest is not a directory".into(),
+            msg: "not a directory".into(),
         });
     }
     struct Queue {

@@ -195,9 +195,9 @@ pub(crate) fn load_filter(
             } else {
                 staging.join(&rel)
             };
-            let rules = std::fs::read(&path).map_err(|e| Error::Sync {
-                path: PathBuf::from(name),
-                msg: format!("exclude_from file is not in the archive: {e}"),
+            let rules = std::fs::read(&path).map_err(|source| Error::ExcludeFrom {
+                name: PathBuf::from(name),
+                source,
             })?;
             let filter = Filter::from_bytes(Some(&rules), &manifest.excludes)?;
             Ok((filter, Some(String::from_utf8_lossy(&rules).into_owned())))
@@ -317,7 +317,7 @@ mod tests {
         let err = load_filter(&m, root.path(), &none, root.path()).unwrap_err();
         let err = err.to_string();
         assert!(
-            err.contains("exclude_from file is not in the archive"),
+            err.contains("the file is not in the archive"),
             "{err}"
         );
         assert!(err.contains("rules"), "{err}");

@@ -72,9 +72,9 @@ fn temp_dir(env: Env) -> PathBuf {
 pub(crate) fn parent_and_name(dest: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     match (dest.parent(), dest.file_name()) {
         (Some(p), Some(n)) => Ok((p, n)),
-        _ => Err(Error::Sync {
+        _ => Err(Error::Dest {
             path: dest.to_path_buf(),
-            msg: "dest has no parent directory".into(),
+            msg: "no parent directory".into(),
         }),
     }
 }
