@@ -302,6 +302,19 @@ pub enum Error {
     /// SIGINT / SIGTERM arrived during the deploy.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),
+
+    /// A worker thread of a parallel walk panicked (a bug): what the walk found is
+    /// not whole, so none of it is used.
+    #[error("{task} {path}: a worker thread panicked: {msg}", path = .path.display())]
+    WorkerPanic {
+        /// The walk (`scan`).
+        task: &'static str,
+        /// The directory the worker was reading (the walk's root when it was
+        /// between directories).
+        path: PathBuf,
+        /// The panic's message.
+        msg: String,
+    },
 }
 
 impl Error {
@@ -384,7 +397,8 @@ impl Error {
             | Error::Release { .. }
             | Error::Hook { .. }
             | Error::Spawn { .. }
-            | Error::Fleet { .. } => true,
+            | Error::Fleet { .. }
+            | Error::WorkerPanic { .. } => true,
         }
     }
 
@@ -394,6 +408,17 @@ impl Error {
             Error::Usage(_) => 2,
             _ => 1,
         }
+    }
+}
+
+/// The message of a caught panic's payload (`panic!` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 

@@ -35,8 +35,9 @@
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -386,8 +387,19 @@ fn scan_threads() -> usize {
 
 /// Walks `root` as the sync does (never following symlinks below it; excluded
 /// entries neither listed nor descended into) and returns every entry, the root
-/// first, sorted by path. Directories are read by a few threads in parallel.
+/// first, sorted by path. Directories are read by a few threads in parallel; a
+/// worker that panics makes the scan fail with [`Error::WorkerPanic`] (never a
+/// hang, never a shorter listing).
 pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
+    scan_with(root, filter, read_one)
+}
+
+/// How [`scan`] lists one directory: [`read_one`]'s signature, so that a test can
+/// hand in one that panics.
+type ReadDir = fn(&Path, &[u8], &Filter, &mut Vec<Entry>, &mut Vec<Vec<u8>>) -> Result<()>;
+
+/// [`scan`], with `read` listing each directory.
+fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> {
     // The root is followed, as the sync follows `DEST/`.
     let m = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
     let root_entry = Entry::from_meta(Vec::new(), &m, None);
@@ -399,6 +411,8 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
     }
     struct Queue {
         dirs: Vec<Vec<u8>>,
+        /// Directories taken and not yet given back: while it is not 0 an idle
+        /// worker waits, since a busy one may still push subdirectories.
         busy: usize,
         failed: Option<Error>,
     }
@@ -408,13 +422,20 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
         failed: None,
     });
     let wake = Condvar::new();
+    let panicked = |path: PathBuf, payload: &(dyn std::any::Any + Send)| Error::WorkerPanic {
+        task: "scan",
+        path,
+        msg: crate::error::panic_message(payload),
+    };
+    // Only bookkeeping runs while the lock is held (a pop, a push, a counter), never
+    // `read`, so a poisoned lock still holds a consistent queue: it is used as it is,
+    // and the panic that poisoned it is reported through that thread's `join`.
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
     let worker = || -> Vec<Entry> {
         let mut found = Vec::new();
         loop {
             let dir = {
-                let Ok(mut q) = queue.lock() else {
-                    return found;
-                };
+                let mut q = lock();
                 loop {
                     if q.failed.is_some() {
                         return found;
@@ -427,17 +448,18 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
                         wake.notify_all();
                         return found;
                     }
-                    q = match wake.wait(q) {
-                        Ok(q) => q,
-                        Err(_) => return found,
-                    };
+                    q = wake.wait(q).unwrap_or_else(PoisonError::into_inner);
                 }
             };
             let mut subdirs = Vec::new();
-            let result = read_one(root, &dir, filter, &mut found, &mut subdirs);
-            let Ok(mut q) = queue.lock() else {
-                return found;
-            };
+            // A panic in `read` must still give the directory back (`busy -= 1`) and
+            // wake the others, or they would wait for it forever. What `found` holds
+            // after it does not matter: a failed scan returns none of it.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                read(root, &dir, filter, &mut found, &mut subdirs)
+            }))
+            .unwrap_or_else(|payload| Err(panicked(dir_path(root, &dir), payload.as_ref())));
+            let mut q = lock();
             q.busy -= 1;
             if let Err(e) = result {
                 q.failed.get_or_insert(e);
@@ -447,21 +469,38 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
         }
     };
     let mut all = vec![root_entry];
+    let mut joined = Ok(());
     std::thread::scope(|s| {
         let handles: Vec<_> = (1..scan_threads()).map(|_| s.spawn(worker)).collect();
         all.extend(worker());
         for h in handles {
-            if let Ok(v) = h.join() {
-                all.extend(v);
+            match h.join() {
+                Ok(v) => all.extend(v),
+                // Only outside `read` (caught above), i.e. never today: the listing
+                // lacks that worker's entries all the same, so the scan fails.
+                Err(payload) => joined = Err(panicked(root.to_path_buf(), payload.as_ref())),
             }
         }
     });
-    let failed = queue.into_inner().ok().and_then(|q| q.failed);
+    let failed = queue
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .failed;
     if let Some(e) = failed {
         return Err(e);
     }
+    joined?;
     sort(&mut all);
     Ok(all)
+}
+
+/// The path of the scan's directory `dir` (root-relative bytes; empty: the root).
+fn dir_path(root: &Path, dir: &[u8]) -> PathBuf {
+    if dir.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(std::ffi::OsStr::from_bytes(dir))
+    }
 }
 
 /// Lists one directory of the scan: its entries into `found`, its subdirectories
@@ -473,11 +512,7 @@ fn read_one(
     found: &mut Vec<Entry>,
     subdirs: &mut Vec<Vec<u8>>,
 ) -> Result<()> {
-    let abs = if dir.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(std::ffi::OsStr::from_bytes(dir))
-    };
+    let abs = dir_path(root, dir);
     let rd = std::fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))?;
     for item in rd {
         let item = item.map_err(|e| Error::io("read directory", &abs, e))?;
@@ -689,6 +724,78 @@ mod tests {
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x55;
         assert!(decode(p, &flipped).is_err());
+    }
+
+    /// `read_one`, but a panic in the directory `a/b` (deep: other workers are busy
+    /// or waiting when it happens).
+    fn panic_in_a_b(
+        root: &Path,
+        dir: &[u8],
+        filter: &Filter,
+        found: &mut Vec<Entry>,
+        subdirs: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        if dir == b"a/b" {
+            panic!("injected in a/b");
+        }
+        read_one(root, dir, filter, found, subdirs)
+    }
+
+    /// `read_one`, but a panic in the root: the one directory there is, so every
+    /// other worker is waiting for it.
+    fn panic_in_root(
+        root: &Path,
+        dir: &[u8],
+        filter: &Filter,
+        found: &mut Vec<Entry>,
+        subdirs: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        if dir.is_empty() {
+            panic!("injected in the root");
+        }
+        read_one(root, dir, filter, found, subdirs)
+    }
+
+    #[test]
+    fn a_worker_panic_fails_the_scan_promptly() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("d");
+        for d in ["a/b/c", "a/x", "e/f", "g"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for i in 0..50 {
+            std::fs::write(root.join(format!("a/b/c/f{i}")), "x").unwrap();
+            std::fs::write(root.join(format!("e/f/f{i}")), "x").unwrap();
+        }
+        let filter = Filter::new(None, &[]).unwrap();
+        let whole = scan(&root, &filter).unwrap();
+        assert_eq!(whole.len(), 1 + 7 + 100);
+
+        for (read, dir, msg) in [
+            (panic_in_a_b as ReadDir, root.join("a/b"), "injected in a/b"),
+            (
+                panic_in_root as ReadDir,
+                root.clone(),
+                "injected in the root",
+            ),
+        ] {
+            // On its own thread, so that a hang fails the test instead of stalling it.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (r, f) = (root.clone(), filter.clone());
+            std::thread::spawn(move || tx.send(scan_with(&r, &f, read)));
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("scan did not return after a panic in {dir:?}"));
+            match got {
+                Err(Error::WorkerPanic { task, path, msg: m }) => {
+                    assert_eq!(task, "scan");
+                    assert_eq!(path, dir);
+                    assert_eq!(m, msg);
+                }
+                Err(e) => panic!("another error: {e}"),
+                Ok(v) => panic!("a listing of {} entries (whole: {})", v.len(), whole.len()),
+            }
+        }
     }
 
     #[test]

@@ -658,9 +658,17 @@ impl<'a> EntryFields<'a> {
                     Err(err)
                 }
             })?;
+            // PATCH(sparse-map): the reader no longer builds `Pad` for the holes of
+            // an old-GNU sparse member, so each data chunk is written at its offset
+            // from the map (one `Data` per map entry, in order) and the file is
+            // given its logical size: the holes stay holes, as upstream wrote them.
+            let mut offsets = self.sparse_map.iter().flatten().map(|&(off, _)| off);
             for io in self.data.drain(..) {
                 match io {
                     EntryIo::Data(mut d) => {
+                        if let Some(off) = offsets.next() {
+                            f.seek(SeekFrom::Start(off))?;
+                        }
                         let expected = d.limit();
                         if io::copy(&mut d, &mut f)? != expected {
                             return Err(other("failed to write entire file"));
@@ -673,6 +681,9 @@ impl<'a> EntryFields<'a> {
                         f.set_len(size)?;
                     }
                 }
+            }
+            if self.sparse_map.is_some() {
+                f.set_len(self.size)?;
             }
             Ok(f)
         })()

@@ -94,19 +94,18 @@ impl<'entry> Iterator for PaxExtensions<'entry> {
         if self.data.is_empty() || self.data[0] == 0 {
             return None;
         }
-        let record = self
-            .data
-            .iter()
-            .position(|b| *b == b' ')
-            .and_then(|i| {
-                let len = str::from_utf8(&self.data[..i]).ok()?.parse::<usize>().ok()?;
-                if len <= i + 1 || len > self.data.len() || self.data[len - 1] != b'\n' {
-                    return None;
-                }
-                let kv = &self.data[i + 1..len - 1];
-                let equals = kv.iter().position(|b| *b == b'=')?;
-                Some((len, &kv[..equals], &kv[equals + 1..]))
-            });
+        let record = self.data.iter().position(|b| *b == b' ').and_then(|i| {
+            let len = str::from_utf8(&self.data[..i])
+                .ok()?
+                .parse::<usize>()
+                .ok()?;
+            if len <= i + 1 || len > self.data.len() || self.data[len - 1] != b'\n' {
+                return None;
+            }
+            let kv = &self.data[i + 1..len - 1];
+            let equals = kv.iter().position(|b| *b == b'=')?;
+            Some((len, &kv[..equals], &kv[equals + 1..]))
+        });
         match record {
             Some((len, key, value)) => {
                 self.data = &self.data[len..];
