@@ -1,21 +1,25 @@
-//! One run, in the order of SPEC §5, and the only module that knows that order.
-//! Read top-down, each step is one function:
+//! One run, in the order of SPEC §5, and the only module that knows that order —
+//! once, for every strategy. Read top-down, each step is one function:
 //!
 //! 1. the random delay (`sleep_random_delay`);
 //! 2. the event and its replay claim (`claim_event`, then `record_handled`);
 //! 3. the manifest, its signature and freshness (`load_manifest`); for a manifest
 //!    with an archive, under dest's lock (`deploy`), the redeploy decision of SPEC
 //!    §11 (`Job::redeploy`);
-//! 4. the download, unpacked into staging as it arrives (`Job::download`);
+//! 4. the download, unpacked as it arrives into the place the strategy gives
+//!    (`Job::download`), and the exclude rules read out of it (`load_filter`);
 //! 5. `pre` (`pre`);
-//! 6. the sync or mv (`Job::sync`), or the release switch (`Job::release`);
-//! 7. `post` (`post`);
+//! 6. the strategy lands the verified tree in dest with the one dest-mode rule
+//!    (`Job::land`: the sync, the rename of mv, or the release switch);
+//! 7. `post` (`post`); when it fails the strategy undoes what it can (a release flips
+//!    back), else it confirms (a release is confirmed, old ones cleaned up); then the
+//!    index of dest (`index::save`);
 //! 8. `success` / `failure` with the log on stdin (`final_hooks`);
 //! 9. the deploy record (`write_record`).
 //!
-//! It guarantees that nothing touches `dest` before the sync step. The staging
-//! directory beside `dest` is `staging`'s; a `--dry-run` prints what the run would
-//! do instead of running `pre` (`print_dry_run`).
+//! What differs between rsync, mv and release is behind `strategy::Land`; this module
+//! never matches on the strategy. It guarantees that nothing touches `dest` before the
+//! landing step. A `--dry-run` prints what the run would do instead of running `pre`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
