@@ -4,15 +4,15 @@
 //! The deploy pipeline (`deploy.rs`) is the same for every strategy: download and
 //! unpack, `pre`, land, `post`, confirm or undo, index, record. A strategy answers only
 //! what differs:
-//! - where the archive is unpacked ([`Land::stage`]): a private staging directory
+//! - where the archive is unpacked (`Land::stage`): a private staging directory
 //!   beside `dest` (rsync, mv, and every dry run), or `RELEASES_DIR/.ID.partial`
 //!   (release), and which tree the unpack's quick-check probe compares with (dest for
 //!   rsync, the live release for release, none for mv);
-//! - how the verified tree lands ([`Land::land`]): the sync's plan applied, a rename
+//! - how the verified tree lands (`Land::land`): the sync's plan applied, a rename
 //!   onto an empty dest, or the release completed and dest switched to it;
-//! - what a dry run would change ([`Land::dry_run`]);
-//! - for a release, how the switch is undone when `post` fails ([`Land::undo`]) and
-//!   confirmed when it succeeds ([`Land::confirm`]).
+//! - what a dry run would change (`Land::dry_run`);
+//! - for a release, how the switch is undone when `post` fails (`Land::undo`) and
+//!   confirmed when it succeeds (`Land::confirm`).
 //!
 //! It never runs a hook, downloads, or writes the state directory: the pipeline does.
 
