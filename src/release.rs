@@ -973,19 +973,27 @@ pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// What a rollback did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a rollback did: dest links to `to` now. It prints nothing; the command
+/// tells the user.
+#[derive(Debug)]
 pub(crate) struct RolledBack {
     pub dir: PathBuf,
     /// The release left (now marked bad).
     pub from: String,
     /// The release dest now points at.
     pub to: Release,
+    /// `to` was marked bad and was chosen by ID: it is good again.
+    pub revived: bool,
+    /// Why marking the releases failed after the switch (dest is switched all the
+    /// same); `None` when the rollback is complete.
+    pub mark_error: Option<Error>,
 }
 
 /// `stretcher rollback DEST [--to ID]` (SPEC §14): switches dest to release `to`, or to
 /// the newest good release older than the live one, and marks the one left bad. No
 /// hook, no network; holds dest's lock. Removes nothing but a killed run's leftovers.
+/// Prints nothing: an error before the switch is the `Err`; after it, what was done
+/// (and a failure to mark the releases, `mark_error`) is the `RolledBack`.
 pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<RolledBack> {
     let _lock = crate::state::lock_dest(dest, env)?;
     let target = fs::read_link(dest).map_err(|_| {
@@ -1026,28 +1034,33 @@ pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result
             })?,
     };
     switch(dest, &dir.join(&pick.id))?;
-    logln!(
-        "Rolled back {} from release {live} to {}",
-        dest.display(),
-        pick.id
-    );
-    mark(&dir, &live, true, Some("left by a rollback".into()))?;
-    let mut to = pick.clone();
-    if to.meta.bad {
-        // Chosen by ID: the operator vouches for it again.
-        logln!(
-            "release {} was marked bad; it is live again as asked",
-            to.id
-        );
-        mark(&dir, &to.id, false, None)?;
-        to.meta.bad = false;
-        to.meta.reason = None;
-    }
-    Ok(RolledBack {
+    let mut done = RolledBack {
         dir,
         from: live,
-        to,
-    })
+        to: pick.clone(),
+        revived: false,
+        mark_error: None,
+    };
+    if let Err(e) = mark(
+        &done.dir,
+        &done.from,
+        true,
+        Some("left by a rollback".into()),
+    ) {
+        done.mark_error = Some(e);
+        return Ok(done);
+    }
+    if done.to.meta.bad {
+        // Chosen by ID: the operator vouches for it again.
+        done.revived = true;
+        if let Err(e) = mark(&done.dir, &done.to.id, false, None) {
+            done.mark_error = Some(e);
+            return Ok(done);
+        }
+        done.to.meta.bad = false;
+        done.to.meta.reason = None;
+    }
+    Ok(done)
 }
 
 /// After a rollback: the deploy record (origin `rollback`, SPEC §11) and the index of
@@ -1189,6 +1202,28 @@ pub fn subcommand(args: &[OsString]) -> Option<i32> {
                 let env = |k: &str| std::env::var(k).ok();
                 match rollback(&dest, a.to.as_deref(), &env) {
                     Ok(r) => {
+                        eprint!(
+                            "{}",
+                            crate::log::stamped(format_args!(
+                                "Rolled back {} from release {} to {}",
+                                dest.display(),
+                                r.from,
+                                r.to.id
+                            ))
+                        );
+                        if r.revived {
+                            eprint!(
+                                "{}",
+                                crate::log::stamped(format_args!(
+                                    "release {} was marked bad; it is live again as asked",
+                                    r.to.id
+                                ))
+                            );
+                        }
+                        if let Some(e) = &r.mark_error {
+                            eprintln!("stretcher rollback: {e}");
+                            return Some(1);
+                        }
                         let explicit = a.state_dir.as_deref().map(Path::new);
                         match crate::state::state_dir(explicit, &env) {
                             Ok(state) => record_rollback(&state, &dest, &r, started),
