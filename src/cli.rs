@@ -95,6 +95,59 @@ pub enum Command {
     Verify(VerifyOptions),
 }
 
+/// What a command hands back to print: `main` writes it once (stderr, then stdout)
+/// and exits with its status. Commands never print themselves (but for the deploy's
+/// log, and `fleet status`'s progress line on a terminal while it waits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// What goes to stdout.
+    pub stdout: String,
+    /// What goes to stderr: whole lines, each ending in a newline.
+    pub stderr: String,
+    /// The exit status.
+    pub code: i32,
+    /// The exit status when stdout cannot be written: 1, but 0 for the answer of a
+    /// serf query (serf drops the answer of a handler that fails).
+    pub code_if_unwritten: i32,
+}
+
+impl Output {
+    /// `text` on stdout, exit `code`.
+    pub fn stdout(text: impl Into<String>, code: i32) -> Output {
+        Output {
+            stdout: text.into(),
+            stderr: String::new(),
+            code,
+            code_if_unwritten: 1,
+        }
+    }
+
+    /// One message on stderr (a newline is added when it lacks one), exit `code`.
+    pub fn stderr(message: impl Into<String>, code: i32) -> Output {
+        let mut stderr = message.into();
+        if !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        Output {
+            stderr,
+            ..Output::stdout("", code)
+        }
+    }
+
+    /// Nothing to print (the deploy logs as it goes), exit `code`.
+    pub fn code(code: i32) -> Output {
+        Output::stdout("", code)
+    }
+
+    /// Bad usage: the error and the hint at `--help` on stderr, exit 2.
+    pub fn usage(e: &Error) -> Output {
+        Output::stderr(
+            format!("stretcher: {e}\nTry 'stretcher --help' for more information.\n"),
+            e.exit_code(),
+        )
+    }
+}
+
 /// `stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]` (SPEC §13).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatusOptions {
@@ -1403,5 +1456,26 @@ mod tests {
             let m = usage_err(&["--trusted-key", bad]);
             assert!(m.contains("--trusted-key"), "{bad}: {m}");
         }
+    }
+
+    #[test]
+    fn outputs() {
+        let o = Output::stderr("stretcher verify: no", 2);
+        assert_eq!(
+            (o.stdout.as_str(), o.stderr.as_str()),
+            ("", "stretcher verify: no\n")
+        );
+        assert_eq!((o.code, o.code_if_unwritten), (2, 1));
+        let o = Output::stdout("a\n", 0);
+        assert_eq!(
+            (o.stdout.as_str(), o.stderr.as_str(), o.code),
+            ("a\n", "", 0)
+        );
+        let o = Output::usage(&Error::Usage("unknown flag: -x".into()));
+        assert_eq!(
+            o.stderr,
+            "stretcher: unknown flag: -x\nTry 'stretcher --help' for more information.\n"
+        );
+        assert_eq!(o.code, 2);
     }
 }
