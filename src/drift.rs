@@ -26,9 +26,6 @@ pub(crate) struct Report {
 /// Runs `verify` with the process's environment: the drift (exit 1 when there is
 /// any, else 0), or why there is nothing to compare with (exit 2).
 pub fn main(opts: &VerifyOptions) -> Output {
-    if opts.help {
-        return Output::stdout(crate::cli::verify_usage(), 0);
-    }
     let env = |k: &str| std::env::var(k).ok();
     match report(opts, &env) {
         Ok(r) => {

@@ -10,9 +10,6 @@ use stretcher::commands;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if let Some(code) = stretcher::release::subcommand(&args) {
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
     let output = match cli::parse(&args) {
         Ok(command) => commands::run(command),
         Err(e) => Output::usage(&e),
