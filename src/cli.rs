@@ -1,9 +1,17 @@
-//! Command line → validated `Options` (SPEC §3, §10).
+//! Command line → a validated `Command` (SPEC §3, §10).
 //!
-//! One job: turn argv into either `Command::Help`, `Command::Version` or a
-//! `Command::Run(Options)` whose every field is already checked. Go-style
-//! `-flag`, `--flag`, `-flag=value` and `-flag value` are first rewritten into
-//! the one form argh understands (`--flag value`), then argh does the parsing.
+//! One job: turn argv into a `Command` — the deploy (`Command::Run(Options)`), a
+//! subcommand with its checked options, `--help` or `--version` — and define what a
+//! command hands back to print, `Output`.
+//!
+//! Every command is parsed by the one mechanism of `parse_as`: each command's flags are
+//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`,
+//! `RawRollback`, `RawFleet`), and the `Raw` trait adds what argh does not know (the
+//! command's words, aliases, its texts). Go-style `-flag`, `--flag`, `-flag=value` and
+//! `-flag value` are first rewritten into the one form argh understands (`--flag
+//! value`) by a normaliser whose flag lists (`Flags`) are read from argh's own
+//! description of that struct (`ArgsInfo`), so a flag is declared once; then argh does
+//! the parsing and `Raw::into_command` the checking.
 //!
 //! It must never exit the process, print, or touch the environment: bad usage is
 //! returned as `Error::Usage` (exit 2) and `main` decides what to do with it.
@@ -12,7 +20,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use argh::FromArgs;
+use argh::{ArgsInfo, FlagInfoKind, FromArgs};
 
 use crate::allow::AllowList;
 use crate::error::{Error, Result};
@@ -93,6 +101,63 @@ pub enum Command {
     SubcommandHelp(String),
     /// `stretcher verify DEST` (SPEC §12).
     Verify(VerifyOptions),
+    /// `stretcher releases DEST` (SPEC §14).
+    Releases(ReleasesOptions),
+    /// `stretcher rollback DEST [--to ID]` (SPEC §14).
+    Rollback(RollbackOptions),
+}
+
+/// What a command hands back to print: `main` writes it once (stderr, then stdout)
+/// and exits with its status. Commands never print themselves (but for the deploy's
+/// log, and `fleet status`'s progress line on a terminal while it waits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// What goes to stdout.
+    pub stdout: String,
+    /// What goes to stderr: whole lines, each ending in a newline.
+    pub stderr: String,
+    /// The exit status.
+    pub code: i32,
+    /// The exit status when stdout cannot be written: 1, but 0 for the answer of a
+    /// serf query (serf drops the answer of a handler that fails).
+    pub code_if_unwritten: i32,
+}
+
+impl Output {
+    /// `text` on stdout, exit `code`.
+    pub fn stdout(text: impl Into<String>, code: i32) -> Output {
+        Output {
+            stdout: text.into(),
+            stderr: String::new(),
+            code,
+            code_if_unwritten: 1,
+        }
+    }
+
+    /// One message on stderr (a newline is added when it lacks one), exit `code`.
+    pub fn stderr(message: impl Into<String>, code: i32) -> Output {
+        let mut stderr = message.into();
+        if !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        Output {
+            stderr,
+            ..Output::stdout("", code)
+        }
+    }
+
+    /// Nothing to print (the deploy logs as it goes), exit `code`.
+    pub fn code(code: i32) -> Output {
+        Output::stdout("", code)
+    }
+
+    /// Bad usage: the error and the hint at `--help` on stderr, exit 2.
+    pub fn usage(e: &Error) -> Output {
+        Output::stderr(
+            format!("stretcher: {e}\nTry 'stretcher --help' for more information.\n"),
+            e.exit_code(),
+        )
+    }
 }
 
 /// `stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]` (SPEC §13).
@@ -134,33 +199,157 @@ pub struct VerifyOptions {
     pub json: bool,
     /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
-    /// `--help`: print `verify_usage` instead.
-    pub help: bool,
+}
+
+/// `stretcher releases DEST [--state-dir DIR]` (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReleasesOptions {
+    /// The dest of a release manifest (as given).
+    pub dest: PathBuf,
+    /// `--state-dir DIR`, accepted as by every subcommand; the releases themselves are
+    /// found beside `dest`.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `stretcher rollback DEST [--to ID] [--state-dir DIR]` (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RollbackOptions {
+    /// The dest of a release manifest (as given).
+    pub dest: PathBuf,
+    /// `--to ID`: the release to switch to; `None` = the newest good one older than
+    /// the live one.
+    pub to: Option<String>,
+    /// `--state-dir DIR`: where the rollback's deploy record goes; `None` = as for a
+    /// deploy.
+    pub state_dir: Option<PathBuf>,
 }
 
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
 
-/// Flags that take a value, by canonical name, with the aliases that map onto them.
-const VALUE_FLAGS: &[(&str, &str)] = &[
-    ("max-bandwidth", "max-bandwidth"),
-    ("max-band-width", "max-bandwidth"),
-    ("timeout", "timeout"),
-    ("random-delay", "random-delay"),
-    ("retry", "retry"),
-    ("retry-wait", "retry-wait"),
-    ("rsync-verbose", "rsync-verbose"),
-    ("state-dir", "state-dir"),
-    ("allow-url", "allow-url"),
-    ("command-timeout", "command-timeout"),
-    ("textfile-dir", "textfile-dir"),
-    ("trusted-key", "trusted-key"),
-];
+/// Parses argv (without `argv[0]`): a subcommand when the first word names one
+/// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
+pub fn parse(args: &[OsString]) -> Result<Command> {
+    let word = |i: usize| args.get(i).and_then(|a| a.to_str());
+    let rest = args.get(1..).unwrap_or_default();
+    match word(0) {
+        Some("status") => parse_as::<RawStatus>(rest),
+        Some("verify") => parse_as::<RawVerify>(rest),
+        Some("releases") => parse_as::<RawReleases>(rest),
+        Some("rollback") => parse_as::<RawRollback>(rest),
+        Some("fleet") => match word(1) {
+            Some("status") => parse_as::<RawFleet>(&args[2..]),
+            Some("-h" | "-help" | "--help") => Ok(Command::SubcommandHelp(fleet_usage())),
+            Some(other) => Err(Error::Usage(format!(
+                "unknown fleet subcommand {other:?}: expected `fleet status`"
+            ))),
+            None => Err(Error::Usage("expected `fleet status`".into())),
+        },
+        _ => parse_as::<RawArgs>(args),
+    }
+}
 
-/// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
-const SWITCHES: &[&str] = &["dry-run", "force"];
+/// One command's argh struct, and what the parsing needs beside its flags (which
+/// `Flags::of` reads from argh's own description of the struct).
+trait Raw: FromArgs + ArgsInfo {
+    /// The command as argh names it in its help and errors.
+    const COMMAND: &'static [&'static str];
+    /// Other spellings of a flag that takes a value: `(alias, flag)`.
+    const ALIASES: &'static [(&'static str, &'static str)] = &[];
+    /// `-v`, `--version` is a flag of this command (the deploy's only).
+    const VERSION: bool = false;
 
-/// The raw, string-valued flags argh parses; validation happens in `validate`.
-#[derive(FromArgs, Debug)]
+    /// The error for a flag the command does not have.
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag: {arg} (see stretcher --help)")
+    }
+
+    /// An error of argh's own (a repeated flag, a missing positional), in the
+    /// command's words.
+    fn argh_error(message: &str) -> String {
+        message.to_string()
+    }
+
+    /// What `--help` asks for.
+    fn help() -> Command;
+
+    /// The checked command.
+    fn into_command(self) -> Result<Command>;
+}
+
+/// The one parsing path of every command: normalise argv with the flags of `T`,
+/// take `--help` / `--version` out, let argh parse the rest into `T`, check it.
+fn parse_as<T: Raw>(args: &[OsString]) -> Result<Command> {
+    let flags = Flags::of::<T>();
+    let (help, version, words) = prepare(args, &flags)?;
+    if help {
+        return Ok(T::help());
+    }
+    if version {
+        return Ok(Command::Version);
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let raw = T::from_args(T::COMMAND, &words).map_err(|e| {
+        // `--help` never reaches argh (it is taken out above), so any early exit is
+        // an error; argh's message ends with a newline.
+        Error::Usage(T::argh_error(e.output.trim_end()))
+    })?;
+    raw.into_command()
+}
+
+/// argh's own help text of `T` (`releases`, `rollback`).
+fn argh_help<T: Raw>() -> String {
+    // argh answers `--help` with an early exit holding the help text, never with
+    // parsed arguments.
+    T::from_args(T::COMMAND, &["--help"])
+        .err()
+        .map(|e| e.output)
+        .unwrap_or_default()
+}
+
+/// What the normaliser knows of one command's flags: those of its argh struct (read
+/// from argh's `ArgsInfo`, never kept by hand), its aliases, and its words for an
+/// unknown flag.
+#[derive(Debug, Clone)]
+struct Flags {
+    /// Flags that take a value: `(as written, argh's name)`, aliases included.
+    values: Vec<(&'static str, &'static str)>,
+    /// Flags without a value (`--dry-run`; Go's `-dry-run=true` / `=false` also work).
+    switches: Vec<&'static str>,
+    /// `-v` / `--version` is a flag of the command.
+    version: bool,
+    /// The error for a flag the command does not have.
+    unknown: fn(&str) -> String,
+}
+
+impl Flags {
+    fn of<T: Raw>() -> Flags {
+        let mut values = Vec::new();
+        let mut switches = Vec::new();
+        for flag in T::get_args_info().flags {
+            let Some(name) = flag.long.strip_prefix("--") else {
+                continue;
+            };
+            // `--help` is argh's own: the normaliser takes it out before argh.
+            if name == "help" {
+                continue;
+            }
+            match flag.kind {
+                FlagInfoKind::Switch => switches.push(name),
+                FlagInfoKind::Option { .. } => values.push((name, name)),
+            }
+        }
+        values.extend_from_slice(T::ALIASES);
+        Flags {
+            values,
+            switches,
+            version: T::VERSION,
+            unknown: T::unknown_flag,
+        }
+    }
+}
+
+/// The raw, string-valued flags of a deploy; validation happens in `validate`.
+#[derive(FromArgs, ArgsInfo, Debug)]
 /// A pull-based deployment agent.
 struct RawArgs {
     /// max bandwidth
@@ -207,89 +396,65 @@ struct RawArgs {
     target: Vec<String>,
 }
 
-/// Parses argv (without `argv[0]`): a subcommand when the first word names one
-/// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
-pub fn parse(args: &[OsString]) -> Result<Command> {
-    if let Some(command) = parse_subcommand(args)? {
-        return Ok(command);
+impl Raw for RawArgs {
+    const COMMAND: &'static [&'static str] = &["stretcher"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[("max-band-width", "max-bandwidth")];
+    const VERSION: bool = true;
+
+    fn help() -> Command {
+        Command::Help
     }
-    match args.first().and_then(|a| a.to_str()) {
-        Some("verify") => parse_verify(&args[1..]),
-        _ => parse_deploy(args),
+
+    fn into_command(self) -> Result<Command> {
+        validate(self).map(Command::Run)
     }
 }
 
-/// A subcommand's argv as strings (its flags are few: each subcommand parses its
-/// own, accepting `-flag` and `--flag`, `=value` or the next word).
-fn sub_words(args: &[OsString]) -> Result<Vec<String>> {
-    args.iter()
-        .map(|a| {
-            a.to_str().map(str::to_string).ok_or_else(|| {
-                Error::Usage(format!(
-                    "argument {:?} is not valid UTF-8",
-                    a.to_string_lossy()
-                ))
-            })
-        })
-        .collect()
+#[derive(FromArgs, ArgsInfo, Debug)]
+/// stretcher verify
+struct RawVerify {
+    /// json
+    #[argh(switch)]
+    json: bool,
+    /// state dir
+    #[argh(option)]
+    state_dir: Option<String>,
+    /// the dest
+    #[argh(positional)]
+    dest: Vec<String>,
 }
 
-fn parse_verify(args: &[OsString]) -> Result<Command> {
-    let words = sub_words(args)?;
-    let mut o = VerifyOptions::default();
-    let mut dest = None;
-    let mut it = words.iter();
-    let mut options_ended = false;
-    while let Some(w) = it.next() {
-        if options_ended || !w.starts_with('-') || w == "-" {
-            if dest.replace(w.clone()).is_some() {
-                return Err(Error::Usage(format!(
-                    "verify takes one DEST (extra argument {w:?})"
-                )));
-            }
-            continue;
-        }
-        if w == "--" {
-            options_ended = true;
-            continue;
-        }
-        let body = w.trim_start_matches('-');
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        match name {
-            "h" | "help" => o.help = true,
-            "json" => o.json = true,
-            "state-dir" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .ok_or_else(|| Error::Usage("flag needs an argument: -state-dir".into()))?,
-                };
-                if v.trim().is_empty() {
-                    return Err(bad_value("state-dir", &v, "expected a directory path"));
-                }
-                o.state_dir = Some(PathBuf::from(v));
-            }
-            _ => {
-                return Err(Error::Usage(format!(
-                    "unknown flag for verify: {w} (see stretcher verify --help)"
-                )))
-            }
-        }
+impl Raw for RawVerify {
+    const COMMAND: &'static [&'static str] = &["stretcher verify"];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for verify: {arg} (see stretcher verify --help)")
     }
-    if o.help {
-        return Ok(Command::Verify(o));
+
+    fn help() -> Command {
+        Command::SubcommandHelp(verify_usage())
     }
-    let dest = dest.ok_or_else(|| Error::Usage("verify needs a DEST directory".into()))?;
-    if dest.trim().is_empty() {
-        return Err(Error::Usage("verify: DEST is empty".into()));
+
+    fn into_command(self) -> Result<Command> {
+        let mut dests = self.dest.into_iter();
+        let dest = dests
+            .next()
+            .ok_or_else(|| Error::Usage("verify needs a DEST directory".into()))?;
+        if let Some(extra) = dests.next() {
+            return Err(Error::Usage(format!(
+                "verify takes one DEST (extra argument {extra:?})"
+            )));
+        }
+        let state_dir = self.state_dir.map(dir_flag("state-dir")).transpose()?;
+        if dest.trim().is_empty() {
+            return Err(Error::Usage("verify: DEST is empty".into()));
+        }
+        Ok(Command::Verify(VerifyOptions {
+            dest: PathBuf::from(dest),
+            json: self.json,
+            state_dir,
+        }))
     }
-    o.dest = PathBuf::from(dest);
-    Ok(Command::Verify(o))
 }
 
 /// `stretcher verify --help`.
@@ -313,31 +478,98 @@ Exit status: 0 no drift, 1 drift, 2 no deploy recorded for DEST (or bad usage).
     .to_string()
 }
 
-fn parse_deploy(args: &[OsString]) -> Result<Command> {
-    let (help, version, for_argh) = prepare(args, VALUE_FLAGS, SWITCHES)?;
-    if help {
-        return Ok(Command::Help);
+// Arguments of `stretcher releases`; argh's help of it is the command's `--help`
+// (whose spellings, as for every command, the normaliser takes).
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// List the releases of DEST (sync_strategy release), newest first:
+/// ID, checksum (12 digits), when deployed, and whether live or bad.
+struct RawReleases {
+    /// the dest of a release manifest
+    #[argh(positional)]
+    dest: String,
+    /// the state directory the deploys used (the releases are found beside DEST)
+    #[argh(option)]
+    state_dir: Option<String>,
+}
+
+impl Raw for RawReleases {
+    const COMMAND: &'static [&'static str] = &["stretcher", "releases"];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for releases: {arg} (see stretcher releases --help)")
     }
-    if version {
-        return Ok(Command::Version);
+
+    fn argh_error(message: &str) -> String {
+        format!("releases: {message}")
     }
-    let words: Vec<&str> = for_argh.iter().map(String::as_str).collect();
-    let raw = RawArgs::from_args(&["stretcher"], &words).map_err(|e| {
-        // `--help` never reaches argh (it is handled above), so any early exit is
-        // an error; argh's message ends with a newline.
-        Error::Usage(e.output.trim_end().to_string())
-    })?;
-    validate(raw).map(Command::Run)
+
+    fn help() -> Command {
+        Command::SubcommandHelp(argh_help::<Self>())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        Ok(Command::Releases(ReleasesOptions {
+            dest: release_dest("releases", self.dest)?,
+            state_dir: self.state_dir.map(dir_flag("state-dir")).transpose()?,
+        }))
+    }
+}
+
+// Arguments of `stretcher rollback`; argh's help of it is the command's `--help`
+// (whose spellings, as for every command, the normaliser takes).
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// Switch DEST back to the newest good release older than the live one (or to
+/// --to ID) and mark the one left bad. Runs no hook and needs no network.
+struct RawRollback {
+    /// the dest of a release manifest
+    #[argh(positional)]
+    dest: String,
+    /// the release ID to switch to (see `stretcher releases DEST`)
+    #[argh(option)]
+    to: Option<String>,
+    /// where deploy records live (as for a deploy)
+    #[argh(option)]
+    state_dir: Option<String>,
+}
+
+impl Raw for RawRollback {
+    const COMMAND: &'static [&'static str] = &["stretcher", "rollback"];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for rollback: {arg} (see stretcher rollback --help)")
+    }
+
+    fn argh_error(message: &str) -> String {
+        format!("rollback: {message}")
+    }
+
+    fn help() -> Command {
+        Command::SubcommandHelp(argh_help::<Self>())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        Ok(Command::Rollback(RollbackOptions {
+            dest: release_dest("rollback", self.dest)?,
+            to: self.to,
+            state_dir: self.state_dir.map(dir_flag("state-dir")).transpose()?,
+        }))
+    }
+}
+
+/// The DEST of `releases` / `rollback`: any non-blank path.
+fn release_dest(command: &str, dest: String) -> Result<PathBuf> {
+    if dest.trim().is_empty() {
+        return Err(Error::Usage(format!("{command}: DEST is empty")));
+    }
+    Ok(PathBuf::from(dest))
 }
 
 /// Normalises argv for one command's flags, then takes `--help` and `--version`
 /// out: `(help, version, the words for argh)`.
-fn prepare(
-    args: &[OsString],
-    value_flags: &[(&str, &str)],
-    switches: &[&str],
-) -> Result<(bool, bool, Vec<String>)> {
-    let argv = normalize_with(args, value_flags, switches)?;
+fn prepare(args: &[OsString], flags: &Flags) -> Result<(bool, bool, Vec<String>)> {
+    let argv = normalize_with(args, flags)?;
     let (opts, rest) = match argv.iter().position(|a| a == "--") {
         Some(i) => (&argv[..i], &argv[i..]),
         None => (&argv[..], &argv[argv.len()..]),
@@ -353,7 +585,7 @@ fn prepare(
             "--version" => version = true,
             flag if flag
                 .strip_prefix("--")
-                .is_some_and(|name| switches.contains(&name)) =>
+                .is_some_and(|name| flags.switches.contains(&name)) =>
             {
                 for_argh.push(flag.to_string())
             }
@@ -369,28 +601,7 @@ fn prepare(
     Ok((help, version, for_argh))
 }
 
-/// `status` and `fleet status` as the first argument (SPEC §3); `None` otherwise.
-fn parse_subcommand(args: &[OsString]) -> Result<Option<Command>> {
-    let first = args.first().and_then(|a| a.to_str());
-    match first {
-        Some("status") => parse_status(&args[1..]).map(Some),
-        Some("fleet") => match args.get(1).and_then(|a| a.to_str()) {
-            Some("status") => parse_fleet_status(&args[2..]).map(Some),
-            Some("-h" | "-help" | "--help") => Ok(Some(Command::SubcommandHelp(fleet_usage()))),
-            Some(other) => Err(Error::Usage(format!(
-                "unknown fleet subcommand {other:?}: expected `fleet status`"
-            ))),
-            None => Err(Error::Usage("expected `fleet status`".into())),
-        },
-        _ => Ok(None),
-    }
-}
-
-/// The flags of `stretcher status`.
-const STATUS_VALUE_FLAGS: &[(&str, &str)] = &[("state-dir", "state-dir")];
-const STATUS_SWITCHES: &[&str] = &["json", "brief"];
-
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 /// stretcher status
 struct RawStatus {
     /// json
@@ -407,36 +618,27 @@ struct RawStatus {
     dests: Vec<String>,
 }
 
-fn parse_status(args: &[OsString]) -> Result<Command> {
-    let (help, _, words) = prepare(args, STATUS_VALUE_FLAGS, STATUS_SWITCHES)?;
-    if help {
-        return Ok(Command::SubcommandHelp(status_usage()));
+impl Raw for RawStatus {
+    const COMMAND: &'static [&'static str] = &["stretcher status"];
+
+    fn help() -> Command {
+        Command::SubcommandHelp(status_usage())
     }
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let raw = RawStatus::from_args(&["stretcher status"], &words)
-        .map_err(|e| Error::Usage(e.output.trim_end().to_string()))?;
-    if raw.dests.iter().any(|d| d.trim().is_empty()) {
-        return Err(Error::Usage("status: a DEST argument is empty".into()));
+
+    fn into_command(self) -> Result<Command> {
+        if self.dests.iter().any(|d| d.trim().is_empty()) {
+            return Err(Error::Usage("status: a DEST argument is empty".into()));
+        }
+        Ok(Command::Status(StatusOptions {
+            dests: self.dests.into_iter().map(PathBuf::from).collect(),
+            json: self.json,
+            brief: self.brief,
+            state_dir: self.state_dir.map(dir_flag("state-dir")).transpose()?,
+        }))
     }
-    Ok(Command::Status(StatusOptions {
-        dests: raw.dests.into_iter().map(PathBuf::from).collect(),
-        json: raw.json,
-        brief: raw.brief,
-        state_dir: raw.state_dir.map(dir_flag("state-dir")).transpose()?,
-    }))
 }
 
-/// The flags of `stretcher fleet status`.
-const FLEET_VALUE_FLAGS: &[(&str, &str)] = &[
-    ("rpc-addr", "rpc-addr"),
-    ("tag", "tag"),
-    ("node", "node"),
-    ("timeout", "timeout"),
-    ("checksum", "checksum"),
-];
-const FLEET_SWITCHES: &[&str] = &["json"];
-
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 /// stretcher fleet status
 struct RawFleet {
     /// rpc addr
@@ -462,53 +664,54 @@ struct RawFleet {
     extra: Vec<String>,
 }
 
-fn parse_fleet_status(args: &[OsString]) -> Result<Command> {
-    let (help, _, words) = prepare(args, FLEET_VALUE_FLAGS, FLEET_SWITCHES)?;
-    if help {
-        return Ok(Command::SubcommandHelp(fleet_usage()));
+impl Raw for RawFleet {
+    const COMMAND: &'static [&'static str] = &["stretcher fleet status"];
+
+    fn help() -> Command {
+        Command::SubcommandHelp(fleet_usage())
     }
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let raw = RawFleet::from_args(&["stretcher fleet status"], &words)
-        .map_err(|e| Error::Usage(e.output.trim_end().to_string()))?;
-    if let Some(extra) = raw.extra.first() {
-        return Err(Error::Usage(format!(
-            "fleet status takes no arguments (got {extra:?})"
-        )));
-    }
-    let mut o = FleetOptions {
-        json: raw.json,
-        ..FleetOptions::default()
-    };
-    if let Some(v) = raw.rpc_addr {
-        if v.trim().is_empty() {
-            return Err(bad_value("rpc-addr", &v, "expected HOST:PORT"));
+
+    fn into_command(self) -> Result<Command> {
+        if let Some(extra) = self.extra.first() {
+            return Err(Error::Usage(format!(
+                "fleet status takes no arguments (got {extra:?})"
+            )));
         }
-        o.rpc_addr = Some(v);
-    }
-    for t in raw.tag {
-        match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() => o.tags.push((k.to_string(), v.to_string())),
-            _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+        let mut o = FleetOptions {
+            json: self.json,
+            ..FleetOptions::default()
+        };
+        if let Some(v) = self.rpc_addr {
+            if v.trim().is_empty() {
+                return Err(bad_value("rpc-addr", &v, "expected HOST:PORT"));
+            }
+            o.rpc_addr = Some(v);
         }
-    }
-    for n in raw.node {
-        if n.is_empty() {
-            return Err(bad_value("node", &n, "expected a node name"));
+        for t in self.tag {
+            match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => o.tags.push((k.to_string(), v.to_string())),
+                _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+            }
         }
-        o.nodes.push(n);
-    }
-    if let Some(v) = raw.timeout {
-        o.timeout = Some(parse_duration(&v).map_err(|m| bad_value("timeout", &v, &m))?)
-            .filter(|d| !d.is_zero());
-    }
-    if let Some(v) = raw.checksum {
-        let hex = v.trim().to_ascii_lowercase();
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad_value("checksum", &v, "expected hex digits"));
+        for n in self.node {
+            if n.is_empty() {
+                return Err(bad_value("node", &n, "expected a node name"));
+            }
+            o.nodes.push(n);
         }
-        o.checksum = Some(hex);
+        if let Some(v) = self.timeout {
+            o.timeout = Some(parse_duration(&v).map_err(|m| bad_value("timeout", &v, &m))?)
+                .filter(|d| !d.is_zero());
+        }
+        if let Some(v) = self.checksum {
+            let hex = v.trim().to_ascii_lowercase();
+            if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad_value("checksum", &v, "expected hex digits"));
+            }
+            o.checksum = Some(hex);
+        }
+        Ok(Command::FleetStatus(o))
     }
-    Ok(Command::FleetStatus(o))
 }
 
 /// `stretcher status --help`.
@@ -565,16 +768,12 @@ Exit status: 0 when every alive member answered and its last deploys succeeded
 /// `=value` split off), `--help`, `--version`, then `--` and the positionals.
 #[cfg(test)]
 fn normalize(args: &[OsString]) -> Result<Vec<String>> {
-    normalize_with(args, VALUE_FLAGS, SWITCHES)
+    normalize_with(args, &Flags::of::<RawArgs>())
 }
 
-/// `normalize` for a command whose flags are `value_flags` and `switches`.
-fn normalize_with(
-    args: &[OsString],
-    value_flags: &[(&str, &str)],
-    switches: &[&str],
-) -> Result<Vec<String>> {
-    let mut flags = Vec::new();
+/// `normalize` for a command whose flags are `flags`.
+fn normalize_with(args: &[OsString], flags: &Flags) -> Result<Vec<String>> {
+    let mut words = Vec::new();
     let mut positionals = Vec::new();
     let mut iter = args.iter();
     let mut options_ended = false;
@@ -590,20 +789,21 @@ fn normalize_with(
         }
         let (name, inline) = split_flag(arg)?;
         match name {
-            "h" | "help" | "v" | "version" => flags.push(help_or_version(name, inline)?),
-            name if switches.contains(&name) => flags.extend(switch_flag(name, inline)?),
+            "h" | "help" => words.push(help_or_version(name, inline)?),
+            "v" | "version" if flags.version => words.push(help_or_version(name, inline)?),
+            name if flags.switches.contains(&name) => words.extend(switch_flag(name, inline)?),
             _ => {
-                let (flag, value) = value_flag(arg, name, inline, value_flags, &mut iter)?;
-                flags.push(flag);
-                flags.push(value);
+                let (flag, value) = value_flag(arg, name, inline, flags, &mut iter)?;
+                words.push(flag);
+                words.push(value);
             }
         }
     }
     if !positionals.is_empty() {
-        flags.push("--".to_string());
-        flags.extend(positionals);
+        words.push("--".to_string());
+        words.extend(positionals);
     }
-    Ok(flags)
+    Ok(words)
 }
 
 /// An argument as text (flags and values are UTF-8).
@@ -661,13 +861,11 @@ fn value_flag<'a>(
     arg: &str,
     name: &str,
     inline: Option<&str>,
-    value_flags: &[(&str, &str)],
+    flags: &Flags,
     rest: &mut impl Iterator<Item = &'a OsString>,
 ) -> Result<(String, String)> {
-    let Some(&(_, canonical)) = value_flags.iter().find(|(n, _)| *n == name) else {
-        return Err(Error::Usage(format!(
-            "unknown flag: {arg} (see stretcher --help)"
-        )));
+    let Some(&(_, canonical)) = flags.values.iter().find(|(n, _)| *n == name) else {
+        return Err(Error::Usage((flags.unknown)(arg)));
     };
     let value = match inline {
         Some(v) => v.to_string(),
@@ -1403,5 +1601,291 @@ mod tests {
             let m = usage_err(&["--trusted-key", bad]);
             assert!(m.contains("--trusted-key"), "{bad}: {m}");
         }
+    }
+
+    /// The flags argh's own help text shows for `T` (its usage line), each with
+    /// whether it takes a value: read apart from `ArgsInfo`, which `Flags` uses.
+    fn flags_in_argh_help<T: Raw>() -> Vec<(String, bool)> {
+        let help = argh_help::<T>();
+        let usage = help.lines().next().unwrap_or_default();
+        assert!(usage.starts_with("Usage: "), "{help}");
+        let words: Vec<&str> = usage.split_whitespace().collect();
+        let mut found = Vec::new();
+        for (i, w) in words.iter().enumerate() {
+            let w = w.trim_start_matches('[').trim_end_matches(']');
+            let Some(name) = w.strip_prefix("--").filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let takes_value = words.get(i + 1).is_some_and(|v| v.starts_with('<'));
+            found.push((name.to_string(), takes_value));
+        }
+        // Every flag of the Options section is on the usage line.
+        let options = help.split("Options:").nth(1).unwrap_or_default();
+        for line in options.lines() {
+            if let Some(name) = line.trim_start().strip_prefix("--") {
+                let name = name.split([',', ' ']).next().unwrap_or_default();
+                if name != "help" {
+                    assert!(found.iter().any(|(n, _)| n == name), "{name}: {help}");
+                }
+            }
+        }
+        found
+    }
+
+    /// argh takes `args` once the normaliser has rewritten them for `T`.
+    fn argh_takes<T: Raw>(args: &[&str]) -> std::result::Result<(), String> {
+        let (_, _, words) = prepare(&os(args), &Flags::of::<T>()).map_err(|e| e.to_string())?;
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        T::from_args(T::COMMAND, &words)
+            .map(|_| ())
+            .map_err(|e| e.output)
+    }
+
+    /// Every flag of `T`'s argh struct is known to the normaliser, with its kind, and
+    /// reaches argh in every Go spelling; every alias names a flag that takes a value.
+    fn check_flags_of<T: Raw>() {
+        let flags = Flags::of::<T>();
+        let in_help = flags_in_argh_help::<T>();
+        assert!(!in_help.is_empty(), "{:?}", T::COMMAND);
+        for (name, takes_value) in &in_help {
+            let known_value = flags.values.iter().any(|(n, c)| n == name && c == name);
+            let known_switch = flags.switches.contains(&name.as_str());
+            assert_eq!(
+                (known_value, known_switch),
+                (*takes_value, !*takes_value),
+                "{:?} --{name}: {flags:?}",
+                T::COMMAND
+            );
+        }
+        let listed = flags.values.len() - T::ALIASES.len() + flags.switches.len();
+        assert_eq!(listed, in_help.len(), "{:?}: {flags:?}", T::COMMAND);
+        for (alias, flag) in T::ALIASES {
+            assert!(
+                in_help.iter().any(|(n, v)| n == flag && *v),
+                "alias {alias} of {flag}"
+            );
+            assert!(in_help.iter().all(|(n, _)| n != alias), "{alias}");
+        }
+        // A required positional (the DEST of releases / rollback).
+        let positional: Vec<&str> = T::get_args_info()
+            .positionals
+            .iter()
+            .filter(|p| matches!(p.optionality, argh::Optionality::Required))
+            .map(|_| "p")
+            .collect();
+        for (name, _) in &flags.values {
+            for args in [
+                vec![format!("-{name}"), "1".into()],
+                vec![format!("--{name}"), "1".into()],
+                vec![format!("-{name}=1")],
+                vec![format!("--{name}=1")],
+            ] {
+                let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+                args.extend(&positional);
+                assert_eq!(argh_takes::<T>(&args), Ok(()), "{:?} {args:?}", T::COMMAND);
+            }
+        }
+        for name in &flags.switches {
+            for args in [
+                format!("-{name}"),
+                format!("--{name}"),
+                format!("-{name}=true"),
+                format!("--{name}=false"),
+            ] {
+                let mut args = vec![args.as_str()];
+                args.extend(&positional);
+                assert_eq!(argh_takes::<T>(&args), Ok(()), "{:?} {args:?}", T::COMMAND);
+            }
+        }
+        let unknown = argh_takes::<T>(&["--no-such-flag"]).expect_err("unknown flag");
+        assert!(unknown.contains("unknown flag"), "{unknown}");
+    }
+
+    #[test]
+    fn every_argh_flag_is_known_to_the_normaliser() {
+        check_flags_of::<RawArgs>();
+        check_flags_of::<RawStatus>();
+        check_flags_of::<RawVerify>();
+        check_flags_of::<RawReleases>();
+        check_flags_of::<RawRollback>();
+        check_flags_of::<RawFleet>();
+        // the deploy's flags as the normaliser has them, alias included
+        let flags = Flags::of::<RawArgs>();
+        assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));
+        assert_eq!(flags.switches, ["dry-run", "force"]);
+        assert!(flags.version);
+        assert!(!Flags::of::<RawStatus>().version);
+    }
+
+    #[test]
+    fn version_is_a_flag_of_the_deploy_only() {
+        assert_eq!(parse(&os(&["-v"])).unwrap(), Command::Version);
+        for sub in [
+            &["status"][..],
+            &["verify", "/d"],
+            &["releases", "/d"],
+            &["rollback", "/d"],
+            &["fleet", "status"],
+        ] {
+            for v in ["-v", "--version"] {
+                let args: Vec<&str> = sub.iter().copied().chain([v]).collect();
+                let m = usage_err(&args);
+                assert!(m.contains("unknown flag"), "{args:?}: {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn verify_subcommand() {
+        let verify = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Verify(o)) => o,
+            other => panic!("{args:?}: expected Verify, got {other:?}"),
+        };
+        let o = verify(&["verify", "/srv/app"]);
+        assert_eq!(o.dest, PathBuf::from("/srv/app"));
+        assert!(!o.json);
+        assert_eq!(o.state_dir, None);
+        for args in [
+            &["verify", "--json", "--state-dir", "/s", "/srv/app"][..],
+            &["verify", "/srv/app", "-json", "-state-dir=/s"],
+            &["verify", "-json=true", "--state-dir=/s", "--", "/srv/app"],
+        ] {
+            let o = verify(args);
+            assert_eq!(o.dest, PathBuf::from("/srv/app"), "{args:?}");
+            assert!(o.json, "{args:?}");
+            assert_eq!(o.state_dir, Some(PathBuf::from("/s")), "{args:?}");
+        }
+        assert_eq!(
+            verify(&["verify", "--", "-odd"]).dest,
+            PathBuf::from("-odd")
+        );
+        for help in ["-h", "-help", "--help"] {
+            assert_eq!(
+                parse(&os(&["verify", help])).unwrap(),
+                Command::SubcommandHelp(verify_usage())
+            );
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (&["verify"], "verify needs a DEST directory"),
+            (
+                &["verify", "a", "b"],
+                "verify takes one DEST (extra argument \"b\")",
+            ),
+            (&["verify", ""], "verify: DEST is empty"),
+            (
+                &["verify", "--state-dir"],
+                "flag needs an argument: -state-dir",
+            ),
+            (
+                &["verify", "--state-dir", " ", "/d"],
+                "invalid value \" \" for flag --state-dir: expected a directory path",
+            ),
+            (
+                &["verify", "--brief", "/d"],
+                "unknown flag for verify: --brief (see stretcher verify --help)",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(usage_err(args), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn releases_and_rollback_subcommands() {
+        let releases = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Releases(o)) => o,
+            other => panic!("{args:?}: expected Releases, got {other:?}"),
+        };
+        let rollback = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Rollback(o)) => o,
+            other => panic!("{args:?}: expected Rollback, got {other:?}"),
+        };
+        assert_eq!(
+            releases(&["releases", "/srv/app"]),
+            ReleasesOptions {
+                dest: PathBuf::from("/srv/app"),
+                state_dir: None,
+            }
+        );
+        for args in [
+            &["releases", "/srv/app", "--state-dir", "/s"][..],
+            &["releases", "-state-dir=/s", "/srv/app"],
+            &["releases", "/srv/app", "-state-dir", "/s"],
+        ] {
+            assert_eq!(
+                releases(args),
+                ReleasesOptions {
+                    dest: PathBuf::from("/srv/app"),
+                    state_dir: Some(PathBuf::from("/s")),
+                },
+                "{args:?}"
+            );
+        }
+        assert_eq!(rollback(&["rollback", "/srv/app"]).to, None);
+        for args in [
+            &["rollback", "--to", "ID", "--state-dir", "/s", "/srv/app"][..],
+            &["rollback", "/srv/app", "-to=ID", "-state-dir=/s"],
+            &["rollback", "--to=ID", "/srv/app", "--state-dir=/s"],
+        ] {
+            assert_eq!(
+                rollback(args),
+                RollbackOptions {
+                    dest: PathBuf::from("/srv/app"),
+                    to: Some("ID".into()),
+                    state_dir: Some(PathBuf::from("/s")),
+                },
+                "{args:?}"
+            );
+        }
+        for (name, words) in [("releases", &["--state-dir"][..]), ("rollback", &["--to"])] {
+            for help in ["-h", "-help", "--help"] {
+                let text = match parse(&os(&[name, help])) {
+                    Ok(Command::SubcommandHelp(t)) => t,
+                    other => panic!("{name} {help}: {other:?}"),
+                };
+                assert!(
+                    text.starts_with(&format!("Usage: stretcher {name} ")),
+                    "{text}"
+                );
+                for w in words {
+                    assert!(text.contains(w), "{name}: {text}");
+                }
+            }
+            let m = usage_err(&[name]);
+            assert!(
+                m.starts_with(&format!("{name}: Required positional")),
+                "{m}"
+            );
+            assert_eq!(
+                usage_err(&[name, "/d", "--json"]),
+                format!("unknown flag for {name}: --json (see stretcher {name} --help)")
+            );
+            assert_eq!(usage_err(&[name, " "]), format!("{name}: DEST is empty"));
+            let m = usage_err(&[name, "/d", "--state-dir", ""]);
+            assert!(m.contains("--state-dir"), "{m}");
+            let m = usage_err(&[name, "/d", "/e"]);
+            assert!(m.starts_with(&format!("{name}: ")), "{m}");
+        }
+    }
+
+    #[test]
+    fn outputs() {
+        let o = Output::stderr("stretcher verify: no", 2);
+        assert_eq!(
+            (o.stdout.as_str(), o.stderr.as_str()),
+            ("", "stretcher verify: no\n")
+        );
+        assert_eq!((o.code, o.code_if_unwritten), (2, 1));
+        let o = Output::stdout("a\n", 0);
+        assert_eq!(
+            (o.stdout.as_str(), o.stderr.as_str(), o.code),
+            ("a\n", "", 0)
+        );
+        let o = Output::usage(&Error::Usage("unknown flag: -x".into()));
+        assert_eq!(
+            o.stderr,
+            "stretcher: unknown flag: -x\nTry 'stretcher --help' for more information.\n"
+        );
+        assert_eq!(o.code, 2);
     }
 }

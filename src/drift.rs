@@ -4,12 +4,11 @@
 //!
 //! Exit 0: no drift; 1: drift; 2: nothing recorded for `dest` (or bad usage).
 
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cli::VerifyOptions;
+use crate::cli::{Output, VerifyOptions};
 use crate::index::{self, Drift};
 use crate::record;
 use crate::state;
@@ -24,39 +23,25 @@ pub(crate) struct Report {
     pub drift: Vec<Drift>,
 }
 
-/// Runs `verify` with the process's environment; returns the exit status.
-pub fn main(opts: &VerifyOptions) -> i32 {
-    if opts.help {
-        print!("{}", crate::cli::verify_usage());
-        return 0;
-    }
+/// Runs `verify` with the process's environment: the drift (exit 1 when there is
+/// any, else 0), or why there is nothing to compare with (exit 2).
+pub fn main(opts: &VerifyOptions) -> Output {
     let env = |k: &str| std::env::var(k).ok();
     match report(opts, &env) {
         Ok(r) => {
-            let mut out = Vec::new();
+            let mut out = String::new();
             if opts.json {
                 // A struct of strings always serialises.
-                out = serde_json::to_vec(&r).unwrap_or_default();
-                out.push(b'\n');
+                out = serde_json::to_string(&r).unwrap_or_default();
+                out.push('\n');
             } else {
                 for d in &r.drift {
-                    out.extend_from_slice(format!("{d}\n").as_bytes());
+                    out.push_str(&format!("{d}\n"));
                 }
             }
-            let mut stdout = std::io::stdout().lock();
-            if stdout
-                .write_all(&out)
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                return 1;
-            }
-            i32::from(!r.drift.is_empty())
+            Output::stdout(out, i32::from(!r.drift.is_empty()))
         }
-        Err(msg) => {
-            eprintln!("stretcher verify: {msg}");
-            2
-        }
+        Err(msg) => Output::stderr(format!("stretcher verify: {msg}"), 2),
     }
 }
 

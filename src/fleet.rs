@@ -10,13 +10,13 @@
 //! to show the hosts answered so far.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::FleetOptions;
+use crate::cli::{FleetOptions, Output};
 use crate::error::{Error, Result};
 use crate::status::{Brief, BriefDeploy};
 
@@ -30,8 +30,8 @@ const MEMBERS_LIMIT: Duration = Duration::from_secs(30);
 /// when `--timeout` is not given, the `serf query` process may take this long.
 const QUERY_LIMIT: Duration = Duration::from_secs(120);
 
-/// Runs `fleet status`, prints its result; returns the exit status (SPEC §13).
-pub fn main(opts: &FleetOptions) -> i32 {
+/// Runs `fleet status`: its result and exit status (SPEC §13).
+pub fn main(opts: &FleetOptions) -> Output {
     match run(opts) {
         Ok(report) => {
             let text = if opts.json {
@@ -41,24 +41,9 @@ pub fn main(opts: &FleetOptions) -> i32 {
             } else {
                 report.table()
             };
-            let mut out = std::io::stdout().lock();
-            if out
-                .write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .is_err()
-            {
-                return 1;
-            }
-            if report.ok {
-                0
-            } else {
-                1
-            }
+            Output::stdout(text, if report.ok { 0 } else { 1 })
         }
-        Err(e) => {
-            eprintln!("stretcher: {e}");
-            e.exit_code()
-        }
+        Err(e) => Output::stderr(format!("stretcher: {e}"), e.exit_code()),
     }
 }
 

@@ -22,8 +22,8 @@
 //! # Public API
 //!
 //! Public are only the modules something outside the library needs: the binary's
-//! commands (`cli`, `deploy::main`, `status::main`, `fleet::main`, `drift::main`,
-//! `release::subcommand`), and what `tests/`, `benches/` and `fuzz/` drive directly
+//! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
+//! `drift::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `record`, `manifest`, `event`,
 //! `signature`, `log`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
@@ -34,6 +34,7 @@
 mod allow;
 mod bucket_url;
 pub mod cli;
+pub mod commands;
 pub mod deploy;
 pub mod drift;
 pub(crate) mod error;
@@ -52,7 +53,7 @@ pub mod manifest;
 pub(crate) mod metrics;
 pub mod record;
 pub(crate) mod redeploy;
-pub mod release;
+pub(crate) mod release;
 pub(crate) mod s3;
 pub mod signature;
 mod staging;

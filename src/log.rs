@@ -26,6 +26,19 @@ fn buffer() -> MutexGuard<'static, Vec<u8>> {
 
 /// Logs a message: each of its lines becomes one timestamped line.
 pub(crate) fn line(msg: impl Display) {
+    let out = stamped(msg);
+    let mut buf = buffer();
+    buf.extend_from_slice(out.as_bytes());
+    // stderr may be closed (a handler redirected nowhere); the in-memory copy is
+    // what matters for the hooks, so a failed write is not an error.
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    }
+}
+
+/// A message as the log writes it, without logging it: each of its lines stamped
+/// with the time now and ended by a newline (a command's own lines for stderr).
+pub(crate) fn stamped(msg: impl Display) -> String {
     let text = msg.to_string();
     let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
     let mut out = String::with_capacity(text.len() + 24);
@@ -36,13 +49,7 @@ pub(crate) fn line(msg: impl Display) {
         out.push_str(l);
         out.push('\n');
     }
-    let mut buf = buffer();
-    buf.extend_from_slice(out.as_bytes());
-    // stderr may be closed (a handler redirected nowhere); the in-memory copy is
-    // what matters for the hooks, so a failed write is not an error.
-    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
-    }
+    out
 }
 
 /// A copy of everything logged so far in this run.

@@ -502,19 +502,27 @@ pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// What a rollback did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a rollback did: dest links to `to` now. It prints nothing; the command
+/// tells the user.
+#[derive(Debug)]
 pub(crate) struct RolledBack {
     pub dir: PathBuf,
     /// The release left (now marked bad).
     pub from: String,
     /// The release dest now points at.
     pub to: Release,
+    /// `to` was marked bad and was chosen by ID: it is good again.
+    pub revived: bool,
+    /// Why marking the releases failed after the switch (dest is switched all the
+    /// same); `None` when the rollback is complete.
+    pub mark_error: Option<Error>,
 }
 
 /// `stretcher rollback DEST [--to ID]` (SPEC §14): switches dest to release `to`, or to
 /// the newest good release older than the live one, and marks the one left bad. No
 /// hook, no network; holds dest's lock. Removes nothing but a killed run's leftovers.
+/// Prints nothing: an error before the switch is the `Err`; after it, what was done
+/// (and a failure to mark the releases, `mark_error`) is the `RolledBack`.
 pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result<RolledBack> {
     let _lock = crate::state::lock_dest(dest, env)?;
     let target = fs::read_link(dest).map_err(|_| {
@@ -555,28 +563,33 @@ pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result
             })?,
     };
     switch(dest, &dir.join(&pick.id))?;
-    logln!(
-        "Rolled back {} from release {live} to {}",
-        dest.display(),
-        pick.id
-    );
-    mark(&dir, &live, true, Some("left by a rollback".into()))?;
-    let mut to = pick.clone();
-    if to.meta.bad {
-        // Chosen by ID: the operator vouches for it again.
-        logln!(
-            "release {} was marked bad; it is live again as asked",
-            to.id
-        );
-        mark(&dir, &to.id, false, None)?;
-        to.meta.bad = false;
-        to.meta.reason = None;
-    }
-    Ok(RolledBack {
+    let mut done = RolledBack {
         dir,
         from: live,
-        to,
-    })
+        to: pick.clone(),
+        revived: false,
+        mark_error: None,
+    };
+    if let Err(e) = mark(
+        &done.dir,
+        &done.from,
+        true,
+        Some("left by a rollback".into()),
+    ) {
+        done.mark_error = Some(e);
+        return Ok(done);
+    }
+    if done.to.meta.bad {
+        // Chosen by ID: the operator vouches for it again.
+        done.revived = true;
+        if let Err(e) = mark(&done.dir, &done.to.id, false, None) {
+            done.mark_error = Some(e);
+            return Ok(done);
+        }
+        done.to.meta.bad = false;
+        done.to.meta.reason = None;
+    }
+    Ok(done)
 }
 
 /// After a rollback: the deploy record (origin `rollback`, SPEC §11) and the index of
@@ -615,105 +628,6 @@ pub(crate) fn record_rollback(
         },
         Err(e) => logln!("warning: cannot index release {}: {e}", r.to.id),
     }
-}
-
-// Arguments of `stretcher releases`.
-#[derive(argh::FromArgs, Debug)]
-/// List the releases of DEST (sync_strategy release), newest first:
-/// ID, checksum (12 digits), when deployed, and whether live or bad.
-struct ReleasesArgs {
-    /// the dest of a release manifest
-    #[argh(positional)]
-    dest: String,
-}
-
-// Arguments of `stretcher rollback`.
-#[derive(argh::FromArgs, Debug)]
-/// Switch DEST back to the newest good release older than the live one (or to
-/// --to ID) and mark the one left bad. Runs no hook and needs no network.
-struct RollbackArgs {
-    /// the dest of a release manifest
-    #[argh(positional)]
-    dest: String,
-    /// the release ID to switch to (see `stretcher releases DEST`)
-    #[argh(option)]
-    to: Option<String>,
-    /// where deploy records live (as for a deploy)
-    #[argh(option)]
-    state_dir: Option<String>,
-}
-
-/// Runs `stretcher releases ...` or `stretcher rollback ...` when `args[0]` names one;
-/// returns its exit status. `None` for anything else.
-pub fn subcommand(args: &[OsString]) -> Option<i32> {
-    let name = args.first()?.to_str()?;
-    if name != "releases" && name != "rollback" {
-        return None;
-    }
-    let rest: Vec<String> = args[1..]
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .map(|a| {
-            // Go-style single-dash long flags, as for a deploy.
-            match a.strip_prefix('-') {
-                Some(r) if !r.starts_with('-') && r.len() > 1 => format!("-{a}"),
-                _ => a,
-            }
-        })
-        .collect();
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let absolute = |d: &str| crate::drift::normalize_dest(Path::new(d));
-    let cmd = ["stretcher", name];
-    let early = |e: argh::EarlyExit| {
-        if e.status.is_ok() {
-            print!("{}", e.output);
-            0
-        } else {
-            eprintln!("stretcher {name}: {}", e.output.trim_end());
-            2
-        }
-    };
-    Some(if name == "releases" {
-        match <ReleasesArgs as argh::FromArgs>::from_args(&cmd, &rest) {
-            Err(e) => early(e),
-            Ok(a) => match releases_text(&absolute(&a.dest)) {
-                Ok(text) => {
-                    print!("{text}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("stretcher releases: {e}");
-                    1
-                }
-            },
-        }
-    } else {
-        match <RollbackArgs as argh::FromArgs>::from_args(&cmd, &rest) {
-            Err(e) => early(e),
-            Ok(a) => {
-                let started = chrono::Utc::now();
-                let dest = absolute(&a.dest);
-                let env = |k: &str| std::env::var(k).ok();
-                match rollback(&dest, a.to.as_deref(), &env) {
-                    Ok(r) => {
-                        let explicit = a.state_dir.as_deref().map(Path::new);
-                        match crate::state::state_dir(explicit, &env) {
-                            Ok(state) => record_rollback(&state, &dest, &r, started),
-                            Err(e) => logln!(
-                                "warning: no state directory ({e}): no deploy record is kept"
-                            ),
-                        }
-                        println!("{}: {} -> {}", dest.display(), r.from, r.to.id);
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("stretcher rollback: {e}");
-                        1
-                    }
-                }
-            }
-        }
-    })
 }
 
 #[cfg(test)]

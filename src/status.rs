@@ -9,12 +9,11 @@
 //! exits 0 and writes nothing on stderr whatever happens, because Serf drops the
 //! answer of a handler that exits non-zero and mixes its stderr into the answer.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::StatusOptions;
+use crate::cli::{Output, StatusOptions};
 use crate::error::{Error, Result};
 use crate::log;
 use crate::record::{self, Outcome, Record};
@@ -165,9 +164,9 @@ fn shorten(text: &str, max: usize) -> String {
     s
 }
 
-/// Runs `stretcher status` with the process's environment; prints its output and
-/// returns the exit status (SPEC §13; always 0 under a serf query).
-pub fn main(opts: &StatusOptions) -> i32 {
+/// Runs `stretcher status` with the process's environment: its output and exit
+/// status (SPEC §13; always 0 under a serf query, even when stdout cannot be written).
+pub fn main(opts: &StatusOptions) -> Output {
     let env = |k: &str| std::env::var(k).ok();
     let query = env("SERF_EVENT").as_deref() == Some("query");
     if query {
@@ -188,18 +187,15 @@ pub fn main(opts: &StatusOptions) -> i32 {
                 1,
             )
         }
-        Err(e) => {
-            eprintln!("stretcher: status: {e}");
-            return 1;
-        }
+        Err(e) => return Output::stderr(format!("stretcher: status: {e}"), 1),
     };
-    let mut out = std::io::stdout().lock();
-    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    match (query, written) {
-        (true, _) => 0,
-        (false, Ok(())) => code,
-        (false, Err(_)) => 1,
+    if query {
+        return Output {
+            code_if_unwritten: 0,
+            ..Output::stdout(text, 0)
+        };
     }
+    Output::stdout(text, code)
 }
 
 /// The output and exit status of `stretcher status` (SPEC §13).

@@ -87,3 +87,38 @@ fn random_delay_sleeps_before_reading_the_event() {
     let r = stretcher().args(["-random-delay", "0.3"]).stdin("").run();
     r.assert_fail().assert_log("Sleeping");
 }
+
+/// Every subcommand is parsed as the deploy is: its own `--help` (exit 0, stdout), and
+/// bad usage as one message and the hint on stderr, exit 2.
+#[test]
+fn subcommands_share_help_and_bad_usage() {
+    for sub in [
+        &["status"][..],
+        &["verify"],
+        &["releases"],
+        &["rollback"],
+        &["fleet", "status"],
+    ] {
+        for help in ["-h", "-help", "--help"] {
+            let r = stretcher().args(sub).arg(help).run();
+            r.assert_ok();
+            assert!(
+                r.stdout.starts_with("Usage: stretcher "),
+                "{sub:?}: {}",
+                r.stdout
+            );
+            assert_eq!(r.stderr, "", "{sub:?}");
+        }
+        let r = stretcher().args(sub).args(["--no-such-flag", "/d"]).run();
+        assert_eq!(r.code(), 2, "{sub:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{sub:?}: {}", r.stdout);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{sub:?}: {}", r.stderr);
+        assert!(
+            lines[0].starts_with("stretcher: unknown flag"),
+            "{sub:?}: {}",
+            r.stderr
+        );
+        assert_eq!(lines[1], "Try 'stretcher --help' for more information.");
+    }
+}

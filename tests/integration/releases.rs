@@ -683,6 +683,92 @@ fn failed_post_switches_back_and_rollback_skips_bad_releases() {
     assert!(beside(&s).is_empty(), "{:?}", beside(&s));
 }
 
+/// `releases` and `rollback` take their flags as every command does (SPEC §3): before
+/// or after DEST, `-flag` or `--flag`, `=value` or the next word; `releases` accepts
+/// `--state-dir` like every subcommand. The rollback tells what it did: the switch on
+/// stdout, its log line on stderr.
+#[test]
+fn releases_and_rollback_take_flags_as_every_command() {
+    let s = Scratch::new();
+    let dest = s.dest();
+    let a = s.file("a.tar", &tar_of(&small_version("A", 2)));
+    let b = s.file("b.tar", &tar_of(&small_version("B", 2)));
+    s.stretcher()
+        .arg(s.manifest("a.yml", &release_manifest(&a, &dest, "")))
+        .run()
+        .assert_ok();
+    let a_id = live(&dest)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    s.stretcher()
+        .arg(s.manifest("b.yml", &release_manifest(&b, &dest, "")))
+        .run()
+        .assert_ok();
+    let b_id = live(&dest)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let listed = stretcher().arg("releases").arg(&dest).run();
+    listed.assert_ok();
+    assert_eq!(listed.stdout.lines().count(), 2, "{}", listed.stdout);
+    let state = s.state_dir();
+    let state_eq = format!("-state-dir={}", state.display());
+    for flags in [
+        vec!["--state-dir".as_ref(), state.as_os_str()],
+        vec!["-state-dir".as_ref(), state.as_os_str()],
+        vec![state_eq.as_ref()],
+    ] {
+        let r = stretcher().arg("releases").arg(&dest).args(&flags).run();
+        assert_eq!(r.code(), 0, "{flags:?}: {}", r.stderr);
+        assert_eq!(r.stdout, listed.stdout, "{flags:?}");
+        assert_eq!(r.stderr, "", "{flags:?}");
+    }
+    // rollback with its flags after DEST, Go style
+    let r = stretcher()
+        .arg("rollback")
+        .arg(&dest)
+        .arg(format!("-to={a_id}"))
+        .arg(&state_eq)
+        .run();
+    r.assert_ok();
+    assert_eq!(r.stdout, format!("{}: {b_id} -> {a_id}\n", dest.display()));
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.ends_with(&format!(
+            " Rolled back {} from release {b_id} to {a_id}\n",
+            dest.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(id_of_live(&dest), a_id);
+    // and back to B by ID: B was left bad, it is good again
+    let r = rollback(&s).arg(&dest).args(["--to", &b_id]).run();
+    r.assert_ok();
+    assert_eq!(r.stdout, format!("{}: {a_id} -> {b_id}\n", dest.display()));
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stderr);
+    assert!(
+        lines[1].ends_with(&format!(
+            " release {b_id} was marked bad; it is live again as asked"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(id_of_live(&dest), b_id);
+}
+
+fn id_of_live(dest: &Path) -> String {
+    live(dest)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `keep_releases: 3` over 6 deploys keeps exactly the live, the previous good and the
 /// next newest one; another dest's releases beside it are untouched.
 #[test]
