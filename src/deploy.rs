@@ -17,7 +17,7 @@
 //! 8. `success` / `failure` with the log on stdin (`final_hooks`);
 //! 9. the deploy record (`write_record`).
 //!
-//! What differs between rsync, mv and release is behind `strategy::Land`; this module
+//! What differs between rsync, mv and release is behind `land::Land`; this module
 //! never matches on the strategy. It guarantees that nothing touches `dest` before the
 //! landing step. A `--dry-run` prints what the run would do instead of running `pre`.
 
@@ -33,6 +33,7 @@ use crate::fetch::{self, FetchOptions};
 use crate::filter::Filter;
 use crate::hooks::{self, HookEnv};
 use crate::interrupt;
+use crate::land::{self, Land, Landed, Stage};
 use crate::log;
 use crate::logln;
 use crate::manifest::{self, Manifest};
@@ -41,7 +42,6 @@ use crate::redeploy;
 use crate::signature;
 use crate::staging::{load_filter, Staging, Workspace};
 use crate::state;
-use crate::strategy::{self, Land, Landed, Stage};
 use crate::sync;
 use crate::unpack::{self, Staged, UnpackOptions};
 use crate::verify::{Checksum, Verified};
@@ -432,7 +432,7 @@ fn deploy(
         Next::Done => return Ok(()),
         Next::Deploy { pre_done } => pre_done,
     };
-    let ctx = strategy::Ctx {
+    let ctx = land::Ctx {
         manifest,
         dest,
         state,
@@ -440,7 +440,7 @@ fn deploy(
         same_owner: nix::unistd::geteuid().is_root(),
         verbosity: opts.rsync_verbose,
     };
-    let mut strategy = strategy::for_deploy(ctx, opts.dry_run)?;
+    let mut strategy = land::for_deploy(ctx, opts.dry_run)?;
     let strategy = strategy.as_mut();
 
     let (staging, staged, reused_in) = job.download(draft, strategy, true)?;
@@ -680,7 +680,7 @@ impl Job<'_> {
         settings: &crate::index::Header,
     ) -> Result<Landed> {
         draft.step = record::Step::Sync;
-        let mode = strategy::dest_mode(self.manifest, staged.get());
+        let mode = land::dest_mode(self.manifest, staged.get());
         logln!("Set dest mode {mode:04o}");
         match strategy.land(staging, staged, filter, mode, settings) {
             Err(Error::Stale { path }) => {
@@ -690,7 +690,7 @@ impl Job<'_> {
                 );
                 let (staging, staged, _) = self.download(draft, strategy, false)?;
                 draft.step = record::Step::Sync;
-                let mode = strategy::dest_mode(self.manifest, staged.get());
+                let mode = land::dest_mode(self.manifest, staged.get());
                 strategy.land(staging, staged, filter, mode, settings)
             }
             landed => landed,

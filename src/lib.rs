@@ -48,6 +48,7 @@ pub(crate) mod hooks;
 pub(crate) mod http;
 pub mod index;
 pub(crate) mod interrupt;
+mod land;
 pub mod log;
 pub mod manifest;
 pub(crate) mod metrics;

@@ -6,7 +6,7 @@
 //! the atomic switch and the switch back, marking a release bad, the cleanup, and the
 //! rollback and listing behind the `releases` and `rollback` subcommands, as library
 //! calls. One deploy's use of the store (unpacking into the partial release, the
-//! switch around `post`) is the strategy's, `strategy/release.rs`.
+//! switch around `post`) is the strategy's, `land/release.rs`.
 //!
 //! Layout of `RELEASES_DIR` (one per dest):
 //! - `ID/`: a complete release, ID = `YYYYmmddTHHMMSSZ-` + 8 hex digits of the checksum

@@ -316,10 +316,7 @@ mod tests {
         let m = manifest("exclude_from: rules\n");
         let err = load_filter(&m, root.path(), &none, root.path()).unwrap_err();
         let err = err.to_string();
-        assert!(
-            err.contains("the file is not in the archive"),
-            "{err}"
-        );
+        assert!(err.contains("the file is not in the archive"), "{err}");
         assert!(err.contains("rules"), "{err}");
 
         let (filter, text) = load_filter(&manifest(""), root.path(), &none, root.path()).unwrap();

@@ -1,5 +1,6 @@
-//! The three sync strategies (SPEC §6, §14) as one seam, and the one place the
-//! [`Strategy`] enum is matched.
+//! The three sync strategies (SPEC §6, §14) as one seam — how the verified tree
+//! lands in `dest` — and the one place the `Strategy` enum is matched
+//! (`for_deploy`).
 //!
 //! The deploy pipeline (`deploy.rs`) is the same for every strategy: download and
 //! unpack, `pre`, land, `post`, confirm or undo, index, record. A strategy answers only
@@ -20,10 +21,7 @@ mod mv;
 mod release;
 mod rsync;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -31,47 +29,10 @@ use crate::index;
 use crate::manifest::Manifest;
 use crate::record;
 use crate::staging::{Staging, Workspace};
+use crate::strategy::Strategy;
 use crate::sync::{dry_run, DestProbe};
 use crate::unpack::Staged;
 use crate::verify::Verified;
-
-/// How the unpacked tree reaches `dest` (the manifest's `sync_strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// `rsync -a --delete` semantics (the default).
-    #[default]
-    Rsync,
-    /// Rename the unpacked tree onto an absent or empty `dest`.
-    Mv,
-    /// Unpack into a new release directory and switch the `dest` symlink to it (SPEC §14).
-    Release,
-}
-
-impl Strategy {
-    /// Every strategy, in the order the manifest's error message names them.
-    pub const ALL: [Strategy; 3] = [Strategy::Rsync, Strategy::Mv, Strategy::Release];
-
-    /// The manifest's spelling of a strategy; `None` for an unknown name.
-    pub fn parse(name: &str) -> Option<Strategy> {
-        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// The name as manifests, records and indexes spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Rsync => "rsync",
-            Strategy::Mv => "mv",
-            Strategy::Release => "release",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The default mode of `dest` (or of a release directory) when neither the manifest
 /// nor the archive says.
@@ -177,22 +138,4 @@ fn staging_beside(ctx: &Ctx, probed: Option<&Path>) -> Result<Stage> {
         reused_in: ctx.dest.to_path_buf(),
         reused_how: format!("left in place in {}", ctx.dest.display()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip_and_unknown_ones_are_none() {
-        for s in Strategy::ALL {
-            assert_eq!(Strategy::parse(s.as_str()), Some(s));
-            let json = serde_json::to_string(&s).unwrap();
-            assert_eq!(json, format!("\"{s}\""));
-            assert_eq!(serde_json::from_str::<Strategy>(&json).unwrap(), s);
-        }
-        assert_eq!(Strategy::parse("bogus"), None);
-        assert_eq!(Strategy::parse("Rsync"), None);
-        assert_eq!(Strategy::default(), Strategy::Rsync);
-    }
 }

@@ -29,7 +29,8 @@ use crate::sync::{dry_run, DestProbe, Kind};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{staging_beside, Ctx, Land, Landed, Stage, Strategy};
+use super::{staging_beside, Ctx, Land, Landed, Stage};
+use crate::strategy::Strategy;
 
 /// The release strategy of one deploy.
 pub(super) struct Releaser<'a> {
