@@ -300,7 +300,11 @@ impl<'a> EntriesFields<'a> {
             self.skip(delta)?;
 
             // EOF is an indicator that we are at the end of the archive.
-            if !try_read_all(&mut &self.archive.inner, header.as_mut_bytes())? {
+            // PATCH(short-block): so is a last block of fewer than 512 bytes, all
+            // zeros: GNU tar reads whole blocks only and drops such a tail unread (Go's
+            // archive/tar test archives end so). One that holds anything else is a
+            // header cut short.
+            if !read_header_block(&mut &self.archive.inner, header.as_mut_bytes())? {
                 return Ok(None);
             }
 
@@ -658,6 +662,21 @@ fn round_up_to_block(size: u64) -> io::Result<u64> {
     size.checked_add(BLOCK_SIZE - 1)
         .map(|s| s & !(BLOCK_SIZE - 1))
         .ok_or_else(|| other("size overflow"))
+}
+
+/// PATCH(short-block): reads a header block. `false` at the end of the input: nothing
+/// left, or fewer than 512 bytes left that are all zeros (GNU tar reads whole blocks
+/// only). Fewer than 512 bytes holding anything else: an error (a header cut short).
+fn read_header_block<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut read = 0;
+    while read < buf.len() {
+        match r.read(&mut buf[read..])? {
+            0 if buf[..read].iter().all(|&b| b == 0) => return Ok(false),
+            0 => return Err(other("failed to read entire block")),
+            n => read += n,
+        }
+    }
+    Ok(true)
 }
 
 /// Try to fill the buffer from the reader.
