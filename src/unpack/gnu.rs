@@ -28,9 +28,6 @@ pub(super) struct PaxInfo {
     pub(super) gname: Option<Vec<u8>>,
     /// `GNU.sparse.name` (pax sparse 0.1, 1.0): the member's real name.
     pub(super) sparse_name: Option<Vec<u8>>,
-    /// `GNU.sparse.size` (0.0, 0.1) or `GNU.sparse.realsize` (1.0): the logical size;
-    /// present on every pax sparse member.
-    pub(super) sparse_size: Option<u64>,
     pub(super) sparse_major: Option<u64>,
     /// The (offset, length) map of 0.0 (`GNU.sparse.offset` / `numbytes` pairs) or
     /// 0.1 (`GNU.sparse.map`).
@@ -62,7 +59,6 @@ impl PaxInfo {
                 b"uname" => info.uname = Some(value.to_vec()),
                 b"gname" => info.gname = Some(value.to_vec()),
                 b"GNU.sparse.name" => info.sparse_name = Some(value.to_vec()),
-                b"GNU.sparse.size" | b"GNU.sparse.realsize" => info.sparse_size = number(),
                 b"GNU.sparse.major" => info.sparse_major = number(),
                 b"GNU.sparse.offset" => offset = number(),
                 b"GNU.sparse.numbytes" => {
@@ -107,8 +103,16 @@ pub(super) fn member_kind(kind: EntryType, raw: &[u8]) -> EntryType {
     }
 }
 
-/// A sparse member's layout: logical size and data chunks (offset, length) in order.
+/// The bytes a chunk's data is aligned to in the member: GNU tar reads each chunk
+/// from a block of its own.
+pub(super) const BLOCK: u64 = 512;
+
+/// A sparse member's layout, as GNU tar writes it: each chunk (offset, length) in
+/// map order, written at its offset (a chunk of length 0 truncates the file there),
+/// its data read from the next block boundary of the member's data.
 pub(super) struct Sparse {
+    /// The file's size once the chunks are written (GNU tar does not use the
+    /// archive's "real size" for it).
     pub(super) size: u64,
     pub(super) chunks: Vec<(u64, u64)>,
 }
@@ -116,44 +120,59 @@ pub(super) struct Sparse {
 /// The sparse layout of a member, if it is sparse: old-GNU (`S`, map parsed by
 /// tar-rs), pax 0.0 / 0.1 (map in pax records) or pax 1.0 (map at the start of the
 /// data, read here). `None` for a plain file.
+///
+/// As GNU tar, the map is taken as it is (chunks in any order), and data the map
+/// does not use is skipped; a map that needs more data than the member holds (GNU
+/// tar would read the next headers as file data) is refused.
 pub(super) fn sparse_layout<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     pax: &PaxInfo,
     raw: &[u8],
 ) -> Result<Option<Sparse>> {
     let bad = |msg: String| fail(raw, format!("sparse map: {msg}"));
-    let (size, chunks, stored) = if let Some(map) = entry.sparse_map() {
-        let stored = map.iter().map(|&(_, l)| l).sum();
-        (entry.size(), map.to_vec(), stored)
-    } else if let Some(size) = pax.sparse_size {
+    let (chunks, stored) = if let Some(map) = entry.sparse_map() {
+        // tar-rs hands over only the chunks' data, each but the last whole blocks.
+        (map.to_vec(), map.iter().map(|&(_, l)| l).sum())
+    } else if pax.sparse_major.is_some_and(|major| major > 0) {
         let stored = entry.size();
-        if pax.sparse_major == Some(1) {
-            let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
-            (size, chunks, stored - map_len)
-        } else {
-            (size, pax.sparse_map.clone(), stored)
-        }
+        let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
+        (chunks, stored - map_len)
+    } else if !pax.sparse_map.is_empty() {
+        (pax.sparse_map.clone(), entry.size())
     } else {
         return Ok(None);
     };
-    let mut end = 0u64;
-    let mut data = 0u64;
+    let mut size = 0u64;
+    let mut used = 0u64;
     for &(offset, len) in &chunks {
-        if offset < end {
-            return Err(bad("chunks overlap or are out of order".into()));
-        }
-        end = offset
+        let end = offset
             .checked_add(len)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| bad(format!("a chunk ends past the file's size {size}")))?;
-        data += len;
-    }
-    if data != stored {
-        return Err(bad(format!(
-            "the map describes {data} bytes of data, the member holds {stored}"
-        )));
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "a chunk at {offset} ends past the largest file size"
+                ))
+            })?;
+        if len == 0 {
+            size = offset;
+            continue;
+        }
+        size = size.max(end);
+        used = chunk_start(used)
+            .and_then(|start| start.checked_add(len))
+            .filter(|&u| u <= stored)
+            .ok_or_else(|| {
+                bad(format!(
+                    "the map needs more data than the member holds ({stored} bytes; each chunk's data starts at a block boundary)"
+                ))
+            })?;
     }
     Ok(Some(Sparse { size, chunks }))
+}
+
+/// Where the next chunk's data starts, `used` bytes into the member's data.
+pub(super) fn chunk_start(used: u64) -> Option<u64> {
+    used.checked_next_multiple_of(BLOCK)
 }
 
 /// Reads a pax sparse 1.0 map from the start of the member's data: decimal numbers
@@ -196,7 +215,7 @@ fn read_sparse_map_1_0(
         let len = next(&mut used)?;
         map.push((offset, len));
     }
-    let pad = used.next_multiple_of(512) - used;
+    let pad = used.next_multiple_of(BLOCK) - used;
     if used + pad > stored {
         return Err("the map is cut short".into());
     }

@@ -15,7 +15,7 @@ use crate::log::shown;
 use crate::Result;
 
 use super::super::errors::{archive_error, corrupt, fail};
-use super::super::gnu::{sparse_layout, PaxInfo, Sparse};
+use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
 use super::{set_attrs, Extractor, Meta};
 use crate::fsops::Node;
@@ -139,8 +139,9 @@ impl Extractor<'_, '_> {
         .map_err(|e| fail(raw, format!("create: {e}")))
     }
 
-    /// A sparse member's data chunks at their offsets: holes are seeked over, never
-    /// written; the length is set at the end.
+    /// A sparse member's chunks as GNU tar writes them, in map order: each chunk's data
+    /// (read from the next block boundary of the member's data) at its offset, holes
+    /// seeked over, never written; a chunk of length 0 truncates the file there.
     fn write_sparse(
         &mut self,
         entry: &mut impl Read,
@@ -148,13 +149,23 @@ impl Extractor<'_, '_> {
         sparse: &Sparse,
         raw: &[u8],
     ) -> Result<()> {
+        let mut used = 0u64;
         for &(offset, len) in &sparse.chunks {
+            if len == 0 {
+                file.set_len(offset)
+                    .map_err(|e| fail(raw, format!("set length: {e}")))?;
+                continue;
+            }
+            // `sparse_layout` checked that every chunk's start fits the member.
+            let start = chunk_start(used).unwrap_or(used);
+            io::copy(&mut entry.take(start - used), &mut io::sink())
+                .map_err(|e| corrupt(self.opts, &e))?;
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| fail(raw, format!("seek: {e}")))?;
             self.copy_data(entry, file, len, raw)?;
+            used = start + len;
         }
-        file.set_len(sparse.size)
-            .map_err(|e| fail(raw, format!("set length: {e}")))
+        Ok(())
     }
 
     /// Copies exactly `len` bytes of the entry's data into `file`.
