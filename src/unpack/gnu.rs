@@ -1,8 +1,11 @@
 //! The layer where GNU tar's readings are added to tar-rs's: the pax records this
-//! crate reads itself (sub-second mtimes, owner names, the sparse records), a member's
-//! real name and type (pax sparse names, V7 trailing-slash and `D` dump directories),
-//! sparse layouts (old-GNU `S`, pax 0.0 / 0.1, and the pax 1.0 map at the start of the
-//! member's data), and GNU base-256 header mtimes (negative ones too).
+//! crate reads itself (sub-second mtimes, owner names, the sparse records) and the
+//! values of every record GNU tar decodes, checked as it checks them (a malformed
+//! one, on which GNU tar fails, refuses the member; global headers' records too), a
+//! member's real name and type (pax sparse names, V7 trailing-slash and `D` dump
+//! directories), sparse layouts (old-GNU `S`, pax 0.0 / 0.1, and the pax 1.0 map at
+//! the start of the member's data) as GNU tar writes them, and GNU base-256 header
+//! mtimes (negative ones too).
 //!
 //! Readings of headers and member bytes only: never touches the filesystem.
 
@@ -13,6 +16,8 @@ use tar::EntryType;
 
 use crate::Result;
 
+use crate::log::shown;
+
 use super::errors::{corrupt, fail};
 use super::UnpackOptions;
 
@@ -20,7 +25,7 @@ use super::UnpackOptions;
 const MAX_SPARSE_CHUNKS: u64 = 1 << 20;
 
 /// What this module reads from a member's pax records (tar-rs applies `path`,
-/// `linkpath`, `size`, `uid` and `gid` itself).
+/// `linkpath`, `size`, `uid` and `gid` itself; their values are checked here).
 #[derive(Debug, Default)]
 pub(super) struct PaxInfo {
     pub(super) mtime: Option<FileTime>,
@@ -28,57 +33,230 @@ pub(super) struct PaxInfo {
     pub(super) gname: Option<Vec<u8>>,
     /// `GNU.sparse.name` (pax sparse 0.1, 1.0): the member's real name.
     pub(super) sparse_name: Option<Vec<u8>>,
-    pub(super) sparse_major: Option<u64>,
+    /// `GNU.sparse.major`: above 0, the map is at the start of the data (1.0).
+    pub(super) sparse_major: u64,
     /// The (offset, length) map of 0.0 (`GNU.sparse.offset` / `numbytes` pairs) or
-    /// 0.1 (`GNU.sparse.map`).
+    /// 0.1 (`GNU.sparse.map`), at most `GNU.sparse.numblocks` chunks.
     pub(super) sparse_map: Vec<(u64, u64)>,
 }
 
 impl PaxInfo {
+    /// The member's pax records, their values checked as GNU tar decodes them: a
+    /// malformed record or value, on which GNU tar fails (exit status 2), refuses the
+    /// member.
     pub(super) fn read<R: Read>(
         entry: &mut tar::Entry<'_, R>,
         opts: &UnpackOptions,
     ) -> Result<PaxInfo> {
+        let name = entry.path_bytes().into_owned();
         let mut info = PaxInfo::default();
         let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(opts, &e))? else {
             return Ok(info);
         };
-        let mut offset: Option<u64> = None;
+        let mut records = PaxRecords::default();
         for ext in exts {
-            // tar-rs takes a malformed record as the end of the header, as GNU tar
-            // does after its warning: the member is read with what came before.
-            let Ok(ext) = ext else { break };
-            let value = ext.value_bytes();
-            let number = || {
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            match ext.key_bytes() {
-                b"mtime" => info.mtime = parse_pax_time(value),
-                b"uname" => info.uname = Some(value.to_vec()),
-                b"gname" => info.gname = Some(value.to_vec()),
-                b"GNU.sparse.name" => info.sparse_name = Some(value.to_vec()),
-                b"GNU.sparse.major" => info.sparse_major = number(),
-                b"GNU.sparse.offset" => offset = number(),
-                b"GNU.sparse.numbytes" => {
-                    if let (Some(o), Some(n)) = (offset.take(), number()) {
-                        info.sparse_map.push((o, n));
-                    }
-                }
-                b"GNU.sparse.map" => {
-                    let numbers: Vec<u64> = std::str::from_utf8(value)
-                        .unwrap_or("")
-                        .split(',')
-                        .filter_map(|n| n.trim().parse().ok())
-                        .collect();
-                    info.sparse_map = numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-                }
-                _ => {}
-            }
+            let ext = ext.map_err(|e| fail(&name, format!("pax header: {e}")))?;
+            records
+                .decode(&mut info, ext.key_bytes(), ext.value_bytes())
+                .map_err(|msg| fail(&name, format!("pax header: {msg}")))?;
         }
         Ok(info)
     }
+}
+
+/// A pax global header (`g`): its records are ignored (SPEC §7), but read as GNU tar
+/// reads them, a malformed one refusing the archive as it fails GNU tar.
+pub(super) fn check_global_header<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    opts: &UnpackOptions,
+) -> Result<()> {
+    let name = entry.path_bytes().into_owned();
+    let mut data = Vec::new();
+    entry
+        .read_to_end(&mut data)
+        .map_err(|e| corrupt(opts, &e))?;
+    for ext in tar::PaxExtensions::new(&data) {
+        ext.map_err(|e| fail(&name, format!("pax global header: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The state of one pax header's sparse records as GNU tar keeps it.
+#[derive(Default)]
+struct PaxRecords {
+    /// `GNU.sparse.numblocks`: how many chunks the map may hold.
+    numblocks: u64,
+    /// `GNU.sparse.offset` waiting for its `numbytes` (pax sparse 0.0).
+    offset: u64,
+}
+
+/// The largest `off_t`, `uid_t` / `gid_t` and `unsigned` GNU tar accepts.
+const OFF_MAX: u64 = i64::MAX as u64;
+const ID_MAX: u64 = u32::MAX as u64;
+
+impl PaxRecords {
+    /// One record, as GNU tar's decoder for its keyword reads it (`xhdr_tab`); an
+    /// unknown keyword is ignored (GNU tar warns).
+    fn decode(
+        &mut self,
+        info: &mut PaxInfo,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::result::Result<(), String> {
+        let number = |max: u64| pax_number(key, value, max);
+        match key {
+            b"mtime" => info.mtime = Some(pax_time(key, value)?),
+            b"atime" | b"ctime" => {
+                pax_time(key, value)?;
+            }
+            b"uid" | b"gid" => {
+                number(ID_MAX)?;
+            }
+            b"size" | b"GNU.sparse.size" | b"GNU.sparse.realsize" => {
+                number(OFF_MAX)?;
+            }
+            b"uname" => info.uname = Some(value.to_vec()),
+            b"gname" => info.gname = Some(value.to_vec()),
+            b"GNU.sparse.name" => info.sparse_name = Some(value.to_vec()),
+            b"GNU.sparse.major" => info.sparse_major = number(ID_MAX)?,
+            b"GNU.sparse.minor" => {
+                number(ID_MAX)?;
+            }
+            b"GNU.sparse.numblocks" => {
+                let n = number(u64::MAX)?;
+                if n > MAX_SPARSE_CHUNKS {
+                    return Err(format!(
+                        "{n} sparse chunks is more than {MAX_SPARSE_CHUNKS}"
+                    ));
+                }
+                self.numblocks = n;
+                info.sparse_map.clear();
+            }
+            b"GNU.sparse.offset" => {
+                let offset = number(OFF_MAX)?;
+                self.room(info, key, value)?;
+                self.offset = offset;
+            }
+            b"GNU.sparse.numbytes" => {
+                let len = number(OFF_MAX)?;
+                self.room(info, key, value)?;
+                info.sparse_map
+                    .push((std::mem::take(&mut self.offset), len));
+            }
+            b"GNU.sparse.map" => {
+                info.sparse_map.clear();
+                let numbers = pax_map(value)?;
+                for pair in numbers.chunks_exact(2) {
+                    self.room(info, key, value)?;
+                    info.sparse_map.push((pair[0], pair[1]));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// GNU tar's "excess" check: the map holds at most `GNU.sparse.numblocks` chunks.
+    fn room(&self, info: &PaxInfo, key: &[u8], value: &[u8]) -> std::result::Result<(), String> {
+        if (info.sparse_map.len() as u64) < self.numblocks {
+            Ok(())
+        } else {
+            Err(format!(
+                "malformed extended header: excess {}={}",
+                shown(key),
+                shown(value)
+            ))
+        }
+    }
+}
+
+/// A pax value as GNU tar's C code sees it: up to its first NUL.
+fn c_str(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+/// The leading decimal digits of `text` as a number (`None` when it overflows) and
+/// how many digits there are.
+fn leading_number(text: &[u8]) -> (Option<u64>, usize) {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = text[..digits].iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    (value, digits)
+}
+
+/// A numeric pax value (`uid`, `size`, `GNU.sparse.offset`...) as GNU tar's
+/// `decode_num` reads it: decimal digits only (an optional `-` when the range allows
+/// it), nothing after them, at most `max`.
+fn pax_number(key: &[u8], value: &[u8], max: u64) -> std::result::Result<u64, String> {
+    let text = c_str(value);
+    let invalid = || {
+        format!(
+            "malformed extended header: invalid {}={}",
+            shown(key),
+            shown(value)
+        )
+    };
+    // `-0` is 0 for GNU tar (strtoimax) when the range is that of a signed type.
+    let (negative, digits_at) = match text.first() {
+        Some(b'-') if max <= i64::MAX as u64 => (true, 1),
+        _ => (false, 0),
+    };
+    let (n, digits) = leading_number(&text[digits_at..]);
+    if digits == 0 || digits_at + digits != text.len() {
+        return Err(invalid());
+    }
+    match n {
+        Some(0) => Ok(0),
+        Some(n) if !negative && n <= max => Ok(n),
+        _ => Err(format!(
+            "extended header {}={} is out of range 0..{max}",
+            shown(key),
+            shown(value)
+        )),
+    }
+}
+
+/// `GNU.sparse.map` (pax sparse 0.1) as GNU tar's `sparse_map_decoder` reads it:
+/// comma-separated decimal numbers, an even count of them.
+fn pax_map(value: &[u8]) -> std::result::Result<Vec<u64>, String> {
+    let text = c_str(value);
+    let mut numbers = Vec::new();
+    let mut rest = text;
+    loop {
+        let (n, digits) = leading_number(rest);
+        if digits == 0 {
+            return Err(format!(
+                "malformed extended header: invalid GNU.sparse.map={}",
+                shown(value)
+            ));
+        }
+        match n.filter(|&n| n <= OFF_MAX) {
+            Some(n) => numbers.push(n),
+            None => {
+                return Err(format!(
+                    "extended header GNU.sparse.map={} is out of range 0..{OFF_MAX}",
+                    shown(value)
+                ))
+            }
+        }
+        match rest.get(digits) {
+            None => break,
+            Some(b',') => rest = &rest[digits + 1..],
+            Some(&c) => {
+                return Err(format!(
+                    "malformed extended header: invalid GNU.sparse.map: unexpected delimiter {}",
+                    shown(&[c])
+                ))
+            }
+        }
+    }
+    if numbers.len() % 2 != 0 {
+        return Err(
+            "malformed extended header: invalid GNU.sparse.map: odd number of values".into(),
+        );
+    }
+    Ok(numbers)
 }
 
 /// The member's name as raw bytes: sparse pax 0.1 / 1.0 members are stored under
@@ -133,7 +311,7 @@ pub(super) fn sparse_layout<R: Read>(
     let (chunks, stored) = if let Some(map) = entry.sparse_map() {
         // tar-rs hands over only the chunks' data, each but the last whole blocks.
         (map.to_vec(), map.iter().map(|&(_, l)| l).sum())
-    } else if pax.sparse_major.is_some_and(|major| major > 0) {
+    } else if pax.sparse_major > 0 {
         let stored = entry.size();
         let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
         (chunks, stored - map_len)
@@ -251,33 +429,56 @@ pub(super) fn header_mtime(h: &tar::Header) -> std::result::Result<i64, String> 
     i64::try_from(value).map_err(|_| "mtime field: out of range".to_string())
 }
 
-/// A pax `mtime` record: decimal seconds with an optional fraction (`1700000000.5`,
-/// `-1.25`). `None` when malformed (the header's whole seconds are used instead).
-pub(super) fn parse_pax_time(value: &[u8]) -> Option<FileTime> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
+/// A pax time (`mtime`, `atime`, `ctime`) as GNU tar's `decode_time` reads it:
+/// decimal seconds, an optional `-`, an optional fraction (digits past the ninth
+/// only round a negative time down); whatever follows the number is ignored (Go's
+/// `mtime=999xxx9324.43` is 999). No digit, or seconds out of range, is an error.
+pub(super) fn pax_time(key: &[u8], value: &[u8]) -> std::result::Result<FileTime, String> {
+    let text = c_str(value);
+    let negative = text.first() == Some(&b'-');
+    let body = &text[usize::from(negative)..];
+    let (whole, digits) = leading_number(body);
+    if digits == 0 {
+        return Err(format!(
+            "malformed extended header: invalid {}={}",
+            shown(key),
+            shown(value)
+        ));
+    }
+    let out_of_range = || {
+        format!(
+            "extended header {}={} is out of range",
+            shown(key),
+            shown(value)
+        )
     };
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let secs: i64 = whole.parse().ok()?;
+    let whole = whole.ok_or_else(out_of_range)?;
+    let mut secs = match negative {
+        false => i64::try_from(whole).map_err(|_| out_of_range())?,
+        true => 0i64.checked_sub_unsigned(whole).ok_or_else(out_of_range)?,
+    };
     let mut nanos: u32 = 0;
-    for (i, d) in frac.bytes().take(9).enumerate() {
-        nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
+    if body.get(digits) == Some(&b'.') {
+        let frac: Vec<u8> = body[digits + 1..]
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        for i in 0..9 {
+            nanos = nanos * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'));
+        }
+        if negative {
+            // "-1.10000000001" is -2 + 0.89999999...: rounded down.
+            if frac.iter().skip(9).any(|&d| d != b'0') {
+                nanos += 1;
+            }
+            if nanos != 0 {
+                secs = secs.checked_sub(1).ok_or_else(out_of_range)?;
+                nanos = 1_000_000_000 - nanos;
+            }
+        }
     }
-    if !negative {
-        Some(FileTime::from_unix_time(secs, nanos))
-    } else if nanos == 0 {
-        Some(FileTime::from_unix_time(-secs, 0))
-    } else {
-        Some(FileTime::from_unix_time(-secs - 1, 1_000_000_000 - nanos))
-    }
+    Ok(FileTime::from_unix_time(secs, nanos))
 }
 
 #[cfg(test)]
@@ -337,25 +538,92 @@ mod tests {
     }
     #[test]
     fn pax_times() {
+        let t = |v: &[u8]| pax_time(b"mtime", v);
+        let at = |s, n| Ok(FileTime::from_unix_time(s, n));
+        assert_eq!(t(b"1700000000.123456789"), at(1_700_000_000, 123_456_789));
+        assert_eq!(t(b"1700000000.5"), at(1_700_000_000, 500_000_000));
+        assert_eq!(t(b"12"), at(12, 0));
+        assert_eq!(t(b"12."), at(12, 0));
+        assert_eq!(t(b"-1.25"), at(-2, 750_000_000));
+        assert_eq!(t(b"-0.5"), at(-1, 500_000_000));
+        assert_eq!(t(b"1.1234567891"), at(1, 123_456_789));
+        // past the ninth digit, a negative time is rounded down
+        assert_eq!(t(b"-1.1234567891"), at(-2, 876_543_210));
+        assert_eq!(t(b"-1.1234567890"), at(-2, 876_543_211));
+        // whatever follows the number is ignored, as GNU tar does
+        assert_eq!(t(b"999xxx9324.432432444444"), at(999, 0));
+        assert_eq!(t(b"5.5x"), at(5, 500_000_000));
+        assert_eq!(t(b"7\0junk"), at(7, 0));
+        for bad in [
+            &b"x"[..],
+            b".5",
+            b"",
+            b" 1",
+            b"+1",
+            b"-",
+            b"99999999999999999999",
+        ] {
+            assert!(t(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(
-            parse_pax_time(b"1700000000.123456789"),
-            Some(FileTime::from_unix_time(1_700_000_000, 123_456_789))
+            t(b"x").unwrap_err(),
+            "malformed extended header: invalid mtime=x"
         );
-        assert_eq!(
-            parse_pax_time(b"1700000000.5"),
-            Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
-        );
-        assert_eq!(parse_pax_time(b"12"), Some(FileTime::from_unix_time(12, 0)));
-        assert_eq!(
-            parse_pax_time(b"-1.25"),
-            Some(FileTime::from_unix_time(-2, 750_000_000))
-        );
-        assert_eq!(
-            parse_pax_time(b"1.1234567891"),
-            Some(FileTime::from_unix_time(1, 123_456_789))
-        );
-        assert_eq!(parse_pax_time(b"x"), None);
-        assert_eq!(parse_pax_time(b".5"), None);
-        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn pax_numbers() {
+        let n = |v: &[u8], max| pax_number(b"uid", v, max);
+        assert_eq!(n(b"1000", ID_MAX), Ok(1000));
+        assert_eq!(n(b"-0", ID_MAX), Ok(0));
+        assert_eq!(n(b"4294967295", ID_MAX), Ok(u64::from(u32::MAX)));
+        assert_eq!(n(b"12\0x", ID_MAX), Ok(12));
+        assert_eq!(n(b"18446744073709551615", u64::MAX), Ok(u64::MAX));
+        for bad in [&b""[..], b"x", b"1x", b" 1", b"+1", b"-", b"1.5"] {
+            assert!(
+                n(bad, ID_MAX).unwrap_err().contains("invalid uid="),
+                "{bad:?}"
+            );
+        }
+        for big in [&b"4294967296"[..], b"-1", b"99999999999999999999999"] {
+            assert!(
+                n(big, ID_MAX).unwrap_err().contains("out of range"),
+                "{big:?}"
+            );
+        }
+        assert!(n(b"-0", u64::MAX).is_err());
+    }
+
+    #[test]
+    fn pax_sparse_records() {
+        let decode = |records: &[(&str, &str)]| {
+            let (mut info, mut r) = (PaxInfo::default(), PaxRecords::default());
+            for (k, v) in records {
+                r.decode(&mut info, k.as_bytes(), v.as_bytes())?;
+            }
+            Ok::<_, String>(info.sparse_map)
+        };
+        let map_0_1 = [
+            ("GNU.sparse.numblocks", "2"),
+            ("GNU.sparse.map", "0,5,100,3"),
+        ];
+        assert_eq!(decode(&map_0_1), Ok(vec![(0, 5), (100, 3)]));
+        let map_0_0 = [
+            ("GNU.sparse.numblocks", "2"),
+            ("GNU.sparse.offset", "0"),
+            ("GNU.sparse.numbytes", "5"),
+            ("GNU.sparse.offset", "100"),
+            ("GNU.sparse.numbytes", "3"),
+        ];
+        assert_eq!(decode(&map_0_0), Ok(vec![(0, 5), (100, 3)]));
+        // more chunks than numblocks, or none declared: GNU tar's "excess"
+        assert!(decode(&[("GNU.sparse.map", "0,5")])
+            .unwrap_err()
+            .contains("excess"));
+        assert!(decode(&[("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,5,9,1")]).is_err());
+        for bad in ["0,5,1", "0;5", "", "0,,5", "x"] {
+            let records = [("GNU.sparse.numblocks", "9"), ("GNU.sparse.map", bad)];
+            assert!(decode(&records).is_err(), "{bad:?}");
+        }
     }
 }

@@ -35,7 +35,7 @@ use self::dirs::DirFix;
 use self::owners::Owners;
 use self::space::Space;
 use super::errors::{fail, refused};
-use super::gnu::{header_mtime, member_kind, member_name, PaxInfo};
+use super::gnu::{check_global_header, header_mtime, member_kind, member_name, PaxInfo};
 use super::path::entry_path;
 use super::{FileAttrs, Staged, Unchanged, UnpackOptions, Written};
 
@@ -135,8 +135,9 @@ impl<'a, 'u> Extractor<'a, 'u> {
     pub(super) fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
-            // pax global header (git archive puts the commit id there): nothing to write.
-            return Ok(());
+            // pax global header (git archive puts the commit id there): nothing to
+            // write, but a malformed record fails as it fails GNU tar.
+            return check_global_header(entry, self.opts);
         }
         let pax = PaxInfo::read(entry, self.opts)?;
         let raw = member_name(entry, &pax);
