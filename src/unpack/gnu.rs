@@ -14,11 +14,10 @@ use std::io::{self, Read};
 use filetime::FileTime;
 use tar::EntryType;
 
+use crate::log::shown;
 use crate::Result;
 
-use crate::log::shown;
-
-use super::errors::{corrupt, fail};
+use super::errors::{corrupt, fail, fail_io, Why};
 use super::UnpackOptions;
 
 /// Sparse map entries a pax 1.0 member may declare (each costs 16 bytes of memory).
@@ -50,12 +49,12 @@ impl PaxInfo {
     ) -> Result<PaxInfo> {
         let name = entry.path_bytes().into_owned();
         let mut info = PaxInfo::default();
-        let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(opts, &e))? else {
+        let Some(exts) = entry.pax_extensions().map_err(|e| corrupt(opts, e))? else {
             return Ok(info);
         };
         let mut records = PaxRecords::default();
         for ext in exts {
-            let ext = ext.map_err(|e| fail(&name, format!("pax header: {e}")))?;
+            let ext = ext.map_err(|e| fail_io(&name, "pax header", e))?;
             records
                 .decode(&mut info, ext.key_bytes(), ext.value_bytes())
                 .map_err(|msg| fail(&name, format!("pax header: {msg}")))?;
@@ -72,11 +71,9 @@ pub(super) fn check_global_header<R: Read>(
 ) -> Result<()> {
     let name = entry.path_bytes().into_owned();
     let mut data = Vec::new();
-    entry
-        .read_to_end(&mut data)
-        .map_err(|e| corrupt(opts, &e))?;
+    entry.read_to_end(&mut data).map_err(|e| corrupt(opts, e))?;
     for ext in tar::PaxExtensions::new(&data) {
-        ext.map_err(|e| fail(&name, format!("pax global header: {e}")))?;
+        ext.map_err(|e| fail_io(&name, "pax global header", e))?;
     }
     Ok(())
 }
@@ -313,7 +310,8 @@ pub(super) fn sparse_layout<R: Read>(
         (map.to_vec(), map.iter().map(|&(_, l)| l).sum())
     } else if pax.sparse_major > 0 {
         let stored = entry.size();
-        let (chunks, map_len) = read_sparse_map_1_0(entry, stored).map_err(bad)?;
+        let (chunks, map_len) =
+            read_sparse_map_1_0(entry, stored).map_err(|why| why.within("sparse map").of(raw))?;
         (chunks, stored - map_len)
     } else if !pax.sparse_map.is_empty() {
         (pax.sparse_map.clone(), entry.size())
@@ -359,14 +357,14 @@ pub(super) fn chunk_start(used: u64) -> Option<u64> {
 fn read_sparse_map_1_0(
     data: &mut impl Read,
     stored: u64,
-) -> std::result::Result<(Vec<(u64, u64)>, u64), String> {
+) -> std::result::Result<(Vec<(u64, u64)>, u64), Why> {
     let mut used = 0u64;
     let mut line = Vec::new();
-    let mut next = |used: &mut u64| -> std::result::Result<u64, String> {
+    let mut next = |used: &mut u64| -> std::result::Result<u64, Why> {
         line.clear();
         loop {
             let mut b = [0u8; 1];
-            if *used >= stored || data.read(&mut b).map_err(|e| e.to_string())? == 0 {
+            if *used >= stored || data.read(&mut b).map_err(Why::said)? == 0 {
                 return Err("the map is cut short".into());
             }
             *used += 1;
@@ -381,11 +379,11 @@ fn read_sparse_map_1_0(
         std::str::from_utf8(&line)
             .ok()
             .and_then(|l| l.parse().ok())
-            .ok_or_else(|| "a map number is empty or too large".to_string())
+            .ok_or_else(|| Why::from("a map number is empty or too large"))
     };
     let count = next(&mut used)?;
     if count > MAX_SPARSE_CHUNKS {
-        return Err(format!("{count} chunks is more than {MAX_SPARSE_CHUNKS}"));
+        return Err(format!("{count} chunks is more than {MAX_SPARSE_CHUNKS}").into());
     }
     let mut map = Vec::new();
     for _ in 0..count {
@@ -397,15 +395,15 @@ fn read_sparse_map_1_0(
     if used + pad > stored {
         return Err("the map is cut short".into());
     }
-    io::copy(&mut data.take(pad), &mut io::sink()).map_err(|e| e.to_string())?;
+    io::copy(&mut data.take(pad), &mut io::sink()).map_err(Why::said)?;
     Ok((map, used + pad))
 }
 
 /// The header's mtime in seconds; GNU base-256 fields may be negative (1969, 1901).
-pub(super) fn header_mtime(h: &tar::Header) -> std::result::Result<i64, String> {
+pub(super) fn header_mtime(h: &tar::Header) -> std::result::Result<i64, Why> {
     let field = &h.as_old().mtime;
     if field[0] & 0x80 == 0 {
-        let secs = h.mtime().map_err(|e| format!("mtime field: {e}"))?;
+        let secs = h.mtime().map_err(|e| Why::io("mtime field", e))?;
         return Ok(i64::try_from(secs).unwrap_or(i64::MAX));
     }
     // Base-256: big-endian two's complement, bit 6 of the first byte the sign.
@@ -426,7 +424,7 @@ pub(super) fn header_mtime(h: &tar::Header) -> std::result::Result<i64, String> 
             return Err("mtime field: out of range".into());
         }
     }
-    i64::try_from(value).map_err(|_| "mtime field: out of range".to_string())
+    i64::try_from(value).map_err(|_| Why::from("mtime field: out of range"))
 }
 
 /// A pax time (`mtime`, `atime`, `ctime`) as GNU tar's `decode_time` reads it:
@@ -496,16 +494,22 @@ mod tests {
         let mut f = [0u8; 12];
         f[0] = 0x80;
         f[8..].copy_from_slice(&1_700_000_000u32.to_be_bytes());
-        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(1_700_000_000));
+        assert_eq!(
+            header_mtime(&header_with_mtime(f)).ok(),
+            Some(1_700_000_000)
+        );
         // -1 and -2^31 - 1 (1901) in GNU's two's complement form
-        assert_eq!(header_mtime(&header_with_mtime([0xff; 12])), Ok(-1));
+        assert_eq!(header_mtime(&header_with_mtime([0xff; 12])).ok(), Some(-1));
         let mut f = [0xff; 12];
         f[7..].copy_from_slice(&[0xff, 0x7f, 0xff, 0xff, 0xff]);
-        assert_eq!(header_mtime(&header_with_mtime(f)), Ok(-(1 << 31) - 1));
+        assert_eq!(
+            header_mtime(&header_with_mtime(f)).ok(),
+            Some(-(1 << 31) - 1)
+        );
         // octal, as before
         let mut h = tar::Header::new_gnu();
         h.set_mtime(12345);
-        assert_eq!(header_mtime(&h), Ok(12345));
+        assert_eq!(header_mtime(&h).ok(), Some(12345));
         // beyond i64
         let mut f = [0u8; 12];
         f[0] = 0x80;

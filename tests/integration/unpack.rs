@@ -606,6 +606,39 @@ fn plain_tar_cut_mid_entry_is_an_error() {
     }
 }
 
+/// An unpack error keeps the io error it says as its `source()` (the stream's, a
+/// header field's), the line unchanged.
+#[test]
+fn errors_keep_the_io_error_they_say() {
+    use std::error::Error as _;
+    let cut = Tar::new()
+        .file("a", &[1; 2000], 0o644, T0)
+        .file("b", b"b", 0o644, T0)
+        .bytes();
+    // inside b's header: tar-rs's read error
+    let e = Stage::new().unpack(&cut[..512 * 5 + 100]).unwrap_err();
+    let cause = e.source().expect("the read error is kept");
+    assert!(
+        cause.downcast_ref::<std::io::Error>().is_some(),
+        "{cause:?}"
+    );
+    assert!(e.to_string().contains("truncated"), "{e}");
+
+    let bad_mode = Tar::new().raw(EntryType::Regular, b"m", b"", b"x").bytes();
+    let mut bad_mode = bad_mode;
+    bad_mode[100..108].copy_from_slice(b"zzzzzzz\0");
+    let mut h = Header::from_byte_slice(&bad_mode[..512]).clone();
+    h.set_cksum();
+    bad_mode[..512].copy_from_slice(h.as_bytes());
+    let e = Stage::new().unpack(&bad_mode).unwrap_err();
+    assert!(matches!(e, Error::Entry { .. }), "{e:?}");
+    let cause = e.source().expect("the header field's error is kept");
+    assert!(
+        e.to_string().contains(&format!("mode field: {cause}")),
+        "{e}"
+    );
+}
+
 #[test]
 fn empty_and_garbage_input_are_errors() {
     assert_archive_error(Stage::new().unpack(b""));

@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::log::shown;
 use crate::Result;
 
-use super::super::errors::{archive_error, corrupt, fail};
+use super::super::errors::{archive_error, corrupt, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
 use super::{set_attrs, Extractor, Meta};
@@ -53,7 +53,7 @@ impl Extractor<'_, '_> {
             Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
         }
         let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
-        set_attrs(Node::Open(&file), &attrs).map_err(|msg| fail(raw, msg))?;
+        set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
         self.note(rel, raw, || file.metadata(), None)?;
         self.entries += 1;
         Ok(())
@@ -136,7 +136,7 @@ impl Extractor<'_, '_> {
             }
             other => other,
         }
-        .map_err(|e| fail(raw, format!("create: {e}")))
+        .map_err(|e| fail_io(raw, "create", e))
     }
 
     /// A sparse member's chunks as GNU tar writes them, in map order: each chunk's data
@@ -153,15 +153,15 @@ impl Extractor<'_, '_> {
         for &(offset, len) in &sparse.chunks {
             if len == 0 {
                 file.set_len(offset)
-                    .map_err(|e| fail(raw, format!("set length: {e}")))?;
+                    .map_err(|e| fail_io(raw, "set length", e))?;
                 continue;
             }
             // `sparse_layout` checked that every chunk's start fits the member.
             let start = chunk_start(used).unwrap_or(used);
             io::copy(&mut entry.take(start - used), &mut io::sink())
-                .map_err(|e| corrupt(self.opts, &e))?;
+                .map_err(|e| corrupt(self.opts, e))?;
             file.seek(SeekFrom::Start(offset))
-                .map_err(|e| fail(raw, format!("seek: {e}")))?;
+                .map_err(|e| fail_io(raw, "seek", e))?;
             self.copy_data(entry, file, len, raw)?;
             used = start + len;
         }
@@ -185,10 +185,10 @@ impl Extractor<'_, '_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(corrupt(self.opts, &e)),
+                Err(e) => return Err(corrupt(self.opts, e)),
             };
             file.write_all(&self.buf[..n])
-                .map_err(|e| fail(raw, format!("write: {e}")))?;
+                .map_err(|e| fail_io(raw, "write", e))?;
             left -= n as u64;
         }
         if left > 0 {
