@@ -172,6 +172,10 @@ pub enum Error {
         url: String,
         /// What went wrong, in words.
         msg: String,
+        /// The underlying error (the decoder's, the parser's, a read's), when there is
+        /// one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// One archive entry was refused or could not be written.
@@ -181,6 +185,10 @@ pub enum Error {
         entry: String,
         /// What went wrong, in words.
         msg: String,
+        /// The underlying error (a filesystem call's, a header field's), when there is
+        /// one.
+        #[source]
+        source: Option<Cause>,
     },
 
     /// A filesystem operation failed on a path.
@@ -533,11 +541,19 @@ mod tests {
             ),
             (Error::io("read", "/x", io()), true),
             // never the error of an attempt today
-            (Error::Archive { url: s(), msg: s() }, true),
+            (
+                Error::Archive {
+                    url: s(),
+                    msg: s(),
+                    source: None,
+                },
+                true,
+            ),
             (
                 Error::Entry {
                     entry: s(),
                     msg: s(),
+                    source: None,
                 },
                 true,
             ),

@@ -798,6 +798,7 @@ mod tests {
         let bad = Error::Archive {
             url: "x".into(),
             msg: "truncated".into(),
+            source: None,
         };
         assert_eq!(
             classify(Step::Download, Some(&bad)),

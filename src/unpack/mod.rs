@@ -139,7 +139,7 @@ pub fn unpack<R: Read + Send>(
     unchanged: Option<&mut dyn Unchanged>,
 ) -> Result<Staged> {
     let mut magic = [0u8; MAGIC_LEN];
-    let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, &e))?;
+    let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, e))?;
     let format = sniff(&magic[..n]);
     let input = (&magic[..n]).chain(reader);
     pipe::run(input, format, opts, |stream| {

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use crate::Result;
 
-use super::errors::{archive_error, chain, corrupt};
+use super::errors::{archive_error_from, chain, corrupt};
 use super::format::{decoder, Format};
 use super::UnpackOptions;
 
@@ -64,10 +64,11 @@ pub(super) fn run<R: Read + Send, T>(
         match (parsed, read, produced) {
             // A source error explains any decoding error, which explains any error the
             // parser then saw.
-            (_, Err(e), _) => Err(corrupt(opts, &e)),
-            (_, Ok(()), Err(e)) => Err(archive_error(
+            (_, Err(e), _) => Err(corrupt(opts, e)),
+            (_, Ok(()), Err(e)) => Err(archive_error_from(
                 opts,
                 format!("{} data is corrupt: {}", format.name(), chain(&e)),
+                e,
             )),
             (result, Ok(()), Ok(())) => result,
         }

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::log::shown;
 use crate::Result;
 
-use super::errors::{archive_error, chain, corrupt};
+use super::errors::{archive_error, archive_error_from, chain, corrupt};
 use super::extract::Extractor;
 use super::format::{Format, FORMATS_TRIED};
 use super::{Staged, Unchanged, UnpackOptions};
@@ -51,9 +51,9 @@ pub(super) fn read_archive<R: Read>(
     let mut x = Extractor::new(into, opts, unchanged);
     // The last member read, for errors in the header that follows it.
     let mut last: Option<Vec<u8>> = None;
-    for entry in archive.entries().map_err(|e| corrupt(opts, &e))? {
+    for entry in archive.entries().map_err(|e| corrupt(opts, e))? {
         crate::interrupt::check()?;
-        let mut entry = entry.map_err(|e| header_error(opts, format, last.as_deref(), &e))?;
+        let mut entry = entry.map_err(|e| header_error(opts, format, last.as_deref(), e))?;
         last = Some(entry.path_bytes().into_owned());
         x.entry(&mut entry)?;
     }
@@ -70,15 +70,16 @@ pub(super) fn read_archive<R: Read>(
     }
     // Read to the very end: the padding after the end-of-archive blocks, and for gzip
     // the member trailers, whose CRC and length the decoder checks as it reaches them.
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, &e))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, e))?;
     // Directory modes and mtimes only once the stream is known to be good, so a failed
     // unpack leaves a staging tree the caller can always remove.
     x.finish()
 }
 
-/// An error of tar-rs reading a header, in words, naming where it is.
-fn header_error(opts: &UnpackOptions, format: Format, last: Option<&[u8]>, e: &io::Error) -> Error {
-    let text = chain(e);
+/// An error of tar-rs reading a header, in words, naming where it is; tar-rs's error
+/// kept as the source.
+fn header_error(opts: &UnpackOptions, format: Format, last: Option<&[u8]>, e: io::Error) -> Error {
+    let text = chain(&e);
     let what = if text.contains("checksum mismatch") {
         "a header's checksum does not match (corrupt data, or not a tar archive)".to_string()
     } else if text.contains("numeric field") {
@@ -101,7 +102,7 @@ fn header_error(opts: &UnpackOptions, format: Format, last: Option<&[u8]>, e: &i
             f.name()
         ),
     };
-    archive_error(opts, msg)
+    archive_error_from(opts, msg, e)
 }
 
 /// The error for a stream that ends before its first member.

@@ -6,7 +6,8 @@ Usage: make_corpus.py OUT_DIR
 Writes OUT_DIR/<name> archives made by real tools (GNU tar in every --format, -S
 sparse in every sparse version, -r / -u appends, --xattrs, -g incremental dumps;
 bsdtar; gzip, pzstd, zstd, xz, bzip2, concatenated members, zero padding; Python's
-tarfile and hand-patched headers for blank and odd fields) and OUT_DIR/index.tsv,
+tarfile and hand-patched headers for blank and odd fields, and for the layouts of Go's
+archive/tar and libarchive's test archives) and OUT_DIR/index.tsv,
 one line per archive:
 
     name <TAB> expectation <TAB> what it covers
@@ -410,6 +411,58 @@ def main():
     with open(os.path.join(OUT, "git-archive.tar"), "wb") as o:
         subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=repo, stdout=o, check=True)
     add("git-archive.tar", "ok", "git archive (pax global header)")
+
+    # Layouts of other projects' test archives that stretcher once read otherwise than
+    # GNU tar (Go's archive/tar testdata, libarchive's test files), built here.
+    gnu = b"ustar  \0"
+    dev = lambda major, minor: {(329, 337): b"%07o\0" % major, (337, 345): b"%07o\0" % minor}
+    def no_data_members(size, tag):
+        out = header(b"nd/", b"5", size, mode=0o750, magic=gnu)
+        out += header(b"nd/file" + tag, b"0", 10, magic=gnu) + pad(b"file data\n")
+        out += header(b"nd/hard" + tag, b"1", size, link=b"nd/file", magic=gnu)
+        out += header(b"nd/sym" + tag, b"2", size, mode=0o777, link=b"file", magic=gnu)
+        if ROOT:
+            out += header(b"nd/fifo" + tag, b"6", size, mode=0o640, magic=gnu)
+            out += header(b"nd/null" + tag, b"3", size, mode=0o666, magic=gnu, fields=dev(1, 3))
+            out += header(b"nd/sda" + tag, b"4", size, mode=0o660, magic=gnu, fields=dev(8, 0))
+        return out
+    raw("no-data-with-size.tar", no_data_members(0, b"") + no_data_members(5, b"-sized") + END,
+        what="link, symlink, device and fifo headers with a size and no data (Go's hdr-only.tar)")
+    readme = b"a v7 member's data\n" * 17
+    # (Directory members: a directory the archive does not list gets the time of its
+    # creation, which a redeploy in another second changes.)
+    v7dir = lambda name: header(name, b"\0", 0, mode=0o755, magic=b"\0" * 8)
+    raw("hardlink-size-no-data-v7.tar",
+        v7dir(b"v7/") + v7dir(b"v7/docs/")
+        + header(b"v7/docs/READMf", b"\0", len(readme), mode=0o444, magic=b"\0" * 8) + pad(readme)
+        + header(b"v7/README", b"1", len(readme), mode=0o444, link=b"v7/docs/READMf", magic=b"\0" * 8),
+        what="a v7 hard link giving its target's size, no data, no end marker (libarchive)")
+    nul_ended = record(b"path", b"pax/long-name")[:-1] + b"\0"
+    raw("pax-record-nul-not-newline.tar",
+        member(b"PaxHeaders/f", nul_ended, b"x") + member(b"f", b"f\n") + END,
+        expect="refuse:malformed extended header: missing newline",
+        what="a pax record ending in NUL (Go's pax-bad-hdr-file.tar)")
+    raw("pax-empty-value-no-newline.tar",
+        member(b"PaxHeaders/empty", b"4 x=", b"x") + member(b"empty", b"") + END,
+        expect="refuse:malformed extended header: missing newline",
+        what="a pax record with an empty value and no newline (libarchive)")
+    raw("pax-mtime-trailing-bytes.tar",
+        pax([(b"mtime", b"999xxx9324.432432444444")]) + member(b"foo", b"mtime 999\n" * 60) + b"\0" * 4,
+        what="a pax mtime with bytes after the number, 4 zero bytes after the last member (Go)")
+    raw("small.tar", member(b"f1", b"f1\n") + header(b"d1/", b"5", mode=0o755) + member(b"d1/f1", b"f1\n") + END,
+        what="a small tar")
+    compress("small.tar", "small.tar.pzstd", "pzstd", "-q", "-c",
+             what="pzstd, under 512 bytes (libarchive's test_compat_zstd_2.tar.zst)")
+    assert os.path.getsize(os.path.join(OUT, "small.tar.pzstd")) < 512
+    chunk1, chunk2 = bytes(range(256)) * 16, b"end"
+    sparse_map = pad(b"2\n0\n%d\n%d\n%d\n" % (len(chunk1), 1 << 20, len(chunk2)))
+    stored = sparse_map + chunk1 + chunk2 + b"!"
+    raw("sparse-pax-1.0-unused-data.tar",
+        pax([(b"size", b"%d" % len(stored)), (b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+             (b"GNU.sparse.name", b"sparse-file"), (b"GNU.sparse.realsize", b"%d" % ((1 << 20) + 4))])
+        + header(b"GNUSparseFile.0/sparse-file", b"0", len(stored)) + pad(stored)
+        + member(b"after", b"after\n") + END,
+        what="pax 1.0 sparse: data the map does not use, a real size past the last chunk (libarchive)")
 
     # What SPEC §7 refuses (GNU tar fails on these too).
     raw("not-an-archive.bin", b"This is not an archive at all.\n" * 40, expect="refuse:not an archive",

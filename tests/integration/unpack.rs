@@ -341,6 +341,57 @@ fn pax_global_header_is_ignored() {
     assert!(!s.path("pax_global_header").exists());
 }
 
+/// pax records are read as GNU tar 1.34 reads them: a malformed record or value,
+/// on which GNU tar fails (exit status 2), refuses the member; what GNU tar accepts
+/// (blanks around the length, an mtime with trailing bytes) is read as it reads it.
+#[test]
+fn pax_records_as_gnu_tar_reads_them() {
+    let with_x = |records: &[u8]| {
+        Tar::new()
+            .raw(EntryType::XHeader, b"PaxHeaders/f", b"", records)
+            .file("f", b"data", 0o644, T0)
+            .gz()
+    };
+    for bad in [
+        &b"12 path=name"[..],       // no newline
+        b"13 path=name\n9 mtime=5", // the second record
+        b"12 pathname\n",           // no '='
+        b"99 path=x\n",             // longer than the header
+        b"x path=name\n",           // no length
+        b"8path=x\n",               // no blank after the length
+        b"11 mtime=x\n",            // GNU tar: invalid mtime=x
+        b"9 uid=-1\n",              // out of range
+        b"11 size=1x\n",            // invalid size
+        b"22 GNU.sparse.map=0,1\n", // more chunks than numblocks
+    ] {
+        let r = Stage::new().unpack(&with_x(bad));
+        assert!(
+            matches!(&r, Err(e @ Error::Entry { .. }) if e.to_string().contains("pax header: ")),
+            "{:?}: {r:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // GNU tar reads "999xxx1" as 999 and allows blanks and tabs around the length;
+    // NULs after the last record end the list.
+    let s = Stage::new();
+    s.unpack(&with_x(b" \t20 \tmtime=999xxx1\n\0\0")).unwrap();
+    assert_eq!(mtime(&s.path("f")), secs(999));
+
+    // A malformed global header fails too, though its records are ignored.
+    let mut t = Tar::new();
+    let mut h = Header::new_ustar();
+    let rec = b"12 comment=x";
+    h.set_entry_type(EntryType::XGlobalHeader);
+    h.set_size(rec.len() as u64);
+    h.set_path("pax_global_header").unwrap();
+    h.set_cksum();
+    t.0.append(&h, &rec[..]).unwrap();
+    assert_entry_error(
+        Stage::new().unpack(&t.file("a", b"1", 0o644, T0).gz()),
+        "pax_global_header",
+    );
+}
+
 #[test]
 fn non_utf8_file_name() {
     let s = Stage::new();
@@ -546,12 +597,46 @@ fn plain_tar_cut_mid_entry_is_an_error() {
         assert_archive_error(s.unpack(&full[..cut]));
     }
     // exactly after b, no end-of-archive marker: accepted with a warning (SPEC §7),
-    // as GNU tar does; with one zero block or with the marker: fine
-    for cut in [after_b, after_b + 512, after_b + 1024] {
+    // as GNU tar does, also with fewer than 512 zero bytes after it (GNU tar drops a
+    // short last block); with one zero block or with the marker: fine
+    for cut in [after_b, after_b + 100, after_b + 512, after_b + 1024] {
         let s = Stage::new();
         s.unpack(&full[..cut]).unwrap();
         assert_eq!(fs::read(s.path("b")).unwrap(), b"bb");
     }
+}
+
+/// An unpack error keeps the io error it says as its `source()` (the stream's, a
+/// header field's), the line unchanged.
+#[test]
+fn errors_keep_the_io_error_they_say() {
+    use std::error::Error as _;
+    let cut = Tar::new()
+        .file("a", &[1; 2000], 0o644, T0)
+        .file("b", b"b", 0o644, T0)
+        .bytes();
+    // inside b's header: tar-rs's read error
+    let e = Stage::new().unpack(&cut[..512 * 5 + 100]).unwrap_err();
+    let cause = e.source().expect("the read error is kept");
+    assert!(
+        cause.downcast_ref::<std::io::Error>().is_some(),
+        "{cause:?}"
+    );
+    assert!(e.to_string().contains("truncated"), "{e}");
+
+    let bad_mode = Tar::new().raw(EntryType::Regular, b"m", b"", b"x").bytes();
+    let mut bad_mode = bad_mode;
+    bad_mode[100..108].copy_from_slice(b"zzzzzzz\0");
+    let mut h = Header::from_byte_slice(&bad_mode[..512]).clone();
+    h.set_cksum();
+    bad_mode[..512].copy_from_slice(h.as_bytes());
+    let e = Stage::new().unpack(&bad_mode).unwrap_err();
+    assert!(matches!(e, Error::Entry { .. }), "{e:?}");
+    let cause = e.source().expect("the header field's error is kept");
+    assert!(
+        e.to_string().contains(&format!("mode field: {cause}")),
+        "{e}"
+    );
 }
 
 #[test]

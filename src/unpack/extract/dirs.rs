@@ -15,12 +15,10 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 use tar::EntryType;
 
-use crate::error::Error;
 use crate::fsops::{Attrs, Node};
-use crate::log::shown;
 use crate::Result;
 
-use super::super::errors::fail;
+use super::super::errors::{fail, fail_io, Why};
 use super::super::gnu::PaxInfo;
 use super::{seconds, set_attrs, Extractor, Meta};
 
@@ -69,7 +67,7 @@ impl Extractor<'_, '_> {
             match mkdir(&abs) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let is_dir = fs::symlink_metadata(&abs)
-                        .map_err(|e| fail(raw, format!("stat: {e}")))?
+                        .map_err(|e| fail_io(raw, "stat", e))?
                         .is_dir();
                     if !is_dir {
                         self.remove_existing(rel, &abs, raw)?;
@@ -80,7 +78,7 @@ impl Extractor<'_, '_> {
                 }
                 other => other,
             }
-            .map_err(|e| fail(raw, format!("mkdir: {e}")))?;
+            .map_err(|e| fail_io(raw, "mkdir", e))?;
             self.dirs.insert(rel.to_path_buf());
         }
         self.fixes.insert(rel.to_path_buf(), meta.into());
@@ -126,7 +124,7 @@ impl Extractor<'_, '_> {
                 }
                 Ok(_) => return Err(fail(raw, format!("{what}{prefix:?} is not a directory"))),
                 Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
-                    mkdir(&abs).map_err(|e| fail(raw, format!("mkdir {prefix:?}: {e}")))?;
+                    mkdir(&abs).map_err(|e| fail_io(raw, &format!("mkdir {prefix:?}"), e))?;
                     if self.needs_chmod(IMPLICIT_DIR_MODE) {
                         let fix = DirFix {
                             mode: IMPLICIT_DIR_MODE,
@@ -136,7 +134,7 @@ impl Extractor<'_, '_> {
                         self.fixes.insert(prefix.clone(), fix);
                     }
                 }
-                Err(e) => return Err(fail(raw, format!("{what}stat {prefix:?}: {e}"))),
+                Err(e) => return Err(fail_io(raw, &format!("{what}stat {prefix:?}"), e)),
             }
             self.dirs.insert(prefix.clone());
         }
@@ -169,12 +167,12 @@ impl Extractor<'_, '_> {
             } else {
                 self.into.join(rel)
             };
-            let name = if rel.as_os_str().is_empty() {
-                ".".to_string()
+            let name: &[u8] = if rel.as_os_str().is_empty() {
+                b"."
             } else {
-                shown(rel.as_os_str().as_bytes())
+                rel.as_os_str().as_bytes()
             };
-            let dir = apply_dir(&abs, fix).map_err(|msg| Error::Entry { entry: name, msg })?;
+            let dir = apply_dir(&abs, fix).map_err(|why| why.of(name))?;
             if !rel.as_os_str().is_empty() {
                 self.note(rel, rel.as_os_str().as_bytes(), || dir.metadata(), None)?;
             }
@@ -184,13 +182,13 @@ impl Extractor<'_, '_> {
 }
 
 /// Answers the open directory (for its final `fstat`).
-fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, String> {
+fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, Why> {
     // O_NOFOLLOW: even if something replaced the directory by a symlink, never follow it.
     let dir = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
         .open(abs)
-        .map_err(|e| format!("open directory: {e}"))?;
+        .map_err(|e| Why::io("open directory", e))?;
     let attrs = Attrs {
         owner: fix.owner,
         mode: Some(fix.mode),

@@ -14,8 +14,8 @@ use std::path::Path;
 use crate::log::shown;
 use crate::Result;
 
-use super::super::errors::{archive_error, corrupt, fail};
-use super::super::gnu::{sparse_layout, PaxInfo, Sparse};
+use super::super::errors::{archive_error, corrupt, fail_io};
+use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
 use super::{set_attrs, Extractor, Meta};
 use crate::fsops::Node;
@@ -53,7 +53,7 @@ impl Extractor<'_, '_> {
             Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
         }
         let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
-        set_attrs(Node::Open(&file), &attrs).map_err(|msg| fail(raw, msg))?;
+        set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
         self.note(rel, raw, || file.metadata(), None)?;
         self.entries += 1;
         Ok(())
@@ -136,11 +136,12 @@ impl Extractor<'_, '_> {
             }
             other => other,
         }
-        .map_err(|e| fail(raw, format!("create: {e}")))
+        .map_err(|e| fail_io(raw, "create", e))
     }
 
-    /// A sparse member's data chunks at their offsets: holes are seeked over, never
-    /// written; the length is set at the end.
+    /// A sparse member's chunks as GNU tar writes them, in map order: each chunk's data
+    /// (read from the next block boundary of the member's data) at its offset, holes
+    /// seeked over, never written; a chunk of length 0 truncates the file there.
     fn write_sparse(
         &mut self,
         entry: &mut impl Read,
@@ -148,13 +149,23 @@ impl Extractor<'_, '_> {
         sparse: &Sparse,
         raw: &[u8],
     ) -> Result<()> {
+        let mut used = 0u64;
         for &(offset, len) in &sparse.chunks {
+            if len == 0 {
+                file.set_len(offset)
+                    .map_err(|e| fail_io(raw, "set length", e))?;
+                continue;
+            }
+            // `sparse_layout` checked that every chunk's start fits the member.
+            let start = chunk_start(used).unwrap_or(used);
+            io::copy(&mut entry.take(start - used), &mut io::sink())
+                .map_err(|e| corrupt(self.opts, e))?;
             file.seek(SeekFrom::Start(offset))
-                .map_err(|e| fail(raw, format!("seek: {e}")))?;
+                .map_err(|e| fail_io(raw, "seek", e))?;
             self.copy_data(entry, file, len, raw)?;
+            used = start + len;
         }
-        file.set_len(sparse.size)
-            .map_err(|e| fail(raw, format!("set length: {e}")))
+        Ok(())
     }
 
     /// Copies exactly `len` bytes of the entry's data into `file`.
@@ -174,10 +185,10 @@ impl Extractor<'_, '_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(corrupt(self.opts, &e)),
+                Err(e) => return Err(corrupt(self.opts, e)),
             };
             file.write_all(&self.buf[..n])
-                .map_err(|e| fail(raw, format!("write: {e}")))?;
+                .map_err(|e| fail_io(raw, "write", e))?;
             left -= n as u64;
         }
         if left > 0 {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::Result;
 
-use super::super::errors::{fail, refused};
+use super::super::errors::{fail, fail_io, refused};
 use super::super::gnu::PaxInfo;
 use super::super::path::link_target;
 use super::{set_attrs, Extractor};
@@ -42,8 +42,8 @@ impl Extractor<'_, '_> {
             }
             other => other,
         }
-        .map_err(|e| fail(raw, format!("symlink: {e}")))?;
-        set_attrs(Node::At(&abs), &meta.attrs(false, true)).map_err(|msg| fail(raw, msg))?;
+        .map_err(|e| fail_io(raw, "symlink", e))?;
+        set_attrs(Node::At(&abs), &meta.attrs(false, true)).map_err(|why| why.of(raw))?;
         let stat = || fs::symlink_metadata(&abs);
         self.note(rel, raw, stat, Some(target.as_bytes()))?;
         self.entries += 1;
@@ -88,7 +88,7 @@ impl Extractor<'_, '_> {
             }
             other => other,
         }
-        .map_err(|e| fail(raw, format!("hard link to {:?}: {e}", target)))?;
+        .map_err(|e| fail_io(raw, &format!("hard link to {target:?}"), e))?;
         // The same inode as the target's (a link never changes what the index keeps).
         match self.written.get(&target).cloned() {
             Some(w) => {

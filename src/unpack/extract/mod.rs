@@ -34,8 +34,8 @@ use crate::Result;
 use self::dirs::DirFix;
 use self::owners::Owners;
 use self::space::Space;
-use super::errors::{fail, refused};
-use super::gnu::{header_mtime, member_kind, member_name, PaxInfo};
+use super::errors::{fail_io, refused, Why};
+use super::gnu::{check_global_header, header_mtime, member_kind, member_name, PaxInfo};
 use super::path::entry_path;
 use super::{FileAttrs, Staged, Unchanged, UnpackOptions, Written};
 
@@ -67,19 +67,18 @@ fn seconds(t: FileTime) -> (i64, u32) {
 }
 
 /// Owner → mode → mtime on a node the unpack just made ([`fsops::apply`]), a failure
-/// told as the step's cause (`step_error`).
-fn set_attrs(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), String> {
-    fsops::apply(node, attrs).map_err(|(step, e)| step_error(step, &e))
+/// told as the step's cause (`step_name`), its io error kept.
+fn set_attrs(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), Why> {
+    fsops::apply(node, attrs).map_err(|(step, e)| Why::io(step_name(step), e))
 }
 
 /// The unpack's words for a failed step: `chown: …`, `chmod: …`, `set mtime: …`.
-fn step_error(step: Step, e: &io::Error) -> String {
-    let what = match step {
+fn step_name(step: Step) -> &'static str {
+    match step {
         Step::Owner => "chown",
         Step::Mode => "chmod",
         Step::Times => "set mtime",
-    };
-    format!("{what}: {e}")
+    }
 }
 
 pub(super) struct Extractor<'a, 'u> {
@@ -135,8 +134,9 @@ impl<'a, 'u> Extractor<'a, 'u> {
     pub(super) fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
-            // pax global header (git archive puts the commit id there): nothing to write.
-            return Ok(());
+            // pax global header (git archive puts the commit id there): nothing to
+            // write, but a malformed record fails as it fails GNU tar.
+            return check_global_header(entry, self.opts);
         }
         let pax = PaxInfo::read(entry, self.opts)?;
         let raw = member_name(entry, &pax);
@@ -202,13 +202,10 @@ impl<'a, 'u> Extractor<'a, 'u> {
         raw: &[u8],
     ) -> Result<Meta> {
         let h = entry.header();
-        let mode = h
-            .mode()
-            .map_err(|e| fail(raw, format!("mode field: {e}")))?
-            & 0o7777;
+        let mode = h.mode().map_err(|e| fail_io(raw, "mode field", e))? & 0o7777;
         let mtime = match pax.mtime {
             Some(t) => t,
-            None => FileTime::from_unix_time(header_mtime(h).map_err(|e| fail(raw, e))?, 0),
+            None => FileTime::from_unix_time(header_mtime(h).map_err(|why| why.of(raw))?, 0),
         };
         let owner = if self.opts.same_owner {
             Some(self.owners.of(h, pax, raw)?)
@@ -220,15 +217,15 @@ impl<'a, 'u> Extractor<'a, 'u> {
 
     /// A later entry replaces what an earlier one put at `abs` (as GNU tar does).
     fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
-        let m = fs::symlink_metadata(abs).map_err(|e| fail(raw, format!("stat: {e}")))?;
+        let m = fs::symlink_metadata(abs).map_err(|e| fail_io(raw, "stat", e))?;
         if m.is_dir() {
             // remove_dir_all never follows symlinks inside the tree.
-            fs::remove_dir_all(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            fs::remove_dir_all(abs).map_err(|e| fail_io(raw, "remove", e))?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
             self.written.retain(|d, _| !d.starts_with(rel));
         } else {
-            fs::remove_file(abs).map_err(|e| fail(raw, format!("remove: {e}")))?;
+            fs::remove_file(abs).map_err(|e| fail_io(raw, "remove", e))?;
             self.written.remove(rel);
         }
         Ok(())
@@ -252,7 +249,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         target: Option<&[u8]>,
     ) -> Result<()> {
         if self.opts.link_unchanged {
-            let meta = stat().map_err(|e| fail(raw, format!("stat: {e}")))?;
+            let meta = stat().map_err(|e| fail_io(raw, "stat", e))?;
             let target = target.map(<[u8]>::to_vec);
             self.written
                 .insert(rel.to_path_buf(), Written { meta, target });

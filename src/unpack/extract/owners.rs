@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::Result;
 
-use super::super::errors::fail;
+use super::super::errors::{fail, fail_io};
 use super::super::gnu::PaxInfo;
 
 /// The user and group name caches of one unpack.
@@ -23,8 +23,8 @@ impl Owners {
     /// `uname` / `gname` before the header's names, the header's ids when a name is
     /// missing or unknown here.
     pub(super) fn of(&mut self, h: &tar::Header, pax: &PaxInfo, raw: &[u8]) -> Result<(u32, u32)> {
-        let uid = h.uid().map_err(|e| fail(raw, format!("uid field: {e}")))?;
-        let gid = h.gid().map_err(|e| fail(raw, format!("gid field: {e}")))?;
+        let uid = h.uid().map_err(|e| fail_io(raw, "uid field", e))?;
+        let gid = h.gid().map_err(|e| fail_io(raw, "gid field", e))?;
         let uname = pax.uname.as_deref().or(h.username_bytes());
         let gname = pax.gname.as_deref().or(h.groupname_bytes());
         let uid = match uname.and_then(|n| cached(&mut self.users, n, user_by_name)) {

@@ -13,7 +13,7 @@ use crate::fsops::{self, Node};
 use crate::log::shown;
 use crate::Result;
 
-use super::super::errors::fail;
+use super::super::errors::{fail_from, fail_io};
 use super::super::gnu::PaxInfo;
 use super::{set_attrs, Extractor, Meta};
 
@@ -60,8 +60,12 @@ impl Extractor<'_, '_> {
         let dev = if sflag == SFlag::S_IFIFO {
             0
         } else {
-            let major = h.device_major().map_err(|e| fail(raw, format!("{e}")))?;
-            let minor = h.device_minor().map_err(|e| fail(raw, format!("{e}")))?;
+            let major = h
+                .device_major()
+                .map_err(|e| fail_from(raw, e.to_string(), e))?;
+            let minor = h
+                .device_minor()
+                .map_err(|e| fail_from(raw, e.to_string(), e))?;
             makedev(major.unwrap_or(0).into(), minor.unwrap_or(0).into())
         };
         let make = |abs: &Path| fsops::mknod_with(abs, sflag.bits(), meta.mode, dev);
@@ -72,10 +76,10 @@ impl Extractor<'_, '_> {
             }
             other => other,
         }
-        .map_err(|e| fail(raw, format!("mknod: {e}")))?;
+        .map_err(|e| fail_io(raw, "mknod", e))?;
         // Just created by mknod, so not a symlink: the chmod cannot be redirected.
         let attrs = meta.attrs(self.needs_chmod(meta.mode), true);
-        set_attrs(Node::At(&abs), &attrs).map_err(|msg| fail(raw, msg))?;
+        set_attrs(Node::At(&abs), &attrs).map_err(|why| why.of(raw))?;
         self.note(rel, raw, || fs::symlink_metadata(&abs), None)?;
         self.entries += 1;
         Ok(())

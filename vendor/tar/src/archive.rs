@@ -48,6 +48,10 @@ struct EntriesFields<'a> {
     next: u64,
     done: bool,
     raw: bool,
+    /// PATCH(no-data): the size the last header gave a member of a type that has no
+    /// data (see `has_no_data`), when not 0: the bytes after that header are read as
+    /// the next header, as GNU tar reads them, unless they are not one.
+    unread_size: Option<u64>,
 }
 
 impl<R: Read> Archive<R> {
@@ -213,6 +217,7 @@ impl Archive<dyn Read + '_> {
             done: false,
             next: 0,
             raw: false,
+            unread_size: None,
         })
     }
 
@@ -288,13 +293,18 @@ impl<'a> EntriesFields<'a> {
     ) -> io::Result<Option<Entry<'a, io::Empty>>> {
         let mut header = Header::new_old();
         let mut header_pos = self.next;
+        let unread_size = self.unread_size.take();
         loop {
             // Seek to the start of the next header in the archive
             let delta = self.next - self.archive.inner.pos.get();
             self.skip(delta)?;
 
             // EOF is an indicator that we are at the end of the archive.
-            if !try_read_all(&mut &self.archive.inner, header.as_mut_bytes())? {
+            // PATCH(short-block): so is a last block of fewer than 512 bytes, all
+            // zeros: GNU tar reads whole blocks only and drops such a tail unread (Go's
+            // archive/tar test archives end so). One that holds anything else is a
+            // header cut short.
+            if !read_header_block(&mut &self.archive.inner, header.as_mut_bytes())? {
                 return Ok(None);
             }
 
@@ -319,6 +329,18 @@ impl<'a> EntriesFields<'a> {
             .chain(&header.as_bytes()[156..])
             .fold(0, |a, b| a + (*b as u32))
             + 8 * 32;
+        // PATCH(no-data): after a member of a type without data whose header gave a
+        // size, a block that is not a header is that size's data (a hard link that
+        // carries data, which POSIX allows for pax): skipped, and the header read
+        // after it. A block that is a header is read as one, as GNU tar does.
+        if let Some(unread) = unread_size {
+            if header.cksum().ok() != Some(sum) {
+                self.next = header_pos
+                    .checked_add(round_up_to_block(unread)?)
+                    .ok_or_else(|| other("size overflow"))?;
+                return self.next_entry_raw(pax_extensions);
+            }
+        }
         let cksum = header.cksum()?;
         if sum != cksum {
             return Err(other("archive header checksum mismatch"));
@@ -356,6 +378,13 @@ impl<'a> EntriesFields<'a> {
         // PATCH(dir-size): GNU tar never skips data after a directory header ('5';
         // `skip_member`): its size is not the size of anything that follows.
         if entry_type.is_dir() {
+            size = 0;
+        }
+        // PATCH(no-data): nor after a hard link, symlink, device or fifo header: GNU
+        // tar's extractors for these read no data, whatever the size says. The
+        // next header decides (`unread_size`).
+        if has_no_data(entry_type) && size > 0 {
+            self.unread_size = Some(size);
             size = 0;
         }
         let ret = EntryFields {
@@ -617,6 +646,37 @@ impl<R: ?Sized + Seek> Seek for &ArchiveInner<R> {
         self.pos.set(pos);
         Ok(pos)
     }
+}
+
+/// PATCH(no-data): the member types GNU tar extracts without reading data.
+fn has_no_data(kind: crate::EntryType) -> bool {
+    kind.is_hard_link()
+        || kind.is_symlink()
+        || kind.is_character_special()
+        || kind.is_block_special()
+        || kind.is_fifo()
+}
+
+/// `size` rounded up to whole blocks.
+fn round_up_to_block(size: u64) -> io::Result<u64> {
+    size.checked_add(BLOCK_SIZE - 1)
+        .map(|s| s & !(BLOCK_SIZE - 1))
+        .ok_or_else(|| other("size overflow"))
+}
+
+/// PATCH(short-block): reads a header block. `false` at the end of the input: nothing
+/// left, or fewer than 512 bytes left that are all zeros (GNU tar reads whole blocks
+/// only). Fewer than 512 bytes holding anything else: an error (a header cut short).
+fn read_header_block<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut read = 0;
+    while read < buf.len() {
+        match r.read(&mut buf[read..])? {
+            0 if buf[..read].iter().all(|&b| b == 0) => return Ok(false),
+            0 => return Err(other("failed to read entire block")),
+            n => read += n,
+        }
+    }
+    Ok(true)
 }
 
 /// Try to fill the buffer from the reader.

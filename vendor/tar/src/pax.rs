@@ -41,10 +41,12 @@ pub const PAX_GNUSPARSEREALSIZE: &str = "GNU.sparse.realsize";
 /// key/value pairs.
 ///
 /// PATCH(pax-length): records are cut by their decimal length prefix, as POSIX
-/// defines them (and GNU tar reads them), so a value may hold any byte, newlines
-/// included (binary xattrs such as `security.ima`, comments, paths). A record whose
-/// length does not fit, or that does not end in a newline, is malformed and ends
-/// the iteration.
+/// defines them, so a value may hold any byte, newlines included (binary xattrs such
+/// as `security.ima`, comments, paths). PATCH(pax-record): each record is read as GNU
+/// tar 1.34's `decode_record` reads it: blanks and tabs before the length and after
+/// it, a NUL where a length should start ends the list silently (padding), and a
+/// malformed record is an error worded as GNU tar words it (it ends the iteration;
+/// GNU tar applies the records before it and exits with status 2).
 pub struct PaxExtensions<'entry> {
     data: &'entry [u8],
 }
@@ -90,33 +92,69 @@ impl<'entry> Iterator for PaxExtensions<'entry> {
     type Item = io::Result<PaxExtension<'entry>>;
 
     fn next(&mut self) -> Option<io::Result<PaxExtension<'entry>>> {
-        // What follows the last record is padding (NULs) in real archives.
-        if self.data.is_empty() || self.data[0] == 0 {
-            return None;
-        }
-        let record = self.data.iter().position(|b| *b == b' ').and_then(|i| {
-            let len = str::from_utf8(&self.data[..i])
-                .ok()?
-                .parse::<usize>()
-                .ok()?;
-            if len <= i + 1 || len > self.data.len() || self.data[len - 1] != b'\n' {
-                return None;
+        match decode_record(self.data) {
+            Ok(None) => {
+                self.data = &[];
+                None
             }
-            let kv = &self.data[i + 1..len - 1];
-            let equals = kv.iter().position(|b| *b == b'=')?;
-            Some((len, &kv[..equals], &kv[equals + 1..]))
-        });
-        match record {
-            Some((len, key, value)) => {
+            Ok(Some((len, key, value))) => {
                 self.data = &self.data[len..];
                 Some(Ok(PaxExtension { key, value }))
             }
-            None => {
+            Err(msg) => {
                 self.data = &[];
-                Some(Err(other("malformed pax extension")))
+                Some(Err(other(msg)))
             }
         }
     }
+}
+
+/// PATCH(pax-record): the first record of `data` as GNU tar's `decode_record` reads
+/// it: `Ok(None)` at the end of the list (nothing left, or a NUL where the length
+/// starts), else its length, key and value, or GNU tar's words for what is wrong.
+/// (GNU tar sees the data as a C string: a NUL past its end stops every scan.)
+fn decode_record(data: &[u8]) -> Result<Option<(usize, &[u8], &[u8])>, &'static str> {
+    let at = |i: usize| data.get(i).copied().unwrap_or(0);
+    let is_blank = |b: u8| b == b' ' || b == b'\t';
+    let mut p = 0;
+    while is_blank(at(p)) {
+        p += 1;
+    }
+    if !at(p).is_ascii_digit() {
+        return match at(p) {
+            0 => Ok(None),
+            _ => Err("malformed extended header: missing length"),
+        };
+    }
+    let mut len: usize = 0;
+    while at(p).is_ascii_digit() {
+        len = len
+            .checked_mul(10)
+            .and_then(|l| l.checked_add(usize::from(at(p) - b'0')))
+            .ok_or("extended header length is out of allowed range")?;
+        p += 1;
+    }
+    if len > data.len() {
+        return Err("extended header length is out of range");
+    }
+    let len_end = p;
+    while is_blank(at(p)) {
+        p += 1;
+    }
+    if p == len_end {
+        return Err("malformed extended header: missing blank after length");
+    }
+    let key_start = p;
+    while at(p) != 0 && at(p) != b'=' {
+        p += 1;
+    }
+    if at(p) != b'=' || p >= len {
+        return Err("malformed extended header: missing equal sign");
+    }
+    if data[len - 1] != b'\n' {
+        return Err("malformed extended header: missing newline");
+    }
+    Ok(Some((len, &data[key_start..p], &data[p + 1..len - 1])))
 }
 
 impl<'entry> PaxExtension<'entry> {
