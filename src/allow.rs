@@ -162,7 +162,7 @@ mod tests {
             if let Err(e) = got {
                 let m = e.to_string();
                 assert!(
-                    m.contains("refused by --allow-url") && m.contains(url),
+                    m.contains("refused by --allow-url") && m.contains(&crate::urls::redact(url)),
                     "{m}"
                 );
             }

@@ -2,7 +2,8 @@
 //!
 //! Every variant prints as one line that names what it was about (the URL as the
 //! user wrote it, the path, the archive entry); `source()` keeps the cause. It must
-//! never carry a secret (a presigned URL, a key).
+//! never carry a secret (a presigned URL, a key), and a URL it names is printed
+//! through `urls::redact` (a password and the query string replaced, SPEC §17).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ pub enum Error {
     NoConsulEvents,
 
     /// The manifest could not be expanded, parsed or validated.
-    #[error("manifest {url}: {msg}")]
+    #[error("manifest {url}: {msg}", url = crate::urls::redact(.url))]
     Manifest {
         /// The manifest URL.
         url: String,
@@ -81,7 +82,7 @@ pub enum Error {
 
     /// `--trusted-key` is given and the manifest has no valid signature by one of
     /// the keys (SPEC §15): refused, nothing of it is used.
-    #[error("manifest {url}: refused: {reason}")]
+    #[error("manifest {url}: refused: {reason}", url = crate::urls::redact(.url))]
     Signature {
         /// The manifest URL.
         url: String,
@@ -91,7 +92,7 @@ pub enum Error {
 
     /// The manifest is stale (SPEC §15): past its `expires`, or its `serial` is
     /// lower than that of the last successful deploy to the same dest. Refused.
-    #[error("manifest {url}: refused: {msg}")]
+    #[error("manifest {url}: refused: {msg}", url = crate::urls::redact(.url))]
     Freshness {
         /// The manifest URL.
         url: String,
@@ -100,7 +101,7 @@ pub enum Error {
     },
 
     /// A source could not be read (after its retries).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Fetch {
         /// The URL, as the user wrote it.
         url: String,
@@ -112,7 +113,7 @@ pub enum Error {
     },
 
     /// A source answered with a non-2xx HTTP status (retried like any failed attempt).
-    #[error("fetch {url}: HTTP {status}{detail}")]
+    #[error("fetch {url}: HTTP {status}{detail}", url = crate::urls::redact(.url))]
     HttpStatus {
         /// The URL, as the user wrote it.
         url: String,
@@ -123,7 +124,7 @@ pub enum Error {
     },
 
     /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     S3 {
         /// The `s3://` URL, as the user wrote it.
         url: String,
@@ -136,7 +137,7 @@ pub enum Error {
 
     /// A `gs://` source could not be asked for (bad URL, no credentials, a token
     /// endpoint that refused the grant).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Gcs {
         /// The `gs://` URL, as the user wrote it.
         url: String,
@@ -148,7 +149,7 @@ pub enum Error {
     },
 
     /// The whole-download deadline (`--timeout`) passed.
-    #[error("fetch {url}: timeout after {secs:.1}s")]
+    #[error("fetch {url}: timeout after {secs:.1}s", url = crate::urls::redact(.url))]
     Timeout {
         /// The URL, as the user wrote it.
         url: String,
@@ -166,7 +167,7 @@ pub enum Error {
     },
 
     /// The archive is not a readable tar / tar.gz stream.
-    #[error("archive {url}: {msg}")]
+    #[error("archive {url}: {msg}", url = crate::urls::redact(.url))]
     Archive {
         /// The `src` URL, as the user wrote it.
         url: String,
@@ -291,7 +292,7 @@ pub enum Error {
     /// A URL or manifest was refused before it was used (`--allow-url`): the
     /// allow-list's own error (only `allow` makes it); the record says `refused`
     /// (SPEC §11).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Refused {
         /// The URL, as the user wrote it.
         url: String,
@@ -620,6 +621,41 @@ mod tests {
             ),
             (Error::fleet(s()), true),
         ]
+    }
+
+    #[test]
+    fn urls_are_shown_redacted() {
+        let url = "https://u:pw@h/a.tgz?X-Amz-Signature=s3cr3t";
+        let shown = "https://u:REDACTED@h/a.tgz?REDACTED";
+        for e in [
+            Error::fetch(url, "x"),
+            Error::Timeout {
+                url: url.into(),
+                secs: 1.0,
+            },
+            Error::HttpStatus {
+                url: url.into(),
+                status: 404,
+                detail: String::new(),
+            },
+            Error::Archive {
+                url: url.into(),
+                msg: "x".into(),
+            },
+            Error::Manifest {
+                url: url.into(),
+                msg: "x".into(),
+                source: None,
+            },
+            Error::Refused {
+                url: url.into(),
+                msg: "x".into(),
+            },
+        ] {
+            let line = e.to_string();
+            assert!(line.contains(shown), "{line}");
+            assert!(!line.contains("s3cr3t") && !line.contains("pw"), "{line}");
+        }
     }
 
     #[test]

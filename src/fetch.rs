@@ -6,7 +6,7 @@
 //! unpacker) and hands back only a `Verified` result.
 //!
 //! Never writes anything; never logs a secret or a presigned URL: errors and log lines
-//! name the URL as the user wrote it. The network is reached only through `http` (the
+//! name the URL as the user wrote it, through `urls::redact`. The network is reached only through `http` (the
 //! client), `s3` (signing and credentials) and `gcs` (tokens).
 
 use std::fs::File;
@@ -20,6 +20,7 @@ use crate::http::{self, http_get};
 use crate::interrupt;
 use crate::logln;
 use crate::s3;
+use crate::urls::redact;
 use crate::verify::{Checksum, HashingReader, Verified};
 use crate::Env;
 
@@ -352,7 +353,8 @@ pub(crate) fn stream<T>(
     })?;
     let secs = start.elapsed().as_secs_f64();
     logln!(
-        "Read {count} bytes from {url} (in {secs:.3}s, {:.0} bytes/s)",
+        "Read {count} bytes from {} (in {secs:.3}s, {:.0} bytes/s)",
+        redact(url),
         count as f64 / secs.max(1e-9)
     );
     match outcome {
