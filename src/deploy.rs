@@ -212,6 +212,7 @@ fn run_manifest(
         retry: opts.retry,
         retry_wait: opts.retry_wait,
         timeout: opts.timeout,
+        stall: opts.stall_timeout,
         max_bandwidth: opts.max_bandwidth,
         env,
     };
@@ -244,7 +245,7 @@ fn load_manifest(
 ) -> Result<Manifest> {
     opts.allow_url.check("manifest", &event.url)?;
     logln!("Loading manifest: {}", redact(&event.url));
-    let bytes = fetch::fetch_bytes(&event.url, fetch_opts, u64::MAX)?;
+    let bytes = fetch::fetch_bytes(&event.url, fetch_opts, fetch::MAX_MANIFEST_BYTES)?;
     draft.manifest_read(&bytes);
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
@@ -651,7 +652,7 @@ impl Job<'_> {
         let downloaded = &self.downloaded;
         let same_owner = nix::unistd::geteuid().is_root();
         let shown = redact(src);
-        fetch::stream(src, checksum, fetch_opts, |reader| {
+        fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
             let reader = &mut fetch::Counting {
                 inner: reader,

@@ -157,6 +157,27 @@ pub enum Error {
         secs: f64,
     },
 
+    /// No byte of a source arrived for `--stall-timeout` (SPEC §17): a failed attempt,
+    /// retried like any other.
+    #[error("fetch {url}: stalled: no data for {secs:.1}s (--stall-timeout)", url = crate::urls::redact(.url))]
+    Stalled {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// The stall limit (`--stall-timeout`), in seconds.
+        secs: f64,
+    },
+
+    /// A source broke one of SPEC §17's limits: a manifest or signature larger than
+    /// 1 MiB, a body longer than the manifest's `size`, a `file://` source that is not
+    /// a regular file. Refused (the record's `refused`), never retried.
+    #[error("fetch {url}: refused: {msg}", url = crate::urls::redact(.url))]
+    Limit {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// Which limit, in words.
+        msg: String,
+    },
+
     /// The downloaded bytes do not hash to `checksum`.
     #[error("checksum mismatch. expected:{expected} got:{got}")]
     ChecksumMismatch {
@@ -365,14 +386,19 @@ impl Error {
 
     /// Whether another attempt at a download may succeed (SPEC §8 "retry"): every
     /// failed attempt is retried, whatever failed (a 404 or S3's 403 for an archive not
-    /// uploaded yet is the common case), but for the whole-download deadline, a signal
-    /// and a checksum mismatch (the bytes arrived whole and are wrong), which are final.
-    /// `fetch` asks this, never which variant an error is.
+    /// uploaded yet is the common case, a stall too), but for the whole-download
+    /// deadline, a signal, a checksum mismatch (the bytes arrived whole and are
+    /// wrong) and a limit of SPEC §17 broken, which are final. `fetch` asks this,
+    /// never which variant an error is.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. } => false,
-            // The source failed: the network, a status, credentials, the file.
+            Error::Timeout { .. }
+            | Error::Interrupted(_)
+            | Error::ChecksumMismatch { .. }
+            | Error::Limit { .. } => false,
+            // The source failed: the network, a status, a stall, credentials, the file.
             Error::Fetch { .. }
+            | Error::Stalled { .. }
             | Error::HttpStatus { .. }
             | Error::S3 { .. }
             | Error::Gcs { .. }
@@ -496,6 +522,16 @@ mod tests {
                     got: s(),
                 },
                 false,
+            ),
+            // a limit of SPEC §17
+            (Error::Limit { url: s(), msg: s() }, false),
+            // a stalled source
+            (
+                Error::Stalled {
+                    url: s(),
+                    secs: 1.0,
+                },
+                true,
             ),
             // the source failed
             (Error::fetch("u", "Connection refused"), true),
@@ -633,6 +669,14 @@ mod tests {
                 url: url.into(),
                 secs: 1.0,
             },
+            Error::Stalled {
+                url: url.into(),
+                secs: 1.0,
+            },
+            Error::Limit {
+                url: url.into(),
+                msg: "x".into(),
+            },
             Error::HttpStatus {
                 url: url.into(),
                 status: 404,
@@ -659,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_deadline_a_signal_and_a_mismatch_are_final() {
+    fn only_the_deadline_a_signal_a_mismatch_and_a_limit_are_final() {
         for (e, want) in every_variant() {
             assert_eq!(e.is_retryable(), want, "{e:?}");
         }

@@ -2,14 +2,15 @@
 //! (ring), the system's CA store or `SSL_CERT_FILE`, bundled roots as fallback; proxies
 //! from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as Go reads them (`http://` in
 //! absolute form through the proxy, `https://` by CONNECT, the proxy URL's credentials
-//! as `Proxy-Authorization: Basic` for both); connect and read-silence timeouts inside
-//! the caller's deadline; a body shorter than its `Content-Length` is an error; S3's
-//! XML error codes in the message. Also the small direct requests `s3` makes to
-//! credential endpoints (ECS, EC2 IMDS).
+//! as `Proxy-Authorization: Basic` for both); a connect timeout, and the caller's
+//! deadline; a body shorter than its `Content-Length` is an error; S3's XML error codes
+//! in the message. Also the small direct requests `s3` makes to credential endpoints
+//! (ECS, EC2 IMDS) and `gcs` to token endpoints.
 //!
-//! Only `fetch` (the GET of a source) and `s3` (credential endpoints) call it. It never
-//! names a presigned URL or a secret in an error: callers pass the URL as the user wrote
-//! it as the label.
+//! A source's GET is built here (`request`) and sent by `fetch` on the thread that
+//! reads it, which waits for it in ticks (signals, `--stall-timeout`): this module
+//! has no read timeout of its own. It never names a presigned URL or a secret in an
+//! error: callers pass the URL as the user wrote it as the label.
 
 use std::io::{self, Read};
 use std::sync::{Mutex, OnceLock};
@@ -21,8 +22,6 @@ use crate::Env;
 
 /// Longest wait for a TCP connection (and TLS handshake), capped by the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest silence while reading a response before the attempt fails (and is retried).
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 10;
 
@@ -76,9 +75,11 @@ fn agent(
         .tls_certs_only(root_certs())
         .user_agent(format!("stretcher/{}", crate::VERSION))
         .connect_timeout(connect)
-        // per read (and until the response head), not for the whole body; a request
-        // with a deadline has the time left instead (`RequestBuilder::timeout`)
-        .timeout(READ_TIMEOUT)
+        // No read timeout of the client's (its default is 30 s): a source's silence
+        // is `--stall-timeout`'s, which `fetch` watches; a request with a deadline
+        // has the time left (`RequestBuilder::timeout`), and the small requests have
+        // their own.
+        .timeout(None::<Duration>)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
     let builder = match proxy {
         // The proxy URL may hold a password: never shown.
@@ -265,26 +266,25 @@ fn remaining(label: &str, deadline: Option<(Instant, Duration)>) -> Result<Optio
     }
 }
 
-/// GETs `url` (which may be a presigned URL: never shown) and names `label` in every
-/// error. Non-2xx is `Error::HttpStatus` with the status (and S3's error code).
-pub(crate) fn http_get(
-    label: &str,
-    url: &str,
+/// A GET of a source, built and not yet sent: `fetch` sends it (`send`) on the
+/// thread that reads its body.
+pub(crate) struct Request {
+    label: String,
     deadline: Option<(Instant, Duration)>,
-    env: Env,
-) -> Result<Body> {
-    http_get_with(label, url, &[], deadline, env)
+    inner: reqwest::blocking::RequestBuilder,
 }
 
-/// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
-/// never shown: errors describe the failure, never the request).
-pub(crate) fn http_get_with(
+/// Builds the GET of `url` (which may be a presigned URL: never shown), with request
+/// headers (`gcs`: `Authorization: Bearer ...`, a secret never shown: errors describe
+/// the failure, never the request) and the time left before the deadline; `label` is
+/// named in every error.
+pub(crate) fn request(
     label: &str,
     url: &str,
     headers: &[(&str, &str)],
     deadline: Option<(Instant, Duration)>,
     env: Env,
-) -> Result<Body> {
+) -> Result<Request> {
     let left = remaining(label, deadline)?;
     let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(|m| Error::fetch(label, m))?;
     let mut req = agent.get(url);
@@ -294,57 +294,82 @@ pub(crate) fn http_get_with(
     if let Some(left) = left {
         req = req.timeout(left);
     }
-    let resp = req.send().map_err(|e| {
-        // Past the deadline, whatever the client says, it is the deadline.
-        remaining(label, deadline)
-            .err()
-            .unwrap_or_else(|| Error::Fetch {
-                url: label.to_string(),
-                msg: describe(&e),
-                source: Some(e.into()),
-            })
-    })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let region = resp
-            .headers()
-            .get("x-amz-bucket-region")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut text = String::new();
-        let _ = resp.take(64 * 1024).read_to_string(&mut text);
-        let mut detail = status
-            .canonical_reason()
-            .map(|r| format!(" {r}"))
-            .unwrap_or_default();
-        if let Some(code) = xml_tag(&text, "Code") {
-            detail.push_str(&format!(" ({code}"));
-            if let Some(m) = xml_tag(&text, "Message") {
-                detail.push_str(&format!(": {m}"));
-            }
-            detail.push(')');
-        } else if let Some(m) = json_error_message(&text) {
-            // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
-            detail.push_str(&format!(" ({m})"));
-        }
-        if let Some(r) = region {
-            detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
-        }
-        return Err(Error::HttpStatus {
-            url: label.to_string(),
-            status: status.as_u16(),
-            detail,
-        });
-    }
-    let len = resp.content_length();
-    Ok(Body {
-        reader: Box::new(Exact {
-            inner: resp,
-            expected: len,
-            got: 0,
-        }),
-        len,
+    Ok(Request {
+        label: label.to_string(),
+        deadline,
+        inner: req,
     })
+}
+
+impl Request {
+    /// Sends the request and waits for the answer's head (blocking). Non-2xx is
+    /// `Error::HttpStatus` with the status (and S3's error code).
+    pub(crate) fn send(self) -> Result<Body> {
+        let Request {
+            label,
+            deadline,
+            inner,
+        } = self;
+        let label = label.as_str();
+        let resp = inner.send().map_err(|e| {
+            // Past the deadline, whatever the client says, it is the deadline.
+            remaining(label, deadline)
+                .err()
+                .unwrap_or_else(|| Error::Fetch {
+                    url: label.to_string(),
+                    msg: describe(&e),
+                    source: Some(e.into()),
+                })
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_error(label, resp));
+        }
+        let len = resp.content_length();
+        Ok(Body {
+            reader: Box::new(Exact {
+                inner: resp,
+                expected: len,
+                got: 0,
+            }),
+            len,
+        })
+    }
+}
+
+/// `Error::HttpStatus` of a non-2xx answer: its reason, S3's or GCS's own message, a
+/// region hint.
+fn status_error(label: &str, resp: reqwest::blocking::Response) -> Error {
+    let status = resp.status();
+    let region = resp
+        .headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut text = String::new();
+    let _ = resp.take(64 * 1024).read_to_string(&mut text);
+    let mut detail = status
+        .canonical_reason()
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
+    if let Some(code) = xml_tag(&text, "Code") {
+        detail.push_str(&format!(" ({code}"));
+        if let Some(m) = xml_tag(&text, "Message") {
+            detail.push_str(&format!(": {m}"));
+        }
+        detail.push(')');
+    } else if let Some(m) = json_error_message(&text) {
+        // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
+        detail.push_str(&format!(" ({m})"));
+    }
+    if let Some(r) = region {
+        detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
+    }
+    Error::HttpStatus {
+        url: label.to_string(),
+        status: status.as_u16(),
+        detail,
+    }
 }
 
 /// A response body being read, and its length when the server said.

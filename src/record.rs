@@ -43,7 +43,8 @@ pub enum Outcome {
     Success,
     /// A step failed (`failed_step` says which).
     Failure,
-    /// Refused before use: `--allow-url`, no valid signature, or a stale manifest.
+    /// Refused before use: `--allow-url` (a redirect too), no valid signature, a
+    /// stale manifest, or a limit of SPEC §17 (size, not a regular file).
     Refused,
     /// SIGINT / SIGTERM arrived during the run.
     Interrupted,
@@ -105,7 +106,8 @@ pub(crate) fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step
     };
     match err {
         Error::Interrupted(_) => (Outcome::Interrupted, Some(step)),
-        Error::Refused { .. } => (Outcome::Refused, Some(step)),
+        // `--allow-url` (a redirect too), and the limits of SPEC §17.
+        Error::Refused { .. } | Error::Limit { .. } => (Outcome::Refused, Some(step)),
         // SPEC §15: no valid signature; a stale (expired, lower serial) manifest.
         Error::Signature { .. } => (Outcome::Refused, Some(Step::Signature)),
         Error::Freshness { .. } => (Outcome::Refused, Some(Step::Manifest)),
@@ -752,6 +754,14 @@ mod tests {
         assert_eq!(
             classify(Step::Manifest, Some(&refused)),
             (Outcome::Refused, Some(Step::Manifest))
+        );
+        let limit = Error::Limit {
+            url: "x".into(),
+            msg: "longer than its size".into(),
+        };
+        assert_eq!(
+            classify(Step::Download, Some(&limit)),
+            (Outcome::Refused, Some(Step::Download))
         );
         let bad = Error::Archive {
             url: "x".into(),
