@@ -214,6 +214,7 @@ fn run_manifest(
         timeout: opts.timeout,
         stall: opts.stall_timeout,
         max_bandwidth: opts.max_bandwidth,
+        allow: &opts.allow_url,
         env,
     };
     let manifest = load_manifest(event, opts, env, &fetch_opts, draft, state)?;

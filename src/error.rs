@@ -310,9 +310,9 @@ pub enum Error {
         source: Option<Cause>,
     },
 
-    /// A URL or manifest was refused before it was used (`--allow-url`): the
-    /// allow-list's own error (only `allow` makes it); the record says `refused`
-    /// (SPEC §11).
+    /// A URL or manifest was refused before it was used (`--allow-url`, made by
+    /// `allow`), or a redirect was (`http`: outside `--allow-url`, or from https to
+    /// http, SPEC §17); the record says `refused` (SPEC §11). Never retried.
     #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Refused {
         /// The URL, as the user wrote it.
@@ -388,13 +388,14 @@ impl Error {
     /// failed attempt is retried, whatever failed (a 404 or S3's 403 for an archive not
     /// uploaded yet is the common case, a stall too), but for the whole-download
     /// deadline, a signal, a checksum mismatch (the bytes arrived whole and are
-    /// wrong) and a limit of SPEC §17 broken, which are final. `fetch` asks this,
-    /// never which variant an error is.
+    /// wrong), and a refusal (a redirect refused, a limit of SPEC §17 broken), which
+    /// are final. `fetch` asks this, never which variant an error is.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Error::Timeout { .. }
             | Error::Interrupted(_)
             | Error::ChecksumMismatch { .. }
+            | Error::Refused { .. }
             | Error::Limit { .. } => false,
             // The source failed: the network, a status, a stall, credentials, the file.
             Error::Fetch { .. }
@@ -411,7 +412,6 @@ impl Error {
             | Error::Manifest { .. }
             | Error::Signature { .. }
             | Error::Freshness { .. }
-            | Error::Refused { .. }
             | Error::Pattern { .. }
             | Error::Usage(_)
             | Error::Event { .. }
@@ -523,7 +523,8 @@ mod tests {
                 },
                 false,
             ),
-            // a limit of SPEC §17
+            // refused: a redirect, a limit of SPEC §17
+            (Error::Refused { url: s(), msg: s() }, false),
             (Error::Limit { url: s(), msg: s() }, false),
             // a stalled source
             (
@@ -594,7 +595,6 @@ mod tests {
                 true,
             ),
             (Error::Freshness { url: s(), msg: s() }, true),
-            (Error::Refused { url: s(), msg: s() }, true),
             (
                 Error::Pattern {
                     pattern: s(),
@@ -703,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_deadline_a_signal_a_mismatch_and_a_limit_are_final() {
+    fn only_the_deadline_a_signal_a_mismatch_and_refusals_are_final() {
         for (e, want) in every_variant() {
             assert_eq!(e.is_retryable(), want, "{e:?}");
         }

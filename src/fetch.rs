@@ -19,6 +19,7 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::allow::AllowList;
 use crate::error::{Error, Result};
 use crate::gcs;
 use crate::http;
@@ -55,6 +56,8 @@ pub(crate) struct FetchOptions<'e> {
     pub stall: Option<Duration>,
     /// Bytes per second; `None` is unlimited.
     pub max_bandwidth: Option<u64>,
+    /// `--allow-url`: every redirect target is checked against it (SPEC §17).
+    pub allow: &'e AllowList,
     /// The environment (`HTTPS_PROXY`, `AWS_*`, `GOOGLE_*`, ...), read by no one else.
     pub env: Env<'e>,
 }
@@ -67,6 +70,7 @@ impl std::fmt::Debug for FetchOptions<'_> {
             .field("timeout", &self.timeout)
             .field("stall", &self.stall)
             .field("max_bandwidth", &self.max_bandwidth)
+            .field("allow", &self.allow)
             .finish_non_exhaustive()
     }
 }
@@ -91,14 +95,14 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -
     };
     match scheme.to_ascii_lowercase().as_str() {
         "file" => open_file(url, rest),
-        "http" | "https" => watched(http::request(url, url, &[], deadline, env)?),
+        "http" | "https" => watched(http::request(url, url, &[], deadline, opts.allow, env)?),
         "s3" => {
             let lifetime = deadline
                 .map(|(_, d)| d + PRESIGN_SLACK)
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
             let signed = s3::presign(url, env, lifetime)?;
-            watched(http::request(url, &signed, &[], deadline, env)?)
+            watched(http::request(url, &signed, &[], deadline, opts.allow, env)?)
         }
         "gs" => {
             let req = gcs::request(url, env, deadline)?;
@@ -108,6 +112,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -
                 &req.url,
                 auth.as_slice(),
                 deadline,
+                opts.allow,
                 env,
             )?);
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
@@ -600,12 +605,14 @@ mod tests {
 
     #[test]
     fn unsupported_scheme_is_named() {
+        let allow = AllowList::default();
         let opts = FetchOptions {
             retry: 0,
             retry_wait: Duration::ZERO,
             timeout: None,
             stall: None,
             max_bandwidth: None,
+            allow: &allow,
             env: &|_| None,
         };
         let e = fetch_bytes("gopher://x/y", &opts, u64::MAX).unwrap_err();
