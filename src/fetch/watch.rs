@@ -3,7 +3,10 @@
 //! of `TICK`, so that a signal, the deadline and `--stall-timeout` are noticed within
 //! a tick however long the server keeps silent, before the answer's head as within
 //! the body. Dropped, it stops the download: the thread ends as soon as its next
-//! chunk finds nobody to take it, and the connection with it.
+//! chunk finds nobody to take it, and the connection with it. A thread left waiting
+//! on a server that sends nothing more (a stall, a signal) cannot be woken: it stays,
+//! holding only its connection, until the server answers or closes or the process
+//! ends, while the caller has long gone on.
 //!
 //! Never retries, logs or reads the environment.
 
