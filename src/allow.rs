@@ -1,7 +1,7 @@
 //! `--allow-url` (SPEC §3): the URL prefixes a manifest or its `src` may start with,
-//! normalised once from the command line and checked before anything is fetched.
-//! A refusal is `Error::Refused`, this module's own error, which the record reports as
-//! `refused` (SPEC §11).
+//! normalised once from the command line and checked before anything is fetched
+//! (and, through `refusal`, by `http` for every redirect target, SPEC §17).
+//! A refusal is `Error::Refused`, which the record reports as `refused` (SPEC §11).
 //!
 //! Never fetches, logs or reads the environment.
 
@@ -55,21 +55,32 @@ impl AllowList {
     /// `Ok` when the list is empty or `url` starts with one of the prefixes;
     /// otherwise an error naming the URL and `what` it is (manifest, src).
     pub fn check(&self, what: &str, url: &str) -> Result<()> {
+        match self.refusal(url) {
+            None => Ok(()),
+            Some(why) => Err(Error::Refused {
+                url: url.to_string(),
+                msg: format!("{what} URL refused by --allow-url: {why}"),
+            }),
+        }
+    }
+
+    /// Why `url` is refused (`None`: it is allowed), in words that do not repeat the
+    /// URL: for `check`, and for `http`, which checks every redirect target.
+    pub(crate) fn refusal(&self, url: &str) -> Option<String> {
         if self.prefixes.is_empty() {
-            return Ok(());
+            return None;
         }
-        let refuse = |why: String| Error::Refused {
-            url: url.to_string(),
-            msg: format!("{what} URL refused by --allow-url: {why}"),
+        let norm = match normalize_url(url) {
+            Ok(norm) => norm,
+            Err(e) => return Some(format!("the URL {e}")),
         };
-        let norm = normalize_url(url).map_err(|e| refuse(format!("the URL {e}")))?;
         if self.prefixes.iter().any(|p| norm.starts_with(p.as_str())) {
-            return Ok(());
+            return None;
         }
-        Err(refuse(format!(
+        Some(format!(
             "it starts with none of {}",
             self.prefixes.join(", ")
-        )))
+        ))
     }
 }
 
@@ -162,7 +173,7 @@ mod tests {
             if let Err(e) = got {
                 let m = e.to_string();
                 assert!(
-                    m.contains("refused by --allow-url") && m.contains(url),
+                    m.contains("refused by --allow-url") && m.contains(&crate::urls::redact(url)),
                     "{m}"
                 );
             }

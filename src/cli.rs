@@ -34,6 +34,9 @@ pub struct Options {
     pub max_bandwidth: Option<u64>,
     /// Whole-download deadline, retries included; `None` = no deadline (`0`).
     pub timeout: Option<Duration>,
+    /// `--stall-timeout`: a download attempt that receives no byte for this long
+    /// fails (and is retried); default 60s, `None` = no limit (`0`) (SPEC §17).
+    pub stall_timeout: Option<Duration>,
     /// Upper bound of the random sleep before anything else; `None` = no sleep.
     pub random_delay: Option<Duration>,
     /// Extra download attempts after a failure.
@@ -68,6 +71,7 @@ impl Default for Options {
         Options {
             max_bandwidth: None,
             timeout: None,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             random_delay: None,
             retry: 0,
             retry_wait: DEFAULT_RETRY_WAIT,
@@ -225,6 +229,7 @@ pub struct RollbackOptions {
 }
 
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Parses argv (without `argv[0]`): a subcommand when the first word names one
 /// (SPEC §3; a manifest file of that name is written `./NAME`), else a deploy.
@@ -358,6 +363,9 @@ struct RawArgs {
     /// timeout
     #[argh(option)]
     timeout: Option<String>,
+    /// stall timeout
+    #[argh(option)]
+    stall_timeout: Option<String>,
     /// random delay
     #[argh(option)]
     random_delay: Option<String>,
@@ -892,6 +900,10 @@ fn validate(raw: RawArgs) -> Result<Options> {
         o.timeout = Some(parse_duration(&v).map_err(|m| bad_value("timeout", &v, &m))?)
             .filter(|d| !d.is_zero());
     }
+    if let Some(v) = raw.stall_timeout {
+        o.stall_timeout = Some(parse_duration(&v).map_err(|m| bad_value("stall-timeout", &v, &m))?)
+            .filter(|d| !d.is_zero());
+    }
     if let Some(v) = raw.random_delay {
         o.random_delay = Some(parse_duration(&v).map_err(|m| bad_value("random-delay", &v, &m))?)
             .filter(|d| !d.is_zero());
@@ -1076,6 +1088,9 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
                           (alias --max-band-width)
   --timeout DURATION      whole-download deadline, retries included: seconds (30)
                           or a duration (1m30s, 500ms); 0 = none (default)
+  --stall-timeout DURATION
+                          fail a download attempt (retried with --retry) that
+                          receives no byte for DURATION (default 60s); 0 = none
   --random-delay DURATION
                           sleep a random time in [0, DURATION) before anything
                           else: seconds (2.5) or a duration
@@ -1326,6 +1341,22 @@ mod tests {
             let m = usage_err(&[&format!("-{flag}=soon")]);
             assert!(m.contains(&format!("--{flag}")), "{m}");
         }
+    }
+
+    #[test]
+    fn stall_timeout_flag() {
+        assert_eq!(run(&[]).stall_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            run(&["-stall-timeout", "1s"]).stall_timeout,
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            run(&["--stall-timeout=90"]).stall_timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(run(&["--stall-timeout", "0"]).stall_timeout, None);
+        let m = usage_err(&["--stall-timeout", "soon"]);
+        assert!(m.contains("--stall-timeout"), "{m}");
     }
 
     #[test]

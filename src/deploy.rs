@@ -44,6 +44,7 @@ use crate::staging::{load_filter, Staging, Workspace};
 use crate::state;
 use crate::sync;
 use crate::unpack::{self, Staged, UnpackOptions};
+use crate::urls::redact;
 use crate::verify::{Checksum, Verified};
 use crate::Env;
 
@@ -211,18 +212,21 @@ fn run_manifest(
         retry: opts.retry,
         retry_wait: opts.retry_wait,
         timeout: opts.timeout,
+        stall: opts.stall_timeout,
         max_bandwidth: opts.max_bandwidth,
+        allow: &opts.allow_url,
         env,
     };
     let manifest = load_manifest(event, opts, env, &fetch_opts, draft, state)?;
+    // The hooks see the URLs as every log line shows them (SPEC §17).
     let hook_env = HookEnv {
         dest: manifest
             .dest
             .as_ref()
             .map(|d| d.display().to_string())
             .unwrap_or_default(),
-        src: manifest.src.clone().unwrap_or_default(),
-        manifest_url: event.url.clone(),
+        src: manifest.src.as_deref().map(redact).unwrap_or_default(),
+        manifest_url: redact(&event.url),
         timeout: opts.command_timeout,
         vars: manifest.commands.env.clone(),
     };
@@ -241,8 +245,8 @@ fn load_manifest(
     state: Option<&Path>,
 ) -> Result<Manifest> {
     opts.allow_url.check("manifest", &event.url)?;
-    logln!("Loading manifest: {}", event.url);
-    let bytes = fetch::fetch_bytes(&event.url, fetch_opts, u64::MAX)?;
+    logln!("Loading manifest: {}", redact(&event.url));
+    let bytes = fetch::fetch_bytes(&event.url, fetch_opts, fetch::MAX_MANIFEST_BYTES)?;
     draft.manifest_read(&bytes);
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
@@ -263,7 +267,7 @@ fn load_manifest(
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
-            event.url
+            redact(&event.url)
         );
     }
     if let Some(src) = &manifest.src {
@@ -295,7 +299,8 @@ fn check_signature(
     };
     let good = signature::verify(bytes, &sig, keys).map_err(refused)?;
     logln!(
-        "Signature ok: {sig_url} by key {}, trusted comment: {}",
+        "Signature ok: {} by key {}, trusted comment: {}",
+        redact(&sig_url),
         good.key_id,
         good.trusted_comment
     );
@@ -321,7 +326,10 @@ fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) 
                 }
             }
             None => {
-                logln!("warning: no state directory: serial {serial} of {url} cannot be compared")
+                logln!(
+                    "warning: no state directory: serial {serial} of {} cannot be compared",
+                    redact(url)
+                )
             }
         }
     }
@@ -614,8 +622,7 @@ impl Job<'_> {
         strategy: &mut dyn Land,
         reuse: bool,
     ) -> Result<(Staging, Verified<Staged>, PathBuf)> {
-        let src = self.src;
-        logln!("Loading URL {src}");
+        logln!("Loading URL {}", redact(self.src));
         draft.step = record::Step::Download;
         let staged = self.fetch_and_unpack(strategy, reuse);
         draft.downloaded_bytes = Some(self.downloaded.load(Ordering::Relaxed));
@@ -645,7 +652,8 @@ impl Job<'_> {
         } = *self;
         let downloaded = &self.downloaded;
         let same_owner = nix::unistd::geteuid().is_root();
-        fetch::stream(src, checksum, fetch_opts, |reader| {
+        let shown = redact(src);
+        fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
             let reader = &mut fetch::Counting {
                 inner: reader,
@@ -654,7 +662,7 @@ impl Job<'_> {
             let mut stage = strategy.stage(reuse)?;
             let unpack_opts = UnpackOptions {
                 same_owner,
-                label: src.to_string(),
+                label: shown.clone(),
                 link_unchanged: stage.link_unchanged,
             };
             let into = stage.staging.path().to_path_buf();
@@ -662,7 +670,7 @@ impl Job<'_> {
                 .probe
                 .as_mut()
                 .map(|p| p as &mut dyn unpack::Unchanged);
-            logln!("Extract archive: {src} to {}", into.display());
+            logln!("Extract archive: {shown} to {}", into.display());
             let staged = unpack::unpack(reader, &into, &unpack_opts, probe)?;
             Ok((stage, staged))
         })

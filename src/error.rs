@@ -2,7 +2,8 @@
 //!
 //! Every variant prints as one line that names what it was about (the URL as the
 //! user wrote it, the path, the archive entry); `source()` keeps the cause. It must
-//! never carry a secret (a presigned URL, a key).
+//! never carry a secret (a presigned URL, a key), and a URL it names is printed
+//! through `urls::redact` (a password and the query string replaced, SPEC §17).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ pub enum Error {
     NoConsulEvents,
 
     /// The manifest could not be expanded, parsed or validated.
-    #[error("manifest {url}: {msg}")]
+    #[error("manifest {url}: {msg}", url = crate::urls::redact(.url))]
     Manifest {
         /// The manifest URL.
         url: String,
@@ -81,7 +82,7 @@ pub enum Error {
 
     /// `--trusted-key` is given and the manifest has no valid signature by one of
     /// the keys (SPEC §15): refused, nothing of it is used.
-    #[error("manifest {url}: refused: {reason}")]
+    #[error("manifest {url}: refused: {reason}", url = crate::urls::redact(.url))]
     Signature {
         /// The manifest URL.
         url: String,
@@ -91,7 +92,7 @@ pub enum Error {
 
     /// The manifest is stale (SPEC §15): past its `expires`, or its `serial` is
     /// lower than that of the last successful deploy to the same dest. Refused.
-    #[error("manifest {url}: refused: {msg}")]
+    #[error("manifest {url}: refused: {msg}", url = crate::urls::redact(.url))]
     Freshness {
         /// The manifest URL.
         url: String,
@@ -100,7 +101,7 @@ pub enum Error {
     },
 
     /// A source could not be read (after its retries).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Fetch {
         /// The URL, as the user wrote it.
         url: String,
@@ -112,7 +113,7 @@ pub enum Error {
     },
 
     /// A source answered with a non-2xx HTTP status (retried like any failed attempt).
-    #[error("fetch {url}: HTTP {status}{detail}")]
+    #[error("fetch {url}: HTTP {status}{detail}", url = crate::urls::redact(.url))]
     HttpStatus {
         /// The URL, as the user wrote it.
         url: String,
@@ -123,7 +124,7 @@ pub enum Error {
     },
 
     /// An `s3://` source could not be signed (bad URL, no credentials, bad endpoint).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     S3 {
         /// The `s3://` URL, as the user wrote it.
         url: String,
@@ -136,7 +137,7 @@ pub enum Error {
 
     /// A `gs://` source could not be asked for (bad URL, no credentials, a token
     /// endpoint that refused the grant).
-    #[error("fetch {url}: {msg}")]
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Gcs {
         /// The `gs://` URL, as the user wrote it.
         url: String,
@@ -148,12 +149,33 @@ pub enum Error {
     },
 
     /// The whole-download deadline (`--timeout`) passed.
-    #[error("fetch {url}: timeout after {secs:.1}s")]
+    #[error("fetch {url}: timeout after {secs:.1}s", url = crate::urls::redact(.url))]
     Timeout {
         /// The URL, as the user wrote it.
         url: String,
         /// The deadline (`--timeout`), in seconds.
         secs: f64,
+    },
+
+    /// No byte of a source arrived for `--stall-timeout` (SPEC §17): a failed attempt,
+    /// retried like any other.
+    #[error("fetch {url}: stalled: no data for {secs:.1}s (--stall-timeout)", url = crate::urls::redact(.url))]
+    Stalled {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// The stall limit (`--stall-timeout`), in seconds.
+        secs: f64,
+    },
+
+    /// A source broke one of SPEC §17's limits: a manifest or signature larger than
+    /// 1 MiB, a body longer than the manifest's `size`, a `file://` source that is not
+    /// a regular file. Refused (the record's `refused`), never retried.
+    #[error("fetch {url}: refused: {msg}", url = crate::urls::redact(.url))]
+    Limit {
+        /// The URL, as the user wrote it.
+        url: String,
+        /// Which limit, in words.
+        msg: String,
     },
 
     /// The downloaded bytes do not hash to `checksum`.
@@ -166,7 +188,7 @@ pub enum Error {
     },
 
     /// The archive is not a readable tar / tar.gz stream.
-    #[error("archive {url}: {msg}")]
+    #[error("archive {url}: {msg}", url = crate::urls::redact(.url))]
     Archive {
         /// The `src` URL, as the user wrote it.
         url: String,
@@ -296,10 +318,10 @@ pub enum Error {
         source: Option<Cause>,
     },
 
-    /// A URL or manifest was refused before it was used (`--allow-url`): the
-    /// allow-list's own error (only `allow` makes it); the record says `refused`
-    /// (SPEC §11).
-    #[error("fetch {url}: {msg}")]
+    /// A URL or manifest was refused before it was used (`--allow-url`, made by
+    /// `allow`), or a redirect was (`http`: outside `--allow-url`, or from https to
+    /// http, SPEC §17); the record says `refused` (SPEC §11). Never retried.
+    #[error("fetch {url}: {msg}", url = crate::urls::redact(.url))]
     Refused {
         /// The URL, as the user wrote it.
         url: String,
@@ -372,14 +394,20 @@ impl Error {
 
     /// Whether another attempt at a download may succeed (SPEC §8 "retry"): every
     /// failed attempt is retried, whatever failed (a 404 or S3's 403 for an archive not
-    /// uploaded yet is the common case), but for the whole-download deadline, a signal
-    /// and a checksum mismatch (the bytes arrived whole and are wrong), which are final.
-    /// `fetch` asks this, never which variant an error is.
+    /// uploaded yet is the common case, a stall too), but for the whole-download
+    /// deadline, a signal, a checksum mismatch (the bytes arrived whole and are
+    /// wrong), and a refusal (a redirect refused, a limit of SPEC §17 broken), which
+    /// are final. `fetch` asks this, never which variant an error is.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::Interrupted(_) | Error::ChecksumMismatch { .. } => false,
-            // The source failed: the network, a status, credentials, the file.
+            Error::Timeout { .. }
+            | Error::Interrupted(_)
+            | Error::ChecksumMismatch { .. }
+            | Error::Refused { .. }
+            | Error::Limit { .. } => false,
+            // The source failed: the network, a status, a stall, credentials, the file.
             Error::Fetch { .. }
+            | Error::Stalled { .. }
             | Error::HttpStatus { .. }
             | Error::S3 { .. }
             | Error::Gcs { .. }
@@ -392,7 +420,6 @@ impl Error {
             | Error::Manifest { .. }
             | Error::Signature { .. }
             | Error::Freshness { .. }
-            | Error::Refused { .. }
             | Error::Pattern { .. }
             | Error::Usage(_)
             | Error::Event { .. }
@@ -504,6 +531,17 @@ mod tests {
                 },
                 false,
             ),
+            // refused: a redirect, a limit of SPEC §17
+            (Error::Refused { url: s(), msg: s() }, false),
+            (Error::Limit { url: s(), msg: s() }, false),
+            // a stalled source
+            (
+                Error::Stalled {
+                    url: s(),
+                    secs: 1.0,
+                },
+                true,
+            ),
             // the source failed
             (Error::fetch("u", "Connection refused"), true),
             (Error::fetch_from("u", io()), true),
@@ -573,7 +611,6 @@ mod tests {
                 true,
             ),
             (Error::Freshness { url: s(), msg: s() }, true),
-            (Error::Refused { url: s(), msg: s() }, true),
             (
                 Error::Pattern {
                     pattern: s(),
@@ -639,7 +676,51 @@ mod tests {
     }
 
     #[test]
-    fn only_the_deadline_a_signal_and_a_mismatch_are_final() {
+    fn urls_are_shown_redacted() {
+        let url = "https://u:pw@h/a.tgz?X-Amz-Signature=s3cr3t";
+        let shown = "https://u:REDACTED@h/a.tgz?REDACTED";
+        for e in [
+            Error::fetch(url, "x"),
+            Error::Timeout {
+                url: url.into(),
+                secs: 1.0,
+            },
+            Error::Stalled {
+                url: url.into(),
+                secs: 1.0,
+            },
+            Error::Limit {
+                url: url.into(),
+                msg: "x".into(),
+            },
+            Error::HttpStatus {
+                url: url.into(),
+                status: 404,
+                detail: String::new(),
+            },
+            Error::Archive {
+                url: url.into(),
+                msg: "x".into(),
+                source: None,
+            },
+            Error::Manifest {
+                url: url.into(),
+                msg: "x".into(),
+                source: None,
+            },
+            Error::Refused {
+                url: url.into(),
+                msg: "x".into(),
+            },
+        ] {
+            let line = e.to_string();
+            assert!(line.contains(shown), "{line}");
+            assert!(!line.contains("s3cr3t") && !line.contains("pw"), "{line}");
+        }
+    }
+
+    #[test]
+    fn only_the_deadline_a_signal_a_mismatch_and_refusals_are_final() {
         for (e, want) in every_variant() {
             assert_eq!(e.is_retryable(), want, "{e:?}");
         }

@@ -1,28 +1,40 @@
-//! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline
-//! and a bandwidth cap, all on one code path whatever the scheme: `open` has one arm
-//! per scheme (`file://`, `http(s)://`, `s3://` = a presigned https GET through the
-//! same HTTP client, `gs://` = a GET with a bearer token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_bytes` are shared.
-//! `stream` hashes the bytes as they arrive on their way to the consumer (the
-//! unpacker) and hands back only a `Verified` result.
+//! Sources (SPEC §8): a URL → a byte stream, with retries, a whole-download deadline,
+//! a stall limit and a bandwidth cap, all on one code path whatever the scheme: `open`
+//! has one arm per scheme (`file://`, only a regular file; `http(s)://`, `s3://` = a
+//! presigned https GET through the same HTTP client, `gs://` = a GET with a bearer
+//! token from `gcs`); `with_retries`, `Limited`, `stream` and `fetch_bytes` are shared.
+//! An HTTP GET is sent and read on a thread of its own (`watch`), so that a signal,
+//! the deadline and `--stall-timeout` end it within a tick, before its head as within
+//! its body. `fetch_bytes` reads a small document (manifest, signature) up to a limit
+//! and refuses the first byte past it (SPEC §17); `stream` hashes the bytes as they
+//! arrive on their way to the consumer (the unpacker), stops at the first byte past
+//! the manifest's `size`, stops at once when the consumer fails (never drained), and
+//! hands back only a `Verified` result.
 //!
 //! Never writes anything; never logs a secret or a presigned URL: errors and log lines
-//! name the URL as the user wrote it. The network is reached only through `http` (the
-//! client), `s3` (signing and credentials) and `gcs` (tokens).
+//! name the URL as the user wrote it, through `urls::redact`. The network is reached
+//! only through `http` (the client), `s3` (signing and credentials) and `gcs` (tokens).
 
-use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::allow::AllowList;
 use crate::error::{Error, Result};
 use crate::gcs;
-use crate::http::{self, http_get};
+use crate::http;
 use crate::interrupt;
 use crate::logln;
 use crate::s3;
+use crate::urls::redact;
 use crate::verify::{Checksum, HashingReader, Verified};
 use crate::Env;
 
+mod watch;
+
+/// The most bytes a manifest may have (SPEC §17): the next one is refused as it
+/// arrives, before anything is parsed or verified.
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 /// A presigned S3 URL lives at least this long, and this much longer than `--timeout`.
 const PRESIGN_MIN: Duration = Duration::from_secs(15 * 60);
 const PRESIGN_SLACK: Duration = Duration::from_secs(5 * 60);
@@ -39,8 +51,13 @@ pub(crate) struct FetchOptions<'e> {
     pub retry_wait: Duration,
     /// Deadline for the whole download, retries included.
     pub timeout: Option<Duration>,
+    /// `--stall-timeout`: an attempt that receives no byte for this long fails (and is
+    /// retried); `None` is no limit.
+    pub stall: Option<Duration>,
     /// Bytes per second; `None` is unlimited.
     pub max_bandwidth: Option<u64>,
+    /// `--allow-url`: every redirect target is checked against it (SPEC §17).
+    pub allow: &'e AllowList,
     /// The environment (`HTTPS_PROXY`, `AWS_*`, `GOOGLE_*`, ...), read by no one else.
     pub env: Env<'e>,
 }
@@ -51,7 +68,9 @@ impl std::fmt::Debug for FetchOptions<'_> {
             .field("retry", &self.retry)
             .field("retry_wait", &self.retry_wait)
             .field("timeout", &self.timeout)
+            .field("stall", &self.stall)
             .field("max_bandwidth", &self.max_bandwidth)
+            .field("allow", &self.allow)
             .finish_non_exhaustive()
     }
 }
@@ -62,48 +81,44 @@ pub(crate) struct Source {
     pub(crate) len: Option<u64>,
 }
 
-impl From<http::Body> for Source {
-    fn from(b: http::Body) -> Source {
-        Source {
-            reader: b.reader,
-            len: b.len,
-        }
-    }
-}
-
 /// Opens a URL for reading. One arm per scheme; everything above is shared.
-fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<Source> {
+fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -> Result<Source> {
+    let env = opts.env;
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
+    // An HTTP GET, sent and read on a thread of its own (`watch`).
+    let watched = |req: http::Request| {
+        let limits = watch::Limits {
+            stall: opts.stall,
+            deadline,
+        };
+        watch::start(url, limits, move || req.send().map(|b| (b.reader, b.len)))
+    };
     match scheme.to_ascii_lowercase().as_str() {
-        "file" => {
-            let path = file_path(rest);
-            let f = File::open(&path).map_err(|e| Error::fetch_from(url, e))?;
-            let md = f.metadata().ok();
-            if md.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(Error::fetch(url, "is a directory"));
-            }
-            Ok(Source {
-                reader: Box::new(f),
-                len: md.map(|m| m.len()),
-            })
-        }
-        "http" | "https" => http_get(url, url, deadline, env).map(Source::from),
+        "file" => open_file(url, rest),
+        "http" | "https" => watched(http::request(url, url, &[], deadline, opts.allow, env)?),
         "s3" => {
             let lifetime = deadline
                 .map(|(_, d)| d + PRESIGN_SLACK)
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
             let signed = s3::presign(url, env, lifetime)?;
-            http_get(url, &signed, deadline, env).map(Source::from)
+            watched(http::request(url, &signed, &[], deadline, opts.allow, env)?)
         }
         "gs" => {
             let req = gcs::request(url, env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
-            let got = http::http_get_with(url, &req.url, auth.as_slice(), deadline, env);
+            let got = watched(http::request(
+                url,
+                &req.url,
+                auth.as_slice(),
+                deadline,
+                opts.allow,
+                env,
+            )?);
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
                 gcs::forget_tokens();
             }
-            got.map(Source::from)
+            got
         }
         _ => {
             let shown = url.split("://").next().unwrap_or(url);
@@ -117,6 +132,47 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, env: Env) -> Result<So
     }
 }
 
+/// A `file://` source: a regular file only (SPEC §17). Opened without waiting (a FIFO
+/// would block the open until a writer came) and checked on the open descriptor, so
+/// the file read is the file checked; `O_NONBLOCK` changes nothing for a regular
+/// file's reads.
+fn open_file(url: &str, rest: &str) -> Result<Source> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let path = file_path(rest);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(&path)
+        .map_err(|e| Error::fetch_from(url, e))?;
+    let md = f.metadata().map_err(|e| Error::fetch_from(url, e))?;
+    let kind = md.file_type();
+    if kind.is_dir() {
+        return Err(Error::fetch(url, "is a directory"));
+    }
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "of another type"
+        };
+        return Err(Error::Limit {
+            url: url.to_string(),
+            msg: format!("not a regular file ({what})"),
+        });
+    }
+    Ok(Source {
+        reader: Box::new(f),
+        len: Some(md.len()),
+    })
+}
+
 /// The local path of a `file://` URL: `file:///abs` or `file://localhost/abs`.
 /// The path is taken byte for byte (no `%XX` decoding), the way a positional path
 /// becomes a `file://` URL.
@@ -125,59 +181,128 @@ fn file_path(rest: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(rest)
 }
 
-/// A reader that enforces the deadline and the bandwidth cap, and notices signals.
+/// The most bytes a source may have: `exact`, the manifest's `size` (fewer is an
+/// error too); else a limit (a manifest, a signature).
+#[derive(Debug, Clone, Copy)]
+struct Cap {
+    max: u64,
+    exact: bool,
+}
+
+impl Cap {
+    /// What a source with more bytes is, in words.
+    fn too_long(&self) -> String {
+        if self.exact {
+            format!("longer than its size, {} bytes", self.max)
+        } else {
+            format!("larger than {} bytes", self.max)
+        }
+    }
+}
+
+/// A reader that enforces the deadline, the bandwidth cap and the `Cap`, and notices
+/// signals.
 struct Limited<R> {
     inner: R,
-    url: String,
     start: Instant,
     deadline: Option<(Instant, Duration)>,
     bandwidth: Option<u64>,
+    cap: Option<Cap>,
     bytes: u64,
 }
 
 impl<R: Read> Limited<R> {
-    fn timeout_error(&self) -> io::Error {
-        let secs = self.deadline.map(|(_, d)| d.as_secs_f64()).unwrap_or(0.0);
-        io::Error::new(io::ErrorKind::TimedOut, TimedOut(secs))
-    }
-
     fn check_deadline(&self) -> io::Result<()> {
-        if let Some((end, _)) = self.deadline {
+        if let Some((end, d)) = self.deadline {
             if Instant::now() >= end {
-                return Err(self.timeout_error());
+                return Err(Halt::Deadline(d.as_secs_f64()).into());
             }
         }
         if let Some(sig) = interrupt::pending() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, Signal(sig)));
+            return Err(Halt::Signal(sig).into());
         }
         Ok(())
     }
-}
 
-/// Marker carried inside an `io::Error` when the deadline passed.
-#[derive(Debug)]
-struct TimedOut(f64);
-impl std::fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "timeout after {:.1}s", self.0)
+    /// A read of the source; an error past the deadline is the deadline's.
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => Ok(n),
+            // A read cut short by the HTTP client's own deadline is the deadline.
+            Err(e) => {
+                self.check_deadline()?;
+                Err(e)
+            }
+        }
     }
 }
-impl std::error::Error for TimedOut {}
 
-/// Marker carried inside an `io::Error` when a signal arrived.
-#[derive(Debug)]
-struct Signal(&'static str);
-impl std::fmt::Display for Signal {
+/// Why a read was stopped, carried inside an `io::Error` (of kind `Other`: never
+/// `Interrupted`, which `read_to_end` and the unpacker retry) up to `read_error`,
+/// which makes it the crate's error.
+#[derive(Debug, Clone)]
+enum Halt {
+    /// The whole-download deadline (`--timeout`, in seconds) passed.
+    Deadline(f64),
+    /// SIGINT / SIGTERM arrived.
+    Signal(&'static str),
+    /// No byte for `--stall-timeout` (in seconds).
+    Stalled(f64),
+    /// One byte more than the `Cap` allows (`Cap::too_long`).
+    TooLong(String),
+}
+
+impl std::fmt::Display for Halt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted by {}", self.0)
+        match self {
+            Halt::Deadline(secs) => write!(f, "timeout after {secs:.1}s"),
+            Halt::Signal(sig) => write!(f, "interrupted by {sig}"),
+            Halt::Stalled(secs) => write!(f, "stalled: no data for {secs:.1}s"),
+            Halt::TooLong(msg) => f.write_str(msg),
+        }
     }
 }
-impl std::error::Error for Signal {}
+
+impl std::error::Error for Halt {}
+
+impl From<Halt> for io::Error {
+    fn from(h: Halt) -> io::Error {
+        io::Error::other(h)
+    }
+}
+
+impl Halt {
+    /// The crate's error for a halted read of `url`.
+    fn into_error(self, url: &str) -> Error {
+        let url = url.to_string();
+        match self {
+            Halt::Deadline(secs) => Error::Timeout { url, secs },
+            Halt::Signal(sig) => Error::Interrupted(sig),
+            Halt::Stalled(secs) => Error::Stalled { url, secs },
+            Halt::TooLong(msg) => Error::Limit { url, msg },
+        }
+    }
+}
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.check_deadline()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let mut want = buf.len();
+        if let Some(cap) = self.cap {
+            let left = cap.max.saturating_sub(self.bytes);
+            if left == 0 {
+                // Whether one more byte comes: then it is one too many.
+                let mut probe = [0u8; 1];
+                return match self.read_inner(&mut probe)? {
+                    0 => Ok(0),
+                    _ => Err(Halt::TooLong(cap.too_long()).into()),
+                };
+            }
+            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
         if let Some(bw) = self.bandwidth {
             // Read at most a tenth of a second's worth at a time, so the pace is even
             // and the deadline is checked often.
@@ -193,39 +318,35 @@ impl<R: Read> Read for Limited<R> {
                 self.check_deadline()?;
             }
         }
-        let n = match self.inner.read(&mut buf[..want]) {
-            Ok(n) => n,
-            // A read cut short by the HTTP client's own deadline is the deadline.
-            Err(e) => {
-                self.check_deadline()?;
-                return Err(e);
-            }
-        };
+        let n = self.read_inner(&mut buf[..want])?;
         self.bytes += n as u64;
+        if n == 0 {
+            if let Some(cap) = self.cap.filter(|c| c.exact && self.bytes < c.max) {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "shorter than its size: ended after {} of {} bytes",
+                        self.bytes, cap.max
+                    ),
+                ));
+            }
+        }
         Ok(n)
     }
 }
 
 /// Maps an `io::Error` from a `Limited` read to the crate error for `url`.
 fn read_error(url: &str, e: io::Error) -> Error {
-    if let Some(inner) = e.get_ref() {
-        if let Some(t) = inner.downcast_ref::<TimedOut>() {
-            return Error::Timeout {
-                url: url.to_string(),
-                secs: t.0,
-            };
-        }
-        if let Some(s) = inner.downcast_ref::<Signal>() {
-            return Error::Interrupted(s.0);
-        }
+    if let Some(h) = e.get_ref().and_then(|i| i.downcast_ref::<Halt>()) {
+        return h.clone().into_error(url);
     }
     Error::fetch_from(url, e)
 }
 
 /// Runs `attempt` with retries, waits and the deadline of `opts`. Every error that
-/// `Error::is_retryable` (SPEC §8: all but the deadline, a signal and a checksum
-/// mismatch, which `stream` decides after the attempts) is tried again, up to
-/// `opts.retry` times, each retry logged with its reason.
+/// `Error::is_retryable` (SPEC §8: all but the deadline, a signal, a checksum
+/// mismatch, which `stream` decides after the attempts, and a refusal) is tried again,
+/// up to `opts.retry` times, each retry logged with its reason.
 fn with_retries<T>(
     url: &str,
     opts: &FetchOptions,
@@ -263,38 +384,46 @@ fn with_retries<T>(
 /// An open, limited source and its length when known.
 type Opened = (Limited<Box<dyn Read + Send>>, Option<u64>);
 
+/// Opens `url` behind a `Limited`. A length the server (or the file system) gives
+/// beyond the `cap` is refused before a byte is read.
 fn limited(
     url: &str,
     deadline: Option<(Instant, Duration)>,
     bw: Option<u64>,
-    env: Env,
+    cap: Option<Cap>,
+    opts: &FetchOptions,
 ) -> Result<Opened> {
-    let src = open(url, deadline, env)?;
+    let src = open(url, deadline, opts)?;
+    if let (Some(cap), Some(len)) = (cap, src.len) {
+        if len > cap.max {
+            return Err(Error::Limit {
+                url: url.to_string(),
+                msg: format!("{} ({len} bytes announced)", cap.too_long()),
+            });
+        }
+    }
     let l = Limited {
         inner: src.reader,
-        url: url.to_string(),
         start: Instant::now(),
         deadline,
         bandwidth: bw.filter(|b| *b > 0),
+        cap,
         bytes: 0,
     };
-    l.check_deadline().map_err(|e| read_error(&l.url, e))?;
+    l.check_deadline().map_err(|e| read_error(url, e))?;
     Ok((l, src.len))
 }
 
 /// Fetches a small document's raw bytes (the manifest and its signature), with
-/// retries and the deadline; more than `max` bytes is an error.
+/// retries, the deadline and the stall limit; the byte after the first `max` is
+/// refused as it arrives (`Error::Limit`, never retried).
 pub(crate) fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Vec<u8>> {
     let start = Instant::now();
+    let cap = Cap { max, exact: false };
     with_retries(url, opts, start, |deadline| {
-        let (r, _) = limited(url, deadline, None, opts.env)?;
+        let (mut r, _) = limited(url, deadline, None, Some(cap), opts)?;
         let mut buf = Vec::new();
-        r.take(max.saturating_add(1))
-            .read_to_end(&mut buf)
-            .map_err(|e| read_error(url, e))?;
-        if buf.len() as u64 > max {
-            return Err(Error::fetch(url, format!("larger than {max} bytes")));
-        }
+        r.read_to_end(&mut buf).map_err(|e| read_error(url, e))?;
         Ok(buf)
     })
 }
@@ -309,17 +438,19 @@ pub(crate) fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
 }
 
 /// Streams `url` into `consume` (the unpacker), hashing the bytes as they arrive,
-/// with the retries, deadline and bandwidth cap of `opts`; each attempt starts
-/// `consume` afresh, so it must not keep state across calls. Only a matching digest
-/// gives its result back, `Verified`.
+/// with the retries, deadline, stall limit and bandwidth cap of `opts`, and `size`,
+/// the manifest's: a longer body fails at the byte past it, a shorter one at its end.
+/// Each attempt starts `consume` afresh, so it must not keep state across calls. Only
+/// a matching digest gives its result back, `Verified`.
 ///
-/// A source error (connection, deadline, signal) is reported as such even when the
-/// consumer saw it first as a broken stream. When the consumer fails on its own (a
-/// corrupt archive), the rest of the source is still read: if the digest does not
-/// match, the mismatch is the error reported, the likelier story.
+/// A source error (connection, deadline, stall, signal, size) is reported as such
+/// even when the consumer saw it first as a broken stream. When the consumer fails on
+/// its own (a corrupt archive), the download stops there (SPEC §17: never drained)
+/// and the consumer's error is the one reported.
 pub(crate) fn stream<T>(
     url: &str,
     checksum: &Checksum,
+    size: Option<u64>,
     opts: &FetchOptions,
     mut consume: impl FnMut(&mut (dyn Read + Send)) -> Result<T>,
 ) -> Result<Verified<T>> {
@@ -330,42 +461,41 @@ pub(crate) fn stream<T>(
     if let Some(t) = opts.timeout {
         logln!("Set timeout {}", humantime::format_duration(t));
     }
+    let cap = size.map(|max| Cap { max, exact: true });
     // Outer error: the source failed (retried when retryable); inner: the consumer's
-    // own verdict on good bytes (never retried).
-    let (outcome, count, hashed) = with_retries(url, opts, start, |deadline| {
-        let (src, len) = limited(url, deadline, opts.max_bandwidth, opts.env)?;
+    // own verdict on the bytes (never retried).
+    let attempt = with_retries(url, opts, start, |deadline| {
+        let (src, len) = limited(url, deadline, opts.max_bandwidth, cap, opts)?;
         let mut tap = Tap {
             inner: HashingReader::new(src, checksum),
             progress: Progress::new(len),
             failure: None,
         };
         let outcome = consume(&mut tap);
-        if tap.failure.is_none() {
-            // The digest needs every byte (normally the consumer read them all).
+        if outcome.is_ok() && tap.failure.is_none() {
+            // The digest needs every byte (the unpacker reads to the end: normally
+            // nothing is left).
             let _ = io::copy(&mut tap, &mut io::sink());
         }
         if let Some(e) = tap.failure.take() {
             return Err(read_error(url, e));
         }
-        let count = tap.inner.count();
-        Ok((outcome, count, tap.inner.finish()))
+        Ok(match outcome {
+            Ok(value) => Ok((value, tap.inner.count(), tap.inner.finish())),
+            // Dropping the source here ends the download.
+            Err(e) => Err(e),
+        })
     })?;
+    let (value, count, hashed) = attempt?;
     let secs = start.elapsed().as_secs_f64();
     logln!(
-        "Read {count} bytes from {url} (in {secs:.3}s, {:.0} bytes/s)",
+        "Read {count} bytes from {} (in {secs:.3}s, {:.0} bytes/s)",
+        redact(url),
         count as f64 / secs.max(1e-9)
     );
-    match outcome {
-        Ok(value) => {
-            let verified = hashed.verify(value)?;
-            logln!("Checksum ok: {}", checksum.hex());
-            Ok(verified)
-        }
-        Err(e) => {
-            hashed.verify(())?;
-            Err(e)
-        }
-    }
+    let verified = hashed.verify(value)?;
+    logln!("Checksum ok: {}", checksum.hex());
+    Ok(verified)
 }
 
 /// The consumer's view of a source: hashes, shows progress, and keeps the source's
@@ -475,11 +605,14 @@ mod tests {
 
     #[test]
     fn unsupported_scheme_is_named() {
+        let allow = AllowList::default();
         let opts = FetchOptions {
             retry: 0,
             retry_wait: Duration::ZERO,
             timeout: None,
+            stall: None,
             max_bandwidth: None,
+            allow: &allow,
             env: &|_| None,
         };
         let e = fetch_bytes("gopher://x/y", &opts, u64::MAX).unwrap_err();
@@ -524,10 +657,10 @@ mod tests {
         let data = vec![7u8; 3000];
         let mut l = Limited {
             inner: &data[..],
-            url: "mem".into(),
             start: Instant::now(),
             deadline: None,
             bandwidth: Some(10_000),
+            cap: None,
             bytes: 0,
         };
         let t = Instant::now();
@@ -547,13 +680,13 @@ mod tests {
         let data = vec![7u8; 100_000];
         let mut l = Limited {
             inner: &data[..],
-            url: "mem".into(),
             start: Instant::now(),
             deadline: Some((
                 Instant::now() + Duration::from_millis(200),
                 Duration::from_millis(200),
             )),
             bandwidth: Some(10_000),
+            cap: None,
             bytes: 0,
         };
         let e = l.read_to_end(&mut Vec::new()).unwrap_err();

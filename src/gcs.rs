@@ -33,6 +33,7 @@ use base64::Engine;
 use crate::error::{CredError, Error, Result};
 use crate::http;
 use crate::logln;
+use crate::urls::redact;
 use crate::Env;
 
 /// Google's public endpoint for object requests.
@@ -441,7 +442,7 @@ fn fetch_token(source: &Source, cap: Duration, env: Env) -> std::result::Result<
         Source::AccessToken(t) => Ok(t.clone()),
         Source::ServiceAccount { key, .. } => {
             let uri = key.0.token_uri.as_deref().unwrap_or(DEFAULT_TOKEN_URI);
-            let what = format!("{} token endpoint {uri}", source.describe());
+            let what = format!("{} token endpoint {}", source.describe(), redact(uri));
             let jwt = assertion(&key.0, uri, now_secs())
                 .map_err(|e| CredError::config(format!("{}: {e}", source.describe())))?;
             let form = url::form_urlencoded::Serializer::new(String::new())
@@ -453,7 +454,7 @@ fn fetch_token(source: &Source, cap: Duration, env: Env) -> std::result::Result<
         Source::AuthorizedUser { user, .. } => {
             let u = &user.0;
             let uri = u.token_uri.as_deref().unwrap_or(DEFAULT_TOKEN_URI);
-            let what = format!("{} token endpoint {uri}", source.describe());
+            let what = format!("{} token endpoint {}", source.describe(), redact(uri));
             let form = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("grant_type", "refresh_token")
                 .append_pair("client_id", &u.client_id)
@@ -589,7 +590,8 @@ pub(crate) fn request(
     let authorization = match got {
         Ok(t) => {
             logln!(
-                "GCS {url}: endpoint {host}, credentials from {}",
+                "GCS {}: endpoint {host}, credentials from {}",
+                redact(url),
                 source.describe()
             );
             Some(t.bearer())
@@ -605,7 +607,10 @@ pub(crate) fn request(
                     e.msg
                 )));
             }
-            logln!("GCS {url}: emulator {host}, no credentials found: sending none");
+            logln!(
+                "GCS {}: emulator {host}, no credentials found: sending none",
+                redact(url)
+            );
             None
         }
         Err(e) => return Err(to_error(e)),

@@ -2,27 +2,33 @@
 //! (ring), the system's CA store or `SSL_CERT_FILE`, bundled roots as fallback; proxies
 //! from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as Go reads them (`http://` in
 //! absolute form through the proxy, `https://` by CONNECT, the proxy URL's credentials
-//! as `Proxy-Authorization: Basic` for both); connect and read-silence timeouts inside
-//! the caller's deadline; a body shorter than its `Content-Length` is an error; S3's
-//! XML error codes in the message. Also the small direct requests `s3` makes to
-//! credential endpoints (ECS, EC2 IMDS).
+//! as `Proxy-Authorization: Basic` for both); a connect timeout, and the caller's
+//! deadline; a body shorter than its `Content-Length` is an error; S3's XML error codes
+//! in the message. Redirects (SPEC §17): every target is checked against
+//! `--allow-url` like the first URL, one from https to anything else is refused, no
+//! `Referer` is sent, and credentials (`Authorization`, from the request or the URL's
+//! user info) never go to another host (the client drops them on a cross-host
+//! redirect). Also the small direct requests `s3` makes to credential endpoints (ECS,
+//! EC2 IMDS) and `gcs` to token endpoints.
 //!
-//! Only `fetch` (the GET of a source) and `s3` (credential endpoints) call it. It never
-//! names a presigned URL or a secret in an error: callers pass the URL as the user wrote
-//! it as the label.
+//! A source's GET is built here (`request`) and sent by `fetch` on the thread that
+//! reads it, which waits for it in ticks (signals, `--stall-timeout`): this module
+//! has no read timeout of its own. It never names a presigned URL or a secret in an
+//! error: callers pass the URL as the user wrote it as the label, and a redirect
+//! target is named through `urls::redact`.
 
 use std::io::{self, Read};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::allow::AllowList;
 use crate::error::{Cause, Error, Result};
 use crate::logln;
+use crate::urls::redact;
 use crate::Env;
 
 /// Longest wait for a TCP connection (and TLS handshake), capped by the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest silence while reading a response before the attempt fails (and is retried).
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 10;
 
@@ -54,17 +60,20 @@ fn root_certs() -> Vec<reqwest::Certificate> {
         .clone()
 }
 
-/// The HTTP client for one proxy choice (`None` = direct) and connect timeout, made
-/// once per run and kept, so that the manifest and the archive share connections.
+/// The HTTP client for one proxy choice (`None` = direct), connect timeout and
+/// `--allow-url` list (its redirect policy), made once per run and kept, so that the
+/// manifest and the archive share connections.
 fn agent(
     proxy: Option<String>,
     connect: Duration,
+    allow: &AllowList,
 ) -> std::result::Result<reqwest::blocking::Client, String> {
-    type Agents = Vec<((Option<String>, Duration), reqwest::blocking::Client)>;
+    type Key = (Option<String>, Duration, AllowList);
+    type Agents = Vec<(Key, reqwest::blocking::Client)>;
     static AGENTS: Mutex<Agents> = Mutex::new(Vec::new());
     // A poisoned list of clients is still a valid list.
     let mut agents = AGENTS.lock().unwrap_or_else(|p| p.into_inner());
-    let key = (proxy, connect);
+    let key = (proxy, connect, allow.clone());
     if let Some((_, a)) = agents.iter().find(|(k, _)| *k == key) {
         return Ok(a.clone());
     }
@@ -76,10 +85,14 @@ fn agent(
         .tls_certs_only(root_certs())
         .user_agent(format!("stretcher/{}", crate::VERSION))
         .connect_timeout(connect)
-        // per read (and until the response head), not for the whole body; a request
-        // with a deadline has the time left instead (`RequestBuilder::timeout`)
-        .timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
+        // No read timeout of the client's (its default is 30 s): a source's silence
+        // is `--stall-timeout`'s, which `fetch` watches; a request with a deadline
+        // has the time left (`RequestBuilder::timeout`), and the small requests have
+        // their own.
+        .timeout(None::<Duration>)
+        // The previous URL (a presigned one's query included) is nobody's business.
+        .referer(false)
+        .redirect(redirect_policy(allow.clone()));
     let builder = match proxy {
         // The proxy URL may hold a password: never shown.
         Some(url) => builder.proxy(
@@ -94,6 +107,58 @@ fn agent(
         .map_err(|e| format!("HTTP client: {}", describe(&e)))?;
     agents.push((key, a.clone()));
     Ok(a)
+}
+
+/// Why a redirect is not followed (SPEC §17): the source of the client's error, which
+/// `Request::send` turns into the crate's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Redirect {
+    /// From https to another scheme (the URL, redacted).
+    Downgrade(String),
+    /// A target outside `--allow-url` (the URL, redacted; why).
+    NotAllowed(String, String),
+    /// More than `MAX_REDIRECTS`.
+    TooMany,
+}
+
+impl std::fmt::Display for Redirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Redirect::Downgrade(to) => write!(f, "redirect from https to {to} refused"),
+            Redirect::NotAllowed(to, why) => {
+                write!(f, "redirect to {to} refused by --allow-url: {why}")
+            }
+            Redirect::TooMany => write!(f, "more than {MAX_REDIRECTS} redirects"),
+        }
+    }
+}
+
+impl std::error::Error for Redirect {}
+
+/// The check of one redirect from `from` (the URL that answered it) to `to`.
+fn check_redirect(from: Option<&url::Url>, to: &url::Url, allow: &AllowList) -> Option<Redirect> {
+    if from.is_some_and(|f| f.scheme() == "https") && to.scheme() != "https" {
+        return Some(Redirect::Downgrade(redact(to.as_str())));
+    }
+    allow
+        .refusal(to.as_str())
+        .map(|why| Redirect::NotAllowed(redact(to.as_str()), why))
+}
+
+/// The client's redirect policy: `check_redirect` for each hop, at most
+/// `MAX_REDIRECTS` of them.
+fn redirect_policy(allow: AllowList) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let refused = if attempt.previous().len() > MAX_REDIRECTS {
+            Some(Redirect::TooMany)
+        } else {
+            check_redirect(attempt.previous().last(), attempt.url(), &allow)
+        };
+        match refused {
+            Some(r) => attempt.error(r),
+            None => attempt.follow(),
+        }
+    })
 }
 
 /// The proxy for a request, as Go's net/http reads the environment: `HTTPS_PROXY`
@@ -224,7 +289,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else if e.is_connect() {
         "cannot connect".to_string()
     } else if e.is_redirect() {
-        "too many redirects".to_string()
+        "redirect failed".to_string()
     } else if e.is_builder() {
         "invalid URL".to_string()
     } else {
@@ -265,28 +330,29 @@ fn remaining(label: &str, deadline: Option<(Instant, Duration)>) -> Result<Optio
     }
 }
 
-/// GETs `url` (which may be a presigned URL: never shown) and names `label` in every
-/// error. Non-2xx is `Error::HttpStatus` with the status (and S3's error code).
-pub(crate) fn http_get(
-    label: &str,
-    url: &str,
+/// A GET of a source, built and not yet sent: `fetch` sends it (`send`) on the
+/// thread that reads its body.
+pub(crate) struct Request {
+    label: String,
     deadline: Option<(Instant, Duration)>,
-    env: Env,
-) -> Result<Body> {
-    http_get_with(label, url, &[], deadline, env)
+    inner: reqwest::blocking::RequestBuilder,
 }
 
-/// `http_get` with request headers (`gcs`: `Authorization: Bearer ...`, a secret
-/// never shown: errors describe the failure, never the request).
-pub(crate) fn http_get_with(
+/// Builds the GET of `url` (which may be a presigned URL: never shown), with request
+/// headers (`gcs`: `Authorization: Bearer ...`, a secret never shown: errors describe
+/// the failure, never the request), the time left before the deadline, and the
+/// redirect policy of `allow`; `label` is named in every error.
+pub(crate) fn request(
     label: &str,
     url: &str,
     headers: &[(&str, &str)],
     deadline: Option<(Instant, Duration)>,
+    allow: &AllowList,
     env: Env,
-) -> Result<Body> {
+) -> Result<Request> {
     let left = remaining(label, deadline)?;
-    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT).map_err(|m| Error::fetch(label, m))?;
+    let agent =
+        agent(proxy_for(url, env), CONNECT_TIMEOUT, allow).map_err(|m| Error::fetch(label, m))?;
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -294,57 +360,107 @@ pub(crate) fn http_get_with(
     if let Some(left) = left {
         req = req.timeout(left);
     }
-    let resp = req.send().map_err(|e| {
-        // Past the deadline, whatever the client says, it is the deadline.
-        remaining(label, deadline)
-            .err()
-            .unwrap_or_else(|| Error::Fetch {
-                url: label.to_string(),
-                msg: describe(&e),
-                source: Some(e.into()),
-            })
-    })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let region = resp
-            .headers()
-            .get("x-amz-bucket-region")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut text = String::new();
-        let _ = resp.take(64 * 1024).read_to_string(&mut text);
-        let mut detail = status
-            .canonical_reason()
-            .map(|r| format!(" {r}"))
-            .unwrap_or_default();
-        if let Some(code) = xml_tag(&text, "Code") {
-            detail.push_str(&format!(" ({code}"));
-            if let Some(m) = xml_tag(&text, "Message") {
-                detail.push_str(&format!(": {m}"));
-            }
-            detail.push(')');
-        } else if let Some(m) = json_error_message(&text) {
-            // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
-            detail.push_str(&format!(" ({m})"));
-        }
-        if let Some(r) = region {
-            detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
-        }
-        return Err(Error::HttpStatus {
-            url: label.to_string(),
-            status: status.as_u16(),
-            detail,
-        });
-    }
-    let len = resp.content_length();
-    Ok(Body {
-        reader: Box::new(Exact {
-            inner: resp,
-            expected: len,
-            got: 0,
-        }),
-        len,
+    Ok(Request {
+        label: label.to_string(),
+        deadline,
+        inner: req,
     })
+}
+
+impl Request {
+    /// Sends the request and waits for the answer's head (blocking). Non-2xx is
+    /// `Error::HttpStatus` with the status (and S3's error code); a redirect refused
+    /// is `Error::Refused`.
+    pub(crate) fn send(self) -> Result<Body> {
+        let Request {
+            label,
+            deadline,
+            inner,
+        } = self;
+        let label = label.as_str();
+        let resp = inner.send().map_err(|e| {
+            // Past the deadline, whatever the client says, it is the deadline.
+            if let Err(late) = remaining(label, deadline) {
+                return late;
+            }
+            match redirect_refusal(&e) {
+                Some(Redirect::TooMany) => Error::Fetch {
+                    url: label.to_string(),
+                    msg: Redirect::TooMany.to_string(),
+                    source: Some(e.into()),
+                },
+                Some(r) => Error::Refused {
+                    url: label.to_string(),
+                    msg: r.to_string(),
+                },
+                None => Error::Fetch {
+                    url: label.to_string(),
+                    msg: describe(&e),
+                    source: Some(e.into()),
+                },
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_error(label, resp));
+        }
+        let len = resp.content_length();
+        Ok(Body {
+            reader: Box::new(Exact {
+                inner: resp,
+                expected: len,
+                got: 0,
+            }),
+            len,
+        })
+    }
+}
+
+/// The redirect refusal a client error carries, if any.
+fn redirect_refusal(e: &reqwest::Error) -> Option<Redirect> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(r) = cause.downcast_ref::<Redirect>() {
+            return Some(r.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// `Error::HttpStatus` of a non-2xx answer: its reason, S3's or GCS's own message, a
+/// region hint.
+fn status_error(label: &str, resp: reqwest::blocking::Response) -> Error {
+    let status = resp.status();
+    let region = resp
+        .headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut text = String::new();
+    let _ = resp.take(64 * 1024).read_to_string(&mut text);
+    let mut detail = status
+        .canonical_reason()
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
+    if let Some(code) = xml_tag(&text, "Code") {
+        detail.push_str(&format!(" ({code}"));
+        if let Some(m) = xml_tag(&text, "Message") {
+            detail.push_str(&format!(": {m}"));
+        }
+        detail.push(')');
+    } else if let Some(m) = json_error_message(&text) {
+        // GCS's JSON API: `{"error": {"code": 403, "message": "..."}}`.
+        detail.push_str(&format!(" ({m})"));
+    }
+    if let Some(r) = region {
+        detail.push_str(&format!("; the bucket is in region {r} (set AWS_REGION)"));
+    }
+    Error::HttpStatus {
+        url: label.to_string(),
+        status: status.as_u16(),
+        detail,
+    }
 }
 
 /// A response body being read, and its length when the server said.
@@ -451,7 +567,7 @@ pub(crate) fn metadata_request(
     connect: Duration,
     total: Duration,
 ) -> std::result::Result<(u16, String), Failed> {
-    let agent = agent(None, connect).map_err(Failed::new)?;
+    let agent = agent(None, connect, &AllowList::default()).map_err(Failed::new)?;
     let mut req = match method {
         Method::Get => agent.get(url),
         Method::Put => agent.put(url),
@@ -478,7 +594,12 @@ pub(crate) fn form_post(
     total: Duration,
     env: Env,
 ) -> std::result::Result<(u16, String), Failed> {
-    let agent = agent(proxy_for(url, env), CONNECT_TIMEOUT.min(total)).map_err(Failed::new)?;
+    let agent = agent(
+        proxy_for(url, env),
+        CONNECT_TIMEOUT.min(total),
+        &AllowList::default(),
+    )
+    .map_err(Failed::new)?;
     let resp = agent
         .post(url)
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -578,6 +699,37 @@ mod tests {
             got: 0,
         };
         assert_eq!(r.read_to_end(&mut Vec::new()).unwrap(), 10);
+    }
+
+    #[test]
+    fn redirects_are_checked_hop_by_hop() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let none = AllowList::default();
+        let https = u("https://a.example/m.yml");
+        // https → http is refused whatever the list; http → https, https → https not.
+        assert_eq!(
+            check_redirect(Some(&https), &u("http://a.example/m.yml?sig=x"), &none),
+            Some(Redirect::Downgrade(
+                "http://a.example/m.yml?REDACTED".to_string()
+            ))
+        );
+        assert_eq!(
+            check_redirect(Some(&u("http://a/")), &u("https://b/"), &none),
+            None
+        );
+        assert_eq!(check_redirect(Some(&https), &u("https://b/"), &none), None);
+        // Every target against --allow-url.
+        let allow = AllowList::new(&["https://a.example/".to_string()]).unwrap();
+        assert_eq!(
+            check_redirect(Some(&https), &u("https://a.example/x"), &allow),
+            None
+        );
+        let r = check_redirect(Some(&https), &u("https://u:p@evil.example/x"), &allow);
+        let Some(Redirect::NotAllowed(to, _)) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(to, "https://u:REDACTED@evil.example/x");
+        assert!(r.unwrap().to_string().contains("refused by --allow-url"));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct Manifest {
     /// `serial` (an integer ≥ 0): refused when lower than the last successful
     /// deploy's to the same dest (SPEC §15).
     pub serial: Option<u64>,
+    /// `size` (an integer ≥ 0): the bytes of `src`; a body longer or shorter fails
+    /// the download (SPEC §17).
+    pub size: Option<u64>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -84,6 +87,7 @@ const TOP_KEYS: &[&str] = &[
     "commands",
     "expires",
     "serial",
+    "size",
     "keep_releases",
     "releases_dir",
 ];
@@ -110,6 +114,7 @@ struct RawManifest {
     commands: Option<RawCommands>,
     expires: Option<String>,
     serial: Option<String>,
+    size: Option<String>,
     keep_releases: Option<String>,
     releases_dir: Option<String>,
 }
@@ -250,6 +255,7 @@ fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Ma
         serial: non_empty(raw.serial)
             .map(|n| parse_serial(&n))
             .transpose()?,
+        size: non_empty(raw.size).map(|n| parse_size(&n)).transpose()?,
     })
 }
 
@@ -287,6 +293,18 @@ fn parse_serial(text: &str) -> Result<u64, String> {
     }
     t.parse::<u64>()
         .map_err(|e| format!("serial {text:?} is not an integer >= 0: {e}"))
+}
+
+/// `size`: decimal digits, bytes, an integer ≥ 0.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "size {text:?} is not a number of bytes (an integer >= 0)"
+        ));
+    }
+    t.parse::<u64>()
+        .map_err(|e| format!("size {text:?} is not a number of bytes (an integer >= 0): {e}"))
 }
 
 /// `keep_releases`: a whole number, at least 1.
@@ -1202,6 +1220,24 @@ mod tests {
             let e = err(&with_src(&format!("expires: {bad}\n")));
             assert!(e.contains("expires") || e.contains("YAML"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn size_is_a_number_of_bytes() {
+        assert_eq!(ok(&with_src("")).size, None);
+        let m = ok(&with_src("size: 163045120\n"));
+        assert_eq!(m.size, Some(163_045_120));
+        assert!(m.unknown_keys.is_empty());
+        assert_eq!(ok(&with_src("size: 0\n")).size, Some(0));
+        assert_eq!(ok(&with_src("size: '0012'\n")).size, Some(12));
+        // Empty is unset, as for every key.
+        assert_eq!(ok(&with_src("size: ''\n")).size, None);
+        for bad in ["-1", "1.5", "1e6", "10M", "0x10", "99999999999999999999999"] {
+            let e = err(&with_src(&format!("size: {bad}\n")));
+            assert!(e.contains("size"), "{bad}: {e}");
+        }
+        let e = err(&with_src("size: [1]\n"));
+        assert!(e.contains("size") || e.contains("YAML"), "{e}");
     }
 }
 

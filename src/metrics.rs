@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::record::{self, Outcome, Record};
+use crate::urls::redact;
 
 /// The values of one dest's last deploy that the metrics show.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +94,8 @@ pub(crate) fn render(d: &LastDeploy) -> String {
             format!(
                 "{dest_label},checksum=\"{}\",manifest_url=\"{}\"",
                 escape_label(d.checksum),
-                escape_label(d.manifest_url)
+                // As the record has it already; a label is never a secret's place.
+                escape_label(&redact(d.manifest_url))
             ),
             "1".into(),
         )],

@@ -11,9 +11,9 @@
 //! never share records. `classify` is the one place that turns the step a run
 //! reached and its error into `result` and `failed_step`.
 //!
-//! A record never holds a secret: URLs go through `redact_url` (user info and
-//! presigning query parameters removed) and errors already never carry one
-//! (`error.rs`). A record that cannot be written is a logged warning for the
+//! A record never holds a secret: URLs go through `urls::redact` (a password and
+//! the query string replaced by `REDACTED`, SPEC §17) and an error's line shows its
+//! URL the same way (`error.rs`). A record that cannot be written is a logged warning for the
 //! caller, never a change of the deploy's result. Reading is lenient: a missing
 //! record is `None`, a corrupt one is a warning and `None`.
 
@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::logln;
 use crate::strategy::Strategy;
+use crate::urls::redact;
 
 /// The `schema` of the records this version writes.
 pub const SCHEMA: u32 = 1;
@@ -42,7 +43,8 @@ pub enum Outcome {
     Success,
     /// A step failed (`failed_step` says which).
     Failure,
-    /// Refused before use: `--allow-url`, no valid signature, or a stale manifest.
+    /// Refused before use: `--allow-url` (a redirect too), no valid signature, a
+    /// stale manifest, or a limit of SPEC §17 (size, not a regular file).
     Refused,
     /// SIGINT / SIGTERM arrived during the run.
     Interrupted,
@@ -104,7 +106,8 @@ pub(crate) fn classify(step: Step, err: Option<&Error>) -> (Outcome, Option<Step
     };
     match err {
         Error::Interrupted(_) => (Outcome::Interrupted, Some(step)),
-        Error::Refused { .. } => (Outcome::Refused, Some(step)),
+        // `--allow-url` (a redirect too), and the limits of SPEC §17.
+        Error::Refused { .. } | Error::Limit { .. } => (Outcome::Refused, Some(step)),
         // SPEC §15: no valid signature; a stale (expired, lower serial) manifest.
         Error::Signature { .. } => (Outcome::Refused, Some(Step::Signature)),
         Error::Freshness { .. } => (Outcome::Refused, Some(Step::Manifest)),
@@ -207,7 +210,7 @@ pub struct Record {
     pub strategy: Option<Strategy>,
     /// The release ID (SPEC §14).
     pub release: Option<String>,
-    /// The manifest URL, secrets removed (`redact_url`).
+    /// The manifest URL, secrets replaced (`urls::redact`).
     pub manifest_url: String,
     /// sha256 of the manifest's raw bytes, when it was fetched.
     pub manifest_sha256: Option<String>,
@@ -302,7 +305,7 @@ impl Draft {
     pub(crate) fn manifest_valid(&mut self, m: &crate::manifest::Manifest) {
         self.dest = m.dest.clone();
         self.commands_only = m.src.is_none();
-        self.src = m.src.as_deref().map(redact_url);
+        self.src = m.src.as_deref().map(redact);
         self.checksum = m.checksum.as_ref().map(|c| c.hex().to_ascii_lowercase());
         if m.src.is_some() {
             self.strategy = Some(m.sync_strategy);
@@ -405,7 +408,7 @@ impl Draft {
             dest: self.dest.map(|d| d.display().to_string()),
             strategy: self.strategy,
             release: self.release,
-            manifest_url: redact_url(&self.manifest_url),
+            manifest_url: redact(&self.manifest_url),
             manifest_sha256: self.manifest_sha256,
             serial: self.serial,
             src: self.src,
@@ -498,49 +501,6 @@ pub fn record_path(state_dir: &Path, key: &str) -> PathBuf {
 /// `STATE/deploys/<key>.history.jsonl`.
 pub fn history_path(state_dir: &Path, key: &str) -> PathBuf {
     deploys_dir(state_dir).join(format!("{key}.history.jsonl"))
-}
-
-/// Query parameters that make a URL a credential (presigned S3 / GCS / Azure
-/// URLs, tokens). A URL with any of them loses its whole query in a record.
-const SECRET_PARAMS: &[&str] = &[
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "signature",
-    "sig",
-    "token",
-    "access_token",
-    "awsaccesskeyid",
-];
-
-/// `url` fit for a record or a log: user info (`user:pass@`) dropped, and the
-/// query dropped when it holds a signature or token. Split by hand, not by
-/// `url::Url`: the rest stays exactly as the user wrote it (no percent-encoding, no
-/// lower-cased host), as every error and log line names it.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, after) = rest.split_at(auth_end);
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let after = match after.split_once('?') {
-        Some((path, query)) => {
-            let secret = query.split('&').any(|kv| {
-                let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
-                SECRET_PARAMS.contains(&k.as_str())
-            });
-            if secret {
-                path.to_string()
-            } else {
-                after.to_string()
-            }
-        }
-        None => after.to_string(),
-    };
-    format!("{scheme}://{authority}{after}")
 }
 
 /// Writes `record` as the last record of `key` and appends it to the key's
@@ -795,6 +755,14 @@ mod tests {
             classify(Step::Manifest, Some(&refused)),
             (Outcome::Refused, Some(Step::Manifest))
         );
+        let limit = Error::Limit {
+            url: "x".into(),
+            msg: "longer than its size".into(),
+        };
+        assert_eq!(
+            classify(Step::Download, Some(&limit)),
+            (Outcome::Refused, Some(Step::Download))
+        );
         let bad = Error::Archive {
             url: "x".into(),
             msg: "truncated".into(),
@@ -808,13 +776,16 @@ mod tests {
 
     #[test]
     fn urls_lose_secrets() {
-        assert_eq!(
-            redact_url("https://u:p@h/a?X-Amz-Signature=1&X-Amz-Credential=k"),
-            "https://h/a"
-        );
-        assert_eq!(redact_url("https://h/a?v=2"), "https://h/a?v=2");
-        assert_eq!(redact_url("s3://b/k.tgz"), "s3://b/k.tgz");
-        assert_eq!(redact_url("file:///x"), "file:///x");
+        let event = crate::event::Event {
+            url: "https://u:p@h/m.yml?X-Amz-Signature=s3cr3t".into(),
+            origin: crate::event::Origin::Arg,
+        };
+        let draft = Draft::new(&event);
+        let err = Error::fetch(&event.url, "HTTP 500");
+        let (_, rec) = draft.finish(Some(&err));
+        assert_eq!(rec.manifest_url, "https://u:REDACTED@h/m.yml?REDACTED");
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(!text.contains("s3cr3t") && !text.contains(":p@"), "{text}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use rusty_s3::{Bucket, S3Action, UrlStyle};
 use crate::error::{CredError, Error, Result};
 use crate::http::{self, Method};
 use crate::logln;
+use crate::urls::redact;
 use crate::Env;
 
 /// Cached remote credentials are used again only while they have this much life left.
@@ -241,10 +242,13 @@ pub(crate) fn endpoint(
 ) -> std::result::Result<(url::Url, UrlStyle), String> {
     for var in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"] {
         if let Some(text) = nonempty(env(var)) {
-            let mut u =
-                url::Url::parse(&text).map_err(|e| format!("{var}={text:?} is not a URL: {e}"))?;
+            let mut u = url::Url::parse(&text)
+                .map_err(|e| format!("{var}={:?} is not a URL: {e}", redact(&text)))?;
             if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                return Err(format!("{var}={text:?} is not an http(s) URL with a host"));
+                return Err(format!(
+                    "{var}={:?} is not an http(s) URL with a host",
+                    redact(&text)
+                ));
             }
             if !u.path().ends_with('/') {
                 let p = format!("{}/", u.path());
@@ -381,7 +385,11 @@ fn ecs_uri(env: Env) -> std::result::Result<Option<String>, CredError> {
         return Ok(None);
     };
     let u = url::Url::parse(&full).map_err(|e| {
-        CredError::config(format!("AWS_CONTAINER_CREDENTIALS_FULL_URI {full:?}: {e}")).because(e)
+        CredError::config(format!(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI {:?}: {e}",
+            redact(&full)
+        ))
+        .because(e)
     })?;
     let allowed = match (u.scheme(), u.host()) {
         ("https", Some(_)) => true,
@@ -422,9 +430,9 @@ fn from_ecs(env: Env, uri: &str) -> std::result::Result<Credentials, CredError> 
         headers.push(("Authorization", t.as_str()));
     }
     let (status, body) = http::metadata_request(Method::Get, uri, &headers, ECS_CONNECT, ECS_TOTAL)
-        .map_err(|e| CredError::transient(format!("{source} {uri}: {e}")).because(e))?;
+        .map_err(|e| CredError::transient(format!("{source} {}: {e}", redact(uri))).because(e))?;
     if status != 200 {
-        return Err(status_error(&format!("{source} {uri}"), status));
+        return Err(status_error(&format!("{source} {}", redact(uri)), status));
     }
     parse_metadata_credentials(&body, source)
 }
@@ -618,7 +626,8 @@ pub(crate) fn presign(url: &str, env: Env, expires_in: Duration) -> Result<Strin
     };
     let signed = bucket.get_object(Some(&rc), &loc.key).sign(expires_in);
     logln!(
-        "S3 {url}: region {region}, endpoint {host}, credentials from {}",
+        "S3 {}: region {region}, endpoint {host}, credentials from {}",
+        redact(url),
         creds.source
     );
     Ok(signed.to_string())
