@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod gcs;
 mod hooks;
+mod hostile_local;
 mod http;
 #[cfg(feature = "e2e")]
 mod metrics_e2e;
