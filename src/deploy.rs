@@ -384,7 +384,7 @@ fn finish(commands: &[String], env: &HookEnv, which: &str, draft: &mut record::D
     }
     // A signal that stopped the deploy must not also stop the failure hooks.
     interrupt::clear();
-    let phase = hooks::run_with_input(commands, env, &log::snapshot());
+    let phase = hooks::run_with_input(commands, env, &log::saved());
     draft.hooks_ran(which, phase.ran);
     if let Err(e) = phase.result {
         logln!("{which} command failed: {e}");

@@ -7,11 +7,14 @@
 //! a signal to stretcher, or `--command-timeout`, stops the hook's whole group
 //! (SIGTERM, then SIGKILL after `KILL_GRACE`) and nothing is left behind.
 //!
-//! A hook's stdin is always a pipe: the log for `success` / `failure`, an empty one
-//! (closed at once) for `pre` / `post`. Never `/dev/null`, which a minimal root
-//! (SPEC §16: the binary, `/bin/sh`, `/etc/passwd`, `/etc/group`) may lack.
+//! A hook's stdin is always a pipe: the log for `success` / `failure` (read back from
+//! the log's file, [`log::Saved`]), an empty one (closed at once) for `pre` / `post`.
+//! Never `/dev/null`, which a minimal root (SPEC §16: the binary, `/bin/sh`,
+//! `/etc/passwd`, `/etc/group`) may lack. A line of output longer than
+//! `MAX_LINE` bytes is logged in pieces of that size, so memory stays bounded
+//! whatever a hook prints.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -63,12 +66,12 @@ pub(crate) fn run(commands: &[String], env: &HookEnv) -> Phase {
     run_all(commands, env, None)
 }
 
-/// Runs `commands` in order, each with `input` (the log) on its stdin.
-pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Phase {
+/// Runs `commands` in order, each with `input` (the log, from its start) on its stdin.
+pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &log::Saved) -> Phase {
     run_all(commands, env, Some(input))
 }
 
-fn run_all(commands: &[String], env: &HookEnv, input: Option<&[u8]>) -> Phase {
+fn run_all(commands: &[String], env: &HookEnv, input: Option<&log::Saved>) -> Phase {
     let mut ran = Vec::with_capacity(commands.len());
     for c in commands {
         let (one, result) = run_one(c, env, input);
@@ -93,6 +96,10 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a hook's process group has to exit after SIGTERM before it gets SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// The longest log line made of one line of hook output; a longer one is logged in
+/// pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
+
 /// One command that ran, for the deploy record: its exit status or the signal that
 /// ended it, and how long it took.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +111,7 @@ pub(crate) struct Ran {
 }
 
 /// Runs one command: what ran (nothing when a signal came first) and its result.
-fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> (Option<Ran>, Result<()>) {
+fn run_one(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> (Option<Ran>, Result<()>) {
     if let Err(e) = interrupt::check() {
         return (None, Err(e));
     }
@@ -134,7 +141,7 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| sig.to_string())
 }
 
-fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<ExitStatus> {
+fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> Result<ExitStatus> {
     logln!("Invoking command: {command}");
     let (reader, writer) = io::pipe().map_err(|e| spawn_error(command, e))?;
     let writer2 = writer.try_clone().map_err(|e| spawn_error(command, e))?;
@@ -154,29 +161,18 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(reader);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match lines.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let l = line.strip_suffix(b"\n").unwrap_or(&line);
-                    log::line(String::from_utf8_lossy(l));
-                }
-            }
-        }
+        log_lines(BufReader::new(reader));
         let _ = done_tx.send(());
     });
 
     // Without input the write end is dropped here: the hook reads EOF at once.
     let stdin = child.stdin.take();
-    let feeder = input.zip(stdin).map(|(data, mut stdin)| {
-        let data = data.to_vec();
+    let feeder = input.zip(stdin).map(|(saved, mut stdin)| {
+        let mut log = saved.reader();
         std::thread::spawn(move || {
             // A hook that does not read its stdin closes the pipe: EPIPE is expected
             // and not an error (the process ignores SIGPIPE, as Rust programs do).
-            let _ = stdin.write_all(&data);
+            let _ = io::copy(&mut log, &mut stdin);
         })
     });
 
@@ -186,6 +182,57 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<
     }
     let _ = done_rx.recv_timeout(OUTPUT_GRACE);
     Ok(status)
+}
+
+/// Logs each line a hook writes, as it arrives: one log line a line, or one a
+/// `MAX_LINE` piece of a longer one (a UTF-8 character cut by the limit is carried
+/// to the next piece whole).
+fn log_lines(mut out: impl BufRead) {
+    let mut line = Vec::new();
+    loop {
+        let room = MAX_LINE.saturating_sub(line.len()) as u64;
+        let read = (&mut out).take(room).read_until(b'\n', &mut line);
+        let end = !matches!(read, Ok(n) if n > 0);
+        if line.is_empty() {
+            if end {
+                return;
+            }
+            continue;
+        }
+        let carry = if line.ends_with(b"\n") {
+            line.pop();
+            Vec::new()
+        } else if end {
+            Vec::new()
+        } else {
+            let cut = line.len() - incomplete_tail(&line);
+            line.split_off(cut)
+        };
+        log::line(String::from_utf8_lossy(&line));
+        if end {
+            return;
+        }
+        line = carry;
+    }
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that is not complete.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let c = b[b.len() - back];
+        if c & 0xC0 == 0x80 {
+            // a continuation byte: its lead is further back
+            continue;
+        }
+        let need = match c {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
 }
 
 /// Waits for the hook, killing its process group if a signal arrives meanwhile or
@@ -316,7 +363,7 @@ mod tests {
 
     #[test]
     fn unread_stdin_is_not_an_error() {
-        let big = vec![b'x'; 1 << 20];
+        let big = log::Saved::from_bytes(&vec![b'x'; 1 << 20]);
         run_with_input(&["echo ok".to_string()], &env(), &big)
             .result
             .unwrap();
@@ -352,6 +399,20 @@ mod tests {
         let phase = run(&["true".to_string()], &env());
         assert_eq!(phase.ran.len(), 1);
         assert!(phase.result.is_ok());
+    }
+
+    #[test]
+    fn a_long_line_is_logged_in_pieces_that_keep_characters_whole() {
+        // The limit falls inside the two bytes of an é: it goes whole to the next piece.
+        let mut out = vec![b'a'; MAX_LINE - 1];
+        out.extend_from_slice("étail\nnext\nno newline".as_bytes());
+        log_lines(&out[..]);
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(log.contains(&format!(" {}\n", "a".repeat(MAX_LINE - 1))));
+        for piece in [" étail\n", " next\n", " no newline\n"] {
+            assert!(log.contains(piece), "{piece:?}");
+        }
+        assert!(!log.contains('\u{fffd}'), "a character was cut");
     }
 
     #[test]
@@ -393,8 +454,12 @@ mod tests {
         run(&["true".to_string(), "echo quick".to_string()], &env)
             .result
             .unwrap();
-        run_with_input(&["cat >/dev/null".to_string()], &env, b"log")
-            .result
-            .unwrap();
+        run_with_input(
+            &["cat >/dev/null".to_string()],
+            &env,
+            &log::Saved::from_bytes(b"log"),
+        )
+        .result
+        .unwrap();
     }
 }
