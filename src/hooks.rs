@@ -3,9 +3,12 @@
 //! and stderr become log lines as they arrive. `success` / `failure` commands get the
 //! whole log of the run on stdin; one that does not read it is not an error.
 //!
-//! The only module that starts processes. A hook runs in its own process group, so
-//! a signal to stretcher, or `--command-timeout`, stops the hook's whole group
-//! (SIGTERM, then SIGKILL after `KILL_GRACE`) and nothing is left behind.
+//! The only module that starts processes. A hook runs in its own process group, and
+//! stretcher is the child subreaper of everything it starts, so a signal to stretcher,
+//! or `--command-timeout`, stops every process of the hook: its group and those that
+//! left it (`setsid`), found by [`tree`] (SIGTERM, then SIGKILL after `KILL_GRACE`).
+//! Nothing of a stopped hook is left behind; what a hook that ended by itself left
+//! running (`server &`) is not touched.
 //!
 //! A hook's stdin is always a pipe: the log for `success` / `failure` (read back from
 //! the log's file, [`log::Saved`]), an empty one (closed at once) for `pre` / `post`.
@@ -14,14 +17,15 @@
 //! `MAX_LINE` bytes is logged in pieces of that size, so memory stays bounded
 //! whatever a hook prints.
 
+mod tree;
+
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::interrupt;
@@ -93,7 +97,7 @@ fn run_all(commands: &[String], env: &HookEnv, input: Option<&log::Saved>) -> Ph
 /// left running in the background (`server &`): then the log moves on without it.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-/// How long a hook's process group has to exit after SIGTERM before it gets SIGKILL.
+/// How long a hook's processes have to exit after SIGTERM before they get SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// The longest log line made of one line of hook output; a longer one is logged in
@@ -143,6 +147,7 @@ fn signal_name(sig: i32) -> String {
 
 fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> Result<ExitStatus> {
     logln!("Invoking command: {command}");
+    tree::become_subreaper();
     let (reader, writer) = io::pipe().map_err(|e| spawn_error(command, e))?;
     let writer2 = writer.try_clone().map_err(|e| spawn_error(command, e))?;
     let mut cmd = Command::new("sh");
@@ -154,7 +159,7 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> R
         .stderr(writer2)
         .stdin(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| spawn_error(command, e))?;
+    let (mut child, hook) = tree::spawn(&mut cmd).map_err(|e| spawn_error(command, e))?;
     // The Command still holds the write ends of the pipe; drop it so the reader sees
     // EOF once the hook (and its children) close theirs.
     drop(cmd);
@@ -176,7 +181,7 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> R
         })
     });
 
-    let status = wait(&mut child, command, env.timeout)?;
+    let status = wait(&mut child, &hook, command, env.timeout)?;
     if let Some(f) = feeder {
         let _ = f.join();
     }
@@ -235,9 +240,14 @@ fn incomplete_tail(b: &[u8]) -> usize {
     0
 }
 
-/// Waits for the hook, killing its process group if a signal arrives meanwhile or
-/// when it runs longer than `timeout`.
-fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<ExitStatus> {
+/// Waits for the hook, ending all of it ([`tree::Hook::kill`]) if a signal arrives
+/// meanwhile or when it runs longer than `timeout`.
+fn wait(
+    child: &mut Child,
+    hook: &tree::Hook,
+    command: &str,
+    timeout: Option<Duration>,
+) -> Result<ExitStatus> {
     let deadline = timeout.map(|t| (Instant::now() + t, t));
     loop {
         match child.try_wait() {
@@ -246,7 +256,7 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
             Err(e) => return Err(spawn_error(command, e)),
         }
         if let Some(sig) = interrupt::pending() {
-            kill_group(child);
+            hook.kill(child, KILL_GRACE);
             logln!("stopped command {command:?}: interrupted by {sig}");
             return Err(Error::Interrupted(sig));
         }
@@ -254,7 +264,7 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
             if Instant::now() >= end {
                 let limit = humantime::format_duration(limit);
                 logln!("stopping command {command:?}: still running after {limit}");
-                kill_group(child);
+                hook.kill(child, KILL_GRACE);
                 return Err(Error::Hook {
                     command: command.to_string(),
                     status: format!("killed after timeout {limit}"),
@@ -263,30 +273,6 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// SIGTERM to the hook's whole process group; SIGKILL to what is left of it after
-/// `KILL_GRACE` (sooner when the group is gone); the hook itself is reaped.
-fn kill_group(child: &mut Child) {
-    let Ok(id) = i32::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    let pg = Pid::from_raw(id);
-    let _ = killpg(pg, Signal::SIGTERM);
-    let end = Instant::now() + KILL_GRACE;
-    while Instant::now() < end {
-        // Reap the leader (a zombie still counts as a member), then ask whether any
-        // process is left in the group.
-        let _ = child.try_wait();
-        if killpg(pg, None).is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = killpg(pg, Signal::SIGKILL);
-    let _ = child.wait();
 }
 
 fn check_status(command: &str, status: ExitStatus) -> Result<()> {
