@@ -6,9 +6,13 @@
 //!
 //! - a NUL in `commands.env` is a manifest error, before any hook runs;
 //! - `--command-timeout` or a signal also ends a grandchild of a hook that left its
-//!   session with `setsid`.
+//!   session with `setsid`;
+//! - the lock beside dest: a planted symlink is refused, never followed; the lock is
+//!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::signing::{manifest_key, record};
@@ -121,4 +125,129 @@ fn a_signal_kills_a_grandchild_that_left_with_setsid() {
     let run = running.wait();
     run.assert_fail().assert_log("interrupted by SIGTERM");
     assert!(!sleep_alive(pid), "the setsid grandchild {pid} survived");
+}
+
+/// A process the test started, killed by its pid (and reaped) when dropped.
+struct Started(Child);
+
+impl Started {
+    /// Whether it is still running.
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `user` opens `lock` (`<` to read, `>` to create it) and holds an exclusive
+/// `flock` on it for 30 s, in one process (`sh` that becomes `sleep`, the lock kept on
+/// its descriptor), so that killing that pid ends the holder whole; it exits at once
+/// when it cannot open or lock the file.
+fn hold(user: &TestUser, lock: &Path, open: &str) -> Started {
+    let script = format!("exec 9{open}\"$0\" && flock -n 9 && exec sleep 30");
+    Started(
+        user.command("sh")
+            .args(["-c", &script])
+            .arg(lock)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The scratch area opened for traversal (0711) so the other user reaches dest's
+/// parent, which it is given: the Capistrano-style tree of SPEC §17.
+fn scratch_for(user: &TestUser) -> Scratch {
+    let s = Scratch::new();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    user.give(&s.path().join("parent"));
+    s
+}
+
+fn lock_of(s: &Scratch) -> PathBuf {
+    s.path().join("parent").join(".dest.stretcher.lock")
+}
+
+fn deploy_manifest(s: &Scratch) -> PathBuf {
+    s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""))
+}
+
+#[test]
+fn a_lock_symlink_planted_beside_dest_is_refused_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    // Only root can create a file here: the user aims root's lock at it.
+    let victim = s.path().join("created-by-root");
+    let lock = lock_of(&s);
+    assert!(user.run("ln", &["-s".as_ref(), victim.as_os_str(), lock.as_os_str()]));
+    let m = deploy_manifest(&s);
+
+    let run = s.stretcher().arg(&m).run();
+    run.assert_fail()
+        .assert_log(&format!("lock file {}: refused", lock.display()))
+        .assert_log("symbolic link");
+    assert!(
+        victim.symlink_metadata().is_err(),
+        "root followed the planted symlink and created {}",
+        victim.display()
+    );
+    assert!(lock.symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(!s.dest().exists(), "the deploy went on");
+}
+
+#[test]
+fn another_user_cannot_hold_the_dest_lock() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let m = deploy_manifest(&s);
+    s.stretcher().arg(&m).run().assert_ok();
+    let lock = lock_of(&s);
+
+    // The user tries to take the lock and keep it.
+    let mut holder = hold(&user, &lock, "<");
+    std::thread::sleep(Duration::from_millis(700));
+    let held = holder.running();
+    drop(holder);
+    assert!(!held, "another user holds the lock of dest");
+    let meta = lock.symlink_metadata().unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "lock file mode");
+    assert_eq!(meta.uid(), 0, "lock file owner");
+
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(30)).run();
+    run.assert_ok();
+    assert!(
+        !run.stderr.contains("waiting for the lock"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_lock_file_of_another_owner_is_refused() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let lock = lock_of(&s);
+    // The user makes the lock file before any deploy and sits on it.
+    let _holder = hold(&user, &lock, ">");
+    let t = Instant::now();
+    while lock.symlink_metadata().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "flock made no file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = deploy_manifest(&s);
+
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(15)).run();
+    run.assert_fail()
+        .assert_log(&format!("lock file {}: refused", lock.display()))
+        .assert_log(&format!("owned by uid {}", user.uid));
+    assert!(
+        !run.stderr.contains("waiting for the lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.dest().exists(), "the deploy went on");
 }
