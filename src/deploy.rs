@@ -169,6 +169,8 @@ fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) 
     let mut draft = record::Draft::new(event);
     let state = match state::state_dir(opts.state_dir.as_deref(), env) {
         Ok(dir) => Some(dir),
+        // Another user could write it (SPEC §17): nothing is read from it or run.
+        Err(e @ Error::Unsafe { .. }) => return Err(e),
         Err(e) => {
             logln!("warning: no state directory ({e}): no deploy record is kept");
             None

@@ -32,7 +32,7 @@ pub const SCHEMA: u32 = 1;
 /// Records kept in `<key>.history.jsonl`.
 pub(crate) const HISTORY_KEEP: usize = 50;
 /// The directory below the state directory that holds records and indexes.
-pub(crate) const DEPLOYS_DIR: &str = "deploys";
+pub(crate) const DEPLOYS_DIR: &str = crate::state::DEPLOYS_DIR;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,6 +490,13 @@ pub(crate) fn deploys_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(DEPLOYS_DIR)
 }
 
+/// `STATE/deploys`, created (0755 at most, whatever the umask: SPEC §17) when missing.
+pub(crate) fn make_deploys_dir(state_dir: &Path) -> Result<PathBuf> {
+    let dir = deploys_dir(state_dir);
+    crate::state::make_dirs(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    Ok(dir)
+}
+
 /// `STATE/deploys/<key>.json`.
 pub fn record_path(state_dir: &Path, key: &str) -> PathBuf {
     deploys_dir(state_dir).join(format!("{key}.json"))
@@ -546,8 +553,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 /// Writes `record` as the last record of `key` and appends it to the key's
 /// history (the last `HISTORY_KEEP` kept). Both files are replaced atomically.
 pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
-    let dir = deploys_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let dir = make_deploys_dir(state_dir)?;
     // Serialising plain strings, numbers and options cannot fail.
     let line = serde_json::to_string(record).unwrap_or_default();
     let mut pretty = serde_json::to_vec_pretty(record).unwrap_or_default();
@@ -682,8 +688,7 @@ pub(crate) fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
 /// Remembers the `serial` of a successful deploy of `key` (`None`: it had none, so
 /// the next manifest is not compared). Replaced atomically.
 pub(crate) fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) -> Result<()> {
-    let dir = deploys_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let dir = make_deploys_dir(state_dir)?;
     let text = match serial {
         Some(n) => format!("{n}\n"),
         None => "none\n".to_string(),

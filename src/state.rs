@@ -15,7 +15,10 @@
 //! descriptor with `O_NOFOLLOW` (created `O_EXCL`, mode 0600 set through the
 //! descriptor), and used only when it is a regular file of the running user with one
 //! link, so a planted symlink is never followed and no other user can open it to hold
-//! the lock.
+//! the lock. The state directory and its subdirectories are created 0755 whatever the
+//! umask; as root, a state directory that another user could write (it, a
+//! subdirectory, or a directory above it) is refused, as sshd's StrictModes refuses
+//! a key file.
 
 use std::fs::File;
 use std::io::Write;
@@ -297,13 +300,94 @@ pub(crate) fn file_stem(name: &str) -> String {
 /// Where replay state lives (SPEC §2): `explicit` (`--state-dir`), else
 /// `/var/lib/stretcher` when it is writable or can be created, else
 /// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
-/// exists when this returns.
+/// exists when this returns (what it had to create is 0755 at most, whatever the
+/// umask); as root, one another user could write is refused ([`check_private`]).
 pub(crate) fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
-    if let Some(dir) = explicit {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
-        return Ok(dir.to_path_buf());
+    let dir = match explicit {
+        Some(dir) => {
+            make_dirs(dir).map_err(|e| Error::io("create state directory", dir, e))?;
+            dir.to_path_buf()
+        }
+        None => resolve_default(Path::new(SYSTEM_STATE_DIR), env)?,
+    };
+    if nix::unistd::geteuid().is_root() {
+        check_private(&dir)?;
     }
-    resolve_default(Path::new(SYSTEM_STATE_DIR), env)
+    Ok(dir)
+}
+
+/// Creates `dir` and its missing parents, each 0755 at most (the umask can only take
+/// more away): the state directory and its subdirectories (SPEC §17).
+pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
+/// The directory below the state directory that holds records and indexes (`record`
+/// names it from here: `state` imports no module that writes into it).
+pub(crate) const DEPLOYS_DIR: &str = "deploys";
+
+/// The subdirectories of the state directory checked with it.
+const STATE_SUBDIRS: &[&str] = &[DEPLOYS_DIR];
+
+/// SPEC §17, for a run as root: the state directory `dir` must be root's and
+/// writable by no one else, and so must its subdirectories and every directory above
+/// it (whose owner could rename it away), but for a sticky one like `/tmp` above it.
+/// Otherwise it is refused, naming it and what is wrong.
+pub(crate) fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |msg: String| Error::Unsafe {
+        what: "state directory",
+        path: dir.to_path_buf(),
+        msg,
+    };
+    // Writable by a user other than root, or by a group or others: what is wrong.
+    let problem = |meta: &std::fs::Metadata, above: bool| {
+        let mode = meta.mode();
+        if meta.uid() != 0 {
+            Some(format!("owned by uid {}, not root", meta.uid()))
+        } else if mode & 0o022 != 0 && !(above && mode & 0o1000 != 0) {
+            Some(format!(
+                "writable by group or others (mode {:04o})",
+                mode & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+    let meta = std::fs::metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
+    if let Some(p) = problem(&meta, false) {
+        return Err(refuse(p));
+    }
+    for sub in STATE_SUBDIRS {
+        let path = real.join(sub);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(format!("{} is a symbolic link", path.display())))
+            }
+            Ok(meta) => {
+                if let Some(p) = problem(&meta, false) {
+                    return Err(refuse(format!("{} is {p}", path.display())));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        }
+    }
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above).map_err(|e| Error::io("stat", above, e))?;
+        if let Some(p) = problem(&meta, true) {
+            return Err(refuse(format!(
+                "the directory {} above it is {p}",
+                above.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The state directory a deploy would use (see [`state_dir`]), for the read-only
@@ -351,7 +435,7 @@ fn resolve_default(system: &Path, env: Env) -> Result<PathBuf> {
         )
     })?;
     let dir = base.join("stretcher");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
+    make_dirs(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
     Ok(dir)
 }
 
@@ -560,6 +644,46 @@ mod tests {
         std::os::unix::fs::chown(&lock, Some(OTHER_UID), None).unwrap();
         let e = open_lock(&lock).unwrap_err().to_string();
         assert!(e.contains("refused: owned by uid 65534"), "{e}");
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the check is for root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let refused = |why: &str| {
+            let e = check_private(&state).unwrap_err().to_string();
+            let head = format!("state directory {}: refused: ", state.display());
+            assert!(e.starts_with(&head) && e.contains(why), "{e}");
+        };
+        make_dirs(&state.join(DEPLOYS_DIR)).unwrap();
+        check_private(&state).unwrap();
+        chmod(&state, 0o777);
+        refused("writable by group or others (mode 0777)");
+        chmod(&state, 0o700);
+        check_private(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(OTHER_UID), None).unwrap();
+        refused("owned by uid 65534, not root");
+        std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+        chmod(&state.join(DEPLOYS_DIR), 0o775);
+        refused("deploys is writable by group or others");
+        chmod(&state.join(DEPLOYS_DIR), 0o755);
+        std::os::unix::fs::chown(root.path(), Some(OTHER_UID), None).unwrap();
+        refused("above it is owned by uid 65534");
+        std::os::unix::fs::chown(root.path(), Some(0), None).unwrap();
+        // a sticky directory above, like /tmp, is fine
+        chmod(root.path(), 0o1777);
+        check_private(&state).unwrap();
+        chmod(root.path(), 0o777);
+        refused("above it is writable by group or others");
+        chmod(root.path(), 0o700);
     }
 
     #[test]

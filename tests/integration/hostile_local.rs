@@ -8,14 +8,16 @@
 //! - `--command-timeout` or a signal also ends a grandchild of a hook that left its
 //!   session with `setsid`;
 //! - the lock beside dest: a planted symlink is refused, never followed; the lock is
-//!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused.
+//!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused;
+//! - the state directory: private whatever the umask; refused when another user
+//!   can write it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::signing::{manifest_key, record};
+use crate::signing::{hooks_yaml, manifest_key, no_hook_ran, record};
 use crate::util::*;
 
 #[test]
@@ -250,4 +252,105 @@ fn a_lock_file_of_another_owner_is_refused() {
         run.stderr
     );
     assert!(!s.dest().exists(), "the deploy went on");
+}
+
+#[test]
+fn the_state_directory_stays_private_under_umask_000() {
+    let s = Scratch::new();
+    let state = s.state_dir();
+    assert!(!state.exists());
+    let m = deploy_manifest(&s);
+    // A serf event, so that the event's lock and replay memory are made too.
+    let run = stretcher_program("sh")
+        .args(["-c", "umask 000; exec \"$@\"", "sh", bin()])
+        .cwd(&s.work())
+        .arg("--state-dir")
+        .arg(&state)
+        .env("SERF_EVENT", "user")
+        .env("SERF_USER_EVENT", "deploy")
+        .env("SERF_USER_LTIME", "1")
+        .stdin(format!("file://{}", m.display()))
+        .run();
+    run.assert_ok();
+
+    let mut seen = 0;
+    for e in walkdir::WalkDir::new(&state) {
+        let e = e.unwrap();
+        let mode = mode_of(e.path());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let max = if name.ends_with(".lock") {
+            0o600
+        } else if e.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        assert_eq!(
+            mode & !max,
+            0,
+            "{} is {mode:04o}, more than {max:04o}",
+            e.path().display()
+        );
+        seen += 1;
+    }
+    assert!(state.join("event-deploy.lock").exists());
+    assert!(seen >= 5, "state directory holds {seen} entries");
+    assert_eq!(mode_of(&lock_of(&s)), 0o600, "dest's lock file");
+}
+
+#[test]
+fn a_state_directory_another_user_can_write_is_refused() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let markers = s.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let m = s.manifest(
+        "m.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), &hooks_yaml(&markers)),
+    );
+    let refused = |state: &Path, why: &str| {
+        let run = stretcher()
+            .cwd(&s.work())
+            .arg("--state-dir")
+            .arg(state)
+            .arg(&m)
+            .run();
+        run.assert_fail()
+            .assert_log(&format!("state directory {}: refused", state.display()))
+            .assert_log(why);
+        no_hook_ran(&markers);
+        assert!(!s.dest().exists(), "the deploy went on");
+    };
+
+    // the user's own directory
+    let state = s.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    user.give(&state);
+    refused(&state, &format!("owned by uid {}", user.uid));
+    // root's, but anyone may write it
+    nix::unistd::chown(&state, Some(0.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&state, "writable by group or others");
+    // root's and private, inside a directory of the user's (who can rename it away)
+    let theirs = s.path().join("parent").join("state");
+    std::fs::create_dir(&theirs).unwrap();
+    refused(
+        &theirs,
+        &format!(
+            "the directory {} above it is owned by uid {}",
+            s.path().join("parent").display(),
+            user.uid
+        ),
+    );
+
+    // root's and private, in root's directories: the deploy runs
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    stretcher()
+        .cwd(&s.work())
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&m)
+        .run()
+        .assert_ok();
+    assert!(markers.join("success").exists());
 }
