@@ -246,10 +246,16 @@ fn load_manifest(
     logln!("Loading manifest: {}", event.url);
     let bytes = fetch::fetch_bytes(&event.url, fetch_opts, u64::MAX)?;
     draft.manifest_read(&bytes);
+    let mut signer = None;
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
         draft.step = record::Step::Signature;
-        check_signature(&event.url, &bytes, &opts.trusted_keys, fetch_opts)?;
+        signer = Some(check_signature(
+            &event.url,
+            &bytes,
+            &opts.trusted_keys,
+            fetch_opts,
+        )?);
         draft.step = record::Step::Manifest;
     }
     let text = fetch::into_text(&event.url, bytes)?;
@@ -261,7 +267,13 @@ fn load_manifest(
     })?;
     draft.manifest_valid(&manifest);
     draft.serial = manifest.serial;
-    check_fresh(&manifest, &event.url, &draft.key(), state)?;
+    let floor = record::Floor::of(
+        manifest.src.as_ref().and(manifest.dest.as_deref()),
+        signer.as_deref(),
+        &event.url,
+    );
+    check_fresh(&manifest, &event.url, &floor, state)?;
+    draft.floor = Some(floor.key);
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -276,13 +288,14 @@ fn load_manifest(
 }
 
 /// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
-/// against the raw manifest bytes; logs the trusted comment of a good signature.
+/// against the raw manifest bytes; logs the trusted comment of a good signature and
+/// answers the id of the key that made it.
 fn check_signature(
     url: &str,
     bytes: &[u8],
     keys: &[signature::TrustedKey],
     fetch_opts: &FetchOptions,
-) -> Result<()> {
+) -> Result<String> {
     let sig_url = signature::signature_url(url);
     let refused = |reason: signature::Refusal| Error::Signature {
         url: url.to_string(),
@@ -301,31 +314,42 @@ fn check_signature(
         good.key_id,
         good.trusted_comment
     );
-    Ok(())
+    Ok(good.key_id)
 }
 
-/// `expires` and `serial` (SPEC §15): a manifest past its `expires`, or whose
-/// `serial` is lower than that of the last successful deploy of the same record
-/// `key` (its dest), is refused.
-fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) -> Result<()> {
-    if let Some(serial) = manifest.serial {
-        match state {
-            Some(dir) => {
-                if let Some(last) = record::last_success_serial(dir, key) {
-                    if serial < last {
-                        return Err(Error::Freshness {
-                            url: url.to_string(),
-                            msg: format!(
-                                "serial {serial} is lower than {last}, the serial of the last successful deploy"
-                            ),
-                        });
-                    }
-                }
+/// `expires` and `serial` (SPEC §15, §17): a manifest past its `expires` is refused,
+/// and so is one whose `serial` is lower than its `floor` (the serial of the last
+/// successful deploy there), or that has no `serial` once the floor exists.
+fn check_fresh(
+    manifest: &Manifest,
+    url: &str,
+    floor: &record::Floor,
+    state: Option<&Path>,
+) -> Result<()> {
+    let stale = |msg: String| Error::Freshness {
+        url: url.to_string(),
+        msg,
+    };
+    match (state, manifest.serial) {
+        (Some(dir), serial) => match (serial, record::last_success_serial(dir, &floor.key)) {
+            (Some(serial), Some(last)) if serial < last => {
+                return Err(stale(format!(
+                    "serial {serial} is lower than {last}, the serial of the last successful deploy {}",
+                    floor.whose
+                )))
             }
-            None => {
-                logln!("warning: no state directory: serial {serial} of {url} cannot be compared")
+            (None, Some(last)) => {
+                return Err(stale(format!(
+                    "no serial, but the last successful deploy {} had serial {last} (leaving it out cannot reset the floor)",
+                    floor.whose
+                )))
             }
+            _ => {}
+        },
+        (None, Some(serial)) => {
+            logln!("warning: no state directory: serial {serial} of {url} cannot be compared")
         }
+        (None, None) => {}
     }
     if let Some(expires) = manifest.expires {
         let now = chrono::Utc::now();

@@ -10,14 +10,23 @@
 //! - the lock beside dest: a planted symlink is refused, never followed; the lock is
 //!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused;
 //! - the state directory: private whatever the umask; refused when another user
-//!   can write it.
+//!   can write it;
+//! - serial floors (SPEC §15, §17): an old signed manifest without `src` cannot be
+//!   replayed from another URL for the same file, and leaving `serial` out cannot
+//!   reset a floor.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::signing::{hooks_yaml, manifest_key, no_hook_ran, record};
+use crate::http::{clean, respond, TestServer};
+use crate::signing::{
+    assert_refused_record, clear_markers, dest_key, hooks_yaml, key_pair, manifest_key,
+    no_hook_ran, record, sign, KeyPair,
+};
 use crate::util::*;
 
 #[test]
@@ -353,4 +362,177 @@ fn a_state_directory_another_user_can_write_is_refused() {
         .run()
         .assert_ok();
     assert!(markers.join("success").exists());
+}
+
+/// Files served over HTTP that the test replaces as it goes. A request's path is
+/// read without its query and with repeated slashes as one, so every alias of a URL
+/// gets the same file.
+struct Files {
+    srv: TestServer,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+impl Files {
+    fn start() -> Files {
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let f = files.clone();
+        let srv = TestServer::start(move |req, w| {
+            let path = req.path.split('?').next().unwrap_or_default();
+            let mut clean = String::new();
+            for c in path.chars() {
+                if !(c == '/' && clean.ends_with('/')) {
+                    clean.push(c);
+                }
+            }
+            match f.lock().unwrap().get(&clean) {
+                Some(body) => respond(w, "200 OK", body),
+                None => respond(w, "404 Not Found", b""),
+            }
+        });
+        Files { srv, files }
+    }
+
+    fn put(&self, path: &str, body: Vec<u8>) {
+        self.files.lock().unwrap().insert(path.to_string(), body);
+    }
+}
+
+/// A commands-only manifest with `serial` (when given) and every hook touching its
+/// marker, signed by `key` when given: its bytes and its signature's.
+fn commands_manifest(
+    sc: &Scratch,
+    markers: &Path,
+    serial: Option<u64>,
+    key: Option<&KeyPair>,
+) -> (Vec<u8>, Vec<u8>) {
+    let serial = serial.map(|n| format!("serial: {n}\n")).unwrap_or_default();
+    let m = sc.manifest("published.yml", &format!("{serial}{}", hooks_yaml(markers)));
+    let sig = key.map(|k| std::fs::read(sign(k, &m, &[], "published")).unwrap());
+    (std::fs::read(&m).unwrap(), sig.unwrap_or_default())
+}
+
+fn run_url(sc: &Scratch, key: Option<&KeyPair>, url: &str) -> Run {
+    let mut cmd = clean(sc.stretcher());
+    if let Some(k) = key {
+        cmd = cmd.args(["--trusted-key", &k.line]);
+    }
+    cmd.arg(url).run()
+}
+
+#[test]
+fn an_old_signed_manifest_without_src_is_refused_at_every_alias_of_its_url() {
+    let sc = Scratch::new();
+    let key = key_pair(sc.path(), "k");
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let files = Files::start();
+    let old = commands_manifest(&sc, &markers, Some(3), Some(&key));
+    let new = commands_manifest(&sc, &markers, Some(5), Some(&key));
+
+    let url = files.srv.url("/m.yml");
+    files.put("/m.yml", new.0);
+    files.put("/m.yml.minisig", new.1);
+    run_url(&sc, Some(&key), &url).assert_ok();
+    assert!(markers.join("success").exists());
+
+    // The old signed manifest (and its signature), replayed where the URL points.
+    files.put("/m.yml", old.0);
+    files.put("/m.yml.minisig", old.1);
+    let port = files.srv.addr().port();
+    let aliases = [
+        url.clone(),
+        files.srv.url("//m.yml"),
+        files.srv.url("/m.yml?x=1"),
+        format!("http://localhost:{port}/m.yml"),
+    ];
+    for alias in &aliases {
+        clear_markers(&markers);
+        let run = run_url(&sc, Some(&key), alias);
+        run.assert_fail()
+            .assert_log("refused: serial 3 is lower than 5");
+        no_hook_ran(&markers);
+    }
+    let rec = record(&sc, &commands_key(&aliases[3]));
+    assert_refused_record(&rec, "manifest", "serial 3 is lower than 5");
+}
+
+#[test]
+fn an_unsigned_manifest_without_src_keeps_its_floor_whatever_its_query() {
+    let sc = Scratch::new();
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let files = Files::start();
+    files.put("/u.yml", commands_manifest(&sc, &markers, Some(5), None).0);
+    run_url(&sc, None, &files.srv.url("/u.yml")).assert_ok();
+
+    files.put("/u.yml", commands_manifest(&sc, &markers, Some(3), None).0);
+    clear_markers(&markers);
+    run_url(&sc, None, &files.srv.url("/u.yml?x=1"))
+        .assert_fail()
+        .assert_log("refused: serial 3 is lower than 5");
+    no_hook_ran(&markers);
+}
+
+#[test]
+fn leaving_the_serial_out_does_not_reset_a_floor() {
+    let sc = Scratch::new();
+    let key = key_pair(sc.path(), "k");
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let m = sc.path().join("m.yml");
+    let url = format!("file://{}", m.display());
+    let publish = |serial: Option<u64>| {
+        let serial = serial.map(|n| format!("serial: {n}\n")).unwrap_or_default();
+        let extra = format!("{serial}{}", hooks_yaml(&markers));
+        std::fs::write(&m, manifest_for(&archive("test.tar"), &sc.dest(), &extra)).unwrap();
+        sign(&key, &m, &[], "published");
+        clear_markers(&markers);
+    };
+
+    // a dest's floor
+    publish(Some(7));
+    run_url(&sc, Some(&key), &url).assert_ok();
+    publish(None);
+    run_url(&sc, Some(&key), &url)
+        .assert_fail()
+        .assert_log("refused: no serial");
+    no_hook_ran(&markers);
+    let rec = record(&sc, &dest_key(&sc.dest()));
+    assert_refused_record(&rec, "manifest", "no serial");
+    publish(Some(5));
+    run_url(&sc, Some(&key), &url)
+        .assert_fail()
+        .assert_log("refused: serial 5 is lower than 7");
+    publish(Some(7));
+    run_url(&sc, Some(&key), &url).assert_ok();
+
+    // the floor of a signing key, for manifests without src
+    let c = sc.path().join("c.yml");
+    let c_url = format!("file://{}", c.display());
+    let (with, with_sig) = commands_manifest(&sc, &markers, Some(4), Some(&key));
+    std::fs::write(&c, with).unwrap();
+    std::fs::write(sig_of(&c), with_sig).unwrap();
+    run_url(&sc, Some(&key), &c_url).assert_ok();
+    let (without, without_sig) = commands_manifest(&sc, &markers, None, Some(&key));
+    std::fs::write(&c, without).unwrap();
+    std::fs::write(sig_of(&c), without_sig).unwrap();
+    clear_markers(&markers);
+    run_url(&sc, Some(&key), &c_url)
+        .assert_fail()
+        .assert_log("refused: no serial");
+    no_hook_ran(&markers);
+}
+
+fn sig_of(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.minisig", p.display()))
+}
+
+/// The record key of a manifest without src: `commands-` and 16 hex digits of the
+/// sha256 of its URL (SPEC §11).
+fn commands_key(url: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "commands-{}",
+        &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16]
+    )
 }
