@@ -170,6 +170,8 @@ fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) 
     let mut draft = record::Draft::new(event);
     let state = match state::state_dir(opts.state_dir.as_deref(), env) {
         Ok(dir) => Some(dir),
+        // Another user could write it (SPEC §17): nothing is read from it or run.
+        Err(e @ Error::Unsafe { .. }) => return Err(e),
         Err(e) => {
             logln!("warning: no state directory ({e}): no deploy record is kept");
             None
@@ -248,10 +250,16 @@ fn load_manifest(
     logln!("Loading manifest: {}", redact(&event.url));
     let bytes = fetch::fetch_bytes(&event.url, fetch_opts, fetch::MAX_MANIFEST_BYTES)?;
     draft.manifest_read(&bytes);
+    let mut signer = None;
     if !opts.trusted_keys.is_empty() {
         // Before templates and before anything of the manifest is used (SPEC §15).
         draft.step = record::Step::Signature;
-        check_signature(&event.url, &bytes, &opts.trusted_keys, fetch_opts)?;
+        signer = Some(check_signature(
+            &event.url,
+            &bytes,
+            &opts.trusted_keys,
+            fetch_opts,
+        )?);
         draft.step = record::Step::Manifest;
     }
     let text = fetch::into_text(&event.url, bytes)?;
@@ -263,7 +271,13 @@ fn load_manifest(
     })?;
     draft.manifest_valid(&manifest);
     draft.serial = manifest.serial;
-    check_fresh(&manifest, &event.url, &draft.key(), state)?;
+    let floor = record::Floor::of(
+        manifest.src.as_ref().and(manifest.dest.as_deref()),
+        signer.as_deref(),
+        &event.url,
+    );
+    check_fresh(&manifest, &event.url, &floor, state)?;
+    draft.floor = Some(floor.key);
     for key in &manifest.unknown_keys {
         logln!(
             "warning: manifest {}: unknown key {key:?} is ignored",
@@ -278,13 +292,14 @@ fn load_manifest(
 }
 
 /// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
-/// against the raw manifest bytes; logs the trusted comment of a good signature.
+/// against the raw manifest bytes; logs the trusted comment of a good signature and
+/// answers the id of the key that made it.
 fn check_signature(
     url: &str,
     bytes: &[u8],
     keys: &[signature::TrustedKey],
     fetch_opts: &FetchOptions,
-) -> Result<()> {
+) -> Result<String> {
     let sig_url = signature::signature_url(url);
     let refused = |reason: signature::Refusal| Error::Signature {
         url: url.to_string(),
@@ -304,34 +319,45 @@ fn check_signature(
         good.key_id,
         good.trusted_comment
     );
-    Ok(())
+    Ok(good.key_id)
 }
 
-/// `expires` and `serial` (SPEC §15): a manifest past its `expires`, or whose
-/// `serial` is lower than that of the last successful deploy of the same record
-/// `key` (its dest), is refused.
-fn check_fresh(manifest: &Manifest, url: &str, key: &str, state: Option<&Path>) -> Result<()> {
-    if let Some(serial) = manifest.serial {
-        match state {
-            Some(dir) => {
-                if let Some(last) = record::last_success_serial(dir, key) {
-                    if serial < last {
-                        return Err(Error::Freshness {
-                            url: url.to_string(),
-                            msg: format!(
-                                "serial {serial} is lower than {last}, the serial of the last successful deploy"
-                            ),
-                        });
-                    }
-                }
+/// `expires` and `serial` (SPEC §15, §17): a manifest past its `expires` is refused,
+/// and so is one whose `serial` is lower than its `floor` (the serial of the last
+/// successful deploy there), or that has no `serial` once the floor exists.
+fn check_fresh(
+    manifest: &Manifest,
+    url: &str,
+    floor: &record::Floor,
+    state: Option<&Path>,
+) -> Result<()> {
+    let stale = |msg: String| Error::Freshness {
+        url: url.to_string(),
+        msg,
+    };
+    match (state, manifest.serial) {
+        (Some(dir), serial) => match (serial, record::last_success_serial(dir, &floor.key)) {
+            (Some(serial), Some(last)) if serial < last => {
+                return Err(stale(format!(
+                    "serial {serial} is lower than {last}, the serial of the last successful deploy {}",
+                    floor.whose
+                )))
             }
-            None => {
-                logln!(
-                    "warning: no state directory: serial {serial} of {} cannot be compared",
-                    redact(url)
-                )
+            (None, Some(last)) => {
+                return Err(stale(format!(
+                    "no serial, but the last successful deploy {} had serial {last} (leaving it out cannot reset the floor)",
+                    floor.whose
+                )))
             }
+            _ => {}
+        },
+        (None, Some(serial)) => {
+            logln!(
+                "warning: no state directory: serial {serial} of {} cannot be compared",
+                redact(url)
+            )
         }
+        (None, None) => {}
     }
     if let Some(expires) = manifest.expires {
         let now = chrono::Utc::now();
@@ -392,7 +418,7 @@ fn finish(commands: &[String], env: &HookEnv, which: &str, draft: &mut record::D
     }
     // A signal that stopped the deploy must not also stop the failure hooks.
     interrupt::clear();
-    let phase = hooks::run_with_input(commands, env, &log::snapshot());
+    let phase = hooks::run_with_input(commands, env, &log::saved());
     draft.hooks_ran(which, phase.ran);
     if let Err(e) = phase.result {
         logln!("{which} command failed: {e}");

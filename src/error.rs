@@ -329,6 +329,19 @@ pub enum Error {
         msg: String,
     },
 
+    /// A file or directory of stretcher's own that another user could control (SPEC
+    /// §17): a lock file that is a symlink or not this user's, a state directory
+    /// another user can write. Refused, never used.
+    #[error("{what} {path}: refused: {msg}", path = .path.display())]
+    Unsafe {
+        /// What it is (`lock file`, `state directory`).
+        what: &'static str,
+        /// The path, as stretcher names it.
+        path: PathBuf,
+        /// Why it is refused, in words.
+        msg: String,
+    },
+
     /// SIGINT / SIGTERM arrived during the deploy.
     #[error("interrupted by {0}")]
     Interrupted(&'static str),
@@ -433,6 +446,7 @@ impl Error {
             | Error::Hook { .. }
             | Error::Spawn { .. }
             | Error::Fleet { .. }
+            | Error::Unsafe { .. }
             | Error::WorkerPanic { .. } => true,
         }
     }
@@ -672,6 +686,14 @@ mod tests {
                 true,
             ),
             (Error::fleet(s()), true),
+            (
+                Error::Unsafe {
+                    what: "lock file",
+                    path: "/x".into(),
+                    msg: s(),
+                },
+                true,
+            ),
         ]
     }
 

@@ -3,22 +3,29 @@
 //! and stderr become log lines as they arrive. `success` / `failure` commands get the
 //! whole log of the run on stdin; one that does not read it is not an error.
 //!
-//! The only module that starts processes. A hook runs in its own process group, so
-//! a signal to stretcher, or `--command-timeout`, stops the hook's whole group
-//! (SIGTERM, then SIGKILL after `KILL_GRACE`) and nothing is left behind.
+//! The only module that starts processes. A hook runs in its own process group, and
+//! stretcher is the child subreaper of everything it starts, so a signal to stretcher,
+//! or `--command-timeout`, stops every process of the hook: its group and those that
+//! left it (`setsid`), found by [`tree`] (SIGTERM, then SIGKILL after `KILL_GRACE`).
+//! Nothing of a stopped hook is left behind; what a hook that ended by itself left
+//! running (`server &`) is not touched.
 //!
-//! A hook's stdin is always a pipe: the log for `success` / `failure`, an empty one
-//! (closed at once) for `pre` / `post`. Never `/dev/null`, which a minimal root
-//! (SPEC §16: the binary, `/bin/sh`, `/etc/passwd`, `/etc/group`) may lack.
+//! A hook's stdin is always a pipe: the log for `success` / `failure` (read back from
+//! the log's file, [`log::Saved`]), an empty one (closed at once) for `pre` / `post`.
+//! Never `/dev/null`, which a minimal root (SPEC §16: the binary, `/bin/sh`,
+//! `/etc/passwd`, `/etc/group`) may lack. A line of output longer than
+//! `MAX_LINE` bytes is logged in pieces of that size, so memory stays bounded
+//! whatever a hook prints.
 
-use std::io::{self, BufRead, BufReader, Write};
+mod tree;
+
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::interrupt;
@@ -63,12 +70,12 @@ pub(crate) fn run(commands: &[String], env: &HookEnv) -> Phase {
     run_all(commands, env, None)
 }
 
-/// Runs `commands` in order, each with `input` (the log) on its stdin.
-pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &[u8]) -> Phase {
+/// Runs `commands` in order, each with `input` (the log, from its start) on its stdin.
+pub(crate) fn run_with_input(commands: &[String], env: &HookEnv, input: &log::Saved) -> Phase {
     run_all(commands, env, Some(input))
 }
 
-fn run_all(commands: &[String], env: &HookEnv, input: Option<&[u8]>) -> Phase {
+fn run_all(commands: &[String], env: &HookEnv, input: Option<&log::Saved>) -> Phase {
     let mut ran = Vec::with_capacity(commands.len());
     for c in commands {
         let (one, result) = run_one(c, env, input);
@@ -90,8 +97,12 @@ fn run_all(commands: &[String], env: &HookEnv, input: Option<&[u8]>) -> Phase {
 /// left running in the background (`server &`): then the log moves on without it.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-/// How long a hook's process group has to exit after SIGTERM before it gets SIGKILL.
+/// How long a hook's processes have to exit after SIGTERM before they get SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest log line made of one line of hook output; a longer one is logged in
+/// pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
 
 /// One command that ran, for the deploy record: its exit status or the signal that
 /// ended it, and how long it took.
@@ -104,7 +115,7 @@ pub(crate) struct Ran {
 }
 
 /// Runs one command: what ran (nothing when a signal came first) and its result.
-fn run_one(command: &str, env: &HookEnv, input: Option<&[u8]>) -> (Option<Ran>, Result<()>) {
+fn run_one(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> (Option<Ran>, Result<()>) {
     if let Err(e) = interrupt::check() {
         return (None, Err(e));
     }
@@ -134,8 +145,9 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| sig.to_string())
 }
 
-fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<ExitStatus> {
+fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&log::Saved>) -> Result<ExitStatus> {
     logln!("Invoking command: {command}");
+    tree::become_subreaper();
     let (reader, writer) = io::pipe().map_err(|e| spawn_error(command, e))?;
     let writer2 = writer.try_clone().map_err(|e| spawn_error(command, e))?;
     let mut cmd = Command::new("sh");
@@ -147,40 +159,29 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<
         .stderr(writer2)
         .stdin(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| spawn_error(command, e))?;
+    let (mut child, hook) = tree::spawn(&mut cmd).map_err(|e| spawn_error(command, e))?;
     // The Command still holds the write ends of the pipe; drop it so the reader sees
     // EOF once the hook (and its children) close theirs.
     drop(cmd);
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(reader);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match lines.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let l = line.strip_suffix(b"\n").unwrap_or(&line);
-                    log::line(String::from_utf8_lossy(l));
-                }
-            }
-        }
+        log_lines(BufReader::new(reader));
         let _ = done_tx.send(());
     });
 
     // Without input the write end is dropped here: the hook reads EOF at once.
     let stdin = child.stdin.take();
-    let feeder = input.zip(stdin).map(|(data, mut stdin)| {
-        let data = data.to_vec();
+    let feeder = input.zip(stdin).map(|(saved, mut stdin)| {
+        let mut log = saved.reader();
         std::thread::spawn(move || {
             // A hook that does not read its stdin closes the pipe: EPIPE is expected
             // and not an error (the process ignores SIGPIPE, as Rust programs do).
-            let _ = stdin.write_all(&data);
+            let _ = io::copy(&mut log, &mut stdin);
         })
     });
 
-    let status = wait(&mut child, command, env.timeout)?;
+    let status = wait(&mut child, &hook, command, env.timeout)?;
     if let Some(f) = feeder {
         let _ = f.join();
     }
@@ -188,9 +189,65 @@ fn spawn_and_wait(command: &str, env: &HookEnv, input: Option<&[u8]>) -> Result<
     Ok(status)
 }
 
-/// Waits for the hook, killing its process group if a signal arrives meanwhile or
-/// when it runs longer than `timeout`.
-fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<ExitStatus> {
+/// Logs each line a hook writes, as it arrives: one log line a line, or one a
+/// `MAX_LINE` piece of a longer one (a UTF-8 character cut by the limit is carried
+/// to the next piece whole).
+fn log_lines(mut out: impl BufRead) {
+    let mut line = Vec::new();
+    loop {
+        let room = MAX_LINE.saturating_sub(line.len()) as u64;
+        let read = (&mut out).take(room).read_until(b'\n', &mut line);
+        let end = !matches!(read, Ok(n) if n > 0);
+        if line.is_empty() {
+            if end {
+                return;
+            }
+            continue;
+        }
+        let carry = if line.ends_with(b"\n") {
+            line.pop();
+            Vec::new()
+        } else if end {
+            Vec::new()
+        } else {
+            let cut = line.len() - incomplete_tail(&line);
+            line.split_off(cut)
+        };
+        log::line(String::from_utf8_lossy(&line));
+        if end {
+            return;
+        }
+        line = carry;
+    }
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that is not complete.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let c = b[b.len() - back];
+        if c & 0xC0 == 0x80 {
+            // a continuation byte: its lead is further back
+            continue;
+        }
+        let need = match c {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+/// Waits for the hook, ending all of it ([`tree::Hook::kill`]) if a signal arrives
+/// meanwhile or when it runs longer than `timeout`.
+fn wait(
+    child: &mut Child,
+    hook: &tree::Hook,
+    command: &str,
+    timeout: Option<Duration>,
+) -> Result<ExitStatus> {
     let deadline = timeout.map(|t| (Instant::now() + t, t));
     loop {
         match child.try_wait() {
@@ -199,7 +256,7 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
             Err(e) => return Err(spawn_error(command, e)),
         }
         if let Some(sig) = interrupt::pending() {
-            kill_group(child);
+            hook.kill(child, KILL_GRACE);
             logln!("stopped command {command:?}: interrupted by {sig}");
             return Err(Error::Interrupted(sig));
         }
@@ -207,7 +264,7 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
             if Instant::now() >= end {
                 let limit = humantime::format_duration(limit);
                 logln!("stopping command {command:?}: still running after {limit}");
-                kill_group(child);
+                hook.kill(child, KILL_GRACE);
                 return Err(Error::Hook {
                     command: command.to_string(),
                     status: format!("killed after timeout {limit}"),
@@ -216,30 +273,6 @@ fn wait(child: &mut Child, command: &str, timeout: Option<Duration>) -> Result<E
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// SIGTERM to the hook's whole process group; SIGKILL to what is left of it after
-/// `KILL_GRACE` (sooner when the group is gone); the hook itself is reaped.
-fn kill_group(child: &mut Child) {
-    let Ok(id) = i32::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    let pg = Pid::from_raw(id);
-    let _ = killpg(pg, Signal::SIGTERM);
-    let end = Instant::now() + KILL_GRACE;
-    while Instant::now() < end {
-        // Reap the leader (a zombie still counts as a member), then ask whether any
-        // process is left in the group.
-        let _ = child.try_wait();
-        if killpg(pg, None).is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = killpg(pg, Signal::SIGKILL);
-    let _ = child.wait();
 }
 
 fn check_status(command: &str, status: ExitStatus) -> Result<()> {
@@ -316,7 +349,7 @@ mod tests {
 
     #[test]
     fn unread_stdin_is_not_an_error() {
-        let big = vec![b'x'; 1 << 20];
+        let big = log::Saved::from_bytes(&vec![b'x'; 1 << 20]);
         run_with_input(&["echo ok".to_string()], &env(), &big)
             .result
             .unwrap();
@@ -352,6 +385,20 @@ mod tests {
         let phase = run(&["true".to_string()], &env());
         assert_eq!(phase.ran.len(), 1);
         assert!(phase.result.is_ok());
+    }
+
+    #[test]
+    fn a_long_line_is_logged_in_pieces_that_keep_characters_whole() {
+        // The limit falls inside the two bytes of an é: it goes whole to the next piece.
+        let mut out = vec![b'a'; MAX_LINE - 1];
+        out.extend_from_slice("étail\nnext\nno newline".as_bytes());
+        log_lines(&out[..]);
+        let log = String::from_utf8(log::snapshot()).unwrap();
+        assert!(log.contains(&format!(" {}\n", "a".repeat(MAX_LINE - 1))));
+        for piece in [" étail\n", " next\n", " no newline\n"] {
+            assert!(log.contains(piece), "{piece:?}");
+        }
+        assert!(!log.contains('\u{fffd}'), "a character was cut");
     }
 
     #[test]
@@ -393,8 +440,12 @@ mod tests {
         run(&["true".to_string(), "echo quick".to_string()], &env)
             .result
             .unwrap();
-        run_with_input(&["cat >/dev/null".to_string()], &env, b"log")
-            .result
-            .unwrap();
+        run_with_input(
+            &["cat >/dev/null".to_string()],
+            &env,
+            &log::Saved::from_bytes(b"log"),
+        )
+        .result
+        .unwrap();
     }
 }

@@ -346,8 +346,7 @@ pub(crate) fn sort(entries: &mut [Entry]) {
 
 /// Writes the index of `key` atomically.
 pub(crate) fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
-    let dir = crate::record::deploys_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let dir = crate::record::make_deploys_dir(state_dir)?;
     let bytes = encode(header, entries)?;
     crate::record::write_atomic(&dir, &index_path(state_dir, key), &bytes)
 }

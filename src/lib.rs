@@ -12,7 +12,7 @@
 //!   unchanged files are left out, or hard-linked from the live release)
 //! hooks::run(pre) → sync::plan_staged(&Verified<Staged>, dest) → Plan
 //!   → sync::apply (renames from staging) | sync::move_into_place | release switch
-//! hooks::run(post) → hooks::finish(success | failure, log snapshot on stdin)
+//! hooks::run(post) → hooks::run_with_input(success | failure, the saved log on stdin)
 //! ```
 //!
 //! Only `deploy` knows that order; only `unpack` writes staging, only `sync` and

@@ -1,15 +1,72 @@
-//! Go-`log`-style timestamped lines on stderr, and an in-memory copy of them (SPEC §9).
+//! Go-`log`-style timestamped lines on stderr, and a copy of them for the final
+//! hooks (SPEC §9, §17).
 //!
 //! Every line is `2006/01/02 15:04:05 message` in local time. The copy is what the
-//! `success` / `failure` hooks get on stdin. This module never decides what to log.
+//! `success` / `failure` hooks get on stdin: an unlinked temporary file
+//! (`tempfile::tempfile`) written as lines are logged, so memory stays bounded
+//! whatever the hooks print. Where no temporary file can be made (a minimal root
+//! without `/tmp`) the copy is kept in memory, and the log says so. This module never
+//! decides what to log.
 
 use std::fmt::Display;
-use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The copy of this run's log.
+enum Copy {
+    /// Nothing logged yet: the file is made with the first line.
+    Unmade,
+    /// The unlinked temporary file, `len` bytes long; `failed` once a write to it
+    /// failed (said once on stderr: the hooks get what it holds).
+    File { file: File, len: u64, failed: bool },
+    /// No temporary file could be made.
+    Memory(Vec<u8>),
+}
 
-/// When set, lines are only kept in memory, never written to stderr (`status`
+impl Copy {
+    fn append(&mut self, bytes: &[u8]) {
+        if let Copy::Unmade = self {
+            *self = match tempfile::tempfile() {
+                Ok(file) => Copy::File {
+                    file,
+                    len: 0,
+                    failed: false,
+                },
+                Err(e) => {
+                    let note = line_text(&format!(
+                        "warning: no temporary file for the log ({e}): the log for the success and failure commands is kept in memory"
+                    ));
+                    write_stderr(note.as_bytes());
+                    Copy::Memory(note.into_bytes())
+                }
+            };
+        }
+        match self {
+            Copy::Unmade => {}
+            Copy::Memory(v) => v.extend_from_slice(bytes),
+            Copy::File { file, len, failed } => match file.write_all(bytes) {
+                Ok(()) => *len += bytes.len() as u64,
+                Err(e) if !*failed => {
+                    *failed = true;
+                    // The file's end is unknown after a partial write: what it held
+                    // before stays the copy.
+                    let _ = file.set_len(*len);
+                    let note = line_text(&format!(
+                        "warning: cannot write the log for the success and failure commands ({e}): they get it only up to here"
+                    ));
+                    write_stderr(note.as_bytes());
+                }
+                Err(_) => {}
+            },
+        }
+    }
+}
+
+static COPY: Mutex<Copy> = Mutex::new(Copy::Unmade);
+
+/// When set, lines are only kept in the copy, never written to stderr (`status`
 /// under a serf query, whose stderr would be mixed into the answer).
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -18,31 +75,25 @@ pub(crate) fn set_quiet(quiet: bool) {
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn buffer() -> MutexGuard<'static, Vec<u8>> {
-    // A panic while holding the lock cannot leave the Vec in a broken state, so a
+fn copy() -> MutexGuard<'static, Copy> {
+    // A panic while holding the lock leaves at worst a line half in the copy, so a
     // poisoned lock is still safe to use.
-    BUFFER.lock().unwrap_or_else(|p| p.into_inner())
+    COPY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Logs a message: each of its lines becomes one timestamped line.
-pub(crate) fn line(msg: impl Display) {
-    let out = stamped(msg);
-    let mut buf = buffer();
-    buf.extend_from_slice(out.as_bytes());
-    // stderr may be closed (a handler redirected nowhere); the in-memory copy is
-    // what matters for the hooks, so a failed write is not an error.
+fn write_stderr(bytes: &[u8]) {
+    // stderr may be closed (a handler redirected nowhere); the copy is what matters
+    // for the hooks, so a failed write is not an error.
     if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+        let _ = std::io::stderr().lock().write_all(bytes);
     }
 }
 
-/// A message as the log writes it, without logging it: each of its lines stamped
-/// with the time now and ended by a newline (a command's own lines for stderr).
-pub(crate) fn stamped(msg: impl Display) -> String {
-    let text = msg.to_string();
+/// `msg` as log lines: each of its lines stamped with the local time.
+fn line_text(msg: &str) -> String {
     let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
-    let mut out = String::with_capacity(text.len() + 24);
-    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut out = String::with_capacity(msg.len() + 24);
+    let body = msg.strip_suffix('\n').unwrap_or(msg);
     for l in body.split('\n') {
         out.push_str(&stamp);
         out.push(' ');
@@ -52,14 +103,125 @@ pub(crate) fn stamped(msg: impl Display) -> String {
     out
 }
 
-/// A copy of everything logged so far in this run.
-pub(crate) fn snapshot() -> Vec<u8> {
-    buffer().clone()
+/// A message as the log writes it, without logging it: each of its lines stamped
+/// with the time now and ended by a newline (a command's own lines for stderr).
+pub(crate) fn stamped(msg: impl Display) -> String {
+    line_text(&msg.to_string())
 }
 
-/// Forgets the in-memory copy (start of a run; tests).
+/// Logs a message: each of its lines becomes one timestamped line.
+pub(crate) fn line(msg: impl Display) {
+    let out = line_text(&msg.to_string());
+    let mut copy = copy();
+    copy.append(out.as_bytes());
+    write_stderr(out.as_bytes());
+}
+
+/// The log of this run up to the moment [`saved`] was called, for the stdin of the
+/// `success` / `failure` commands: each [`Saved::reader`] reads it from the start.
+#[derive(Debug)]
+pub(crate) struct Saved(Source);
+
+#[derive(Debug)]
+enum Source {
+    /// The first `len` bytes of the temporary file (a descriptor of its own).
+    File {
+        file: Arc<File>,
+        len: u64,
+    },
+    Memory(Arc<[u8]>),
+}
+
+impl Saved {
+    /// The saved log from its first byte.
+    pub(crate) fn reader(&self) -> Box<dyn Read + Send> {
+        match &self.0 {
+            Source::File { file, len } => Box::new(FileRange {
+                file: Arc::clone(file),
+                pos: 0,
+                end: *len,
+            }),
+            Source::Memory(bytes) => Box::new(io::Cursor::new(Arc::clone(bytes))),
+        }
+    }
+
+    /// `bytes` as if they had been logged (tests of the hooks).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Saved {
+        Saved(Source::Memory(bytes.into()))
+    }
+}
+
+/// Reads `pos..end` of a file by offset (`pread`), never moving the offset the
+/// logging writes at.
+struct FileRange {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Everything logged so far in this run, to be read back (by the final hooks) while
+/// the log goes on. When the copy's file cannot be shared, the log says so and
+/// the hooks get an empty stdin.
+pub(crate) fn saved() -> Saved {
+    let copy = copy();
+    match &*copy {
+        Copy::Unmade => Saved(Source::Memory(Arc::from(&[][..]))),
+        Copy::Memory(v) => Saved(Source::Memory(Arc::from(&v[..]))),
+        Copy::File { file, len, .. } => match file.try_clone() {
+            Ok(f) => Saved(Source::File {
+                file: Arc::new(f),
+                len: *len,
+            }),
+            Err(e) => {
+                drop(copy);
+                line(format!(
+                    "warning: cannot read back the log for the success and failure commands: {e}"
+                ));
+                Saved(Source::Memory(Arc::from(&[][..])))
+            }
+        },
+    }
+}
+
+/// Everything logged so far, read back whole (tests).
+#[cfg(test)]
+pub(crate) fn snapshot() -> Vec<u8> {
+    let mut out = Vec::new();
+    saved().reader().read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Forgets the copy (start of a run; tests, fuzzing): its file is emptied for the
+/// next lines.
 pub fn reset() {
-    buffer().clear();
+    use std::io::Seek;
+    let mut copy = copy();
+    match &mut *copy {
+        Copy::Unmade => {}
+        Copy::Memory(v) => v.clear(),
+        Copy::File { file, len, failed } => {
+            if file.set_len(0).and_then(|()| file.rewind()).is_ok() {
+                *len = 0;
+                *failed = false;
+            } else {
+                *copy = Copy::Unmade;
+            }
+        }
+    }
 }
 
 /// A name or path as shown to the user (SPEC §9): as it is when UTF-8, each byte of
@@ -106,6 +268,21 @@ mod tests {
         }
         assert!(tail[1].ends_with(" first"));
         assert!(tail[0].ends_with(" second"));
+    }
+
+    #[test]
+    fn the_copy_is_a_file_read_back_from_its_start_while_the_log_goes_on() {
+        line("saved-one");
+        let saved = saved();
+        line("logged-after");
+        for _ in 0..2 {
+            let mut text = String::new();
+            saved.reader().read_to_string(&mut text).unwrap();
+            assert!(text.ends_with(" saved-one\n"), "{text}");
+            assert!(!text.contains("logged-after"), "{text}");
+        }
+        // kept on disk, not in memory
+        assert!(matches!(&*copy(), Copy::File { .. }));
     }
 
     #[test]

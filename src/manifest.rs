@@ -353,8 +353,9 @@ fn check_exclude_from(name: &str) -> Result<String, String> {
 }
 
 /// `commands.env` must map names to scalars (SPEC §4): a list or mapping value, a
-/// name a process environment cannot hold, or one in stretcher's own `STRETCHER_`
-/// namespace is an error.
+/// name or value a process environment cannot hold (empty, `=` in the name, a NUL
+/// anywhere: SPEC §17), or a name in stretcher's own `STRETCHER_` namespace is an
+/// error.
 fn check_env(v: &Value) -> std::result::Result<(), String> {
     let map = match v {
         Value::Null => return Ok(()),
@@ -392,6 +393,12 @@ fn check_env(v: &Value) -> std::result::Result<(), String> {
                 return Err(format!(
                     "commands.env: the value of {name} must be a string, number or boolean, not {}",
                     kind(val)
+                ))
+            }
+            // An environment string ends at its first NUL: no hook could start.
+            Value::String(v) if v.contains('\0') => {
+                return Err(format!(
+                    "commands.env: the value of {name} contains a NUL byte, which no environment can hold"
                 ))
             }
             _ => {}
@@ -1193,6 +1200,11 @@ mod tests {
             ("commands:\n  env:\n    STRETCHER_DEST: x\n", "reserved"),
             ("commands:\n  env: [A]\n", "must be a mapping"),
             ("commands:\n  env:\n    \"A=B\": x\n", "not a valid"),
+            ("commands:\n  env:\n    \"A\\0B\": x\n", "not a valid"),
+            (
+                "commands:\n  env:\n    A: \"x\\0y\"\n",
+                "value of A contains a NUL byte",
+            ),
         ] {
             let e = err(&with_src(yml));
             assert!(e.contains(needle), "{yml}: {e}");

@@ -33,7 +33,7 @@ pub const SCHEMA: u32 = 1;
 /// Records kept in `<key>.history.jsonl`.
 pub(crate) const HISTORY_KEEP: usize = 50;
 /// The directory below the state directory that holds records and indexes.
-pub(crate) const DEPLOYS_DIR: &str = "deploys";
+pub(crate) const DEPLOYS_DIR: &str = crate::state::DEPLOYS_DIR;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +262,8 @@ pub(crate) struct Draft {
     pub strategy: Option<Strategy>,
     /// A success of this run sets the serial floor (SPEC §15); a rollback does not.
     sets_floor: bool,
+    /// The serial floor of the manifest (its `.serial` key), once it is known.
+    pub floor: Option<String>,
     pub release: Option<String>,
     pub serial: Option<u64>,
     pub src: Option<String>,
@@ -285,6 +287,7 @@ impl Draft {
             commands_only: false,
             strategy: None,
             sets_floor: true,
+            floor: None,
             release: None,
             serial: None,
             src: None,
@@ -349,6 +352,7 @@ impl Draft {
             commands_only: false,
             strategy: Some(Strategy::Release),
             sets_floor: false,
+            floor: None,
             release: Some(release.to_string()),
             serial: made.and_then(|h| h.serial),
             src: made.and_then(|h| h.src.clone()),
@@ -432,14 +436,16 @@ impl Draft {
 /// Step 9 of a run (SPEC §5, §11): the finished record written under its key and, for
 /// a success that sets it, the serial floor of the next manifest (SPEC §15). A failure
 /// to write is a warning: the run's result stands. Answers the key and the record.
-pub(crate) fn commit(state_dir: &Path, draft: Draft, err: Option<&Error>) -> (String, Record) {
-    let sets_floor = draft.sets_floor;
+pub(crate) fn commit(state_dir: &Path, mut draft: Draft, err: Option<&Error>) -> (String, Record) {
+    let floor = draft.floor.take().filter(|_| draft.sets_floor);
     let (key, rec) = draft.finish(err);
     if let Err(e) = write(state_dir, &key, &rec) {
         logln!("warning: cannot write the deploy record: {e}");
     }
-    if sets_floor && rec.result == Outcome::Success {
-        if let Err(e) = write_success_serial(state_dir, &key, rec.serial) {
+    // A success without a serial leaves the floor as it is (SPEC §17): only a
+    // manifest that had none yet can succeed without one.
+    if let (Some(floor), Some(serial), Outcome::Success) = (floor, rec.serial, rec.result) {
+        if let Err(e) = write_success_serial(state_dir, &floor, serial) {
             logln!("warning: cannot write the serial of this deploy: {e}");
         }
     }
@@ -493,6 +499,13 @@ pub(crate) fn deploys_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(DEPLOYS_DIR)
 }
 
+/// `STATE/deploys`, created (0755 at most, whatever the umask: SPEC §17) when missing.
+pub(crate) fn make_deploys_dir(state_dir: &Path) -> Result<PathBuf> {
+    let dir = deploys_dir(state_dir);
+    crate::state::make_dirs(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    Ok(dir)
+}
+
 /// `STATE/deploys/<key>.json`.
 pub fn record_path(state_dir: &Path, key: &str) -> PathBuf {
     deploys_dir(state_dir).join(format!("{key}.json"))
@@ -506,8 +519,7 @@ pub fn history_path(state_dir: &Path, key: &str) -> PathBuf {
 /// Writes `record` as the last record of `key` and appends it to the key's
 /// history (the last `HISTORY_KEEP` kept). Both files are replaced atomically.
 pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
-    let dir = deploys_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let dir = make_deploys_dir(state_dir)?;
     // Serialising plain strings, numbers and options cannot fail.
     let line = serde_json::to_string(record).unwrap_or_default();
     let mut pretty = serde_json::to_vec_pretty(record).unwrap_or_default();
@@ -639,21 +651,60 @@ pub(crate) fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
     deploys_dir(state_dir).join(format!("{key}.serial"))
 }
 
-/// Remembers the `serial` of a successful deploy of `key` (`None`: it had none, so
-/// the next manifest is not compared). Replaced atomically.
-pub(crate) fn write_success_serial(state_dir: &Path, key: &str, serial: Option<u64>) -> Result<()> {
-    let dir = deploys_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    let text = match serial {
-        Some(n) => format!("{n}\n"),
-        None => "none\n".to_string(),
-    };
-    write_atomic(&dir, &serial_path(state_dir, key), text.as_bytes())
+/// Raises the serial floor `key` to the `serial` of a successful deploy (never
+/// lowers it: two runs that share a floor may end in any order). Replaced atomically.
+pub(crate) fn write_success_serial(state_dir: &Path, key: &str, serial: u64) -> Result<()> {
+    let dir = make_deploys_dir(state_dir)?;
+    let serial = last_success_serial(state_dir, key).map_or(serial, |last| last.max(serial));
+    write_atomic(
+        &dir,
+        &serial_path(state_dir, key),
+        format!("{serial}\n").as_bytes(),
+    )
+}
+
+/// The serial floor a manifest is compared with (SPEC §15, §17), and whose it is: a
+/// manifest with `src`, its dest's; one without, its signing key id's (so that no
+/// other URL for the same signed bytes escapes it), or, unsigned, its URL's without
+/// the query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Floor {
+    /// The name of its `.serial` file in `STATE/deploys` (a dest's is its record key).
+    pub key: String,
+    /// Whose floor it is, for the refusal: `to /srv/app`, `signed by key 61F2...`.
+    pub whose: String,
+}
+
+impl Floor {
+    /// The floor of a manifest with `dest` (when it has `src`), signed by the key
+    /// `signer` (when `--trusted-key` is given), fetched from `manifest_url`.
+    pub(crate) fn of(dest: Option<&Path>, signer: Option<&str>, manifest_url: &str) -> Floor {
+        match (dest, signer) {
+            (Some(d), _) => Floor {
+                key: key_for_dest(d),
+                whose: format!("to {}", d.display()),
+            },
+            (None, Some(id)) => Floor {
+                key: format!("signed-by-{id}"),
+                whose: format!("signed by key {id}"),
+            },
+            (None, None) => {
+                let bare = manifest_url
+                    .split_once('?')
+                    .map_or(manifest_url, |(u, _)| u);
+                Floor {
+                    key: key_for_commands(bare),
+                    whose: "of this manifest URL".into(),
+                }
+            }
+        }
+    }
 }
 
 /// The `serial` of the last successful deploy of `key`: from `<key>.serial`, or,
 /// when that file is missing or corrupt (a warning), from the newest success in
-/// the history. `None`: no success, or it had no serial.
+/// the history. `None`: no success, or it had no serial (or an older version wrote
+/// `none` there).
 pub(crate) fn last_success_serial(state_dir: &Path, key: &str) -> Option<u64> {
     let path = serial_path(state_dir, key);
     match std::fs::read_to_string(&path) {
@@ -849,6 +900,25 @@ mod tests {
     }
 
     #[test]
+    fn floors_are_a_dests_a_signing_keys_or_a_urls_without_its_query() {
+        let dest = Path::new("/srv/app");
+        let url = "https://h/m.yml";
+        let f = Floor::of(Some(dest), Some("ABC"), url);
+        assert_eq!(f.key, key_for_dest(dest));
+        assert_eq!(f.whose, "to /srv/app");
+        let f = Floor::of(None, Some("ABC"), url);
+        assert_eq!(
+            (f.key.as_str(), f.whose.as_str()),
+            ("signed-by-ABC", "signed by key ABC")
+        );
+        assert_eq!(Floor::of(None, Some("ABC"), "https://other/x.yml?y"), f);
+        let f = Floor::of(None, None, "https://h/m.yml?x=1");
+        assert_eq!(f.key, key_for_commands(url));
+        assert_eq!(f, Floor::of(None, None, url));
+        assert_ne!(f, Floor::of(None, None, "https://h//m.yml"));
+    }
+
+    #[test]
     fn success_serial_survives_the_history_and_falls_back_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let key = "app-0123456789abcdef";
@@ -864,9 +934,13 @@ mod tests {
             write(dir.path(), key, &sample(Outcome::Refused)).unwrap();
         }
         assert_eq!(last_success_serial(dir.path(), key), None);
-        write_success_serial(dir.path(), key, Some(7)).unwrap();
+        write_success_serial(dir.path(), key, 7).unwrap();
         assert_eq!(last_success_serial(dir.path(), key), Some(7));
-        write_success_serial(dir.path(), key, None).unwrap();
+        // never lowered
+        write_success_serial(dir.path(), key, 3).unwrap();
+        assert_eq!(last_success_serial(dir.path(), key), Some(7));
+        // what an older version wrote after a success without serial
+        std::fs::write(serial_path(dir.path(), key), "none\n").unwrap();
         assert_eq!(last_success_serial(dir.path(), key), None);
         // corrupt: the history decides
         std::fs::write(serial_path(dir.path(), key), "x\n").unwrap();

@@ -10,8 +10,17 @@
 //! are never removed (removing one would let a third run lock a different inode
 //! while the second still holds the old one). A corrupt state file is reported and
 //! treated as empty, never a crash. This module never fetches or runs anything.
+//!
+//! Other local users (SPEC §17): a lock file is opened relative to its directory's
+//! descriptor with `O_NOFOLLOW` (created `O_EXCL`, mode 0600 set through the
+//! descriptor), and used only when it is a regular file of the running user with one
+//! link, so a planted symlink is never followed and no other user can open it to hold
+//! the lock. The state directory and its subdirectories are created 0755 whatever the
+//! umask; as root, a state directory that another user could write (it, a
+//! subdirectory, or a directory above it) is refused, as sshd's StrictModes refuses
+//! a key file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,15 +100,87 @@ pub(crate) fn lock_dest(dest: &Path, env: Env) -> Result<DestLock> {
     Ok(DestLock { _lock: lock })
 }
 
-/// Opens (creating) `path` and takes an exclusive flock on it, polling so that a
-/// signal can end the wait; logs once that it waits, and once that it got it.
+/// The mode of every lock file: only its owner, the running user, may open it.
+const LOCK_MODE: u32 = 0o600;
+
+/// Opens the lock file `path`, creating it, without following a symlink at its name
+/// (SPEC §17): created with `O_CREAT|O_EXCL|O_NOFOLLOW` relative to its directory's
+/// descriptor and set to 0600 through its own; an existing one is opened with
+/// `O_NOFOLLOW` and used only when it is a regular file of the running user with one
+/// link (a group or other permission left by an older version is taken away).
+/// Anything else is refused, naming it.
+fn open_lock(path: &Path) -> Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    let refuse = |msg: String| Error::Unsafe {
+        what: "lock file",
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => return Err(refuse("not a file name".into())),
+    };
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open directory", dir, e.into()))?;
+    // Read-only is enough for flock(2); NONBLOCK and NOCTTY keep a planted fifo or
+    // terminal from blocking or adopting the process before it is refused.
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    // The name can come and go between the two opens (another stretcher creating
+    // it): a few rounds settle it.
+    for _ in 0..8 {
+        let mode = Mode::from_raw_mode(LOCK_MODE);
+        match rustix::fs::openat(&dir_fd, name, flags | OFlags::CREATE | OFlags::EXCL, mode) {
+            Ok(fd) => {
+                // The umask may have taken more; never less than the owner's rw.
+                rustix::fs::fchmod(&fd, mode).map_err(|e| Error::io("chmod", path, e.into()))?;
+                return Ok(File::from(fd));
+            }
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("create lock file", path, e.into())),
+        }
+        let fd = match rustix::fs::openat(&dir_fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => continue,
+            Err(Errno::LOOP) => {
+                return Err(refuse(
+                    "it is a symbolic link (never followed; remove it)".into(),
+                ))
+            }
+            Err(e) => return Err(Error::io("open lock file", path, e.into())),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", path, e.into()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(refuse("not a regular file".into()));
+        }
+        if st.st_uid != me {
+            return Err(refuse(format!(
+                "owned by uid {}, not by this user (uid {me}); remove it",
+                st.st_uid
+            )));
+        }
+        if st.st_nlink != 1 {
+            return Err(refuse(format!("it has {} hard links", st.st_nlink)));
+        }
+        if st.st_mode & 0o077 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(LOCK_MODE))
+                .map_err(|e| Error::io("chmod", path, e.into()))?;
+        }
+        return Ok(File::from(fd));
+    }
+    Err(refuse("it keeps appearing and disappearing".into()))
+}
+
+/// Opens (creating) the lock file `path` and takes an exclusive flock on it, polling
+/// so that a signal can end the wait; logs once that it waits, and once that it got it.
 fn lock_waiting(path: &Path, holder: &str) -> Result<Flock<File>> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open lock file", path, e))?;
+    let mut file = open_lock(path)?;
     let mut said = false;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -219,13 +300,94 @@ pub(crate) fn file_stem(name: &str) -> String {
 /// Where replay state lives (SPEC §2): `explicit` (`--state-dir`), else
 /// `/var/lib/stretcher` when it is writable or can be created, else
 /// `$XDG_STATE_HOME/stretcher`, else `~/.local/state/stretcher`. The directory
-/// exists when this returns.
+/// exists when this returns (what it had to create is 0755 at most, whatever the
+/// umask); as root, one another user could write is refused ([`check_private`]).
 pub(crate) fn state_dir(explicit: Option<&Path>, env: Env) -> Result<PathBuf> {
-    if let Some(dir) = explicit {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create state directory", dir, e))?;
-        return Ok(dir.to_path_buf());
+    let dir = match explicit {
+        Some(dir) => {
+            make_dirs(dir).map_err(|e| Error::io("create state directory", dir, e))?;
+            dir.to_path_buf()
+        }
+        None => resolve_default(Path::new(SYSTEM_STATE_DIR), env)?,
+    };
+    if nix::unistd::geteuid().is_root() {
+        check_private(&dir)?;
     }
-    resolve_default(Path::new(SYSTEM_STATE_DIR), env)
+    Ok(dir)
+}
+
+/// Creates `dir` and its missing parents, each 0755 at most (the umask can only take
+/// more away): the state directory and its subdirectories (SPEC §17).
+pub(crate) fn make_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
+/// The directory below the state directory that holds records and indexes (`record`
+/// names it from here: `state` imports no module that writes into it).
+pub(crate) const DEPLOYS_DIR: &str = "deploys";
+
+/// The subdirectories of the state directory checked with it.
+const STATE_SUBDIRS: &[&str] = &[DEPLOYS_DIR];
+
+/// SPEC §17, for a run as root: the state directory `dir` must be root's and
+/// writable by no one else, and so must its subdirectories and every directory above
+/// it (whose owner could rename it away), but for a sticky one like `/tmp` above it.
+/// Otherwise it is refused, naming it and what is wrong.
+pub(crate) fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |msg: String| Error::Unsafe {
+        what: "state directory",
+        path: dir.to_path_buf(),
+        msg,
+    };
+    // Writable by a user other than root, or by a group or others: what is wrong.
+    let problem = |meta: &std::fs::Metadata, above: bool| {
+        let mode = meta.mode();
+        if meta.uid() != 0 {
+            Some(format!("owned by uid {}, not root", meta.uid()))
+        } else if mode & 0o022 != 0 && !(above && mode & 0o1000 != 0) {
+            Some(format!(
+                "writable by group or others (mode {:04o})",
+                mode & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+    let meta = std::fs::metadata(&real).map_err(|e| Error::io("stat", &real, e))?;
+    if let Some(p) = problem(&meta, false) {
+        return Err(refuse(p));
+    }
+    for sub in STATE_SUBDIRS {
+        let path = real.join(sub);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(format!("{} is a symbolic link", path.display())))
+            }
+            Ok(meta) => {
+                if let Some(p) = problem(&meta, false) {
+                    return Err(refuse(format!("{} is {p}", path.display())));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        }
+    }
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above).map_err(|e| Error::io("stat", above, e))?;
+        if let Some(p) = problem(&meta, true) {
+            return Err(refuse(format!(
+                "the directory {} above it is {p}",
+                above.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The state directory a deploy would use (see [`state_dir`]), for the read-only
@@ -273,7 +435,7 @@ fn resolve_default(system: &Path, env: Env) -> Result<PathBuf> {
         )
     })?;
     let dir = base.join("stretcher");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
+    make_dirs(&dir).map_err(|e| Error::io("create state directory", &dir, e))?;
     Ok(dir)
 }
 
@@ -434,6 +596,94 @@ mod tests {
         drop(first);
         let waited = t.join().unwrap();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    }
+
+    #[test]
+    fn a_lock_is_never_a_symlink_a_fifo_or_a_hard_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(".app.stretcher.lock");
+        let target = dir.path().join("target");
+        let refused = |why: &str| {
+            let e = open_lock(&lock).unwrap_err().to_string();
+            let head = format!("lock file {}: refused: ", lock.display());
+            assert!(e.starts_with(&head) && e.contains(why), "{e}");
+        };
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        refused("symbolic link");
+        assert!(!target.exists(), "the symlink was followed");
+        std::fs::remove_file(&lock).unwrap();
+        nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        refused("not a regular file");
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(&target, "").unwrap();
+        std::fs::hard_link(&target, &lock).unwrap();
+        refused("2 hard links");
+        std::fs::remove_file(&lock).unwrap();
+        // made 0600; one of ours that others could open loses their permissions
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        open_lock(&lock).unwrap();
+        assert_eq!(mode(&lock), 0o600);
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_lock(&lock).unwrap();
+        assert_eq!(mode(&lock), 0o600);
+    }
+
+    /// A uid no file of the tests belongs to (`nobody`'s on Debian).
+    const OTHER_UID: u32 = 65534;
+
+    #[test]
+    fn a_lock_file_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root can give a file away");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(".app.stretcher.lock");
+        std::fs::write(&lock, "").unwrap();
+        std::os::unix::fs::chown(&lock, Some(OTHER_UID), None).unwrap();
+        let e = open_lock(&lock).unwrap_err().to_string();
+        assert!(e.contains("refused: owned by uid 65534"), "{e}");
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the check is for root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let refused = |why: &str| {
+            let e = check_private(&state).unwrap_err().to_string();
+            let head = format!("state directory {}: refused: ", state.display());
+            assert!(e.starts_with(&head) && e.contains(why), "{e}");
+        };
+        make_dirs(&state.join(DEPLOYS_DIR)).unwrap();
+        check_private(&state).unwrap();
+        chmod(&state, 0o777);
+        refused("writable by group or others (mode 0777)");
+        chmod(&state, 0o700);
+        check_private(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(OTHER_UID), None).unwrap();
+        refused("owned by uid 65534, not root");
+        std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+        chmod(&state.join(DEPLOYS_DIR), 0o775);
+        refused("deploys is writable by group or others");
+        chmod(&state.join(DEPLOYS_DIR), 0o755);
+        std::os::unix::fs::chown(root.path(), Some(OTHER_UID), None).unwrap();
+        refused("above it is owned by uid 65534");
+        std::os::unix::fs::chown(root.path(), Some(0), None).unwrap();
+        // a sticky directory above, like /tmp, is fine
+        chmod(root.path(), 0o1777);
+        check_private(&state).unwrap();
+        chmod(root.path(), 0o777);
+        refused("above it is writable by group or others");
+        chmod(root.path(), 0o700);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod fleet;
 mod gcs;
 mod hooks;
 mod hostile;
+mod hostile_local;
 mod http;
 #[cfg(feature = "e2e")]
 mod metrics_e2e;

@@ -14,12 +14,12 @@ use crate::http::{respond, TestServer};
 use crate::util::*;
 
 /// A minisign key pair made by `minisign -G -W` (no password) in `dir`.
-struct KeyPair {
+pub(crate) struct KeyPair {
     /// The base64 public key line (`RW...`).
-    line: String,
+    pub line: String,
     /// The `.pub` file.
-    public: PathBuf,
-    secret: PathBuf,
+    pub public: PathBuf,
+    pub secret: PathBuf,
 }
 
 #[track_caller]
@@ -37,7 +37,7 @@ fn minisign(args: &[&str]) {
     );
 }
 
-fn key_pair(dir: &Path, name: &str) -> KeyPair {
+pub(crate) fn key_pair(dir: &Path, name: &str) -> KeyPair {
     let public = dir.join(format!("{name}.pub"));
     let secret = dir.join(format!("{name}.key"));
     minisign(&[
@@ -60,7 +60,7 @@ fn key_pair(dir: &Path, name: &str) -> KeyPair {
 
 /// Signs `file` into `file.minisig` (`-S`, plus `flags`: `-l` legacy, `-H`
 /// prehashed) with the trusted comment `comment`.
-fn sign(key: &KeyPair, file: &Path, flags: &[&str], comment: &str) -> PathBuf {
+pub(crate) fn sign(key: &KeyPair, file: &Path, flags: &[&str], comment: &str) -> PathBuf {
     let sig = sig_path(file);
     let mut args = vec!["-S"];
     args.extend_from_slice(flags);
@@ -93,7 +93,7 @@ fn algorithm(sig: &[u8]) -> [u8; 2] {
 }
 
 /// The deploy record of `key` in the scratch's state directory (SPEC §11).
-fn record(sc: &Scratch, key: &str) -> serde_json::Value {
+pub(crate) fn record(sc: &Scratch, key: &str) -> serde_json::Value {
     let path = sc.state_dir().join("deploys").join(format!("{key}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
@@ -101,7 +101,7 @@ fn record(sc: &Scratch, key: &str) -> serde_json::Value {
 
 /// The record key of a manifest none of which was used: `manifest-` and the first
 /// 16 hex digits of the sha256 of its URL (SPEC §15).
-fn manifest_key(url: &str) -> String {
+pub(crate) fn manifest_key(url: &str) -> String {
     use sha2::Digest;
     format!(
         "manifest-{}",
@@ -110,7 +110,7 @@ fn manifest_key(url: &str) -> String {
 }
 
 /// The record key of a dest: its file name, `-`, 16 hex of the sha256 of its path.
-fn dest_key(dest: &Path) -> String {
+pub(crate) fn dest_key(dest: &Path) -> String {
     use sha2::Digest;
     let name = dest.file_name().unwrap().to_str().unwrap();
     let digest = hex::encode(sha2::Sha256::digest(dest.to_str().unwrap().as_bytes()));
@@ -118,7 +118,7 @@ fn dest_key(dest: &Path) -> String {
 }
 
 #[track_caller]
-fn assert_refused_record(rec: &serde_json::Value, step: &str, reason: &str) {
+pub(crate) fn assert_refused_record(rec: &serde_json::Value, step: &str, reason: &str) {
     assert_eq!(rec["result"], "refused", "{rec:#}");
     assert_eq!(rec["failed_step"], step, "{rec:#}");
     let error = rec["error"].as_str().unwrap_or_default();
@@ -127,7 +127,7 @@ fn assert_refused_record(rec: &serde_json::Value, step: &str, reason: &str) {
 }
 
 /// Hook markers: every hook of the test manifests touches its file in `dir`.
-fn hooks_yaml(dir: &Path) -> String {
+pub(crate) fn hooks_yaml(dir: &Path) -> String {
     let d = dir.display();
     format!(
         "commands:\n  pre: [\"touch {d}/pre\"]\n  post: [\"touch {d}/post\"]\n  success: [\"touch {d}/success\"]\n  failure: [\"touch {d}/failure\"]\n"
@@ -135,13 +135,13 @@ fn hooks_yaml(dir: &Path) -> String {
 }
 
 #[track_caller]
-fn no_hook_ran(dir: &Path) {
+pub(crate) fn no_hook_ran(dir: &Path) {
     for m in ["pre", "post", "success", "failure"] {
         assert!(!dir.join(m).exists(), "the {m} hook ran");
     }
 }
 
-fn clear_markers(dir: &Path) {
+pub(crate) fn clear_markers(dir: &Path) {
     for m in ["pre", "post", "success", "failure"] {
         let _ = std::fs::remove_file(dir.join(m));
     }

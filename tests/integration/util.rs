@@ -798,3 +798,105 @@ pub mod serf {
         }
     }
 }
+
+/// A real unprivileged account on this host, made for one test by `useradd` (a
+/// unique name, no home, no login shell, its own group) and removed by `userdel` when
+/// dropped: the "other local user" of SPEC §17. Root only: [`TestUser::new`] answers
+/// `None` (and the test says it is skipped) when the tests do not run as root.
+pub struct TestUser {
+    pub name: String,
+    pub uid: nix::unistd::Uid,
+    pub gid: nix::unistd::Gid,
+}
+
+impl TestUser {
+    pub fn new() -> Option<TestUser> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Mutex;
+        // useradd locks /etc/passwd: one at a time in this process, and retried when
+        // another process (another test binary) holds the lock.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root, so no account can be added for the test");
+            return None;
+        }
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let name = format!(
+            "sthl{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = Command::new("useradd")
+                .args(["--system", "--no-create-home", "--user-group"])
+                .args(["--shell", "/usr/sbin/nologin", &name])
+                .output()
+                .expect("useradd must be installed (passwd package)");
+            if out.status.success() {
+                let user = nix::unistd::User::from_name(&name)
+                    .unwrap()
+                    .expect("the account useradd just made");
+                return Some(TestUser {
+                    name,
+                    uid: user.uid,
+                    gid: user.gid,
+                });
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("useradd {name}: {last}");
+    }
+
+    /// `program` run as this user: `setpriv` with its uid, gid and no other group.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `program args` as this user to its end: whether it succeeded.
+    pub fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> bool {
+        self.command(program)
+            .args(args)
+            .status()
+            .expect("setpriv must be installed (util-linux)")
+            .success()
+    }
+
+    /// `path` (not following a symlink) and everything below it given to this user.
+    pub fn give(&self, path: &Path) {
+        for e in walkdir::WalkDir::new(path) {
+            let e = e.unwrap();
+            nix::unistd::fchownat(
+                None,
+                e.path(),
+                Some(self.uid),
+                Some(self.gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        // The tests end what they started as this user (by pid) before it is dropped;
+        // userdel refuses an account still in use, so it is retried a little.
+        for _ in 0..20 {
+            match Command::new("userdel").arg(&self.name).output() {
+                Ok(o) if o.status.success() => return,
+                _ => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+        eprintln!("warning: userdel {} failed; remove it by hand", self.name);
+    }
+}

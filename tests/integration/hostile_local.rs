@@ -1,0 +1,538 @@
+//! Root among other local users (SPEC §17): what another account on the host, a
+//! hook, or an old signed manifest can do to a deploy that runs as root. Each attack
+//! is one test. The other user is a real account the test adds (`useradd`, see
+//! `util::TestUser`) and removes; its commands run through `setpriv`, and whatever
+//! the test starts as that user is ended by pid before the account goes.
+//!
+//! - a NUL in `commands.env` is a manifest error, before any hook runs;
+//! - `--command-timeout` or a signal also ends a grandchild of a hook that left its
+//!   session with `setsid`;
+//! - the lock beside dest: a planted symlink is refused, never followed; the lock is
+//!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused;
+//! - the state directory: private whatever the umask; refused when another user
+//!   can write it;
+//! - serial floors (SPEC §15, §17): an old signed manifest without `src` cannot be
+//!   replayed from another URL for the same file, and leaving `serial` out cannot
+//!   reset a floor.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::http::{clean, respond, TestServer};
+use crate::signing::{
+    assert_refused_record, clear_markers, dest_key, hooks_yaml, key_pair, manifest_key,
+    no_hook_ran, record, sign, KeyPair,
+};
+use crate::util::*;
+
+#[test]
+fn nul_in_commands_env_is_a_manifest_error() {
+    let s = Scratch::new();
+    let marker = s.path().join("pre-ran");
+    for env in ["GREETING: \"a\\0b\"", "\"A\\0B\": x"] {
+        let m = s.manifest(
+            "m.yml",
+            &format!(
+                "commands:\n  env:\n    {env}\n  pre:\n    - touch {}\n",
+                marker.display()
+            ),
+        );
+        let url = format!("file://{}", m.display());
+        let run = s.stretcher().arg(&m).run();
+        run.assert_fail().assert_log("commands.env");
+        assert!(!marker.exists(), "a hook ran");
+        let rec = record(&s, &manifest_key(&url));
+        assert_eq!(rec["failed_step"], "manifest", "{rec:#}");
+    }
+}
+
+/// A hook that starts `sleep 1000` in a session of its own (`setsid`), writes its pid
+/// to `pidfile` and then waits in the foreground.
+fn setsid_hook(s: &Scratch, pidfile: &Path) -> PathBuf {
+    let script = s.file(
+        "hook.sh",
+        format!(
+            "setsid sh -c 'echo $$ > {p}.tmp && mv {p}.tmp {p} && exec sleep 1000' &\n\
+             while [ ! -s {p} ]; do sleep 0.05; done\n\
+             sleep 30\n",
+            p = pidfile.display()
+        )
+        .as_bytes(),
+    );
+    s.manifest(
+        "m.yml",
+        &format!("commands:\n  pre:\n    - sh {}\n", script.display()),
+    )
+}
+
+/// Whether `pid` is a live `sleep` (a zombie is dead: it only waits to be reaped).
+fn sleep_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let state = tail.trim_start().chars().next();
+    head.ends_with("(sleep") && state != Some('Z')
+}
+
+/// The grandchild's pid, and a guard that kills it should the test fail.
+fn grandchild(pidfile: &Path) -> (i32, impl Drop) {
+    let pid: i32 = std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if sleep_alive(self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.0),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    (pid, Kill(pid))
+}
+
+#[test]
+fn command_timeout_kills_a_grandchild_that_left_with_setsid() {
+    let s = Scratch::new();
+    let pidfile = s.path().join("sleep.pid");
+    let m = setsid_hook(&s, &pidfile);
+    let run = s
+        .stretcher()
+        .args(["--command-timeout", "2s"])
+        .arg(&m)
+        .run();
+    let (pid, _kill) = grandchild(&pidfile);
+    run.assert_fail().assert_log("killed after timeout 2s");
+    assert!(!sleep_alive(pid), "the setsid grandchild {pid} survived");
+}
+
+#[test]
+fn a_signal_kills_a_grandchild_that_left_with_setsid() {
+    let s = Scratch::new();
+    let pidfile = s.path().join("sleep.pid");
+    let m = setsid_hook(&s, &pidfile);
+    let running = s.stretcher().arg(&m).spawn();
+    let t = Instant::now();
+    while !pidfile.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (pid, _kill) = grandchild(&pidfile);
+    running.signal(nix::sys::signal::Signal::SIGTERM);
+    let run = running.wait();
+    run.assert_fail().assert_log("interrupted by SIGTERM");
+    assert!(!sleep_alive(pid), "the setsid grandchild {pid} survived");
+}
+
+/// A process the test started, killed by its pid (and reaped) when dropped.
+struct Started(Child);
+
+impl Started {
+    /// Whether it is still running.
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `user` opens `lock` (`<` to read, `>` to create it) and holds an exclusive
+/// `flock` on it for 30 s, in one process (`sh` that becomes `sleep`, the lock kept on
+/// its descriptor), so that killing that pid ends the holder whole; it exits at once
+/// when it cannot open or lock the file.
+fn hold(user: &TestUser, lock: &Path, open: &str) -> Started {
+    let script = format!("exec 9{open}\"$0\" && flock -n 9 && exec sleep 30");
+    Started(
+        user.command("sh")
+            .args(["-c", &script])
+            .arg(lock)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The scratch area opened for traversal (0711) so the other user reaches dest's
+/// parent, which it is given: the Capistrano-style tree of SPEC §17.
+fn scratch_for(user: &TestUser) -> Scratch {
+    let s = Scratch::new();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    user.give(&s.path().join("parent"));
+    s
+}
+
+fn lock_of(s: &Scratch) -> PathBuf {
+    s.path().join("parent").join(".dest.stretcher.lock")
+}
+
+fn deploy_manifest(s: &Scratch) -> PathBuf {
+    s.manifest("m.yml", &manifest_for(&archive("test.tar"), &s.dest(), ""))
+}
+
+#[test]
+fn a_lock_symlink_planted_beside_dest_is_refused_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    // Only root can create a file here: the user aims root's lock at it.
+    let victim = s.path().join("created-by-root");
+    let lock = lock_of(&s);
+    assert!(user.run("ln", &["-s".as_ref(), victim.as_os_str(), lock.as_os_str()]));
+    let m = deploy_manifest(&s);
+
+    let run = s.stretcher().arg(&m).run();
+    run.assert_fail()
+        .assert_log(&format!("lock file {}: refused", lock.display()))
+        .assert_log("symbolic link");
+    assert!(
+        victim.symlink_metadata().is_err(),
+        "root followed the planted symlink and created {}",
+        victim.display()
+    );
+    assert!(lock.symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(!s.dest().exists(), "the deploy went on");
+}
+
+#[test]
+fn another_user_cannot_hold_the_dest_lock() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let m = deploy_manifest(&s);
+    s.stretcher().arg(&m).run().assert_ok();
+    let lock = lock_of(&s);
+
+    // The user tries to take the lock and keep it.
+    let mut holder = hold(&user, &lock, "<");
+    std::thread::sleep(Duration::from_millis(700));
+    let held = holder.running();
+    drop(holder);
+    assert!(!held, "another user holds the lock of dest");
+    let meta = lock.symlink_metadata().unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600, "lock file mode");
+    assert_eq!(meta.uid(), 0, "lock file owner");
+
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(30)).run();
+    run.assert_ok();
+    assert!(
+        !run.stderr.contains("waiting for the lock"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_lock_file_of_another_owner_is_refused() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let lock = lock_of(&s);
+    // The user makes the lock file before any deploy and sits on it.
+    let _holder = hold(&user, &lock, ">");
+    let t = Instant::now();
+    while lock.symlink_metadata().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "flock made no file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = deploy_manifest(&s);
+
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(15)).run();
+    run.assert_fail()
+        .assert_log(&format!("lock file {}: refused", lock.display()))
+        .assert_log(&format!("owned by uid {}", user.uid));
+    assert!(
+        !run.stderr.contains("waiting for the lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.dest().exists(), "the deploy went on");
+}
+
+#[test]
+fn the_state_directory_stays_private_under_umask_000() {
+    let s = Scratch::new();
+    let state = s.state_dir();
+    assert!(!state.exists());
+    let m = deploy_manifest(&s);
+    // A serf event, so that the event's lock and replay memory are made too.
+    let run = stretcher_program("sh")
+        .args(["-c", "umask 000; exec \"$@\"", "sh", bin()])
+        .cwd(&s.work())
+        .arg("--state-dir")
+        .arg(&state)
+        .env("SERF_EVENT", "user")
+        .env("SERF_USER_EVENT", "deploy")
+        .env("SERF_USER_LTIME", "1")
+        .stdin(format!("file://{}", m.display()))
+        .run();
+    run.assert_ok();
+
+    let mut seen = 0;
+    for e in walkdir::WalkDir::new(&state) {
+        let e = e.unwrap();
+        let mode = mode_of(e.path());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let max = if name.ends_with(".lock") {
+            0o600
+        } else if e.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        assert_eq!(
+            mode & !max,
+            0,
+            "{} is {mode:04o}, more than {max:04o}",
+            e.path().display()
+        );
+        seen += 1;
+    }
+    assert!(state.join("event-deploy.lock").exists());
+    assert!(seen >= 5, "state directory holds {seen} entries");
+    assert_eq!(mode_of(&lock_of(&s)), 0o600, "dest's lock file");
+}
+
+#[test]
+fn a_state_directory_another_user_can_write_is_refused() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let markers = s.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let m = s.manifest(
+        "m.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), &hooks_yaml(&markers)),
+    );
+    let refused = |state: &Path, why: &str| {
+        let run = stretcher()
+            .cwd(&s.work())
+            .arg("--state-dir")
+            .arg(state)
+            .arg(&m)
+            .run();
+        run.assert_fail()
+            .assert_log(&format!("state directory {}: refused", state.display()))
+            .assert_log(why);
+        no_hook_ran(&markers);
+        assert!(!s.dest().exists(), "the deploy went on");
+    };
+
+    // the user's own directory
+    let state = s.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    user.give(&state);
+    refused(&state, &format!("owned by uid {}", user.uid));
+    // root's, but anyone may write it
+    nix::unistd::chown(&state, Some(0.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&state, "writable by group or others");
+    // root's and private, inside a directory of the user's (who can rename it away)
+    let theirs = s.path().join("parent").join("state");
+    std::fs::create_dir(&theirs).unwrap();
+    refused(
+        &theirs,
+        &format!(
+            "the directory {} above it is owned by uid {}",
+            s.path().join("parent").display(),
+            user.uid
+        ),
+    );
+
+    // root's and private, in root's directories: the deploy runs
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    stretcher()
+        .cwd(&s.work())
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&m)
+        .run()
+        .assert_ok();
+    assert!(markers.join("success").exists());
+}
+
+/// Files served over HTTP that the test replaces as it goes. A request's path is
+/// read without its query and with repeated slashes as one, so every alias of a URL
+/// gets the same file.
+struct Files {
+    srv: TestServer,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+impl Files {
+    fn start() -> Files {
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let f = files.clone();
+        let srv = TestServer::start(move |req, w| {
+            let path = req.path.split('?').next().unwrap_or_default();
+            let mut clean = String::new();
+            for c in path.chars() {
+                if !(c == '/' && clean.ends_with('/')) {
+                    clean.push(c);
+                }
+            }
+            match f.lock().unwrap().get(&clean) {
+                Some(body) => respond(w, "200 OK", body),
+                None => respond(w, "404 Not Found", b""),
+            }
+        });
+        Files { srv, files }
+    }
+
+    fn put(&self, path: &str, body: Vec<u8>) {
+        self.files.lock().unwrap().insert(path.to_string(), body);
+    }
+}
+
+/// A commands-only manifest with `serial` (when given) and every hook touching its
+/// marker, signed by `key` when given: its bytes and its signature's.
+fn commands_manifest(
+    sc: &Scratch,
+    markers: &Path,
+    serial: Option<u64>,
+    key: Option<&KeyPair>,
+) -> (Vec<u8>, Vec<u8>) {
+    let serial = serial.map(|n| format!("serial: {n}\n")).unwrap_or_default();
+    let m = sc.manifest("published.yml", &format!("{serial}{}", hooks_yaml(markers)));
+    let sig = key.map(|k| std::fs::read(sign(k, &m, &[], "published")).unwrap());
+    (std::fs::read(&m).unwrap(), sig.unwrap_or_default())
+}
+
+fn run_url(sc: &Scratch, key: Option<&KeyPair>, url: &str) -> Run {
+    let mut cmd = clean(sc.stretcher());
+    if let Some(k) = key {
+        cmd = cmd.args(["--trusted-key", &k.line]);
+    }
+    cmd.arg(url).run()
+}
+
+#[test]
+fn an_old_signed_manifest_without_src_is_refused_at_every_alias_of_its_url() {
+    let sc = Scratch::new();
+    let key = key_pair(sc.path(), "k");
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let files = Files::start();
+    let old = commands_manifest(&sc, &markers, Some(3), Some(&key));
+    let new = commands_manifest(&sc, &markers, Some(5), Some(&key));
+
+    let url = files.srv.url("/m.yml");
+    files.put("/m.yml", new.0);
+    files.put("/m.yml.minisig", new.1);
+    run_url(&sc, Some(&key), &url).assert_ok();
+    assert!(markers.join("success").exists());
+
+    // The old signed manifest (and its signature), replayed where the URL points.
+    files.put("/m.yml", old.0);
+    files.put("/m.yml.minisig", old.1);
+    let port = files.srv.addr().port();
+    let aliases = [
+        url.clone(),
+        files.srv.url("//m.yml"),
+        files.srv.url("/m.yml?x=1"),
+        format!("http://localhost:{port}/m.yml"),
+    ];
+    for alias in &aliases {
+        clear_markers(&markers);
+        let run = run_url(&sc, Some(&key), alias);
+        run.assert_fail()
+            .assert_log("refused: serial 3 is lower than 5");
+        no_hook_ran(&markers);
+    }
+    let rec = record(&sc, &commands_key(&aliases[3]));
+    assert_refused_record(&rec, "manifest", "serial 3 is lower than 5");
+}
+
+#[test]
+fn an_unsigned_manifest_without_src_keeps_its_floor_whatever_its_query() {
+    let sc = Scratch::new();
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let files = Files::start();
+    files.put("/u.yml", commands_manifest(&sc, &markers, Some(5), None).0);
+    run_url(&sc, None, &files.srv.url("/u.yml")).assert_ok();
+
+    files.put("/u.yml", commands_manifest(&sc, &markers, Some(3), None).0);
+    clear_markers(&markers);
+    run_url(&sc, None, &files.srv.url("/u.yml?x=1"))
+        .assert_fail()
+        .assert_log("refused: serial 3 is lower than 5");
+    no_hook_ran(&markers);
+}
+
+#[test]
+fn leaving_the_serial_out_does_not_reset_a_floor() {
+    let sc = Scratch::new();
+    let key = key_pair(sc.path(), "k");
+    let markers = sc.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let m = sc.path().join("m.yml");
+    let url = format!("file://{}", m.display());
+    let publish = |serial: Option<u64>| {
+        let serial = serial.map(|n| format!("serial: {n}\n")).unwrap_or_default();
+        let extra = format!("{serial}{}", hooks_yaml(&markers));
+        std::fs::write(&m, manifest_for(&archive("test.tar"), &sc.dest(), &extra)).unwrap();
+        sign(&key, &m, &[], "published");
+        clear_markers(&markers);
+    };
+
+    // a dest's floor
+    publish(Some(7));
+    run_url(&sc, Some(&key), &url).assert_ok();
+    publish(None);
+    run_url(&sc, Some(&key), &url)
+        .assert_fail()
+        .assert_log("refused: no serial");
+    no_hook_ran(&markers);
+    let rec = record(&sc, &dest_key(&sc.dest()));
+    assert_refused_record(&rec, "manifest", "no serial");
+    publish(Some(5));
+    run_url(&sc, Some(&key), &url)
+        .assert_fail()
+        .assert_log("refused: serial 5 is lower than 7");
+    publish(Some(7));
+    run_url(&sc, Some(&key), &url).assert_ok();
+
+    // the floor of a signing key, for manifests without src
+    let c = sc.path().join("c.yml");
+    let c_url = format!("file://{}", c.display());
+    let (with, with_sig) = commands_manifest(&sc, &markers, Some(4), Some(&key));
+    std::fs::write(&c, with).unwrap();
+    std::fs::write(sig_of(&c), with_sig).unwrap();
+    run_url(&sc, Some(&key), &c_url).assert_ok();
+    let (without, without_sig) = commands_manifest(&sc, &markers, None, Some(&key));
+    std::fs::write(&c, without).unwrap();
+    std::fs::write(sig_of(&c), without_sig).unwrap();
+    clear_markers(&markers);
+    run_url(&sc, Some(&key), &c_url)
+        .assert_fail()
+        .assert_log("refused: no serial");
+    no_hook_ran(&markers);
+}
+
+fn sig_of(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.minisig", p.display()))
+}
+
+/// The record key of a manifest without src: `commands-` and 16 hex digits of the
+/// sha256 of its URL (SPEC §11).
+fn commands_key(url: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "commands-{}",
+        &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16]
+    )
+}
