@@ -806,7 +806,7 @@ fn write_index(
     dest: &Path,
     wanted: &redeploy::Wanted,
     exclude_from_text: Option<String>,
-    entries: &[crate::index::Entry],
+    entries: &[crate::entry::Entry],
 ) {
     let header = crate::index::Header {
         checksum: wanted.checksum.to_string(),

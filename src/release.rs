@@ -38,16 +38,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::entry::Entry;
+use crate::entry::Kind;
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::{self, FetchOptions};
 use crate::filter::Filter;
 use crate::hooks::HookEnv;
-use crate::index::Entry;
 use crate::logln;
 use crate::manifest::Manifest;
 use crate::record::{self, Step};
 use crate::redeploy;
-use crate::sync::Kind;
 use crate::unpack::{self, UnpackOptions};
 use crate::verify::Checksum;
 
@@ -463,7 +463,7 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
     let mut pruned: HashSet<Vec<u8>> = HashSet::new();
     let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
     listed.retain(|e| {
-        let is_dir = e.kind == Kind::Dir;
+        let is_dir = e.kind() == Kind::Dir;
         let parent = e
             .path
             .iter()
@@ -473,10 +473,10 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
             || filter.is_excluded(Path::new(OsStr::from_bytes(&e.path)), is_dir);
         if gone {
             if is_dir {
-                pruned.insert(e.path.clone());
+                pruned.insert(e.path.to_vec());
             }
             if !parent.is_some_and(|p| pruned.contains(p)) {
-                doomed.push((e.path.clone(), is_dir));
+                doomed.push((e.path.to_vec(), is_dir));
             }
         }
         !gone
@@ -504,9 +504,9 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
     for parent in parents {
         let rel = parent.strip_prefix(root).unwrap_or(&parent);
         let rel = rel.as_os_str().as_bytes();
-        if let Ok(i) = listed.binary_search_by(|e| e.path.as_slice().cmp(rel)) {
+        if let Ok(i) = listed.binary_search_by(|e| e.path[..].cmp(rel)) {
             let m = fs::symlink_metadata(&parent).ctx("stat", &parent)?;
-            listed[i] = Entry::from_meta(rel.to_vec(), &m, None);
+            listed[i].meta = crate::entry::Meta::from(&m);
         }
     }
     Ok(doomed.len())
@@ -517,7 +517,8 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
 /// and everything below it. Equal to what `index::scan` of the release answers.
 fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
     let m = fs::metadata(release).ctx("stat", release)?;
-    listed.insert(0, Entry::from_meta(Vec::new(), &m, None));
+    let meta = crate::entry::Meta::from(&m);
+    listed.insert(0, Entry::new(Path::new(""), meta, None));
     Ok(listed)
 }
 
@@ -690,9 +691,10 @@ impl Slot {
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
         let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
             .into_iter()
-            .map(|(rel, w)| {
-                let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
-                Entry::from_meta(path, &w.meta, w.target)
+            .map(|(rel, w)| Entry {
+                path: std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string()).into(),
+                meta: crate::entry::Meta::from(&w.meta),
+                target: w.target.map(Vec::into_boxed_slice),
             })
             .collect();
         crate::index::sort(&mut listed);
@@ -842,7 +844,7 @@ impl Slot {
 }
 
 /// The record's `changes` of a release against the one before it (SPEC §11).
-fn changes(old: &[crate::index::Entry], new: &[crate::index::Entry]) -> record::Changes {
+fn changes(old: &[Entry], new: &[Entry]) -> record::Changes {
     let mut c = record::Changes::default();
     for d in crate::index::diff(old, new) {
         match d.kind {
@@ -857,7 +859,7 @@ fn changes(old: &[crate::index::Entry], new: &[crate::index::Entry]) -> record::
 
 /// Writes the deploy index of dest (= the live release) for the redeploy that
 /// downloads nothing and `verify`; a failure is a warning.
-fn write_index(state: &Path, dest: &Path, meta: &Meta, entries: &[crate::index::Entry]) {
+fn write_index(state: &Path, dest: &Path, meta: &Meta, entries: &[Entry]) {
     let Some(header) = &meta.index else {
         logln!("warning: release {} has no index settings", meta.id);
         return;
