@@ -1,9 +1,10 @@
 //! The one vocabulary for a node of a tree: an [`Entry`] (its path as bytes, its
 //! [`Meta`], a symlink's target), made from one `lstat` / `fstat`.
 //!
-//! The sync's walks of staging and `dest` and the plan's picture of `dest` afterwards
-//! (`Plan::after`) use it, and so does the deploy index (read, written, walked,
-//! compared): there is no other entry type there to convert to or from.
+//! Every listing of a tree uses it: the sync's walks of staging and `dest` and the
+//! plan's picture of `dest` afterwards (`Plan::after`), the deploy index (read, written,
+//! walked, compared), and the unpack's listing of what it wrote (`Staged::written`).
+//! There is no other entry type to convert to or from.
 //!
 //! Compact on purpose (a listing of 100,000 entries is held whole): a [`Meta`] is 32
 //! bytes, an [`Entry`] 64 plus its path and target on the heap. Only what some reader

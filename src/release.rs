@@ -689,15 +689,7 @@ impl Slot {
         let (filter, exclude_text) =
             crate::staging::load_filter(manifest, partial_path, &staged.reused, partial_path)?;
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
-            .into_iter()
-            .map(|(rel, w)| Entry {
-                path: std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string()).into(),
-                meta: crate::entry::Meta::from(&w.meta),
-                target: w.target.map(Vec::into_boxed_slice),
-            })
-            .collect();
-        crate::index::sort(&mut listed);
+        let mut listed = std::mem::take(&mut staged.written);
         let excluded = remove_excluded(partial_path, &filter, &mut listed)?;
         if excluded > 0 {
             logln!("Left {excluded} excluded entries out of release {id}");
