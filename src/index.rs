@@ -22,9 +22,8 @@
 //! Entries are [`Entry`]s, the one entry type of every listing; the index keeps of a
 //! [`crate::entry::Meta`] the permission bits (not which special a special is: read
 //! back, its mode has no type bits). Paths are dest-relative bytes (the root is the
-//! empty path). Prefix-shared paths
-//! and varints make an entry about 30–40 bytes before zstd, ≈ 10–20 after (see the
-//! README's benchmark table). Directory sizes are not kept: they depend on the
+//! empty path). Prefix-shared paths and varints make an entry about 30–40 bytes before
+//! zstd, ≈ 10–20 after (see the README's benchmark table). Directory sizes are not kept: they depend on the
 //! filesystem's history, not on what the directory holds, and rsync ignores them.
 //!
 //! [`scan`] is the walk of `dest` the redeploy check, `verify` and `rollback` use (an
