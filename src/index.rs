@@ -19,11 +19,13 @@
 //!     symlinks only: varint length, then the target bytes
 //! ```
 //!
-//! Paths are dest-relative bytes (the root is the empty path). Prefix-shared paths
-//! and varints make an entry about 30–40 bytes before zstd, ≈ 10–20 after (see the
-//! redeploy table in benches/README.md). Directory sizes are not kept: they depend
-//! on the filesystem's history, not on what the directory holds, and rsync ignores
-//! them.
+//! Entries are [`Entry`]s, the one entry type of every listing; the index keeps of a
+//! [`crate::entry::Meta`] the permission bits (not which special a special is: read
+//! back, its mode has no type bits). Paths are dest-relative bytes (the root is the
+//! empty path). Prefix-shared paths and varints make an entry about 30–40 bytes before
+//! zstd, ≈ 10–20 after (see the redeploy table in benches/README.md). Directory sizes
+//! are not kept: they depend on the filesystem's history, not on what the directory
+//! holds, and rsync ignores them.
 //!
 //! [`scan`] is the walk of `dest` the redeploy check, `verify` and `rollback` use (an
 //! index written after a sync never comes from it: [`from_plan`] for rsync and mv, the
@@ -34,17 +36,16 @@
 
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::strategy::Strategy;
-use crate::sync::Kind;
 
 const MAGIC: &[u8] = b"STRIDX1\n";
 /// zstd level: the index is small; level 3 is fast and near the best ratio here.
@@ -77,78 +78,6 @@ impl Header {
     /// The filter rules in force for this index.
     pub fn filter(&self) -> Result<Filter> {
         Filter::new(self.exclude_from_text.as_deref(), &self.excludes)
-    }
-}
-
-/// One entry of `dest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// dest-relative path bytes; empty for dest itself.
-    pub path: Vec<u8>,
-    /// The entry's type.
-    pub kind: Kind,
-    /// Permission bits (`& 0o7777`).
-    pub mode: u32,
-    /// Owner user id.
-    pub uid: u32,
-    /// Owner group id.
-    pub gid: u32,
-    /// Files: the size; specials: the device number; dirs and symlinks: 0.
-    pub size: u64,
-    /// Modification time, seconds since the epoch.
-    pub mtime: i64,
-    /// Nanoseconds of the modification time.
-    pub mtime_nsec: u32,
-    /// Symlinks: the target bytes.
-    pub target: Option<Vec<u8>>,
-}
-
-impl Entry {
-    /// The entry for `path` from its lstat result (`target` read by the caller).
-    pub(crate) fn from_meta(
-        path: Vec<u8>,
-        m: &std::fs::Metadata,
-        target: Option<Vec<u8>>,
-    ) -> Entry {
-        let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Special
-        };
-        let size = match kind {
-            Kind::File => m.size(),
-            Kind::Special => m.rdev(),
-            Kind::Dir | Kind::Symlink => 0,
-        };
-        Entry {
-            path,
-            kind,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            size,
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
-            target,
-        }
-    }
-
-    /// The path as a user sees it: `.` for the root, a trailing `/` on directories.
-    pub fn display_path(&self) -> String {
-        let mut p = if self.path.is_empty() {
-            ".".to_string()
-        } else {
-            crate::log::shown(&self.path)
-        };
-        if self.kind == Kind::Dir {
-            p.push('/');
-        }
-        p
     }
 }
 
@@ -206,14 +135,15 @@ pub(crate) fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
         put_varint(&mut raw, shared as u64);
         put_varint(&mut raw, (e.path.len() - shared) as u64);
         raw.extend_from_slice(&e.path[shared..]);
-        raw.push(kind_code(e.kind));
-        put_varint(&mut raw, u64::from(e.mode));
-        put_varint(&mut raw, u64::from(e.uid));
-        put_varint(&mut raw, u64::from(e.gid));
-        put_varint(&mut raw, e.size);
-        put_varint(&mut raw, zigzag(e.mtime));
-        put_varint(&mut raw, u64::from(e.mtime_nsec));
-        if e.kind == Kind::Symlink {
+        let m = &e.meta;
+        raw.push(kind_code(m.kind()));
+        put_varint(&mut raw, u64::from(m.perms()));
+        put_varint(&mut raw, u64::from(m.uid));
+        put_varint(&mut raw, u64::from(m.gid));
+        put_varint(&mut raw, m.size);
+        put_varint(&mut raw, zigzag(m.mtime));
+        put_varint(&mut raw, u64::from(m.mtime_nsec));
+        if m.kind() == Kind::Symlink {
             let t = e.target.as_deref().unwrap_or(b"");
             put_varint(&mut raw, t.len() as u64);
             raw.extend_from_slice(t);
@@ -263,7 +193,7 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
     let mut entries: Vec<Entry> = Vec::with_capacity(n.min(10_000_000));
     let short = || corrupt(path, "truncated entry");
     for _ in 0..n {
-        let prev = entries.last().map_or(&b""[..], |e| e.path.as_slice());
+        let prev = entries.last().map_or(&b""[..], |e| &e.path[..]);
         let shared = r.varint().ok_or_else(short)? as usize;
         let rest = r.varint().ok_or_else(short)? as usize;
         if shared > prev.len() {
@@ -282,22 +212,27 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
         let mtime_nsec = small(r.varint().ok_or_else(short)?)?;
         let target = if kind == Kind::Symlink {
             let len = r.varint().ok_or_else(short)? as usize;
-            Some(r.bytes(len).ok_or_else(short)?.to_vec())
+            Some(Box::from(r.bytes(len).ok_or_else(short)?))
         } else {
             None
         };
-        if entries.last().is_some_and(|e| e.path >= p) {
+        if entries.last().is_some_and(|e| *e.path >= *p) {
             return Err(corrupt(path, "entries out of order"));
         }
-        entries.push(Entry {
-            path: p,
-            kind,
-            mode,
+        if mode > 0o7777 {
+            return Err(corrupt(path, "mode out of range"));
+        }
+        let meta = Meta {
+            mode: kind.type_bits() | mode,
             uid,
             gid,
+            mtime_nsec,
             size,
             mtime,
-            mtime_nsec,
+        };
+        entries.push(Entry {
+            path: p.into_boxed_slice(),
+            meta,
             target,
         });
     }
@@ -401,8 +336,8 @@ type ReadDir = fn(&Path, &[u8], &Filter, &mut Vec<Entry>, &mut Vec<Vec<u8>>) -> 
 fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> {
     // The root is followed, as the sync follows `DEST/`.
     let m = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
-    let root_entry = Entry::from_meta(Vec::new(), &m, None);
-    if root_entry.kind != Kind::Dir {
+    let root_entry = Entry::new(Path::new(""), Meta::from(&m), None);
+    if root_entry.kind() != Kind::Dir {
         return Err(Error::Dest {
             path: root.to_path_buf(),
             msg: "not a directory".into(),
@@ -534,14 +469,18 @@ fn read_one(
         let target = if m.file_type().is_symlink() {
             let t = std::fs::read_link(item.path())
                 .map_err(|e| Error::io("readlink", item.path(), e))?;
-            Some(t.into_os_string().into_vec())
+            Some(t.into_os_string().into_vec().into_boxed_slice())
         } else {
             None
         };
         if m.is_dir() {
             subdirs.push(rel.clone());
         }
-        found.push(Entry::from_meta(rel, &m, target));
+        found.push(Entry {
+            path: rel.into_boxed_slice(),
+            meta: Meta::from(&m),
+            target,
+        });
     }
     Ok(())
 }
@@ -555,30 +494,18 @@ pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
         .after
         .iter()
         .filter_map(|a| {
-            if a.fate == crate::sync::Fate::Left {
+            let meta = if a.fate == crate::sync::Fate::Left {
                 // A dest-only directory kept for its excluded entries: the deletions
                 // in it set its mtime to "now". One lstat each (they are rare).
-                let p = plan.dest.join(&a.rel);
-                let m = std::fs::symlink_metadata(&p).ok()?;
-                let path = a.rel.as_os_str().as_bytes().to_vec();
-                return Some(Entry::from_meta(path, &m, None));
-            }
-            let m = a.result(preserve_owner)?;
-            let size = match m.kind {
-                Kind::File => m.size,
-                Kind::Special => m.rdev,
-                Kind::Dir | Kind::Symlink => 0,
+                let p = plan.dest.join(a.src.rel());
+                Meta::from(&std::fs::symlink_metadata(&p).ok()?)
+            } else {
+                a.result(preserve_owner)?
             };
             Some(Entry {
-                path: a.rel.as_os_str().as_bytes().to_vec(),
-                kind: m.kind,
-                mode: m.perms(),
-                uid: m.uid,
-                gid: m.gid,
-                size,
-                mtime: m.mtime,
-                mtime_nsec: m.mtime_nsec,
-                target: a.target.as_ref().map(|t| t.as_os_str().as_bytes().to_vec()),
+                path: a.src.path.clone(),
+                meta,
+                target: a.src.target.clone(),
             })
         })
         .collect();
@@ -653,8 +580,9 @@ pub fn diff(then: &[Entry], now: &[Entry]) -> Vec<Drift> {
 }
 
 /// The attributes of one path that differ, in SPEC order.
-fn changes(a: &Entry, b: &Entry) -> Vec<&'static str> {
-    if a.kind != b.kind {
+fn changes(e: &Entry, f: &Entry) -> Vec<&'static str> {
+    let (a, b) = (&e.meta, &f.meta);
+    if a.kind() != b.kind() {
         return vec!["type"];
     }
     let mut what = Vec::new();
@@ -664,14 +592,15 @@ fn changes(a: &Entry, b: &Entry) -> Vec<&'static str> {
     if (a.mtime, a.mtime_nsec) != (b.mtime, b.mtime_nsec) {
         what.push("mtime");
     }
-    // A symlink's own mode is not meaningful on Linux (always 0777).
-    if a.mode != b.mode && a.kind != Kind::Symlink {
+    // A symlink's own mode is not meaningful on Linux (always 0777); the index keeps
+    // permission bits only.
+    if a.perms() != b.perms() && a.kind() != Kind::Symlink {
         what.push("mode");
     }
     if (a.uid, a.gid) != (b.uid, b.gid) {
         what.push("owner");
     }
-    if a.target != b.target {
+    if e.target != f.target {
         what.push("target");
     }
     what
@@ -797,18 +726,82 @@ mod tests {
         }
     }
 
+    /// `fixtures/golden/index-v1.index` was written by the format's first encoder (one
+    /// entry of each kind, a special's device number, negative times, a path that is
+    /// not UTF-8, an empty link target): it still reads as the same entries, and
+    /// encoding them again gives the same bytes.
+    #[test]
+    fn the_first_encoders_file_reads_and_is_written_byte_for_byte() {
+        let golden = include_bytes!("../fixtures/golden/index-v1.index");
+        let e = |path: &[u8], kind: Kind, perms, size, mtime, mtime_nsec, target: Option<&[u8]>| {
+            let meta = Meta {
+                mode: kind.type_bits() | perms,
+                uid: 1000,
+                gid: 100,
+                mtime_nsec,
+                size,
+                mtime,
+            };
+            Entry {
+                path: path.into(),
+                meta,
+                target: target.map(Box::from),
+            }
+        };
+        let want = vec![
+            e(b"", Kind::Dir, 0o755, 0, 1_700_000_000, 123_456_789, None),
+            e(b"a", Kind::Dir, 0o2750, 0, 1_700_000_001, 0, None),
+            e(
+                b"a/b.txt",
+                Kind::File,
+                0o644,
+                5,
+                1_600_000_000,
+                999_999_999,
+                None,
+            ),
+            e(b"a/b\xffc", Kind::File, 0o4755, 1 << 40, -5, 1, None),
+            e(b"a/link", Kind::Symlink, 0o777, 0, 42, 7, Some(b"b.txt")),
+            e(b"a/nul", Kind::Special, 0o666, 0x0103, 0, 0, None),
+            e(
+                b"a/pipe",
+                Kind::Special,
+                0o600,
+                0,
+                -1_000_000_000_000,
+                500,
+                None,
+            ),
+            e(b"z", Kind::Symlink, 0o777, 0, 1, 0, Some(b"")),
+        ];
+        let h = Header {
+            checksum: "da39a3ee5e6b4b0d3255bfef95601890afd80709".into(),
+            strategy: Strategy::Rsync,
+            entries: 8,
+            ..header()
+        };
+        let (h2, got) = decode(Path::new("v1.index"), golden).unwrap();
+        assert_eq!((h2, &got), (h.clone(), &want));
+        assert_eq!(encode(&h, &want).unwrap(), golden);
+        // A special read from a disk has its type bits; the index does not keep them.
+        let mut fifo = want.clone();
+        fifo[6].meta.mode |= 0o010_000;
+        assert_eq!(encode(&h, &fifo).unwrap(), golden);
+    }
+
     #[test]
     fn diff_names_what_changed() {
         let e = |path: &str, kind: Kind| Entry {
-            path: path.as_bytes().to_vec(),
-            kind,
-            mode: 0o644,
-            uid: 1,
-            gid: 1,
-            size: 3,
-            mtime: 10,
-            mtime_nsec: 5,
-            target: (kind == Kind::Symlink).then(|| b"t".to_vec()),
+            path: path.as_bytes().into(),
+            meta: Meta {
+                mode: kind.type_bits() | 0o644,
+                uid: 1,
+                gid: 1,
+                mtime_nsec: 5,
+                size: 3,
+                mtime: 10,
+            },
+            target: (kind == Kind::Symlink).then(|| b"t"[..].into()),
         };
         let then = vec![
             e("", Kind::Dir),
@@ -818,11 +811,11 @@ mod tests {
             e("l", Kind::Symlink),
         ];
         let mut now = then.clone();
-        now[1].mtime_nsec = 6;
-        now[1].mode = 0o600;
-        now[4].target = Some(b"u".to_vec());
+        now[1].meta.mtime_nsec = 6;
+        now[1].meta.mode = Kind::File.type_bits() | 0o600;
+        now[4].target = Some(b"u"[..].into());
         now.remove(2);
-        now[2].uid = 0;
+        now[2].meta.uid = 0;
         now.push(e("m", Kind::File));
         let lines: Vec<String> = diff(&then, &now).iter().map(|d| d.to_string()).collect();
         assert_eq!(
@@ -836,7 +829,7 @@ mod tests {
             ]
         );
         let mut t2 = then.clone();
-        t2[1].kind = Kind::Dir;
+        t2[1].meta.mode = Kind::Dir.type_bits() | 0o644;
         assert_eq!(diff(&then, &t2)[0].to_string(), "changed a/ (type)");
     }
 }

@@ -24,8 +24,8 @@
 //! Public are only the modules something outside the library needs: the binary's
 //! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
 //! `drift::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
-//! (`unpack`, `sync`, `filter`, `verify`, `index`, `record`, `manifest`, `event`,
-//! `signature`, `log`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
+//! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
+//! `event`, `signature`, `log`, and the type `strategy::Strategy`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
 //! of the public modules that nothing outside the crate uses.
 
@@ -37,6 +37,7 @@ pub mod cli;
 pub mod commands;
 pub mod deploy;
 pub mod drift;
+pub mod entry;
 pub(crate) mod error;
 pub mod event;
 pub(crate) mod fetch;

@@ -82,7 +82,7 @@ pub(crate) struct Landed {
     /// The record's `changes`.
     pub changes: record::Changes,
     /// The index of dest after the landing, or why there is none (a warning).
-    pub entries: Result<Vec<index::Entry>>,
+    pub entries: Result<Vec<crate::entry::Entry>>,
     /// The release dest now points at (release strategy).
     pub release: Option<String>,
 }

@@ -18,14 +18,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
-use crate::index::{self, Entry};
+use crate::index;
 use crate::logln;
 use crate::record;
-use crate::release::{self, DestState, Meta};
+use crate::release::{self, DestState};
 use crate::staging::{make_writable_and_remove, Staging};
-use crate::sync::{dry_run, DestProbe, Kind};
+use crate::sync::{dry_run, DestProbe};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
@@ -57,7 +58,7 @@ struct Slot {
 /// dest switched to the new release: its metadata (not yet confirmed) and the release
 /// dest pointed at before.
 struct Switched {
-    meta: Meta,
+    meta: release::Meta,
     previous: Option<String>,
 }
 
@@ -169,16 +170,8 @@ impl Land for Releaser<'_> {
         let Ctx { dest, state, .. } = self.ctx;
         let slot = self.slot()?;
         let (id, partial) = (&slot.id, &slot.partial);
-        let mut staged = staged.into_inner();
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-        let mut listed: Vec<Entry> = std::mem::take(&mut staged.written)
-            .into_iter()
-            .map(|(rel, w)| {
-                let path = std::os::unix::ffi::OsStringExt::into_vec(rel.into_os_string());
-                Entry::from_meta(path, &w.meta, w.target)
-            })
-            .collect();
-        index::sort(&mut listed);
+        let mut listed = staged.into_inner().written;
         let excluded = remove_excluded(partial, filter, &mut listed)?;
         if excluded > 0 {
             logln!("Left {excluded} excluded entries out of release {id}");
@@ -190,7 +183,7 @@ impl Land for Releaser<'_> {
             DestState::Live(id) => Some(id),
             _ => None,
         };
-        let meta = Meta {
+        let meta = release::Meta {
             schema: 1,
             id: id.clone(),
             dest: dest.to_path_buf(),
@@ -258,7 +251,7 @@ impl Land for Releaser<'_> {
         let (Some(slot), Some(switched)) = (&self.slot, self.switched.take()) else {
             return Ok(());
         };
-        let confirmed = Meta {
+        let confirmed = release::Meta {
             deployed: Some(release::now_rfc3339()),
             ..switched.meta
         };
@@ -281,7 +274,7 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
     let mut pruned: HashSet<Vec<u8>> = HashSet::new();
     let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
     listed.retain(|e| {
-        let is_dir = e.kind == Kind::Dir;
+        let is_dir = e.kind() == Kind::Dir;
         let parent = e
             .path
             .iter()
@@ -291,10 +284,10 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
             || filter.is_excluded(Path::new(OsStr::from_bytes(&e.path)), is_dir);
         if gone {
             if is_dir {
-                pruned.insert(e.path.clone());
+                pruned.insert(e.path.to_vec());
             }
             if !parent.is_some_and(|p| pruned.contains(p)) {
-                doomed.push((e.path.clone(), is_dir));
+                doomed.push((e.path.to_vec(), is_dir));
             }
         }
         !gone
@@ -322,9 +315,9 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
     for parent in parents {
         let rel = parent.strip_prefix(root).unwrap_or(&parent);
         let rel = rel.as_os_str().as_bytes();
-        if let Ok(i) = listed.binary_search_by(|e| e.path.as_slice().cmp(rel)) {
+        if let Ok(i) = listed.binary_search_by(|e| e.path[..].cmp(rel)) {
             let m = fs::symlink_metadata(&parent).ctx("stat", &parent)?;
-            listed[i] = Entry::from_meta(rel.to_vec(), &m, None);
+            listed[i].meta = Meta::from(&m);
         }
     }
     Ok(doomed.len())
@@ -335,7 +328,7 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
 /// and everything below it. Equal to what `index::scan` of the release answers.
 fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
     let m = fs::metadata(release).ctx("stat", release)?;
-    listed.insert(0, Entry::from_meta(Vec::new(), &m, None));
+    listed.insert(0, Entry::new(Path::new(""), Meta::from(&m), None));
     Ok(listed)
 }
 

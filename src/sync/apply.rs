@@ -11,7 +11,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{Action, Kind, Meta, Op, Plan, Stats, SyncOptions};
+use super::{Action, Op, Plan, Stats, SyncOptions};
+use crate::entry::{Kind, Meta};
 use crate::error::IoContext;
 use crate::fsops::{self, Attrs};
 use crate::{Error, Result};
@@ -147,7 +148,11 @@ impl Step<'_> {
             Op::Delete { dest } => self.delete(dest, stats)?,
             Op::KeepNonEmpty { dest } => self.keep_non_empty(dest)?,
             Op::MakeDir { existing, whole } => return self.make_dir(*existing, *whole, stats),
-            Op::CopyFile { src, existing } => self.copy_file(src, *existing, stats)?,
+            Op::CopyFile {
+                src,
+                existing,
+                linked,
+            } => self.copy_file(src, *existing, *linked, stats)?,
             Op::MakeSymlink {
                 target,
                 src,
@@ -163,7 +168,7 @@ impl Step<'_> {
     }
 
     fn delete(&self, dest: &Meta, stats: &mut Stats) -> Result<()> {
-        let r = if dest.kind == Kind::Dir {
+        let r = if dest.kind() == Kind::Dir {
             fs::remove_dir(self.path)
         } else {
             fs::remove_file(self.path)
@@ -214,12 +219,18 @@ impl Step<'_> {
         Ok(Applied::Done)
     }
 
-    fn copy_file(&self, src: &Meta, existing: Option<Kind>, stats: &mut Stats) -> Result<()> {
+    fn copy_file(
+        &self,
+        src: &Meta,
+        existing: Option<Kind>,
+        linked: bool,
+        stats: &mut Stats,
+    ) -> Result<()> {
         if existing == Some(Kind::Dir) {
             clear_for(self.path, existing)?;
         }
         let from = self.plan.src.join(&self.a.rel);
-        if !(self.opts.move_source && src.nlink == 1 && move_file(&from, self.path)?) {
+        if !(self.opts.move_source && !linked && move_file(&from, self.path)?) {
             write_file(&from, self.path, src, self.opts)?;
         }
         stats.bytes_copied += src.size;
@@ -266,7 +277,7 @@ impl Step<'_> {
         if existing == Some(Kind::Dir) {
             clear_for(self.path, existing)?;
         }
-        let tmp = fsops::create_beside(self.path, |t| fsops::mknod(t, src.mode, src.rdev))?;
+        let tmp = fsops::create_beside(self.path, |t| fsops::mknod(t, src.mode, src.rdev()))?;
         let attrs = Attrs {
             owner: Some((src.uid, src.gid)),
             mode: Some(src.perms()),
@@ -290,7 +301,7 @@ impl Step<'_> {
             owner: chown.then_some((src.uid, src.gid)),
             ..Attrs::default()
         };
-        if src.kind == Kind::Symlink {
+        if src.kind() == Kind::Symlink {
             if src.mtime != dest.mtime {
                 attrs.mtime = Some((src.mtime, src.mtime_nsec));
             }

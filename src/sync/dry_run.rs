@@ -8,7 +8,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{plan_staged, tree, Kind, Op, Plan, SyncOptions};
+use super::{plan_staged, tree, Op, Plan, SyncOptions};
+use crate::entry::Kind;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::logln;
@@ -119,14 +120,14 @@ pub(crate) fn renamed(staged: &Verified<Staged>, dest: &Path) -> Result<Vec<Chan
     }
     let walked = tree::walk(&staged.get().root, Path::new(""), &Filter::empty())?;
     let changes = walked.entries.into_iter().map(|e| {
-        let tail = match (e.meta.kind, &e.target) {
+        let tail = match (e.kind(), e.target_path()) {
             (Kind::Dir, _) => b"/".to_vec(),
             (_, Some(target)) => arrow(target),
             _ => Vec::new(),
         };
         Change {
             verb: "add",
-            rel: e.rel,
+            rel: e.rel().to_path_buf(),
             tail,
         }
     });
@@ -141,7 +142,7 @@ fn changes(plan: &Plan) -> Vec<Change> {
     };
     let changes = plan.changes().filter_map(|a| {
         let (verb, tail) = match &a.op {
-            Op::Delete { dest } if dest.kind == Kind::Dir => ("delete", b"/".to_vec()),
+            Op::Delete { dest } if dest.kind() == Kind::Dir => ("delete", b"/".to_vec()),
             Op::Delete { .. } => ("delete", Vec::new()),
             Op::MakeDir { existing, .. } => (verb(existing), b"/".to_vec()),
             Op::CopyFile { existing, .. } | Op::MakeSpecial { existing, .. } => {

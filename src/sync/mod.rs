@@ -30,10 +30,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::unpack::Staged;
 use crate::verify::Verified;
@@ -55,79 +54,6 @@ pub struct SyncOptions {
     /// The permission bits `dest` itself gets (the manifest's `dest_mode`, else the
     /// archive's `.` entry, else 0755, decided by the caller); `None`: the source root's.
     pub dest_mode: Option<u32>,
-}
-
-/// What kind of filesystem object an entry is (never following symlinks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// fifo, socket, character or block device.
-    Special,
-}
-
-/// The attributes of one entry that the sync reads and copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    /// The entry's type.
-    pub kind: Kind,
-    /// Full `st_mode` (type and permission bits).
-    pub mode: u32,
-    /// Owner user id.
-    pub uid: u32,
-    /// Owner group id.
-    pub gid: u32,
-    /// Size in bytes (`st_size`).
-    pub size: u64,
-    /// Modification time, seconds since the epoch.
-    pub mtime: i64,
-    /// Nanoseconds of the modification time.
-    pub mtime_nsec: u32,
-    /// Device number (`st_rdev`) of a device special.
-    pub rdev: u64,
-    /// Hard links to the inode (a staged file with more than one is never moved).
-    pub nlink: u64,
-}
-
-impl Kind {
-    /// The kind of a file type (as `lstat` gives it).
-    fn of(ft: fs::FileType) -> Kind {
-        if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Special
-        }
-    }
-}
-
-impl Meta {
-    fn from_std(m: &fs::Metadata) -> Meta {
-        Meta {
-            kind: Kind::of(m.file_type()),
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-            size: m.size(),
-            mtime: m.mtime(),
-            // st_mtime_nsec is always in 0..1e9.
-            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
-            rdev: m.rdev(),
-            nlink: m.nlink(),
-        }
-    }
-
-    /// Permission bits (`mode & 0o7777`).
-    pub fn perms(&self) -> u32 {
-        self.mode & 0o7777
-    }
 }
 
 /// One step of a plan, on the path `rel` (relative to both roots; empty = the root).
@@ -170,6 +96,9 @@ pub enum Op {
         src: Meta,
         /// What `dest` holds there now, when that is replaced.
         existing: Option<Kind>,
+        /// The source file has other hard links: it is copied, never renamed into
+        /// place (`rsync -a` makes separate files of them).
+        linked: bool,
     },
     /// A symlink to `target` is made.
     MakeSymlink {
@@ -245,14 +174,11 @@ pub enum Fate {
 /// One entry of `dest` after the plan (see [`Plan::after`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct After {
-    /// The path, relative to `dest`; empty = `dest` itself.
-    pub rel: PathBuf,
-    /// The source's attributes (for `Left`: dest's).
-    pub src: Meta,
+    /// The source's entry: its path (relative to `dest`; empty = `dest` itself), its
+    /// attributes (for `Left`: dest's) and a symlink's target.
+    pub src: Entry,
     /// What dest held there before, when the entry is not `New`.
     pub dest: Option<Meta>,
-    /// Symlinks: the target.
-    pub target: Option<PathBuf>,
     /// How the entry comes to be.
     pub fate: Fate,
 }
@@ -263,9 +189,10 @@ impl After {
     /// An entry left untouched keeps what dest had (its mtime to the nanosecond:
     /// the quick check compares seconds).
     pub fn result(&self, preserve_owner: bool) -> Option<Meta> {
+        let src = &self.src.meta;
         let owner = |d: &Meta| {
             if preserve_owner {
-                (self.src.uid, self.src.gid)
+                (src.uid, src.gid)
             } else {
                 (d.uid, d.gid)
             }
@@ -279,26 +206,26 @@ impl After {
             ..*base
         };
         match (self.fate, &self.dest) {
-            (Fate::New, _) if self.src.kind == Kind::Special && !preserve_owner => None,
-            (Fate::New, _) | (Fate::Dir { .. }, None) => Some(self.src),
-            (Fate::Left, _) => Some(self.src),
-            (Fate::Same, None) => Some(self.src),
+            (Fate::New, _) if src.kind() == Kind::Special && !preserve_owner => None,
+            (Fate::New, _) | (Fate::Dir { .. }, None) => Some(*src),
+            (Fate::Left, _) => Some(*src),
+            (Fate::Same, None) => Some(*src),
             (Fate::Same, Some(d)) => {
-                let (perms, time) = match self.src.kind {
+                let (perms, time) = match src.kind() {
                     // A symlink gets its mtime when the seconds differ; its mode is not set.
-                    Kind::Symlink if self.src.mtime != d.mtime => (d.perms(), &self.src),
+                    Kind::Symlink if src.mtime != d.mtime => (d.perms(), src),
                     Kind::Symlink => (d.perms(), d),
-                    _ => (self.src.perms(), d),
+                    _ => (src.perms(), d),
                 };
-                Some(with(&self.src, perms, owner(d), time))
+                Some(with(src, perms, owner(d), time))
             }
             (Fate::Dir { dirty }, Some(d)) => {
-                let time = if dirty || d.mtime != self.src.mtime {
-                    &self.src
+                let time = if dirty || d.mtime != src.mtime {
+                    src
                 } else {
                     d
                 };
-                Some(with(&self.src, self.src.perms(), owner(d), time))
+                Some(with(src, src.perms(), owner(d), time))
             }
         }
     }
@@ -337,7 +264,7 @@ impl fmt::Display for Action {
         };
         let rel = crate::log::shown_path(rel);
         match &self.op {
-            Op::Delete { dest } if dest.kind == Kind::Dir => write!(f, "deleting {rel}/"),
+            Op::Delete { dest } if dest.kind() == Kind::Dir => write!(f, "deleting {rel}/"),
             Op::Delete { .. } => write!(f, "deleting {rel}"),
             Op::KeepNonEmpty { .. } => write!(f, "cannot delete non-empty directory: {rel}"),
             Op::MakeDir { .. } => write!(f, "{rel}/"),
@@ -395,7 +322,7 @@ pub fn plan_staged(
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);
     }
     let dest = tree::dest(dest, filter, &src)?;
-    plan(&src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+    plan(src, &dest, filter, &staged.reused, opts.verbosity >= 2)
 }
 
 /// [`plan_staged`] then [`apply`].
@@ -413,8 +340,9 @@ mod tests {
     use super::*;
     use crate::Error;
     use filetime::FileTime;
-    use std::fs::File;
+    use std::fs::{self, File};
     use std::os::unix::fs::symlink;
+    use std::os::unix::fs::MetadataExt;
 
     fn write(p: &Path, data: &str, mtime: i64) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -426,7 +354,7 @@ mod tests {
     fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
         let src = tree::source(src, filter)?;
         let dest = tree::dest(dest, filter, &src)?;
-        plan(&src, &dest, filter, &KeptFiles::new(), true)
+        plan(src, &dest, filter, &KeptFiles::new(), true)
     }
 
     fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {

@@ -2,15 +2,17 @@
 //! data, by a merge-join of the two sorted walks.
 //!
 //! Pure: it must never touch the disk (everything it needs, link targets included, is
-//! in the listings), so it is tested on listings made in memory.
+//! in the listings), so it is tested on listings made in memory. The source listing is
+//! consumed: its entries become the plan's [`Plan::after`] as they are, not copied.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::quick::quick_check;
-use super::tree::{Entry, Listing};
-use super::{Action, After, Fate, KeptFiles, Kind, Meta, Op, Plan};
+use super::tree::{Listing, Walked};
+use super::{Action, After, Fate, KeptFiles, Op, Plan};
+use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::{Error, Result};
 
@@ -23,15 +25,25 @@ use crate::{Error, Result};
 /// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
 /// there, "could not make way"): refused before anything changed.
 pub(crate) fn plan(
-    src: &Listing,
+    src: Listing,
     dest: &Listing,
     filter: &Filter,
     kept: &KeptFiles,
     list_uptodate: bool,
 ) -> Result<Plan> {
-    let Some(src_root) = src.root_meta else {
+    let Listing {
+        root: src_root,
+        root_meta,
+        walked: Walked {
+            entries,
+            excluded,
+            linked,
+        },
+        ..
+    } = src;
+    let Some(root_meta) = root_meta else {
         return Err(Error::Sync {
-            path: src.root.clone(),
+            path: src_root,
             msg: "source is not a directory".into(),
         });
     };
@@ -39,12 +51,13 @@ pub(crate) fn plan(
         dest,
         kept,
         list_uptodate,
-        not_whole: not_whole(src),
+        not_whole: not_whole(&entries, &excluded, &linked),
+        linked,
         protected: protected(dest),
         deletes: Vec::new(),
         updates: Vec::new(),
-        after: Vec::new(),
-        dirs: vec![(PathBuf::new(), src_root, dest.root_meta)],
+        after: Vec::with_capacity(entries.len() + 1),
+        dirs: vec![(Entry::new(Path::new(""), root_meta, None), dest.root_meta)],
         dirty: HashSet::new(),
         uptodate: 0,
         kept_seen: 0,
@@ -58,14 +71,14 @@ pub(crate) fn plan(
             },
         });
     }
-    let mut s = src.walked.entries.iter().peekable();
+    let mut s = entries.into_iter().peekable();
     let mut d = dest.walked.entries.iter().peekable();
     loop {
         let order = match (s.peek(), d.peek()) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some(a), Some(b)) => a.rel.cmp(&b.rel),
+            (Some(a), Some(b)) => a.rel().cmp(b.rel()),
         };
         match order {
             Ordering::Greater => d.next().map_or(Ok(()), |de| p.dest_only(de))?,
@@ -77,24 +90,23 @@ pub(crate) fn plan(
         }
     }
     p.check_kept_seen(filter)?;
-    Ok(p.finish(src, dest))
+    Ok(p.finish(src_root, dest))
 }
 
 /// Source directories that cannot be moved whole: something below is excluded (it
 /// must not reach dest), is a hard link (rsync -a makes separate files) or special.
-fn not_whole(src: &Listing) -> HashSet<PathBuf> {
+fn not_whole(
+    entries: &[Entry],
+    excluded: &HashMap<PathBuf, Kind>,
+    linked: &HashSet<PathBuf>,
+) -> HashSet<PathBuf> {
     let mut not_whole = HashSet::new();
-    let odd = src
-        .walked
-        .entries
+    let special = entries
         .iter()
-        .filter(|e| match e.meta.kind {
-            Kind::File => e.meta.nlink > 1,
-            Kind::Special => true,
-            Kind::Dir | Kind::Symlink => false,
-        })
-        .map(|e| e.rel.as_path());
-    for rel in src.walked.excluded.keys().map(PathBuf::as_path).chain(odd) {
+        .filter(|e| e.kind() == Kind::Special)
+        .map(Entry::rel);
+    let odd = excluded.keys().chain(linked).map(PathBuf::as_path);
+    for rel in odd.chain(special) {
         let mut p = rel.parent();
         while let Some(dir) = p {
             if !not_whole.insert(dir.to_path_buf()) {
@@ -127,12 +139,14 @@ struct Planner<'a> {
     kept: &'a KeptFiles,
     list_uptodate: bool,
     not_whole: HashSet<PathBuf>,
+    /// The source's multiply-linked files ([`Walked::linked`]).
+    linked: HashSet<PathBuf>,
     protected: HashSet<PathBuf>,
     deletes: Vec<Action>,
     updates: Vec<Action>,
     after: Vec<After>,
     /// Source directories (with dest's attributes there), in pre-order.
-    dirs: Vec<(PathBuf, Meta, Option<Meta>)>,
+    dirs: Vec<(Entry, Option<Meta>)>,
     /// Directories whose entries are added, removed or replaced.
     dirty: HashSet<PathBuf>,
     uptodate: u64,
@@ -143,28 +157,32 @@ impl Planner<'_> {
     /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
     /// kept file is planned as the source's.
     fn dest_only(&mut self, de: &Entry) -> Result<()> {
-        if let Some(k) = self.kept.get(&de.rel) {
+        let rel = de.rel();
+        if let Some(k) = self.kept.get(rel) {
             self.kept_seen += 1;
-            if de.meta.kind != Kind::File || !quick_check(&de.meta, k) {
-                return Err(self.stale(&de.rel));
+            if de.kind() != Kind::File || !quick_check(&de.meta, k) {
+                return Err(self.stale(rel));
             }
             let (uid, gid) = k.owner.unwrap_or((de.meta.uid, de.meta.gid));
-            let src_meta = Meta {
+            let meta = Meta {
                 mode: (de.meta.mode & !0o7777) | k.mode,
                 uid,
                 gid,
                 ..de.meta
             };
-            self.same(de.rel.clone(), src_meta, de.meta, None);
+            let src = Entry {
+                path: de.path.clone(),
+                meta,
+                target: None,
+            };
+            self.same(src, de.meta);
             return Ok(());
         }
-        self.dirty.insert(parent_of(&de.rel));
-        let op = if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
+        self.dirty.insert(parent_of(rel));
+        let op = if de.kind() == Kind::Dir && self.protected.contains(rel) {
             self.after.push(After {
-                rel: de.rel.clone(),
-                src: de.meta,
+                src: de.clone(),
                 dest: Some(de.meta),
-                target: None,
                 fate: Fate::Left,
             });
             Op::KeepNonEmpty { dest: de.meta }
@@ -172,7 +190,7 @@ impl Planner<'_> {
             Op::Delete { dest: de.meta }
         };
         self.deletes.push(Action {
-            rel: de.rel.clone(),
+            rel: rel.to_path_buf(),
             op,
         });
         Ok(())
@@ -181,15 +199,15 @@ impl Planner<'_> {
     /// Only in the source: created. Where dest holds it excluded as another type (e.g.
     /// `foo/` while the source has a file `foo`), rsync makes room for it all the same,
     /// deleting what the rules allow inside a directory and failing if anything remains.
-    fn src_only(&mut self, se: &Entry) -> Result<()> {
-        let existing = self.dest.walked.excluded.get(&se.rel).copied();
+    fn src_only(&mut self, se: Entry) -> Result<()> {
+        let existing = self.dest.walked.excluded.get(se.rel()).copied();
         if existing == Some(Kind::Dir) {
-            let inner = self.dest.inside_excluded.get(&se.rel);
+            let inner = self.dest.inside_excluded.get(se.rel());
             let Some(inner) = inner.filter(|w| w.excluded.is_empty()) else {
-                return Err(self.cannot_replace(se));
+                return Err(self.cannot_replace(&se));
             };
             self.deletes.extend(inner.entries.iter().map(|de| Action {
-                rel: de.rel.clone(),
+                rel: de.rel().to_path_buf(),
                 op: Op::Delete { dest: de.meta },
             }));
         }
@@ -199,87 +217,94 @@ impl Planner<'_> {
 
     /// In both trees: kept when the same (type, then quick check / link target /
     /// device), else replaced.
-    fn both(&mut self, se: &Entry, de: &Entry) -> Result<()> {
-        if se.meta.kind != de.meta.kind {
-            if de.meta.kind == Kind::Dir && self.protected.contains(&de.rel) {
-                return Err(self.cannot_replace(se));
+    fn both(&mut self, se: Entry, de: &Entry) -> Result<()> {
+        let kind = se.kind();
+        if kind != de.kind() {
+            if de.kind() == Kind::Dir && self.protected.contains(de.rel()) {
+                return Err(self.cannot_replace(&se));
             }
-            self.add_src(se, Some(de.meta.kind));
+            self.add_src(se, Some(de.kind()));
             return Ok(());
         }
-        let same = match se.meta.kind {
+        let same = match kind {
             Kind::Dir => {
-                self.dirs.push((se.rel.clone(), se.meta, Some(de.meta)));
+                self.dirs.push((se, Some(de.meta)));
                 return Ok(());
             }
             Kind::File => quick_check(&se.meta, &de.meta),
             Kind::Symlink => se.target == de.target,
             Kind::Special => {
-                se.meta.mode & 0o170000 == de.meta.mode & 0o170000 && se.meta.rdev == de.meta.rdev
+                se.meta.mode & 0o170000 == de.meta.mode & 0o170000
+                    && se.meta.rdev() == de.meta.rdev()
             }
         };
         if same {
-            self.same(se.rel.clone(), se.meta, de.meta, se.target.clone());
+            self.same(se, de.meta);
         } else {
-            self.add_src(se, Some(se.meta.kind));
+            self.add_src(se, Some(kind));
         }
         Ok(())
     }
 
     /// An up-to-date entry: an action only when something about it needs fixing (or
     /// for `-vv`).
-    fn same(&mut self, rel: PathBuf, src: Meta, dest: Meta, target: Option<PathBuf>) {
-        self.after.push(After {
-            rel: rel.clone(),
-            src,
-            dest: Some(dest),
-            target,
-            fate: Fate::Same,
-        });
-        let attrs_differ = src.perms() != dest.perms()
-            || (src.uid, src.gid) != (dest.uid, dest.gid)
-            || (src.kind == Kind::Symlink && src.mtime != dest.mtime);
+    fn same(&mut self, src: Entry, dest: Meta) {
+        let m = src.meta;
+        let attrs_differ = m.perms() != dest.perms()
+            || (m.uid, m.gid) != (dest.uid, dest.gid)
+            || (m.kind() == Kind::Symlink && m.mtime != dest.mtime);
         if attrs_differ || self.list_uptodate {
             self.updates.push(Action {
-                rel,
-                op: Op::Keep { src, dest },
+                rel: src.rel().to_path_buf(),
+                op: Op::Keep { src: m, dest },
             });
         } else {
             self.uptodate += 1;
         }
+        self.after.push(After {
+            src,
+            dest: Some(dest),
+            fate: Fate::Same,
+        });
     }
 
     /// Plans the creation of a source entry at a path where dest holds `existing` (or
     /// nothing).
-    fn add_src(&mut self, se: &Entry, existing: Option<Kind>) {
-        self.dirty.insert(parent_of(&se.rel));
-        let (src, rel) = (se.meta, se.rel.clone());
-        let op = match se.meta.kind {
+    fn add_src(&mut self, se: Entry, existing: Option<Kind>) {
+        let rel = se.rel();
+        self.dirty.insert(parent_of(rel));
+        let src = se.meta;
+        let op = match src.kind() {
             Kind::Dir => {
-                self.dirs.push((rel.clone(), src, None));
-                let whole = !self.not_whole.contains(&rel);
+                let whole = !self.not_whole.contains(rel);
                 self.updates.push(Action {
-                    rel,
+                    rel: rel.to_path_buf(),
                     op: Op::MakeDir { existing, whole },
                 });
+                self.dirs.push((se, None));
                 return;
             }
-            Kind::File => Op::CopyFile { src, existing },
+            Kind::File => Op::CopyFile {
+                src,
+                existing,
+                linked: self.linked.contains(rel),
+            },
             Kind::Symlink => Op::MakeSymlink {
-                target: se.target.clone().unwrap_or_default(),
+                target: se.target_path().unwrap_or(Path::new("")).to_path_buf(),
                 src,
                 existing,
             },
             Kind::Special => Op::MakeSpecial { src, existing },
         };
+        self.updates.push(Action {
+            rel: rel.to_path_buf(),
+            op,
+        });
         self.after.push(After {
-            rel: rel.clone(),
-            src,
+            src: se,
             dest: None,
-            target: se.target.clone(),
             fate: Fate::New,
         });
-        self.updates.push(Action { rel, op });
     }
 
     /// Every kept file must be in dest's walk, unless the rules exclude it (then it
@@ -301,30 +326,29 @@ impl Planner<'_> {
 
     /// The actions in order: deletions children first (the reverse of the walk's
     /// pre-order), creations and updates, directory attributes children first.
-    fn finish(mut self, src: &Listing, dest: &Listing) -> Plan {
+    fn finish(mut self, src_root: PathBuf, dest: &Listing) -> Plan {
         self.deletes.reverse();
         let mut actions = self.deletes;
         actions.extend(self.updates);
-        for (rel, src_meta, dest_meta) in self.dirs.into_iter().rev() {
-            let dirty = dest_meta.is_none() || self.dirty.contains(&rel);
-            self.after.push(After {
-                rel: rel.clone(),
-                src: src_meta,
-                dest: dest_meta,
-                target: None,
-                fate: Fate::Dir { dirty },
-            });
+        for (entry, dest_meta) in self.dirs.into_iter().rev() {
+            let rel = entry.rel();
+            let dirty = dest_meta.is_none() || self.dirty.contains(rel);
             actions.push(Action {
-                rel,
+                rel: rel.to_path_buf(),
                 op: Op::DirAttrs {
-                    src: src_meta,
+                    src: entry.meta,
                     dest: dest_meta,
                     dirty,
                 },
             });
+            self.after.push(After {
+                src: entry,
+                dest: dest_meta,
+                fate: Fate::Dir { dirty },
+            });
         }
         Plan {
-            src: src.root.clone(),
+            src: src_root,
             dest: dest.root.clone(),
             actions,
             uptodate: self.uptodate,
@@ -342,10 +366,10 @@ impl Planner<'_> {
     /// before changing anything.
     fn cannot_replace(&self, se: &Entry) -> Error {
         Error::Sync {
-            path: self.dest.root.join(&se.rel),
+            path: self.dest.root.join(se.rel()),
             msg: format!(
                 "cannot replace this directory by a {:?}: it holds excluded entries",
-                se.meta.kind
+                se.kind()
             ),
         }
     }
@@ -373,60 +397,38 @@ fn excluded_here_or_above(filter: &Filter, rel: &Path) -> bool {
 mod tests {
     //! `plan` over listings made in memory: no temp dir, no disk.
     use super::*;
-    use crate::sync::tree::Walked;
     use crate::sync::Kept;
-    use std::collections::HashMap;
 
     fn meta(kind: Kind, perms: u32, size: u64, mtime: i64) -> Meta {
         let ty = match kind {
-            Kind::File => 0o100000,
-            Kind::Dir => 0o040000,
-            Kind::Symlink => 0o120000,
             Kind::Special => 0o010000, // a fifo
+            _ => kind.type_bits(),
         };
         Meta {
-            kind,
             mode: ty | perms,
             uid: 1000,
             gid: 1000,
+            mtime_nsec: 0,
             size,
             mtime,
-            mtime_nsec: 0,
-            rdev: 0,
-            nlink: 1,
         }
     }
 
     fn file(rel: &str, size: u64, mtime: i64) -> Entry {
-        Entry {
-            rel: rel.into(),
-            meta: meta(Kind::File, 0o644, size, mtime),
-            target: None,
-        }
+        Entry::new(Path::new(rel), meta(Kind::File, 0o644, size, mtime), None)
     }
 
     fn dir(rel: &str) -> Entry {
-        Entry {
-            rel: rel.into(),
-            meta: meta(Kind::Dir, 0o755, 4096, 100),
-            target: None,
-        }
+        Entry::new(Path::new(rel), meta(Kind::Dir, 0o755, 0, 100), None)
     }
 
     fn link(rel: &str, target: &str) -> Entry {
-        Entry {
-            rel: rel.into(),
-            meta: meta(Kind::Symlink, 0o777, target.len() as u64, 100),
-            target: Some(target.into()),
-        }
+        let meta = meta(Kind::Symlink, 0o777, 0, 100);
+        Entry::new(Path::new(rel), meta, Some(Path::new(target)))
     }
 
     fn fifo(rel: &str) -> Entry {
-        Entry {
-            rel: rel.into(),
-            meta: meta(Kind::Special, 0o644, 0, 100),
-            target: None,
-        }
+        Entry::new(Path::new(rel), meta(Kind::Special, 0o644, 0, 100), None)
     }
 
     /// A listing at `root` (existing, a directory) of `entries` in walk order.
@@ -437,13 +439,14 @@ mod tests {
             walked: Walked {
                 entries,
                 excluded: excluded.iter().map(|(r, k)| (r.into(), *k)).collect(),
+                linked: HashSet::new(),
             },
             inside_excluded: HashMap::new(),
         }
     }
 
     fn run(src: &Listing, dest: &Listing, filter: &Filter) -> Plan {
-        plan(src, dest, filter, &KeptFiles::new(), false).unwrap()
+        plan(src.clone(), dest, filter, &KeptFiles::new(), false).unwrap()
     }
 
     /// The actions as (path, op) pairs, without the directory attributes.
@@ -465,7 +468,7 @@ mod tests {
             ops(&p),
             vec![("gone".into(), Op::Delete { dest: gone.meta })]
         );
-        assert!(p.after.iter().all(|a| a.rel != Path::new("gone")));
+        assert!(p.after.iter().all(|a| a.src.rel() != Path::new("gone")));
     }
 
     #[test]
@@ -504,7 +507,11 @@ mod tests {
                 ("kept".into(), Op::KeepNonEmpty { dest: kept.meta }),
             ]
         );
-        let left = p.after.iter().find(|a| a.rel == Path::new("kept")).unwrap();
+        let left = p
+            .after
+            .iter()
+            .find(|a| a.src.rel() == Path::new("kept"))
+            .unwrap();
         assert_eq!(left.fate, Fate::Left);
     }
 
@@ -515,7 +522,7 @@ mod tests {
         let dest = listing("/d", vec![], &[("old.log", Kind::File)]);
         let p = run(&src, &dest, &f);
         assert_eq!(ops(&p), vec![]);
-        assert!(p.after.iter().all(|a| a.rel != Path::new("old.log")));
+        assert!(p.after.iter().all(|a| a.src.rel() != Path::new("old.log")));
     }
 
     #[test]
@@ -588,14 +595,16 @@ mod tests {
                     "new".into(),
                     Op::CopyFile {
                         src: src_meta(file("new", 1, 1)),
-                        existing: None
+                        existing: None,
+                        linked: false
                     }
                 ),
                 (
                     "older".into(),
                     Op::CopyFile {
                         src: src_meta(file("older", 2, 9)),
-                        existing: Some(Kind::File)
+                        existing: Some(Kind::File),
+                        linked: false
                     }
                 ),
             ]
@@ -622,7 +631,7 @@ mod tests {
         );
         let p = run(&src, &dest, &Filter::empty());
         let made = |e: Entry, existing| Op::MakeSymlink {
-            target: e.target.clone().unwrap(),
+            target: e.target_path().unwrap().to_path_buf(),
             src: e.meta,
             existing,
         };
@@ -636,9 +645,13 @@ mod tests {
                 ),
             ]
         );
-        let same = p.after.iter().find(|a| a.rel == Path::new("same")).unwrap();
+        let same = p
+            .after
+            .iter()
+            .find(|a| a.src.rel() == Path::new("same"))
+            .unwrap();
         assert_eq!(
-            (same.fate, same.target.as_deref()),
+            (same.fate, same.src.target_path()),
             (Fate::Same, Some(Path::new("x")))
         );
     }
@@ -675,7 +688,14 @@ mod tests {
         };
         assert_eq!(ops(&p), vec![("f".into(), keep)]);
         assert_eq!(p.uptodate, 1);
-        let all = plan(&src, &dest, &Filter::empty(), &KeptFiles::new(), true).unwrap();
+        let all = plan(
+            src.clone(),
+            &dest,
+            &Filter::empty(),
+            &KeptFiles::new(),
+            true,
+        )
+        .unwrap();
         assert_eq!(ops(&all).len(), 2);
         assert_eq!(all.uptodate, 0);
     }
@@ -718,20 +738,20 @@ mod tests {
             owner: None,
         };
         kept.insert("k".into(), attrs);
-        let p = plan(&src, &dest, &Filter::empty(), &kept, false).unwrap();
+        let p = plan(src.clone(), &dest, &Filter::empty(), &kept, false).unwrap();
         let (rel, op) = &ops(&p)[0];
         assert!(
             matches!(op, Op::Keep { src, .. } if src.perms() == 0o600),
             "{rel} {op:?}"
         );
         let changed = listing("/d", vec![file("k", 3, 6)], &[]);
-        let err = plan(&src, &changed, &Filter::empty(), &kept, false).unwrap_err();
+        let err = plan(src.clone(), &changed, &Filter::empty(), &kept, false).unwrap_err();
         assert!(
             matches!(err, Error::Stale { ref path } if path == Path::new("/d/k")),
             "{err}"
         );
         let gone = listing("/d", vec![], &[]);
-        let err = plan(&src, &gone, &Filter::empty(), &kept, false).unwrap_err();
+        let err = plan(src.clone(), &gone, &Filter::empty(), &kept, false).unwrap_err();
         assert!(matches!(err, Error::Stale { .. }), "{err}");
     }
 
@@ -742,7 +762,7 @@ mod tests {
         let mut dest = listing("/d", vec![], &[("foo", Kind::Dir)]);
         let inner = Walked {
             entries: vec![file("foo/a", 1, 1)],
-            excluded: HashMap::new(),
+            ..Walked::default()
         };
         dest.inside_excluded.insert("foo".into(), inner);
         let p = run(&src, &dest, &f);
@@ -756,7 +776,7 @@ mod tests {
             .unwrap()
             .excluded
             .insert("foo/x.log".into(), Kind::File);
-        let err = plan(&src, &dest, &f, &KeptFiles::new(), false).unwrap_err();
+        let err = plan(src.clone(), &dest, &f, &KeptFiles::new(), false).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
     }
 }

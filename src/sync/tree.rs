@@ -1,40 +1,35 @@
 //! Disk → [`Listing`]: the only disk reads of planning.
 //!
 //! A walk lists a tree below its root in sorted pre-order (the component order of
-//! `Path`), by `lstat`, never following a symlink below the root, with each symlink's
-//! target read here; excluded entries are not descended into and are kept apart with
-//! their kind. It must never write anything.
+//! `Path`) as [`Entry`]s, by `lstat`, never following a symlink below the root, with
+//! each symlink's target read here; excluded entries are not descended into and are
+//! kept apart with their kind, regular files with more than one link are noted apart.
+//! It must never write anything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use super::{Kind, Meta};
+use crate::entry::{Entry, Kind, Meta};
 use crate::error::IoContext;
 use crate::filter::Filter;
 use crate::{Error, Result};
 
-/// One entry of a [`Listing`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The path relative to the listing's root (never empty).
-    pub rel: PathBuf,
-    /// Its attributes (`lstat`).
-    pub meta: Meta,
-    /// A symlink's target; `None` for every other kind.
-    pub target: Option<PathBuf>,
-}
-
 /// Entries in sorted pre-order, with the excluded ones apart (see [`Listing::excluded`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Walked {
-    /// Entries not excluded, parents before children, siblings by name.
+    /// Entries not excluded (paths relative to the listing's root, never empty),
+    /// parents before children, siblings by name.
     pub entries: Vec<Entry>,
     /// Excluded entries (not descended into) by relative path, with their kind.
     pub excluded: HashMap<PathBuf, Kind>,
+    /// Regular files among `entries` with more than one hard link (`rsync -a` makes
+    /// separate files of them: never renamed into place, nor with their directory).
+    pub linked: HashSet<PathBuf>,
 }
 
 /// A tree as [`super::plan`] sees it: plain data, made by [`source`] or [`dest`] (or
@@ -65,7 +60,7 @@ pub(crate) fn source(root: &Path, filter: &Filter) -> Result<Listing> {
     }
     Ok(Listing {
         root: root.to_path_buf(),
-        root_meta: Some(Meta::from_std(&m)),
+        root_meta: Some(Meta::from(&m)),
         walked: walk(root, Path::new(""), filter)?,
         inside_excluded: HashMap::new(),
     })
@@ -74,7 +69,7 @@ pub(crate) fn source(root: &Path, filter: &Filter) -> Result<Listing> {
 /// Lists the destination `root` (absent, or a directory) for a sync from `src`.
 pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listing> {
     let root_meta = match fs::metadata(root) {
-        Ok(m) if m.is_dir() => Meta::from_std(&m),
+        Ok(m) if m.is_dir() => Meta::from(&m),
         Ok(_) => {
             return Err(Error::Sync {
                 path: root.to_path_buf(),
@@ -95,7 +90,7 @@ pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listin
         let in_src = || {
             src.walked
                 .entries
-                .binary_search_by(|e| e.rel.as_path().cmp(rel))
+                .binary_search_by(|e| e.rel().cmp(rel))
                 .is_ok()
         };
         if *kind == Kind::Dir && in_src() {
@@ -115,19 +110,19 @@ pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listin
 pub(crate) fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
     let mut entries = Vec::new();
     let mut excluded = HashMap::new();
-    let rel_of = |p: &Path| p.strip_prefix(root).map(Path::to_path_buf);
+    let mut linked = HashSet::new();
     let it = WalkDir::new(root.join(sub))
         .follow_links(false)
         .min_depth(1)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
-            let Ok(rel) = rel_of(e.path()) else {
+            let Ok(rel) = e.path().strip_prefix(root) else {
                 return true;
             };
             let is_dir = e.file_type().is_dir();
-            if filter.is_excluded(&rel, is_dir) {
-                excluded.insert(rel, Kind::of(e.file_type()));
+            if filter.is_excluded(rel, is_dir) {
+                excluded.insert(rel.to_path_buf(), Kind::of(e.file_type()));
                 false
             } else {
                 true
@@ -139,7 +134,7 @@ pub(crate) fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
             Error::io("walk", path, err.into())
         })?;
         // Invariant: walkdir only yields paths below the root it was given.
-        let rel = rel_of(e.path()).map_err(|_| Error::Sync {
+        let rel = e.path().strip_prefix(root).map_err(|_| Error::Sync {
             path: e.path().to_path_buf(),
             msg: "walked outside its root".into(),
         })?;
@@ -147,12 +142,19 @@ pub(crate) fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
             let err: io::Error = err.into();
             Error::io("stat", e.path(), err)
         })?;
-        let meta = Meta::from_std(&m);
-        let target = match meta.kind {
+        let meta = Meta::from(&m);
+        let target = match meta.kind() {
             Kind::Symlink => Some(fs::read_link(e.path()).ctx("readlink", e.path())?),
             _ => None,
         };
-        entries.push(Entry { rel, meta, target });
+        entries.push(Entry::new(rel, meta, target.as_deref()));
+        if meta.kind() == Kind::File && m.nlink() > 1 {
+            linked.insert(rel.to_path_buf());
+        }
     }
-    Ok(Walked { entries, excluded })
+    Ok(Walked {
+        entries,
+        excluded,
+        linked,
+    })
 }

@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::entry::Entry;
 use crate::Result;
 
 use self::errors::corrupt;
@@ -94,15 +95,6 @@ pub trait Unchanged {
     fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, std::fs::Metadata)>;
 }
 
-/// One node the unpack made, as it is once the unpack returns (`Staged::written`).
-#[derive(Debug, Clone)]
-pub struct Written {
-    /// Its metadata (fstat or lstat after its last change).
-    pub meta: std::fs::Metadata,
-    /// A symlink's target bytes.
-    pub target: Option<Vec<u8>>,
-}
-
 /// The unpacked tree, ready for the sync step.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -115,12 +107,12 @@ pub struct Staged {
     /// Files left out of staging because the [`Unchanged`] probe found them as the
     /// archive has them, with the archive's attributes.
     pub reused: HashMap<PathBuf, FileAttrs>,
-    /// With `link_unchanged`: every node below `root` (not `root` itself), by relative
-    /// path, as the index keeps it once the unpack returns — the listing of the whole
-    /// tree without a walk of it: a written file's fstat after its last change, a
-    /// linked file's lstat by the [`Unchanged`] probe, a directory's after its deferred
-    /// fixes, a symlink's or special's lstat. Empty otherwise.
-    pub written: HashMap<PathBuf, Written>,
+    /// With `link_unchanged`: every node below `root` (not `root` itself), sorted by
+    /// path bytes, as it is once the unpack returns — the listing of the whole tree
+    /// without a walk of it: a written file's fstat after its last change, a linked
+    /// file's lstat by the [`Unchanged`] probe, a directory's after its deferred fixes,
+    /// a symlink's or special's lstat. Empty otherwise.
+    pub written: Vec<Entry>,
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an

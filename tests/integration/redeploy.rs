@@ -170,7 +170,7 @@ fn restore_root_mtime(st: &Setup) {
     assert!(root.path.is_empty());
     filetime::set_file_mtime(
         st.dest(),
-        filetime::FileTime::from_unix_time(root.mtime, root.mtime_nsec),
+        filetime::FileTime::from_unix_time(root.meta.mtime, root.meta.mtime_nsec),
     )
     .unwrap();
 }

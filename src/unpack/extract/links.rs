@@ -16,7 +16,8 @@ use crate::Result;
 use super::super::errors::{fail, fail_io, refused};
 use super::super::gnu::PaxInfo;
 use super::super::path::link_target;
-use super::{set_attrs, Extractor};
+use super::{key, set_attrs, Extractor};
+use crate::entry::Entry;
 use crate::fsops::Node;
 
 impl Extractor<'_, '_> {
@@ -90,10 +91,13 @@ impl Extractor<'_, '_> {
         }
         .map_err(|e| fail_io(raw, &format!("hard link to {target:?}"), e))?;
         // The same inode as the target's (a link never changes what the index keeps).
-        match self.written.get(&target).cloned() {
-            Some(w) => {
-                self.written.insert(rel.to_path_buf(), w);
-            }
+        let linked = self.written.get(key(&target)).map(|l| Entry {
+            path: key(rel).into(),
+            meta: l.0.meta,
+            target: l.0.target.clone(),
+        });
+        match linked {
+            Some(entry) => self.list(entry),
             None => self.note(rel, raw, || fs::symlink_metadata(&abs), None)?,
         }
         self.entries += 1;

@@ -19,14 +19,18 @@ mod owners;
 mod space;
 mod special;
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 use tar::EntryType;
 
+use crate::entry::Entry;
 use crate::fsops::{self, Attrs, Node, Step};
 use crate::log::shown;
 use crate::Result;
@@ -37,7 +41,7 @@ use self::space::Space;
 use super::errors::{fail_io, refused, Why};
 use super::gnu::{check_global_header, header_mtime, member_kind, member_name, PaxInfo};
 use super::path::entry_path;
-use super::{FileAttrs, Staged, Unchanged, UnpackOptions, Written};
+use super::{FileAttrs, Staged, Unchanged, UnpackOptions};
 
 /// Metadata an entry carries for the node it creates.
 struct Meta {
@@ -64,6 +68,36 @@ impl Meta {
 /// A `FileTime` as the seconds and nanoseconds [`Attrs`] takes.
 fn seconds(t: FileTime) -> (i64, u32) {
     (t.unix_seconds(), t.nanoseconds())
+}
+
+/// A node of `Staged::written` while the unpack runs, found by its path (a later
+/// member replaces it; a hard link copies it).
+#[derive(Debug)]
+struct Listed(Entry);
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.path == other.0.path
+    }
+}
+
+impl Eq for Listed {}
+
+impl Hash for Listed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.path.hash(state);
+    }
+}
+
+impl Borrow<[u8]> for Listed {
+    fn borrow(&self) -> &[u8] {
+        &self.0.path
+    }
+}
+
+/// The bytes of a relative path (the key of `Extractor::written`).
+fn key(rel: &Path) -> &[u8] {
+    rel.as_os_str().as_bytes()
 }
 
 /// Owner → mode → mtime on a node the unpack just made ([`fsops::apply`]), a failure
@@ -101,8 +135,8 @@ pub(super) struct Extractor<'a, 'u> {
     reused: HashMap<PathBuf, FileAttrs>,
     /// Where each reused file is (the probe's answer), for hard links to it.
     kept_at: HashMap<PathBuf, PathBuf>,
-    /// `Staged::written` (kept only with `link_unchanged`).
-    written: HashMap<PathBuf, Written>,
+    /// `Staged::written` (kept only with `link_unchanged`), by path.
+    written: HashSet<Listed>,
     space: Space,
 }
 
@@ -126,7 +160,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             entries: 0,
             reused: HashMap::new(),
             kept_at: HashMap::new(),
-            written: HashMap::new(),
+            written: HashSet::new(),
             space: Space::new(into),
         }
     }
@@ -223,10 +257,10 @@ impl<'a, 'u> Extractor<'a, 'u> {
             fs::remove_dir_all(abs).map_err(|e| fail_io(raw, "remove", e))?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
-            self.written.retain(|d, _| !d.starts_with(rel));
+            self.written.retain(|d| !d.0.rel().starts_with(rel));
         } else {
             fs::remove_file(abs).map_err(|e| fail_io(raw, "remove", e))?;
-            self.written.remove(rel);
+            self.written.remove(key(rel));
         }
         Ok(())
     }
@@ -250,22 +284,31 @@ impl<'a, 'u> Extractor<'a, 'u> {
     ) -> Result<()> {
         if self.opts.link_unchanged {
             let meta = stat().map_err(|e| fail_io(raw, "stat", e))?;
-            let target = target.map(<[u8]>::to_vec);
-            self.written
-                .insert(rel.to_path_buf(), Written { meta, target });
+            self.list(Entry {
+                path: key(rel).into(),
+                meta: crate::entry::Meta::from(&meta),
+                target: target.map(Box::from),
+            });
         }
         Ok(())
+    }
+
+    /// Lists `entry` in `Staged::written`, in place of what was listed at its path.
+    fn list(&mut self, entry: Entry) {
+        self.written.replace(Listed(entry));
     }
 
     /// The directory fixes (see `dirs`), then the tree.
     pub(super) fn finish(mut self) -> Result<Staged> {
         self.fix_dirs()?;
+        let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
+        written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         Ok(Staged {
             root: self.into.to_path_buf(),
             root_mode: self.root_mode,
             entries: self.entries,
             reused: self.reused,
-            written: self.written,
+            written,
         })
     }
 }
