@@ -335,6 +335,8 @@ if __name__ == "__main__":
     event_seeds()
     filter_seeds()
     for t in sorted(os.listdir(CORPUS)):
+        if not os.path.isdir(os.path.join(CORPUS, t)):
+            continue  # corpus/.gitignore
         files = os.listdir(os.path.join(CORPUS, t))
         size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)
         print(f"{t}: {len(files)} files, {size} bytes")
