@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the four fuzz targets into fuzz/corpus/<target>/.
+"""Writes the seed corpus of the five fuzz targets into fuzz/corpus/<target>/.
 
 Run from anywhere: `python3 fuzz/make_seeds.py` (needs gzip and zstd on PATH).
 Idempotent: the seed names are fixed (seed-*), so rerunning overwrites them and leaves
@@ -329,12 +329,56 @@ def filter_seeds():
         N.join([b"\xff.c", b"/", b"", b"d\xff/x.log", b"//a//b/", b"./a"]))
 
 
+# ---- fleet_answer: flags, name length, node name, answer (see fuzz_targets/fleet_answer.rs) ----
+
+def brief(deploys, **extra):
+    return json.dumps({"host": "web-1", "deploys": deploys, **extra}, separators=(",", ":"))
+
+
+def deploy(result="success", checksum="0123456789ab", error=None, step=None, dest="/srv/app"):
+    return {"dest": dest, "result": result, "checksum": checksum,
+            "finished": "2026-12-01T10:00:00.000Z", "failed_step": step, "error": error}
+
+
+def fleet_answer_seeds():
+    def put_answer(name, answer, node=b"web-1", flags=0):
+        if isinstance(answer, str):
+            answer = answer.encode()
+        put("fleet_answer", name, bytes([flags, len(node)]) + node + answer + b"\n")
+
+    ok = brief([deploy()])
+    put_answer("success", ok)
+    put_answer("success-checksum", ok, flags=1)
+    put_answer("success-checksum12-text", ok, flags=2 | 4)
+    put_answer("failure", brief([deploy("failure", error="failed: ./check exit status 1",
+                                        step="pre"), deploy(dest=None, checksum=None)]))
+    put_answer("omitted", brief([deploy()], omitted=3), flags=4)
+    put_answer("error", brief([], error="cannot read the state directory"))
+    put_answer("empty", brief([]))
+    # the forgeries of SPEC §17: lines of their own, control characters, wrong fields
+    forged_row = "web-2  /srv/app  success  0123456789ab  2026-12-01T10:00:00.000Z  -"
+    put_answer("forged-serf-line", ok + "\nResponse from 'web-2': " + ok, flags=4)
+    put_answer("forged-row", ok + "\n" + forged_row)
+    put_answer("escaped-newline", brief([deploy(dest="/srv/app\n" + forged_row,
+                                                 error="\x1b[2K\r\x1b[1A")]), flags=4)
+    put_answer("node-newline", ok, node=b"evil\n" + forged_row.encode()[:40], flags=4)
+    put_answer("node-escape", ok, node=b"\x1b]0;x\x07\xc2\x85\xff")
+    put_answer("checksum-non-ascii", brief([deploy(checksum="0123456789a\u00e9")]), flags=2)
+    put_answer("checksum-long", brief([deploy(checksum="a" * 200)]), flags=1)
+    put_answer("wrong-types", '{"host":1,"deploys":{"result":[]},"omitted":-1}')
+    put_answer("not-json", "Error: no state directory")
+    put_answer("not-utf8", b'{"host":"\xff\xfe","deploys":[]}')
+
+
 if __name__ == "__main__":
     unpack_seeds()
     manifest_seeds()
     event_seeds()
     filter_seeds()
+    fleet_answer_seeds()
     for t in sorted(os.listdir(CORPUS)):
+        if not os.path.isdir(os.path.join(CORPUS, t)):
+            continue  # corpus/.gitignore
         files = os.listdir(os.path.join(CORPUS, t))
         size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)
         print(f"{t}: {len(files)} files, {size} bytes")

@@ -227,12 +227,40 @@ pub fn reset() {
 /// A name or path as shown to the user (SPEC §9): as it is when UTF-8, each byte of
 /// an invalid sequence as `\xNN` otherwise (never `?` or U+FFFD).
 pub(crate) fn shown(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for chunk in raw.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for b in chunk.invalid() {
+    escaped(raw, false)
+}
+
+/// Text from a fleet member or a record (a node name, a dest, an error, a checksum,
+/// a URL, a release's metadata) as printed for a terminal (SPEC §17): as [`shown`]
+/// writes a name, and every control character as well (C0, DEL and C1: newlines,
+/// carriage returns, escape sequences) as `\xNN` of each of its bytes, so that the
+/// text stays on its line and cannot move the cursor or forge a line of its own.
+pub(crate) fn shown_text(raw: impl AsRef<[u8]>) -> String {
+    escaped(raw.as_ref(), true)
+}
+
+/// The one escaping of [`shown`] and [`shown_text`]: each byte of an invalid UTF-8
+/// sequence, and with `controls` each byte of a control character, as `\xNN`.
+fn escaped(raw: &[u8], controls: bool) -> String {
+    let hex = |out: &mut String, bytes: &[u8]| {
+        for b in bytes {
             out.push_str(&format!("\\x{b:02x}"));
         }
+    };
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        if controls {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    hex(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes());
+                } else {
+                    out.push(c);
+                }
+            }
+        } else {
+            out.push_str(chunk.valid());
+        }
+        hex(&mut out, chunk.invalid());
     }
     out
 }
@@ -291,5 +319,20 @@ mod tests {
         assert_eq!(shown(b"caf\xe9/x"), "caf\\xe9/x");
         assert_eq!(shown(b"\xff\xfe"), "\\xff\\xfe");
         assert_eq!(shown(b"a\xe2\x98"), "a\\xe2\\x98");
+        // a name keeps its control characters (SPEC §9: as it is when UTF-8)
+        assert_eq!(shown(b"a\nb"), "a\nb");
+    }
+
+    #[test]
+    fn text_for_a_terminal_has_no_control_character_left() {
+        assert_eq!(shown_text("café ☃"), "café ☃");
+        assert_eq!(shown_text("a\nb\r\tc"), "a\\x0ab\\x0d\\x09c");
+        assert_eq!(shown_text("\x1b[2J\x7f"), "\\x1b[2J\\x7f");
+        // C1 controls (NEL here) as the bytes of their UTF-8
+        assert_eq!(shown_text("a\u{85}b"), "a\\xc2\\x85b");
+        assert_eq!(shown_text(b"caf\xe9\n"), "caf\\xe9\\x0a");
+        let all: Vec<u8> = (0..=255).collect();
+        let s = shown_text(&all);
+        assert!(!s.chars().any(char::is_control), "{s}");
     }
 }

@@ -471,7 +471,9 @@ fn dir_of(dest: &Path) -> PathBuf {
 }
 
 /// `stretcher releases DEST`: one line per release, newest first:
-/// `ID  CHECKSUM(12)  DEPLOYED  [live] [bad]` (DEPLOYED `-` while unconfirmed).
+/// `ID  CHECKSUM(12)  DEPLOYED  [live] [bad]` (DEPLOYED `-` while unconfirmed). The
+/// metadata's text is shown through `log::shown_text` (SPEC §17): whatever a
+/// metadata file holds, each release is one line, and nothing panics.
 pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     let dir = dir_of(dest);
     let releases = list(&dir)?;
@@ -484,11 +486,16 @@ pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     let live = fs::read_link(dest).ok().and_then(|t| live_id(&t, &dir));
     let mut out = String::new();
     for r in &releases {
+        // the first 12 characters, never a byte slice (it could cut a character)
+        let checksum: String = r.meta.checksum.chars().take(12).collect();
         let mut line = format!(
             "{}  {:12}  {}",
             r.id,
-            &r.meta.checksum[..r.meta.checksum.len().min(12)],
-            r.meta.deployed.as_deref().unwrap_or("-")
+            crate::log::shown_text(checksum),
+            r.meta
+                .deployed
+                .as_deref()
+                .map_or("-".into(), crate::log::shown_text)
         );
         if live.as_deref() == Some(r.id.as_str()) {
             line.push_str("  live");

@@ -230,7 +230,7 @@ pub(crate) fn run(opts: &StatusOptions, env: Env) -> Result<(String, i32)> {
     } else if opts.json {
         serde_json::to_string_pretty(&records).unwrap_or_default() + "\n"
     } else if records.is_empty() && missing.is_empty() {
-        format!("no deploy recorded in {}\n", dir.display())
+        format!("no deploy recorded in {}\n", log::shown_path(&dir))
     } else {
         lines(&records, &missing)
     };
@@ -289,31 +289,36 @@ fn brief_deploy(r: &Record) -> BriefDeploy {
 
 /// One line per record, columns aligned: `DEST  RESULT  CHECKSUM  FINISHED
 /// DURATION  MANIFEST_URL`, then `failed at STEP: ERROR` for a failure; one line
-/// `DEST  none` per named dest without a record.
+/// `DEST  none` per named dest without a record. Every field of a record is shown
+/// through `log::shown_text` (SPEC §17): a record cannot print a line of its own.
 fn lines(records: &[Record], missing: &[PathBuf]) -> String {
+    use std::os::unix::ffi::OsStrExt;
     let mut rows: Vec<Vec<String>> = Vec::new();
     for r in records {
         let mut row = vec![
-            r.dest.clone().unwrap_or_else(|| "-".into()),
+            r.dest.as_deref().map_or("-".into(), log::shown_text),
             r.result.as_str().to_string(),
-            r.checksum
-                .as_ref()
-                .map_or("-".into(), |c| c.chars().take(12).collect()),
-            r.finished.clone(),
+            r.checksum.as_ref().map_or("-".into(), |c| {
+                log::shown_text(c.chars().take(12).collect::<String>())
+            }),
+            log::shown_text(&r.finished),
             format!("{:.3}s", r.duration_s),
-            r.manifest_url.clone(),
+            log::shown_text(&r.manifest_url),
         ];
         if r.result != Outcome::Success {
             let step = r.failed_step.map_or("?", |s| s.as_str());
-            row.push(format!(
+            row.push(log::shown_text(format!(
                 "failed at {step}: {}",
                 r.error.as_deref().unwrap_or(r.result.as_str())
-            ));
+            )));
         }
         rows.push(row);
     }
     for m in missing {
-        rows.push(vec![m.display().to_string(), "none".into()]);
+        rows.push(vec![
+            log::shown_text(m.as_os_str().as_bytes()),
+            "none".into(),
+        ]);
     }
     // align every column but the last of each row
     let mut widths = [0usize; 7];

@@ -1213,3 +1213,41 @@ fn index_equals_walk(setpriv: Option<&str>, owners: bool) {
         .assert_ok()
         .assert_log("nothing to download");
 }
+
+/// A release's metadata is data, not text (SPEC §17): a checksum that is not ASCII
+/// (its 12th byte inside a character), with control characters, and a `deployed` with
+/// an escape sequence are listed escaped, one line per release, and nothing panics.
+#[test]
+fn releases_show_the_metadata_escaped() {
+    let s = Scratch::new();
+    let dest = s.dest();
+    let dir = releases_dir(&dest);
+    let (odd, plain) = ("20261201T220000Z-0123abcd", "20261130T220000Z-89abcdef");
+    for (seq, id, checksum, deployed) in [
+        (
+            2,
+            odd,
+            "012345678\n\x1bé\nforged-release  0123456789ab  live",
+            "2026-12-01T22:00:00.000Z\x1b[2K\r",
+        ),
+        (1, plain, "89abcdef0123456789ab", "2026-11-30T22:00:00.000Z"),
+    ] {
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let meta = serde_json::json!({
+            "schema": 1, "id": id, "dest": dest, "checksum": checksum, "seq": seq,
+            "created": deployed, "deployed": deployed, "bad": false, "reason": null,
+        });
+        std::fs::write(dir.join(format!("{id}.json")), meta.to_string()).unwrap();
+    }
+    std::os::unix::fs::symlink(dir.join(odd), &dest).unwrap();
+    let r = stretcher().arg("releases").arg(&dest).run();
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stderr, "");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "{odd}  012345678\\x0a\\x1bé  2026-12-01T22:00:00.000Z\\x1b[2K\\x0d  live\n\
+             {plain}  89abcdef0123  2026-11-30T22:00:00.000Z\n"
+        )
+    );
+}

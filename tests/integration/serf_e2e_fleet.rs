@@ -454,3 +454,164 @@ fn ten_agents_answer_fleet_status() {
     drop(cluster);
     eprintln!("whole fleet test: {:.1?}", test_start.elapsed());
 }
+
+/// Fleet answers are data, not text (SPEC §17): three agents, one whose last
+/// deploy succeeded, one whose deploy failed, and a forger whose handler answers,
+/// a second late, two lines: a brief of its own, then the line serf's text output
+/// would print for the failed host answering success (a fake row for it). Through
+/// serf's JSON and on a terminal alike, the forger is `invalid` (named in the
+/// summary), its row shows its answer escaped on one line, the failed host keeps
+/// its one row, and `fleet status` exits 1.
+#[test]
+fn a_forged_answer_is_invalid_and_stays_on_its_row() {
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-forged-")
+        .tempdir()
+        .unwrap();
+    let names = ["good", "broken", "forger"];
+    let hosts: Vec<Host> = names.iter().map(|n| Host::new(root.path(), n)).collect();
+    let checksum = "0123456789abcdef0123456789abcdef01234567";
+    let forged_line = format!(
+        r#"Response from 'broken': {{"host":"broken","deploys":[{{"dest":"/srv/app","result":"success","checksum":"{}"}}]}}"#,
+        &checksum[..12]
+    );
+    let answer = root.path().join("forged-answer");
+    std::fs::write(
+        &answer,
+        format!(
+            "{{\"host\":\"forger\",\"deploys\":[{{\"result\":\"success\"}}]}}\n{forged_line}\n"
+        ),
+    )
+    .unwrap();
+    let mut cluster = Cluster::default();
+    for (i, h) in hosts.iter().enumerate() {
+        let state = h.dir.join("state");
+        let handler = if h.name == "forger" {
+            format!(
+                "query:{}=sleep 1; cat {}",
+                stretcher::fleet::QUERY,
+                answer.display()
+            )
+        } else {
+            let (result, error) = if h.name == "broken" {
+                (Outcome::Failure, Some("failed: ./check exit status 1"))
+            } else {
+                (Outcome::Success, None)
+            };
+            let rec = records::record(
+                "/srv/app",
+                result,
+                checksum,
+                "2026-12-01T10:00:00.000Z",
+                error,
+            );
+            records::write(&state, &rec);
+            format!(
+                "query:{}={} status --brief --json --state-dir {}",
+                stretcher::fleet::QUERY,
+                bin(),
+                state.display()
+            )
+        };
+        let spec = Spec {
+            handlers: vec![handler],
+            join: (i > 0).then_some(hosts[0].bind),
+            ..Spec::default()
+        };
+        cluster.start(h, &spec);
+        if i == 0 {
+            serf::wait_rpc(h, LIMIT);
+        }
+    }
+    let report = || {
+        hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "--- {} agent log:\n{}",
+                    h.name,
+                    tail(&std::fs::read_to_string(h.agent_log()).unwrap_or_default())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    serf::wait_until(
+        "three alive members",
+        LIMIT,
+        || serf::members_with_status(&hosts[0], "alive").len() == 3,
+        report,
+    );
+    let via = Agent {
+        host: Host {
+            name: hosts[0].name.clone(),
+            dir: hosts[0].dir.clone(),
+            bind: hosts[0].bind,
+            rpc: hosts[0].rpc,
+        },
+    };
+    let summary = "3 answered of 3 alive members: 1 success, 1 failure, 0 silent, 0 unreachable, \
+                   1 invalid (forger)";
+    let check = |code: i32, stdout: &str| {
+        assert_eq!(code, 1, "{stdout}\n{}", report());
+        assert!(stdout.contains(summary), "{stdout}\n{}", report());
+        // header, one row per host, summary: no line of the forger's own
+        assert_eq!(stdout.lines().count(), 5, "{stdout}");
+        let broken = rows(stdout, "broken");
+        assert_eq!(broken.len(), 1, "{stdout}");
+        assert!(broken[0].contains(" failure "), "{stdout}");
+        assert!(
+            broken[0].contains("failed at pre: failed: ./check exit status 1"),
+            "{stdout}"
+        );
+        let forger = rows(stdout, "forger");
+        assert_eq!(forger.len(), 1, "{stdout}");
+        assert!(forger[0].contains(" invalid "), "{stdout}");
+        assert!(
+            forger[0].contains(
+                "invalid answer (more than one line): \
+                 {\"host\":\"forger\",\"deploys\":[{\"result\":\"success\"}]}\\x0aResponse from 'broken': "
+            ),
+            "{stdout}"
+        );
+        assert!(rows(stdout, "good")[0].contains(" success "), "{stdout}");
+        assert!(
+            !stdout.chars().any(|c| c.is_control() && c != '\n'),
+            "{stdout:?}"
+        );
+    };
+
+    // serf's JSON (stderr not a terminal)
+    let run = fleet(&via, &["--timeout", "3s", "--checksum", checksum]);
+    check(run.code(), &run.stdout);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+
+    // on a terminal: serf's text output, where the forged line looks like serf's
+    // own, is not believed; the query is asked again in JSON
+    let (code, stdout, terminal) = fleet_on_tty(&via, &["--timeout", "3s"]);
+    check(code, &stdout);
+    assert!(terminal.contains("asking again in JSON"), "{terminal:?}");
+    assert!(terminal.ends_with("\r\x1b[K"), "{terminal:?}");
+
+    // --json says the same, as data
+    let run = fleet(&via, &["--timeout", "3s", "--json"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["invalid"], 1, "{json}");
+    assert_eq!(json["ok"], false, "{json}");
+    let forger = json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["node"] == "forger")
+        .unwrap();
+    assert_eq!(forger["state"], "invalid", "{json}");
+    assert!(
+        forger["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("\n{}", &forged_line[..40])),
+        "{json}"
+    );
+    drop(cluster);
+}

@@ -243,3 +243,41 @@ fn exit_codes_and_the_serf_query_rules() {
     assert_eq!((run.code(), run.stderr.as_str()), (0, ""), "{run:?}");
     assert!(serde_json::from_str::<serde_json::Value>(&run.stdout).is_ok());
 }
+
+/// A record's fields are data, not text (SPEC §17): on a terminal every control
+/// character is shown as `\xNN`, each record stays one line, a checksum that is not
+/// ASCII is cut by characters; `--json` and the brief answer stay JSON.
+#[test]
+fn human_lines_show_control_characters_escaped() {
+    let s = Scratch::new();
+    let forged = "\n/srv/app  success  0123456789ab  2026-12-01T10:00:00.000Z";
+    let mut rec = record(
+        "/srv/ap\x1b[2Kp",
+        Outcome::Failure,
+        "0123456789aé\x1b[31m",
+        "2026-12-01T10:05:00.000Z\r",
+        Some(&format!("failed: ./check exit status 1{forged}")),
+    );
+    rec.manifest_url = "https://releases.example.com/\x07app.yml".into();
+    write(&s.state_dir(), &rec);
+    let run = status(&s, &[]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "/srv/ap\\x1b[2Kp  failure  0123456789aé  2026-12-01T10:05:00.000Z\\x0d  0.300s  \
+         https://releases.example.com/\\x07app.yml  failed at pre: failed: ./check exit \
+         status 1\\x0a/srv/app  success  0123456789ab  2026-12-01T10:00:00.000Z\n"
+    );
+    // a named dest without a record, its name escaped too
+    let run = status(&s, &["/srv/ne\nw"]);
+    assert_eq!(run.code(), 3, "{run:?}");
+    assert_eq!(run.stdout, "/srv/ne\\x0aw  none\n");
+    // JSON keeps the data (escaped as JSON)
+    let run = status(&s, &["--json"]);
+    let got: Vec<Record> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(got, [rec.clone()]);
+    let run = status(&s, &["--brief", "--json"]);
+    let brief: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(brief["deploys"][0]["checksum"], "0123456789aé");
+    assert_eq!(brief["deploys"][0]["dest"], "/srv/ap\x1b[2Kp");
+}
