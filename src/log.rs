@@ -20,7 +20,15 @@ enum Copy {
     Unmade,
     /// The unlinked temporary file, `len` bytes long; `failed` once a write to it
     /// failed (said once on stderr: the hooks get what it holds).
-    File { file: File, len: u64, failed: bool },
+    /// `pending`: the newest lines, not yet written (at most `FLUSH_AT` bytes and one
+    /// line), so that a run that logs every file it creates makes one write per 64 KiB
+    /// rather than one per line.
+    File {
+        file: File,
+        len: u64,
+        pending: Vec<u8>,
+        failed: bool,
+    },
     /// No temporary file could be made.
     Memory(Vec<u8>),
 }
@@ -32,6 +40,7 @@ impl Copy {
                 Ok(file) => Copy::File {
                     file,
                     len: 0,
+                    pending: Vec::with_capacity(FLUSH_AT),
                     failed: false,
                 },
                 Err(e) => {
@@ -46,8 +55,32 @@ impl Copy {
         match self {
             Copy::Unmade => {}
             Copy::Memory(v) => v.extend_from_slice(bytes),
-            Copy::File { file, len, failed } => match file.write_all(bytes) {
-                Ok(()) => *len += bytes.len() as u64,
+            Copy::File { pending, .. } => {
+                pending.extend_from_slice(bytes);
+                if pending.len() >= FLUSH_AT {
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    /// Writes the pending lines to the file (before it is read back).
+    fn flush(&mut self) {
+        if let Copy::File {
+            file,
+            len,
+            pending,
+            failed,
+        } = self
+        {
+            if pending.is_empty() {
+                return;
+            }
+            let result = file.write_all(pending);
+            let written = pending.len() as u64;
+            pending.clear();
+            match result {
+                Ok(()) => *len += written,
                 Err(e) if !*failed => {
                     *failed = true;
                     // The file's end is unknown after a partial write: what it held
@@ -59,10 +92,13 @@ impl Copy {
                     write_stderr(note.as_bytes());
                 }
                 Err(_) => {}
-            },
+            }
         }
     }
 }
+
+/// Pending lines of the copy are written out once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
 
 static COPY: Mutex<Copy> = Mutex::new(Copy::Unmade);
 
@@ -177,7 +213,8 @@ impl Read for FileRange {
 /// the log goes on. When the copy's file cannot be shared, the log says so and
 /// the hooks get an empty stdin.
 pub(crate) fn saved() -> Saved {
-    let copy = copy();
+    let mut copy = copy();
+    copy.flush();
     match &*copy {
         Copy::Unmade => Saved(Source::Memory(Arc::from(&[][..]))),
         Copy::Memory(v) => Saved(Source::Memory(Arc::from(&v[..]))),
@@ -213,7 +250,13 @@ pub fn reset() {
     match &mut *copy {
         Copy::Unmade => {}
         Copy::Memory(v) => v.clear(),
-        Copy::File { file, len, failed } => {
+        Copy::File {
+            file,
+            len,
+            pending,
+            failed,
+        } => {
+            pending.clear();
             if file.set_len(0).and_then(|()| file.rewind()).is_ok() {
                 *len = 0;
                 *failed = false;
