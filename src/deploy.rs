@@ -460,6 +460,7 @@ fn deploy(
         checksum,
         dest,
         wanted: &wanted,
+        same_owner: nix::unistd::geteuid().is_root(),
         downloaded: AtomicU64::new(0),
     };
     let pre_done = match job.redeploy(draft)? {
@@ -471,7 +472,7 @@ fn deploy(
         dest,
         state,
         work: &work,
-        same_owner: nix::unistd::geteuid().is_root(),
+        same_owner: job.same_owner,
         verbosity: opts.rsync_verbose,
     };
     let mut strategy = land::for_deploy(ctx, opts.dry_run)?;
@@ -558,6 +559,8 @@ struct Job<'a> {
     checksum: &'a Checksum,
     dest: &'a Path,
     wanted: &'a redeploy::Wanted<'a>,
+    /// Running as root: the archive's owners are kept (by the unpack and the landing).
+    same_owner: bool,
     /// The bytes of the last download (the record's `downloaded_bytes`).
     downloaded: AtomicU64,
 }
@@ -674,10 +677,10 @@ impl Job<'_> {
             src,
             checksum,
             fetch_opts,
+            same_owner,
             ..
         } = *self;
         let downloaded = &self.downloaded;
-        let same_owner = nix::unistd::geteuid().is_root();
         let shown = redact(src);
         fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
             downloaded.store(0, Ordering::Relaxed);
