@@ -128,6 +128,27 @@ impl From<&fs::Metadata> for Meta {
     }
 }
 
+/// The same for an `lstat` made relative to a directory descriptor (`crate::at`).
+impl From<&rustix::fs::Stat> for Meta {
+    fn from(st: &rustix::fs::Stat) -> Meta {
+        let mode = st.st_mode;
+        let size = match Kind::of_mode(mode) {
+            Kind::File => st.st_size as u64,
+            Kind::Special => st.st_rdev,
+            Kind::Dir | Kind::Symlink => 0,
+        };
+        Meta {
+            mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            // st_mtime_nsec is always in 0..1e9.
+            mtime_nsec: st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+            size,
+            mtime: st.st_mtime,
+        }
+    }
+}
+
 /// One node of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -183,6 +204,19 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_lstat_at_a_descriptor_reads_as_a_metadata_does() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"abc").unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        for name in ["f", "l", ""] {
+            let p = t.path().join(name);
+            let m = fs::symlink_metadata(&p).unwrap();
+            let st = rustix::fs::lstat(&p).unwrap();
+            assert_eq!(Meta::from(&st), Meta::from(&m), "{name}");
+        }
+    }
 
     #[test]
     fn compact() {

@@ -88,6 +88,10 @@ pub enum Node<'a> {
     /// Through a descriptor the caller holds open (a file just written, a directory
     /// opened `O_NOFOLLOW`): `fchown`, `fchmod`, `futimens`.
     Open(&'a File),
+    /// Relative to an open tree, never following a symlink on the way or at the node
+    /// ([`crate::at::Tree`]: `fchownat`, a mode through an `O_PATH` descriptor,
+    /// `utimensat`, each with `AT_SYMLINK_NOFOLLOW`).
+    In(&'a crate::at::Tree, &'a Path),
 }
 
 /// The step of owner → mode → mtime that failed, for callers that word their own errors.
@@ -110,6 +114,7 @@ pub fn apply(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), (Step, io
                 std::os::unix::fs::lchown(path, Some(uid), Some(gid))
             }
             Node::Open(file) => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
+            Node::In(tree, rel) => tree.lchown(rel, uid, gid),
         }
         .map_err(|e| (Step::Owner, e))?;
     }
@@ -118,6 +123,7 @@ pub fn apply(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), (Step, io
         match node {
             Node::At(path) | Node::Follow(path) => fs::set_permissions(path, perms),
             Node::Open(file) => file.set_permissions(perms),
+            Node::In(tree, rel) => tree.chmod(rel, mode),
         }
         .map_err(|e| (Step::Mode, e))?;
     }
@@ -171,6 +177,12 @@ fn set_times(node: Node<'_>, attrs: &Attrs) -> io::Result<()> {
             let t = |(secs, nsec)| filetime::FileTime::from_unix_time(secs, nsec);
             let (atime, mtime) = (attrs.atime.map(t), attrs.mtime.map(t));
             return filetime::set_file_handle_times(file, atime, mtime);
+        }
+        Node::In(tree, rel) => {
+            return match attrs.mtime {
+                Some(mtime) => tree.set_times(rel, mtime, attrs.atime),
+                None => tree.set_times_opt(rel, None, attrs.atime),
+            };
         }
     };
     let spec = |t: Option<(i64, u32)>| match t {

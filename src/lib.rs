@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod allow;
+pub(crate) mod at;
 mod bucket_url;
 pub mod cli;
 pub mod commands;
