@@ -147,6 +147,26 @@ impl Tree {
         Ok(Tree::from_fd(fd, path.to_path_buf()))
     }
 
+    /// Opens the directory `path` (a symlink at its end refused) and checks that it is
+    /// the very directory [`Tree::id`] gave earlier: a directory another user swapped
+    /// in under the same name is refused.
+    pub fn open_same(path: &Path, id: (u64, u64)) -> io::Result<Tree> {
+        let tree = Tree::open(path, false)?;
+        if tree.id()? != id {
+            return Err(io::Error::other(format!(
+                "{} was replaced while the deploy ran: refused",
+                path.display()
+            )));
+        }
+        Ok(tree)
+    }
+
+    /// The root's device and inode numbers: which directory this is.
+    pub fn id(&self) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstat(&self.fd).map_err(err)?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
     /// The tree of an open directory descriptor, shown as `path`.
     pub fn from_fd(fd: OwnedFd, path: PathBuf) -> Tree {
         Tree {
@@ -663,6 +683,22 @@ mod tests {
         NO_OPENAT2.store(false, std::sync::atomic::Ordering::Relaxed);
         ok.unwrap();
         assert!(refused.unwrap_err().to_string().contains("not followed"));
+    }
+
+    #[test]
+    fn a_replaced_directory_is_not_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s");
+        std::fs::create_dir(&p).unwrap();
+        let id = Tree::open(&p, false).unwrap().id().unwrap();
+        Tree::open_same(&p, id).unwrap();
+        std::fs::rename(&p, t.path().join("old")).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        let e = Tree::open_same(&p, id).unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+        std::fs::remove_dir(&p).unwrap();
+        symlink(t.path().join("old"), &p).unwrap();
+        assert!(Tree::open_same(&p, id).is_err());
     }
 
     #[test]
