@@ -293,6 +293,21 @@ impl Tree {
         })
     }
 
+    /// `renameat2(RENAME_NOREPLACE)`: `rel` moves to `to` in `to_tree`, which must not
+    /// exist (`AlreadyExists` otherwise, whatever is there: nothing is replaced).
+    pub fn rename_new(&self, rel: &Path, to_tree: &Tree, to: &Path) -> io::Result<()> {
+        let from_fd = self.parent_fd(rel)?;
+        to_tree.at(to, |d, n| {
+            rustix::fs::renameat_with(
+                from_fd.0.as_fd(),
+                from_fd.1,
+                d,
+                n,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        })
+    }
+
     /// The open parent of `rel` and its last name, owned (for two-tree calls).
     fn parent_fd<'p>(&self, rel: &'p Path) -> io::Result<(ParentFd<'_>, &'p OsStr)> {
         let name = last_name(rel)?;
@@ -370,6 +385,99 @@ impl Tree {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = self.at(rel, |d, n| rustix::fs::openat(d, n, flags, Mode::empty()))?;
         chmod_fd(fd.as_fd(), mode)
+    }
+
+    /// A new regular file at `rel` holding `data`, its mode exactly `mode` (set through
+    /// its descriptor, whatever the umask), written and fsync'd: [`Tree::create_new`],
+    /// so an existing name (a planted symlink included) fails with `AlreadyExists` and
+    /// nothing is followed. On a later error the new file is removed again.
+    pub fn write_new(&self, rel: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut f = self.create_new(rel, mode)?;
+        let written = chmod_fd(f.as_fd(), mode)
+            .and_then(|()| f.write_all(data))
+            .and_then(|()| f.sync_all());
+        if written.is_err() {
+            drop(f);
+            let _ = self.unlink(rel);
+        }
+        written
+    }
+
+    /// Replaces the file `rel` by one holding `data`, mode exactly `mode`: written
+    /// under a new temporary name `PREFIX<random>.tmp` beside it ([`Tree::write_new`];
+    /// a name taken, by anyone, is never reused), renamed over `rel`, the directory
+    /// fsync'd. The temporary is removed on error; nothing is followed.
+    pub fn replace(&self, rel: &Path, prefix: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        let mut tries = 0;
+        let tmp = loop {
+            let tmp = dir.join(format!("{prefix}{:016x}.tmp", fastrand::u64(..)));
+            match self.write_new(&tmp, mode, data) {
+                Ok(()) => break tmp,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(with_path(e, &self.shown(&tmp))),
+            }
+        };
+        if let Err(e) = self.rename(&tmp, self, rel) {
+            let _ = self.unlink(&tmp);
+            return Err(with_path(e, &self.shown(rel)));
+        }
+        if dir.as_os_str().is_empty() {
+            return self.sync();
+        }
+        let parent = self.open_dir(dir)?;
+        rustix::fs::fsync(&parent).map_err(err)
+    }
+
+    /// Reads the regular file `rel` whole, never following a symlink at its name (nor
+    /// opening a fifo or device for long: `O_NONBLOCK`, then refused as not a regular
+    /// file); a file longer than `max` bytes is refused (`InvalidData`).
+    pub fn read_file(&self, rel: &Path, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = self.at(rel, |d, n| rustix::fs::openat(d, n, flags, Mode::empty()))?;
+        let st = rustix::fs::fstat(&fd).map_err(err)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut data = Vec::new();
+        File::from(fd)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut data)?;
+        if data.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {max} bytes"),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// The directory `rel` as a tree of its own, made with `mkdirat` when missing
+    /// (its mode then set to exactly `mode` through its descriptor, whatever the
+    /// umask); an existing one is opened as it is. A symlink there is refused, never
+    /// followed.
+    pub fn make_dir(&self, rel: &Path, mode: u32) -> io::Result<Tree> {
+        let made = match self.mkdir(rel, mode) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        let sub = self.sub(rel)?;
+        if made {
+            chmod_fd(sub.fd(), mode)?;
+        }
+        Ok(sub)
+    }
+
+    /// fsync of the root directory (after a rename in it, to make it durable).
+    pub fn sync(&self) -> io::Result<()> {
+        rustix::fs::fsync(&self.fd).map_err(err)
     }
 
     /// `mknodat`: a fifo, socket or device node (`st_mode` gives the type).
@@ -750,6 +858,86 @@ mod tests {
         remove_tree(tr.fd(), OsStr::new("top"), Owner::Any).unwrap();
         assert!(!t.path().join("top").exists());
         assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn write_new_and_replace_never_follow_and_set_the_mode_exactly() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(&victim, t.path().join("planted")).unwrap();
+        let tr = tree(&t);
+        let e = tr.write_new(Path::new("planted"), 0o644, b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        // Mode bits the umask would never let through are set all the same.
+        tr.write_new(Path::new("new"), 0o4755, b"data").unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&t.path().join("new")), 0o4755);
+        assert_eq!(std::fs::read(t.path().join("new")).unwrap(), b"data");
+        // `replace` puts a new file where the symlink was, leaving its target alone.
+        tr.replace(Path::new("planted"), ".tmp-", 0o644, b"new")
+            .unwrap();
+        assert!(std::fs::symlink_metadata(t.path().join("planted"))
+            .unwrap()
+            .is_file());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(mode(&victim), 0o600);
+        assert_eq!(mode(&t.path().join("planted")), 0o644);
+        let mut names = tr.names(Path::new("")).unwrap();
+        names.sort();
+        assert_eq!(names, ["new", "planted"], "a temporary was left");
+    }
+
+    #[test]
+    fn read_file_refuses_symlinks_fifos_and_big_files() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"12345").unwrap();
+        symlink(t.path().join("f"), t.path().join("l")).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            t.path().join("p"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let tr = tree(&t);
+        assert_eq!(tr.read_file(Path::new("f"), 5).unwrap(), b"12345");
+        let e = tr.read_file(Path::new("f"), 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(tr.read_file(Path::new("l"), 100).is_err());
+        let e = tr.read_file(Path::new("p"), 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn make_dir_and_rename_new() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), t.path().join("l")).unwrap();
+        let tr = tree(&t);
+        let d = tr.make_dir(Path::new("d"), 0o751).unwrap();
+        let mode = std::fs::metadata(t.path().join("d"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o751);
+        d.write_new(Path::new("f"), 0o644, b"").unwrap();
+        // an existing one is opened as it is
+        tr.make_dir(Path::new("d"), 0o700).unwrap();
+        let e = tr.make_dir(Path::new("l"), 0o755).unwrap_err();
+        assert!(e.to_string().contains("not followed"), "{e}");
+        tr.mkdir(Path::new("e"), 0o755).unwrap();
+        let e = tr
+            .rename_new(Path::new("e"), &tr, Path::new("d"))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        tr.rename_new(Path::new("e"), &tr, Path::new("g")).unwrap();
+        assert!(t.path().join("d/f").exists() && t.path().join("g").is_dir());
     }
 
     #[test]

@@ -281,9 +281,9 @@ pub(crate) fn sort(entries: &mut [Entry]) {
 
 /// Writes the index of `key` atomically.
 pub(crate) fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
-    let dir = crate::record::make_deploys_dir(state_dir)?;
+    let dir = crate::record::open_deploys_dir(state_dir)?;
     let bytes = encode(header, entries)?;
-    crate::record::write_atomic(&dir, &index_path(state_dir, key), &bytes)
+    crate::record::write_atomic(&dir, &format!("{key}.index"), &bytes)
 }
 
 /// Writes the index of what `dest` holds after a successful landing (or a rollback):
@@ -304,7 +304,8 @@ pub(crate) fn save(state_dir: &Path, dest: &Path, settings: &Header, entries: &[
 /// Reads the index of `key`: `Ok(None)` when there is none.
 pub fn read(state_dir: &Path, key: &str) -> Result<Option<(Header, Vec<Entry>)>> {
     let path = index_path(state_dir, key);
-    match std::fs::read(&path) {
+    // Never through a symlink at its name (SPEC §17); an index has no size limit.
+    match crate::record::read_deploys_file(state_dir, &format!("{key}.index"), u64::MAX) {
         Ok(b) => decode(&path, &b).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", &path, e)),

@@ -6,10 +6,16 @@
 //! One job: the exposition text of one dest's last deploy (`render`) and its
 //! atomic write (`write`). Every file carries the same `# HELP` / `# TYPE`
 //! lines, so node_exporter merges the files of several dests into one family.
+//!
+//! The textfile directory may be another user's (SPEC §17): it is opened once and the
+//! temporary is created relative to its descriptor with `O_CREAT|O_EXCL|O_NOFOLLOW`,
+//! its mode (0644, whatever the umask) set through the open descriptor, and renamed
+//! into place by `renameat`: a symlink planted or swapped in at either name is never
+//! followed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::at::Tree;
 use crate::error::{Error, Result};
 use crate::record::{self, Outcome, Record};
 use crate::urls::redact;
@@ -145,11 +151,13 @@ pub(crate) fn write_record(
     rec: &Record,
     manifest_url: &str,
 ) -> Result<PathBuf> {
-    let path = write(dir, key, &LastDeploy::of(key, rec))?;
+    let tree = open(dir)?;
+    let path = write_in(&tree, key, &LastDeploy::of(key, rec))?;
     let unusable = record::key_for_manifest(manifest_url);
     if unusable != key {
-        let stale = dir.join(file_name(&unusable));
-        match std::fs::remove_file(&stale) {
+        let name = file_name(&unusable);
+        let stale = dir.join(&name);
+        match tree.unlink(Path::new(&name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io("remove", &stale, e))
             }
@@ -162,24 +170,30 @@ pub(crate) fn write_record(
 /// Writes `render(d)` to `dir/stretcher-<key>.prom` atomically; returns its path.
 /// The temp file is dot-named and does not end in `.prom`, so node_exporter never
 /// reads a half-written file.
+#[cfg(test)]
 pub(crate) fn write(dir: &Path, key: &str, d: &LastDeploy) -> Result<PathBuf> {
-    let path = dir.join(file_name(key));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".stretcher-")
-        .suffix(".prom.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temp file in", dir, e))?;
-    tmp.write_all(render(d).as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    // node_exporter runs as its own user: the file must be readable by it
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io("chmod", tmp.path(), e))?;
-    }
-    tmp.persist(&path)
-        .map_err(|e| Error::io("rename into place", &path, e.error))?;
+    write_in(&open(dir)?, key, d)
+}
+
+/// The textfile directory, opened once (the path to it is the operator's).
+fn open(dir: &Path) -> Result<Tree> {
+    Tree::open(dir, true).map_err(|e| Error::io("open directory", dir, e))
+}
+
+/// [`write`] relative to the open directory: the temporary
+/// `.stretcher-<key>.prom.<random>.tmp` made `O_EXCL|O_NOFOLLOW`, mode 0644 set
+/// through its descriptor (node_exporter runs as its own user and must read it),
+/// written, fsync'd, renamed into place.
+fn write_in(dir: &Tree, key: &str, d: &LastDeploy) -> Result<PathBuf> {
+    let name = file_name(key);
+    let path = dir.shown(Path::new(&name));
+    dir.replace(
+        Path::new(&name),
+        &format!(".{name}."),
+        0o644,
+        render(d).as_bytes(),
+    )
+    .map_err(|e| Error::io("write", &path, e))?;
     Ok(path)
 }
 
@@ -269,6 +283,38 @@ stretcher_last_deploy_changes{dest=\"/srv/app\",kind=\"unchanged\"} 10
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(write(&dir.path().join("missing"), "k", &d).is_err());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed_and_the_mode_is_0644_whatever_the_umask() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join(file_name("k"));
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        // In a child process, so that its umask touches no other test.
+        // SAFETY: the child only writes the file and leaves with `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                let ok = write(dir.path(), "k", &sample()).is_ok();
+                unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file(), "the symlink is still there");
+        assert_eq!(meta.mode() & 0o7777, 0o644);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), render(&sample()));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        let mode = std::fs::metadata(&victim).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! caller, never a change of the deploy's result. Reading is lenient: a missing
 //! record is `None`, a corrupt one is a warning and `None`.
 
-use std::io::Write;
+use crate::at::Tree;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -499,11 +499,39 @@ pub(crate) fn deploys_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(DEPLOYS_DIR)
 }
 
-/// `STATE/deploys`, created (0755 at most, whatever the umask: SPEC §17) when missing.
-pub(crate) fn make_deploys_dir(state_dir: &Path) -> Result<PathBuf> {
-    let dir = deploys_dir(state_dir);
-    crate::state::make_dirs(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    Ok(dir)
+/// `STATE/deploys` opened as a tree, made when missing (SPEC §17: `mkdirat`, then
+/// 0755 through its descriptor whatever the umask; a symlink at its name refused,
+/// never followed). The state directory itself is made as [`crate::state::make_dirs`]
+/// makes it when missing.
+pub(crate) fn open_deploys_dir(state_dir: &Path) -> Result<Tree> {
+    crate::state::make_dirs(state_dir)
+        .map_err(|e| Error::io("create state directory", state_dir, e))?;
+    let state =
+        Tree::open(state_dir, true).map_err(|e| Error::io("open state directory", state_dir, e))?;
+    state
+        .make_dir(Path::new(DEPLOYS_DIR), 0o755)
+        .map_err(|e| Error::io("create directory", deploys_dir(state_dir), e))
+}
+
+/// The largest record or history file read (both are capped far below it).
+const RECORD_MAX: u64 = 64 << 20;
+
+/// Reads the file `name` of `STATE/deploys` (at most `max` bytes), never following
+/// a symlink at `deploys` or at `name` (SPEC §17).
+pub(crate) fn read_deploys_file(
+    state_dir: &Path,
+    name: &str,
+    max: u64,
+) -> std::io::Result<Vec<u8>> {
+    Tree::open(&deploys_dir(state_dir), false)?.read_file(Path::new(name), max)
+}
+
+/// The file name of `path` in `STATE/deploys` (the paths of this module are all made
+/// there; an empty name fails to open).
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `STATE/deploys/<key>.json`.
@@ -519,14 +547,14 @@ pub fn history_path(state_dir: &Path, key: &str) -> PathBuf {
 /// Writes `record` as the last record of `key` and appends it to the key's
 /// history (the last `HISTORY_KEEP` kept). Both files are replaced atomically.
 pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
-    let dir = make_deploys_dir(state_dir)?;
+    let dir = open_deploys_dir(state_dir)?;
     // Serialising plain strings, numbers and options cannot fail.
     let line = serde_json::to_string(record).unwrap_or_default();
     let mut pretty = serde_json::to_vec_pretty(record).unwrap_or_default();
     pretty.push(b'\n');
 
     let hist = history_path(state_dir, key);
-    let old = match std::fs::read(&hist) {
+    let old = match read_deploys_file(state_dir, &name_of(&hist), RECORD_MAX) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io("read", &hist, e)),
@@ -540,38 +568,25 @@ pub fn write(state_dir: &Path, key: &str, record: &Record) -> Result<()> {
         text.push_str(l);
         text.push('\n');
     }
-    write_atomic(&dir, &hist, text.as_bytes())?;
-    write_atomic(&dir, &record_path(state_dir, key), &pretty)
+    write_atomic(&dir, &name_of(&hist), text.as_bytes())?;
+    write_atomic(&dir, &format!("{key}.json"), &pretty)
 }
 
-/// Replaces `path` (in `dir`) by `data`: temp file in `dir`, fsync, rename, fsync
-/// of `dir`.
-pub(crate) fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create temp file in", dir, e))?;
-    // Readable by all, like the rest of the state directory (`status` as any user).
-    use std::os::unix::fs::PermissionsExt;
-    tmp.write_all(data)
-        .and_then(|()| {
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-        })
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename into place", path, e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
+/// Replaces the file `name` of the open directory `dir` by `data` (SPEC §17): a
+/// temporary `.tmp-NAME.<random>.tmp` created `O_EXCL|O_NOFOLLOW` relative to it,
+/// mode 0644 through its descriptor whatever the umask (readable by all, like the
+/// rest of the state directory: `status` as any user), written, fsync'd, renamed
+/// onto `name`, the directory fsync'd.
+pub(crate) fn write_atomic(dir: &Tree, name: &str, data: &[u8]) -> Result<()> {
+    dir.replace(Path::new(name), &format!(".tmp-{name}."), 0o644, data)
+        .map_err(|e| Error::io("write", dir.shown(Path::new(name)), e))
 }
 
 /// Reads the last record of `key`: `None` when there is none; a corrupt or
 /// unreadable one is a logged warning and `None`.
 pub fn last_by_key(state_dir: &Path, key: &str) -> Option<Record> {
     let path = record_path(state_dir, key);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match read_deploys_file(state_dir, &name_of(&path), RECORD_MAX) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -600,7 +615,7 @@ pub fn last(state_dir: &Path, dest: &Path) -> Option<Record> {
 /// (with a warning).
 pub(crate) fn history(state_dir: &Path, key: &str) -> Vec<Record> {
     let path = history_path(state_dir, key);
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(bytes) = read_deploys_file(state_dir, &name_of(&path), RECORD_MAX) else {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&bytes);
@@ -654,11 +669,11 @@ pub(crate) fn serial_path(state_dir: &Path, key: &str) -> PathBuf {
 /// Raises the serial floor `key` to the `serial` of a successful deploy (never
 /// lowers it: two runs that share a floor may end in any order). Replaced atomically.
 pub(crate) fn write_success_serial(state_dir: &Path, key: &str, serial: u64) -> Result<()> {
-    let dir = make_deploys_dir(state_dir)?;
+    let dir = open_deploys_dir(state_dir)?;
     let serial = last_success_serial(state_dir, key).map_or(serial, |last| last.max(serial));
     write_atomic(
         &dir,
-        &serial_path(state_dir, key),
+        &format!("{key}.serial"),
         format!("{serial}\n").as_bytes(),
     )
 }
@@ -707,7 +722,9 @@ impl Floor {
 /// `none` there).
 pub(crate) fn last_success_serial(state_dir: &Path, key: &str) -> Option<u64> {
     let path = serial_path(state_dir, key);
-    match std::fs::read_to_string(&path) {
+    let read = read_deploys_file(state_dir, &name_of(&path), 4096)
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    match read {
         Ok(text) => match text.trim() {
             "none" => return None,
             t => match t.parse::<u64>() {

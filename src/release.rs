@@ -20,18 +20,31 @@
 //! Beside `dest`, the new link is made as `.NAME.stretcher-switch` and renamed over
 //! `dest`: a reader of `dest/...` sees the old or the new release, never neither.
 //!
+//! Other local users (SPEC §17): the releases directory is opened once ([`Releases`],
+//! an `at::Tree`, a symlink at its own name refused) and every entry of it is made,
+//! read, renamed and removed relative to that descriptor, never following a symlink:
+//! the metadata's temporary is created `O_CREAT|O_EXCL|O_NOFOLLOW` (a name planted
+//! there fails the run, naming it), its mode set through the descriptor; the switch
+//! link is made by `symlinkat` in dest's parent opened as a tree (a link there of
+//! another owner fails the run, naming it). Leftovers are removed only when they
+//! have one of the exact names above and belong to the running user; anything else
+//! is left alone with a warning.
+//!
 //! It must never change the live release's files (they share inodes with the new one:
 //! nothing here writes a linked file), never remove the live or the previous good
 //! release, and never leave `dest` pointing at anything but a complete release.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::FileType;
 
 use serde::{Deserialize, Serialize};
 
+use crate::at::{self, Tree};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
 use crate::logln;
@@ -42,6 +55,107 @@ const PARTIAL: &str = ".partial";
 const REMOVING: &str = ".removing";
 const META_EXT: &str = ".json";
 const META_TMP: &str = ".json.tmp";
+/// The largest `ID.json` read: metadata is a few hundred bytes.
+const META_MAX: u64 = 1 << 20;
+
+/// A releases directory, opened once: every entry is reached relative to it.
+#[derive(Debug)]
+pub(crate) struct Releases {
+    path: PathBuf,
+    tree: Tree,
+}
+
+impl Releases {
+    /// Opens the existing releases directory `path` (a symlink at its name refused).
+    pub(crate) fn open(path: &Path) -> Result<Releases> {
+        let tree = Tree::open(path, false).map_err(|e| refused_or_io("open", path, e))?;
+        Ok(Releases {
+            path: path.to_path_buf(),
+            tree,
+        })
+    }
+
+    /// Opens `path`, `None` when it does not exist.
+    pub(crate) fn open_existing(path: &Path) -> Result<Option<Releases>> {
+        match Tree::open(path, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(refused_or_io("open", path, e)),
+            Ok(tree) => Ok(Some(Releases {
+                path: path.to_path_buf(),
+                tree,
+            })),
+        }
+    }
+
+    /// Opens `path`, made (0755, `mkdirat` in its parent) when missing; its missing
+    /// parents are made as `create_dir_all` makes them (the path up to it is trusted).
+    pub(crate) fn create(path: &Path) -> Result<Releases> {
+        let (parent, name) = crate::state::parent_and_name(path)?;
+        fs::create_dir_all(parent).ctx("create directory", parent)?;
+        let up = Tree::open(parent, true).ctx("open directory", parent)?;
+        let tree = up
+            .make_dir(Path::new(name), 0o755)
+            .map_err(|e| refused_or_io("create directory", path, e))?;
+        Ok(Releases {
+            path: path.to_path_buf(),
+            tree,
+        })
+    }
+
+    /// The directory's path (for messages and the dest link's target).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory as a tree.
+    pub(crate) fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// `RELEASES_DIR/NAME` (for messages and link targets only).
+    pub(crate) fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Whether `name` exists (whatever it is, a symlink included).
+    fn exists(&self, name: &str) -> bool {
+        self.tree.lstat(Path::new(name)).is_ok()
+    }
+
+    /// Whether `name` is a directory (a symlink is not).
+    fn is_dir(&self, name: &str) -> bool {
+        self.tree
+            .lstat(Path::new(name))
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+    }
+}
+
+/// The error of an `at` operation on `path`: a refused symlink as such, else io.
+fn refused_or_io(op: &'static str, path: &Path, e: io::Error) -> Error {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+        || e.to_string().contains(at::FOLLOW)
+    {
+        return Error::Unsafe {
+            what: "releases entry",
+            path: path.to_path_buf(),
+            msg: "a symbolic link (never followed; remove it)".into(),
+        };
+    }
+    Error::io(op, path, e)
+}
+
+/// A name that exists already where stretcher makes a new one: refused, named.
+fn planted(path: &Path) -> Error {
+    Error::Unsafe {
+        what: "releases entry",
+        path: path.to_path_buf(),
+        msg: "the name exists already (planted? never followed; remove it)".into(),
+    }
+}
+
+fn my_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
 
 /// What is stored in `RELEASES_DIR/ID.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,18 +287,14 @@ fn live_id(target: &Path, dir: &Path) -> Option<String> {
 
 /// The releases of `dir` that have metadata, newest first (by sequence number).
 /// A missing directory has none.
-pub(crate) fn list(dir: &Path) -> Result<Vec<Release>> {
-    let entries = match fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        other => other.ctx("read", dir)?,
-    };
+pub(crate) fn list(dir: &Releases) -> Result<Vec<Release>> {
+    let names = dir.tree.names(Path::new("")).ctx("read", dir.path())?;
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx("read", dir)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+    for name in names {
+        let Some(name) = name.to_str().map(str::to_string) else {
             continue;
         };
-        if !is_id(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !is_id(&name) || !dir.is_dir(&name) {
             continue;
         }
         if let Some(meta) = read_meta(dir, &name) {
@@ -195,33 +305,51 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<Release>> {
     Ok(out)
 }
 
-/// `RELEASES_DIR/.ID.partial`: where release `id` is unpacked until it is complete.
-pub(crate) fn partial_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!(".{id}{PARTIAL}"))
+/// `.ID.partial`: the name in the releases directory where release `id` is unpacked
+/// until it is complete.
+pub(crate) fn partial_name(id: &str) -> String {
+    format!(".{id}{PARTIAL}")
 }
 
-fn meta_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}{META_EXT}"))
+fn meta_name(id: &str) -> String {
+    format!("{id}{META_EXT}")
 }
 
-pub(crate) fn read_meta(dir: &Path, id: &str) -> Option<Meta> {
-    let text = fs::read(meta_path(dir, id)).ok()?;
+/// The metadata of release `id`: `None` when it is missing, not a regular file (a
+/// symlink is never followed), larger than 1 MiB, unreadable or not its own.
+pub(crate) fn read_meta(dir: &Releases, id: &str) -> Option<Meta> {
+    let text = dir
+        .tree
+        .read_file(Path::new(&meta_name(id)), META_MAX)
+        .ok()?;
     serde_json::from_slice::<Meta>(&text)
         .ok()
         .filter(|m| m.id == id)
 }
 
-/// Writes `dir/ID.json` atomically (temp file, then rename).
-pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
-    let tmp = dir.join(format!(".{}{META_TMP}", meta.id));
-    let path = meta_path(dir, &meta.id);
+/// Writes `ID.json` atomically: `.ID.json.tmp` created `O_EXCL|O_NOFOLLOW` relative to
+/// the directory (a name found there, a planted symlink included, fails naming it),
+/// mode 0644 through its descriptor, written, fsync'd, renamed onto `ID.json`.
+pub(crate) fn write_meta(dir: &Releases, meta: &Meta) -> Result<()> {
+    let tmp = format!(".{}{META_TMP}", meta.id);
+    let name = meta_name(&meta.id);
+    let path = dir.join(&name);
     let mut text = serde_json::to_vec_pretty(meta)
         .map_err(|e| release_error(&path, format!("encode metadata: {e}")))?;
     text.push(b'\n');
-    let mut f = fs::File::create(&tmp).ctx("create", &tmp)?;
-    f.write_all(&text).ctx("write", &tmp)?;
-    drop(f);
-    fs::rename(&tmp, &path).ctx("rename onto", &path)
+    let tmp_path = dir.join(&tmp);
+    match dir.tree.write_new(Path::new(&tmp), 0o644, &text) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(planted(&tmp_path)),
+        other => other.map_err(|e| refused_or_io("write", &tmp_path, e))?,
+    }
+    if let Err(e) = dir
+        .tree
+        .rename(Path::new(&tmp), &dir.tree, Path::new(&name))
+    {
+        let _ = dir.tree.unlink(Path::new(&tmp));
+        return Err(Error::io("rename onto", &path, e));
+    }
+    dir.tree.sync().ctx("sync directory", dir.path())
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -230,15 +358,15 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// The ID of a release made now from `checksum`: the first of `BASE`, `BASE-2`, … that
 /// names nothing in `dir` (release, partial or metadata).
-pub(crate) fn next_id(dir: &Path, checksum: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+/// `None`: no directory yet, nothing is taken.
+pub(crate) fn next_id(
+    dir: Option<&Releases>,
+    checksum: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
     let base = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &checksum[..8]);
     let taken = |id: &str| {
-        dir.join(id).symlink_metadata().is_ok()
-            || dir
-                .join(format!(".{id}{PARTIAL}"))
-                .symlink_metadata()
-                .is_ok()
-            || meta_path(dir, id).symlink_metadata().is_ok()
+        dir.is_some_and(|d| d.exists(id) || d.exists(&partial_name(id)) || d.exists(&meta_name(id)))
     };
     if !taken(&base) {
         return base;
@@ -249,86 +377,150 @@ pub(crate) fn next_id(dir: &Path, checksum: &str, now: chrono::DateTime<chrono::
         .unwrap_or(base) // invariant: the range is unbounded, so `find` always finds one
 }
 
-/// The temporary name of the new link beside dest.
-fn switch_path(dest: &Path) -> Result<PathBuf> {
-    let (parent, name) = crate::state::parent_and_name(dest)?;
+/// The temporary name of the new link beside dest: `.NAME.stretcher-switch`.
+fn switch_name(dest: &Path) -> Result<OsString> {
+    let (_, name) = crate::state::parent_and_name(dest)?;
     let mut n = OsString::from(".");
     n.push(name);
     n.push(".stretcher-switch");
-    Ok(parent.join(n))
+    Ok(n)
+}
+
+/// dest's parent opened as a tree (the path up to dest is trusted, SPEC §17), and
+/// dest's own name.
+fn dest_parent(dest: &Path) -> Result<(Tree, &OsStr)> {
+    let (parent, name) = crate::state::parent_and_name(dest)?;
+    let tree = Tree::open(parent, true).ctx("open directory", parent)?;
+    Ok((tree, name))
 }
 
 /// Points `dest` at `target` by renaming a new symlink over it: one atomic
-/// `rename(2)`. An empty directory at dest is removed first (rename cannot replace a
-/// directory by a link); a non-empty one is an error and nothing changes.
+/// `rename(2)`. The new link is made by `symlinkat` at the switch name in dest's
+/// parent, opened once; a link of our own found there (a killed run's) is replaced,
+/// anything else there fails, naming it. An empty directory at dest is removed first
+/// (rename cannot replace a directory by a link); a non-empty one is an error and
+/// nothing changes.
 pub(crate) fn switch(dest: &Path, target: &Path) -> Result<()> {
-    let tmp = switch_path(dest)?;
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("remove", &tmp, e)),
-        _ => {}
+    let (parent, dest_name) = dest_parent(dest)?;
+    let tmp_name = switch_name(dest)?;
+    let (tmp, dest_rel) = (Path::new(&tmp_name), Path::new(dest_name));
+    let tmp_path = parent.shown(tmp);
+    let mut tries = 0;
+    loop {
+        match parent.symlink(target, tmp) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => {
+                tries += 1;
+                let st = parent.lstat(tmp).ctx("stat", &tmp_path)?;
+                let own_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && st.st_uid == my_uid();
+                if !own_link {
+                    return Err(Error::Unsafe {
+                        what: "release switch link",
+                        path: tmp_path,
+                        msg: format!(
+                            "the name exists already, owned by uid {} (planted? never followed; remove it)",
+                            st.st_uid
+                        ),
+                    });
+                }
+                match parent.unlink(tmp) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(Error::io("remove", &tmp_path, e))
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => return Err(Error::io("create symlink", &tmp_path, e)),
+        }
     }
-    std::os::unix::fs::symlink(target, &tmp).ctx("create symlink", &tmp)?;
-    if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
-        if let Err(e) = fs::remove_dir(dest) {
-            let _ = fs::remove_file(&tmp);
+    let is_dir = parent
+        .lstat(dest_rel)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+    if is_dir {
+        if let Err(e) = parent.rmdir(dest_rel) {
+            let _ = parent.unlink(tmp);
             return Err(release_error(
                 dest,
                 format!("dest is a directory that cannot be replaced by the release link: {e}"),
             ));
         }
     }
-    if let Err(e) = fs::rename(&tmp, dest) {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = parent.rename(tmp, &parent, dest_rel) {
+        let _ = parent.unlink(tmp);
         return Err(Error::io("rename onto", dest, e));
     }
     // Best effort: make the switch durable.
-    if let Some(parent) = dest.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    let _ = parent.sync();
     Ok(())
+}
+
+/// Whether `name` (in the releases directory) is one of a killed run's leftovers:
+/// `.ID.partial`, `.ID.removing`, `.ID.json.tmp`, or `ID.json` without its release.
+fn is_leftover(dir: &Releases, name: &str) -> bool {
+    let hidden_id = |suffix: &str| {
+        name.strip_prefix('.')
+            .and_then(|n| n.strip_suffix(suffix))
+            .is_some_and(is_id)
+    };
+    if hidden_id(PARTIAL) || hidden_id(REMOVING) || hidden_id(META_TMP) {
+        return true;
+    }
+    name.strip_suffix(META_EXT)
+        .filter(|id| is_id(id))
+        .is_some_and(|id| !dir.is_dir(id))
 }
 
 /// Removes what a killed run left: `.ID.partial` and `.ID.removing` directories,
 /// metadata temp files, metadata without a release, and the switch link beside dest.
-/// The caller holds dest's lock.
-pub(crate) fn remove_leftovers(dir: &Path, dest: &Path) {
-    if let Ok(tmp) = switch_path(dest) {
-        if fs::remove_file(&tmp).is_ok() {
-            logln!("removed leftover of an earlier run: {}", tmp.display());
+/// Only those exact names, and only when they belong to the running user: anything
+/// else (another owner's) is left alone with a warning. Everything is reached
+/// relative to the directories' descriptors, never through a symlink. The caller
+/// holds dest's lock.
+pub(crate) fn remove_leftovers(dir: &Releases, dest: &Path) {
+    let me = my_uid();
+    let left_alone = |path: &Path, uid: u32| {
+        logln!(
+            "warning: {} looks like a leftover of an earlier run but is owned by uid {uid}, not by this user: left alone",
+            path.display()
+        );
+    };
+    if let (Ok((parent, _)), Ok(name)) = (dest_parent(dest), switch_name(dest)) {
+        let rel = Path::new(&name);
+        if let Ok(st) = parent.lstat(rel) {
+            let path = parent.shown(rel);
+            if st.st_uid != me {
+                left_alone(&path, st.st_uid);
+            } else if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                && parent.unlink(rel).is_ok()
+            {
+                logln!("removed leftover of an earlier run: {}", path.display());
+            }
         }
     }
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Ok(names) = dir.tree.names(Path::new("")) else {
         return;
     };
-    for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+    for name in names {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        let path = entry.path();
-        let hidden_id = |suffix: &str| {
-            name.strip_prefix('.')
-                .and_then(|n| n.strip_suffix(suffix))
-                .is_some_and(is_id)
+        if !is_leftover(dir, name) {
+            continue;
+        }
+        let (rel, path) = (Path::new(name), dir.join(name));
+        let Ok(st) = dir.tree.lstat(rel) else {
+            continue;
         };
-        let leftover = if hidden_id(PARTIAL) || hidden_id(REMOVING) {
-            entry.file_type().is_ok_and(|t| t.is_dir())
-        } else if hidden_id(META_TMP) {
-            true
-        } else if let Some(id) = name.strip_suffix(META_EXT).filter(|id| is_id(id)) {
-            !dir.join(id).is_dir()
-        } else {
-            false
-        };
-        if !leftover {
+        if st.st_uid != me {
+            left_alone(&path, st.st_uid);
             continue;
         }
         logln!("removing leftover of an earlier run: {}", path.display());
-        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            crate::staging::make_writable_and_remove(&path)
+        let result = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            at::remove_tree(dir.tree.fd(), OsStr::new(name), at::Owner::Is(me))
         } else {
-            fs::remove_file(&path)
+            dir.tree.unlink(rel)
         };
         if let Err(e) = result {
             logln!("warning: could not remove {}: {e}", path.display());
@@ -338,16 +530,21 @@ pub(crate) fn remove_leftovers(dir: &Path, dest: &Path) {
 
 /// Deletes one release: renamed away first (so `dir/ID` is complete or absent at any
 /// moment), then its metadata, then the tree.
-pub(crate) fn remove_release(dir: &Path, id: &str) -> Result<()> {
-    let away = dir.join(format!(".{id}{REMOVING}"));
-    fs::rename(dir.join(id), &away).ctx("rename", dir.join(id))?;
-    match fs::remove_file(meta_path(dir, id)) {
+/// Everything relative to the directory's descriptor: the rename never replaces a
+/// name, the tree is removed with `at::remove_tree` (no symlink followed).
+pub(crate) fn remove_release(dir: &Releases, id: &str) -> Result<()> {
+    let away = format!(".{id}{REMOVING}");
+    let t = &dir.tree;
+    t.rename_new(Path::new(id), t, Path::new(&away))
+        .ctx("rename", dir.join(id))?;
+    let meta = meta_name(id);
+    match t.unlink(Path::new(&meta)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(Error::io("remove", meta_path(dir, id), e))
+            return Err(Error::io("remove", dir.join(&meta), e))
         }
         _ => {}
     }
-    crate::staging::make_writable_and_remove(&away).ctx("remove", &away)
+    at::remove_tree(t.fd(), OsStr::new(&away), at::Owner::Any).ctx("remove", dir.join(&away))
 }
 
 /// The releases a cleanup keeps (SPEC §14): the live one, the previous good one (the
@@ -373,7 +570,7 @@ pub(crate) fn to_keep(releases: &[Release], live: &str, keep: u32) -> HashSet<St
 /// After a successful switch to `live`: removes the releases [`to_keep`] does not keep
 /// (older good ones beyond `keep`, bad ones, unconfirmed ones left by a killed run).
 /// A release that cannot be removed is a warning, not a failed deploy.
-pub(crate) fn cleanup(dir: &Path, live: &str, keep: u32) -> Result<()> {
+pub(crate) fn cleanup(dir: &Releases, live: &str, keep: u32) -> Result<()> {
     let releases = list(dir)?;
     let kept = to_keep(&releases, live, keep);
     for r in releases.iter().filter(|r| !kept.contains(&r.id)) {
@@ -393,9 +590,12 @@ pub(crate) fn cleanup(dir: &Path, live: &str, keep: u32) -> Result<()> {
 }
 
 /// Sets or clears the bad flag of a release (no-op without metadata).
-pub(crate) fn mark(dir: &Path, id: &str, bad: bool, reason: Option<String>) -> Result<()> {
+pub(crate) fn mark(dir: &Releases, id: &str, bad: bool, reason: Option<String>) -> Result<()> {
     let Some(mut meta) = read_meta(dir, id) else {
-        logln!("warning: release {id} has no metadata in {}", dir.display());
+        logln!(
+            "warning: release {id} has no metadata in {}",
+            dir.path().display()
+        );
         return Ok(());
     };
     meta.bad = bad;
@@ -405,13 +605,16 @@ pub(crate) fn mark(dir: &Path, id: &str, bad: bool, reason: Option<String>) -> R
 
 /// After a failed `post`: dest back to the release it pointed at, or removed on a
 /// first deploy. Logged; a failure here is logged too (the deploy fails anyway).
-pub(crate) fn switch_back(dest: &Path, dir: &Path, previous: Option<&str>) {
+pub(crate) fn switch_back(dest: &Path, dir: &Releases, previous: Option<&str>) {
     let result = match previous {
         Some(p) => switch(dest, &dir.join(p))
             .map(|()| format!("switched {} back to release {p}", dest.display())),
-        None => fs::remove_file(dest)
-            .ctx("remove", dest)
-            .map(|()| format!("removed {} again (first release deploy)", dest.display())),
+        None => dest_parent(dest).and_then(|(parent, name)| {
+            parent
+                .unlink(Path::new(name))
+                .ctx("remove", dest)
+                .map(|()| format!("removed {} again (first release deploy)", dest.display()))
+        }),
     };
     match result {
         Ok(msg) => logln!("post failed: {msg}"),
@@ -445,7 +648,11 @@ pub(crate) fn dry_run_target(
         .as_ref()
         .map(|c| c.hex().to_ascii_lowercase())
         .unwrap_or_default();
-    let id = next_id(&dir, &checksum, chrono::Utc::now());
+    let id = next_id(
+        Releases::open_existing(&dir)?.as_ref(),
+        &checksum,
+        chrono::Utc::now(),
+    );
     logln!(
         "Dry run: sync_strategy release would unpack into {} and switch {} to it (from {})",
         dir.join(&id).display(),
@@ -476,7 +683,10 @@ fn dir_of(dest: &Path) -> PathBuf {
 /// metadata file holds, each release is one line, and nothing panics.
 pub(crate) fn releases_text(dest: &Path) -> Result<String> {
     let dir = dir_of(dest);
-    let releases = list(&dir)?;
+    let releases = match Releases::open_existing(&dir)? {
+        Some(d) => list(&d)?,
+        None => Vec::new(),
+    };
     if releases.is_empty() {
         return Err(release_error(
             dest,
@@ -513,7 +723,7 @@ pub(crate) fn releases_text(dest: &Path) -> Result<String> {
 /// tells the user.
 #[derive(Debug)]
 pub(crate) struct RolledBack {
-    pub dir: PathBuf,
+    pub dir: Releases,
     /// The release left (now marked bad).
     pub from: String,
     /// The release dest now points at.
@@ -538,13 +748,14 @@ pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result
             "dest is not a release link: nothing to roll back (sync_strategy release)",
         )
     })?;
-    let dir = dir_of(dest);
-    let live = live_id(&target, &dir).ok_or_else(|| {
+    let dir_path = dir_of(dest);
+    let live = live_id(&target, &dir_path).ok_or_else(|| {
         release_error(
             dest,
             format!("dest links to {}, which is not a release", target.display()),
         )
     })?;
+    let dir = Releases::open(&dir_path)?;
     remove_leftovers(&dir, dest);
     let releases = list(&dir)?;
     let live_seq = releases
@@ -557,7 +768,10 @@ pub(crate) fn rollback(dest: &Path, to: Option<&str>, env: crate::Env) -> Result
             return Err(release_error(dest, format!("release {id} is already live")))
         }
         Some(id) => releases.iter().find(|r| r.id == id).ok_or_else(|| {
-            release_error(dest, format!("unknown release {id:?} in {}", dir.display()))
+            release_error(
+                dest,
+                format!("unknown release {id:?} in {}", dir.path().display()),
+            )
         })?,
         None => releases
             .iter()
@@ -684,12 +898,77 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         let sum = "0123abcdef".repeat(4);
-        let a = next_id(t.path(), &sum, now);
+        let r = Releases::open(t.path()).unwrap();
+        let a = next_id(Some(&r), &sum, now);
         assert_eq!(a, "20261201T220005Z-0123abcd");
+        assert_eq!(next_id(None, &sum, now), a);
         fs::create_dir(t.path().join(&a)).unwrap();
-        assert_eq!(next_id(t.path(), &sum, now), format!("{a}-2"));
+        assert_eq!(next_id(Some(&r), &sum, now), format!("{a}-2"));
         fs::create_dir(t.path().join(format!(".{a}-2.partial"))).unwrap();
-        assert_eq!(next_id(t.path(), &sum, now), format!("{a}-3"));
+        assert_eq!(next_id(Some(&r), &sum, now), format!("{a}-3"));
+    }
+
+    fn sample_meta(id: &str) -> Meta {
+        meta(id, 1, false, false).meta
+    }
+
+    #[test]
+    fn write_meta_refuses_a_symlink_planted_at_its_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let id = "20261201T220000Z-0123abcd";
+        let tmp = t.path().join(format!(".{id}.json.tmp"));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let r = Releases::open(t.path()).unwrap();
+        let e = write_meta(&r, &sample_meta(id)).unwrap_err().to_string();
+        assert!(e.contains(&tmp.display().to_string()), "{e}");
+        assert!(e.contains("never followed"), "{e}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!t.path().join(format!("{id}.json")).exists());
+        // Without it, the metadata is written 0644, read back, and no temporary stays.
+        fs::remove_file(&tmp).unwrap();
+        write_meta(&r, &sample_meta(id)).unwrap();
+        let path = t.path().join(format!("{id}.json"));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(read_meta(&r, id), Some(sample_meta(id)));
+        assert!(!tmp.exists());
+        // A symlink at ID.json is never read through.
+        fs::remove_file(&path).unwrap();
+        fs::write(&victim, serde_json::to_vec(&sample_meta(id)).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert_eq!(read_meta(&r, id), None);
+    }
+
+    #[test]
+    fn switch_replaces_its_own_leftover_link_and_leftovers_are_exact() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("app");
+        let dir = t.path().join("app.releases");
+        let id = "20261201T220000Z-0123abcd";
+        fs::create_dir_all(dir.join(id)).unwrap();
+        // a killed run's switch link (ours) is replaced
+        std::os::unix::fs::symlink("nowhere", t.path().join(".app.stretcher-switch")).unwrap();
+        switch(&dest, &dir.join(id)).unwrap();
+        assert_eq!(fs::read_link(&dest).unwrap(), dir.join(id));
+        assert!(!t.path().join(".app.stretcher-switch").exists());
+        // leftovers: exact names only, a partial release with its content
+        fs::create_dir_all(dir.join(format!(".{id}-2.partial/a/b"))).unwrap();
+        fs::write(dir.join(format!(".{id}-3.json.tmp")), "").unwrap();
+        fs::write(dir.join(format!("{id}-4.json")), "").unwrap();
+        fs::write(dir.join(format!("{id}.json")), "").unwrap();
+        fs::write(dir.join(".other.partial"), "").unwrap();
+        let r = Releases::open(&dir).unwrap();
+        remove_leftovers(&r, &dest);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".other.partial", id, &format!("{id}.json")]);
     }
 
     #[test]

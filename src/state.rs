@@ -21,7 +21,6 @@
 //! a key file.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::at::Tree;
 use crate::error::{Error, Result};
 use crate::interrupt;
 use crate::logln;
@@ -499,7 +499,13 @@ pub(crate) fn claim(dir: &Path, name: &str, new: &Seen) -> Result<Claim> {
 /// Reads the last handled event; a missing file is empty, an unreadable or
 /// corrupt one is reported and treated as empty.
 fn read_record(path: &Path, name: &str) -> Seen {
-    let text = match std::fs::read(path) {
+    // Never through a symlink at its name (SPEC §17); a few hundred bytes at most.
+    let read = path
+        .parent()
+        .zip(path.file_name())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        .and_then(|(dir, name)| Tree::open(dir, true)?.read_file(Path::new(name), 1 << 20));
+    let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Seen::default(),
         Err(e) => {
@@ -545,20 +551,16 @@ impl EventClaim {
     }
 }
 
+/// Replaces the state file `path` (in the state directory `dir`) by `data` (SPEC
+/// §17): a temporary `.state-<name>.<random>.tmp` created `O_EXCL|O_NOFOLLOW`
+/// relative to the directory's descriptor, mode 0600 through its own, written,
+/// fsync'd, renamed onto the name, the directory fsync'd.
 fn write_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".state-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create temp file in", dir, e))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename state file to", path, e.error))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
+    let name = path.file_name().unwrap_or_default();
+    let tree = Tree::open(dir, true).map_err(|e| Error::io("open state directory", dir, e))?;
+    let prefix = format!(".state-{}.", name.to_string_lossy());
+    tree.replace(Path::new(name), &prefix, 0o600, data)
+        .map_err(|e| Error::io("write state file", path, e))
 }
 
 #[cfg(test)]

@@ -10,22 +10,26 @@
 //! is the unpack's listing of what it wrote (`Staged::written`), with the excludes
 //! applied to that listing and the release directory read once after its rename: no
 //! walk of the new release (SPEC §11).
+//!
+//! Other local users (SPEC §17): the partial release is opened as a tree as soon as
+//! it is made, and from then on reached only through that descriptor (its mode, the
+//! excludes taken out, its listing's root); its rename to `ID` never replaces a name
+//! and is checked to have moved that very directory.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::at::{self, Tree};
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
 use crate::index;
 use crate::logln;
 use crate::record;
-use crate::release::{self, DestState};
-use crate::staging::{make_writable_and_remove, Staging};
+use crate::release::{self, DestState, Releases};
+use crate::staging::Staging;
 use crate::sync::{dry_run, DestProbe};
 use crate::unpack::Staged;
 use crate::verify::Verified;
@@ -38,20 +42,24 @@ pub(super) struct Releaser<'a> {
     ctx: Ctx<'a>,
     /// Where the new release goes; `None` in a dry run (which makes no directory).
     slot: Option<Slot>,
+    /// The partial release of the last `stage`, opened as soon as it was made.
+    partial: Option<Tree>,
     /// Set once dest points at the new release: what `undo` and `confirm` need.
     switched: Option<Switched>,
 }
 
 /// Where the new release goes, decided before anything is downloaded.
 struct Slot {
-    /// The releases directory.
-    dir: PathBuf,
+    /// The releases directory, opened once.
+    dir: Releases,
     /// The release dest pointed at when the deploy began (the unpack's probe).
     live: Option<String>,
     /// The new release's sequence number and ID.
     seq: u64,
     id: String,
-    /// `RELEASES_DIR/.ID.partial`, where the unpack writes.
+    /// `.ID.partial`, its name in the releases directory, and its path, where the
+    /// unpack writes.
+    partial_name: String,
     partial: PathBuf,
 }
 
@@ -74,6 +82,7 @@ impl<'a> Releaser<'a> {
         Ok(Releaser {
             ctx,
             slot,
+            partial: None,
             switched: None,
         })
     }
@@ -90,9 +99,9 @@ impl<'a> Releaser<'a> {
 impl Slot {
     fn take(ctx: &Ctx) -> Result<Slot> {
         let dest = ctx.dest;
-        let dir = release::releases_dir(ctx.manifest, dest)?;
-        let before = release::dest_state(dest, &dir)?;
-        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let path = release::releases_dir(ctx.manifest, dest)?;
+        let before = release::dest_state(dest, &path)?;
+        let dir = Releases::create(&path)?;
         release::remove_leftovers(&dir, dest);
         let live = match before {
             DestState::Live(id) => Some(id),
@@ -105,13 +114,15 @@ impl Slot {
             .unwrap_or(0)
             + 1;
         let checksum = checksum_hex(ctx);
-        let id = release::next_id(&dir, &checksum, chrono::Utc::now());
-        let partial = release::partial_path(&dir, &id);
+        let id = release::next_id(Some(&dir), &checksum, chrono::Utc::now());
+        let partial_name = release::partial_name(&id);
+        let partial = dir.join(&partial_name);
         Ok(Slot {
             dir,
             live,
             seq,
             id,
+            partial_name,
             partial,
         })
     }
@@ -134,8 +145,13 @@ impl Land for Releaser<'_> {
             (Some(live), true) => Some(DestProbe::new(slot.dir.join(live))),
             _ => None,
         };
+        let staging = Staging::create_at(&slot.partial)?;
+        // From now on the partial release is this very directory (SPEC §17).
+        let tree = (slot.dir.tree().sub(Path::new(&slot.partial_name)))
+            .map_err(|e| Error::io("open directory", &slot.partial, e))?;
+        self.partial = Some(tree);
         Ok(Stage {
-            staging: Staging::create_at(&slot.partial)?,
+            staging,
             probe,
             link_unchanged: true,
             // Unchanged files are hard links in the partial release itself.
@@ -170,16 +186,20 @@ impl Land for Releaser<'_> {
         let Ctx { dest, state, .. } = self.ctx;
         let slot = self.slot()?;
         let (id, partial) = (&slot.id, &slot.partial);
+        let part = self.partial.as_ref().ok_or_else(|| Error::Release {
+            path: partial.clone(),
+            msg: "the partial release was never made".into(),
+        })?;
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
         let mut listed = staged.into_inner().written;
-        let excluded = remove_excluded(partial, filter, &mut listed)?;
+        let excluded = remove_excluded(part, filter, &mut listed)?;
         if excluded > 0 {
             logln!("Left {excluded} excluded entries out of release {id}");
         }
-        fs::set_permissions(partial, fs::Permissions::from_mode(mode)).ctx("chmod", partial)?;
+        at::chmod_fd(part.fd(), mode).ctx("chmod", partial)?;
 
         // `pre` may have changed dest: check again, right before the switch.
-        let previous = match release::dest_state(dest, &slot.dir)? {
+        let previous = match release::dest_state(dest, slot.dir.path())? {
             DestState::Live(id) => Some(id),
             _ => None,
         };
@@ -197,10 +217,21 @@ impl Land for Releaser<'_> {
         };
         release::write_meta(&slot.dir, &meta)?;
         let path = slot.dir.join(id);
-        fs::rename(partial, &path).ctx("rename onto", &path)?;
+        let t = slot.dir.tree();
+        (t.rename_new(Path::new(&slot.partial_name), t, Path::new(id)))
+            .ctx("rename onto", &path)?;
         // Complete: the directory is the release's now, no longer staging.
         let _ = staging.keep();
-        logln!("Release {id} is complete in {}", slot.dir.display());
+        let moved = t.lstat(Path::new(id)).ctx("stat", &path)?;
+        if Some((moved.st_dev, moved.st_ino)) != part.id().ok() {
+            return Err(Error::Unsafe {
+                what: "release",
+                path,
+                msg: "it is not the directory that was unpacked (replaced while the deploy ran)"
+                    .into(),
+            });
+        }
+        logln!("Release {id} is complete in {}", slot.dir.path().display());
         if let Err(e) = release::switch(dest, &path) {
             // Never live: take the new release away again.
             let _ = release::remove_release(&slot.dir, id);
@@ -214,7 +245,7 @@ impl Land for Releaser<'_> {
                 .map(|p| format!(" (was {p})"))
                 .unwrap_or_default()
         );
-        let entries = release_entries(&path, listed);
+        let entries = release_entries(part, &path, listed);
         // What changed against the previous release (read before a cleanup can take it).
         let changes = match &entries {
             Ok(new) => {
@@ -266,7 +297,7 @@ impl Land for Releaser<'_> {
 /// by path): the filter is applied to the listing, as the sync's walk would apply it,
 /// not to a second walk. The mtimes of the directories they were in are restored, and
 /// those directories listed again as they are now. Answers how many were removed.
-fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Result<usize> {
+fn remove_excluded(root: &Tree, filter: &Filter, listed: &mut Vec<Entry>) -> Result<usize> {
     if filter.is_empty() {
         return Ok(0);
     }
@@ -292,32 +323,38 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
         }
         !gone
     });
+    // Everything relative to the partial release's descriptor (SPEC §17).
     let mut parents: Vec<PathBuf> = Vec::new();
     for (rel, is_dir) in &doomed {
-        let path = root.join(OsStr::from_bytes(rel));
-        let parent = path.parent().unwrap_or(root).to_path_buf();
-        let mtime = fs::symlink_metadata(&parent)
+        let rel = Path::new(OsStr::from_bytes(rel));
+        let shown = root.shown(rel);
+        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mtime = root
+            .lstat(&parent)
             .ok()
-            .map(|m| filetime::FileTime::from_last_modification_time(&m));
+            .map(|st| (st.st_mtime, st.st_mtime_nsec as u32));
         if *is_dir {
-            make_writable_and_remove(&path).ctx("remove excluded", &path)?;
+            let fd = root.open_dir(&parent).ctx("remove excluded", &shown)?;
+            let name = rel.file_name().unwrap_or_default();
+            at::remove_tree(std::os::fd::AsFd::as_fd(&fd), name, at::Owner::Any)
+                .ctx("remove excluded", &shown)?;
+            root.forget();
         } else {
-            fs::remove_file(&path).ctx("remove excluded", &path)?;
+            root.unlink(rel).ctx("remove excluded", &shown)?;
         }
         if let Some(t) = mtime {
-            let _ = filetime::set_file_mtime(&parent, t);
+            let _ = root.set_times(&parent, t, None);
         }
-        if parent != root && !parents.contains(&parent) {
+        if !parent.as_os_str().is_empty() && !parents.contains(&parent) {
             parents.push(parent);
         }
     }
     // The directories they were in, as they are now (the root is read after the rename).
     for parent in parents {
-        let rel = parent.strip_prefix(root).unwrap_or(&parent);
-        let rel = rel.as_os_str().as_bytes();
+        let rel = parent.as_os_str().as_bytes();
         if let Ok(i) = listed.binary_search_by(|e| e.path[..].cmp(rel)) {
-            let m = fs::symlink_metadata(&parent).ctx("stat", &parent)?;
-            listed[i].meta = Meta::from(&m);
+            let st = root.lstat(&parent).ctx("stat", root.shown(&parent))?;
+            listed[i].meta = Meta::from(&st);
         }
     }
     Ok(doomed.len())
@@ -326,16 +363,16 @@ fn remove_excluded(root: &Path, filter: &Filter, listed: &mut Vec<Entry>) -> Res
 /// The index of a release from the unpack's listing of it (sorted, excluded entries
 /// dropped): the release directory itself, read once now that it has its name and mode,
 /// and everything below it. Equal to what `index::scan` of the release answers.
-fn release_entries(release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
-    let m = fs::metadata(release).ctx("stat", release)?;
-    listed.insert(0, Entry::new(Path::new(""), Meta::from(&m), None));
+fn release_entries(tree: &Tree, release: &Path, mut listed: Vec<Entry>) -> Result<Vec<Entry>> {
+    let st = tree.lstat(Path::new("")).ctx("stat", release)?;
+    listed.insert(0, Entry::new(Path::new(""), Meta::from(&st), None));
     Ok(listed)
 }
 
 /// The listing of the previous release: dest's index when it is that release's (cheaper
 /// than a walk), else a walk of it; none on a first deploy.
 fn previous_entries(
-    dir: &Path,
+    dir: &Releases,
     state: Option<&Path>,
     dest: &Path,
     previous: Option<&str>,

@@ -11,6 +11,8 @@
 //!   root's, 0600, so the user cannot `flock` it; a lock file of the user's is refused;
 //! - the state directory: private whatever the umask; refused when another user
 //!   can write it;
+//! - the files made outside dest (release metadata, the switch link, leftovers, the
+//!   textfile metrics): a symlink the user plants or swaps in is never followed;
 //! - serial floors (SPEC §15, §17): an old signed manifest without `src` cannot be
 //!   replayed from another URL for the same file, and leaving `serial` out cannot
 //!   reset a floor.
@@ -535,4 +537,247 @@ fn commands_key(url: &str) -> String {
         "commands-{}",
         &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16]
     )
+}
+
+// ---------------------------------------------------------------------------
+// Files stretcher makes outside dest's tree: release entries, the switch link,
+// leftovers, the textfile metrics (SPEC §17)
+// ---------------------------------------------------------------------------
+
+const VICTIM_TEXT: &str = "root's only\n";
+
+/// A root-only file (0600) in a root-only directory (0700): what the user aims its
+/// planted symlinks at. The user cannot read or reach it, only name it.
+fn root_only_file(s: &Scratch) -> PathBuf {
+    let dir = s.path().join("secret");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let f = dir.join("victim");
+    std::fs::write(&f, VICTIM_TEXT).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+/// The root-only file as [`root_only_file`] made it: content, mode and owner.
+#[track_caller]
+fn assert_untouched(victim: &Path) {
+    let meta = victim.symlink_metadata().unwrap();
+    assert!(meta.is_file(), "{} was replaced", victim.display());
+    assert_eq!(
+        std::fs::read_to_string(victim).unwrap(),
+        VICTIM_TEXT,
+        "root followed a planted symlink and wrote {}",
+        victim.display()
+    );
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o600,
+        "root followed a planted symlink and changed the mode of {}",
+        victim.display()
+    );
+    assert_eq!(meta.uid(), 0, "owner of {}", victim.display());
+}
+
+/// `perl -e SCRIPT ARGS…` as `user`, killed by pid when dropped.
+fn as_user_perl(user: &TestUser, script: &str, args: &[&Path]) -> Started {
+    Started(
+        user.command("perl")
+            .args(["-e", script])
+            .args(args)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits (at most `limit`) for a process the test started to end: whether it
+/// succeeded (a process still running is killed by the caller's drop).
+fn ended_ok(p: &mut Started, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(st) = p.0.try_wait().unwrap() {
+            return st.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn release_manifest_for(s: &Scratch) -> PathBuf {
+    s.manifest(
+        "m.yml",
+        &manifest_for(&archive("test.tar"), &s.dest(), "sync_strategy: release\n"),
+    )
+}
+
+/// `parent/dest.releases`, made by the user (a releases directory of the
+/// application's account, as Capistrano has it).
+fn users_releases_dir(user: &TestUser, s: &Scratch) -> PathBuf {
+    let dir = s.path().join("parent").join("dest.releases");
+    assert!(user.run("mkdir", &[dir.as_os_str()]));
+    dir
+}
+
+#[test]
+fn a_symlink_planted_at_the_release_metadata_temp_is_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let victim = root_only_file(&s);
+    let dir = users_releases_dir(&user, &s);
+    // As soon as `.ID.partial` appears, the user plants `.ID.json.tmp` → victim.
+    let script = r#"
+        my ($dir, $victim) = @ARGV;
+        my $end = time + 30;
+        while (time < $end) {
+            opendir(my $d, $dir) or die "opendir: $!";
+            for my $n (readdir $d) {
+                if ($n =~ /^\.(.+)\.partial$/) {
+                    symlink($victim, "$dir/.$1.json.tmp") or die "symlink: $!";
+                    exit 0;
+                }
+            }
+            closedir $d;
+            select(undef, undef, undef, 0.005);
+        }
+        exit 1;
+    "#;
+    let mut attacker = as_user_perl(&user, script, &[&dir, &victim]);
+    let m = release_manifest_for(&s);
+    // Throttled: the download takes seconds while `.ID.partial` exists.
+    let run = s
+        .stretcher()
+        .args(["--max-bandwidth", "3000"])
+        .arg(&m)
+        .limit(Duration::from_secs(60))
+        .run();
+    assert!(
+        ended_ok(&mut attacker, Duration::from_secs(5)),
+        "the user never planted the symlink"
+    );
+    drop(attacker);
+    assert_untouched(&victim);
+    eprintln!("deploy exit code {}", run.code());
+    if run.code() != 0 {
+        run.assert_log(".json.tmp").assert_log("never followed");
+    }
+}
+
+#[test]
+fn the_textfile_temp_swapped_for_a_symlink_is_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let victim = root_only_file(&s);
+    let textfiles = s.path().join("parent").join("textfiles");
+    assert!(user.run("mkdir", &[textfiles.as_os_str()]));
+    // Every temporary `.stretcher-*.tmp` the user sees is moved away and replaced by
+    // a symlink to the victim; each swap is counted in `swapped`.
+    let script = r#"
+        my ($dir, $victim) = @ARGV;
+        my $end = time + 60;
+        my $n = 0;
+        while (time < $end) {
+            opendir(my $d, $dir) or die "opendir: $!";
+            for my $f (readdir $d) {
+                next unless $f =~ /^\.stretcher-.*\.tmp$/;
+                $n++;
+                rename("$dir/$f", "$dir/stolen-$n") or next;
+                symlink($victim, "$dir/$f") or next;
+                if (open(my $c, ">>", "$dir/swapped")) { print $c "$f\n"; close $c; }
+            }
+            closedir $d;
+        }
+    "#;
+    let attacker = as_user_perl(&user, script, &[&textfiles, &victim]);
+    let m = deploy_manifest(&s);
+    let swapped = textfiles.join("swapped");
+    let t = Instant::now();
+    let mut runs = 0;
+    while t.elapsed() < Duration::from_secs(40) && runs < 60 {
+        runs += 1;
+        let run = s
+            .stretcher()
+            .arg("--force")
+            .arg("--textfile-dir")
+            .arg(&textfiles)
+            .arg(&m)
+            .limit(Duration::from_secs(30))
+            .run();
+        assert!(run.code() == 0 || !run.stderr.is_empty());
+        let meta = victim.symlink_metadata().unwrap();
+        if meta.mode() & 0o7777 != 0o600 || swapped.exists() && runs >= 3 {
+            break;
+        }
+    }
+    drop(attacker);
+    eprintln!(
+        "{runs} deploys, swaps: {}",
+        std::fs::read_to_string(&swapped)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    );
+    assert_untouched(&victim);
+}
+
+#[test]
+fn a_symlink_planted_at_the_switch_name_is_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let victim = root_only_file(&s);
+    let switch = s.path().join("parent").join(".dest.stretcher-switch");
+    assert!(user.run(
+        "ln",
+        &["-s".as_ref(), victim.as_os_str(), switch.as_os_str()]
+    ));
+    let m = release_manifest_for(&s);
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(60)).run();
+    run.assert_fail().assert_log(&switch.display().to_string());
+    assert_untouched(&victim);
+    assert!(switch.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_link(&switch).unwrap(), victim);
+    assert!(s.dest().symlink_metadata().is_err(), "dest was switched");
+}
+
+#[test]
+fn planted_leftovers_in_the_releases_dir_are_left_alone_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let victim = root_only_file(&s);
+    let victim_dir = victim.parent().unwrap().to_path_buf();
+    let dir = users_releases_dir(&user, &s);
+    let id = "20261201T220000Z-0123abcd";
+    let ln = |target: &Path, name: String| {
+        let at = dir.join(name);
+        assert!(user.run("ln", &["-s".as_ref(), target.as_os_str(), at.as_os_str()]));
+        at
+    };
+    // Symlinks at every leftover name, and a leftover directory of the user's.
+    let planted = [
+        ln(&victim_dir, format!(".{id}.partial")),
+        ln(&victim_dir, format!(".{id}-2.removing")),
+        ln(&victim, format!(".{id}.json.tmp")),
+        ln(&victim, format!("{id}.json")),
+    ];
+    let theirs = dir.join(format!(".{id}-3.partial"));
+    assert!(user.run("mkdir", &[theirs.as_os_str()]));
+    assert!(user.run("touch", &[theirs.join("f").as_os_str()]));
+
+    let m = release_manifest_for(&s);
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(60)).run();
+    run.assert_ok().assert_log("left alone");
+    assert_untouched(&victim);
+    for p in &planted {
+        assert!(
+            p.symlink_metadata().unwrap().file_type().is_symlink(),
+            "{} was removed",
+            p.display()
+        );
+    }
+    assert!(
+        theirs.join("f").exists(),
+        "the user's directory was removed"
+    );
+    assert!(
+        std::fs::read_link(s.dest()).is_ok(),
+        "dest is a release link"
+    );
 }
