@@ -75,8 +75,11 @@ fn verified(staged: Staged) -> Verified<Staged> {
 
 /// The tree at `root` as a staged tree with nothing reused.
 fn tree(root: &Path) -> Verified<Staged> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(root).expect("the staged tree");
     verified(Staged {
         root: root.to_path_buf(),
+        root_id: (m.dev(), m.ino()),
         root_mode: None,
         entries: 0,
         reused: Default::default(),

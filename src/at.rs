@@ -151,7 +151,30 @@ impl Tree {
     /// the very directory [`Tree::id`] gave earlier: a directory another user swapped
     /// in under the same name is refused.
     pub fn open_same(path: &Path, id: (u64, u64)) -> io::Result<Tree> {
-        let tree = Tree::open(path, false)?;
+        let replaced = || {
+            io::Error::other(format!(
+                "{} was replaced while the deploy ran: refused",
+                path.display()
+            ))
+        };
+        let tree = match Tree::open(path, false) {
+            Ok(tree) => tree,
+            // A symlink (or another kind of node) where the directory was.
+            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                let what = match rustix::fs::lstat(path) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                        "by a symbolic link (not followed)"
+                    }
+                    _ => "by something that is not a directory",
+                };
+                return Err(io::Error::other(format!(
+                    "{} was replaced {what} while the deploy ran: refused",
+                    path.display()
+                )));
+            }
+            Err(e) if e.to_string() == FOLLOW => return Err(replaced()),
+            Err(e) => return Err(e),
+        };
         if tree.id()? != id {
             return Err(io::Error::other(format!(
                 "{} was replaced while the deploy ran: refused",
@@ -328,6 +351,16 @@ impl Tree {
     /// `unlinkat(AT_REMOVEDIR)` of an empty directory.
     pub fn rmdir(&self, rel: &Path) -> io::Result<()> {
         let r = self.at(rel, |d, n| rustix::fs::unlinkat(d, n, AtFlags::REMOVEDIR));
+        self.forget();
+        r
+    }
+
+    /// Removes the directory `rel` and everything in it ([`remove_tree`], `owner`
+    /// checked on `rel` itself), and forgets the cached parent.
+    pub fn remove_tree(&self, rel: &Path, owner: Owner) -> io::Result<()> {
+        let (parent, name) = self.parent_fd(rel)?;
+        let r = remove_tree(parent.as_fd(), name, owner);
+        drop(parent);
         self.forget();
         r
     }
@@ -667,16 +700,47 @@ pub enum Owner {
 /// came down from (device and inode), and stops otherwise. Directories it cannot
 /// write are made writable through their descriptor first (needed when not root).
 pub fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr, owner: Owner) -> io::Result<()> {
-    let top = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(err)?;
-    let st = rustix::fs::fstat(&top).map_err(err)?;
-    if let Owner::Is(uid) = owner {
-        if st.st_uid != uid {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("owned by uid {}, not by uid {uid}: left alone", st.st_uid),
-            ));
+    remove_checked(parent, name, |st| match owner {
+        Owner::Is(uid) if st.st_uid != uid => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("owned by uid {}, not by uid {uid}: left alone", st.st_uid),
+        )),
+        _ => Ok(()),
+    })
+}
+
+/// [`remove_tree`] of the very directory [`Tree::id`] gave (device and inode): a
+/// directory another user put under the same name since is left alone (an error).
+pub fn remove_same_tree(parent: BorrowedFd<'_>, name: &OsStr, id: (u64, u64)) -> io::Result<()> {
+    remove_checked(parent, name, |st| {
+        if (st.st_dev, st.st_ino) == id {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "not the directory this run made (replaced since): left alone",
+            ))
         }
-    }
+    })
+}
+
+/// The removal of [`remove_tree`], once `check` accepted the top directory's stat.
+fn remove_checked(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    check: impl FnOnce(&Stat) -> io::Result<()>,
+) -> io::Result<()> {
+    let top = match rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory (a symbolic link is never followed): left alone",
+            ))
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let st = rustix::fs::fstat(&top).map_err(err)?;
+    check(&st)?;
     let root = rustix::process::geteuid().is_root();
     let writable = |fd: BorrowedFd<'_>, st: &Stat| -> io::Result<()> {
         if !root && st.st_mode & 0o700 != 0o700 {
@@ -806,7 +870,8 @@ mod tests {
         assert!(e.to_string().contains("replaced"), "{e}");
         std::fs::remove_dir(&p).unwrap();
         symlink(t.path().join("old"), &p).unwrap();
-        assert!(Tree::open_same(&p, id).is_err());
+        let e = Tree::open_same(&p, id).unwrap_err().to_string();
+        assert!(e.contains("replaced by a symbolic link"), "{e}");
     }
 
     #[test]
@@ -938,6 +1003,35 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         tr.rename_new(Path::new("e"), &tr, Path::new("g")).unwrap();
         assert!(t.path().join("d/f").exists() && t.path().join("g").is_dir());
+    }
+
+    #[test]
+    fn remove_same_tree_leaves_a_replaced_directory_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let tr = tree(&t);
+        tr.mkdir(Path::new("s"), 0o700).unwrap();
+        let id = tr.sub(Path::new("s")).unwrap().id().unwrap();
+        std::fs::rename(t.path().join("s"), t.path().join("moved")).unwrap();
+        std::fs::create_dir(t.path().join("s")).unwrap();
+        let e = remove_same_tree(tr.fd(), OsStr::new("s"), id).unwrap_err();
+        assert!(e.to_string().contains("left alone"), "{e}");
+        assert!(t.path().join("s").is_dir());
+        remove_same_tree(tr.fd(), OsStr::new("moved"), id).unwrap();
+        assert!(!t.path().join("moved").exists());
+    }
+
+    #[test]
+    fn tree_remove_tree_forgets_the_cached_parent() {
+        let t = tempfile::tempdir().unwrap();
+        let tr = tree(&t);
+        tr.mkdir(Path::new("a"), 0o755).unwrap();
+        tr.mkdir(Path::new("a/b"), 0o755).unwrap();
+        tr.create_new(Path::new("a/b/f"), 0o644).unwrap();
+        tr.remove_tree(Path::new("a/b"), Owner::Any).unwrap();
+        tr.mkdir(Path::new("a/b"), 0o755).unwrap();
+        tr.create_new(Path::new("a/b/g"), 0o644).unwrap();
+        assert!(t.path().join("a/b/g").exists());
+        assert!(!t.path().join("a/b/f").exists());
     }
 
     #[test]

@@ -481,8 +481,7 @@ fn deploy(
     let (staging, staged, reused_in) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
-    let (filter, exclude_text) =
-        load_filter(manifest, staging.path(), &staged.get().reused, &reused_in)?;
+    let (filter, exclude_text) = load_filter(manifest, &staging, &staged.get().reused, &reused_in)?;
     if opts.dry_run {
         let changes = strategy.dry_run(&staged, &filter)?;
         return sync::dry_run::print(manifest, Some((dest, changes)));
@@ -656,6 +655,17 @@ impl Job<'_> {
         let staged = self.fetch_and_unpack(strategy, reuse);
         draft.downloaded_bytes = Some(self.downloaded.load(Ordering::Relaxed));
         let (stage, staged) = staged?.split();
+        // What comes next reaches the staged tree by its name: it must still name the
+        // directory the unpack wrote through (SPEC §17), not one swapped in since.
+        let root = &staged.get().root;
+        if let Err(e) = crate::at::Tree::open_same(root, staged.get().root_id) {
+            logln!("{e}");
+            return Err(Error::Unsafe {
+                what: "staging directory",
+                path: root.clone(),
+                msg: "replaced while the deploy ran (not the directory unpacked into)".into(),
+            });
+        }
         // Verified: from here on the staged tree is the archive's.
         logln!(
             "Unpacked {} entries ({} unchanged files {})",
@@ -694,13 +704,13 @@ impl Job<'_> {
                 label: shown.clone(),
                 link_unchanged: stage.link_unchanged,
             };
-            let into = stage.staging.path().to_path_buf();
+            let into = stage.staging.tree();
             let probe = stage
                 .probe
                 .as_mut()
                 .map(|p| p as &mut dyn unpack::Unchanged);
-            logln!("Extract archive: {shown} to {}", into.display());
-            let staged = unpack::unpack(reader, &into, &unpack_opts, probe)?;
+            logln!("Extract archive: {shown} to {}", into.path().display());
+            let staged = unpack::unpack_in(reader, into, &unpack_opts, probe)?;
             Ok((stage, staged))
         })
     }

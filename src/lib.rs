@@ -33,7 +33,7 @@
 #![warn(missing_docs)]
 
 mod allow;
-pub(crate) mod at;
+pub mod at;
 mod bucket_url;
 pub mod cli;
 pub mod commands;

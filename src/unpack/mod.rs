@@ -3,10 +3,14 @@
 //!
 //! Its one job: turn archive bytes into a tree below `into`, applying the entry path
 //! policy (leading `/` stripped with a warning, `..` refused, never written through a
-//! symlink) and the archive's modes, mtimes and — as root — owners.
+//! symlink) and the archive's modes, mtimes and — as root — owners. `into` is an open
+//! directory ([`crate::at::Tree`], SPEC §17): every node is made, changed, stat-ed and
+//! removed relative to its descriptor, never by a joined path, so a staging directory
+//! renamed away and replaced by a symlink while the unpack runs is still the one
+//! written (and the symlink's target never is).
 //!
 //! It must never create, change or follow anything outside `into`, never follow a
-//! symlink that an entry created, and never take a truncated or corrupt stream for a
+//! symlink that an entry created or another user swapped in, and never take a truncated or corrupt stream for a
 //! shorter tree: the whole input is read to its end (the gzip CRC checked) and must end
 //! at a member boundary. A stream that stops at a boundary without the end-of-archive
 //! marker is accepted with a warning, as GNU tar accepts it (SPEC §7): the manifest's
@@ -48,6 +52,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::at::Tree;
 use crate::entry::Entry;
 use crate::Result;
 
@@ -91,15 +96,28 @@ pub trait Unchanged {
     /// The path of an existing regular file equal to the entry at `rel` by size,
     /// mtime seconds, mode (and owner when given), with the lstat that found it: the
     /// entry is then not written but listed in `Staged::reused`. Any doubt must answer
-    /// `None` ("write it").
+    /// `None` ("write it"). With [`Unchanged::tree`], the path is relative to that tree.
     fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, std::fs::Metadata)>;
+
+    /// The open tree the probe looks into (dest, or the live release), when it works
+    /// through one: a hard link to a file it found is then made from that tree's
+    /// descriptor, never by path. Without one, the link is made from the path `find`
+    /// answers (its last component not followed) and kept only when it is the very
+    /// inode `find` saw.
+    fn tree(&self) -> Option<&Tree> {
+        None
+    }
 }
 
 /// The unpacked tree, ready for the sync step.
 #[derive(Debug, Clone)]
 pub struct Staged {
-    /// The directory the tree was unpacked into (= `into`).
+    /// The directory the tree was unpacked into (= `into`), for messages and for
+    /// reopening it: see `root_id`.
     pub root: PathBuf,
+    /// The (device, inode) of `root` as the unpack held it open: whoever reopens
+    /// `root` by name checks it is still this directory (`at::Tree::open_same`).
+    pub root_id: (u64, u64),
     /// Mode bits (& 0o7777) of the archive's `.` / `./` entry, if it had one.
     pub root_mode: Option<u32>,
     /// Entries written (files, dirs, links), for the log.
@@ -116,7 +134,20 @@ pub struct Staged {
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an
-/// existing, empty, private directory (the staging dir). Writes only below `into`.
+/// existing, empty, private directory (the staging dir), opened once here (`into`
+/// itself trusted): see [`unpack_in`].
+pub fn unpack<R: Read + Send>(
+    reader: R,
+    into: &Path,
+    opts: &UnpackOptions,
+    unchanged: Option<&mut dyn Unchanged>,
+) -> Result<Staged> {
+    let tree = Tree::open(into, true).map_err(|e| crate::Error::io("open directory", into, e))?;
+    unpack_in(reader, &tree, opts, unchanged)
+}
+
+/// Unpacks the stream `reader` into the open directory `into` (an empty, private
+/// staging directory). Writes only below `into`, through its descriptor.
 ///
 /// Threads share the work (see `pipe`): one reads `reader` (where the caller hashes),
 /// one decompresses (for a compressed archive), and the calling thread parses tar and
@@ -124,9 +155,9 @@ pub struct Staged {
 ///
 /// `unchanged`, when given, is asked before each regular file is written (see
 /// [`Unchanged`]).
-pub fn unpack<R: Read + Send>(
+pub fn unpack_in<R: Read + Send>(
     mut reader: R,
-    into: &Path,
+    into: &Tree,
     opts: &UnpackOptions,
     unchanged: Option<&mut dyn Unchanged>,
 ) -> Result<Staged> {

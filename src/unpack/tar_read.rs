@@ -6,8 +6,8 @@
 //! Never writes anything itself: the `Extractor` does.
 
 use std::io::{self, Read};
-use std::path::Path;
 
+use crate::at::Tree;
 use crate::error::Error;
 use crate::log::shown;
 use crate::Result;
@@ -39,7 +39,7 @@ impl<R: Read> Read for EofTracker<R> {
 /// stream to its very end, then the directory fixes: the tree, or the first error.
 pub(super) fn read_archive<R: Read>(
     stream: R,
-    into: &Path,
+    into: &Tree,
     opts: &UnpackOptions,
     format: Format,
     unchanged: Option<&mut dyn Unchanged>,

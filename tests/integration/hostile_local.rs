@@ -13,6 +13,10 @@
 //!   can write it;
 //! - the files made outside dest (release metadata, the switch link, leftovers, the
 //!   textfile metrics): a symlink the user plants or swaps in is never followed;
+//! - staging: a staging directory swapped for a symlink while the archive is being
+//!   unpacked is never written through; a 3,000-deep tree of another owner planted
+//!   under a staging name is left alone (nothing it links to is touched), root's own
+//!   leftover as deep is removed;
 //! - serial floors (SPEC §15, §17): an old signed manifest without `src` cannot be
 //!   replayed from another URL for the same file, and leaving `serial` out cannot
 //!   reset a floor.
@@ -780,4 +784,172 @@ fn planted_leftovers_in_the_releases_dir_are_left_alone_not_followed() {
         std::fs::read_link(s.dest()).is_ok(),
         "dest is a release link"
     );
+}
+
+/// `n` bytes no compressor shrinks (xorshift), so a capped download lasts.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The names beside dest that are staging directories of dest (`.stretcher-dest.…`).
+fn staging_names(s: &Scratch) -> Vec<PathBuf> {
+    std::fs::read_dir(s.path().join("parent"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(".stretcher-dest.") && n.ends_with(".staging")
+        })
+        .collect()
+}
+
+/// Every name below `root` (not following symlinks), for "nothing changed here".
+fn listing(root: &Path) -> Vec<(PathBuf, u32)> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.path().symlink_metadata().unwrap();
+            (e.path().to_path_buf(), m.mode())
+        })
+        .collect()
+}
+
+#[test]
+fn staging_swapped_for_a_symlink_mid_download_is_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    // Root's directory, where only root could create anything.
+    let victim = s.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("keep"), b"root's").unwrap();
+    let before = listing(&victim);
+    // ~4 MiB in 16 files, at 1 MiB/s: the unpack runs for about four seconds.
+    let blobs: Vec<(String, Vec<u8>)> = (0..16)
+        .map(|i| (format!("f{i:02}"), noise(256 << 10, i + 1)))
+        .collect();
+    let entries: Vec<Raw> = blobs
+        .iter()
+        .map(|(n, d)| Raw::File(n.as_bytes(), d))
+        .collect();
+    let tar = s.file("big.tar", &raw_tar(&entries));
+    let m = s.manifest("m.yml", &manifest_for(&tar, &s.dest(), ""));
+
+    let running = s
+        .stretcher()
+        .args(["--max-bandwidth", "1M"])
+        .arg(&m)
+        .limit(Duration::from_secs(60))
+        .spawn();
+    // As soon as the staging directory holds a file, the user moves it away and
+    // puts a symlink to root's directory in its place.
+    let t = Instant::now();
+    let staging = loop {
+        assert!(t.elapsed() < Duration::from_secs(20), "no staging appeared");
+        if let Some(p) = staging_names(&s).pop() {
+            if std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_some()) {
+                break p;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let moved = s.path().join("parent").join("moved");
+    assert!(user.run("mv", &[staging.as_os_str(), moved.as_os_str()]));
+    assert!(user.run(
+        "ln",
+        &["-s".as_ref(), victim.as_os_str(), staging.as_os_str()]
+    ));
+    let run = running.wait();
+
+    assert_eq!(listing(&victim), before, "root wrote through the symlink");
+    if run.code() == 0 {
+        for (n, d) in &blobs {
+            assert_eq!(&std::fs::read(s.dest().join(n)).unwrap(), d, "{n}");
+        }
+    } else {
+        run.assert_log("replaced while the deploy ran");
+        assert!(!s.dest().join("keep").exists(), "dest mirrors the victim");
+    }
+    // The symlink the user planted is theirs: left as it is.
+    assert!(staging.symlink_metadata().unwrap().file_type().is_symlink());
+}
+
+/// A chain of `depth` directories named `d` below `top` (made through descriptors:
+/// its paths are longer than PATH_MAX), with a symlink `l` to `link_to` at the
+/// bottom, every node owned by `owner`.
+fn deep_tree(top: &Path, depth: usize, link_to: &Path, owner: (u32, u32)) {
+    use rustix::fs::{fchown, Gid, Mode, OFlags, Uid};
+    let own = |fd: &std::os::fd::OwnedFd| {
+        fchown(
+            fd,
+            Some(Uid::from_raw(owner.0)),
+            Some(Gid::from_raw(owner.1)),
+        )
+        .unwrap()
+    };
+    std::fs::create_dir(top).unwrap();
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY;
+    let mut cur = rustix::fs::open(top, flags, Mode::empty()).unwrap();
+    own(&cur);
+    for _ in 0..depth {
+        rustix::fs::mkdirat(&cur, "d", Mode::from_raw_mode(0o755)).unwrap();
+        cur = rustix::fs::openat(&cur, "d", flags, Mode::empty()).unwrap();
+        own(&cur);
+    }
+    rustix::fs::symlinkat(link_to, &cur, "l").unwrap();
+    rustix::fs::chownat(
+        &cur,
+        "l",
+        Some(Uid::from_raw(owner.0)),
+        Some(Gid::from_raw(owner.1)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_deep_planted_staging_leftover_is_left_alone_and_a_deep_own_one_removed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    // Root's directory with a read-only subdirectory: nothing here may change.
+    let victim = s.path().join("victim");
+    std::fs::create_dir_all(victim.join("ro")).unwrap();
+    std::fs::write(victim.join("ro/keep"), b"root's").unwrap();
+    std::fs::set_permissions(victim.join("ro"), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let before = listing(&victim);
+    let parent = s.path().join("parent");
+    let planted = parent.join(".stretcher-dest.Ab12Cd.staging");
+    let ids = (user.uid.as_raw(), user.gid.as_raw());
+    deep_tree(&planted, 3000, &victim, ids);
+    // A real leftover of an earlier run (root's), as deep.
+    let ours = parent.join(".stretcher-dest.Zz98Yx.staging");
+    deep_tree(&ours, 3000, &victim, (0, 0));
+    let m = deploy_manifest(&s);
+
+    let run = s.stretcher().arg(&m).limit(Duration::from_secs(60)).run();
+    run.assert_ok()
+        .assert_log(&format!("{}: owned by uid {}", planted.display(), user.uid));
+    assert_eq!(listing(&victim), before, "the victim changed");
+    let top = planted.symlink_metadata().unwrap();
+    assert_eq!(top.uid(), user.uid.as_raw(), "the planted tree was touched");
+    assert_eq!(top.mode() & 0o7777, 0o755, "the planted tree was chmod-ed");
+    assert!(
+        planted.join("d/d/d").is_dir(),
+        "the planted tree was emptied"
+    );
+    assert!(
+        ours.symlink_metadata().is_err(),
+        "root's own leftover stayed"
+    );
+    assert!(s.dest().is_dir(), "the deploy did not land");
 }

@@ -73,8 +73,13 @@ pub fn verified_tree(root: &Path) -> stretcher::verify::Verified<stretcher::unpa
     let c = Checksum::parse(&sha1_bytes(b"")).unwrap();
     let mut empty = HashingReader::new(&b""[..], &c);
     std::io::copy(&mut empty, &mut std::io::sink()).unwrap();
+    let m = std::fs::metadata(root).unwrap();
     let staged = stretcher::unpack::Staged {
         root: root.to_path_buf(),
+        root_id: (
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        ),
         root_mode: None,
         entries: 0,
         reused: Default::default(),

@@ -2,25 +2,27 @@
 //! (created, or checked to be real directories — never a symlink), and the deferred
 //! fixes: modes, mtimes and owners applied once every entry is written, deepest first.
 //!
-//! Never follows a symlink: parents are checked with `lstat`, fixes opened
-//! `O_NOFOLLOW`.
+//! Never follows a symlink: everything goes through the staging tree's descriptor,
+//! parents are checked with `lstat` relative to it, each fix is applied through the
+//! directory opened with no symlink followed on the way (`Tree::open_dir`).
 
 use std::cmp::Reverse;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
+use rustix::fs::FileType;
 use tar::EntryType;
 
+use crate::at::Tree;
 use crate::fsops::{Attrs, Node};
 use crate::Result;
 
 use super::super::errors::{fail, fail_io, Why};
 use super::super::gnu::PaxInfo;
-use super::{seconds, set_attrs, Extractor, Meta};
+use super::{lstat_meta, seconds, set_attrs, Extractor, Meta};
 
 /// Mode of directories created because an entry needs them as parents.
 const IMPLICIT_DIR_MODE: u32 = 0o755;
@@ -63,15 +65,12 @@ impl Extractor<'_, '_> {
     pub(super) fn dir(&mut self, rel: &Path, raw: &[u8], meta: Meta) -> Result<()> {
         self.parents(rel, raw)?;
         if !self.dirs.contains(rel) {
-            let abs = self.into.join(rel);
-            match mkdir(&abs) {
+            match mkdir(self.tree, rel) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let is_dir = fs::symlink_metadata(&abs)
-                        .map_err(|e| fail_io(raw, "stat", e))?
-                        .is_dir();
-                    if !is_dir {
-                        self.remove_existing(rel, &abs, raw)?;
-                        mkdir(&abs)
+                    let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
+                    if !is_dir(&st) {
+                        self.remove_existing(rel, raw)?;
+                        mkdir(self.tree, rel)
                     } else {
                         Ok(())
                     }
@@ -111,10 +110,9 @@ impl Extractor<'_, '_> {
             if self.dirs.contains(&prefix) {
                 continue;
             }
-            let abs = self.into.join(&prefix);
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
+            match self.tree.lstat(&prefix) {
+                Ok(st) if is_dir(&st) => {}
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
                     let msg = if create {
                         format!("refusing to write through the symlink {prefix:?}")
                     } else {
@@ -124,7 +122,8 @@ impl Extractor<'_, '_> {
                 }
                 Ok(_) => return Err(fail(raw, format!("{what}{prefix:?} is not a directory"))),
                 Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
-                    mkdir(&abs).map_err(|e| fail_io(raw, &format!("mkdir {prefix:?}"), e))?;
+                    mkdir(self.tree, &prefix)
+                        .map_err(|e| fail_io(raw, &format!("mkdir {prefix:?}"), e))?;
                     if self.needs_chmod(IMPLICIT_DIR_MODE) {
                         let fix = DirFix {
                             mode: IMPLICIT_DIR_MODE,
@@ -148,13 +147,13 @@ impl Extractor<'_, '_> {
         if self.opts.link_unchanged {
             // A directory without a fix is final now (a fix changes its own directory
             // only); read before a fix can make its parent unsearchable.
-            let into = self.into;
+            let tree = self.tree;
             let unfixed: Vec<PathBuf> = (self.dirs.iter())
                 .filter(|d| !self.fixes.contains_key(*d))
                 .cloned()
                 .collect();
             for rel in unfixed {
-                let stat = || fs::symlink_metadata(into.join(&rel));
+                let stat = || lstat_meta(tree, &rel);
                 self.note(&rel, rel.as_os_str().as_bytes(), stat, None)?;
             }
         }
@@ -162,33 +161,29 @@ impl Extractor<'_, '_> {
             std::mem::take(&mut self.fixes).into_iter().collect();
         fixes.sort_by_key(|(rel, _)| Reverse(rel.components().count()));
         for (rel, fix) in &fixes {
-            let abs = if rel.as_os_str().is_empty() {
-                self.into.to_path_buf()
-            } else {
-                self.into.join(rel)
-            };
             let name: &[u8] = if rel.as_os_str().is_empty() {
                 b"."
             } else {
                 rel.as_os_str().as_bytes()
             };
-            let dir = apply_dir(&abs, fix).map_err(|why| why.of(name))?;
+            let dir = apply_dir(self.tree, rel, fix).map_err(|why| why.of(name))?;
             if !rel.as_os_str().is_empty() {
-                self.note(rel, rel.as_os_str().as_bytes(), || dir.metadata(), None)?;
+                let stat = || dir.metadata().map(|m| crate::entry::Meta::from(&m));
+                self.note(rel, rel.as_os_str().as_bytes(), stat, None)?;
             }
         }
         Ok(())
     }
 }
 
-/// Answers the open directory (for its final `fstat`).
-fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, Why> {
-    // O_NOFOLLOW: even if something replaced the directory by a symlink, never follow it.
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(abs)
-        .map_err(|e| Why::io("open directory", e))?;
+/// Applies `fix` to the directory `rel` (empty: the root) through its descriptor;
+/// answers the open directory (for its final `fstat`).
+fn apply_dir(tree: &Tree, rel: &Path, fix: &DirFix) -> std::result::Result<fs::File, Why> {
+    // Opened with no symlink followed on the way or at the end, even one swapped in.
+    let dir = fs::File::from(
+        tree.open_dir(rel)
+            .map_err(|e| Why::io("open directory", e))?,
+    );
     let attrs = Attrs {
         owner: fix.owner,
         mode: Some(fix.mode),
@@ -199,6 +194,10 @@ fn apply_dir(abs: &Path, fix: &DirFix) -> std::result::Result<fs::File, Why> {
     Ok(dir)
 }
 
-fn mkdir(abs: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().mode(IMPLICIT_DIR_MODE).create(abs)
+fn mkdir(tree: &Tree, rel: &Path) -> io::Result<()> {
+    tree.mkdir(rel, IMPLICIT_DIR_MODE)
+}
+
+fn is_dir(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }

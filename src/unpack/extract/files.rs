@@ -3,13 +3,16 @@
 //! then the file created `O_EXCL` and written — a sparse one with holes seeked over —
 //! and its owner, mode and mtime set on the open handle.
 //!
-//! Never opens through an existing path: `O_EXCL` on create, a replaced earlier member
-//! is removed first.
+//! Never opens through an existing path: `O_CREAT | O_EXCL | O_NOFOLLOW` relative to
+//! the staging tree on create, a replaced earlier member is removed first; an unchanged
+//! file is linked from the probe's tree (or checked to be the inode the probe saw).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD};
 
 use crate::log::shown;
 use crate::Result;
@@ -18,6 +21,8 @@ use super::super::errors::{archive_error, corrupt, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
 use super::{set_attrs, Extractor, Meta};
+use crate::at::Tree;
+use crate::entry;
 use crate::fsops::Node;
 
 /// Buffer for copying file contents (one per unpack, reused for every file).
@@ -36,25 +41,29 @@ impl Extractor<'_, '_> {
         let sparse = sparse_layout(entry, pax, raw)?;
         // The file's size as tar extracts it: a sparse member's logical size.
         let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
-        let abs = self.into.join(rel);
         if let Some(found) = self.reuse(rel, size, meta) {
-            if self.keep(rel, &abs, raw, found)? {
+            if self.keep(rel, raw, found)? {
                 return Ok(());
             }
         }
         // The size guard counts what is really written: a sparse file's data chunks.
         match &sparse {
-            Some(s) => self.space.claim_chunks(&s.chunks, self.into, self.opts)?,
-            None => self.space.claim(size, self.into, self.opts)?,
+            Some(s) => self.space.claim_chunks(&s.chunks, self.tree, self.opts)?,
+            None => self.space.claim(size, self.tree, self.opts)?,
         }
-        let mut file = self.create(rel, &abs, raw, meta.mode)?;
+        let mut file = self.create(rel, raw, meta.mode)?;
         match &sparse {
             None => self.copy_data(entry, &mut file, size, raw)?,
             Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
         }
         let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
         set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
-        self.note(rel, raw, || file.metadata(), None)?;
+        self.note(
+            rel,
+            raw,
+            || file.metadata().map(|m| entry::Meta::from(&m)),
+            None,
+        )?;
         self.entries += 1;
         Ok(())
     }
@@ -79,17 +88,17 @@ impl Extractor<'_, '_> {
     /// hard-linked there). True when that is done; false when the link could not be
     /// made and the entry is to be written after all.
     /// `found` is the probe's lstat of the unchanged file.
-    fn keep(&mut self, rel: &Path, abs: &Path, raw: &[u8], found: fs::Metadata) -> Result<bool> {
+    fn keep(&mut self, rel: &Path, raw: &[u8], found: fs::Metadata) -> Result<bool> {
         // An earlier member of the same name may have been written: the later one
         // wins, so staging must not keep it (a link replaces it: `link_reused`).
-        if !self.opts.link_unchanged && fs::symlink_metadata(abs).is_ok() {
-            self.remove_existing(rel, abs, raw)?;
+        if !self.opts.link_unchanged && self.tree.lstat(rel).is_ok() {
+            self.remove_existing(rel, raw)?;
         }
         // The entry's data is skipped by the parser (still read, so a cut stream
         // is still noticed).
-        if !self.opts.link_unchanged || self.link_reused(rel, raw)? {
+        if !self.opts.link_unchanged || self.link_reused(rel, raw, &found)? {
             // A link shares the inode the probe read.
-            self.note(rel, raw, || Ok(found), None)?;
+            self.note(rel, raw, || Ok(entry::Meta::from(&found)), None)?;
             self.entries += 1;
             return Ok(true);
         }
@@ -98,41 +107,44 @@ impl Extractor<'_, '_> {
         Ok(false)
     }
 
-    /// `link_unchanged`: hard-links the reused file to `into/rel`. False when the link
-    /// cannot be made (EXDEV, EMLINK, ...): then the entry is written instead.
-    fn link_reused(&mut self, rel: &Path, raw: &[u8]) -> Result<bool> {
+    /// `link_unchanged`: hard-links the reused file to `rel` in staging. False when
+    /// the link cannot be made (EXDEV, EMLINK, ...) or is not the inode the probe saw
+    /// (`found`): then the entry is written instead.
+    fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &fs::Metadata) -> Result<bool> {
         // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
         let Some(src) = self.kept_at.remove(rel) else {
             return Ok(false);
         };
-        let abs = self.into.join(rel);
-        // linkat without AT_SYMLINK_FOLLOW: the probe saw a regular file, never a symlink.
-        let link = |abs: &Path| {
-            nix::unistd::linkat(None, src.as_path(), None, abs, nix::fcntl::AtFlags::empty())
-        };
-        let linked = match link(&abs) {
-            Err(nix::errno::Errno::EEXIST) => {
-                self.remove_existing(rel, &abs, raw)?;
-                link(&abs)
+        let probe = self.unchanged.as_deref().and_then(|p| p.tree());
+        let linked = match link_from(probe, &src, self.tree, rel) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(rel, raw)?;
+                let probe = self.unchanged.as_deref().and_then(|p| p.tree());
+                link_from(probe, &src, self.tree, rel)
             }
             other => other,
         };
-        Ok(linked.is_ok())
+        if linked.is_err() {
+            return Ok(false);
+        }
+        // The probe looked by name: the link must be the very file it judged.
+        let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
+        if (st.st_dev, st.st_ino) != (found.dev(), found.ino()) {
+            self.tree
+                .unlink(rel)
+                .map_err(|e| fail_io(raw, "remove", e))?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
-    /// Creates the file new, with `mode` (less the umask until the chmod).
-    fn create(&mut self, rel: &Path, abs: &Path, raw: &[u8], mode: u32) -> Result<fs::File> {
-        let create = |abs: &Path| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true) // O_EXCL: never opens through an existing symlink
-                .mode(mode)
-                .open(abs)
-        };
-        match create(abs) {
+    /// Creates the file new (`O_EXCL | O_NOFOLLOW` through the tree), with `mode`
+    /// (less the umask until the chmod).
+    fn create(&mut self, rel: &Path, raw: &[u8], mode: u32) -> Result<fs::File> {
+        match self.tree.create_new(rel, mode) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove_existing(rel, abs, raw)?;
-                create(abs)
+                self.remove_existing(rel, raw)?;
+                self.tree.create_new(rel, mode)
             }
             other => other,
         }
@@ -201,5 +213,23 @@ impl Extractor<'_, '_> {
             ));
         }
         Ok(())
+    }
+}
+
+/// A hard link at `rel` in `tree` to the file the [`Unchanged`](super::super::Unchanged) probe answered as
+/// `src`: through the probe's own tree when it has one (no symlink followed on either
+/// side), else from the path `src` (`linkat` without `AT_SYMLINK_FOLLOW`: the probe saw
+/// a regular file, never a symlink) into `tree`'s descriptor.
+pub(super) fn link_from(
+    probe: Option<&Tree>,
+    src: &Path,
+    tree: &Tree,
+    rel: &Path,
+) -> io::Result<()> {
+    match probe {
+        Some(from) => from.hard_link(src, tree, rel),
+        None => tree.at(rel, |d, n| {
+            rustix::fs::linkat(CWD, src, d, n, AtFlags::empty())
+        }),
     }
 }

@@ -1,12 +1,12 @@
 //! Symlinks (the target written as the archive has it, never followed) and hard links
 //! (to an earlier member below `into`, or to the unchanged file the probe found).
 //!
-//! Never follows a link: a symlink gets `lchown` / `lutimes`, a hard link is made by
-//! `linkat` without `AT_SYMLINK_FOLLOW`, and a link target's parents must be real
-//! directories.
+//! Never follows a link: every node is reached through the staging tree's descriptor,
+//! a symlink gets `fchownat` / `utimensat` with `AT_SYMLINK_NOFOLLOW`, a hard link is
+//! made by `linkat` without `AT_SYMLINK_FOLLOW`, and a link target's parents must be
+//! real directories.
 
 use std::ffi::OsStr;
-use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -16,7 +16,8 @@ use crate::Result;
 use super::super::errors::{fail, fail_io, refused};
 use super::super::gnu::PaxInfo;
 use super::super::path::link_target;
-use super::{key, set_attrs, Extractor};
+use super::files::link_from;
+use super::{key, lstat_meta, set_attrs, Extractor};
 use crate::entry::Entry;
 use crate::fsops::Node;
 
@@ -34,19 +35,20 @@ impl Extractor<'_, '_> {
             .into_owned();
         let meta = self.meta(entry, pax, raw)?;
         self.parents(rel, raw)?;
-        let abs = self.into.join(rel);
-        let target = OsStr::from_bytes(&target);
-        match std::os::unix::fs::symlink(target, &abs) {
+        let target = Path::new(OsStr::from_bytes(&target));
+        match self.tree.symlink(target, rel) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove_existing(rel, &abs, raw)?;
-                std::os::unix::fs::symlink(target, &abs)
+                self.remove_existing(rel, raw)?;
+                self.tree.symlink(target, rel)
             }
             other => other,
         }
         .map_err(|e| fail_io(raw, "symlink", e))?;
-        set_attrs(Node::At(&abs), &meta.attrs(false, true)).map_err(|why| why.of(raw))?;
-        let stat = || fs::symlink_metadata(&abs);
-        self.note(rel, raw, stat, Some(target.as_bytes()))?;
+        let node = Node::In(self.tree, rel);
+        set_attrs(node, &meta.attrs(false, true)).map_err(|why| why.of(raw))?;
+        let target = target.as_os_str().as_bytes();
+        let tree = self.tree;
+        self.note(rel, raw, || lstat_meta(tree, rel), Some(target))?;
         self.entries += 1;
         Ok(())
     }
@@ -72,20 +74,22 @@ impl Extractor<'_, '_> {
         self.parents(rel, raw)?;
         // A link to a file kept where the probe found it (dest, not staged) is made to
         // that copy: the sync writes it as a file of its own (rsync -a has no -H).
-        let src = match self.kept_at.get(&target) {
-            Some(kept) if !self.opts.link_unchanged => kept.clone(),
-            _ => self.into.join(&target),
+        let kept = match self.kept_at.get(&target) {
+            Some(kept) if !self.opts.link_unchanged => Some(kept.clone()),
+            _ => None,
         };
-        let abs = self.into.join(rel);
         // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
-        let link = |src: &Path, abs: &Path| {
-            nix::unistd::linkat(None, src, None, abs, nix::fcntl::AtFlags::empty())
-                .map_err(io::Error::from)
+        let link = |x: &Self| match &kept {
+            Some(src) => {
+                let probe = x.unchanged.as_deref().and_then(|p| p.tree());
+                link_from(probe, src, x.tree, rel)
+            }
+            None => x.tree.hard_link(&target, x.tree, rel),
         };
-        match link(&src, &abs) {
+        match link(self) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove_existing(rel, &abs, raw)?;
-                link(&src, &abs)
+                self.remove_existing(rel, raw)?;
+                link(self)
             }
             other => other,
         }
@@ -98,7 +102,10 @@ impl Extractor<'_, '_> {
         });
         match linked {
             Some(entry) => self.list(entry),
-            None => self.note(rel, raw, || fs::symlink_metadata(&abs), None)?,
+            None => {
+                let tree = self.tree;
+                self.note(rel, raw, || lstat_meta(tree, rel), None)?
+            }
         }
         self.entries += 1;
         Ok(())

@@ -9,8 +9,10 @@
 //! - `owners` — user / group names → ids, cached per unpack.
 //!
 //! Never creates, changes or follows anything outside `into`, and never writes
-//! through a symlink: every parent is a directory it created or checked, every node is
-//! created new (a replaced earlier member removed first).
+//! through a symlink: `into` is an open [`Tree`], every node is reached relative to its
+//! descriptor with no symlink followed on the way (also one swapped in while the unpack
+//! runs), every parent is a directory it created or checked, every node is created new
+//! (a replaced earlier member removed first).
 
 mod dirs;
 mod files;
@@ -21,15 +23,16 @@ mod special;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
+use rustix::fs::FileType;
 use tar::EntryType;
 
+use crate::at::{Owner, Tree};
 use crate::entry::Entry;
 use crate::fsops::{self, Attrs, Node, Step};
 use crate::log::shown;
@@ -116,7 +119,8 @@ fn step_name(step: Step) -> &'static str {
 }
 
 pub(super) struct Extractor<'a, 'u> {
-    into: &'a Path,
+    /// The staging directory, open: every path below is relative to it.
+    tree: &'a Tree,
     opts: &'a UnpackOptions,
     unchanged: Option<&'u mut dyn Unchanged>,
     buf: Vec<u8>,
@@ -142,12 +146,12 @@ pub(super) struct Extractor<'a, 'u> {
 
 impl<'a, 'u> Extractor<'a, 'u> {
     pub(super) fn new(
-        into: &'a Path,
+        tree: &'a Tree,
         opts: &'a UnpackOptions,
         unchanged: Option<&'u mut dyn Unchanged>,
     ) -> Self {
         Extractor {
-            into,
+            tree,
             opts,
             unchanged,
             buf: vec![0; files::COPY_BUF],
@@ -161,7 +165,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             reused: HashMap::new(),
             kept_at: HashMap::new(),
             written: HashSet::new(),
-            space: Space::new(into),
+            space: Space::new(tree),
         }
     }
 
@@ -249,17 +253,19 @@ impl<'a, 'u> Extractor<'a, 'u> {
         Ok(Meta { mode, mtime, owner })
     }
 
-    /// A later entry replaces what an earlier one put at `abs` (as GNU tar does).
-    fn remove_existing(&mut self, rel: &Path, abs: &Path, raw: &[u8]) -> Result<()> {
-        let m = fs::symlink_metadata(abs).map_err(|e| fail_io(raw, "stat", e))?;
-        if m.is_dir() {
-            // remove_dir_all never follows symlinks inside the tree.
-            fs::remove_dir_all(abs).map_err(|e| fail_io(raw, "remove", e))?;
+    /// A later entry replaces what an earlier one put at `rel` (as GNU tar does).
+    fn remove_existing(&mut self, rel: &Path, raw: &[u8]) -> Result<()> {
+        let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            // Two descriptors whatever the depth, never following a symlink inside.
+            (self.tree.remove_tree(rel, Owner::Any)).map_err(|e| fail_io(raw, "remove", e))?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
             self.written.retain(|d| !d.0.rel().starts_with(rel));
         } else {
-            fs::remove_file(abs).map_err(|e| fail_io(raw, "remove", e))?;
+            self.tree
+                .unlink(rel)
+                .map_err(|e| fail_io(raw, "remove", e))?;
             self.written.remove(key(rel));
         }
         Ok(())
@@ -279,14 +285,14 @@ impl<'a, 'u> Extractor<'a, 'u> {
         &mut self,
         rel: &Path,
         raw: &[u8],
-        stat: impl FnOnce() -> io::Result<fs::Metadata>,
+        stat: impl FnOnce() -> io::Result<crate::entry::Meta>,
         target: Option<&[u8]>,
     ) -> Result<()> {
         if self.opts.link_unchanged {
             let meta = stat().map_err(|e| fail_io(raw, "stat", e))?;
             self.list(Entry {
                 path: key(rel).into(),
-                meta: crate::entry::Meta::from(&meta),
+                meta,
                 target: target.map(Box::from),
             });
         }
@@ -303,8 +309,13 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.fix_dirs()?;
         let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
         written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let root_id = self
+            .tree
+            .id()
+            .map_err(|e| crate::Error::io("stat", self.tree.path(), e))?;
         Ok(Staged {
-            root: self.into.to_path_buf(),
+            root: self.tree.path().to_path_buf(),
+            root_id,
             root_mode: self.root_mode,
             entries: self.entries,
             reused: self.reused,
@@ -313,9 +324,14 @@ impl<'a, 'u> Extractor<'a, 'u> {
     }
 }
 
+/// The `lstat` of `rel` through the tree, as `Staged::written` lists it.
+fn lstat_meta(tree: &Tree, rel: &Path) -> io::Result<crate::entry::Meta> {
+    tree.lstat(rel).map(|st| crate::entry::Meta::from(&st))
+}
+
 /// The umask, read without changing it (Linux ≥ 4.7 shows it in /proc).
 fn current_umask() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
     u32::from_str_radix(value.trim(), 8).ok()
 }

@@ -4,8 +4,7 @@
 //!
 //! Never writes; reads the filesystem's size once, when the unpack starts.
 
-use std::path::Path;
-
+use crate::at::Tree;
 use crate::Result;
 
 use super::super::errors::archive_error;
@@ -25,8 +24,8 @@ pub(super) struct Space {
 }
 
 impl Space {
-    /// The guard of the filesystem holding `into`.
-    pub(super) fn new(into: &Path) -> Self {
+    /// The guard of the filesystem holding `into` (`fstatvfs` of its descriptor).
+    pub(super) fn new(into: &Tree) -> Self {
         Space {
             space: free_space(into),
             to_write: 0,
@@ -34,7 +33,7 @@ impl Space {
     }
 
     /// Counts a file of `size` bytes, refused when it does not fit.
-    pub(super) fn claim(&mut self, size: u64, into: &Path, opts: &UnpackOptions) -> Result<()> {
+    pub(super) fn claim(&mut self, size: u64, into: &Tree, opts: &UnpackOptions) -> Result<()> {
         let Some((free, frsize)) = self.space else {
             return Ok(());
         };
@@ -42,7 +41,7 @@ impl Space {
             .to_write
             .saturating_add(size.div_ceil(frsize).saturating_mul(frsize));
         if self.to_write > free.saturating_sub(SPACE_RESERVE) {
-            let fs = into.parent().unwrap_or(into);
+            let fs = into.path().parent().unwrap_or(into.path());
             return Err(archive_error(
                 opts,
                 format!(
@@ -61,7 +60,7 @@ impl Space {
     pub(super) fn claim_chunks(
         &mut self,
         chunks: &[(u64, u64)],
-        into: &Path,
+        into: &Tree,
         opts: &UnpackOptions,
     ) -> Result<()> {
         let (frsize, mut total) = (self.space.map_or(1, |(_, f)| f), 0u64);
@@ -75,12 +74,12 @@ impl Space {
 /// (bytes available to unprivileged users, fragment size) of the filesystem holding
 /// `dir`: `f_bavail * f_frsize`. `None` when unknown, or when the filesystem reports
 /// no size at all (some FUSE ones): such a filesystem is not guarded.
-fn free_space(dir: &Path) -> Option<(u64, u64)> {
-    let v = nix::sys::statvfs::statvfs(dir).ok()?;
-    if v.blocks() == 0 {
+fn free_space(dir: &Tree) -> Option<(u64, u64)> {
+    let v = rustix::fs::fstatvfs(dir.fd()).ok()?;
+    if v.f_blocks == 0 {
         return None;
     }
-    let frsize = v.fragment_size().max(1);
-    let free = v.blocks_available().saturating_mul(frsize);
+    let frsize = v.f_frsize.max(1);
+    let free = v.f_bavail.saturating_mul(frsize);
     Some((free, frsize))
 }

@@ -3,19 +3,18 @@
 //!
 //! Never changes a node it did not just create.
 
-use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
 use tar::EntryType;
 
-use crate::fsops::{self, Node};
+use crate::fsops::Node;
 use crate::log::shown;
 use crate::Result;
 
 use super::super::errors::{fail_from, fail_io};
 use super::super::gnu::PaxInfo;
-use super::{set_attrs, Extractor, Meta};
+use super::{lstat_meta, set_attrs, Extractor, Meta};
 
 impl Extractor<'_, '_> {
     /// A fifo or device node entry (`kind`: `Fifo`, `Char` or `Block`).
@@ -51,7 +50,6 @@ impl Extractor<'_, '_> {
     ) -> Result<()> {
         use nix::sys::stat::{makedev, SFlag};
         self.parents(rel, raw)?;
-        let abs = self.into.join(rel);
         let sflag = match kind {
             EntryType::Char => SFlag::S_IFCHR,
             EntryType::Block => SFlag::S_IFBLK,
@@ -68,19 +66,23 @@ impl Extractor<'_, '_> {
                 .map_err(|e| fail_from(raw, e.to_string(), e))?;
             makedev(major.unwrap_or(0).into(), minor.unwrap_or(0).into())
         };
-        let make = |abs: &Path| fsops::mknod_with(abs, sflag.bits(), meta.mode, dev);
-        match make(&abs) {
+        // The permission bits less the umask from the start (the chmod after it is
+        // skipped when the umask took nothing).
+        let make = |x: &Self| x.tree.mknod(rel, sflag.bits(), meta.mode & 0o777, dev);
+        match make(self) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove_existing(rel, &abs, raw)?;
-                make(&abs)
+                self.remove_existing(rel, raw)?;
+                make(self)
             }
             other => other,
         }
         .map_err(|e| fail_io(raw, "mknod", e))?;
-        // Just created by mknod, so not a symlink: the chmod cannot be redirected.
+        // Just created by mknod, and changed through the tree (the mode by an `O_PATH`
+        // descriptor): never another node.
         let attrs = meta.attrs(self.needs_chmod(meta.mode), true);
-        set_attrs(Node::At(&abs), &attrs).map_err(|why| why.of(raw))?;
-        self.note(rel, raw, || fs::symlink_metadata(&abs), None)?;
+        set_attrs(Node::In(self.tree, rel), &attrs).map_err(|why| why.of(raw))?;
+        let tree = self.tree;
+        self.note(rel, raw, || lstat_meta(tree, rel), None)?;
         self.entries += 1;
         Ok(())
     }
