@@ -142,8 +142,14 @@ pub enum Op {
 pub struct Plan {
     /// The source tree (set by the plan only: through [`plan_staged`], a verified tree).
     pub(crate) src: PathBuf,
+    /// The source root's device and inode when it was listed: [`apply`] works only in
+    /// that very directory.
+    pub(crate) src_id: Option<(u64, u64)>,
     /// The dest root the plan is for.
     pub dest: PathBuf,
+    /// Dest's device and inode when it was listed (`None`: it did not exist): [`apply`]
+    /// refuses another directory put there meanwhile.
+    pub(crate) dest_id: Option<(u64, u64)>,
     /// The steps, in the order [`apply`] runs them.
     pub actions: Vec<Action>,
     /// Entries already right in every respect, left out of `actions` (unless listed for
@@ -317,12 +323,20 @@ pub fn plan_staged(
     opts: &SyncOptions,
 ) -> Result<Plan> {
     let staged = staged.get();
-    let mut src = tree::source(&staged.root, filter)?;
+    let mut src = tree::source(&open_source(staged)?, filter)?;
     if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);
     }
-    let dest = tree::dest(dest, filter, &src)?;
+    let dest_tree = tree::open_dest(dest)?;
+    let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
     plan(src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+}
+
+/// The staged tree opened as the sync's source: the one place it is opened by path (a
+/// symlink at its name refused); [`apply`] reopens it only as this very directory.
+pub(crate) fn open_source(staged: &Staged) -> Result<crate::at::Tree> {
+    crate::at::Tree::open(&staged.root, false)
+        .map_err(|e| crate::Error::io("open", &staged.root, e))
 }
 
 /// [`plan_staged`] then [`apply`].
@@ -352,8 +366,9 @@ mod tests {
 
     /// The plan of `src` onto `dest` as deploy makes it, from trees on disk.
     fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
-        let src = tree::source(src, filter)?;
-        let dest = tree::dest(dest, filter, &src)?;
+        let src = tree::source(&crate::at::Tree::open(src, false).unwrap(), filter)?;
+        let dest_tree = tree::open_dest(dest)?;
+        let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
         plan(src, &dest, filter, &KeptFiles::new(), true)
     }
 
