@@ -77,15 +77,10 @@ pub fn create_beside<'t, T>(
     Err(Error::io("create temporary beside", tree.shown(rel), e))
 }
 
-/// A new empty regular file (mode 0600, `O_CREAT | O_EXCL | O_NOFOLLOW`) beside `rel`
-/// in `tree`, open for writing.
+/// A new empty regular file (mode 0600 less the umask, `O_CREAT | O_EXCL |
+/// O_NOFOLLOW`) beside `rel` in `tree`, open for writing; the caller sets its mode.
 pub fn file_beside<'t>(tree: &'t Tree, rel: &Path) -> Result<TempIn<'t, File>> {
-    create_beside(tree, rel, |t, r| {
-        let f = t.create_new(r, 0o600)?;
-        // The umask may have taken bits the caller sets later anyway; 0600 exactly.
-        f.set_permissions(Permissions::from_mode(0o600))?;
-        Ok(f)
-    })
+    create_beside(tree, rel, |t, r| t.create_new(r, 0o600))
 }
 
 impl<T> TempIn<'_, T> {

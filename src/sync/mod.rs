@@ -486,4 +486,63 @@ mod tests {
         let err = plan_paths(&src, &dest, &f).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
     }
+
+    #[test]
+    fn a_dest_directory_swapped_for_a_symlink_after_the_plan_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest, outside) = (t.path().join("s"), t.path().join("d"), t.path().join("o"));
+        write(&src.join("data/new"), "new", 1);
+        write(&dest.join("data/old"), "old", 1);
+        write(&outside.join("old"), "outside", 1);
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(dest.join("data"), t.path().join("moved")).unwrap();
+        symlink(&outside, dest.join("data")).unwrap();
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not followed"), "{err}");
+        let names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("old")]);
+        assert_eq!(fs::read(outside.join("old")).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn a_dest_or_source_replaced_after_the_plan_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        write(&src.join("f"), "new", 1);
+        fs::create_dir(&dest).unwrap();
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(&dest, t.path().join("d.old")).unwrap();
+        fs::create_dir(&dest).unwrap();
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(&src, t.path().join("s.old")).unwrap();
+        write(&src.join("f"), "swapped", 1);
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert!(!dest.join("f").exists());
+    }
+
+    #[test]
+    fn a_symlinked_dest_is_followed_at_its_own_name_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, real, dest) = (
+            t.path().join("s"),
+            t.path().join("real"),
+            t.path().join("d"),
+        );
+        write(&src.join("sub/f"), "x", 1);
+        fs::create_dir(&real).unwrap();
+        symlink(&real, &dest).unwrap();
+        sync_paths(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
+        assert_eq!(fs::read(real.join("sub/f")).unwrap(), b"x");
+        assert!(fs::symlink_metadata(&dest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
 }
