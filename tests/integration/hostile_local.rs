@@ -626,6 +626,11 @@ fn a_directory_swapped_for_a_symlink_during_the_sync_is_not_followed() {
         "root changed the symlink's target (stderr ends: {})",
         tail(&run.stderr)
     );
+    eprintln!(
+        "the deploy ended with {}: {}",
+        run.code(),
+        tail(&run.stderr)
+    );
     if run.code() != 0 {
         run.assert_log("data").assert_log("symbolic link");
     }
