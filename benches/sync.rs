@@ -153,7 +153,7 @@ fn benches(c: &mut Criterion) {
                     label: "bench".into(),
                     link_unchanged: false,
                 };
-                let mut probe = sync::DestProbe::new(&dest);
+                let mut probe = sync::DestProbe::new(&dest, true);
                 let staged = unpack::unpack(&archive[..], &staging, &unpack_opts, Some(&mut probe))
                     .expect("unpack");
                 assert_eq!(staged.reused.len(), TOP * SUB * FILES);

@@ -18,8 +18,6 @@
 //! It must never follow a symbolic link below a tree's root, never set a mode or owner
 //! by path, and never keep more than one cached descriptor per tree.
 
-#![allow(dead_code)] // until the tree writers use it (removed with the last port)
-
 use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -199,6 +197,13 @@ impl Tree {
         }
     }
 
+    /// Another handle on the same directory (its descriptor duplicated, its own
+    /// parent cache): for a thread of its own, as a `Tree` is not `Sync`.
+    pub fn try_clone(&self) -> io::Result<Tree> {
+        let fd = self.fd.try_clone()?;
+        Ok(Tree::from_fd(fd, self.path.clone()))
+    }
+
     /// The directory `rel` below this tree as a tree of its own.
     pub fn sub(&self, rel: &Path) -> io::Result<Tree> {
         Ok(Tree::from_fd(self.open_dir(rel)?, self.path.join(rel)))
@@ -371,12 +376,16 @@ impl Tree {
             .map(|t| PathBuf::from(OsString::from_vec(t.into_bytes())))
     }
 
-    /// `fchownat(AT_SYMLINK_NOFOLLOW)`.
+    /// `fchownat(AT_SYMLINK_NOFOLLOW)`; the root itself (empty `rel`) by `fchown` of
+    /// its descriptor.
     pub fn lchown(&self, rel: &Path, uid: u32, gid: u32) -> io::Result<()> {
         let (u, g) = (
             rustix::fs::Uid::from_raw(uid),
             rustix::fs::Gid::from_raw(gid),
         );
+        if rel.as_os_str().is_empty() {
+            return rustix::fs::fchown(&self.fd, Some(u), Some(g)).map_err(err);
+        }
         self.at(rel, |d, n| {
             rustix::fs::chownat(d, n, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
         })
@@ -1032,6 +1041,34 @@ mod tests {
         tr.create_new(Path::new("a/b/g"), 0o644).unwrap();
         assert!(t.path().join("a/b/g").exists());
         assert!(!t.path().join("a/b/f").exists());
+    }
+
+    #[test]
+    fn the_root_itself_takes_an_owner_a_mode_and_times() {
+        let t = tempfile::tempdir().unwrap();
+        let tr = tree(&t);
+        let me = rustix::process::geteuid().as_raw();
+        let my_gid = rustix::process::getegid().as_raw();
+        tr.lchown(Path::new(""), me, my_gid).unwrap();
+        tr.chmod(Path::new(""), 0o751).unwrap();
+        tr.set_times(Path::new(""), (1_000, 0), None).unwrap();
+        let st = tr.lstat(Path::new("")).unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_mtime), (0o751, 1_000));
+    }
+
+    #[test]
+    fn a_clone_is_the_same_directory_with_a_cache_of_its_own() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        let tr = tree(&t);
+        tr.create_new(Path::new("d/a"), 0o644).unwrap();
+        let c = tr.try_clone().unwrap();
+        assert_eq!(c.id().unwrap(), tr.id().unwrap());
+        assert_eq!(c.path(), tr.path());
+        let other = std::thread::spawn(move || c.names(Path::new("d")).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(other, vec![OsString::from("a")]);
     }
 
     #[test]

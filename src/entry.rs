@@ -34,19 +34,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of a file type (as `lstat` gives it).
-    pub(crate) fn of(ft: fs::FileType) -> Kind {
-        if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Special
-        }
-    }
-
     /// The kind of an `st_mode`: its type bits (none at all: a special of a type not
     /// known, see [`Kind::type_bits`]).
     fn of_mode(mode: u32) -> Kind {

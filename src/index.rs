@@ -42,6 +42,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::at::Tree;
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -320,8 +321,9 @@ fn scan_threads() -> usize {
         .clamp(1, 4)
 }
 
-/// Walks `root` as the sync does (never following symlinks below it; excluded
-/// entries neither listed nor descended into) and returns every entry, the root
+/// Walks `root` as the sync does (a symlink at `root` followed, none below it:
+/// every directory is read through descriptors, [`crate::at::Tree`]; excluded entries
+/// neither listed nor descended into) and returns every entry, the root
 /// first, sorted by path. Directories are read by a few threads in parallel; a
 /// worker that panics makes the scan fail with [`Error::WorkerPanic`] (never a
 /// hang, never a shorter listing).
@@ -331,18 +333,29 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Vec<Entry>> {
 
 /// How [`scan`] lists one directory: [`read_one`]'s signature, so that a test can
 /// hand in one that panics.
-type ReadDir = fn(&Path, &[u8], &Filter, &mut Vec<Entry>, &mut Vec<Vec<u8>>) -> Result<()>;
+type ReadDir = fn(&Tree, &[u8], &Filter, &mut Vec<Entry>, &mut Vec<Vec<u8>>) -> Result<()>;
 
 /// [`scan`], with `read` listing each directory.
 fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> {
-    // The root is followed, as the sync follows `DEST/`.
-    let m = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
-    let root_entry = Entry::new(Path::new(""), Meta::from(&m), None);
-    if root_entry.kind() != Kind::Dir {
-        return Err(Error::Dest {
-            path: root.to_path_buf(),
-            msg: "not a directory".into(),
-        });
+    // The root is followed, as the sync follows `DEST/`; nothing below it is: each
+    // worker reads its directories through a descriptor of the root of its own.
+    let tree = match Tree::open(root, true) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::Dest {
+                path: root.to_path_buf(),
+                msg: "not a directory".into(),
+            })
+        }
+        Err(e) => return Err(Error::io("stat", root, e)),
+    };
+    let st = tree
+        .lstat(Path::new(""))
+        .map_err(|e| Error::io("stat", root, e))?;
+    let root_entry = Entry::new(Path::new(""), Meta::from(&st), None);
+    let mut trees = Vec::new();
+    for _ in 1..scan_threads() {
+        trees.push(tree.try_clone().map_err(|e| Error::io("open", root, e))?);
     }
     struct Queue {
         dirs: Vec<Vec<u8>>,
@@ -366,7 +379,7 @@ fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> 
     // `read`, so a poisoned lock still holds a consistent queue: it is used as it is,
     // and the panic that poisoned it is reported through that thread's `join`.
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
-    let worker = || -> Vec<Entry> {
+    let worker = |tree: Tree| -> Vec<Entry> {
         let mut found = Vec::new();
         loop {
             let dir = {
@@ -391,7 +404,7 @@ fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> 
             // wake the others, or they would wait for it forever. What `found` holds
             // after it does not matter: a failed scan returns none of it.
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                read(root, &dir, filter, &mut found, &mut subdirs)
+                read(&tree, &dir, filter, &mut found, &mut subdirs)
             }))
             .unwrap_or_else(|payload| Err(panicked(dir_path(root, &dir), payload.as_ref())));
             let mut q = lock();
@@ -406,8 +419,11 @@ fn scan_with(root: &Path, filter: &Filter, read: ReadDir) -> Result<Vec<Entry>> 
     let mut all = vec![root_entry];
     let mut joined = Ok(());
     std::thread::scope(|s| {
-        let handles: Vec<_> = (1..scan_threads()).map(|_| s.spawn(worker)).collect();
-        all.extend(worker());
+        let handles: Vec<_> = trees
+            .into_iter()
+            .map(|t| s.spawn(move || worker(t)))
+            .collect();
+        all.extend(worker(tree));
         for h in handles {
             match h.join() {
                 Ok(v) => all.extend(v),
@@ -439,47 +455,53 @@ fn dir_path(root: &Path, dir: &[u8]) -> PathBuf {
 }
 
 /// Lists one directory of the scan: its entries into `found`, its subdirectories
-/// (not excluded) into `subdirs`.
+/// (not excluded) into `subdirs`. The directory is opened below the tree's root and
+/// each entry `lstat`-ed in it, never following a symlink (one swapped in for a
+/// directory meanwhile fails the scan, naming it).
 fn read_one(
-    root: &Path,
+    tree: &Tree,
     dir: &[u8],
     filter: &Filter,
     found: &mut Vec<Entry>,
     subdirs: &mut Vec<Vec<u8>>,
 ) -> Result<()> {
-    let abs = dir_path(root, dir);
-    let rd = std::fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))?;
-    for item in rd {
-        let item = item.map_err(|e| Error::io("read directory", &abs, e))?;
-        let name = item.file_name().into_vec();
+    let dir_rel = Path::new(std::ffi::OsStr::from_bytes(dir));
+    let names = tree
+        .names(dir_rel)
+        .map_err(|e| Error::io("read directory", tree.shown(dir_rel), e))?;
+    for name in names {
+        let name = name.into_vec();
         let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
         if !dir.is_empty() {
             rel.extend_from_slice(dir);
             rel.push(b'/');
         }
         rel.extend_from_slice(&name);
-        let ft = item
-            .file_type()
-            .map_err(|e| Error::io("stat", item.path(), e))?;
-        if filter.is_excluded(Path::new(std::ffi::OsStr::from_bytes(&rel)), ft.is_dir()) {
+        let rel_path = Path::new(std::ffi::OsStr::from_bytes(&rel));
+        let st = match tree.lstat(rel_path) {
+            Ok(st) => st,
+            // Gone since the directory was read: as if it never was.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", tree.shown(rel_path), e)),
+        };
+        let meta = Meta::from(&st);
+        if filter.is_excluded(rel_path, meta.kind() == Kind::Dir) {
             continue;
         }
-        let m = item
-            .metadata()
-            .map_err(|e| Error::io("stat", item.path(), e))?;
-        let target = if m.file_type().is_symlink() {
-            let t = std::fs::read_link(item.path())
-                .map_err(|e| Error::io("readlink", item.path(), e))?;
+        let target = if meta.kind() == Kind::Symlink {
+            let t = tree
+                .read_link(rel_path)
+                .map_err(|e| Error::io("readlink", tree.shown(rel_path), e))?;
             Some(t.into_os_string().into_vec().into_boxed_slice())
         } else {
             None
         };
-        if m.is_dir() {
+        if meta.kind() == Kind::Dir {
             subdirs.push(rel.clone());
         }
         found.push(Entry {
             path: rel.into_boxed_slice(),
-            meta: Meta::from(&m),
+            meta,
             target,
         });
     }
@@ -491,6 +513,9 @@ fn read_one(
 /// the sync already read, without walking `dest` again (only a dest-only directory
 /// kept for its excluded entries is looked at again).
 pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
+    // Opened once, only when a kept directory needs a look (dest followed, as the sync
+    // follows `DEST/`; nothing below it).
+    let dest = std::cell::OnceCell::new();
     let mut out: Vec<Entry> = plan
         .after
         .iter()
@@ -498,8 +523,10 @@ pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
             let meta = if a.fate == crate::sync::Fate::Left {
                 // A dest-only directory kept for its excluded entries: the deletions
                 // in it set its mtime to "now". One lstat each (they are rare).
-                let p = plan.dest.join(a.src.rel());
-                Meta::from(&std::fs::symlink_metadata(&p).ok()?)
+                let tree = dest
+                    .get_or_init(|| Tree::open(&plan.dest, true).ok())
+                    .as_ref()?;
+                Meta::from(&tree.lstat(a.src.rel()).ok()?)
             } else {
                 a.result(preserve_owner)?
             };
@@ -658,7 +685,7 @@ mod tests {
     /// `read_one`, but a panic in the directory `a/b` (deep: other workers are busy
     /// or waiting when it happens).
     fn panic_in_a_b(
-        root: &Path,
+        root: &Tree,
         dir: &[u8],
         filter: &Filter,
         found: &mut Vec<Entry>,
@@ -673,7 +700,7 @@ mod tests {
     /// `read_one`, but a panic in the root: the one directory there is, so every
     /// other worker is waiting for it.
     fn panic_in_root(
-        root: &Path,
+        root: &Tree,
         dir: &[u8],
         filter: &Filter,
         found: &mut Vec<Entry>,

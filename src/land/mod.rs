@@ -133,7 +133,7 @@ pub(crate) fn for_deploy<'a>(ctx: Ctx<'a>, dry_run: bool) -> Result<Box<dyn Land
 fn staging_beside(ctx: &Ctx, probed: Option<&Path>) -> Result<Stage> {
     Ok(Stage {
         staging: ctx.work.staging_dir()?,
-        probe: probed.map(DestProbe::new),
+        probe: probed.map(|dest| DestProbe::new(dest, true)),
         link_unchanged: false,
         reused_in: ctx.dest.to_path_buf(),
         reused_how: format!("left in place in {}", ctx.dest.display()),

@@ -142,7 +142,7 @@ impl Land for Releaser<'_> {
             return staging_beside(&self.ctx, None);
         };
         let probe = match (&slot.live, reuse) {
-            (Some(live), true) => Some(DestProbe::new(slot.dir.join(live))),
+            (Some(live), true) => Some(DestProbe::new(&slot.dir.join(live), false)),
             _ => None,
         };
         let staging = Staging::create_at(&slot.partial)?;

@@ -1,21 +1,72 @@
 //! Carries a [`Plan`] out in `dest`: one small function per [`Op`], in the plan's order.
 //!
+//! Every change is made relative to directory descriptors ([`crate::at::Tree`]): dest
+//! is reopened as the very directory the plan listed (a symlink at dest itself
+//! followed, rsync's `DEST/`), the source as the very staged directory, and every path
+//! below them is resolved without following a symlink, also one another user swaps in
+//! for a directory while the sync runs: such a change fails naming it.
+//!
 //! It must never write outside `dest` (and the source, when it is consumed), never
 //! write through a symlink, and never leave a half-written file under its final name:
 //! every new node is made under a temporary name beside it and renamed over
 //! ([`crate::fsops`]).
 
 use std::collections::HashSet;
-use std::fs::{self, File, Permissions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use super::{Action, Op, Plan, Stats, SyncOptions};
+use super::{tree, Action, Op, Plan, Stats, SyncOptions};
+use crate::at::Tree;
 use crate::entry::{Kind, Meta};
-use crate::error::IoContext;
 use crate::fsops::{self, Attrs};
 use crate::{Error, Result};
+
+/// The two trees a plan is carried out between.
+struct Trees {
+    /// The staged tree (`None`: a plan made by hand without one).
+    src: Option<Tree>,
+    /// Dest (`None` until made, when it did not exist).
+    dest: Option<Tree>,
+}
+
+impl Trees {
+    /// Reopens the plan's trees, refusing a directory that is not the one listed.
+    fn open(plan: &Plan) -> Result<Trees> {
+        let src = match plan.src_id {
+            Some(id) => {
+                Some(Tree::open_same(&plan.src, id).map_err(|e| Error::io("open", &plan.src, e))?)
+            }
+            None => None,
+        };
+        let dest = tree::open_dest(&plan.dest)?;
+        let now = match &dest {
+            Some(t) => Some(t.id().map_err(|e| Error::io("stat", &plan.dest, e))?),
+            None => None,
+        };
+        if now.is_some() && now != plan.dest_id {
+            return Err(Error::Sync {
+                path: plan.dest.clone(),
+                msg: "replaced while the deploy ran: refused".into(),
+            });
+        }
+        Ok(Trees { src, dest })
+    }
+
+    fn src(&self, plan: &Plan) -> Result<&Tree> {
+        self.src.as_ref().ok_or_else(|| Error::Sync {
+            path: plan.src.clone(),
+            msg: "the plan has no source tree".into(),
+        })
+    }
+
+    fn dest(&self, plan: &Plan) -> Result<&Tree> {
+        self.dest.as_ref().ok_or_else(|| Error::Sync {
+            path: plan.dest.clone(),
+            msg: "does not exist".into(),
+        })
+    }
+}
 
 /// Carries out `plan`. Stops at the first error, which names the path.
 pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
@@ -23,8 +74,11 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
         unchanged: plan.uptodate,
         ..Stats::default()
     };
+    let mut trees = Trees::open(plan)?;
     if !nix::unistd::geteuid().is_root() {
-        make_writable(plan)?;
+        if let Some(dest) = &trees.dest {
+            make_writable(plan, dest)?;
+        }
     }
     // With `move_source`, a directory renamed whole into dest carries its subtree:
     // the actions below it are already done. Each entry that arrived with it is still
@@ -39,10 +93,18 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
             continue;
         }
         crate::interrupt::check()?;
+        if let (true, Op::MakeDir { whole, .. }) = (a.rel.as_os_str().is_empty(), &a.op) {
+            if make_root(plan, a, *whole, opts, &mut trees)? == Applied::MovedWhole {
+                moved = Some(&a.rel);
+            }
+            count_new(&mut stats, None);
+            continue;
+        }
         let step = Step {
             plan,
             a,
-            path: &plan.dest.join(&a.rel),
+            src: &trees,
+            dest: trees.dest(plan)?,
             opts,
         };
         if step.run(&mut stats)? == Applied::MovedWhole {
@@ -63,11 +125,93 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
     Ok(stats)
 }
 
+/// Makes dest itself, absent when the plan was made: its parents by path (the path up
+/// to dest is trusted, SPEC §17), then dest in its parent's descriptor, renamed from
+/// the source whole when it may be (the very directory listed, checked before and
+/// after), else made empty; dest's tree is opened from its parent.
+fn make_root(
+    plan: &Plan,
+    a: &Action,
+    whole: bool,
+    opts: &SyncOptions,
+    trees: &mut Trees,
+) -> Result<Applied> {
+    if opts.verbosity >= 1 {
+        crate::logln!("{a}");
+    }
+    let path = &plan.dest;
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        ),
+        _ => {
+            return Err(Error::Sync {
+                path: path.clone(),
+                msg: "no name to make the destination at".into(),
+            })
+        }
+    };
+    std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+    let parent_tree = Tree::open(parent, true).map_err(|e| Error::io("open", parent, e))?;
+    let name = Path::new(name);
+    let mut applied = Applied::Done;
+    let src_parent = plan.src.parent().filter(|p| !p.as_os_str().is_empty());
+    if let (true, true, Some(src_id), Some(src_parent), Some(src_name)) = (
+        opts.move_source,
+        whole,
+        plan.src_id,
+        src_parent,
+        plan.src.file_name(),
+    ) {
+        let from = Tree::open(src_parent, true).map_err(|e| Error::io("open", src_parent, e))?;
+        let src_name = Path::new(src_name);
+        let same = |t: &Tree, rel: &Path| {
+            t.lstat(rel)
+                .is_ok_and(|st| (st.st_dev, st.st_ino) == src_id)
+        };
+        if !same(&from, src_name) {
+            return Err(Error::Sync {
+                path: plan.src.clone(),
+                msg: "replaced while the deploy ran: refused".into(),
+            });
+        }
+        match from.rename(src_name, &parent_tree, name) {
+            Ok(()) => {
+                if !same(&parent_tree, name) {
+                    return Err(Error::Sync {
+                        path: path.clone(),
+                        msg: "not the staged directory after the rename: refused".into(),
+                    });
+                }
+                applied = Applied::MovedWhole;
+            }
+            // Another filesystem: build it entry by entry instead.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
+            Err(e) => return Err(Error::io("rename into", path, e)),
+        }
+    }
+    if applied == Applied::Done {
+        parent_tree
+            .mkdir(name, 0o700)
+            .map_err(|e| Error::io("mkdir", path, e))?;
+    }
+    let dest = parent_tree
+        .sub(name)
+        .map_err(|e| Error::io("open", path, e))?;
+    trees.dest = Some(dest);
+    Ok(applied)
+}
+
 /// Directories we must write into (or empty) need u+rwx meanwhile when not root (rsync
 /// does the same); `DirAttrs` / `KeepNonEmpty` put the final mode back. They are the
 /// parents of deletions (which covers directories replaced by another type) and the
 /// dirty directories dest has already.
-fn make_writable(plan: &Plan) -> Result<()> {
+fn make_writable(plan: &Plan, dest: &Tree) -> Result<()> {
     let mut dirs: HashSet<&Path> = HashSet::new();
     for a in &plan.actions {
         match &a.op {
@@ -85,11 +229,13 @@ fn make_writable(plan: &Plan) -> Result<()> {
         }
     }
     for rel in dirs {
-        let p = plan.dest.join(rel);
-        let m = fs::symlink_metadata(&p).ctx("stat", &p)?;
-        if m.is_dir() && m.mode() & 0o700 != 0o700 {
-            fs::set_permissions(&p, Permissions::from_mode((m.mode() & 0o7777) | 0o700))
-                .ctx("chmod", &p)?;
+        let st = dest
+            .lstat(rel)
+            .map_err(|e| Error::io("stat", dest.shown(rel), e))?;
+        let is_dir = Meta::from(&st).kind() == Kind::Dir;
+        if is_dir && st.st_mode & 0o700 != 0o700 {
+            dest.chmod(rel, (st.st_mode & 0o7777) | 0o700)
+                .map_err(|e| Error::io("chmod", dest.shown(rel), e))?;
         }
     }
     Ok(())
@@ -126,11 +272,12 @@ enum Applied {
     MovedWhole,
 }
 
-/// One action of a plan, at `path` in dest.
+/// One action of a plan, at `a.rel` in dest.
 struct Step<'a> {
     plan: &'a Plan,
     a: &'a Action,
-    path: &'a Path,
+    src: &'a Trees,
+    dest: &'a Tree,
     opts: &'a SyncOptions,
 }
 
@@ -167,16 +314,27 @@ impl Step<'_> {
         Ok(Applied::Done)
     }
 
+    /// `rel` in dest, for messages.
+    fn shown(&self) -> std::path::PathBuf {
+        self.dest.shown(&self.a.rel)
+    }
+
+    fn rel(&self) -> &Path {
+        &self.a.rel
+    }
+
+    /// A dest entry the plan deletes; a directory is empty by then (the plan deletes
+    /// its contents first, each by `unlinkat` in its own directory).
     fn delete(&self, dest: &Meta, stats: &mut Stats) -> Result<()> {
         let r = if dest.kind() == Kind::Dir {
-            fs::remove_dir(self.path)
+            self.dest.rmdir(self.rel())
         } else {
-            fs::remove_file(self.path)
+            self.dest.unlink(self.rel())
         };
         match r {
             Ok(()) => stats.deleted += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("delete", self.path, e)),
+            Err(e) => return Err(Error::io("delete", self.shown(), e)),
         }
         Ok(())
     }
@@ -184,37 +342,32 @@ impl Step<'_> {
     /// The directory stays; its mode (made u+rwx meanwhile) is put back.
     fn keep_non_empty(&self, dest: &Meta) -> Result<()> {
         if dest.perms() & 0o700 != 0o700 {
-            fs::set_permissions(self.path, Permissions::from_mode(dest.perms()))
-                .ctx("chmod", self.path)?;
+            self.dest
+                .chmod(self.rel(), dest.perms())
+                .map_err(|e| Error::io("chmod", self.shown(), e))?;
         }
         Ok(())
     }
 
     fn make_dir(&self, existing: Option<Kind>, whole: bool, stats: &mut Stats) -> Result<Applied> {
-        let path = self.path;
-        if self.a.rel.as_os_str().is_empty() {
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).ctx("create", parent)?;
-            }
-        } else {
-            clear_for(path, existing)?;
-        }
+        clear_for(self.dest, self.rel(), existing)?;
         if self.opts.move_source && whole {
-            let from = self.plan.src.join(&self.a.rel);
-            match fs::rename(&from, path) {
+            let src = self.src.src(self.plan)?;
+            match src.rename(self.rel(), self.dest, self.rel()) {
                 Ok(()) => {
+                    src.forget();
+                    self.dest.forget();
                     count_new(stats, existing);
                     return Ok(Applied::MovedWhole);
                 }
                 // Another filesystem: build it entry by entry instead.
                 Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {}
-                Err(e) => return Err(Error::io("rename into", path, e)),
+                Err(e) => return Err(Error::io("rename into", self.shown(), e)),
             }
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path)
-            .ctx("mkdir", path)?;
+        self.dest
+            .mkdir(self.rel(), 0o700)
+            .map_err(|e| Error::io("mkdir", self.shown(), e))?;
         count_new(stats, existing);
         Ok(Applied::Done)
     }
@@ -227,11 +380,11 @@ impl Step<'_> {
         stats: &mut Stats,
     ) -> Result<()> {
         if existing == Some(Kind::Dir) {
-            clear_for(self.path, existing)?;
+            clear_for(self.dest, self.rel(), existing)?;
         }
-        let from = self.plan.src.join(&self.a.rel);
-        if !(self.opts.move_source && !linked && move_file(&from, self.path)?) {
-            write_file(&from, self.path, src, self.opts)?;
+        let from = self.src.src(self.plan)?;
+        if !(self.opts.move_source && !linked && move_file(from, self.dest, self.rel())?) {
+            write_file(from, self.dest, self.rel(), src, self.opts)?;
         }
         stats.bytes_copied += src.size;
         count_new(stats, existing);
@@ -246,17 +399,17 @@ impl Step<'_> {
         stats: &mut Stats,
     ) -> Result<()> {
         if existing == Some(Kind::Dir) {
-            clear_for(self.path, existing)?;
+            clear_for(self.dest, self.rel(), existing)?;
         }
-        let tmp = fsops::create_beside(self.path, |t| std::os::unix::fs::symlink(target, t))?;
+        let tmp = fsops::create_beside(self.dest, self.rel(), |t, r| t.symlink(target, r))?;
         let attrs = Attrs {
             owner: self.opts.preserve_owner.then_some((src.uid, src.gid)),
             mode: None,
             mtime: Some((src.mtime, src.mtime_nsec)),
             atime: None,
         };
-        fsops::set_attrs(tmp.path(), &attrs, false)?;
-        fsops::rename_to(tmp, self.path)?;
+        fsops::set_attrs(self.dest, tmp.rel(), &attrs)?;
+        tmp.rename_to(self.rel())?;
         count_new(stats, existing);
         Ok(())
     }
@@ -275,17 +428,19 @@ impl Step<'_> {
             crate::logln!("{}", self.a);
         }
         if existing == Some(Kind::Dir) {
-            clear_for(self.path, existing)?;
+            clear_for(self.dest, self.rel(), existing)?;
         }
-        let tmp = fsops::create_beside(self.path, |t| fsops::mknod(t, src.mode, src.rdev()))?;
+        let tmp = fsops::create_beside(self.dest, self.rel(), |t, r| {
+            t.mknod(r, src.mode, 0o600, src.rdev())
+        })?;
         let attrs = Attrs {
             owner: Some((src.uid, src.gid)),
             mode: Some(src.perms()),
             mtime: Some((src.mtime, src.mtime_nsec)),
             atime: None,
         };
-        fsops::set_attrs(tmp.path(), &attrs, false)?;
-        fsops::rename_to(tmp, self.path)?;
+        fsops::set_attrs(self.dest, tmp.rel(), &attrs)?;
+        tmp.rename_to(self.rel())?;
         count_new(stats, existing);
         Ok(())
     }
@@ -311,7 +466,7 @@ impl Step<'_> {
             }
             attrs.mode = Some(src.perms());
         }
-        fsops::set_attrs(self.path, &attrs, false)?;
+        fsops::set_attrs(self.dest, self.rel(), &attrs)?;
         stats.unchanged += 1;
         Ok(())
     }
@@ -343,8 +498,9 @@ impl Step<'_> {
             mtime: retime.then_some((src.mtime, src.mtime_nsec)),
             atime: None,
         };
-        // Only the root may be a symlink to a directory (`DEST/` follows it).
-        fsops::set_attrs(self.path, &attrs, self.a.rel.as_os_str().is_empty())?;
+        // The root (empty `rel`) through the tree's own descriptor: the directory a
+        // symlinked `DEST/` names, as rsync does.
+        fsops::set_attrs(self.dest, self.rel(), &attrs)?;
         if dest.is_some() {
             stats.unchanged += 1;
         }
@@ -359,46 +515,53 @@ fn count_new(stats: &mut Stats, existing: Option<Kind>) {
     }
 }
 
-/// Renames a staged file over `to` (atomic). `false` when the two are on different
-/// filesystems and the caller must copy. The staged file already carries the mode,
-/// mtime and owner a copy would get, since a copy takes them from it.
-fn move_file(from: &Path, to: &Path) -> Result<bool> {
-    match fs::rename(from, to) {
+/// Renames the staged file `rel` over the same name in dest (atomic). `false` when
+/// the two are on different filesystems and the caller must copy. The staged file
+/// already carries the mode, mtime and owner a copy would get, since a copy takes them
+/// from it.
+fn move_file(src: &Tree, dest: &Tree, rel: &Path) -> Result<bool> {
+    match src.rename(rel, dest, rel) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => Ok(false),
-        Err(e) => Err(Error::io("rename into", to, e)),
+        Err(e) => Err(Error::io("rename into", dest.shown(rel), e)),
     }
 }
 
-/// Removes what stands in the way of a new entry of another type: an (already emptied)
-/// directory, or a non-directory when a directory is to be made there.
-fn clear_for(path: &Path, existing: Option<Kind>) -> Result<()> {
+/// Removes what stands in the way of a new entry of another type at `rel`: an (already
+/// emptied) directory, or a non-directory when a directory is to be made there.
+fn clear_for(dest: &Tree, rel: &Path, existing: Option<Kind>) -> Result<()> {
     let r = match existing {
         None => return Ok(()),
-        Some(Kind::Dir) => fs::remove_dir(path),
-        Some(_) => fs::remove_file(path),
+        Some(Kind::Dir) => dest.rmdir(rel),
+        Some(_) => dest.unlink(rel),
     };
     match r {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::io("remove", dest.shown(rel), e))
+        }
         _ => Ok(()),
     }
 }
 
-/// Writes `from` to a temp file beside `to` with `meta`'s owner, mode and mtime, then
-/// renames it over `to`.
-fn write_file(from: &Path, to: &Path, meta: &Meta, opts: &SyncOptions) -> Result<()> {
-    let mut input = File::open(from).ctx("open", from)?;
-    let mut tmp = fsops::file_beside(to)?;
-    let tmp_path = tmp.path().to_path_buf();
-    copy_keeping_holes(&mut input, tmp.as_file_mut(), meta.size).ctx("write", &tmp_path)?;
+/// Writes the source's `rel` (opened through the source tree, never following a
+/// symlink) to a temp file beside `rel` in dest with `meta`'s owner, mode and mtime,
+/// then renames it over `rel`.
+fn write_file(src: &Tree, dest: &Tree, rel: &Path, meta: &Meta, opts: &SyncOptions) -> Result<()> {
+    let mut input = src
+        .open_file(rel)
+        .map_err(|e| Error::io("open", src.shown(rel), e))?;
+    let mut tmp = fsops::file_beside(dest, rel)?;
+    let tmp_path = dest.shown(tmp.rel());
+    copy_keeping_holes(&mut input, tmp.get_mut(), meta.size)
+        .map_err(|e| Error::io("write", &tmp_path, e))?;
     let attrs = Attrs {
         owner: opts.preserve_owner.then_some((meta.uid, meta.gid)),
         mode: Some(meta.perms()),
         mtime: Some((meta.mtime, meta.mtime_nsec)),
         atime: None,
     };
-    fsops::set_file_attrs(tmp.as_file(), &tmp_path, &attrs)?;
-    fsops::rename_to(tmp, to)?;
+    fsops::set_file_attrs(tmp.get(), &tmp_path, &attrs)?;
+    tmp.rename_to(rel)?;
     Ok(())
 }
 

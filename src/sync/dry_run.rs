@@ -112,13 +112,18 @@ pub(crate) fn renamed(staged: &Verified<Staged>, dest: &Path) -> Result<Vec<Chan
         "Dry run: sync_strategy mv renames the unpacked tree onto {}",
         dest.display()
     );
-    if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
+    let holds_something = tree::open_dest(dest)
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.names(Path::new("")).is_ok_and(|n| !n.is_empty()));
+    if holds_something {
         logln!(
             "Dry run: {} is not empty: mv fails unless a pre command empties it",
             dest.display()
         );
     }
-    let walked = tree::walk(&staged.get().root, Path::new(""), &Filter::empty())?;
+    let src = super::open_source(staged.get())?;
+    let walked = tree::walk(&src, Path::new(""), &Filter::empty())?;
     let changes = walked.entries.into_iter().map(|e| {
         let tail = match (e.kind(), e.target_path()) {
             (Kind::Dir, _) => b"/".to_vec(),

@@ -142,8 +142,14 @@ pub enum Op {
 pub struct Plan {
     /// The source tree (set by the plan only: through [`plan_staged`], a verified tree).
     pub(crate) src: PathBuf,
+    /// The source root's device and inode when it was listed: [`apply`] works only in
+    /// that very directory.
+    pub(crate) src_id: Option<(u64, u64)>,
     /// The dest root the plan is for.
     pub dest: PathBuf,
+    /// Dest's device and inode when it was listed (`None`: it did not exist): [`apply`]
+    /// refuses another directory put there meanwhile.
+    pub(crate) dest_id: Option<(u64, u64)>,
     /// The steps, in the order [`apply`] runs them.
     pub actions: Vec<Action>,
     /// Entries already right in every respect, left out of `actions` (unless listed for
@@ -317,12 +323,20 @@ pub fn plan_staged(
     opts: &SyncOptions,
 ) -> Result<Plan> {
     let staged = staged.get();
-    let mut src = tree::source(&staged.root, filter)?;
+    let mut src = tree::source(&open_source(staged)?, filter)?;
     if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);
     }
-    let dest = tree::dest(dest, filter, &src)?;
+    let dest_tree = tree::open_dest(dest)?;
+    let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
     plan(src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+}
+
+/// The staged tree opened as the sync's source: the one place it is opened by path (a
+/// symlink at its name refused); [`apply`] reopens it only as this very directory.
+pub(crate) fn open_source(staged: &Staged) -> Result<crate::at::Tree> {
+    crate::at::Tree::open_same(&staged.root, staged.root_id)
+        .map_err(|e| crate::Error::io("open", &staged.root, e))
 }
 
 /// [`plan_staged`] then [`apply`].
@@ -352,8 +366,9 @@ mod tests {
 
     /// The plan of `src` onto `dest` as deploy makes it, from trees on disk.
     fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
-        let src = tree::source(src, filter)?;
-        let dest = tree::dest(dest, filter, &src)?;
+        let src = tree::source(&crate::at::Tree::open(src, false).unwrap(), filter)?;
+        let dest_tree = tree::open_dest(dest)?;
+        let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
         plan(src, &dest, filter, &KeptFiles::new(), true)
     }
 
@@ -470,5 +485,64 @@ mod tests {
         let f = Filter::new(None, &["*.log".into()]).unwrap();
         let err = plan_paths(&src, &dest, &f).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_dest_directory_swapped_for_a_symlink_after_the_plan_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest, outside) = (t.path().join("s"), t.path().join("d"), t.path().join("o"));
+        write(&src.join("data/new"), "new", 1);
+        write(&dest.join("data/old"), "old", 1);
+        write(&outside.join("old"), "outside", 1);
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(dest.join("data"), t.path().join("moved")).unwrap();
+        symlink(&outside, dest.join("data")).unwrap();
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not followed"), "{err}");
+        let names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("old")]);
+        assert_eq!(fs::read(outside.join("old")).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn a_dest_or_source_replaced_after_the_plan_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        write(&src.join("f"), "new", 1);
+        fs::create_dir(&dest).unwrap();
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(&dest, t.path().join("d.old")).unwrap();
+        fs::create_dir(&dest).unwrap();
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+
+        let plan = plan_paths(&src, &dest, &Filter::empty()).unwrap();
+        fs::rename(&src, t.path().join("s.old")).unwrap();
+        write(&src.join("f"), "swapped", 1);
+        let err = apply(&plan, &SyncOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert!(!dest.join("f").exists());
+    }
+
+    #[test]
+    fn a_symlinked_dest_is_followed_at_its_own_name_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, real, dest) = (
+            t.path().join("s"),
+            t.path().join("real"),
+            t.path().join("d"),
+        );
+        write(&src.join("sub/f"), "x", 1);
+        fs::create_dir(&real).unwrap();
+        symlink(&real, &dest).unwrap();
+        sync_paths(&src, &dest, &Filter::empty(), &SyncOptions::default()).unwrap();
+        assert_eq!(fs::read(real.join("sub/f")).unwrap(), b"x");
+        assert!(fs::symlink_metadata(&dest)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

@@ -33,6 +33,7 @@ pub(crate) fn plan(
 ) -> Result<Plan> {
     let Listing {
         root: src_root,
+        id: src_id,
         root_meta,
         walked: Walked {
             entries,
@@ -90,7 +91,7 @@ pub(crate) fn plan(
         }
     }
     p.check_kept_seen(filter)?;
-    Ok(p.finish(src_root, dest))
+    Ok(p.finish((src_root, src_id), dest))
 }
 
 /// Source directories that cannot be moved whole: something below is excluded (it
@@ -326,7 +327,7 @@ impl Planner<'_> {
 
     /// The actions in order: deletions children first (the reverse of the walk's
     /// pre-order), creations and updates, directory attributes children first.
-    fn finish(mut self, src_root: PathBuf, dest: &Listing) -> Plan {
+    fn finish(mut self, (src_root, src_id): (PathBuf, Option<(u64, u64)>), dest: &Listing) -> Plan {
         self.deletes.reverse();
         let mut actions = self.deletes;
         actions.extend(self.updates);
@@ -349,7 +350,9 @@ impl Planner<'_> {
         }
         Plan {
             src: src_root,
+            src_id,
             dest: dest.root.clone(),
+            dest_id: dest.id,
             actions,
             uptodate: self.uptodate,
             after: self.after,
@@ -435,6 +438,7 @@ mod tests {
     fn listing(root: &str, entries: Vec<Entry>, excluded: &[(&str, Kind)]) -> Listing {
         Listing {
             root: root.into(),
+            id: None,
             root_meta: Some(meta(Kind::Dir, 0o755, 4096, 100)),
             walked: Walked {
                 entries,

@@ -4,13 +4,14 @@
 //!
 //! It must never write anything; the probe only reads the tree it was given.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::Kept;
-use crate::entry::Meta;
+use crate::at::Tree;
+use crate::entry::{Kind, Meta};
+use rustix::fs::Stat;
 
 /// What the quick check compares: the size, and the mtime in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,55 +57,37 @@ pub fn quick_check(a: impl Into<Quick>, b: impl Into<Quick>) -> bool {
 
 /// The unpack-time quick check against an existing tree (`dest`, or the live release):
 /// a regular file equal to the entry by [`quick_check`], mode (and owner) is not
-/// written. Only reads the tree.
+/// written. Only reads the tree, through its descriptor ([`Tree`]): a file is found
+/// only through real directories, never through a symlink (which the sync would
+/// replace), also one swapped in while the unpack runs.
 pub struct DestProbe {
-    root: PathBuf,
-    /// Directories below `root` already checked: true when a real directory (reached
-    /// through real directories only), so files in it may be reused.
-    dirs: HashMap<PathBuf, bool>,
+    /// `None` when the tree could not be opened (absent): nothing is found.
+    tree: Option<Tree>,
 }
 
 impl DestProbe {
-    /// A probe of the tree at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> DestProbe {
+    /// A probe of the tree at `root`; `follow`: a symlink at `root` itself is followed
+    /// (rsync's `DEST/`), else refused. A root that cannot be opened finds nothing.
+    pub fn new(root: &Path, follow: bool) -> DestProbe {
         DestProbe {
-            root: root.into(),
-            dirs: HashMap::new(),
+            tree: Tree::open(root, follow).ok(),
         }
-    }
-
-    /// Whether `root/rel` is a real directory reached through real directories only
-    /// (never through a symlink, which the sync would replace).
-    fn real_dir(&mut self, rel: &Path) -> bool {
-        if let Some(&ok) = self.dirs.get(rel) {
-            return ok;
-        }
-        let ok = match rel.parent() {
-            // dest itself may be a symlink to a directory (rsync's `DEST/` follows it).
-            None => fs::metadata(&self.root).is_ok_and(|m| m.is_dir()),
-            Some(parent) => {
-                self.real_dir(parent)
-                    && fs::symlink_metadata(self.root.join(rel)).is_ok_and(|m| m.is_dir())
-            }
-        };
-        self.dirs.insert(rel.to_path_buf(), ok);
-        ok
     }
 }
 
 impl crate::unpack::Unchanged for DestProbe {
-    fn find(&mut self, rel: &Path, want: &Kept) -> Option<(PathBuf, fs::Metadata)> {
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        if !self.real_dir(parent) {
-            return None;
-        }
-        let path = self.root.join(rel);
-        let m = fs::symlink_metadata(&path).ok()?;
-        let same = m.file_type().is_file()
+    fn find(&mut self, rel: &Path, want: &Kept) -> Option<(PathBuf, Stat)> {
+        let st = self.tree.as_ref()?.lstat(rel).ok()?;
+        let m = Meta::from(&st);
+        let same = m.kind() == Kind::File
             && quick_check(&m, want)
-            && m.mode() & 0o7777 == want.mode
-            && want.owner.is_none_or(|(u, g)| (m.uid(), m.gid()) == (u, g));
-        same.then_some((path, m))
+            && m.perms() == want.mode
+            && want.owner.is_none_or(|(u, g)| (m.uid, m.gid) == (u, g));
+        same.then(|| (rel.to_path_buf(), st))
+    }
+
+    fn tree(&self) -> Option<&Tree> {
+        self.tree.as_ref()
     }
 }
 
@@ -132,5 +115,34 @@ mod tests {
             owner: None,
         };
         assert!(quick_check(&kept, &meta(3, 10, 5)));
+    }
+
+    #[test]
+    fn the_probe_never_looks_through_a_symlink() {
+        use crate::unpack::Unchanged;
+        let dest = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dest.path().join("d")).unwrap();
+        for dir in [dest.path().join("d"), other.path().to_path_buf()] {
+            std::fs::write(dir.join("f"), b"abc").unwrap();
+            let t = filetime::FileTime::from_unix_time(10, 0);
+            filetime::set_file_mtime(dir.join("f"), t).unwrap();
+        }
+        std::os::unix::fs::symlink(other.path(), dest.path().join("l")).unwrap();
+        let mode = std::fs::metadata(dest.path().join("d/f")).unwrap().mode() & 0o7777;
+        let want = Kept {
+            size: 3,
+            mtime: 10,
+            mode,
+            owner: None,
+        };
+        let mut probe = DestProbe::new(dest.path(), true);
+        let (rel, _) = probe.find(Path::new("d/f"), &want).unwrap();
+        assert_eq!(rel, Path::new("d/f"));
+        assert!(probe.find(Path::new("l/f"), &want).is_none());
+        assert!(probe.tree().is_some());
+        // An absent dest finds nothing.
+        let mut none = DestProbe::new(&dest.path().join("absent"), true);
+        assert!(none.find(Path::new("d/f"), &want).is_none());
     }
 }

@@ -1,21 +1,18 @@
 //! Disk → [`Listing`]: the only disk reads of planning.
 //!
 //! A walk lists a tree below its root in sorted pre-order (the component order of
-//! `Path`) as [`Entry`]s, by `lstat`, never following a symlink below the root, with
-//! each symlink's target read here; excluded entries are not descended into and are
-//! kept apart with their kind, regular files with more than one link are noted apart.
-//! It must never write anything.
+//! `Path`) as [`Entry`]s, by `lstat` relative to directory descriptors
+//! ([`crate::at::Tree::walk`]), never following a symlink below the root (also one
+//! swapped in for a directory while it walks), with each symlink's target read here;
+//! excluded entries are not descended into and are kept apart with their kind, regular
+//! files with more than one link are noted apart. It must never write anything.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use walkdir::WalkDir;
-
+use crate::at::Tree;
 use crate::entry::{Entry, Kind, Meta};
-use crate::error::IoContext;
 use crate::filter::Filter;
 use crate::{Error, Result};
 
@@ -36,8 +33,11 @@ pub(crate) struct Walked {
 /// by hand, in tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Listing {
-    /// Where the tree is (the plan names paths with it; it is never read again).
+    /// Where the tree is (the plan names paths with it; it is never read by it).
     pub root: PathBuf,
+    /// The root directory's device and inode when it was listed (`None`: absent, or a
+    /// listing made by hand): apply reopens this very directory, or refuses.
+    pub id: Option<(u64, u64)>,
     /// The root's attributes (a symlink followed: rsync's `DEST/`); `None` when the
     /// root does not exist (a dest not made yet).
     pub root_meta: Option<Meta>,
@@ -49,41 +49,53 @@ pub(crate) struct Listing {
     pub inside_excluded: HashMap<PathBuf, Walked>,
 }
 
-/// Lists the source tree `root`, which must be a directory.
-pub(crate) fn source(root: &Path, filter: &Filter) -> Result<Listing> {
-    let m = fs::metadata(root).ctx("stat", root)?;
-    if !m.is_dir() {
-        return Err(Error::Sync {
-            path: root.to_path_buf(),
-            msg: "source is not a directory".into(),
-        });
-    }
+/// Lists the source tree (an open directory).
+pub(crate) fn source(root: &Tree, filter: &Filter) -> Result<Listing> {
+    let st = root
+        .lstat(Path::new(""))
+        .map_err(|e| Error::io("stat", root.path(), e))?;
+    let id = (st.st_dev, st.st_ino);
     Ok(Listing {
-        root: root.to_path_buf(),
-        root_meta: Some(Meta::from(&m)),
+        root: root.path().to_path_buf(),
+        id: Some(id),
+        root_meta: Some(Meta::from(&st)),
         walked: walk(root, Path::new(""), filter)?,
         inside_excluded: HashMap::new(),
     })
 }
 
-/// Lists the destination `root` (absent, or a directory) for a sync from `src`.
-pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listing> {
-    let root_meta = match fs::metadata(root) {
-        Ok(m) if m.is_dir() => Meta::from(&m),
-        Ok(_) => {
-            return Err(Error::Sync {
-                path: root.to_path_buf(),
-                msg: "destination exists and is not a directory".into(),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Listing {
-                root: root.to_path_buf(),
-                ..Listing::default()
-            })
-        }
-        Err(e) => return Err(Error::io("stat", root, e)),
+/// Opens the destination `root` as a tree: a symlink at `root` itself is followed
+/// (rsync's `DEST/`; the path up to dest is trusted, SPEC §17), nothing below it.
+/// `None` when it does not exist (a dest not made yet).
+pub(crate) fn open_dest(root: &Path) -> Result<Option<Tree>> {
+    match Tree::open(root, true) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(Error::Sync {
+            path: root.to_path_buf(),
+            msg: "destination exists and is not a directory".into(),
+        }),
+        Err(e) => Err(Error::io("open", root, e)),
+    }
+}
+
+/// Lists the destination `root` (opened by [`open_dest`]: `None` when absent) for a
+/// sync from `src`; `path` names it.
+pub(crate) fn dest(
+    path: &Path,
+    root: Option<&Tree>,
+    filter: &Filter,
+    src: &Listing,
+) -> Result<Listing> {
+    let Some(root) = root else {
+        return Ok(Listing {
+            root: path.to_path_buf(),
+            ..Listing::default()
+        });
     };
+    let st = root
+        .lstat(Path::new(""))
+        .map_err(|e| Error::io("stat", path, e))?;
     let walked = walk(root, Path::new(""), filter)?;
     let mut inside_excluded = HashMap::new();
     for (rel, kind) in &walked.excluded {
@@ -98,60 +110,49 @@ pub(crate) fn dest(root: &Path, filter: &Filter, src: &Listing) -> Result<Listin
         }
     }
     Ok(Listing {
-        root: root.to_path_buf(),
-        root_meta: Some(root_meta),
+        root: path.to_path_buf(),
+        id: Some((st.st_dev, st.st_ino)),
+        root_meta: Some(Meta::from(&st)),
         walked,
         inside_excluded,
     })
 }
 
-/// Walks `root/sub` (not following symlinks below `root`) in sorted pre-order, paths
-/// relative to `root`. Excluded entries are not descended into; they are listed apart.
-pub(crate) fn walk(root: &Path, sub: &Path, filter: &Filter) -> Result<Walked> {
+/// Walks `sub` of the tree `root` (never following a symlink) in sorted pre-order,
+/// paths relative to `root`. Excluded entries are not descended into; they are listed
+/// apart.
+pub(crate) fn walk(root: &Tree, sub: &Path, filter: &Filter) -> Result<Walked> {
     let mut entries = Vec::new();
     let mut excluded = HashMap::new();
     let mut linked = HashSet::new();
-    let it = WalkDir::new(root.join(sub))
-        .follow_links(false)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            let Ok(rel) = e.path().strip_prefix(root) else {
-                return true;
-            };
-            let is_dir = e.file_type().is_dir();
-            if filter.is_excluded(rel, is_dir) {
-                excluded.insert(rel.to_path_buf(), Kind::of(e.file_type()));
-                false
-            } else {
-                true
-            }
-        });
-    for item in it {
-        let e = item.map_err(|err| {
-            let path = err.path().unwrap_or(root).to_path_buf();
-            Error::io("walk", path, err.into())
-        })?;
-        // Invariant: walkdir only yields paths below the root it was given.
-        let rel = e.path().strip_prefix(root).map_err(|_| Error::Sync {
-            path: e.path().to_path_buf(),
-            msg: "walked outside its root".into(),
-        })?;
-        let m = e.metadata().map_err(|err| {
-            let err: io::Error = err.into();
-            Error::io("stat", e.path(), err)
-        })?;
-        let meta = Meta::from(&m);
-        let target = match meta.kind() {
-            Kind::Symlink => Some(fs::read_link(e.path()).ctx("readlink", e.path())?),
+    let mut failed: Option<Error> = None;
+    let walked = root.walk(sub, &mut |rel, st, walking| {
+        let meta = Meta::from(st);
+        let kind = meta.kind();
+        if filter.is_excluded(rel, kind == Kind::Dir) {
+            excluded.insert(rel.to_path_buf(), kind);
+            return Ok(false);
+        }
+        let target = match kind {
+            Kind::Symlink => match walking.read_link() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    failed = Some(Error::io("readlink", root.shown(rel), e));
+                    return Err(io::Error::other("stopped"));
+                }
+            },
             _ => None,
         };
         entries.push(Entry::new(rel, meta, target.as_deref()));
-        if meta.kind() == Kind::File && m.nlink() > 1 {
+        if kind == Kind::File && st.st_nlink > 1 {
             linked.insert(rel.to_path_buf());
         }
-    }
+        Ok(true)
+    });
+    walked.map_err(|e| match failed.take() {
+        Some(f) => f,
+        None => Error::io("walk", root.shown(sub), e),
+    })?;
     Ok(Walked {
         entries,
         excluded,

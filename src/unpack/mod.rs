@@ -97,7 +97,7 @@ pub trait Unchanged {
     /// mtime seconds, mode (and owner when given), with the lstat that found it: the
     /// entry is then not written but listed in `Staged::reused`. Any doubt must answer
     /// `None` ("write it"). With [`Unchanged::tree`], the path is relative to that tree.
-    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, std::fs::Metadata)>;
+    fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, rustix::fs::Stat)>;
 
     /// The open tree the probe looks into (dest, or the live release), when it works
     /// through one: a hard link to a file it found is then made from that tree's

@@ -19,7 +19,10 @@
 //!   leftover as deep is removed;
 //! - serial floors (SPEC §15, §17): an old signed manifest without `src` cannot be
 //!   replayed from another URL for the same file, and leaving `serial` out cannot
-//!   reset a floor.
+//!   reset a floor;
+//! - dest (SPEC §17): a directory of dest the user swaps for a symlink while the sync
+//!   runs is never followed; deleting a directory removes the symlinks in it, never
+//!   what they point to.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -952,4 +955,137 @@ fn a_deep_planted_staging_leftover_is_left_alone_and_a_deep_own_one_removed() {
         "root's own leftover stayed"
     );
     assert!(s.dest().is_dir(), "the deploy did not land");
+}
+
+/// The files dest holds in `z/` that the next archive lacks: the plan deletes in
+/// reverse order, children first, so these go first and the deploy is seen in its sync
+/// step (the first is gone) well before it reaches `data/`.
+const DOOMED: usize = 20_000;
+
+/// dest (and its `data/`) belong to the user; while the deploy that deletes
+/// `data/old.txt` and adds `data/new.txt` is in its sync step, the user swaps `data`
+/// for a symlink to a root-owned directory. The deploy is held (SIGSTOP, by pid) at
+/// the moment its first delete is seen, so the swap always lands between the plan
+/// and the changes in `data/`: the race the user would otherwise have to win.
+/// Nothing in the symlink's target may be deleted, created or chmodded.
+#[test]
+fn a_directory_swapped_for_a_symlink_during_the_sync_is_not_followed() {
+    let Some(user) = TestUser::new() else { return };
+    let s = scratch_for(&user);
+    let dest = s.dest();
+    let v1 = s.file(
+        "v1.tar",
+        &raw_tar(&[
+            Raw::Dir(b"data/"),
+            Raw::File(b"data/keep.txt", b"keep"),
+            Raw::File(b"data/old.txt", b"old"),
+        ]),
+    );
+    let m1 = s.manifest("v1.yml", &manifest_for(&v1, &dest, ""));
+    s.stretcher().arg(&m1).run().assert_ok();
+    std::fs::create_dir(dest.join("z")).unwrap();
+    for i in 0..DOOMED {
+        std::fs::File::create(dest.join(format!("z/f{i:05}"))).unwrap();
+    }
+    user.give(&dest);
+
+    let victim = s.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(victim.join("old.txt"), b"root's").unwrap();
+    let victim_before = snapshot(&victim);
+
+    let v2 = s.file(
+        "v2.tar",
+        &raw_tar(&[
+            Raw::Dir(b"data/"),
+            Raw::File(b"data/keep.txt", b"keep"),
+            Raw::File(b"data/new.txt", b"new"),
+        ]),
+    );
+    let m2 = s.manifest("v2.yml", &manifest_for(&v2, &dest, ""));
+    let running = s
+        .stretcher()
+        .arg(&m2)
+        .limit(Duration::from_secs(120))
+        .spawn();
+    let first = dest.join(format!("z/f{:05}", DOOMED - 1));
+    let t = Instant::now();
+    while first.symlink_metadata().is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the deploy never reached its sync step"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    running.signal(nix::sys::signal::Signal::SIGSTOP);
+    let swapped = user.run(
+        "sh",
+        &[
+            "-c".as_ref(),
+            "mv \"$0/data\" \"$0/data.moved\" && ln -s \"$1\" \"$0/data\"".as_ref(),
+            dest.as_os_str(),
+            victim.as_os_str(),
+        ],
+    );
+    let in_time = dest.join("z/f00000").symlink_metadata().is_ok();
+    running.signal(nix::sys::signal::Signal::SIGCONT);
+    let run = running.wait();
+    assert!(swapped, "the user could not swap data for a symlink");
+    assert!(
+        in_time,
+        "the swap came after the deletes in data/: the test proves nothing"
+    );
+
+    assert_eq!(
+        snapshot(&victim),
+        victim_before,
+        "root changed the symlink's target (stderr ends: {})",
+        tail(&run.stderr)
+    );
+    eprintln!(
+        "the deploy ended with {}: {}",
+        run.code(),
+        tail(&run.stderr)
+    );
+    if run.code() != 0 {
+        run.assert_log("data").assert_log("symbolic link");
+    }
+    assert!(dest
+        .join("data")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// The last lines of a long log (the deploy logs each of its deletes).
+fn tail(log: &str) -> &str {
+    let lines: Vec<usize> = log.match_indices('\n').map(|(i, _)| i).collect();
+    let from = lines.len().saturating_sub(6);
+    lines.get(from).map_or(log, |&i| &log[i..])
+}
+
+/// A directory the plan deletes (in dest, not in the archive) holds symlinks to a
+/// root-owned directory, also below a subdirectory: the symlinks go, the target's
+/// contents stay.
+#[test]
+fn deleting_a_directory_removes_its_symlinks_not_their_targets() {
+    let s = Scratch::new();
+    let dest = s.dest();
+    let tar = s.file("v.tar", &raw_tar(&[Raw::File(b"keep.txt", b"keep")]));
+    let m = s.manifest("m.yml", &manifest_for(&tar, &dest, ""));
+    s.stretcher().arg(&m).run().assert_ok();
+
+    let victim = s.path().join("victim");
+    make_tree(&victim, &[("precious", "x"), ("sub/deeper", "y")]);
+    let victim_before = snapshot(&victim);
+    std::fs::create_dir_all(dest.join("gone/sub")).unwrap();
+    std::os::unix::fs::symlink(&victim, dest.join("gone/l")).unwrap();
+    std::os::unix::fs::symlink(&victim, dest.join("gone/sub/l")).unwrap();
+    std::os::unix::fs::symlink(victim.join("sub"), dest.join("gone/sub/m")).unwrap();
+
+    s.stretcher().arg(&m).run().assert_ok();
+    assert!(dest.join("gone").symlink_metadata().is_err());
+    assert_eq!(snapshot(&victim), victim_before);
 }

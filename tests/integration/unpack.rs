@@ -782,7 +782,7 @@ fn unchanged_files_are_listed_not_written() {
         label: "t".into(),
         link_unchanged: false,
     };
-    let mut probe = stretcher::sync::DestProbe::new(&dest);
+    let mut probe = stretcher::sync::DestProbe::new(&dest, true);
     let staged = unpack(&gz(&tar)[..], &st.into, &opts, Some(&mut probe)).unwrap();
     // the unchanged file is listed, not written; everything else is written
     assert!(!st.path("same.txt").exists());

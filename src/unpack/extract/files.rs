@@ -7,9 +7,9 @@
 //! the staging tree on create, a replaced earlier member is removed first; an unchanged
 //! file is linked from the probe's tree (or checked to be the inode the probe saw).
 
+use rustix::fs::Stat;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD};
@@ -70,7 +70,7 @@ impl Extractor<'_, '_> {
 
     /// Lists `rel` as kept (not written) when the [`Unchanged`](super::super::Unchanged)
     /// probe finds it as the entry has it; answers the probe's lstat of it.
-    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> Option<fs::Metadata> {
+    fn reuse(&mut self, rel: &Path, size: u64, meta: &Meta) -> Option<Stat> {
         let probe = self.unchanged.as_deref_mut()?;
         let attrs = FileAttrs {
             size,
@@ -88,7 +88,7 @@ impl Extractor<'_, '_> {
     /// hard-linked there). True when that is done; false when the link could not be
     /// made and the entry is to be written after all.
     /// `found` is the probe's lstat of the unchanged file.
-    fn keep(&mut self, rel: &Path, raw: &[u8], found: fs::Metadata) -> Result<bool> {
+    fn keep(&mut self, rel: &Path, raw: &[u8], found: Stat) -> Result<bool> {
         // An earlier member of the same name may have been written: the later one
         // wins, so staging must not keep it (a link replaces it: `link_reused`).
         if !self.opts.link_unchanged && self.tree.lstat(rel).is_ok() {
@@ -110,7 +110,7 @@ impl Extractor<'_, '_> {
     /// `link_unchanged`: hard-links the reused file to `rel` in staging. False when
     /// the link cannot be made (EXDEV, EMLINK, ...) or is not the inode the probe saw
     /// (`found`): then the entry is written instead.
-    fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &fs::Metadata) -> Result<bool> {
+    fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &Stat) -> Result<bool> {
         // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
         let Some(src) = self.kept_at.remove(rel) else {
             return Ok(false);
@@ -129,7 +129,7 @@ impl Extractor<'_, '_> {
         }
         // The probe looked by name: the link must be the very file it judged.
         let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
-        if (st.st_dev, st.st_ino) != (found.dev(), found.ino()) {
+        if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
             self.tree
                 .unlink(rel)
                 .map_err(|e| fail_io(raw, "remove", e))?;
