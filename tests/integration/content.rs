@@ -117,9 +117,12 @@ fn big(flip: bool) -> Vec<u8> {
     v
 }
 
+/// A tree's files: path → bytes.
+type Files = Vec<(&'static str, Vec<u8>)>;
+
 /// Release 1 and release 2: the same names, sizes and (all) mtimes; content changed
 /// at several depths, a big file changed, a new directory, one file unchanged.
-fn releases() -> (Vec<(&'static str, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>) {
+fn releases() -> (Files, Files) {
     let v1 = vec![
         ("VERSION", b"1.0.0\n".to_vec()),
         ("same.txt", b"unchanged\n".to_vec()),
