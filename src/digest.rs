@@ -71,6 +71,46 @@ pub fn of_file(tree: &Tree, rel: &Path) -> io::Result<Digest> {
     of_reader(&mut file, &mut buf)
 }
 
+/// Whether the files `a` and `b` hold the same bytes, both read from their start to
+/// their end: holes of both are skipped (`SEEK_DATA`), so two sparse files of any size
+/// compare at the cost of their data. Different sizes: false.
+pub fn same_bytes(a: &std::fs::File, b: &std::fs::File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = a.metadata()?.len();
+    if b.metadata()?.len() != len {
+        return Ok(false);
+    }
+    const CHUNK: usize = 1 << 20;
+    let (mut x, mut y) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut pos = 0u64;
+    while pos < len {
+        // The next offset where either file has data; before it both are holes.
+        let next = next_data(a, pos, len)?.min(next_data(b, pos, len)?);
+        if next >= len {
+            break;
+        }
+        let n = usize::try_from(len - next).unwrap_or(CHUNK).min(CHUNK);
+        a.read_exact_at(&mut x[..n], next)?;
+        b.read_exact_at(&mut y[..n], next)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        pos = next + n as u64;
+    }
+    Ok(true)
+}
+
+/// The first offset at or after `pos` where `f` has data (`len` when none); a
+/// filesystem without `SEEK_DATA` answers `pos` (all data).
+fn next_data(f: &std::fs::File, pos: u64, len: u64) -> io::Result<u64> {
+    match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
+        Ok(off) => Ok(off),
+        Err(rustix::io::Errno::NXIO) => Ok(len),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(pos),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
@@ -197,6 +237,28 @@ mod tests {
         assert_eq!(k.get(b"f", &meta(3, 10, 6)), None, "touched since");
         assert_eq!(k.get(b"f", &meta(4, 10, 5)), None);
         assert_eq!(k.get(b"g", &m), None);
+    }
+
+    #[test]
+    fn sparse_files_compare_by_their_data() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let make = |name: &str, at: u64, data: &[u8]| {
+            let f = std::fs::File::create(t.path().join(name)).unwrap();
+            f.set_len(1 << 30).unwrap();
+            f.write_all_at(data, at).unwrap();
+            std::fs::File::open(t.path().join(name)).unwrap()
+        };
+        let a = make("a", 512 << 20, b"data");
+        let b = make("b", 512 << 20, b"data");
+        let c = make("c", 512 << 20, b"date");
+        let d = make("d", 0, b"\0\0\0\0");
+        assert!(same_bytes(&a, &b).unwrap());
+        assert!(!same_bytes(&a, &c).unwrap());
+        // explicit zeros and a hole are the same bytes
+        let e = make("e", 0, b"");
+        assert!(same_bytes(&d, &e).unwrap());
+        assert!(!same_bytes(&a, &e).unwrap());
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub(crate) fn report(opts: &VerifyOptions, env: Env) -> Result<Report, String> {
         let drift = index::diff_with(entries, &now, &mut content);
         if unknown > 0 {
             notes.push(format!(
-                "{unknown} files have no digest in the index (deployed by an older stretcher): their content is not checked"
+                "{unknown} files have no digest in the index (deployed by an older stretcher, or sparse files larger than 256 MiB): their content is not checked"
             ));
         }
         drift

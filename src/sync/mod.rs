@@ -364,8 +364,9 @@ pub fn plan_staged_with(
 /// Whether dest's file at `rel` (`now`: its listed attributes) holds the staged
 /// file's content (SPEC §21): the staged digest against the index's (`known`) while
 /// the file still has the size and mtime it was indexed with; else dest's file is read
-/// and hashed (and the staged one too when its digest is not known). A file that
-/// cannot be read is not the same (it is replaced, or its error told then).
+/// and hashed (without a staged digest, both files' data are compared, holes
+/// skipped). A file that cannot be read is not the same (it is replaced, or its error
+/// told then).
 fn same_content(
     (src, dest): (&Tree, Option<&Tree>),
     digests: &Digests,
@@ -378,12 +379,19 @@ fn same_content(
     if let (Some(s), Some(k)) = (staged, known.and_then(|k| k.get(path, now))) {
         return s == *k;
     }
-    let Some(Ok(d)) = dest.map(|t| digest::of_file(t, rel)) else {
+    let Some(dest) = dest else {
         return false;
     };
     match staged {
-        Some(s) => s == d,
-        None => digest::of_file(src, rel).is_ok_and(|x| x == d),
+        Some(s) => digest::of_file(dest, rel).is_ok_and(|d| d == s),
+        // No digest (a large sparse file): the two files' data compared, holes skipped.
+        None => match (
+            digest::open_regular(src, rel),
+            digest::open_regular(dest, rel),
+        ) {
+            (Ok(a), Ok(b)) => digest::same_bytes(&a, &b).unwrap_or(false),
+            _ => false,
+        },
     }
 }
 

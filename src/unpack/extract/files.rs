@@ -41,6 +41,12 @@ pub(super) const COPY_BUF: usize = 256 * 1024;
 /// The most of a found file's data held in memory while it is judged.
 pub(super) const CONFIRM_BUF: usize = 8 << 20;
 
+/// The largest sparse file whose digest is computed (read back, holes as zeros):
+/// hashing a hole costs as much as hashing data, and a 60 GB disk image with a few
+/// blocks of data must stay cheap. A larger one has no digest; it is compared with
+/// dest's copy by its data only (`digest::same_bytes`).
+pub(super) const SPARSE_HASHED: u64 = 256 << 20;
+
 impl Extractor<'_, '_> {
     pub(super) fn file<R: Read>(
         &mut self,
@@ -80,28 +86,38 @@ impl Extractor<'_, '_> {
         let mut file = self.create(rel, raw, meta.mode)?;
         let digest = match (&sparse, held) {
             (_, Some(digest)) => {
-                file.write_all(&self.held[..self.held.len()])
+                file.write_all(&self.held)
                     .map_err(|e| fail_io(raw, "write", e))?;
-                digest
+                Some(digest)
             }
             (None, None) => {
                 let mut hasher = Hasher::default();
                 self.copy_data(entry, &mut file, size, raw, Some(&mut hasher))?;
-                hasher.finish()
+                Some(hasher.finish())
             }
             (Some(s), None) => {
                 self.write_sparse(entry, &mut file, s, raw)?;
-                self.read_back(rel, &file, raw)?
+                if size <= SPARSE_HASHED {
+                    self.read_back(rel, &file, raw)?
+                } else {
+                    None
+                }
             }
         };
         if let Some(found) = judge_after {
-            if !self.opts.link_unchanged && self.same_as_found(rel, &found, &digest) {
+            let same = match &digest {
+                Some(d) => self.same_as_found(rel, &found, d),
+                None => self.same_bytes_as_found(rel, &found),
+            };
+            if !self.opts.link_unchanged && same {
                 // dest's copy holds these very bytes: it stays, the staged one goes.
                 drop(file);
                 self.tree
                     .unlink(rel)
                     .map_err(|e| fail_io(raw, "remove", e))?;
-                self.digests.insert(key(rel).into(), digest);
+                if let Some(d) = digest {
+                    self.digests.insert(key(rel).into(), d);
+                }
                 self.entries += 1;
                 return Ok(());
             }
@@ -115,7 +131,10 @@ impl Extractor<'_, '_> {
             || file.metadata().map(|m| entry::Meta::from(&m)),
             None,
         )?;
-        self.digests.insert(key(rel).into(), digest);
+        match digest {
+            Some(d) => self.digests.insert(key(rel).into(), d),
+            None => self.digests.remove(key(rel)),
+        };
         self.entries += 1;
         Ok(())
     }
@@ -173,6 +192,21 @@ impl Extractor<'_, '_> {
         same_inode && digest::of_reader(&mut f, &mut self.buf).is_ok_and(|d| d == *digest)
     }
 
+    /// Whether the file the probe found for `rel` (its lstat `found`) holds the bytes
+    /// just written to staging at `rel` (a sparse file without a digest: compared by
+    /// its data, holes skipped). Any doubt: false.
+    fn same_bytes_as_found(&self, rel: &Path, found: &Stat) -> bool {
+        let (Some(probe), Some(at)) = (self.unchanged.as_deref(), self.kept_at.get(rel)) else {
+            return false;
+        };
+        let (Ok(theirs), Ok(ours)) = (probe.open(at), self.tree.open_file(rel)) else {
+            return false;
+        };
+        let same_inode = rustix::fs::fstat(&theirs)
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino));
+        same_inode && digest::same_bytes(&ours, &theirs).unwrap_or(false)
+    }
+
     /// The probe's find for `rel` is not used after all: the entry is written.
     fn forget_reuse(&mut self, rel: &Path) {
         self.reused.remove(rel);
@@ -181,7 +215,7 @@ impl Extractor<'_, '_> {
 
     /// The digest of the file just written at `rel` (`file`, its handle), read back
     /// through the tree: a sparse file's holes read as zeros.
-    fn read_back(&mut self, rel: &Path, file: &fs::File, raw: &[u8]) -> Result<Digest> {
+    fn read_back(&mut self, rel: &Path, file: &fs::File, raw: &[u8]) -> Result<Option<Digest>> {
         let mut back = self
             .tree
             .open_file(rel)
@@ -197,7 +231,9 @@ impl Extractor<'_, '_> {
                 io::Error::other("replaced while it was written"),
             ));
         }
-        digest::of_reader(&mut back, &mut self.buf).map_err(|e| fail_io(raw, "read back", e))
+        digest::of_reader(&mut back, &mut self.buf)
+            .map(Some)
+            .map_err(|e| fail_io(raw, "read back", e))
     }
 
     /// Lists `rel` as kept (not written) when the [`Unchanged`](super::super::Unchanged)
