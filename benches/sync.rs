@@ -84,6 +84,7 @@ fn tree(root: &Path) -> Verified<Staged> {
         entries: 0,
         reused: Default::default(),
         written: Default::default(),
+        digests: Default::default(),
     })
 }
 

@@ -194,13 +194,16 @@ pub struct FleetOptions {
     pub json: bool,
 }
 
-/// `stretcher verify DEST [--json] [--state-dir DIR]`.
+/// `stretcher verify DEST [--content] [--json] [--state-dir DIR]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyOptions {
     /// The dest to compare with the index of its last successful deploy.
     pub dest: PathBuf,
     /// `--json`: print the drift as one JSON object.
     pub json: bool,
+    /// `--content`: also read every regular file and compare its digest with the
+    /// index's (SPEC §21); without it, a stat walk.
+    pub content: bool,
     /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
 }
@@ -424,6 +427,9 @@ struct RawVerify {
     /// json
     #[argh(switch)]
     json: bool,
+    /// content
+    #[argh(switch)]
+    content: bool,
     /// state dir
     #[argh(option)]
     state_dir: Option<String>,
@@ -460,6 +466,7 @@ impl Raw for RawVerify {
         Ok(Command::Verify(VerifyOptions {
             dest: PathBuf::from(dest),
             json: self.json,
+            content: self.content,
             state_dir,
         }))
     }
@@ -468,15 +475,19 @@ impl Raw for RawVerify {
 /// `stretcher verify --help`.
 pub(crate) fn verify_usage() -> String {
     "\
-Usage: stretcher verify DEST [--json] [--state-dir DIR]
+Usage: stretcher verify DEST [--content] [--json] [--state-dir DIR]
 
 Compares DEST now with the index of its last successful deploy, read-only, and
 prints one line per difference (dest-relative, directories ending in /):
   added PATH
   deleted PATH
-  changed PATH (WHAT[,WHAT])   WHAT among type, size, mtime, mode, owner, target
-Excluded paths are never drift.
+  changed PATH (WHAT[,WHAT])   WHAT among type, size, mtime, mode, owner, target,
+                               content
+Excluded paths are never drift. Without --content it is a stat walk (one lstat
+per entry): a file changed in place with its size and mtime restored is not seen.
 
+  --content         also read every regular file and compare its sha256 with the
+                    digest the index holds: changed PATH (content)
   --json            print {\"dest\", \"checksum\", \"deployed\", \"drift\": [{\"path\", \"kind\", \"what\"}]}
   --state-dir DIR   the state directory the deploys used (default as for a deploy)
   -h, --help        print this help
@@ -1775,6 +1786,9 @@ mod tests {
         let o = verify(&["verify", "/srv/app"]);
         assert_eq!(o.dest, PathBuf::from("/srv/app"));
         assert!(!o.json);
+        assert!(!o.content);
+        assert!(verify(&["verify", "--content", "/srv/app"]).content);
+        assert!(verify(&["verify", "/srv/app", "-content"]).content);
         assert_eq!(o.state_dir, None);
         for args in [
             &["verify", "--json", "--state-dir", "/s", "/srv/app"][..],

@@ -22,7 +22,7 @@
 //! landing step. A `--dry-run` prints what the run would do instead of running `pre`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -478,10 +478,10 @@ fn deploy(
     let mut strategy = land::for_deploy(ctx, opts.dry_run)?;
     let strategy = strategy.as_mut();
 
-    let (staging, staged, reused_in) = job.download(draft, strategy, true)?;
+    let (staging, staged) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
-    let (filter, exclude_text) = load_filter(manifest, &staging, &staged.get().reused, &reused_in)?;
+    let (filter, exclude_rules) = load_filter(manifest, &staging)?;
     if opts.dry_run {
         let changes = strategy.dry_run(&staged, &filter)?;
         return sync::dry_run::print(manifest, Some((dest, changes)));
@@ -489,7 +489,7 @@ fn deploy(
     if !pre_done {
         pre(draft, manifest, hook_env)?;
     }
-    let settings = wanted.settings(exclude_text);
+    let settings = wanted.settings(exclude_rules);
     let landed = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
     draft.changes = Some(landed.changes);
     draft.release = landed.release;
@@ -500,7 +500,7 @@ fn deploy(
     strategy.confirm()?;
     if let Some(dir) = state {
         match landed.entries {
-            Ok(entries) => crate::index::save(dir, dest, &settings, &entries),
+            Ok(entries) => crate::index::save(dir, dest, &settings, &entries, &landed.digests),
             Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
         }
     }
@@ -643,13 +643,13 @@ impl Job<'_> {
     /// Step 4: download, hash and unpack in one pass into the place the strategy
     /// gives (staging beside dest, or a partial release); dest is only read. `reuse`:
     /// files the strategy's probe finds unchanged are left out (or linked). Answers
-    /// the staging directory, the verified tree, and where its reused files are.
+    /// the staging directory and the verified tree.
     fn download(
         &self,
         draft: &mut record::Draft,
         strategy: &mut dyn Land,
         reuse: bool,
-    ) -> Result<(Staging, Verified<Staged>, PathBuf)> {
+    ) -> Result<(Staging, Verified<Staged>)> {
         logln!("Loading URL {}", redact(self.src));
         draft.step = record::Step::Download;
         let staged = self.fetch_and_unpack(strategy, reuse);
@@ -673,7 +673,7 @@ impl Job<'_> {
             staged.get().reused.len(),
             stage.reused_how
         );
-        Ok((stage.staging, staged, stage.reused_in))
+        Ok((stage.staging, staged))
     }
 
     /// One download of `src` into a fresh place of the strategy's, counted in
@@ -735,7 +735,7 @@ impl Job<'_> {
                     "{} changed after the archive was unpacked (by a pre command?): unpacking the archive again in full",
                     path.display()
                 );
-                let (staging, staged, _) = self.download(draft, strategy, false)?;
+                let (staging, staged) = self.download(draft, strategy, false)?;
                 draft.step = record::Step::Sync;
                 let mode = land::dest_mode(self.manifest, staged.get());
                 strategy.land(staging, staged, filter, mode, settings)

@@ -1,12 +1,14 @@
 //! The deploy index (SPEC §11): what `dest` held right after the last successful
 //! sync, and the settings that sync ran with — so that a redeploy of the same
 //! archive can tell, with one `lstat` per entry and no download, that the sync
-//! would change nothing, and `stretcher verify` can report drift (SPEC §12).
+//! would change nothing, and `stretcher verify` can report drift (SPEC §12) — and
+//! the content digest of each regular file (SPEC §21), so that a file whose size and
+//! mtime match is still known to hold the archive's bytes, or not.
 //!
 //! File format of `STATE/deploys/<key>.index` (written atomically, like records):
 //!
 //! ```text
-//! "STRIDX1\n"                                 magic, format version 1
+//! "STRIDX2\n"                                 magic, format version 2
 //! zstd frame (with its content checksum) of:
 //!   header: one JSON object, then "\n"         Header (settings, filter rules, count)
 //!   entries, sorted by path bytes, each:
@@ -17,7 +19,13 @@
 //!     varint  size (files; rdev for specials; 0 for dirs and symlinks)
 //!     varint  mtime seconds (zigzag), mtime nanoseconds
 //!     symlinks only: varint length, then the target bytes
+//!     files only: u8 1 then the 32 bytes of the content's sha256, or u8 0 (unknown)
 //! ```
+//!
+//! Version 1 (`"STRIDX1\n"`) is the same without the files' digest byte; it is still
+//! read (its files have no digest) and never written. The header's rules are the
+//! `exclude_from` file byte for byte: `exclude_from_text` when it is UTF-8, else
+//! `exclude_from_hex` (version 1 kept only a lossy text).
 //!
 //! Entries are [`Entry`]s, the one entry type of every listing; the index keeps of a
 //! [`crate::entry::Meta`] the permission bits (not which special a special is: read
@@ -43,12 +51,16 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::at::Tree;
+use crate::digest::{Digest, Digests, Known};
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::strategy::Strategy;
 
-const MAGIC: &[u8] = b"STRIDX1\n";
+/// The magic of the version written (2: files carry their digest).
+const MAGIC: &[u8] = b"STRIDX2\n";
+/// The magic of version 1 (no digests), still read.
+const MAGIC_V1: &[u8] = b"STRIDX1\n";
 /// zstd level: the index is small; level 3 is fast and near the best ratio here.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -65,8 +77,12 @@ pub struct Header {
     pub excludes: Vec<String>,
     /// The manifest's `exclude_from` name.
     pub exclude_from: Option<String>,
-    /// The text of the `exclude_from` file, as it was read out of the staged tree.
+    /// The `exclude_from` file, as it was read out of the staged tree, when it is
+    /// UTF-8 (else `exclude_from_hex`; an index of version 1 kept a lossy text here).
     pub exclude_from_text: Option<String>,
+    /// The `exclude_from` file's bytes in hex, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_from_hex: Option<String>,
     /// The effective user id the sync ran as.
     pub euid: u32,
     /// RFC 3339 time the index was written.
@@ -76,9 +92,35 @@ pub struct Header {
 }
 
 impl Header {
-    /// The filter rules in force for this index.
+    /// The filter rules in force for this index: built from the `exclude_from` file's
+    /// bytes as the sync built them.
     pub fn filter(&self) -> Result<Filter> {
-        Filter::new(self.exclude_from_text.as_deref(), &self.excludes)
+        let rules = self.exclude_from_bytes()?;
+        Filter::from_bytes(rules.as_deref(), &self.excludes)
+    }
+
+    /// The `exclude_from` file's bytes, as the deploy read them.
+    pub fn exclude_from_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match (&self.exclude_from_hex, &self.exclude_from_text) {
+            (Some(h), _) => hex::decode(h).map(Some).map_err(|e| Error::Index {
+                path: PathBuf::new(),
+                msg: format!("deploy index has bad exclude_from bytes: {e}"),
+            }),
+            (None, Some(t)) => Ok(Some(t.as_bytes().to_vec())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Keeps `rules` (the `exclude_from` file's bytes) byte for byte: as text when
+    /// they are UTF-8, else in hex.
+    pub(crate) fn set_exclude_from(&mut self, rules: Option<Vec<u8>>) {
+        (self.exclude_from_text, self.exclude_from_hex) = match rules {
+            None => (None, None),
+            Some(b) => match String::from_utf8(b) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(hex::encode(e.as_bytes()))),
+            },
+        };
     }
 }
 
@@ -122,8 +164,9 @@ pub fn index_path(state_dir: &Path, key: &str) -> PathBuf {
     crate::record::deploys_dir(state_dir).join(format!("{key}.index"))
 }
 
-/// Encodes an index; `entries` must be sorted by path (see [`sort`]).
-pub(crate) fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
+/// Encodes an index; `entries` must be sorted by path (see [`sort`]); a regular file
+/// gets its digest from `digests` when it is there.
+pub(crate) fn encode(header: &Header, entries: &[Entry], digests: &Digests) -> Result<Vec<u8>> {
     let mut raw = Vec::with_capacity(64 + entries.len() * 40);
     let mut h = header.clone();
     h.entries = entries.len() as u64;
@@ -149,6 +192,15 @@ pub(crate) fn encode(header: &Header, entries: &[Entry]) -> Result<Vec<u8>> {
             put_varint(&mut raw, t.len() as u64);
             raw.extend_from_slice(t);
         }
+        if m.kind() == Kind::File {
+            match digests.get(&e.path) {
+                Some(d) => {
+                    raw.push(1);
+                    raw.extend_from_slice(d);
+                }
+                None => raw.push(0),
+            }
+        }
         prev = &e.path;
     }
     let mut out = MAGIC.to_vec();
@@ -171,11 +223,41 @@ fn corrupt(path: &Path, what: &str) -> Error {
     }
 }
 
+/// An index as it was read: the digests are those of `entries`' regular files that
+/// have one, each with its entry's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// The settings and rules.
+    pub header: Header,
+    /// Every entry, sorted by path.
+    pub entries: Vec<Entry>,
+    /// `(position in entries, content digest)` of the regular files with a digest.
+    pub digests: Vec<(usize, Digest)>,
+}
+
+impl Indexed {
+    /// What the index says of its files' content.
+    pub fn known(&self) -> Known {
+        Known::new(self.digests.iter().filter_map(|&(i, d)| {
+            let e = self.entries.get(i)?;
+            Some((&e.path[..], &e.meta, d))
+        }))
+    }
+}
+
 /// Decodes an index file's bytes (`path` only names it in errors).
+#[cfg(test)]
 pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> {
-    let body = bytes
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| corrupt(path, "not an index (bad magic)"))?;
+    decode_all(path, bytes).map(|i| (i.header, i.entries))
+}
+
+/// Decodes an index file's bytes with its files' digests (none in version 1).
+pub(crate) fn decode_all(path: &Path, bytes: &[u8]) -> Result<Indexed> {
+    let (body, v2) = match (bytes.strip_prefix(MAGIC), bytes.strip_prefix(MAGIC_V1)) {
+        (Some(body), _) => (body, true),
+        (None, Some(body)) => (body, false),
+        (None, None) => return Err(corrupt(path, "not an index (bad magic)")),
+    };
     let mut raw = Vec::new();
     zstd::Decoder::new(body)
         .and_then(|mut d| d.read_to_end(&mut raw))
@@ -192,6 +274,7 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
     };
     let n = usize::try_from(header.entries).map_err(|_| corrupt(path, "entry count"))?;
     let mut entries: Vec<Entry> = Vec::with_capacity(n.min(10_000_000));
+    let mut digests: Vec<(usize, Digest)> = Vec::new();
     let short = || corrupt(path, "truncated entry");
     for _ in 0..n {
         let prev = entries.last().map_or(&b""[..], |e| &e.path[..]);
@@ -223,6 +306,18 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
         if mode > 0o7777 {
             return Err(corrupt(path, "mode out of range"));
         }
+        if v2 && kind == Kind::File {
+            match r.byte().ok_or_else(short)? {
+                0 => {}
+                1 => {
+                    let d = r.bytes(32).ok_or_else(short)?;
+                    let mut digest = [0u8; 32];
+                    digest.copy_from_slice(d);
+                    digests.push((entries.len(), digest));
+                }
+                _ => return Err(corrupt(path, "digest flag")),
+            }
+        }
         let meta = Meta {
             mode: kind.type_bits() | mode,
             uid,
@@ -240,7 +335,11 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
     if r.pos != r.data.len() {
         return Err(corrupt(path, "trailing bytes"));
     }
-    Ok((header, entries))
+    Ok(Indexed {
+        header,
+        entries,
+        digests,
+    })
 }
 
 struct Reader<'a> {
@@ -281,33 +380,51 @@ pub(crate) fn sort(entries: &mut [Entry]) {
 }
 
 /// Writes the index of `key` atomically.
-pub(crate) fn write(state_dir: &Path, key: &str, header: &Header, entries: &[Entry]) -> Result<()> {
+pub(crate) fn write(
+    state_dir: &Path,
+    key: &str,
+    header: &Header,
+    entries: &[Entry],
+    digests: &Digests,
+) -> Result<()> {
     let dir = crate::record::open_deploys_dir(state_dir)?;
-    let bytes = encode(header, entries)?;
+    let bytes = encode(header, entries, digests)?;
     crate::record::write_atomic(&dir, &format!("{key}.index"), &bytes)
 }
 
 /// Writes the index of what `dest` holds after a successful landing (or a rollback):
-/// `settings` with its time and entry count filled in. A failure is a warning: the
+/// `settings` with its time and entry count filled in, each regular file with its
+/// digest in `digests` (the archive's, from the unpack). A failure is a warning: the
 /// run's result stands, and the next redeploy downloads in full.
-pub(crate) fn save(state_dir: &Path, dest: &Path, settings: &Header, entries: &[Entry]) {
+pub(crate) fn save(
+    state_dir: &Path,
+    dest: &Path,
+    settings: &Header,
+    entries: &[Entry],
+    digests: &Digests,
+) {
     let header = Header {
         written: crate::record::timestamp(chrono::Utc::now()),
         entries: entries.len() as u64,
         ..settings.clone()
     };
     let key = crate::record::key_for_dest(dest);
-    if let Err(e) = write(state_dir, &key, &header, entries) {
+    if let Err(e) = write(state_dir, &key, &header, entries, digests) {
         crate::logln!("warning: cannot write the deploy index: {e}");
     }
 }
 
 /// Reads the index of `key`: `Ok(None)` when there is none.
 pub fn read(state_dir: &Path, key: &str) -> Result<Option<(Header, Vec<Entry>)>> {
+    Ok(read_all(state_dir, key)?.map(|i| (i.header, i.entries)))
+}
+
+/// Reads the index of `key` with its files' digests: `Ok(None)` when there is none.
+pub fn read_all(state_dir: &Path, key: &str) -> Result<Option<Indexed>> {
     let path = index_path(state_dir, key);
     // Never through a symlink at its name (SPEC §17); an index has no size limit.
     match crate::record::read_deploys_file(state_dir, &format!("{key}.index"), u64::MAX) {
-        Ok(b) => decode(&path, &b).map(Some),
+        Ok(b) => decode_all(&path, &b).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", &path, e)),
     }
@@ -548,7 +665,8 @@ pub struct Drift {
     pub path: String,
     /// `added` | `deleted` | `changed`.
     pub kind: &'static str,
-    /// For `changed`: among `type`, `size`, `mtime`, `mode`, `owner`, `target`.
+    /// For `changed`: among `type`, `size`, `mtime`, `mode`, `owner`, `target`,
+    /// `content`.
     pub what: Vec<&'static str>,
 }
 
@@ -564,6 +682,16 @@ impl std::fmt::Display for Drift {
 
 /// What differs between `then` (the index) and `now` (a scan); both sorted.
 pub fn diff(then: &[Entry], now: &[Entry]) -> Vec<Drift> {
+    diff_with(then, now, &mut |_, _| false)
+}
+
+/// [`diff`], and `content` asked for every regular file of both (`then`'s position,
+/// `now`'s entry): true adds `content` to what changed (SPEC §21).
+pub fn diff_with(
+    then: &[Entry],
+    now: &[Entry],
+    content: &mut dyn FnMut(usize, &Entry) -> bool,
+) -> Vec<Drift> {
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < then.len() || j < now.len() {
@@ -591,7 +719,10 @@ pub fn diff(then: &[Entry], now: &[Entry]) -> Vec<Drift> {
             }
             std::cmp::Ordering::Equal => {
                 let (a, b) = (&then[i], &now[j]);
-                let what = changes(a, b);
+                let mut what = changes(a, b);
+                if a.kind() == Kind::File && b.kind() == Kind::File && content(i, b) {
+                    what.push("content");
+                }
                 if !what.is_empty() {
                     out.push(Drift {
                         path: b.display_path(),
@@ -646,6 +777,7 @@ mod tests {
             excludes: vec!["*.log".into()],
             exclude_from: Some("ex".into()),
             exclude_from_text: Some("- tmp/\n".into()),
+            exclude_from_hex: None,
             euid: 0,
             written: "2026-01-01T00:00:00.000Z".into(),
             entries: 0,
@@ -666,8 +798,15 @@ mod tests {
         let paths: Vec<_> = entries.iter().map(Entry::display_path).collect();
         assert_eq!(paths, ["./", "a/", "a/b/", "a/b/f", "a/l"]);
         assert_eq!(entries[4].target.as_deref(), Some(&b"b/f"[..]));
-        let bytes = encode(&h, &entries).unwrap();
+        let digests = Digests::from_unsorted(vec![(b"a/b/f"[..].into(), [7; 32])]);
+        let bytes = encode(&h, &entries, &digests).unwrap();
+        assert!(bytes.starts_with(b"STRIDX2\n"));
         let p = Path::new("x.index");
+        let all = decode_all(p, &bytes).unwrap();
+        // the one file with a digest: a/b/f, the fourth entry
+        assert_eq!(all.digests, vec![(3, [7; 32])]);
+        let known = all.known();
+        assert_eq!(known.get(b"a/b/f", &entries[3].meta), Some(&[7; 32]));
         let (h2, e2) = decode(p, &bytes).unwrap();
         assert_eq!(e2, entries);
         assert_eq!(h2.entries, 5);
@@ -808,13 +947,36 @@ mod tests {
             entries: 8,
             ..header()
         };
-        let (h2, got) = decode(Path::new("v1.index"), golden).unwrap();
-        assert_eq!((h2, &got), (h.clone(), &want));
-        assert_eq!(encode(&h, &want).unwrap(), golden);
+        let v1 = decode_all(Path::new("v1.index"), golden).unwrap();
+        assert_eq!((&v1.header, &v1.entries), (&h, &want));
+        // Version 1 has no digests: its files' content is unknown.
+        assert!(v1.digests.is_empty());
+
+        // Version 2, as this encoder writes it: the same entries, one file with its
+        // digest and one without, rules that are not UTF-8 kept in hex.
+        let golden2 = include_bytes!("../fixtures/golden/index-v2.index");
+        let mut h2 = h.clone();
+        h2.set_exclude_from(Some(b"- caf\xe9/\n".to_vec()));
+        assert_eq!(h2.exclude_from_text, None);
+        assert_eq!(h2.exclude_from_hex.as_deref(), Some("2d20636166e92f0a"));
+        let digests = Digests::from_unsorted(vec![(b"a/b.txt"[..].into(), [0xab; 32])]);
+        let v2 = decode_all(Path::new("v2.index"), golden2).unwrap();
+        assert_eq!((&v2.header, &v2.entries), (&h2, &want));
+        assert_eq!(v2.digests, vec![(2, [0xab; 32])]);
+        assert_eq!(
+            v2.header.exclude_from_bytes().unwrap().as_deref(),
+            Some(&b"- caf\xe9/\n"[..])
+        );
+        assert!(v2
+            .header
+            .filter()
+            .unwrap()
+            .is_excluded(Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9")), true));
+        assert_eq!(encode(&h2, &want, &digests).unwrap(), golden2);
         // A special read from a disk has its type bits; the index does not keep them.
         let mut fifo = want.clone();
         fifo[6].meta.mode |= 0o010_000;
-        assert_eq!(encode(&h, &fifo).unwrap(), golden);
+        assert_eq!(encode(&h2, &fifo, &digests).unwrap(), golden2);
     }
 
     #[test]

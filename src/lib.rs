@@ -38,6 +38,7 @@ mod bucket_url;
 pub mod cli;
 pub mod commands;
 pub mod deploy;
+pub mod digest;
 pub mod drift;
 pub mod entry;
 pub(crate) mod error;

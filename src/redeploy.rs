@@ -30,20 +30,24 @@ pub(crate) struct Wanted<'a> {
 }
 
 impl Wanted<'_> {
-    /// The settings the index of this deploy records (SPEC §11), with the text of its
-    /// `exclude_from` file; the time and entry count are filled in when it is saved.
-    pub(crate) fn settings(&self, exclude_from_text: Option<String>) -> index::Header {
-        index::Header {
+    /// The settings the index of this deploy records (SPEC §11), with its
+    /// `exclude_from` file's bytes kept byte for byte; the time and entry count are
+    /// filled in when it is saved.
+    pub(crate) fn settings(&self, exclude_from: Option<Vec<u8>>) -> index::Header {
+        let mut h = index::Header {
             checksum: self.checksum.to_string(),
             strategy: self.strategy,
             dest_mode: self.dest_mode,
             excludes: self.excludes.to_vec(),
             exclude_from: self.exclude_from.map(str::to_string),
-            exclude_from_text,
+            exclude_from_text: None,
+            exclude_from_hex: None,
             euid: self.euid,
             written: String::new(),
             entries: 0,
-        }
+        };
+        h.set_exclude_from(exclude_from);
+        h
     }
 }
 

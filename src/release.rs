@@ -844,7 +844,14 @@ pub(crate) fn record_rollback(
     };
     match crate::index::scan(&r.dir.join(&r.to.id), &filter) {
         Ok(entries) => match &r.to.meta.index {
-            Some(settings) => crate::index::save(state, dest, settings, &entries),
+            // The release's content digests are not known here: the index has none.
+            Some(settings) => crate::index::save(
+                state,
+                dest,
+                settings,
+                &entries,
+                &crate::digest::Digests::default(),
+            ),
             None => logln!("warning: release {} has no index settings", r.to.id),
         },
         Err(e) => logln!("warning: cannot index release {}: {e}", r.to.id),

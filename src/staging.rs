@@ -13,7 +13,7 @@
 //! descriptors whatever the depth, never following a symlink); the staging directory
 //! is removed on drop only while its name still holds the very directory it made. It
 //! also reads the `exclude_from` rule file out of the staged tree (`load_filter`): the
-//! file is part of the archive, so it is in staging (or left in dest as unchanged).
+//! file is part of the archive, so it is in staging (the unpack always writes it there).
 //!
 //! It must never write `dest`, nor anything inside the staged tree (the unpack fills
 //! it); it creates, hands over and removes the directory, never by a joined path below
@@ -32,7 +32,6 @@ use crate::filter::Filter;
 use crate::logln;
 use crate::manifest::Manifest;
 use crate::state;
-use crate::sync;
 use crate::Env;
 
 /// Where a deploy keeps its temporary files: beside `dest` (same filesystem, so
@@ -275,41 +274,42 @@ pub(crate) fn make_writable_and_remove(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The `exclude_from` rule file's path in the archive (`.` components dropped: the
+/// unpack names its entries without them), when the manifest names one. The unpack's
+/// probe never leaves this file in dest: it is always written to staging.
+pub(crate) fn exclude_from_rel(manifest: &Manifest) -> Option<PathBuf> {
+    // manifest validation keeps the name relative and free of `..`.
+    manifest.exclude_from.as_ref().map(|name| {
+        Path::new(name)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    })
+}
+
 /// The manifest's `excludes` after the rules of its `exclude_from` file, and that
-/// file's text (for the index). The file is part of the archive: it is read through
-/// the staging tree, or from `dest` (opened as a tree) when the unpack left dest's
-/// identical copy in place (`reused`, with `reused_in` not staging itself) — never
-/// following a symlink below either.
+/// file's bytes (for the index). The file is part of the archive: it is read through
+/// the staging tree, never following a symlink below it — never from dest, whose copy
+/// may be stale at the same size and mtime (SPEC §21): the unpack always writes it to
+/// staging (see [`exclude_from_rel`]), hard-linked from the live release only when its
+/// content is known equal.
 pub(crate) fn load_filter(
     manifest: &Manifest,
     staging: &Staging,
-    reused: &sync::KeptFiles,
-    reused_in: &Path,
-) -> Result<(Filter, Option<String>)> {
-    match &manifest.exclude_from {
-        Some(name) => {
-            // manifest validation keeps the name relative and free of `..`; the
-            // unpack names its entries without `.` components.
-            let rel: PathBuf = Path::new(name)
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
+) -> Result<(Filter, Option<Vec<u8>>)> {
+    match (&manifest.exclude_from, exclude_from_rel(manifest)) {
+        (Some(name), Some(rel)) => {
             let failed = |source| Error::ExcludeFrom {
                 name: PathBuf::from(name),
                 source,
             };
-            let in_dest = reused.contains_key(&rel) && reused_in != staging.path();
-            let file = if in_dest {
-                Tree::open(reused_in, true).and_then(|dest| dest.open_file(&rel))
-            } else {
-                staging.tree().open_file(&rel)
-            };
+            let file = staging.tree().open_file(&rel);
             let mut rules = Vec::new();
             io::Read::read_to_end(&mut file.map_err(failed)?, &mut rules).map_err(failed)?;
             let filter = Filter::from_bytes(Some(&rules), &manifest.excludes)?;
-            Ok((filter, Some(String::from_utf8_lossy(&rules).into_owned())))
+            Ok((filter, Some(rules)))
         }
-        None => Ok((Filter::new(None, &manifest.excludes)?, None)),
+        _ => Ok((Filter::new(None, &manifest.excludes)?, None)),
     }
 }
 
@@ -503,40 +503,25 @@ mod tests {
     }
 
     #[test]
-    fn filter_rules_are_read_from_staging_or_from_the_dest_copy_left_in_place() {
+    fn filter_rules_are_read_from_staging_never_from_dest() {
         let root = tempfile::tempdir().unwrap();
         let w = workspace(&root);
         let staging = w.staging_dir().unwrap();
         let dest = root.path().join("dest");
         std::fs::create_dir_all(staging.path().join("conf")).unwrap();
         std::fs::create_dir_all(dest.join("conf")).unwrap();
-        std::fs::write(staging.path().join("conf/rules"), b"/cache\n").unwrap();
+        std::fs::write(staging.path().join("conf/rules"), b"/cache\n- /l\xe9\n").unwrap();
         std::fs::write(dest.join("conf/rules"), b"/tmp\n").unwrap();
         let m = manifest("exclude_from: ./conf/rules\n");
+        assert_eq!(exclude_from_rel(&m), Some(PathBuf::from("conf/rules")));
 
-        let none = sync::KeptFiles::default();
-        let (filter, text) = load_filter(&m, &staging, &none, &dest).unwrap();
-        assert_eq!(text.as_deref(), Some("/cache\n"));
+        let (filter, rules) = load_filter(&m, &staging).unwrap();
+        // byte for byte, a Latin-1 byte included
+        assert_eq!(rules.as_deref(), Some(&b"/cache\n- /l\xe9\n"[..]));
         assert!(filter.is_excluded(Path::new("cache"), true));
+        assert!(filter.is_excluded(Path::new(OsStr::from_bytes(b"l\xe9")), false));
         assert!(!filter.is_excluded(Path::new("tmp"), true));
         assert!(filter.is_excluded(Path::new("x.log"), false));
-
-        // the unpack left dest's identical copy in place instead of writing staging
-        let mut reused = sync::KeptFiles::default();
-        let attrs = crate::unpack::FileAttrs {
-            size: 5,
-            mtime: 0,
-            mode: 0o644,
-            owner: None,
-        };
-        reused.insert(PathBuf::from("conf/rules"), attrs);
-        let (filter, text) = load_filter(&m, &staging, &reused, &dest).unwrap();
-        assert_eq!(text.as_deref(), Some("/tmp\n"));
-        assert!(filter.is_excluded(Path::new("tmp"), true));
-        assert!(!filter.is_excluded(Path::new("cache"), true));
-        // linked into staging itself (a release): read from staging
-        let (_, text) = load_filter(&m, &staging, &reused, staging.path()).unwrap();
-        assert_eq!(text.as_deref(), Some("/cache\n"));
     }
 
     #[test]
@@ -547,10 +532,9 @@ mod tests {
         let staging = workspace(&root).staging_dir().unwrap();
         symlink(outside.path(), staging.path().join("conf")).unwrap();
         symlink(outside.path().join("rules"), staging.path().join("rules")).unwrap();
-        let none = sync::KeptFiles::default();
         for name in ["conf/rules", "rules"] {
             let m = manifest(&format!("exclude_from: {name}\n"));
-            let e = load_filter(&m, &staging, &none, root.path()).unwrap_err();
+            let e = load_filter(&m, &staging).unwrap_err();
             assert!(e.to_string().contains(name), "{e}");
         }
     }
@@ -559,14 +543,13 @@ mod tests {
     fn a_missing_rule_file_is_an_error_and_no_rule_file_reads_nothing() {
         let root = tempfile::tempdir().unwrap();
         let staging = workspace(&root).staging_dir().unwrap();
-        let none = sync::KeptFiles::default();
         let m = manifest("exclude_from: rules\n");
-        let err = load_filter(&m, &staging, &none, root.path()).unwrap_err();
+        let err = load_filter(&m, &staging).unwrap_err();
         let err = err.to_string();
         assert!(err.contains("the file is not in the archive"), "{err}");
         assert!(err.contains("rules"), "{err}");
 
-        let (filter, text) = load_filter(&manifest(""), &staging, &none, root.path()).unwrap();
+        let (filter, text) = load_filter(&manifest(""), &staging).unwrap();
         assert_eq!(text, None);
         assert!(filter.is_excluded(Path::new("a.log"), false));
     }

@@ -21,8 +21,10 @@ mod mv;
 mod release;
 mod rsync;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
+use crate::digest::{Digests, Known};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::index;
@@ -70,9 +72,6 @@ pub(crate) struct Stage {
     pub probe: Option<DestProbe>,
     /// Unchanged files are hard-linked into staging rather than left out.
     pub link_unchanged: bool,
-    /// Where a file the unpack did not write (`Staged::reused`) is read from: dest, or
-    /// staging itself when unchanged files are hard links in it.
-    pub reused_in: PathBuf,
     /// How the log names what became of unchanged files (`left in place in DEST`).
     pub reused_how: String,
 }
@@ -83,6 +82,9 @@ pub(crate) struct Landed {
     pub changes: record::Changes,
     /// The index of dest after the landing, or why there is none (a warning).
     pub entries: Result<Vec<crate::entry::Entry>>,
+    /// The archive's content digests (the unpack's): those of dest's regular files
+    /// after the landing, for the index.
+    pub digests: Digests,
     /// The release dest now points at (release strategy).
     pub release: Option<String>,
 }
@@ -129,13 +131,29 @@ pub(crate) fn for_deploy<'a>(ctx: Ctx<'a>, dry_run: bool) -> Result<Box<dyn Land
     })
 }
 
+/// What the deploy index of dest says of its files' content (SPEC §21), for the
+/// unpack's probe and the plan; `None` without a state directory, an index, or a
+/// readable one (then a found file is compared with its bytes).
+fn known(ctx: &Ctx) -> Option<Arc<Known>> {
+    let indexed = index::read_all(ctx.state?, &record::key_for_dest(ctx.dest)).ok()??;
+    Some(Arc::new(indexed.known()))
+}
+
+/// The unpack's probe of `root`, exact by content: judged by `known` (the index's
+/// digests), else by the found file's bytes; the `exclude_from` rule file is never
+/// reused (always read from staging).
+fn probe(ctx: &Ctx, root: &Path, follow: bool, known: Option<Arc<Known>>) -> DestProbe {
+    DestProbe::new(root, follow)
+        .with_known(known)
+        .never_reusing(crate::staging::exclude_from_rel(ctx.manifest))
+}
+
 /// A private staging directory beside dest, the probe (if any) over `probed`.
-fn staging_beside(ctx: &Ctx, probed: Option<&Path>) -> Result<Stage> {
+fn staging_beside(ctx: &Ctx, probed: Option<(&Path, Option<Arc<Known>>)>) -> Result<Stage> {
     Ok(Stage {
         staging: ctx.work.staging_dir()?,
-        probe: probed.map(|dest| DestProbe::new(dest, true)),
+        probe: probed.map(|(dest, known)| probe(ctx, dest, true, known)),
         link_unchanged: false,
-        reused_in: ctx.dest.to_path_buf(),
         reused_how: format!("left in place in {}", ctx.dest.display()),
     })
 }

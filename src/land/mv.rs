@@ -60,12 +60,14 @@ impl Land for Mv<'_> {
             let _ = make_writable_and_remove(&path);
             return Err(e);
         }
+        let staged = staged.into_inner();
         Ok(Landed {
             changes: record::Changes {
-                created: staged.get().entries,
+                created: staged.entries,
                 ..Default::default()
             },
             entries: index::scan(dest, filter),
+            digests: staged.digests,
             release: None,
         })
     }

@@ -34,7 +34,7 @@ use crate::sync::{dry_run, DestProbe};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{staging_beside, Ctx, Land, Landed, Stage};
+use super::{known, probe, staging_beside, Ctx, Land, Landed, Stage};
 use crate::strategy::Strategy;
 
 /// The release strategy of one deploy.
@@ -141,8 +141,14 @@ impl Land for Releaser<'_> {
         let Some(slot) = &self.slot else {
             return staging_beside(&self.ctx, None);
         };
-        let probe = match (&slot.live, reuse) {
-            (Some(live), true) => Some(DestProbe::new(&slot.dir.join(live), false)),
+        // Exact by content: a file is linked only when it holds the archive's bytes.
+        let probe: Option<DestProbe> = match (&slot.live, reuse) {
+            (Some(live), true) => Some(probe(
+                &self.ctx,
+                &slot.dir.join(live),
+                false,
+                known(&self.ctx),
+            )),
             _ => None,
         };
         let staging = Staging::create_at(&slot.partial)?;
@@ -154,8 +160,6 @@ impl Land for Releaser<'_> {
             staging,
             probe,
             link_unchanged: true,
-            // Unchanged files are hard links in the partial release itself.
-            reused_in: slot.partial.clone(),
             reused_how: format!(
                 "linked from {}",
                 slot.live.as_deref().unwrap_or("no live release")
@@ -168,7 +172,7 @@ impl Land for Releaser<'_> {
         let (live, target) = release::dry_run_target(self.ctx.manifest, self.ctx.dest)?;
         let empty = tempfile::tempdir().map_err(|e| Error::io("create temp dir", "", e))?;
         let against = live.unwrap_or_else(|| empty.path().join("none"));
-        let mut changes = dry_run::planned(staged, &against, filter)?;
+        let mut changes = dry_run::planned(staged, &against, filter, None)?;
         changes.push(dry_run::Change::switch(self.ctx.dest, &target));
         Ok(changes)
     }
@@ -191,7 +195,11 @@ impl Land for Releaser<'_> {
             msg: "the partial release was never made".into(),
         })?;
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
-        let mut listed = staged.into_inner().written;
+        let Staged {
+            written: mut listed,
+            digests,
+            ..
+        } = staged.into_inner();
         let excluded = remove_excluded(part, filter, &mut listed)?;
         if excluded > 0 {
             logln!("Left {excluded} excluded entries out of release {id}");
@@ -259,6 +267,7 @@ impl Land for Releaser<'_> {
         Ok(Landed {
             changes,
             entries,
+            digests,
             release,
         })
     }

@@ -2,6 +2,9 @@
 //! dest and the plan applied (`sync`); unchanged files are left in dest by the unpack
 //! and never written.
 
+use std::sync::Arc;
+
+use crate::digest::Known;
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::index;
@@ -11,18 +14,25 @@ use crate::sync::{self, dry_run, SyncOptions};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{staging_beside, Ctx, Land, Landed, Stage};
+use super::{known, staging_beside, Ctx, Land, Landed, Stage};
 
 /// The rsync strategy of one deploy.
 pub(super) struct Rsync<'a> {
     ctx: Ctx<'a>,
     /// A dry run: dest's files are compared by the plan, not left out by the unpack.
     dry_run: bool,
+    /// What dest's index says of its files' content (the probe's and the plan's).
+    known: Option<Arc<Known>>,
 }
 
 impl<'a> Rsync<'a> {
     pub(super) fn new(ctx: Ctx<'a>, dry_run: bool) -> Rsync<'a> {
-        Rsync { ctx, dry_run }
+        let known = known(&ctx);
+        Rsync {
+            ctx,
+            dry_run,
+            known,
+        }
     }
 }
 
@@ -30,12 +40,12 @@ impl Land for Rsync<'_> {
     /// Staging beside dest; dest's unchanged files (size, mtime, mode, owner) are left
     /// where they are, not written (not in a dry run).
     fn stage(&mut self, reuse: bool) -> Result<Stage> {
-        let probed = (reuse && !self.dry_run).then_some(self.ctx.dest);
+        let probed = (reuse && !self.dry_run).then(|| (self.ctx.dest, self.known.clone()));
         staging_beside(&self.ctx, probed)
     }
 
     fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>> {
-        dry_run::planned(staged, self.ctx.dest, filter)
+        dry_run::planned(staged, self.ctx.dest, filter, self.known.as_deref())
     }
 
     /// The plan, applied; the index is the plan's view of the result (no walk).
@@ -62,12 +72,14 @@ impl Land for Rsync<'_> {
             move_source: true,
             dest_mode: Some(mode),
         };
-        let plan = sync::plan_staged(&staged, dest, filter, &sync_opts)?;
+        let known = self.known.as_deref();
+        let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known)?;
         let stats = sync::apply(&plan, &sync_opts)?;
         drop(staging);
         Ok(Landed {
             changes: record::Changes::from(&stats),
             entries: Ok(index::from_plan(&plan, same_owner)),
+            digests: staged.into_inner().digests,
             release: None,
         })
     }

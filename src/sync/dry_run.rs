@@ -8,7 +8,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{plan_staged, tree, Op, Plan, SyncOptions};
+use super::{plan_staged_with, tree, Op, Plan, SyncOptions};
+use crate::digest::Known;
 use crate::entry::Kind;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -92,17 +93,20 @@ impl Change {
 }
 
 /// What the rsync strategy would change in `dest` (or the release strategy in a new
-/// release against `against`, the live one): the plan's changes.
+/// release against `against`, the live one): the plan's changes, content-only ones
+/// included (by `known`, the index's digests, else by reading `against`'s files).
 pub(crate) fn planned(
     staged: &Verified<Staged>,
     against: &Path,
     filter: &Filter,
+    known: Option<&Known>,
 ) -> Result<Vec<Change>> {
-    Ok(changes(&plan_staged(
+    Ok(changes(&plan_staged_with(
         staged,
         against,
         filter,
         &SyncOptions::default(),
+        known,
     )?))
 }
 

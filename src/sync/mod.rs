@@ -18,6 +18,10 @@
 //! - quick check: a file is rewritten when size or mtime *seconds* differ (rsync's default
 //!   `--modify-window=0` ignores nanoseconds); an up-to-date file only gets mode/owner
 //!   fixed, its mtime is left alone;
+//! - stricter than `rsync -a` (SPEC §21): where the quick check says "same", the file is
+//!   still rewritten when its content differs — by the staged digest against the
+//!   index's ([`plan_staged_with`]), else by reading dest's file (as `rsync
+//!   --checksum` would);
 //! - a same-target symlink still gets its mtime set (rsync has "symtimes");
 //! - the transfer root is never excluded; its mode, mtime (and owner) become `src`'s
 //!   (the mode: [`SyncOptions::dest_mode`] when given);
@@ -32,6 +36,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::ffi::OsStrExt;
+
+use crate::at::Tree;
+use crate::digest::{self, Digests, Known};
 use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::unpack::Staged;
@@ -308,28 +316,83 @@ mod quick;
 mod tree;
 
 pub use apply::apply;
-pub(crate) use plan::plan;
+pub(crate) use plan::plan_with;
 pub use quick::{quick_check, DestProbe, Quick};
 
 /// Plans the sync of the verified staged tree onto `dest` under `filter`: both trees
 /// are listed, then merged by the pure `plan`. The staged tree's `reused` files (left
 /// in dest by the unpack) are planned as present in it; up-to-date entries are listed
 /// for `-vv` (`opts.verbosity >= 2`); `opts.dest_mode` becomes the root's mode.
-/// Reads both trees, changes nothing.
+/// Without an index's digests, dest's files that the quick check calls the same are
+/// read (see [`plan_staged_with`]). Reads both trees, changes nothing.
 pub fn plan_staged(
     staged: &Verified<Staged>,
     dest: &Path,
     filter: &Filter,
     opts: &SyncOptions,
 ) -> Result<Plan> {
+    plan_staged_with(staged, dest, filter, opts, None)
+}
+
+/// [`plan_staged`], with what dest's index says of its files' content (`known`): a
+/// file the quick check calls the same is kept only when its content is the staged
+/// file's — by the staged digest against the index's while dest's file still has the
+/// size and mtime it was indexed with (no read), else by reading dest's file.
+pub fn plan_staged_with(
+    staged: &Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+    known: Option<&Known>,
+) -> Result<Plan> {
     let staged = staged.get();
-    let mut src = tree::source(&open_source(staged)?, filter)?;
+    let src_tree = open_source(staged)?;
+    let mut src = tree::source(&src_tree, filter)?;
     if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);
     }
     let dest_tree = tree::open_dest(dest)?;
     let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
-    plan(src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+    let mut same = |rel: &Path, now: &Meta| {
+        let trees = (&src_tree, dest_tree.as_ref());
+        same_content(trees, &staged.digests, known, rel, now)
+    };
+    let uptodate = opts.verbosity >= 2;
+    plan_with(src, &dest, filter, &staged.reused, uptodate, &mut same)
+}
+
+/// Whether dest's file at `rel` (`now`: its listed attributes) holds the staged
+/// file's content (SPEC §21): the staged digest against the index's (`known`) while
+/// the file still has the size and mtime it was indexed with; else dest's file is read
+/// and hashed (without a staged digest, both files' data are compared, holes
+/// skipped). A file that cannot be read is not the same (it is replaced, or its error
+/// told then).
+fn same_content(
+    (src, dest): (&Tree, Option<&Tree>),
+    digests: &Digests,
+    known: Option<&Known>,
+    rel: &Path,
+    now: &Meta,
+) -> bool {
+    let path = rel.as_os_str().as_bytes();
+    let staged = digests.get(path).copied();
+    if let (Some(s), Some(k)) = (staged, known.and_then(|k| k.get(path, now))) {
+        return s == *k;
+    }
+    let Some(dest) = dest else {
+        return false;
+    };
+    match staged {
+        Some(s) => digest::of_file(dest, rel).is_ok_and(|d| d == s),
+        // No digest (a large sparse file): the two files' data compared, holes skipped.
+        None => match (
+            digest::open_regular(src, rel),
+            digest::open_regular(dest, rel),
+        ) {
+            (Ok(a), Ok(b)) => digest::same_bytes(&a, &b).unwrap_or(false),
+            _ => false,
+        },
+    }
 }
 
 /// The staged tree opened as the sync's source: the one place it is opened by path (a
@@ -364,12 +427,18 @@ mod tests {
         filetime::set_file_mtime(p, FileTime::from_unix_time(mtime, 0)).unwrap();
     }
 
-    /// The plan of `src` onto `dest` as deploy makes it, from trees on disk.
+    /// The plan of `src` onto `dest` as deploy makes it, from trees on disk (no
+    /// digests known: files the quick check calls the same are read).
     fn plan_paths(src: &Path, dest: &Path, filter: &Filter) -> Result<Plan> {
-        let src = tree::source(&crate::at::Tree::open(src, false).unwrap(), filter)?;
+        let src_tree = crate::at::Tree::open(src, false).unwrap();
+        let src = tree::source(&src_tree, filter)?;
         let dest_tree = tree::open_dest(dest)?;
         let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
-        plan(src, &dest, filter, &KeptFiles::new(), true)
+        let none = Digests::default();
+        let mut same = |rel: &Path, now: &Meta| {
+            same_content((&src_tree, dest_tree.as_ref()), &none, None, rel, now)
+        };
+        plan_with(src, &dest, filter, &KeptFiles::new(), true, &mut same)
     }
 
     fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {
@@ -431,13 +500,16 @@ mod tests {
         let opts = SyncOptions::default();
         let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
         assert_eq!(st.created, 5);
-        // same size and mtime, other bytes: quick check keeps it.
+        // same size and mtime, other bytes: the quick check says "same", the content
+        // does not (SPEC §21: stricter than rsync -a), so it is replaced.
         write(&dest.join("same"), "bbb", 200);
         fs::remove_dir(dest.join("was_file")).unwrap();
         write(&dest.join("was_file"), "file", 1);
         let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
-        assert_eq!((st.updated, st.created, st.deleted), (1, 0, 0));
-        assert_eq!(fs::read_to_string(dest.join("same")).unwrap(), "bbb");
+        assert_eq!((st.updated, st.created, st.deleted), (2, 0, 0));
+        assert_eq!(fs::read_to_string(dest.join("same")).unwrap(), "aaa");
+        let st = sync_paths(&src, &dest, &Filter::empty(), &opts).unwrap();
+        assert_eq!((st.updated, st.created, st.deleted), (0, 0, 0));
         assert!(dest.join("was_file").is_dir());
         assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("f"));
         let m = fs::metadata(&dest).unwrap();
@@ -544,5 +616,55 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// The plan's digest rule (SPEC §21): where the quick check says "same", the
+    /// staged digest against the index's while dest's file has its indexed size and
+    /// mtime; else dest's bytes.
+    #[test]
+    fn same_content_trusts_the_index_only_for_an_untouched_file() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("s"), t.path().join("d"));
+        write(&src.join("f"), "new", 100);
+        write(&dest.join("f"), "old", 100);
+        let (s, d) = (
+            crate::at::Tree::open(&src, false).unwrap(),
+            crate::at::Tree::open(&dest, false).unwrap(),
+        );
+        let now = Meta::from(&d.lstat(Path::new("f")).unwrap());
+        let rel = Path::new("f");
+        let h = |b: &[u8]| digest::of_reader(&mut &b[..], &mut [0u8; 8]).unwrap();
+        let staged = Digests::from_unsorted(vec![(b"f"[..].into(), h(b"new"))]);
+        // no index: dest's bytes are read
+        assert!(!same_content((&s, Some(&d)), &staged, None, rel, &now));
+        assert!(!same_content(
+            (&s, Some(&d)),
+            &Digests::default(),
+            None,
+            rel,
+            &now
+        ));
+        // the index says dest holds "new" (and dest's file is as indexed): no read
+        let says = |b: &[u8], m: &Meta| Known::new([(&b"f"[..], m, h(b))].into_iter());
+        let k = says(b"new", &now);
+        assert!(same_content((&s, Some(&d)), &staged, Some(&k), rel, &now));
+        let k = says(b"old", &now);
+        assert!(!same_content((&s, Some(&d)), &staged, Some(&k), rel, &now));
+        // touched since it was indexed: the index's digest no longer answers
+        let mut then = now;
+        then.mtime_nsec = now.mtime_nsec.wrapping_add(1) % 1_000_000_000;
+        let k = says(b"new", &then);
+        assert!(!same_content((&s, Some(&d)), &staged, Some(&k), rel, &now));
+        // equal bytes, no index
+        write(&dest.join("f"), "new", 100);
+        let now = Meta::from(&d.lstat(Path::new("f")).unwrap());
+        assert!(same_content((&s, Some(&d)), &staged, None, rel, &now));
+        assert!(same_content(
+            (&s, Some(&d)),
+            &Digests::default(),
+            None,
+            rel,
+            &now
+        ));
     }
 }

@@ -16,20 +16,40 @@ use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::{Error, Result};
 
-/// Computes what [`super::apply`] must do to make `dest` a mirror of `src` under
-/// `filter`. `kept` are files the source lacks because the unpack found them in dest
-/// already (they are planned as present in the source with their archive attributes);
-/// up-to-date entries are listed as `Keep` actions only when `list_uptodate` (`-vv`).
-/// A kept file that dest no longer holds as it was (a `pre` command changed it) is
-/// `Error::Stale`: its content is in neither tree. A dest directory holding excluded
-/// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
-/// there, "could not make way"): refused before anything changed.
+/// Asked where the quick check calls a regular file of both trees the same: whether
+/// dest's file at `rel` (`now`: its listed attributes) holds the source's content too
+/// (SPEC §21). False: it is replaced like any changed file.
+pub(crate) type SameContent<'c> = dyn FnMut(&Path, &Meta) -> bool + 'c;
+
+/// [`plan_with`], trusting the quick check alone (rsync's own decision; tests of the
+/// rest of the plan).
+#[cfg(test)]
 pub(crate) fn plan(
     src: Listing,
     dest: &Listing,
     filter: &Filter,
     kept: &KeptFiles,
     list_uptodate: bool,
+) -> Result<Plan> {
+    plan_with(src, dest, filter, kept, list_uptodate, &mut |_, _| true)
+}
+
+/// Computes what [`super::apply`] must do to make `dest` a mirror of `src` under
+/// `filter`. A file the quick check calls the same is kept only when `same_content`
+/// says so too. `kept` are files the source lacks because the unpack found them in dest
+/// already (they are planned as present in the source with their archive attributes);
+/// up-to-date entries are listed as `Keep` actions only when `list_uptodate` (`-vv`).
+/// A kept file that dest no longer holds as it was (a `pre` command changed it) is
+/// `Error::Stale`: its content is in neither tree. A dest directory holding excluded
+/// entries that the source replaces by another type is `Error::Sync` (rsync exits 23
+/// there, "could not make way"): refused before anything changed.
+pub(crate) fn plan_with(
+    src: Listing,
+    dest: &Listing,
+    filter: &Filter,
+    kept: &KeptFiles,
+    list_uptodate: bool,
+    same_content: &mut SameContent<'_>,
 ) -> Result<Plan> {
     let Listing {
         root: src_root,
@@ -51,6 +71,7 @@ pub(crate) fn plan(
     let mut p = Planner {
         dest,
         kept,
+        same_content,
         list_uptodate,
         not_whole: not_whole(&entries, &excluded, &linked),
         linked,
@@ -135,9 +156,11 @@ fn protected(dest: &Listing) -> HashSet<PathBuf> {
 }
 
 /// The state of one merge.
-struct Planner<'a> {
+struct Planner<'a, 'c> {
     dest: &'a Listing,
     kept: &'a KeptFiles,
+    /// Asked where the quick check calls a file the same.
+    same_content: &'a mut SameContent<'c>,
     list_uptodate: bool,
     not_whole: HashSet<PathBuf>,
     /// The source's multiply-linked files ([`Walked::linked`]).
@@ -154,7 +177,7 @@ struct Planner<'a> {
     kept_seen: usize,
 }
 
-impl Planner<'_> {
+impl Planner<'_, '_> {
     /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
     /// kept file is planned as the source's.
     fn dest_only(&mut self, de: &Entry) -> Result<()> {
@@ -216,8 +239,8 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// In both trees: kept when the same (type, then quick check / link target /
-    /// device), else replaced.
+    /// In both trees: kept when the same (type, then quick check and content / link
+    /// target / device), else replaced.
     fn both(&mut self, se: Entry, de: &Entry) -> Result<()> {
         let kind = se.kind();
         if kind != de.kind() {
@@ -232,7 +255,9 @@ impl Planner<'_> {
                 self.dirs.push((se, Some(de.meta)));
                 return Ok(());
             }
-            Kind::File => quick_check(&se.meta, &de.meta),
+            Kind::File => {
+                quick_check(&se.meta, &de.meta) && (self.same_content)(de.rel(), &de.meta)
+            }
             Kind::Symlink => se.target == de.target,
             Kind::Special => {
                 se.meta.mode & 0o170000 == de.meta.mode & 0o170000

@@ -1,6 +1,9 @@
-//! rsync's quick check, written once: [`quick_check`] decides "same content" for the
-//! plan (staging × dest) and for [`DestProbe`], the unpack-time probe against `dest`
-//! (or the live release) that spares writing unchanged files to staging.
+//! rsync's quick check, written once: [`quick_check`] decides "maybe the same
+//! content" for the plan (staging × dest) and for [`DestProbe`], the unpack-time probe
+//! against `dest` (or the live release) that spares writing unchanged files to
+//! staging. Neither trusts it alone (SPEC §21): the plan asks the digests (see
+//! `plan`), the unpack compares a found file's content with the entry's, by the
+//! digest the probe's index holds ([`DestProbe::with_known`]) or by its bytes.
 //!
 //! It must never write anything; the probe only reads the tree it was given.
 
@@ -10,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 use super::Kept;
 use crate::at::Tree;
+use crate::digest::{Digest, Known};
 use crate::entry::{Kind, Meta};
 use rustix::fs::Stat;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 /// What the quick check compares: the size, and the mtime in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +69,10 @@ pub fn quick_check(a: impl Into<Quick>, b: impl Into<Quick>) -> bool {
 pub struct DestProbe {
     /// `None` when the tree could not be opened (absent): nothing is found.
     tree: Option<Tree>,
+    /// What the deploy index says of the tree's files' content.
+    known: Option<Arc<Known>>,
+    /// A file never found (the `exclude_from` rule file: always staged).
+    never: Option<PathBuf>,
 }
 
 impl DestProbe {
@@ -71,12 +81,31 @@ impl DestProbe {
     pub fn new(root: &Path, follow: bool) -> DestProbe {
         DestProbe {
             tree: Tree::open(root, follow).ok(),
+            known: None,
+            never: None,
         }
+    }
+
+    /// The probe, with the digests the index of the tree holds: a found file whose
+    /// size and mtime are still the indexed ones is judged by its indexed digest
+    /// (else by its bytes).
+    pub fn with_known(mut self, known: Option<Arc<Known>>) -> DestProbe {
+        self.known = known;
+        self
+    }
+
+    /// The probe, never finding the file `rel` (it is always written to staging).
+    pub fn never_reusing(mut self, rel: Option<PathBuf>) -> DestProbe {
+        self.never = rel;
+        self
     }
 }
 
 impl crate::unpack::Unchanged for DestProbe {
     fn find(&mut self, rel: &Path, want: &Kept) -> Option<(PathBuf, Stat)> {
+        if self.never.as_deref() == Some(rel) {
+            return None;
+        }
         let st = self.tree.as_ref()?.lstat(rel).ok()?;
         let m = Meta::from(&st);
         let same = m.kind() == Kind::File
@@ -84,6 +113,13 @@ impl crate::unpack::Unchanged for DestProbe {
             && m.perms() == want.mode
             && want.owner.is_none_or(|(u, g)| (m.uid, m.gid) == (u, g));
         same.then(|| (rel.to_path_buf(), st))
+    }
+
+    fn digest(&self, rel: &Path, found: &Stat) -> Option<Digest> {
+        let known = self.known.as_ref()?;
+        known
+            .get(rel.as_os_str().as_bytes(), &Meta::from(found))
+            .copied()
     }
 
     fn tree(&self) -> Option<&Tree> {
@@ -144,5 +180,112 @@ mod tests {
         // An absent dest finds nothing.
         let mut none = DestProbe::new(&dest.path().join("absent"), true);
         assert!(none.find(Path::new("d/f"), &want).is_none());
+    }
+
+    /// A tar of regular files `(name, bytes)` (mtime 10, mode 0644) and hard links
+    /// `(name, None, target)`.
+    fn tar_of(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(10);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        for (name, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_mtime(10);
+            h.set_entry_type(tar::EntryType::Link);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn put(dir: &Path, name: &str, data: &[u8]) {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        let mut perm = std::fs::metadata(&p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+        std::fs::set_permissions(&p, perm).unwrap();
+        filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(10, 0)).unwrap();
+    }
+
+    /// The probe reuses a file only when its content is the entry's (SPEC §21): by
+    /// the index's digest when dest's file is as indexed, else by its bytes; large
+    /// files (past the held buffer) too; a hard link to a stale file gets the
+    /// archive's bytes; the rule file is never reused.
+    #[test]
+    fn the_probe_reuses_only_files_of_the_same_content() {
+        use crate::digest::{of_reader, Known};
+        use crate::unpack::{unpack, UnpackOptions};
+        let big_new: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut big_old = big_new.clone();
+        big_old[5 << 20] ^= 1;
+        let files: &[(&str, &[u8])] = &[
+            ("same", b"new!"),
+            ("stale", b"new!"),
+            ("big-same", &big_new),
+            ("big-stale", &big_new),
+            ("rules", b"- x\n"),
+            ("indexed", b"new!"),
+        ];
+        let archive = tar_of(files, &[("link", "stale")]);
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        std::fs::create_dir(&dest).unwrap();
+        for (name, data) in [
+            ("same", &b"new!"[..]),
+            ("stale", b"old!"),
+            ("big-same", &big_new),
+            ("big-stale", &big_old),
+            ("rules", b"- x\n"),
+            ("indexed", b"old!"),
+        ] {
+            put(&dest, name, data);
+        }
+        let h = |b: &[u8]| of_reader(&mut &b[..], &mut [0u8; 64]).unwrap();
+        // The index (wrongly, as after tampering that kept size and mtime to the
+        // nanosecond) says `indexed` holds the new bytes: it is trusted.
+        let st = std::fs::symlink_metadata(dest.join("indexed")).unwrap();
+        let m = Meta::from(&st);
+        let known = Known::new([(&b"indexed"[..], &m, h(b"new!"))].into_iter());
+        let mut probe = DestProbe::new(&dest, true)
+            .with_known(Some(Arc::new(known)))
+            .never_reusing(Some(PathBuf::from("rules")));
+        let into = t.path().join("s");
+        std::fs::create_dir(&into).unwrap();
+        let staged = unpack(
+            &archive[..],
+            &into,
+            &UnpackOptions::default(),
+            Some(&mut probe),
+        )
+        .unwrap();
+        let mut reused: Vec<_> = staged
+            .reused
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect();
+        reused.sort();
+        assert_eq!(reused, ["big-same", "indexed", "same"]);
+        for name in ["big-same", "indexed", "same"] {
+            assert!(!into.join(name).exists(), "{name} left in dest");
+        }
+        assert_eq!(std::fs::read(into.join("stale")).unwrap(), b"new!");
+        assert_eq!(std::fs::read(into.join("link")).unwrap(), b"new!");
+        assert_eq!(std::fs::read(into.join("big-stale")).unwrap(), big_new);
+        assert_eq!(std::fs::read(into.join("rules")).unwrap(), b"- x\n");
+        // every regular file's digest, written or reused, hard link included
+        for (name, data) in files.iter().chain([&("link", &b"new!"[..])]) {
+            assert_eq!(
+                staged.digests.get(name.as_bytes()),
+                Some(&h(data)),
+                "{name}"
+            );
+        }
     }
 }

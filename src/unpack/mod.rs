@@ -53,6 +53,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::at::Tree;
+use crate::digest::{Digest, Digests};
 use crate::entry::Entry;
 use crate::Result;
 
@@ -91,13 +92,40 @@ pub struct FileAttrs {
 
 /// Asked before each regular file entry is written: rsync's quick check done while
 /// unpacking, against a tree the unpack does not know (deploy wires it to
-/// `sync::quick`, against `dest` or the live release).
+/// `sync::quick`, against `dest` or the live release), made exact by content (SPEC
+/// §21): a file it finds is reused only when its content is the entry's too.
 pub trait Unchanged {
     /// The path of an existing regular file equal to the entry at `rel` by size,
-    /// mtime seconds, mode (and owner when given), with the lstat that found it: the
-    /// entry is then not written but listed in `Staged::reused`. Any doubt must answer
-    /// `None` ("write it"). With [`Unchanged::tree`], the path is relative to that tree.
+    /// mtime seconds, mode (and owner when given), with the lstat that found it: a
+    /// candidate. The unpack reads the entry's data, hashes it and compares it with
+    /// [`Unchanged::digest`], else with the found file's own bytes
+    /// ([`Unchanged::open`]); only when equal is the entry not written but listed in
+    /// `Staged::reused`. Any doubt must answer `None` ("write it"). With
+    /// [`Unchanged::tree`], the path is relative to that tree.
     fn find(&mut self, rel: &Path, attrs: &FileAttrs) -> Option<(PathBuf, rustix::fs::Stat)>;
+
+    /// The content digest the probe's index holds for the file `find` answered for
+    /// `rel` (`found`: its lstat), when that file still has the size and mtime it was
+    /// indexed with. `None`: the unpack compares with the file's bytes.
+    fn digest(&self, _rel: &Path, _found: &rustix::fs::Stat) -> Option<Digest> {
+        None
+    }
+
+    /// Opens the file `find` answered (`at`) for reading, never following a symlink:
+    /// through [`Unchanged::tree`] when there is one. The unpack checks it is the
+    /// inode `find` saw.
+    fn open(&self, at: &Path) -> std::io::Result<std::fs::File> {
+        match self.tree() {
+            Some(t) => crate::digest::open_regular(t, at),
+            None => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc_flags())
+                    .open(at)
+            }
+        }
+    }
 
     /// The open tree the probe looks into (dest, or the live release), when it works
     /// through one: a hard link to a file it found is then made from that tree's
@@ -107,6 +135,11 @@ pub trait Unchanged {
     fn tree(&self) -> Option<&Tree> {
         None
     }
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a file the probe found, opened by path.
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 /// The unpacked tree, ready for the sync step.
@@ -123,7 +156,7 @@ pub struct Staged {
     /// Entries written (files, dirs, links), for the log.
     pub entries: u64,
     /// Files left out of staging because the [`Unchanged`] probe found them as the
-    /// archive has them, with the archive's attributes.
+    /// archive has them (content included), with the archive's attributes.
     pub reused: HashMap<PathBuf, FileAttrs>,
     /// With `link_unchanged`: every node below `root` (not `root` itself), sorted by
     /// path bytes, as it is once the unpack returns — the listing of the whole tree
@@ -131,6 +164,10 @@ pub struct Staged {
     /// file's lstat by the [`Unchanged`] probe, a directory's after its deferred fixes,
     /// a symlink's or special's lstat. Empty otherwise.
     pub written: Vec<Entry>,
+    /// The content digest (sha256) of every regular file the tree holds, written or
+    /// reused, by path: computed from the bytes the unpack decompressed (a sparse
+    /// file's holes as zeros).
+    pub digests: Digests,
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an

@@ -5,6 +5,7 @@ mod util;
 
 mod archives_corpus;
 mod cli;
+mod content;
 mod deploy;
 mod events;
 mod faults;

@@ -1,7 +1,10 @@
-//! Differential test of `stretcher::sync` against the real `rsync -a --delete` (SPEC §6).
+//! Differential test of `stretcher::sync` against the real `rsync -a --checksum --delete`
+//! (SPEC §6, §21: a file the quick check calls the same is still replaced when its
+//! content differs, as `--checksum` does; the result is otherwise `rsync -a`'s).
 //!
 //! Each case builds a source tree and a pre-existing destination from a seed, copies the
-//! destination twice, runs `rsync -a --delete [--exclude-from F] [--exclude P]... SRC/ D1/`
+//! destination twice, runs `rsync -a --checksum --delete [--exclude-from F] [--exclude
+//! P]... SRC/ D1/`
 //! and `stretcher::sync::sync(SRC, D2, ..)`, and compares D1 and D2 entry by entry (paths,
 //! types, bytes, permission bits, mtime seconds, link targets, owners when root). rsync is
 //! the judge; it is only ever run here, never by the product. A failing case prints its
@@ -570,7 +573,7 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
     }
 
     let mut cmd = Command::new(rsync_bin());
-    cmd.args(["-a", "--delete"]);
+    cmd.args(["-a", "--checksum", "--delete"]);
     if let Some(list) = &list {
         cmd.arg("--exclude-from").arg(list);
     }

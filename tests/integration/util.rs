@@ -84,6 +84,7 @@ pub fn verified_tree(root: &Path) -> stretcher::verify::Verified<stretcher::unpa
         entries: 0,
         reused: Default::default(),
         written: Default::default(),
+        digests: Default::default(),
     };
     empty.finish().verify(staged).unwrap()
 }

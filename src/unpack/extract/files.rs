@@ -1,7 +1,16 @@
-//! Regular files: the [`Unchanged`](super::super::Unchanged) probe asked first (a file
-//! it finds is left out, or hard-linked with `link_unchanged`), then the size guard,
-//! then the file created `O_EXCL` and written — a sparse one with holes seeked over —
-//! and its owner, mode and mtime set on the open handle.
+//! Regular files: the [`Unchanged`](super::super::Unchanged) probe asked first, then
+//! the size guard, then the file created `O_EXCL` and written — a sparse one with
+//! holes seeked over — and its owner, mode and mtime set on the open handle. Every
+//! file's content digest is computed from the bytes written (a sparse file's read
+//! back, holes as zeros) for `Staged::digests`.
+//!
+//! A file the probe finds (size, mtime, mode, owner equal) is reused only when its
+//! content is the entry's too (SPEC §21): the entry's data (up to `CONFIRM_BUF`) is
+//! read into memory and hashed first, and compared with the probe's indexed digest,
+//! else with the found file's own bytes; equal, it is left out (or hard-linked with
+//! `link_unchanged`), else the held bytes are written as any file. A larger (or
+//! sparse) one is written as it streams and judged after: equal, the staged copy is
+//! removed and dest's left in place (with `link_unchanged` the staged copy stays).
 //!
 //! Never opens through an existing path: `O_CREAT | O_EXCL | O_NOFOLLOW` relative to
 //! the staging tree on create, a replaced earlier member is removed first; an unchanged
@@ -20,13 +29,23 @@ use crate::Result;
 use super::super::errors::{archive_error, corrupt, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::FileAttrs;
-use super::{set_attrs, Extractor, Meta};
+use super::{key, set_attrs, Extractor, Meta};
 use crate::at::Tree;
+use crate::digest::{self, Digest, Hasher};
 use crate::entry;
 use crate::fsops::Node;
 
 /// Buffer for copying file contents (one per unpack, reused for every file).
 pub(super) const COPY_BUF: usize = 256 * 1024;
+
+/// The most of a found file's data held in memory while it is judged.
+pub(super) const CONFIRM_BUF: usize = 8 << 20;
+
+/// The largest sparse file whose digest is computed (read back, holes as zeros):
+/// hashing a hole costs as much as hashing data, and a 60 GB disk image with a few
+/// blocks of data must stay cheap. A larger one has no digest; it is compared with
+/// dest's copy by its data only (`digest::same_bytes`).
+pub(super) const SPARSE_HASHED: u64 = 256 << 20;
 
 impl Extractor<'_, '_> {
     pub(super) fn file<R: Read>(
@@ -41,9 +60,22 @@ impl Extractor<'_, '_> {
         let sparse = sparse_layout(entry, pax, raw)?;
         // The file's size as tar extracts it: a sparse member's logical size.
         let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
+        // The data read whole into `held` (a found file judged before it is written).
+        let mut held: Option<Digest> = None;
+        // A found file judged once written (too large to hold, or sparse).
+        let mut judge_after: Option<Stat> = None;
         if let Some(found) = self.reuse(rel, size, meta) {
-            if self.keep(rel, raw, found)? {
-                return Ok(());
+            let holdable = usize::try_from(size).is_ok_and(|n| n <= CONFIRM_BUF);
+            if sparse.is_none() && holdable {
+                let digest = self.hold(entry, size, raw)?;
+                if self.same_as_found(rel, &found, &digest) && self.keep(rel, raw, found)? {
+                    self.digests.insert(key(rel).into(), digest);
+                    return Ok(());
+                }
+                self.forget_reuse(rel);
+                held = Some(digest);
+            } else {
+                judge_after = Some(found);
             }
         }
         // The size guard counts what is really written: a sparse file's data chunks.
@@ -52,9 +84,44 @@ impl Extractor<'_, '_> {
             None => self.space.claim(size, self.tree, self.opts)?,
         }
         let mut file = self.create(rel, raw, meta.mode)?;
-        match &sparse {
-            None => self.copy_data(entry, &mut file, size, raw)?,
-            Some(s) => self.write_sparse(entry, &mut file, s, raw)?,
+        let digest = match (&sparse, held) {
+            (_, Some(digest)) => {
+                file.write_all(&self.held)
+                    .map_err(|e| fail_io(raw, "write", e))?;
+                Some(digest)
+            }
+            (None, None) => {
+                let mut hasher = Hasher::default();
+                self.copy_data(entry, &mut file, size, raw, Some(&mut hasher))?;
+                Some(hasher.finish())
+            }
+            (Some(s), None) => {
+                self.write_sparse(entry, &mut file, s, raw)?;
+                if size <= SPARSE_HASHED {
+                    self.read_back(rel, &file, raw)?
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(found) = judge_after {
+            let same = match &digest {
+                Some(d) => self.same_as_found(rel, &found, d),
+                None => self.same_bytes_as_found(rel, &found),
+            };
+            if !self.opts.link_unchanged && same {
+                // dest's copy holds these very bytes: it stays, the staged one goes.
+                drop(file);
+                self.tree
+                    .unlink(rel)
+                    .map_err(|e| fail_io(raw, "remove", e))?;
+                if let Some(d) = digest {
+                    self.digests.insert(key(rel).into(), d);
+                }
+                self.entries += 1;
+                return Ok(());
+            }
+            self.forget_reuse(rel);
         }
         let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
         set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
@@ -64,8 +131,109 @@ impl Extractor<'_, '_> {
             || file.metadata().map(|m| entry::Meta::from(&m)),
             None,
         )?;
+        match digest {
+            Some(d) => self.digests.insert(key(rel).into(), d),
+            None => self.digests.remove(key(rel)),
+        };
         self.entries += 1;
         Ok(())
+    }
+
+    /// Reads the entry's `size` bytes of data whole into `held`, and answers their
+    /// digest.
+    fn hold(&mut self, entry: &mut impl Read, size: u64, raw: &[u8]) -> Result<Digest> {
+        // `size` fits `CONFIRM_BUF` (checked by the caller).
+        let len = usize::try_from(size)
+            .unwrap_or(CONFIRM_BUF)
+            .min(CONFIRM_BUF);
+        let mut held = std::mem::take(&mut self.held);
+        held.clear();
+        let read = entry.take(size).read_to_end(&mut held);
+        let got = held.len();
+        let digest = {
+            let mut h = Hasher::default();
+            h.update(&held);
+            h.finish()
+        };
+        self.held = held;
+        read.map_err(|e| corrupt(self.opts, e))?;
+        if got < len {
+            return Err(archive_error(
+                self.opts,
+                format!(
+                    "truncated in member \"{}\": the stream ends {} bytes before the end of its data",
+                    shown(raw),
+                    len - got
+                ),
+            ));
+        }
+        Ok(digest)
+    }
+
+    /// Whether the file the probe found for `rel` (its lstat `found`) holds the bytes
+    /// whose digest is `digest`: by the probe's indexed digest, else by reading the
+    /// file (the very inode the probe saw, through its tree). Any doubt: false.
+    fn same_as_found(&mut self, rel: &Path, found: &Stat, digest: &Digest) -> bool {
+        let Some(probe) = self.unchanged.as_deref() else {
+            return false;
+        };
+        if let Some(known) = probe.digest(rel, found) {
+            return known == *digest;
+        }
+        let Some(at) = self.kept_at.get(rel) else {
+            return false;
+        };
+        let Ok(mut f) = probe.open(at) else {
+            return false;
+        };
+        let same_inode = rustix::fs::fstat(&f).is_ok_and(|st| {
+            (st.st_dev, st.st_ino, st.st_size) == (found.st_dev, found.st_ino, found.st_size)
+        });
+        same_inode && digest::of_reader(&mut f, &mut self.buf).is_ok_and(|d| d == *digest)
+    }
+
+    /// Whether the file the probe found for `rel` (its lstat `found`) holds the bytes
+    /// just written to staging at `rel` (a sparse file without a digest: compared by
+    /// its data, holes skipped). Any doubt: false.
+    fn same_bytes_as_found(&self, rel: &Path, found: &Stat) -> bool {
+        let (Some(probe), Some(at)) = (self.unchanged.as_deref(), self.kept_at.get(rel)) else {
+            return false;
+        };
+        let (Ok(theirs), Ok(ours)) = (probe.open(at), self.tree.open_file(rel)) else {
+            return false;
+        };
+        let same_inode = rustix::fs::fstat(&theirs)
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == (found.st_dev, found.st_ino));
+        same_inode && digest::same_bytes(&ours, &theirs).unwrap_or(false)
+    }
+
+    /// The probe's find for `rel` is not used after all: the entry is written.
+    fn forget_reuse(&mut self, rel: &Path) {
+        self.reused.remove(rel);
+        self.kept_at.remove(rel);
+    }
+
+    /// The digest of the file just written at `rel` (`file`, its handle), read back
+    /// through the tree: a sparse file's holes read as zeros.
+    fn read_back(&mut self, rel: &Path, file: &fs::File, raw: &[u8]) -> Result<Option<Digest>> {
+        let mut back = self
+            .tree
+            .open_file(rel)
+            .map_err(|e| fail_io(raw, "open", e))?;
+        let (a, b) = (
+            rustix::fs::fstat(file).map_err(|e| fail_io(raw, "stat", e.into()))?,
+            rustix::fs::fstat(&back).map_err(|e| fail_io(raw, "stat", e.into()))?,
+        );
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(fail_io(
+                raw,
+                "read back",
+                io::Error::other("replaced while it was written"),
+            ));
+        }
+        digest::of_reader(&mut back, &mut self.buf)
+            .map(Some)
+            .map_err(|e| fail_io(raw, "read back", e))
     }
 
     /// Lists `rel` as kept (not written) when the [`Unchanged`](super::super::Unchanged)
@@ -102,8 +270,7 @@ impl Extractor<'_, '_> {
             self.entries += 1;
             return Ok(true);
         }
-        self.reused.remove(rel);
-        self.kept_at.remove(rel);
+        self.forget_reuse(rel);
         Ok(false)
     }
 
@@ -174,19 +341,21 @@ impl Extractor<'_, '_> {
                 .map_err(|e| corrupt(self.opts, e))?;
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| fail_io(raw, "seek", e))?;
-            self.copy_data(entry, file, len, raw)?;
+            self.copy_data(entry, file, len, raw, None)?;
             used = start + len;
         }
         Ok(())
     }
 
-    /// Copies exactly `len` bytes of the entry's data into `file`.
+    /// Copies exactly `len` bytes of the entry's data into `file`, each into `hasher`
+    /// too when given.
     fn copy_data(
         &mut self,
         entry: &mut impl Read,
         file: &mut fs::File,
         len: u64,
         raw: &[u8],
+        mut hasher: Option<&mut Hasher>,
     ) -> Result<()> {
         let mut left = len;
         while left > 0 {
@@ -201,6 +370,9 @@ impl Extractor<'_, '_> {
             };
             file.write_all(&self.buf[..n])
                 .map_err(|e| fail_io(raw, "write", e))?;
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&self.buf[..n]);
+            }
             left -= n as u64;
         }
         if left > 0 {

@@ -94,6 +94,11 @@ impl Extractor<'_, '_> {
             other => other,
         }
         .map_err(|e| fail_io(raw, &format!("hard link to {target:?}"), e))?;
+        // The same content as the target's (a regular file's digest with it).
+        match self.digests.get(key(&target)).copied() {
+            Some(d) => self.digests.insert(key(rel).into(), d),
+            None => self.digests.remove(key(rel)),
+        };
         // The same inode as the target's (a link never changes what the index keeps).
         let linked = self.written.get(key(&target)).map(|l| Entry {
             path: key(rel).into(),

@@ -33,6 +33,7 @@ use rustix::fs::FileType;
 use tar::EntryType;
 
 use crate::at::{Owner, Tree};
+use crate::digest::{Digest, Digests};
 use crate::entry::Entry;
 use crate::fsops::{self, Attrs, Node, Step};
 use crate::log::shown;
@@ -141,6 +142,11 @@ pub(super) struct Extractor<'a, 'u> {
     kept_at: HashMap<PathBuf, PathBuf>,
     /// `Staged::written` (kept only with `link_unchanged`), by path.
     written: HashSet<Listed>,
+    /// `Staged::digests`, by path: every regular file written or reused.
+    digests: HashMap<Box<[u8]>, Digest>,
+    /// The data of a file the probe found, read whole before it is judged (allocated
+    /// when first needed, reused for every file, at most `files::CONFIRM_BUF`).
+    held: Vec<u8>,
     space: Space,
 }
 
@@ -165,6 +171,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
             reused: HashMap::new(),
             kept_at: HashMap::new(),
             written: HashSet::new(),
+            digests: HashMap::new(),
+            held: Vec::new(),
             space: Space::new(tree),
         }
     }
@@ -262,11 +270,14 @@ impl<'a, 'u> Extractor<'a, 'u> {
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
             self.written.retain(|d| !d.0.rel().starts_with(rel));
+            self.digests
+                .retain(|p, _| !Path::new(std::ffi::OsStr::from_bytes(p)).starts_with(rel));
         } else {
             self.tree
                 .unlink(rel)
                 .map_err(|e| fail_io(raw, "remove", e))?;
             self.written.remove(key(rel));
+            self.digests.remove(key(rel));
         }
         Ok(())
     }
@@ -309,6 +320,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.fix_dirs()?;
         let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
         written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let digests = Digests::from_unsorted(self.digests.into_iter().collect());
         let root_id = self
             .tree
             .id()
@@ -320,6 +332,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             entries: self.entries,
             reused: self.reused,
             written,
+            digests,
         })
     }
 }

@@ -1,0 +1,273 @@
+//! Content digests of regular files (SPEC §21): sha256, the digest the packed
+//! archives' tables of SPEC §18 carry too, so a table's digest compares with the
+//! index's directly and the code knows one digest (`sha2` uses the CPU's SHA
+//! extensions when it has them).
+//!
+//! [`Digests`] is what an unpack learnt (every regular file it lists, by path);
+//! [`Known`] is what the deploy index says of dest's files: a digest holds only while
+//! the file still has the size and mtime (to the nanosecond) it was indexed with.
+//! Both are sorted vectors, one allocation per path, nothing per entry that is not a
+//! regular file. This module reads a file only when asked ([`of_file`]).
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::at::Tree;
+use crate::entry::Meta;
+
+/// A file's content digest: sha256 of its bytes (a sparse file's holes as zeros).
+pub type Digest = [u8; 32];
+
+/// The running digest of bytes as they go by.
+#[derive(Clone, Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything added.
+    pub fn finish(self) -> Digest {
+        self.0.finalize().into()
+    }
+}
+
+/// The digest of everything `r` reads, with `buf` as the read buffer.
+pub fn of_reader(r: &mut impl Read, buf: &mut [u8]) -> io::Result<Digest> {
+    let mut h = Hasher::default();
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(h.finish()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens the regular file `rel` of `tree` for reading: no symlink followed (below the
+/// tree's root or at its name), never blocking on a fifo swapped in, and refused when
+/// it is not a regular file.
+pub fn open_regular(tree: &Tree, rel: &Path) -> io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = tree.at(rel, |d, n| rustix::fs::openat(d, n, flags, Mode::empty()))?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The digest of the regular file `rel` of `tree` (see [`open_regular`]).
+pub fn of_file(tree: &Tree, rel: &Path) -> io::Result<Digest> {
+    let mut file = open_regular(tree, rel)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    of_reader(&mut file, &mut buf)
+}
+
+/// Whether the files `a` and `b` hold the same bytes, both read from their start to
+/// their end: holes of both are skipped (`SEEK_DATA`), so two sparse files of any size
+/// compare at the cost of their data. Different sizes: false.
+pub fn same_bytes(a: &std::fs::File, b: &std::fs::File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = a.metadata()?.len();
+    if b.metadata()?.len() != len {
+        return Ok(false);
+    }
+    const CHUNK: usize = 1 << 20;
+    let (mut x, mut y) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut pos = 0u64;
+    while pos < len {
+        // The next offset where either file has data; before it both are holes.
+        let next = next_data(a, pos, len)?.min(next_data(b, pos, len)?);
+        if next >= len {
+            break;
+        }
+        let n = usize::try_from(len - next).unwrap_or(CHUNK).min(CHUNK);
+        a.read_exact_at(&mut x[..n], next)?;
+        b.read_exact_at(&mut y[..n], next)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        pos = next + n as u64;
+    }
+    Ok(true)
+}
+
+/// The first offset at or after `pos` where `f` has data (`len` when none); a
+/// filesystem without `SEEK_DATA` answers `pos` (all data).
+fn next_data(f: &std::fs::File, pos: u64, len: u64) -> io::Result<u64> {
+    match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
+        Ok(off) => Ok(off),
+        Err(rustix::io::Errno::NXIO) => Ok(len),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(pos),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// The digest of every regular file an unpack listed, by path (dest-relative bytes),
+/// sorted: found by binary search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests(Vec<(Box<[u8]>, Digest)>);
+
+impl Digests {
+    /// From `(path, digest)` pairs in any order; a path given twice keeps its last.
+    pub fn from_unsorted(mut list: Vec<(Box<[u8]>, Digest)>) -> Digests {
+        // Stable: of equal paths, the last one given stays last.
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Box<[u8]>, Digest)> = Vec::with_capacity(list.len());
+        for item in list {
+            match out.last_mut() {
+                Some(last) if last.0 == item.0 => *last = item,
+                _ => out.push(item),
+            }
+        }
+        Digests(out)
+    }
+
+    /// The digest of the file at `path`, when one is known.
+    pub fn get(&self, path: &[u8]) -> Option<&Digest> {
+        let i = self.0.binary_search_by(|(p, _)| (**p).cmp(path)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// How many digests there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// When dest's file was indexed: its size and mtime to the nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+impl From<&Meta> for Stamp {
+    fn from(m: &Meta) -> Stamp {
+        Stamp {
+            size: m.size,
+            mtime: m.mtime,
+            mtime_nsec: m.mtime_nsec,
+        }
+    }
+}
+
+/// What the deploy index of dest says of its regular files' content: each file's
+/// digest with the size and mtime it had when indexed. A digest answers for a file
+/// only while it still has them (else the file was changed since, and is read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known(Vec<(Box<[u8]>, Stamp, Digest)>);
+
+impl Known {
+    /// From an index's entries and the digests of its regular files (sorted by path,
+    /// as the index is).
+    pub fn new<'a>(files: impl Iterator<Item = (&'a [u8], &'a Meta, Digest)>) -> Known {
+        let mut list: Vec<(Box<[u8]>, Stamp, Digest)> = files
+            .map(|(p, m, d)| (Box::from(p), Stamp::from(m), d))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Known(list)
+    }
+
+    /// The indexed digest of the file at `path`, when dest's file there (`now`, as
+    /// listed or `lstat`-ed now) still has the size and mtime it was indexed with.
+    pub fn get(&self, path: &[u8], now: &Meta) -> Option<&Digest> {
+        let i = self.0.binary_search_by(|(p, ..)| (**p).cmp(path)).ok()?;
+        let (_, stamp, digest) = &self.0[i];
+        (*stamp == Stamp::from(now)).then_some(digest)
+    }
+
+    /// How many files the index has a digest of.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_keep_the_last_of_a_path_and_known_needs_the_same_stamp() {
+        let d = Digests::from_unsorted(vec![
+            (b"b".as_slice().into(), [2; 32]),
+            (b"a".as_slice().into(), [1; 32]),
+            (b"b".as_slice().into(), [3; 32]),
+        ]);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.get(b"a"), Some(&[1; 32]));
+        assert_eq!(d.get(b"b"), Some(&[3; 32]));
+        assert_eq!(d.get(b"c"), None);
+
+        let meta = |size, mtime, mtime_nsec| Meta {
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            mtime_nsec,
+            size,
+            mtime,
+        };
+        let m = meta(3, 10, 5);
+        let k = Known::new([(&b"f"[..], &m, [9; 32])].into_iter());
+        assert_eq!(k.get(b"f", &meta(3, 10, 5)), Some(&[9; 32]));
+        assert_eq!(k.get(b"f", &meta(3, 10, 6)), None, "touched since");
+        assert_eq!(k.get(b"f", &meta(4, 10, 5)), None);
+        assert_eq!(k.get(b"g", &m), None);
+    }
+
+    #[test]
+    fn sparse_files_compare_by_their_data() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let make = |name: &str, at: u64, data: &[u8]| {
+            let f = std::fs::File::create(t.path().join(name)).unwrap();
+            f.set_len(1 << 30).unwrap();
+            f.write_all_at(data, at).unwrap();
+            std::fs::File::open(t.path().join(name)).unwrap()
+        };
+        let a = make("a", 512 << 20, b"data");
+        let b = make("b", 512 << 20, b"data");
+        let c = make("c", 512 << 20, b"date");
+        let d = make("d", 0, b"\0\0\0\0");
+        assert!(same_bytes(&a, &b).unwrap());
+        assert!(!same_bytes(&a, &c).unwrap());
+        // explicit zeros and a hole are the same bytes
+        let e = make("e", 0, b"");
+        assert!(same_bytes(&d, &e).unwrap());
+        assert!(!same_bytes(&a, &e).unwrap());
+    }
+
+    #[test]
+    fn the_digest_is_sha256() {
+        let mut buf = [0u8; 3];
+        let d = of_reader(&mut &b"abc"[..], &mut buf).unwrap();
+        assert_eq!(
+            to_hex(&d),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
