@@ -28,8 +28,11 @@ What to run:
   --only LIST       comma-separated subset of: cold, nochange, update, zst, redeploy,
                     release (default: all six)
                       cold      deploy v1.tar.gz into an empty dest
-                      nochange  deploy v1.tar.gz onto a dest that already equals it
-                      update    deploy v2.tar.gz onto a dest holding v1
+                      nochange  deploy v1.tar.gz onto a dest that already equals it (ours:
+                                as its deploy of v1 left it, index included, with --force;
+                                the peer: a copy of v1)
+                      update    deploy v2.tar.gz onto a dest holding v1 (ours: as its
+                                deploy of v1 left it)
                       zst       ours: no-change deploy of v1.tar.zst vs of v1.tar.gz
                       release   ours: the update scenario with sync_strategy release (dest a
                                 link to a v1 release) vs with the rsync strategy
@@ -68,6 +71,7 @@ FILES=20000
 MB=""
 SEED=1
 ONLY="cold,nochange,update,zst,redeploy,release"
+FORCE=""
 SCALING=0
 KEEP=0
 DIR=""
@@ -365,7 +369,18 @@ prep() { # prep STATE: "empty" or a mirror directory to copy into dest
 # prep_side SIDE STATE: as prep; for ours-release, STATE (a mirror of v1) is instead made
 # the live release of a release deploy of v1, untimed
 prep_side() {
-  if [ "$1" = ours-release ]; then
+  if [ "$1" = ours-gz ] || [ "$1" = ours-zst ]; then
+    if [ "$2" != empty ]; then
+      # dest holds v1 as a deploy of v1 left it (its index included), as on a fleet
+      # host; the peer's dest is a copy of the same tree.
+      reset_run
+      "$BIN" --state-dir "$STATE" "$W/man/v1-gz.yml" >"$LOGS/prep.log" 2>&1 ||
+        { tail -n 5 "$LOGS/prep.log" >&2; die "the deploy of v1 (preparation) failed"; }
+      sync -f "$RUNROOT"
+    else
+      prep "$2"
+    fi
+  elif [ "$1" = ours-release ]; then
     reset_run
     "$BIN" --state-dir "$STATE" "$W/man/v1-gz-release.yml" >"$LOGS/prep.log" 2>&1 ||
       { tail -n 5 "$LOGS/prep.log" >&2; die "the release deploy of v1 (preparation) failed"; }
@@ -379,8 +394,8 @@ prep_side() {
 run_side() {
   local side=$1 v=$2
   case $side in
-    ours-gz)  run_timed "$LOGS/$side.log" "$BIN" --state-dir "$STATE" "$W/man/$v-gz.yml" ;;
-    ours-zst) run_timed "$LOGS/$side.log" "$BIN" --state-dir "$STATE" "$W/man/$v-zst.yml" ;;
+    ours-gz)  run_timed "$LOGS/$side.log" "$BIN" --state-dir "$STATE" $FORCE "$W/man/$v-gz.yml" ;;
+    ours-zst) run_timed "$LOGS/$side.log" "$BIN" --state-dir "$STATE" $FORCE "$W/man/$v-zst.yml" ;;
     ours-release) run_timed "$LOGS/$side.log" "$BIN" --state-dir "$STATE" "$W/man/$v-gz-release.yml" ;;
     peer)     run_timed "$LOGS/$side.log" bash -c 'peer_deploy "$@"' peer \
                 "$W/arch/$v.tar.gz" "$(cat "$W/arch/$v.tar.gz.sha1")" "$DEST" ;;
@@ -419,6 +434,10 @@ scenario() {
     release)  state=$W/v1;  v=v2; a=ours-release; b=ours-gz; ftype=gz ;;
   esac
   expect="$W/$v"
+  # A no-change deploy onto stretcher's own result would download nothing (SPEC §11):
+  # --force times the whole path (download, unpack, sync).
+  FORCE=""
+  case $sc in nochange|zst) FORCE="--force" ;; esac
   log "[$group] $sc: warm-up and correctness check"
   for side in $a $b; do
     prep_side "$side" "$state"

@@ -1,7 +1,9 @@
-//! Benchmarks of the sync core on a 20,000-file tree (SPEC §6): `plan` on a tree that is
-//! already mirrored, `plan` + `apply` for an update that changes 1% of the files, and the
-//! unpack-time quick check: unpacking the tree's archive against a dest that already
-//! holds it (every file left in place) and planning with the kept list.
+//! Benchmarks of the sync core on a 20,000-file tree (SPEC §6, §21): `plan` on a tree
+//! that is already mirrored (without an index: dest's files read to compare content;
+//! with the index's digests, as a deploy has them: no read), `plan` + `apply` for an
+//! update that changes 1% of the files, the unpack-time quick check (unpacking the
+//! tree's archive against a dest that already holds it, every file left in place, and
+//! planning with the kept list), and the content digest itself (sha256 of 64 MiB).
 //!
 //! It never runs rsync and never writes outside its own temporary directory.
 //!
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use filetime::FileTime;
+use stretcher::digest::{self, Digests, Known};
+use stretcher::entry::Meta;
 use stretcher::filter::Filter;
 use stretcher::sync::{self, SyncOptions};
 use stretcher::unpack::{self, Staged, UnpackOptions};
@@ -88,6 +92,26 @@ fn tree(root: &Path) -> Verified<Staged> {
     })
 }
 
+/// Every regular file below `root`: its path relative to `root` (bytes), its lstat as a
+/// [`Meta`] and its digest, as the unpack and the index have them.
+fn digests_of(root: &Path) -> Vec<(Box<[u8]>, Meta, digest::Digest)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.expect("walk the bench tree");
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e.path().strip_prefix(root).expect("below the root");
+        let meta = Meta::from(&e.metadata().expect("lstat"));
+        let mut f = fs::File::open(e.path()).expect("open");
+        let d = digest::of_reader(&mut f, &mut buf).expect("read");
+        out.push((Box::from(rel.as_os_str().as_bytes()), meta, d));
+    }
+    out
+}
+
 fn benches(c: &mut Criterion) {
     let tmp = tempfile::Builder::new()
         .prefix("stretcher-bench-")
@@ -114,6 +138,23 @@ fn benches(c: &mut Criterion) {
                 ..SyncOptions::default()
             };
             let p = sync::plan_staged(&src_tree, &dest, &filter, &list_uptodate).expect("plan");
+            assert!(p.changes().next().is_none());
+            p
+        })
+    });
+
+    // As a deploy plans: the staged digests from the unpack, dest's from its index.
+    let files = digests_of(&src);
+    let mut with_digests = tree(&src).into_inner();
+    with_digests.digests =
+        Digests::from_unsorted(files.iter().map(|(p, _, d)| (p.clone(), *d)).collect());
+    let with_digests = verified(with_digests);
+    let dest_files = digests_of(&dest);
+    let known = Known::new(dest_files.iter().map(|(p, m, d)| (&p[..], m, *d)));
+    g.bench_function("plan_no_change_index_digests", |b| {
+        b.iter(|| {
+            let p = sync::plan_staged_with(&with_digests, &dest, &filter, &opts, Some(&known))
+                .expect("plan");
             assert!(p.changes().next().is_none());
             p
         })
@@ -166,6 +207,21 @@ fn benches(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    let data = vec![0x5au8; 64 << 20];
+    let mut d = c.benchmark_group("digest");
+    d.sample_size(10)
+        .throughput(criterion::Throughput::Bytes(data.len() as u64));
+    d.bench_function("sha256_64MiB", |b| {
+        b.iter(|| {
+            let mut h = digest::Hasher::default();
+            for chunk in data.chunks(1 << 20) {
+                h.update(chunk);
+            }
+            h.finish()
+        })
+    });
+    d.finish();
 }
 
 criterion_group!(sync_benches, benches);
