@@ -65,9 +65,11 @@ impl Land for Rsync<'_> {
         let plan = sync::plan_staged(&staged, dest, filter, &sync_opts)?;
         let stats = sync::apply(&plan, &sync_opts)?;
         drop(staging);
+        // The staged tree's listing of reused files is no longer needed either.
+        drop(staged);
         Ok(Landed {
             changes: record::Changes::from(&stats),
-            entries: Ok(index::from_plan(&plan, same_owner)),
+            entries: Ok(index::from_plan(plan, same_owner)),
             release: None,
         })
     }

@@ -329,7 +329,7 @@ pub fn plan_staged(
     }
     let dest_tree = tree::open_dest(dest)?;
     let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
-    plan(src, &dest, filter, &staged.reused, opts.verbosity >= 2)
+    plan(src, dest, filter, &staged.reused, opts.verbosity >= 2)
 }
 
 /// The staged tree opened as the sync's source: the one place it is opened by path (a
@@ -369,7 +369,7 @@ mod tests {
         let src = tree::source(&crate::at::Tree::open(src, false).unwrap(), filter)?;
         let dest_tree = tree::open_dest(dest)?;
         let dest = tree::dest(dest, dest_tree.as_ref(), filter, &src)?;
-        plan(src, &dest, filter, &KeptFiles::new(), true)
+        plan(src, dest, filter, &KeptFiles::new(), true)
     }
 
     fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {
