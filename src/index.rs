@@ -628,32 +628,37 @@ fn read_one(
 /// The index entries of what `dest` holds after `plan` was applied with
 /// `preserve_owner` (see [`crate::sync::After::result`]), sorted: made from what
 /// the sync already read, without walking `dest` again (only a dest-only directory
-/// kept for its excluded entries is looked at again).
-pub fn from_plan(plan: &crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
+/// kept for its excluded entries is looked at again). The plan is consumed: its
+/// actions are dropped first and `Plan::after` becomes the index in place (paths
+/// moved, not copied), so one listing is alive, not two.
+pub fn from_plan(plan: crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
+    let crate::sync::Plan {
+        dest: dest_path,
+        actions,
+        after,
+        ..
+    } = plan;
+    drop(actions);
     // Opened once, only when a kept directory needs a look (dest followed, as the sync
     // follows `DEST/`; nothing below it).
     let dest = std::cell::OnceCell::new();
-    let mut out: Vec<Entry> = plan
-        .after
-        .iter()
+    let mut out: Vec<Entry> = after
+        .into_iter()
         .filter_map(|a| {
             let meta = if a.fate == crate::sync::Fate::Left {
                 // A dest-only directory kept for its excluded entries: the deletions
                 // in it set its mtime to "now". One lstat each (they are rare).
                 let tree = dest
-                    .get_or_init(|| Tree::open(&plan.dest, true).ok())
+                    .get_or_init(|| Tree::open(&dest_path, true).ok())
                     .as_ref()?;
                 Meta::from(&tree.lstat(a.src.rel()).ok()?)
             } else {
                 a.result(preserve_owner)?
             };
-            Some(Entry {
-                path: a.src.path.clone(),
-                meta,
-                target: a.src.target.clone(),
-            })
+            Some(Entry { meta, ..a.src })
         })
         .collect();
+    out.shrink_to_fit();
     sort(&mut out);
     out
 }

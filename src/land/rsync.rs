@@ -76,10 +76,12 @@ impl Land for Rsync<'_> {
         let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known)?;
         let stats = sync::apply(&plan, &sync_opts)?;
         drop(staging);
+        // Of the staged tree only the digests are needed any more (for the index).
+        let digests = staged.into_inner().digests;
         Ok(Landed {
             changes: record::Changes::from(&stats),
-            entries: Ok(index::from_plan(&plan, same_owner)),
-            digests: staged.into_inner().digests,
+            entries: Ok(index::from_plan(plan, same_owner)),
+            digests,
             release: None,
         })
     }

@@ -358,7 +358,7 @@ pub fn plan_staged_with(
         same_content(trees, &staged.digests, known, rel, now)
     };
     let uptodate = opts.verbosity >= 2;
-    plan_with(src, &dest, filter, &staged.reused, uptodate, &mut same)
+    plan_with(src, dest, filter, &staged.reused, uptodate, &mut same)
 }
 
 /// Whether dest's file at `rel` (`now`: its listed attributes) holds the staged
@@ -438,7 +438,7 @@ mod tests {
         let mut same = |rel: &Path, now: &Meta| {
             same_content((&src_tree, dest_tree.as_ref()), &none, None, rel, now)
         };
-        plan_with(src, &dest, filter, &KeptFiles::new(), true, &mut same)
+        plan_with(src, dest, filter, &KeptFiles::new(), true, &mut same)
     }
 
     fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {

@@ -2,8 +2,10 @@
 //! data, by a merge-join of the two sorted walks.
 //!
 //! Pure: it must never touch the disk (everything it needs, link targets included, is
-//! in the listings), so it is tested on listings made in memory. The source listing is
-//! consumed: its entries become the plan's [`Plan::after`] as they are, not copied.
+//! in the listings), so it is tested on listings made in memory. Both listings are
+//! consumed: the source's entries become the plan's [`Plan::after`] as they are, not
+//! copied; dest's paths move into the plan where it needs them (a kept file, a
+//! deletion) and the rest is freed as the merge goes.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -26,7 +28,7 @@ pub(crate) type SameContent<'c> = dyn FnMut(&Path, &Meta) -> bool + 'c;
 #[cfg(test)]
 pub(crate) fn plan(
     src: Listing,
-    dest: &Listing,
+    dest: Listing,
     filter: &Filter,
     kept: &KeptFiles,
     list_uptodate: bool,
@@ -45,7 +47,7 @@ pub(crate) fn plan(
 /// there, "could not make way"): refused before anything changed.
 pub(crate) fn plan_with(
     src: Listing,
-    dest: &Listing,
+    mut dest: Listing,
     filter: &Filter,
     kept: &KeptFiles,
     list_uptodate: bool,
@@ -68,6 +70,18 @@ pub(crate) fn plan_with(
             msg: "source is not a directory".into(),
         });
     };
+    // Dest's entries are consumed by the merge; the rest of its listing (excluded
+    // entries, the walks inside them) is what the planner looks things up in.
+    let dest_entries = std::mem::take(&mut dest.walked.entries);
+    let dest = &dest;
+    // On a first deploy every source entry is an update and every directory also gets
+    // its attributes: the actions' exact number, allocated once.
+    let updates = if dest_entries.is_empty() {
+        let dirs = entries.iter().filter(|e| e.kind() == Kind::Dir).count();
+        entries.len() + dirs + 2
+    } else {
+        0
+    };
     let mut p = Planner {
         dest,
         kept,
@@ -77,8 +91,8 @@ pub(crate) fn plan_with(
         linked,
         protected: protected(dest),
         deletes: Vec::new(),
-        updates: Vec::new(),
-        after: Vec::with_capacity(entries.len() + 1),
+        updates: Vec::with_capacity(updates),
+        after: Vec::with_capacity(entries.len() + kept.len() + 1),
         dirs: vec![(Entry::new(Path::new(""), root_meta, None), dest.root_meta)],
         dirty: HashSet::new(),
         uptodate: 0,
@@ -94,7 +108,7 @@ pub(crate) fn plan_with(
         });
     }
     let mut s = entries.into_iter().peekable();
-    let mut d = dest.walked.entries.iter().peekable();
+    let mut d = dest_entries.into_iter().peekable();
     loop {
         let order = match (s.peek(), d.peek()) {
             (None, None) => break,
@@ -106,11 +120,13 @@ pub(crate) fn plan_with(
             Ordering::Greater => d.next().map_or(Ok(()), |de| p.dest_only(de))?,
             Ordering::Less => s.next().map_or(Ok(()), |se| p.src_only(se))?,
             Ordering::Equal => match (s.next(), d.next()) {
-                (Some(se), Some(de)) => p.both(se, de)?,
+                (Some(se), Some(de)) => p.both(se, &de)?,
                 _ => break,
             },
         }
     }
+    // Both walks' buffers are freed before the actions are put in order.
+    drop((s, d));
     p.check_kept_seen(filter)?;
     Ok(p.finish((src_root, src_id), dest))
 }
@@ -180,7 +196,7 @@ struct Planner<'a, 'c> {
 impl Planner<'_, '_> {
     /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
     /// kept file is planned as the source's.
-    fn dest_only(&mut self, de: &Entry) -> Result<()> {
+    fn dest_only(&mut self, de: Entry) -> Result<()> {
         let rel = de.rel();
         if let Some(k) = self.kept.get(rel) {
             self.kept_seen += 1;
@@ -194,29 +210,29 @@ impl Planner<'_, '_> {
                 gid,
                 ..de.meta
             };
+            let dest = de.meta;
             let src = Entry {
-                path: de.path.clone(),
+                path: de.path,
                 meta,
                 target: None,
             };
-            self.same(src, de.meta);
+            self.same(src, dest);
             return Ok(());
         }
         self.dirty.insert(parent_of(rel));
-        let op = if de.kind() == Kind::Dir && self.protected.contains(rel) {
+        let rel = rel.to_path_buf();
+        let op = if de.kind() == Kind::Dir && self.protected.contains(&rel) {
+            let dest = de.meta;
             self.after.push(After {
-                src: de.clone(),
-                dest: Some(de.meta),
+                src: de,
+                dest: Some(dest),
                 fate: Fate::Left,
             });
-            Op::KeepNonEmpty { dest: de.meta }
+            Op::KeepNonEmpty { dest }
         } else {
             Op::Delete { dest: de.meta }
         };
-        self.deletes.push(Action {
-            rel: rel.to_path_buf(),
-            op,
-        });
+        self.deletes.push(Action { rel, op });
         Ok(())
     }
 
@@ -353,9 +369,11 @@ impl Planner<'_, '_> {
     /// The actions in order: deletions children first (the reverse of the walk's
     /// pre-order), creations and updates, directory attributes children first.
     fn finish(mut self, (src_root, src_id): (PathBuf, Option<(u64, u64)>), dest: &Listing) -> Plan {
-        self.deletes.reverse();
-        let mut actions = self.deletes;
-        actions.extend(self.updates);
+        // In place: the updates' buffer grows once to its final size (a copy of it
+        // would hold two).
+        let mut actions = self.updates;
+        actions.reserve_exact(self.deletes.len() + self.dirs.len());
+        actions.splice(0..0, self.deletes.into_iter().rev());
         for (entry, dest_meta) in self.dirs.into_iter().rev() {
             let rel = entry.rel();
             let dirty = dest_meta.is_none() || self.dirty.contains(rel);
@@ -475,7 +493,7 @@ mod tests {
     }
 
     fn run(src: &Listing, dest: &Listing, filter: &Filter) -> Plan {
-        plan(src.clone(), dest, filter, &KeptFiles::new(), false).unwrap()
+        plan(src.clone(), dest.clone(), filter, &KeptFiles::new(), false).unwrap()
     }
 
     /// The actions as (path, op) pairs, without the directory attributes.
@@ -719,7 +737,7 @@ mod tests {
         assert_eq!(p.uptodate, 1);
         let all = plan(
             src.clone(),
-            &dest,
+            dest.clone(),
             &Filter::empty(),
             &KeptFiles::new(),
             true,
@@ -767,20 +785,20 @@ mod tests {
             owner: None,
         };
         kept.insert("k".into(), attrs);
-        let p = plan(src.clone(), &dest, &Filter::empty(), &kept, false).unwrap();
+        let p = plan(src.clone(), dest.clone(), &Filter::empty(), &kept, false).unwrap();
         let (rel, op) = &ops(&p)[0];
         assert!(
             matches!(op, Op::Keep { src, .. } if src.perms() == 0o600),
             "{rel} {op:?}"
         );
         let changed = listing("/d", vec![file("k", 3, 6)], &[]);
-        let err = plan(src.clone(), &changed, &Filter::empty(), &kept, false).unwrap_err();
+        let err = plan(src.clone(), changed, &Filter::empty(), &kept, false).unwrap_err();
         assert!(
             matches!(err, Error::Stale { ref path } if path == Path::new("/d/k")),
             "{err}"
         );
         let gone = listing("/d", vec![], &[]);
-        let err = plan(src.clone(), &gone, &Filter::empty(), &kept, false).unwrap_err();
+        let err = plan(src.clone(), gone, &Filter::empty(), &kept, false).unwrap_err();
         assert!(matches!(err, Error::Stale { .. }), "{err}");
     }
 
@@ -805,7 +823,7 @@ mod tests {
             .unwrap()
             .excluded
             .insert("foo/x.log".into(), Kind::File);
-        let err = plan(src.clone(), &dest, &f, &KeptFiles::new(), false).unwrap_err();
+        let err = plan(src.clone(), dest.clone(), &f, &KeptFiles::new(), false).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
     }
 }

@@ -153,6 +153,8 @@ pub(crate) fn walk(root: &Tree, sub: &Path, filter: &Filter) -> Result<Walked> {
         Some(f) => f,
         None => Error::io("walk", root.shown(sub), e),
     })?;
+    // Held through the plan: no room to spare (a listing grows by doubling).
+    entries.shrink_to_fit();
     Ok(Walked {
         entries,
         excluded,

@@ -602,12 +602,11 @@ fn run_case(name: &str, case: &Case) -> Result<(), String> {
     let moved =
         sync::plan_staged(&verified_tree(&src3), &d3, &filter, &move_opts).and_then(|plan| {
             sync::apply(&plan, &move_opts)?;
-            Ok(plan)
+            Ok(stretcher::index::from_plan(plan, move_opts.preserve_owner))
         });
-    if let Ok(plan) = &moved {
-        let predicted = stretcher::index::from_plan(plan, move_opts.preserve_owner);
+    if let Ok(predicted) = &moved {
         let walked = stretcher::index::scan(&d3, &filter).map_err(|e| format!("{name}: {e}"))?;
-        let drift = stretcher::index::diff(&predicted, &walked);
+        let drift = stretcher::index::diff(predicted, &walked);
         if !drift.is_empty() {
             let lines: Vec<String> = drift.iter().map(|d| d.to_string()).collect();
             return Err(format!(

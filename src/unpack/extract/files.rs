@@ -248,7 +248,10 @@ impl Extractor<'_, '_> {
         };
         let (at, found) = probe.find(rel, &attrs)?;
         self.reused.insert(rel.to_path_buf(), attrs);
-        self.kept_at.insert(rel.to_path_buf(), at);
+        // Only where the probe found it elsewhere than at `rel` (see `kept_path`).
+        if at != rel {
+            self.kept_at.insert(rel.to_path_buf(), at);
+        }
         Some(found)
     }
 
@@ -279,9 +282,10 @@ impl Extractor<'_, '_> {
     /// (`found`): then the entry is written instead.
     fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &Stat) -> Result<bool> {
         // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
-        let Some(src) = self.kept_at.remove(rel) else {
+        let Some(src) = self.kept_path(rel) else {
             return Ok(false);
         };
+        self.kept_at.remove(rel);
         let probe = self.unchanged.as_deref().and_then(|p| p.tree());
         let linked = match link_from(probe, &src, self.tree, rel) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

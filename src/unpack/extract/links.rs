@@ -74,8 +74,8 @@ impl Extractor<'_, '_> {
         self.parents(rel, raw)?;
         // A link to a file kept where the probe found it (dest, not staged) is made to
         // that copy: the sync writes it as a file of its own (rsync -a has no -H).
-        let kept = match self.kept_at.get(&target) {
-            Some(kept) if !self.opts.link_unchanged => Some(kept.clone()),
+        let kept = match self.kept_path(&target) {
+            Some(kept) if !self.opts.link_unchanged => Some(kept),
             _ => None,
         };
         // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.

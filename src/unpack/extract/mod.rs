@@ -138,7 +138,9 @@ pub(super) struct Extractor<'a, 'u> {
     root_mode: Option<u32>,
     entries: u64,
     reused: HashMap<PathBuf, FileAttrs>,
-    /// Where each reused file is (the probe's answer), for hard links to it.
+    /// Where a reused file is (the probe's answer), for hard links to it, when that
+    /// is not its own path (a probe of dest or the live release answers that: then
+    /// nothing is kept here, see [`Extractor::kept_path`]).
     kept_at: HashMap<PathBuf, PathBuf>,
     /// `Staged::written` (kept only with `link_unchanged`), by path.
     written: HashSet<Listed>,
@@ -174,6 +176,14 @@ impl<'a, 'u> Extractor<'a, 'u> {
             digests: HashMap::new(),
             held: Vec::new(),
             space: Space::new(tree),
+        }
+    }
+
+    /// Where the reused file at `rel` is (the probe's answer), if `rel` is reused.
+    fn kept_path(&self, rel: &Path) -> Option<PathBuf> {
+        match self.kept_at.get(rel) {
+            Some(at) => Some(at.clone()),
+            None => self.reused.contains_key(rel).then(|| rel.to_path_buf()),
         }
     }
 
