@@ -180,10 +180,10 @@ impl Extractor<'_, '_> {
         if let Some(known) = probe.digest(rel, found) {
             return known == *digest;
         }
-        let Some(at) = self.kept_at.get(rel) else {
+        let Some(at) = self.kept_path(rel) else {
             return false;
         };
-        let Ok(mut f) = probe.open(at) else {
+        let Ok(mut f) = probe.open(&at) else {
             return false;
         };
         let same_inode = rustix::fs::fstat(&f).is_ok_and(|st| {
@@ -196,10 +196,10 @@ impl Extractor<'_, '_> {
     /// just written to staging at `rel` (a sparse file without a digest: compared by
     /// its data, holes skipped). Any doubt: false.
     fn same_bytes_as_found(&self, rel: &Path, found: &Stat) -> bool {
-        let (Some(probe), Some(at)) = (self.unchanged.as_deref(), self.kept_at.get(rel)) else {
+        let (Some(probe), Some(at)) = (self.unchanged.as_deref(), self.kept_path(rel)) else {
             return false;
         };
-        let (Ok(theirs), Ok(ours)) = (probe.open(at), self.tree.open_file(rel)) else {
+        let (Ok(theirs), Ok(ours)) = (probe.open(&at), self.tree.open_file(rel)) else {
             return false;
         };
         let same_inode = rustix::fs::fstat(&theirs)
