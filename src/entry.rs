@@ -179,7 +179,9 @@ impl Entry {
         let mut p = if self.path.is_empty() {
             ".".to_string()
         } else {
-            crate::log::shown(&self.path)
+            // A name another user chose (dest may be theirs): a control character in it
+            // must not start a line of its own in `verify`'s report (SPEC §17).
+            crate::log::shown_text(&self.path)
         };
         if self.kind() == Kind::Dir {
             p.push('/');
@@ -232,5 +234,9 @@ mod tests {
         );
         let root = Entry::new(Path::new(""), dir, None);
         assert_eq!(root.display_path(), "./");
+        // A name with a newline stays on its line; invalid UTF-8 as \xNN.
+        let raw = std::ffi::OsStr::from_bytes(b"a\nchanged b\xff");
+        let odd = Entry::new(Path::new(raw), file, None);
+        assert_eq!(odd.display_path(), "a\\x0achanged b\\xff");
     }
 }
