@@ -146,8 +146,7 @@ fn benches(c: &mut Criterion) {
     // As a deploy plans: the staged digests from the unpack, dest's from its index.
     let files = digests_of(&src);
     let mut with_digests = tree(&src).into_inner();
-    with_digests.digests =
-        Digests::from_unsorted(files.iter().map(|(p, _, d)| (p.clone(), *d)).collect());
+    with_digests.digests = Digests::from_unsorted(files.iter().map(|(p, _, d)| (p.clone(), *d)));
     let with_digests = verified(with_digests);
     let dest_files = digests_of(&dest);
     let known = Known::new(dest_files.iter().map(|(p, m, d)| (&p[..], m, *d)));

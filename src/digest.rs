@@ -117,28 +117,49 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// The digest of every regular file an unpack listed, by path (dest-relative bytes),
-/// sorted: found by binary search.
+/// found by binary search. A path is kept as its key only, the first 16 bytes of its
+/// own sha256 (no copy of the path: the listings already hold one each); two paths
+/// of one archive with the same key would take 2^64 tries to make on purpose.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Digests(Vec<(Box<[u8]>, Digest)>);
+pub struct Digests(Vec<(PathKey, Digest)>);
+
+/// A path's key in [`Digests`].
+type PathKey = [u8; 16];
+
+/// The key of `path`: the first 16 bytes of its sha256.
+fn path_key(path: &[u8]) -> PathKey {
+    let mut key = [0; 16];
+    key.copy_from_slice(&Sha256::digest(path)[..16]);
+    key
+}
 
 impl Digests {
     /// From `(path, digest)` pairs in any order; a path given twice keeps its last.
-    pub fn from_unsorted(mut list: Vec<(Box<[u8]>, Digest)>) -> Digests {
+    pub fn from_unsorted(list: impl IntoIterator<Item = (Box<[u8]>, Digest)>) -> Digests {
+        let list = list.into_iter();
+        let mut out: Vec<(PathKey, Digest)> = Vec::with_capacity(list.size_hint().0);
+        // Each path is freed as soon as its key is made.
+        out.extend(list.map(|(p, d)| (path_key(&p), d)));
         // Stable: of equal paths, the last one given stays last.
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(Box<[u8]>, Digest)> = Vec::with_capacity(list.len());
-        for item in list {
-            match out.last_mut() {
-                Some(last) if last.0 == item.0 => *last = item,
-                _ => out.push(item),
+        out.sort_by_key(|a| a.0);
+        let mut kept = 0;
+        for i in 0..out.len() {
+            if kept > 0 && out[kept - 1].0 == out[i].0 {
+                out[kept - 1] = out[i];
+            } else {
+                out[kept] = out[i];
+                kept += 1;
             }
         }
+        out.truncate(kept);
+        out.shrink_to_fit();
         Digests(out)
     }
 
     /// The digest of the file at `path`, when one is known.
     pub fn get(&self, path: &[u8]) -> Option<&Digest> {
-        let i = self.0.binary_search_by(|(p, _)| (**p).cmp(path)).ok()?;
+        let key = path_key(path);
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;
         Some(&self.0[i].1)
     }
 

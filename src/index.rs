@@ -629,16 +629,17 @@ fn read_one(
 /// `preserve_owner` (see [`crate::sync::After::result`]), sorted: made from what
 /// the sync already read, without walking `dest` again (only a dest-only directory
 /// kept for its excluded entries is looked at again). The plan is consumed: its
-/// actions are dropped first and `Plan::after` becomes the index in place (paths
-/// moved, not copied), so one listing is alive, not two.
+/// steps (and the deleted entries) are dropped first and `Plan::after` becomes the
+/// index in place (paths moved, not copied), so one listing is alive, not two.
 pub fn from_plan(plan: crate::sync::Plan, preserve_owner: bool) -> Vec<Entry> {
     let crate::sync::Plan {
         dest: dest_path,
-        actions,
+        steps,
+        gone,
         after,
         ..
     } = plan;
-    drop(actions);
+    drop((steps, gone));
     // Opened once, only when a kept directory needs a look (dest followed, as the sync
     // follows `DEST/`; nothing below it).
     let dest = std::cell::OnceCell::new();

@@ -84,31 +84,31 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
     // the actions below it are already done. Each entry that arrived with it is still
     // logged and counted as created, as `rsync -v` lists it (SPEC §9).
     let mut moved: Option<&Path> = None;
-    for a in &plan.actions {
+    for a in plan.actions() {
         // The moved directory's own attributes are still set: the plan may give it
         // another mode than the staged tree has (`dest_mode` on a new dest's root).
-        let own_attrs = matches!(a.op, Op::DirAttrs { .. }) && moved == Some(a.rel.as_path());
+        let own_attrs = matches!(a.op, Op::DirAttrs { .. }) && moved == Some(a.rel);
         if moved.is_some_and(|m| a.rel.starts_with(m)) && !own_attrs {
-            arrived_with_dir(a, opts, &mut stats);
+            arrived_with_dir(&a, opts, &mut stats);
             continue;
         }
         crate::interrupt::check()?;
         if let (true, Op::MakeDir { whole, .. }) = (a.rel.as_os_str().is_empty(), &a.op) {
-            if make_root(plan, a, *whole, opts, &mut trees)? == Applied::MovedWhole {
-                moved = Some(&a.rel);
+            if make_root(plan, &a, *whole, opts, &mut trees)? == Applied::MovedWhole {
+                moved = Some(a.rel);
             }
             count_new(&mut stats, None);
             continue;
         }
         let step = Step {
             plan,
-            a,
+            a: &a,
             src: &trees,
             dest: trees.dest(plan)?,
             opts,
         };
         if step.run(&mut stats)? == Applied::MovedWhole {
-            moved = Some(&a.rel);
+            moved = Some(a.rel);
         }
     }
     crate::logln!(
@@ -131,7 +131,7 @@ pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
 /// after), else made empty; dest's tree is opened from its parent.
 fn make_root(
     plan: &Plan,
-    a: &Action,
+    a: &Action<'_>,
     whole: bool,
     opts: &SyncOptions,
     trees: &mut Trees,
@@ -213,7 +213,7 @@ fn make_root(
 /// dirty directories dest has already.
 fn make_writable(plan: &Plan, dest: &Tree) -> Result<()> {
     let mut dirs: HashSet<&Path> = HashSet::new();
-    for a in &plan.actions {
+    for a in plan.actions() {
         match &a.op {
             Op::Delete { .. } => {
                 dirs.insert(a.rel.parent().unwrap_or(Path::new("")));
@@ -223,7 +223,7 @@ fn make_writable(plan: &Plan, dest: &Tree) -> Result<()> {
                 dirty: true,
                 ..
             } => {
-                dirs.insert(&a.rel);
+                dirs.insert(a.rel);
             }
             _ => {}
         }
@@ -243,7 +243,7 @@ fn make_writable(plan: &Plan, dest: &Tree) -> Result<()> {
 
 /// The log line and count of an entry below a directory that was renamed into dest
 /// whole, so already in place: what [`Step::run`] would log and count creating it.
-fn arrived_with_dir(a: &Action, opts: &SyncOptions, stats: &mut Stats) {
+fn arrived_with_dir(a: &Action<'_>, opts: &SyncOptions, stats: &mut Stats) {
     let created = match &a.op {
         Op::MakeDir { .. } | Op::MakeSymlink { .. } => true,
         Op::CopyFile { src, .. } => {
@@ -275,7 +275,7 @@ enum Applied {
 /// One action of a plan, at `a.rel` in dest.
 struct Step<'a> {
     plan: &'a Plan,
-    a: &'a Action,
+    a: &'a Action<'a>,
     src: &'a Trees,
     dest: &'a Tree,
     opts: &'a SyncOptions,
@@ -316,11 +316,11 @@ impl Step<'_> {
 
     /// `rel` in dest, for messages.
     fn shown(&self) -> std::path::PathBuf {
-        self.dest.shown(&self.a.rel)
+        self.dest.shown(self.a.rel)
     }
 
     fn rel(&self) -> &Path {
-        &self.a.rel
+        self.a.rel
     }
 
     /// A dest entry the plan deletes; a directory is empty by then (the plan deletes
@@ -447,7 +447,7 @@ impl Step<'_> {
 
     /// Same content: owner and mode fixed (a symlink: its mtime when the seconds differ).
     fn keep(&self, src: &Meta, dest: &Meta, stats: &mut Stats) -> Result<()> {
-        let shown = crate::log::shown_path(&self.a.rel);
+        let shown = crate::log::shown_path(self.a.rel);
         let chown = self.opts.preserve_owner && (src.uid, src.gid) != (dest.uid, dest.gid);
         if chown && self.opts.verbosity >= 3 {
             crate::logln!("{shown}: owner {}:{}", src.uid, src.gid);
@@ -487,7 +487,7 @@ impl Step<'_> {
         if chmod && self.opts.verbosity >= 3 {
             crate::logln!(
                 "{}/: mode {:04o}",
-                crate::log::shown_path(&self.a.rel),
+                crate::log::shown_path(self.a.rel),
                 src.perms()
             );
         }

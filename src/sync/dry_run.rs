@@ -166,7 +166,7 @@ fn changes(plan: &Plan) -> Vec<Change> {
         };
         Some(Change {
             verb,
-            rel: a.rel.clone(),
+            rel: a.rel.to_path_buf(),
             tail,
         })
     });

@@ -64,13 +64,42 @@ pub struct SyncOptions {
     pub dest_mode: Option<u32>,
 }
 
-/// One step of a plan, on the path `rel` (relative to both roots; empty = the root).
+/// One step of a plan, on the path `rel` (relative to both roots; empty = the root),
+/// as [`Plan::actions`] hands it out: a view of the plan's entries, made on the way
+/// (the plan keeps each step as the index of its entry, not a copy of its path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action {
+pub struct Action<'p> {
     /// The path, relative to both roots; empty = the root.
-    pub rel: PathBuf,
+    pub rel: &'p Path,
     /// What to do there.
     pub op: Op,
+}
+
+/// One step as the plan keeps it: what to do and the index of the entry it is done to
+/// (in [`Plan::after`], or for a deletion in the plan's list of dest's entries to
+/// delete); [`Plan::actions`] makes the [`Action`] of it. 8 bytes, no path of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `Op::Delete` of dest's entry `gone[at]`.
+    Delete(u32),
+    /// `Op::KeepNonEmpty` of `after[at]` (a `Left` directory).
+    KeepNonEmpty(u32),
+    /// `Op::MakeDir` of `after[at]`.
+    MakeDir {
+        at: u32,
+        existing: Option<Kind>,
+        whole: bool,
+    },
+    /// `Op::CopyFile`, `MakeSymlink` or `MakeSpecial` of `after[at]`, by its kind.
+    Create {
+        at: u32,
+        existing: Option<Kind>,
+        linked: bool,
+    },
+    /// `Op::Keep` of `after[at]` (fate `Same`).
+    Keep(u32),
+    /// `Op::DirAttrs` of `after[at]` (fate `Dir`).
+    DirAttrs(u32),
 }
 
 /// What to do with one path. `existing` is what `dest` holds there now when that is
@@ -158,15 +187,18 @@ pub struct Plan {
     /// Dest's device and inode when it was listed (`None`: it did not exist): [`apply`]
     /// refuses another directory put there meanwhile.
     pub(crate) dest_id: Option<(u64, u64)>,
-    /// The steps, in the order [`apply`] runs them.
-    pub actions: Vec<Action>,
+    /// The steps, in the order [`apply`] runs them ([`Plan::actions`]).
+    pub(crate) steps: Vec<Step>,
+    /// Dest's entries the plan deletes (what [`Step::Delete`] points into).
+    pub(crate) gone: Vec<Entry>,
     /// Entries already right in every respect, left out of `actions` (unless listed for
     /// `-vv`), so a plan's size follows the changes, not the tree.
     pub uptodate: u64,
     /// Every entry `dest` holds once the plan is applied (not excluded ones), with
     /// what decides its attributes then: the deploy index is made from it
-    /// ([`After::result`]) without walking `dest` again.
-    pub after: Vec<After>,
+    /// ([`After::result`]) without walking `dest` again ([`Plan::after`]). The steps
+    /// point into it: only the planner pushes to it, nothing removes from it.
+    pub(crate) after: Vec<After>,
 }
 
 /// How an entry of `dest` comes to be, once a plan is applied.
@@ -254,13 +286,107 @@ pub use crate::unpack::FileAttrs as Kept;
 pub(crate) type KeptFiles = HashMap<PathBuf, Kept>;
 
 impl Plan {
+    /// The steps, in the order [`apply`] runs them: deletions (contents before their
+    /// directory), creations and updates (parents first), directory attributes
+    /// (children first).
+    pub fn actions(&self) -> impl DoubleEndedIterator<Item = Action<'_>> + ExactSizeIterator {
+        self.steps.iter().map(|s| self.action(*s))
+    }
+
     /// The actions that change something in `dest` beyond attributes (for `--dry-run`).
-    pub fn changes(&self) -> impl Iterator<Item = &Action> {
-        self.actions.iter().filter(|a| a.is_change())
+    pub fn changes(&self) -> impl Iterator<Item = Action<'_>> {
+        self.actions().filter(|a| a.is_change())
+    }
+
+    /// Every entry `dest` holds once the plan is applied, with what decides its
+    /// attributes then (see [`After::result`]), in no particular order.
+    pub fn after(&self) -> &[After] {
+        &self.after
+    }
+
+    /// The action of one step. Its index is one the planner made (`after` and `gone`
+    /// only grow while it plans and are never changed afterwards): always in range.
+    fn action(&self, step: Step) -> Action<'_> {
+        let after = |at: u32| &self.after[at as usize];
+        match step {
+            Step::Delete(at) => {
+                let e = &self.gone[at as usize];
+                Action {
+                    rel: e.rel(),
+                    op: Op::Delete { dest: e.meta },
+                }
+            }
+            Step::KeepNonEmpty(at) => {
+                let a = after(at);
+                Action {
+                    rel: a.src.rel(),
+                    op: Op::KeepNonEmpty {
+                        dest: a.dest.unwrap_or(a.src.meta),
+                    },
+                }
+            }
+            Step::MakeDir {
+                at,
+                existing,
+                whole,
+            } => Action {
+                rel: after(at).src.rel(),
+                op: Op::MakeDir { existing, whole },
+            },
+            Step::Create {
+                at,
+                existing,
+                linked,
+            } => {
+                let a = after(at);
+                let src = a.src.meta;
+                let op = match src.kind() {
+                    Kind::File => Op::CopyFile {
+                        src,
+                        existing,
+                        linked,
+                    },
+                    Kind::Symlink => Op::MakeSymlink {
+                        target: a.src.target_path().unwrap_or(Path::new("")).to_path_buf(),
+                        src,
+                        existing,
+                    },
+                    // A directory is planned as `MakeDir`, never `Create`.
+                    Kind::Special | Kind::Dir => Op::MakeSpecial { src, existing },
+                };
+                Action {
+                    rel: a.src.rel(),
+                    op,
+                }
+            }
+            Step::Keep(at) => {
+                let a = after(at);
+                Action {
+                    rel: a.src.rel(),
+                    // A `Same` entry always has dest's attributes.
+                    op: Op::Keep {
+                        src: a.src.meta,
+                        dest: a.dest.unwrap_or(a.src.meta),
+                    },
+                }
+            }
+            Step::DirAttrs(at) => {
+                let a = after(at);
+                let dirty = matches!(a.fate, Fate::Dir { dirty: true });
+                Action {
+                    rel: a.src.rel(),
+                    op: Op::DirAttrs {
+                        src: a.src.meta,
+                        dest: a.dest,
+                        dirty,
+                    },
+                }
+            }
+        }
     }
 }
 
-impl Action {
+impl Action<'_> {
     /// Whether this action creates, replaces or removes an entry.
     pub(crate) fn is_change(&self) -> bool {
         !matches!(self.op, Op::Keep { .. } | Op::DirAttrs { .. })
@@ -269,12 +395,12 @@ impl Action {
 
 /// One line like `rsync -v` prints it (`dir/`, `link -> target`, `deleting x`,
 /// `x is uptodate`).
-impl fmt::Display for Action {
+impl fmt::Display for Action<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rel = if self.rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
-            &self.rel
+            self.rel
         };
         let rel = crate::log::shown_path(rel);
         match &self.op {
@@ -446,8 +572,7 @@ mod tests {
     }
 
     fn ops(plan: &Plan) -> Vec<String> {
-        plan.actions
-            .iter()
+        plan.actions()
             .filter(|a| a.is_change())
             .map(|a| a.to_string())
             .collect()
@@ -463,7 +588,7 @@ mod tests {
         }
         let p = plan_paths(&src, &dest, &Filter::empty()).unwrap();
         assert!(ops(&p).is_empty(), "{:?}", ops(&p));
-        assert_eq!(p.actions.len(), 4); // b.txt, l, a/, root
+        assert_eq!(p.actions().len(), 4); // b.txt, l, a/, root
     }
 
     #[test]

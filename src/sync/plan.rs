@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::quick::quick_check;
 use super::tree::{Listing, Walked};
-use super::{Action, After, Fate, KeptFiles, Op, Plan};
+use super::{After, Fate, KeptFiles, Plan, Step};
 use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::{Error, Result};
@@ -74,6 +74,15 @@ pub(crate) fn plan_with(
     // entries, the walks inside them) is what the planner looks things up in.
     let dest_entries = std::mem::take(&mut dest.walked.entries);
     let dest = &dest;
+    // The steps name their entries by a `u32` index: more entries than that is refused.
+    let inner: usize = dest.inside_excluded.values().map(|w| w.entries.len()).sum();
+    let most = entries.len() + kept.len() + dest_entries.len() + inner + 1;
+    if u32::try_from(most).is_err() {
+        return Err(Error::Sync {
+            path: src_root,
+            msg: format!("{most} entries: more than a plan can hold"),
+        });
+    }
     // On a first deploy every source entry is an update and every directory also gets
     // its attributes: the actions' exact number, allocated once.
     let updates = if dest_entries.is_empty() {
@@ -91,20 +100,20 @@ pub(crate) fn plan_with(
         linked,
         protected: protected(dest),
         deletes: Vec::new(),
+        gone: Vec::new(),
         updates: Vec::with_capacity(updates),
         after: Vec::with_capacity(entries.len() + kept.len() + 1),
-        dirs: vec![(Entry::new(Path::new(""), root_meta, None), dest.root_meta)],
+        dirs: Vec::new(),
         dirty: HashSet::new(),
         uptodate: 0,
         kept_seen: 0,
     };
+    let root = p.push_dir(Entry::new(Path::new(""), root_meta, None), dest.root_meta);
     if dest.root_meta.is_none() {
-        p.updates.push(Action {
-            rel: PathBuf::new(),
-            op: Op::MakeDir {
-                existing: None,
-                whole: !p.not_whole.contains(Path::new("")),
-            },
+        p.updates.push(Step::MakeDir {
+            at: root,
+            existing: None,
+            whole: !p.not_whole.contains(Path::new("")),
         });
     }
     let mut s = entries.into_iter().peekable();
@@ -182,11 +191,13 @@ struct Planner<'a, 'c> {
     /// The source's multiply-linked files ([`Walked::linked`]).
     linked: HashSet<PathBuf>,
     protected: HashSet<PathBuf>,
-    deletes: Vec<Action>,
-    updates: Vec<Action>,
+    deletes: Vec<Step>,
+    /// Dest's entries deleted ([`Step::Delete`] points into it).
+    gone: Vec<Entry>,
+    updates: Vec<Step>,
     after: Vec<After>,
-    /// Source directories (with dest's attributes there), in pre-order.
-    dirs: Vec<(Entry, Option<Meta>)>,
+    /// Source directories (their index in `after`), in pre-order.
+    dirs: Vec<u32>,
     /// Directories whose entries are added, removed or replaced.
     dirty: HashSet<PathBuf>,
     uptodate: u64,
@@ -194,6 +205,27 @@ struct Planner<'a, 'c> {
 }
 
 impl Planner<'_, '_> {
+    /// `entry` pushed to `after`: its index (in range: `plan_with` checked the count).
+    fn push_after(&mut self, src: Entry, dest: Option<Meta>, fate: Fate) -> u32 {
+        let at = self.after.len() as u32;
+        self.after.push(After { src, dest, fate });
+        at
+    }
+
+    /// A source directory (dest's there: `dest`); its fate's `dirty` is known at the end.
+    fn push_dir(&mut self, src: Entry, dest: Option<Meta>) -> u32 {
+        let at = self.push_after(src, dest, Fate::Dir { dirty: false });
+        self.dirs.push(at);
+        at
+    }
+
+    /// Dest's entry `de` to delete.
+    fn delete(&mut self, de: Entry) {
+        let at = self.gone.len() as u32;
+        self.gone.push(de);
+        self.deletes.push(Step::Delete(at));
+    }
+
     /// Only in dest (or excluded in the source): deleted, judged by its dest type; a
     /// kept file is planned as the source's.
     fn dest_only(&mut self, de: Entry) -> Result<()> {
@@ -220,19 +252,13 @@ impl Planner<'_, '_> {
             return Ok(());
         }
         self.dirty.insert(parent_of(rel));
-        let rel = rel.to_path_buf();
-        let op = if de.kind() == Kind::Dir && self.protected.contains(&rel) {
+        if de.kind() == Kind::Dir && self.protected.contains(rel) {
             let dest = de.meta;
-            self.after.push(After {
-                src: de,
-                dest: Some(dest),
-                fate: Fate::Left,
-            });
-            Op::KeepNonEmpty { dest }
+            let at = self.push_after(de, Some(dest), Fate::Left);
+            self.deletes.push(Step::KeepNonEmpty(at));
         } else {
-            Op::Delete { dest: de.meta }
-        };
-        self.deletes.push(Action { rel, op });
+            self.delete(de);
+        }
         Ok(())
     }
 
@@ -246,10 +272,9 @@ impl Planner<'_, '_> {
             let Some(inner) = inner.filter(|w| w.excluded.is_empty()) else {
                 return Err(self.cannot_replace(&se));
             };
-            self.deletes.extend(inner.entries.iter().map(|de| Action {
-                rel: de.rel().to_path_buf(),
-                op: Op::Delete { dest: de.meta },
-            }));
+            for de in &inner.entries {
+                self.delete(de.clone());
+            }
         }
         self.add_src(se, existing);
         Ok(())
@@ -268,7 +293,7 @@ impl Planner<'_, '_> {
         }
         let same = match kind {
             Kind::Dir => {
-                self.dirs.push((se, Some(de.meta)));
+                self.push_dir(se, Some(de.meta));
                 return Ok(());
             }
             Kind::File => {
@@ -295,19 +320,12 @@ impl Planner<'_, '_> {
         let attrs_differ = m.perms() != dest.perms()
             || (m.uid, m.gid) != (dest.uid, dest.gid)
             || (m.kind() == Kind::Symlink && m.mtime != dest.mtime);
+        let at = self.push_after(src, Some(dest), Fate::Same);
         if attrs_differ || self.list_uptodate {
-            self.updates.push(Action {
-                rel: src.rel().to_path_buf(),
-                op: Op::Keep { src: m, dest },
-            });
+            self.updates.push(Step::Keep(at));
         } else {
             self.uptodate += 1;
         }
-        self.after.push(After {
-            src,
-            dest: Some(dest),
-            fate: Fate::Same,
-        });
     }
 
     /// Plans the creation of a source entry at a path where dest holds `existing` (or
@@ -315,37 +333,22 @@ impl Planner<'_, '_> {
     fn add_src(&mut self, se: Entry, existing: Option<Kind>) {
         let rel = se.rel();
         self.dirty.insert(parent_of(rel));
-        let src = se.meta;
-        let op = match src.kind() {
-            Kind::Dir => {
-                let whole = !self.not_whole.contains(rel);
-                self.updates.push(Action {
-                    rel: rel.to_path_buf(),
-                    op: Op::MakeDir { existing, whole },
-                });
-                self.dirs.push((se, None));
-                return;
-            }
-            Kind::File => Op::CopyFile {
-                src,
+        if se.kind() == Kind::Dir {
+            let whole = !self.not_whole.contains(rel);
+            let at = self.push_dir(se, None);
+            self.updates.push(Step::MakeDir {
+                at,
                 existing,
-                linked: self.linked.contains(rel),
-            },
-            Kind::Symlink => Op::MakeSymlink {
-                target: se.target_path().unwrap_or(Path::new("")).to_path_buf(),
-                src,
-                existing,
-            },
-            Kind::Special => Op::MakeSpecial { src, existing },
-        };
-        self.updates.push(Action {
-            rel: rel.to_path_buf(),
-            op,
-        });
-        self.after.push(After {
-            src: se,
-            dest: None,
-            fate: Fate::New,
+                whole,
+            });
+            return;
+        }
+        let linked = se.kind() == Kind::File && self.linked.contains(rel);
+        let at = self.push_after(se, None, Fate::New);
+        self.updates.push(Step::Create {
+            at,
+            existing,
+            linked,
         });
     }
 
@@ -371,32 +374,23 @@ impl Planner<'_, '_> {
     fn finish(mut self, (src_root, src_id): (PathBuf, Option<(u64, u64)>), dest: &Listing) -> Plan {
         // In place: the updates' buffer grows once to its final size (a copy of it
         // would hold two).
-        let mut actions = self.updates;
-        actions.reserve_exact(self.deletes.len() + self.dirs.len());
-        actions.splice(0..0, self.deletes.into_iter().rev());
-        for (entry, dest_meta) in self.dirs.into_iter().rev() {
-            let rel = entry.rel();
-            let dirty = dest_meta.is_none() || self.dirty.contains(rel);
-            actions.push(Action {
-                rel: rel.to_path_buf(),
-                op: Op::DirAttrs {
-                    src: entry.meta,
-                    dest: dest_meta,
-                    dirty,
-                },
-            });
-            self.after.push(After {
-                src: entry,
-                dest: dest_meta,
-                fate: Fate::Dir { dirty },
-            });
+        let mut steps = self.updates;
+        steps.reserve_exact(self.deletes.len() + self.dirs.len());
+        steps.splice(0..0, self.deletes.into_iter().rev());
+        for at in self.dirs.into_iter().rev() {
+            let a = &mut self.after[at as usize];
+            let dirty = a.dest.is_none() || self.dirty.contains(a.src.rel());
+            a.fate = Fate::Dir { dirty };
+            steps.push(Step::DirAttrs(at));
         }
+        self.gone.shrink_to_fit();
         Plan {
             src: src_root,
             src_id,
             dest: dest.root.clone(),
             dest_id: dest.id,
-            actions,
+            steps,
+            gone: self.gone,
             uptodate: self.uptodate,
             after: self.after,
         }
@@ -443,7 +437,7 @@ fn excluded_here_or_above(filter: &Filter, rel: &Path) -> bool {
 mod tests {
     //! `plan` over listings made in memory: no temp dir, no disk.
     use super::*;
-    use crate::sync::Kept;
+    use crate::sync::{Kept, Op};
 
     fn meta(kind: Kind, perms: u32, size: u64, mtime: i64) -> Meta {
         let ty = match kind {
@@ -498,8 +492,7 @@ mod tests {
 
     /// The actions as (path, op) pairs, without the directory attributes.
     fn ops(p: &Plan) -> Vec<(String, Op)> {
-        p.actions
-            .iter()
+        p.actions()
             .filter(|a| !matches!(a.op, Op::DirAttrs { .. }))
             .map(|a| (a.rel.display().to_string(), a.op.clone()))
             .collect()
@@ -614,7 +607,7 @@ mod tests {
                 }
             )
         );
-        let root = p.actions.last().unwrap();
+        let root = p.actions().last().unwrap();
         assert!(matches!(
             root.op,
             Op::DirAttrs {
@@ -657,7 +650,7 @@ mod tests {
             ]
         );
         assert_eq!(p.uptodate, 1);
-        let dir = p.actions.last().unwrap();
+        let dir = p.actions().last().unwrap();
         assert!(
             matches!(dir.op, Op::DirAttrs { dirty: true, .. }),
             "{dir:?}"
@@ -761,8 +754,7 @@ mod tests {
         );
         let p = run(&src, &dest, &Filter::empty());
         let attrs: Vec<(String, bool)> = p
-            .actions
-            .iter()
+            .actions()
             .filter_map(|a| match a.op {
                 Op::DirAttrs { dirty, .. } => Some((a.rel.display().to_string(), dirty)),
                 _ => None,

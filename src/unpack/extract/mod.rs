@@ -330,7 +330,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.fix_dirs()?;
         let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
         written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let digests = Digests::from_unsorted(self.digests.into_iter().collect());
+        let digests = Digests::from_unsorted(self.digests);
         let root_id = self
             .tree
             .id()
