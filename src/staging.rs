@@ -18,7 +18,6 @@
 //! It must never write `dest`, nor anything inside the staged tree (the unpack fills
 //! it); it creates, hands over and removes the directory, never by a joined path below
 //! the work directory, and removes only names that are exactly its own and its user's.
-//! `make_writable_and_remove` is also how `release` removes a release's tree.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -248,32 +247,6 @@ impl Drop for Staging {
     }
 }
 
-/// Removes the tree at `path` (a symlink or file there: just that name), through
-/// descriptors: its parent opened once (the path up to it is trusted), then
-/// [`at::remove_tree`] — two descriptors whatever the depth, never following a
-/// symlink, read-only directories made writable through their descriptor when not
-/// root. Kept for the release store's removals.
-pub(crate) fn make_writable_and_remove(path: &Path) -> io::Result<()> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: no parent directory", path.display()),
-        ));
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let parent = Tree::open(dir, true)?;
-    let st = parent.lstat(Path::new(name))?;
-    if is_dir(&st) {
-        at::remove_tree(parent.fd(), name, Owner::Any)
-    } else {
-        parent.unlink(Path::new(name))
-    }
-}
-
 /// The `exclude_from` rule file's path in the archive (`.` components dropped: the
 /// unpack names its entries without them), when the manifest names one. The unpack's
 /// probe never leaves this file in dest: it is always written to staging.
@@ -469,25 +442,6 @@ mod tests {
         assert!(e.contains("refused"), "{e}");
         assert!(partial.symlink_metadata().unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn make_writable_and_remove_removes_deep_read_only_trees_not_symlink_targets() {
-        let parent = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("keep"), b"x").unwrap();
-        let top = parent.path().join("top");
-        std::fs::create_dir_all(top.join("a/b")).unwrap();
-        symlink(outside.path(), top.join("a/b/l")).unwrap();
-        std::fs::set_permissions(top.join("a"), std::fs::Permissions::from_mode(0o555)).unwrap();
-        make_writable_and_remove(&top).unwrap();
-        assert!(!top.exists());
-        assert!(outside.path().join("keep").exists());
-        let link = parent.path().join("l");
-        symlink(outside.path(), &link).unwrap();
-        make_writable_and_remove(&link).unwrap();
-        assert!(link.symlink_metadata().is_err());
-        assert!(outside.path().join("keep").exists());
     }
 
     fn mode_of(p: &Path) -> u32 {

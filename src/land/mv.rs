@@ -13,7 +13,7 @@ use crate::filter::Filter;
 use crate::index;
 use crate::logln;
 use crate::record;
-use crate::staging::{make_writable_and_remove, Staging};
+use crate::staging::Staging;
 use crate::sync::dry_run;
 use crate::unpack::Staged;
 use crate::verify::Verified;
@@ -55,11 +55,9 @@ impl Land for Mv<'_> {
         let dest = self.ctx.dest;
         logln!("Moving {} to {}", staging.path().display(), dest.display());
         let src = crate::sync::open_source(staged.get())?;
-        let path = staging.keep();
-        if let Err(e) = move_into_place(&src, dest, Some(mode)) {
-            let _ = make_writable_and_remove(&path);
-            return Err(e);
-        }
+        // On an error, dropping `staging` removes the very directory it made.
+        move_into_place(&src, dest, Some(mode))?;
+        staging.keep();
         let staged = staged.into_inner();
         Ok(Landed {
             changes: record::Changes {
