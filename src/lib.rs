@@ -60,6 +60,7 @@ pub mod record;
 pub(crate) mod redeploy;
 pub(crate) mod release;
 pub(crate) mod s3;
+pub mod serf_rpc;
 pub mod signature;
 mod staging;
 pub(crate) mod state;
