@@ -1347,4 +1347,89 @@ web-3  -         unreachable  -             -                         serf repor
         let none = member_filter(&FleetOptions::default());
         assert_eq!(none, MemberFilter::default());
     }
+
+    /// What `fake` agent lists: a and b alive, c failed, d left.
+    fn listed(a: &mut crate::serf_rpc::fake::Agent) {
+        use serde::de::IgnoredAny;
+        let (req, _): (crate::serf_rpc::fake::Req, IgnoredAny) = a.request();
+        assert_eq!(req.command, "members-filtered");
+        a.answer(req.seq, "");
+        let m = |name: &str, status: &str| serde_json::json!({"Name": name, "Status": status});
+        let members = serde_json::json!({"Members": [
+            m("a", "alive"), m("b", "alive"), m("c", "failed"), m("d", "left"),
+        ]});
+        a.send(&members).unwrap();
+    }
+
+    #[test]
+    fn a_round_ends_once_every_alive_member_answered() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            let (req, key): (Req, BTreeMap<String, String>) = a.request();
+            assert_eq!(
+                (req.command.as_str(), key["AuthKey"].as_str()),
+                ("auth", "k")
+            );
+            a.answer(req.seq, "");
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            assert_eq!(req.command, "query");
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "b", ok.as_bytes());
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            // no `done`: the query's deadline is far; fleet must not wait for it
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let opts = FleetOptions {
+            timeout: Some(Duration::from_secs(1)),
+            ..FleetOptions::default()
+        };
+        let env = |k: &str| match k {
+            "SERF_RPC_ADDR" => Some(addr.clone()),
+            "SERF_RPC_AUTH" => Some("k".to_string()),
+            _ => None,
+        };
+        let r = run(&opts, &env).unwrap();
+        assert_eq!(
+            r.summary(),
+            "2 answered of 2 alive members: 2 success, 0 failure, 0 silent, 1 unreachable"
+        );
+        assert!(!r.ok);
+    }
+
+    #[test]
+    fn a_silent_member_lasts_the_round_and_is_named() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            a.record(req.seq, "done", "", b"");
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            ..FleetOptions::default()
+        };
+        let r = run(&opts, &|_| None).unwrap();
+        assert_eq!(
+            r.summary(),
+            "1 answered of 2 alive members: 1 success, 0 failure, 1 silent, 1 unreachable"
+        );
+        let b = r.hosts.iter().find(|h| h.node == "b").unwrap();
+        assert_eq!(
+            b.problem.as_deref(),
+            Some("acknowledged the query but sent no answer")
+        );
+    }
 }

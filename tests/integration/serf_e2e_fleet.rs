@@ -706,7 +706,10 @@ fn rounds_end_when_every_member_answered() {
             .join("\n")
     };
     let all: Vec<&Host> = hosts.iter().collect();
-    serf::wait_alive(&hosts[0], &all, LIMIT, report);
+    // every agent asked below sees them all
+    for h in [0, 2, 3] {
+        serf::wait_alive(&hosts[h], &all, LIMIT, report);
+    }
     let via = Agent {
         host: Host {
             name: hosts[2].name.clone(),
@@ -748,23 +751,50 @@ fn rounds_end_when_every_member_answered() {
             c.members_filtered(&MemberFilter::default()).unwrap().len(),
             n
         );
+        let pinged = |h: &Host| {
+            std::fs::read_to_string(h.dir.join("pings")).unwrap_or_default()
+                == "from the rpc client\n" // serf adds the newline
+        };
         serf::wait_until(
             "every agent ran the user event",
             LIMIT,
+            || hosts.iter().all(pinged),
             || {
-                hosts.iter().all(|h| {
-                    std::fs::read_to_string(h.dir.join("pings")).unwrap_or_default()
-                        == "from the rpc client\n" // serf adds the newline
-                })
+                let missed: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| !pinged(h))
+                    .map(|h| {
+                        format!(
+                            "{}: {:?}",
+                            h.name,
+                            std::fs::read_to_string(h.dir.join("pings"))
+                        )
+                    })
+                    .collect();
+                format!("missed by {missed:?}\n{}", report())
             },
-            report,
         );
     }
+
+    // Serf's query is gossip: on a loaded machine a member can miss it now and
+    // then (no ack, no answer), which is not what this test is about; such a round
+    // is asked again, twice at most
+    let settled = |args: &[&str]| {
+        let mut run = fleet(&via, args);
+        for _ in 0..2 {
+            if !run.stdout.contains(" silent ") {
+                break;
+            }
+            eprintln!("a member missed the query, asked again:\n{}", run.stdout);
+            run = fleet(&via, args);
+        }
+        run
+    };
 
     // serf's default timeout (6.4 s from 10 members): the round ends before it
     for _ in 0..3 {
         let round = Instant::now();
-        let run = fleet(&via, &[]);
+        let run = settled(&[]);
         eprintln!(
             "fleet status over {n} idle agents (serf's default timeout): {:.2?}",
             round.elapsed()
@@ -802,7 +832,7 @@ fn rounds_end_when_every_member_answered() {
         assert!(run.stderr.is_empty(), "{}", run.stderr);
 
         // --problems: the rows off the majority, the same exit status
-        let problems = fleet(&via, &["--problems"]);
+        let problems = settled(&["--problems"]);
         assert_eq!(problems.code(), 1, "{problems:?}");
         let nodes: BTreeSet<&str> = problems
             .stdout
@@ -865,7 +895,7 @@ fn rounds_end_when_every_member_answered() {
         report,
     );
     let round = Instant::now();
-    let run = fleet(&via, &[]);
+    let run = settled(&[]);
     eprintln!(
         "fleet status over {} alive agents and one failed (serf's default timeout): {:.2?}",
         n - 1,
