@@ -492,7 +492,6 @@ pub fn answer_table(node: &str, answer: &[u8], checksum: Option<&str>) -> String
         name: node.to_string(),
         status: "alive".into(),
         tags: BTreeMap::new(),
-        port: 0,
     }];
     let query = QueryOutput {
         acks: vec![node.to_string()],
@@ -796,7 +795,6 @@ mod tests {
             name: name.into(),
             status: status.into(),
             tags: BTreeMap::new(),
-            port: 0,
         }
     }
 

@@ -66,7 +66,7 @@ pub struct Client {
 }
 
 /// One member as the agent lists it (`Member` of Serf's client; other fields,
-/// such as its address and protocol versions, are not read).
+/// such as its address, port and protocol versions, are not read).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Member {
     /// The node name.
@@ -78,9 +78,6 @@ pub struct Member {
     /// Its tags.
     #[serde(rename = "Tags", default, deserialize_with = "nil_default")]
     pub tags: BTreeMap<String, String>,
-    /// The gossip port.
-    #[serde(rename = "Port", default)]
-    pub port: u16,
 }
 
 /// The filters of `members_filtered` (Serf anchors each regexp at both ends; an
@@ -338,11 +335,6 @@ impl Client {
             client.call("auth", Some(&AuthRequest { auth_key: key }))?;
         }
         Ok(client)
-    }
-
-    /// The address this client speaks to.
-    pub fn addr(&self) -> &str {
-        &self.addr
     }
 
     /// The members the agent knows that match `filter` (`members-filtered`).
@@ -812,10 +804,7 @@ mod tests {
         };
         let m = c.members_filtered(&filter).unwrap();
         assert_eq!(m.len(), 2);
-        assert_eq!(
-            (m[0].name.as_str(), m[0].status.as_str(), m[0].port),
-            ("a", "alive", 7946)
-        );
+        assert_eq!((m[0].name.as_str(), m[0].status.as_str()), ("a", "alive"));
         assert_eq!(m[0].tags["role"], "web");
         assert!(m[1].tags.is_empty());
         c.user_event("deploy", b"u", false).unwrap();
