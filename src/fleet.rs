@@ -181,23 +181,26 @@ fn ask(
 ) -> Result<QueryOutput> {
     let mut out = QueryOutput::default();
     let mut query = client.query(QUERY, b"", params)?;
-    let all_answered = |out: &QueryOutput| alive.iter().all(|n| out.responses.contains_key(*n));
-    while !all_answered(&out) {
+    // the alive members that have not answered yet
+    let mut waiting: BTreeSet<&str> = alive.clone();
+    let mut shown: Option<Instant> = None;
+    while !waiting.is_empty() {
         if let Some(p) = progress {
-            p.show(&out);
+            // at most once a tick, however fast the records come
+            if shown.is_none_or(|t| t.elapsed() >= TICK) {
+                p.show(&out);
+                shown = Some(Instant::now());
+            }
         }
         // the wait ends at the stream's own deadline without a terminal to redraw
         let until = Instant::now() + if progress.is_some() { TICK } else { LONG_WAIT };
         match query.poll(until)? {
             Poll::Event(QueryEvent::Ack(node)) => {
-                if !out.acks.contains(&node) {
-                    out.acks.push(node);
-                }
+                out.acks.insert(node);
             }
             Poll::Event(QueryEvent::Response { from, payload }) => {
-                if !out.acks.contains(&from) {
-                    out.acks.push(from.clone());
-                }
+                waiting.remove(from.as_str());
+                out.acks.insert(from.clone());
                 out.responses
                     .entry(from)
                     .or_insert_with(|| String::from_utf8_lossy(&payload).into_owned());
@@ -219,8 +222,8 @@ const LONG_WAIT: Duration = Duration::from_secs(3600);
 /// The acks and answers of one round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct QueryOutput {
-    /// The nodes that acknowledged the query, in order.
-    pub acks: Vec<String>,
+    /// The nodes that acknowledged the query.
+    pub acks: BTreeSet<String>,
     /// Node name → its answer.
     pub responses: BTreeMap<String, String>,
 }
@@ -494,7 +497,7 @@ pub fn answer_table(node: &str, answer: &[u8], checksum: Option<&str>) -> String
         tags: BTreeMap::new(),
     }];
     let query = QueryOutput {
-        acks: vec![node.to_string()],
+        acks: BTreeSet::from([node.to_string()]),
         responses: BTreeMap::from([(node.to_string(), answer)]),
     };
     assess(&members, &query, checksum).table(false)
@@ -1029,7 +1032,7 @@ mod tests {
         q.responses.insert("garbled".into(), "oops".into());
         q.responses
             .insert("old".into(), answer("success", "ffffffffffff", None));
-        q.acks = vec!["ok".into(), "quiet".into()];
+        q.acks = BTreeSet::from(["ok".into(), "quiet".into()]);
         let r = assess(&members, &q, Some(sum));
         assert_eq!(
             (
@@ -1429,5 +1432,48 @@ web-3  -         unreachable  -             -                         serf repor
             b.problem.as_deref(),
             Some("acknowledged the query but sent no answer")
         );
+    }
+
+    #[test]
+    fn an_agent_that_floods_the_round_ends_it_in_a_clear_error() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        use std::io::Write;
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            // answers of nodes nobody listed, without end
+            let junk = vec![b'x'; 1000];
+            for i in 0.. {
+                let head = rmp_serde::to_vec_named(&fake::Header {
+                    seq: req.seq,
+                    error: "",
+                })
+                .unwrap();
+                let from = format!("n{i}");
+                let rec = rmp_serde::to_vec_named(&fake::Rec {
+                    kind: if i % 2 == 0 { "ack" } else { "response" },
+                    from: &from,
+                    payload: &junk,
+                })
+                .unwrap();
+                if a.tcp
+                    .write_all(&head)
+                    .and_then(|()| a.tcp.write_all(&rec))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            timeout: Some(Duration::from_secs(60)),
+            ..FleetOptions::default()
+        };
+        let e = run(&opts, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("streamed more than"), "{e}");
     }
 }
