@@ -686,6 +686,8 @@ pub mod serf {
         pub profile: Option<&'static str>,
         /// The bind port of a member to join.
         pub join: Option<u16>,
+        /// The key the agent's RPC wants (`rpc_auth`, in a config file).
+        pub rpc_auth: Option<String>,
     }
 
     /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
@@ -709,6 +711,13 @@ pub mod serf {
             }
             for h in &spec.handlers {
                 cmd.arg(format!("-event-handler={h}"));
+            }
+            if let Some(key) = &spec.rpc_auth {
+                // no flag for it: only a config file sets it
+                let config = node.dir.join("rpc-auth.json");
+                std::fs::write(&config, serde_json::json!({ "rpc_auth": key }).to_string())
+                    .unwrap();
+                cmd.arg(format!("-config-file={}", config.display()));
             }
             for (k, v) in &spec.tags {
                 cmd.arg(format!("-tag={k}={v}"));
