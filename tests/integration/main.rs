@@ -7,6 +7,7 @@ mod archives_corpus;
 mod cli;
 mod content;
 mod deploy;
+mod detach;
 mod events;
 mod faults;
 mod fleet;
