@@ -18,7 +18,7 @@ use crate::http::{clean, respond, TestServer};
 use crate::util::*;
 
 /// An archive of `n` files of noise (about `n` × 4 KiB) and its sha1.
-fn archive_of(n: usize, seed: u8) -> (Vec<u8>, String) {
+pub fn archive_of(n: usize, seed: u8) -> (Vec<u8>, String) {
     let data: Vec<Vec<u8>> = (0..n)
         .map(|i| (0..4096).map(|j| (i * 31 + j * 7) as u8 ^ seed).collect())
         .collect();
@@ -35,7 +35,7 @@ fn archive_of(n: usize, seed: u8) -> (Vec<u8>, String) {
 /// Serves `/m.yml` (a manifest of `/app.tar` into `dest`) and `/app.tar`: the first
 /// half at once, then 512 bytes every 100 ms (a throttled source), the rest at once
 /// when `go` is set. Bounded: gives up after 60 s.
-fn gated_server(tar: Vec<u8>, sum: &str, dest: &Path, go: Arc<AtomicBool>) -> TestServer {
+pub fn gated_server(tar: Vec<u8>, sum: &str, dest: &Path, go: Arc<AtomicBool>) -> TestServer {
     let manifest = Arc::new(std::sync::Mutex::new(String::new()));
     let m = manifest.clone();
     let srv = TestServer::start(move |req, w| match req.path.as_str() {

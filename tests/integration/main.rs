@@ -28,6 +28,8 @@ mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 #[cfg(feature = "e2e")]
+mod serf_e2e_detach;
+#[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
 mod signing;
 #[cfg(feature = "static")]
