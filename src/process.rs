@@ -155,10 +155,10 @@ mod tests {
     #[test]
     fn a_zombie_is_not_alive() {
         use std::io::BufRead;
-        // `true` becomes a zombie of `sleep`, which never reaps it (not a child of
-        // this process, which other tests' reaping could take).
+        // `sleep 0.3` ends after the shell became `sleep 30`, which never reaps it: a
+        // zombie, and not a child of this process, which other tests' reaping could take.
         let mut parent = std::process::Command::new("sh")
-            .args(["-c", "true & echo $!; exec sleep 30"])
+            .args(["-c", "sleep 0.3 & echo $!; exec sleep 30"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();

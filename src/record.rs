@@ -961,6 +961,61 @@ mod tests {
     }
 
     #[test]
+    fn a_running_marker_shows_in_current_never_in_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Path::new("/srv/app");
+        let key = key_for_dest(dest);
+        let mut done = sample(Outcome::Success);
+        done.started = "2000-01-01T00:00:00.000Z".into();
+        write(dir.path(), &key, &done).unwrap();
+        let event = crate::event::Event {
+            url: "file:///m.yml".into(),
+            origin: crate::event::Origin::Arg,
+        };
+        let mut draft = Draft::new(&event);
+        // before the manifest: under the manifest's key
+        draft.mark_running(dir.path());
+        let mkey = key_for_manifest("file:///m.yml");
+        assert_eq!(current(dir.path(), &mkey).unwrap().result, Outcome::Running);
+        // dest known: moved to dest's key
+        draft.dest = Some(dest.to_path_buf());
+        draft.checksum = Some("cd".into());
+        draft.mark_running(dir.path());
+        assert!(!running_path(dir.path(), &mkey).exists());
+        let now = current(dir.path(), &key).unwrap();
+        assert_eq!(
+            (now.result, now.checksum.as_deref()),
+            (Outcome::Running, Some("cd"))
+        );
+        assert_eq!(now.process.as_ref().unwrap().pid, std::process::id());
+        assert!(now.finished.is_none());
+        // what deploys decide by is untouched
+        assert_eq!(last(dir.path(), dest).unwrap(), done);
+        assert_eq!(history(dir.path(), &key).len(), 1);
+        assert_eq!(all(dir.path()).len(), 1);
+        // a marker whose process is gone: interrupted
+        let mut dead: Record =
+            serde_json::from_slice(&std::fs::read(running_path(dir.path(), &key)).unwrap())
+                .unwrap();
+        // (no such pid: above any pid_max)
+        dead.process.as_mut().unwrap().pid = 0x3fff_ffff;
+        std::fs::write(
+            running_path(dir.path(), &key),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        let shown = current(dir.path(), &key).unwrap();
+        assert_eq!(shown.result, Outcome::Interrupted);
+        assert!(shown.error.unwrap().contains("ended without finishing"));
+        // the run's own record: the marker is removed only when it is this process's
+        let (_, rec) = commit(dir.path(), draft, None);
+        assert!(running_path(dir.path(), &key).exists(), "another's marker");
+        // and one older than the last record is not shown
+        assert_eq!(current(dir.path(), &key).unwrap(), rec);
+        assert_eq!(rec.result, Outcome::Success);
+    }
+
+    #[test]
     fn keys_follow_the_spec() {
         let k = key_for_dest(Path::new("/srv/app"));
         let d = hex::encode(Sha256::digest(b"/srv/app"));
