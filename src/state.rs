@@ -311,7 +311,7 @@ pub(crate) fn skip_reason(last: &Seen, new: &Seen) -> Option<Skip> {
     };
     if b < a {
         return Some(Skip::Replay(format!(
-            "LTime {b} is older than the last handled LTime {a}"
+            "LTime {b} is not newer than the last handled LTime {a}"
         )));
     }
     if b > a {
