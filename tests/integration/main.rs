@@ -29,6 +29,7 @@ mod safety;
 mod serf_e2e;
 #[cfg(feature = "e2e")]
 mod serf_e2e_detach;
+mod serf_e2e_events;
 #[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
 mod signing;
@@ -36,3 +37,4 @@ mod signing;
 mod static_bin;
 mod status;
 mod unpack;
+mod waves;
