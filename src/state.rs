@@ -357,10 +357,10 @@ pub(crate) fn skip_reason(last: &Seen, new: &Seen) -> Option<Skip> {
     }
     match new.payload_order(last) {
         Some(Ordering::Greater) => None,
-        // The very event delivered again (a serf redelivery, `join -replay`): it is
-        // skipped like the spec's "equal" case, but said to be what it is.
-        Some(Ordering::Equal) => Some(Skip::Replay(format!(
-            "LTime {b} with the same payload was handled already"
+        // SPEC §10: an equal payload is superseded like a smaller one (most often the
+        // very event delivered again: a serf redelivery, `join -replay`).
+        Some(Ordering::Equal) => Some(Skip::Superseded(format!(
+            "an event of the same LTime {b} with the same payload was handled already"
         ))),
         Some(Ordering::Less) => Some(Skip::Superseded(format!(
             "an event of the same LTime {b} with a greater payload was handled"
@@ -854,7 +854,7 @@ mod tests {
         // the greater runs, whatever came first; the smaller or equal is superseded
         assert_eq!(run(&a, &b), None);
         assert!(matches!(run(&b, &a), Some(Skip::Superseded(w)) if w.contains("greater payload")));
-        assert!(matches!(run(&b, &b), Some(Skip::Replay(w)) if w.contains("same payload")));
+        assert!(matches!(run(&b, &b), Some(Skip::Superseded(w)) if w.contains("same payload")));
         // byte-wise: a prefix is smaller; bytes, not characters or case
         assert_eq!(
             run(&with(None, 5, "s3://b/a"), &with(None, 5, "s3://b/a ")),
@@ -1028,7 +1028,7 @@ mod tests {
             ));
             assert!(matches!(
                 claim(dir.path(), "deploy", &b).unwrap(),
-                Claim::Skip(Skip::Replay(_))
+                Claim::Skip(Skip::Superseded(_))
             ));
             let text = std::fs::read_to_string(dir.path().join("event-deploy.json")).unwrap();
             assert!(text.contains("\"payload\":\"s3://b/b.yml\""), "{text}");

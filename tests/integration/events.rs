@@ -147,9 +147,9 @@ fn serf_same_ltime_the_greater_payload_wins_in_either_order() {
         // both are remembered as handled: neither runs again at that LTime
         std::fs::remove_file(s.work().join("b.ran")).unwrap();
         serf(&a).assert_ok().assert_log("superseded");
-        serf(&b)
-            .assert_ok()
-            .assert_log("already handled: LTime 9 with the same payload was handled already");
+        serf(&b).assert_ok().assert_log(
+            "superseded: an event of the same LTime 9 with the same payload was handled already",
+        );
         assert!(!s.work().join("b.ran").exists());
     }
 }

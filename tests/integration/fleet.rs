@@ -190,11 +190,11 @@ fn serf_ltimes() {
             .stdin(a.clone())
             .run()
     };
-    // 0 is serf's first LTime: it runs, and a redelivery of it is skipped
+    // 0 is serf's first LTime: it runs, and a redelivery of it is skipped as superseded
     serf("0").assert_ok();
-    serf("0").assert_ok().assert_log("already handled");
+    serf("0").assert_ok().assert_log("superseded");
     serf("5").assert_ok();
-    serf("5").assert_ok().assert_log("already handled");
+    serf("5").assert_ok().assert_log("superseded");
     serf("4").assert_ok().assert_log("not newer");
     serf("6").assert_ok();
     assert_eq!(runs(&s, "a"), 3);

@@ -165,7 +165,7 @@ fn a_wave_deploys_exactly_the_hosts_ranked_up_to_it_and_later_waves_skip_them() 
         // the event counts as handled either way: a redelivery is a replay
         h.handle(&payload, 1, &[])
             .assert_ok()
-            .assert_log("already handled");
+            .assert_log("superseded");
     }
     let in_wave1: Vec<usize> = plan[..3].iter().map(|(_, i)| *i).collect();
     for i in 0..8 {
