@@ -93,9 +93,55 @@ fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) 
     let Handling::Run(claim) = claim_event(&event, opts, env)? else {
         return Ok(());
     };
-    let result = run_event(&event, opts, env, logged);
+    let result = match in_wave(&event, opts, env) {
+        Ok(true) => run_event(&event, opts, env, logged),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
     record_handled(claim, &event, opts, &result);
     result
+}
+
+/// Step 2, a rollout's wave (SPEC §19): whether this host deploys the event. A plain
+/// payload always does. A wave's does when this host's rank (from `SERF_SELF_NAME`
+/// and its `SERF_TAG_*` variables, never from the payload) is at most the wave's
+/// `upto`, and its last deploy of the manifest is not already a success of the same
+/// rollout. Either way the event counts as handled; nothing is fetched or run when
+/// the host is out of the wave or done.
+fn in_wave(event: &event::Event, opts: &Options, env: Env) -> Result<bool> {
+    let Some(wave) = &event.wave else {
+        return Ok(true);
+    };
+    let id = &wave.rollout;
+    let (node, rank) = wave.rank_here(env).ok_or_else(|| {
+        Error::event(format!(
+            "rollout {id}: SERF_SELF_NAME is not set, so this host has no rank (a wave is for a serf agent's handler)"
+        ))
+    })?;
+    let node = log::shown_text(node.as_bytes());
+    if !wave.includes(&rank) {
+        logln!(
+            "Not in this wave of rollout {id}: node {node} has rank {rank}, after {}: nothing to do",
+            wave.upto
+        );
+        return Ok(false);
+    }
+    logln!(
+        "In this wave of rollout {id}: node {node} has rank {rank}, up to {}",
+        wave.upto
+    );
+    let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
+    if let Some((_, done)) = record::done_in_rollout(&dir, &event.url, id) {
+        let dest = done.dest.as_deref().unwrap_or("(commands only)");
+        logln!(
+            "{} already deployed {} in rollout {id} (finished {}): nothing to do for this wave",
+            log::shown_text(dest.as_bytes()),
+            redact(&event.url),
+            done.finished
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Step 1: sleeps the `--random-delay`, if any.
@@ -122,7 +168,7 @@ enum Handling {
     /// Already handled: skipped (and logged).
     Replay,
     /// Run it; a consul/serf event's claim is recorded after the run.
-    Run(Option<state::EventClaim>),
+    Run(Option<Box<state::EventClaim>>),
 }
 
 /// Step 2, replays (SPEC §2, §10): a consul/serf event already handled is skipped.
@@ -134,8 +180,12 @@ fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handlin
     };
     let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
     match state::claim(&dir, name, &seen)? {
-        state::Claim::Replay(why) => {
+        state::Claim::Skip(state::Skip::Replay(why)) => {
             logln!("Skipping {}: already handled: {why}", event.describe());
+            Ok(Handling::Replay)
+        }
+        state::Claim::Skip(state::Skip::Superseded(why)) => {
+            logln!("Skipping {}: superseded: {why}", event.describe());
             Ok(Handling::Replay)
         }
         state::Claim::Fresh(claim) => Ok(Handling::Run(Some(claim))),
@@ -146,7 +196,7 @@ fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handlin
 /// refused or unreadable manifest included); not when a signal cut it short, so that
 /// a redelivery finishes the job.
 fn record_handled(
-    claim: Option<state::EventClaim>,
+    claim: Option<Box<state::EventClaim>>,
     event: &event::Event,
     opts: &Options,
     result: &Result<()>,
@@ -262,6 +312,9 @@ fn load_manifest(
         )?);
         draft.step = record::Step::Manifest;
     }
+    // The wave's rollout id names these very bytes (SPEC §19), checked once the
+    // manifest's dest is known so that the failure is recorded under it.
+    let fetched_id = crate::rollout::rollout_id(&bytes);
     let text = fetch::into_text(&event.url, bytes)?;
     let manifest = manifest::parse(&text, &event.url, env).inspect_err(|_| {
         // Recorded under dest's key when the manifest names a usable dest.
@@ -271,6 +324,16 @@ fn load_manifest(
     })?;
     draft.manifest_valid(&manifest);
     draft.serial = manifest.serial;
+    if let Some(wave) = event.wave.as_ref().filter(|w| w.rollout != fetched_id) {
+        return Err(Error::Manifest {
+            url: event.url.clone(),
+            msg: format!(
+                "not the manifest of rollout {} (its bytes are rollout {fetched_id}): it changed since the rollout began",
+                wave.rollout
+            ),
+            source: None,
+        });
+    }
     let floor = record::Floor::of(
         manifest.src.as_ref().and(manifest.dest.as_deref()),
         signer.as_deref(),

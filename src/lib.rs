@@ -59,6 +59,7 @@ pub(crate) mod metrics;
 pub mod record;
 pub(crate) mod redeploy;
 pub(crate) mod release;
+pub mod rollout;
 pub(crate) mod s3;
 pub mod serf_rpc;
 pub mod signature;

@@ -33,3 +33,4 @@ mod signing;
 mod static_bin;
 mod status;
 mod unpack;
+mod waves;
