@@ -318,6 +318,11 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// `stretcher rollout` could not drive the fleet (no member to deploy to, no
+    /// answer to the status query).
+    #[error("rollout: {0}")]
+    Rollout(String),
+
     /// The Serf agent's RPC (`serf_rpc`) could not be used: no connection, an
     /// error answer, or an answer that is not Serf's RPC, too large or too late.
     #[error("serf agent {addr}: {msg}")]
@@ -459,6 +464,7 @@ impl Error {
             | Error::Hook { .. }
             | Error::Spawn { .. }
             | Error::Fleet { .. }
+            | Error::Rollout(_)
             | Error::SerfRpc { .. }
             | Error::Unsafe { .. }
             | Error::WorkerPanic { .. } => true,

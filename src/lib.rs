@@ -71,6 +71,7 @@ pub mod sync;
 pub mod unpack;
 mod urls;
 pub mod verify;
+pub mod waves;
 
 pub use error::{Error, Result};
 
