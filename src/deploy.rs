@@ -87,6 +87,9 @@ fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) 
     sleep_random_delay(opts)?;
 
     let event = event::read(opts.target.as_deref(), env, stdin)?;
+    if event.replay_key().is_some() {
+        logln!("Received {}: {}", event.describe(), redact(&event.url));
+    }
     for warning in opts.allow_url.warnings() {
         logln!("{warning}");
     }

@@ -25,7 +25,7 @@
 //! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
 //! `drift::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
-//! `event`, `signature`, `log`, the type `strategy::Strategy` and
+//! `event`, `rollout`, `signature`, `log`, the type `strategy::Strategy` and
 //! `fleet::answer_table`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
 //! of the public modules that nothing outside the crate uses.

@@ -27,6 +27,8 @@ mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 #[cfg(feature = "e2e")]
+mod serf_e2e_events;
+#[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
 #[cfg(feature = "e2e")]
 mod serf_e2e_rollout;

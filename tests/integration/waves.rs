@@ -11,7 +11,7 @@ use crate::http::{respond, small_archive, TestServer};
 use crate::util::*;
 
 /// sha256 of `text` in lower-case hex, by coreutils' `sha256sum`.
-pub(crate) fn sha256sum(text: &[u8]) -> String {
+pub fn sha256sum(text: &[u8]) -> String {
     use std::io::Write;
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -25,7 +25,7 @@ pub(crate) fn sha256sum(text: &[u8]) -> String {
 }
 
 /// SPEC §19's rank, computed independently of the library.
-pub(crate) fn rank_of(rollout: &str, node: &str, canary: bool) -> String {
+pub fn rank_of(rollout: &str, node: &str, canary: bool) -> String {
     let digit = if canary { "0" } else { "1" };
     format!(
         "{digit}{}",
