@@ -542,7 +542,7 @@ fn render(opts: &RolloutOptions, done: &Done) -> Output {
 /// The manifest, fetched and checked as no host in particular (SPEC §19): its
 /// signature with `--trusted-key`, its YAML and every key's form, templates
 /// expanded by `manifest::parse_unhosted`. Its rollout id and checksum.
-fn check_manifest(opts: &RolloutOptions, env: Env) -> Result<Target> {
+fn check_manifest(url: &str, opts: &RolloutOptions, env: Env) -> Result<Target> {
     let allow = AllowList::default();
     let fetch_opts = FetchOptions {
         retry: 2,
@@ -553,7 +553,6 @@ fn check_manifest(opts: &RolloutOptions, env: Env) -> Result<Target> {
         allow: &allow,
         env,
     };
-    let url = &opts.manifest_url;
     let bytes = fetch::fetch_bytes(url, &fetch_opts, fetch::MAX_MANIFEST_BYTES)?;
     if !opts.trusted_keys.is_empty() {
         crate::deploy::check_signature(url, &bytes, &opts.trusted_keys, &fetch_opts)?;
@@ -657,7 +656,9 @@ impl Progress {
 }
 
 fn run(opts: &RolloutOptions, env: Env, tty: bool) -> Result<Done> {
-    let target = check_manifest(opts, env)?;
+    // a local path is the file:// URL of its absolute form, as for a deploy
+    let url = crate::event::to_url(&opts.manifest_url)?;
+    let target = check_manifest(&url, opts, env)?;
     let mut agent = Agent {
         addr: opts
             .rpc_addr
@@ -702,7 +703,7 @@ fn run(opts: &RolloutOptions, env: Env, tty: bool) -> Result<Done> {
     }
     // Payloads are checked before anything is fired.
     let payloads: Vec<String> = (1..=plan.waves.len())
-        .map(|k| plan.payload(&opts.manifest_url, k))
+        .map(|k| plan.payload(&url, k))
         .collect::<Result<_>>()?;
     let names: Vec<&str> = plan.hosts.iter().map(|h| h.node.as_str()).collect();
     // What each host reported before any wave: an ending already there is not this

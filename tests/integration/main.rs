@@ -7,6 +7,7 @@ mod archives_corpus;
 mod cli;
 mod content;
 mod deploy;
+mod detach;
 mod events;
 mod faults;
 mod fleet;
@@ -26,6 +27,8 @@ mod s3;
 mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
+#[cfg(feature = "e2e")]
+mod serf_e2e_detach;
 #[cfg(feature = "e2e")]
 mod serf_e2e_events;
 #[cfg(feature = "e2e")]
