@@ -533,6 +533,10 @@ fn serf_e2e_rollouts_in_waves() {
         assert_eq!(a.version().as_deref(), Some("v3"), "{i}: {}", a.report());
     }
     assert_eq!(agents[victim].version().as_deref(), Some("v1"));
+    // counted from before the victim is back: a rejoining agent may still receive
+    // the last wave's event by gossip and deploy before the rerun fires anything
+    let bytes = origin.archive_bytes();
+    let hooks: Vec<usize> = agents.iter().map(|a| a.hooks().len()).collect();
     start(
         &mut cluster,
         victim,
@@ -540,8 +544,6 @@ fn serf_e2e_rollouts_in_waves() {
         Some(agents[0].host.bind),
     );
     serf::wait_until("the victim back", LIMIT, all_alive, report);
-    let bytes = origin.archive_bytes();
-    let hooks: Vec<usize> = agents.iter().map(|a| a.hooks().len()).collect();
     let rerun = Rollout::spawn(
         via,
         root.path(),
@@ -610,4 +612,71 @@ fn serf_e2e_rollouts_in_waves() {
     for a in &agents[1..] {
         assert_eq!(a.version().as_deref(), Some("v3"), "{}", a.report());
     }
+}
+
+/// The rollout's own cost at 30 agents (SPEC §19 "Scale"), measured, not asserted:
+/// a rollout with the default waves, its wall time, and what its deploys took (per
+/// wave, the longest `duration_s` among the hosts it added, from their records).
+/// Run by hand: `cargo test --release --features e2e --test integration --
+/// --ignored serf_e2e_rollout_cost --nocapture`.
+#[test]
+#[ignore]
+fn serf_e2e_rollout_cost_at_30_agents() {
+    const N: usize = 30;
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-rollout30-")
+        .tempdir()
+        .unwrap();
+    let agents: Vec<Agent> = (0..N)
+        .map(|i| Agent {
+            host: Host::new(root.path(), &format!("node{i:02}")),
+        })
+        .collect();
+    let report = || String::new();
+    let mut cluster = Cluster::default();
+    start(&mut cluster, 0, &agents[0], None);
+    serf::wait_rpc(&agents[0].host, LIMIT);
+    for (i, a) in agents.iter().enumerate().skip(1) {
+        start(&mut cluster, i, a, Some(agents[0].host.bind));
+    }
+    let via = &agents[1];
+    serf::wait_until(
+        "thirty alive members",
+        Duration::from_secs(120),
+        || serf::members_with_status(&via.host, "alive").len() == N,
+        report,
+    );
+    let origin = Origin::start();
+    let (url, id, _) = origin.publish("v1", "");
+    let run = Rollout::spawn(via, root.path(), &[&url, "--canary-tag", "stage=canary"]).wait();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let counts: Vec<usize> = [1, N.div_ceil(10), N.div_ceil(2), N].to_vec();
+    let plan = expected_plan(&id, &agents, true, &counts);
+    let mut deploys = 0.0;
+    for k in 1..=4 {
+        let longest = plan
+            .iter()
+            .filter(|h| h.0 == k)
+            .map(|h| {
+                let a = agents.iter().find(|a| a.host.name == h.1).unwrap();
+                let dir = a.state().join("deploys");
+                let rec = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(rec.path()).unwrap()).unwrap();
+                v["duration_s"].as_f64().unwrap()
+            })
+            .fold(0.0, f64::max);
+        deploys += longest;
+    }
+    let wall = run.elapsed.as_secs_f64();
+    eprintln!(
+        "rollout over {N} agents, 4 waves: {wall:.2}s in all, deploys {deploys:.2}s \
+         (per wave the longest), the rollout's own {:.2}s ({:.2}s a wave)",
+        wall - deploys,
+        (wall - deploys) / 4.0
+    );
 }
