@@ -114,6 +114,8 @@ pub enum Command {
     Releases(ReleasesOptions),
     /// `stretcher rollback DEST [--to ID]` (SPEC §14).
     Rollback(RollbackOptions),
+    /// `stretcher rollout MANIFEST_URL` (SPEC §19).
+    Rollout(RolloutOptions),
 }
 
 /// What a command hands back to print: `main` writes it once (stderr, then stdout)
@@ -199,6 +201,38 @@ pub struct FleetOptions {
     pub json: bool,
 }
 
+/// `stretcher rollout MANIFEST_URL ...` (SPEC §19): what to deploy, to whom, in which
+/// waves, and when to halt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOptions {
+    /// The manifest URL every host is handed, as given (`waves` makes a local path
+    /// `file://`).
+    pub manifest_url: String,
+    /// `--event NAME`: the user event the hosts deploy on (default `deploy`).
+    pub event: String,
+    /// `--waves LIST`: each wave's cumulative size (default `1,10%,50%,100%`).
+    pub waves: Vec<crate::waves::Size>,
+    /// `--canary-tag KEY=VALUE`: hosts with this tag rank first.
+    pub canary: Option<crate::rollout::Canary>,
+    /// `--bake D`: how long to wait after a wave before asking again (default 0).
+    pub bake: Duration,
+    /// `--wave-timeout D`: how long a wave's hosts have to report (default 10m).
+    pub wave_timeout: Duration,
+    /// `--max-failed N|P%`: the failed hosts a rollout goes on with (default 0).
+    pub max_failed: crate::waves::Size,
+    /// `--tag KEY=VALUE` filters (VALUE is a serf regexp), in order.
+    pub tags: Vec<(String, String)>,
+    /// `--rpc-addr`: the serf agent's RPC address; `None` = `SERF_RPC_ADDR` or serf's
+    /// default.
+    pub rpc_addr: Option<String>,
+    /// `--trusted-key`: the manifest must be signed by one of these (SPEC §15).
+    pub trusted_keys: Vec<TrustedKey>,
+    /// `--dry-run`: print the plan, fire nothing.
+    pub dry_run: bool,
+    /// `--json`: print the result as one JSON object.
+    pub json: bool,
+}
+
 /// `stretcher verify DEST [--content] [--json] [--state-dir DIR]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyOptions {
@@ -249,6 +283,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         Some("verify") => parse_as::<RawVerify>(rest),
         Some("releases") => parse_as::<RawReleases>(rest),
         Some("rollback") => parse_as::<RawRollback>(rest),
+        Some("rollout") => parse_as::<RawRollout>(rest),
         Some("fleet") => match word(1) {
             Some("status") => parse_as::<RawFleet>(&args[2..]),
             Some("-h" | "-help" | "--help") => Ok(Command::SubcommandHelp(fleet_usage())),
@@ -781,6 +816,191 @@ impl Raw for RawFleet {
     }
 }
 
+#[derive(FromArgs, ArgsInfo, Debug)]
+/// stretcher rollout
+struct RawRollout {
+    /// event name
+    #[argh(option)]
+    event: Option<String>,
+    /// waves
+    #[argh(option)]
+    waves: Option<String>,
+    /// canary tag
+    #[argh(option)]
+    canary_tag: Option<String>,
+    /// bake
+    #[argh(option)]
+    bake: Option<String>,
+    /// wave timeout
+    #[argh(option)]
+    wave_timeout: Option<String>,
+    /// max failed
+    #[argh(option)]
+    max_failed: Option<String>,
+    /// tag filters
+    #[argh(option)]
+    tag: Vec<String>,
+    /// rpc addr
+    #[argh(option)]
+    rpc_addr: Option<String>,
+    /// trusted keys
+    #[argh(option)]
+    trusted_key: Vec<String>,
+    /// dry run
+    #[argh(switch)]
+    dry_run: bool,
+    /// json
+    #[argh(switch)]
+    json: bool,
+    /// the manifest URL
+    #[argh(positional)]
+    target: Vec<String>,
+}
+
+impl Raw for RawRollout {
+    const COMMAND: &'static [&'static str] = &["stretcher rollout"];
+
+    fn help() -> Command {
+        Command::SubcommandHelp(rollout_usage())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        let mut targets = self.target.into_iter();
+        let target = match (targets.next(), targets.next()) {
+            (Some(t), None) if !t.trim().is_empty() => t,
+            (Some(_), None) => {
+                return Err(Error::Usage("rollout: the manifest URL is empty".into()))
+            }
+            (None, _) => {
+                return Err(Error::Usage(
+                    "rollout: expected the manifest URL (stretcher rollout MANIFEST_URL)".into(),
+                ))
+            }
+            (Some(_), Some(extra)) => {
+                return Err(Error::Usage(format!(
+                    "rollout: only one manifest URL may be given (extra argument {extra:?})"
+                )))
+            }
+        };
+        if target.chars().any(char::is_whitespace) {
+            return Err(bad_value(
+                "MANIFEST_URL",
+                &target,
+                "a wave's payload cannot carry white space in the URL",
+            ));
+        }
+        let manifest_url = target;
+        let event = self.event.unwrap_or_else(|| "deploy".into());
+        if event.is_empty() || !event.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad_value("event", &event, "expected a serf event name"));
+        }
+        let waves = match self.waves {
+            Some(v) => crate::waves::parse_waves(&v).map_err(|m| bad_value("waves", &v, &m))?,
+            None => crate::waves::default_waves(),
+        };
+        let canary = self
+            .canary_tag
+            .map(|v| {
+                crate::rollout::Canary::parse(&v).map_err(|_| {
+                    bad_value("canary-tag", &v, "expected KEY=VALUE (printable, no space)")
+                })
+            })
+            .transpose()?;
+        let duration = |flag: &str, v: Option<String>, default: Duration| match v {
+            Some(v) => parse_duration(&v).map_err(|m| bad_value(flag, &v, &m)),
+            None => Ok(default),
+        };
+        let bake = duration("bake", self.bake, Duration::ZERO)?;
+        let wave_timeout = duration(
+            "wave-timeout",
+            self.wave_timeout,
+            crate::waves::DEFAULT_WAVE_TIMEOUT,
+        )?;
+        if wave_timeout.is_zero() {
+            return Err(bad_value(
+                "wave-timeout",
+                "0",
+                "a wave needs time to deploy (e.g. 10m)",
+            ));
+        }
+        let max_failed = match self.max_failed {
+            Some(v) => {
+                crate::waves::Size::parse_limit(&v).map_err(|m| bad_value("max-failed", &v, &m))?
+            }
+            None => crate::waves::Size::Count(0),
+        };
+        let mut tags = Vec::new();
+        for t in self.tag {
+            match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => tags.push((k.to_string(), v.to_string())),
+                _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+            }
+        }
+        if let Some(v) = &self.rpc_addr {
+            if v.trim().is_empty() {
+                return Err(bad_value("rpc-addr", v, "expected HOST:PORT"));
+            }
+        }
+        let mut trusted_keys = Vec::new();
+        for k in &self.trusted_key {
+            trusted_keys.push(TrustedKey::parse(k).map_err(|m| bad_value("trusted-key", k, &m))?);
+        }
+        Ok(Command::Rollout(RolloutOptions {
+            manifest_url,
+            event,
+            waves,
+            canary,
+            bake,
+            wave_timeout,
+            max_failed,
+            tags,
+            rpc_addr: self.rpc_addr,
+            trusted_keys,
+            dry_run: self.dry_run,
+            json: self.json,
+        }))
+    }
+}
+
+/// `stretcher rollout --help`.
+pub(crate) fn rollout_usage() -> String {
+    "\
+Usage: stretcher rollout MANIFEST_URL [--event NAME] [--waves LIST]
+                         [--canary-tag KEY=VALUE] [--bake D] [--wave-timeout D]
+                         [--max-failed N|P%] [--tag KEY=VALUE]... [--rpc-addr ADDR]
+                         [--trusted-key KEY]... [--dry-run] [--json]
+
+Deploys MANIFEST_URL to the serf members in waves: a canary first, then growing
+waves, each one serf event that only the hosts ranked in it deploy, watched
+through the stretcher-status query; halts when more hosts failed than allowed.
+The manifest is fetched and checked first (signature, YAML, every key's form).
+The hosts need their usual handlers, user:NAME=stretcher and
+query:stretcher-status=stretcher status --brief --json. No server of ours.
+
+  --event NAME          the user event the hosts deploy on (default: deploy)
+  --waves LIST          cumulative wave sizes, counts or percentages of the
+                        members (default: 1,10%,50%,100%)
+  --canary-tag K=V      hosts whose serf tag K is V come first
+  --bake D              after a wave, wait D and ask again: a host now failing
+                        or silent counts as failed (default: 0)
+  --wave-timeout D      a host that has not reported by then counts as failed
+                        (default: 10m)
+  --max-failed N|P%     failed hosts (a count, or a percentage of the planned
+                        hosts, rounded down) the rollout goes on with (default: 0)
+  --tag KEY=VALUE       only members whose tag KEY matches VALUE (a regexp;
+                        repeatable)
+  --rpc-addr ADDR       the serf agent to speak to (default: SERF_RPC_ADDR, else
+                        127.0.0.1:7373; SERF_RPC_AUTH is its key)
+  --trusted-key KEY     the manifest must be signed by one of these keys
+  --dry-run             print the plan, one line per host: WAVE NODE RANK
+  --json                print one JSON object: rollout, plan, hosts
+
+Exit status: 0 every planned host deployed; 1 the rollout halted, a wave did not
+finish, or any host failed; 2 bad usage.
+"
+    .to_string()
+}
+
 /// `stretcher status --help`.
 pub(crate) fn status_usage() -> String {
     "\
@@ -1211,6 +1431,7 @@ each with its own --help:
   fleet status            the last deploys of every host, asked through serf
   releases DEST           list the releases of DEST (sync_strategy release)
   rollback DEST [--to ID] switch DEST back to an older good release
+  rollout MANIFEST_URL    deploy to the serf members in waves, halting on failure
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
@@ -1631,6 +1852,79 @@ mod tests {
     }
 
     #[test]
+    fn rollout_subcommand() {
+        let rollout = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Rollout(o)) => o,
+            other => panic!("{args:?}: expected Rollout, got {other:?}"),
+        };
+        let o = rollout(&["rollout", "https://h/m.yml"]);
+        assert_eq!(o.manifest_url, "https://h/m.yml");
+        assert_eq!(o.event, "deploy");
+        assert_eq!(o.waves, crate::waves::default_waves());
+        assert_eq!(o.bake, Duration::ZERO);
+        assert_eq!(o.wave_timeout, Duration::from_secs(600));
+        assert_eq!(o.max_failed, crate::waves::Size::Count(0));
+        assert!(o.canary.is_none() && o.tags.is_empty() && !o.dry_run && !o.json);
+        let o = rollout(&[
+            "rollout",
+            "-event=ship",
+            "--waves",
+            "2,50%",
+            "--canary-tag=role=canary",
+            "-bake",
+            "30s",
+            "--wave-timeout=2m",
+            "--max-failed",
+            "10%",
+            "--tag",
+            "dc=eu.*",
+            "--tag=role=web",
+            "--rpc-addr",
+            "127.0.0.1:7000",
+            "--dry-run",
+            "--json",
+            "/srv/m.yml",
+        ]);
+        assert_eq!(o.manifest_url, "/srv/m.yml");
+        assert_eq!(o.event, "ship");
+        assert_eq!(
+            o.waves,
+            vec![
+                crate::waves::Size::Count(2),
+                crate::waves::Size::Percent(50)
+            ]
+        );
+        assert_eq!(o.canary.as_ref().map(|c| c.value.as_str()), Some("canary"));
+        assert_eq!(o.bake, Duration::from_secs(30));
+        assert_eq!(o.wave_timeout, Duration::from_secs(120));
+        assert_eq!(o.max_failed, crate::waves::Size::Percent(10));
+        assert_eq!(o.tags.len(), 2);
+        assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7000"));
+        assert!(o.dry_run && o.json);
+        assert!(matches!(
+            parse(&os(&["rollout", "--help"])),
+            Ok(Command::SubcommandHelp(t)) if t.contains("--canary-tag")
+        ));
+        for bad in [
+            &["rollout"][..],
+            &["rollout", "a", "b"],
+            &["rollout", "u", "--waves", "0"],
+            &["rollout", "u", "--waves", "1,,2"],
+            &["rollout", "u", "--max-failed", "x"],
+            &["rollout", "u", "--canary-tag", "role"],
+            &["rollout", "u", "--wave-timeout", "0"],
+            &["rollout", "u", "--bake", "soon"],
+            &["rollout", "u", "--tag", "novalue"],
+            &["rollout", "u", "--force"],
+        ] {
+            match parse(&os(bad)) {
+                Err(e @ Error::Usage(_)) => assert_eq!(e.exit_code(), 2),
+                other => panic!("{bad:?}: expected a usage error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn fleet_status_subcommand() {
         let fleet = |args: &[&str]| match parse(&os(args)) {
             Ok(Command::FleetStatus(o)) => o,
@@ -1821,6 +2115,7 @@ mod tests {
         check_flags_of::<RawReleases>();
         check_flags_of::<RawRollback>();
         check_flags_of::<RawFleet>();
+        check_flags_of::<RawRollout>();
         // the deploy's flags as the normaliser has them, alias included
         let flags = Flags::of::<RawArgs>();
         assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));

@@ -371,7 +371,7 @@ fn load_manifest(
 /// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
 /// against the raw manifest bytes; logs the trusted comment of a good signature and
 /// answers the id of the key that made it.
-fn check_signature(
+pub(crate) fn check_signature(
     url: &str,
     bytes: &[u8],
     keys: &[signature::TrustedKey],

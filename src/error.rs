@@ -318,6 +318,24 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// `stretcher rollout` could not drive the fleet (no member to deploy to, no
+    /// answer to the status query).
+    #[error("rollout: {0}")]
+    Rollout(String),
+
+    /// The Serf agent's RPC (`serf_rpc`) could not be used: no connection, an
+    /// error answer, or an answer that is not Serf's RPC, too large or too late.
+    #[error("serf agent {addr}: {msg}")]
+    SerfRpc {
+        /// The agent's RPC address.
+        addr: String,
+        /// What went wrong, in words.
+        msg: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Cause>,
+    },
+
     /// A URL or manifest was refused before it was used (`--allow-url`, made by
     /// `allow`), or a redirect was (`http`: outside `--allow-url`, or from https to
     /// http, SPEC §17); the record says `refused` (SPEC §11). Never retried.
@@ -446,6 +464,8 @@ impl Error {
             | Error::Hook { .. }
             | Error::Spawn { .. }
             | Error::Fleet { .. }
+            | Error::Rollout(_)
+            | Error::SerfRpc { .. }
             | Error::Unsafe { .. }
             | Error::WorkerPanic { .. } => true,
         }

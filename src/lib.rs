@@ -63,6 +63,7 @@ pub(crate) mod redeploy;
 pub(crate) mod release;
 pub mod rollout;
 pub(crate) mod s3;
+pub mod serf_rpc;
 pub mod signature;
 mod staging;
 pub(crate) mod state;
@@ -72,6 +73,7 @@ pub mod sync;
 pub mod unpack;
 mod urls;
 pub mod verify;
+pub mod waves;
 
 pub use error::{Error, Result};
 

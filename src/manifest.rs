@@ -133,6 +133,21 @@ struct RawCommands {
 /// it came from (for errors, and to resolve a relative `src`); `env`: an
 /// environment lookup for the templates.
 pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
+    parse_in(text, url, env, false)
+}
+
+/// The placeholder a `{{ must_env "NAME" }}` becomes in [`parse_unhosted`]: an
+/// absolute path, so that a `dest` or `src` made of it passes their checks.
+pub const MUST_ENV_PLACEHOLDER: &str = "/must_env";
+
+/// Parses and validates a manifest as no host in particular would (SPEC §19, the
+/// checks of `stretcher rollout`): `{{ env ... }}` is its default or empty, and
+/// `{{ must_env "NAME" }}` is the placeholder `/must_env/NAME`.
+pub fn parse_unhosted(text: &str, url: &str) -> Result<Manifest> {
+    parse_in(text, url, &|_| None, true)
+}
+
+fn parse_in(text: &str, url: &str, env: Env, unhosted: bool) -> Result<Manifest> {
     let fail = |msg: String| Error::Manifest {
         url: url.to_string(),
         msg,
@@ -144,7 +159,7 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
         source: Some(e.into()),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let expanded = expand_templates(text, env).map_err(|m| fail(format!("template: {m}")))?;
+    let expanded = expand(text, env, unhosted).map_err(|m| fail(format!("template: {m}")))?;
 
     // Pass 1: the shape, and the keys we do not know.
     let doc: Value = serde_norway::from_str(&expanded).map_err(yaml)?;
@@ -543,6 +558,11 @@ fn remove_dot_segments(path: &str) -> String {
 /// else the last argument; `env "NAME"` alone gives `""` when NAME is unset.
 /// `must_env` of an unset variable is an error naming it (set but empty is fine).
 pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, String> {
+    expand(text, env, false)
+}
+
+/// `expand_templates`; with `unhosted`, `must_env "NAME"` is `MUST_ENV_PLACEHOLDER/NAME`.
+fn expand(text: &str, env: Env, unhosted: bool) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -556,7 +576,7 @@ pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, Str
         }
         let (action, after, trim_right) = split_action(inner).map_err(at)?;
         if let Some(action) = action {
-            out.push_str(&eval_action(action, env).map_err(at)?);
+            out.push_str(&eval_action(action, env, unhosted).map_err(at)?);
         }
         rest = if trim_right {
             after.trim_start_matches(is_space)
@@ -633,7 +653,7 @@ fn split_action(inner: &str) -> std::result::Result<(Option<&str>, &str, bool), 
     Err("unclosed action: \"{{\" without \"}}\"".into())
 }
 
-fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
+fn eval_action(action: &str, env: Env, unhosted: bool) -> std::result::Result<String, String> {
     let shown = || format!("{{{{{}}}}}", action);
     if action.trim().is_empty() {
         return Err(format!("missing value for command in {}", shown()));
@@ -669,6 +689,7 @@ fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
             .iter()
             .find_map(|k| env(k).filter(|v| !v.is_empty()))
             .unwrap_or_else(|| default.to_string())),
+        ("must_env", [key]) if unhosted => Ok(format!("{MUST_ENV_PLACEHOLDER}/{key}")),
         ("must_env", [key]) => {
             env(key).ok_or_else(|| format!("environment variable {key} is not defined"))
         }
@@ -909,6 +930,23 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn unhosted_templates() {
+        let text = "src: archive.tar.gz\nchecksum: {{ env \"SUM\" \"5a0eae8ba5a8b0fbd6f2b2a4a8a7d1e3e6e1b7c9\" }}\n\
+                    dest: {{ must_env \"DEST\" }}\ncommands:\n  pre:\n    - echo {{ env \"X\" }}\n";
+        let m = parse_unhosted(text, "https://h/m.yml").unwrap();
+        assert_eq!(m.dest, Some(PathBuf::from("/must_env/DEST")));
+        assert_eq!(
+            m.checksum.unwrap().hex(),
+            "5a0eae8ba5a8b0fbd6f2b2a4a8a7d1e3e6e1b7c9"
+        );
+        assert_eq!(m.commands.pre, vec!["echo".to_string()]);
+        // a host without DEST fails; what does not depend on the host fails the same
+        assert!(parse(text, "https://h/m.yml", &|_| None).is_err());
+        assert!(parse_unhosted("src: a\nchecksum: xyz\ndest: /srv/a\n", "https://h/m").is_err());
+        assert!(parse_unhosted("{{ nope }}", "https://h/m").is_err());
     }
 
     #[test]

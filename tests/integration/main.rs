@@ -29,9 +29,12 @@ mod safety;
 mod serf_e2e;
 #[cfg(feature = "e2e")]
 mod serf_e2e_detach;
+#[cfg(feature = "e2e")]
 mod serf_e2e_events;
 #[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
+#[cfg(feature = "e2e")]
+mod serf_e2e_rollout;
 mod signing;
 #[cfg(feature = "static")]
 mod static_bin;
