@@ -75,7 +75,7 @@ pub use error::{Error, Result};
 /// An environment lookup: the process environment (`|k| std::env::var(k).ok()`) read
 /// only at the entry points (`deploy::main`, `status::main`, ...), a table in tests.
 /// Every module below them is handed one and never reads `std::env` itself.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 
 /// The version of this build (`stretcher --version`, the HTTP `User-Agent`, the
 /// deploy record's `stretcher_version`).
