@@ -66,6 +66,7 @@ pub(crate) mod state;
 pub mod status;
 pub mod strategy;
 pub mod sync;
+pub mod toc;
 pub mod unpack;
 mod urls;
 pub mod verify;
