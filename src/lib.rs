@@ -37,6 +37,7 @@ pub mod at;
 mod bucket_url;
 pub mod cli;
 pub mod commands;
+mod delta;
 pub mod deploy;
 pub mod digest;
 pub mod drift;
