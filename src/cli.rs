@@ -5,7 +5,7 @@
 //! command hands back to print, `Output`.
 //!
 //! Every command is parsed by the one mechanism of `parse_as`: each command's flags are
-//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`,
+//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`, `RawPack`,
 //! `RawRollback`, `RawFleet`), and the `Raw` trait adds what argh does not know (the
 //! command's words, aliases, its texts). Go-style `-flag`, `--flag`, `-flag=value` and
 //! `-flag value` are first rewritten into the one form argh understands (`--flag
@@ -109,6 +109,8 @@ pub enum Command {
     Releases(ReleasesOptions),
     /// `stretcher rollback DEST [--to ID]` (SPEC §14).
     Rollback(RollbackOptions),
+    /// `stretcher pack DIR -o OUT` (SPEC §18).
+    Pack(PackOptions),
 }
 
 /// What a command hands back to print: `main` writes it once (stderr, then stdout)
@@ -208,6 +210,42 @@ pub struct VerifyOptions {
     pub state_dir: Option<PathBuf>,
 }
 
+/// What `stretcher pack` was asked (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackOptions {
+    /// The directory to pack.
+    pub dir: PathBuf,
+    /// `-o`: the archive to write; its name says the codec (`.tar.gz`, `.tgz`,
+    /// `.tar.zst`, `.tzst`).
+    pub out: PathBuf,
+    /// `--exclude P`: rsync exclude rules, in order.
+    pub excludes: Vec<String>,
+    /// `--owner`: keep the files' owners (ids and names) instead of 0:0 `root`.
+    pub owner: bool,
+    /// `--manifest`: also write a manifest.
+    pub manifest: Option<ManifestOptions>,
+}
+
+/// The manifest `pack --manifest` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManifestOptions {
+    /// Where to write it.
+    pub path: PathBuf,
+    /// `--dest`.
+    pub dest: String,
+    /// `--src`: the archive's URL; default its path relative to the manifest's
+    /// directory.
+    pub src: Option<String>,
+    /// `--dest-mode`, as written (octal).
+    pub dest_mode: Option<String>,
+    /// `--strategy`: `sync_strategy`.
+    pub strategy: Option<String>,
+    /// `--serial`.
+    pub serial: Option<String>,
+    /// `--expires`.
+    pub expires: Option<String>,
+}
+
 /// `stretcher releases DEST [--state-dir DIR]` (SPEC §14).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReleasesOptions {
@@ -244,6 +282,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         Some("verify") => parse_as::<RawVerify>(rest),
         Some("releases") => parse_as::<RawReleases>(rest),
         Some("rollback") => parse_as::<RawRollback>(rest),
+        Some("pack") => parse_as::<RawPack>(rest),
         Some("fleet") => match word(1) {
             Some("status") => parse_as::<RawFleet>(&args[2..]),
             Some("-h" | "-help" | "--help") => Ok(Command::SubcommandHelp(fleet_usage())),
@@ -573,6 +612,121 @@ impl Raw for RawRollback {
             dest: release_dest("rollback", self.dest)?,
             to: self.to,
             state_dir: self.state_dir.map(dir_flag("state-dir")).transpose()?,
+        }))
+    }
+}
+
+// Arguments of `stretcher pack`; argh's help of it is the command's `--help`.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// Write DIR as a packed archive (a tar.gz or tar.zst with a table of contents, SPEC
+/// §18) and, with --manifest, the manifest that deploys it. Sign the manifest with
+/// `minisign -S -m OUT.yml` for --trusted-key deploys.
+struct RawPack {
+    /// the directory to pack
+    #[argh(positional)]
+    dir: String,
+    /// the archive to write: NAME.tar.gz (gzip) or NAME.tar.zst (zstd); also -o
+    #[argh(option)]
+    output: Option<String>,
+    /// leave out paths matching this rsync exclude rule (repeatable)
+    #[argh(option)]
+    exclude: Vec<String>,
+    /// keep the files' owners (default: 0:0, root/root)
+    #[argh(switch)]
+    owner: bool,
+    /// also write the manifest to this file (needs --dest)
+    #[argh(option)]
+    manifest: Option<String>,
+    /// the manifest's dest
+    #[argh(option)]
+    dest: Option<String>,
+    /// the manifest's src URL (default: the archive's path relative to the manifest)
+    #[argh(option)]
+    src: Option<String>,
+    /// the manifest's dest_mode (octal)
+    #[argh(option)]
+    dest_mode: Option<String>,
+    /// the manifest's sync_strategy (rsync, mv, release)
+    #[argh(option)]
+    strategy: Option<String>,
+    /// the manifest's serial
+    #[argh(option)]
+    serial: Option<String>,
+    /// the manifest's expires (RFC 3339)
+    #[argh(option)]
+    expires: Option<String>,
+}
+
+impl Raw for RawPack {
+    const COMMAND: &'static [&'static str] = &["stretcher", "pack"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[("o", "output")];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for pack: {arg} (see stretcher pack --help)")
+    }
+
+    fn argh_error(message: &str) -> String {
+        format!("pack: {message}")
+    }
+
+    fn help() -> Command {
+        Command::SubcommandHelp(argh_help::<Self>())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        if self.dir.trim().is_empty() {
+            return Err(Error::Usage("pack: DIR is empty".into()));
+        }
+        let out = match self.output {
+            Some(o) if !o.trim().is_empty() => PathBuf::from(o),
+            _ => {
+                return Err(Error::Usage(
+                    "pack: -o OUT.tar.gz|OUT.tar.zst is required".into(),
+                ))
+            }
+        };
+        let given: Vec<&str> = [
+            ("--dest", self.dest.is_some()),
+            ("--src", self.src.is_some()),
+            ("--dest-mode", self.dest_mode.is_some()),
+            ("--strategy", self.strategy.is_some()),
+            ("--serial", self.serial.is_some()),
+            ("--expires", self.expires.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+        let manifest = match self.manifest {
+            None if given.is_empty() => None,
+            None => {
+                return Err(Error::Usage(format!(
+                    "pack: {} needs --manifest",
+                    given.join(", ")
+                )))
+            }
+            Some(path) => {
+                let dest = self
+                    .dest
+                    .filter(|d| !d.trim().is_empty())
+                    .ok_or_else(|| Error::Usage("pack: --manifest needs --dest".into()))?;
+                Some(ManifestOptions {
+                    path: dir_flag("manifest")(path)?,
+                    dest,
+                    src: self.src,
+                    dest_mode: self.dest_mode,
+                    strategy: self.strategy,
+                    serial: self.serial,
+                    expires: self.expires,
+                })
+            }
+        };
+        Ok(Command::Pack(PackOptions {
+            dir: PathBuf::from(self.dir),
+            out,
+            excludes: self.exclude,
+            owner: self.owner,
+            manifest,
         }))
     }
 }
@@ -1141,6 +1295,7 @@ each with its own --help:
   fleet status            the last deploys of every host, asked through serf
   releases DEST           list the releases of DEST (sync_strategy release)
   rollback DEST [--to ID] switch DEST back to an older good release
+  pack DIR -o OUT.tar.gz  write DIR as a packed archive (+ --manifest OUT.yml)
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
@@ -1751,6 +1906,7 @@ mod tests {
         check_flags_of::<RawReleases>();
         check_flags_of::<RawRollback>();
         check_flags_of::<RawFleet>();
+        check_flags_of::<RawPack>();
         // the deploy's flags as the normaliser has them, alias included
         let flags = Flags::of::<RawArgs>();
         assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));
@@ -1774,6 +1930,105 @@ mod tests {
                 let m = usage_err(&args);
                 assert!(m.contains("unknown flag"), "{args:?}: {m}");
             }
+        }
+    }
+
+    #[test]
+    fn pack_subcommand() {
+        let pack = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Pack(o)) => o,
+            other => panic!("{args:?}: expected Pack, got {other:?}"),
+        };
+        let want = PackOptions {
+            dir: "site".into(),
+            out: "a.tar.gz".into(),
+            excludes: vec!["*.log".into(), "tmp/".into()],
+            owner: true,
+            manifest: None,
+        };
+        for args in [
+            &[
+                "pack",
+                "site",
+                "-o",
+                "a.tar.gz",
+                "--exclude",
+                "*.log",
+                "-exclude=tmp/",
+                "--owner",
+            ][..],
+            &[
+                "pack",
+                "--output=a.tar.gz",
+                "-owner",
+                "site",
+                "--exclude",
+                "*.log",
+                "--exclude",
+                "tmp/",
+            ],
+        ] {
+            assert_eq!(pack(args), want, "{args:?}");
+        }
+        let o = pack(&[
+            "pack",
+            "site",
+            "-o",
+            "a.tar.zst",
+            "--manifest",
+            "m.yml",
+            "--dest",
+            "/srv/app",
+            "--dest-mode",
+            "0755",
+            "--strategy",
+            "release",
+            "--serial",
+            "7",
+            "--expires",
+            "2030-01-01T00:00:00Z",
+            "--src",
+            "https://h/a.tar.zst",
+        ]);
+        assert_eq!(
+            o.manifest,
+            Some(ManifestOptions {
+                path: "m.yml".into(),
+                dest: "/srv/app".into(),
+                src: Some("https://h/a.tar.zst".into()),
+                dest_mode: Some("0755".into()),
+                strategy: Some("release".into()),
+                serial: Some("7".into()),
+                expires: Some("2030-01-01T00:00:00Z".into()),
+            })
+        );
+        for (args, says) in [
+            (
+                &["pack", "site"][..],
+                "-o OUT.tar.gz|OUT.tar.zst is required",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--dest", "/d"],
+                "--dest needs --manifest",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--manifest", "m.yml"],
+                "--manifest needs --dest",
+            ),
+            (&["pack", "", "-o", "a.tar.gz"], "pack: DIR is empty"),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--bogus"],
+                "unknown flag for pack: --bogus",
+            ),
+        ] {
+            match parse(&os(args)) {
+                Err(Error::Usage(m)) => assert!(m.contains(says), "{args:?}: {m}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse(&os(&["pack", "--help"])).unwrap() {
+            Command::SubcommandHelp(h) => assert!(h.contains("minisign -S"), "{h}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -57,6 +57,7 @@ mod land;
 pub mod log;
 pub mod manifest;
 pub(crate) mod metrics;
+pub mod pack;
 pub mod record;
 pub(crate) mod redeploy;
 pub(crate) mod release;
