@@ -75,7 +75,7 @@ pub(crate) struct Delta<'a> {
 /// How the delta went.
 pub(crate) enum Outcome {
     /// The tree is staged, every byte verified.
-    Staged(Verified<(Stage, Staged)>),
+    Staged(Box<Verified<(Stage, Staged)>>),
     /// A full download is needed, and why.
     Full(String),
 }
@@ -137,7 +137,11 @@ impl Plan {
 
 /// The plan, or why there is none (a full download then); an `Err` is final: a
 /// signal, the deadline, a table that matches `toc` but is refused.
-pub(crate) fn plan(d: &Delta, probe: &mut dyn Unchanged, start: Instant) -> Result<std::result::Result<Plan, String>> {
+pub(crate) fn plan(
+    d: &Delta,
+    probe: &mut dyn Unchanged,
+    start: Instant,
+) -> Result<std::result::Result<Plan, String>> {
     let (footer, archive_len, member) = match read_table(d, start) {
         Ok(read) => read,
         Err(e @ (Error::Interrupted(_) | Error::Timeout { .. })) => return Err(e),
@@ -158,9 +162,6 @@ pub(crate) fn plan(d: &Delta, probe: &mut dyn Unchanged, start: Instant) -> Resu
         msg: e.to_string(),
         source: None,
     })?;
-    if probe.tree().is_none() {
-        return Ok(Err("dest holds no tree".to_string()));
-    }
     let fates = judge(&table, probe, d.same_owner);
     let mut counts = Counts::default();
     let mut members: Vec<(u64, u64)> = Vec::new();
@@ -213,14 +214,21 @@ fn read_table(d: &Delta, start: Instant) -> Result<(Footer, u64, Vec<u8>)> {
         },
         _ => Span::Tail(toc::FOOTER_MAX as u64),
     };
-    let served = fetch::read_range(d.src, span, opts, start, opts.max_bandwidth, &mut |at, b| {
-        if next.is_some_and(|n| at < n) {
-            tail.clear();
-        }
-        next = Some(at + b.len() as u64);
-        tail.extend_from_slice(b);
-        Ok(())
-    })?;
+    let served = fetch::read_range(
+        d.src,
+        span,
+        opts,
+        start,
+        opts.max_bandwidth,
+        &mut |at, b| {
+            if next.is_some_and(|n| at < n) {
+                tail.clear();
+            }
+            next = Some(at + b.len() as u64);
+            tail.extend_from_slice(b);
+            Ok(())
+        },
+    )?;
     d.downloaded.fetch_add(tail.len() as u64, Ordering::Relaxed);
     let archive_len = match (served.total, d.size) {
         (Some(t), Some(s)) if t != s => {
@@ -231,23 +239,37 @@ fn read_table(d: &Delta, start: Instant) -> Result<(Footer, u64, Vec<u8>)> {
         }
         (Some(t), _) => t,
         (None, Some(s)) => s,
-        (None, None) => return Err(Error::fetch(d.src, "the server did not say the archive's size")),
+        (None, None) => {
+            return Err(Error::fetch(
+                d.src,
+                "the server did not say the archive's size",
+            ))
+        }
     };
-    let footer = Footer::parse(&tail, archive_len).map_err(|e| Error::fetch(d.src, e.to_string()))?;
+    let footer =
+        Footer::parse(&tail, archive_len).map_err(|e| Error::fetch(d.src, e.to_string()))?;
     let mut member = Vec::with_capacity(usize::try_from(footer.table_len).unwrap_or(0));
     let span = Span::At {
         start: footer.table_offset,
         len: footer.table_len,
     };
     let first = footer.table_offset;
-    fetch::read_range(d.src, span, opts, start, opts.max_bandwidth, &mut |at, b| {
-        if at == first {
-            member.clear();
-        }
-        member.extend_from_slice(b);
-        Ok(())
-    })?;
-    d.downloaded.fetch_add(member.len() as u64, Ordering::Relaxed);
+    fetch::read_range(
+        d.src,
+        span,
+        opts,
+        start,
+        opts.max_bandwidth,
+        &mut |at, b| {
+            if at == first {
+                member.clear();
+            }
+            member.extend_from_slice(b);
+            Ok(())
+        },
+    )?;
+    d.downloaded
+        .fetch_add(member.len() as u64, Ordering::Relaxed);
     Ok((footer, archive_len, member))
 }
 
@@ -338,8 +360,18 @@ struct Owners {
 
 impl Owners {
     fn of(&mut self, e: &Entry) -> (u32, u32) {
-        let user = |n: &str| nix::unistd::User::from_name(n).ok().flatten().map(|u| u.uid.as_raw());
-        let group = |n: &str| nix::unistd::Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw());
+        let user = |n: &str| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        };
+        let group = |n: &str| {
+            nix::unistd::Group::from_name(n)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        };
         let uid = lookup(&mut self.users, &e.uname, user).unwrap_or(e.uid as u32);
         let gid = lookup(&mut self.groups, &e.gname, group).unwrap_or(e.gid as u32);
         (uid, gid)
@@ -389,7 +421,8 @@ pub(crate) fn dry_run(d: &Delta, dest: &Path) -> Result<String> {
         ),
         Err(why) => format!(
             "full download ({}): {why}",
-            d.size.map_or("size unknown".to_string(), |s| format!("{s} bytes"))
+            d.size
+                .map_or("size unknown".to_string(), |s| format!("{s} bytes"))
         ),
     })
 }
@@ -402,7 +435,9 @@ fn fetch_members(d: &Delta, plan: &Plan, scratch: &File, start: Instant) -> Resu
     let stop = AtomicBool::new(false);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let threads = IN_FLIGHT.min(plan.spans.len());
-    let share = opts.max_bandwidth.map(|b| (b / threads.max(1) as u64).max(1));
+    let share = opts
+        .max_bandwidth
+        .map(|b| (b / threads.max(1) as u64).max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -462,7 +497,9 @@ pub(crate) fn unpack(
     let start = Instant::now();
     d.downloaded.store(0, Ordering::Relaxed);
     let Some(probe) = stage.probe.as_mut() else {
-        return Ok(Outcome::Full("nothing to compare with (dest is not read)".into()));
+        return Ok(Outcome::Full(
+            "nothing to compare with (dest is not read)".into(),
+        ));
     };
     let plan = match plan(d, probe, start)? {
         Ok(plan) => plan,
@@ -534,7 +571,10 @@ pub(crate) fn unpack(
         link_unchanged: stage.link_unchanged,
     };
     let into = stage.staging.tree();
-    logln!("Extract archive: {label} to {} (delta)", into.path().display());
+    logln!(
+        "Extract archive: {label} to {} (delta)",
+        into.path().display()
+    );
     // The probe is borrowed again by the unpack (the plan's borrow has ended).
     let Some(probe) = stage.probe.as_mut() else {
         return Ok(Outcome::Full("nothing to compare with".into()));
@@ -545,7 +585,7 @@ pub(crate) fn unpack(
     }
     let staged = staged?;
     // Every byte staged matched the table's sha256, and the table matched `toc`.
-    Ok(Outcome::Staged(hashed.verify((stage, staged))?))
+    Ok(Outcome::Staged(Box::new(hashed.verify((stage, staged))?)))
 }
 
 /// The tar stream of the entries to write (not the kept files): a pax and a GNU
@@ -637,7 +677,8 @@ impl Stream {
     /// The member at `offset` positioned at `data_offset` of its output: the current
     /// one read on, or a new decoder over its bytes in the scratch file.
     fn seek_member(&mut self, offset: u64, len: u64, data_offset: u64) -> io::Result<()> {
-        let reuse = matches!(&self.member, Some((o, _, pos)) if *o == offset && *pos <= data_offset);
+        let reuse =
+            matches!(&self.member, Some((o, _, pos)) if *o == offset && *pos <= data_offset);
         if !reuse {
             let part = Part {
                 file: Arc::clone(&self.scratch),
@@ -647,7 +688,9 @@ impl Stream {
             let reader = BufReader::with_capacity(64 * 1024, part);
             let dec: Box<dyn Read + Send> = match self.codec {
                 Codec::Gzip => Box::new(flate2::bufread::GzDecoder::new(reader)),
-                Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame()),
+                Codec::Zstd => {
+                    Box::new(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame())
+                }
             };
             self.member = Some((offset, dec, 0));
         }
@@ -671,7 +714,9 @@ impl Stream {
         let Some(data) = self.data.as_mut() else {
             return Ok(0);
         };
-        let want = usize::try_from(data.left).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(data.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = if want == 0 {
             0
         } else {
@@ -696,7 +741,10 @@ impl Stream {
         data.hasher.update(&buf[..n]);
         data.left -= n as u64;
         if data.left == 0 {
-            let data = self.data.take().map(|d| (d.path, d.size, d.hasher.finish(), d.want));
+            let data = self
+                .data
+                .take()
+                .map(|d| (d.path, d.size, d.hasher.finish(), d.want));
             if let Some((path, size, got, want)) = data {
                 if got != want {
                     return Err(self.fail(Error::EntryMismatch {
@@ -743,7 +791,9 @@ struct Part {
 
 impl Read for Part {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.end - self.at).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(self.end - self.at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         if want == 0 {
             return Ok(0);
         }
@@ -779,7 +829,11 @@ fn headers(e: &Entry) -> std::result::Result<Vec<u8>, String> {
         record(&mut pax, b"linkpath", &t);
     }
     if e.mtime.nanos != 0 {
-        record(&mut pax, b"mtime", format!("{}.{:09}", e.mtime.secs, e.mtime.nanos).as_bytes());
+        record(
+            &mut pax,
+            b"mtime",
+            format!("{}.{:09}", e.mtime.secs, e.mtime.nanos).as_bytes(),
+        );
     }
     if e.uname.len() > 31 {
         record(&mut pax, b"uname", &e.uname);
@@ -867,7 +921,12 @@ mod tests {
 
     #[test]
     fn near_members_merge_into_one_range() {
-        let m = merge(vec![(0, 100), (100, 50), (150 + MERGE_GAP, 10), (1 << 30, 5)]);
+        let m = merge(vec![
+            (0, 100),
+            (100, 50),
+            (150 + MERGE_GAP, 10),
+            (1 << 30, 5),
+        ]);
         assert_eq!(m, vec![(0, 160 + MERGE_GAP), (1 << 30, 5)]);
         assert_eq!(merge(vec![(10, 5), (10, 5)]), vec![(10, 5)]);
     }

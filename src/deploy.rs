@@ -693,7 +693,7 @@ impl Job<'_> {
         let stage = strategy.stage(true)?;
         let shown = redact(self.src);
         match delta::unpack(&d, stage, || self.work.scratch_file(), &shown)? {
-            delta::Outcome::Staged(staged) => Ok(Some(staged)),
+            delta::Outcome::Staged(staged) => Ok(Some(*staged)),
             delta::Outcome::Full(why) => {
                 logln!("{shown}: downloading the whole archive: {why}");
                 Ok(None)
