@@ -52,7 +52,8 @@ use crate::unpack::{self, FileAttrs, KnownFile, Staged, Unchanged, UnpackOptions
 use crate::urls::redact;
 use crate::verify::{Checksum, Hashed, HashingReader, Verified};
 
-/// Ranges closer than this are fetched as one (a request costs more than the gap).
+/// Ranges closer than this are fetched as one (a request costs more than the gap),
+/// while the gaps fetched so add up to at most a tenth of the members' bytes.
 const MERGE_GAP: u64 = 16 * 1024;
 /// Range requests in flight at once.
 const IN_FLIGHT: usize = 4;
@@ -142,6 +143,11 @@ pub(crate) fn plan(
     probe: &mut dyn Unchanged,
     start: Instant,
 ) -> Result<std::result::Result<Plan, String>> {
+    match probe.tree().map(|t| t.names(Path::new("."))) {
+        None => return Ok(Err("dest holds no tree".to_string())),
+        Some(Ok(names)) if names.is_empty() => return Ok(Err("dest is empty".to_string())),
+        _ => {}
+    }
     let (footer, archive_len, member) = match read_table(d, start) {
         Ok(read) => read,
         Err(e @ (Error::Interrupted(_) | Error::Timeout { .. })) => return Err(e),
@@ -391,12 +397,15 @@ fn lookup(
         .or_insert_with(|| std::str::from_utf8(name).ok().and_then(by_name))
 }
 
-/// Members in archive order → ranges, neighbours closer than `MERGE_GAP` merged.
+/// Members in archive order → ranges, neighbours closer than `MERGE_GAP` merged
+/// while the gaps taken in stay within a tenth of the members' bytes.
 fn merge(members: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut budget = members.iter().map(|m| m.1).sum::<u64>() / 10;
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for (off, len) in members {
         match spans.last_mut() {
-            Some((s, l)) if off >= *s + *l && off - (*s + *l) <= MERGE_GAP => {
+            Some((s, l)) if off >= *s + *l && off - (*s + *l) <= MERGE_GAP.min(budget) => {
+                budget -= off - (*s + *l);
                 *l = off + len - *s;
             }
             Some((s, l)) if off < *s + *l => {
@@ -921,13 +930,17 @@ mod tests {
 
     #[test]
     fn near_members_merge_into_one_range() {
+        let big = 10 * MERGE_GAP;
         let m = merge(vec![
-            (0, 100),
-            (100, 50),
-            (150 + MERGE_GAP, 10),
+            (0, big),
+            (big, 50),
+            (big + 50 + MERGE_GAP, 10),
             (1 << 30, 5),
         ]);
-        assert_eq!(m, vec![(0, 160 + MERGE_GAP), (1 << 30, 5)]);
+        assert_eq!(m, vec![(0, big + 60 + MERGE_GAP), (1 << 30, 5)]);
         assert_eq!(merge(vec![(10, 5), (10, 5)]), vec![(10, 5)]);
+        // Gaps beyond a tenth of the members' bytes are not fetched.
+        let m = merge(vec![(0, 100), (200, 100), (400, 100)]);
+        assert_eq!(m, vec![(0, 100), (200, 100), (400, 100)]);
     }
 }
