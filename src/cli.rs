@@ -5,7 +5,7 @@
 //! command hands back to print, `Output`.
 //!
 //! Every command is parsed by the one mechanism of `parse_as`: each command's flags are
-//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`,
+//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`, `RawPack`,
 //! `RawRollback`, `RawFleet`), and the `Raw` trait adds what argh does not know (the
 //! command's words, aliases, its texts). Go-style `-flag`, `--flag`, `-flag=value` and
 //! `-flag value` are first rewritten into the one form argh understands (`--flag
@@ -116,6 +116,8 @@ pub enum Command {
     Rollback(RollbackOptions),
     /// `stretcher rollout MANIFEST_URL` (SPEC §19).
     Rollout(RolloutOptions),
+    /// `stretcher pack DIR -o OUT` (SPEC §18).
+    Pack(PackOptions),
 }
 
 /// What a command hands back to print: `main` writes it once (stderr, then stdout)
@@ -211,7 +213,7 @@ pub struct RolloutOptions {
     /// `--event NAME`: the user event the hosts deploy on (default `deploy`).
     pub event: String,
     /// `--waves LIST`: each wave's cumulative size (default `1,10%,50%,100%`).
-    pub waves: Vec<crate::waves::Size>,
+    pub waves: Vec<crate::rollout::Size>,
     /// `--canary-tag KEY=VALUE`: hosts with this tag rank first.
     pub canary: Option<crate::rollout::Canary>,
     /// `--bake D`: how long to wait after a wave before asking again (default 0).
@@ -219,7 +221,7 @@ pub struct RolloutOptions {
     /// `--wave-timeout D`: how long a wave's hosts have to report (default 10m).
     pub wave_timeout: Duration,
     /// `--max-failed N|P%`: the failed hosts a rollout goes on with (default 0).
-    pub max_failed: crate::waves::Size,
+    pub max_failed: crate::rollout::Size,
     /// `--tag KEY=VALUE` filters (VALUE is a serf regexp), in order.
     pub tags: Vec<(String, String)>,
     /// `--rpc-addr`: the serf agent's RPC address; `None` = `SERF_RPC_ADDR` or serf's
@@ -245,6 +247,42 @@ pub struct VerifyOptions {
     pub content: bool,
     /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
+}
+
+/// What `stretcher pack` was asked (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackOptions {
+    /// The directory to pack.
+    pub dir: PathBuf,
+    /// `-o`: the archive to write; its name says the codec (`.tar.gz`, `.tgz`,
+    /// `.tar.zst`, `.tzst`).
+    pub out: PathBuf,
+    /// `--exclude P`: rsync exclude rules, in order.
+    pub excludes: Vec<String>,
+    /// `--owner`: keep the files' owners (ids and names) instead of 0:0 `root`.
+    pub owner: bool,
+    /// `--manifest`: also write a manifest.
+    pub manifest: Option<ManifestOptions>,
+}
+
+/// The manifest `pack --manifest` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManifestOptions {
+    /// Where to write it.
+    pub path: PathBuf,
+    /// `--dest`.
+    pub dest: String,
+    /// `--src`: the archive's URL; default its path relative to the manifest's
+    /// directory.
+    pub src: Option<String>,
+    /// `--dest-mode`, as written (octal).
+    pub dest_mode: Option<String>,
+    /// `--strategy`: `sync_strategy`.
+    pub strategy: Option<String>,
+    /// `--serial`.
+    pub serial: Option<String>,
+    /// `--expires`.
+    pub expires: Option<String>,
 }
 
 /// `stretcher releases DEST [--state-dir DIR]` (SPEC §14).
@@ -284,6 +322,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         Some("releases") => parse_as::<RawReleases>(rest),
         Some("rollback") => parse_as::<RawRollback>(rest),
         Some("rollout") => parse_as::<RawRollout>(rest),
+        Some("pack") => parse_as::<RawPack>(rest),
         Some("fleet") => match word(1) {
             Some("status") => parse_as::<RawFleet>(&args[2..]),
             Some("-h" | "-help" | "--help") => Ok(Command::SubcommandHelp(fleet_usage())),
@@ -660,6 +699,121 @@ impl Raw for RawRollback {
     }
 }
 
+// Arguments of `stretcher pack`; argh's help of it is the command's `--help`.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// Write DIR as a packed archive (a tar.gz or tar.zst with a table of contents, SPEC
+/// §18) and, with --manifest, the manifest that deploys it. Sign the manifest with
+/// `minisign -S -m OUT.yml` for --trusted-key deploys.
+struct RawPack {
+    /// the directory to pack
+    #[argh(positional)]
+    dir: String,
+    /// the archive to write: NAME.tar.gz (gzip) or NAME.tar.zst (zstd); also -o
+    #[argh(option)]
+    output: Option<String>,
+    /// leave out paths matching this rsync exclude rule (repeatable)
+    #[argh(option)]
+    exclude: Vec<String>,
+    /// keep the files' owners (default: 0:0, root/root)
+    #[argh(switch)]
+    owner: bool,
+    /// also write the manifest to this file (needs --dest)
+    #[argh(option)]
+    manifest: Option<String>,
+    /// the manifest's dest
+    #[argh(option)]
+    dest: Option<String>,
+    /// the manifest's src URL (default: the archive's path relative to the manifest)
+    #[argh(option)]
+    src: Option<String>,
+    /// the manifest's dest_mode (octal)
+    #[argh(option)]
+    dest_mode: Option<String>,
+    /// the manifest's sync_strategy (rsync, mv, release)
+    #[argh(option)]
+    strategy: Option<String>,
+    /// the manifest's serial
+    #[argh(option)]
+    serial: Option<String>,
+    /// the manifest's expires (RFC 3339)
+    #[argh(option)]
+    expires: Option<String>,
+}
+
+impl Raw for RawPack {
+    const COMMAND: &'static [&'static str] = &["stretcher", "pack"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[("o", "output")];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for pack: {arg} (see stretcher pack --help)")
+    }
+
+    fn argh_error(message: &str) -> String {
+        format!("pack: {message}")
+    }
+
+    fn help() -> Command {
+        Command::SubcommandHelp(argh_help::<Self>())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        if self.dir.trim().is_empty() {
+            return Err(Error::Usage("pack: DIR is empty".into()));
+        }
+        let out = match self.output {
+            Some(o) if !o.trim().is_empty() => PathBuf::from(o),
+            _ => {
+                return Err(Error::Usage(
+                    "pack: -o OUT.tar.gz|OUT.tar.zst is required".into(),
+                ))
+            }
+        };
+        let given: Vec<&str> = [
+            ("--dest", self.dest.is_some()),
+            ("--src", self.src.is_some()),
+            ("--dest-mode", self.dest_mode.is_some()),
+            ("--strategy", self.strategy.is_some()),
+            ("--serial", self.serial.is_some()),
+            ("--expires", self.expires.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+        let manifest = match self.manifest {
+            None if given.is_empty() => None,
+            None => {
+                return Err(Error::Usage(format!(
+                    "pack: {} needs --manifest",
+                    given.join(", ")
+                )))
+            }
+            Some(path) => {
+                let dest = self
+                    .dest
+                    .filter(|d| !d.trim().is_empty())
+                    .ok_or_else(|| Error::Usage("pack: --manifest needs --dest".into()))?;
+                Some(ManifestOptions {
+                    path: dir_flag("manifest")(path)?,
+                    dest,
+                    src: self.src,
+                    dest_mode: self.dest_mode,
+                    strategy: self.strategy,
+                    serial: self.serial,
+                    expires: self.expires,
+                })
+            }
+        };
+        Ok(Command::Pack(PackOptions {
+            dir: PathBuf::from(self.dir),
+            out,
+            excludes: self.exclude,
+            owner: self.owner,
+            manifest,
+        }))
+    }
+}
+
 /// The DEST of `releases` / `rollback`: any non-blank path.
 fn release_dest(command: &str, dest: String) -> Result<PathBuf> {
     if dest.trim().is_empty() {
@@ -895,8 +1049,8 @@ impl Raw for RawRollout {
             return Err(bad_value("event", &event, "expected a serf event name"));
         }
         let waves = match self.waves {
-            Some(v) => crate::waves::parse_waves(&v).map_err(|m| bad_value("waves", &v, &m))?,
-            None => crate::waves::default_waves(),
+            Some(v) => crate::rollout::parse_waves(&v).map_err(|m| bad_value("waves", &v, &m))?,
+            None => crate::rollout::default_waves(),
         };
         let canary = self
             .canary_tag
@@ -914,7 +1068,7 @@ impl Raw for RawRollout {
         let wave_timeout = duration(
             "wave-timeout",
             self.wave_timeout,
-            crate::waves::DEFAULT_WAVE_TIMEOUT,
+            crate::rollout::DEFAULT_WAVE_TIMEOUT,
         )?;
         if wave_timeout.is_zero() {
             return Err(bad_value(
@@ -924,10 +1078,9 @@ impl Raw for RawRollout {
             ));
         }
         let max_failed = match self.max_failed {
-            Some(v) => {
-                crate::waves::Size::parse_limit(&v).map_err(|m| bad_value("max-failed", &v, &m))?
-            }
-            None => crate::waves::Size::Count(0),
+            Some(v) => crate::rollout::Size::parse_limit(&v)
+                .map_err(|m| bad_value("max-failed", &v, &m))?,
+            None => crate::rollout::Size::Count(0),
         };
         let mut tags = Vec::new();
         for t in self.tag {
@@ -1432,6 +1585,7 @@ each with its own --help:
   releases DEST           list the releases of DEST (sync_strategy release)
   rollback DEST [--to ID] switch DEST back to an older good release
   rollout MANIFEST_URL    deploy to the serf members in waves, halting on failure
+  pack DIR -o OUT.tar.gz  write DIR as a packed archive (+ --manifest OUT.yml)
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
@@ -1860,10 +2014,10 @@ mod tests {
         let o = rollout(&["rollout", "https://h/m.yml"]);
         assert_eq!(o.manifest_url, "https://h/m.yml");
         assert_eq!(o.event, "deploy");
-        assert_eq!(o.waves, crate::waves::default_waves());
+        assert_eq!(o.waves, crate::rollout::default_waves());
         assert_eq!(o.bake, Duration::ZERO);
         assert_eq!(o.wave_timeout, Duration::from_secs(600));
-        assert_eq!(o.max_failed, crate::waves::Size::Count(0));
+        assert_eq!(o.max_failed, crate::rollout::Size::Count(0));
         assert!(o.canary.is_none() && o.tags.is_empty() && !o.dry_run && !o.json);
         let o = rollout(&[
             "rollout",
@@ -1890,14 +2044,14 @@ mod tests {
         assert_eq!(
             o.waves,
             vec![
-                crate::waves::Size::Count(2),
-                crate::waves::Size::Percent(50)
+                crate::rollout::Size::Count(2),
+                crate::rollout::Size::Percent(50)
             ]
         );
         assert_eq!(o.canary.as_ref().map(|c| c.value.as_str()), Some("canary"));
         assert_eq!(o.bake, Duration::from_secs(30));
         assert_eq!(o.wave_timeout, Duration::from_secs(120));
-        assert_eq!(o.max_failed, crate::waves::Size::Percent(10));
+        assert_eq!(o.max_failed, crate::rollout::Size::Percent(10));
         assert_eq!(o.tags.len(), 2);
         assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7000"));
         assert!(o.dry_run && o.json);
@@ -2116,6 +2270,7 @@ mod tests {
         check_flags_of::<RawRollback>();
         check_flags_of::<RawFleet>();
         check_flags_of::<RawRollout>();
+        check_flags_of::<RawPack>();
         // the deploy's flags as the normaliser has them, alias included
         let flags = Flags::of::<RawArgs>();
         assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));
@@ -2191,6 +2346,105 @@ mod tests {
                 let m = usage_err(&args);
                 assert!(m.contains("unknown flag"), "{args:?}: {m}");
             }
+        }
+    }
+
+    #[test]
+    fn pack_subcommand() {
+        let pack = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Pack(o)) => o,
+            other => panic!("{args:?}: expected Pack, got {other:?}"),
+        };
+        let want = PackOptions {
+            dir: "site".into(),
+            out: "a.tar.gz".into(),
+            excludes: vec!["*.log".into(), "tmp/".into()],
+            owner: true,
+            manifest: None,
+        };
+        for args in [
+            &[
+                "pack",
+                "site",
+                "-o",
+                "a.tar.gz",
+                "--exclude",
+                "*.log",
+                "-exclude=tmp/",
+                "--owner",
+            ][..],
+            &[
+                "pack",
+                "--output=a.tar.gz",
+                "-owner",
+                "site",
+                "--exclude",
+                "*.log",
+                "--exclude",
+                "tmp/",
+            ],
+        ] {
+            assert_eq!(pack(args), want, "{args:?}");
+        }
+        let o = pack(&[
+            "pack",
+            "site",
+            "-o",
+            "a.tar.zst",
+            "--manifest",
+            "m.yml",
+            "--dest",
+            "/srv/app",
+            "--dest-mode",
+            "0755",
+            "--strategy",
+            "release",
+            "--serial",
+            "7",
+            "--expires",
+            "2030-01-01T00:00:00Z",
+            "--src",
+            "https://h/a.tar.zst",
+        ]);
+        assert_eq!(
+            o.manifest,
+            Some(ManifestOptions {
+                path: "m.yml".into(),
+                dest: "/srv/app".into(),
+                src: Some("https://h/a.tar.zst".into()),
+                dest_mode: Some("0755".into()),
+                strategy: Some("release".into()),
+                serial: Some("7".into()),
+                expires: Some("2030-01-01T00:00:00Z".into()),
+            })
+        );
+        for (args, says) in [
+            (
+                &["pack", "site"][..],
+                "-o OUT.tar.gz|OUT.tar.zst is required",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--dest", "/d"],
+                "--dest needs --manifest",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--manifest", "m.yml"],
+                "--manifest needs --dest",
+            ),
+            (&["pack", "", "-o", "a.tar.gz"], "pack: DIR is empty"),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--bogus"],
+                "unknown flag for pack: --bogus",
+            ),
+        ] {
+            match parse(&os(args)) {
+                Err(Error::Usage(m)) => assert!(m.contains(says), "{args:?}: {m}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse(&os(&["pack", "--help"])).unwrap() {
+            Command::SubcommandHelp(h) => assert!(h.contains("minisign -S"), "{h}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -23,6 +23,7 @@ pub fn run(command: Command) -> Output {
         Command::Releases(opts) => releases(&opts),
         Command::Rollback(opts) => rollback(&opts),
         Command::Rollout(opts) => crate::waves::main(&opts),
+        Command::Pack(opts) => crate::pack::main(&opts),
     }
 }
 

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cli::Options;
+use crate::delta;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::fetch::{self, FetchOptions};
@@ -542,6 +543,7 @@ fn deploy(
         checksum,
         dest,
         wanted: &wanted,
+        work: &work,
         same_owner: nix::unistd::geteuid().is_root(),
         downloaded: AtomicU64::new(0),
     };
@@ -560,6 +562,9 @@ fn deploy(
     let mut strategy = land::for_deploy(ctx, opts.dry_run)?;
     let strategy = strategy.as_mut();
 
+    if opts.dry_run {
+        job.dry_run_delta()?;
+    }
     let (staging, staged) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
@@ -644,6 +649,8 @@ struct Job<'a> {
     checksum: &'a Checksum,
     dest: &'a Path,
     wanted: &'a redeploy::Wanted<'a>,
+    /// Where scratch files go (beside dest).
+    work: &'a Workspace,
     /// Running as root: the archive's owners are kept (by the unpack and the landing).
     same_owner: bool,
     /// The bytes of the last download (the record's `downloaded_bytes`).
@@ -762,13 +769,61 @@ impl Job<'_> {
         Ok((stage.staging, staged))
     }
 
+    /// The delta of a packed archive (SPEC §18), when the manifest has `toc`:
+    /// only the changed files' members fetched, into a fresh place of the
+    /// strategy's; `None` (why logged): the full download is needed.
+    fn delta(&self, strategy: &mut dyn Land) -> Result<Option<Verified<(Stage, Staged)>>> {
+        let Some(d) = self.delta_job() else {
+            return Ok(None);
+        };
+        let stage = strategy.stage(true)?;
+        let shown = redact(self.src);
+        match delta::unpack(&d, stage, || self.work.scratch_file(), &shown)? {
+            delta::Outcome::Staged(staged) => Ok(Some(*staged)),
+            delta::Outcome::Full(why) => {
+                logln!("{shown}: downloading the whole archive: {why}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// What a delta of this deploy reads, when the manifest has `toc`.
+    fn delta_job(&self) -> Option<delta::Delta<'_>> {
+        Some(delta::Delta {
+            src: self.src,
+            toc: self.manifest.toc?,
+            size: self.manifest.size,
+            fetch_opts: self.fetch_opts,
+            same_owner: self.same_owner,
+            downloaded: &self.downloaded,
+        })
+    }
+
+    /// `--dry-run` of a packed archive: which path a deploy would take and how many
+    /// bytes it would fetch (the dry run itself goes on with the whole archive).
+    fn dry_run_delta(&self) -> Result<()> {
+        let Some(d) = self.delta_job() else {
+            return Ok(());
+        };
+        logln!("dry run: {}", delta::dry_run(&d, self.dest)?);
+        self.downloaded.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// One download of `src` into a fresh place of the strategy's, counted in
-    /// `downloaded` (every attempt starts afresh).
+    /// `downloaded` (every attempt starts afresh, after what a delta fetched); a
+    /// packed archive onto a tree is first tried as a delta (SPEC §18).
     fn fetch_and_unpack(
         &self,
         strategy: &mut dyn Land,
         reuse: bool,
     ) -> Result<Verified<(Stage, Staged)>> {
+        if reuse && !self.opts.dry_run {
+            if let Some(staged) = self.delta(strategy)? {
+                return Ok(staged);
+            }
+        }
+        let before = self.downloaded.load(Ordering::Relaxed);
         let Job {
             src,
             checksum,
@@ -779,7 +834,7 @@ impl Job<'_> {
         let downloaded = &self.downloaded;
         let shown = redact(src);
         fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
-            downloaded.store(0, Ordering::Relaxed);
+            downloaded.store(before, Ordering::Relaxed);
             let reader = &mut fetch::Counting {
                 inner: reader,
                 count: downloaded,

@@ -178,6 +178,26 @@ pub enum Error {
         msg: String,
     },
 
+    /// A server answered a range request (SPEC §18) with the whole body: it serves no
+    /// ranges. Never retried; the delta deploy falls back to the full download.
+    #[error("fetch {url}: the server does not serve byte ranges (a range request was answered with the whole body)", url = crate::urls::redact(.url))]
+    NoRanges {
+        /// The URL, as the user wrote it.
+        url: String,
+    },
+
+    /// A file fetched by range (SPEC §18) does not hash to the sha256 the archive's
+    /// verified table of contents gives it: like a checksum mismatch, final.
+    #[error("checksum mismatch in archive entry \"{entry}\". expected:{expected} got:{got}")]
+    EntryMismatch {
+        /// The entry's path, as the log shows it.
+        entry: String,
+        /// The table's sha256, lower-case hex.
+        expected: String,
+        /// The digest of the bytes fetched, lower-case hex.
+        got: String,
+    },
+
     /// The downloaded bytes do not hash to `checksum`.
     #[error("checksum mismatch. expected:{expected} got:{got}")]
     ChecksumMismatch {
@@ -434,6 +454,8 @@ impl Error {
             Error::Timeout { .. }
             | Error::Interrupted(_)
             | Error::ChecksumMismatch { .. }
+            | Error::EntryMismatch { .. }
+            | Error::NoRanges { .. }
             | Error::Refused { .. }
             | Error::Limit { .. } => false,
             // The source failed: the network, a status, a stall, credentials, the file.

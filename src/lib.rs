@@ -37,6 +37,7 @@ pub mod at;
 mod bucket_url;
 pub mod cli;
 pub mod commands;
+mod delta;
 pub mod deploy;
 pub(crate) mod detach;
 pub mod digest;
@@ -57,6 +58,7 @@ mod land;
 pub mod log;
 pub mod manifest;
 pub(crate) mod metrics;
+pub mod pack;
 pub mod process;
 pub mod record;
 pub(crate) mod redeploy;
@@ -70,6 +72,7 @@ pub(crate) mod state;
 pub mod status;
 pub mod strategy;
 pub mod sync;
+pub mod toc;
 pub mod unpack;
 mod urls;
 pub mod verify;
@@ -80,7 +83,7 @@ pub use error::{Error, Result};
 /// An environment lookup: the process environment (`|k| std::env::var(k).ok()`) read
 /// only at the entry points (`deploy::main`, `status::main`, ...), a table in tests.
 /// Every module below them is handed one and never reads `std::env` itself.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 
 /// The version of this build (`stretcher --version`, the HTTP `User-Agent`, the
 /// deploy record's `stretcher_version`).

@@ -74,6 +74,10 @@ pub struct Manifest {
     /// `size` (an integer ≥ 0): the bytes of `src`; a body longer or shorter fails
     /// the download (SPEC §17).
     pub size: Option<u64>,
+    /// `toc` (`sha256:` + 64 hex digits): `src` is a packed archive whose table member
+    /// has this sha256 (SPEC §18); lower-case hex. Deployed as any archive until a
+    /// deploy reads the table.
+    pub toc: Option<[u8; 32]>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -88,6 +92,7 @@ const TOP_KEYS: &[&str] = &[
     "expires",
     "serial",
     "size",
+    "toc",
     "keep_releases",
     "releases_dir",
 ];
@@ -115,6 +120,7 @@ struct RawManifest {
     expires: Option<String>,
     serial: Option<String>,
     size: Option<String>,
+    toc: Option<String>,
     keep_releases: Option<String>,
     releases_dir: Option<String>,
 }
@@ -271,6 +277,7 @@ fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Ma
             .map(|n| parse_serial(&n))
             .transpose()?,
         size: non_empty(raw.size).map(|n| parse_size(&n)).transpose()?,
+        toc: non_empty(raw.toc).map(|t| parse_toc(&t)).transpose()?,
     })
 }
 
@@ -308,6 +315,19 @@ fn parse_serial(text: &str) -> Result<u64, String> {
     }
     t.parse::<u64>()
         .map_err(|e| format!("serial {text:?} is not an integer >= 0: {e}"))
+}
+
+/// `toc`: `sha256:` and 64 hex digits (either case), the table member's digest.
+fn parse_toc(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    let bad = || format!("toc {text:?} is not sha256: followed by 64 hex digits");
+    let hex_part = t.strip_prefix("sha256:").ok_or_else(bad)?;
+    if hex_part.len() != 64 {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut digest).map_err(|_| bad())?;
+    Ok(digest)
 }
 
 /// `size`: decimal digits, bytes, an integer ≥ 0.
@@ -1288,6 +1308,33 @@ mod tests {
         }
         let e = err(&with_src("size: [1]\n"));
         assert!(e.contains("size") || e.contains("YAML"), "{e}");
+    }
+
+    #[test]
+    fn toc_is_a_sha256_digest() {
+        assert_eq!(ok(&with_src("")).toc, None);
+        let hex64 = "9f2c".repeat(16);
+        let m = ok(&with_src(&format!("toc: sha256:{hex64}\n")));
+        assert!(m.unknown_keys.is_empty());
+        let want: Vec<u8> = hex::decode(&hex64).unwrap();
+        assert_eq!(m.toc.map(|d| d.to_vec()), Some(want.clone()));
+        let upper = ok(&with_src(&format!(
+            "toc: sha256:{}\n",
+            hex64.to_uppercase()
+        )));
+        assert_eq!(upper.toc.map(|d| d.to_vec()), Some(want));
+        assert_eq!(ok(&with_src("toc: ''\n")).toc, None);
+        for bad in [
+            hex64.clone(),
+            format!("sha1:{hex64}"),
+            format!("sha256:{}", &hex64[1..]),
+            format!("sha256:{hex64}0"),
+            format!("sha256:{}g", &hex64[1..]),
+            "sha256:".to_string(),
+        ] {
+            let e = err(&with_src(&format!("toc: '{bad}'\n")));
+            assert!(e.contains("toc") && e.contains("64 hex"), "{bad}: {e}");
+        }
     }
 }
 

@@ -240,6 +240,94 @@ fn check(wave: &Wave) -> Result<(), PayloadError> {
     Ok(())
 }
 
+/// `--wave-timeout`'s default.
+pub const DEFAULT_WAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A wave's size or the `--max-failed` limit: a count, or a percentage of the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// So many hosts.
+    Count(usize),
+    /// So many percent of the hosts (0 to 100).
+    Percent(u32),
+}
+
+impl Size {
+    /// A wave's size: a count ≥ 1 or a percentage in 1..=100 (`10%`).
+    pub fn parse(text: &str) -> std::result::Result<Size, String> {
+        match Size::parse_limit(text)? {
+            Size::Count(0) | Size::Percent(0) => Err("a wave must have at least one host".into()),
+            s => Ok(s),
+        }
+    }
+
+    /// `--max-failed`: a count ≥ 0 or a percentage in 0..=100.
+    pub fn parse_limit(text: &str) -> std::result::Result<Size, String> {
+        let t = text.trim();
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        if let Some(p) = t.strip_suffix('%') {
+            let p = p.trim_end();
+            return match p.parse::<u32>() {
+                Ok(n) if digits(p) && n <= 100 => Ok(Size::Percent(n)),
+                _ => Err("expected a count (5) or a percentage from 0% to 100% (10%)".into()),
+            };
+        }
+        match t.parse::<usize>() {
+            Ok(n) if digits(t) => Ok(Size::Count(n)),
+            _ => Err("expected a count (5) or a percentage (10%)".into()),
+        }
+    }
+
+    /// A wave of `total` hosts: the count (at most `total`), or the percentage
+    /// rounded up; at least 1 when there is a host.
+    pub fn hosts_of(self, total: usize) -> usize {
+        let n = match self {
+            Size::Count(n) => n,
+            Size::Percent(p) => (total * p as usize).div_ceil(100),
+        };
+        n.clamp(total.min(1), total)
+    }
+
+    /// A limit over `total` hosts: the count, or the percentage rounded down.
+    pub fn limit_of(self, total: usize) -> usize {
+        match self {
+            Size::Count(n) => n,
+            Size::Percent(p) => total * p as usize / 100,
+        }
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Count(n) => write!(f, "{n}"),
+            Size::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// `--waves LIST`: comma-separated sizes (`1,10%,50%,100%`).
+pub fn parse_waves(text: &str) -> std::result::Result<Vec<Size>, String> {
+    let sizes: Vec<Size> = text
+        .split(',')
+        .map(|w| Size::parse(w).map_err(|m| format!("wave {:?}: {m}", w.trim())))
+        .collect::<std::result::Result<_, _>>()?;
+    if sizes.is_empty() {
+        return Err("expected at least one wave".into());
+    }
+    Ok(sizes)
+}
+
+/// The default waves: `1,10%,50%,100%`.
+pub fn default_waves() -> Vec<Size> {
+    vec![
+        Size::Count(1),
+        Size::Percent(10),
+        Size::Percent(50),
+        Size::Percent(100),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

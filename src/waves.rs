@@ -5,7 +5,7 @@
 //!
 //! One job, in two parts:
 //! - **the plan** (pure): `Size` and `parse_waves` (the `--waves` / `--max-failed`
-//!   forms), `plan` (alive members ordered by `rollout::rank`, cumulative waves, a
+//!   forms, in `rollout`, which `cli` reads too), `plan` (alive members ordered by `rollout::rank`, cumulative waves, a
 //!   wave that adds nobody dropped), `Plan::payload` (`rollout::format_payload`);
 //! - **the drive**: the manifest fetched and checked as no host in particular
 //!   (`deploy::check_signature`, `manifest::parse_unhosted`), the member list, one
@@ -35,11 +35,9 @@ use crate::error::{Error, Result};
 use crate::fetch::{self, FetchOptions};
 use crate::log::shown_text;
 use crate::rollout::{self, Canary, Wave};
+pub use crate::rollout::{default_waves, parse_waves, Size, DEFAULT_WAVE_TIMEOUT};
 use crate::serf_rpc::{Client, Member, MemberFilter, Poll, QueryEvent, QueryParams};
 use crate::Env;
-
-/// `--wave-timeout`'s default.
-pub const DEFAULT_WAVE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The agent's RPC address when neither `--rpc-addr` nor `SERF_RPC_ADDR` gives one.
 const DEFAULT_RPC_ADDR: &str = "127.0.0.1:7373";
@@ -60,91 +58,6 @@ const BAKE_ROUNDS: usize = 3;
 
 /// How long the manifest's download may take, and may stall.
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A wave's size or the `--max-failed` limit: a count, or a percentage of the hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Size {
-    /// So many hosts.
-    Count(usize),
-    /// So many percent of the hosts (0 to 100).
-    Percent(u32),
-}
-
-impl Size {
-    /// A wave's size: a count ≥ 1 or a percentage in 1..=100 (`10%`).
-    pub fn parse(text: &str) -> std::result::Result<Size, String> {
-        match Size::parse_limit(text)? {
-            Size::Count(0) | Size::Percent(0) => Err("a wave must have at least one host".into()),
-            s => Ok(s),
-        }
-    }
-
-    /// `--max-failed`: a count ≥ 0 or a percentage in 0..=100.
-    pub fn parse_limit(text: &str) -> std::result::Result<Size, String> {
-        let t = text.trim();
-        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-        if let Some(p) = t.strip_suffix('%') {
-            let p = p.trim_end();
-            return match p.parse::<u32>() {
-                Ok(n) if digits(p) && n <= 100 => Ok(Size::Percent(n)),
-                _ => Err("expected a count (5) or a percentage from 0% to 100% (10%)".into()),
-            };
-        }
-        match t.parse::<usize>() {
-            Ok(n) if digits(t) => Ok(Size::Count(n)),
-            _ => Err("expected a count (5) or a percentage (10%)".into()),
-        }
-    }
-
-    /// A wave of `total` hosts: the count (at most `total`), or the percentage
-    /// rounded up; at least 1 when there is a host.
-    pub fn hosts_of(self, total: usize) -> usize {
-        let n = match self {
-            Size::Count(n) => n,
-            Size::Percent(p) => (total * p as usize).div_ceil(100),
-        };
-        n.clamp(total.min(1), total)
-    }
-
-    /// A limit over `total` hosts: the count, or the percentage rounded down.
-    pub fn limit_of(self, total: usize) -> usize {
-        match self {
-            Size::Count(n) => n,
-            Size::Percent(p) => total * p as usize / 100,
-        }
-    }
-}
-
-impl std::fmt::Display for Size {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Size::Count(n) => write!(f, "{n}"),
-            Size::Percent(p) => write!(f, "{p}%"),
-        }
-    }
-}
-
-/// `--waves LIST`: comma-separated sizes (`1,10%,50%,100%`).
-pub fn parse_waves(text: &str) -> std::result::Result<Vec<Size>, String> {
-    let sizes: Vec<Size> = text
-        .split(',')
-        .map(|w| Size::parse(w).map_err(|m| format!("wave {:?}: {m}", w.trim())))
-        .collect::<std::result::Result<_, _>>()?;
-    if sizes.is_empty() {
-        return Err("expected at least one wave".into());
-    }
-    Ok(sizes)
-}
-
-/// The default waves: `1,10%,50%,100%`.
-pub fn default_waves() -> Vec<Size> {
-    vec![
-        Size::Count(1),
-        Size::Percent(10),
-        Size::Percent(50),
-        Size::Percent(100),
-    ]
-}
 
 /// One host of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,6 +6,7 @@ mod util;
 mod archives_corpus;
 mod cli;
 mod content;
+mod delta;
 mod deploy;
 mod detach;
 mod events;
