@@ -176,6 +176,13 @@ impl<V: Copy> Keyed<V> {
         self.0.binary_search_by(|(k, _)| k.cmp(key)).is_ok()
     }
 
+    /// Keeps only the paths whose key `keep` answers true for; the room of the others
+    /// is given back.
+    pub fn retain_keys(&mut self, mut keep: impl FnMut(&PathKey) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+        self.0.shrink_to_fit();
+    }
+
     /// Every key with its value, by key.
     pub fn iter(&self) -> impl Iterator<Item = &(PathKey, V)> {
         self.0.iter()
@@ -279,6 +286,12 @@ impl Known {
     pub fn get(&self, path: &[u8], now: &Meta) -> Option<&Digest> {
         let (stamp, digest) = self.0.get(path)?;
         (*stamp == Stamp::from(now)).then_some(digest)
+    }
+
+    /// Keeps only the files whose path key `keep` answers true for (the others are
+    /// not asked about any more).
+    pub fn retain_keys(&mut self, keep: impl FnMut(&PathKey) -> bool) {
+        self.0.retain_keys(keep);
     }
 
     /// How many files the index has a digest of.

@@ -165,9 +165,18 @@ pub fn index_path(state_dir: &Path, key: &str) -> PathBuf {
 }
 
 /// Encodes an index; `entries` must be sorted by path (see [`sort`]); a regular file
-/// gets its digest from `digests` when it is there.
+/// gets its digest from `digests` when it is there. The entries are compressed as
+/// they are encoded, a chunk at a time: the uncompressed index is never held whole.
 pub(crate) fn encode(header: &Header, entries: &[Entry], digests: &Digests) -> Result<Vec<u8>> {
-    let mut raw = Vec::with_capacity(64 + entries.len() * 40);
+    let failed = |e| Error::io("compress", "index", e);
+    // About what it takes: ~15 bytes an entry compressed, and a digest does not
+    // compress (pages of it never written are never touched).
+    let mut out = Vec::with_capacity(MAGIC.len() + 4096 + entries.len() * 16 + digests.len() * 33);
+    out.extend_from_slice(MAGIC);
+    let mut enc = zstd::Encoder::new(&mut out, ZSTD_LEVEL).map_err(failed)?;
+    enc.include_checksum(true).map_err(failed)?;
+    const CHUNK: usize = 64 * 1024;
+    let mut raw = Vec::with_capacity(CHUNK + 4096);
     let mut h = header.clone();
     h.entries = entries.len() as u64;
     // A struct of strings and numbers always serialises.
@@ -202,16 +211,14 @@ pub(crate) fn encode(header: &Header, entries: &[Entry], digests: &Digests) -> R
             }
         }
         prev = &e.path;
+        if raw.len() >= CHUNK {
+            enc.write_all(&raw).map_err(failed)?;
+            raw.clear();
+        }
     }
-    let mut out = MAGIC.to_vec();
-    let mut enc =
-        zstd::Encoder::new(&mut out, ZSTD_LEVEL).map_err(|e| Error::io("compress", "index", e))?;
-    enc.include_checksum(true)
-        .map_err(|e| Error::io("compress", "index", e))?;
-    enc.write_all(&raw)
-        .map_err(|e| Error::io("compress", "index", e))?;
-    enc.finish()
-        .map_err(|e| Error::io("compress", "index", e))?;
+    enc.write_all(&raw).map_err(failed)?;
+    enc.finish().map_err(failed)?;
+    out.shrink_to_fit();
     Ok(out)
 }
 
