@@ -230,7 +230,10 @@ impl Planner<'_, '_> {
     /// kept file is planned as the source's.
     fn dest_only(&mut self, de: Entry) -> Result<()> {
         let rel = de.rel();
-        if let Some(k) = self.kept.get(rel) {
+        let kept = (!self.kept.is_empty())
+            .then(|| self.kept.get(rel))
+            .flatten();
+        if let Some(k) = kept {
             self.kept_seen += 1;
             if de.kind() != Kind::File || !quick_check(&de.meta, k) {
                 return Err(self.stale(rel));
@@ -359,7 +362,8 @@ impl Planner<'_, '_> {
             return Ok(());
         }
         let excluded = &self.dest.walked.excluded;
-        for rel in self.kept.keys() {
+        for rel in self.kept.paths() {
+            let rel = rel.as_path();
             let mut walked = rel.ancestors().filter(|a| !a.as_os_str().is_empty());
             let pruned = walked.any(|a| excluded.contains_key(a));
             if !excluded_here_or_above(filter, rel) && !pruned {
@@ -487,7 +491,14 @@ mod tests {
     }
 
     fn run(src: &Listing, dest: &Listing, filter: &Filter) -> Plan {
-        plan(src.clone(), dest.clone(), filter, &KeptFiles::new(), false).unwrap()
+        plan(
+            src.clone(),
+            dest.clone(),
+            filter,
+            &KeptFiles::default(),
+            false,
+        )
+        .unwrap()
     }
 
     /// The actions as (path, op) pairs, without the directory attributes.
@@ -732,7 +743,7 @@ mod tests {
             src.clone(),
             dest.clone(),
             &Filter::empty(),
-            &KeptFiles::new(),
+            &KeptFiles::default(),
             true,
         )
         .unwrap();
@@ -769,14 +780,13 @@ mod tests {
     fn a_kept_file_is_planned_as_the_source_and_a_changed_one_is_stale() {
         let src = listing("/s", vec![], &[]);
         let dest = listing("/d", vec![file("k", 3, 5)], &[]);
-        let mut kept = KeptFiles::new();
         let attrs = Kept {
             size: 3,
             mtime: 5,
             mode: 0o600,
             owner: None,
         };
-        kept.insert("k".into(), attrs);
+        let kept: KeptFiles = [("k".into(), attrs)].into_iter().collect();
         let p = plan(src.clone(), dest.clone(), &Filter::empty(), &kept, false).unwrap();
         let (rel, op) = &ops(&p)[0];
         assert!(
@@ -815,7 +825,7 @@ mod tests {
             .unwrap()
             .excluded
             .insert("foo/x.log".into(), Kind::File);
-        let err = plan(src.clone(), dest.clone(), &f, &KeptFiles::new(), false).unwrap_err();
+        let err = plan(src.clone(), dest.clone(), &f, &KeptFiles::default(), false).unwrap_err();
         assert!(matches!(err, Error::Sync { .. }), "{err}");
     }
 }

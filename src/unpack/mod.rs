@@ -38,7 +38,9 @@
 //! - `path` — the entry path policy (pure): `..`, absolute names, NUL, link targets;
 //! - `extract` — the `Extractor`, which writes staging, one entry at a time (split by
 //!   kind of node, see its docs);
-//! - `errors` — the unpack's errors, one line each with the archive or the entry.
+//! - `errors` — the unpack's errors, one line each with the archive or the entry;
+//! - `reused` — the listing of the files left out of staging (found unchanged), by
+//!   path key.
 
 mod errors;
 mod extract;
@@ -46,9 +48,9 @@ mod format;
 mod gnu;
 mod path;
 mod pipe;
+mod reused;
 mod tar_read;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +58,8 @@ use crate::at::Tree;
 use crate::digest::{Digest, Digests};
 use crate::entry::Entry;
 use crate::Result;
+
+pub use self::reused::Reused;
 
 use self::errors::corrupt;
 use self::format::{sniff, MAGIC_LEN};
@@ -172,7 +176,7 @@ pub struct Staged {
     pub entries: u64,
     /// Files left out of staging because the [`Unchanged`] probe found them as the
     /// archive has them (content included), with the archive's attributes.
-    pub reused: HashMap<PathBuf, FileAttrs>,
+    pub reused: Reused,
     /// With `link_unchanged`: every node below `root` (not `root` itself), sorted by
     /// path bytes, as it is once the unpack returns — the listing of the whole tree
     /// without a walk of it: a written file's fstat after its last change, a linked

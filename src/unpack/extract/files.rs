@@ -157,7 +157,7 @@ impl Extractor<'_, '_> {
         if probe.digest(&rel, &found).is_some_and(|d| d != digest) {
             return Err(changed());
         }
-        self.reused.insert(rel.clone(), attrs);
+        self.reused.insert(&rel, attrs);
         if at != rel {
             self.kept_at.insert(rel.clone(), at);
         }
@@ -280,7 +280,7 @@ impl Extractor<'_, '_> {
             owner: meta.owner,
         };
         let (at, found) = probe.find(rel, &attrs)?;
-        self.reused.insert(rel.to_path_buf(), attrs);
+        self.reused.insert(rel, attrs);
         // Only where the probe found it elsewhere than at `rel` (see `kept_path`).
         if at != rel {
             self.kept_at.insert(rel.to_path_buf(), at);
