@@ -171,6 +171,11 @@ impl<V: Copy> Keyed<V> {
         Some(&self.0[i].1)
     }
 
+    /// Where the value of `key` stands among all (0 to `len() - 1`), if it has one.
+    pub fn position(&self, key: &PathKey) -> Option<usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: &PathKey) -> bool {
         self.0.binary_search_by(|(k, _)| k.cmp(key)).is_ok()

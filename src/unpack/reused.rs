@@ -38,6 +38,13 @@ impl Reused {
         self.attrs.get_key(key)
     }
 
+    /// Where the reused file at `rel` stands among all of them (0 to `len() - 1`),
+    /// if it is one: an index for a caller's own per-file marks.
+    pub fn position(&self, rel: &Path) -> Option<usize> {
+        self.attrs
+            .position(&digest::path_key(rel.as_os_str().as_bytes()))
+    }
+
     /// How many files were reused.
     pub fn len(&self) -> usize {
         self.attrs.len()
