@@ -830,7 +830,7 @@ mod tests {
             mode: 0o600,
             owner: None,
         };
-        let kept: KeptFiles = [("k".into(), attrs.clone()), ("x.log".into(), attrs)]
+        let kept: KeptFiles = [("k".into(), attrs), ("x.log".into(), attrs)]
             .into_iter()
             .collect();
         let p = plan(src, dest, &f, &kept, false).unwrap();
