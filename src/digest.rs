@@ -6,8 +6,9 @@
 //! [`Digests`] is what an unpack learnt (every regular file it lists, by path);
 //! [`Known`] is what the deploy index says of dest's files: a digest holds only while
 //! the file still has the size and mtime (to the nanosecond) it was indexed with.
-//! Both are sorted vectors, one allocation per path, nothing per entry that is not a
-//! regular file. This module reads a file only when asked ([`of_file`]).
+//! Both are [`Keyed`]: sorted vectors keyed by a hash of the path ([`PathKey`]), one
+//! allocation each, no copy of a path, nothing per entry that is not a regular file.
+//! This module reads a file only when asked ([`of_file`]).
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -116,22 +117,97 @@ pub fn to_hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-/// The digest of every regular file an unpack listed, by path (dest-relative bytes),
-/// found by binary search. A path is kept as its key only, the first 16 bytes of its
-/// own sha256 (no copy of the path: the listings already hold one each); two paths
-/// of one archive with the same key would take 2^64 tries to make on purpose.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Digests(Vec<(PathKey, Digest)>);
+/// A path's key in the maps of this module ([`Keyed`]): the first 16 bytes of the
+/// path's own sha256. No copy of the path is kept: the listings already hold one
+/// each; two paths of one tree with the same key would take 2^64 tries to make on
+/// purpose.
+pub type PathKey = [u8; 16];
 
-/// A path's key in [`Digests`].
-type PathKey = [u8; 16];
-
-/// The key of `path`: the first 16 bytes of its sha256.
-fn path_key(path: &[u8]) -> PathKey {
+/// The key of `path` (dest-relative bytes).
+pub fn path_key(path: &[u8]) -> PathKey {
     let mut key = [0; 16];
     key.copy_from_slice(&Sha256::digest(path)[..16]);
     key
 }
+
+/// Values by path, each path kept as its [`PathKey`] only: a sorted vector, found by
+/// binary search, one allocation whatever the number of paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed<V>(Vec<(PathKey, V)>);
+
+impl<V> Default for Keyed<V> {
+    fn default() -> Keyed<V> {
+        Keyed(Vec::new())
+    }
+}
+
+impl<V: Copy> Keyed<V> {
+    /// From `(key, value)` pairs in any order; a key given twice keeps its last.
+    pub fn from_unsorted(mut list: Vec<(PathKey, V)>) -> Keyed<V> {
+        // Stable: of equal keys, the last one given stays last.
+        list.sort_by_key(|a| a.0);
+        let mut kept = 0;
+        for i in 0..list.len() {
+            if kept > 0 && list[kept - 1].0 == list[i].0 {
+                list[kept - 1] = list[i];
+            } else {
+                list[kept] = list[i];
+                kept += 1;
+            }
+        }
+        list.truncate(kept);
+        list.shrink_to_fit();
+        Keyed(list)
+    }
+
+    /// The value of `path`, when there is one.
+    pub fn get(&self, path: &[u8]) -> Option<&V> {
+        self.get_key(&path_key(path))
+    }
+
+    /// The value of the path whose key is `key`.
+    pub fn get_key(&self, key: &PathKey) -> Option<&V> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Where the value of `key` stands among all (0 to `len() - 1`), if it has one.
+    pub fn position(&self, key: &PathKey) -> Option<usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: &PathKey) -> bool {
+        self.0.binary_search_by(|(k, _)| k.cmp(key)).is_ok()
+    }
+
+    /// Keeps only the paths whose key `keep` answers true for; the room of the others
+    /// is given back.
+    pub fn retain_keys(&mut self, mut keep: impl FnMut(&PathKey) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+        self.0.shrink_to_fit();
+    }
+
+    /// Every key with its value, by key.
+    pub fn iter(&self) -> impl Iterator<Item = &(PathKey, V)> {
+        self.0.iter()
+    }
+
+    /// How many paths have a value.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none has.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The digest of every regular file an unpack listed, by path (dest-relative bytes),
+/// each path kept as its key ([`Keyed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests(Keyed<Digest>);
 
 impl Digests {
     /// From `(path, digest)` pairs in any order; a path given twice keeps its last.
@@ -140,27 +216,22 @@ impl Digests {
         let mut out: Vec<(PathKey, Digest)> = Vec::with_capacity(list.size_hint().0);
         // Each path is freed as soon as its key is made.
         out.extend(list.map(|(p, d)| (path_key(&p), d)));
-        // Stable: of equal paths, the last one given stays last.
-        out.sort_by_key(|a| a.0);
-        let mut kept = 0;
-        for i in 0..out.len() {
-            if kept > 0 && out[kept - 1].0 == out[i].0 {
-                out[kept - 1] = out[i];
-            } else {
-                out[kept] = out[i];
-                kept += 1;
-            }
-        }
-        out.truncate(kept);
-        out.shrink_to_fit();
-        Digests(out)
+        Digests(Keyed::from_unsorted(out))
+    }
+
+    /// From `(key, digest)` pairs in any order; a key given twice keeps its last.
+    pub fn from_keyed(list: Vec<(PathKey, Digest)>) -> Digests {
+        Digests(Keyed::from_unsorted(list))
     }
 
     /// The digest of the file at `path`, when one is known.
     pub fn get(&self, path: &[u8]) -> Option<&Digest> {
-        let key = path_key(path);
-        let i = self.0.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;
-        Some(&self.0[i].1)
+        self.0.get(path)
+    }
+
+    /// The digest of the file whose path has the key `key`.
+    pub fn get_key(&self, key: &PathKey) -> Option<&Digest> {
+        self.0.get_key(key)
     }
 
     /// How many digests there are.
@@ -176,7 +247,7 @@ impl Digests {
 
 /// When dest's file was indexed: its size and mtime to the nanosecond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     size: u64,
     mtime: i64,
     mtime_nsec: u32,
@@ -193,28 +264,39 @@ impl From<&Meta> for Stamp {
 }
 
 /// What the deploy index of dest says of its regular files' content: each file's
-/// digest with the size and mtime it had when indexed. A digest answers for a file
-/// only while it still has them (else the file was changed since, and is read).
+/// digest with the size and mtime it had when indexed, by path key ([`Keyed`]). A
+/// digest answers for a file only while it still has them (else the file was changed
+/// since, and is read).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Known(Vec<(Box<[u8]>, Stamp, Digest)>);
+pub struct Known(Keyed<(Stamp, Digest)>);
 
 impl Known {
-    /// From an index's entries and the digests of its regular files (sorted by path,
-    /// as the index is).
+    /// From an index's regular files with their digests, in any order.
     pub fn new<'a>(files: impl Iterator<Item = (&'a [u8], &'a Meta, Digest)>) -> Known {
-        let mut list: Vec<(Box<[u8]>, Stamp, Digest)> = files
-            .map(|(p, m, d)| (Box::from(p), Stamp::from(m), d))
+        let list = files
+            .map(|(p, m, d)| (path_key(p), (Stamp::from(m), d)))
             .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        Known(list)
+        Known(Keyed::from_unsorted(list))
+    }
+
+    /// From `(key, stamp, digest)` of an index's regular files, in any order.
+    pub fn from_keyed(files: Vec<(PathKey, Stamp, Digest)>) -> Known {
+        // The same 72 bytes a file, rearranged in place.
+        let list = files.into_iter().map(|(k, s, d)| (k, (s, d))).collect();
+        Known(Keyed::from_unsorted(list))
     }
 
     /// The indexed digest of the file at `path`, when dest's file there (`now`, as
     /// listed or `lstat`-ed now) still has the size and mtime it was indexed with.
     pub fn get(&self, path: &[u8], now: &Meta) -> Option<&Digest> {
-        let i = self.0.binary_search_by(|(p, ..)| (**p).cmp(path)).ok()?;
-        let (_, stamp, digest) = &self.0[i];
+        let (stamp, digest) = self.0.get(path)?;
         (*stamp == Stamp::from(now)).then_some(digest)
+    }
+
+    /// Keeps only the files whose path key `keep` answers true for (the others are
+    /// not asked about any more).
+    pub fn retain_keys(&mut self, keep: impl FnMut(&PathKey) -> bool) {
+        self.0.retain_keys(keep);
     }
 
     /// How many files the index has a digest of.

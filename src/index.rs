@@ -51,7 +51,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::at::Tree;
-use crate::digest::{Digest, Digests, Known};
+use crate::digest::{Digest, Digests, Known, Stamp};
 use crate::entry::{Entry, Kind, Meta};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -165,9 +165,18 @@ pub fn index_path(state_dir: &Path, key: &str) -> PathBuf {
 }
 
 /// Encodes an index; `entries` must be sorted by path (see [`sort`]); a regular file
-/// gets its digest from `digests` when it is there.
+/// gets its digest from `digests` when it is there. The entries are compressed as
+/// they are encoded, a chunk at a time: the uncompressed index is never held whole.
 pub(crate) fn encode(header: &Header, entries: &[Entry], digests: &Digests) -> Result<Vec<u8>> {
-    let mut raw = Vec::with_capacity(64 + entries.len() * 40);
+    let failed = |e| Error::io("compress", "index", e);
+    // About what it takes: ~15 bytes an entry compressed, and a digest does not
+    // compress (pages of it never written are never touched).
+    let mut out = Vec::with_capacity(MAGIC.len() + 4096 + entries.len() * 16 + digests.len() * 33);
+    out.extend_from_slice(MAGIC);
+    let mut enc = zstd::Encoder::new(&mut out, ZSTD_LEVEL).map_err(failed)?;
+    enc.include_checksum(true).map_err(failed)?;
+    const CHUNK: usize = 64 * 1024;
+    let mut raw = Vec::with_capacity(CHUNK + 4096);
     let mut h = header.clone();
     h.entries = entries.len() as u64;
     // A struct of strings and numbers always serialises.
@@ -202,16 +211,14 @@ pub(crate) fn encode(header: &Header, entries: &[Entry], digests: &Digests) -> R
             }
         }
         prev = &e.path;
+        if raw.len() >= CHUNK {
+            enc.write_all(&raw).map_err(failed)?;
+            raw.clear();
+        }
     }
-    let mut out = MAGIC.to_vec();
-    let mut enc =
-        zstd::Encoder::new(&mut out, ZSTD_LEVEL).map_err(|e| Error::io("compress", "index", e))?;
-    enc.include_checksum(true)
-        .map_err(|e| Error::io("compress", "index", e))?;
-    enc.write_all(&raw)
-        .map_err(|e| Error::io("compress", "index", e))?;
-    enc.finish()
-        .map_err(|e| Error::io("compress", "index", e))?;
+    enc.write_all(&raw).map_err(failed)?;
+    enc.finish().map_err(failed)?;
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -253,6 +260,57 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<(Header, Vec<Entry>)> 
 
 /// Decodes an index file's bytes with its files' digests (none in version 1).
 pub(crate) fn decode_all(path: &Path, bytes: &[u8]) -> Result<Indexed> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut digests: Vec<(usize, Digest)> = Vec::new();
+    let header = decode_each(path, bytes, &mut |n, e| {
+        if entries.is_empty() {
+            entries.reserve_exact(n.min(10_000_000));
+        }
+        if let Some(d) = e.digest {
+            digests.push((entries.len(), d));
+        }
+        entries.push(Entry {
+            path: Box::from(e.path),
+            meta: e.meta,
+            target: e.target.map(Box::from),
+        });
+    })?;
+    Ok(Indexed {
+        header,
+        entries,
+        digests,
+    })
+}
+
+/// What an index says of its files' content (SPEC §21), read without keeping its
+/// entries: only the files' keys, stamps and digests are held. `path` names it.
+pub(crate) fn decode_known(path: &Path, bytes: &[u8]) -> Result<Known> {
+    let mut files = Vec::new();
+    decode_each(path, bytes, &mut |_, e| {
+        if let Some(d) = e.digest {
+            files.push((crate::digest::path_key(e.path), Stamp::from(&e.meta), d));
+        }
+    })?;
+    Ok(Known::from_keyed(files))
+}
+
+/// One entry of an index as [`decode_each`] hands it on, borrowed from its buffers.
+struct Decoded<'a> {
+    path: &'a [u8],
+    meta: Meta,
+    target: Option<&'a [u8]>,
+    /// A regular file's content digest (version 2, when it has one).
+    digest: Option<Digest>,
+}
+
+/// Decodes an index file's bytes, handing each entry in order to `each` (with the
+/// header's entry count) and answering the header; every check of the format is
+/// made here (`path` only names the file in errors).
+fn decode_each(
+    path: &Path,
+    bytes: &[u8],
+    each: &mut dyn FnMut(usize, Decoded<'_>),
+) -> Result<Header> {
     let (body, v2) = match (bytes.strip_prefix(MAGIC), bytes.strip_prefix(MAGIC_V1)) {
         (Some(body), _) => (body, true),
         (None, Some(body)) => (body, false),
@@ -273,19 +331,21 @@ pub(crate) fn decode_all(path: &Path, bytes: &[u8]) -> Result<Indexed> {
         pos: 0,
     };
     let n = usize::try_from(header.entries).map_err(|_| corrupt(path, "entry count"))?;
-    let mut entries: Vec<Entry> = Vec::with_capacity(n.min(10_000_000));
-    let mut digests: Vec<(usize, Digest)> = Vec::new();
+    // The previous entry's path (the next one shares a prefix with it).
+    let mut prev: Vec<u8> = Vec::new();
     let short = || corrupt(path, "truncated entry");
-    for _ in 0..n {
-        let prev = entries.last().map_or(&b""[..], |e| &e.path[..]);
+    for i in 0..n {
         let shared = r.varint().ok_or_else(short)? as usize;
         let rest = r.varint().ok_or_else(short)? as usize;
         if shared > prev.len() {
             return Err(corrupt(path, "bad path prefix"));
         }
-        let mut p = Vec::with_capacity(shared + rest);
-        p.extend_from_slice(&prev[..shared]);
-        p.extend_from_slice(r.bytes(rest).ok_or_else(short)?);
+        let tail = r.bytes(rest).ok_or_else(short)?;
+        // Sorted and distinct: the new path is greater than the previous one (the
+        // shared prefix is equal, so its tail decides; none at all only for the first).
+        let ordered = i == 0 || prev.get(shared..).is_some_and(|old| tail > old);
+        prev.truncate(shared);
+        prev.extend_from_slice(tail);
         let kind = kind_from(r.byte().ok_or_else(short)?).ok_or_else(|| corrupt(path, "type"))?;
         let small = |v: u64| u32::try_from(v).map_err(|_| corrupt(path, "field out of range"));
         let mode = small(r.varint().ok_or_else(short)?)?;
@@ -296,24 +356,25 @@ pub(crate) fn decode_all(path: &Path, bytes: &[u8]) -> Result<Indexed> {
         let mtime_nsec = small(r.varint().ok_or_else(short)?)?;
         let target = if kind == Kind::Symlink {
             let len = r.varint().ok_or_else(short)? as usize;
-            Some(Box::from(r.bytes(len).ok_or_else(short)?))
+            Some(r.bytes(len).ok_or_else(short)?)
         } else {
             None
         };
-        if entries.last().is_some_and(|e| *e.path >= *p) {
+        if !ordered {
             return Err(corrupt(path, "entries out of order"));
         }
         if mode > 0o7777 {
             return Err(corrupt(path, "mode out of range"));
         }
+        let mut digest = None;
         if v2 && kind == Kind::File {
             match r.byte().ok_or_else(short)? {
                 0 => {}
                 1 => {
                     let d = r.bytes(32).ok_or_else(short)?;
-                    let mut digest = [0u8; 32];
-                    digest.copy_from_slice(d);
-                    digests.push((entries.len(), digest));
+                    let mut bytes = [0u8; 32];
+                    bytes.copy_from_slice(d);
+                    digest = Some(bytes);
                 }
                 _ => return Err(corrupt(path, "digest flag")),
             }
@@ -326,20 +387,20 @@ pub(crate) fn decode_all(path: &Path, bytes: &[u8]) -> Result<Indexed> {
             size,
             mtime,
         };
-        entries.push(Entry {
-            path: p.into_boxed_slice(),
-            meta,
-            target,
-        });
+        each(
+            n,
+            Decoded {
+                path: &prev,
+                meta,
+                target,
+                digest,
+            },
+        );
     }
     if r.pos != r.data.len() {
         return Err(corrupt(path, "trailing bytes"));
     }
-    Ok(Indexed {
-        header,
-        entries,
-        digests,
-    })
+    Ok(header)
 }
 
 struct Reader<'a> {
@@ -425,6 +486,17 @@ pub fn read_all(state_dir: &Path, key: &str) -> Result<Option<Indexed>> {
     // Never through a symlink at its name (SPEC §17); an index has no size limit.
     match crate::record::read_deploys_file(state_dir, &format!("{key}.index"), u64::MAX) {
         Ok(b) => decode_all(&path, &b).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
+/// What the index of `key` says of its files' content (see [`decode_known`]):
+/// `Ok(None)` when there is none.
+pub fn read_known(state_dir: &Path, key: &str) -> Result<Option<Known>> {
+    let path = index_path(state_dir, key);
+    match crate::record::read_deploys_file(state_dir, &format!("{key}.index"), u64::MAX) {
+        Ok(b) => decode_known(&path, &b).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", &path, e)),
     }

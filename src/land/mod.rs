@@ -135,8 +135,8 @@ pub(crate) fn for_deploy<'a>(ctx: Ctx<'a>, dry_run: bool) -> Result<Box<dyn Land
 /// unpack's probe and the plan; `None` without a state directory, an index, or a
 /// readable one (then a found file is compared with its bytes).
 fn known(ctx: &Ctx) -> Option<Arc<Known>> {
-    let indexed = index::read_all(ctx.state?, &record::key_for_dest(ctx.dest)).ok()??;
-    Some(Arc::new(indexed.known()))
+    let known = index::read_known(ctx.state?, &record::key_for_dest(ctx.dest)).ok()??;
+    Some(Arc::new(known))
 }
 
 /// The unpack's probe of `root`, exact by content: judged by `known` (the index's

@@ -23,6 +23,9 @@ pub(super) struct Rsync<'a> {
     dry_run: bool,
     /// What dest's index says of its files' content (the probe's and the plan's).
     known: Option<Arc<Known>>,
+    /// `known` was narrowed to the files the unpack wrote (see `land`): read again
+    /// whole for another unpack.
+    narrowed: bool,
 }
 
 impl<'a> Rsync<'a> {
@@ -32,6 +35,7 @@ impl<'a> Rsync<'a> {
             ctx,
             dry_run,
             known,
+            narrowed: false,
         }
     }
 }
@@ -40,6 +44,9 @@ impl Land for Rsync<'_> {
     /// Staging beside dest; dest's unchanged files (size, mtime, mode, owner) are left
     /// where they are, not written (not in a dry run).
     fn stage(&mut self, reuse: bool) -> Result<Stage> {
+        if std::mem::take(&mut self.narrowed) {
+            self.known = known(&self.ctx);
+        }
         let probed = (reuse && !self.dry_run).then(|| (self.ctx.dest, self.known.clone()));
         staging_beside(&self.ctx, probed)
     }
@@ -72,8 +79,20 @@ impl Land for Rsync<'_> {
             move_source: true,
             dest_mode: Some(mode),
         };
+        // The plan asks the index only of files in staging: those the unpack left in
+        // dest are never asked about again, so their digests go before dest is listed.
+        let reused = &staged.get().reused;
+        if let Some(k) = self.known.take_if(|_| !reused.is_empty()) {
+            let mut k = Arc::unwrap_or_clone(k);
+            k.retain_keys(|key| reused.get_key(key).is_none());
+            self.known = Some(Arc::new(k));
+            self.narrowed = true;
+        }
         let known = self.known.as_deref();
         let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known)?;
+        // Planned: the index's digests are not asked again (a `Stale` plan above keeps
+        // them for another attempt, read again whole by `stage`).
+        self.known = None;
         let stats = sync::apply(&plan, &sync_opts)?;
         drop(staging);
         // Of the staged tree only the digests are needed any more (for the index).

@@ -32,7 +32,6 @@
 //!   way"); here `plan` refuses it up front, before anything changed;
 //! - directory mtimes are set after their contents.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -282,8 +281,8 @@ impl After {
 /// as present in the source with these attributes.
 pub use crate::unpack::FileAttrs as Kept;
 
-/// Kept files by path relative to the roots.
-pub(crate) type KeptFiles = HashMap<PathBuf, Kept>;
+/// Kept files by path relative to the roots (the unpack's listing, keyed by path).
+pub(crate) type KeptFiles = crate::unpack::Reused;
 
 impl Plan {
     /// The steps, in the order [`apply`] runs them: deletions (contents before their
@@ -564,7 +563,7 @@ mod tests {
         let mut same = |rel: &Path, now: &Meta| {
             same_content((&src_tree, dest_tree.as_ref()), &none, None, rel, now)
         };
-        plan_with(src, dest, filter, &KeptFiles::new(), true, &mut same)
+        plan_with(src, dest, filter, &KeptFiles::default(), true, &mut same)
     }
 
     fn sync_paths(src: &Path, dest: &Path, filter: &Filter, opts: &SyncOptions) -> Result<Stats> {

@@ -265,12 +265,12 @@ mod tests {
             Some(&mut probe),
         )
         .unwrap();
-        let mut reused: Vec<_> = staged
+        let reused: Vec<_> = staged
             .reused
-            .keys()
+            .paths()
+            .iter()
             .map(|p| p.display().to_string())
             .collect();
-        reused.sort();
         assert_eq!(reused, ["big-same", "indexed", "same"]);
         for name in ["big-same", "indexed", "same"] {
             assert!(!into.join(name).exists(), "{name} left in dest");

@@ -6,7 +6,9 @@ mod util;
 mod archives_corpus;
 mod cli;
 mod content;
+mod delta;
 mod deploy;
+mod detach;
 mod events;
 mod faults;
 mod fleet;
@@ -27,9 +29,16 @@ mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 #[cfg(feature = "e2e")]
+mod serf_e2e_detach;
+#[cfg(feature = "e2e")]
+mod serf_e2e_events;
+#[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
+#[cfg(feature = "e2e")]
+mod serf_e2e_rollout;
 mod signing;
 #[cfg(feature = "static")]
 mod static_bin;
 mod status;
 mod unpack;
+mod waves;

@@ -45,7 +45,8 @@ use self::space::Space;
 use super::errors::{fail_io, refused, Why};
 use super::gnu::{check_global_header, header_mtime, member_kind, member_name, PaxInfo};
 use super::path::entry_path;
-use super::{FileAttrs, Staged, Unchanged, UnpackOptions};
+use super::reused;
+use super::{Staged, Unchanged, UnpackOptions};
 
 /// Metadata an entry carries for the node it creates.
 struct Meta {
@@ -137,7 +138,7 @@ pub(super) struct Extractor<'a, 'u> {
     warned_absolute: bool,
     root_mode: Option<u32>,
     entries: u64,
-    reused: HashMap<PathBuf, FileAttrs>,
+    reused: reused::Building,
     /// Where a reused file is (the probe's answer), for hard links to it, when that
     /// is not its own path (a probe of dest or the live release answers that: then
     /// nothing is kept here, see [`Extractor::kept_path`]).
@@ -170,7 +171,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             warned_absolute: false,
             root_mode: None,
             entries: 0,
-            reused: HashMap::new(),
+            reused: reused::Building::default(),
             kept_at: HashMap::new(),
             written: HashSet::new(),
             digests: HashMap::new(),
@@ -183,7 +184,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
     fn kept_path(&self, rel: &Path) -> Option<PathBuf> {
         match self.kept_at.get(rel) {
             Some(at) => Some(at.clone()),
-            None => self.reused.contains_key(rel).then(|| rel.to_path_buf()),
+            None => self.reused.contains(rel).then(|| rel.to_path_buf()),
         }
     }
 
@@ -340,7 +341,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             root_id,
             root_mode: self.root_mode,
             entries: self.entries,
-            reused: self.reused,
+            reused: self.reused.finish(),
             written,
             digests,
         })
