@@ -38,7 +38,7 @@ use crate::fleet;
 use crate::interrupt;
 use crate::log::shown_text;
 use crate::logln;
-use crate::record::{self, Outcome};
+use crate::record::{self, Outcome, Record, Step};
 use crate::serf_rpc::{Client, MemberFilter, Poll, QueryEvent, QueryParams};
 use crate::state;
 use crate::urls;
@@ -51,6 +51,12 @@ const DEFAULT_RPC_ADDR: &str = "127.0.0.1:7373";
 /// How long connecting to the agent and each call may take (Serf's own client's
 /// `DefaultTimeout`).
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the query collects answers without `--query-timeout`: longer than
+/// Serf's default (under 2 s in a small cluster with the `local` profile, when a
+/// member can take that long to receive a query), as the round ends anyway as soon
+/// as every peer has answered.
+const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tag whose value the peers share by default.
 const ROLE_TAG: &str = "role";
@@ -152,14 +158,11 @@ fn random_delay(opts: &Options) -> Result<()> {
     interrupt::sleep(d)
 }
 
-/// Why `dest` needs no deploy of `c`, when it does not: its last deploy here
-/// succeeded with the same URL and checksum (current), or with a higher serial
-/// than the peers claim for `c` (ahead).
+/// Why `dest` needs no deploy of `c`, when it does not: the last deploy here
+/// that can have changed it succeeded with the same URL and checksum (current),
+/// or with a higher serial than the peers claim for `c` (ahead).
 fn left_alone(state_dir: &Path, dest: &str, c: &Candidate) -> Option<String> {
-    let rec = record::last(state_dir, Path::new(dest))?;
-    if rec.result != Outcome::Success {
-        return None;
-    }
+    let rec = holding(state_dir, Path::new(dest))?;
     let same_checksum = match (&rec.checksum, &c.checksum) {
         (Some(have), Some(want)) => have.to_ascii_lowercase().starts_with(want.as_str()),
         _ => false,
@@ -179,6 +182,37 @@ fn left_alone(state_dir: &Path, dest: &str, c: &Candidate) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// The successful deploy `dest` still holds: the newest record of its history
+/// that can have changed it, when that one is a success. A refusal, and a failure
+/// or interruption before the sync step, leave dest as it was (SPEC §5) and are
+/// passed over.
+fn holding(state_dir: &Path, dest: &Path) -> Option<Record> {
+    let key = record::key_for_dest(dest);
+    let mut history = record::history(state_dir, &key);
+    if history.is_empty() {
+        history.extend(record::last(state_dir, dest));
+    }
+    let untouched = |r: &Record| {
+        r.result == Outcome::Refused
+            || (r.result != Outcome::Success
+                && matches!(
+                    r.failed_step,
+                    Some(
+                        Step::Manifest
+                            | Step::Signature
+                            | Step::Download
+                            | Step::Unpack
+                            | Step::Pre
+                    )
+                ))
+    };
+    history
+        .into_iter()
+        .rev()
+        .find(|r| !untouched(r))
+        .filter(|r| r.result == Outcome::Success)
 }
 
 /// What asking the peers gave.
@@ -236,7 +270,7 @@ fn ask_peers(opts: &CatchUpOptions, env: Env) -> Result<Asked> {
     let params = QueryParams {
         nodes: peers.iter().cloned().collect(),
         tags,
-        timeout: opts.query_timeout,
+        timeout: Some(opts.query_timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT)),
     };
     let raw = query(&mut client, &params, &peers)?;
     if raw.is_empty() {
@@ -280,28 +314,55 @@ fn ask_peers(opts: &CatchUpOptions, env: Env) -> Result<Asked> {
     Ok(Asked::Answers(answers))
 }
 
-/// One query round: each peer's first answer, until every peer has answered or
-/// the agent ends the query. Answers from any other node are not counted.
+/// Each peer's first answer: one query round, until every peer has answered or
+/// the agent ends the query; then, when some are still silent, one more round
+/// asked of them alone (Serf delivers a query and its answers by gossip over UDP:
+/// in a busy or small cluster a member can miss one). Answers from any other
+/// node are not counted.
 fn query(
     client: &mut Client,
     params: &QueryParams,
     peers: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut q = client.query(fleet::QUERY, b"", params)?;
-    while out.len() < peers.len() {
-        // the stream's own deadline bounds the wait
-        match q.poll(Instant::now() + Duration::from_secs(3600))? {
-            Poll::Event(QueryEvent::Response { from, payload }) if peers.contains(&from) => {
-                out.entry(from).or_insert(payload);
-            }
-            Poll::Event(_) | Poll::Idle => {}
-            Poll::Done => break,
+    for round in 0..QUERY_ROUNDS {
+        let silent: Vec<String> = peers
+            .iter()
+            .filter(|p| !out.contains_key(*p))
+            .cloned()
+            .collect();
+        if silent.is_empty() {
+            break;
         }
+        if round > 0 {
+            logln!(
+                "catch-up: asking the {} silent peer(s) again: {}",
+                silent.len(),
+                shown_text(silent.join(", "))
+            );
+        }
+        let params = QueryParams {
+            nodes: silent,
+            ..params.clone()
+        };
+        let mut q = client.query(fleet::QUERY, b"", &params)?;
+        while out.len() < peers.len() {
+            // the stream's own deadline bounds the wait
+            match q.poll(Instant::now() + Duration::from_secs(3600))? {
+                Poll::Event(QueryEvent::Response { from, payload }) if peers.contains(&from) => {
+                    out.entry(from).or_insert(payload);
+                }
+                Poll::Event(_) | Poll::Idle => {}
+                Poll::Done => break,
+            }
+        }
+        q.stop();
     }
-    q.stop();
     Ok(out)
 }
+
+/// How many times the silent peers are asked.
+const QUERY_ROUNDS: usize = 2;
 
 /// Go's `regexp.QuoteMeta`: a tag value as a literal inside serf's regexp.
 fn quote_meta(s: &str) -> String {

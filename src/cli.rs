@@ -245,8 +245,8 @@ pub struct CatchUpOptions {
     pub tags: Vec<(String, String)>,
     /// `--quorum N` (at least 1, default 2): how many peers must report a manifest.
     pub quorum: usize,
-    /// `--query-timeout`: how long the query collects answers; `None` = serf's
-    /// default.
+    /// `--query-timeout`: how long the query collects answers; `None` = the
+    /// default (10s; the round ends as soon as every peer answered).
     pub query_timeout: Option<Duration>,
     /// The deploy flags, for every deploy it runs (no manifest URL of its own).
     pub deploy: Options,
@@ -763,7 +763,8 @@ query string) or that reaches no quorum is skipped with a warning.
   --rpc-addr ADDR      the serf agent to ask (default: SERF_RPC_ADDR, else
                        127.0.0.1:7373); SERF_RPC_AUTH gives its auth key
   --query-timeout DURATION
-                       how long to wait for answers (default: serf's query timeout)
+                       how long to wait for answers (default 10s; the round ends
+                       as soon as every peer has answered)
 
 Every flag of the deploy is accepted and applies to each deploy it runs
 (--trusted-key, --allow-url, --state-dir, --timeout, --retry, --dry-run, ...; see

@@ -27,6 +27,8 @@ mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 #[cfg(feature = "e2e")]
+mod serf_e2e_catchup;
+#[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
 mod signing;
 #[cfg(feature = "static")]
