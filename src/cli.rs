@@ -64,6 +64,10 @@ pub struct Options {
     pub trusted_keys: Vec<TrustedKey>,
     /// `--force`: deploy even when `dest` already holds the archive (SPEC §11).
     pub force: bool,
+    /// `--detach` (SPEC §13): hand the deploy to a detached process and return at
+    /// once. Holds that process's arguments: this command line, normalised, without
+    /// `--detach`.
+    pub detach: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -84,6 +88,7 @@ impl Default for Options {
             textfile_dir: None,
             trusted_keys: Vec::new(),
             force: false,
+            detach: None,
         }
     }
 }
@@ -307,6 +312,12 @@ trait Raw: FromArgs + ArgsInfo {
 
     /// The checked command.
     fn into_command(self) -> Result<Command>;
+
+    /// The command, once it is known that argh read `words` (the normalised
+    /// command line) into it: the deploy keeps them for `--detach`.
+    fn with_words(command: Command, _words: &[&str], _flags: &Flags) -> Command {
+        command
+    }
 }
 
 /// The one parsing path of every command: normalise argv with the flags of `T`,
@@ -326,7 +337,7 @@ fn parse_as<T: Raw>(args: &[OsString]) -> Result<Command> {
         // an error; argh's message ends with a newline.
         Error::Usage(T::argh_error(e.output.trim_end()))
     })?;
-    raw.into_command()
+    Ok(T::with_words(raw.into_command()?, &words, &flags))
 }
 
 /// argh's own help text of `T` (`releases`, `rollback`).
@@ -418,6 +429,9 @@ struct RawArgs {
     /// force
     #[argh(switch)]
     force: bool,
+    /// detach
+    #[argh(switch)]
+    detach: bool,
     /// command timeout
     #[argh(option)]
     command_timeout: Option<String>,
@@ -444,6 +458,40 @@ impl Raw for RawArgs {
     fn into_command(self) -> Result<Command> {
         validate(self).map(Command::Run)
     }
+
+    fn with_words(command: Command, words: &[&str], flags: &Flags) -> Command {
+        match command {
+            Command::Run(mut o) if o.detach.is_some() => {
+                o.detach = Some(without_switch(words, flags, "detach"));
+                Command::Run(o)
+            }
+            other => other,
+        }
+    }
+}
+
+/// `words` (a normalised command line: flags, each value right after its flag, then
+/// `--` and the positionals) without the switch `--NAME`; a value or a positional
+/// that reads `--NAME` is kept.
+fn without_switch(words: &[&str], flags: &Flags, name: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(words.len());
+    let mut iter = words.iter();
+    while let Some(&word) = iter.next() {
+        if word == "--" {
+            out.push(word.to_string());
+            out.extend(iter.by_ref().map(|w| w.to_string()));
+            break;
+        }
+        let flag = word.strip_prefix("--").unwrap_or(word);
+        if flag == name {
+            continue;
+        }
+        out.push(word.to_string());
+        if !flags.switches.contains(&flag) {
+            out.extend(iter.next().map(|w| w.to_string()));
+        }
+    }
+    out
 }
 
 #[derive(FromArgs, ArgsInfo, Debug)]
@@ -940,16 +988,20 @@ Usage: stretcher status [DEST...] [--json] [--brief] [--state-dir DIR]
 
 The last deploy of each dest recorded in the state directory (or of the DESTs
 named), one line each: DEST RESULT CHECKSUM FINISHED DURATION MANIFEST_URL, and
-for a failure `failed at STEP: ERROR`. Reads the state directory only.
+for a failure `failed at STEP: ERROR`. A deploy in progress shows as `running
+since STARTED (pid PID)`; one whose process ended without finishing its record
+(killed) as `interrupted`. Reads the state directory only.
 
   --json           the records, as a JSON array
   --brief          the brief JSON answer for a serf query (with or without
-                   --json): host and, per dest, result, checksum, finished and
-                   error, small enough for serf's 1024-byte response limit
+                   --json): host and, per dest, result, checksum, finished,
+                   failed_step, error, manifest_url and serial, within serf's
+                   1024-byte response limit; when dests must be left out, those
+                   not successful are kept first and `omitted` counts the rest
   --state-dir DIR  the state directory the deploys used (default as for a deploy)
 
-Exit status: 0 every last deploy succeeded, 1 one did not, 3 nothing recorded
-(for the DESTs named). Under a serf query (SERF_EVENT=query) it always exits 0
+Exit status: 0 every last deploy succeeded, 1 one did not (failed, refused,
+interrupted, or still running), 3 nothing recorded (for the DESTs named). Under a serf query (SERF_EVENT=query) it always exits 0
 and writes nothing on stderr, so that serf delivers the answer:
   serf agent -event-handler \"query:stretcher-status=stretcher status --brief --json\"
 "
@@ -1142,6 +1194,16 @@ fn validate(raw: RawArgs) -> Result<Options> {
     }
     o.dry_run = raw.dry_run;
     o.force = raw.force;
+    if raw.detach {
+        if raw.dry_run {
+            return Err(Error::Usage(
+                "--detach and --dry-run cannot be used together (a detached run prints nowhere)"
+                    .into(),
+            ));
+        }
+        // The arguments are filled in by `with_words`.
+        o.detach = Some(Vec::new());
+    }
     if let Some(v) = raw.command_timeout {
         o.command_timeout =
             Some(parse_duration(&v).map_err(|m| bad_value("command-timeout", &v, &m))?)
@@ -1331,6 +1393,14 @@ Flags (each may be written -flag or --flag, with =value or a separate value):
   --force                 deploy even when dest already holds the archive (by
                           default a redeploy of what dest still holds, unchanged,
                           downloads nothing and runs only the hooks)
+  --detach                hand the deploy to a detached process (this command
+                          without --detach, in a session of its own, the event's
+                          stdin passed on) and exit 0 at once, so that the agent
+                          that ran it stays free to answer queries; for the serf
+                          handler line: \"user:deploy=stretcher --detach\". Lock,
+                          record and hooks as usual; its log is appended to
+                          STATE_DIR/detach.log; while it runs, `stretcher status`
+                          shows the dest as running
   -v, --version           print the version and exit
   -h, --help              print this help and exit
 
@@ -1955,9 +2025,61 @@ mod tests {
         // the deploy's flags as the normaliser has them, alias included
         let flags = Flags::of::<RawArgs>();
         assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));
-        assert_eq!(flags.switches, ["dry-run", "force"]);
+        assert_eq!(flags.switches, ["dry-run", "force", "detach"]);
         assert!(flags.version);
         assert!(!Flags::of::<RawStatus>().version);
+    }
+
+    #[test]
+    fn detach_keeps_the_command_line_without_itself() {
+        let o = run(&["-detach", "-retry", "2", "s3://b/m.yml"]);
+        assert_eq!(
+            o.detach.as_deref(),
+            Some(
+                &[
+                    "--retry".to_string(),
+                    "2".into(),
+                    "--".into(),
+                    "s3://b/m.yml".into()
+                ][..]
+            )
+        );
+        // the detached command line parses to the same options, without --detach
+        let args: Vec<&str> = o
+            .detach
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let again = run(&args);
+        assert_eq!(again, Options { detach: None, ..o });
+        // a value or a positional that reads `--detach` is not the switch
+        let o = run(&[
+            "--state-dir",
+            "--detach",
+            "--detach=true",
+            "--rsync-verbose=",
+            "--",
+            "--detach",
+        ]);
+        assert_eq!(
+            o.state_dir.as_deref(),
+            Some(std::path::Path::new("--detach"))
+        );
+        assert_eq!(
+            o.detach.unwrap(),
+            [
+                "--state-dir",
+                "--detach",
+                "--rsync-verbose",
+                "",
+                "--",
+                "--detach"
+            ]
+        );
+        assert_eq!(run(&["--detach=false", "x"]).detach, None);
+        assert!(usage_err(&["--detach", "--dry-run", "x"]).contains("--detach"));
     }
 
     #[test]

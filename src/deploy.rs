@@ -53,7 +53,14 @@ use crate::Env;
 pub fn main(opts: &Options) -> i32 {
     let env = |k: &str| std::env::var(k).ok();
     let consul = env("CONSUL_INDEX").is_some();
-    match run(opts, &env, &mut std::io::stdin().lock()) {
+    let result = match &opts.detach {
+        // `--detach` (SPEC §13): the same run, in a process of its own.
+        Some(args) => crate::detach::run(opts, args, &env, &mut std::io::stdin().lock())
+            .map(drop)
+            .inspect_err(|e| logln!("{e}")),
+        None => run(opts, &env, &mut std::io::stdin().lock()),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             if consul {
@@ -177,6 +184,10 @@ fn run_event(event: &event::Event, opts: &Options, env: Env, logged: &mut bool) 
             None
         }
     };
+    if let (Some(dir), false) = (&state, opts.dry_run) {
+        // Under the manifest URL's key until dest is known (SPEC §13).
+        draft.mark_running(dir);
+    }
     let result = run_manifest(event, opts, env, &mut draft, state.as_deref(), logged);
     if let (Some(dir), false) = (&state, opts.dry_run) {
         write_record(dir, draft, result.as_ref().err(), opts, event);
@@ -441,10 +452,15 @@ fn deploy(
         manifest.dest.as_deref(),
     ) else {
         // Commands-only manifest (validation guarantees src ⇒ checksum and dest).
-        return commands_only(manifest, opts, hook_env, draft);
+        return commands_only(manifest, opts, hook_env, draft, state);
     };
 
     let _lock = state::lock_dest(dest, fetch_opts.env)?;
+    if let (Some(dir), false) = (state, opts.dry_run) {
+        // dest's record shows this run from now on: under the lock, so a deploy
+        // waiting for it never shows over the one that holds it.
+        draft.mark_running(dir);
+    }
     let work = Workspace::new(dest, fetch_opts.env)?;
     work.remove_leftovers();
 
@@ -513,9 +529,13 @@ fn commands_only(
     opts: &Options,
     hook_env: &HookEnv,
     draft: &mut record::Draft,
+    state: Option<&Path>,
 ) -> Result<()> {
     if opts.dry_run {
         return sync::dry_run::print(manifest, None);
+    }
+    if let Some(dir) = state {
+        draft.mark_running(dir);
     }
     pre(draft, manifest, hook_env)?;
     post(draft, manifest, hook_env)

@@ -123,14 +123,14 @@ pub(crate) fn render(d: &LastDeploy) -> String {
 impl<'a> LastDeploy<'a> {
     /// The values of `rec`, the record written under `key`.
     pub fn of(key: &'a str, rec: &'a Record) -> LastDeploy<'a> {
-        let finished = chrono::DateTime::parse_from_rfc3339(&rec.finished)
+        let finished = chrono::DateTime::parse_from_rfc3339(rec.time())
             .map(|t| t.timestamp_millis() as f64 / 1000.0)
             .unwrap_or(0.0);
         LastDeploy {
             dest: rec.dest.as_deref().unwrap_or(key),
             success: rec.result == Outcome::Success,
             finished,
-            duration_s: rec.duration_s,
+            duration_s: rec.duration_s.unwrap_or(0.0),
             checksum: rec.checksum.as_deref().unwrap_or(""),
             manifest_url: &rec.manifest_url,
             changes: rec

@@ -46,8 +46,12 @@ pub enum Outcome {
     /// Refused before use: `--allow-url` (a redirect too), no valid signature, a
     /// stale manifest, or a limit of SPEC §17 (size, not a regular file).
     Refused,
-    /// SIGINT / SIGTERM arrived during the run.
+    /// SIGINT / SIGTERM arrived during the run; or (a running record's view, never
+    /// written) the process of a `running` record ended without finishing it.
     Interrupted,
+    /// The run is still going (SPEC §13): only the running marker beside the record
+    /// holds it (`<key>.running`), never `<key>.json` or the history.
+    Running,
 }
 
 impl Outcome {
@@ -58,6 +62,7 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Refused => "refused",
             Outcome::Interrupted => "interrupted",
+            Outcome::Running => "running",
         }
     }
 }
@@ -230,10 +235,10 @@ pub struct Record {
     pub error: Option<String>,
     /// RFC 3339, UTC, milliseconds.
     pub started: String,
-    /// When the run ended (RFC 3339, UTC, milliseconds).
-    pub finished: String,
-    /// How long the run took, in seconds (milliseconds rounded).
-    pub duration_s: f64,
+    /// When the run ended (RFC 3339, UTC, milliseconds); null while it runs.
+    pub finished: Option<String>,
+    /// How long the run took, in seconds (milliseconds rounded); null while it runs.
+    pub duration_s: Option<f64>,
     /// Bytes read from `src`; null when there is no `src`.
     pub downloaded_bytes: Option<u64>,
     /// Whether download and unpack were skipped (dest held the archive; a rollback).
@@ -242,6 +247,18 @@ pub struct Record {
     pub changes: Option<Changes>,
     /// The hook commands that ran, in order.
     pub hooks: Vec<HookRecord>,
+    /// The process of a `running` record (SPEC §13), to tell whether it still runs;
+    /// absent from a finished record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<crate::process::Identity>,
+}
+
+impl Record {
+    /// When the record's run ended, else (running) when it started: the time a
+    /// record is ordered by.
+    pub fn time(&self) -> &str {
+        self.finished.as_deref().unwrap_or(&self.started)
+    }
 }
 
 /// A record in the making: the deploy fills it in as it goes (`step` is where it
@@ -272,6 +289,8 @@ pub(crate) struct Draft {
     pub download_skipped: bool,
     pub changes: Option<Changes>,
     pub hooks: Vec<HookRecord>,
+    /// The running marker this run wrote (state directory, key), removed by `commit`.
+    running: Option<(PathBuf, String)>,
 }
 
 impl Draft {
@@ -296,6 +315,7 @@ impl Draft {
             download_skipped: false,
             changes: None,
             hooks: Vec::new(),
+            running: None,
         }
     }
 
@@ -361,6 +381,7 @@ impl Draft {
             download_skipped: true,
             changes: None,
             hooks: Vec::new(),
+            running: None,
         }
     }
 
@@ -422,14 +443,164 @@ impl Draft {
             failed_step,
             error: err.map(|e| e.to_string()),
             started: timestamp(self.started),
-            finished: timestamp(finished),
-            duration_s: (duration * 1000.0).round() / 1000.0,
+            finished: Some(timestamp(finished)),
+            duration_s: Some((duration * 1000.0).round() / 1000.0),
             downloaded_bytes: self.downloaded_bytes,
             download_skipped: self.download_skipped,
             changes: self.changes,
             hooks: self.hooks,
+            process: None,
         };
         (key, record)
+    }
+
+    /// What the record of this run shows while it runs (SPEC §13): `running`, what is
+    /// known so far (the checksum once the manifest is read), `started`, and this
+    /// process.
+    fn running_record(&self) -> Record {
+        Record {
+            schema: SCHEMA,
+            host: hostname(),
+            stretcher_version: crate::VERSION.to_string(),
+            dest: self.dest.as_ref().map(|d| d.display().to_string()),
+            strategy: self.strategy,
+            release: None,
+            manifest_url: redact(&self.manifest_url),
+            manifest_sha256: self.manifest_sha256.clone(),
+            serial: self.serial,
+            src: self.src.clone(),
+            checksum: self.checksum.clone(),
+            event: self.event.clone(),
+            result: Outcome::Running,
+            failed_step: None,
+            error: None,
+            started: timestamp(self.started),
+            finished: None,
+            duration_s: None,
+            downloaded_bytes: None,
+            download_skipped: false,
+            changes: None,
+            hooks: self.hooks.clone(),
+            process: Some(crate::process::Identity::me()),
+        }
+    }
+
+    /// Marks this run as running under its key as it is now (SPEC §13): the marker
+    /// `<key>.running` beside the record, replaced atomically like it; a marker this
+    /// run wrote under another key before (the manifest's, until dest was known) is
+    /// removed. The last *finished* record (`last`, the history, the serial floor)
+    /// is untouched. A failure to write is a warning.
+    pub(crate) fn mark_running(&mut self, state_dir: &Path) {
+        let key = self.key();
+        if let Some((dir, old)) = self.running.take() {
+            if old != key {
+                remove_own_marker(&dir, &old);
+            }
+        }
+        let rec = self.running_record();
+        let written = open_deploys_dir(state_dir).and_then(|dir| {
+            // Serialising plain strings, numbers and options cannot fail.
+            let text = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+            write_atomic(&dir, &running_name(&key), &text)
+        });
+        match written {
+            Ok(()) => self.running = Some((state_dir.to_path_buf(), key)),
+            Err(e) => logln!("warning: cannot mark the deploy as running: {e}"),
+        }
+    }
+}
+
+/// The name of the running marker of `key` in `STATE/deploys`.
+fn running_name(key: &str) -> String {
+    format!("{key}.running")
+}
+
+/// `STATE/deploys/<key>.running`: the marker of a run in progress (SPEC §13).
+pub fn running_path(state_dir: &Path, key: &str) -> PathBuf {
+    deploys_dir(state_dir).join(running_name(key))
+}
+
+/// Removes the running marker of `key` when this process wrote it (another run's
+/// marker is left alone), through `deploys/`'s descriptor.
+fn remove_own_marker(state_dir: &Path, key: &str) {
+    let Some(marker) = read_marker(state_dir, key) else {
+        return;
+    };
+    if marker.process.as_ref().map(|p| p.pid) != Some(std::process::id()) {
+        return;
+    }
+    let removed = Tree::open(&deploys_dir(state_dir), false)
+        .and_then(|dir| dir.unlink(Path::new(&running_name(key))));
+    if let Err(e) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            logln!(
+                "warning: cannot remove {}: {e}",
+                running_path(state_dir, key).display()
+            );
+        }
+    }
+}
+
+/// The running marker of `key` as written (`result: running`), if any; a corrupt
+/// one is a warning and `None`.
+fn read_marker(state_dir: &Path, key: &str) -> Option<Record> {
+    let bytes = match read_deploys_file(state_dir, &running_name(key), RECORD_MAX) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            logln!(
+                "warning: cannot read {}: {e}",
+                running_path(state_dir, key).display()
+            );
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Record>(&bytes) {
+        Ok(r) if r.result == Outcome::Running => Some(r),
+        Ok(_) | Err(_) => {
+            logln!(
+                "warning: {} is corrupt; ignoring it",
+                running_path(state_dir, key).display()
+            );
+            None
+        }
+    }
+}
+
+/// A marker as it is shown: `running` while its process runs, else `interrupted`
+/// (the process is gone, a zombie, or its pid now names another process).
+fn judged(mut marker: Record) -> Record {
+    if marker.process.as_ref().is_some_and(|p| p.alive()) {
+        return marker;
+    }
+    let pid = marker.process.as_ref().map_or(0, |p| p.pid);
+    marker.result = Outcome::Interrupted;
+    marker.error = Some(format!(
+        "the deploy process (pid {pid}) ended without finishing its record"
+    ));
+    marker
+}
+
+/// Whether `a` is later than `b` (RFC 3339 times; by their text when one is not).
+fn later(a: &str, b: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => a > b,
+    }
+}
+
+/// What `status` shows for `key` (SPEC §13): its run in progress (`running`, or
+/// `interrupted` when its process is gone) when a marker started after the last
+/// record did, else the last record. Never what a deploy decides by: that is
+/// [`last_by_key`], the last finished record.
+pub fn current(state_dir: &Path, key: &str) -> Option<Record> {
+    let last = last_by_key(state_dir, key);
+    match read_marker(state_dir, key) {
+        Some(m) if last.as_ref().is_none_or(|l| later(&m.started, &l.started)) => Some(judged(m)),
+        _ => last,
     }
 }
 
@@ -438,9 +609,15 @@ impl Draft {
 /// to write is a warning: the run's result stands. Answers the key and the record.
 pub(crate) fn commit(state_dir: &Path, mut draft: Draft, err: Option<&Error>) -> (String, Record) {
     let floor = draft.floor.take().filter(|_| draft.sets_floor);
+    let running = draft.running.take();
     let (key, rec) = draft.finish(err);
     if let Err(e) = write(state_dir, &key, &rec) {
         logln!("warning: cannot write the deploy record: {e}");
+    }
+    // After the record: a run killed in between leaves a marker older than its
+    // record, which `current` no longer shows.
+    if let Some((dir, marker)) = running {
+        remove_own_marker(&dir, &marker);
     }
     // A success without a serial leaves the floor as it is (SPEC §17): only a
     // manifest that had none yet can succeed without one.
@@ -636,25 +813,28 @@ pub(crate) fn history(state_dir: &Path, key: &str) -> Vec<Record> {
     out
 }
 
-/// The last record of every key in the state directory, sorted by key (for
-/// `status`). Corrupt records are warnings and left out.
+/// What `status` shows of every key in the state directory ([`current`]: the last
+/// record, or the run in progress), sorted by key. Corrupt records are warnings and
+/// left out.
 pub(crate) fn all(state_dir: &Path) -> Vec<(String, Record)> {
-    let dir = deploys_dir(state_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = std::fs::read_dir(deploys_dir(state_dir)) else {
         return Vec::new();
     };
     let mut keys: Vec<String> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let key = name.strip_suffix(".json")?;
+            let key = name
+                .strip_suffix(".json")
+                .or_else(|| name.strip_suffix(".running"))?;
             // not a temp file of `write_atomic`
             (!key.starts_with(".tmp-")).then(|| key.to_string())
         })
         .collect();
     keys.sort();
+    keys.dedup();
     keys.into_iter()
-        .filter_map(|k| last_by_key(state_dir, &k).map(|r| (k, r)))
+        .filter_map(|k| current(state_dir, &k).map(|r| (k, r)))
         .collect()
 }
 
@@ -770,13 +950,69 @@ mod tests {
             failed_step: None,
             error: None,
             started: "2026-01-01T00:00:00.000Z".into(),
-            finished: "2026-01-01T00:00:01.000Z".into(),
-            duration_s: 1.0,
+            finished: Some("2026-01-01T00:00:01.000Z".into()),
+            duration_s: Some(1.0),
             downloaded_bytes: Some(10),
             download_skipped: false,
             changes: Some(Changes::default()),
             hooks: vec![],
+            process: None,
         }
+    }
+
+    #[test]
+    fn a_running_marker_shows_in_current_never_in_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Path::new("/srv/app");
+        let key = key_for_dest(dest);
+        let mut done = sample(Outcome::Success);
+        done.started = "2000-01-01T00:00:00.000Z".into();
+        write(dir.path(), &key, &done).unwrap();
+        let event = crate::event::Event {
+            url: "file:///m.yml".into(),
+            origin: crate::event::Origin::Arg,
+        };
+        let mut draft = Draft::new(&event);
+        // before the manifest: under the manifest's key
+        draft.mark_running(dir.path());
+        let mkey = key_for_manifest("file:///m.yml");
+        assert_eq!(current(dir.path(), &mkey).unwrap().result, Outcome::Running);
+        // dest known: moved to dest's key
+        draft.dest = Some(dest.to_path_buf());
+        draft.checksum = Some("cd".into());
+        draft.mark_running(dir.path());
+        assert!(!running_path(dir.path(), &mkey).exists());
+        let now = current(dir.path(), &key).unwrap();
+        assert_eq!(
+            (now.result, now.checksum.as_deref()),
+            (Outcome::Running, Some("cd"))
+        );
+        assert_eq!(now.process.as_ref().unwrap().pid, std::process::id());
+        assert!(now.finished.is_none());
+        // what deploys decide by is untouched
+        assert_eq!(last(dir.path(), dest).unwrap(), done);
+        assert_eq!(history(dir.path(), &key).len(), 1);
+        assert_eq!(all(dir.path()).len(), 1);
+        // a marker whose process is gone: interrupted
+        let mut dead: Record =
+            serde_json::from_slice(&std::fs::read(running_path(dir.path(), &key)).unwrap())
+                .unwrap();
+        // (no such pid: above any pid_max)
+        dead.process.as_mut().unwrap().pid = 0x3fff_ffff;
+        std::fs::write(
+            running_path(dir.path(), &key),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        let shown = current(dir.path(), &key).unwrap();
+        assert_eq!(shown.result, Outcome::Interrupted);
+        assert!(shown.error.unwrap().contains("ended without finishing"));
+        // the run's own record: the marker is removed only when it is this process's
+        let (_, rec) = commit(dir.path(), draft, None);
+        assert!(running_path(dir.path(), &key).exists(), "another's marker");
+        // and one older than the last record is not shown
+        assert_eq!(current(dir.path(), &key).unwrap(), rec);
+        assert_eq!(rec.result, Outcome::Success);
     }
 
     #[test]

@@ -110,10 +110,18 @@ const LOCK_MODE: u32 = 0o600;
 /// link (a group or other permission left by an older version is taken away).
 /// Anything else is refused, naming it.
 fn open_lock(path: &Path) -> Result<File> {
+    // Read-only is enough for flock(2).
+    open_private(path, "lock file", rustix::fs::OFlags::RDONLY)
+}
+
+/// Opens (creating) the file `path` as [`open_lock`] does (the same checks, mode
+/// 0600), with the access `access` (`RDONLY`, or `WRONLY | APPEND`); `what` names it
+/// in a refusal.
+fn open_private(path: &Path, what: &'static str, access: rustix::fs::OFlags) -> Result<File> {
     use rustix::fs::{Mode, OFlags};
     use rustix::io::Errno;
     let refuse = |msg: String| Error::Unsafe {
-        what: "lock file",
+        what,
         path: path.to_path_buf(),
         msg,
     };
@@ -127,10 +135,9 @@ fn open_lock(path: &Path) -> Result<File> {
         Mode::empty(),
     )
     .map_err(|e| Error::io("open directory", dir, e.into()))?;
-    // Read-only is enough for flock(2); NONBLOCK and NOCTTY keep a planted fifo or
-    // terminal from blocking or adopting the process before it is refused.
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    // NONBLOCK and NOCTTY keep a planted fifo or terminal from blocking or adopting
+    // the process before it is refused.
+    let flags = access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     // The name can come and go between the two opens (another stretcher creating
     // it): a few rounds settle it.
     for _ in 0..8 {
@@ -142,7 +149,7 @@ fn open_lock(path: &Path) -> Result<File> {
                 return Ok(File::from(fd));
             }
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(Error::io("create lock file", path, e.into())),
+            Err(e) => return Err(Error::io("create", path, e.into())),
         }
         let fd = match rustix::fs::openat(&dir_fd, name, flags, Mode::empty()) {
             Ok(fd) => fd,
@@ -152,7 +159,7 @@ fn open_lock(path: &Path) -> Result<File> {
                     "it is a symbolic link (never followed; remove it)".into(),
                 ))
             }
-            Err(e) => return Err(Error::io("open lock file", path, e.into())),
+            Err(e) => return Err(Error::io("open", path, e.into())),
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", path, e.into()))?;
         let me = rustix::process::geteuid().as_raw();
@@ -175,6 +182,37 @@ fn open_lock(path: &Path) -> Result<File> {
         return Ok(File::from(fd));
     }
     Err(refuse("it keeps appearing and disappearing".into()))
+}
+
+/// The log of detached deploys in the state directory (SPEC §13, `--detach`).
+pub(crate) const DETACH_LOG: &str = "detach.log";
+
+/// Past this size the detach log is moved to `detach.log.1` (the one before it is
+/// dropped) when the next detached deploy starts.
+const DETACH_LOG_MAX: u64 = 4 << 20;
+
+/// `STATE/detach.log`, opened for appending, for the output of a detached deploy:
+/// as a lock file is (SPEC §17: no symlink followed, a regular file of the running
+/// user with one link, 0600), moved to `detach.log.1` first when it has grown past
+/// `DETACH_LOG_MAX` (a rename relative to the state directory's descriptor).
+pub(crate) fn open_detach_log(state_dir: &Path) -> Result<(File, PathBuf)> {
+    use rustix::fs::OFlags;
+    let path = state_dir.join(DETACH_LOG);
+    let access = OFlags::WRONLY | OFlags::APPEND;
+    let file = open_private(&path, "detach log", access)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size <= DETACH_LOG_MAX {
+        return Ok((file, path));
+    }
+    let dir = Tree::open(state_dir, false).map_err(|e| Error::io("open", state_dir, e))?;
+    let old = format!("{DETACH_LOG}.1");
+    // Two detached deploys may both move it: the second finds it gone, and opens anew.
+    match dir.rename(Path::new(DETACH_LOG), &dir, Path::new(&old)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("rename", &path, e)),
+    }
+    Ok((open_private(&path, "detach log", access)?, path))
 }
 
 /// Opens (creating) the lock file `path` and takes an exclusive flock on it, polling

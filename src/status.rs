@@ -1,11 +1,14 @@
 //! `stretcher status [DEST...] [--json] [--brief]` (SPEC §13): the last record of
 //! each dest in the state directory, for a person, a script, or a Serf query.
 //!
-//! One job: read the last records (`record`), and print them as lines, as the
-//! JSON array of records, or as the brief answer (`Brief`) that `fleet status`
-//! reads — small enough that Serf's whole response message, answer included, stays
-//! within `BRIEF_LIMIT` bytes, Serf's default response size limit. It
-//! reads the state directory only. Under a Serf query (`SERF_EVENT=query`) it
+//! One job: read what each dest's record shows now (`record::current`: the last
+//! record, or the run in progress — `running`, or `interrupted` when its process is
+//! gone), and print them as lines, as the JSON array of records, or as the brief
+//! answer (`Brief`) that `fleet status` and `catch-up` read — small enough that
+//! Serf's whole response message, answer included, stays within `BRIEF_LIMIT` bytes,
+//! Serf's default response size limit: errors are shortened, and when dests must be
+//! left out the failed, running and interrupted ones are kept first and `omitted`
+//! counts the others. It reads the state directory only. Under a Serf query (`SERF_EVENT=query`) it
 //! exits 0 and writes nothing on stderr whatever happens, because Serf drops the
 //! answer of a handler that exits non-zero and mixes its stderr into the answer.
 
@@ -52,7 +55,8 @@ pub struct Brief {
     pub host: String,
     /// The last deploy of each dest shown (every one recorded, or those named).
     pub deploys: Vec<BriefDeploy>,
-    /// Deploys left out to stay within `BRIEF_LIMIT` (the newest are kept).
+    /// Deploys left out to stay within `BRIEF_LIMIT` (those not successful are kept
+    /// first, then the newest).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted: usize,
     /// Why the records could not be read at all (under a query that is still an
@@ -80,15 +84,36 @@ pub struct BriefDeploy {
     pub failed_step: Option<String>,
     /// The one-line error, shortened (ending in `…`) to fit `BRIEF_LIMIT`.
     pub error: Option<String>,
+    /// The manifest URL, as the record has it (`urls::redact`: no password, no query
+    /// string), never shortened: a deploy whose URL does not fit is left out.
+    #[serde(default)]
+    pub manifest_url: Option<String>,
+    /// The manifest's `serial` (SPEC §15), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// When a run that has not finished started (`running`, `interrupted` without a
+    /// record of its end); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+}
+
+impl BriefDeploy {
+    /// When it finished, else when it started.
+    fn time(&self) -> Option<&str> {
+        self.finished.as_deref().or(self.started.as_deref())
+    }
 }
 
 /// The shortest an error is cut to before whole deploys are left out.
 const MIN_ERROR_CHARS: usize = 24;
 
-/// `brief` as JSON within `limit` bytes: errors are cut, all to the same length
-/// (never below `MIN_ERROR_CHARS` while deploys are dropped), then the oldest
-/// deploys are left out (counted in `omitted`), then errors go entirely. Always
-/// valid JSON; never longer than `limit` unless even the host name alone is.
+/// `brief` as JSON within `limit` bytes. When it does not fit as it is, deploys are
+/// taken in order of importance — those not successful (failed, refused, running,
+/// interrupted) first, then the newest — each kept when it still fits with every
+/// kept error cut to `MIN_ERROR_CHARS`, else left out (a URL is never cut: a deploy
+/// whose URL does not fit is left out) and counted in `omitted`; then the kept
+/// errors get back all the room left, cut to one length. Always valid JSON; never
+/// longer than `limit` unless even the host name alone is.
 pub(crate) fn brief_json(brief: &Brief, limit: usize) -> String {
     let fits = |b: &Brief| -> Option<String> {
         let s = serde_json::to_string(b).ok()?;
@@ -97,60 +122,67 @@ pub(crate) fn brief_json(brief: &Brief, limit: usize) -> String {
     if let Some(s) = fits(brief) {
         return s;
     }
-    let longest = brief
-        .deploys
-        .iter()
-        .filter_map(|d| d.error.as_ref())
-        .map(|e| e.chars().count())
-        .max()
-        .unwrap_or(0);
-    let mut b = brief.clone();
-    loop {
-        // the longest error length that fits, by bisection
-        let (mut lo, mut hi) = (MIN_ERROR_CHARS.min(longest), longest);
-        let cut = |n: usize| {
-            let mut c = b.clone();
-            for d in &mut c.deploys {
-                d.error = d.error.as_deref().map(|e| shorten(e, n));
-            }
-            c
-        };
-        if fits(&cut(lo)).is_some() {
-            while lo < hi {
-                let mid = (lo + hi).div_ceil(2);
-                if fits(&cut(mid)).is_some() {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-            if let Some(s) = fits(&cut(lo)) {
-                return s;
-            }
-        }
-        // even short errors do not fit: leave out the oldest deploy
-        if b.deploys.len() <= 1 {
-            break;
-        }
-        let oldest = b
-            .deploys
+    let all = &brief.deploys;
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by(|&x, &y| {
+        let (x, y) = (&all[x], &all[y]);
+        (x.result == "success")
+            .cmp(&(y.result == "success"))
+            .then_with(|| y.time().cmp(&x.time()))
+    });
+    // The kept deploys (in the answer's order) with their errors cut to `n`.
+    let with = |keep: &[bool], n: usize| Brief {
+        deploys: all
             .iter()
-            .enumerate()
-            .min_by(|(_, x), (_, y)| x.finished.cmp(&y.finished))
-            .map(|(i, _)| i)
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(d, _)| BriefDeploy {
+                error: d.error.as_deref().map(|e| shorten(e, n)),
+                ..d.clone()
+            })
+            .collect(),
+        omitted: brief.omitted + keep.iter().filter(|k| !**k).count(),
+        ..brief.clone()
+    };
+    let mut keep = vec![false; all.len()];
+    for &i in &order {
+        keep[i] = true;
+        if fits(&with(&keep, MIN_ERROR_CHARS)).is_none() {
+            keep[i] = false;
+        }
+    }
+    if keep.iter().any(|k| *k) {
+        // The longest error length that fits, by bisection (`lo` fits).
+        let longest = all
+            .iter()
+            .filter_map(|d| d.error.as_ref())
+            .map(|e| e.chars().count())
+            .max()
             .unwrap_or(0);
-        b.deploys.remove(oldest);
-        b.omitted += 1;
+        let (mut lo, mut hi) = (MIN_ERROR_CHARS, longest.max(MIN_ERROR_CHARS));
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(&with(&keep, mid)).is_some() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if let Some(s) = fits(&with(&keep, lo)) {
+            return s;
+        }
     }
-    for d in &mut b.deploys {
-        d.error = d.error.as_ref().map(|_| "…".to_string());
+    // Not even one deploy with a short error: the most important one with its error
+    // reduced to `…`, else none.
+    for &i in &order {
+        let mut one = vec![false; all.len()];
+        one[i] = true;
+        if let Some(s) = fits(&with(&one, 1)) {
+            return s;
+        }
     }
+    let mut b = with(&vec![false; all.len()], 1);
     b.error = b.error.as_deref().map(|e| shorten(e, MIN_ERROR_CHARS));
-    if let Some(s) = fits(&b) {
-        return s;
-    }
-    b.omitted += b.deploys.len();
-    b.deploys.clear();
     serde_json::to_string(&b).unwrap_or_else(|_| "{}".into())
 }
 
@@ -246,7 +278,7 @@ fn select(dir: &Path, dests: &[PathBuf]) -> Result<(Vec<Record>, Vec<PathBuf>)> 
         let (mut found, mut missing) = (Vec::new(), Vec::new());
         for d in dests {
             let abs = absolute(d)?;
-            match record::last(dir, &abs) {
+            match record::current(dir, &record::key_for_dest(&abs)) {
                 Some(r) => found.push(r),
                 None => missing.push(abs),
             }
@@ -257,7 +289,7 @@ fn select(dir: &Path, dests: &[PathBuf]) -> Result<(Vec<Record>, Vec<PathBuf>)> 
     let superseded = |key: &str, r: &Record| {
         key.starts_with("manifest-")
             && all.iter().any(|(k, other)| {
-                k != key && other.manifest_url == r.manifest_url && other.finished > r.finished
+                k != key && other.manifest_url == r.manifest_url && other.time() > r.time()
             })
     };
     let records = all
@@ -275,15 +307,19 @@ fn absolute(dest: &Path) -> Result<PathBuf> {
     Ok(abs.components().collect())
 }
 
-/// A record in brief (checksum cut to 12 digits).
+/// A record in brief (checksum cut to 12 digits; the URL redacted once more, in
+/// case a record was written by hand).
 fn brief_deploy(r: &Record) -> BriefDeploy {
     BriefDeploy {
         dest: r.dest.clone(),
         result: r.result.as_str().to_string(),
         checksum: r.checksum.as_ref().map(|c| c.chars().take(12).collect()),
-        finished: Some(r.finished.clone()),
+        finished: r.finished.clone(),
         failed_step: r.failed_step.map(|s| s.as_str().to_string()),
         error: r.error.clone(),
+        manifest_url: Some(crate::urls::redact(&r.manifest_url)),
+        serial: r.serial,
+        started: r.finished.is_none().then(|| r.started.clone()),
     }
 }
 
@@ -301,16 +337,27 @@ fn lines(records: &[Record], missing: &[PathBuf]) -> String {
             r.checksum.as_ref().map_or("-".into(), |c| {
                 log::shown_text(c.chars().take(12).collect::<String>())
             }),
-            log::shown_text(&r.finished),
-            format!("{:.3}s", r.duration_s),
+            r.finished.as_deref().map_or("-".into(), log::shown_text),
+            r.duration_s.map_or("-".into(), |d| format!("{d:.3}s")),
             log::shown_text(&r.manifest_url),
         ];
-        if r.result != Outcome::Success {
-            let step = r.failed_step.map_or("?", |s| s.as_str());
-            row.push(log::shown_text(format!(
-                "failed at {step}: {}",
-                r.error.as_deref().unwrap_or(r.result.as_str())
-            )));
+        let error = r.error.as_deref().unwrap_or(r.result.as_str());
+        let pid = r.process.as_ref().map_or(0, |p| p.pid);
+        match (r.result, r.failed_step) {
+            (Outcome::Success, _) => {}
+            (Outcome::Running, _) => row.push(log::shown_text(format!(
+                "running since {} (pid {pid})",
+                r.started
+            ))),
+            (_, Some(step)) => row.push(log::shown_text(format!(
+                "failed at {}: {error}",
+                step.as_str()
+            ))),
+            (result, None) => row.push(log::shown_text(format!(
+                "{} (started {}): {error}",
+                result.as_str(),
+                r.started
+            ))),
         }
         rows.push(row);
     }
@@ -360,17 +407,26 @@ mod tests {
             finished: Some(format!("2026-12-01T10:00:{i:02}.000Z")),
             failed_step: error.as_ref().map(|_| "pre".into()),
             error,
+            manifest_url: Some(format!(
+                "https://releases.example.com/manifests/application-number-{i}.yml"
+            )),
+            serial: Some(1000 + i as u64),
+            started: None,
+        }
+    }
+
+    fn brief(deploys: Vec<BriefDeploy>) -> Brief {
+        Brief {
+            host: "web-1".into(),
+            deploys,
+            omitted: 0,
+            error: None,
         }
     }
 
     #[test]
     fn small_answers_are_untouched() {
-        let b = Brief {
-            host: "web-1".into(),
-            deploys: vec![deploy(1, Some("failed: false exit status 1".into()))],
-            omitted: 0,
-            error: None,
-        };
+        let b = brief(vec![deploy(1, Some("failed: false exit status 1".into()))]);
         let s = brief_json(&b, BRIEF_LIMIT);
         assert_eq!(serde_json::from_str::<Brief>(&s).unwrap(), b);
         assert!(!s.contains("omitted"), "{s}");
@@ -379,16 +435,11 @@ mod tests {
     #[test]
     fn long_errors_are_cut_to_fit() {
         let long = "x".repeat(900);
-        let b = Brief {
-            host: "web-1".into(),
-            deploys: (0..4).map(|i| deploy(i, Some(long.clone()))).collect(),
-            omitted: 0,
-            error: None,
-        };
+        let b = brief((0..3).map(|i| deploy(i, Some(long.clone()))).collect());
         let s = brief_json(&b, BRIEF_LIMIT);
         assert!(s.len() <= BRIEF_LIMIT, "{}", s.len());
         let back: Brief = serde_json::from_str(&s).unwrap();
-        assert_eq!(back.deploys.len(), 4);
+        assert_eq!(back.deploys.len(), 3);
         assert_eq!(back.omitted, 0);
         let e = back.deploys[0].error.as_deref().unwrap();
         assert!(
@@ -396,29 +447,112 @@ mod tests {
             "{e}"
         );
         // as long as fits: one more character each would not
-        assert!(s.len() > BRIEF_LIMIT - 4 * 3, "{}", s.len());
+        assert!(s.len() > BRIEF_LIMIT - 3 * 3, "{}", s.len());
     }
 
     #[test]
-    fn many_dests_leave_the_oldest_out() {
-        let b = Brief {
-            host: "web-1".into(),
-            deploys: (0..40)
-                .map(|i| deploy(i, (i % 2 == 0).then(|| "e".repeat(200))))
+    fn many_dests_keep_the_failures_then_the_newest() {
+        let b = brief(
+            (0..40)
+                .map(|i| deploy(i, (i % 5 == 0).then(|| "e".repeat(200))))
                 .collect(),
-            omitted: 0,
-            error: None,
-        };
+        );
         let s = brief_json(&b, BRIEF_LIMIT);
         assert!(s.len() <= BRIEF_LIMIT, "{}", s.len());
         let back: Brief = serde_json::from_str(&s).unwrap();
         assert!(back.omitted > 0);
         assert_eq!(back.omitted + back.deploys.len(), 40);
-        // the newest are kept
+        // the failures come first, the newest of them before older ones
+        assert!(back.deploys.iter().all(|d| d.result == "failure"), "{s}");
         assert!(back
             .deploys
             .iter()
-            .any(|d| d.dest.as_deref() == Some("/srv/application-number-39")));
+            .any(|d| d.dest.as_deref() == Some("/srv/application-number-35")));
+        // URLs whole, serials kept
+        for d in &back.deploys {
+            let i: u64 = d.dest.as_deref().unwrap()[24..].parse().unwrap();
+            assert_eq!(
+                d.manifest_url.as_deref(),
+                Some(
+                    format!("https://releases.example.com/manifests/application-number-{i}.yml")
+                        .as_str()
+                )
+            );
+            assert_eq!(d.serial, Some(1000 + i));
+        }
+    }
+
+    #[test]
+    fn twenty_five_dests_with_long_urls_fit() {
+        let mut ds: Vec<BriefDeploy> = (0..25).map(|i| deploy(i, None)).collect();
+        for d in &mut ds {
+            d.manifest_url = Some(format!(
+                "{}/{}",
+                d.manifest_url.as_ref().unwrap(),
+                "x".repeat(120)
+            ));
+        }
+        let s = brief_json(&brief(ds.clone()), BRIEF_LIMIT - 1);
+        assert!(s.len() < BRIEF_LIMIT, "{}", s.len());
+        let back: Brief = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.omitted + back.deploys.len(), 25);
+        assert!(!back.deploys.is_empty());
+        // the newest successes
+        assert!(back.deploys.iter().any(|d| d.dest == ds[24].dest));
+        for d in &back.deploys {
+            assert!(ds.contains(d), "{d:?} was changed");
+        }
+    }
+
+    #[test]
+    fn the_oldest_failure_of_eight_long_dests_is_kept() {
+        let mut ds: Vec<BriefDeploy> = (0..8).map(|i| deploy(i, None)).collect();
+        ds[0] = deploy(
+            0,
+            Some(format!("failed: ./check {} exit status 1", "y".repeat(300))),
+        );
+        for d in &mut ds {
+            d.manifest_url = Some(format!(
+                "{}?{}",
+                d.manifest_url.as_ref().unwrap(),
+                "z".repeat(60)
+            ));
+        }
+        let s = brief_json(&brief(ds), BRIEF_LIMIT);
+        assert!(s.len() <= BRIEF_LIMIT);
+        let back: Brief = serde_json::from_str(&s).unwrap();
+        assert!(back.omitted > 0, "{s}");
+        let failed = back
+            .deploys
+            .iter()
+            .find(|d| d.result == "failure")
+            .unwrap_or_else(|| panic!("the failure was left out: {s}"));
+        assert_eq!(failed.dest.as_deref(), Some("/srv/application-number-0"));
+        assert!(failed.error.as_deref().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn running_is_kept_and_a_url_that_cannot_fit_is_left_out() {
+        let mut ds: Vec<BriefDeploy> = (0..4).map(|i| deploy(i, None)).collect();
+        ds[1].result = "running".into();
+        ds[1].finished = None;
+        ds[1].started = Some("2026-12-01T09:00:00.000Z".into());
+        // never shortened: this one cannot fit at all
+        ds[2].result = "failure".into();
+        ds[2].manifest_url = Some(format!("https://h/{}", "u".repeat(1100)));
+        let s = brief_json(&brief(ds), BRIEF_LIMIT);
+        assert!(s.len() <= BRIEF_LIMIT);
+        let back: Brief = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.omitted, 1, "{s}");
+        assert!(back.deploys.iter().any(|d| d.result == "running"));
+        assert!(!back
+            .deploys
+            .iter()
+            .any(|d| d.dest.as_deref() == Some("/srv/application-number-2")));
+        assert!(
+            s.contains("\"started\":\"2026-12-01T09:00:00.000Z\""),
+            "{s}"
+        );
     }
 
     #[test]

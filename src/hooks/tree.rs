@@ -24,6 +24,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::logln;
+use crate::process::{stat, Proc};
 
 /// The shells of the hooks running now (their pids): a hook's kill leaves the others'
 /// processes alone. Spawning and registering is one step under this lock, and so is a
@@ -144,34 +145,6 @@ impl Hook {
     }
 }
 
-/// One line of the process table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    pid: i32,
-    ppid: i32,
-    /// Clock ticks since boot.
-    start: u64,
-    zombie: bool,
-}
-
-/// `/proc/PID/stat`: `pid (comm) state ppid ... starttime ...`; the command name
-/// may hold spaces and parentheses, so the fields are counted from its last `)`.
-fn parse_stat(text: &str) -> Option<Proc> {
-    let (head, tail) = text.rsplit_once(')')?;
-    let pid = head.split_once(" (")?.0.trim().parse().ok()?;
-    let fields: Vec<&str> = tail.split_whitespace().collect();
-    Some(Proc {
-        pid,
-        zombie: *fields.first()? == "Z",
-        ppid: fields.get(1)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn stat(pid: i32) -> Option<Proc> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 /// Every process `/proc` lists now (those that end while it is read are left out).
 fn table() -> io::Result<Vec<Proc>> {
     let mut out = Vec::new();
@@ -222,16 +195,6 @@ mod tests {
             start,
             zombie: false,
         }
-    }
-
-    #[test]
-    fn stat_lines_are_read_from_the_last_parenthesis() {
-        let line = "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 90 0 0 0 0 0 0 0 20 0 1 0 123456 2260992 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
-        assert_eq!(parse_stat(line), Some(p(4242, 17, 123456)));
-        let zombie = "7 (sleep) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0";
-        assert!(parse_stat(zombie).unwrap().zombie);
-        assert_eq!(parse_stat("7 (x) S 1"), None);
-        assert!(stat(i32::try_from(std::process::id()).unwrap()).is_some());
     }
 
     #[test]

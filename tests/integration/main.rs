@@ -7,6 +7,7 @@ mod archives_corpus;
 mod cli;
 mod content;
 mod deploy;
+mod detach;
 mod events;
 mod faults;
 mod fleet;
@@ -28,6 +29,8 @@ mod safety;
 mod serf_e2e;
 #[cfg(feature = "e2e")]
 mod serf_e2e_catchup;
+#[cfg(feature = "e2e")]
+mod serf_e2e_detach;
 #[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
 mod signing;

@@ -87,7 +87,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 fn finished_of(state: &Path, dest: &Path) -> f64 {
     let rec = stretcher::record::last(state, dest).expect("a record");
-    chrono::DateTime::parse_from_rfc3339(&rec.finished)
+    chrono::DateTime::parse_from_rfc3339(rec.time())
         .unwrap()
         .timestamp_millis() as f64
         / 1000.0

@@ -90,8 +90,8 @@ fn brief_json_golden() {
         run.stdout,
         format!(
             "{{\"host\":\"{host}\",\"deploys\":[\
-{{\"dest\":\"/srv/api\",\"result\":\"failure\",\"checksum\":\"fedcba987654\",\"finished\":\"2026-12-01T10:05:00.000Z\",\"failed_step\":\"pre\",\"error\":\"failed: ./check exit status 1\"}},\
-{{\"dest\":\"/srv/app\",\"result\":\"success\",\"checksum\":\"0123456789ab\",\"finished\":\"2026-12-01T10:00:00.000Z\",\"failed_step\":null,\"error\":null}}]}}\n"
+{{\"dest\":\"/srv/api\",\"result\":\"failure\",\"checksum\":\"fedcba987654\",\"finished\":\"2026-12-01T10:05:00.000Z\",\"failed_step\":\"pre\",\"error\":\"failed: ./check exit status 1\",\"manifest_url\":\"https://releases.example.com/srv/api.yml\"}},\
+{{\"dest\":\"/srv/app\",\"result\":\"success\",\"checksum\":\"0123456789ab\",\"finished\":\"2026-12-01T10:00:00.000Z\",\"failed_step\":null,\"error\":null,\"manifest_url\":\"https://releases.example.com/srv/app.yml\"}}]}}\n"
         )
     );
     assert_eq!(run.code(), 1);
@@ -150,10 +150,12 @@ fn brief_json_of_many_dests_fits_in_1024_bytes() {
     let omitted = v["omitted"].as_u64().unwrap_or(0) as usize;
     assert_eq!(deploys.len() + omitted, 24, "{v}");
     assert!(!deploys.is_empty());
-    // the newest deploy is kept; errors are shortened, not dropped
+    // the failures are kept first, the newest of them first; errors are
+    // shortened, not dropped
+    assert!(deploys.iter().all(|d| d["result"] == "failure"), "{v}");
     assert!(deploys
         .iter()
-        .any(|d| d["dest"] == "/srv/applications/service-23"));
+        .any(|d| d["dest"] == "/srv/applications/service-21"));
     for d in deploys.iter().filter(|d| d["result"] == "failure") {
         let e = d["error"].as_str().unwrap();
         assert!(e.starts_with("failed: ") && e.ends_with('…'), "{e}");
@@ -280,4 +282,120 @@ fn human_lines_show_control_characters_escaped() {
     let brief: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(brief["deploys"][0]["checksum"], "0123456789aé");
     assert_eq!(brief["deploys"][0]["dest"], "/srv/ap\x1b[2Kp");
+}
+
+/// SPEC §13, §20: every dest's `manifest_url` (redacted, whole) and `serial` in the
+/// brief answer; 25 dests with long URLs still fit Serf's 1024 bytes, the URLs of
+/// those kept never shortened, the others counted in `omitted`.
+#[test]
+fn brief_json_of_25_long_urls_fits_with_whole_urls_and_serials() {
+    let s = Scratch::new();
+    let long = "a-rather-long-path-segment-of-a-manifest-url/".repeat(3);
+    for i in 0..25 {
+        let dest = format!("/srv/service-{i:02}");
+        let mut rec = record(
+            &dest,
+            Outcome::Success,
+            &"7".repeat(40),
+            &format!("2026-12-01T10:{i:02}:00.000Z"),
+            None,
+        );
+        rec.manifest_url = format!("https://releases.example.com/{long}{i:02}.yml");
+        rec.serial = Some(100 + i);
+        write(&s.state_dir(), &rec);
+    }
+    // a record written by hand with secrets: redacted in the answer all the same
+    let mut secret = record(
+        "/srv/secret",
+        Outcome::Success,
+        "ab",
+        "2026-12-01T11:00:00.000Z",
+        None,
+    );
+    secret.manifest_url = "https://u:pw@h/m.yml?X-Amz-Signature=s3cr3t".into();
+    write(&s.state_dir(), &secret);
+    let run = status(&s, &["--brief", "--json"]);
+    assert_eq!(run.code(), 0, "{run:?}");
+    let budget = stretcher::status::brief_budget(&record::hostname().unwrap_or_default());
+    assert!(
+        run.stdout.len() <= budget && budget < 1024,
+        "{}",
+        run.stdout.len()
+    );
+    assert!(!run.stdout.contains("s3cr3t") && !run.stdout.contains(":pw@"));
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let deploys = v["deploys"].as_array().unwrap();
+    assert_eq!(
+        deploys.len() + v["omitted"].as_u64().unwrap() as usize,
+        26,
+        "{v}"
+    );
+    assert!(deploys.len() >= 2, "{v}");
+    for d in deploys {
+        let dest = d["dest"].as_str().unwrap();
+        if dest == "/srv/secret" {
+            assert_eq!(d["manifest_url"], "https://u:REDACTED@h/m.yml?REDACTED");
+            continue;
+        }
+        let i: u64 = dest["/srv/service-".len()..].parse().unwrap();
+        assert_eq!(
+            d["manifest_url"],
+            format!("https://releases.example.com/{long}{i:02}.yml")
+        );
+        assert_eq!(d["serial"], 100 + i);
+    }
+    // the newest are kept
+    assert!(deploys.iter().any(|d| d["dest"] == "/srv/secret"), "{v}");
+    assert!(
+        deploys.iter().any(|d| d["dest"] == "/srv/service-24"),
+        "{v}"
+    );
+}
+
+/// SPEC §13: a host with 8 dests of long URLs whose *oldest* deploy failed keeps the
+/// failure in its brief answer (and says how many it left out), so `fleet status`
+/// cannot take it for a success.
+#[test]
+fn brief_json_keeps_the_oldest_failure_of_eight_long_dests() {
+    let s = Scratch::new();
+    let long = "x".repeat(150);
+    for i in 0..8 {
+        let dest = format!("/srv/long-dest-name-of-service-number-{i}");
+        let (result, error) = if i == 0 {
+            (Outcome::Failure, Some("failed: ./check exit status 1"))
+        } else {
+            (Outcome::Success, None)
+        };
+        let mut rec = record(
+            &dest,
+            result,
+            &"5".repeat(40),
+            &format!("2026-12-01T1{i}:00:00.000Z"),
+            error,
+        );
+        rec.manifest_url = format!("https://releases.example.com/{long}/{i}.yml");
+        write(&s.state_dir(), &rec);
+    }
+    let run = status(&s, &["--brief", "--json"]);
+    assert_eq!(run.code(), 1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let omitted = v["omitted"].as_u64().unwrap();
+    assert!(omitted > 0, "{v}");
+    let deploys = v["deploys"].as_array().unwrap();
+    assert_eq!(deploys.len() as u64 + omitted, 8);
+    let failed: Vec<_> = deploys
+        .iter()
+        .filter(|d| d["result"] == "failure")
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["dest"], "/srv/long-dest-name-of-service-number-0");
+    assert_eq!(failed[0]["error"], "failed: ./check exit status 1");
+    // under a serf query too (exit 0, the failure in the answer)
+    let q = stretcher()
+        .env("SERF_EVENT", "query")
+        .args(["status", "--brief", "--json", "--state-dir"])
+        .arg(s.state_dir())
+        .run();
+    assert_eq!((q.code(), q.stderr.as_str()), (0, ""));
+    assert!(q.stdout.contains("long-dest-name-of-service-number-0"));
 }

@@ -584,8 +584,8 @@ pub mod records {
             failed_step: failed.then_some(Step::Pre),
             error: error.map(str::to_string),
             started: finished.into(),
-            finished: finished.into(),
-            duration_s: if failed { 0.3 } else { 1.25 },
+            finished: Some(finished.into()),
+            duration_s: Some(if failed { 0.3 } else { 1.25 }),
             downloaded_bytes: Some(1000),
             download_skipped: false,
             changes: (!failed).then_some(Changes {
@@ -595,6 +595,7 @@ pub mod records {
                 unchanged: 10,
             }),
             hooks: Vec::new(),
+            process: None,
         }
     }
 
