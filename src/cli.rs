@@ -184,7 +184,7 @@ pub struct StatusOptions {
     pub state_dir: Option<PathBuf>,
 }
 
-/// `stretcher fleet status` (SPEC §13): what to ask `serf`.
+/// `stretcher fleet status` (SPEC §13): what to ask the serf agent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FleetOptions {
     /// `--rpc-addr`: the serf agent's RPC address; `None` = serf's default.
@@ -199,6 +199,9 @@ pub struct FleetOptions {
     pub checksum: Option<String>,
     /// `--json`: print the result as one JSON object.
     pub json: bool,
+    /// `--problems`: only the rows that are not success on their dest's majority
+    /// checksum.
+    pub problems: bool,
 }
 
 /// `stretcher verify DEST [--content] [--json] [--state-dir DIR]`.
@@ -771,6 +774,8 @@ impl Raw for RawCatchUp {
             allow_url: self.allow_url,
             dry_run: self.dry_run,
             force: self.force,
+            // each deploy runs in this process, one after the other
+            detach: false,
             command_timeout: self.command_timeout,
             textfile_dir: self.textfile_dir,
             trusted_key: self.trusted_key,
@@ -926,6 +931,9 @@ struct RawFleet {
     /// json
     #[argh(switch)]
     json: bool,
+    /// problems
+    #[argh(switch)]
+    problems: bool,
     /// nothing
     #[argh(positional)]
     extra: Vec<String>,
@@ -946,6 +954,7 @@ impl Raw for RawFleet {
         }
         let mut o = FleetOptions {
             json: self.json,
+            problems: self.problems,
             ..FleetOptions::default()
         };
         if let Some(v) = self.rpc_addr {
@@ -1012,25 +1021,32 @@ and writes nothing on stderr, so that serf delivers the answer:
 pub(crate) fn fleet_usage() -> String {
     "\
 Usage: stretcher fleet status [--rpc-addr ADDR] [--tag KEY=VALUE]... [--node NAME]...
-                              [--timeout DURATION] [--checksum HEX] [--json]
+                              [--timeout DURATION] [--checksum HEX] [--problems] [--json]
 
-Asks every serf member for its last deploys (`serf query stretcher-status`, answered
-by `stretcher status --brief --json` on each host) and prints one row per host and
-dest, then `N answered of M alive members: S success, F failure, K silent, U
-unreachable`. Members serf reports as failed are unreachable; members that left are
-not counted. Needs the `serf` command on PATH.
+Asks every serf member for its last deploys (the query stretcher-status, answered
+by `stretcher status --brief --json` on each host) through the serf agent's RPC, and
+prints one row per host and dest, then `N answered of M alive members: S success, F
+failure, K silent, U unreachable` (and the running, partial and invalid members by
+name), and, for each dest whose hosts disagree, each checksum and on how many hosts
+the last deploy succeeded with it. The round ends as soon as every alive member has
+answered. Members serf reports as failed are unreachable; members that left are not
+counted. No `serf` binary needed.
 
-  --rpc-addr ADDR      the serf agent to ask (default: serf's, 127.0.0.1:7373)
+  --rpc-addr ADDR      the serf agent to ask (default: SERF_RPC_ADDR, else
+                       127.0.0.1:7373); SERF_RPC_AUTH gives its auth key
   --tag KEY=VALUE      only members whose tag KEY matches VALUE (a regexp; repeatable)
   --node NAME          only this member (repeatable)
-  --timeout DURATION   how long to collect answers (default: serf's query timeout)
+  --timeout DURATION   how long to wait for answers (default: serf's query timeout)
   --checksum HEX       every host must hold this checksum (its first 12 digits
                        are compared)
+  --problems           only the rows that are not success on their dest's majority
+                       checksum (on a tie, every row of that dest)
   --json               print the result as one JSON object
 
-Exit status: 0 when every alive member answered and its last deploys succeeded
-(and, with --checksum, it holds that checksum); 1 otherwise or when serf fails;
-2 bad usage.
+Exit status (with or without --problems): 0 when every alive member answered and its
+last deploys succeeded (and, with --checksum, it holds that checksum); 1 otherwise
+(a failure, a deploy running, an answer that left dests out, a silent or unreachable
+member) or when the serf agent cannot be asked; 2 bad usage.
 "
     .to_string()
 }
@@ -1853,6 +1869,7 @@ mod tests {
             "--checksum",
             "ABCDEF",
             "--json",
+            "--problems",
         ]);
         assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7373"));
         assert_eq!(
@@ -1862,7 +1879,7 @@ mod tests {
         assert_eq!(o.nodes, ["n1", "n2"]);
         assert_eq!(o.timeout, Some(Duration::from_secs(5)));
         assert_eq!(o.checksum.as_deref(), Some("abcdef"));
-        assert!(o.json);
+        assert!(o.json && o.problems);
         assert!(matches!(
             parse(&os(&["fleet", "status", "-h"])),
             Ok(Command::SubcommandHelp(t)) if t.contains("--checksum")

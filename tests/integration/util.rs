@@ -723,7 +723,10 @@ pub mod serf {
                 cmd.arg(format!("-tag={k}={v}"));
             }
             if let Some(port) = spec.join {
-                cmd.arg(format!("-join=127.0.0.1:{port}"));
+                // not `-join`, after whose one failure the agent exits: retried each
+                // second until it succeeds (`wait_alive` joins again later losses)
+                cmd.arg(format!("-retry-join=127.0.0.1:{port}"))
+                    .arg("-retry-interval=1s");
             }
             for k in super::EVENT_VARS {
                 cmd.env_remove(k);
@@ -816,6 +819,38 @@ pub mod serf {
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect()
+    }
+
+    /// Waits until `via`'s agent lists every one of `hosts` alive. An agent's
+    /// `-retry-join` stops at its first success, after which a member can still be
+    /// lost (gossip messages missed on a loaded machine, the member declared
+    /// failed): every 5 s, each host still missing is told again to join `via`
+    /// (`serf join`). Panics with `report()` after `limit`.
+    pub fn wait_alive(via: &Host, hosts: &[&Host], limit: Duration, report: impl Fn() -> String) {
+        let start = Instant::now();
+        let mut joined = Instant::now();
+        loop {
+            let alive = members_with_status(via, "alive");
+            let missing: Vec<&&Host> = hosts.iter().filter(|h| !alive.contains(&h.name)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            if start.elapsed() > limit {
+                let names: Vec<&str> = missing.iter().map(|h| h.name.as_str()).collect();
+                panic!(
+                    "{} alive members: not done after {limit:?} (missing {names:?})\n{}",
+                    hosts.len(),
+                    report()
+                );
+            }
+            if joined.elapsed() >= Duration::from_secs(5) {
+                joined = Instant::now();
+                for h in missing {
+                    let _ = serf(&["join", &h.rpc_flag(), &format!("127.0.0.1:{}", via.bind)]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Polls `done` every 200 ms until it holds; panics with `report()` after `limit`.
