@@ -817,7 +817,8 @@ query string) or that reaches no quorum is skipped with a warning.
                        127.0.0.1:7373); SERF_RPC_AUTH gives its auth key
   --query-timeout DURATION
                        how long to wait for answers (default 10s; the round ends
-                       as soon as every peer has answered)
+                       as soon as every peer has answered; peers still silent
+                       are asked once more)
 
 Every flag of the deploy is accepted and applies to each deploy it runs
 (--trusted-key, --allow-url, --state-dir, --timeout, --retry, --dry-run, ...; see
