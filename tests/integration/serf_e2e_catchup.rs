@@ -248,7 +248,7 @@ fn a_new_host_catches_up_with_its_peers() {
             handlers: vec![deploy, status_handler(&p.state())],
             env: vec![("MARKS".into(), p.marks().into())],
             tags: vec![(ROLE.0.into(), ROLE.1.into())],
-            profile: Some("local"),
+            profile: None,
             join: (i > 0).then_some(peers[0].host.bind),
         };
         cluster.start_in(&p.host, &spec, Some((&p.parent(), &shared)));
@@ -261,7 +261,7 @@ fn a_new_host_catches_up_with_its_peers() {
     let member = |handlers: Vec<String>, role: &str| Spec {
         handlers,
         tags: vec![(ROLE.0.into(), role.into())],
-        profile: Some("local"),
+        profile: None,
         join: Some(peers[0].host.bind),
         ..Spec::default()
     };
@@ -353,7 +353,7 @@ fn a_new_host_catches_up_with_its_peers() {
         &Spec {
             handlers: vec![status_handler(&fresh.state())],
             tags: vec![(ROLE.0.into(), ROLE.1.into())],
-            profile: Some("local"),
+            profile: None,
             join: Some(peers[0].host.bind),
             ..Spec::default()
         },
@@ -367,6 +367,28 @@ fn a_new_host_catches_up_with_its_peers() {
         report,
     );
     assert!(!fresh.dest().exists());
+    // Serf gossips queries and answers over UDP: on a busy machine a member can lag
+    // for tens of seconds. Wait until the query reaches every web member and their
+    // answers come back, asked from the new host as catch-up will ask it.
+    serf::wait_until(
+        "every web member answers the status query",
+        LIMIT,
+        || {
+            let out = serf(&[
+                "query",
+                &fresh.host.rpc_flag(),
+                "-tag=role=web",
+                "-format=json",
+                "-timeout=3s",
+                stretcher::fleet::QUERY,
+            ]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            ["web0", "web1", "web2", "liar"]
+                .iter()
+                .all(|n| v["Responses"][n].is_string())
+        },
+        report,
+    );
 
     // it catches up to v2: three peers outvote the liar
     let before = rel.server.hits("/v2.tar");
