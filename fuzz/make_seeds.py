@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the five fuzz targets into fuzz/corpus/<target>/.
+"""Writes the seed corpus of the six fuzz targets into fuzz/corpus/<target>/.
 
 Run from anywhere: `python3 fuzz/make_seeds.py` (needs gzip and zstd on PATH).
 Idempotent: the seed names are fixed (seed-*), so rerunning overwrites them and leaves
@@ -377,12 +377,73 @@ def fleet_answer_seeds():
                                            serial=7)], omitted=1))
 
 
+# ---- toc: byte 0 picks raw table (0) / gzip member (1) / zstd member (2) / footer ----
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def vbytes(b):
+    return varint(len(b)) + b
+
+
+def toc_entry(path, kind, size=0, mode=0o644, secs=1700000000, nanos=0):
+    zigzag = (secs << 1) ^ (secs >> 63)
+    return (vbytes(path) + kind + varint(mode) + varint(0) + varint(0) + vbytes(b"root") +
+            vbytes(b"root") + varint(zigzag) + varint(nanos) + varint(size))
+
+
+def toc_file(offset, length, raw_len, data_offset, sha=b"\x07" * 32):
+    return varint(0) + varint(offset) + varint(length) + varint(raw_len) + varint(data_offset) + sha
+
+
+def toc_table(entries):
+    return varint(1) + varint(len(entries)) + b"".join(entries)
+
+
+def toc_seeds():
+    import gzip as gz
+    import struct
+    good = toc_table([
+        toc_entry(b".", varint(1), mode=0o755),
+        toc_entry(b"a", varint(1), mode=0o755),
+        toc_entry(b"a/x", toc_file(0, 100, 2048, 512), size=10, nanos=123456789),
+        toc_entry(b"a/y", toc_file(0, 100, 2048, 1536), size=5),
+        toc_entry(b"b", toc_file(100, 50, 1024, 512), size=300),
+        toc_entry(b"c", varint(3) + vbytes(b"a/x")),
+        toc_entry(b"d", varint(2) + vbytes(b"../up")),
+    ])
+    put("toc", "raw", b"\0" + good)
+    put("toc", "raw-dotdot", b"\0" + toc_table([toc_entry(b"../x", varint(1))]))
+    put("toc", "raw-overlap", b"\0" + toc_table([
+        toc_entry(b"a", toc_file(0, 100, 1024, 512), size=10),
+        toc_entry(b"b", toc_file(50, 100, 1024, 512), size=10)]))
+    put("toc", "raw-dup", b"\0" + toc_table([toc_entry(b"a", varint(1)), toc_entry(b"a", varint(1))]))
+    put("toc", "gzip", b"\1" + gz.compress(good, mtime=0))
+    put("toc", "zstd", b"\2" + compress(["zstd", "-q", "-c"], good))
+    payload = b"STRETCHR" + struct.pack("<HBB", 1, 1, 0) + struct.pack("<QQ", 10, 5)
+    gzip_footer = (b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H", 32) + b"ST" +
+                   struct.pack("<H", 28) + payload + b"\x03\x00" + b"\0" * 8)
+    put("toc", "footer-gzip", b"\3" + b"t" * 15 + gzip_footer)
+    payload = b"STRETCHR" + struct.pack("<HBB", 1, 2, 0) + struct.pack("<QQ", 10, 5)
+    put("toc", "footer-zstd", b"\3" + b"t" * 15 + struct.pack("<II", 0x184D2A5E, 28) + payload)
+
+
 if __name__ == "__main__":
     unpack_seeds()
     manifest_seeds()
     event_seeds()
     filter_seeds()
     fleet_answer_seeds()
+    toc_seeds()
     for t in sorted(os.listdir(CORPUS)):
         if not os.path.isdir(os.path.join(CORPUS, t)):
             continue  # corpus/.gitignore

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(manifest event filter unpack fleet_answer)
+TARGETS=(manifest event filter unpack fleet_answer toc)
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
 
 # A target's corpus is usable when its directory exists and holds at least one seed.

@@ -5,7 +5,7 @@
 //! command hands back to print, `Output`.
 //!
 //! Every command is parsed by the one mechanism of `parse_as`: each command's flags are
-//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`,
+//! the fields of one argh struct (`RawArgs`, `RawStatus`, `RawVerify`, `RawReleases`, `RawPack`,
 //! `RawRollback`, `RawFleet`), and the `Raw` trait adds what argh does not know (the
 //! command's words, aliases, its texts). Go-style `-flag`, `--flag`, `-flag=value` and
 //! `-flag value` are first rewritten into the one form argh understands (`--flag
@@ -114,6 +114,10 @@ pub enum Command {
     Releases(ReleasesOptions),
     /// `stretcher rollback DEST [--to ID]` (SPEC §14).
     Rollback(RollbackOptions),
+    /// `stretcher rollout MANIFEST_URL` (SPEC §19).
+    Rollout(RolloutOptions),
+    /// `stretcher pack DIR -o OUT` (SPEC §18).
+    Pack(PackOptions),
     /// `stretcher catch-up` (SPEC §20).
     CatchUp(CatchUpOptions),
 }
@@ -204,6 +208,38 @@ pub struct FleetOptions {
     pub problems: bool,
 }
 
+/// `stretcher rollout MANIFEST_URL ...` (SPEC §19): what to deploy, to whom, in which
+/// waves, and when to halt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutOptions {
+    /// The manifest URL every host is handed, as given (`waves` makes a local path
+    /// `file://`).
+    pub manifest_url: String,
+    /// `--event NAME`: the user event the hosts deploy on (default `deploy`).
+    pub event: String,
+    /// `--waves LIST`: each wave's cumulative size (default `1,10%,50%,100%`).
+    pub waves: Vec<crate::rollout::Size>,
+    /// `--canary-tag KEY=VALUE`: hosts with this tag rank first.
+    pub canary: Option<crate::rollout::Canary>,
+    /// `--bake D`: how long to wait after a wave before asking again (default 0).
+    pub bake: Duration,
+    /// `--wave-timeout D`: how long a wave's hosts have to report (default 10m).
+    pub wave_timeout: Duration,
+    /// `--max-failed N|P%`: the failed hosts a rollout goes on with (default 0).
+    pub max_failed: crate::rollout::Size,
+    /// `--tag KEY=VALUE` filters (VALUE is a serf regexp), in order.
+    pub tags: Vec<(String, String)>,
+    /// `--rpc-addr`: the serf agent's RPC address; `None` = `SERF_RPC_ADDR` or serf's
+    /// default.
+    pub rpc_addr: Option<String>,
+    /// `--trusted-key`: the manifest must be signed by one of these (SPEC §15).
+    pub trusted_keys: Vec<TrustedKey>,
+    /// `--dry-run`: print the plan, fire nothing.
+    pub dry_run: bool,
+    /// `--json`: print the result as one JSON object.
+    pub json: bool,
+}
+
 /// `stretcher verify DEST [--content] [--json] [--state-dir DIR]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VerifyOptions {
@@ -216,6 +252,42 @@ pub struct VerifyOptions {
     pub content: bool,
     /// `--state-dir DIR`: the state directory the deploys used; `None` = as for a deploy.
     pub state_dir: Option<PathBuf>,
+}
+
+/// What `stretcher pack` was asked (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackOptions {
+    /// The directory to pack.
+    pub dir: PathBuf,
+    /// `-o`: the archive to write; its name says the codec (`.tar.gz`, `.tgz`,
+    /// `.tar.zst`, `.tzst`).
+    pub out: PathBuf,
+    /// `--exclude P`: rsync exclude rules, in order.
+    pub excludes: Vec<String>,
+    /// `--owner`: keep the files' owners (ids and names) instead of 0:0 `root`.
+    pub owner: bool,
+    /// `--manifest`: also write a manifest.
+    pub manifest: Option<ManifestOptions>,
+}
+
+/// The manifest `pack --manifest` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManifestOptions {
+    /// Where to write it.
+    pub path: PathBuf,
+    /// `--dest`.
+    pub dest: String,
+    /// `--src`: the archive's URL; default its path relative to the manifest's
+    /// directory.
+    pub src: Option<String>,
+    /// `--dest-mode`, as written (octal).
+    pub dest_mode: Option<String>,
+    /// `--strategy`: `sync_strategy`.
+    pub strategy: Option<String>,
+    /// `--serial`.
+    pub serial: Option<String>,
+    /// `--expires`.
+    pub expires: Option<String>,
 }
 
 /// `stretcher releases DEST [--state-dir DIR]` (SPEC §14).
@@ -276,6 +348,8 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         Some("verify") => parse_as::<RawVerify>(rest),
         Some("releases") => parse_as::<RawReleases>(rest),
         Some("rollback") => parse_as::<RawRollback>(rest),
+        Some("rollout") => parse_as::<RawRollout>(rest),
+        Some("pack") => parse_as::<RawPack>(rest),
         Some("catch-up") => parse_as::<RawCatchUp>(rest),
         Some("fleet") => match word(1) {
             Some("status") => parse_as::<RawFleet>(&args[2..]),
@@ -791,6 +865,121 @@ impl Raw for RawCatchUp {
     }
 }
 
+// Arguments of `stretcher pack`; argh's help of it is the command's `--help`.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(help_triggers("-h", "--help"))]
+/// Write DIR as a packed archive (a tar.gz or tar.zst with a table of contents, SPEC
+/// §18) and, with --manifest, the manifest that deploys it. Sign the manifest with
+/// `minisign -S -m OUT.yml` for --trusted-key deploys.
+struct RawPack {
+    /// the directory to pack
+    #[argh(positional)]
+    dir: String,
+    /// the archive to write: NAME.tar.gz (gzip) or NAME.tar.zst (zstd); also -o
+    #[argh(option)]
+    output: Option<String>,
+    /// leave out paths matching this rsync exclude rule (repeatable)
+    #[argh(option)]
+    exclude: Vec<String>,
+    /// keep the files' owners (default: 0:0, root/root)
+    #[argh(switch)]
+    owner: bool,
+    /// also write the manifest to this file (needs --dest)
+    #[argh(option)]
+    manifest: Option<String>,
+    /// the manifest's dest
+    #[argh(option)]
+    dest: Option<String>,
+    /// the manifest's src URL (default: the archive's path relative to the manifest)
+    #[argh(option)]
+    src: Option<String>,
+    /// the manifest's dest_mode (octal)
+    #[argh(option)]
+    dest_mode: Option<String>,
+    /// the manifest's sync_strategy (rsync, mv, release)
+    #[argh(option)]
+    strategy: Option<String>,
+    /// the manifest's serial
+    #[argh(option)]
+    serial: Option<String>,
+    /// the manifest's expires (RFC 3339)
+    #[argh(option)]
+    expires: Option<String>,
+}
+
+impl Raw for RawPack {
+    const COMMAND: &'static [&'static str] = &["stretcher", "pack"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[("o", "output")];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for pack: {arg} (see stretcher pack --help)")
+    }
+
+    fn argh_error(message: &str) -> String {
+        format!("pack: {message}")
+    }
+
+    fn help() -> Command {
+        Command::SubcommandHelp(argh_help::<Self>())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        if self.dir.trim().is_empty() {
+            return Err(Error::Usage("pack: DIR is empty".into()));
+        }
+        let out = match self.output {
+            Some(o) if !o.trim().is_empty() => PathBuf::from(o),
+            _ => {
+                return Err(Error::Usage(
+                    "pack: -o OUT.tar.gz|OUT.tar.zst is required".into(),
+                ))
+            }
+        };
+        let given: Vec<&str> = [
+            ("--dest", self.dest.is_some()),
+            ("--src", self.src.is_some()),
+            ("--dest-mode", self.dest_mode.is_some()),
+            ("--strategy", self.strategy.is_some()),
+            ("--serial", self.serial.is_some()),
+            ("--expires", self.expires.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+        let manifest = match self.manifest {
+            None if given.is_empty() => None,
+            None => {
+                return Err(Error::Usage(format!(
+                    "pack: {} needs --manifest",
+                    given.join(", ")
+                )))
+            }
+            Some(path) => {
+                let dest = self
+                    .dest
+                    .filter(|d| !d.trim().is_empty())
+                    .ok_or_else(|| Error::Usage("pack: --manifest needs --dest".into()))?;
+                Some(ManifestOptions {
+                    path: dir_flag("manifest")(path)?,
+                    dest,
+                    src: self.src,
+                    dest_mode: self.dest_mode,
+                    strategy: self.strategy,
+                    serial: self.serial,
+                    expires: self.expires,
+                })
+            }
+        };
+        Ok(Command::Pack(PackOptions {
+            dir: PathBuf::from(self.dir),
+            out,
+            excludes: self.exclude,
+            owner: self.owner,
+            manifest,
+        }))
+    }
+}
+
 /// `stretcher catch-up --help`.
 pub(crate) fn catch_up_usage() -> String {
     "\
@@ -989,6 +1178,190 @@ impl Raw for RawFleet {
         }
         Ok(Command::FleetStatus(o))
     }
+}
+
+#[derive(FromArgs, ArgsInfo, Debug)]
+/// stretcher rollout
+struct RawRollout {
+    /// event name
+    #[argh(option)]
+    event: Option<String>,
+    /// waves
+    #[argh(option)]
+    waves: Option<String>,
+    /// canary tag
+    #[argh(option)]
+    canary_tag: Option<String>,
+    /// bake
+    #[argh(option)]
+    bake: Option<String>,
+    /// wave timeout
+    #[argh(option)]
+    wave_timeout: Option<String>,
+    /// max failed
+    #[argh(option)]
+    max_failed: Option<String>,
+    /// tag filters
+    #[argh(option)]
+    tag: Vec<String>,
+    /// rpc addr
+    #[argh(option)]
+    rpc_addr: Option<String>,
+    /// trusted keys
+    #[argh(option)]
+    trusted_key: Vec<String>,
+    /// dry run
+    #[argh(switch)]
+    dry_run: bool,
+    /// json
+    #[argh(switch)]
+    json: bool,
+    /// the manifest URL
+    #[argh(positional)]
+    target: Vec<String>,
+}
+
+impl Raw for RawRollout {
+    const COMMAND: &'static [&'static str] = &["stretcher rollout"];
+
+    fn help() -> Command {
+        Command::SubcommandHelp(rollout_usage())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        let mut targets = self.target.into_iter();
+        let target = match (targets.next(), targets.next()) {
+            (Some(t), None) if !t.trim().is_empty() => t,
+            (Some(_), None) => {
+                return Err(Error::Usage("rollout: the manifest URL is empty".into()))
+            }
+            (None, _) => {
+                return Err(Error::Usage(
+                    "rollout: expected the manifest URL (stretcher rollout MANIFEST_URL)".into(),
+                ))
+            }
+            (Some(_), Some(extra)) => {
+                return Err(Error::Usage(format!(
+                    "rollout: only one manifest URL may be given (extra argument {extra:?})"
+                )))
+            }
+        };
+        if target.chars().any(char::is_whitespace) {
+            return Err(bad_value(
+                "MANIFEST_URL",
+                &target,
+                "a wave's payload cannot carry white space in the URL",
+            ));
+        }
+        let manifest_url = target;
+        let event = self.event.unwrap_or_else(|| "deploy".into());
+        if event.is_empty() || !event.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad_value("event", &event, "expected a serf event name"));
+        }
+        let waves = match self.waves {
+            Some(v) => crate::rollout::parse_waves(&v).map_err(|m| bad_value("waves", &v, &m))?,
+            None => crate::rollout::default_waves(),
+        };
+        let canary = self
+            .canary_tag
+            .map(|v| {
+                crate::rollout::Canary::parse(&v).map_err(|_| {
+                    bad_value("canary-tag", &v, "expected KEY=VALUE (printable, no space)")
+                })
+            })
+            .transpose()?;
+        let duration = |flag: &str, v: Option<String>, default: Duration| match v {
+            Some(v) => parse_duration(&v).map_err(|m| bad_value(flag, &v, &m)),
+            None => Ok(default),
+        };
+        let bake = duration("bake", self.bake, Duration::ZERO)?;
+        let wave_timeout = duration(
+            "wave-timeout",
+            self.wave_timeout,
+            crate::rollout::DEFAULT_WAVE_TIMEOUT,
+        )?;
+        if wave_timeout.is_zero() {
+            return Err(bad_value(
+                "wave-timeout",
+                "0",
+                "a wave needs time to deploy (e.g. 10m)",
+            ));
+        }
+        let max_failed = match self.max_failed {
+            Some(v) => crate::rollout::Size::parse_limit(&v)
+                .map_err(|m| bad_value("max-failed", &v, &m))?,
+            None => crate::rollout::Size::Count(0),
+        };
+        let mut tags = Vec::new();
+        for t in self.tag {
+            match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => tags.push((k.to_string(), v.to_string())),
+                _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+            }
+        }
+        if let Some(v) = &self.rpc_addr {
+            if v.trim().is_empty() {
+                return Err(bad_value("rpc-addr", v, "expected HOST:PORT"));
+            }
+        }
+        let mut trusted_keys = Vec::new();
+        for k in &self.trusted_key {
+            trusted_keys.push(TrustedKey::parse(k).map_err(|m| bad_value("trusted-key", k, &m))?);
+        }
+        Ok(Command::Rollout(RolloutOptions {
+            manifest_url,
+            event,
+            waves,
+            canary,
+            bake,
+            wave_timeout,
+            max_failed,
+            tags,
+            rpc_addr: self.rpc_addr,
+            trusted_keys,
+            dry_run: self.dry_run,
+            json: self.json,
+        }))
+    }
+}
+
+/// `stretcher rollout --help`.
+pub(crate) fn rollout_usage() -> String {
+    "\
+Usage: stretcher rollout MANIFEST_URL [--event NAME] [--waves LIST]
+                         [--canary-tag KEY=VALUE] [--bake D] [--wave-timeout D]
+                         [--max-failed N|P%] [--tag KEY=VALUE]... [--rpc-addr ADDR]
+                         [--trusted-key KEY]... [--dry-run] [--json]
+
+Deploys MANIFEST_URL to the serf members in waves: a canary first, then growing
+waves, each one serf event that only the hosts ranked in it deploy, watched
+through the stretcher-status query; halts when more hosts failed than allowed.
+The manifest is fetched and checked first (signature, YAML, every key's form).
+The hosts need their usual handlers, user:NAME=stretcher and
+query:stretcher-status=stretcher status --brief --json. No server of ours.
+
+  --event NAME          the user event the hosts deploy on (default: deploy)
+  --waves LIST          cumulative wave sizes, counts or percentages of the
+                        members (default: 1,10%,50%,100%)
+  --canary-tag K=V      hosts whose serf tag K is V come first
+  --bake D              after a wave, wait D and ask again: a host now failing
+                        or silent counts as failed (default: 0)
+  --wave-timeout D      a host that has not reported by then counts as failed
+                        (default: 10m)
+  --max-failed N|P%     failed hosts (a count, or a percentage of the planned
+                        hosts, rounded down) the rollout goes on with (default: 0)
+  --tag KEY=VALUE       only members whose tag KEY matches VALUE (a regexp;
+                        repeatable)
+  --rpc-addr ADDR       the serf agent to speak to (default: SERF_RPC_ADDR, else
+                        127.0.0.1:7373; SERF_RPC_AUTH is its key)
+  --trusted-key KEY     the manifest must be signed by one of these keys
+  --dry-run             print the plan, one line per host: WAVE NODE RANK
+  --json                print one JSON object: rollout, plan, hosts
+
+Exit status: 0 every planned host deployed; 1 the rollout halted, a wave did not
+finish, or any host failed; 2 bad usage.
+"
+    .to_string()
 }
 
 /// `stretcher status --help`.
@@ -1428,6 +1801,8 @@ each with its own --help:
   fleet status            the last deploys of every host, asked through serf
   releases DEST           list the releases of DEST (sync_strategy release)
   rollback DEST [--to ID] switch DEST back to an older good release
+  rollout MANIFEST_URL    deploy to the serf members in waves, halting on failure
+  pack DIR -o OUT.tar.gz  write DIR as a packed archive (+ --manifest OUT.yml)
   catch-up                deploy what the serf peers run (a host that missed deploys)
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
@@ -1849,6 +2224,79 @@ mod tests {
     }
 
     #[test]
+    fn rollout_subcommand() {
+        let rollout = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Rollout(o)) => o,
+            other => panic!("{args:?}: expected Rollout, got {other:?}"),
+        };
+        let o = rollout(&["rollout", "https://h/m.yml"]);
+        assert_eq!(o.manifest_url, "https://h/m.yml");
+        assert_eq!(o.event, "deploy");
+        assert_eq!(o.waves, crate::rollout::default_waves());
+        assert_eq!(o.bake, Duration::ZERO);
+        assert_eq!(o.wave_timeout, Duration::from_secs(600));
+        assert_eq!(o.max_failed, crate::rollout::Size::Count(0));
+        assert!(o.canary.is_none() && o.tags.is_empty() && !o.dry_run && !o.json);
+        let o = rollout(&[
+            "rollout",
+            "-event=ship",
+            "--waves",
+            "2,50%",
+            "--canary-tag=role=canary",
+            "-bake",
+            "30s",
+            "--wave-timeout=2m",
+            "--max-failed",
+            "10%",
+            "--tag",
+            "dc=eu.*",
+            "--tag=role=web",
+            "--rpc-addr",
+            "127.0.0.1:7000",
+            "--dry-run",
+            "--json",
+            "/srv/m.yml",
+        ]);
+        assert_eq!(o.manifest_url, "/srv/m.yml");
+        assert_eq!(o.event, "ship");
+        assert_eq!(
+            o.waves,
+            vec![
+                crate::rollout::Size::Count(2),
+                crate::rollout::Size::Percent(50)
+            ]
+        );
+        assert_eq!(o.canary.as_ref().map(|c| c.value.as_str()), Some("canary"));
+        assert_eq!(o.bake, Duration::from_secs(30));
+        assert_eq!(o.wave_timeout, Duration::from_secs(120));
+        assert_eq!(o.max_failed, crate::rollout::Size::Percent(10));
+        assert_eq!(o.tags.len(), 2);
+        assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7000"));
+        assert!(o.dry_run && o.json);
+        assert!(matches!(
+            parse(&os(&["rollout", "--help"])),
+            Ok(Command::SubcommandHelp(t)) if t.contains("--canary-tag")
+        ));
+        for bad in [
+            &["rollout"][..],
+            &["rollout", "a", "b"],
+            &["rollout", "u", "--waves", "0"],
+            &["rollout", "u", "--waves", "1,,2"],
+            &["rollout", "u", "--max-failed", "x"],
+            &["rollout", "u", "--canary-tag", "role"],
+            &["rollout", "u", "--wave-timeout", "0"],
+            &["rollout", "u", "--bake", "soon"],
+            &["rollout", "u", "--tag", "novalue"],
+            &["rollout", "u", "--force"],
+        ] {
+            match parse(&os(bad)) {
+                Err(e @ Error::Usage(_)) => assert_eq!(e.exit_code(), 2),
+                other => panic!("{bad:?}: expected a usage error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn fleet_status_subcommand() {
         let fleet = |args: &[&str]| match parse(&os(args)) {
             Ok(Command::FleetStatus(o)) => o,
@@ -2040,6 +2488,8 @@ mod tests {
         check_flags_of::<RawReleases>();
         check_flags_of::<RawRollback>();
         check_flags_of::<RawFleet>();
+        check_flags_of::<RawRollout>();
+        check_flags_of::<RawPack>();
         // the deploy's flags as the normaliser has them, alias included
         let flags = Flags::of::<RawArgs>();
         assert!(flags.values.contains(&("max-band-width", "max-bandwidth")));
@@ -2115,6 +2565,105 @@ mod tests {
                 let m = usage_err(&args);
                 assert!(m.contains("unknown flag"), "{args:?}: {m}");
             }
+        }
+    }
+
+    #[test]
+    fn pack_subcommand() {
+        let pack = |args: &[&str]| match parse(&os(args)) {
+            Ok(Command::Pack(o)) => o,
+            other => panic!("{args:?}: expected Pack, got {other:?}"),
+        };
+        let want = PackOptions {
+            dir: "site".into(),
+            out: "a.tar.gz".into(),
+            excludes: vec!["*.log".into(), "tmp/".into()],
+            owner: true,
+            manifest: None,
+        };
+        for args in [
+            &[
+                "pack",
+                "site",
+                "-o",
+                "a.tar.gz",
+                "--exclude",
+                "*.log",
+                "-exclude=tmp/",
+                "--owner",
+            ][..],
+            &[
+                "pack",
+                "--output=a.tar.gz",
+                "-owner",
+                "site",
+                "--exclude",
+                "*.log",
+                "--exclude",
+                "tmp/",
+            ],
+        ] {
+            assert_eq!(pack(args), want, "{args:?}");
+        }
+        let o = pack(&[
+            "pack",
+            "site",
+            "-o",
+            "a.tar.zst",
+            "--manifest",
+            "m.yml",
+            "--dest",
+            "/srv/app",
+            "--dest-mode",
+            "0755",
+            "--strategy",
+            "release",
+            "--serial",
+            "7",
+            "--expires",
+            "2030-01-01T00:00:00Z",
+            "--src",
+            "https://h/a.tar.zst",
+        ]);
+        assert_eq!(
+            o.manifest,
+            Some(ManifestOptions {
+                path: "m.yml".into(),
+                dest: "/srv/app".into(),
+                src: Some("https://h/a.tar.zst".into()),
+                dest_mode: Some("0755".into()),
+                strategy: Some("release".into()),
+                serial: Some("7".into()),
+                expires: Some("2030-01-01T00:00:00Z".into()),
+            })
+        );
+        for (args, says) in [
+            (
+                &["pack", "site"][..],
+                "-o OUT.tar.gz|OUT.tar.zst is required",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--dest", "/d"],
+                "--dest needs --manifest",
+            ),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--manifest", "m.yml"],
+                "--manifest needs --dest",
+            ),
+            (&["pack", "", "-o", "a.tar.gz"], "pack: DIR is empty"),
+            (
+                &["pack", "site", "-o", "a.tar.gz", "--bogus"],
+                "unknown flag for pack: --bogus",
+            ),
+        ] {
+            match parse(&os(args)) {
+                Err(Error::Usage(m)) => assert!(m.contains(says), "{args:?}: {m}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse(&os(&["pack", "--help"])).unwrap() {
+            Command::SubcommandHelp(h) => assert!(h.contains("minisign -S"), "{h}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -22,6 +22,8 @@ pub fn run(command: Command) -> Output {
         Command::Verify(opts) => crate::drift::main(&opts),
         Command::Releases(opts) => releases(&opts),
         Command::Rollback(opts) => rollback(&opts),
+        Command::Rollout(opts) => crate::waves::main(&opts),
+        Command::Pack(opts) => crate::pack::main(&opts),
         Command::CatchUp(opts) => crate::catch_up::main(&opts),
     }
 }

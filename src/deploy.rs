@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cli::Options;
+use crate::delta;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::fetch::{self, FetchOptions};
@@ -94,15 +95,64 @@ fn run_inner(opts: &Options, env: Env, stdin: &mut dyn Read, logged: &mut bool) 
     sleep_random_delay(opts)?;
 
     let event = event::read(opts.target.as_deref(), env, stdin)?;
+    if event.replay_key().is_some() {
+        logln!("Received {}: {}", event.describe(), redact(&event.url));
+    }
     for warning in opts.allow_url.warnings() {
         logln!("{warning}");
     }
     let Handling::Run(claim) = claim_event(&event, opts, env)? else {
         return Ok(());
     };
-    let result = run_event(&event, opts, env, logged);
+    let result = match in_wave(&event, opts, env) {
+        Ok(true) => run_event(&event, opts, env, logged),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
     record_handled(claim, &event, opts, &result);
     result
+}
+
+/// Step 2, a rollout's wave (SPEC §19): whether this host deploys the event. A plain
+/// payload always does. A wave's does when this host's rank (from `SERF_SELF_NAME`
+/// and its `SERF_TAG_*` variables, never from the payload) is at most the wave's
+/// `upto`, and its last deploy of the manifest is not already a success of the same
+/// rollout. Either way the event counts as handled; nothing is fetched or run when
+/// the host is out of the wave or done.
+fn in_wave(event: &event::Event, opts: &Options, env: Env) -> Result<bool> {
+    let Some(wave) = &event.wave else {
+        return Ok(true);
+    };
+    let id = &wave.rollout;
+    let (node, rank) = wave.rank_here(env).ok_or_else(|| {
+        Error::event(format!(
+            "rollout {id}: SERF_SELF_NAME is not set, so this host has no rank (a wave is for a serf agent's handler)"
+        ))
+    })?;
+    let node = log::shown_text(node.as_bytes());
+    if !wave.includes(&rank) {
+        logln!(
+            "Not in this wave of rollout {id}: node {node} has rank {rank}, after {}: nothing to do",
+            wave.upto
+        );
+        return Ok(false);
+    }
+    logln!(
+        "In this wave of rollout {id}: node {node} has rank {rank}, up to {}",
+        wave.upto
+    );
+    let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
+    if let Some((_, done)) = record::done_in_rollout(&dir, &event.url, id) {
+        let dest = done.dest.as_deref().unwrap_or("(commands only)");
+        logln!(
+            "{} already deployed {} in rollout {id} (finished {}): nothing to do for this wave",
+            log::shown_text(dest.as_bytes()),
+            redact(&event.url),
+            done.finished.as_deref().unwrap_or("-")
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Step 1: sleeps the `--random-delay`, if any.
@@ -129,7 +179,7 @@ enum Handling {
     /// Already handled: skipped (and logged).
     Replay,
     /// Run it; a consul/serf event's claim is recorded after the run.
-    Run(Option<state::EventClaim>),
+    Run(Option<Box<state::EventClaim>>),
 }
 
 /// Step 2, replays (SPEC §2, §10): a consul/serf event already handled is skipped.
@@ -141,8 +191,12 @@ fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handlin
     };
     let dir = state::state_dir(opts.state_dir.as_deref(), env)?;
     match state::claim(&dir, name, &seen)? {
-        state::Claim::Replay(why) => {
+        state::Claim::Skip(state::Skip::Replay(why)) => {
             logln!("Skipping {}: already handled: {why}", event.describe());
+            Ok(Handling::Replay)
+        }
+        state::Claim::Skip(state::Skip::Superseded(why)) => {
+            logln!("Skipping {}: superseded: {why}", event.describe());
             Ok(Handling::Replay)
         }
         state::Claim::Fresh(claim) => Ok(Handling::Run(Some(claim))),
@@ -153,7 +207,7 @@ fn claim_event(event: &event::Event, opts: &Options, env: Env) -> Result<Handlin
 /// refused or unreadable manifest included); not when a signal cut it short, so that
 /// a redelivery finishes the job.
 fn record_handled(
-    claim: Option<state::EventClaim>,
+    claim: Option<Box<state::EventClaim>>,
     event: &event::Event,
     opts: &Options,
     result: &Result<()>,
@@ -273,6 +327,9 @@ fn load_manifest(
         )?);
         draft.step = record::Step::Manifest;
     }
+    // The wave's rollout id names these very bytes (SPEC §19), checked once the
+    // manifest's dest is known so that the failure is recorded under it.
+    let fetched_id = crate::rollout::rollout_id(&bytes);
     let text = fetch::into_text(&event.url, bytes)?;
     let manifest = manifest::parse(&text, &event.url, env).inspect_err(|_| {
         // Recorded under dest's key when the manifest names a usable dest.
@@ -282,6 +339,16 @@ fn load_manifest(
     })?;
     draft.manifest_valid(&manifest);
     draft.serial = manifest.serial;
+    if let Some(wave) = event.wave.as_ref().filter(|w| w.rollout != fetched_id) {
+        return Err(Error::Manifest {
+            url: event.url.clone(),
+            msg: format!(
+                "not the manifest of rollout {} (its bytes are rollout {fetched_id}): it changed since the rollout began",
+                wave.rollout
+            ),
+            source: None,
+        });
+    }
     let floor = record::Floor::of(
         manifest.src.as_ref().and(manifest.dest.as_deref()),
         signer.as_deref(),
@@ -305,7 +372,7 @@ fn load_manifest(
 /// Fetches `MANIFEST_URL.minisig` the way the manifest was fetched and checks it
 /// against the raw manifest bytes; logs the trusted comment of a good signature and
 /// answers the id of the key that made it.
-fn check_signature(
+pub(crate) fn check_signature(
     url: &str,
     bytes: &[u8],
     keys: &[signature::TrustedKey],
@@ -476,6 +543,7 @@ fn deploy(
         checksum,
         dest,
         wanted: &wanted,
+        work: &work,
         same_owner: nix::unistd::geteuid().is_root(),
         downloaded: AtomicU64::new(0),
     };
@@ -494,6 +562,9 @@ fn deploy(
     let mut strategy = land::for_deploy(ctx, opts.dry_run)?;
     let strategy = strategy.as_mut();
 
+    if opts.dry_run {
+        job.dry_run_delta()?;
+    }
     let (staging, staged) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
     draft.step = record::Step::Unpack;
@@ -578,6 +649,8 @@ struct Job<'a> {
     checksum: &'a Checksum,
     dest: &'a Path,
     wanted: &'a redeploy::Wanted<'a>,
+    /// Where scratch files go (beside dest).
+    work: &'a Workspace,
     /// Running as root: the archive's owners are kept (by the unpack and the landing).
     same_owner: bool,
     /// The bytes of the last download (the record's `downloaded_bytes`).
@@ -696,13 +769,61 @@ impl Job<'_> {
         Ok((stage.staging, staged))
     }
 
+    /// The delta of a packed archive (SPEC §18), when the manifest has `toc`:
+    /// only the changed files' members fetched, into a fresh place of the
+    /// strategy's; `None` (why logged): the full download is needed.
+    fn delta(&self, strategy: &mut dyn Land) -> Result<Option<Verified<(Stage, Staged)>>> {
+        let Some(d) = self.delta_job() else {
+            return Ok(None);
+        };
+        let stage = strategy.stage(true)?;
+        let shown = redact(self.src);
+        match delta::unpack(&d, stage, || self.work.scratch_file(), &shown)? {
+            delta::Outcome::Staged(staged) => Ok(Some(*staged)),
+            delta::Outcome::Full(why) => {
+                logln!("{shown}: downloading the whole archive: {why}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// What a delta of this deploy reads, when the manifest has `toc`.
+    fn delta_job(&self) -> Option<delta::Delta<'_>> {
+        Some(delta::Delta {
+            src: self.src,
+            toc: self.manifest.toc?,
+            size: self.manifest.size,
+            fetch_opts: self.fetch_opts,
+            same_owner: self.same_owner,
+            downloaded: &self.downloaded,
+        })
+    }
+
+    /// `--dry-run` of a packed archive: which path a deploy would take and how many
+    /// bytes it would fetch (the dry run itself goes on with the whole archive).
+    fn dry_run_delta(&self) -> Result<()> {
+        let Some(d) = self.delta_job() else {
+            return Ok(());
+        };
+        logln!("dry run: {}", delta::dry_run(&d, self.dest)?);
+        self.downloaded.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// One download of `src` into a fresh place of the strategy's, counted in
-    /// `downloaded` (every attempt starts afresh).
+    /// `downloaded` (every attempt starts afresh, after what a delta fetched); a
+    /// packed archive onto a tree is first tried as a delta (SPEC §18).
     fn fetch_and_unpack(
         &self,
         strategy: &mut dyn Land,
         reuse: bool,
     ) -> Result<Verified<(Stage, Staged)>> {
+        if reuse && !self.opts.dry_run {
+            if let Some(staged) = self.delta(strategy)? {
+                return Ok(staged);
+            }
+        }
+        let before = self.downloaded.load(Ordering::Relaxed);
         let Job {
             src,
             checksum,
@@ -713,7 +834,7 @@ impl Job<'_> {
         let downloaded = &self.downloaded;
         let shown = redact(src);
         fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
-            downloaded.store(0, Ordering::Relaxed);
+            downloaded.store(before, Ordering::Relaxed);
             let reader = &mut fetch::Counting {
                 inner: reader,
                 count: downloaded,

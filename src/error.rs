@@ -178,6 +178,26 @@ pub enum Error {
         msg: String,
     },
 
+    /// A server answered a range request (SPEC §18) with the whole body: it serves no
+    /// ranges. Never retried; the delta deploy falls back to the full download.
+    #[error("fetch {url}: the server does not serve byte ranges (a range request was answered with the whole body)", url = crate::urls::redact(.url))]
+    NoRanges {
+        /// The URL, as the user wrote it.
+        url: String,
+    },
+
+    /// A file fetched by range (SPEC §18) does not hash to the sha256 the archive's
+    /// verified table of contents gives it: like a checksum mismatch, final.
+    #[error("checksum mismatch in archive entry \"{entry}\". expected:{expected} got:{got}")]
+    EntryMismatch {
+        /// The entry's path, as the log shows it.
+        entry: String,
+        /// The table's sha256, lower-case hex.
+        expected: String,
+        /// The digest of the bytes fetched, lower-case hex.
+        got: String,
+    },
+
     /// The downloaded bytes do not hash to `checksum`.
     #[error("checksum mismatch. expected:{expected} got:{got}")]
     ChecksumMismatch {
@@ -318,6 +338,11 @@ pub enum Error {
         source: Option<Cause>,
     },
 
+    /// `stretcher rollout` could not drive the fleet (no member to deploy to, no
+    /// answer to the status query).
+    #[error("rollout: {0}")]
+    Rollout(String),
+
     /// The Serf agent's RPC (`serf_rpc`) could not be used: no connection, an
     /// error answer, or an answer that is not Serf's RPC, too large or too late.
     #[error("serf agent {addr}: {msg}")]
@@ -429,6 +454,8 @@ impl Error {
             Error::Timeout { .. }
             | Error::Interrupted(_)
             | Error::ChecksumMismatch { .. }
+            | Error::EntryMismatch { .. }
+            | Error::NoRanges { .. }
             | Error::Refused { .. }
             | Error::Limit { .. } => false,
             // The source failed: the network, a status, a stall, credentials, the file.
@@ -459,6 +486,7 @@ impl Error {
             | Error::Hook { .. }
             | Error::Spawn { .. }
             | Error::Fleet { .. }
+            | Error::Rollout(_)
             | Error::SerfRpc { .. }
             | Error::Unsafe { .. }
             | Error::WorkerPanic { .. } => true,

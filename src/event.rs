@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::rollout::{self, Wave};
 use crate::state::Seen;
 use crate::urls::has_scheme;
 use crate::Env;
@@ -52,6 +53,11 @@ pub struct Event {
     pub url: String,
     /// Who handed the URL over.
     pub origin: Origin,
+    /// A consul or serf event's payload, as delivered (decoded from base64 for
+    /// consul, not trimmed): what orders two events of one LTime (SPEC §10).
+    pub payload: Option<String>,
+    /// The rollout wave a serf payload names (SPEC §19), `None` for a plain one.
+    pub wave: Option<Wave>,
 }
 
 /// One element of the JSON list `consul watch -type event` writes on stdin.
@@ -85,6 +91,8 @@ pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<
         return Ok(Event {
             url: to_url(arg)?,
             origin: Origin::Arg,
+            payload: None,
+            wave: None,
         });
     }
     let whole = env("CONSUL_INDEX").is_some() || env("SERF_EVENT").is_some();
@@ -116,6 +124,8 @@ pub fn read(positional: Option<&str>, env: Env, stdin: &mut dyn Read) -> Result<
     Ok(Event {
         url: to_url(line)?,
         origin: Origin::Line,
+        payload: None,
+        wave: None,
     })
 }
 
@@ -176,13 +186,13 @@ fn consul(text: &str) -> Result<Event> {
             ),
             source: Some(e.into()),
         })?;
-    let url = String::from_utf8(decoded).map_err(|_| {
+    let payload = String::from_utf8(decoded).map_err(|_| {
         Error::event(format!(
             "consul event {} (ID {}): payload is not UTF-8",
             last.name, last.id
         ))
     })?;
-    let url = url.trim();
+    let url = payload.trim();
     if url.is_empty() {
         return Err(Error::event(format!(
             "consul event {} (ID {}) has an empty payload",
@@ -196,6 +206,8 @@ fn consul(text: &str) -> Result<Event> {
             id: last.id,
             ltime: last.ltime,
         },
+        payload: Some(payload),
+        wave: None,
     })
 }
 
@@ -221,9 +233,22 @@ fn serf(kind: &str, text: &str, env: Env) -> Result<Event> {
             "serf event {name} has an empty payload"
         )));
     }
+    // A rollout wave (SPEC §19): the URL, then rollout=, upto= and canary= words.
+    let (url, wave) = match rollout::parse_payload(payload) {
+        Ok(Some((url, wave))) => (to_url(&url)?, Some(wave)),
+        Ok(None) => (to_url(payload)?, None),
+        Err(e) => {
+            return Err(Error::Event {
+                msg: format!("serf event {name}: {e}"),
+                source: Some(e.into()),
+            })
+        }
+    };
     Ok(Event {
-        url: to_url(payload)?,
+        url,
         origin: Origin::Serf { name, ltime },
+        payload: Some(text.to_string()),
+        wave,
     })
 }
 
@@ -270,18 +295,15 @@ impl Event {
         match &self.origin {
             Origin::Consul { name, id, ltime } => Some((
                 name,
-                Seen {
-                    id: Some(id.clone()).filter(|i| !i.is_empty()),
-                    ltime: *ltime,
-                },
+                Seen::new(
+                    Some(id.clone()).filter(|i| !i.is_empty()),
+                    *ltime,
+                    self.payload.as_deref(),
+                ),
             )),
-            Origin::Serf { name, ltime } => Some((
-                name,
-                Seen {
-                    id: None,
-                    ltime: *ltime,
-                },
-            )),
+            Origin::Serf { name, ltime } => {
+                Some((name, Seen::new(None, *ltime, self.payload.as_deref())))
+            }
             Origin::Line | Origin::Arg => None,
         }
     }
@@ -473,6 +495,59 @@ mod tests {
     }
 
     #[test]
+    fn payloads_and_waves() {
+        let vars = [("SERF_EVENT", "user"), ("SERF_USER_EVENT", "deploy")];
+        // the payload is kept as delivered, for the same-LTime order
+        let ev = read_with(None, &vars, " s3://b/m.yml\n").unwrap();
+        assert_eq!(ev.payload.as_deref(), Some(" s3://b/m.yml\n"));
+        assert_eq!(ev.wave, None);
+        let rank = crate::rollout::rank("0123456789abcdef", "n1", false);
+        let text = format!("s3://b/m.yml rollout=0123456789abcdef upto={rank} canary=role=c");
+        let ev = read_with(None, &vars, &text).unwrap();
+        assert_eq!(ev.url, "s3://b/m.yml");
+        let wave = ev.wave.unwrap();
+        assert_eq!(
+            (wave.rollout.as_str(), wave.upto.as_str()),
+            ("0123456789abcdef", rank.as_str())
+        );
+        assert_eq!(wave.canary.unwrap().key, "role");
+        // a local path in a wave is a file:// URL like any payload
+        let ev = read_with(
+            None,
+            &vars,
+            &format!("/srv/m.yml rollout=0123456789abcdef upto={rank}"),
+        )
+        .unwrap();
+        assert_eq!(ev.url, "file:///srv/m.yml");
+        // a malformed wave is an event error, never a plain deploy
+        for bad in [
+            format!("s3://b/m.yml rollout=0123456789abcdef upto={}", &rank[1..]),
+            format!("s3://b/m.yml rollout=0123456789abcdef upto={rank} now"),
+            "s3://b/m.yml upto=1".to_string(),
+        ] {
+            let e = read_with(None, &vars, &bad).expect_err(&bad);
+            assert!(matches!(e, Error::Event { .. }), "{e:?}");
+            assert!(
+                e.to_string()
+                    .starts_with("event: serf event deploy: rollout payload: "),
+                "{e}"
+            );
+        }
+        // only serf payloads are waves: a line or a consul payload is as before
+        let ev = read_with(None, &[], &format!("{text}\n")).unwrap();
+        assert_eq!((ev.url.as_str(), ev.wave), (text.as_str(), None));
+        let json = format!(
+            r#"[{{"ID":"x","Name":"d","LTime":1,"Payload":"{}"}}]"#,
+            b64(&text)
+        );
+        let ev = read_with(None, &[], &json).unwrap();
+        assert_eq!(
+            (ev.payload.as_deref(), ev.wave),
+            (Some(text.as_str()), None)
+        );
+    }
+
+    #[test]
     fn line() {
         let cases: &[(&str, String)] = &[
             ("s3://b/m.yml\n", "s3://b/m.yml".into()),
@@ -555,7 +630,9 @@ mod tests {
             ev,
             Event {
                 url: "s3://b/m.yml".into(),
-                origin: Origin::Arg
+                origin: Origin::Arg,
+                payload: None,
+                wave: None,
             }
         );
     }
@@ -604,7 +681,7 @@ mod tests {
             .replay_key()
             .unwrap()
             .clone();
-        assert_eq!(seen, Seen::default());
+        assert_eq!(seen, Seen::new(None, None, Some("s3://b/k")));
         let ev = read_with(
             None,
             &[

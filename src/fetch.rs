@@ -79,10 +79,39 @@ impl std::fmt::Debug for FetchOptions<'_> {
 pub(crate) struct Source {
     pub(crate) reader: Box<dyn Read + Send>,
     pub(crate) len: Option<u64>,
+    /// For a range request: the part of the source the bytes are (a `file://`
+    /// source always serves the range asked); `None`: the whole source.
+    pub(crate) served: Option<http::Served>,
 }
 
-/// Opens a URL for reading. One arm per scheme; everything above is shared.
-fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -> Result<Source> {
+/// A part of a source (SPEC §18): `len` bytes from `start`, or the last `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// `len` (> 0) bytes from `start`.
+    At { start: u64, len: u64 },
+    /// The last `len` (> 0) bytes.
+    Tail(u64),
+}
+
+impl Span {
+    /// The `Range` header asking for it (one range per request: S3 and GCS serve no
+    /// more).
+    fn header(self) -> String {
+        match self {
+            Span::At { start, len } => format!("bytes={start}-{}", start + len.max(1) - 1),
+            Span::Tail(len) => format!("bytes=-{len}"),
+        }
+    }
+}
+
+/// Opens a URL for reading (only `span` of it, when given). One arm per scheme;
+/// everything above is shared.
+fn open(
+    url: &str,
+    deadline: Option<(Instant, Duration)>,
+    opts: &FetchOptions,
+    span: Option<Span>,
+) -> Result<Source> {
     let env = opts.env;
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
     // An HTTP GET, sent and read on a thread of its own (`watch`).
@@ -91,29 +120,48 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -
             stall: opts.stall,
             deadline,
         };
-        watch::start(url, limits, move || req.send().map(|b| (b.reader, b.len)))
+        watch::start(url, limits, move || {
+            req.send().map(|b| Source {
+                reader: b.reader,
+                len: b.len,
+                served: b.served,
+            })
+        })
     };
+    let range = span.map(Span::header);
+    let range = range.as_deref().map(|r| ("Range", r));
     match scheme.to_ascii_lowercase().as_str() {
-        "file" => open_file(url, rest),
-        "http" | "https" => watched(http::request(url, url, &[], deadline, opts.allow, env)?),
+        "file" => open_file(url, rest, span),
+        "http" | "https" => watched(http::request(
+            url,
+            url,
+            range.as_slice(),
+            deadline,
+            opts.allow,
+            env,
+        )?),
         "s3" => {
             let lifetime = deadline
                 .map(|(_, d)| d + PRESIGN_SLACK)
                 .unwrap_or(PRESIGN_MIN)
                 .max(PRESIGN_MIN);
+            // The signature covers the host only: a Range header may be added.
             let signed = s3::presign(url, env, lifetime)?;
-            watched(http::request(url, &signed, &[], deadline, opts.allow, env)?)
+            watched(http::request(
+                url,
+                &signed,
+                range.as_slice(),
+                deadline,
+                opts.allow,
+                env,
+            )?)
         }
         "gs" => {
             let req = gcs::request(url, env, deadline)?;
             let auth = req.authorization.as_deref().map(|a| ("Authorization", a));
+            let headers: Vec<(&str, &str)> = auth.into_iter().chain(range).collect();
             let got = watched(http::request(
-                url,
-                &req.url,
-                auth.as_slice(),
-                deadline,
-                opts.allow,
-                env,
+                url, &req.url, &headers, deadline, opts.allow, env,
             )?);
             if let Err(Error::HttpStatus { status: 401, .. }) = &got {
                 gcs::forget_tokens();
@@ -136,7 +184,7 @@ fn open(url: &str, deadline: Option<(Instant, Duration)>, opts: &FetchOptions) -
 /// would block the open until a writer came) and checked on the open descriptor, so
 /// the file read is the file checked; `O_NONBLOCK` changes nothing for a regular
 /// file's reads.
-fn open_file(url: &str, rest: &str) -> Result<Source> {
+fn open_file(url: &str, rest: &str, span: Option<Span>) -> Result<Source> {
     use nix::fcntl::OFlag;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let path = file_path(rest);
@@ -167,10 +215,59 @@ fn open_file(url: &str, rest: &str) -> Result<Source> {
             msg: format!("not a regular file ({what})"),
         });
     }
+    let total = md.len();
+    let Some(span) = span else {
+        return Ok(Source {
+            reader: Box::new(f),
+            len: Some(total),
+            served: None,
+        });
+    };
+    // A range of a file: read by offset (`pread`), never past its end.
+    let (start, len) = match span {
+        Span::At { start, len } => (start.min(total), len.min(total.saturating_sub(start))),
+        Span::Tail(len) => (total.saturating_sub(len), len.min(total)),
+    };
+    if len == 0 {
+        return Err(Error::fetch(
+            url,
+            format!("range {span:?} is outside its {total} bytes"),
+        ));
+    }
     Ok(Source {
-        reader: Box::new(f),
-        len: Some(md.len()),
+        reader: Box::new(Pread {
+            file: f,
+            at: start,
+            end: start + len,
+        }),
+        len: Some(len),
+        served: Some(http::Served {
+            start,
+            end: start + len - 1,
+            total: Some(total),
+        }),
     })
+}
+
+/// A part of a local file, read by offset (`pread`).
+struct Pread {
+    file: std::fs::File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for Pread {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = usize::try_from(self.end - self.at).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// The local path of a `file://` URL: `file:///abs` or `file://localhost/abs`.
@@ -393,7 +490,7 @@ fn limited(
     cap: Option<Cap>,
     opts: &FetchOptions,
 ) -> Result<Opened> {
-    let src = open(url, deadline, opts)?;
+    let src = open(url, deadline, opts, None)?;
     if let (Some(cap), Some(len)) = (cap, src.len) {
         if len > cap.max {
             return Err(Error::Limit {
@@ -426,6 +523,88 @@ pub(crate) fn fetch_bytes(url: &str, opts: &FetchOptions, max: u64) -> Result<Ve
         r.read_to_end(&mut buf).map_err(|e| read_error(url, e))?;
         Ok(buf)
     })
+}
+
+/// Reads `span` of `url` (SPEC §18: a packed archive's footer, table and members),
+/// handing each chunk to `sink` with its offset in the source; answers the part that
+/// was served (with the source's whole size when the server said). The same path as
+/// every download: the allow-list and redirect policy, proxies, credentials, retries,
+/// the deadline counted from `start` (the whole deploy's), `--stall-timeout`, the
+/// bandwidth cap (`bandwidth`, this request's share). An attempt that fails starts
+/// the span again (the sink must take the same offsets twice). A server that answers
+/// with the whole body (a `200`: no range support) is `Error::NoRanges`, and its body
+/// is never read.
+pub(crate) fn read_range(
+    url: &str,
+    span: Span,
+    opts: &FetchOptions,
+    start: Instant,
+    bandwidth: Option<u64>,
+    sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<http::Served> {
+    with_retries(url, opts, start, |deadline| {
+        let src = open(url, deadline, opts, Some(span))?;
+        let Some(served) = src.served else {
+            // Dropped unread: the whole body is not wanted.
+            return Err(Error::NoRanges {
+                url: url.to_string(),
+            });
+        };
+        check_served(url, span, served)?;
+        let want = served.end - served.start + 1;
+        let mut r = Limited {
+            inner: src.reader,
+            start: Instant::now(),
+            deadline,
+            bandwidth: bandwidth.filter(|b| *b > 0),
+            cap: Some(Cap {
+                max: want,
+                exact: true,
+            }),
+            bytes: 0,
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = served.start;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && e.get_ref().is_none() => {
+                    continue
+                }
+                Err(e) => return Err(read_error(url, e)),
+            };
+            sink(at, &buf[..n])?;
+            at += n as u64;
+        }
+        Ok(served)
+    })
+}
+
+/// Whether the part `served` is the `span` asked for (clipped to the source's end).
+fn check_served(url: &str, span: Span, served: http::Served) -> Result<()> {
+    let ok = match (span, served.total) {
+        (Span::At { start, len }, total) => {
+            let end = total.map_or(start + len, |t| (start + len).min(t));
+            served.start == start && served.end + 1 == end
+        }
+        (Span::Tail(len), Some(total)) => {
+            served.end + 1 == total && served.start == total.saturating_sub(len)
+        }
+        (Span::Tail(_), None) => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::fetch(
+        url,
+        format!(
+            "asked for {}, the server sent bytes {}-{}",
+            span.header(),
+            served.start,
+            served.end
+        ),
+    ))
 }
 
 /// The fetched bytes of `url` as text (a manifest must be UTF-8).

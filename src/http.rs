@@ -405,6 +405,22 @@ impl Request {
             return Err(status_error(label, resp));
         }
         let len = resp.content_length();
+        // A range request's answer (206) says what it covers; a 200 is the whole body.
+        let served = if status.as_u16() == 206 {
+            let header = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            Some(Served::parse(header).ok_or_else(|| {
+                Error::fetch(
+                    label,
+                    format!("206 Partial Content with an unreadable Content-Range {header:?}"),
+                )
+            })?)
+        } else {
+            None
+        };
         Ok(Body {
             reader: Box::new(Exact {
                 inner: resp,
@@ -412,6 +428,7 @@ impl Request {
                 got: 0,
             }),
             len,
+            served,
         })
     }
 }
@@ -467,6 +484,33 @@ fn status_error(label: &str, resp: reqwest::blocking::Response) -> Error {
 pub(crate) struct Body {
     pub(crate) reader: Box<dyn Read + Send>,
     pub(crate) len: Option<u64>,
+    /// The part of the resource a `206 Partial Content` answer holds (its
+    /// `Content-Range`); `None`: the whole body (a `200`).
+    pub(crate) served: Option<Served>,
+}
+
+/// What a range request's answer holds: bytes `start..=end` of a resource of `total`
+/// bytes (`None` when the server wrote `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Served {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) total: Option<u64>,
+}
+
+impl Served {
+    /// `bytes START-END/TOTAL` (RFC 9110 §14.4), TOTAL possibly `*`.
+    pub(crate) fn parse(header: &str) -> Option<Served> {
+        let rest = header.trim().strip_prefix("bytes")?.trim_start();
+        let (span, total) = rest.split_once('/')?;
+        let (start, end) = span.trim().split_once('-')?;
+        let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+        let total = match total.trim() {
+            "*" => None,
+            t => Some(t.parse().ok()?),
+        };
+        (start <= end && total.is_none_or(|t| end < t)).then_some(Served { start, end, total })
+    }
 }
 
 /// The text of the first `<tag>` of a small XML document (S3's error body), cut short.

@@ -25,7 +25,7 @@
 //! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
 //! `drift::main`, `catch_up::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
-//! `event`, `signature`, `log`, the type `strategy::Strategy` and
+//! `event`, `rollout`, `signature`, `log`, the type `strategy::Strategy` and
 //! `fleet::answer_table`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
 //! of the public modules that nothing outside the crate uses.
@@ -38,6 +38,7 @@ mod bucket_url;
 pub mod catch_up;
 pub mod cli;
 pub mod commands;
+mod delta;
 pub mod deploy;
 pub(crate) mod detach;
 pub mod digest;
@@ -58,10 +59,12 @@ mod land;
 pub mod log;
 pub mod manifest;
 pub(crate) mod metrics;
+pub mod pack;
 pub mod process;
 pub mod record;
 pub(crate) mod redeploy;
 pub(crate) mod release;
+pub mod rollout;
 pub(crate) mod s3;
 pub mod serf_rpc;
 pub mod signature;
@@ -70,16 +73,18 @@ pub(crate) mod state;
 pub mod status;
 pub mod strategy;
 pub mod sync;
+pub mod toc;
 pub mod unpack;
 mod urls;
 pub mod verify;
+pub mod waves;
 
 pub use error::{Error, Result};
 
 /// An environment lookup: the process environment (`|k| std::env::var(k).ok()`) read
 /// only at the entry points (`deploy::main`, `status::main`, ...), a table in tests.
 /// Every module below them is handed one and never reads `std::env` itself.
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 
 /// The version of this build (`stretcher --version`, the HTTP `User-Agent`, the
 /// deploy record's `stretcher_version`).

@@ -74,6 +74,10 @@ pub struct Manifest {
     /// `size` (an integer ≥ 0): the bytes of `src`; a body longer or shorter fails
     /// the download (SPEC §17).
     pub size: Option<u64>,
+    /// `toc` (`sha256:` + 64 hex digits): `src` is a packed archive whose table member
+    /// has this sha256 (SPEC §18); lower-case hex. Deployed as any archive until a
+    /// deploy reads the table.
+    pub toc: Option<[u8; 32]>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -88,6 +92,7 @@ const TOP_KEYS: &[&str] = &[
     "expires",
     "serial",
     "size",
+    "toc",
     "keep_releases",
     "releases_dir",
 ];
@@ -115,6 +120,7 @@ struct RawManifest {
     expires: Option<String>,
     serial: Option<String>,
     size: Option<String>,
+    toc: Option<String>,
     keep_releases: Option<String>,
     releases_dir: Option<String>,
 }
@@ -133,6 +139,21 @@ struct RawCommands {
 /// it came from (for errors, and to resolve a relative `src`); `env`: an
 /// environment lookup for the templates.
 pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
+    parse_in(text, url, env, false)
+}
+
+/// The placeholder a `{{ must_env "NAME" }}` becomes in [`parse_unhosted`]: an
+/// absolute path, so that a `dest` or `src` made of it passes their checks.
+pub const MUST_ENV_PLACEHOLDER: &str = "/must_env";
+
+/// Parses and validates a manifest as no host in particular would (SPEC §19, the
+/// checks of `stretcher rollout`): `{{ env ... }}` is its default or empty, and
+/// `{{ must_env "NAME" }}` is the placeholder `/must_env/NAME`.
+pub fn parse_unhosted(text: &str, url: &str) -> Result<Manifest> {
+    parse_in(text, url, &|_| None, true)
+}
+
+fn parse_in(text: &str, url: &str, env: Env, unhosted: bool) -> Result<Manifest> {
     let fail = |msg: String| Error::Manifest {
         url: url.to_string(),
         msg,
@@ -144,7 +165,7 @@ pub fn parse(text: &str, url: &str, env: Env) -> Result<Manifest> {
         source: Some(e.into()),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let expanded = expand_templates(text, env).map_err(|m| fail(format!("template: {m}")))?;
+    let expanded = expand(text, env, unhosted).map_err(|m| fail(format!("template: {m}")))?;
 
     // Pass 1: the shape, and the keys we do not know.
     let doc: Value = serde_norway::from_str(&expanded).map_err(yaml)?;
@@ -256,6 +277,7 @@ fn validate(raw: RawManifest, url: &str, unknown_keys: Vec<String>) -> Result<Ma
             .map(|n| parse_serial(&n))
             .transpose()?,
         size: non_empty(raw.size).map(|n| parse_size(&n)).transpose()?,
+        toc: non_empty(raw.toc).map(|t| parse_toc(&t)).transpose()?,
     })
 }
 
@@ -293,6 +315,19 @@ fn parse_serial(text: &str) -> Result<u64, String> {
     }
     t.parse::<u64>()
         .map_err(|e| format!("serial {text:?} is not an integer >= 0: {e}"))
+}
+
+/// `toc`: `sha256:` and 64 hex digits (either case), the table member's digest.
+fn parse_toc(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    let bad = || format!("toc {text:?} is not sha256: followed by 64 hex digits");
+    let hex_part = t.strip_prefix("sha256:").ok_or_else(bad)?;
+    if hex_part.len() != 64 {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut digest).map_err(|_| bad())?;
+    Ok(digest)
 }
 
 /// `size`: decimal digits, bytes, an integer ≥ 0.
@@ -543,6 +578,11 @@ fn remove_dot_segments(path: &str) -> String {
 /// else the last argument; `env "NAME"` alone gives `""` when NAME is unset.
 /// `must_env` of an unset variable is an error naming it (set but empty is fine).
 pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, String> {
+    expand(text, env, false)
+}
+
+/// `expand_templates`; with `unhosted`, `must_env "NAME"` is `MUST_ENV_PLACEHOLDER/NAME`.
+fn expand(text: &str, env: Env, unhosted: bool) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -556,7 +596,7 @@ pub fn expand_templates(text: &str, env: Env) -> std::result::Result<String, Str
         }
         let (action, after, trim_right) = split_action(inner).map_err(at)?;
         if let Some(action) = action {
-            out.push_str(&eval_action(action, env).map_err(at)?);
+            out.push_str(&eval_action(action, env, unhosted).map_err(at)?);
         }
         rest = if trim_right {
             after.trim_start_matches(is_space)
@@ -633,7 +673,7 @@ fn split_action(inner: &str) -> std::result::Result<(Option<&str>, &str, bool), 
     Err("unclosed action: \"{{\" without \"}}\"".into())
 }
 
-fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
+fn eval_action(action: &str, env: Env, unhosted: bool) -> std::result::Result<String, String> {
     let shown = || format!("{{{{{}}}}}", action);
     if action.trim().is_empty() {
         return Err(format!("missing value for command in {}", shown()));
@@ -669,6 +709,7 @@ fn eval_action(action: &str, env: Env) -> std::result::Result<String, String> {
             .iter()
             .find_map(|k| env(k).filter(|v| !v.is_empty()))
             .unwrap_or_else(|| default.to_string())),
+        ("must_env", [key]) if unhosted => Ok(format!("{MUST_ENV_PLACEHOLDER}/{key}")),
         ("must_env", [key]) => {
             env(key).ok_or_else(|| format!("environment variable {key} is not defined"))
         }
@@ -909,6 +950,23 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn unhosted_templates() {
+        let text = "src: archive.tar.gz\nchecksum: {{ env \"SUM\" \"5a0eae8ba5a8b0fbd6f2b2a4a8a7d1e3e6e1b7c9\" }}\n\
+                    dest: {{ must_env \"DEST\" }}\ncommands:\n  pre:\n    - echo {{ env \"X\" }}\n";
+        let m = parse_unhosted(text, "https://h/m.yml").unwrap();
+        assert_eq!(m.dest, Some(PathBuf::from("/must_env/DEST")));
+        assert_eq!(
+            m.checksum.unwrap().hex(),
+            "5a0eae8ba5a8b0fbd6f2b2a4a8a7d1e3e6e1b7c9"
+        );
+        assert_eq!(m.commands.pre, vec!["echo".to_string()]);
+        // a host without DEST fails; what does not depend on the host fails the same
+        assert!(parse(text, "https://h/m.yml", &|_| None).is_err());
+        assert!(parse_unhosted("src: a\nchecksum: xyz\ndest: /srv/a\n", "https://h/m").is_err());
+        assert!(parse_unhosted("{{ nope }}", "https://h/m").is_err());
     }
 
     #[test]
@@ -1250,6 +1308,33 @@ mod tests {
         }
         let e = err(&with_src("size: [1]\n"));
         assert!(e.contains("size") || e.contains("YAML"), "{e}");
+    }
+
+    #[test]
+    fn toc_is_a_sha256_digest() {
+        assert_eq!(ok(&with_src("")).toc, None);
+        let hex64 = "9f2c".repeat(16);
+        let m = ok(&with_src(&format!("toc: sha256:{hex64}\n")));
+        assert!(m.unknown_keys.is_empty());
+        let want: Vec<u8> = hex::decode(&hex64).unwrap();
+        assert_eq!(m.toc.map(|d| d.to_vec()), Some(want.clone()));
+        let upper = ok(&with_src(&format!(
+            "toc: sha256:{}\n",
+            hex64.to_uppercase()
+        )));
+        assert_eq!(upper.toc.map(|d| d.to_vec()), Some(want));
+        assert_eq!(ok(&with_src("toc: ''\n")).toc, None);
+        for bad in [
+            hex64.clone(),
+            format!("sha1:{hex64}"),
+            format!("sha256:{}", &hex64[1..]),
+            format!("sha256:{hex64}0"),
+            format!("sha256:{}g", &hex64[1..]),
+            "sha256:".to_string(),
+        ] {
+            let e = err(&with_src(&format!("toc: '{bad}'\n")));
+            assert!(e.contains("toc") && e.contains("64 hex"), "{bad}: {e}");
+        }
     }
 }
 

@@ -135,6 +135,10 @@ pub struct EventInfo {
     pub id: Option<String>,
     /// The event's Lamport time (consul, serf), when it has one.
     pub ltime: Option<u64>,
+    /// The rollout a wave's event named (`rollout=`, SPEC §19); null for a plain
+    /// payload (and in records older than it).
+    #[serde(default)]
+    pub rollout: Option<String>,
 }
 
 impl EventInfo {
@@ -157,6 +161,7 @@ impl EventInfo {
             name,
             id,
             ltime,
+            rollout: event.wave.as_ref().map(|w| w.rollout.clone()),
         }
     }
 }
@@ -362,9 +367,7 @@ impl Draft {
             clock: now.checked_sub(ran).unwrap_or(now),
             event: EventInfo {
                 origin: "rollback".into(),
-                name: None,
-                id: None,
-                ltime: None,
+                ..EventInfo::default()
             },
             manifest_url: from.map(|h| h.manifest_url.clone()).unwrap_or_default(),
             manifest_sha256: made.and_then(|h| h.manifest_sha256.clone()),
@@ -838,6 +841,24 @@ pub(crate) fn all(state_dir: &Path) -> Vec<(String, Record)> {
         .collect()
 }
 
+/// The last record of a dest (or commands-only key) that is a success of the rollout
+/// `rollout` (SPEC §19: its event's `rollout`) of the manifest `manifest_url`: a
+/// host already done in that rollout does nothing for its later waves. Only each
+/// key's last record counts: a later deploy of another manifest, or a failure, means
+/// not done.
+pub(crate) fn done_in_rollout(
+    state_dir: &Path,
+    manifest_url: &str,
+    rollout: &str,
+) -> Option<(String, Record)> {
+    let shown = redact(manifest_url);
+    all(state_dir).into_iter().find(|(_, r)| {
+        r.result == Outcome::Success
+            && r.manifest_url == shown
+            && r.event.rollout.as_deref() == Some(rollout)
+    })
+}
+
 /// `STATE/deploys/<key>.serial`: the `serial` of the key's last successful deploy
 /// (SPEC §15), beside its records. The history keeps only the last
 /// [`HISTORY_KEEP`] records, so a run of refused replays would otherwise push the
@@ -971,6 +992,8 @@ mod tests {
         let event = crate::event::Event {
             url: "file:///m.yml".into(),
             origin: crate::event::Origin::Arg,
+            payload: None,
+            wave: None,
         };
         let mut draft = Draft::new(&event);
         // before the manifest: under the manifest's key
@@ -1083,6 +1106,8 @@ mod tests {
         let event = crate::event::Event {
             url: "https://u:p@h/m.yml?X-Amz-Signature=s3cr3t".into(),
             origin: crate::event::Origin::Arg,
+            payload: None,
+            wave: None,
         };
         let draft = Draft::new(&event);
         let err = Error::fetch(&event.url, "HTTP 500");

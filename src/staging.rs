@@ -115,6 +115,21 @@ impl Workspace {
         matches!(middle, Some(m) if m.len() == RAND_LEN && m.iter().all(u8::is_ascii_alphanumeric))
     }
 
+    /// An unnamed scratch file in the work directory (SPEC §18: the members a delta
+    /// deploy fetches by range), made through the directory's descriptor with
+    /// `O_TMPFILE`, 0600: it has no name to follow, to leave behind or to clean up.
+    /// On a filesystem without `O_TMPFILE`, an unnamed file of `tempfile` in
+    /// `$TMPDIR`.
+    pub(crate) fn scratch_file(&self) -> Result<std::fs::File> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        match rustix::fs::openat(self.tree.fd(), ".", flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            Err(_) => tempfile::tempfile()
+                .map_err(|e| Error::io("create a scratch file in", std::env::temp_dir(), e)),
+        }
+    }
+
     /// A private, empty staging directory: `mkdirat` 0700 relative to the work
     /// directory under a fresh name, opened `O_NOFOLLOW`, `fchmod` 0700.
     pub(crate) fn staging_dir(&self) -> Result<Staging> {

@@ -251,13 +251,63 @@ fn lock_waiting(path: &Path, holder: &str) -> Result<Flock<File>> {
 pub(crate) const SYSTEM_STATE_DIR: &str = "/var/lib/stretcher";
 
 /// What identifies one delivery of an event: consul gives an ID and an LTime,
-/// serf an LTime only. `None` means "not given", which never matches anything.
+/// serf an LTime only; both a payload, which orders two events of one LTime (SPEC
+/// §10). `None` means "not given", which never matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ltime: Option<u64>,
+    /// The payload as kept: whole when it is at most [`PAYLOAD_KEPT`] bytes, else
+    /// its longest head of at most that many bytes that ends at a character boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// For a payload longer than [`PAYLOAD_KEPT`] bytes: the sha256 of all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+}
+
+/// The bytes of a payload the replay memory keeps (SPEC §10). Serf and Consul carry
+/// far less (512 bytes by default); a longer payload is kept as its head and digest.
+pub(crate) const PAYLOAD_KEPT: usize = 64 * 1024;
+
+impl Seen {
+    /// An event's identity with its payload kept as the replay memory keeps it.
+    pub fn new(id: Option<String>, ltime: Option<u64>, payload: Option<&str>) -> Seen {
+        let (payload, payload_sha256) = match payload {
+            None => (None, None),
+            Some(p) if p.len() <= PAYLOAD_KEPT => (Some(p.to_string()), None),
+            Some(p) => {
+                let mut end = PAYLOAD_KEPT;
+                while !p.is_char_boundary(end) {
+                    end -= 1;
+                }
+                use sha2::Digest;
+                let digest = hex::encode(sha2::Sha256::digest(p.as_bytes()));
+                (Some(p[..end].to_string()), Some(digest))
+            }
+        };
+        Seen {
+            id,
+            ltime,
+            payload,
+            payload_sha256,
+        }
+    }
+
+    /// How this event's payload orders against `other`'s (SPEC §10): byte-wise
+    /// whenever both are at most [`PAYLOAD_KEPT`] bytes; longer ones by their kept
+    /// head, then a whole payload before a longer one, then by digest — the same
+    /// order on every host. `None` when either has no payload kept.
+    fn payload_order(&self, other: &Seen) -> Option<std::cmp::Ordering> {
+        let (a, b) = (self.payload.as_ref()?, other.payload.as_ref()?);
+        Some(
+            a.as_bytes()
+                .cmp(b.as_bytes())
+                .then_with(|| self.payload_sha256.cmp(&other.payload_sha256)),
+        )
+    }
 }
 
 impl std::fmt::Display for Seen {
@@ -271,35 +321,70 @@ impl std::fmt::Display for Seen {
     }
 }
 
-/// Why `new` is a replay of what was handled last (`last`), or `None` when it
-/// must run (SPEC §10): an LTime at or below the last handled one, or a consul
-/// ID equal to it. A missing LTime or ID compares with nothing.
-pub(crate) fn replay_reason(last: &Seen, new: &Seen) -> Option<String> {
+/// Why an event is not run (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Skip {
+    /// Handled already: an older LTime, or the consul ID handled last.
+    Replay(String),
+    /// Another event of the same LTime, with a greater payload, was handled.
+    Superseded(String),
+}
+
+/// Why `new` is not to run after what was handled last (`last`), or `None` when it
+/// must run (SPEC §10): a consul ID equal to the last one, or an LTime below it, is a
+/// replay; at an equal LTime, a payload byte-wise greater than the handled one's
+/// runs and a smaller one is superseded, an equal one (the same event delivered
+/// again) a replay (with no payload kept, as an older
+/// version wrote the state, an equal LTime is a replay). A missing LTime or ID
+/// compares with nothing.
+pub(crate) fn skip_reason(last: &Seen, new: &Seen) -> Option<Skip> {
+    use std::cmp::Ordering;
     if let (Some(a), Some(b)) = (&last.id, &new.id) {
         if a == b {
-            return Some(format!("ID {b} was handled already"));
+            return Some(Skip::Replay(format!("ID {b} was handled already")));
         }
     }
-    if let (Some(a), Some(b)) = (last.ltime, new.ltime) {
-        if b <= a {
-            return Some(format!(
-                "LTime {b} is not newer than the last handled LTime {a}"
-            ));
-        }
+    let (Some(a), Some(b)) = (last.ltime, new.ltime) else {
+        return None;
+    };
+    if b < a {
+        return Some(Skip::Replay(format!(
+            "LTime {b} is not newer than the last handled LTime {a}"
+        )));
     }
-    None
+    if b > a {
+        return None;
+    }
+    match new.payload_order(last) {
+        Some(Ordering::Greater) => None,
+        // SPEC §10: an equal payload is superseded like a smaller one (most often the
+        // very event delivered again: a serf redelivery, `join -replay`).
+        Some(Ordering::Equal) => Some(Skip::Superseded(format!(
+            "an event of the same LTime {b} with the same payload was handled already"
+        ))),
+        Some(Ordering::Less) => Some(Skip::Superseded(format!(
+            "an event of the same LTime {b} with a greater payload was handled"
+        ))),
+        None => Some(Skip::Replay(format!(
+            "LTime {b} is not newer than the last handled LTime {a}"
+        ))),
+    }
 }
 
 /// What is written after an event ran: the event itself, except that the LTime
-/// never goes down (a handled event without an LTime keeps the old high mark).
+/// never goes down (a handled event without an LTime keeps the old high mark, and
+/// the payload of that mark).
 fn merged(last: &Seen, new: &Seen) -> Seen {
-    let ltime = match (last.ltime, new.ltime) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => b.or(a),
+    let newest = match (last.ltime, new.ltime) {
+        (Some(a), Some(b)) => b >= a,
+        (_, b) => b.is_some() || last.ltime.is_none(),
     };
+    let at_mark = if newest { new } else { last };
     Seen {
         id: new.id.clone().or_else(|| last.id.clone()),
-        ltime,
+        ltime: at_mark.ltime.or(last.ltime),
+        payload: at_mark.payload.clone(),
+        payload_sha256: at_mark.payload_sha256.clone(),
     }
 }
 
@@ -489,11 +574,12 @@ fn make_dir(p: &Path) -> std::io::Result<()> {
 /// The outcome of `claim`.
 #[derive(Debug)]
 pub(crate) enum Claim {
-    /// Already handled: the reason, for the log. Nothing is locked any more.
-    Replay(String),
+    /// Not to run (a replay, or superseded): the reason, naming the state file, for
+    /// the log. Nothing is locked any more.
+    Skip(Skip),
     /// Not handled yet: run it, then `record` it. Holds the event name's lock, so a
     /// second handler of the same name waits until this one has recorded.
-    Fresh(EventClaim),
+    Fresh(Box<EventClaim>),
 }
 
 /// The right to handle one event: holds the lock of its name until dropped.
@@ -518,20 +604,21 @@ pub(crate) fn claim(dir: &Path, name: &str, new: &Seen) -> Result<Claim> {
     let holder = format!("another stretcher is handling event {name:?}");
     let lock = lock_waiting(&lock_path, &holder)?;
     let last = read_record(&path, name);
-    if let Some(why) = replay_reason(&last, new) {
-        return Ok(Claim::Replay(format!(
-            "{why} (state file {})",
-            path.display()
-        )));
+    if let Some(skip) = skip_reason(&last, new) {
+        let with_file = |why: String| format!("{why} (state file {})", path.display());
+        return Ok(Claim::Skip(match skip {
+            Skip::Replay(why) => Skip::Replay(with_file(why)),
+            Skip::Superseded(why) => Skip::Superseded(with_file(why)),
+        }));
     }
-    Ok(Claim::Fresh(EventClaim {
+    Ok(Claim::Fresh(Box::new(EventClaim {
         _lock: lock,
         dir: dir.to_path_buf(),
         path,
         name: name.to_string(),
         last,
         new: new.clone(),
-    }))
+    })))
 }
 
 /// Reads the last handled event; a missing file is empty, an unreadable or
@@ -606,10 +693,11 @@ mod tests {
     use super::*;
 
     fn seen(id: Option<&str>, ltime: Option<u64>) -> Seen {
-        Seen {
-            id: id.map(str::to_string),
-            ltime,
-        }
+        Seen::new(id.map(str::to_string), ltime, None)
+    }
+
+    fn with(id: Option<&str>, ltime: u64, payload: &str) -> Seen {
+        Seen::new(id.map(str::to_string), Some(ltime), Some(payload))
     }
 
     #[test]
@@ -751,11 +839,73 @@ mod tests {
         ];
         for (last, new, want) in cases {
             assert_eq!(
-                replay_reason(last, new).is_some(),
+                skip_reason(last, new).is_some(),
                 *want,
                 "last {last:?} new {new:?}"
             );
         }
+    }
+
+    #[test]
+    fn same_ltime_greater_payload_wins() {
+        let run = |last: &Seen, new: &Seen| skip_reason(last, new);
+        let a = with(None, 5, "s3://b/a.yml");
+        let b = with(None, 5, "s3://b/b.yml");
+        // the greater runs, whatever came first; the smaller or equal is superseded
+        assert_eq!(run(&a, &b), None);
+        assert!(matches!(run(&b, &a), Some(Skip::Superseded(w)) if w.contains("greater payload")));
+        assert!(matches!(run(&b, &b), Some(Skip::Superseded(w)) if w.contains("same payload")));
+        // byte-wise: a prefix is smaller; bytes, not characters or case
+        assert_eq!(
+            run(&with(None, 5, "s3://b/a"), &with(None, 5, "s3://b/a ")),
+            None
+        );
+        assert_eq!(run(&with(None, 5, "Z"), &with(None, 5, "a")), None);
+        assert_eq!(run(&with(None, 5, "z"), &with(None, 5, "\u{e9}")), None);
+        // an older LTime is a replay whatever its payload; a newer one runs
+        assert!(matches!(
+            run(&a, &with(None, 4, "zzz")),
+            Some(Skip::Replay(_))
+        ));
+        assert_eq!(run(&b, &with(None, 6, "a")), None);
+        // consul: the same ID stays a replay; another ID at the same LTime is ordered
+        let c = with(Some("id-1"), 5, "s3://b/a.yml");
+        assert!(matches!(
+            run(&c, &with(Some("id-1"), 5, "zzz")),
+            Some(Skip::Replay(_))
+        ));
+        assert_eq!(run(&c, &with(Some("id-2"), 5, "s3://b/b.yml")), None);
+        assert!(matches!(
+            run(&c, &with(Some("id-2"), 5, "s3://b/0.yml")),
+            Some(Skip::Superseded(_))
+        ));
+        // a state file of an older version keeps no payload: an equal LTime is a replay
+        assert!(matches!(
+            run(&seen(None, Some(5)), &b),
+            Some(Skip::Replay(_))
+        ));
+    }
+
+    #[test]
+    fn long_payloads_are_kept_bounded_and_ordered_alike() {
+        let big = |tail: &str| format!("{}{tail}", "x".repeat(PAYLOAD_KEPT));
+        let (p, q) = (big("a"), big("b"));
+        let (sp, sq) = (with(None, 1, &p), with(None, 1, &q));
+        assert_eq!(sp.payload.as_ref().unwrap().len(), PAYLOAD_KEPT);
+        assert!(sp.payload_sha256.is_some());
+        // the two orders agree, so every host ends on the same one
+        let first = skip_reason(&sp, &sq).is_none();
+        let second = skip_reason(&sq, &sp).is_none();
+        assert_ne!(first, second);
+        assert!(skip_reason(&sp, &sp).is_some());
+        // a whole payload equal to a long one's head is smaller, as byte-wise
+        let head = with(None, 1, &"x".repeat(PAYLOAD_KEPT));
+        assert_eq!(skip_reason(&head, &sp), None);
+        assert!(skip_reason(&sp, &head).is_some());
+        // the head ends at a character boundary
+        let wide = format!("{}\u{e9}\u{e9}", "x".repeat(PAYLOAD_KEPT - 1));
+        let kept = with(None, 1, &wide).payload.unwrap();
+        assert_eq!(kept.len(), PAYLOAD_KEPT - 1);
     }
 
     #[test]
@@ -766,6 +916,11 @@ mod tests {
         assert_eq!(m, seen(Some("b"), Some(9)));
         let m = merged(&Seen::default(), &seen(None, Some(4)));
         assert_eq!(m, seen(None, Some(4)));
+        // the payload kept is the one of the high mark
+        let m = merged(&with(None, 9, "a"), &with(None, 9, "b"));
+        assert_eq!(m, with(None, 9, "b"));
+        let m = merged(&with(None, 9, "a"), &Seen::new(None, None, Some("z")));
+        assert_eq!(m, with(None, 9, "a"));
     }
 
     #[test]
@@ -813,7 +968,7 @@ mod tests {
         assert!(text.contains("\"id-1\"") && text.contains('5'), "{text}");
         assert!(matches!(
             claim(dir.path(), "deploy", &ev).unwrap(),
-            Claim::Replay(_)
+            Claim::Skip(Skip::Replay(_))
         ));
         // another name has its own memory
         assert!(matches!(
@@ -840,6 +995,44 @@ mod tests {
             names,
             ["event-deploy.json", "event-deploy.lock", "event-other.lock"]
         );
+    }
+
+    #[test]
+    fn the_greater_payload_of_one_ltime_ends_last_in_either_order() {
+        let (a, b) = (with(None, 3, "s3://b/a.yml"), with(None, 3, "s3://b/b.yml"));
+        for (first, second) in [(&a, &b), (&b, &a)] {
+            let dir = tempfile::tempdir().unwrap();
+            let Claim::Fresh(c) = claim(dir.path(), "deploy", first).unwrap() else {
+                panic!("the first must run");
+            };
+            c.record().unwrap();
+            let ran_second = match claim(dir.path(), "deploy", second).unwrap() {
+                Claim::Fresh(c) => {
+                    c.record().unwrap();
+                    true
+                }
+                Claim::Skip(Skip::Superseded(why)) => {
+                    assert!(
+                        why.contains("greater payload") && why.contains("state file"),
+                        "{why}"
+                    );
+                    false
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(ran_second, second == &b);
+            // the memory now holds b: a redelivery of either is skipped
+            assert!(matches!(
+                claim(dir.path(), "deploy", &a).unwrap(),
+                Claim::Skip(Skip::Superseded(_))
+            ));
+            assert!(matches!(
+                claim(dir.path(), "deploy", &b).unwrap(),
+                Claim::Skip(Skip::Superseded(_))
+            ));
+            let text = std::fs::read_to_string(dir.path().join("event-deploy.json")).unwrap();
+            assert!(text.contains("\"payload\":\"s3://b/b.yml\""), "{text}");
+        }
     }
 
     #[test]
@@ -873,7 +1066,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert!(!t.is_finished(), "the second claim must wait");
         first.record().unwrap();
-        assert!(matches!(t.join().unwrap(), Claim::Replay(_)));
+        assert!(matches!(t.join().unwrap(), Claim::Skip(Skip::Replay(_))));
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct BriefDeploy {
     pub result: String,
     /// The first 12 hex digits.
     pub checksum: Option<String>,
+    /// The rollout whose wave ran this deploy (SPEC §19: the record's
+    /// `event.rollout`); absent for any other deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     /// The record's `finished`.
     pub finished: Option<String>,
     /// The record's `failed_step`.
@@ -314,6 +318,7 @@ fn brief_deploy(r: &Record) -> BriefDeploy {
         dest: r.dest.clone(),
         result: r.result.as_str().to_string(),
         checksum: r.checksum.as_ref().map(|c| c.chars().take(12).collect()),
+        rollout: r.event.rollout.clone(),
         finished: r.finished.clone(),
         failed_step: r.failed_step.map(|s| s.as_str().to_string()),
         error: r.error.clone(),
@@ -404,6 +409,7 @@ mod tests {
             }
             .into(),
             checksum: Some("0123456789ab".into()),
+            rollout: None,
             finished: Some(format!("2026-12-01T10:00:{i:02}.000Z")),
             failed_step: error.as_ref().map(|_| "pre".into()),
             error,

@@ -155,6 +155,12 @@ pub struct Hashed {
 }
 
 impl Hashed {
+    /// Whether the bytes matched the checksum (the value is made `Verified` later,
+    /// by [`Hashed::verify`], once what rests on those bytes is done).
+    pub fn matches(&self) -> bool {
+        self.got == self.expected.hex
+    }
+
     /// `value` as `Verified` when the bytes matched the checksum; the only maker of
     /// `Verified`. Else the mismatch, with both digests.
     pub fn verify<T>(self, value: T) -> Result<Verified<T>> {

@@ -7,7 +7,8 @@
 //!   bit  2    SERF_USER_EVENT=deploy and SERF_USER_LTIME=<bytes 1..4 as digits>
 //!   bit  3    the rest (lossy UTF-8) is the positional argument instead of stdin
 //!   bit  4    stdin is fed one byte per read() call (exercises the line reader's loop)
-//! Must never panic; errors must format; a produced event must describe itself, and
+//! Must never panic; errors must format; a produced event must describe itself, a
+//! rollout wave in a serf payload must write back to a payload that reads the same, and
 //! its URL given back to `to_url` is the same URL (up to surrounding white space).
 #![no_main]
 
@@ -54,6 +55,16 @@ fuzz_target!(|data: &[u8]| {
         Ok(ev) => {
             let _ = ev.describe();
             let _ = ev.replay_key();
+            // A rollout wave read from a payload is written back to one that reads
+            // the same (SPEC §19).
+            if let Some(wave) = &ev.wave {
+                let text = stretcher::rollout::format_payload("u", wave)
+                    .expect("a wave that was read can be written");
+                let (_, again) = stretcher::rollout::parse_payload(&text)
+                    .expect("a written wave reads back")
+                    .expect("as a wave");
+                assert_eq!(&again, wave);
+            }
             // The URL it produced must itself be accepted as an argument.
             // The URL it produced is stable: as an argument it is the same URL, up to
             // surrounding white space (a path `a //` is the file `a `, whose URL ends in

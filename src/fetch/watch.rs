@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{Halt, Source};
 use crate::error::{Error, Result};
+use crate::http::Served;
 use crate::interrupt;
 
 /// How often the waiting caller looks at the signal flag, the deadline and the stall.
@@ -38,7 +39,7 @@ pub(super) struct Limits {
 
 /// What the thread hands over: the answer's head (its length), then the body.
 enum Msg {
-    Head(Result<Option<u64>>),
+    Head(Result<(Option<u64>, Option<Served>)>),
     Data(Vec<u8>),
     End,
     Failed(io::Error),
@@ -70,7 +71,7 @@ impl Clock {
 /// `io::Error` carrying a `Halt`.
 pub(super) fn start<F>(label: &str, limits: Limits, open: F) -> Result<Source>
 where
-    F: FnOnce() -> Result<(Box<dyn Read + Send>, Option<u64>)> + Send + 'static,
+    F: FnOnce() -> Result<Source> + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
     let clock = Arc::new(Clock {
@@ -90,7 +91,7 @@ where
         clock,
         limits,
     };
-    let len = loop {
+    let (len, served) = loop {
         match watched.rx.recv_timeout(TICK) {
             Ok(Msg::Head(head)) => break head?,
             Ok(_) => return Err(Error::fetch(label, "the body came before the answer")),
@@ -107,6 +108,7 @@ where
     Ok(Source {
         reader: Box::new(watched),
         len,
+        served,
     })
 }
 
@@ -114,17 +116,21 @@ where
 /// takes them any more.
 fn pump<F>(open: F, tx: &SyncSender<Msg>, clock: &Clock)
 where
-    F: FnOnce() -> Result<(Box<dyn Read + Send>, Option<u64>)>,
+    F: FnOnce() -> Result<Source>,
 {
     clock.mark();
-    let (mut reader, len) = match open() {
+    let Source {
+        mut reader,
+        len,
+        served,
+    } = match open() {
         Ok(opened) => opened,
         Err(e) => {
             let _ = tx.send(Msg::Head(Err(e)));
             return;
         }
     };
-    if tx.send(Msg::Head(Ok(len))).is_err() {
+    if tx.send(Msg::Head(Ok((len, served)))).is_err() {
         return;
     }
     loop {
@@ -241,7 +247,11 @@ mod tests {
             .map(|i| (Duration::from_millis(20), vec![i; 1000]))
             .collect();
         let mut src = start("mem", limits(Some(Duration::from_secs(5))), move || {
-            Ok((Box::new(Slow(chunks)) as Box<dyn Read + Send>, Some(5000)))
+            Ok(Source {
+                reader: Box::new(Slow(chunks)),
+                len: Some(5000),
+                served: None,
+            })
         })
         .unwrap();
         assert_eq!(src.len, Some(5000));
@@ -256,7 +266,11 @@ mod tests {
         let t = Instant::now();
         let e = start("mem", limits(Some(Duration::from_millis(300))), || {
             std::thread::sleep(Duration::from_secs(3));
-            Ok((Box::new(io::empty()) as Box<dyn Read + Send>, None))
+            Ok(Source {
+                reader: Box::new(io::empty()),
+                len: None,
+                served: None,
+            })
         })
         .err()
         .unwrap();
@@ -268,7 +282,11 @@ mod tests {
             (Duration::from_secs(3), vec![2; 10]),
         ];
         let mut src = start("mem", limits(Some(Duration::from_millis(300))), move || {
-            Ok((Box::new(Slow(chunks)) as Box<dyn Read + Send>, None))
+            Ok(Source {
+                reader: Box::new(Slow(chunks)),
+                len: None,
+                served: None,
+            })
         })
         .unwrap();
         let t = Instant::now();
@@ -281,7 +299,7 @@ mod tests {
     #[test]
     fn the_head_error_is_the_answer() {
         let e = start("mem", limits(None), || {
-            Err::<(Box<dyn Read + Send>, Option<u64>), _>(Error::fetch("mem", "refused"))
+            Err::<Source, _>(Error::fetch("mem", "refused"))
         })
         .err()
         .unwrap();

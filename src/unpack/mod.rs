@@ -137,6 +137,21 @@ pub trait Unchanged {
     }
 }
 
+/// A regular file of the archive that the caller already knows the probe's tree
+/// holds with the entry's attributes and content (SPEC §18: the delta deploy judged
+/// it by the verified table's sha256), so its data is not in the stream: the unpack
+/// lists it exactly as a file its probe found unchanged (left out, or hard-linked
+/// with `link_unchanged`), after the stream's last entry.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownFile {
+    /// Its path below the tree, relative.
+    pub(crate) rel: PathBuf,
+    /// Its attributes as the archive gives them (what the probe is asked).
+    pub(crate) attrs: FileAttrs,
+    /// Its content's sha256.
+    pub(crate) digest: Digest,
+}
+
 /// `O_NOFOLLOW | O_NONBLOCK`: a file the probe found, opened by path.
 fn libc_flags() -> i32 {
     (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
@@ -203,6 +218,28 @@ pub fn unpack_in<R: Read + Send>(
     let format = sniff(&magic[..n]);
     let input = (&magic[..n]).chain(reader);
     pipe::run(input, format, opts, |stream| {
-        tar_read::read_archive(stream, into, opts, format, unchanged)
+        tar_read::read_archive(stream, into, opts, format, unchanged, Vec::new())
+    })
+}
+
+/// [`unpack_in`] of a tar stream that leaves out the files `known` lists (SPEC §18):
+/// each is then taken from the probe's tree as an unchanged file is (a file the
+/// probe no longer finds as it was judged fails the unpack, naming it).
+pub(crate) fn unpack_known<R: Read + Send>(
+    reader: R,
+    into: &Tree,
+    opts: &UnpackOptions,
+    unchanged: &mut dyn Unchanged,
+    known: Vec<KnownFile>,
+) -> Result<Staged> {
+    pipe::run(reader, format::Format::Tar, opts, |stream| {
+        tar_read::read_archive(
+            stream,
+            into,
+            opts,
+            format::Format::Tar,
+            Some(unchanged),
+            known,
+        )
     })
 }

@@ -15,7 +15,7 @@ use crate::Result;
 use super::errors::{archive_error, archive_error_from, chain, corrupt};
 use super::extract::Extractor;
 use super::format::{Format, FORMATS_TRIED};
-use super::{Staged, Unchanged, UnpackOptions};
+use super::{KnownFile, Staged, Unchanged, UnpackOptions};
 
 /// Remembers whether the stream ran dry: tar-rs ends the entry list silently at end of
 /// input, so an archive that lacks its end-of-archive marker (cut between two entries,
@@ -43,6 +43,7 @@ pub(super) fn read_archive<R: Read>(
     opts: &UnpackOptions,
     format: Format,
     unchanged: Option<&mut dyn Unchanged>,
+    known: Vec<KnownFile>,
 ) -> Result<Staged> {
     let mut archive = tar::Archive::new(EofTracker {
         inner: stream,
@@ -71,6 +72,9 @@ pub(super) fn read_archive<R: Read>(
     // Read to the very end: the padding after the end-of-archive blocks, and for gzip
     // the member trailers, whose CRC and length the decoder checks as it reaches them.
     io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, e))?;
+    for file in known {
+        x.adopt(file)?;
+    }
     // Directory modes and mtimes only once the stream is known to be good, so a failed
     // unpack leaves a staging tree the caller can always remove.
     x.finish()

@@ -114,3 +114,63 @@ fn empty_stdin_is_an_error() {
     let s = Scratch::new();
     s.stretcher().stdin("").run().assert_fail();
 }
+
+/// SPEC §10: two events of one name stamped with the same LTime (two agents' clocks):
+/// the byte-wise greater payload runs whatever the order; the other is superseded.
+#[test]
+fn serf_same_ltime_the_greater_payload_wins_in_either_order() {
+    for greater_first in [false, true] {
+        let s = Scratch::new();
+        let (a, b) = two_manifests(&s);
+        assert!(b > a);
+        let serf = |payload: &str| {
+            s.stretcher()
+                .env("SERF_EVENT", "user")
+                .env("SERF_USER_EVENT", "deploy")
+                .env("SERF_USER_LTIME", "9")
+                .stdin(payload)
+                .run()
+        };
+        let (first, second) = if greater_first { (&b, &a) } else { (&a, &b) };
+        serf(first).assert_ok();
+        let r = serf(second);
+        r.assert_ok();
+        if greater_first {
+            r.assert_log(
+                "superseded: an event of the same LTime 9 with a greater payload was handled",
+            );
+            assert!(!s.work().join("a.ran").exists());
+        } else {
+            assert!(s.work().join("a.ran").exists());
+        }
+        assert!(s.work().join("b.ran").exists());
+        // both are remembered as handled: neither runs again at that LTime
+        std::fs::remove_file(s.work().join("b.ran")).unwrap();
+        serf(&a).assert_ok().assert_log("superseded");
+        serf(&b).assert_ok().assert_log(
+            "superseded: an event of the same LTime 9 with the same payload was handled already",
+        );
+        assert!(!s.work().join("b.ran").exists());
+    }
+}
+
+#[test]
+fn consul_same_ltime_another_id_is_ordered_by_payload() {
+    let s = Scratch::new();
+    let (a, b) = two_manifests(&s);
+    let event = |id: &str, payload: &str| {
+        format!(
+            r#"[{{"ID":"{id}","Name":"deploy","Payload":"{}","LTime":4}}]"#,
+            b64(payload)
+        )
+    };
+    let consul = |json: String| s.stretcher().env("CONSUL_INDEX", "1").stdin(json).run();
+    consul(event("id-b", &b)).assert_ok();
+    consul(event("id-a", &a))
+        .assert_ok()
+        .assert_log("superseded");
+    assert!(!s.work().join("a.ran").exists());
+    consul(event("id-b", &b))
+        .assert_ok()
+        .assert_log("already handled: ID id-b was handled already");
+}

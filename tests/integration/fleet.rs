@@ -77,12 +77,17 @@ fn consul_replays_are_skipped() {
         assert!(!r.stderr.contains("Loading manifest"), "{}", r.stderr);
     }
     assert_eq!((runs(&s, "a"), runs(&s, "b")), (1, 1));
-    // an event with a new ID but an LTime at or below the last handled one is old
-    let stale = consul_event("00000000-0000-0000-0000-000000000000", 3, &a);
+    // an event with a new ID but an LTime below the last handled one is old; at the
+    // same LTime, a smaller payload than the handled one's is superseded (SPEC §10)
+    let stale = consul_event("00000000-0000-0000-0000-000000000000", 2, &b);
     consul_run(&s, "13", &consul_list(&[&stale]))
         .assert_ok()
-        .assert_log("LTime 3 is not newer than the last handled LTime 3");
-    assert_eq!(runs(&s, "a"), 1);
+        .assert_log("LTime 2 is not newer than the last handled LTime 3");
+    let smaller = consul_event("00000000-0000-0000-0000-000000000000", 3, &a);
+    consul_run(&s, "13", &consul_list(&[&smaller]))
+        .assert_ok()
+        .assert_log("superseded: an event of the same LTime 3 with a greater payload was handled");
+    assert_eq!((runs(&s, "a"), runs(&s, "b")), (1, 1));
     // the state file names the last handled event
     let state = std::fs::read_to_string(s.state_dir().join("event-deploy.json")).unwrap();
     assert!(
@@ -185,11 +190,11 @@ fn serf_ltimes() {
             .stdin(a.clone())
             .run()
     };
-    // 0 is serf's first LTime: it runs, and a redelivery of it is skipped
+    // 0 is serf's first LTime: it runs, and a redelivery of it is skipped as superseded
     serf("0").assert_ok();
-    serf("0").assert_ok().assert_log("already handled");
+    serf("0").assert_ok().assert_log("superseded");
     serf("5").assert_ok();
-    serf("5").assert_ok().assert_log("already handled");
+    serf("5").assert_ok().assert_log("superseded");
     serf("4").assert_ok().assert_log("not newer");
     serf("6").assert_ok();
     assert_eq!(runs(&s, "a"), 3);

@@ -6,6 +6,7 @@ mod util;
 mod archives_corpus;
 mod cli;
 mod content;
+mod delta;
 mod deploy;
 mod detach;
 mod events;
@@ -32,9 +33,14 @@ mod serf_e2e_catchup;
 #[cfg(feature = "e2e")]
 mod serf_e2e_detach;
 #[cfg(feature = "e2e")]
+mod serf_e2e_events;
+#[cfg(feature = "e2e")]
 mod serf_e2e_fleet;
+#[cfg(feature = "e2e")]
+mod serf_e2e_rollout;
 mod signing;
 #[cfg(feature = "static")]
 mod static_bin;
 mod status;
 mod unpack;
+mod waves;

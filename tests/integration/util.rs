@@ -579,6 +579,7 @@ pub mod records {
                 name: Some("deploy".into()),
                 id: None,
                 ltime: Some(7),
+                rollout: None,
             },
             result,
             failed_step: failed.then_some(Step::Pre),

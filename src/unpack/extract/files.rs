@@ -26,9 +26,9 @@ use rustix::fs::{AtFlags, CWD};
 use crate::log::shown;
 use crate::Result;
 
-use super::super::errors::{archive_error, corrupt, fail_io};
+use super::super::errors::{archive_error, corrupt, fail, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
-use super::super::FileAttrs;
+use super::super::{FileAttrs, KnownFile};
 use super::{key, set_attrs, Extractor, Meta};
 use crate::at::Tree;
 use crate::digest::{self, Digest, Hasher};
@@ -136,6 +136,39 @@ impl Extractor<'_, '_> {
             None => self.digests.remove(key(rel)),
         };
         self.entries += 1;
+        Ok(())
+    }
+
+    /// A file whose data the stream leaves out because the caller knows the probe's
+    /// tree holds it (`KnownFile`): listed as an unchanged file the probe found is
+    /// (left out, or linked), its digest the known one. The probe must still find it
+    /// as judged (and its index, if any, agree): else the unpack fails, naming it.
+    pub(in super::super) fn adopt(&mut self, known: KnownFile) -> Result<()> {
+        let KnownFile { rel, attrs, digest } = known;
+        let raw = key(&rel).to_vec();
+        let changed = || {
+            fail(
+                &raw,
+                "changed in the tree it was found in while the deploy ran",
+            )
+        };
+        let probe = self.unchanged.as_deref_mut().ok_or_else(changed)?;
+        let (at, found) = probe.find(&rel, &attrs).ok_or_else(changed)?;
+        if probe.digest(&rel, &found).is_some_and(|d| d != digest) {
+            return Err(changed());
+        }
+        self.reused.insert(rel.clone(), attrs);
+        if at != rel {
+            self.kept_at.insert(rel.clone(), at);
+        }
+        self.parents(&rel, &raw)?;
+        if !self.keep(&rel, &raw, found)? {
+            return Err(fail(
+                &raw,
+                "cannot link the unchanged file into the new tree",
+            ));
+        }
+        self.digests.insert(key(&rel).into(), digest);
         Ok(())
     }
 

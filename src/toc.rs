@@ -1,0 +1,928 @@
+//! The table of contents of a packed archive (SPEC §18; the format is
+//! `docs/packed-archive.md`): the footer that locates it, the table itself (every tar
+//! entry in archive order, and for a regular file where its data lies and its sha256),
+//! its encoding, its compressed member, and the validation that refuses a table that
+//! could point a reader anywhere it should not.
+//!
+//! Pure: no filesystem, no network. `pack` writes what this module encodes; a deploy
+//! that fetches single files reads the footer and the table through it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The table format's version, in the footer and at the head of the table.
+pub const VERSION: u16 = 1;
+
+/// The footer payload's first bytes.
+pub const MAGIC: [u8; 8] = *b"STRETCHR";
+
+/// Bytes of a gzip archive's footer: an empty gzip member whose extra field holds the
+/// payload.
+pub const FOOTER_LEN_GZIP: usize = 10 + 2 + 4 + PAYLOAD_LEN + 2 + 8;
+
+/// Bytes of a zstd archive's footer: a skippable frame holding the payload.
+pub const FOOTER_LEN_ZSTD: usize = 8 + PAYLOAD_LEN;
+
+/// The most bytes any footer takes: read this many from the archive's end (or the
+/// whole archive when it is shorter) and hand them to [`Footer::parse`].
+pub const FOOTER_MAX: usize = FOOTER_LEN_GZIP;
+
+/// The largest table member (compressed) a reader accepts.
+pub const MAX_TABLE_LEN: u64 = 64 << 20;
+
+/// The largest decoded table a reader accepts (a bound on what a small, hostile member
+/// can inflate to).
+pub const MAX_TABLE_DECODED: u64 = 256 << 20;
+
+/// magic(8) version(2) codec(1) reserved(1) table offset(8) table length(8).
+const PAYLOAD_LEN: usize = 28;
+
+/// The gzip extra subfield id of the footer (`S`, `T`).
+const GZIP_SUBFIELD: [u8; 2] = *b"ST";
+
+/// The zstd skippable frame magic of the footer (one of 0x184D2A50..=0x184D2A5F).
+const ZSTD_SKIPPABLE: u32 = 0x184D_2A5E;
+
+/// The fixed gzip level of members and the table (gzip's default, as `tar czf`).
+pub const GZIP_LEVEL: u32 = 6;
+
+/// The fixed zstd level of frames and the table (the zstd tool's default).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Why a footer or a table is refused; the entry it is about is named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TocError {
+    /// The archive's last bytes are not a footer of this format.
+    #[error("no table of contents footer at the end of the archive ({0})")]
+    NoFooter(String),
+    /// A footer or table of a version this build does not read.
+    #[error("table of contents version {0} is not supported (this build reads {VERSION})")]
+    Version(u16),
+    /// The footer's table offset and length do not fit the archive.
+    #[error("the footer's table (offset {offset}, {len} bytes) does not fit an archive of {archive_len} bytes")]
+    TableBounds {
+        /// The table's offset, as the footer gives it.
+        offset: u64,
+        /// The table's length, as the footer gives it.
+        len: u64,
+        /// The archive's length.
+        archive_len: u64,
+    },
+    /// The table member does not decompress or decode.
+    #[error("the table does not decode: {0}")]
+    Decode(String),
+    /// An entry of the table is refused.
+    #[error("table entry \"{entry}\": {msg}")]
+    Entry {
+        /// The entry's path, shown with non-UTF-8 bytes escaped.
+        entry: String,
+        /// What is wrong with it, in words.
+        msg: String,
+    },
+}
+
+fn entry_error(path: &[u8], msg: impl Into<String>) -> TocError {
+    TocError::Entry {
+        entry: show(path),
+        msg: msg.into(),
+    }
+}
+
+/// A path as an error shows it: UTF-8 as is, other bytes escaped.
+pub fn show(path: &[u8]) -> String {
+    path.escape_ascii().to_string()
+}
+
+/// The compression of the archive, its members and its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// gzip members (RFC 1952).
+    Gzip,
+    /// zstd frames.
+    Zstd,
+}
+
+impl Codec {
+    fn id(self) -> u8 {
+        match self {
+            Codec::Gzip => 1,
+            Codec::Zstd => 2,
+        }
+    }
+
+    /// The footer's length for this codec.
+    pub fn footer_len(self) -> usize {
+        match self {
+            Codec::Gzip => FOOTER_LEN_GZIP,
+            Codec::Zstd => FOOTER_LEN_ZSTD,
+        }
+    }
+
+    /// `data` compressed as one gzip member (no name, mtime 0, OS 255: reproducible) or
+    /// one zstd frame (with its content size), at the fixed level.
+    pub fn compress(self, data: &[u8]) -> Vec<u8> {
+        let mut enc = self.encoder(Vec::with_capacity(data.len() / 3 + 64));
+        // Writing into a Vec cannot fail.
+        let _ = enc.write_all(data);
+        enc.finish().unwrap_or_default()
+    }
+
+    /// A one-member compressor into `out` (see [`Codec::compress`]); `finish` ends the
+    /// member and hands `out` back.
+    pub fn encoder<W: Write>(self, out: W) -> MemberEncoder<W> {
+        match self {
+            Codec::Gzip => MemberEncoder::Gzip(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
+            ),
+            Codec::Zstd => MemberEncoder::Zstd(
+                // Level 3 is within zstd's range: the constructor cannot fail on it.
+                zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).ok(),
+            ),
+        }
+    }
+
+    /// One member's bytes (exactly one gzip member or zstd frame, nothing after it)
+    /// decompressed, refused past `limit` bytes of output.
+    pub fn decompress_member(self, member: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let rest: &[u8] = match self {
+            Codec::Gzip => {
+                let mut dec = flate2::bufread::GzDecoder::new(member);
+                (&mut dec)
+                    .take(limit + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| e.to_string())?;
+                dec.into_inner()
+            }
+            Codec::Zstd => {
+                let mut dec = zstd::stream::read::Decoder::with_buffer(member)
+                    .map_err(|e| e.to_string())?
+                    .single_frame();
+                (&mut dec)
+                    .take(limit + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| e.to_string())?;
+                dec.finish()
+            }
+        };
+        if out.len() as u64 > limit {
+            return Err(format!("it decompresses to more than {limit} bytes"));
+        }
+        if !rest.is_empty() {
+            return Err("bytes follow the member's end".to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// A one-member compressor (see [`Codec::encoder`]).
+pub enum MemberEncoder<W: Write> {
+    /// A gzip member.
+    Gzip(flate2::write::GzEncoder<W>),
+    /// A zstd frame (`None` only if the encoder could not be made, which `finish`
+    /// reports).
+    Zstd(Option<zstd::stream::write::Encoder<'static, W>>),
+}
+
+impl<W: Write> Write for MemberEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            MemberEncoder::Gzip(e) => e.write(buf),
+            MemberEncoder::Zstd(Some(e)) => e.write(buf),
+            MemberEncoder::Zstd(None) => Err(std::io::Error::other("no zstd encoder")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            MemberEncoder::Gzip(e) => e.flush(),
+            MemberEncoder::Zstd(Some(e)) => e.flush(),
+            MemberEncoder::Zstd(None) => Ok(()),
+        }
+    }
+}
+
+impl<W: Write> MemberEncoder<W> {
+    /// Ends the member and hands the writer back.
+    pub fn finish(self) -> std::io::Result<W> {
+        match self {
+            MemberEncoder::Gzip(e) => e.finish(),
+            MemberEncoder::Zstd(Some(e)) => e.finish(),
+            MemberEncoder::Zstd(None) => Err(std::io::Error::other("no zstd encoder")),
+        }
+    }
+}
+
+/// The archive's last bytes: where the table member lies, and how it is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    /// The compression of the archive and of the table member.
+    pub codec: Codec,
+    /// Byte offset of the table member in the archive (= the end of the tar's members).
+    pub table_offset: u64,
+    /// Byte length of the table member (compressed, as it lies in the archive).
+    pub table_len: u64,
+}
+
+impl Footer {
+    /// The footer's bytes (`codec.footer_len()` of them).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(PAYLOAD_LEN);
+        payload.extend_from_slice(&MAGIC);
+        payload.extend_from_slice(&VERSION.to_le_bytes());
+        payload.push(self.codec.id());
+        payload.push(0);
+        payload.extend_from_slice(&self.table_offset.to_le_bytes());
+        payload.extend_from_slice(&self.table_len.to_le_bytes());
+        let mut out = Vec::with_capacity(self.codec.footer_len());
+        match self.codec {
+            Codec::Gzip => {
+                // ID1 ID2 CM=deflate FLG=FEXTRA MTIME=0 XFL=0 OS=255
+                out.extend_from_slice(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255]);
+                out.extend_from_slice(&((4 + PAYLOAD_LEN) as u16).to_le_bytes());
+                out.extend_from_slice(&GZIP_SUBFIELD);
+                out.extend_from_slice(&(PAYLOAD_LEN as u16).to_le_bytes());
+                out.extend_from_slice(&payload);
+                // An empty final fixed-Huffman block, CRC32 0, ISIZE 0.
+                out.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            }
+            Codec::Zstd => {
+                out.extend_from_slice(&ZSTD_SKIPPABLE.to_le_bytes());
+                out.extend_from_slice(&(PAYLOAD_LEN as u32).to_le_bytes());
+                out.extend_from_slice(&payload);
+            }
+        }
+        out
+    }
+
+    /// Reads the footer from `tail`, the archive's last `min(FOOTER_MAX, archive_len)`
+    /// bytes (more is fine: only its end is read), and checks that the table it names
+    /// lies inside the archive, right before the footer.
+    pub fn parse(tail: &[u8], archive_len: u64) -> Result<Footer, TocError> {
+        let (codec, payload) = if let Some(p) = zstd_payload(tail) {
+            (Codec::Zstd, p)
+        } else if let Some(p) = gzip_payload(tail) {
+            (Codec::Gzip, p)
+        } else {
+            return Err(TocError::NoFooter(
+                "neither a gzip member nor a zstd skippable frame with stretcher's mark"
+                    .to_string(),
+            ));
+        };
+        let version = u16::from_le_bytes([payload[8], payload[9]]);
+        if version != VERSION {
+            return Err(TocError::Version(version));
+        }
+        if payload[10] != codec.id() {
+            return Err(TocError::NoFooter(format!(
+                "the footer names codec {} in a {codec:?} frame",
+                payload[10]
+            )));
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&payload[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let footer = Footer {
+            codec,
+            table_offset: u64_at(12),
+            table_len: u64_at(20),
+        };
+        let end = footer.table_offset.checked_add(footer.table_len);
+        let want = archive_len.checked_sub(codec.footer_len() as u64);
+        if footer.table_len == 0 || footer.table_len > MAX_TABLE_LEN || end.is_none() || end != want
+        {
+            return Err(TocError::TableBounds {
+                offset: footer.table_offset,
+                len: footer.table_len,
+                archive_len,
+            });
+        }
+        Ok(footer)
+    }
+}
+
+fn zstd_payload(tail: &[u8]) -> Option<&[u8]> {
+    let f = tail.get(tail.len().checked_sub(FOOTER_LEN_ZSTD)?..)?;
+    let ok = f[..4] == ZSTD_SKIPPABLE.to_le_bytes()
+        && f[4..8] == (PAYLOAD_LEN as u32).to_le_bytes()
+        && f[8..16] == MAGIC;
+    ok.then(|| &f[8..])
+}
+
+fn gzip_payload(tail: &[u8]) -> Option<&[u8]> {
+    let f = tail.get(tail.len().checked_sub(FOOTER_LEN_GZIP)?..)?;
+    let mut head = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255];
+    head.extend_from_slice(&((4 + PAYLOAD_LEN) as u16).to_le_bytes());
+    head.extend_from_slice(&GZIP_SUBFIELD);
+    head.extend_from_slice(&(PAYLOAD_LEN as u16).to_le_bytes());
+    let body = 16;
+    let ok = f[..body] == head[..]
+        && f[body..body + 8] == MAGIC
+        && f[body + PAYLOAD_LEN..] == [3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    ok.then(|| &f[body..body + PAYLOAD_LEN])
+}
+
+/// A tar entry's modification time as its header holds it: seconds since the epoch
+/// (negative before 1970) and the sub-second part a pax `mtime` record gives (0 when
+/// the header has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mtime {
+    /// Whole seconds.
+    pub secs: i64,
+    /// Nanoseconds, `0..1_000_000_000`.
+    pub nanos: u32,
+}
+
+/// Where a regular file's data lies: the compressed member that holds it, and where in
+/// that member's decompressed output (its tar bytes) the data starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's first byte in the archive.
+    pub offset: u64,
+    /// The member's compressed length.
+    pub len: u64,
+    /// The member's decompressed length (its tar bytes).
+    pub raw_len: u64,
+    /// The file's first data byte in the member's decompressed output.
+    pub data_offset: u64,
+}
+
+/// What an entry is, with what only that type has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A regular file: its member and the sha256 of its content.
+    File {
+        /// Where its data lies.
+        member: Member,
+        /// sha256 of its content.
+        sha256: [u8; 32],
+    },
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target, as written.
+    Symlink {
+        /// The target bytes.
+        target: Vec<u8>,
+    },
+    /// A hard link to an earlier regular file of the table (its path there).
+    HardLink {
+        /// The earlier entry's path.
+        target: Vec<u8>,
+    },
+}
+
+/// One tar entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The path relative to the archive's root, without `./` and without a trailing
+    /// `/`; the root itself is `.`.
+    pub path: Vec<u8>,
+    /// The type, and what comes with it.
+    pub kind: Kind,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Owner id.
+    pub uid: u64,
+    /// Group id.
+    pub gid: u64,
+    /// Owner name (may be empty).
+    pub uname: Vec<u8>,
+    /// Group name (may be empty).
+    pub gname: Vec<u8>,
+    /// Modification time, as the tar header (and its pax record) holds it.
+    pub mtime: Mtime,
+    /// Content size: a regular file's data length, 0 for every other type.
+    pub size: u64,
+}
+
+/// The table: every entry in archive order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Table {
+    /// The entries, in the order of the tar stream.
+    pub entries: Vec<Entry>,
+}
+
+/// The encoded table: its version first, so a table read alone says what it is.
+#[derive(Serialize, Deserialize)]
+struct Wire<E> {
+    version: u16,
+    entries: E,
+}
+
+impl Table {
+    /// The table's raw (uncompressed) bytes: postcard 1.0 of `{version, entries}`.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs into a Vec has no failure case.
+        postcard::to_allocvec(&Wire {
+            version: VERSION,
+            entries: &self.entries,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes raw table bytes; the version must be this build's and nothing may
+    /// follow the entries. Says nothing of the entries' sense: see [`Table::validate`].
+    pub fn decode(raw: &[u8]) -> Result<Table, TocError> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: u16,
+        }
+        let (head, _): (Head, _) =
+            postcard::take_from_bytes(raw).map_err(|e| TocError::Decode(e.to_string()))?;
+        if head.version != VERSION {
+            return Err(TocError::Version(head.version));
+        }
+        let (wire, rest): (Wire<Vec<Entry>>, _) =
+            postcard::take_from_bytes(raw).map_err(|e| TocError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(TocError::Decode(format!(
+                "{} bytes follow the last entry",
+                rest.len()
+            )));
+        }
+        Ok(Table {
+            entries: wire.entries,
+        })
+    }
+
+    /// The table member as it lies in the archive: the raw bytes as one gzip member or
+    /// zstd frame.
+    pub fn to_member(&self, codec: Codec) -> Vec<u8> {
+        codec.compress(&self.encode())
+    }
+
+    /// Reads and validates the table member of an archive whose footer is `footer`:
+    /// decompressed (at most [`MAX_TABLE_DECODED`] bytes), decoded, and checked
+    /// against the footer's bounds ([`Table::validate`]). The caller has already
+    /// checked the member's digest against the manifest's `toc`.
+    pub fn from_member(member: &[u8], footer: &Footer) -> Result<Table, TocError> {
+        if member.len() as u64 != footer.table_len {
+            return Err(TocError::Decode(format!(
+                "the member has {} bytes, the footer says {}",
+                member.len(),
+                footer.table_len
+            )));
+        }
+        let raw = footer
+            .codec
+            .decompress_member(member, MAX_TABLE_DECODED)
+            .map_err(TocError::Decode)?;
+        let table = Table::decode(&raw)?;
+        table.validate(footer.table_offset)?;
+        Ok(table)
+    }
+
+    /// Refuses a table a reader could be misled by, naming the first entry at fault:
+    /// an unsafe path (empty, NUL, leading `/`, an empty, `.` or `..` component, but
+    /// the root `.`), a repeated path, a mode beyond `0o7777`, nanoseconds ≥ 10⁹, a
+    /// non-file with a size, a hard link whose target is not an earlier regular file,
+    /// a symlink with an empty target or a NUL; for regular files: a member that
+    /// reaches past `members_end` (the table's offset) or is empty, members out of
+    /// archive order or overlapping, entries of one member that disagree on its
+    /// bounds, data that does not lie inside its member's output or overlaps the
+    /// previous file's data in the same member.
+    pub fn validate(&self, members_end: u64) -> Result<(), TocError> {
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(self.entries.len());
+        let mut files: HashSet<&[u8]> = HashSet::new();
+        // The current member, and the end of the last file's data inside it.
+        let mut current: Option<(Member, u64)> = None;
+        for e in &self.entries {
+            let p = &e.path[..];
+            check_path(p).map_err(|m| entry_error(p, m))?;
+            if !seen.insert(p) {
+                return Err(entry_error(p, "the path appears twice"));
+            }
+            if e.mode > 0o7777 {
+                return Err(entry_error(p, format!("mode {:o} is beyond 7777", e.mode)));
+            }
+            if e.mtime.nanos >= 1_000_000_000 {
+                return Err(entry_error(p, "mtime nanoseconds are 10^9 or more"));
+            }
+            match &e.kind {
+                Kind::File { member, .. } => {
+                    check_member(member, e.size, members_end, &mut current)
+                        .map_err(|m| entry_error(p, m))?;
+                    files.insert(p);
+                }
+                Kind::Dir => {}
+                Kind::Symlink { target } => {
+                    if target.is_empty() || target.contains(&0) {
+                        return Err(entry_error(p, "the symlink target is empty or holds NUL"));
+                    }
+                }
+                Kind::HardLink { target } => {
+                    if !files.contains(&target[..]) {
+                        return Err(entry_error(
+                            p,
+                            format!(
+                                "the hard link's target \"{}\" is not an earlier regular file",
+                                show(target)
+                            ),
+                        ));
+                    }
+                }
+            }
+            if !matches!(e.kind, Kind::File { .. }) && e.size != 0 {
+                return Err(entry_error(
+                    p,
+                    "a size on an entry that is not a regular file",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The path rules of SPEC §7 and §18 for a table path.
+fn check_path(p: &[u8]) -> Result<(), &'static str> {
+    if p == b"." {
+        return Ok(());
+    }
+    if p.is_empty() {
+        return Err("the path is empty");
+    }
+    if p.contains(&0) {
+        return Err("the path holds a NUL byte");
+    }
+    if p.starts_with(b"/") {
+        return Err("the path starts with /");
+    }
+    for c in p.split(|&b| b == b'/') {
+        match c {
+            b".." => return Err("the path has a .. component"),
+            b"." => return Err("the path has a . component"),
+            b"" => return Err("the path has an empty component (// or a trailing /)"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One regular file's member against the previous file's (`current`), which it
+/// replaces.
+fn check_member(
+    m: &Member,
+    size: u64,
+    members_end: u64,
+    current: &mut Option<(Member, u64)>,
+) -> Result<(), String> {
+    if m.offset
+        .checked_add(m.len)
+        .is_none_or(|end| end > members_end)
+    {
+        return Err(format!(
+            "its member (offset {}, {} bytes) reaches past the members' end {members_end}",
+            m.offset, m.len
+        ));
+    }
+    if m.len == 0 {
+        return Err("its member is empty".to_string());
+    }
+    let data_end = m
+        .data_offset
+        .checked_add(size)
+        .filter(|&d| d <= m.raw_len)
+        .ok_or_else(|| {
+            format!(
+                "its data ({size} bytes at {}) lies outside its member's {} bytes of output",
+                m.data_offset, m.raw_len
+            )
+        })?;
+    match current {
+        Some((prev, prev_data_end)) if prev.offset == m.offset => {
+            let same = Member {
+                data_offset: prev.data_offset,
+                ..*m
+            };
+            if *prev != same {
+                return Err(format!(
+                    "its member at offset {} disagrees with the previous file's on its bounds",
+                    m.offset
+                ));
+            }
+            if m.data_offset < *prev_data_end {
+                return Err(format!(
+                    "its data at {} overlaps the previous file's, which ends at {prev_data_end}",
+                    m.data_offset
+                ));
+            }
+        }
+        Some((prev, _)) => {
+            let prev_end = prev.offset + prev.len; // checked when prev was read
+            if m.offset < prev_end {
+                return Err(format!(
+                    "its member at offset {} overlaps or precedes the previous member ({}..{prev_end})",
+                    m.offset, prev.offset
+                ));
+            }
+        }
+        None => {}
+    }
+    *current = Some((*m, data_end));
+    Ok(())
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, offset: u64, len: u64, raw_len: u64, data_offset: u64, size: u64) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: Kind::File {
+                member: Member {
+                    offset,
+                    len,
+                    raw_len,
+                    data_offset,
+                },
+                sha256: [7; 32],
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            uname: b"root".to_vec(),
+            gname: b"root".to_vec(),
+            mtime: Mtime {
+                secs: 1_700_000_000,
+                nanos: 123_456_789,
+            },
+            size,
+        }
+    }
+
+    fn other(path: &str, kind: Kind) -> Entry {
+        Entry {
+            kind,
+            size: 0,
+            mode: 0o755,
+            ..file(path, 0, 1, 1, 0, 0)
+        }
+    }
+
+    fn good() -> Table {
+        Table {
+            entries: vec![
+                other(".", Kind::Dir),
+                other("a", Kind::Dir),
+                file("a/x", 0, 100, 2048, 512, 10),
+                file("a/y", 0, 100, 2048, 1536, 5),
+                file("b", 100, 50, 1024, 512, 300),
+                other(
+                    "c",
+                    Kind::HardLink {
+                        target: b"a/x".to_vec(),
+                    },
+                ),
+                other(
+                    "d",
+                    Kind::Symlink {
+                        target: b"../up".to_vec(),
+                    },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_validate() {
+        let t = good();
+        t.validate(150).unwrap();
+        let raw = t.encode();
+        assert_eq!(Table::decode(&raw).unwrap(), t);
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let member = t.to_member(codec);
+            let footer = Footer {
+                codec,
+                table_offset: 150,
+                table_len: member.len() as u64,
+            };
+            let f = footer.encode();
+            assert_eq!(f.len(), codec.footer_len());
+            let archive_len = 150 + member.len() as u64 + f.len() as u64;
+            let mut tail = vec![9u8; 100];
+            tail.extend_from_slice(&f);
+            assert_eq!(Footer::parse(&tail, archive_len).unwrap(), footer);
+            assert_eq!(Table::from_member(&member, &footer).unwrap(), t);
+            // Reproducible.
+            assert_eq!(t.to_member(codec), member);
+        }
+    }
+
+    #[test]
+    fn the_gzip_footer_is_an_empty_gzip_member() {
+        let f = Footer {
+            codec: Codec::Gzip,
+            table_offset: 1,
+            table_len: 2,
+        }
+        .encode();
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&f[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn footers_that_do_not_fit_are_refused() {
+        let f = |offset, len| {
+            Footer {
+                codec: Codec::Zstd,
+                table_offset: offset,
+                table_len: len,
+            }
+            .encode()
+        };
+        let n = FOOTER_LEN_ZSTD as u64;
+        assert!(Footer::parse(&f(10, 5), 15 + n).is_ok());
+        for (o, l) in [
+            (10, 6),
+            (10, 4),
+            (u64::MAX, 5),
+            (0, 0),
+            (0, MAX_TABLE_LEN + 1),
+        ] {
+            let err = Footer::parse(&f(o, l), 15 + n).unwrap_err();
+            assert!(
+                matches!(err, TocError::TableBounds { .. }),
+                "{o} {l}: {err}"
+            );
+        }
+        assert!(matches!(
+            Footer::parse(b"no footer here at all, no, not at all..............", 60),
+            Err(TocError::NoFooter(_))
+        ));
+        let mut v2 = f(10, 5);
+        v2[16] = 2;
+        assert_eq!(Footer::parse(&v2, 15 + n), Err(TocError::Version(2)));
+    }
+
+    fn refused(t: &Table, entry: &str, says: &str) {
+        let err = t.validate(150).unwrap_err();
+        match &err {
+            TocError::Entry { entry: e, msg } => {
+                assert_eq!(e, entry, "{err}");
+                assert!(msg.contains(says), "{err}");
+            }
+            _ => panic!("{err}"),
+        }
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused_naming_the_entry() {
+        for (path, says) in [
+            ("../etc", ".."),
+            ("a/../../x", ".."),
+            ("/etc/passwd", "starts with /"),
+            ("a\0b", "NUL"),
+            ("", "empty"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("./a", ". component"),
+        ] {
+            let mut t = good();
+            t.entries[6].path = path.as_bytes().to_vec();
+            refused(&t, &show(path.as_bytes()), says);
+        }
+    }
+
+    #[test]
+    fn duplicates_overlaps_and_bounds_are_refused() {
+        let mut t = good();
+        t.entries[4].path = b"a/x".to_vec();
+        refused(&t, "a/x", "twice");
+
+        // A member past the table.
+        let mut t = good();
+        t.entries[4] = file("b", 100, 51, 1024, 512, 300);
+        refused(&t, "b", "past the members' end");
+        let mut t = good();
+        t.entries[4] = file("b", u64::MAX, 2, 1024, 512, 300);
+        refused(&t, "b", "past the members' end");
+        // Overlapping members.
+        let mut t = good();
+        t.entries[4] = file("b", 99, 50, 1024, 512, 300);
+        refused(&t, "b", "overlaps or precedes");
+        // Data outside the member's output.
+        let mut t = good();
+        t.entries[4] = file("b", 100, 50, 1024, 800, 300);
+        refused(&t, "b", "outside its member");
+        // Two files of one member whose data overlap, or which disagree on it.
+        let mut t = good();
+        t.entries[3] = file("a/y", 0, 100, 2048, 515, 5);
+        refused(&t, "a/y", "overlaps the previous file's");
+        let mut t = good();
+        t.entries[3] = file("a/y", 0, 101, 2048, 1536, 5);
+        refused(&t, "a/y", "disagrees");
+        // An empty member.
+        let mut t = good();
+        t.entries[4] = file("b", 100, 0, 1024, 512, 300);
+        refused(&t, "b", "empty");
+    }
+
+    #[test]
+    fn links_modes_sizes_and_times_are_checked() {
+        let mut t = good();
+        t.entries[5].kind = Kind::HardLink {
+            target: b"b2".to_vec(),
+        };
+        refused(&t, "c", "not an earlier regular file");
+        let mut t = good();
+        t.entries[5].kind = Kind::HardLink {
+            target: b"a".to_vec(),
+        };
+        refused(&t, "c", "not an earlier regular file");
+        let mut t = good();
+        t.entries[6].kind = Kind::Symlink { target: Vec::new() };
+        refused(&t, "d", "symlink target");
+        let mut t = good();
+        t.entries[1].mode = 0o10755;
+        refused(&t, "a", "mode");
+        let mut t = good();
+        t.entries[1].size = 3;
+        refused(&t, "a", "size");
+        let mut t = good();
+        t.entries[2].mtime.nanos = 1_000_000_000;
+        refused(&t, "a/x", "nanoseconds");
+    }
+
+    #[test]
+    fn decode_refuses_garbage_versions_trailing_bytes_and_bombs() {
+        let t = good();
+        let mut raw = t.encode();
+        raw.push(0);
+        assert!(matches!(Table::decode(&raw), Err(TocError::Decode(_))));
+        assert!(matches!(
+            Table::decode(&raw[..raw.len() - 5]),
+            Err(TocError::Decode(_))
+        ));
+        let other = postcard::to_allocvec(&Wire {
+            version: 9u16,
+            entries: &t.entries,
+        })
+        .unwrap();
+        assert_eq!(Table::decode(&other), Err(TocError::Version(9)));
+        // A member that inflates past the limit, and one followed by bytes.
+        let big = Codec::Gzip.compress(&vec![0u8; 10_000]);
+        assert!(Codec::Gzip.decompress_member(&big, 9_999).is_err());
+        assert_eq!(
+            Codec::Gzip.decompress_member(&big, 10_000).unwrap().len(),
+            10_000
+        );
+        let mut two = big.clone();
+        two.extend_from_slice(&big);
+        assert!(Codec::Gzip.decompress_member(&two, 1 << 20).is_err());
+        let z = Codec::Zstd.compress(b"abc");
+        let mut z2 = z.clone();
+        z2.extend_from_slice(&z);
+        assert!(Codec::Zstd.decompress_member(&z2, 1 << 20).is_err());
+        assert_eq!(Codec::Zstd.decompress_member(&z, 3).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn about_fifty_bytes_an_entry() {
+        // 1,000 files in 10 directories, names like a real tree's.
+        let mut t = Table::default();
+        for d in 0..10u64 {
+            t.entries.push(other(&format!("src/module{d}"), Kind::Dir));
+            for f in 0..100u64 {
+                let i = d * 100 + f;
+                let mut e = file(
+                    &format!("src/module{d}/file_{f:03}.rs"),
+                    i * 700,
+                    700,
+                    2048,
+                    512,
+                    1000 + i,
+                );
+                if let Kind::File { sha256, .. } = &mut e.kind {
+                    *sha256 = sha2::Digest::finalize(
+                        <sha2::Sha256 as sha2::Digest>::new_with_prefix(i.to_le_bytes()),
+                    )
+                    .into();
+                }
+                t.entries.push(e);
+            }
+        }
+        let per = t.to_member(Codec::Gzip).len() / t.entries.len();
+        eprintln!("{per} bytes an entry");
+        assert!(per <= 60, "{per} bytes an entry");
+    }
+}

@@ -1,0 +1,515 @@
+//! The update that downloads only what changed (SPEC §18), through the real binary:
+//! archives made by `stretcher pack`, served by nginx from Debian (started here on
+//! 127.0.0.1 with its own prefix, its access log read for the bytes it sent, stopped
+//! by its pid), by the tests' own HTTP server that ignores `Range`, and read from
+//! `file://`. A delta deploy of v2 onto v1 equals a full deploy of v2 (content, modes,
+//! mtimes to the nanosecond, link targets), fetches within 1.2 × the changed and
+//! added files' members plus the table, and a redeploy changes nothing; a server
+//! without ranges, a wrong `toc` and a tampered member behave as SPEC §18 says.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stretcher::toc::{Footer, Kind, Table, FOOTER_MAX};
+
+use crate::http::TestServer;
+use crate::util::*;
+
+/// nginx serving `root` on 127.0.0.1, its access log in its own prefix.
+struct Nginx {
+    child: Child,
+    port: u16,
+    prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(root: &Path) -> Nginx {
+        let prefix = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let user = if nix::unistd::geteuid().is_root() {
+                "user root root;"
+            } else {
+                ""
+            };
+            let conf = format!(
+                "{user}\ndaemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log {p}/access.log bytes;\n  log_format bytes '$status $bytes_sent $request_uri $http_range';\n\
+                 client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fcgi;\n\
+                 uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n\
+                 server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+                p = prefix.path().display(),
+                root = root.display()
+            );
+            // `log_format` must come before its use.
+            let conf = conf.replace(
+                &format!(
+                    "  access_log {}/access.log bytes;\n  log_format bytes '$status $bytes_sent $request_uri $http_range';\n",
+                    prefix.path().display()
+                ),
+                &format!(
+                    "  log_format bytes '$status $bytes_sent $request_uri $http_range';\n  access_log {}/access.log bytes;\n",
+                    prefix.path().display()
+                ),
+            );
+            std::fs::write(prefix.path().join("nginx.conf"), conf).unwrap();
+            let mut child = Command::new("/usr/sbin/nginx")
+                .arg("-p")
+                .arg(prefix.path())
+                .arg("-c")
+                .arg(prefix.path().join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx (Debian's nginx-light) is required by the delta tests");
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx {
+                        child,
+                        port,
+                        prefix,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default()
+        );
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Bytes sent for `name` since the log was last cleared, and the requests.
+    fn served(&self, name: &str) -> (u64, usize) {
+        let log =
+            std::fs::read_to_string(self.prefix.path().join("access.log")).unwrap_or_default();
+        let want = format!("/{name}");
+        log.lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let (_status, bytes, uri) = (f.next()?, f.next()?, f.next()?);
+                (uri == want).then(|| bytes.parse::<u64>().unwrap())
+            })
+            .fold((0, 0), |(b, n), x| (b + x, n + 1))
+    }
+
+    fn clear_log(&self) {
+        let _ = std::fs::write(self.prefix.path().join("access.log"), "");
+        // nginx keeps writing at its offset in the same file: truncation is enough
+        // for an O_APPEND log.
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes v1: 300 files (some small, some above 64 KiB), a subdirectory, symlinks, a
+/// log file the excludes keep out.
+fn make_v1(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    for i in 0..300u32 {
+        let len = if i % 30 == 0 {
+            200_000 + i as usize
+        } else {
+            500 + (i as usize * 37) % 3000
+        };
+        // Little repetition: sizes after compression as real files have them.
+        let mut x = i.wrapping_mul(2_654_435_761) | 1;
+        let data: Vec<u8> = (0..len)
+            .map(|j| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if j % 4 == 0 {
+                    (x % 26) as u8 + b'a'
+                } else {
+                    b' ' + (x % 8) as u8
+                }
+            })
+            .collect();
+        let name = if i % 3 == 0 {
+            format!("sub/f{i:03}")
+        } else {
+            format!("f{i:03}")
+        };
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    std::fs::write(dir.join("sub/deeper/conf"), b"v = 1\n").unwrap();
+    std::os::unix::fs::symlink("f001", dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub/deeper", dir.join("dirlink")).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_700_000_000, 123_456_789);
+    for e in walkdir::WalkDir::new(dir).contents_first(true) {
+        let e = e.unwrap();
+        if !e.path_is_symlink() {
+            filetime::set_file_mtime(e.path(), t).unwrap();
+        }
+    }
+}
+
+/// v2 from v1: 3 files changed (one of the same size and mtime), 2 added, 2 removed,
+/// a mode change, a touched file (same content, new mtime), a retargeted symlink.
+fn make_v2(v1: &Path, v2: &Path) -> Vec<&'static str> {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(v1)
+        .arg(v2)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let keep = filetime::FileTime::from_unix_time(1_700_000_000, 123_456_789);
+    std::fs::write(v2.join("f002"), b"changed two").unwrap();
+    let mut same = std::fs::read(v2.join("f004")).unwrap();
+    same[10] ^= 0xff;
+    std::fs::write(v2.join("f004"), &same).unwrap();
+    filetime::set_file_mtime(v2.join("f004"), keep).unwrap();
+    let mut big = std::fs::read(v2.join("sub/f030")).unwrap();
+    big[100_000] ^= 1;
+    std::fs::write(v2.join("sub/f030"), &big).unwrap();
+    std::fs::write(v2.join("new-a"), b"added").unwrap();
+    std::fs::write(v2.join("sub/deeper/new-b"), vec![9u8; 70_000]).unwrap();
+    std::fs::remove_file(v2.join("f005")).unwrap();
+    std::fs::remove_file(v2.join("sub/f006")).unwrap();
+    std::fs::set_permissions(v2.join("f007"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    filetime::set_file_mtime(
+        v2.join("f008"),
+        filetime::FileTime::from_unix_time(1_600_000_000, 5),
+    )
+    .unwrap();
+    std::fs::remove_file(v2.join("link")).unwrap();
+    std::os::unix::fs::symlink("f010", v2.join("link")).unwrap();
+    for d in [v2.to_path_buf(), v2.join("sub"), v2.join("sub/deeper")] {
+        filetime::set_file_mtime(d, keep).unwrap();
+    }
+    // The files whose content is new: their members are what a delta fetches.
+    vec!["f002", "f004", "sub/f030", "new-a", "sub/deeper/new-b"]
+}
+
+/// Packs `dir` into `out` with its manifest (`src` given), dest `dest`.
+fn pack(dir: &Path, out: &Path, manifest: &Path, src: &str, dest: &Path, extra: &[&str]) {
+    let run = stretcher()
+        .arg("pack")
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--src")
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .args(extra)
+        .run();
+    run.assert_ok();
+}
+
+/// A manifest with `excludes` added.
+fn with_excludes(manifest: &Path) {
+    let mut text = std::fs::read_to_string(manifest).unwrap();
+    text.push_str("excludes: [\"*.log\"]\n");
+    std::fs::write(manifest, text).unwrap();
+}
+
+/// The table of a packed archive, read as a reader would.
+fn table_of(archive: &Path) -> (Table, Footer) {
+    let bytes = std::fs::read(archive).unwrap();
+    let tail = &bytes[bytes.len().saturating_sub(FOOTER_MAX)..];
+    let footer = Footer::parse(tail, bytes.len() as u64).unwrap();
+    let start = footer.table_offset as usize;
+    let member = &bytes[start..start + footer.table_len as usize];
+    (Table::from_member(member, &footer).unwrap(), footer)
+}
+
+/// The compressed bytes of the members holding `files`, plus the table and footer.
+fn delta_bound(archive: &Path, files: &[&str]) -> u64 {
+    let (table, footer) = table_of(archive);
+    let mut members = HashSet::new();
+    for e in &table.entries {
+        if let Kind::File { member, .. } = &e.kind {
+            if files.iter().any(|f| f.as_bytes() == &e.path[..]) {
+                members.insert((member.offset, member.len));
+            }
+        }
+    }
+    assert_eq!(!members.is_empty(), !files.is_empty());
+    members.iter().map(|m| m.1).sum::<u64>() + footer.table_len + FOOTER_MAX as u64
+}
+
+/// Every node below `root`: type, content or target, mode, owner, mtime (ns).
+fn tree(root: &Path, skip: &[&str]) -> BTreeMap<PathBuf, String> {
+    let mut map = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        if skip.iter().any(|s| rel.to_string_lossy().ends_with(s)) {
+            continue;
+        }
+        let md = e.path().symlink_metadata().unwrap();
+        let what = if md.file_type().is_symlink() {
+            format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+        } else if md.is_dir() {
+            format!(
+                "dir {:o} {}:{} {}.{}",
+                md.mode() & 0o7777,
+                md.uid(),
+                md.gid(),
+                md.mtime(),
+                md.mtime_nsec()
+            )
+        } else {
+            let data = std::fs::read(e.path()).unwrap();
+            format!(
+                "file {:o} {}:{} {}.{} {}",
+                md.mode() & 0o7777,
+                md.uid(),
+                md.gid(),
+                md.mtime(),
+                md.mtime_nsec(),
+                sha1_bytes(&data)
+            )
+        };
+        map.insert(rel, what);
+    }
+    map
+}
+
+/// The record's `downloaded_bytes` of the last deploy to `dest`.
+fn downloaded(s: &Scratch, dest: &Path) -> u64 {
+    let dir = s.state_dir().join("deploys");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let rec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            if rec["dest"].as_str() == Some(dest.to_str().unwrap()) {
+                return rec["downloaded_bytes"].as_u64().unwrap();
+            }
+        }
+    }
+    panic!("no record for {}", dest.display());
+}
+
+/// v1 and v2 packed into `served`, their manifests (src from `url`) beside them.
+struct Release {
+    v2_changed: Vec<&'static str>,
+    m1: PathBuf,
+    m2: PathBuf,
+    archive2: PathBuf,
+}
+
+fn releases(s: &Scratch, served: &Path, url: impl Fn(&str) -> String, ext: &str) -> Release {
+    let (v1, v2) = (s.path().join("v1"), s.path().join("v2"));
+    make_v1(&v1);
+    let changed = make_v2(&v1, &v2);
+    let (a1, a2) = (
+        served.join(format!("v1.{ext}")),
+        served.join(format!("v2.{ext}")),
+    );
+    let (m1, m2) = (s.path().join("m1.yml"), s.path().join("m2.yml"));
+    pack(&v1, &a1, &m1, &url(&format!("v1.{ext}")), &s.dest(), &[]);
+    pack(&v2, &a2, &m2, &url(&format!("v2.{ext}")), &s.dest(), &[]);
+    with_excludes(&m1);
+    with_excludes(&m2);
+    Release {
+        v2_changed: changed,
+        m1,
+        m2,
+        archive2: a2,
+    }
+}
+
+/// A full deploy of `manifest` onto a fresh dest `name` (its `dest` replaced).
+fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
+    // Beside the scratch's own dest's parent, which must hold no leftovers.
+    std::fs::create_dir_all(s.path().join("other")).unwrap();
+    let dest = s.path().join("other").join(name);
+    let text = std::fs::read_to_string(manifest).unwrap().replace(
+        &format!("dest: {}", s.dest().display()),
+        &format!("dest: {}", dest.display()),
+    );
+    let m = s.manifest(&format!("{name}.yml"), &text);
+    let run = s.stretcher().arg(&m).run();
+    run.assert_ok()
+        .assert_log("downloading the whole archive: dest holds no tree");
+    dest
+}
+
+#[test]
+fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members() {
+    for ext in ["tar.gz", "tar.zst"] {
+        let s = Scratch::new();
+        let served = s.path().join("www");
+        std::fs::create_dir(&served).unwrap();
+        let nginx = Nginx::start(&served);
+        let r = releases(&s, &served, |n| nginx.url(n), ext);
+        s.stretcher().arg(&r.m1).run().assert_ok();
+        // Excluded: kept in dest through every deploy.
+        std::fs::write(s.dest().join("app.log"), b"runtime").unwrap();
+        nginx.clear_log();
+        let run = s.stretcher().arg(&r.m2).run();
+        run.assert_ok().assert_log("delta http://127.0.0.1");
+        let (sent, requests) = nginx.served(&format!("v2.{ext}"));
+        let bound = delta_bound(&r.archive2, &r.v2_changed);
+        assert!(
+            sent as f64 <= 1.2 * bound as f64,
+            "{ext}: nginx sent {sent} bytes in {requests} requests, bound 1.2 × {bound}\n{}",
+            run.stderr
+        );
+        let archive_len = std::fs::metadata(&r.archive2).unwrap().len();
+        eprintln!("{ext}: nginx sent {sent} bytes in {requests} requests; members + table {bound}; archive {archive_len}");
+        assert!(sent < archive_len / 4, "{sent} of {archive_len}");
+        // The record says what was fetched (bodies; nginx counts headers too).
+        let rec = downloaded(&s, &s.dest());
+        assert!(rec > 0 && rec <= sent, "record {rec}, served {sent}");
+        assert_eq!(std::fs::read(s.dest().join("app.log")).unwrap(), b"runtime");
+
+        let full = full_deploy(&s, &r.m2, "full");
+        assert_eq!(
+            tree(&s.dest(), &["app.log"]),
+            tree(&full, &[]),
+            "{ext}:\n{}",
+            run.stderr
+        );
+
+        // Again: nothing changes (the delta finds every file as it is).
+        nginx.clear_log();
+        redeploy(&s, &r.m2).assert_log("0 fetched");
+        let (again, _) = nginx.served(&format!("v2.{ext}"));
+        assert!(again < bound, "{again}");
+    }
+}
+
+#[test]
+fn dry_run_says_the_path_and_the_bytes() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let nginx = Nginx::start(&served);
+    let r = releases(&s, &served, |n| nginx.url(n), "tar.gz");
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let before = tree(&s.dest(), &[]);
+    let run = s.stretcher().arg("--dry-run").arg(&r.m2).run();
+    run.assert_ok().assert_log("dry run: delta update: ");
+    assert!(run.stderr.contains("fetched: "), "{}", run.stderr);
+    assert_eq!(tree(&s.dest(), &[]), before);
+}
+
+#[test]
+fn a_server_without_ranges_gets_a_full_download() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let root = served.clone();
+    // The tests' server ignores `Range`: a 200 with the whole body, always.
+    let server = TestServer::start(move |req, w| {
+        let name = req.path.trim_start_matches('/');
+        match std::fs::read(root.join(name)) {
+            Ok(data) => crate::http::respond(w, "200 OK", &data),
+            Err(_) => crate::http::respond(w, "404 Not Found", b""),
+        }
+    });
+    let r = releases(&s, &served, |n| server.url(&format!("/{n}")), "tar.gz");
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_ok()
+        .assert_log("downloading the whole archive")
+        .assert_log("does not serve byte ranges")
+        .assert_log("Checksum ok");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
+    redeploy(&s, &r.m2);
+}
+
+#[test]
+fn a_wrong_toc_is_a_full_download_verified_by_checksum() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let r = releases(
+        &s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    );
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let text = std::fs::read_to_string(&r.m2).unwrap();
+    let toc_line = text
+        .lines()
+        .find(|l| l.starts_with("toc:"))
+        .unwrap()
+        .to_string();
+    let m = s.manifest(
+        "wrong.yml",
+        &text.replace(&toc_line, &format!("toc: sha256:{}", "ab".repeat(32))),
+    );
+    let run = s.stretcher().arg(&m).run();
+    run.assert_ok()
+        .assert_log("does not match the manifest's toc")
+        .assert_log("Checksum ok");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
+}
+
+#[test]
+fn a_tampered_member_fails_and_dest_is_unchanged() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let r = releases(
+        &s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    );
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let before = tree(&s.dest(), &[]);
+    // A changed file's member (one file of its own) with a byte of its compressed
+    // data changed: the table (and so `toc`) still matches, the file does not.
+    let (table, _) = table_of(&r.archive2);
+    let e = table
+        .entries
+        .iter()
+        .find(|e| e.path == b"sub/f030")
+        .unwrap();
+    let Kind::File { member, .. } = &e.kind else {
+        panic!()
+    };
+    let mut bytes = std::fs::read(&r.archive2).unwrap();
+    let i = (member.offset + member.len / 2) as usize;
+    bytes[i] ^= 0x55;
+    std::fs::write(&r.archive2, &bytes).unwrap();
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_fail();
+    assert!(
+        run.stderr.contains("checksum mismatch")
+            || run.stderr.contains("corrupt")
+            || run.stderr.contains("f030"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(tree(&s.dest(), &[]), before);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
