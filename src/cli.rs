@@ -1414,7 +1414,8 @@ counted. No `serf` binary needed.
   --checksum HEX       every host must hold this checksum (its first 12 digits
                        are compared)
   --problems           only the rows that are not success on their dest's majority
-                       checksum (on a tie, every row of that dest)
+                       checksum (on a tie, every row of that dest), and those of
+                       hosts judged otherwise (another --checksum, a partial answer)
   --json               print the result as one JSON object
 
 Exit status (with or without --problems): 0 when every alive member answered and its

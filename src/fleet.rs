@@ -181,23 +181,26 @@ fn ask(
 ) -> Result<QueryOutput> {
     let mut out = QueryOutput::default();
     let mut query = client.query(QUERY, b"", params)?;
-    let all_answered = |out: &QueryOutput| alive.iter().all(|n| out.responses.contains_key(*n));
-    while !all_answered(&out) {
+    // the alive members that have not answered yet
+    let mut waiting: BTreeSet<&str> = alive.clone();
+    let mut shown: Option<Instant> = None;
+    while !waiting.is_empty() {
         if let Some(p) = progress {
-            p.show(&out);
+            // at most once a tick, however fast the records come
+            if shown.is_none_or(|t| t.elapsed() >= TICK) {
+                p.show(&out);
+                shown = Some(Instant::now());
+            }
         }
         // the wait ends at the stream's own deadline without a terminal to redraw
         let until = Instant::now() + if progress.is_some() { TICK } else { LONG_WAIT };
         match query.poll(until)? {
             Poll::Event(QueryEvent::Ack(node)) => {
-                if !out.acks.contains(&node) {
-                    out.acks.push(node);
-                }
+                out.acks.insert(node);
             }
             Poll::Event(QueryEvent::Response { from, payload }) => {
-                if !out.acks.contains(&from) {
-                    out.acks.push(from.clone());
-                }
+                waiting.remove(from.as_str());
+                out.acks.insert(from.clone());
                 out.responses
                     .entry(from)
                     .or_insert_with(|| String::from_utf8_lossy(&payload).into_owned());
@@ -219,8 +222,8 @@ const LONG_WAIT: Duration = Duration::from_secs(3600);
 /// The acks and answers of one round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct QueryOutput {
-    /// The nodes that acknowledged the query, in order.
-    pub acks: Vec<String>,
+    /// The nodes that acknowledged the query.
+    pub acks: BTreeSet<String>,
     /// Node name → its answer.
     pub responses: BTreeMap<String, String>,
 }
@@ -492,10 +495,9 @@ pub fn answer_table(node: &str, answer: &[u8], checksum: Option<&str>) -> String
         name: node.to_string(),
         status: "alive".into(),
         tags: BTreeMap::new(),
-        port: 0,
     }];
     let query = QueryOutput {
-        acks: vec![node.to_string()],
+        acks: BTreeSet::from([node.to_string()]),
         responses: BTreeMap::from([(node.to_string(), answer)]),
     };
     assess(&members, &query, checksum).table(false)
@@ -796,7 +798,6 @@ mod tests {
             name: name.into(),
             status: status.into(),
             tags: BTreeMap::new(),
-            port: 0,
         }
     }
 
@@ -1031,7 +1032,7 @@ mod tests {
         q.responses.insert("garbled".into(), "oops".into());
         q.responses
             .insert("old".into(), answer("success", "ffffffffffff", None));
-        q.acks = vec!["ok".into(), "quiet".into()];
+        q.acks = BTreeSet::from(["ok".into(), "quiet".into()]);
         let r = assess(&members, &q, Some(sum));
         assert_eq!(
             (
@@ -1346,5 +1347,133 @@ web-3  -         unreachable  -             -                         serf repor
         assert_eq!(q.timeout, Some(Duration::from_millis(2500)));
         let none = member_filter(&FleetOptions::default());
         assert_eq!(none, MemberFilter::default());
+    }
+
+    /// What `fake` agent lists: a and b alive, c failed, d left.
+    fn listed(a: &mut crate::serf_rpc::fake::Agent) {
+        use serde::de::IgnoredAny;
+        let (req, _): (crate::serf_rpc::fake::Req, IgnoredAny) = a.request();
+        assert_eq!(req.command, "members-filtered");
+        a.answer(req.seq, "");
+        let m = |name: &str, status: &str| serde_json::json!({"Name": name, "Status": status});
+        let members = serde_json::json!({"Members": [
+            m("a", "alive"), m("b", "alive"), m("c", "failed"), m("d", "left"),
+        ]});
+        a.send(&members).unwrap();
+    }
+
+    #[test]
+    fn a_round_ends_once_every_alive_member_answered() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            let (req, key): (Req, BTreeMap<String, String>) = a.request();
+            assert_eq!(
+                (req.command.as_str(), key["AuthKey"].as_str()),
+                ("auth", "k")
+            );
+            a.answer(req.seq, "");
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            assert_eq!(req.command, "query");
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "b", ok.as_bytes());
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            // no `done`: the query's deadline is far; fleet must not wait for it
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let opts = FleetOptions {
+            timeout: Some(Duration::from_secs(1)),
+            ..FleetOptions::default()
+        };
+        let env = |k: &str| match k {
+            "SERF_RPC_ADDR" => Some(addr.clone()),
+            "SERF_RPC_AUTH" => Some("k".to_string()),
+            _ => None,
+        };
+        let r = run(&opts, &env).unwrap();
+        assert_eq!(
+            r.summary(),
+            "2 answered of 2 alive members: 2 success, 0 failure, 0 silent, 1 unreachable"
+        );
+        assert!(!r.ok);
+    }
+
+    #[test]
+    fn a_silent_member_lasts_the_round_and_is_named() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            a.record(req.seq, "done", "", b"");
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            ..FleetOptions::default()
+        };
+        let r = run(&opts, &|_| None).unwrap();
+        assert_eq!(
+            r.summary(),
+            "1 answered of 2 alive members: 1 success, 0 failure, 1 silent, 1 unreachable"
+        );
+        let b = r.hosts.iter().find(|h| h.node == "b").unwrap();
+        assert_eq!(
+            b.problem.as_deref(),
+            Some("acknowledged the query but sent no answer")
+        );
+    }
+
+    #[test]
+    fn an_agent_that_floods_the_round_ends_it_in_a_clear_error() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        use std::io::Write;
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            // answers of nodes nobody listed, without end
+            let junk = vec![b'x'; 1000];
+            for i in 0.. {
+                let head = rmp_serde::to_vec_named(&fake::Header {
+                    seq: req.seq,
+                    error: "",
+                })
+                .unwrap();
+                let from = format!("n{i}");
+                let rec = rmp_serde::to_vec_named(&fake::Rec {
+                    kind: if i % 2 == 0 { "ack" } else { "response" },
+                    from: &from,
+                    payload: &junk,
+                })
+                .unwrap();
+                if a.tcp
+                    .write_all(&head)
+                    .and_then(|()| a.tcp.write_all(&rec))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            timeout: Some(Duration::from_secs(60)),
+            ..FleetOptions::default()
+        };
+        let e = run(&opts, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("streamed more than"), "{e}");
     }
 }

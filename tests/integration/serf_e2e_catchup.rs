@@ -250,6 +250,7 @@ fn a_new_host_catches_up_with_its_peers() {
             tags: vec![(ROLE.0.into(), ROLE.1.into())],
             profile: None,
             join: (i > 0).then_some(peers[0].host.bind),
+            ..Spec::default()
         };
         cluster.start_in(&p.host, &spec, Some((&p.parent(), &shared)));
         if i == 0 {

@@ -4,8 +4,11 @@
 //! `user:deploy=stretcher ...` and `query:stretcher-status=stretcher status
 //! --brief --json ...`. One `serf event deploy URL`; one host's environment makes
 //! its `pre` fail; `stretcher fleet status` sees it, then sees the fix, a member
-//! that left (not counted) and one killed with SIGKILL (unreachable). Every agent
-//! is killed by pid at the end, also when the test fails.
+//! that left (not counted) and one killed with SIGKILL (unreachable). Besides: a
+//! forged answer, rounds that end once every member answered (with running,
+//! partial and split hosts, the RPC client itself, a killed agent), and an agent
+//! whose RPC wants a key. Every agent is killed by pid at the end, also when the
+//! test fails.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -89,8 +92,8 @@ fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
             ("PRE_BLOCK".into(), a.block().into()),
         ],
         tags: vec![("role".into(), role.into())],
-        profile: None,
         join,
+        ..Spec::default()
     };
     cluster.start(&a.host, &spec);
 }
@@ -706,7 +709,10 @@ fn rounds_end_when_every_member_answered() {
             .join("\n")
     };
     let all: Vec<&Host> = hosts.iter().collect();
-    serf::wait_alive(&hosts[0], &all, LIMIT, report);
+    // every agent asked below sees them all
+    for h in [0, 2, 3] {
+        serf::wait_alive(&hosts[h], &all, LIMIT, report);
+    }
     let via = Agent {
         host: Host {
             name: hosts[2].name.clone(),
@@ -748,23 +754,50 @@ fn rounds_end_when_every_member_answered() {
             c.members_filtered(&MemberFilter::default()).unwrap().len(),
             n
         );
+        let pinged = |h: &Host| {
+            std::fs::read_to_string(h.dir.join("pings")).unwrap_or_default()
+                == "from the rpc client\n" // serf adds the newline
+        };
         serf::wait_until(
             "every agent ran the user event",
             LIMIT,
+            || hosts.iter().all(pinged),
             || {
-                hosts.iter().all(|h| {
-                    std::fs::read_to_string(h.dir.join("pings")).unwrap_or_default()
-                        == "from the rpc client\n" // serf adds the newline
-                })
+                let missed: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| !pinged(h))
+                    .map(|h| {
+                        format!(
+                            "{}: {:?}",
+                            h.name,
+                            std::fs::read_to_string(h.dir.join("pings"))
+                        )
+                    })
+                    .collect();
+                format!("missed by {missed:?}\n{}", report())
             },
-            report,
         );
     }
+
+    // Serf's query is gossip: on a loaded machine a member can miss it now and
+    // then (no ack, no answer), which is not what this test is about; such a round
+    // is asked again, twice at most
+    let settled = |args: &[&str]| {
+        let mut run = fleet(&via, args);
+        for _ in 0..2 {
+            if !run.stdout.contains(" silent ") {
+                break;
+            }
+            eprintln!("a member missed the query, asked again:\n{}", run.stdout);
+            run = fleet(&via, args);
+        }
+        run
+    };
 
     // serf's default timeout (6.4 s from 10 members): the round ends before it
     for _ in 0..3 {
         let round = Instant::now();
-        let run = fleet(&via, &[]);
+        let run = settled(&[]);
         eprintln!(
             "fleet status over {n} idle agents (serf's default timeout): {:.2?}",
             round.elapsed()
@@ -802,7 +835,7 @@ fn rounds_end_when_every_member_answered() {
         assert!(run.stderr.is_empty(), "{}", run.stderr);
 
         // --problems: the rows off the majority, the same exit status
-        let problems = fleet(&via, &["--problems"]);
+        let problems = settled(&["--problems"]);
         assert_eq!(problems.code(), 1, "{problems:?}");
         let nodes: BTreeSet<&str> = problems
             .stdout
@@ -865,7 +898,7 @@ fn rounds_end_when_every_member_answered() {
         report,
     );
     let round = Instant::now();
-    let run = fleet(&via, &[]);
+    let run = settled(&[]);
     eprintln!(
         "fleet status over {} alive agents and one failed (serf's default timeout): {:.2?}",
         n - 1,
@@ -886,5 +919,74 @@ fn rounds_end_when_every_member_answered() {
         "{}",
         run.stdout
     );
+    drop(cluster);
+}
+
+/// An agent whose RPC wants a key (`rpc_auth`): `fleet status` takes it from
+/// `SERF_RPC_AUTH` (and the address from `SERF_RPC_ADDR`); without it, or with
+/// another, one clear line and exit 1.
+#[test]
+fn an_rpc_key_from_the_environment() {
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-rpc-auth-")
+        .tempdir()
+        .unwrap();
+    let host = Host::new(root.path(), "keyed");
+    let state = host.dir.join("state");
+    let rec = records::record(
+        "/srv/app",
+        Outcome::Success,
+        "0123456789abcdef0123456789abcdef01234567",
+        "2026-12-01T10:00:00.000Z",
+        None,
+    );
+    records::write(&state, &rec);
+    let spec = Spec {
+        handlers: vec![format!(
+            "query:{}={} status --brief --json --state-dir {}",
+            stretcher::fleet::QUERY,
+            bin(),
+            state.display()
+        )],
+        rpc_auth: Some("s3cret key".into()),
+        ..Spec::default()
+    };
+    let mut cluster = Cluster::default();
+    cluster.start(&host, &spec);
+    serf::wait_rpc(&host, LIMIT);
+    let fleet = |auth: Option<&str>| {
+        let mut s = stretcher()
+            .args(["fleet", "status", "--timeout", "5s"])
+            .env("SERF_RPC_ADDR", host.rpc_addr())
+            .limit(Duration::from_secs(60));
+        s = match auth {
+            Some(k) => s.env("SERF_RPC_AUTH", k),
+            None => s.env_remove("SERF_RPC_AUTH"),
+        };
+        s.run()
+    };
+    let run = fleet(Some("s3cret key"));
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("1 answered of 1 alive members: 1 success, 0 failure, 0 silent"),
+        "{}",
+        run.stdout
+    );
+    for (auth, want) in [
+        (None, "Authentication required (set SERF_RPC_AUTH"),
+        (Some("wrong"), "auth: Invalid authentication token"),
+    ] {
+        let run = fleet(auth);
+        assert_eq!(run.code(), 1, "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("serf agent {}: ", host.rpc_addr()))
+                && run.stderr.contains(want),
+            "{}",
+            run.stderr
+        );
+    }
     drop(cluster);
 }

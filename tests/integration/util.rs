@@ -621,12 +621,20 @@ pub mod serf {
     /// out for `:0` can be taken as the source port of one agent's outgoing
     /// connection before the agent meant to listen on it has started.
     pub fn free_port() -> u16 {
+        // a port handed out before is not free, even while its agent has not
+        // bound it yet (with 80 ports drawn, a repeat is otherwise likely)
+        static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..200 {
             let port = fastrand::u16(20000..32000);
+            if given.contains(&port) {
+                continue;
+            }
             let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
                 continue;
             };
             if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
                 return port;
             }
         }
@@ -680,6 +688,8 @@ pub mod serf {
         pub profile: Option<&'static str>,
         /// The bind port of a member to join.
         pub join: Option<u16>,
+        /// The key the agent's RPC wants (`rpc_auth`, in a config file).
+        pub rpc_auth: Option<String>,
     }
 
     /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
@@ -719,6 +729,13 @@ pub mod serf {
             }
             for h in &spec.handlers {
                 cmd.arg(format!("-event-handler={h}"));
+            }
+            if let Some(key) = &spec.rpc_auth {
+                // no flag for it: only a config file sets it
+                let config = node.dir.join("rpc-auth.json");
+                std::fs::write(&config, serde_json::json!({ "rpc_auth": key }).to_string())
+                    .unwrap();
+                cmd.arg(format!("-config-file={}", config.display()));
             }
             for (k, v) in &spec.tags {
                 cmd.arg(format!("-tag={k}={v}"));
@@ -838,9 +855,19 @@ pub mod serf {
             }
             if start.elapsed() > limit {
                 let names: Vec<&str> = missing.iter().map(|h| h.name.as_str()).collect();
+                let logs: Vec<String> = missing
+                    .iter()
+                    .map(|h| {
+                        let log = std::fs::read_to_string(h.agent_log()).unwrap_or_default();
+                        let lines: Vec<&str> = log.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+                        format!("--- {} agent log (tail):\n{tail}", h.name)
+                    })
+                    .collect();
                 panic!(
-                    "{} alive members: not done after {limit:?} (missing {names:?})\n{}",
+                    "{} alive members: not done after {limit:?} (missing {names:?})\n{}\n{}",
                     hosts.len(),
+                    logs.join("\n"),
                     report()
                 );
             }
