@@ -368,6 +368,13 @@ def fleet_answer_seeds():
     put_answer("wrong-types", '{"host":1,"deploys":{"result":[]},"omitted":-1}')
     put_answer("not-json", "Error: no state directory")
     put_answer("not-utf8", b'{"host":"\xff\xfe","deploys":[]}')
+    # SPEC §13 amended: running and interrupted deploys, a split, fields of newer answers
+    running = dict(deploy("running"), finished=None, started="2026-12-01T10:05:00.000Z")
+    put_answer("running", brief([running, deploy(dest="/srv/other")]))
+    put_answer("interrupted", brief([deploy("interrupted")], omitted=2))
+    put_answer("split", brief([deploy(), deploy(checksum="ffffffffffff")]), flags=2)
+    put_answer("newer-fields", brief([dict(deploy(), manifest_url="https://example.com/a.yml",
+                                           serial=7)], omitted=1))
 
 
 # ---- toc: byte 0 picks raw table (0) / gzip member (1) / zstd member (2) / footer ----

@@ -1,23 +1,21 @@
 //! `stretcher fleet status` (SPEC §13): the last deploys of every host, asked
-//! through Serf's own query mechanism — no server of ours.
+//! through Serf's own query mechanism — no server of ours, no `serf` binary.
 //!
-//! One job: run the `serf` command on PATH (`serf members -format=json` and `serf
-//! query -format=json stretcher-status`, with the same filters), read what it
-//! prints, judge every member (`assess`, a pure function), and print a table and
-//! the summary line, or one JSON object. Every host answers with `stretcher status
-//! --brief --json` (`status::Brief`). When stderr is a terminal the query runs in
-//! serf's text format instead (`TextQuery`), whose lines arrive answer by answer,
-//! to show the hosts answered so far; when an answer's lines could pass for serf's
-//! own, the query is asked again in JSON.
+//! One job: ask the local Serf agent over its RPC (`serf_rpc`) for the members and
+//! their answers to the `stretcher-status` query, with the same filters; judge
+//! every member (`assess`, a pure function), and hand back a table and the summary
+//! line, or one JSON object. The round ends as soon as every alive member matching
+//! the filters has answered, else at the query's timeout. Every host answers with
+//! `stretcher status --brief --json`. When stderr is a terminal, a progress line
+//! shows the hosts answered so far while the round runs.
 //!
 //! Answers are data, not text (SPEC §17): `parse_answer` takes an answer only as
 //! one line of the brief's JSON with fields of the right type, size and encoding
 //! (else the member is `invalid`), and the table shows every field through
 //! `log::shown_text`, so no answer can print a line, or a row, of its own.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -25,28 +23,36 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{FleetOptions, Output};
 use crate::error::{Error, Result};
 use crate::log::shown_text;
-use crate::status::{Brief, BriefDeploy, BRIEF_LIMIT};
+use crate::serf_rpc::{Client, Member, MemberFilter, Poll, QueryEvent, QueryParams};
+use crate::status::BRIEF_LIMIT;
+use crate::Env;
 
 /// The query every host answers (the handler `query:stretcher-status=...`).
 pub const QUERY: &str = "stretcher-status";
 
-/// How long `serf members` may take (it only asks the local agent).
-const MEMBERS_LIMIT: Duration = Duration::from_secs(30);
+/// The agent's RPC address when neither `--rpc-addr` nor `SERF_RPC_ADDR` gives one
+/// (the `serf` command's default).
+const DEFAULT_RPC_ADDR: &str = "127.0.0.1:7373";
 
-/// Serf's own default query timeout is about 3–10 s (it grows with the cluster);
-/// when `--timeout` is not given, the `serf query` process may take this long.
-const QUERY_LIMIT: Duration = Duration::from_secs(120);
+/// How long connecting to the agent and each call may take (Serf's own client's
+/// `DefaultTimeout`).
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `fleet status`: its result and exit status (SPEC §13).
+/// How often the progress line is redrawn while the round waits.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs `fleet status` with the process's environment: its result and exit
+/// status (SPEC §13).
 pub fn main(opts: &FleetOptions) -> Output {
-    match run(opts) {
+    let env = |k: &str| std::env::var(k).ok();
+    match run(opts, &env) {
         Ok(report) => {
             let text = if opts.json {
                 let mut s = serde_json::to_string_pretty(&report).unwrap_or_default();
                 s.push('\n');
                 s
             } else {
-                report.table()
+                report.table(opts.problems)
             };
             Output::stdout(text, if report.ok { 0 } else { 1 })
         }
@@ -54,76 +60,83 @@ pub fn main(opts: &FleetOptions) -> Output {
     }
 }
 
-/// Asks serf for the members and their answers, and judges them.
-pub(crate) fn run(opts: &FleetOptions) -> Result<Report> {
-    let members_out = run_serf(&members_args(opts), MEMBERS_LIMIT, |_| {})?;
-    let members = parse_members(&members_out)?;
-    let alive = members.iter().filter(|m| m.status == "alive").count();
-    if alive == 0 && members.iter().all(|m| m.status != "failed") {
+/// Asks the agent for the members and their answers, and judges them.
+pub(crate) fn run(opts: &FleetOptions, env: Env) -> Result<Report> {
+    let addr = opts
+        .rpc_addr
+        .clone()
+        .or_else(|| env("SERF_RPC_ADDR").filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| DEFAULT_RPC_ADDR.to_string());
+    let auth = env("SERF_RPC_AUTH");
+    let mut client = Client::connect(&addr, auth.as_deref(), RPC_TIMEOUT)?;
+    let members = client.members_filtered(&member_filter(opts))?;
+    let alive: BTreeSet<&str> = members
+        .iter()
+        .filter(|m| m.status == "alive")
+        .map(|m| m.name.as_str())
+        .collect();
+    if alive.is_empty() && members.iter().all(|m| m.status != "failed") {
         return Err(Error::fleet(
             "no alive serf member matches the --tag / --node filters",
         ));
     }
-    let limit = opts.timeout.map_or(QUERY_LIMIT, |t| t + MEMBERS_LIMIT);
-    let query = if std::io::stderr().is_terminal() {
-        let names = members.iter().map(|m| m.name.clone()).collect();
-        query_with_progress(opts, names, alive, limit)?
+    let progress = std::io::stderr().is_terminal().then(|| Progress {
+        start: Instant::now(),
+        alive: alive.len(),
+        of: opts
+            .timeout
+            .map(|t| format!(" of {:.1}s", t.as_secs_f64()))
+            .unwrap_or_default(),
+    });
+    // with only failed members there is nobody to ask
+    let query = if alive.is_empty() {
+        Ok(QueryOutput::default())
     } else {
-        parse_query(&run_serf(&query_args(opts), limit, |_| {})?)?
+        ask(&mut client, &query_params(opts), &alive, progress.as_ref())
     };
-    if alive > 0 && query.responses.is_empty() {
+    if progress.is_some() {
+        // clear the progress line
+        eprint!("\r\x1b[K");
+    }
+    let query = query?;
+    if !alive.is_empty() && query.responses.is_empty() {
         return Err(Error::fleet(format!(
-            "no member answered serf query {QUERY} in time ({} of {alive} alive acknowledged \
+            "no member answered serf query {QUERY} in time ({} of {} alive acknowledged \
              it): is \"query:{QUERY}=stretcher status --brief --json\" among the agents' \
              -event-handler (or are they all still deploying)?",
-            query.acks.len()
+            query.acks.len(),
+            alive.len()
         )));
     }
     Ok(assess(&members, &query, opts.checksum.as_deref()))
 }
 
-/// `serf members` with the filters of `opts`.
-pub(crate) fn members_args(opts: &FleetOptions) -> Vec<String> {
-    let mut args = vec!["members".to_string(), "-format=json".to_string()];
-    if let Some(a) = &opts.rpc_addr {
-        args.push(format!("-rpc-addr={a}"));
+/// The member list's filters for `opts`: its tags, and its nodes as one anchored
+/// alternation of literal names.
+pub(crate) fn member_filter(opts: &FleetOptions) -> MemberFilter {
+    let names: Vec<String> = opts.nodes.iter().map(|n| quote_meta(n)).collect();
+    MemberFilter {
+        tags: opts.tags.iter().cloned().collect(),
+        status: String::new(),
+        name: if names.is_empty() {
+            String::new()
+        } else {
+            // serf anchors the regexp at both ends
+            format!("(?:{})", names.join("|"))
+        },
     }
-    for (k, v) in &opts.tags {
-        args.push(format!("-tag={k}={v}"));
-    }
-    if !opts.nodes.is_empty() {
-        // serf anchors the regexp at both ends
-        let names: Vec<String> = opts.nodes.iter().map(|n| quote_meta(n)).collect();
-        args.push(format!("-name=(?:{})", names.join("|")));
-    }
-    args
 }
 
-/// `serf query -format=json stretcher-status` with the same filters as
-/// `members_args`.
-pub(crate) fn query_args(opts: &FleetOptions) -> Vec<String> {
-    query_args_as(opts, "json")
+/// The query's filters for `opts`: the same tags and nodes, and its timeout.
+pub(crate) fn query_params(opts: &FleetOptions) -> QueryParams {
+    QueryParams {
+        nodes: opts.nodes.clone(),
+        tags: opts.tags.iter().cloned().collect(),
+        timeout: opts.timeout,
+    }
 }
 
-fn query_args_as(opts: &FleetOptions, format: &str) -> Vec<String> {
-    let mut args = vec!["query".to_string(), format!("-format={format}")];
-    if let Some(a) = &opts.rpc_addr {
-        args.push(format!("-rpc-addr={a}"));
-    }
-    for (k, v) in &opts.tags {
-        args.push(format!("-tag={k}={v}"));
-    }
-    for n in &opts.nodes {
-        args.push(format!("-node={n}"));
-    }
-    if let Some(t) = opts.timeout {
-        args.push(format!("-timeout={}ms", t.as_millis().max(1)));
-    }
-    args.push(QUERY.to_string());
-    args
-}
-
-/// Go's `regexp.QuoteMeta`: a node name as a literal inside serf's `-name` regexp.
+/// Go's `regexp.QuoteMeta`: a node name as a literal inside serf's name regexp.
 fn quote_meta(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -135,356 +148,117 @@ fn quote_meta(s: &str) -> String {
     out
 }
 
-/// The query on a terminal: serf's text output arrives line by line as the
-/// answers do (its JSON only when the query ends), so the hosts answered so far are
-/// shown while it waits; the result is the same as `parse_query` of the JSON. When
-/// the text cannot be believed (`TextQuery::finish`: an answer held lines that pass
-/// for serf's own), the query is asked again in JSON, whose answers cannot be taken
-/// for one another.
-fn query_with_progress(
-    opts: &FleetOptions,
-    names: Vec<String>,
+/// The progress line on a terminal.
+struct Progress {
+    start: Instant,
     alive: usize,
-    limit: Duration,
+    /// ` of 3.0s` with `--timeout`.
+    of: String,
+}
+
+impl Progress {
+    fn show(&self, q: &QueryOutput) {
+        eprint!(
+            "\r\x1b[K{} of {} alive members answered ({} acknowledged), {:.1}s{}",
+            q.responses.len(),
+            self.alive,
+            q.acks.len(),
+            self.start.elapsed().as_secs_f64(),
+            self.of
+        );
+    }
+}
+
+/// One query round: the acks and answers until every member of `alive` has
+/// answered (the rest of the stream is left unread) or the agent ends the query.
+/// A node's first answer counts; its payload is read as UTF-8, invalid bytes
+/// replaced.
+fn ask(
+    client: &mut Client,
+    params: &QueryParams,
+    alive: &BTreeSet<&str>,
+    progress: Option<&Progress>,
 ) -> Result<QueryOutput> {
-    let start = Instant::now();
-    let of = opts
-        .timeout
-        .map(|t| format!(" of {:.1}s", t.as_secs_f64()))
-        .unwrap_or_default();
-    let mut text = TextQuery::new(names);
-    let result = run_serf(&query_args_as(opts, "text"), limit, |line| {
-        if let Some(line) = line {
-            text.line(line);
+    let mut out = QueryOutput::default();
+    let mut query = client.query(QUERY, b"", params)?;
+    // the alive members that have not answered yet
+    let mut waiting: BTreeSet<&str> = alive.clone();
+    let mut shown: Option<Instant> = None;
+    while !waiting.is_empty() {
+        if let Some(p) = progress {
+            // at most once a tick, however fast the records come
+            if shown.is_none_or(|t| t.elapsed() >= TICK) {
+                p.show(&out);
+                shown = Some(Instant::now());
+            }
         }
-        eprint!(
-            "\r\x1b[K{} of {alive} alive members answered ({} acknowledged), {:.1}s{of}",
-            text.out.responses.len(),
-            text.out.acks.len(),
-            start.elapsed().as_secs_f64()
-        );
-    });
-    // clear the progress line
-    eprint!("\r\x1b[K");
-    result?;
-    if let Some(out) = text.finish() {
-        return Ok(out);
-    }
-    let again = Instant::now();
-    let result = run_serf(&query_args(opts), limit, |_| {
-        eprint!(
-            "\r\x1b[Kan answer held lines like serf's own: asking again in JSON, {:.1}s{of}",
-            again.elapsed().as_secs_f64()
-        );
-    });
-    eprint!("\r\x1b[K");
-    parse_query(&result?)
-}
-
-/// `serf query` in text format, read line by line: `Query '...' dispatched`, then
-/// `Ack from 'NODE'` and `Response from 'NODE': PAYLOAD` (a payload of several
-/// lines continues on the next lines), then `Total Acks: N` and `Total Responses:
-/// N`. Serf writes a payload as it is, so an answer's lines can look like serf's
-/// own (a forged `Response from` another node): what the lines said is believed
-/// only when none of them can have been forged (`finish`).
-#[derive(Debug, Default)]
-pub(crate) struct TextQuery {
-    /// What the lines said so far (the progress line counts it).
-    pub out: QueryOutput,
-    /// The names `serf members` listed: the only nodes a line may name.
-    names: Vec<String>,
-    /// The node whose payload a following unknown line continues.
-    last: Option<String>,
-    /// Where in serf's output the next line is.
-    stage: TextStage,
-    /// Serf's `Total Acks` and `Total Responses`.
-    totals: (usize, usize),
-    /// A line serf would not have written where it stands.
-    doubtful: bool,
-}
-
-/// The parts of serf's text output, in order.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum TextStage {
-    /// Before the `Query '...' dispatched` line.
-    #[default]
-    Start,
-    /// Acks and responses.
-    Answers,
-    /// After `Total Acks`, before `Total Responses`.
-    Totals,
-    /// After `Total Responses`: serf writes nothing more.
-    Done,
-}
-
-impl TextQuery {
-    /// Reads the text of a query to the members named `names`.
-    pub fn new(names: Vec<String>) -> TextQuery {
-        TextQuery {
-            names,
-            ..TextQuery::default()
+        // the wait ends at the stream's own deadline without a terminal to redraw
+        let until = Instant::now() + if progress.is_some() { TICK } else { LONG_WAIT };
+        match query.poll(until)? {
+            Poll::Event(QueryEvent::Ack(node)) => {
+                out.acks.insert(node);
+            }
+            Poll::Event(QueryEvent::Response { from, payload }) => {
+                waiting.remove(from.as_str());
+                out.acks.insert(from.clone());
+                out.responses
+                    .entry(from)
+                    .or_insert_with(|| String::from_utf8_lossy(&payload).into_owned());
+            }
+            Poll::Idle => {}
+            Poll::Done => break,
         }
     }
-
-    pub fn line(&mut self, line: &str) {
-        let line = line.trim_end_matches(['\r', '\n']);
-        match self.stage {
-            TextStage::Start => {
-                self.stage = TextStage::Answers;
-                if line.starts_with("Query '") && line.ends_with("' dispatched") {
-                    return;
-                }
-                self.doubtful = true;
-            }
-            TextStage::Answers => {}
-            TextStage::Totals => {
-                match line
-                    .strip_prefix("Total Responses: ")
-                    .and_then(|n| n.parse().ok())
-                {
-                    Some(n) => self.totals.1 = n,
-                    None => self.doubtful = true,
-                }
-                self.stage = TextStage::Done;
-                return;
-            }
-            TextStage::Done => {
-                self.doubtful = true;
-                return;
-            }
-        }
-        if let Some(n) = line.strip_prefix("Total Acks: ") {
-            match n.parse() {
-                Ok(n) => self.totals.0 = n,
-                Err(_) => self.doubtful = true,
-            }
-            self.stage = TextStage::Totals;
-            self.last = None;
-        } else if let Some(rest) = line.strip_prefix("Ack from '") {
-            // the whole rest is the name: exactly one member's, once
-            match rest.strip_suffix('\'') {
-                Some(node)
-                    if self.names.iter().any(|n| n == node)
-                        && !self.out.acks.iter().any(|a| a == node) =>
-                {
-                    self.out.acks.push(node.to_string());
-                }
-                _ => self.doubtful = true,
-            }
-            self.last = None;
-        } else if let Some(rest) = line.strip_prefix("Response from '") {
-            // the name ends at `': `, which a name may hold too: exactly one member's
-            // name must fit, a member that acknowledged and has not answered yet
-            let fits: Vec<(&String, &str)> = self
-                .names
-                .iter()
-                .filter_map(|n| {
-                    let after = rest.strip_prefix(n.as_str())?;
-                    let payload = after
-                        .strip_prefix("': ")
-                        .or_else(|| (after == "':").then_some(""))?;
-                    Some((n, payload))
-                })
-                .collect();
-            match fits[..] {
-                [(node, payload)]
-                    if self.out.acks.contains(node) && !self.out.responses.contains_key(node) =>
-                {
-                    let node = node.clone();
-                    self.out.responses.insert(node.clone(), payload.to_string());
-                    self.last = Some(node);
-                }
-                _ => {
-                    self.doubtful = true;
-                    self.last = None;
-                }
-            }
-        } else if let Some(answer) = self
-            .last
-            .as_ref()
-            .and_then(|n| self.out.responses.get_mut(n))
-        {
-            answer.push('\n');
-            answer.push_str(line);
-        } else {
-            self.doubtful = true;
-        }
+    if let Some(p) = progress {
+        p.show(&out);
     }
-
-    /// What the lines said, when serf wrote every line that looks like its own: the
-    /// `dispatched` line first, the totals last and equal to the acks and responses
-    /// read, each of these naming a listed member once (and a response only after
-    /// its ack). `None` when an answer can have forged a line: ask serf for JSON.
-    pub fn finish(self) -> Option<QueryOutput> {
-        let counted = (self.out.acks.len(), self.out.responses.len());
-        (!self.doubtful && self.stage == TextStage::Done && self.totals == counted)
-            .then_some(self.out)
-    }
+    query.stop();
+    Ok(out)
 }
 
-/// Runs `serf ARGS` to its end (killed by pid after `limit`), calling `tick` with
-/// each line of its stdout as it arrives and with `None` every 200 ms; returns its
-/// stdout, or an error with the first line serf wrote.
-fn run_serf(
-    args: &[String],
-    limit: Duration,
-    mut tick: impl FnMut(Option<&str>),
-) -> Result<Vec<u8>> {
-    let what = format!("serf {}", args[0]);
-    let mut child = Command::new("serf")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Fleet {
-            msg: format!("cannot run serf: {e} (is serf installed and on PATH?)"),
-            source: Some(e.into()),
-        })?;
-    let lines = lines_of(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let start = Instant::now();
-    let mut stdout = Vec::new();
-    let mut shown = Instant::now();
-    let status = loop {
-        match lines.recv_timeout(Duration::from_millis(20)) {
-            Ok(line) => {
-                tick(Some(&String::from_utf8_lossy(&line)));
-                stdout.extend_from_slice(&line);
-                continue;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            // stdout closed: serf is done (or closed it); wait for its status
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-        }
-        if shown.elapsed() >= Duration::from_millis(200) {
-            shown = Instant::now();
-            tick(None);
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                // what it wrote before exiting
-                for line in lines.iter() {
-                    tick(Some(&String::from_utf8_lossy(&line)));
-                    stdout.extend_from_slice(&line);
-                }
-                break Some(status);
-            }
-            Ok(None) if start.elapsed() <= limit => {}
-            _ => break None,
-        }
-    };
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Error::fleet(format!(
-            "{what} did not finish within {}s; killed",
-            limit.as_secs()
-        )));
-    };
-    let stderr = err.join().unwrap_or_default();
-    if !status.success() {
-        let text = String::from_utf8_lossy(if stderr.iter().all(u8::is_ascii_whitespace) {
-            &stdout
-        } else {
-            &stderr
-        })
-        .into_owned();
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("no message")
-            .to_string();
-        return Err(Error::fleet(format!(
-            "{what} failed ({status}): {}",
-            shown_text(&line)
-        )));
-    }
-    Ok(stdout)
-}
+/// Longer than any query's stream may run (`serf_rpc` ends it sooner).
+const LONG_WAIT: Duration = Duration::from_secs(3600);
 
-/// The lines of `pipe` (each with its `\n`), as they arrive.
-fn lines_of<R: Read + Send + 'static>(pipe: Option<R>) -> std::sync::mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let Some(pipe) = pipe else { return };
-        let mut reader = std::io::BufReader::new(pipe);
-        loop {
-            let mut line = Vec::new();
-            match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    })
-}
-
-/// One member as `serf members -format=json` lists it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub(crate) struct Member {
-    pub name: String,
-    /// `alive`, `leaving`, `left` or `failed`.
-    pub status: String,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Members {
-    #[serde(default, deserialize_with = "null_default")]
-    members: Vec<Member>,
-}
-
-/// What `serf query -format=json` prints.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// The acks and answers of one round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct QueryOutput {
-    #[serde(rename = "Acks", default, deserialize_with = "null_default")]
-    pub acks: Vec<String>,
-    /// Node name → the handler's output.
-    #[serde(rename = "Responses", default, deserialize_with = "null_default")]
+    /// The nodes that acknowledged the query.
+    pub acks: BTreeSet<String>,
+    /// Node name → its answer.
     pub responses: BTreeMap<String, String>,
 }
 
-/// Go marshals an empty slice or map as `null`.
-fn null_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+/// A member's answer, as `stretcher status --brief --json` of any version writes
+/// it (SPEC §13): fields this version does not know (`manifest_url`, `serial`, ...)
+/// are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct Answer {
+    /// The host's own name for itself (required, not shown: the node name is).
+    #[serde(rename = "host")]
+    _host: String,
+    pub deploys: Vec<AnswerDeploy>,
+    /// Dests left out to fit Serf's response limit (failed ones are kept first).
+    #[serde(default)]
+    pub omitted: usize,
+    /// Why the host could not read its records at all.
+    pub error: Option<String>,
 }
 
-pub(crate) fn parse_members(out: &[u8]) -> Result<Vec<Member>> {
-    let m: Members = serde_json::from_slice(out).map_err(|e| Error::Fleet {
-        msg: format!("cannot read the output of serf members: {e}"),
-        source: Some(e.into()),
-    })?;
-    Ok(m.members)
-}
-
-pub(crate) fn parse_query(out: &[u8]) -> Result<QueryOutput> {
-    serde_json::from_slice(out).map_err(|e| Error::Fleet {
-        msg: format!("cannot read the output of serf query: {e}"),
-        source: Some(e.into()),
-    })
+/// One dest's last deploy in an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AnswerDeploy {
+    /// The dest's path; null for a commands-only manifest.
+    pub dest: Option<String>,
+    /// `success`, `failure`, `refused`, `running`, `interrupted`, ...
+    pub result: String,
+    /// The first 12 hex digits (of the checksum deployed, or being deployed).
+    pub checksum: Option<String>,
+    pub finished: Option<String>,
+    /// When a `running` deploy started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
 }
 
 /// How one host stands.
@@ -493,9 +267,14 @@ pub(crate) fn parse_query(out: &[u8]) -> Result<QueryOutput> {
 pub(crate) enum HostState {
     /// It answered, every last deploy succeeded (and holds `--checksum`).
     Success,
-    /// It answered, and something is wrong: a failed deploy, nothing recorded,
-    /// another checksum.
+    /// It answered, and something is wrong: a failed or interrupted deploy,
+    /// nothing recorded, another checksum.
     Failure,
+    /// It answered that a deploy is in progress, and none failed.
+    Running,
+    /// Its answer left dests out to fit Serf's limit and kept only successes (and
+    /// no running one): what it left out cannot be confirmed.
+    Partial,
     /// It answered something that is not a brief status (`parse_answer`): not one
     /// line, not the brief's JSON, or a field of the wrong type, size or encoding.
     Invalid,
@@ -510,6 +289,8 @@ impl HostState {
         match self {
             HostState::Success => "success",
             HostState::Failure => "failure",
+            HostState::Running => "running",
+            HostState::Partial => "partial",
             HostState::Invalid => "invalid",
             HostState::Silent => "silent",
             HostState::Unreachable => "unreachable",
@@ -525,7 +306,7 @@ pub(crate) struct Host {
     /// Why it is not `success`, when no deploy row says it.
     pub problem: Option<String>,
     /// Its answer's deploys (empty unless it answered).
-    pub deploys: Vec<BriefDeploy>,
+    pub deploys: Vec<AnswerDeploy>,
     /// Deploys its answer left out to stay within serf's response limit.
     #[serde(skip_serializing_if = "is_zero")]
     pub omitted: usize,
@@ -535,6 +316,24 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// One dest whose hosts disagree: each checksum its rows name, and on how many
+/// hosts the last deploy succeeded with it (most first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Split {
+    /// The dest (null: commands-only manifests).
+    pub dest: Option<String>,
+    pub checksums: Vec<SplitChecksum>,
+}
+
+/// One checksum of a `Split`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct SplitChecksum {
+    /// Its first 12 hex digits, lower case.
+    pub checksum: String,
+    /// The hosts whose last deploy of the dest succeeded with it.
+    pub success: usize,
+}
+
 /// The whole judgement; `ok` is the exit status's question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Report {
@@ -542,46 +341,47 @@ pub(crate) struct Report {
     pub answered: usize,
     pub success: usize,
     pub failure: usize,
+    pub running: usize,
+    pub partial: usize,
     pub invalid: usize,
     pub silent: usize,
     pub unreachable: usize,
     pub checksum: Option<String>,
     pub ok: bool,
     pub hosts: Vec<Host>,
+    /// The dests whose hosts name more than one checksum.
+    pub splits: Vec<Split>,
 }
 
 /// Judges every member (SPEC §13, §17): `alive` ones answered (success / failure /
-/// invalid) or silent, `failed` ones unreachable, `left` / `leaving` ones not
-/// counted. An answer from a node the member list lacked (it joined meanwhile)
-/// counts as alive.
+/// running / partial / invalid) or silent, `failed` ones unreachable, `left` /
+/// `leaving` ones not counted. An answer from a node the member list lacked (it
+/// joined meanwhile) counts as alive.
 pub(crate) fn assess(members: &[Member], query: &QueryOutput, checksum: Option<&str>) -> Report {
     let mut hosts = Vec::new();
     let mut names: Vec<&str> = Vec::new();
+    let bare = |node: &str, state, problem: &str| Host {
+        node: node.to_string(),
+        state,
+        problem: Some(problem.into()),
+        deploys: Vec::new(),
+        omitted: 0,
+    };
     for m in members {
         names.push(&m.name);
         let host = match (m.status.as_str(), query.responses.get(&m.name)) {
             (_, Some(answer)) => judge(&m.name, answer, checksum),
-            ("alive", None) => Host {
-                node: m.name.clone(),
-                state: HostState::Silent,
-                problem: Some(
-                    if query.acks.contains(&m.name) {
-                        "acknowledged the query but sent no answer"
-                    } else {
-                        "no answer"
-                    }
-                    .into(),
-                ),
-                deploys: Vec::new(),
-                omitted: 0,
-            },
-            ("failed", None) => Host {
-                node: m.name.clone(),
-                state: HostState::Unreachable,
-                problem: Some("serf reports the member failed".into()),
-                deploys: Vec::new(),
-                omitted: 0,
-            },
+            ("alive", None) if query.acks.contains(&m.name) => bare(
+                &m.name,
+                HostState::Silent,
+                "acknowledged the query but sent no answer",
+            ),
+            ("alive", None) => bare(&m.name, HostState::Silent, "no answer"),
+            ("failed", None) => bare(
+                &m.name,
+                HostState::Unreachable,
+                "serf reports the member failed",
+            ),
             // left or leaving: not counted
             _ => continue,
         };
@@ -594,61 +394,113 @@ pub(crate) fn assess(members: &[Member], query: &QueryOutput, checksum: Option<&
     }
     hosts.sort_by(|a, b| a.node.cmp(&b.node));
     let count = |s: HostState| hosts.iter().filter(|h| h.state == s).count();
-    let (success, failure, invalid, silent, unreachable) = (
+    let (success, failure, running, partial, invalid, silent, unreachable) = (
         count(HostState::Success),
         count(HostState::Failure),
+        count(HostState::Running),
+        count(HostState::Partial),
         count(HostState::Invalid),
         count(HostState::Silent),
         count(HostState::Unreachable),
     );
-    let answered = success + failure + invalid;
+    let answered = success + failure + running + partial + invalid;
     let alive = answered + silent;
+    let splits = splits(&hosts);
     Report {
         alive,
         answered,
         success,
         failure,
+        running,
+        partial,
         invalid,
         silent,
         unreachable,
         checksum: checksum.map(str::to_string),
         ok: alive > 0 && success == alive && unreachable == 0,
         hosts,
+        splits,
+    }
+}
+
+/// A checksum as the answers compare: its first 12 hex digits, lower case.
+fn short(c: &str) -> String {
+    c.chars().take(12).collect::<String>().to_ascii_lowercase()
+}
+
+/// Per dest, the checksums its hosts' rows name and how many hosts succeeded with
+/// each; only the dests with more than one.
+fn splits(hosts: &[Host]) -> Vec<Split> {
+    let mut by_dest: BTreeMap<Option<&str>, BTreeMap<String, usize>> = BTreeMap::new();
+    for h in hosts {
+        for d in &h.deploys {
+            let Some(c) = d.checksum.as_deref() else {
+                continue;
+            };
+            let n = by_dest
+                .entry(d.dest.as_deref())
+                .or_default()
+                .entry(short(c))
+                .or_default();
+            if d.result == "success" && d.error.is_none() {
+                *n += 1;
+            }
+        }
+    }
+    by_dest
+        .into_iter()
+        .filter(|(_, sums)| sums.len() > 1)
+        .map(|(dest, sums)| {
+            let mut checksums: Vec<SplitChecksum> = sums
+                .into_iter()
+                .map(|(checksum, success)| SplitChecksum { checksum, success })
+                .collect();
+            checksums.sort_by(|a, b| b.success.cmp(&a.success).then(a.checksum.cmp(&b.checksum)));
+            Split {
+                dest: dest.map(str::to_string),
+                checksums,
+            }
+        })
+        .collect()
+}
+
+/// The checksum most hosts of `dest` last deployed with success; `None` on a tie
+/// (or when none succeeded).
+fn majority(hosts: &[Host], dest: Option<&str>) -> Option<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for d in hosts.iter().flat_map(|h| &h.deploys) {
+        if d.dest.as_deref() == dest && d.result == "success" && d.error.is_none() {
+            if let Some(c) = d.checksum.as_deref() {
+                *counts.entry(short(c)).or_default() += 1;
+            }
+        }
+    }
+    let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
+    match ranked.as_slice() {
+        [(c, _)] => Some(c.clone()),
+        [(c, n), (_, m), ..] if n > m => Some(c.clone()),
+        _ => None,
     }
 }
 
 /// The table `fleet status` prints when one alive member, `node`, answered
-/// `answer` (its handler's output; serf carries it as UTF-8, invalid bytes
-/// replaced), judged against `checksum` (hex) when given. With `text`, the answer
-/// is read from serf's text output as on a terminal (`TextQuery`), and asked again
-/// as JSON when that text cannot be believed. What the `fleet_answer` fuzz target
-/// renders: the parser and the table as `fleet status` runs them.
-pub fn answer_table(node: &str, answer: &[u8], checksum: Option<&str>, text: bool) -> String {
+/// `answer` (its handler's output, read as UTF-8 with invalid bytes replaced, as
+/// `fleet status` reads it), judged against `checksum` (hex) when given. What the
+/// `fleet_answer` fuzz target renders: the parser and the table as `fleet status`
+/// runs them.
+pub fn answer_table(node: &str, answer: &[u8], checksum: Option<&str>) -> String {
     let answer = String::from_utf8_lossy(answer).into_owned();
     let members = [Member {
         name: node.to_string(),
         status: "alive".into(),
         tags: BTreeMap::new(),
     }];
-    let mut query = None;
-    if text {
-        // serf's text format: the payload as it is, one newline at its end dropped
-        let printed = format!(
-            "Query '{QUERY}' dispatched\nAck from '{node}'\nResponse from '{node}': {}\n\
-             Total Acks: 1\nTotal Responses: 1\n",
-            answer.strip_suffix('\n').unwrap_or(&answer)
-        );
-        let mut lines = TextQuery::new(vec![node.to_string()]);
-        for line in printed.split_inclusive('\n') {
-            lines.line(line);
-        }
-        query = lines.finish();
-    }
-    let query = query.unwrap_or_else(|| QueryOutput {
-        acks: vec![node.to_string()],
+    let query = QueryOutput {
+        acks: BTreeSet::from([node.to_string()]),
         responses: BTreeMap::from([(node.to_string(), answer)]),
-    });
-    assess(&members, &query, checksum).table()
+    };
+    assess(&members, &query, checksum).table(false)
 }
 
 /// The longest checksum an answer may carry: the 128 hex digits of a sha512 (the
@@ -658,19 +510,19 @@ const MAX_CHECKSUM: usize = 128;
 /// The longest `result` or `failed_step` word of an answer.
 const MAX_WORD: usize = 32;
 
-/// The longest `finished` time of an answer.
+/// The longest `finished` or `started` time of an answer.
 const MAX_TIME: usize = 64;
 
 /// How much of an invalid answer its row shows.
 const EXCERPT_CHARS: usize = 120;
 
 /// A member's answer, read as `stretcher status --brief --json` writes it (SPEC
-/// §13, §17): one line of at most `BRIEF_LIMIT` bytes, the JSON of a `Brief`
+/// §13, §17): one line of at most `BRIEF_LIMIT` bytes, the JSON of an `Answer`
 /// (unknown keys allowed), every checksum 1 to `MAX_CHECKSUM` hex digits, every
-/// `result` and `failed_step` a lower-case word, every `finished` short. Text
-/// fields (host, dest, finished, error) may hold any character: they are data,
-/// escaped when shown. `Err` says why the member is `invalid`; never a panic.
-pub(crate) fn parse_answer(answer: &str) -> std::result::Result<Brief, String> {
+/// `result` and `failed_step` a lower-case word, every `finished` and `started`
+/// short. Text fields (host, dest, times, error) may hold any character: they are
+/// data, escaped when shown. `Err` says why the member is `invalid`; never a panic.
+pub(crate) fn parse_answer(answer: &str) -> std::result::Result<Answer, String> {
     if answer.len() > BRIEF_LIMIT {
         return Err(format!(
             "{} bytes, more than serf's {BRIEF_LIMIT}",
@@ -681,7 +533,7 @@ pub(crate) fn parse_answer(answer: &str) -> std::result::Result<Brief, String> {
     if line.contains(['\n', '\r']) {
         return Err("more than one line".into());
     }
-    let brief: Brief =
+    let brief: Answer =
         serde_json::from_str(line).map_err(|e| format!("not a brief status: {e}"))?;
     let word = |w: &str| {
         !w.is_empty()
@@ -700,8 +552,11 @@ pub(crate) fn parse_answer(answer: &str) -> std::result::Result<Brief, String> {
         if !word(&d.result) || !d.failed_step.as_deref().is_none_or(word) {
             return Err("a result or failed_step that is not a word".into());
         }
-        if d.finished.as_ref().is_some_and(|f| f.len() > MAX_TIME) {
-            return Err(format!("a finished time longer than {MAX_TIME} bytes"));
+        if [&d.finished, &d.started]
+            .iter()
+            .any(|t| t.as_ref().is_some_and(|t| t.len() > MAX_TIME))
+        {
+            return Err(format!("a time longer than {MAX_TIME} bytes"));
         }
     }
     Ok(brief)
@@ -736,11 +591,19 @@ fn judge(node: &str, answer: &str, checksum: Option<&str>) -> Host {
         host.problem = Some("nothing recorded".into());
         return host;
     }
-    if host
-        .deploys
-        .iter()
-        .any(|d| d.result != "success" || d.error.is_some())
-    {
+    let fine = |d: &AnswerDeploy| d.error.is_none() && d.result == "success";
+    let running = |d: &AnswerDeploy| d.error.is_none() && d.result == "running";
+    // a failure, an interrupted deploy, a result this version does not know
+    if !host.deploys.iter().all(|d| fine(d) || running(d)) {
+        return host;
+    }
+    if host.deploys.iter().any(running) {
+        host.state = HostState::Running;
+        return host;
+    }
+    if host.omitted > 0 {
+        // the "(N more)" row says why
+        host.state = HostState::Partial;
         return host;
     }
     if let Some(want) = checksum {
@@ -768,33 +631,62 @@ fn same_checksum(answer: &str, want: &str) -> bool {
 }
 
 impl Report {
-    /// The summary line of SPEC §13, and the invalid members by name (SPEC §17).
+    /// The summary line of SPEC §13, with the running, partial and invalid members
+    /// by name (SPEC §17).
     pub(crate) fn summary(&self) -> String {
         let mut line = format!(
             "{} answered of {} alive members: {} success, {} failure, {} silent, {} unreachable",
             self.answered, self.alive, self.success, self.failure, self.silent, self.unreachable
         );
-        if self.invalid > 0 {
-            let names: Vec<String> = self
-                .hosts
-                .iter()
-                .filter(|h| h.state == HostState::Invalid)
-                .map(|h| shown_text(&h.node))
-                .collect();
-            line.push_str(&format!(
-                ", {} invalid ({})",
-                self.invalid,
-                names.join(", ")
-            ));
+        for (n, state) in [
+            (self.running, HostState::Running),
+            (self.partial, HostState::Partial),
+            (self.invalid, HostState::Invalid),
+        ] {
+            if n > 0 {
+                let names: Vec<String> = self
+                    .hosts
+                    .iter()
+                    .filter(|h| h.state == state)
+                    .map(|h| shown_text(&h.node))
+                    .collect();
+                line.push_str(&format!(", {n} {} ({})", state.as_str(), names.join(", ")));
+            }
         }
         line
     }
 
+    /// One line per dest whose hosts disagree: `checksums of DEST differ:
+    /// CHECKSUM on N hosts, ...` (N: the hosts whose last deploy succeeded with it).
+    pub(crate) fn split_lines(&self) -> Vec<String> {
+        self.splits
+            .iter()
+            .map(|s| {
+                let sums: Vec<String> = s
+                    .checksums
+                    .iter()
+                    .map(|c| {
+                        let hosts = if c.success == 1 { "host" } else { "hosts" };
+                        format!("{} on {} {hosts}", shown_text(&c.checksum), c.success)
+                    })
+                    .collect();
+                format!(
+                    "checksums of {} differ (hosts whose last deploy succeeded with each): {}",
+                    s.dest.as_deref().map_or("-".into(), shown_text),
+                    sums.join(", ")
+                )
+            })
+            .collect()
+    }
+
     /// One row per host and dest (node, dest, result, checksum, finished, error),
-    /// columns aligned, then the summary line. Every field is shown through
+    /// columns aligned, then the summary line and the split lines. With `problems`,
+    /// only the rows that are not success on their dest's majority checksum (on a
+    /// tie, every row of that dest), and every row of a host judged otherwise than
+    /// success with no row of its own to say why. Every field is shown through
     /// `shown_text`: no control character of an answer or a node name reaches the
     /// terminal, and each row is one line.
-    pub fn table(&self) -> String {
+    pub fn table(&self, problems: bool) -> String {
         let dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).map_or("-".into(), shown_text);
         let mut rows: Vec<[String; 6]> = vec![[
             "NODE".into(),
@@ -804,24 +696,48 @@ impl Report {
             "FINISHED".into(),
             "ERROR".into(),
         ]];
+        let majorities: BTreeMap<Option<&str>, Option<String>> = self
+            .hosts
+            .iter()
+            .flat_map(|h| &h.deploys)
+            .map(|d| (d.dest.as_deref(), majority(&self.hosts, d.dest.as_deref())))
+            .collect();
+        let on_majority = |d: &AnswerDeploy| {
+            let m = majorities.get(&d.dest.as_deref()).cloned().flatten();
+            d.result == "success"
+                && d.error.is_none()
+                && m.is_some_and(|m| d.checksum.as_deref().map(short) == Some(m))
+        };
         for h in &self.hosts {
             let node = shown_text(&h.node);
             if h.deploys.is_empty() {
-                rows.push([
-                    node.clone(),
-                    "-".into(),
-                    h.state.as_str().into(),
-                    "-".into(),
-                    "-".into(),
-                    dash(h.problem.as_deref()),
-                ]);
+                if !problems || h.state != HostState::Success {
+                    rows.push([
+                        node.clone(),
+                        "-".into(),
+                        h.state.as_str().into(),
+                        "-".into(),
+                        "-".into(),
+                        dash(h.problem.as_deref()),
+                    ]);
+                }
                 continue;
             }
-            for d in &h.deploys {
+            let fine: Vec<bool> = h.deploys.iter().map(on_majority).collect();
+            // judged otherwise than success though every row is fine (another
+            // --checksum, a partial answer): every row shows it
+            let unexplained = h.state != HostState::Success && fine.iter().all(|f| *f);
+            for (d, fine) in h.deploys.iter().zip(fine) {
+                if problems && fine && !unexplained {
+                    continue;
+                }
                 let error = match (&d.failed_step, &d.error) {
                     (Some(step), Some(e)) => shown_text(format!("failed at {step}: {e}")),
                     (None, Some(e)) => shown_text(e),
                     (Some(step), None) => shown_text(format!("failed at {step}")),
+                    (None, None) if d.result == "running" => {
+                        format!("deploying since {}", dash(d.started.as_deref()))
+                    }
                     (None, None) => dash(h.problem.as_deref()),
                 };
                 rows.push([
@@ -840,7 +756,7 @@ impl Report {
                     "-".into(),
                     "-".into(),
                     "-".into(),
-                    "left out of the answer (serf's 1024-byte limit)".into(),
+                    "left out of the answer (serf's 1024-byte limit): not confirmed".into(),
                 ]);
             }
         }
@@ -865,6 +781,10 @@ impl Report {
         }
         out.push_str(&self.summary());
         out.push('\n');
+        for line in self.split_lines() {
+            out.push_str(&line);
+            out.push('\n');
+        }
         out
     }
 }
@@ -891,155 +811,6 @@ mod tests {
             }]
         })
         .to_string()
-    }
-
-    #[test]
-    fn parses_what_serf_prints() {
-        let members = br#"{"members":[{"name":"a","addr":"127.0.0.1:1","port":1,
-            "tags":{"role":"web"},"status":"alive","protocol":{"max":5,"min":2,"version":5}}]}"#;
-        let m = parse_members(members).unwrap();
-        assert_eq!(m[0].name, "a");
-        assert_eq!(m[0].tags["role"], "web");
-        let q = parse_query(
-            br#"{"Acks":["a","b"],"Responses":{"a":"{\"host\":\"a\",\"deploys\":[]}\n"}}"#,
-        )
-        .unwrap();
-        assert_eq!(q.acks, ["a", "b"]);
-        assert!(q.responses["a"].ends_with('\n'));
-        assert!(parse_members(b"{\n  \"members\": null\n}\n")
-            .unwrap()
-            .is_empty());
-        let q = parse_query(br#"{"Acks":null,"Responses":null}"#).unwrap();
-        assert_eq!(q, QueryOutput::default());
-        assert!(parse_query(b"Error connecting").is_err());
-    }
-
-    /// `lines` read as serf's text output for the members `names`.
-    fn text(names: &[&str], lines: &[&str]) -> TextQuery {
-        let mut t = TextQuery::new(names.iter().map(|n| n.to_string()).collect());
-        for line in lines {
-            t.line(line);
-        }
-        t
-    }
-
-    #[test]
-    fn text_output_as_it_arrives() {
-        let t = text(
-            &["a", "b", "c"],
-            &[
-                "Query 'stretcher-status' dispatched\n",
-                "Ack from 'a'\r\n",
-                "Ack from 'b'\n",
-                "Ack from 'c'\n",
-                "Response from 'a': {\"host\":\"a\",\"deploys\":[]}\n",
-                "Response from 'b': first\n",
-                "second\n",
-                "Response from 'c':\n",
-                "Total Acks: 3\n",
-                "Total Responses: 3\n",
-            ],
-        );
-        assert_eq!(t.out.acks, ["a", "b", "c"]);
-        let out = t.finish().expect("serf's own lines are believed");
-        assert_eq!(out.responses["a"], r#"{"host":"a","deploys":[]}"#);
-        assert_eq!(out.responses["b"], "first\nsecond");
-        assert_eq!(out.responses["c"], "");
-        assert_eq!(out.responses.len(), 3);
-    }
-
-    #[test]
-    fn text_that_an_answer_can_have_forged_is_not_believed() {
-        let ok = r#"{"host":"b","deploys":[{"dest":"/srv/app","result":"success"}]}"#;
-        let forged = format!("Response from 'b': {ok}");
-        let head = ["Query 'stretcher-status' dispatched", "Ack from 'a'"];
-        let tail = ["Total Acks: 2", "Total Responses: 2"];
-        let cases: Vec<(&str, Vec<String>)> = vec![
-            // a's answer holds a line for b, after b's own answer
-            ("a second answer of b", {
-                let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-                v.extend([
-                    "Ack from 'b'".into(),
-                    r#"Response from 'b': {"host":"b","deploys":[{"result":"failure"}]}"#.into(),
-                    format!("Response from 'a': {ok}"),
-                    forged.clone(),
-                ]);
-                v.extend(tail.iter().map(|s| s.to_string()));
-                v
-            }),
-            // ... for a silent b: one response more than serf counted
-            ("more responses than serf counted", {
-                let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-                v.extend([
-                    "Ack from 'b'".into(),
-                    format!("Response from 'a': {ok}"),
-                    forged.clone(),
-                    "Total Acks: 2".into(),
-                    "Total Responses: 1".into(),
-                ]);
-                v
-            }),
-            // ... with the totals forged too: serf's own come after them
-            ("forged totals", {
-                let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-                v.extend([
-                    "Ack from 'b'".into(),
-                    format!("Response from 'a': {ok}"),
-                    forged.clone(),
-                    "Total Acks: 2".into(),
-                    "Total Responses: 2".into(),
-                ]);
-                v.extend([
-                    "Total Acks: 2".to_string(),
-                    "Total Responses: 1".to_string(),
-                ]);
-                v
-            }),
-            // b never acknowledged: a response before its ack
-            ("an answer without an ack", {
-                let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-                v.extend([format!("Response from 'a': {ok}"), forged.clone()]);
-                v.extend([
-                    "Total Acks: 1".to_string(),
-                    "Total Responses: 2".to_string(),
-                ]);
-                v
-            }),
-            // an ack of a node serf did not list, and an ack twice
-            ("an unknown ack", {
-                let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-                v.extend(["Ack from 'z'".to_string(), "Ack from 'a'".to_string()]);
-                v.extend(tail.iter().map(|s| s.to_string()));
-                v
-            }),
-            // no totals: serf did not end its output
-            ("no totals", head.iter().map(|s| s.to_string()).collect()),
-        ];
-        for (what, lines) in cases {
-            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-            assert!(text(&["a", "b"], &lines).finish().is_none(), "{what}");
-        }
-        // a member named "b': {...": its response line fits two names
-        let sly = format!("b': {ok}");
-        let lines = [
-            "Query 'stretcher-status' dispatched".to_string(),
-            "Ack from 'b'".into(),
-            format!("Ack from '{sly}'"),
-            format!("Response from '{sly}': x"),
-            "Total Acks: 2".into(),
-            "Total Responses: 1".into(),
-        ];
-        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert!(text(&["b", &sly], &lines).finish().is_none());
-        // through the table: a forged line never becomes another row
-        let answer = format!("{ok}\nResponse from 'b': {ok}\n");
-        let table = answer_table("a", answer.as_bytes(), None, true);
-        assert_eq!(table.lines().count(), 3, "{table}");
-        assert!(
-            table.lines().nth(1).unwrap().starts_with("a     -"),
-            "{table}"
-        );
-        assert!(table.contains(" invalid "), "{table}");
     }
 
     /// The state `r` gives `node`, as its JSON spells it.
@@ -1083,7 +854,7 @@ mod tests {
         .to_string();
         let r = alone("web-1", &answer, None);
         assert_eq!(state_of(&r, "web-1"), "failure");
-        let table = r.table();
+        let table = r.table(false);
         assert_clean(&table, 1);
         assert!(
             table.contains("/srv/app\\x0aweb-2  /srv/app  success"),
@@ -1101,7 +872,7 @@ mod tests {
         // a node name of several lines (serf lets a member choose it)
         let node = "evil\nweb-2  /srv/app  success\x1b[1A";
         let r = alone(node, &answer, None);
-        let table = r.table();
+        let table = r.table(false);
         assert_clean(&table, 1);
         assert!(
             table.contains("evil\\x0aweb-2  /srv/app  success\\x1b[1A  "),
@@ -1118,7 +889,7 @@ mod tests {
             &q,
             None,
         );
-        let table = r.table();
+        let table = r.table(false);
         assert_clean(&table, 2);
         assert!(
             table.contains("cannot read\\x0aweb-9  -  success"),
@@ -1200,14 +971,14 @@ mod tests {
                      0 unreachable, 1 invalid (web-1)",
                     "{what}"
                 );
-                let table = r.table();
+                let table = r.table(false);
                 assert_clean(&table, 1);
                 assert!(table.contains("  invalid  "), "{what}: {table}");
             }
         }
         // the row shows the start of the answer, escaped
         let r = alone("web-1", &format!("{ok}\nweb-2  /srv/app  success"), None);
-        let table = r.table();
+        let table = r.table(false);
         assert_clean(&table, 1);
         assert!(
             table.contains("invalid answer (more than one line): {\"deploys\":[{"),
@@ -1261,7 +1032,7 @@ mod tests {
         q.responses.insert("garbled".into(), "oops".into());
         q.responses
             .insert("old".into(), answer("success", "ffffffffffff", None));
-        q.acks = vec!["ok".into(), "quiet".into()];
+        q.acks = BTreeSet::from(["ok".into(), "quiet".into()]);
         let r = assess(&members, &q, Some(sum));
         assert_eq!(
             (
@@ -1340,7 +1111,7 @@ mod tests {
         );
         let r = assess(&members, &q, Some("0123456789abcdef"));
         assert_eq!(
-            r.table(),
+            r.table(false),
             "\
 NODE   DEST      RESULT       CHECKSUM      FINISHED                  ERROR
 web-1  /srv/app  success      0123456789ab  2026-12-01T10:00:00.000Z  -
@@ -1358,38 +1129,351 @@ web-3  -         unreachable  -             -                         serf repor
         );
     }
 
+    /// A brief answer of `deploys` (JSON objects), with `extra` top-level fields.
+    fn brief(deploys: serde_json::Value, extra: serde_json::Value) -> String {
+        let mut v = serde_json::json!({"host": "h", "deploys": deploys});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v.to_string()
+    }
+
+    fn row(dest: &str, result: &str, checksum: &str) -> serde_json::Value {
+        serde_json::json!({"dest": dest, "result": result, "checksum": checksum,
+            "finished": "2026-12-01T10:00:00.000Z"})
+    }
+
+    /// `answers` (node, answer), every node alive.
+    fn fleet_of(answers: &[(&str, String)], checksum: Option<&str>) -> Report {
+        let members: Vec<Member> = answers.iter().map(|(n, _)| member(n, "alive")).collect();
+        let mut q = QueryOutput::default();
+        for (n, a) in answers {
+            q.responses.insert(n.to_string(), a.clone());
+        }
+        assess(&members, &q, checksum)
+    }
+
+    /// The nodes of the table's rows.
+    fn row_nodes(table: &str) -> Vec<&str> {
+        let lines: Vec<&str> = table.lines().collect();
+        let end = lines
+            .iter()
+            .position(|l| l.contains(" answered of "))
+            .unwrap();
+        lines[1..end]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect()
+    }
+
     #[test]
-    fn serf_arguments() {
+    fn a_split_is_named_and_problems_show_only_the_odd_rows() {
+        let (x, y) = ("0123456789ab", "ffffffffffff");
+        let one = |result: &str, sum: &str| {
+            brief(
+                serde_json::json!([row("/srv/app", result, sum)]),
+                serde_json::json!({}),
+            )
+        };
+        let answers = [
+            ("a", one("success", x)),
+            ("b", one("success", x)),
+            ("c", one("success", &x.to_uppercase())),
+            ("d", one("success", y)),
+            ("e", one("failure", x)),
+        ];
+        let r = fleet_of(&answers, None);
+        assert!(!r.ok);
+        let table = r.table(false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[lines.len() - 2],
+            "5 answered of 5 alive members: 4 success, 1 failure, 0 silent, 0 unreachable"
+        );
+        assert_eq!(
+            lines[lines.len() - 1],
+            "checksums of /srv/app differ (hosts whose last deploy succeeded with each): \
+             0123456789ab on 3 hosts, ffffffffffff on 1 host"
+        );
+        assert_eq!(row_nodes(&table), ["a", "b", "c", "d", "e"]);
+        assert_eq!(row_nodes(&r.table(true)), ["d", "e"]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["splits"][0]["checksums"][1]["success"], 1, "{json}");
+        // a tie: no majority, every row of the dest
+        let tie = fleet_of(&answers[2..4], None);
+        assert!(tie.ok);
+        assert_eq!(row_nodes(&tie.table(true)), ["c", "d"]);
+        // one checksum everywhere: no split line, no problem row
+        let same = fleet_of(&answers[..3], None);
+        assert!(same.splits.is_empty());
+        assert!(
+            same.table(true).lines().count() == 2,
+            "{}",
+            same.table(true)
+        );
+        // another --checksum: every host fails though its row is on the majority
+        let other = fleet_of(&answers[..3], Some("abcdefabcdef"));
+        assert_eq!(row_nodes(&other.table(true)), ["a", "b", "c"]);
+        // the dests are judged apart
+        let two = |a: &str, b: &str| {
+            brief(
+                serde_json::json!([row("/a", "success", a), row("/b", "success", b)]),
+                serde_json::json!({}),
+            )
+        };
+        let r = fleet_of(
+            &[("m", two(x, x)), ("n", two(x, y)), ("o", two(x, y))],
+            None,
+        );
+        assert_eq!(r.split_lines().len(), 1);
+        assert!(r.split_lines()[0].starts_with("checksums of /b differ"));
+        assert_eq!(row_nodes(&r.table(true)), ["m"]);
+        let t = r.table(true);
+        let m: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(m[..4], ["m", "/b", "success", x], "{t}");
+    }
+
+    #[test]
+    fn running_interrupted_and_partial_hosts() {
+        let x = "0123456789ab";
+        let none = serde_json::json!({});
+        let mut running = row("/srv/app", "running", x);
+        running["started"] = "2026-12-01T10:05:00.000Z".into();
+        running["finished"] = serde_json::Value::Null;
+        // fields of newer answers are read past
+        let mut newer = row("/srv/other", "success", x);
+        newer["manifest_url"] = "https://example.com/app.yml".into();
+        newer["serial"] = 42.into();
+        let answers = [
+            (
+                "run",
+                brief(
+                    serde_json::json!([running.clone(), newer.clone()]),
+                    none.clone(),
+                ),
+            ),
+            (
+                "int",
+                brief(
+                    serde_json::json!([row("/srv/app", "interrupted", x)]),
+                    none.clone(),
+                ),
+            ),
+            (
+                "part",
+                brief(
+                    serde_json::json!([newer.clone()]),
+                    serde_json::json!({"omitted": 3}),
+                ),
+            ),
+            (
+                "gone",
+                brief(serde_json::json!([]), serde_json::json!({"omitted": 9})),
+            ),
+            (
+                "kept",
+                brief(
+                    serde_json::json!([newer.clone(), row("/x", "failure", x)]),
+                    serde_json::json!({"omitted": 2}),
+                ),
+            ),
+            (
+                "fine",
+                brief(
+                    serde_json::json!([newer.clone()]),
+                    serde_json::json!({"future": {"a": 1}}),
+                ),
+            ),
+        ];
+        let r = fleet_of(&answers, None);
+        let state = |n: &str| state_of(&r, n);
+        assert_eq!(state("run"), "running");
+        assert_eq!(state("int"), "failure");
+        assert_eq!(state("part"), "partial");
+        assert_eq!(state("gone"), "partial");
+        assert_eq!(state("kept"), "failure");
+        assert_eq!(state("fine"), "success");
+        assert!(!r.ok);
+        assert_eq!(
+            r.summary(),
+            "6 answered of 6 alive members: 1 success, 2 failure, 0 silent, 0 unreachable, \
+             1 running (run), 2 partial (gone, part)"
+        );
+        let table = r.table(false);
+        assert!(table.contains("running      0123456789ab  -                         deploying since 2026-12-01T10:05:00.000Z"), "{table}");
+        assert!(table.contains("part  (3 more)"), "{table}");
+        assert!(table.contains("not confirmed"), "{table}");
+        // a partial or running host is never ok, with --checksum too
+        for (n, a) in &answers[..3] {
+            let alone = fleet_of(&[(n, a.clone())], Some(x));
+            assert!(!alone.ok, "{n}");
+        }
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["running"], 1, "{json}");
+        assert_eq!(json["partial"], 2, "{json}");
+        let run = json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["node"] == "run")
+            .unwrap();
+        assert_eq!(
+            run["deploys"][0]["started"], "2026-12-01T10:05:00.000Z",
+            "{json}"
+        );
+        // a started time of an absurd length makes the answer invalid
+        let mut long = running.clone();
+        long["started"] = "9".repeat(65).into();
+        let r = fleet_of(&[("l", brief(serde_json::json!([long]), none))], None);
+        assert_eq!(state_of(&r, "l"), "invalid");
+    }
+
+    #[test]
+    fn filters_for_the_members_and_the_query() {
         let opts = FleetOptions {
-            rpc_addr: Some("127.0.0.1:7373".into()),
-            tags: vec![("role".into(), "web".into())],
+            tags: vec![("role".into(), "web".into()), ("dc".into(), "a|b".into())],
             nodes: vec!["a.b".into(), "c".into()],
             timeout: Some(Duration::from_millis(2500)),
-            checksum: None,
-            json: false,
+            ..FleetOptions::default()
         };
+        let m = member_filter(&opts);
+        assert_eq!(m.name, "(?:a\\.b|c)");
+        assert_eq!(m.status, "");
+        assert_eq!(m.tags["role"], "web");
+        assert_eq!(m.tags["dc"], "a|b");
+        let q = query_params(&opts);
+        assert_eq!(q.nodes, ["a.b", "c"]);
+        assert_eq!(q.tags, m.tags);
+        assert_eq!(q.timeout, Some(Duration::from_millis(2500)));
+        let none = member_filter(&FleetOptions::default());
+        assert_eq!(none, MemberFilter::default());
+    }
+
+    /// What `fake` agent lists: a and b alive, c failed, d left.
+    fn listed(a: &mut crate::serf_rpc::fake::Agent) {
+        use serde::de::IgnoredAny;
+        let (req, _): (crate::serf_rpc::fake::Req, IgnoredAny) = a.request();
+        assert_eq!(req.command, "members-filtered");
+        a.answer(req.seq, "");
+        let m = |name: &str, status: &str| serde_json::json!({"Name": name, "Status": status});
+        let members = serde_json::json!({"Members": [
+            m("a", "alive"), m("b", "alive"), m("c", "failed"), m("d", "left"),
+        ]});
+        a.send(&members).unwrap();
+    }
+
+    #[test]
+    fn a_round_ends_once_every_alive_member_answered() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            let (req, key): (Req, BTreeMap<String, String>) = a.request();
+            assert_eq!(
+                (req.command.as_str(), key["AuthKey"].as_str()),
+                ("auth", "k")
+            );
+            a.answer(req.seq, "");
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            assert_eq!(req.command, "query");
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "b", ok.as_bytes());
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            // no `done`: the query's deadline is far; fleet must not wait for it
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let opts = FleetOptions {
+            timeout: Some(Duration::from_secs(1)),
+            ..FleetOptions::default()
+        };
+        let env = |k: &str| match k {
+            "SERF_RPC_ADDR" => Some(addr.clone()),
+            "SERF_RPC_AUTH" => Some("k".to_string()),
+            _ => None,
+        };
+        let r = run(&opts, &env).unwrap();
         assert_eq!(
-            members_args(&opts),
-            [
-                "members",
-                "-format=json",
-                "-rpc-addr=127.0.0.1:7373",
-                "-tag=role=web",
-                "-name=(?:a\\.b|c)"
-            ]
+            r.summary(),
+            "2 answered of 2 alive members: 2 success, 0 failure, 0 silent, 1 unreachable"
         );
+        assert!(!r.ok);
+    }
+
+    #[test]
+    fn a_silent_member_lasts_the_round_and_is_named() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        let ok = answer("success", "0123456789ab", None);
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            a.record(req.seq, "ack", "a", b"");
+            a.record(req.seq, "ack", "b", b"");
+            a.record(req.seq, "response", "a", ok.as_bytes());
+            a.record(req.seq, "done", "", b"");
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            ..FleetOptions::default()
+        };
+        let r = run(&opts, &|_| None).unwrap();
         assert_eq!(
-            query_args(&opts),
-            [
-                "query",
-                "-format=json",
-                "-rpc-addr=127.0.0.1:7373",
-                "-tag=role=web",
-                "-node=a.b",
-                "-node=c",
-                "-timeout=2500ms",
-                "stretcher-status"
-            ]
+            r.summary(),
+            "1 answered of 2 alive members: 1 success, 0 failure, 1 silent, 1 unreachable"
         );
+        let b = r.hosts.iter().find(|h| h.node == "b").unwrap();
+        assert_eq!(
+            b.problem.as_deref(),
+            Some("acknowledged the query but sent no answer")
+        );
+    }
+
+    #[test]
+    fn an_agent_that_floods_the_round_ends_it_in_a_clear_error() {
+        use crate::serf_rpc::fake::{self, Req};
+        use serde::de::IgnoredAny;
+        use std::io::Write;
+        let addr = fake::agent(move |mut a| {
+            a.shake();
+            listed(&mut a);
+            let (req, _): (Req, IgnoredAny) = a.request();
+            a.answer(req.seq, "");
+            // answers of nodes nobody listed, without end
+            let junk = vec![b'x'; 1000];
+            for i in 0.. {
+                let head = rmp_serde::to_vec_named(&fake::Header {
+                    seq: req.seq,
+                    error: "",
+                })
+                .unwrap();
+                let from = format!("n{i}");
+                let rec = rmp_serde::to_vec_named(&fake::Rec {
+                    kind: if i % 2 == 0 { "ack" } else { "response" },
+                    from: &from,
+                    payload: &junk,
+                })
+                .unwrap();
+                if a.tcp
+                    .write_all(&head)
+                    .and_then(|()| a.tcp.write_all(&rec))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let opts = FleetOptions {
+            rpc_addr: Some(addr),
+            timeout: Some(Duration::from_secs(60)),
+            ..FleetOptions::default()
+        };
+        let e = run(&opts, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("streamed more than"), "{e}");
     }
 }

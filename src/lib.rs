@@ -23,10 +23,10 @@
 //!
 //! Public are only the modules something outside the library needs: the binary's
 //! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
-//! `drift::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
+//! `drift::main`, `catch_up::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
-//! `event`, `rollout`, `signature`, `log`, the type `strategy::Strategy` and
-//! `fleet::answer_table`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
+//! `event`, `rollout`, `signature`, `log`, `serf_rpc` (against real agents), the type
+//! `strategy::Strategy` and `fleet::answer_table`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
 //! of the public modules that nothing outside the crate uses.
 
@@ -35,6 +35,7 @@
 mod allow;
 pub mod at;
 mod bucket_url;
+pub mod catch_up;
 pub mod cli;
 pub mod commands;
 mod delta;

@@ -66,7 +66,7 @@ pub struct Client {
 }
 
 /// One member as the agent lists it (`Member` of Serf's client; other fields,
-/// such as its address and protocol versions, are not read).
+/// such as its address, port and protocol versions, are not read).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Member {
     /// The node name.
@@ -78,9 +78,15 @@ pub struct Member {
     /// Its tags.
     #[serde(rename = "Tags", default, deserialize_with = "nil_default")]
     pub tags: BTreeMap<String, String>,
-    /// The gossip port.
-    #[serde(rename = "Port", default)]
-    pub port: u16,
+}
+
+/// The agent's own member: what `stats` tells of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalMember {
+    /// Its node name.
+    pub name: String,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The filters of `members_filtered` (Serf anchors each regexp at both ends; an
@@ -340,11 +346,6 @@ impl Client {
         Ok(client)
     }
 
-    /// The address this client speaks to.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// The members the agent knows that match `filter` (`members-filtered`).
     pub fn members_filtered(&mut self, filter: &MemberFilter) -> Result<Vec<Member>> {
         let req = MembersFilteredRequest {
@@ -369,6 +370,24 @@ impl Client {
             }),
         )
         .map(|_| ())
+    }
+
+    /// The agent's own node name and tags (`stats`, whose `agent` section names
+    /// the node and whose `tags` section lists its tags).
+    pub fn local_member(&mut self) -> Result<LocalMember> {
+        self.call::<()>("stats", None)?;
+        // Go writes an empty section as nil
+        let mut stats: BTreeMap<String, Option<BTreeMap<String, String>>> =
+            self.read_message("stats", MAX_MESSAGE)?;
+        let name = stats
+            .get_mut("agent")
+            .and_then(|a| a.as_mut()?.remove("name"))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| self.rpc_error("stats: no agent name in the answer"))?;
+        Ok(LocalMember {
+            name,
+            tags: stats.remove("tags").flatten().unwrap_or_default(),
+        })
     }
 
     /// Starts the query `name` with `payload`, acks requested; its records are
@@ -652,62 +671,74 @@ impl Iterator for Query<'_> {
     }
 }
 
+/// A scripted agent for tests (here and in `fleet`): it speaks just enough of the
+/// protocol, with `rmp-serde` too, to reach the point where it does what a test
+/// needs (a real `serf agent` is driven by tests/integration/serf_e2e_fleet.rs).
 #[cfg(test)]
-mod tests {
-    //! Against agents that misbehave on purpose (a real `serf agent` is driven by
-    //! tests/integration/serf_e2e_fleet.rs): each speaks just enough of the
-    //! protocol, with `rmp-serde` too, to reach the point where it turns hostile.
-
+pub(crate) mod fake {
     use super::*;
     use serde::de::IgnoredAny;
     use std::net::TcpListener;
 
+    /// A request's header.
     #[derive(Deserialize, Debug)]
-    struct Req {
+    pub struct Req {
         #[serde(rename = "Command")]
-        command: String,
+        pub command: String,
         #[serde(rename = "Seq")]
-        seq: u64,
+        pub seq: u64,
     }
 
+    /// An answer's header.
     #[derive(Serialize)]
-    struct Header<'a> {
+    pub struct Header<'a> {
         #[serde(rename = "Seq")]
-        seq: u64,
+        pub seq: u64,
         #[serde(rename = "Error")]
-        error: &'a str,
+        pub error: &'a str,
     }
 
+    /// A query's record.
     #[derive(Serialize)]
-    struct Rec<'a> {
+    pub struct Rec<'a> {
         #[serde(rename = "Type")]
-        kind: &'a str,
+        pub kind: &'a str,
         #[serde(rename = "From")]
-        from: &'a str,
+        pub from: &'a str,
         #[serde(rename = "Payload", with = "serde_bytes")]
-        payload: &'a [u8],
+        pub payload: &'a [u8],
     }
 
     /// The agent's side of one connection.
-    struct Agent {
-        tcp: TcpStream,
+    pub struct Agent {
+        pub tcp: TcpStream,
     }
 
     impl Agent {
         /// The next request's header and its body, decoded as `B`.
-        fn request<B: DeserializeOwned>(&mut self) -> (Req, B) {
+        pub fn request<B: DeserializeOwned>(&mut self) -> (Req, B) {
             let req: Req = rmp_serde::from_read(&mut self.tcp).unwrap();
             let body: B = rmp_serde::from_read(&mut self.tcp).unwrap();
             (req, body)
         }
-        fn send<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
+        pub fn send<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
             self.tcp.write_all(&rmp_serde::to_vec_named(v).unwrap())
         }
-        fn answer(&mut self, seq: u64, error: &str) {
+        pub fn answer(&mut self, seq: u64, error: &str) {
             self.send(&Header { seq, error }).unwrap();
         }
+        /// One record of the query `seq`.
+        pub fn record(&mut self, seq: u64, kind: &str, from: &str, payload: &[u8]) {
+            self.answer(seq, "");
+            self.send(&Rec {
+                kind,
+                from,
+                payload,
+            })
+            .unwrap();
+        }
         /// Answers the handshake.
-        fn shake(&mut self) {
+        pub fn shake(&mut self) {
             let (req, _): (Req, IgnoredAny) = self.request();
             assert_eq!(req.command, "handshake");
             self.answer(req.seq, "");
@@ -715,7 +746,7 @@ mod tests {
     }
 
     /// An agent on 127.0.0.1 that runs `script` on its first connection.
-    fn agent(script: impl FnOnce(Agent) + Send + 'static) -> String {
+    pub fn agent(script: impl FnOnce(Agent) + Send + 'static) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
@@ -725,6 +756,16 @@ mod tests {
         });
         addr
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against agents that misbehave on purpose (`fake`).
+
+    use super::fake::*;
+    use super::*;
+    use serde::de::IgnoredAny;
+    use std::net::TcpListener;
 
     fn connect(addr: &str, timeout: Duration) -> Result<Client> {
         Client::connect(addr, None, timeout)
@@ -790,10 +831,7 @@ mod tests {
         };
         let m = c.members_filtered(&filter).unwrap();
         assert_eq!(m.len(), 2);
-        assert_eq!(
-            (m[0].name.as_str(), m[0].status.as_str(), m[0].port),
-            ("a", "alive", 7946)
-        );
+        assert_eq!((m[0].name.as_str(), m[0].status.as_str()), ("a", "alive"));
         assert_eq!(m[0].tags["role"], "web");
         assert!(m[1].tags.is_empty());
         c.user_event("deploy", b"u", false).unwrap();

@@ -897,20 +897,16 @@ fn final_table(
     target: &Target,
 ) -> Result<String> {
     let responses = agent.ask(names, ROUND)?;
-    let planned: Vec<crate::fleet::Member> = members
+    let planned: Vec<Member> = members
         .iter()
         .filter(|m| names.contains(&m.name.as_str()))
-        .map(|m| crate::fleet::Member {
-            name: m.name.clone(),
-            status: m.status.clone(),
-            tags: m.tags.clone(),
-        })
+        .cloned()
         .collect();
     let query = crate::fleet::QueryOutput {
         acks: responses.keys().cloned().collect(),
         responses,
     };
-    Ok(crate::fleet::assess(&planned, &query, target.checksum.as_deref()).table())
+    Ok(crate::fleet::assess(&planned, &query, target.checksum.as_deref()).table(false))
 }
 
 #[cfg(test)]

@@ -1,17 +1,17 @@
 //! Fuzzes a fleet member's answer to `serf query stretcher-status` (SPEC §13, §17):
-//! the answer parser and the row `fleet status` prints for it, read as serf's JSON
-//! carries it and as its text output does on a terminal.
+//! the answer parser and the rows `fleet status` prints for it, the payload read
+//! from Serf's RPC as UTF-8 with invalid bytes replaced.
 //!
 //! Input:
-//!   byte 0    flags: bit 0  `--checksum` of 40 hex digits, bit 1  of 12 (bit 0 wins),
-//!                    bit 2  the answer read through serf's text output
+//!   byte 0    flags: bit 0  `--checksum` of 40 hex digits, bit 1  of 12 (bit 0 wins)
 //!   byte 1    the length N of the node name (taken modulo 64)
 //!   2..2+N    the node name (lossy UTF-8, as serf's names are strings)
 //!   the rest  the answer: the bytes the member's handler wrote
-//! Must never panic. The table is the header, at least one row, and the summary
-//! `1 answered of 1 alive members: ...`; every row is one line that starts with the
-//! node's own name (escaped): an answer can never print a row of another node; no
-//! control character but the line ends is left anywhere.
+//! Must never panic. The table is the header, at least one row, the summary
+//! `1 answered of 1 alive members: ...` and then only lines `checksums of ...
+//! differ` (an answer naming one dest twice with two checksums); every row is one
+//! line that starts with the node's own name (escaped): an answer can never print
+//! a row of another node; no control character but the line ends is left anywhere.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         None
     };
-    let table = stretcher::fleet::answer_table(&node, answer, checksum, flags & 4 != 0);
+    let table = stretcher::fleet::answer_table(&node, answer, checksum);
 
     assert!(
         !table.chars().any(|c| c.is_control() && c != '\n'),
@@ -56,17 +56,23 @@ fuzz_target!(|data: &[u8]| {
     let lines: Vec<&str> = table.split_terminator('\n').collect();
     assert!(lines.len() >= 3, "{table:?}");
     assert!(lines[0].starts_with("NODE"), "{table:?}");
-    let summary = lines[lines.len() - 1];
-    assert!(
-        summary.starts_with("1 answered of 1 alive members: "),
-        "{table:?}"
-    );
     let shown = escaped(&node);
     let cell = format!("{shown:<w$}  ", w = shown.chars().count().max(4));
-    for row in &lines[1..lines.len() - 1] {
-        assert!(
-            row.starts_with(&cell),
-            "a row of another node: {row:?} in {table:?}"
-        );
+    // the summary: the first line after the rows that is not a row
+    let end = lines
+        .iter()
+        .skip(1)
+        .position(|l| !l.starts_with(&cell))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no summary in {table:?}"));
+    assert!(end >= 2, "no row in {table:?}");
+    assert!(
+        lines[end].starts_with("1 answered of 1 alive members: "),
+        "a row of another node, or no summary: {:?} in {table:?}",
+        lines[end]
+    );
+    for line in &lines[end + 1..] {
+        assert!(line.starts_with("checksums of "), "{line:?} in {table:?}");
+        assert!(line.contains(" differ "), "{line:?} in {table:?}");
     }
 });

@@ -139,14 +139,8 @@ fn three_serf_agents_deploy_and_update() {
     for node in &nodes[1..] {
         start_agent(&mut cluster, node, Some(nodes[0].node.bind));
     }
-    wait_until(
-        "three alive members",
-        || {
-            let out = serf(&["members", &nodes[0].rpc_addr(), "-status=alive"]);
-            String::from_utf8_lossy(&out.stdout).lines().count() == 3
-        },
-        report,
-    );
+    let all: Vec<&Host> = nodes.iter().map(|n| &n.node).collect();
+    serf::wait_alive(&nodes[0].node, &all, LIMIT, report);
 
     let releases = root.path().join("releases");
     std::fs::create_dir(&releases).unwrap();

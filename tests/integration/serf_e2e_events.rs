@@ -74,6 +74,7 @@ fn cluster(
             tags: tags(i),
             profile: Some("local"),
             join: (i > 0).then(|| agents[0].node.bind),
+            ..Spec::default()
         };
         cluster.start(&a.node, &spec);
         if i == 0 {

@@ -4,9 +4,13 @@
 //! `user:deploy=stretcher ...` and `query:stretcher-status=stretcher status
 //! --brief --json ...`. One `serf event deploy URL`; one host's environment makes
 //! its `pre` fail; `stretcher fleet status` sees it, then sees the fix, a member
-//! that left (not counted) and one killed with SIGKILL (unreachable). Every agent
-//! is killed by pid at the end, also when the test fails.
+//! that left (not counted) and one killed with SIGKILL (unreachable). Besides: a
+//! forged answer, rounds that end once every member answered (with running,
+//! partial and split hosts, the RPC client itself, a killed agent), and an agent
+//! whose RPC wants a key. Every agent is killed by pid at the end, also when the
+//! test fails.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -88,8 +92,8 @@ fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
             ("PRE_BLOCK".into(), a.block().into()),
         ],
         tags: vec![("role".into(), role.into())],
-        profile: None,
         join,
+        ..Spec::default()
     };
     cluster.start(&a.host, &spec);
 }
@@ -182,12 +186,8 @@ fn ten_agents_answer_fleet_status() {
         start(&mut cluster, i, a, Some(agents[0].host.bind));
     }
     let first = &agents[0].host;
-    serf::wait_until(
-        "ten alive members",
-        LIMIT,
-        || serf::members_with_status(first, "alive").len() == 10,
-        report,
-    );
+    let all: Vec<&Host> = agents.iter().map(|a| &a.host).collect();
+    serf::wait_alive(first, &all, LIMIT, report);
 
     // the release, and one host whose environment makes its pre fail
     let release = root.path().join("release");
@@ -446,7 +446,8 @@ fn ten_agents_answer_fleet_status() {
     assert_eq!(run.code(), 1, "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("serf members failed") && run.stderr.contains("Error connecting"),
+        run.stderr
+            .contains(&format!("serf agent 127.0.0.1:{nobody}: cannot connect")),
         "{}",
         run.stderr
     );
@@ -458,10 +459,10 @@ fn ten_agents_answer_fleet_status() {
 /// Fleet answers are data, not text (SPEC §17): three agents, one whose last
 /// deploy succeeded, one whose deploy failed, and a forger whose handler answers,
 /// a second late, two lines: a brief of its own, then the line serf's text output
-/// would print for the failed host answering success (a fake row for it). Through
-/// serf's JSON and on a terminal alike, the forger is `invalid` (named in the
-/// summary), its row shows its answer escaped on one line, the failed host keeps
-/// its one row, and `fleet status` exits 1.
+/// would print for the failed host answering success (a fake row for it). With and
+/// without a terminal, the forger is `invalid` (named in the summary), its row
+/// shows its answer escaped on one line, the failed host keeps its one row, and
+/// `fleet status` exits 1.
 #[test]
 fn a_forged_answer_is_invalid_and_stays_on_its_row() {
     let root = tempfile::Builder::new()
@@ -536,12 +537,8 @@ fn a_forged_answer_is_invalid_and_stays_on_its_row() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    serf::wait_until(
-        "three alive members",
-        LIMIT,
-        || serf::members_with_status(&hosts[0], "alive").len() == 3,
-        report,
-    );
+    let all: Vec<&Host> = hosts.iter().collect();
+    serf::wait_alive(&hosts[0], &all, LIMIT, report);
     let via = Agent {
         host: Host {
             name: hosts[0].name.clone(),
@@ -581,16 +578,18 @@ fn a_forged_answer_is_invalid_and_stays_on_its_row() {
         );
     };
 
-    // serf's JSON (stderr not a terminal)
+    // stderr not a terminal
     let run = fleet(&via, &["--timeout", "3s", "--checksum", checksum]);
     check(run.code(), &run.stdout);
     assert!(run.stderr.is_empty(), "{}", run.stderr);
 
-    // on a terminal: serf's text output, where the forged line looks like serf's
-    // own, is not believed; the query is asked again in JSON
+    // on a terminal, with the progress line: the same
     let (code, stdout, terminal) = fleet_on_tty(&via, &["--timeout", "3s"]);
     check(code, &stdout);
-    assert!(terminal.contains("asking again in JSON"), "{terminal:?}");
+    assert!(
+        terminal.contains("3 of 3 alive members answered"),
+        "{terminal:?}"
+    );
     assert!(terminal.ends_with("\r\x1b[K"), "{terminal:?}");
 
     // --json says the same, as data
@@ -613,5 +612,381 @@ fn a_forged_answer_is_invalid_and_stays_on_its_row() {
             .contains(&format!("\n{}", &forged_line[..40])),
         "{json}"
     );
+    drop(cluster);
+}
+
+/// A query round ends as soon as every alive member has answered (SPEC §13): N
+/// idle agents (12, or `STRETCHER_FLEET_AGENTS`; the round's time is printed, not
+/// asserted: measure by hand), two of which answer on another checksum, one with a
+/// deploy `running` and one with an answer that left dests out (`partial`). The
+/// summary names them and the split of the dest; `--problems` prints only their
+/// rows, with the same exit status. An agent killed with SIGKILL is silent (the
+/// round then lasts its `--timeout`) until serf declares it failed, then
+/// unreachable.
+#[test]
+fn rounds_end_when_every_member_answered() {
+    let n: usize = std::env::var("STRETCHER_FLEET_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+        .max(6);
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-rounds-")
+        .tempdir()
+        .unwrap();
+    let hosts: Vec<Host> = (0..n)
+        .map(|i| Host::new(root.path(), &format!("idle{i:02}")))
+        .collect();
+    let (x, y) = (
+        "0123456789abcdef0123456789abcdef01234567",
+        "fedcba9876543210fedcba9876543210fedcba98",
+    );
+    let answer = |name: &str, text: String| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text + "\n").unwrap();
+        format!("query:{}=cat {}", stretcher::fleet::QUERY, path.display())
+    };
+    let mut cluster = Cluster::default();
+    for (i, h) in hosts.iter().enumerate() {
+        let handler = match i {
+            0 => answer(
+                "running.json",
+                format!(
+                    r#"{{"host":"idle00","deploys":[{{"dest":"/srv/app","result":"running","checksum":"{}","started":"2026-12-01T10:05:00.000Z","manifest_url":"https://example.com/app.yml","serial":3}}]}}"#,
+                    &y[..12]
+                ),
+            ),
+            1 => answer(
+                "partial.json",
+                format!(
+                    r#"{{"host":"idle01","deploys":[{{"dest":"/srv/app","result":"success","checksum":"{}","finished":"2026-12-01T10:00:00.000Z"}}],"omitted":3}}"#,
+                    &x[..12]
+                ),
+            ),
+            _ => {
+                let state = h.dir.join("state");
+                let sum = if i < 4 { y } else { x };
+                let rec = records::record(
+                    "/srv/app",
+                    Outcome::Success,
+                    sum,
+                    "2026-12-01T10:00:00.000Z",
+                    None,
+                );
+                records::write(&state, &rec);
+                format!(
+                    "query:{}={} status --brief --json --state-dir {}",
+                    stretcher::fleet::QUERY,
+                    bin(),
+                    state.display()
+                )
+            }
+        };
+        let ping = format!("user:ping=cat >> {}", h.dir.join("pings").display());
+        let spec = Spec {
+            handlers: vec![handler, ping],
+            tags: vec![("half".into(), (i % 2).to_string())],
+            join: (i > 0).then_some(hosts[0].bind),
+            ..Spec::default()
+        };
+        cluster.start(h, &spec);
+        if i == 0 {
+            serf::wait_rpc(h, LIMIT);
+        }
+    }
+    let report = || {
+        hosts
+            .iter()
+            .take(4)
+            .map(|h| {
+                format!(
+                    "--- {} agent log:\n{}",
+                    h.name,
+                    tail(&std::fs::read_to_string(h.agent_log()).unwrap_or_default())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let all: Vec<&Host> = hosts.iter().collect();
+    // every agent asked below sees them all
+    for h in [0, 2, 3] {
+        serf::wait_alive(&hosts[h], &all, LIMIT, report);
+    }
+    let via = Agent {
+        host: Host {
+            name: hosts[2].name.clone(),
+            dir: hosts[2].dir.clone(),
+            bind: hosts[2].bind,
+            rpc: hosts[2].rpc,
+        },
+    };
+
+    // the RPC client itself against a real agent: filtered members, a query
+    // stopped early on a connection that goes on, a user event every agent runs
+    {
+        use stretcher::serf_rpc::{Client, MemberFilter, QueryEvent, QueryParams};
+        let mut c = Client::connect(&hosts[3].rpc_addr(), None, LIMIT).unwrap();
+        let filter = MemberFilter {
+            tags: [("half".to_string(), "1".to_string())].into(),
+            name: "idle0[0-5]".into(),
+            status: "alive".into(),
+        };
+        let mut odd: Vec<String> = c
+            .members_filtered(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        odd.sort();
+        assert_eq!(odd, ["idle01", "idle03", "idle05"]);
+        let params = QueryParams {
+            nodes: vec!["idle04".into()],
+            timeout: Some(Duration::from_secs(5)),
+            ..QueryParams::default()
+        };
+        let mut q = c.query(stretcher::fleet::QUERY, b"", &params).unwrap();
+        let first = q.next().unwrap().unwrap();
+        assert_eq!(first, QueryEvent::Ack("idle04".into()));
+        q.stop();
+        c.user_event("ping", b"from the rpc client", false).unwrap();
+        assert_eq!(
+            c.members_filtered(&MemberFilter::default()).unwrap().len(),
+            n
+        );
+        let pinged = |h: &Host| {
+            std::fs::read_to_string(h.dir.join("pings")).unwrap_or_default()
+                == "from the rpc client\n" // serf adds the newline
+        };
+        serf::wait_until(
+            "every agent ran the user event",
+            LIMIT,
+            || hosts.iter().all(pinged),
+            || {
+                let missed: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| !pinged(h))
+                    .map(|h| {
+                        format!(
+                            "{}: {:?}",
+                            h.name,
+                            std::fs::read_to_string(h.dir.join("pings"))
+                        )
+                    })
+                    .collect();
+                format!("missed by {missed:?}\n{}", report())
+            },
+        );
+    }
+
+    // Serf's query is gossip: on a loaded machine a member can miss it now and
+    // then (no ack, no answer), which is not what this test is about; such a round
+    // is asked again, twice at most
+    let settled = |args: &[&str]| {
+        let mut run = fleet(&via, args);
+        for _ in 0..2 {
+            if !run.stdout.contains(" silent ") {
+                break;
+            }
+            eprintln!("a member missed the query, asked again:\n{}", run.stdout);
+            run = fleet(&via, args);
+        }
+        run
+    };
+
+    // serf's default timeout (6.4 s from 10 members): the round ends before it
+    for _ in 0..3 {
+        let round = Instant::now();
+        let run = settled(&[]);
+        eprintln!(
+            "fleet status over {n} idle agents (serf's default timeout): {:.2?}",
+            round.elapsed()
+        );
+        assert_eq!(run.code(), 1, "{run:?}\n{}", report());
+        let summary = format!(
+            "{n} answered of {n} alive members: {} success, 0 failure, 0 silent, \
+             0 unreachable, 1 running (idle00), 1 partial (idle01)",
+            n - 2
+        );
+        assert!(
+            run.stdout.contains(&summary),
+            "{}\n{}",
+            run.stdout,
+            report()
+        );
+        let split = format!(
+            "checksums of /srv/app differ (hosts whose last deploy succeeded with each): \
+             {} on {} hosts, {} on 2 hosts\n",
+            &x[..12],
+            n - 3,
+            &y[..12]
+        );
+        assert!(run.stdout.ends_with(&split), "{}", run.stdout);
+        let running = rows(&run.stdout, "idle00");
+        assert!(
+            running[0].contains(" running ")
+                && running[0].contains("deploying since 2026-12-01T10:05:00.000Z"),
+            "{}",
+            run.stdout
+        );
+        assert!(rows(&run.stdout, "idle01")
+            .iter()
+            .any(|r| r.contains("(3 more)")));
+        assert!(run.stderr.is_empty(), "{}", run.stderr);
+
+        // --problems: the rows off the majority, the same exit status
+        let problems = settled(&["--problems"]);
+        assert_eq!(problems.code(), 1, "{problems:?}");
+        let nodes: BTreeSet<&str> = problems
+            .stdout
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("idle"))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(
+            nodes,
+            BTreeSet::from(["idle00", "idle01", "idle02", "idle03"]),
+            "{}",
+            problems.stdout
+        );
+        assert!(problems.stdout.contains(&summary), "{}", problems.stdout);
+        assert!(problems.stdout.ends_with(&split), "{}", problems.stdout);
+    }
+
+    // a tie among two hosts on two checksums: both rows, exit 0 either way
+    for args in [&[][..], &["--problems"]] {
+        let run = fleet(
+            &via,
+            &[&["--node", "idle03", "--node", "idle04"][..], args].concat(),
+        );
+        assert_eq!(run.code(), 0, "{run:?}");
+        assert_eq!(rows(&run.stdout, "idle03").len(), 1, "{}", run.stdout);
+        assert_eq!(rows(&run.stdout, "idle04").len(), 1, "{}", run.stdout);
+        assert!(run.stdout.contains(" on 1 host, "), "{}", run.stdout);
+    }
+
+    // an agent killed with SIGKILL: silent while serf still lists it alive (the
+    // round lasts its --timeout), unreachable once serf declares it failed
+    cluster.kill("idle05");
+    let round = Instant::now();
+    let run = fleet(
+        &via,
+        &["--timeout", "3s", "--node", "idle04", "--node", "idle05"],
+    );
+    let took = round.elapsed();
+    assert_eq!(run.code(), 1, "{run:?}");
+    let killed = rows(&run.stdout, "idle05");
+    assert_eq!(killed.len(), 1, "{}", run.stdout);
+    let seen = if killed[0].contains(" silent ") {
+        assert!(
+            run.stdout
+                .contains("1 answered of 2 alive members: 1 success, 0 failure, 1 silent"),
+            "{}",
+            run.stdout
+        );
+        "silent"
+    } else {
+        assert!(killed[0].contains(" unreachable "), "{}", run.stdout);
+        "unreachable"
+    };
+    eprintln!("fleet status --timeout 3s right after a SIGKILL: {took:.2?}, the member {seen}");
+    serf::wait_until(
+        "idle05 failed",
+        LIMIT,
+        || serf::members_with_status(&hosts[2], "failed") == ["idle05"],
+        report,
+    );
+    let round = Instant::now();
+    let run = settled(&[]);
+    eprintln!(
+        "fleet status over {} alive agents and one failed (serf's default timeout): {:.2?}",
+        n - 1,
+        round.elapsed()
+    );
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        rows(&run.stdout, "idle05")[0].contains(" unreachable "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "{m} answered of {m} alive members: {} success, 0 failure, 0 silent, 1 unreachable",
+            n - 3,
+            m = n - 1
+        )),
+        "{}",
+        run.stdout
+    );
+    drop(cluster);
+}
+
+/// An agent whose RPC wants a key (`rpc_auth`): `fleet status` takes it from
+/// `SERF_RPC_AUTH` (and the address from `SERF_RPC_ADDR`); without it, or with
+/// another, one clear line and exit 1.
+#[test]
+fn an_rpc_key_from_the_environment() {
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-rpc-auth-")
+        .tempdir()
+        .unwrap();
+    let host = Host::new(root.path(), "keyed");
+    let state = host.dir.join("state");
+    let rec = records::record(
+        "/srv/app",
+        Outcome::Success,
+        "0123456789abcdef0123456789abcdef01234567",
+        "2026-12-01T10:00:00.000Z",
+        None,
+    );
+    records::write(&state, &rec);
+    let spec = Spec {
+        handlers: vec![format!(
+            "query:{}={} status --brief --json --state-dir {}",
+            stretcher::fleet::QUERY,
+            bin(),
+            state.display()
+        )],
+        rpc_auth: Some("s3cret key".into()),
+        ..Spec::default()
+    };
+    let mut cluster = Cluster::default();
+    cluster.start(&host, &spec);
+    serf::wait_rpc(&host, LIMIT);
+    let fleet = |auth: Option<&str>| {
+        let mut s = stretcher()
+            .args(["fleet", "status", "--timeout", "5s"])
+            .env("SERF_RPC_ADDR", host.rpc_addr())
+            .limit(Duration::from_secs(60));
+        s = match auth {
+            Some(k) => s.env("SERF_RPC_AUTH", k),
+            None => s.env_remove("SERF_RPC_AUTH"),
+        };
+        s.run()
+    };
+    let run = fleet(Some("s3cret key"));
+    assert_eq!(run.code(), 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("1 answered of 1 alive members: 1 success, 0 failure, 0 silent"),
+        "{}",
+        run.stdout
+    );
+    for (auth, want) in [
+        (None, "Authentication required (set SERF_RPC_AUTH"),
+        (Some("wrong"), "auth: Invalid authentication token"),
+    ] {
+        let run = fleet(auth);
+        assert_eq!(run.code(), 1, "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("serf agent {}: ", host.rpc_addr()))
+                && run.stderr.contains(want),
+            "{}",
+            run.stderr
+        );
+    }
     drop(cluster);
 }

@@ -100,6 +100,7 @@ fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
         ],
         profile: None,
         join,
+        ..Spec::default()
     };
     cluster.start(&a.host, &spec);
 }

@@ -621,12 +621,20 @@ pub mod serf {
     /// out for `:0` can be taken as the source port of one agent's outgoing
     /// connection before the agent meant to listen on it has started.
     pub fn free_port() -> u16 {
+        // a port handed out before is not free, even while its agent has not
+        // bound it yet (with 80 ports drawn, a repeat is otherwise likely)
+        static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..200 {
             let port = fastrand::u16(20000..32000);
+            if given.contains(&port) {
+                continue;
+            }
             let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
                 continue;
             };
             if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
                 return port;
             }
         }
@@ -680,6 +688,8 @@ pub mod serf {
         pub profile: Option<&'static str>,
         /// The bind port of a member to join.
         pub join: Option<u16>,
+        /// The key the agent's RPC wants (`rpc_auth`, in a config file).
+        pub rpc_auth: Option<String>,
     }
 
     /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
@@ -692,7 +702,23 @@ pub mod serf {
     impl Cluster {
         /// Starts `serf agent` for `node` (cwd its dir, stdout to its agent log).
         pub fn start(&mut self, node: &Host, spec: &Spec) {
-            let mut cmd = Command::new("serf");
+            self.start_in(node, spec, None)
+        }
+
+        /// `start`, with `Some((from, onto))`: the agent (and so its handlers)
+        /// runs in a mount namespace of its own where the directory `from` is
+        /// bind-mounted onto `onto` (root only), so that every agent of one
+        /// machine has its own directory at the same path, as hosts of a fleet
+        /// have their dests (`in_mount` runs a command there too).
+        pub fn start_in(&mut self, node: &Host, spec: &Spec, mount: Option<(&Path, &Path)>) {
+            let mut cmd = match mount {
+                Some((from, onto)) => {
+                    let mut c = in_mount(from, onto);
+                    c.arg("serf");
+                    c
+                }
+                None => Command::new("serf"),
+            };
             cmd.arg("agent")
                 .arg(format!("-node={}", node.name))
                 .arg(format!("-bind=127.0.0.1:{}", node.bind))
@@ -704,11 +730,21 @@ pub mod serf {
             for h in &spec.handlers {
                 cmd.arg(format!("-event-handler={h}"));
             }
+            if let Some(key) = &spec.rpc_auth {
+                // no flag for it: only a config file sets it
+                let config = node.dir.join("rpc-auth.json");
+                std::fs::write(&config, serde_json::json!({ "rpc_auth": key }).to_string())
+                    .unwrap();
+                cmd.arg(format!("-config-file={}", config.display()));
+            }
             for (k, v) in &spec.tags {
                 cmd.arg(format!("-tag={k}={v}"));
             }
             if let Some(port) = spec.join {
-                cmd.arg(format!("-join=127.0.0.1:{port}"));
+                // not `-join`, after whose one failure the agent exits: retried each
+                // second until it succeeds (`wait_alive` joins again later losses)
+                cmd.arg(format!("-retry-join=127.0.0.1:{port}"))
+                    .arg("-retry-interval=1s");
             }
             for k in super::EVENT_VARS {
                 cmd.env_remove(k);
@@ -763,6 +799,19 @@ pub mod serf {
         }
     }
 
+    /// A command whose program and arguments are to be added: run in a mount
+    /// namespace of its own where `from` is bind-mounted onto `onto` (`unshare`
+    /// from util-linux; root only).
+    pub fn in_mount(from: &Path, onto: &Path) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(from)
+            .arg(onto);
+        c
+    }
+
     /// Runs the `serf` command to its end.
     pub fn serf(args: &[&str]) -> Output {
         Command::new("serf")
@@ -788,6 +837,48 @@ pub mod serf {
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect()
+    }
+
+    /// Waits until `via`'s agent lists every one of `hosts` alive. An agent's
+    /// `-retry-join` stops at its first success, after which a member can still be
+    /// lost (gossip messages missed on a loaded machine, the member declared
+    /// failed): every 5 s, each host still missing is told again to join `via`
+    /// (`serf join`). Panics with `report()` after `limit`.
+    pub fn wait_alive(via: &Host, hosts: &[&Host], limit: Duration, report: impl Fn() -> String) {
+        let start = Instant::now();
+        let mut joined = Instant::now();
+        loop {
+            let alive = members_with_status(via, "alive");
+            let missing: Vec<&&Host> = hosts.iter().filter(|h| !alive.contains(&h.name)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            if start.elapsed() > limit {
+                let names: Vec<&str> = missing.iter().map(|h| h.name.as_str()).collect();
+                let logs: Vec<String> = missing
+                    .iter()
+                    .map(|h| {
+                        let log = std::fs::read_to_string(h.agent_log()).unwrap_or_default();
+                        let lines: Vec<&str> = log.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+                        format!("--- {} agent log (tail):\n{tail}", h.name)
+                    })
+                    .collect();
+                panic!(
+                    "{} alive members: not done after {limit:?} (missing {names:?})\n{}\n{}",
+                    hosts.len(),
+                    logs.join("\n"),
+                    report()
+                );
+            }
+            if joined.elapsed() >= Duration::from_secs(5) {
+                joined = Instant::now();
+                for h in missing {
+                    let _ = serf(&["join", &h.rpc_flag(), &format!("127.0.0.1:{}", via.bind)]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Polls `done` every 200 ms until it holds; panics with `report()` after `limit`.
