@@ -402,19 +402,65 @@ fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members(
     }
 }
 
+/// The text of the log line that starts with `prefix`, after it.
+fn line_after<'a>(log: &'a str, prefix: &str) -> &'a str {
+    let at = log
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{log}"));
+    log[at + prefix.len()..].lines().next().unwrap()
+}
+
 #[test]
-fn dry_run_says_the_path_and_the_bytes() {
+fn dry_run_says_the_path_and_the_bytes_as_the_deploy_judges_dest() {
     let s = Scratch::new();
     let served = s.path().join("www");
     std::fs::create_dir(&served).unwrap();
     let nginx = Nginx::start(&served);
     let r = releases(&s, &served, |n| nginx.url(n), "tar.gz");
     s.stretcher().arg(&r.m1).run().assert_ok();
+    // A file v2 leaves as it is, changed in dest with its size and mtime kept: the
+    // deploy trusts the index's digest of it (SPEC §21), and so must the dry run.
+    let f = s.dest().join("f011");
+    let md = std::fs::metadata(&f).unwrap();
+    let mut data = std::fs::read(&f).unwrap();
+    data[0] ^= 0x20;
+    std::fs::write(&f, &data).unwrap();
+    filetime::set_file_mtime(&f, filetime::FileTime::from_last_modification_time(&md)).unwrap();
     let before = tree(&s.dest(), &[]);
-    let run = s.stretcher().arg("--dry-run").arg(&r.m2).run();
-    run.assert_ok().assert_log("dry run: delta update: ");
-    assert!(run.stderr.contains("fetched: "), "{}", run.stderr);
+    let dry = s.stretcher().arg("--dry-run").arg(&r.m2).run();
+    dry.assert_ok();
     assert_eq!(tree(&s.dest(), &[]), before);
+    let said = line_after(&dry.stderr, "dry run: delta update (");
+    let (bytes, plan) = said.split_once(" bytes): ").unwrap();
+    let bytes: u64 = bytes.parse().unwrap();
+
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_ok();
+    let done = line_after(&run.stderr, &format!("delta {}: ", nginx.url("v2.tar.gz")));
+    // The same files judged the same way, the same bytes.
+    assert_eq!(
+        plan, done,
+        "dry run:\n{}\ndeploy:\n{}",
+        dry.stderr, run.stderr
+    );
+    assert_eq!(bytes, downloaded(&s, &s.dest()), "{}", run.stderr);
+
+    // Onto an empty dest it says the full download and the archive's size.
+    let empty = s.path().join("empty-dest");
+    let text = std::fs::read_to_string(&r.m2).unwrap().replace(
+        &format!("dest: {}", s.dest().display()),
+        &format!("dest: {}", empty.display()),
+    );
+    let m = s.manifest("empty.yml", &text);
+    let len = std::fs::metadata(&r.archive2).unwrap().len();
+    s.stretcher()
+        .arg("--dry-run")
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log(&format!(
+            "dry run: full download ({len} bytes): dest holds no tree"
+        ));
 }
 
 #[test]
