@@ -1,11 +1,14 @@
 //! The update that downloads only what changed (SPEC §18), through the real binary:
 //! archives made by `stretcher pack`, served by nginx from Debian (started here on
 //! 127.0.0.1 with its own prefix, its access log read for the bytes it sent, stopped
-//! by its pid), by the tests' own HTTP server that ignores `Range`, and read from
+//! by its pid), by the S3 server of `s3.rs` (the bytes it announced) and the GCS
+//! emulator of `gcs.rs` (behind a proxy here that counts them), by the tests' own HTTP
+//! server that ignores `Range` or answers a range without end, and read from
 //! `file://`. A delta deploy of v2 onto v1 equals a full deploy of v2 (content, modes,
 //! mtimes to the nanosecond, link targets), fetches within 1.2 × the changed and
 //! added files' members plus the table, and a redeploy changes nothing; a server
-//! without ranges, a wrong `toc` and a tampered member behave as SPEC §18 says.
+//! without ranges, a wrong `toc`, a tampered member, a malformed table that matches
+//! `toc` and an endless range answer behave as SPEC §18 says.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -343,6 +346,16 @@ fn releases(s: &Scratch, served: &Path, url: impl Fn(&str) -> String, ext: &str)
 
 /// A full deploy of `manifest` onto a fresh dest `name` (its `dest` replaced).
 fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
+    full_deploy_by(s, manifest, name, &|| s.stretcher())
+}
+
+/// [`full_deploy`] with runs made by `run`.
+fn full_deploy_by(
+    s: &Scratch,
+    manifest: &Path,
+    name: &str,
+    run: &dyn Fn() -> crate::util::Stretcher,
+) -> PathBuf {
     // Beside the scratch's own dest's parent, which must hold no leftovers.
     std::fs::create_dir_all(s.path().join("other")).unwrap();
     let dest = s.path().join("other").join(name);
@@ -351,10 +364,54 @@ fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
         &format!("dest: {}", dest.display()),
     );
     let m = s.manifest(&format!("{name}.yml"), &text);
-    let run = s.stretcher().arg(&m).run();
+    let run = run().arg(&m).run();
     run.assert_ok()
         .assert_log("downloading the whole archive: dest holds no tree");
     dest
+}
+
+/// v1 deployed, then v2 by delta (runs made by `run`), equal to a full deploy of v2;
+/// the record's `downloaded_bytes` and the server's count of body bytes (`sent`: since
+/// the start, for v2's archive) within 1.2 × the changed and added files' members +
+/// the table; a redeploy changes nothing and fetches no member.
+fn delta_through(
+    s: &Scratch,
+    r: &Release,
+    url2: &str,
+    run: &dyn Fn() -> crate::util::Stretcher,
+    sent: &dyn Fn() -> u64,
+) {
+    run().arg(&r.m1).run().assert_ok();
+    std::fs::write(s.dest().join("app.log"), b"runtime").unwrap();
+    let before = sent();
+    let deploy = run().arg(&r.m2).run();
+    deploy
+        .assert_ok()
+        .assert_log(&format!("delta {url2}: "))
+        .assert_log("bytes by range from");
+    let served = sent() - before;
+    let bound = delta_bound(&r.archive2, &r.v2_changed);
+    let rec = downloaded(s, &s.dest());
+    eprintln!("{url2}: record {rec} bytes, server {served}; members + table {bound}");
+    for (what, n) in [("record", rec), ("server", served)] {
+        assert!(
+            n > 0 && n as f64 <= 1.2 * bound as f64,
+            "{what}: {n} bytes, bound 1.2 × {bound}\n{}",
+            deploy.stderr
+        );
+    }
+    assert_eq!(std::fs::read(s.dest().join("app.log")).unwrap(), b"runtime");
+    let full = full_deploy_by(s, &r.m2, "full", run);
+    assert_eq!(
+        tree(&s.dest(), &["app.log"]),
+        tree(&full, &[]),
+        "{}",
+        deploy.stderr
+    );
+    let before = sent();
+    redeploy_unchanged(s, &r.m2, |_| run()).assert_log("0 fetched");
+    let again = sent() - before;
+    assert!(again < bound, "{again}");
 }
 
 #[test]
@@ -558,4 +615,71 @@ fn a_tampered_member_fails_and_dest_is_unchanged() {
     );
     assert_eq!(tree(&s.dest(), &[]), before);
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn a_delta_from_s3_equals_a_full_deploy_and_fetches_only_the_changed_members() {
+    let s = Scratch::new();
+    let prefix = crate::s3::unique("delta");
+    let dir = crate::s3::bucket_dir(&prefix);
+    let r = releases(&s, &dir, |n| format!("s3://deploys/{prefix}/{n}"), "tar.gz");
+    let key2 = format!("{prefix}/v2.tar.gz");
+    delta_through(
+        &s,
+        &r,
+        &format!("s3://deploys/{key2}"),
+        &|| crate::s3::with_keys(crate::s3::aws(&s)),
+        &|| crate::s3::sent_for(&key2).0,
+    );
+}
+
+#[test]
+fn a_delta_from_gcs_equals_a_full_deploy_and_fetches_only_the_changed_members() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let emu = crate::gcs::Emulator::start();
+    let s = Scratch::new();
+    let dir = s.path().join("upload");
+    std::fs::create_dir(&dir).unwrap();
+    let r = releases(&s, &dir, |n| format!("gs://deploys/delta/{n}"), "tar.gz");
+    for v in ["v1.tar.gz", "v2.tar.gz"] {
+        emu.put(&format!("delta/{v}"), &std::fs::read(dir.join(v)).unwrap());
+    }
+    // Between stretcher and the emulator: a proxy that passes `Range` on and counts
+    // the body bytes the emulator sent for v2.
+    let upstream = emu.host();
+    let body_bytes = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&body_bytes);
+    let proxy = TestServer::start(move |req, w| {
+        use std::io::{Read, Write};
+        let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+            return crate::http::respond(w, "502 Bad Gateway", b"");
+        };
+        let _ = up.set_read_timeout(Some(Duration::from_secs(20)));
+        let range = req
+            .header("Range")
+            .map(|r| format!("Range: {r}\r\n"))
+            .unwrap_or_default();
+        let _ = write!(
+            up,
+            "{} {} HTTP/1.0\r\nHost: {upstream}\r\n{range}\r\n",
+            req.method, req.path
+        );
+        let mut answer = Vec::new();
+        let _ = up.read_to_end(&mut answer);
+        if req.path.contains("v2.tar.gz") {
+            if let Some(at) = answer.windows(4).position(|x| x == b"\r\n\r\n") {
+                counted.fetch_add((answer.len() - at - 4) as u64, Ordering::SeqCst);
+            }
+        }
+        let _ = w.write_all(&answer);
+    });
+    let host = proxy.addr().to_string();
+    delta_through(
+        &s,
+        &r,
+        "gs://deploys/delta/v2.tar.gz",
+        &|| crate::gcs::google(&s, &host).env("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.delta"),
+        &|| body_bytes.load(Ordering::SeqCst),
+    );
 }
