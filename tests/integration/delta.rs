@@ -683,3 +683,166 @@ fn a_delta_from_gcs_equals_a_full_deploy_and_fetches_only_the_changed_members() 
         &|| body_bytes.load(Ordering::SeqCst),
     );
 }
+
+/// A copy of v2's archive (`name`, beside it) whose table `edit` changed, with a
+/// manifest whose `toc`, `checksum`, `size` and `src` are the copy's: a table the
+/// manifest vouches for, as an attacker who can sign manifests (or a broken packer)
+/// would make it.
+fn with_table(s: &Scratch, r: &Release, name: &str, edit: impl FnOnce(&mut Table)) -> PathBuf {
+    use sha2::Digest;
+    let (mut table, footer) = table_of(&r.archive2);
+    edit(&mut table);
+    let bytes = std::fs::read(&r.archive2).unwrap();
+    let member = table.to_member(footer.codec);
+    let mut out = bytes[..footer.table_offset as usize].to_vec();
+    out.extend_from_slice(&member);
+    let new_footer = Footer {
+        table_len: member.len() as u64,
+        ..footer
+    };
+    out.extend_from_slice(&new_footer.encode());
+    let path = r.archive2.with_file_name(name);
+    std::fs::write(&path, &out).unwrap();
+    let text = std::fs::read_to_string(&r.m2).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once(':').map(|(k, _)| k) {
+            Some("src") => format!("src: file://{}", path.display()),
+            Some("checksum") => format!("checksum: {}", hex::encode(sha2::Sha256::digest(&out))),
+            Some("toc") => format!("toc: sha256:{}", hex::encode(sha2::Sha256::digest(&member))),
+            Some("size") => format!("size: {}", out.len()),
+            _ => l.to_string(),
+        })
+        .collect();
+    s.manifest(&format!("{name}.yml"), &(lines.join("\n") + "\n"))
+}
+
+fn member_of<'a>(table: &'a mut Table, path: &[u8]) -> &'a mut stretcher::toc::Member {
+    let e = table.entries.iter_mut().find(|e| e.path == path).unwrap();
+    match &mut e.kind {
+        Kind::File { member, .. } => member,
+        _ => panic!("not a file"),
+    }
+}
+
+#[test]
+fn a_malformed_table_that_matches_toc_fails_naming_the_entry_and_dest_is_unchanged() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let r = releases(
+        &s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    );
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let before = tree(&s.dest(), &[]);
+    type Edit = Box<dyn FnOnce(&mut Table)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "overlap",
+            "sub/f030",
+            // The big file's member starts inside the member before it.
+            Box::new(|t| member_of(t, b"sub/f030").offset -= 1),
+        ),
+        (
+            "outside",
+            "sub/f030",
+            // Its member reaches past the table (the tar's end).
+            Box::new(|t| member_of(t, b"sub/f030").len += 1 << 30),
+        ),
+        (
+            "duplicate",
+            "f002",
+            Box::new(|t| {
+                let i = t.entries.iter().position(|e| e.path == b"f004").unwrap();
+                t.entries[i].path = b"f002".to_vec();
+            }),
+        ),
+        (
+            "dotdot",
+            "../evil",
+            Box::new(|t| {
+                let i = t.entries.iter().position(|e| e.path == b"new-a").unwrap();
+                t.entries[i].path = b"../evil".to_vec();
+            }),
+        ),
+    ];
+    for (name, entry, edit) in cases {
+        let m = with_table(&s, &r, &format!("{name}.tar.gz"), edit);
+        let run = s.stretcher().arg(&m).run();
+        run.assert_fail()
+            .assert_log(&format!("table entry \"{entry}\""));
+        assert!(
+            !run.stderr.contains("downloading the whole archive"),
+            "{name}: a table that matches toc is not a reason to fall back\n{}",
+            run.stderr
+        );
+        assert_eq!(tree(&s.dest(), &[]), before, "{name}");
+        assert!(!s.path().join("evil").exists());
+        assert!(s.leftovers().is_empty(), "{name}: {:?}", s.leftovers());
+    }
+    // The unedited table, put back the same way, deploys (the edits are the faults).
+    let m = with_table(&s, &r, "same.tar.gz", |_| {});
+    s.stretcher()
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log("bytes by range from");
+}
+
+#[test]
+fn an_endless_answer_to_a_range_is_cut_at_the_range_and_the_deploy_falls_back() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let root = served.clone();
+    let overrun = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&overrun);
+    // Footer and table as asked; any other range: the right Content-Range, then bytes
+    // without end (no length); a request without Range: the whole archive.
+    let server = TestServer::start(move |req, w| {
+        let name = req.path.trim_start_matches('/');
+        let Ok(data) = std::fs::read(root.join(name)) else {
+            return crate::http::respond(w, "404 Not Found", b"");
+        };
+        let Some(range) = req.header("Range") else {
+            return crate::http::respond(w, "200 OK", &data);
+        };
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        let (start, end): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let near_end = data.len() - end <= 64 * 1024;
+        let _ = write!(
+            w,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{}\r\nConnection: close\r\n\r\n",
+            data.len()
+        );
+        if near_end {
+            let _ = w.write_all(&data[start..=end]);
+            return;
+        }
+        let _ = w.write_all(&data[start..=end]);
+        let chunk = vec![0x5au8; 64 * 1024];
+        let stop = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < stop && w.write_all(&chunk).is_ok() {
+            seen.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+    });
+    let r = releases(&s, &served, |n| server.url(&format!("/{n}")), "tar.gz");
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_ok()
+        .assert_log("a range cannot be read")
+        .assert_log("longer than its size")
+        .assert_log("downloading the whole archive")
+        .assert_log("Checksum ok");
+    // The server's writes past the range ended when the client went away (left
+    // unread, they would go on for 20 s, gigabytes over the loopback).
+    let over = overrun.load(Ordering::SeqCst);
+    assert!(over < 64 << 20, "{over}");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
+}
