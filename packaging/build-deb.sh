@@ -37,7 +37,9 @@ doc="$root/usr/share/doc/stretcher"
 
 install -D -m 0755 "$bin" "$root/usr/bin/stretcher"
 install -d -m 0700 "$root/var/lib/stretcher"
-install -D -m 0644 "$deb/stretcher-watch.service" "$root/usr/lib/systemd/system/stretcher-watch.service"
+for unit in stretcher-watch.service stretcher-catch-up.service stretcher-catch-up.timer; do
+  install -D -m 0644 "$deb/$unit" "$root/usr/lib/systemd/system/$unit"
+done
 install -d -m 0755 "$doc/examples"
 install -m 0644 "$deb"/examples/* "$doc/examples/"
 install -m 0644 "$deb/README.Debian" "$doc/README.Debian"

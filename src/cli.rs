@@ -118,6 +118,8 @@ pub enum Command {
     Rollout(RolloutOptions),
     /// `stretcher pack DIR -o OUT` (SPEC §18).
     Pack(PackOptions),
+    /// `stretcher catch-up` (SPEC §20).
+    CatchUp(CatchUpOptions),
 }
 
 /// What a command hands back to print: `main` writes it once (stderr, then stdout)
@@ -311,6 +313,28 @@ pub struct RollbackOptions {
     pub state_dir: Option<PathBuf>,
 }
 
+/// `stretcher catch-up [--tag KEY=VALUE]... [--quorum N] [--rpc-addr ADDR]
+/// [--query-timeout D]` and every deploy flag (SPEC §20).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpOptions {
+    /// `--rpc-addr`: the serf agent's RPC address; `None` = `SERF_RPC_ADDR`, else
+    /// serf's default.
+    pub rpc_addr: Option<String>,
+    /// `--tag KEY=VALUE` filters of the peers (VALUE is a serf regexp), in order;
+    /// none = those sharing this host's `role` tag, when it has one.
+    pub tags: Vec<(String, String)>,
+    /// `--quorum N` (at least 1, default 2): how many peers must report a manifest.
+    pub quorum: usize,
+    /// `--query-timeout`: how long the query collects answers; `None` = the
+    /// default (10s; the round ends as soon as every peer answered).
+    pub query_timeout: Option<Duration>,
+    /// The deploy flags, for every deploy it runs (no manifest URL of its own).
+    pub deploy: Options,
+}
+
+/// `--quorum`'s default (SPEC §20).
+pub const DEFAULT_QUORUM: usize = 2;
+
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(3);
 const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -326,6 +350,7 @@ pub fn parse(args: &[OsString]) -> Result<Command> {
         Some("rollback") => parse_as::<RawRollback>(rest),
         Some("rollout") => parse_as::<RawRollout>(rest),
         Some("pack") => parse_as::<RawPack>(rest),
+        Some("catch-up") => parse_as::<RawCatchUp>(rest),
         Some("fleet") => match word(1) {
             Some("status") => parse_as::<RawFleet>(&args[2..]),
             Some("-h" | "-help" | "--help") => Ok(Command::SubcommandHelp(fleet_usage())),
@@ -702,6 +727,144 @@ impl Raw for RawRollback {
     }
 }
 
+/// The flags of `stretcher catch-up`: its own, then every flag of the deploy
+/// (`RawArgs`) but the manifest URL, checked by the deploy's own `validate`
+/// (`catch_up_has_every_deploy_flag` keeps the two lists together).
+#[derive(FromArgs, ArgsInfo, Debug)]
+/// stretcher catch-up
+struct RawCatchUp {
+    /// rpc addr
+    #[argh(option)]
+    rpc_addr: Option<String>,
+    /// tag filters
+    #[argh(option)]
+    tag: Vec<String>,
+    /// quorum
+    #[argh(option)]
+    quorum: Option<String>,
+    /// query timeout
+    #[argh(option)]
+    query_timeout: Option<String>,
+    /// max bandwidth
+    #[argh(option)]
+    max_bandwidth: Option<String>,
+    /// timeout
+    #[argh(option)]
+    timeout: Option<String>,
+    /// stall timeout
+    #[argh(option)]
+    stall_timeout: Option<String>,
+    /// random delay
+    #[argh(option)]
+    random_delay: Option<String>,
+    /// retry
+    #[argh(option)]
+    retry: Option<String>,
+    /// retry wait
+    #[argh(option)]
+    retry_wait: Option<String>,
+    /// rsync verbose
+    #[argh(option)]
+    rsync_verbose: Option<String>,
+    /// state dir
+    #[argh(option)]
+    state_dir: Option<String>,
+    /// allowed URL prefixes (repeatable)
+    #[argh(option)]
+    allow_url: Vec<String>,
+    /// dry run
+    #[argh(switch)]
+    dry_run: bool,
+    /// force
+    #[argh(switch)]
+    force: bool,
+    /// command timeout
+    #[argh(option)]
+    command_timeout: Option<String>,
+    /// textfile dir
+    #[argh(option)]
+    textfile_dir: Option<String>,
+    /// trusted minisign public keys (repeatable)
+    #[argh(option)]
+    trusted_key: Vec<String>,
+    /// nothing
+    #[argh(positional)]
+    extra: Vec<String>,
+}
+
+impl Raw for RawCatchUp {
+    const COMMAND: &'static [&'static str] = &["stretcher catch-up"];
+    const ALIASES: &'static [(&'static str, &'static str)] = &[("max-band-width", "max-bandwidth")];
+
+    fn unknown_flag(arg: &str) -> String {
+        format!("unknown flag for catch-up: {arg} (see stretcher catch-up --help)")
+    }
+
+    fn help() -> Command {
+        Command::SubcommandHelp(catch_up_usage())
+    }
+
+    fn into_command(self) -> Result<Command> {
+        if let Some(extra) = self.extra.first() {
+            return Err(Error::Usage(format!(
+                "catch-up takes no manifest URL: it deploys what its peers run (got {extra:?})"
+            )));
+        }
+        let mut tags = Vec::new();
+        for t in self.tag {
+            match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => tags.push((k.to_string(), v.to_string())),
+                _ => return Err(bad_value("tag", &t, "expected KEY=VALUE")),
+            }
+        }
+        let rpc_addr = match self.rpc_addr {
+            Some(v) if v.trim().is_empty() => {
+                return Err(bad_value("rpc-addr", &v, "expected HOST:PORT"))
+            }
+            v => v,
+        };
+        let quorum = match self.quorum {
+            None => DEFAULT_QUORUM,
+            Some(v) => match parse_count(&v) {
+                Ok(0) => return Err(bad_value("quorum", &v, "must be at least 1")),
+                Ok(n) => n as usize,
+                Err(m) => return Err(bad_value("quorum", &v, &m)),
+            },
+        };
+        let query_timeout = match self.query_timeout {
+            None => None,
+            Some(v) => Some(parse_duration(&v).map_err(|m| bad_value("query-timeout", &v, &m))?)
+                .filter(|d| !d.is_zero()),
+        };
+        let deploy = validate(RawArgs {
+            max_bandwidth: self.max_bandwidth,
+            timeout: self.timeout,
+            stall_timeout: self.stall_timeout,
+            random_delay: self.random_delay,
+            retry: self.retry,
+            retry_wait: self.retry_wait,
+            rsync_verbose: self.rsync_verbose,
+            state_dir: self.state_dir,
+            allow_url: self.allow_url,
+            dry_run: self.dry_run,
+            force: self.force,
+            // each deploy runs in this process, one after the other
+            detach: false,
+            command_timeout: self.command_timeout,
+            textfile_dir: self.textfile_dir,
+            trusted_key: self.trusted_key,
+            target: Vec::new(),
+        })?;
+        Ok(Command::CatchUp(CatchUpOptions {
+            rpc_addr,
+            tags,
+            quorum,
+            query_timeout,
+            deploy,
+        }))
+    }
+}
+
 // Arguments of `stretcher pack`; argh's help of it is the command's `--help`.
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(help_triggers("-h", "--help"))]
@@ -815,6 +978,46 @@ impl Raw for RawPack {
             manifest,
         }))
     }
+}
+
+/// `stretcher catch-up --help`.
+pub(crate) fn catch_up_usage() -> String {
+    "\
+Usage: stretcher catch-up [--tag KEY=VALUE]... [--quorum N] [--rpc-addr ADDR]
+                          [--query-timeout DURATION] [DEPLOY FLAGS]
+
+Brings this host to what its peers run (a host that was down during a deploy, or
+is new). Asks the other serf members (by node name; this host never counts) the
+query stretcher-status through the serf agent's RPC: those matching every --tag,
+else those sharing this host's role tag when it has one, else all. For every dest
+the peers report, it takes the manifest URL of the newest successful deploy
+(highest serial, then latest finish) that at least N peers report, and deploys it
+as an ordinary deploy: --trusted-key, --allow-url and the serial floor apply, so a
+lying peer can point only at a manifest the fleet's key signed, never at an older
+one than this host has. A dest already holding that manifest (its last deploy
+here succeeded with the same URL and checksum) is left alone: nothing is fetched,
+no hook runs. A dest whose newest URL the peers had to redact (a password or a
+query string) or that reaches no quorum is skipped with a warning.
+
+  --tag KEY=VALUE      only peers whose tag KEY matches VALUE (a regexp; repeatable)
+  --quorum N           how many peers must report a manifest (default 2; when fewer
+                       peers answer, all of them)
+  --rpc-addr ADDR      the serf agent to ask (default: SERF_RPC_ADDR, else
+                       127.0.0.1:7373); SERF_RPC_AUTH gives its auth key
+  --query-timeout DURATION
+                       how long to wait for answers (default 10s; the round ends
+                       as soon as every peer has answered; peers still silent
+                       are asked once more)
+
+Every flag of the deploy is accepted and applies to each deploy it runs
+(--trusted-key, --allow-url, --state-dir, --timeout, --retry, --dry-run, ...; see
+stretcher --help). The serf agent runs the answering side on each host:
+  serf agent -event-handler \"query:stretcher-status=stretcher status --brief --json\"
+
+Exit status: 0 every dest is current, 1 a deploy failed or a dest was skipped (or
+the serf agent cannot be asked), 2 bad usage, 3 no peer answered.
+"
+    .to_string()
 }
 
 /// The DEST of `releases` / `rollback`: any non-blank path.
@@ -1601,6 +1804,7 @@ each with its own --help:
   rollback DEST [--to ID] switch DEST back to an older good release
   rollout MANIFEST_URL    deploy to the serf members in waves, halting on failure
   pack DIR -o OUT.tar.gz  write DIR as a packed archive (+ --manifest OUT.yml)
+  catch-up                deploy what the serf peers run (a host that missed deploys)
 
 Exit status: 0 success, 1 the deploy failed, 2 bad usage. Under consul watch
 (CONSUL_INDEX set) a failed deploy exits 0 after running the failure commands.
@@ -2619,5 +2823,102 @@ mod tests {
             "stretcher: unknown flag: -x\nTry 'stretcher --help' for more information.\n"
         );
         assert_eq!(o.code, 2);
+    }
+
+    fn catch_up(args: &[&str]) -> CatchUpOptions {
+        let mut argv = vec!["catch-up"];
+        argv.extend_from_slice(args);
+        match parse(&os(&argv)) {
+            Ok(Command::CatchUp(o)) => o,
+            other => panic!("{args:?}: expected CatchUp, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn catch_up_flags() {
+        let o = catch_up(&[]);
+        assert_eq!(o.quorum, DEFAULT_QUORUM);
+        assert_eq!((o.rpc_addr, o.query_timeout), (None, None));
+        assert!(o.tags.is_empty());
+        assert_eq!(o.deploy, Options::default());
+        let key = "RWTKOxCE232ibYYNKLgoV4BFn7DsbRQOS0xOHQ1xToilceH+JfW+u9z6";
+        let o = catch_up(&[
+            "-tag=role=web",
+            "--tag",
+            "dc=eu-.*",
+            "--quorum",
+            "3",
+            "-rpc-addr",
+            "127.0.0.1:7373",
+            "--query-timeout=5s",
+            "--trusted-key",
+            key,
+            "--allow-url",
+            "https://releases.example.com/",
+            "-state-dir",
+            "/var/lib/x",
+            "--timeout",
+            "1m",
+            "--dry-run",
+            "-max-band-width=1M",
+        ]);
+        assert_eq!(
+            o.tags,
+            [
+                ("role".to_string(), "web".to_string()),
+                ("dc".to_string(), "eu-.*".to_string())
+            ]
+        );
+        assert_eq!(o.quorum, 3);
+        assert_eq!(o.rpc_addr.as_deref(), Some("127.0.0.1:7373"));
+        assert_eq!(o.query_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(o.deploy.trusted_keys.len(), 1);
+        assert!(!o.deploy.allow_url.is_empty());
+        assert_eq!(o.deploy.state_dir, Some(PathBuf::from("/var/lib/x")));
+        assert_eq!(o.deploy.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(o.deploy.max_bandwidth, Some(1_000_000));
+        assert!(o.deploy.dry_run);
+        assert_eq!(o.deploy.target, None);
+
+        for (args, needle) in [
+            (&["--quorum", "0"][..], "--quorum"),
+            (&["--quorum", "-1"], "--quorum"),
+            (&["--tag", "role"], "--tag"),
+            (&["--rpc-addr", " "], "--rpc-addr"),
+            (&["--retry", "x"], "--retry"),
+            (&["--trusted-key", "nope"], "--trusted-key"),
+            (&["https://example.com/m.yml"], "takes no manifest URL"),
+            (&["--detach"], "unknown flag for catch-up"),
+        ] {
+            let mut argv = vec!["catch-up"];
+            argv.extend_from_slice(args);
+            let m = usage_err(&argv);
+            assert!(m.contains(needle), "{args:?}: {m}");
+        }
+        assert!(matches!(
+            parse(&os(&["catch-up", "--help"])),
+            Ok(Command::SubcommandHelp(t)) if t.contains("--quorum")
+        ));
+    }
+
+    /// Every flag of the deploy is a flag of catch-up too (the two argh structs
+    /// must list the same deploy flags; `--detach` hands a deploy to the
+    /// background, which a catch-up run does not do).
+    #[test]
+    fn catch_up_has_every_deploy_flag() {
+        let deploy = Flags::of::<RawArgs>();
+        let catch_up = Flags::of::<RawCatchUp>();
+        for (name, canonical) in &deploy.values {
+            assert!(
+                catch_up.values.contains(&(name, canonical)),
+                "--{name} is not a flag of catch-up"
+            );
+        }
+        for name in &deploy.switches {
+            assert!(
+                *name == "detach" || catch_up.switches.contains(name),
+                "--{name} is not a flag of catch-up"
+            );
+        }
     }
 }

@@ -24,6 +24,7 @@ pub fn run(command: Command) -> Output {
         Command::Rollback(opts) => rollback(&opts),
         Command::Rollout(opts) => crate::waves::main(&opts),
         Command::Pack(opts) => crate::pack::main(&opts),
+        Command::CatchUp(opts) => crate::catch_up::main(&opts),
     }
 }
 

@@ -418,21 +418,32 @@ fn merge(members: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     spans
 }
 
-/// `--dry-run`: the path a deploy onto `dest` would take, and the bytes it would
-/// fetch, in one line (the footer and table are read to know).
-pub(crate) fn dry_run(d: &Delta, dest: &Path) -> Result<String> {
+/// `--dry-run`: the path a deploy would take and the bytes it would fetch, in one
+/// line (the footer and table are read to know). `probe` is the tree the deploy's
+/// delta would compare with, as the strategy's stage gives it (the index's digests
+/// included); `None`: the strategy compares nothing (a full download).
+pub(crate) fn dry_run(d: &Delta, probe: Option<crate::sync::DestProbe>) -> Result<String> {
     let start = Instant::now();
-    let mut probe = crate::sync::DestProbe::new(dest, true);
-    Ok(match plan(d, &mut probe, start)? {
-        Ok(plan) => format!(
-            "delta update: {}",
-            plan.describe(d.downloaded.load(Ordering::Relaxed))
-        ),
-        Err(why) => format!(
+    let full = |why: String| {
+        format!(
             "full download ({}): {why}",
             d.size
                 .map_or("size unknown".to_string(), |s| format!("{s} bytes"))
-        ),
+        )
+    };
+    let Some(mut probe) = probe else {
+        return Ok(full("nothing to compare with (dest is not read)".into()));
+    };
+    Ok(match plan(d, &mut probe, start)? {
+        Ok(plan) => {
+            let read = d.downloaded.load(Ordering::Relaxed);
+            format!(
+                "delta update ({} bytes): {}",
+                read + plan.fetch_bytes(),
+                plan.describe(read)
+            )
+        }
+        Err(why) => full(why),
     })
 }
 

@@ -563,7 +563,7 @@ fn deploy(
     let strategy = strategy.as_mut();
 
     if opts.dry_run {
-        job.dry_run_delta()?;
+        job.dry_run_delta(strategy)?;
     }
     let (staging, staged) = job.download(draft, strategy, true)?;
     // Read before `pre`, which cannot have touched the staged tree yet.
@@ -801,11 +801,14 @@ impl Job<'_> {
 
     /// `--dry-run` of a packed archive: which path a deploy would take and how many
     /// bytes it would fetch (the dry run itself goes on with the whole archive).
-    fn dry_run_delta(&self) -> Result<()> {
+    fn dry_run_delta(&self, strategy: &dyn Land) -> Result<()> {
         let Some(d) = self.delta_job() else {
             return Ok(());
         };
-        logln!("dry run: {}", delta::dry_run(&d, self.dest)?);
+        logln!(
+            "dry run: {}",
+            delta::dry_run(&d, strategy.dry_run_probe()?)?
+        );
         self.downloaded.store(0, Ordering::Relaxed);
         Ok(())
     }

@@ -98,7 +98,9 @@ impl Span {
     /// more).
     fn header(self) -> String {
         match self {
-            Span::At { start, len } => format!("bytes={start}-{}", start + len.max(1) - 1),
+            Span::At { start, len } => {
+                format!("bytes={start}-{}", start.saturating_add(len.max(1) - 1))
+            }
             Span::Tail(len) => format!("bytes=-{len}"),
         }
     }
@@ -582,17 +584,20 @@ pub(crate) fn read_range(
 }
 
 /// Whether the part `served` is the `span` asked for (clipped to the source's end).
+/// Every sum is checked: the values are the server's (a hostile `Content-Range` must
+/// not overflow into a match).
 fn check_served(url: &str, span: Span, served: http::Served) -> Result<()> {
-    let ok = match (span, served.total) {
-        (Span::At { start, len }, total) => {
-            let end = total.map_or(start + len, |t| (start + len).min(t));
-            served.start == start && served.end + 1 == end
-        }
-        (Span::Tail(len), Some(total)) => {
-            served.end + 1 == total && served.start == total.saturating_sub(len)
-        }
-        (Span::Tail(_), None) => false,
+    // The part wanted: [start, end), clipped to the source's size when known.
+    let wanted = match (span, served.total) {
+        (Span::At { start, len }, total) => start
+            .checked_add(len)
+            .map(|end| (start, total.map_or(end, |t| end.min(t)))),
+        (Span::Tail(len), Some(total)) => Some((total.saturating_sub(len), total)),
+        (Span::Tail(_), None) => None,
     };
+    let ok = wanted.is_some_and(|(start, end)| {
+        start < end && served.start == start && served.end.checked_add(1) == Some(end)
+    });
     if ok {
         return Ok(());
     }
@@ -852,6 +857,188 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    fn served(start: u64, end: u64, total: Option<u64>) -> http::Served {
+        http::Served { start, end, total }
+    }
+
+    #[test]
+    fn the_part_served_must_be_the_part_asked_for() {
+        let at = |start, len| Span::At { start, len };
+        // Exactly the range, or the range cut at the source's end.
+        assert!(check_served("u", at(10, 5), served(10, 14, Some(100))).is_ok());
+        assert!(check_served("u", at(10, 5), served(10, 14, None)).is_ok());
+        assert!(check_served("u", at(90, 20), served(90, 99, Some(100))).is_ok());
+        assert!(check_served("u", Span::Tail(30), served(70, 99, Some(100))).is_ok());
+        assert!(check_served("u", Span::Tail(300), served(0, 99, Some(100))).is_ok());
+        // Another part, a shorter or longer one, a part past the source's end.
+        for (span, got) in [
+            (at(10, 5), served(11, 15, Some(100))),
+            (at(10, 5), served(10, 13, Some(100))),
+            (at(10, 5), served(10, 15, Some(100))),
+            (at(10, 5), served(0, 99, Some(100))),
+            (at(90, 20), served(90, 99, None)),
+            (Span::Tail(30), served(70, 98, Some(100))),
+            (Span::Tail(30), served(70, 99, None)),
+        ] {
+            let e = check_served("u", span, got).unwrap_err();
+            assert!(e.to_string().contains("the server sent bytes"), "{e}");
+        }
+        // Sums at the edge of u64 never wrap into a match (nor panic).
+        let top = u64::MAX;
+        assert!(check_served("u", at(top - 1, 5), served(top - 1, top, None)).is_err());
+        assert!(check_served("u", at(0, 1), served(0, top, None)).is_err());
+        assert!(check_served("u", at(top, 1), served(top, top, None)).is_err());
+        assert!(check_served("u", at(10, 5), served(10, 14, Some(10))).is_err());
+        assert_eq!(at(top, 2).header(), format!("bytes={top}-{top}"));
+    }
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        let p = http::Served::parse;
+        assert_eq!(p("bytes 0-9/100"), Some(served(0, 9, Some(100))));
+        assert_eq!(p(" bytes  5-5/*"), Some(served(5, 5, None)));
+        let top = u64::MAX;
+        assert_eq!(p(&format!("bytes 0-{top}/*")), Some(served(0, top, None)));
+        for bad in [
+            "",
+            "bytes",
+            "bytes */100",
+            "bytes 9-0/100",
+            "bytes 0-100/100",
+            "bytes 0-9",
+            "bytes -9/100",
+            "bytes 0-/100",
+            "bytes 0-9/",
+            "bytes 0-9/-1",
+            "bytes 0-9/abc",
+            "items 0-9/100",
+            "bytes 0-18446744073709551616/*",
+            "bytes 0-9/18446744073709551616",
+            "bytes +0-9/100",
+            "bytes 0-9,20-29/100",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A server on 127.0.0.1 that answers one request with `head` and then `body`
+    /// (`endless`: the body again and again until the client goes away); answers the
+    /// URL and the thread, which ends with the bytes of body it wrote.
+    fn answer_once(
+        head: &'static str,
+        body: &'static [u8],
+        endless: bool,
+    ) -> (String, std::thread::JoinHandle<u64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/a.tar.gz", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                req.push(b[0]);
+            }
+            let _ = s.write_all(head.as_bytes());
+            let mut sent = 0;
+            let end = Instant::now() + Duration::from_secs(20);
+            loop {
+                if s.write_all(body).is_err() {
+                    break;
+                }
+                sent += body.len() as u64;
+                if !endless || Instant::now() > end {
+                    break;
+                }
+            }
+            sent
+        });
+        (url, t)
+    }
+
+    fn range_of(url: &str, span: Span) -> (Result<http::Served>, u64) {
+        let allow = AllowList::default();
+        let opts = FetchOptions {
+            retry: 0,
+            retry_wait: Duration::ZERO,
+            timeout: Some(Duration::from_secs(20)),
+            stall: None,
+            max_bandwidth: None,
+            allow: &allow,
+            env: &|_| None,
+        };
+        let mut got = 0u64;
+        let r = read_range(url, span, &opts, Instant::now(), None, &mut |_, b| {
+            got += b.len() as u64;
+            Ok(())
+        });
+        (r, got)
+    }
+
+    #[test]
+    fn range_answers_that_are_not_the_range_are_refused() {
+        let span = Span::At { start: 0, len: 10 };
+        // A 200: the whole body, not read.
+        let (url, t) = answer_once(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+            &[b'x'; 100],
+            false,
+        );
+        let (r, got) = range_of(&url, span);
+        assert!(matches!(r, Err(Error::NoRanges { .. })), "{r:?}");
+        assert_eq!(got, 0);
+        t.join().unwrap();
+        // A 206 without Content-Range, and one with another range.
+        for (head, says) in [
+            (
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+                "unreadable Content-Range",
+            ),
+            (
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 5-14/100\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+                "asked for bytes=0-9, the server sent bytes 5-14",
+            ),
+            (
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-18446744073709551615/*\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+                "the server sent bytes 0-18446744073709551615",
+            ),
+        ] {
+            let (url, t) = answer_once(head, b"0123456789", false);
+            let (r, got) = range_of(&url, span);
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(got, 0);
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_endless_answer_to_a_range_is_cut_at_its_length() {
+        // The right Content-Range, no length, then bytes without end.
+        let (url, t) = answer_once(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9999/1000000\r\nConnection: close\r\n\r\n",
+            &[b'z'; 4096],
+            true,
+        );
+        let (r, got) = range_of(
+            &url,
+            Span::At {
+                start: 0,
+                len: 10_000,
+            },
+        );
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Limit { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("longer than its size, 10000 bytes"),
+            "{e}"
+        );
+        // The sink saw no byte past the range; the server was cut off.
+        assert_eq!(got, 10_000);
+        let sent = t.join().unwrap();
+        assert!(sent < 64 * 1024 * 1024, "{sent}");
     }
 
     #[test]

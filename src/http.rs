@@ -504,10 +504,17 @@ impl Served {
         let rest = header.trim().strip_prefix("bytes")?.trim_start();
         let (span, total) = rest.split_once('/')?;
         let (start, end) = span.trim().split_once('-')?;
-        let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+        // Digits only (`u64::from_str` would take a `+`); too large is refused.
+        let num = |t: &str| {
+            t.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| t.parse::<u64>().ok())
+                .flatten()
+        };
+        let (start, end) = (num(start)?, num(end)?);
         let total = match total.trim() {
             "*" => None,
-            t => Some(t.parse().ok()?),
+            t => Some(num(t)?),
         };
         (start <= end && total.is_none_or(|t| end < t)).then_some(Served { start, end, total })
     }

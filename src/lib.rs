@@ -23,7 +23,7 @@
 //!
 //! Public are only the modules something outside the library needs: the binary's
 //! commands (`cli`, `commands::run`, `deploy::main`, `status::main`, `fleet::main`,
-//! `drift::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
+//! `drift::main`, `catch_up::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
 //! `event`, `rollout`, `signature`, `log`, `serf_rpc` (against real agents), the type
 //! `strategy::Strategy` and `fleet::answer_table`), with [`Error`], [`Result`], [`Env`]
@@ -36,6 +36,7 @@
 mod allow;
 pub mod at;
 mod bucket_url;
+pub mod catch_up;
 pub mod cli;
 pub mod commands;
 mod delta;

@@ -630,6 +630,18 @@ pub(crate) fn releases_dir(manifest: &Manifest, dest: &Path) -> Result<PathBuf> 
         .ok_or_else(|| release_error(dest, "no releases_dir for the release strategy"))
 }
 
+/// The live release of `dest` (offline, for a dry run), if dest links to one.
+pub(crate) fn live_release(manifest: &Manifest, dest: &Path) -> Result<Option<PathBuf>> {
+    live_of(dest, &releases_dir(manifest, dest)?)
+}
+
+fn live_of(dest: &Path, dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(match dest_state(dest, dir)? {
+        DestState::Live(id) => Some(dir.join(id)),
+        _ => None,
+    })
+}
+
 /// `--dry-run` of a release deploy: what the new release changes against the live one
 /// (dest-relative, as `deploy`'s dry run prints them), and the switch it would make,
 /// as (the live release's directory, or None on a first deploy; the switch line's
@@ -639,10 +651,7 @@ pub(crate) fn dry_run_target(
     dest: &Path,
 ) -> Result<(Option<PathBuf>, PathBuf)> {
     let dir = releases_dir(manifest, dest)?;
-    let live = match dest_state(dest, &dir)? {
-        DestState::Live(id) => Some(dir.join(id)),
-        _ => None,
-    };
+    let live = live_of(dest, &dir)?;
     let checksum = manifest
         .checksum
         .as_ref()

@@ -80,6 +80,15 @@ pub struct Member {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The agent's own member: what `stats` tells of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalMember {
+    /// Its node name.
+    pub name: String,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+}
+
 /// The filters of `members_filtered` (Serf anchors each regexp at both ends; an
 /// empty one matches all).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -361,6 +370,24 @@ impl Client {
             }),
         )
         .map(|_| ())
+    }
+
+    /// The agent's own node name and tags (`stats`, whose `agent` section names
+    /// the node and whose `tags` section lists its tags).
+    pub fn local_member(&mut self) -> Result<LocalMember> {
+        self.call::<()>("stats", None)?;
+        // Go writes an empty section as nil
+        let mut stats: BTreeMap<String, Option<BTreeMap<String, String>>> =
+            self.read_message("stats", MAX_MESSAGE)?;
+        let name = stats
+            .get_mut("agent")
+            .and_then(|a| a.as_mut()?.remove("name"))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| self.rpc_error("stats: no agent name in the answer"))?;
+        Ok(LocalMember {
+            name,
+            tags: stats.remove("tags").flatten().unwrap_or_default(),
+        })
     }
 
     /// Starts the query `name` with `payload`, acks requested; its records are

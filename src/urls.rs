@@ -66,9 +66,42 @@ pub(crate) fn redact(url: &str) -> String {
     out
 }
 
+/// Whether `redact` hides a part of `url` (user info or a query string), or did
+/// already: such a URL, as shown or stored, cannot be fetched.
+pub(crate) fn is_redacted(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(auth_end);
+    let before_frag = after.split('#').next().unwrap_or("");
+    authority.contains('@')
+        || before_frag
+            .split_once('?')
+            .is_some_and(|(_, query)| !query.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_are_known() {
+        for (url, redacted) in [
+            ("https://h/a.yml", false),
+            ("https://h/a.yml?REDACTED", true),
+            ("https://h/a.yml?v=2", true),
+            ("https://h/a.yml?", false),
+            ("https://REDACTED@h/a.yml", true),
+            ("https://u:REDACTED@h/a.yml", true),
+            ("https://h/REDACTED/a.yml#x?y", false),
+            ("s3://bucket/a.yml", false),
+            ("/srv/a.yml", false),
+        ] {
+            assert_eq!(is_redacted(url), redacted, "{url}");
+            assert_eq!(is_redacted(&redact(url)), redacted, "{url}");
+        }
+    }
 
     #[test]
     fn secrets_are_redacted_and_nothing_else() {

@@ -95,6 +95,13 @@ pub(crate) trait Land {
     /// unpack may leave out (or link) files the probe finds unchanged.
     fn stage(&mut self, reuse: bool) -> Result<Stage>;
 
+    /// For `--dry-run` of a packed archive (SPEC §18): the tree a deploy's delta would
+    /// compare the archive with, exactly as [`Land::stage`] gives it to a real deploy
+    /// (dest, or the live release; the index's digests); `None`: nothing is compared.
+    fn dry_run_probe(&self) -> Result<Option<DestProbe>> {
+        Ok(None)
+    }
+
     /// The `--dry-run` lines of landing `staged` (nothing is changed).
     fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>>;
 

@@ -167,6 +167,12 @@ impl Land for Releaser<'_> {
         })
     }
 
+    /// The live release, as a real deploy's stage compares with it.
+    fn dry_run_probe(&self) -> Result<Option<DestProbe>> {
+        let live = release::live_release(self.ctx.manifest, self.ctx.dest)?;
+        Ok(live.map(|l| probe(&self.ctx, &l, false, known(&self.ctx))))
+    }
+
     /// The new release's changes against the live one, and the switch.
     fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>> {
         let (live, target) = release::dry_run_target(self.ctx.manifest, self.ctx.dest)?;

@@ -10,11 +10,11 @@ use crate::filter::Filter;
 use crate::index;
 use crate::record;
 use crate::staging::Staging;
-use crate::sync::{self, dry_run, SyncOptions};
+use crate::sync::{self, dry_run, DestProbe, SyncOptions};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{known, staging_beside, Ctx, Land, Landed, Stage};
+use super::{known, probe, staging_beside, Ctx, Land, Landed, Stage};
 
 /// The rsync strategy of one deploy.
 pub(super) struct Rsync<'a> {
@@ -49,6 +49,15 @@ impl Land for Rsync<'_> {
         }
         let probed = (reuse && !self.dry_run).then(|| (self.ctx.dest, self.known.clone()));
         staging_beside(&self.ctx, probed)
+    }
+
+    fn dry_run_probe(&self) -> Result<Option<DestProbe>> {
+        Ok(Some(probe(
+            &self.ctx,
+            self.ctx.dest,
+            true,
+            self.known.clone(),
+        )))
     }
 
     fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>> {

@@ -98,6 +98,7 @@ fn subcommands_share_help_and_bad_usage() {
         &["releases"],
         &["rollback"],
         &["fleet", "status"],
+        &["catch-up"],
     ] {
         for help in ["-h", "-help", "--help"] {
             let r = stretcher().args(sub).arg(help).run();
@@ -121,4 +122,26 @@ fn subcommands_share_help_and_bad_usage() {
         );
         assert_eq!(lines[1], "Try 'stretcher --help' for more information.");
     }
+}
+
+/// `catch-up` without a serf agent to ask: one clear line, exit 1, nothing deployed.
+#[test]
+fn catch_up_without_an_agent_fails_in_one_line() {
+    let s = Scratch::new();
+    // a port nothing listens on
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = stretcher()
+        .args(["catch-up", "--rpc-addr", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(s.state_dir())
+        .run();
+    assert_eq!(r.code(), 1, "{}", r.stderr);
+    r.assert_log("catch-up: serf agent 127.0.0.1:")
+        .assert_log("cannot connect");
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(!s.dest().exists());
 }

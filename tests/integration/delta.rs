@@ -1,11 +1,14 @@
 //! The update that downloads only what changed (SPEC §18), through the real binary:
 //! archives made by `stretcher pack`, served by nginx from Debian (started here on
 //! 127.0.0.1 with its own prefix, its access log read for the bytes it sent, stopped
-//! by its pid), by the tests' own HTTP server that ignores `Range`, and read from
+//! by its pid), by the S3 server of `s3.rs` (the bytes it announced) and the GCS
+//! emulator of `gcs.rs` (behind a proxy here that counts them), by the tests' own HTTP
+//! server that ignores `Range` or answers a range without end, and read from
 //! `file://`. A delta deploy of v2 onto v1 equals a full deploy of v2 (content, modes,
 //! mtimes to the nanosecond, link targets), fetches within 1.2 × the changed and
 //! added files' members plus the table, and a redeploy changes nothing; a server
-//! without ranges, a wrong `toc` and a tampered member behave as SPEC §18 says.
+//! without ranges, a wrong `toc`, a tampered member, a malformed table that matches
+//! `toc` and an endless range answer behave as SPEC §18 says.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -343,6 +346,16 @@ fn releases(s: &Scratch, served: &Path, url: impl Fn(&str) -> String, ext: &str)
 
 /// A full deploy of `manifest` onto a fresh dest `name` (its `dest` replaced).
 fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
+    full_deploy_by(s, manifest, name, &|| s.stretcher())
+}
+
+/// [`full_deploy`] with runs made by `run`.
+fn full_deploy_by(
+    s: &Scratch,
+    manifest: &Path,
+    name: &str,
+    run: &dyn Fn() -> crate::util::Stretcher,
+) -> PathBuf {
     // Beside the scratch's own dest's parent, which must hold no leftovers.
     std::fs::create_dir_all(s.path().join("other")).unwrap();
     let dest = s.path().join("other").join(name);
@@ -351,10 +364,54 @@ fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
         &format!("dest: {}", dest.display()),
     );
     let m = s.manifest(&format!("{name}.yml"), &text);
-    let run = s.stretcher().arg(&m).run();
+    let run = run().arg(&m).run();
     run.assert_ok()
         .assert_log("downloading the whole archive: dest holds no tree");
     dest
+}
+
+/// v1 deployed, then v2 by delta (runs made by `run`), equal to a full deploy of v2;
+/// the record's `downloaded_bytes` and the server's count of body bytes (`sent`: since
+/// the start, for v2's archive) within 1.2 × the changed and added files' members +
+/// the table; a redeploy changes nothing and fetches no member.
+fn delta_through(
+    s: &Scratch,
+    r: &Release,
+    url2: &str,
+    run: &dyn Fn() -> crate::util::Stretcher,
+    sent: &dyn Fn() -> u64,
+) {
+    run().arg(&r.m1).run().assert_ok();
+    std::fs::write(s.dest().join("app.log"), b"runtime").unwrap();
+    let before = sent();
+    let deploy = run().arg(&r.m2).run();
+    deploy
+        .assert_ok()
+        .assert_log(&format!("delta {url2}: "))
+        .assert_log("bytes by range from");
+    let served = sent() - before;
+    let bound = delta_bound(&r.archive2, &r.v2_changed);
+    let rec = downloaded(s, &s.dest());
+    eprintln!("{url2}: record {rec} bytes, server {served}; members + table {bound}");
+    for (what, n) in [("record", rec), ("server", served)] {
+        assert!(
+            n > 0 && n as f64 <= 1.2 * bound as f64,
+            "{what}: {n} bytes, bound 1.2 × {bound}\n{}",
+            deploy.stderr
+        );
+    }
+    assert_eq!(std::fs::read(s.dest().join("app.log")).unwrap(), b"runtime");
+    let full = full_deploy_by(s, &r.m2, "full", run);
+    assert_eq!(
+        tree(&s.dest(), &["app.log"]),
+        tree(&full, &[]),
+        "{}",
+        deploy.stderr
+    );
+    let before = sent();
+    redeploy_unchanged(s, &r.m2, |_| run()).assert_log("0 fetched");
+    let again = sent() - before;
+    assert!(again < bound, "{again}");
 }
 
 #[test]
@@ -402,19 +459,65 @@ fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members(
     }
 }
 
+/// The text of the log line that starts with `prefix`, after it.
+fn line_after<'a>(log: &'a str, prefix: &str) -> &'a str {
+    let at = log
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{log}"));
+    log[at + prefix.len()..].lines().next().unwrap()
+}
+
 #[test]
-fn dry_run_says_the_path_and_the_bytes() {
+fn dry_run_says_the_path_and_the_bytes_as_the_deploy_judges_dest() {
     let s = Scratch::new();
     let served = s.path().join("www");
     std::fs::create_dir(&served).unwrap();
     let nginx = Nginx::start(&served);
     let r = releases(&s, &served, |n| nginx.url(n), "tar.gz");
     s.stretcher().arg(&r.m1).run().assert_ok();
+    // A file v2 leaves as it is, changed in dest with its size and mtime kept: the
+    // deploy trusts the index's digest of it (SPEC §21), and so must the dry run.
+    let f = s.dest().join("f011");
+    let md = std::fs::metadata(&f).unwrap();
+    let mut data = std::fs::read(&f).unwrap();
+    data[0] ^= 0x20;
+    std::fs::write(&f, &data).unwrap();
+    filetime::set_file_mtime(&f, filetime::FileTime::from_last_modification_time(&md)).unwrap();
     let before = tree(&s.dest(), &[]);
-    let run = s.stretcher().arg("--dry-run").arg(&r.m2).run();
-    run.assert_ok().assert_log("dry run: delta update: ");
-    assert!(run.stderr.contains("fetched: "), "{}", run.stderr);
+    let dry = s.stretcher().arg("--dry-run").arg(&r.m2).run();
+    dry.assert_ok();
     assert_eq!(tree(&s.dest(), &[]), before);
+    let said = line_after(&dry.stderr, "dry run: delta update (");
+    let (bytes, plan) = said.split_once(" bytes): ").unwrap();
+    let bytes: u64 = bytes.parse().unwrap();
+
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_ok();
+    let done = line_after(&run.stderr, &format!("delta {}: ", nginx.url("v2.tar.gz")));
+    // The same files judged the same way, the same bytes.
+    assert_eq!(
+        plan, done,
+        "dry run:\n{}\ndeploy:\n{}",
+        dry.stderr, run.stderr
+    );
+    assert_eq!(bytes, downloaded(&s, &s.dest()), "{}", run.stderr);
+
+    // Onto an empty dest it says the full download and the archive's size.
+    let empty = s.path().join("empty-dest");
+    let text = std::fs::read_to_string(&r.m2).unwrap().replace(
+        &format!("dest: {}", s.dest().display()),
+        &format!("dest: {}", empty.display()),
+    );
+    let m = s.manifest("empty.yml", &text);
+    let len = std::fs::metadata(&r.archive2).unwrap().len();
+    s.stretcher()
+        .arg("--dry-run")
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log(&format!(
+            "dry run: full download ({len} bytes): dest holds no tree"
+        ));
 }
 
 #[test]
@@ -512,4 +615,234 @@ fn a_tampered_member_fails_and_dest_is_unchanged() {
     );
     assert_eq!(tree(&s.dest(), &[]), before);
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn a_delta_from_s3_equals_a_full_deploy_and_fetches_only_the_changed_members() {
+    let s = Scratch::new();
+    let prefix = crate::s3::unique("delta");
+    let dir = crate::s3::bucket_dir(&prefix);
+    let r = releases(&s, &dir, |n| format!("s3://deploys/{prefix}/{n}"), "tar.gz");
+    let key2 = format!("{prefix}/v2.tar.gz");
+    delta_through(
+        &s,
+        &r,
+        &format!("s3://deploys/{key2}"),
+        &|| crate::s3::with_keys(crate::s3::aws(&s)),
+        &|| crate::s3::sent_for(&key2).0,
+    );
+}
+
+#[test]
+fn a_delta_from_gcs_equals_a_full_deploy_and_fetches_only_the_changed_members() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let emu = crate::gcs::Emulator::start();
+    let s = Scratch::new();
+    let dir = s.path().join("upload");
+    std::fs::create_dir(&dir).unwrap();
+    let r = releases(&s, &dir, |n| format!("gs://deploys/delta/{n}"), "tar.gz");
+    for v in ["v1.tar.gz", "v2.tar.gz"] {
+        emu.put(&format!("delta/{v}"), &std::fs::read(dir.join(v)).unwrap());
+    }
+    // Between stretcher and the emulator: a proxy that passes `Range` on and counts
+    // the body bytes the emulator sent for v2.
+    let upstream = emu.host();
+    let body_bytes = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&body_bytes);
+    let proxy = TestServer::start(move |req, w| {
+        use std::io::{Read, Write};
+        let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+            return crate::http::respond(w, "502 Bad Gateway", b"");
+        };
+        let _ = up.set_read_timeout(Some(Duration::from_secs(20)));
+        let range = req
+            .header("Range")
+            .map(|r| format!("Range: {r}\r\n"))
+            .unwrap_or_default();
+        let _ = write!(
+            up,
+            "{} {} HTTP/1.0\r\nHost: {upstream}\r\n{range}\r\n",
+            req.method, req.path
+        );
+        let mut answer = Vec::new();
+        let _ = up.read_to_end(&mut answer);
+        if req.path.contains("v2.tar.gz") {
+            if let Some(at) = answer.windows(4).position(|x| x == b"\r\n\r\n") {
+                counted.fetch_add((answer.len() - at - 4) as u64, Ordering::SeqCst);
+            }
+        }
+        let _ = w.write_all(&answer);
+    });
+    let host = proxy.addr().to_string();
+    delta_through(
+        &s,
+        &r,
+        "gs://deploys/delta/v2.tar.gz",
+        &|| crate::gcs::google(&s, &host).env("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.delta"),
+        &|| body_bytes.load(Ordering::SeqCst),
+    );
+}
+
+/// A copy of v2's archive (`name`, beside it) whose table `edit` changed, with a
+/// manifest whose `toc`, `checksum`, `size` and `src` are the copy's: a table the
+/// manifest vouches for, as an attacker who can sign manifests (or a broken packer)
+/// would make it.
+fn with_table(s: &Scratch, r: &Release, name: &str, edit: impl FnOnce(&mut Table)) -> PathBuf {
+    use sha2::Digest;
+    let (mut table, footer) = table_of(&r.archive2);
+    edit(&mut table);
+    let bytes = std::fs::read(&r.archive2).unwrap();
+    let member = table.to_member(footer.codec);
+    let mut out = bytes[..footer.table_offset as usize].to_vec();
+    out.extend_from_slice(&member);
+    let new_footer = Footer {
+        table_len: member.len() as u64,
+        ..footer
+    };
+    out.extend_from_slice(&new_footer.encode());
+    let path = r.archive2.with_file_name(name);
+    std::fs::write(&path, &out).unwrap();
+    let text = std::fs::read_to_string(&r.m2).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once(':').map(|(k, _)| k) {
+            Some("src") => format!("src: file://{}", path.display()),
+            Some("checksum") => format!("checksum: {}", hex::encode(sha2::Sha256::digest(&out))),
+            Some("toc") => format!("toc: sha256:{}", hex::encode(sha2::Sha256::digest(&member))),
+            Some("size") => format!("size: {}", out.len()),
+            _ => l.to_string(),
+        })
+        .collect();
+    s.manifest(&format!("{name}.yml"), &(lines.join("\n") + "\n"))
+}
+
+fn member_of<'a>(table: &'a mut Table, path: &[u8]) -> &'a mut stretcher::toc::Member {
+    let e = table.entries.iter_mut().find(|e| e.path == path).unwrap();
+    match &mut e.kind {
+        Kind::File { member, .. } => member,
+        _ => panic!("not a file"),
+    }
+}
+
+#[test]
+fn a_malformed_table_that_matches_toc_fails_naming_the_entry_and_dest_is_unchanged() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let r = releases(
+        &s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    );
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let before = tree(&s.dest(), &[]);
+    type Edit = Box<dyn FnOnce(&mut Table)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "overlap",
+            "sub/f030",
+            // The big file's member starts inside the member before it.
+            Box::new(|t| member_of(t, b"sub/f030").offset -= 1),
+        ),
+        (
+            "outside",
+            "sub/f030",
+            // Its member reaches past the table (the tar's end).
+            Box::new(|t| member_of(t, b"sub/f030").len += 1 << 30),
+        ),
+        (
+            "duplicate",
+            "f002",
+            Box::new(|t| {
+                let i = t.entries.iter().position(|e| e.path == b"f004").unwrap();
+                t.entries[i].path = b"f002".to_vec();
+            }),
+        ),
+        (
+            "dotdot",
+            "../evil",
+            Box::new(|t| {
+                let i = t.entries.iter().position(|e| e.path == b"new-a").unwrap();
+                t.entries[i].path = b"../evil".to_vec();
+            }),
+        ),
+    ];
+    for (name, entry, edit) in cases {
+        let m = with_table(&s, &r, &format!("{name}.tar.gz"), edit);
+        let run = s.stretcher().arg(&m).run();
+        run.assert_fail()
+            .assert_log(&format!("table entry \"{entry}\""));
+        assert!(
+            !run.stderr.contains("downloading the whole archive"),
+            "{name}: a table that matches toc is not a reason to fall back\n{}",
+            run.stderr
+        );
+        assert_eq!(tree(&s.dest(), &[]), before, "{name}");
+        assert!(!s.path().join("evil").exists());
+        assert!(s.leftovers().is_empty(), "{name}: {:?}", s.leftovers());
+    }
+    // The unedited table, put back the same way, deploys (the edits are the faults).
+    let m = with_table(&s, &r, "same.tar.gz", |_| {});
+    s.stretcher()
+        .arg(&m)
+        .run()
+        .assert_ok()
+        .assert_log("bytes by range from");
+}
+
+#[test]
+fn an_endless_answer_to_a_range_is_cut_at_the_range_and_the_deploy_falls_back() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let root = served.clone();
+    let overrun = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&overrun);
+    // Footer and table as asked; any other range: the right Content-Range, then bytes
+    // without end (no length); a request without Range: the whole archive.
+    let server = TestServer::start(move |req, w| {
+        let name = req.path.trim_start_matches('/');
+        let Ok(data) = std::fs::read(root.join(name)) else {
+            return crate::http::respond(w, "404 Not Found", b"");
+        };
+        let Some(range) = req.header("Range") else {
+            return crate::http::respond(w, "200 OK", &data);
+        };
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        let (start, end): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let near_end = data.len() - end <= 64 * 1024;
+        let _ = write!(
+            w,
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{}\r\nConnection: close\r\n\r\n",
+            data.len()
+        );
+        if near_end {
+            let _ = w.write_all(&data[start..=end]);
+            return;
+        }
+        let _ = w.write_all(&data[start..=end]);
+        let chunk = vec![0x5au8; 64 * 1024];
+        let stop = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < stop && w.write_all(&chunk).is_ok() {
+            seen.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+    });
+    let r = releases(&s, &served, |n| server.url(&format!("/{n}")), "tar.gz");
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_ok()
+        .assert_log("a range cannot be read")
+        .assert_log("longer than its size")
+        .assert_log("downloading the whole archive")
+        .assert_log("Checksum ok");
+    // The server's writes past the range ended when the client went away (left
+    // unread, they would go on for 20 s, gigabytes over the loopback).
+    let over = overrun.load(Ordering::SeqCst);
+    assert!(over < 64 << 20, "{over}");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
 }

@@ -24,13 +24,13 @@ const BUCKET: &str = "deploys";
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
 /// A `gcp-storage-emulator` process on 127.0.0.1 with the bucket `deploys`, in memory.
-struct Emulator {
+pub struct Emulator {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Emulator {
-    fn start() -> Emulator {
+    pub fn start() -> Emulator {
         for _ in 0..5 {
             // A free port: bound and released here, then given to the emulator.
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -72,7 +72,7 @@ impl Emulator {
         panic!("gcp-storage-emulator did not start");
     }
 
-    fn host(&self) -> String {
+    pub fn host(&self) -> String {
         self.addr.to_string()
     }
 
@@ -97,7 +97,7 @@ impl Emulator {
     }
 
     /// Uploads `data` as `name` (taken byte for byte) and returns its gs:// URL.
-    fn put(&self, name: &str, data: &[u8]) -> String {
+    pub fn put(&self, name: &str, data: &[u8]) -> String {
         let path = format!(
             "/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={}",
             pct(name)
@@ -146,7 +146,7 @@ fn manifest_text(src: &str, sum: &str, dest: &Path) -> String {
 /// A run with no Google, AWS or proxy settings from outside: HOME is the scratch dir
 /// (no gcloud file), the metadata server is a closed loopback port unless a test
 /// sets one, object requests go to `host`.
-fn google(sc: &Scratch, host: &str) -> Stretcher {
+pub fn google(sc: &Scratch, host: &str) -> Stretcher {
     let mut s = sc.stretcher();
     for k in [
         "GOOGLE_OAUTH_ACCESS_TOKEN",

@@ -29,6 +29,8 @@ mod safety;
 #[cfg(feature = "e2e")]
 mod serf_e2e;
 #[cfg(feature = "e2e")]
+mod serf_e2e_catchup;
+#[cfg(feature = "e2e")]
 mod serf_e2e_detach;
 #[cfg(feature = "e2e")]
 mod serf_e2e_events;

@@ -29,7 +29,11 @@ struct S3Server {
     root: PathBuf,
     /// Query strings of the requests the server saw.
     seen: Arc<Mutex<Vec<String>>>,
+    /// Each answer's path and the body bytes it announced (`Content-Length`).
+    sent: Sent,
 }
+
+type Sent = Arc<Mutex<Vec<(String, u64)>>>;
 
 /// The one S3 server of this test run.
 fn server() -> &'static S3Server {
@@ -51,8 +55,9 @@ fn server() -> &'static S3Server {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sent: Sent = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (root2, seen2) = (root.clone(), seen.clone());
+        let (root2, seen2, sent2) = (root.clone(), seen.clone(), sent.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -60,16 +65,22 @@ fn server() -> &'static S3Server {
                 .enable_time()
                 .build()
                 .unwrap();
-            rt.block_on(serve(root2, seen2, tx));
+            rt.block_on(serve(root2, seen2, sent2, tx));
         });
         let addr = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
-        S3Server { addr, root, seen }
+        S3Server {
+            addr,
+            root,
+            seen,
+            sent,
+        }
     })
 }
 
 async fn serve(
     root: PathBuf,
     seen: Arc<Mutex<Vec<String>>>,
+    sent: Sent,
     tx: std::sync::mpsc::Sender<SocketAddr>,
 ) {
     let fs = s3s_fs::FileSystem::new(&root).unwrap();
@@ -85,11 +96,13 @@ async fn serve(
         let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
-        let (svc, seen) = (svc.clone(), seen.clone());
+        let (svc, seen, sent) = (svc.clone(), seen.clone(), sent.clone());
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let query = req.uri().query().unwrap_or("").to_string();
+                    let path = req.uri().path().to_string();
+                    let sent = sent.clone();
                     seen.lock().unwrap().push(query.clone());
                     // s3s checks the signature (which covers the token in the query), not
                     // the token itself: play STS and refuse session keys without it.
@@ -106,7 +119,15 @@ async fn serve(
                                 ))
                                 .unwrap());
                         }
-                        fut.await
+                        let resp = fut.await;
+                        if let Ok(r) = &resp {
+                            let len = r
+                                .headers()
+                                .get(hyper::header::CONTENT_LENGTH)
+                                .and_then(|v| v.to_str().ok()?.parse().ok());
+                            sent.lock().unwrap().push((path, len.unwrap_or(0)));
+                        }
+                        resp
                     }
                 });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -134,6 +155,24 @@ pub fn put(key: &str, data: &[u8]) -> String {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, data).unwrap();
     format!("s3://{BUCKET}/{key}")
+}
+
+/// The directory that holds the objects under `prefix` (s3s-fs keeps them as files):
+/// what is written there is served as `s3://deploys/PREFIX/...`.
+pub fn bucket_dir(prefix: &str) -> PathBuf {
+    let dir = server().root.join(BUCKET).join(prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The body bytes the server has announced for the object `key` (`Content-Length`
+/// of each answer), and the number of answers.
+pub fn sent_for(key: &str) -> (u64, usize) {
+    let want = format!("/{BUCKET}/{key}");
+    let sent = server().sent.lock().unwrap();
+    sent.iter()
+        .filter(|(p, _)| *p == want)
+        .fold((0, 0), |(b, n), (_, len)| (b + len, n + 1))
 }
 
 /// A unique key prefix per test (tests share the bucket).

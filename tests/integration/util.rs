@@ -702,7 +702,23 @@ pub mod serf {
     impl Cluster {
         /// Starts `serf agent` for `node` (cwd its dir, stdout to its agent log).
         pub fn start(&mut self, node: &Host, spec: &Spec) {
-            let mut cmd = Command::new("serf");
+            self.start_in(node, spec, None)
+        }
+
+        /// `start`, with `Some((from, onto))`: the agent (and so its handlers)
+        /// runs in a mount namespace of its own where the directory `from` is
+        /// bind-mounted onto `onto` (root only), so that every agent of one
+        /// machine has its own directory at the same path, as hosts of a fleet
+        /// have their dests (`in_mount` runs a command there too).
+        pub fn start_in(&mut self, node: &Host, spec: &Spec, mount: Option<(&Path, &Path)>) {
+            let mut cmd = match mount {
+                Some((from, onto)) => {
+                    let mut c = in_mount(from, onto);
+                    c.arg("serf");
+                    c
+                }
+                None => Command::new("serf"),
+            };
             cmd.arg("agent")
                 .arg(format!("-node={}", node.name))
                 .arg(format!("-bind=127.0.0.1:{}", node.bind))
@@ -781,6 +797,19 @@ pub mod serf {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// A command whose program and arguments are to be added: run in a mount
+    /// namespace of its own where `from` is bind-mounted onto `onto` (`unshare`
+    /// from util-linux; root only).
+    pub fn in_mount(from: &Path, onto: &Path) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(from)
+            .arg(onto);
+        c
     }
 
     /// Runs the `serf` command to its end.
