@@ -738,6 +738,10 @@ impl Report {
                     (None, None) if d.result == "running" => {
                         format!("deploying since {}", dash(d.started.as_deref()))
                     }
+                    // an interrupted run: when it started
+                    (None, None) if d.started.is_some() => {
+                        format!("started {}", dash(d.started.as_deref()))
+                    }
                     (None, None) => dash(h.problem.as_deref()),
                 };
                 rows.push([
@@ -1302,6 +1306,17 @@ web-3  -         unreachable  -             -                         serf repor
         let table = r.table(false);
         assert!(table.contains("running      0123456789ab  -                         deploying since 2026-12-01T10:05:00.000Z"), "{table}");
         assert!(table.contains("part  (3 more)"), "{table}");
+        let mut int = row("/srv/app", "interrupted", x);
+        int["started"] = "2026-12-01T10:07:00.000Z".into();
+        let r2 = fleet_of(
+            &[("int", brief(serde_json::json!([int]), none.clone()))],
+            None,
+        );
+        assert!(
+            r2.table(false).contains("started 2026-12-01T10:07:00.000Z"),
+            "{}",
+            r2.table(false)
+        );
         assert!(table.contains("not confirmed"), "{table}");
         // a partial or running host is never ok, with --checksum too
         for (n, a) in &answers[..3] {

@@ -26,7 +26,8 @@
 //! `drift::main`, `catch_up::main`), and what `tests/`, `benches/` and `fuzz/` drive directly
 //! (`unpack`, `sync`, `filter`, `verify`, `index`, `entry`, `record`, `manifest`,
 //! `event`, `rollout`, `signature`, `log`, `serf_rpc` (against real agents), the type
-//! `strategy::Strategy` and `fleet::answer_table`), with [`Error`], [`Result`], [`Env`] and [`VERSION`].
+//! `strategy::Strategy` and `fleet::answer_table`), with [`Error`], [`Result`], [`Env`]
+//! and [`VERSION`].
 //! Everything else is crate-private (`pub(crate)` or private), and so are the items
 //! of the public modules that nothing outside the crate uses.
 

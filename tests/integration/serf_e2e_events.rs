@@ -82,12 +82,8 @@ fn cluster(
         }
     }
     let first = &agents[0].node;
-    serf::wait_until(
-        "every agent an alive member",
-        LIMIT,
-        || serf::members_with_status(first, "alive").len() == n,
-        String::new,
-    );
+    let all: Vec<&Host> = agents.iter().map(|a| &a.node).collect();
+    serf::wait_alive(first, &all, LIMIT, String::new);
     (cluster, agents)
 }
 

@@ -311,12 +311,10 @@ fn serf_e2e_rollouts_in_waves() {
     }
     let via = &agents[1];
     // the rollout asks `via`'s agent: it must know every member
-    let all_alive = || {
-        [&agents[0].host, &via.host]
-            .iter()
-            .all(|h| serf::members_with_status(h, "alive").len() == AGENTS)
-    };
-    serf::wait_until("eleven alive members", LIMIT, all_alive, report);
+    let all: Vec<&Host> = agents.iter().map(|a| &a.host).collect();
+    for h in [&agents[0].host, &via.host] {
+        serf::wait_alive(h, &all, LIMIT, report);
+    }
     let origin = Origin::start();
     let canary = ["--canary-tag", "stage=canary"];
 
@@ -544,7 +542,9 @@ fn serf_e2e_rollouts_in_waves() {
         &agents[victim],
         Some(agents[0].host.bind),
     );
-    serf::wait_until("the victim back", LIMIT, all_alive, report);
+    for h in [&agents[0].host, &via.host] {
+        serf::wait_alive(h, &all, LIMIT, report);
+    }
     let rerun = Rollout::spawn(
         via,
         root.path(),
@@ -641,12 +641,8 @@ fn serf_e2e_rollout_cost_at_30_agents() {
         start(&mut cluster, i, a, Some(agents[0].host.bind));
     }
     let via = &agents[1];
-    serf::wait_until(
-        "thirty alive members",
-        Duration::from_secs(120),
-        || serf::members_with_status(&via.host, "alive").len() == N,
-        report,
-    );
+    let all: Vec<&Host> = agents.iter().map(|a| &a.host).collect();
+    serf::wait_alive(&via.host, &all, Duration::from_secs(120), report);
     let origin = Origin::start();
     let (url, id, _) = origin.publish("v1", "");
     let run = Rollout::spawn(via, root.path(), &[&url, "--canary-tag", "stage=canary"]).wait();
