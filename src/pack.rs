@@ -564,7 +564,7 @@ struct Done {
 }
 
 fn compress_member(codec: Codec, items: &[Item], m: &MemberPlan) -> Result<Done> {
-    let mut enc = codec.encoder(Vec::with_capacity((m.raw_len / 3 + 64) as usize));
+    let mut enc = codec.encoder(m.raw_len);
     let mut digests = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let wrap = |e: io::Error| Error::io("compress", "(memory)", e);
