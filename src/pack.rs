@@ -50,19 +50,23 @@ pub struct Packed {
 /// `stretcher pack`: packs, writes the manifest, and says what it wrote.
 pub fn main(opts: &PackOptions) -> Output {
     match run(opts) {
-        Ok(p) => Output::stdout(
-            format!(
-                "{}: {} bytes, {} entries in {} members, table {} bytes\nchecksum: {}\ntoc: sha256:{}\n",
-                opts.out.display(),
-                p.size,
-                p.entries,
-                p.members,
-                p.size - p.members_len - codec_of(&opts.out).map_or(0, |c| c.footer_len() as u64),
-                hex::encode(p.sha256),
-                hex::encode(p.toc),
-            ),
-            0,
-        ),
+        Ok(p) => {
+            let footer = codec_of(&opts.out).map_or(0, |c| c.footer_len() as u64);
+            Output::stdout(
+                format!(
+                    "{}: {} bytes: members {}, table {}, footer {footer}; {} entries in {} members\nchecksum: {}\ntoc: sha256:{}\n",
+                    opts.out.display(),
+                    p.size,
+                    p.members_len,
+                    p.size - p.members_len - footer,
+                    p.entries,
+                    p.members,
+                    hex::encode(p.sha256),
+                    hex::encode(p.toc),
+                ),
+                0,
+            )
+        }
         Err(e) => Output::stderr(format!("stretcher pack: {e}"), e.exit_code()),
     }
 }

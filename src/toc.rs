@@ -132,7 +132,7 @@ impl Codec {
     /// A one-member compressor of `raw_len` bytes into memory, at the fixed level,
     /// reproducible: a gzip member with no name, mtime 0, OS 255 and the extra
     /// subfield `SL` giving its own compressed and decompressed lengths; a zstd frame
-    /// with its content size. Either can then be cut from a stream without being
+    /// with its content size and content checksum. Either can then be cut from a stream without being
     /// inflated, and decompressed apart from the others.
     pub fn encoder(self, raw_len: u64) -> MemberEncoder {
         let cap = (raw_len / 3 + 64).min(64 << 20) as usize;
@@ -154,6 +154,7 @@ impl Codec {
                 zstd::stream::write::Encoder::new(Vec::with_capacity(cap), ZSTD_LEVEL)
                     .and_then(|mut e| {
                         e.include_contentsize(true)?;
+                        e.include_checksum(true)?;
                         e.set_pledged_src_size(Some(raw_len))?;
                         Ok(e)
                     })

@@ -44,6 +44,7 @@ mod errors;
 mod extract;
 mod format;
 mod gnu;
+mod members;
 mod path;
 mod pipe;
 mod tar_read;

@@ -145,7 +145,7 @@ fn make_source(root: &Path) {
     set_mtime(root, 1_550_000_000, 123_456_789);
 }
 
-fn pack(s: &Scratch, src: &Path, out: &Path, extra: &[&str]) {
+fn pack(s: &Scratch, src: &Path, out: &Path, extra: &[&str]) -> String {
     let run = stretcher()
         .arg("pack")
         .arg(src)
@@ -157,6 +157,7 @@ fn pack(s: &Scratch, src: &Path, out: &Path, extra: &[&str]) {
         .run();
     run.assert_ok();
     assert!(run.stderr.is_empty(), "{}", run.stderr);
+    run.stdout
 }
 
 /// `tool -xf archive -C into`: exit 0 and nothing on stderr.
@@ -257,11 +258,27 @@ fn the_table_points_at_every_files_bytes() {
     make_source(&src);
     for (ext, codec) in [("tar.gz", Codec::Gzip), ("tar.zst", Codec::Zstd)] {
         let archive = s.path().join(format!("t.{ext}"));
-        pack(&s, &src, &archive, &[]);
+        let said = pack(&s, &src, &archive, &[]);
         let bytes = fs::read(&archive).unwrap();
         let tail = &bytes[bytes.len().saturating_sub(FOOTER_MAX)..];
         let footer = Footer::parse(tail, bytes.len() as u64).unwrap();
         assert_eq!(footer.codec, codec);
+        let first = format!(
+            "{}: {} bytes: members {}, table {}, footer {};",
+            archive.display(),
+            bytes.len(),
+            footer.table_offset,
+            footer.table_len,
+            codec.footer_len()
+        );
+        assert!(said.starts_with(&first), "{said}");
+        assert!(
+            said.contains(&format!(
+                "\nchecksum: {}\n",
+                hex::encode(Sha256::digest(&bytes))
+            )),
+            "{said}"
+        );
         let start = footer.table_offset as usize;
         let member = &bytes[start..start + footer.table_len as usize];
         let table = Table::from_member(member, &footer).unwrap();
