@@ -143,7 +143,9 @@ enum ItemKind {
 /// below an excluded directory) left out; a regular file met again by inode is a hard
 /// link to its first path.
 fn walk(root: &Path, filter: &Filter, owner: bool) -> Result<Vec<Item>> {
-    let meta = fs::symlink_metadata(root).ctx("stat", root)?;
+    // DIR itself may be a symlink to the tree (as `tar -C DIR .` follows it); nothing
+    // below it is followed.
+    let meta = fs::metadata(root).ctx("stat", root)?;
     if !meta.is_dir() {
         return Err(Error::Usage(format!(
             "pack: {} is not a directory",
