@@ -1,6 +1,7 @@
 //! The archive's format, by content (never by the URL's name), and the one decode
 //! pipeline: a compressed stream is read to its end, every member / frame / stream,
-//! trailers and checksums checked. The formats later issues add go here.
+//! trailers and checksums checked (gzip and zstd through `members`, which decompresses
+//! a packed archive's members on every core). The formats later issues add go here.
 //!
 //! Never parses tar and never touches the filesystem.
 
