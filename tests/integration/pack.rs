@@ -533,3 +533,31 @@ fn bad_outputs_and_manifests_are_refused_before_anything_is_written() {
         .unwrap();
     assert_eq!(buf, b"a");
 }
+
+#[test]
+fn owners_are_root_unless_kept_with_owner() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: --owner needs files of other owners (root only)");
+        return;
+    }
+    let s = Scratch::new();
+    let src = s.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("theirs"), b"x").unwrap();
+    std::os::unix::fs::lchown(src.join("theirs"), Some(54321), Some(54322)).unwrap();
+    for (extra, want) in [
+        (&[][..], " root/root "),
+        (&["--owner"][..], " 54321/54322 "),
+    ] {
+        let archive = s.path().join("o.tar.gz");
+        pack(&s, &src, &archive, extra);
+        let list = Command::new("tar")
+            .arg("-tvf")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        let line = list.lines().find(|l| l.ends_with("./theirs")).unwrap();
+        assert!(line.contains(want), "{extra:?}: {list}");
+    }
+}
