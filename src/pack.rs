@@ -50,19 +50,23 @@ pub struct Packed {
 /// `stretcher pack`: packs, writes the manifest, and says what it wrote.
 pub fn main(opts: &PackOptions) -> Output {
     match run(opts) {
-        Ok(p) => Output::stdout(
-            format!(
-                "{}: {} bytes, {} entries in {} members, table {} bytes\nchecksum: {}\ntoc: sha256:{}\n",
-                opts.out.display(),
-                p.size,
-                p.entries,
-                p.members,
-                p.size - p.members_len - codec_of(&opts.out).map_or(0, |c| c.footer_len() as u64),
-                hex::encode(p.sha256),
-                hex::encode(p.toc),
-            ),
-            0,
-        ),
+        Ok(p) => {
+            let footer = codec_of(&opts.out).map_or(0, |c| c.footer_len() as u64);
+            Output::stdout(
+                format!(
+                    "{}: {} bytes: members {}, table {}, footer {footer}; {} entries in {} members\nchecksum: {}\ntoc: sha256:{}\n",
+                    opts.out.display(),
+                    p.size,
+                    p.members_len,
+                    p.size - p.members_len - footer,
+                    p.entries,
+                    p.members,
+                    hex::encode(p.sha256),
+                    hex::encode(p.toc),
+                ),
+                0,
+            )
+        }
         Err(e) => Output::stderr(format!("stretcher pack: {e}"), e.exit_code()),
     }
 }
@@ -139,7 +143,9 @@ enum ItemKind {
 /// below an excluded directory) left out; a regular file met again by inode is a hard
 /// link to its first path.
 fn walk(root: &Path, filter: &Filter, owner: bool) -> Result<Vec<Item>> {
-    let meta = fs::symlink_metadata(root).ctx("stat", root)?;
+    // DIR itself may be a symlink to the tree (as `tar -C DIR .` follows it); nothing
+    // below it is followed.
+    let meta = fs::metadata(root).ctx("stat", root)?;
     if !meta.is_dir() {
         return Err(Error::Usage(format!(
             "pack: {} is not a directory",
@@ -564,7 +570,7 @@ struct Done {
 }
 
 fn compress_member(codec: Codec, items: &[Item], m: &MemberPlan) -> Result<Done> {
-    let mut enc = codec.encoder(Vec::with_capacity((m.raw_len / 3 + 64) as usize));
+    let mut enc = codec.encoder(m.raw_len);
     let mut digests = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let wrap = |e: io::Error| Error::io("compress", "(memory)", e);

@@ -121,28 +121,44 @@ impl Codec {
         }
     }
 
-    /// `data` compressed as one gzip member (no name, mtime 0, OS 255: reproducible) or
-    /// one zstd frame (with its content size), at the fixed level.
+    /// `data` compressed as one member (see [`Codec::encoder`]).
     pub fn compress(self, data: &[u8]) -> Vec<u8> {
-        let mut enc = self.encoder(Vec::with_capacity(data.len() / 3 + 64));
+        let mut enc = self.encoder(data.len() as u64);
         // Writing into a Vec cannot fail.
         let _ = enc.write_all(data);
         enc.finish().unwrap_or_default()
     }
 
-    /// A one-member compressor into `out` (see [`Codec::compress`]); `finish` ends the
-    /// member and hands `out` back.
-    pub fn encoder<W: Write>(self, out: W) -> MemberEncoder<W> {
+    /// A one-member compressor of `raw_len` bytes into memory, at the fixed level,
+    /// reproducible: a gzip member with no name, mtime 0, OS 255 and the extra
+    /// subfield `SL` giving its own compressed and decompressed lengths; a zstd frame
+    /// with its content size and content checksum. Either can then be cut from a stream without being
+    /// inflated, and decompressed apart from the others.
+    pub fn encoder(self, raw_len: u64) -> MemberEncoder {
+        let cap = (raw_len / 3 + 64).min(64 << 20) as usize;
         match self {
-            Codec::Gzip => MemberEncoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
-            ),
+            Codec::Gzip => {
+                let mut out = Vec::with_capacity(cap);
+                out.extend_from_slice(&GZIP_MEMBER_HEAD);
+                out.extend_from_slice(&[0; 16]);
+                MemberEncoder::Gzip {
+                    deflate: flate2::write::DeflateEncoder::new(
+                        out,
+                        flate2::Compression::new(GZIP_LEVEL),
+                    ),
+                    crc: flate2::Crc::new(),
+                    raw: 0,
+                }
+            }
             Codec::Zstd => MemberEncoder::Zstd(
-                // Level 3 is within zstd's range: the constructor cannot fail on it.
-                zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).ok(),
+                zstd::stream::write::Encoder::new(Vec::with_capacity(cap), ZSTD_LEVEL)
+                    .and_then(|mut e| {
+                        e.include_contentsize(true)?;
+                        e.include_checksum(true)?;
+                        e.set_pledged_src_size(Some(raw_len))?;
+                        Ok(e)
+                    })
+                    .map_err(|e| e.to_string()),
             ),
         }
     }
@@ -181,39 +197,79 @@ impl Codec {
     }
 }
 
-/// A one-member compressor (see [`Codec::encoder`]).
-pub enum MemberEncoder<W: Write> {
-    /// A gzip member.
-    Gzip(flate2::write::GzEncoder<W>),
-    /// A zstd frame (`None` only if the encoder could not be made, which `finish`
-    /// reports).
-    Zstd(Option<zstd::stream::write::Encoder<'static, W>>),
+/// A gzip member's first bytes as [`Codec::encoder`] writes them: ID1 ID2 CM=deflate
+/// FLG=FEXTRA MTIME=0 XFL=0 OS=255, XLEN=20, subfield `S` `L` of 16 bytes; then the
+/// member's compressed length (all of it, header to trailer) and decompressed length,
+/// u64 LE each.
+pub const GZIP_MEMBER_HEAD: [u8; 16] = [
+    0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255, 20, 0, b'S', b'L', 16, 0,
+];
+
+/// The lengths a member of [`Codec::encoder`] states in its first bytes: `(compressed,
+/// decompressed)`. For gzip, from the `SL` subfield (`head` ≥ 32 bytes); `None` when
+/// the member does not have it.
+pub fn gzip_member_lengths(head: &[u8]) -> Option<(u64, u64)> {
+    if head.get(..16)? != GZIP_MEMBER_HEAD {
+        return None;
+    }
+    let u64_at = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(head.get(i..i + 8)?.try_into().ok()?))
+    };
+    Some((u64_at(16)?, u64_at(24)?))
 }
 
-impl<W: Write> Write for MemberEncoder<W> {
+/// A one-member compressor into memory (see [`Codec::encoder`]).
+pub enum MemberEncoder {
+    /// A gzip member: the deflate stream after the header, and the CRC of the input.
+    Gzip {
+        /// The deflate stream, into the member's bytes.
+        deflate: flate2::write::DeflateEncoder<Vec<u8>>,
+        /// CRC-32 of what was written.
+        crc: flate2::Crc,
+        /// Bytes written.
+        raw: u64,
+    },
+    /// A zstd frame (or why the encoder could not be made, which a write reports).
+    Zstd(Result<zstd::stream::write::Encoder<'static, Vec<u8>>, String>),
+}
+
+impl Write for MemberEncoder {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            MemberEncoder::Gzip(e) => e.write(buf),
-            MemberEncoder::Zstd(Some(e)) => e.write(buf),
-            MemberEncoder::Zstd(None) => Err(std::io::Error::other("no zstd encoder")),
+            MemberEncoder::Gzip { deflate, crc, raw } => {
+                let n = deflate.write(buf)?;
+                crc.update(&buf[..n]);
+                *raw += n as u64;
+                Ok(n)
+            }
+            MemberEncoder::Zstd(Ok(e)) => e.write(buf),
+            MemberEncoder::Zstd(Err(e)) => Err(std::io::Error::other(e.clone())),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            MemberEncoder::Gzip(e) => e.flush(),
-            MemberEncoder::Zstd(Some(e)) => e.flush(),
-            MemberEncoder::Zstd(None) => Ok(()),
+            MemberEncoder::Gzip { deflate, .. } => deflate.flush(),
+            MemberEncoder::Zstd(Ok(e)) => e.flush(),
+            MemberEncoder::Zstd(Err(_)) => Ok(()),
         }
     }
 }
 
-impl<W: Write> MemberEncoder<W> {
-    /// Ends the member and hands the writer back.
-    pub fn finish(self) -> std::io::Result<W> {
+impl MemberEncoder {
+    /// Ends the member and hands its bytes back.
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
         match self {
-            MemberEncoder::Gzip(e) => e.finish(),
-            MemberEncoder::Zstd(Some(e)) => e.finish(),
-            MemberEncoder::Zstd(None) => Err(std::io::Error::other("no zstd encoder")),
+            MemberEncoder::Gzip { deflate, crc, raw } => {
+                let mut out = deflate.finish()?;
+                out.extend_from_slice(&crc.sum().to_le_bytes());
+                out.extend_from_slice(&crc.amount().to_le_bytes());
+                let len = out.len() as u64;
+                out[16..24].copy_from_slice(&len.to_le_bytes());
+                out[24..32].copy_from_slice(&raw.to_le_bytes());
+                Ok(out)
+            }
+            MemberEncoder::Zstd(Ok(e)) => e.finish(),
+            MemberEncoder::Zstd(Err(e)) => Err(std::io::Error::other(e)),
         }
     }
 }
@@ -723,6 +779,38 @@ mod tests {
             // Reproducible.
             assert_eq!(t.to_member(codec), member);
         }
+    }
+
+    #[test]
+    fn members_state_their_lengths() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let g = Codec::Gzip.compress(&data);
+        assert_eq!(
+            gzip_member_lengths(&g),
+            Some((g.len() as u64, data.len() as u64))
+        );
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&g[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        assert_eq!(
+            Codec::Gzip
+                .decompress_member(&g, data.len() as u64)
+                .unwrap(),
+            data
+        );
+        assert_eq!(gzip_member_lengths(&g[..31]), None);
+        assert_eq!(
+            gzip_member_lengths(&Codec::Gzip.compress(b"")[..]),
+            Some((42, 0))
+        );
+        let z = Codec::Zstd.compress(&data);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&z).ok(),
+            Some(Some(data.len() as u64))
+        );
+        assert_eq!(zstd::zstd_safe::find_frame_compressed_size(&z), Ok(z.len()));
     }
 
     #[test]

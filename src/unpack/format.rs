@@ -1,10 +1,14 @@
 //! The archive's format, by content (never by the URL's name), and the one decode
 //! pipeline: a compressed stream is read to its end, every member / frame / stream,
-//! trailers and checksums checked. The formats later issues add go here.
+//! trailers and checksums checked (gzip and zstd through `members`, which decompresses
+//! a packed archive's members on every core). The formats later issues add go here.
 //!
 //! Never parses tar and never touches the filesystem.
 
 use std::io::{self, Read};
+
+use super::members::Members;
+use crate::toc::Codec;
 
 /// Bytes read ahead to recognise the compression format.
 pub(super) const MAGIC_LEN: usize = 6;
@@ -65,9 +69,14 @@ pub(super) fn decoder<'a, R: io::BufRead + Send + 'a>(
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match format {
         Format::Tar => Box::new(raw),
-        Format::Gzip => Box::new(GzMembers::new(raw)),
+        // A packed archive's members on every core, the rest member after member.
+        Format::Gzip => Box::new(Members::new(Codec::Gzip, raw, |rest| {
+            Ok(Box::new(GzMembers::new(rest)))
+        })),
         // libzstd reads every frame and skips skippable ones.
-        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+        Format::Zstd => Box::new(Members::new(Codec::Zstd, raw, |rest| {
+            Ok(Box::new(zstd::stream::read::Decoder::with_buffer(rest)?))
+        })),
         // Concatenated streams and stream padding, as `xz -d` reads them.
         Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(raw)),
         Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(raw)),

@@ -19,6 +19,7 @@ mod hostile_local;
 mod http;
 #[cfg(feature = "e2e")]
 mod metrics_e2e;
+mod pack;
 mod proxy;
 mod record;
 mod redeploy;
