@@ -216,7 +216,7 @@ fn detach_returns_at_once_and_status_shows_running_then_success() {
     let t = Instant::now();
     while !std::fs::read_to_string(s.state_dir().join("detach.log"))
         .unwrap()
-        .contains("already handled")
+        .contains("superseded")
     {
         assert!(t.elapsed() < Duration::from_secs(20), "never skipped");
         std::thread::sleep(Duration::from_millis(50));
