@@ -21,7 +21,7 @@
 //! manifest's very bytes) and whose checksum is the manifest's; a failure already
 //! there in the baseline round (an earlier run's) is not taken for this run's.
 //! It prints only the progress lines on stderr while it runs (one per wave; redrawn
-//! on a terminal); the rest is handed back as an `Output`.
+//! on a terminal; a line of its own when a wave's event is fired again); the rest is handed back as an `Output`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -559,6 +559,15 @@ struct Progress {
 }
 
 impl Progress {
+    /// A line of its own between progress lines (the redrawn one is cleared first).
+    fn note(&self, line: &str) {
+        if self.tty {
+            eprint!("\r\x1b[K{line}\n");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
     fn show(&self, line: &str, last: bool) {
         if self.tty {
             eprint!("\r\x1b[K{line}{}", if last { "\n" } else { "" });
@@ -774,14 +783,24 @@ fn watch_wave(
         if !refired && now >= half {
             // Serf can miss a host for tens of seconds: once more, for the hosts
             // that reported nothing of this rollout (a running one is on it).
-            let missed = hosts.iter().any(|h| {
-                h.wave == k
-                    && h.result == Outcome::Pending
-                    && !matches!(last.get(&h.node), Some(Some(Seen::Running)))
-            });
-            if missed {
+            let missed: Vec<&str> = hosts
+                .iter()
+                .filter(|h| {
+                    h.wave == k
+                        && h.result == Outcome::Pending
+                        && !matches!(last.get(&h.node), Some(Some(Seen::Running)))
+                })
+                .map(|h| h.node.as_str())
+                .collect();
+            if !missed.is_empty() {
                 agent.fire(&opts.event, payload)?;
                 refired = true;
+                progress.note(&format!(
+                    "wave {k}/{waves}: fired again at half the wave timeout for {} host(s) \
+                     that reported nothing of it: {}",
+                    missed.len(),
+                    missed.join(", ")
+                ));
             }
         }
         let next = (round + EVERY).min(deadline);

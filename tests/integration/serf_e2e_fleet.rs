@@ -342,6 +342,48 @@ fn ten_agents_answer_fleet_status() {
     assert_eq!(rows(&run.stdout, "node01").len(), 1, "{}", run.stdout);
     assert_eq!(rows(&run.stdout, "node07").len(), 1, "{}", run.stdout);
 
+    // a host with eight long dests whose oldest deploy alone failed: its answer
+    // must leave dests out to fit serf's 1024 bytes, the failed one is kept, and
+    // the host is failure, exit 1 (not success on the newest seven)
+    for i in 0..8 {
+        let result = if i == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let rec = records::record(
+            &format!("/srv/applications/service-{i:02}"),
+            result,
+            &checksum,
+            &format!("2026-12-01T09:{i:02}:00.000Z"),
+            (result == Outcome::Failure).then_some("exit status 1"),
+        );
+        records::write(&agents[9].state(), &rec);
+    }
+    let run = fleet(&agents[0], &["--node", "node09", "--timeout", "3s"]);
+    assert_eq!(run.code(), 1, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "1 answered of 1 alive members: 0 success, 1 failure, 0 silent, 0 unreachable"
+        ),
+        "{}\n{}",
+        run.stdout,
+        agents[9].report()
+    );
+    let eight = rows(&run.stdout, "node09");
+    assert!(
+        eight.last().is_some_and(|r| r.contains(" more)")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        eight
+            .iter()
+            .any(|r| r.contains("/srv/applications/service-00 ") && r.contains(" failure ")),
+        "{}",
+        run.stdout
+    );
+
     // a host with many dests and long errors: its shortened answer still gets
     // through serf's 1024-byte response limit (node09 leaves next, so its extra
     // records do not change the counts below)

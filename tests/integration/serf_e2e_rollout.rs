@@ -7,8 +7,10 @@
 //! with `sha256sum`. One cluster, several rollouts in turn: the dry run's plan, a
 //! good rollout, a canary whose `pre` fails, `--max-failed 1`, an agent SIGKILLed
 //! mid-rollout and the reruns that converge, and a host turning to failure during
-//! the bake. Every agent and every rollout is killed by pid at the end, also when
-//! the test fails.
+//! the bake. Besides, on three agents: `--trusted-key` refusing a manifest before
+//! any event, the event fired again for a host that missed it, and hosts whose
+//! handlers use `--detach`. Every agent and every rollout is killed by pid at the
+//! end, also when the test fails.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,13 +76,19 @@ impl Agent {
 }
 
 fn start(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>) {
-    std::fs::create_dir_all(a.host.dir.join("parent")).unwrap();
-    let state = a.state().display().to_string();
     let deploy = format!(
-        "user:deploy={} --state-dir {state} >> {} 2>&1",
+        "user:deploy={} --state-dir {} >> {} 2>&1",
         bin(),
+        a.state().display(),
         a.log().display()
     );
+    start_with(cluster, i, a, join, deploy);
+}
+
+/// As `start`, with `deploy` as the deploy handler line.
+fn start_with(cluster: &mut Cluster, i: usize, a: &Agent, join: Option<u16>, deploy: String) {
+    std::fs::create_dir_all(a.host.dir.join("parent")).unwrap();
+    let state = a.state().display().to_string();
     let status = format!(
         "query:{}={} status --brief --json --state-dir {state}",
         stretcher::fleet::QUERY,
@@ -111,19 +119,24 @@ struct Origin {
     srv: TestServer,
     files: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     archive_bytes: Arc<AtomicU64>,
+    /// Milliseconds each archive response waits before it is sent (a slow source).
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Origin {
     fn start() -> Origin {
         let files: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
         let archive_bytes = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let srv = {
-            let (files, bytes) = (files.clone(), archive_bytes.clone());
+            let (files, bytes, delay) = (files.clone(), archive_bytes.clone(), delay_ms.clone());
             TestServer::start(move |req, w| {
                 let body = files.lock().unwrap().get(&req.path).cloned();
                 match body {
                     Some(body) => {
                         if req.path.ends_with(".tgz") {
+                            let ms = delay.load(Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(ms));
                             bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
                         }
                         respond(w, "200 OK", &body)
@@ -136,7 +149,18 @@ impl Origin {
             srv,
             files,
             archive_bytes,
+            delay_ms,
         }
+    }
+
+    /// Serves `bytes` at `path`.
+    fn put(&self, path: &str, bytes: Vec<u8>) {
+        self.files.lock().unwrap().insert(path.to_string(), bytes);
+    }
+
+    /// What is served at `path`.
+    fn get(&self, path: &str) -> Vec<u8> {
+        self.files.lock().unwrap()[path].clone()
     }
 
     /// Publishes release `version` (`/VERSION.tgz`) and its manifest (`/VERSION.yml`,
@@ -613,6 +637,228 @@ fn serf_e2e_rollouts_in_waves() {
     for a in &agents[1..] {
         assert_eq!(a.version().as_deref(), Some("v3"), "{}", a.report());
     }
+}
+
+/// Three agents whose deploy handler is a script: it ignores (reads and drops) one
+/// event while the agent's `skip` file exists, and runs `stretcher --detach` while
+/// its `detach` file exists, else `stretcher`. In turn: `--trusted-key` refuses an
+/// unsigned manifest and one signed by another key before any event is fired (no
+/// host changes); a host that ignores the wave's event is deployed by the event
+/// fired again at half of `--wave-timeout`, which the rollout says; and with
+/// `--detach` handlers and a slow source, the rollout waits for the `running` hosts
+/// and ends with success (the manifest signed, the key trusted).
+#[test]
+fn serf_e2e_rollout_refire_detach_and_trusted_key() {
+    const N: usize = 3;
+    let root = tempfile::Builder::new()
+        .prefix("stretcher-rollout3-")
+        .tempdir()
+        .unwrap();
+    let agents: Vec<Agent> = (0..N)
+        .map(|i| Agent {
+            host: Host::new(root.path(), &format!("node{i:02}")),
+        })
+        .collect();
+    let skip = |a: &Agent| a.host.dir.join("skip");
+    let skipped = |a: &Agent| {
+        std::fs::read_to_string(a.host.dir.join("skipped"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let report = || {
+        agents
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}\n--- detach.log:\n{}",
+                    a.report(),
+                    std::fs::read_to_string(a.state().join("detach.log")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut cluster = Cluster::default();
+    for (i, a) in agents.iter().enumerate() {
+        let script = a.host.dir.join("deploy.sh");
+        std::fs::create_dir_all(&a.host.dir).unwrap();
+        let state = a.state().display().to_string();
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 if [ -e {skip} ]; then\n  rm -f {skip}\n  cat > /dev/null\n  \
+                 echo \"$SERF_USER_LTIME\" >> {skipped}\n  exit 0\nfi\n\
+                 if [ -e {detach} ]; then exec {bin} --detach --state-dir {state}; fi\n\
+                 exec {bin} --state-dir {state}\n",
+                skip = skip(a).display(),
+                skipped = a.host.dir.join("skipped").display(),
+                detach = a.host.dir.join("detach").display(),
+                bin = bin(),
+            ),
+        )
+        .unwrap();
+        let deploy = format!(
+            "user:deploy=sh {} >> {} 2>&1",
+            script.display(),
+            a.log().display()
+        );
+        let join = (i > 0).then_some(agents[0].host.bind);
+        start_with(&mut cluster, i, a, join, deploy);
+        if i == 0 {
+            serf::wait_rpc(&a.host, LIMIT);
+        }
+    }
+    let via = &agents[1];
+    let all: Vec<&Host> = agents.iter().map(|a| &a.host).collect();
+    serf::wait_alive(&via.host, &all, LIMIT, report);
+    let origin = Origin::start();
+    let keys = root.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = crate::signing::key_pair(&keys, "release");
+    let other = crate::signing::key_pair(&keys, "other");
+    let sign = |k: &crate::signing::KeyPair, path: &str| {
+        let file = keys.join("manifest.yml");
+        std::fs::write(&file, origin.get(path)).unwrap();
+        let sig = crate::signing::sign(k, &file, &[], "release");
+        origin.put(&format!("{path}.minisig"), std::fs::read(sig).unwrap());
+    };
+    let logs = || -> Vec<String> {
+        agents
+            .iter()
+            .map(|a| std::fs::read_to_string(a.log()).unwrap_or_default())
+            .collect()
+    };
+
+    // 1. --trusted-key: unsigned, then signed by another key: refused before any
+    //    event is fired; no host changes
+    let (url1, _, _) = origin.publish("v1", "");
+    for signed_by in [None, Some(&other)] {
+        if let Some(k) = signed_by {
+            sign(k, "/v1.yml");
+        }
+        let refused = Rollout::spawn(via, root.path(), &[&url1, "--trusted-key", &key.line]).wait();
+        assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+        let why = if signed_by.is_none() {
+            "no signature"
+        } else {
+            "unknown key id "
+        };
+        // (the retries of a fetch are logged before it)
+        let last = refused.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!(
+                "stretcher rollout: manifest {url1}: refused: {why}"
+            )),
+            "{}",
+            refused.stderr
+        );
+        assert!(!refused.stderr.contains("wave "), "{}", refused.stderr);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(origin.archive_bytes(), 0);
+    assert!(
+        logs().iter().all(String::is_empty),
+        "a handler ran: {}",
+        report()
+    );
+    assert!(agents.iter().all(|a| a.hooks().is_empty()), "{}", report());
+
+    // 2. a host that ignores the wave's event: fired again at half the wave
+    //    timeout, it deploys; exit 0
+    let missing = &agents[2];
+    std::fs::write(skip(missing), "").unwrap();
+    let refire = Rollout::spawn(
+        via,
+        root.path(),
+        &[&url1, "--waves", "100%", "--wave-timeout", "16s"],
+    )
+    .wait();
+    eprintln!("rollout with one event fired again: {:.2?}", refire.elapsed);
+    assert_eq!(
+        refire.code,
+        0,
+        "{}\n{}\n{}",
+        refire.stdout,
+        refire.stderr,
+        report()
+    );
+    assert_eq!(skipped(missing), 1, "{}", report());
+    let line = refire
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("wave 1/1: fired again at half the wave timeout for "))
+        .unwrap_or_else(|| panic!("no line says it fired again: {}", refire.stderr));
+    assert!(line.contains(&missing.host.name), "{line}");
+    assert!(
+        refire.stderr.contains("wave 1/1: 3/3 done, 0 failed"),
+        "{}",
+        refire.stderr
+    );
+    for a in &agents {
+        assert_eq!(a.hooks(), ["pre v1", "success v1"], "{}", a.report());
+        assert_eq!(a.version().as_deref(), Some("v1"));
+    }
+
+    // 3. --detach handlers and a slow source: the rollout waits for the running
+    //    hosts and ends with success; the manifest signed, the key trusted
+    for a in &agents {
+        std::fs::write(a.host.dir.join("detach"), "").unwrap();
+    }
+    origin.delay_ms.store(3000, Ordering::SeqCst);
+    let (url2, _, _) = origin.publish("v2", "");
+    sign(&key, "/v2.yml");
+    let detached = Rollout::spawn(via, root.path(), &[&url2, "--trusted-key", &key.line]);
+    let running = |a: &Agent| {
+        let run = stretcher()
+            .args(["status", "--json", "--state-dir"])
+            .arg(a.state())
+            .limit(Duration::from_secs(20))
+            .run();
+        run.stdout.contains("\"result\":\"running\"")
+            || run.stdout.contains("\"result\": \"running\"")
+    };
+    let mut seen_running = false;
+    let t = Instant::now();
+    while !seen_running && t.elapsed() < LIMIT && detached.stderr_now().lines().count() < 3 {
+        seen_running = agents.iter().any(running);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        seen_running,
+        "no host ran its deploy detached: {}",
+        report()
+    );
+    let done = detached.wait();
+    eprintln!(
+        "rollout over {N} agents with --detach handlers: {:.2?}",
+        done.elapsed
+    );
+    assert_eq!(
+        done.code,
+        0,
+        "{}\n{}\n{}",
+        done.stdout,
+        done.stderr,
+        report()
+    );
+    for a in &agents {
+        assert_eq!(
+            a.hooks(),
+            ["pre v1", "success v1", "pre v2", "success v2"],
+            "{}",
+            report()
+        );
+        assert_eq!(a.version().as_deref(), Some("v2"));
+        let log = std::fs::read_to_string(a.state().join("detach.log")).unwrap_or_default();
+        assert!(log.contains("Deploy manifest succeeded."), "{}", report());
+    }
+    assert!(
+        done.stderr.contains("wave 3/3: 3/3 done, 0 failed"),
+        "{}",
+        done.stderr
+    );
 }
 
 /// The rollout's own cost at 30 agents (SPEC §19 "Scale"), measured, not asserted:
