@@ -120,10 +120,19 @@ fn release(dir: &Path, name: &str) -> String {
     format!("file://{}", manifest.display())
 }
 
-/// `serf event deploy PAYLOAD` through `agent`, started now (not waited for).
+/// `serf event -coalesce=false deploy PAYLOAD` through `agent`, started now (not
+/// waited for). Not coalesced: an agent that holds two `deploy` events of one round
+/// at once would otherwise hand its handler only the later LTime's, and the test
+/// waits for every handler to see both.
 fn fire(agent: &Agent, payload: &str) -> std::process::Child {
     Command::new("serf")
-        .args(["event", &agent.node.rpc_flag(), "deploy", payload])
+        .args([
+            "event",
+            &agent.node.rpc_flag(),
+            "-coalesce=false",
+            "deploy",
+            payload,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
