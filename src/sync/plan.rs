@@ -250,13 +250,11 @@ impl Planner<'_, '_> {
     fn dest_only(&mut self, de: Entry) -> Result<()> {
         let rel = de.rel();
         let kept = (!self.kept.is_empty())
-            .then(|| self.kept.get(rel))
+            .then(|| self.kept.get_with_position(rel))
             .flatten();
-        if let Some(k) = kept {
+        if let Some((i, k)) = kept {
             self.kept_seen += 1;
-            if let Some(i) = self.kept.position(rel) {
-                self.kept_marks[i / 64] |= 1 << (i % 64);
-            }
+            self.kept_marks[i / 64] |= 1 << (i % 64);
             if de.kind() != Kind::File || !quick_check(&de.meta, k) {
                 return Err(self.stale(rel));
             }
