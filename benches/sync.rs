@@ -89,6 +89,7 @@ fn tree(root: &Path) -> Verified<Staged> {
         reused: Default::default(),
         written: Default::default(),
         digests: Default::default(),
+        listed_dirs: Default::default(),
     })
 }
 

@@ -20,7 +20,16 @@
 //!    checked against the table's sha256 as it ends (a mismatch fails the stream,
 //!    like a checksum mismatch), and unpacked by the same unpack into the strategy's
 //!    place, the kept files listed as its probe lists unchanged ones
-//!    (`unpack::unpack_known`): the staged result a full download would give.
+//!    (`unpack::unpack_known`, with what the judging saw: the probe is not asked
+//!    again); into a staging that is not a whole tree (not the release strategy's),
+//!    directories dest holds with nothing of the stream below them are not made but
+//!    listed for the sync (`Staged::listed_dirs`): the staged result a full download
+//!    would give, as the sync sees it.
+//!
+//! A change of dest after the judging is caught by the sync's plan (every kept file
+//! against dest's walk: `Stale`, and the pipeline unpacks again in full; a listed
+//! directory dest lost is made) and, for a hard link into a release, by the link's
+//! `lstat` against what the judging saw.
 //!
 //! The sync, excludes, `exclude_from`, hooks, record and index that follow are the
 //! pipeline's own, unchanged. It falls back to the full download (answering why)
@@ -48,7 +57,7 @@ use crate::fetch::{self, FetchOptions, Span};
 use crate::land::Stage;
 use crate::logln;
 use crate::toc::{self, Codec, Entry, Footer, Kind, Table};
-use crate::unpack::{self, FileAttrs, KnownFile, Staged, Unchanged, UnpackOptions};
+use crate::unpack::{self, FileAttrs, Found, KnownFile, Staged, Unchanged, UnpackOptions};
 use crate::urls::redact;
 use crate::verify::{Checksum, Hashed, HashingReader, Verified};
 
@@ -84,8 +93,9 @@ pub(crate) enum Outcome {
 /// What becomes of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
-    /// A regular file the probe's tree holds as the table has it: not in the stream.
-    Kept,
+    /// A regular file the probe's tree holds as the table has it: not in the stream
+    /// (what the probe's `find` saw of it).
+    Kept(Found),
     /// A regular file whose content the probe's tree holds, with other attributes:
     /// its bytes are read from there.
     Local,
@@ -173,7 +183,7 @@ pub(crate) fn plan(
     let mut members: Vec<(u64, u64)> = Vec::new();
     for (e, fate) in table.entries.iter().zip(&fates) {
         match (fate, &e.kind) {
-            (Fate::Kept, _) => counts.kept += 1,
+            (Fate::Kept(_), _) => counts.kept += 1,
             (Fate::Local, _) => counts.local += 1,
             (Fate::Fetched, Kind::File { member, .. }) => {
                 counts.fetched += 1;
@@ -307,11 +317,12 @@ fn judge(table: &Table, probe: &mut dyn Unchanged, same_owner: bool) -> Vec<Fate
                 owner: same_owner.then(|| owners.of(e)),
             };
             if let Some((at, found)) = probe.find(rel, &attrs) {
-                if same_content(probe, rel, &at, &found, sha256, &mut buf) {
+                // Kept and local files are taken from `rel` in the probe's tree.
+                if at == rel && same_content(probe, rel, &at, &found, sha256, &mut buf) {
                     return if linked.contains(&e.path[..]) {
                         Fate::Local
                     } else {
-                        Fate::Kept
+                        Fate::Kept(Found::from(&found))
                     };
                 }
                 return Fate::Fetched;
@@ -555,7 +566,7 @@ pub(crate) fn unpack(
     let mut known = Vec::new();
     let mut items = Vec::with_capacity(table.entries.len());
     for (e, fate) in table.entries.into_iter().zip(fates) {
-        if fate == Fate::Kept {
+        if let Fate::Kept(found) = fate {
             if let Kind::File { sha256, .. } = e.kind {
                 known.push(KnownFile {
                     rel: PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)),
@@ -566,12 +577,19 @@ pub(crate) fn unpack(
                         owner: d.same_owner.then(|| owners.of(&e)),
                     },
                     digest: sha256,
+                    found,
                 });
             }
             continue;
         }
         items.push((e, fate));
     }
+    // The release strategy's staging becomes the release: every directory is made.
+    let listed = if stage.link_unchanged {
+        Vec::new()
+    } else {
+        list_dirs(&mut items, &dest_tree, d.same_owner, &mut owners)
+    };
     let failed: Arc<Mutex<Option<Error>>> = Arc::default();
     let stream = Stream {
         items: items.into_iter(),
@@ -603,9 +621,98 @@ pub(crate) fn unpack(
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    let staged = staged?;
+    let mut staged = staged?;
+    staged.listed_dirs = listed;
     // Every byte staged matched the table's sha256, and the table matched `toc`.
     Ok(Outcome::Staged(Box::new(hashed.verify((stage, staged))?)))
+}
+
+/// The directories dest holds as directories with nothing of the stream below them,
+/// taken out of `items` (staging holds no empty skeleton of the tree) and answered as
+/// the sync is to list them (`Staged::listed_dirs`): with the attributes the unpack
+/// gives a directory (the table's mode, mtime and — as root — owner; else the
+/// process's, as a directory staging made), sorted as a walk lists them. The root and
+/// a directory with a negative mtime stay in the stream. If dest's directory is gone
+/// or changed by the time the sync looks, the sync makes or fixes it (it is never
+/// moved whole), and the kept files below it are stale there: the deploy fails
+/// before anything changed.
+fn list_dirs(
+    items: &mut Vec<(Entry, Fate)>,
+    dest: &Tree,
+    same_owner: bool,
+    owners: &mut Owners,
+) -> Vec<crate::entry::Entry> {
+    // A directory the table lists (else staging's unpack makes it, when needed).
+    let dirs: HashSet<&[u8]> = items
+        .iter()
+        .filter(|(e, _)| matches!(e.kind, Kind::Dir))
+        .map(|(e, _)| &e.path[..])
+        .collect();
+    let parent_listed = |p: &[u8]| match p.iter().rposition(|b| *b == b'/') {
+        Some(i) => dirs.contains(&p[..i]),
+        None => true,
+    };
+    let listable: Vec<bool> = items
+        .iter()
+        .map(|(e, _)| {
+            matches!(e.kind, Kind::Dir)
+                && e.path != b"."
+                && parent_listed(&e.path)
+                && e.mtime.secs >= 0
+                && dest
+                    .lstat(Path::new(std::ffi::OsStr::from_bytes(&e.path)))
+                    .is_ok_and(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Directory
+                    })
+        })
+        .collect();
+    // Every directory above something of the stream is in it too.
+    let mut needed: HashSet<&[u8]> = HashSet::new();
+    for ((e, _), listable) in items.iter().zip(&listable) {
+        if *listable {
+            continue;
+        }
+        for (i, b) in e.path.iter().enumerate() {
+            if *b == b'/' {
+                needed.insert(&e.path[..i]);
+            }
+        }
+    }
+    let listed: Vec<bool> = items
+        .iter()
+        .zip(&listable)
+        .map(|((e, _), l)| *l && !needed.contains(&e.path[..]))
+        .collect();
+    drop((needed, dirs));
+    let (uid, gid) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let mut out = Vec::new();
+    let mut flags = listed.into_iter();
+    items.retain(|(e, _)| {
+        if !flags.next().unwrap_or(false) {
+            return true;
+        }
+        let (uid, gid) = if same_owner { owners.of(e) } else { (uid, gid) };
+        let meta = crate::entry::Meta {
+            mode: rustix::fs::FileType::Directory.as_raw_mode() | (e.mode & 0o7777),
+            uid,
+            gid,
+            mtime_nsec: e.mtime.nanos,
+            size: 0,
+            mtime: e.mtime.secs,
+        };
+        out.push(crate::entry::Entry::new(
+            Path::new(std::ffi::OsStr::from_bytes(&e.path)),
+            meta,
+            None,
+        ));
+        false
+    });
+    out.sort_unstable_by(|a, b| a.rel().cmp(b.rel()));
+    out
 }
 
 /// The tar stream of the entries to write (not the kept files): a pax and a GNU

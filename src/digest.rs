@@ -171,6 +171,13 @@ impl<V: Copy> Keyed<V> {
         Some(&self.0[i].1)
     }
 
+    /// The value of the path whose key is `key`, with where it stands among all (see
+    /// [`Keyed::position`]): one search for both.
+    pub fn get_with_position(&self, key: &PathKey) -> Option<(usize, &V)> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some((i, &self.0[i].1))
+    }
+
     /// Where the value of `key` stands among all (0 to `len() - 1`), if it has one.
     pub fn position(&self, key: &PathKey) -> Option<usize> {
         self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()

@@ -473,6 +473,7 @@ pub fn plan_staged_with(
     let staged = staged.get();
     let src_tree = open_source(staged)?;
     let mut src = tree::source(&src_tree, filter)?;
+    tree::add_listed(&mut src.walked, &staged.listed_dirs, filter);
     if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);
     }

@@ -57,11 +57,13 @@ pub(crate) fn plan_with(
         root: src_root,
         id: src_id,
         root_meta,
-        walked: Walked {
-            entries,
-            excluded,
-            linked,
-        },
+        walked:
+            Walked {
+                entries,
+                excluded,
+                linked,
+                listed,
+            },
         ..
     } = src;
     let Some(root_meta) = root_meta else {
@@ -96,7 +98,7 @@ pub(crate) fn plan_with(
         kept,
         same_content,
         list_uptodate,
-        not_whole: not_whole(&entries, &excluded, &linked),
+        not_whole: not_whole(&entries, &excluded, &linked, &listed),
         linked,
         protected: protected(dest),
         deletes: Vec::new(),
@@ -142,12 +144,15 @@ pub(crate) fn plan_with(
 }
 
 /// Source directories that cannot be moved whole: something below is excluded (it
-/// must not reach dest), is a hard link (rsync -a makes separate files) or special.
+/// must not reach dest), is a hard link (rsync -a makes separate files) or special;
+/// a directory listed without being in the tree (`Walked::listed`), and those above it.
 fn not_whole(
     entries: &[Entry],
     excluded: &HashMap<PathBuf, Kind>,
     linked: &HashSet<PathBuf>,
+    listed: &HashSet<PathBuf>,
 ) -> HashSet<PathBuf> {
+    // Present: so is every directory above it.
     let mut not_whole = HashSet::new();
     let special = entries
         .iter()
@@ -155,15 +160,25 @@ fn not_whole(
         .map(Entry::rel);
     let odd = excluded.keys().chain(linked).map(PathBuf::as_path);
     for rel in odd.chain(special) {
-        let mut p = rel.parent();
-        while let Some(dir) = p {
-            if !not_whole.insert(dir.to_path_buf()) {
-                break;
-            }
-            p = dir.parent();
+        mark_above(&mut not_whole, rel);
+    }
+    for rel in listed {
+        if not_whole.insert(rel.clone()) {
+            mark_above(&mut not_whole, rel);
         }
     }
     not_whole
+}
+
+/// Every directory above `rel` into `set` (up to one already there).
+fn mark_above(set: &mut HashSet<PathBuf>, rel: &Path) {
+    let mut p = rel.parent();
+    while let Some(dir) = p {
+        if !set.insert(dir.to_path_buf()) {
+            break;
+        }
+        p = dir.parent();
+    }
 }
 
 /// Directories in dest that hold an excluded entry somewhere below: never removable.
@@ -235,13 +250,11 @@ impl Planner<'_, '_> {
     fn dest_only(&mut self, de: Entry) -> Result<()> {
         let rel = de.rel();
         let kept = (!self.kept.is_empty())
-            .then(|| self.kept.get(rel))
+            .then(|| self.kept.get_with_position(rel))
             .flatten();
-        if let Some(k) = kept {
+        if let Some((i, k)) = kept {
             self.kept_seen += 1;
-            if let Some(i) = self.kept.position(rel) {
-                self.kept_marks[i / 64] |= 1 << (i % 64);
-            }
+            self.kept_marks[i / 64] |= 1 << (i % 64);
             if de.kind() != Kind::File || !quick_check(&de.meta, k) {
                 return Err(self.stale(rel));
             }
@@ -497,6 +510,7 @@ mod tests {
                 entries,
                 excluded: excluded.iter().map(|(r, k)| (r.into(), *k)).collect(),
                 linked: HashSet::new(),
+                listed: HashSet::new(),
             },
             inside_excluded: HashMap::new(),
         }
@@ -608,6 +622,37 @@ mod tests {
         assert_eq!(
             dirs,
             vec![("a".into(), made(true)), ("b".into(), made(false))]
+        );
+    }
+
+    #[test]
+    fn a_listed_dir_is_fixed_in_place_or_made_never_moved_whole() {
+        // `a/b` is listed for the tree (not in it); `a` is in it, with a file.
+        let mut src = listing("/s", vec![dir("a"), file("a/f", 1, 1)], &[]);
+        let mut b = dir("a/b");
+        b.meta.mode = Kind::Dir.type_bits() | 0o700;
+        crate::sync::tree::add_listed(&mut src.walked, &[b.clone()], &Filter::empty());
+        assert_eq!(src.walked.entries[1], b);
+        // Dest holds `a/b` (another mode): only its attributes are set.
+        let dest = listing("/d", vec![dir("a"), dir("a/b")], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        assert!(ops(&p).iter().all(|(rel, _)| rel == "a/f"), "{:?}", ops(&p));
+        let fixed = p.actions().find(|a| a.rel == Path::new("a/b")).unwrap();
+        assert!(matches!(fixed.op, Op::DirAttrs { .. }));
+        // Dest lost both since: made (never renamed from the tree, which lacks them).
+        let dest = listing("/d", vec![], &[]);
+        let p = run(&src, &dest, &Filter::empty());
+        let made = |whole| Op::MakeDir {
+            existing: None,
+            whole,
+        };
+        let dirs: Vec<_> = ops(&p)
+            .into_iter()
+            .filter(|(_, op)| matches!(op, Op::MakeDir { .. }))
+            .collect();
+        assert_eq!(
+            dirs,
+            vec![("a".into(), made(false)), ("a/b".into(), made(false))]
         );
     }
 

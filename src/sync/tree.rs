@@ -27,6 +27,10 @@ pub(crate) struct Walked {
     /// Regular files among `entries` with more than one hard link (`rsync -a` makes
     /// separate files of them: never renamed into place, nor with their directory).
     pub linked: HashSet<PathBuf>,
+    /// Source only: directories among `entries` that are not in the tree but listed
+    /// for it (`Staged::listed_dirs`): never renamed into place (made and fixed
+    /// instead), nor any directory above them.
+    pub listed: HashSet<PathBuf>,
 }
 
 /// A tree as [`super::plan`] sees it: plain data, made by [`source`] or [`dest`] (or
@@ -159,5 +163,97 @@ pub(crate) fn walk(root: &Tree, sub: &Path, filter: &Filter) -> Result<Walked> {
         entries,
         excluded,
         linked,
+        listed: HashSet::new(),
     })
+}
+
+/// Adds to a source walk the directories `listed` for its tree without being in it
+/// (`Staged::listed_dirs`, sorted as a walk lists), as the walk would have listed
+/// them: one below an excluded directory is left out, an excluded one is listed
+/// apart as excluded; the entries stay in walk order.
+pub(crate) fn add_listed(walked: &mut Walked, listed: &[Entry], filter: &Filter) {
+    if listed.is_empty() {
+        return;
+    }
+    let mut add = Vec::with_capacity(listed.len());
+    for e in listed {
+        let rel = e.rel();
+        let below_excluded = rel
+            .ancestors()
+            .skip(1)
+            .any(|a| walked.excluded.get(a) == Some(&Kind::Dir));
+        if below_excluded {
+            continue;
+        }
+        if filter.is_excluded(rel, true) {
+            walked.excluded.insert(rel.to_path_buf(), Kind::Dir);
+            continue;
+        }
+        walked.listed.insert(rel.to_path_buf());
+        add.push(e.clone());
+    }
+    // Both in walk order: merged.
+    let walked_entries = std::mem::take(&mut walked.entries);
+    let mut out = Vec::with_capacity(walked_entries.len() + add.len());
+    let mut a = walked_entries.into_iter().peekable();
+    let mut b = add.into_iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.rel().cmp(y.rel()),
+        };
+        match order {
+            std::cmp::Ordering::Less => out.extend(a.next()),
+            std::cmp::Ordering::Greater => out.extend(b.next()),
+            // Never both (the tree holds none of them); the tree's own wins.
+            std::cmp::Ordering::Equal => {
+                out.extend(a.next());
+                if let Some(e) = b.next() {
+                    walked.listed.remove(e.rel());
+                }
+            }
+        }
+    }
+    walked.entries = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(rel: &str) -> Entry {
+        let meta = Meta {
+            mode: Kind::Dir.type_bits() | 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_nsec: 0,
+            size: 0,
+            mtime: 1,
+        };
+        Entry::new(Path::new(rel), meta, None)
+    }
+
+    #[test]
+    fn listed_dirs_join_the_walk_in_its_order_and_under_its_rules() {
+        let mut walked = Walked {
+            entries: vec![dir("a"), dir("a/b"), dir("c")],
+            ..Walked::default()
+        };
+        walked.excluded.insert("x".into(), Kind::Dir);
+        let listed = [dir("a/a"), dir("a-z"), dir("c/cache"), dir("x/y")];
+        let filter = Filter::new(None, &["cache/".into()]).unwrap();
+        add_listed(&mut walked, &listed, &filter);
+        let rels: Vec<_> = walked.entries.iter().map(|e| e.rel()).collect();
+        // Path order ("a/…" before "a-z"); below an excluded directory: left out;
+        // excluded by the rules: listed apart.
+        assert_eq!(
+            rels,
+            ["a", "a/a", "a/b", "a-z", "c"].map(Path::new).to_vec()
+        );
+        assert_eq!(walked.excluded.get(Path::new("c/cache")), Some(&Kind::Dir));
+        assert!(walked.listed.contains(Path::new("a/a")));
+        assert!(!walked.listed.contains(Path::new("x/y")));
+    }
 }

@@ -144,9 +144,14 @@ pub trait Unchanged {
 
 /// A regular file of the archive that the caller already knows the probe's tree
 /// holds with the entry's attributes and content (SPEC §18: the delta deploy judged
-/// it by the verified table's sha256), so its data is not in the stream: the unpack
-/// lists it exactly as a file its probe found unchanged (left out, or hard-linked
-/// with `link_unchanged`), after the stream's last entry.
+/// it by the verified table's sha256, from the probe's own `find`), so its data is
+/// not in the stream: the unpack lists it exactly as a file its probe found unchanged
+/// (left out, or hard-linked with `link_unchanged`), after the stream's last entry,
+/// without asking the probe again. What guards it from a change in the probe's tree
+/// after it was judged: the sync's plan checks every file left out against dest's
+/// own walk (`sync::plan`, a stale file fails the deploy), and a hard link is kept
+/// only when its `lstat` is still the `found` one (same inode, size, mtime, mode,
+/// owner).
 #[derive(Debug, Clone)]
 pub(crate) struct KnownFile {
     /// Its path below the tree, relative.
@@ -155,6 +160,27 @@ pub(crate) struct KnownFile {
     pub(crate) attrs: FileAttrs,
     /// Its content's sha256.
     pub(crate) digest: Digest,
+    /// What the probe's `find` saw of it (at `rel` in the probe's tree).
+    pub(crate) found: Found,
+}
+
+/// A file an [`Unchanged`] probe found, as its `lstat` showed it: which inode, and the
+/// attributes a later look must still see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) meta: crate::entry::Meta,
+}
+
+impl From<&rustix::fs::Stat> for Found {
+    fn from(st: &rustix::fs::Stat) -> Found {
+        Found {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            meta: crate::entry::Meta::from(st),
+        }
+    }
 }
 
 /// `O_NOFOLLOW | O_NONBLOCK`: a file the probe found, opened by path.
@@ -188,6 +214,12 @@ pub struct Staged {
     /// reused, by path: computed from the bytes the unpack decompressed (a sparse
     /// file's holes as zeros).
     pub digests: Digests,
+    /// Directories of the tree that are not made below `root` (SPEC §18: the delta
+    /// update leaves out a directory dest already holds as one when nothing is
+    /// unpacked below it), each with the attributes the unpack would have given it,
+    /// sorted as a walk lists them (`Path` order): the sync lists them as if they were
+    /// in `root`. Empty from every unpack of a stream.
+    pub listed_dirs: Vec<Entry>,
 }
 
 /// Unpacks the tar, tar.gz, tar.zst, tar.xz or tar.bz2 stream `reader` into `into`, which is an

@@ -45,6 +45,13 @@ impl Reused {
             .position(&digest::path_key(rel.as_os_str().as_bytes()))
     }
 
+    /// [`Reused::get`] and [`Reused::position`] of `rel` at once (its key computed and
+    /// searched once).
+    pub fn get_with_position(&self, rel: &Path) -> Option<(usize, &FileAttrs)> {
+        self.attrs
+            .get_with_position(&digest::path_key(rel.as_os_str().as_bytes()))
+    }
+
     /// How many files were reused.
     pub fn len(&self) -> usize {
         self.attrs.len()

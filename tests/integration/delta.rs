@@ -846,3 +846,86 @@ fn an_endless_answer_to_a_range_is_cut_at_the_range_and_the_deploy_falls_back() 
     let full = full_deploy(&s, &r.m2, "full");
     assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
 }
+
+/// v1 and v2 (see `make_v2`) with a directory `still/` whose files are the same in
+/// both (nothing of a delta's stream is below it), packed and read from `file://`.
+fn releases_with_still(s: &Scratch) -> Release {
+    let (v1, v2) = (s.path().join("v1"), s.path().join("v2"));
+    make_v1(&v1);
+    let t = filetime::FileTime::from_unix_time(1_650_000_000, 42);
+    std::fs::create_dir_all(v1.join("still/inner")).unwrap();
+    for (name, data) in [("still/a", &b"a"[..]), ("still/inner/b", b"bb")] {
+        std::fs::write(v1.join(name), data).unwrap();
+        filetime::set_file_mtime(v1.join(name), t).unwrap();
+    }
+    std::fs::set_permissions(v1.join("still"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    for d in ["still/inner", "still"] {
+        filetime::set_file_mtime(v1.join(d), t).unwrap();
+    }
+    let changed = make_v2(&v1, &v2);
+    let served = s.path().join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    let (a1, a2) = (served.join("v1.tar.gz"), served.join("v2.tar.gz"));
+    let (m1, m2) = (s.path().join("m1.yml"), s.path().join("m2.yml"));
+    let url = |a: &Path| format!("file://{}", a.display());
+    pack(&v1, &a1, &m1, &url(&a1), &s.dest(), &[]);
+    pack(&v2, &a2, &m2, &url(&a2), &s.dest(), &[]);
+    Release {
+        v2_changed: changed,
+        m1,
+        m2,
+        archive2: a2,
+    }
+}
+
+/// `manifest` with a `pre` command.
+fn with_pre(s: &Scratch, manifest: &Path, name: &str, command: &str) -> PathBuf {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    s.manifest(name, &format!("{text}commands:\n  pre:\n    - {command}\n"))
+}
+
+#[test]
+fn directories_dest_holds_unchanged_are_fixed_in_place_as_a_full_deploy_leaves_them() {
+    let s = Scratch::new();
+    let r = releases_with_still(&s);
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    // While the deploy runs (after the delta judged dest), `still/` and `still/inner/`
+    // (directories nothing is unpacked below) get another mode and mtime in dest.
+    let dest = s.dest();
+    let pre = format!(
+        "chmod 0700 {d}/still {d}/still/inner && touch -d @1000 {d}/still {d}/still/inner",
+        d = dest.display()
+    );
+    let m2 = with_pre(&s, &r.m2, "m2-pre.yml", &pre);
+    let run = s.stretcher().arg(&m2).run();
+    run.assert_ok().assert_log("bytes by range from");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&dest, &[]), tree(&full, &[]), "{}", run.stderr);
+    let md = std::fs::metadata(dest.join("still")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.mtime(), md.mtime_nsec()),
+        (0o750, 1_650_000_000, 42)
+    );
+}
+
+#[test]
+fn a_file_changed_in_dest_after_the_delta_judged_it_is_caught_and_the_result_is_exact() {
+    let s = Scratch::new();
+    let r = releases_with_still(&s);
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    // A file the delta found unchanged (left in place) is rewritten while the deploy
+    // runs, keeping its size and mtime seconds; another one loses its directory.
+    let dest = s.dest();
+    let pre = format!(
+        "printf z > {d}/still/a && touch -d @1650000000 {d}/still/a && rm -r {d}/still/inner",
+        d = dest.display()
+    );
+    let m2 = with_pre(&s, &r.m2, "m2-pre.yml", &pre);
+    let run = s.stretcher().arg(&m2).run();
+    run.assert_ok()
+        .assert_log("changed after the archive was unpacked");
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&dest, &[]), tree(&full, &[]), "{}", run.stderr);
+    assert_eq!(std::fs::read(dest.join("still/a")).unwrap(), b"a");
+    assert_eq!(std::fs::read(dest.join("still/inner/b")).unwrap(), b"bb");
+}

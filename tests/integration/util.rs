@@ -85,6 +85,7 @@ pub fn verified_tree(root: &Path) -> stretcher::verify::Verified<stretcher::unpa
         reused: Default::default(),
         written: Default::default(),
         digests: Default::default(),
+        listed_dirs: Default::default(),
     };
     empty.finish().verify(staged).unwrap()
 }

@@ -28,7 +28,7 @@ use crate::Result;
 
 use super::super::errors::{archive_error, corrupt, fail, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
-use super::super::{FileAttrs, KnownFile};
+use super::super::{FileAttrs, Found, KnownFile};
 use super::{key, set_attrs, Extractor, Meta};
 use crate::at::Tree;
 use crate::digest::{self, Digest, Hasher};
@@ -68,7 +68,9 @@ impl Extractor<'_, '_> {
             let holdable = usize::try_from(size).is_ok_and(|n| n <= CONFIRM_BUF);
             if sparse.is_none() && holdable {
                 let digest = self.hold(entry, size, raw)?;
-                if self.same_as_found(rel, &found, &digest) && self.keep(rel, raw, found)? {
+                if self.same_as_found(rel, &found, &digest)
+                    && self.keep(rel, raw, Found::from(&found), true)?
+                {
                     self.digests.insert(key(rel).into(), digest);
                     return Ok(());
                 }
@@ -141,10 +143,19 @@ impl Extractor<'_, '_> {
 
     /// A file whose data the stream leaves out because the caller knows the probe's
     /// tree holds it (`KnownFile`): listed as an unchanged file the probe found is
-    /// (left out, or linked), its digest the known one. The probe must still find it
-    /// as judged (and its index, if any, agree): else the unpack fails, naming it.
+    /// (left out, or linked), its digest the known one. The probe is not asked again
+    /// (the caller's judgement was its `find`): a change in its tree since is caught
+    /// by the sync's plan against dest's walk, and a link is kept only when it is
+    /// still the file `found` saw (else the unpack fails, naming it). Nothing of the
+    /// stream has its path (the caller's table has each path once), so staging holds
+    /// nothing there to replace.
     pub(in super::super) fn adopt(&mut self, known: KnownFile) -> Result<()> {
-        let KnownFile { rel, attrs, digest } = known;
+        let KnownFile {
+            rel,
+            attrs,
+            digest,
+            found,
+        } = known;
         let raw = key(&rel).to_vec();
         let changed = || {
             fail(
@@ -152,21 +163,17 @@ impl Extractor<'_, '_> {
                 "changed in the tree it was found in while the deploy ran",
             )
         };
-        let probe = self.unchanged.as_deref_mut().ok_or_else(changed)?;
-        let (at, found) = probe.find(&rel, &attrs).ok_or_else(changed)?;
-        if probe.digest(&rel, &found).is_some_and(|d| d != digest) {
+        if self.unchanged.is_none() {
             return Err(changed());
         }
         self.reused.insert(&rel, attrs);
-        if at != rel {
-            self.kept_at.insert(rel.clone(), at);
+        // Left out, it needs no directory in staging (the caller may list its
+        // directories apart: `Staged::listed_dirs`); a link does.
+        if self.opts.link_unchanged {
+            self.parents(&rel, &raw)?;
         }
-        self.parents(&rel, &raw)?;
-        if !self.keep(&rel, &raw, found)? {
-            return Err(fail(
-                &raw,
-                "cannot link the unchanged file into the new tree",
-            ));
+        if !self.keep(&rel, &raw, found, false)? {
+            return Err(changed());
         }
         self.digests.insert(key(&rel).into(), digest);
         Ok(())
@@ -291,18 +298,19 @@ impl Extractor<'_, '_> {
     /// A file the probe found unchanged: left out of staging (or, `link_unchanged`,
     /// hard-linked there). True when that is done; false when the link could not be
     /// made and the entry is to be written after all.
-    /// `found` is the probe's lstat of the unchanged file.
-    fn keep(&mut self, rel: &Path, raw: &[u8], found: Stat) -> Result<bool> {
+    /// `found` is the probe's lstat of the unchanged file; `maybe_staged`: an earlier
+    /// member of the stream may have had this path.
+    fn keep(&mut self, rel: &Path, raw: &[u8], found: Found, maybe_staged: bool) -> Result<bool> {
         // An earlier member of the same name may have been written: the later one
         // wins, so staging must not keep it (a link replaces it: `link_reused`).
-        if !self.opts.link_unchanged && self.tree.lstat(rel).is_ok() {
+        if maybe_staged && !self.opts.link_unchanged && self.tree.lstat(rel).is_ok() {
             self.remove_existing(rel, raw)?;
         }
         // The entry's data is skipped by the parser (still read, so a cut stream
         // is still noticed).
         if !self.opts.link_unchanged || self.link_reused(rel, raw, &found)? {
             // A link shares the inode the probe read.
-            self.note(rel, raw, || Ok(entry::Meta::from(&found)), None)?;
+            self.note(rel, raw, || Ok(found.meta), None)?;
             self.entries += 1;
             return Ok(true);
         }
@@ -312,8 +320,8 @@ impl Extractor<'_, '_> {
 
     /// `link_unchanged`: hard-links the reused file to `rel` in staging. False when
     /// the link cannot be made (EXDEV, EMLINK, ...) or is not the inode the probe saw
-    /// (`found`): then the entry is written instead.
-    fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &Stat) -> Result<bool> {
+    /// (`found`, with the attributes it had then): then the entry is written instead.
+    fn link_reused(&mut self, rel: &Path, raw: &[u8], found: &Found) -> Result<bool> {
         // Taken out: only this link needs it (`hard_link` uses it without link_unchanged).
         let Some(src) = self.kept_path(rel) else {
             return Ok(false);
@@ -331,9 +339,10 @@ impl Extractor<'_, '_> {
         if linked.is_err() {
             return Ok(false);
         }
-        // The probe looked by name: the link must be the very file it judged.
+        // The probe looked by name: the link must be the very file it judged, as it
+        // judged it (not changed in place since).
         let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
-        if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
+        if Found::from(&st) != *found {
             self.tree
                 .unlink(rel)
                 .map_err(|e| fail_io(raw, "remove", e))?;

@@ -344,6 +344,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             reused: self.reused.finish(),
             written,
             digests,
+            listed_dirs: Vec::new(),
         })
     }
 }
