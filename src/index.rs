@@ -491,7 +491,7 @@ pub fn read_all(state_dir: &Path, key: &str) -> Result<Option<Indexed>> {
     }
 }
 
-/// What the index of `key` says of its files' content (see [`decode_known`]):
+/// What the index of `key` says of its files' content (see `decode_known`):
 /// `Ok(None)` when there is none.
 pub fn read_known(state_dir: &Path, key: &str) -> Result<Option<Known>> {
     let path = index_path(state_dir, key);
