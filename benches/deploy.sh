@@ -630,6 +630,7 @@ start_nginx() {
     cat >"$NGINX_DIR/nginx.conf" <<NGX
 $user
 daemon off;
+master_process off;
 worker_processes 1;
 pid $NGINX_DIR/nginx.pid;
 error_log $NGINX_DIR/error.log;

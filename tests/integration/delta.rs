@@ -42,7 +42,7 @@ impl Nginx {
                 ""
             };
             let conf = format!(
-                "{user}\ndaemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+                "{user}\ndaemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
                  events {{ worker_connections 64; }}\n\
                  http {{\n  access_log {p}/access.log bytes;\n  log_format bytes '$status $bytes_sent $request_uri $http_range';\n\
                  client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fcgi;\n\
