@@ -867,7 +867,7 @@ fn serf_e2e_rollout_refire_detach_and_trusted_key() {
 /// Run by hand: `cargo test --release --features e2e --test integration --
 /// --ignored serf_e2e_rollout_cost --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement of 30 agents, run by hand (see above), not a check"]
 fn serf_e2e_rollout_cost_at_30_agents() {
     const N: usize = 30;
     let root = tempfile::Builder::new()
