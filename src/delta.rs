@@ -103,6 +103,9 @@ enum Fate {
     Fetched,
     /// Not a regular file: its header alone.
     Header,
+    /// A directory dest holds with nothing of the stream below it: not in the
+    /// stream, listed for the sync (`Staged::listed_dirs`).
+    Listed,
 }
 
 /// What the table and dest say is to be done.
@@ -558,41 +561,20 @@ pub(crate) fn unpack(
     let Plan {
         codec,
         table,
-        fates,
+        mut fates,
         hashed,
         ..
     } = plan;
-    let mut owners = Owners::default();
-    let mut known = Vec::new();
-    let mut items = Vec::with_capacity(table.entries.len());
-    for (e, fate) in table.entries.into_iter().zip(fates) {
-        if let Fate::Kept(found) = fate {
-            if let Kind::File { sha256, .. } = e.kind {
-                known.push(KnownFile {
-                    rel: PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)),
-                    attrs: FileAttrs {
-                        size: e.size,
-                        mtime: e.mtime.secs,
-                        mode: e.mode,
-                        owner: d.same_owner.then(|| owners.of(&e)),
-                    },
-                    digest: sha256,
-                    found,
-                });
-            }
-            continue;
-        }
-        items.push((e, fate));
-    }
+    let entries = &table.entries;
     // The release strategy's staging becomes the release: every directory is made.
     let listed = if stage.link_unchanged {
         Vec::new()
     } else {
-        list_dirs(&mut items, &dest_tree, d.same_owner, &mut owners)
+        list_dirs(entries, &mut fates, &dest_tree, d.same_owner)
     };
     let failed: Arc<Mutex<Option<Error>>> = Arc::default();
     let stream = Stream {
-        items: items.into_iter(),
+        items: entries.iter().zip(&fates),
         out: Vec::new(),
         pos: 0,
         data: None,
@@ -603,6 +585,26 @@ pub(crate) fn unpack(
         failed: Arc::clone(&failed),
         ended: false,
     };
+    // The kept files, made one at a time as the unpack adopts them (a list of them
+    // all, paths and attributes, would be held beside the table).
+    let mut owners = Owners::default();
+    let same_owner = d.same_owner;
+    let known = entries.iter().zip(&fates).filter_map(move |(e, fate)| {
+        let (Fate::Kept(found), Kind::File { sha256, .. }) = (fate, &e.kind) else {
+            return None;
+        };
+        Some(KnownFile {
+            rel: PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)),
+            attrs: FileAttrs {
+                size: e.size,
+                mtime: e.mtime.secs,
+                mode: e.mode,
+                owner: same_owner.then(|| owners.of(e)),
+            },
+            digest: *sha256,
+            found: *found,
+        })
+    });
     let opts = UnpackOptions {
         same_owner: d.same_owner,
         label: label.to_string(),
@@ -628,33 +630,34 @@ pub(crate) fn unpack(
 }
 
 /// The directories dest holds as directories with nothing of the stream below them,
-/// taken out of `items` (staging holds no empty skeleton of the tree) and answered as
-/// the sync is to list them (`Staged::listed_dirs`): with the attributes the unpack
-/// gives a directory (the table's mode, mtime and — as root — owner; else the
+/// marked [`Fate::Listed`] (staging holds no empty skeleton of the tree) and answered
+/// as the sync is to list them (`Staged::listed_dirs`): with the attributes the
+/// unpack gives a directory (the table's mode, mtime and — as root — owner; else the
 /// process's, as a directory staging made), sorted as a walk lists them. The root and
 /// a directory with a negative mtime stay in the stream. If dest's directory is gone
 /// or changed by the time the sync looks, the sync makes or fixes it (it is never
 /// moved whole), and the kept files below it are stale there: the deploy fails
 /// before anything changed.
 fn list_dirs(
-    items: &mut Vec<(Entry, Fate)>,
+    entries: &[Entry],
+    fates: &mut [Fate],
     dest: &Tree,
     same_owner: bool,
-    owners: &mut Owners,
 ) -> Vec<crate::entry::Entry> {
+    let in_stream = |f: &Fate| !matches!(f, Fate::Kept(_) | Fate::Listed);
     // A directory the table lists (else staging's unpack makes it, when needed).
-    let dirs: HashSet<&[u8]> = items
+    let dirs: HashSet<&[u8]> = entries
         .iter()
-        .filter(|(e, _)| matches!(e.kind, Kind::Dir))
-        .map(|(e, _)| &e.path[..])
+        .filter(|e| matches!(e.kind, Kind::Dir))
+        .map(|e| &e.path[..])
         .collect();
     let parent_listed = |p: &[u8]| match p.iter().rposition(|b| *b == b'/') {
         Some(i) => dirs.contains(&p[..i]),
         None => true,
     };
-    let listable: Vec<bool> = items
+    let listable: Vec<bool> = entries
         .iter()
-        .map(|(e, _)| {
+        .map(|e| {
             matches!(e.kind, Kind::Dir)
                 && e.path != b"."
                 && parent_listed(&e.path)
@@ -669,8 +672,8 @@ fn list_dirs(
         .collect();
     // Every directory above something of the stream is in it too.
     let mut needed: HashSet<&[u8]> = HashSet::new();
-    for ((e, _), listable) in items.iter().zip(&listable) {
-        if *listable {
+    for ((e, fate), listable) in entries.iter().zip(fates.iter()).zip(&listable) {
+        if *listable || !in_stream(fate) {
             continue;
         }
         for (i, b) in e.path.iter().enumerate() {
@@ -679,22 +682,17 @@ fn list_dirs(
             }
         }
     }
-    let listed: Vec<bool> = items
-        .iter()
-        .zip(&listable)
-        .map(|((e, _), l)| *l && !needed.contains(&e.path[..]))
-        .collect();
-    drop((needed, dirs));
     let (uid, gid) = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
     );
+    let mut owners = Owners::default();
     let mut out = Vec::new();
-    let mut flags = listed.into_iter();
-    items.retain(|(e, _)| {
-        if !flags.next().unwrap_or(false) {
-            return true;
+    for ((e, fate), listable) in entries.iter().zip(fates.iter_mut()).zip(listable) {
+        if !listable || needed.contains(&e.path[..]) {
+            continue;
         }
+        *fate = Fate::Listed;
         let (uid, gid) = if same_owner { owners.of(e) } else { (uid, gid) };
         let meta = crate::entry::Meta {
             mode: rustix::fs::FileType::Directory.as_raw_mode() | (e.mode & 0o7777),
@@ -709,8 +707,7 @@ fn list_dirs(
             meta,
             None,
         ));
-        false
-    });
+    }
     out.sort_unstable_by(|a, b| a.rel().cmp(b.rel()));
     out
 }
@@ -718,8 +715,9 @@ fn list_dirs(
 /// The tar stream of the entries to write (not the kept files): a pax and a GNU
 /// header per entry, a file's bytes from its fetched member or from the probe's
 /// tree, each file checked against the table's sha256 as its last byte passes.
-struct Stream {
-    items: std::vec::IntoIter<(Entry, Fate)>,
+struct Stream<'t> {
+    /// The table's entries and their fates: those of the stream are written.
+    items: std::iter::Zip<std::slice::Iter<'t, Entry>, std::slice::Iter<'t, Fate>>,
     /// Bytes to hand out before anything else (headers, padding, the end blocks).
     out: Vec<u8>,
     pos: usize,
@@ -746,7 +744,7 @@ struct Data {
     local: Option<File>,
 }
 
-impl Stream {
+impl Stream<'_> {
     /// The stream's verdict, kept for the caller and told to the unpack.
     fn fail(&self, e: Error) -> io::Error {
         let shown = io::Error::other(e.to_string());
@@ -759,14 +757,17 @@ impl Stream {
 
     /// The next entry's headers into `out`, and its data source.
     fn next_entry(&mut self) -> io::Result<()> {
-        let Some((e, fate)) = self.items.next() else {
+        let Some((e, fate)) = self
+            .items
+            .find(|(_, f)| !matches!(f, Fate::Kept(_) | Fate::Listed))
+        else {
             // The end-of-archive blocks.
             self.out = vec![0u8; 1024];
             self.pos = 0;
             self.ended = true;
             return Ok(());
         };
-        self.out = headers(&e).map_err(|m| {
+        self.out = headers(e).map_err(|m| {
             self.fail(Error::Archive {
                 url: String::new(),
                 msg: format!("table entry \"{}\": {m}", toc::show(&e.path)),
@@ -889,7 +890,7 @@ impl Stream {
     }
 }
 
-impl Read for Stream {
+impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.pos < self.out.len() {

@@ -261,13 +261,14 @@ pub fn unpack_in<R: Read + Send>(
 
 /// [`unpack_in`] of a tar stream that leaves out the files `known` lists (SPEC §18):
 /// each is then taken from the probe's tree as an unchanged file is (a file the
-/// probe no longer finds as it was judged fails the unpack, naming it).
+/// probe no longer finds as it was judged fails the unpack, naming it). `known` is
+/// drawn one file at a time, after the stream's last entry.
 pub(crate) fn unpack_known<R: Read + Send>(
     reader: R,
     into: &Tree,
     opts: &UnpackOptions,
     unchanged: &mut dyn Unchanged,
-    known: Vec<KnownFile>,
+    known: impl IntoIterator<Item = KnownFile>,
 ) -> Result<Staged> {
     pipe::run(reader, format::Format::Tar, opts, |stream| {
         tar_read::read_archive(

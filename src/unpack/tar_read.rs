@@ -43,7 +43,7 @@ pub(super) fn read_archive<R: Read>(
     opts: &UnpackOptions,
     format: Format,
     unchanged: Option<&mut dyn Unchanged>,
-    known: Vec<KnownFile>,
+    known: impl IntoIterator<Item = KnownFile>,
 ) -> Result<Staged> {
     let mut archive = tar::Archive::new(EofTracker {
         inner: stream,

@@ -29,7 +29,7 @@ use crate::Result;
 use super::super::errors::{archive_error, corrupt, fail, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::{FileAttrs, Found, KnownFile};
-use super::{key, set_attrs, Extractor, Meta};
+use super::{dkey, key, set_attrs, Extractor, Meta};
 use crate::at::Tree;
 use crate::digest::{self, Digest, Hasher};
 use crate::entry;
@@ -71,7 +71,7 @@ impl Extractor<'_, '_> {
                 if self.same_as_found(rel, &found, &digest)
                     && self.keep(rel, raw, Found::from(&found), true)?
                 {
-                    self.digests.insert(key(rel).into(), digest);
+                    self.digests.insert(dkey(rel), digest);
                     return Ok(());
                 }
                 self.forget_reuse(rel);
@@ -118,7 +118,7 @@ impl Extractor<'_, '_> {
                     .unlink(rel)
                     .map_err(|e| fail_io(raw, "remove", e))?;
                 if let Some(d) = digest {
-                    self.digests.insert(key(rel).into(), d);
+                    self.digests.insert(dkey(rel), d);
                 }
                 self.entries += 1;
                 return Ok(());
@@ -134,8 +134,8 @@ impl Extractor<'_, '_> {
             None,
         )?;
         match digest {
-            Some(d) => self.digests.insert(key(rel).into(), d),
-            None => self.digests.remove(key(rel)),
+            Some(d) => self.digests.insert(dkey(rel), d),
+            None => self.digests.remove(&dkey(rel)),
         };
         self.entries += 1;
         Ok(())
@@ -175,7 +175,7 @@ impl Extractor<'_, '_> {
         if !self.keep(&rel, &raw, found, false)? {
             return Err(changed());
         }
-        self.digests.insert(key(&rel).into(), digest);
+        self.digests.insert(dkey(&rel), digest);
         Ok(())
     }
 

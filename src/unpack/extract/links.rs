@@ -17,7 +17,7 @@ use super::super::errors::{fail, fail_io, refused};
 use super::super::gnu::PaxInfo;
 use super::super::path::link_target;
 use super::files::link_from;
-use super::{key, lstat_meta, set_attrs, Extractor};
+use super::{dkey, key, lstat_meta, set_attrs, Extractor};
 use crate::entry::Entry;
 use crate::fsops::Node;
 
@@ -95,9 +95,9 @@ impl Extractor<'_, '_> {
         }
         .map_err(|e| fail_io(raw, &format!("hard link to {target:?}"), e))?;
         // The same content as the target's (a regular file's digest with it).
-        match self.digests.get(key(&target)).copied() {
-            Some(d) => self.digests.insert(key(rel).into(), d),
-            None => self.digests.remove(key(rel)),
+        match self.digests.get(&dkey(&target)).copied() {
+            Some(d) => self.digests.insert(dkey(rel), d),
+            None => self.digests.remove(&dkey(rel)),
         };
         // The same inode as the target's (a link never changes what the index keeps).
         let linked = self.written.get(key(&target)).map(|l| Entry {

@@ -33,7 +33,7 @@ use rustix::fs::FileType;
 use tar::EntryType;
 
 use crate::at::{Owner, Tree};
-use crate::digest::{Digest, Digests};
+use crate::digest::{Digest, Digests, PathKey};
 use crate::entry::Entry;
 use crate::fsops::{self, Attrs, Node, Step};
 use crate::log::shown;
@@ -105,6 +105,11 @@ fn key(rel: &Path) -> &[u8] {
     rel.as_os_str().as_bytes()
 }
 
+/// The key of a relative path in `Extractor::digests`.
+fn dkey(rel: &Path) -> PathKey {
+    crate::digest::path_key(key(rel))
+}
+
 /// Owner → mode → mtime on a node the unpack just made ([`fsops::apply`]), a failure
 /// told as the step's cause (`step_name`), its io error kept.
 fn set_attrs(node: Node<'_>, attrs: &Attrs) -> std::result::Result<(), Why> {
@@ -145,8 +150,9 @@ pub(super) struct Extractor<'a, 'u> {
     kept_at: HashMap<PathBuf, PathBuf>,
     /// `Staged::written` (kept only with `link_unchanged`), by path.
     written: HashSet<Listed>,
-    /// `Staged::digests`, by path: every regular file written or reused.
-    digests: HashMap<Box<[u8]>, Digest>,
+    /// `Staged::digests`, by the path's key ([`dkey`]): every regular file written
+    /// or reused (a key, not a copy of the path: 100,000 files are 6 MB less).
+    digests: HashMap<PathKey, Digest>,
     /// The data of a file the probe found, read whole before it is judged (allocated
     /// when first needed, reused for every file, at most `files::CONFIRM_BUF`).
     held: Vec<u8>,
@@ -281,14 +287,16 @@ impl<'a, 'u> Extractor<'a, 'u> {
             self.dirs.retain(|d| !d.starts_with(rel));
             self.fixes.retain(|d, _| !d.starts_with(rel));
             self.written.retain(|d| !d.0.rel().starts_with(rel));
-            self.digests
-                .retain(|p, _| !Path::new(std::ffi::OsStr::from_bytes(p)).starts_with(rel));
+            // `digests` may keep the keys of files that were below: no path below a
+            // non-directory can be in the tree the unpack leaves, and a file written
+            // there again sets its own digest; every use looks a digest up by the
+            // path of a node the tree holds.
         } else {
             self.tree
                 .unlink(rel)
                 .map_err(|e| fail_io(raw, "remove", e))?;
             self.written.remove(key(rel));
-            self.digests.remove(key(rel));
+            self.digests.remove(&dkey(rel));
         }
         Ok(())
     }
@@ -331,7 +339,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.fix_dirs()?;
         let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
         written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let digests = Digests::from_unsorted(self.digests);
+        let digests = Digests::from_keyed(self.digests.into_iter().collect());
         let root_id = self
             .tree
             .id()
