@@ -139,11 +139,20 @@ impl Codec {
     /// inflated, and decompressed apart from the others.
     pub fn encoder(self, raw_len: u64) -> MemberEncoder {
         let cap = (raw_len / 3 + 64).min(64 << 20) as usize;
+        self.encoder_into(Vec::with_capacity(cap), raw_len)
+    }
+
+    /// The compressor of [`Codec::encoder`] writing into `out` as it goes: the same
+    /// writes give the same bytes (deflate's output also depends on how the input is
+    /// cut into writes, so a reproducible member is fed in the same pieces). A gzip member's first 32 bytes are written with its
+    /// lengths zeroed: [`MemberEncoder::finish_into`] hands back the 16 bytes that
+    /// belong at its byte 16 (the lengths are known only at its end).
+    pub fn encoder_into<W: Write>(self, mut out: W, raw_len: u64) -> MemberEncoder<W> {
         match self {
             Codec::Gzip => {
-                let mut out = Vec::with_capacity(cap);
-                out.extend_from_slice(&GZIP_MEMBER_HEAD);
-                out.extend_from_slice(&[0; 16]);
+                let mut head = [0u8; 32];
+                head[..16].copy_from_slice(&GZIP_MEMBER_HEAD);
+                let head = out.write_all(&head).map_err(|e| e.to_string());
                 MemberEncoder::Gzip {
                     deflate: flate2::write::DeflateEncoder::new(
                         out,
@@ -151,10 +160,11 @@ impl Codec {
                     ),
                     crc: flate2::Crc::new(),
                     raw: 0,
+                    head,
                 }
             }
             Codec::Zstd => MemberEncoder::Zstd(
-                zstd::stream::write::Encoder::new(Vec::with_capacity(cap), ZSTD_LEVEL)
+                zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)
                     .and_then(|mut e| {
                         e.include_contentsize(true)?;
                         e.include_checksum(true)?;
@@ -164,6 +174,12 @@ impl Codec {
                     .map_err(|e| e.to_string()),
             ),
         }
+    }
+
+    /// The most bytes a member of `raw_len` decompressed bytes can take compressed, by
+    /// either codec (incompressible data costs a few bytes a block more than itself).
+    pub fn member_bound(raw_len: u64) -> u64 {
+        raw_len + raw_len / 64 + 4096
     }
 
     /// One member's bytes (exactly one gzip member or zstd frame, nothing after it)
@@ -221,25 +237,31 @@ pub fn gzip_member_lengths(head: &[u8]) -> Option<(u64, u64)> {
     Some((u64_at(16)?, u64_at(24)?))
 }
 
-/// A one-member compressor into memory (see [`Codec::encoder`]).
-pub enum MemberEncoder {
+/// A one-member compressor, into memory by default (see [`Codec::encoder`] and
+/// [`Codec::encoder_into`]).
+pub enum MemberEncoder<W: Write = Vec<u8>> {
     /// A gzip member: the deflate stream after the header, and the CRC of the input.
     Gzip {
         /// The deflate stream, into the member's bytes.
-        deflate: flate2::write::DeflateEncoder<Vec<u8>>,
+        deflate: flate2::write::DeflateEncoder<W>,
         /// CRC-32 of what was written.
         crc: flate2::Crc,
         /// Bytes written.
         raw: u64,
+        /// Whether the header could be written (a write reports why not).
+        head: Result<(), String>,
     },
     /// A zstd frame (or why the encoder could not be made, which a write reports).
-    Zstd(Result<zstd::stream::write::Encoder<'static, Vec<u8>>, String>),
+    Zstd(Result<zstd::stream::write::Encoder<'static, W>, String>),
 }
 
-impl Write for MemberEncoder {
+impl<W: Write> Write for MemberEncoder<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            MemberEncoder::Gzip { deflate, crc, raw } => {
+            MemberEncoder::Gzip { head: Err(e), .. } => Err(std::io::Error::other(e.clone())),
+            MemberEncoder::Gzip {
+                deflate, crc, raw, ..
+            } => {
                 let n = deflate.write(buf)?;
                 crc.update(&buf[..n]);
                 *raw += n as u64;
@@ -261,17 +283,39 @@ impl Write for MemberEncoder {
 impl MemberEncoder {
     /// Ends the member and hands its bytes back.
     pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        let (mut out, lengths) = self.finish_into()?;
+        if let Some(lengths) = lengths {
+            out[16..32].copy_from_slice(&lengths);
+        }
+        Ok(out)
+    }
+}
+
+impl<W: Write> MemberEncoder<W> {
+    /// Ends the member and hands the writer back, with, for a gzip member, the 16
+    /// bytes (compressed and decompressed lengths, u64 LE each) that belong at the
+    /// member's byte 16 in place of the zeros written there.
+    pub fn finish_into(self) -> std::io::Result<(W, Option<[u8; 16]>)> {
         match self {
-            MemberEncoder::Gzip { deflate, crc, raw } => {
+            MemberEncoder::Gzip { head: Err(e), .. } => Err(std::io::Error::other(e)),
+            MemberEncoder::Gzip {
+                mut deflate,
+                crc,
+                raw,
+                ..
+            } => {
+                deflate.try_finish()?;
+                // The header, the deflate stream (all of it written out now), the trailer.
+                let len = 32 + deflate.total_out() + 8;
                 let mut out = deflate.finish()?;
-                out.extend_from_slice(&crc.sum().to_le_bytes());
-                out.extend_from_slice(&crc.amount().to_le_bytes());
-                let len = out.len() as u64;
-                out[16..24].copy_from_slice(&len.to_le_bytes());
-                out[24..32].copy_from_slice(&raw.to_le_bytes());
-                Ok(out)
+                out.write_all(&crc.sum().to_le_bytes())?;
+                out.write_all(&crc.amount().to_le_bytes())?;
+                let mut lengths = [0u8; 16];
+                lengths[..8].copy_from_slice(&len.to_le_bytes());
+                lengths[8..].copy_from_slice(&raw.to_le_bytes());
+                Ok((out, Some(lengths)))
             }
-            MemberEncoder::Zstd(Ok(e)) => e.finish(),
+            MemberEncoder::Zstd(Ok(e)) => Ok((e.finish()?, None)),
             MemberEncoder::Zstd(Err(e)) => Err(std::io::Error::other(e)),
         }
     }
@@ -553,52 +597,102 @@ impl Table {
     /// bounds, data that does not lie inside its member's output or overlaps the
     /// previous file's data in the same member.
     pub fn validate(&self, members_end: u64) -> Result<(), TocError> {
-        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(self.entries.len());
-        let mut files: HashSet<&[u8]> = HashSet::new();
-        // The current member, and the end of the last file's data inside it.
-        let mut current: Option<(Member, u64)> = None;
+        let mut v = Validator::new(members_end, self.entries.len());
         for e in &self.entries {
-            let p = &e.path[..];
-            check_path(p).map_err(|m| entry_error(p, m))?;
-            if !seen.insert(p) {
-                return Err(entry_error(p, "the path appears twice"));
+            v.entry(&e.path, e)?;
+        }
+        Ok(())
+    }
+}
+
+/// The table's raw bytes, as [`Table::encode`] gives them for these entries, made one
+/// entry at a time: the entries need not be held together.
+pub fn encode_entries<I: ExactSizeIterator<Item = Entry>>(entries: I) -> Vec<u8> {
+    /// A sequence serialised as its iterator yields it (its length known ahead, as
+    /// postcard needs).
+    struct Lazy<I>(std::cell::RefCell<Option<I>>);
+    impl<I: ExactSizeIterator<Item = Entry>> Serialize for Lazy<I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0.borrow_mut().take() {
+                Some(it) => s.collect_seq(it),
+                None => Err(serde::ser::Error::custom("the entries were already taken")),
             }
-            if e.mode > 0o7777 {
-                return Err(entry_error(p, format!("mode {:o} is beyond 7777", e.mode)));
+        }
+    }
+    // Serialising plain structs into a Vec has no failure case.
+    postcard::to_allocvec(&Wire {
+        version: VERSION,
+        entries: Lazy(std::cell::RefCell::new(Some(entries))),
+    })
+    .unwrap_or_default()
+}
+
+/// The checks of [`Table::validate`], one entry at a time in archive order, for a
+/// table whose entries are not held together. It keeps each path (borrowed) to find
+/// repeated ones and hard links' targets.
+pub struct Validator<'a> {
+    members_end: u64,
+    seen: HashSet<&'a [u8]>,
+    files: HashSet<&'a [u8]>,
+    /// The current member, and the end of the last file's data inside it.
+    current: Option<(Member, u64)>,
+}
+
+impl<'a> Validator<'a> {
+    /// A validator of a table of about `entries` entries whose members end (and
+    /// whose table member starts) at `members_end`.
+    pub fn new(members_end: u64, entries: usize) -> Validator<'a> {
+        Validator {
+            members_end,
+            seen: HashSet::with_capacity(entries),
+            files: HashSet::new(),
+            current: None,
+        }
+    }
+
+    /// Checks the next entry, `e`, whose path is `path` (the same bytes as `e.path`,
+    /// in storage that outlives the validator; `e.path` itself is not read).
+    pub fn entry(&mut self, path: &'a [u8], e: &Entry) -> Result<(), TocError> {
+        let p = path;
+        check_path(p).map_err(|m| entry_error(p, m))?;
+        if !self.seen.insert(p) {
+            return Err(entry_error(p, "the path appears twice"));
+        }
+        if e.mode > 0o7777 {
+            return Err(entry_error(p, format!("mode {:o} is beyond 7777", e.mode)));
+        }
+        if e.mtime.nanos >= 1_000_000_000 {
+            return Err(entry_error(p, "mtime nanoseconds are 10^9 or more"));
+        }
+        match &e.kind {
+            Kind::File { member, .. } => {
+                check_member(member, e.size, self.members_end, &mut self.current)
+                    .map_err(|m| entry_error(p, m))?;
+                self.files.insert(p);
             }
-            if e.mtime.nanos >= 1_000_000_000 {
-                return Err(entry_error(p, "mtime nanoseconds are 10^9 or more"));
-            }
-            match &e.kind {
-                Kind::File { member, .. } => {
-                    check_member(member, e.size, members_end, &mut current)
-                        .map_err(|m| entry_error(p, m))?;
-                    files.insert(p);
+            Kind::Dir => {}
+            Kind::Symlink { target } => {
+                if target.is_empty() || target.contains(&0) {
+                    return Err(entry_error(p, "the symlink target is empty or holds NUL"));
                 }
-                Kind::Dir => {}
-                Kind::Symlink { target } => {
-                    if target.is_empty() || target.contains(&0) {
-                        return Err(entry_error(p, "the symlink target is empty or holds NUL"));
-                    }
-                }
-                Kind::HardLink { target } => {
-                    if !files.contains(&target[..]) {
-                        return Err(entry_error(
-                            p,
-                            format!(
-                                "the hard link's target \"{}\" is not an earlier regular file",
-                                show(target)
-                            ),
-                        ));
-                    }
+            }
+            Kind::HardLink { target } => {
+                if !self.files.contains(&target[..]) {
+                    return Err(entry_error(
+                        p,
+                        format!(
+                            "the hard link's target \"{}\" is not an earlier regular file",
+                            show(target)
+                        ),
+                    ));
                 }
             }
-            if !matches!(e.kind, Kind::File { .. }) && e.size != 0 {
-                return Err(entry_error(
-                    p,
-                    "a size on an entry that is not a regular file",
-                ));
-            }
+        }
+        if !matches!(e.kind, Kind::File { .. }) && e.size != 0 {
+            return Err(entry_error(
+                p,
+                "a size on an entry that is not a regular file",
+            ));
         }
         Ok(())
     }
@@ -786,6 +880,53 @@ mod tests {
             assert_eq!(Table::from_member(&member, &footer).unwrap(), t);
             // Reproducible.
             assert_eq!(t.to_member(codec), member);
+        }
+    }
+
+    #[test]
+    fn entries_encoded_one_at_a_time_are_the_tables_bytes() {
+        let t = good();
+        assert_eq!(encode_entries(t.entries.clone().into_iter()), t.encode());
+        assert_eq!(
+            encode_entries(Vec::new().into_iter()),
+            Table::default().encode()
+        );
+    }
+
+    #[test]
+    fn a_member_written_out_as_it_goes_is_the_member_made_in_memory() {
+        // Compressible and incompressible stretches, written in uneven pieces (the
+        // same pieces both ways: deflate's output depends on how its input is cut).
+        let mut seed = 1u64;
+        let data: Vec<u8> = (0..400_000)
+            .map(|i| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                if i % 100_000 < 50_000 {
+                    b"abc\n"[i % 4]
+                } else {
+                    (seed >> 56) as u8
+                }
+            })
+            .collect();
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let mut mem = codec.encoder(data.len() as u64);
+            let mut enc = codec.encoder_into(Vec::new(), data.len() as u64);
+            for piece in data.chunks(7919) {
+                mem.write_all(piece).unwrap();
+                enc.write_all(piece).unwrap();
+            }
+            let whole = mem.finish().unwrap();
+            let (mut out, lengths) = enc.finish_into().unwrap();
+            assert_eq!(lengths.is_some(), codec == Codec::Gzip);
+            if let Some(l) = lengths {
+                assert_eq!(out[16..32], [0; 16]);
+                out[16..32].copy_from_slice(&l);
+                assert_eq!(gzip_member_lengths(&out), Some((out.len() as u64, 400_000)));
+            }
+            assert!(out == whole, "{codec}");
+            assert!(whole.len() as u64 <= Codec::member_bound(data.len() as u64));
+            let back = codec.decompress_member(&whole, 400_000).unwrap();
+            assert!(back == data, "{codec}");
         }
     }
 
