@@ -1,17 +1,19 @@
 //! The archive's format, by content (never by the URL's name), and the one decode
 //! pipeline: a compressed stream is read to its end, every member / frame / stream,
-//! trailers and checksums checked (gzip and zstd through `members`, which decompresses
-//! a packed archive's members on every core). The formats later issues add go here.
+//! trailers and checksums checked (a packed archive's gzip or zstd members through
+//! `members`, which has them decompressed by worker threads). The formats later issues
+//! add go here.
 //!
 //! Never parses tar and never touches the filesystem.
 
 use std::io::{self, Read};
 
-use super::members::Members;
+use super::members::{self, Members};
+use super::pipe::{Chunks, ReadChunks};
 use crate::toc::Codec;
 
-/// Bytes read ahead to recognise the compression format.
-pub(super) const MAGIC_LEN: usize = 6;
+/// Bytes read ahead to recognise the compression format, and a packed archive.
+pub(super) const MAGIC_LEN: usize = members::HEAD_LEN;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// A zstd skippable frame (`pzstd` starts with one): 0x184D2A50..=0x184D2A5F, LE.
@@ -62,25 +64,55 @@ impl Format {
 }
 
 /// The one decode pipeline: the decompressed bytes of a compressed stream, read to its
-/// end (every member / frame / stream, trailers and checksums checked).
+/// end (every member / frame / stream, trailers and checksums checked), in chunks.
 pub(super) fn decoder<'a, R: io::BufRead + Send + 'a>(
+    format: Format,
+    raw: R,
+) -> io::Result<Box<dyn Chunks + 'a>> {
+    Ok(Box::new(ReadChunks(sequential(format, raw)?)))
+}
+
+/// The decoder of a packed gzip or zstd stream (`members::packed`): its members by
+/// worker threads, anything after them member after member.
+pub(super) fn members_decoder<'a, R: io::BufRead + Send + 'a>(
+    format: Format,
+    raw: R,
+) -> Box<dyn Chunks + 'a> {
+    match format {
+        Format::Zstd => Box::new(Members::new(Codec::Zstd, raw, |rest| {
+            sequential(Format::Zstd, rest)
+        })),
+        _ => Box::new(Members::new(Codec::Gzip, raw, |rest| {
+            sequential(Format::Gzip, rest)
+        })),
+    }
+}
+
+/// The decoder that reads a stream of `format` on this thread.
+pub(super) fn sequential<'a, R: io::BufRead + Send + 'a>(
     format: Format,
     raw: R,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match format {
         Format::Tar => Box::new(raw),
-        // A packed archive's members on every core, the rest member after member.
-        Format::Gzip => Box::new(Members::new(Codec::Gzip, raw, |rest| {
-            Ok(Box::new(GzMembers::new(rest)))
-        })),
+        // Every member, and the zero padding after the last one.
+        Format::Gzip => Box::new(GzMembers::new(raw)),
         // libzstd reads every frame and skips skippable ones.
-        Format::Zstd => Box::new(Members::new(Codec::Zstd, raw, |rest| {
-            Ok(Box::new(zstd::stream::read::Decoder::with_buffer(rest)?))
-        })),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
         // Concatenated streams and stream padding, as `xz -d` reads them.
         Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(raw)),
         Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(raw)),
     })
+}
+
+/// Whether a stream of `format` that begins with `head` is a packed archive's, whose
+/// members are cut and decompressed by worker threads.
+pub(super) fn packed(format: Format, head: &[u8]) -> bool {
+    match format {
+        Format::Gzip => members::packed(Codec::Gzip, head),
+        Format::Zstd => members::packed(Codec::Zstd, head),
+        _ => false,
+    }
 }
 
 /// Every member of a gzip stream, one after the other; zero bytes after the last

@@ -253,8 +253,9 @@ pub fn unpack_in<R: Read + Send>(
     let mut magic = [0u8; MAGIC_LEN];
     let n = read_up_to(&mut reader, &mut magic).map_err(|e| corrupt(opts, e))?;
     let format = sniff(&magic[..n]);
+    let packed = format::packed(format, &magic[..n]);
     let input = (&magic[..n]).chain(reader);
-    pipe::run(input, format, opts, |stream| {
+    pipe::run(input, format, packed, opts, |stream| {
         tar_read::read_archive(stream, into, opts, format, unchanged, Vec::new())
     })
 }
@@ -270,7 +271,7 @@ pub(crate) fn unpack_known<R: Read + Send>(
     unchanged: &mut dyn Unchanged,
     known: impl IntoIterator<Item = KnownFile>,
 ) -> Result<Staged> {
-    pipe::run(reader, format::Format::Tar, opts, |stream| {
+    pipe::run(reader, format::Format::Tar, false, opts, |stream| {
         tar_read::read_archive(
             stream,
             into,

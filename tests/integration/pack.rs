@@ -1,7 +1,8 @@
 //! `stretcher pack` (SPEC §18): the packed archive GNU tar and bsdtar extract to the
 //! source tree (exit 0, nothing on stderr), its reproducible bytes, its table read back
 //! against the files (every file's member decompressed alone), `--exclude`, and the
-//! manifest it writes deployed (as a full download) and redeployed.
+//! manifest it writes deployed (as a full download) and redeployed; a corrupt member
+//! refused by a cold deploy.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -474,6 +475,70 @@ fn deploy_packed(ext: &str) {
         names,
         vec![OsStr::new(&format!("app.{ext}")).to_os_string()]
     );
+}
+
+#[test]
+fn a_corrupt_member_fails_a_cold_deploy_before_dest_is_made() {
+    // The manifest vouches for the tampered bytes (its checksum is theirs), so only the
+    // member's own checks can refuse them: its data, and its CRC-32 (gzip) or content
+    // checksum (zstd), which a worker verifies, for a member in a batch of small files
+    // and for one larger than an output chunk.
+    let s = Scratch::new();
+    let src = s.path().join("src");
+    make_source(&src);
+    let cases = [("tar.gz", 8), ("tar.zst", 4)]
+        .into_iter()
+        .flat_map(|(ext, sum)| {
+            ["app/lib/mod05.rs", "app/big.bin"]
+                .into_iter()
+                .flat_map(move |file| [(ext, file, None), (ext, file, Some(sum))])
+        });
+    for (ext, file, from_end) in cases {
+        let archive = s.path().join(format!("bad.{ext}"));
+        pack(&s, &src, &archive, &[]);
+        let mut bytes = fs::read(&archive).unwrap();
+        let tail = &bytes[bytes.len() - FOOTER_MAX..];
+        let footer = Footer::parse(tail, bytes.len() as u64).unwrap();
+        let start = footer.table_offset as usize;
+        let table =
+            Table::from_member(&bytes[start..start + footer.table_len as usize], &footer).unwrap();
+        let entry = table
+            .entries
+            .iter()
+            .find(|e| e.path == file.as_bytes())
+            .unwrap();
+        let Kind::File { member, .. } = &entry.kind else {
+            panic!("{file}: {:?}", entry.kind)
+        };
+        // A byte in the middle of the member's compressed data, or of its checksum.
+        let at = match from_end {
+            None => member.offset + member.len / 2,
+            Some(back) => member.offset + member.len - back,
+        };
+        bytes[at as usize] ^= 0x20;
+        fs::write(&archive, &bytes).unwrap();
+        let manifest = s.manifest(
+            "bad.yml",
+            &format!(
+                "src: file://{}\nchecksum: {}\ndest: {}\n",
+                archive.display(),
+                hex::encode(Sha256::digest(&bytes)),
+                s.dest().display()
+            ),
+        );
+        let run = s.stretcher().arg(&manifest).run();
+        run.assert_fail().assert_log("data is corrupt");
+        assert!(
+            !s.dest().exists(),
+            "{ext} {file} {from_end:?}: dest was made"
+        );
+        // Nothing was left beside dest.
+        assert_eq!(
+            s.leftovers(),
+            Vec::<String>::new(),
+            "{ext} {file} {from_end:?}"
+        );
+    }
 }
 
 #[test]
