@@ -94,8 +94,8 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     /// A regular file the probe's tree holds as the table has it: not in the stream
-    /// (what the probe's `find` saw of it).
-    Kept(Found),
+    /// (what the probe's `find` saw of it is in `Plan::found` when asked for).
+    Kept,
     /// A regular file whose content the probe's tree holds, with other attributes:
     /// its bytes are read from there.
     Local,
@@ -114,6 +114,10 @@ pub(crate) struct Plan {
     archive_len: u64,
     table: Table,
     fates: Vec<Fate>,
+    /// What the probe's `find` saw of each kept file, in table order, when the plan
+    /// was asked to keep it (a release links them and checks each is still that
+    /// file; 48 bytes a file otherwise not held).
+    found: Vec<Found>,
     /// The members to fetch, merged: (offset, length) in archive order.
     spans: Vec<(u64, u64)>,
     /// The sealed digest of the table member (the trust of the whole result).
@@ -155,6 +159,7 @@ pub(crate) fn plan(
     d: &Delta,
     probe: &mut dyn Unchanged,
     start: Instant,
+    keep_found: bool,
 ) -> Result<std::result::Result<Plan, String>> {
     match probe.tree().map(|t| t.names(Path::new("."))) {
         None => return Ok(Err("dest holds no tree".to_string())),
@@ -181,12 +186,12 @@ pub(crate) fn plan(
         msg: e.to_string(),
         source: None,
     })?;
-    let fates = judge(&table, probe, d.same_owner);
+    let (fates, found) = judge(&table, probe, d.same_owner, keep_found);
     let mut counts = Counts::default();
     let mut members: Vec<(u64, u64)> = Vec::new();
     for (e, fate) in table.entries.iter().zip(&fates) {
         match (fate, &e.kind) {
-            (Fate::Kept(_), _) => counts.kept += 1,
+            (Fate::Kept, _) => counts.kept += 1,
             (Fate::Local, _) => counts.local += 1,
             (Fate::Fetched, Kind::File { member, .. }) => {
                 counts.fetched += 1;
@@ -206,6 +211,7 @@ pub(crate) fn plan(
         archive_len,
         table,
         fates,
+        found,
         spans,
         hashed,
         counts,
@@ -292,8 +298,14 @@ fn read_table(d: &Delta, start: Instant) -> Result<(Footer, u64, Vec<u8>)> {
     Ok((footer, archive_len, member))
 }
 
-/// Each entry's fate, judged as the unpack's probe judges a file (SPEC §18, §21).
-fn judge(table: &Table, probe: &mut dyn Unchanged, same_owner: bool) -> Vec<Fate> {
+/// Each entry's fate, judged as the unpack's probe judges a file (SPEC §18, §21),
+/// and with `keep_found` what the probe saw of each kept file, in table order.
+fn judge(
+    table: &Table,
+    probe: &mut dyn Unchanged,
+    same_owner: bool,
+    keep_found: bool,
+) -> (Vec<Fate>, Vec<Found>) {
     // A hard link's target must be in the stream (the link is made to it there).
     let linked: HashSet<&[u8]> = table
         .entries
@@ -305,7 +317,8 @@ fn judge(table: &Table, probe: &mut dyn Unchanged, same_owner: bool) -> Vec<Fate
         .collect();
     let mut owners = Owners::default();
     let mut buf = vec![0u8; 256 * 1024];
-    table
+    let mut kept_found = Vec::new();
+    let fates = table
         .entries
         .iter()
         .map(|e| {
@@ -325,7 +338,10 @@ fn judge(table: &Table, probe: &mut dyn Unchanged, same_owner: bool) -> Vec<Fate
                     return if linked.contains(&e.path[..]) {
                         Fate::Local
                     } else {
-                        Fate::Kept(Found::from(&found))
+                        if keep_found {
+                            kept_found.push(Found::from(&found));
+                        }
+                        Fate::Kept
                     };
                 }
                 return Fate::Fetched;
@@ -346,7 +362,8 @@ fn judge(table: &Table, probe: &mut dyn Unchanged, same_owner: bool) -> Vec<Fate
                 _ => Fate::Fetched,
             }
         })
-        .collect()
+        .collect();
+    (fates, kept_found)
 }
 
 /// Whether the file the probe has at `at` (its lstat `found`) holds the content whose
@@ -448,7 +465,7 @@ pub(crate) fn dry_run(d: &Delta, probe: Option<crate::sync::DestProbe>) -> Resul
     let Some(mut probe) = probe else {
         return Ok(full("nothing to compare with (dest is not read)".into()));
     };
-    Ok(match plan(d, &mut probe, start)? {
+    Ok(match plan(d, &mut probe, start, false)? {
         Ok(plan) => {
             let read = d.downloaded.load(Ordering::Relaxed);
             format!(
@@ -535,7 +552,7 @@ pub(crate) fn unpack(
             "nothing to compare with (dest is not read)".into(),
         ));
     };
-    let plan = match plan(d, probe, start)? {
+    let plan = match plan(d, probe, start, stage.link_unchanged)? {
         Ok(plan) => plan,
         Err(why) => return Ok(Outcome::Full(why)),
     };
@@ -562,7 +579,9 @@ pub(crate) fn unpack(
         codec,
         table,
         mut fates,
+        found,
         hashed,
+        counts,
         ..
     } = plan;
     let entries = &table.entries;
@@ -589,8 +608,9 @@ pub(crate) fn unpack(
     // all, paths and attributes, would be held beside the table).
     let mut owners = Owners::default();
     let same_owner = d.same_owner;
-    let known = entries.iter().zip(&fates).filter_map(move |(e, fate)| {
-        let (Fate::Kept(found), Kind::File { sha256, .. }) = (fate, &e.kind) else {
+    let mut found = found.into_iter();
+    let kept = entries.iter().zip(&fates).filter_map(move |(e, fate)| {
+        let (Fate::Kept, Kind::File { sha256, .. }) = (fate, &e.kind) else {
             return None;
         };
         Some(KnownFile {
@@ -602,9 +622,13 @@ pub(crate) fn unpack(
                 owner: same_owner.then(|| owners.of(e)),
             },
             digest: *sha256,
-            found: *found,
+            found: found.next(),
         })
     });
+    let known = Counted {
+        inner: kept,
+        left: usize::try_from(counts.kept).unwrap_or(0),
+    };
     let opts = UnpackOptions {
         same_owner: d.same_owner,
         label: label.to_string(),
@@ -629,6 +653,28 @@ pub(crate) fn unpack(
     Ok(Outcome::Staged(Box::new(hashed.verify((stage, staged))?)))
 }
 
+/// The kept files as the unpack draws them, saying how many there are (so that
+/// what lists them is sized once).
+struct Counted<I> {
+    inner: I,
+    /// How many are left (the plan's count of kept files).
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let next = self.inner.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(next)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, None)
+    }
+}
+
 /// The directories dest holds as directories with nothing of the stream below them,
 /// marked [`Fate::Listed`] (staging holds no empty skeleton of the tree) and answered
 /// as the sync is to list them (`Staged::listed_dirs`): with the attributes the
@@ -644,7 +690,7 @@ fn list_dirs(
     dest: &Tree,
     same_owner: bool,
 ) -> Vec<crate::entry::Entry> {
-    let in_stream = |f: &Fate| !matches!(f, Fate::Kept(_) | Fate::Listed);
+    let in_stream = |f: &Fate| !matches!(f, Fate::Kept | Fate::Listed);
     // A directory the table lists (else staging's unpack makes it, when needed).
     let dirs: HashSet<&[u8]> = entries
         .iter()
@@ -759,7 +805,7 @@ impl Stream<'_> {
     fn next_entry(&mut self) -> io::Result<()> {
         let Some((e, fate)) = self
             .items
-            .find(|(_, f)| !matches!(f, Fate::Kept(_) | Fate::Listed))
+            .find(|(_, f)| !matches!(f, Fate::Kept | Fate::Listed))
         else {
             // The end-of-archive blocks.
             self.out = vec![0u8; 1024];

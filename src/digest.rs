@@ -142,6 +142,16 @@ impl<V> Default for Keyed<V> {
 }
 
 impl<V: Copy> Keyed<V> {
+    /// From `(key, value)` pairs in any order whose keys are distinct: sorted in place
+    /// (no buffer beside the list, as [`Keyed::from_unsorted`]'s stable sort takes).
+    /// Of a key given twice, either value stays.
+    pub fn from_distinct(mut list: Vec<(PathKey, V)>) -> Keyed<V> {
+        list.sort_unstable_by_key(|a| a.0);
+        list.dedup_by_key(|a| a.0);
+        list.shrink_to_fit();
+        Keyed(list)
+    }
+
     /// From `(key, value)` pairs in any order; a key given twice keeps its last.
     pub fn from_unsorted(mut list: Vec<(PathKey, V)>) -> Keyed<V> {
         // Stable: of equal keys, the last one given stays last.
@@ -229,6 +239,11 @@ impl Digests {
     /// From `(key, digest)` pairs in any order; a key given twice keeps its last.
     pub fn from_keyed(list: Vec<(PathKey, Digest)>) -> Digests {
         Digests(Keyed::from_unsorted(list))
+    }
+
+    /// From `(key, digest)` pairs of distinct keys ([`Keyed::from_distinct`]).
+    pub fn from_distinct(list: Vec<(PathKey, Digest)>) -> Digests {
+        Digests(Keyed::from_distinct(list))
     }
 
     /// The digest of the file at `path`, when one is known.
@@ -320,6 +335,19 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_keys_are_sorted_in_place_and_found() {
+        let list: Vec<(PathKey, u32)> = (0..1000u32)
+            .map(|i| (path_key(format!("p{i}").as_bytes()), i))
+            .collect();
+        let k = Keyed::from_distinct(list.clone());
+        assert_eq!(k, Keyed::from_unsorted(list));
+        for i in [0u32, 7, 999] {
+            assert_eq!(k.get(format!("p{i}").as_bytes()), Some(&i));
+        }
+        assert_eq!(k.get(b"p1000"), None);
+    }
 
     #[test]
     fn digests_keep_the_last_of_a_path_and_known_needs_the_same_stamp() {

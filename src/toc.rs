@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -185,34 +185,69 @@ impl Codec {
     /// One member's bytes (exactly one gzip member or zstd frame, nothing after it)
     /// decompressed, refused past `limit` bytes of output.
     pub fn decompress_member(self, member: &[u8], limit: u64) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        let rest: &[u8] = match self {
+        self.read_member(member, limit, |r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out)
+                .map_err(|e| TocError::Decode(e.to_string()))?;
+            Ok(out)
+        })
+        .map_err(|e| match e {
+            TocError::Decode(m) => m,
+            e => e.to_string(),
+        })
+    }
+
+    /// `read` given one member's decompressed bytes as a reader (exactly one gzip
+    /// member or zstd frame, nothing after it; refused past `limit` bytes of output).
+    /// `read` is to read to the end, where the member's check (CRC-32 and length, or
+    /// the frame's checksum) is made.
+    pub fn read_member<T>(
+        self,
+        member: &[u8],
+        limit: u64,
+        read: impl FnOnce(&mut dyn Read) -> Result<T, TocError>,
+    ) -> Result<T, TocError> {
+        let failed = |e: io::Error| TocError::Decode(e.to_string());
+        let over = || TocError::Decode(format!("it decompresses to more than {limit} bytes"));
+        let (out, rest): (T, &[u8]) = match self {
             Codec::Gzip => {
                 let mut dec = flate2::bufread::GzDecoder::new(member);
-                (&mut dec)
-                    .take(limit + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| e.to_string())?;
-                dec.into_inner()
+                let mut capped = (&mut dec).take(limit + 1);
+                let out = read(&mut capped);
+                if capped.limit() == 0 {
+                    return Err(over());
+                }
+                (out?, dec.into_inner())
             }
             Codec::Zstd => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(member)
-                    .map_err(|e| e.to_string())?
+                    .map_err(failed)?
                     .single_frame();
-                (&mut dec)
-                    .take(limit + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| e.to_string())?;
-                dec.finish()
+                let mut capped = (&mut dec).take(limit + 1);
+                let out = read(&mut capped);
+                if capped.limit() == 0 {
+                    return Err(over());
+                }
+                (out?, dec.finish())
             }
         };
-        if out.len() as u64 > limit {
-            return Err(format!("it decompresses to more than {limit} bytes"));
-        }
         if !rest.is_empty() {
-            return Err("bytes follow the member's end".to_string());
+            return Err(TocError::Decode(
+                "bytes follow the member's end".to_string(),
+            ));
         }
         Ok(out)
+    }
+
+    /// What a member says of its decompressed length, when it says it: a gzip
+    /// member's `SL` subfield, a zstd frame's content size. A hint only.
+    fn stated_raw_len(self, member: &[u8]) -> Option<u64> {
+        match self {
+            Codec::Gzip => gzip_member_lengths(member).map(|(_, raw)| raw),
+            Codec::Zstd => zstd::zstd_safe::get_frame_content_size(member)
+                .ok()
+                .flatten(),
+        }
     }
 }
 
@@ -512,6 +547,59 @@ pub struct Table {
     pub entries: Vec<Entry>,
 }
 
+/// The bytes [`Feed`] reads at a time, at least.
+const FEED_CHUNK: usize = 64 * 1024;
+
+/// Postcard values read from a stream: a window of its bytes, refilled when a value
+/// runs past its end.
+struct Feed<'r> {
+    from: &'r mut dyn Read,
+    buf: Vec<u8>,
+    /// Where the next value starts in `buf`.
+    at: usize,
+    ended: bool,
+}
+
+impl Feed<'_> {
+    /// The next value.
+    fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, TocError> {
+        loop {
+            match postcard::take_from_bytes::<T>(&self.buf[self.at..]) {
+                Ok((v, rest)) => {
+                    self.at = self.buf.len() - rest.len();
+                    return Ok(v);
+                }
+                Err(postcard::Error::DeserializeUnexpectedEnd) if !self.ended => self.fill()?,
+                Err(e) => return Err(TocError::Decode(e.to_string())),
+            }
+        }
+    }
+
+    /// More bytes after those not yet used: as many again as are held (a value is
+    /// parsed again from its start after each refill, so the window doubles: a long
+    /// value costs linear time), at least [`FEED_CHUNK`].
+    fn fill(&mut self) -> Result<(), TocError> {
+        self.buf.drain(..self.at);
+        self.at = 0;
+        let held = self.buf.len();
+        self.buf.resize(held + held.max(FEED_CHUNK), 0);
+        let mut got = 0;
+        while held + got < self.buf.len() {
+            match self.from.read(&mut self.buf[held + got..]) {
+                Ok(0) => {
+                    self.ended = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TocError::Decode(e.to_string())),
+            }
+        }
+        self.buf.truncate(held + got);
+        Ok(())
+    }
+}
+
 /// The encoded table: its version first, so a table read alone says what it is.
 #[derive(Serialize, Deserialize)]
 struct Wire<E> {
@@ -533,28 +621,38 @@ impl Table {
     /// Decodes raw table bytes; the version must be this build's and nothing may
     /// follow the entries. Says nothing of the entries' sense: see [`Table::validate`].
     pub fn decode(raw: &[u8]) -> Result<Table, TocError> {
-        let decode = |e: postcard::Error| TocError::Decode(e.to_string());
-        let (version, rest): (u16, _) = postcard::take_from_bytes(raw).map_err(decode)?;
+        Table::decode_from(&mut &raw[..], Some(raw.len() as u64))
+    }
+
+    /// [`Table::decode`] of the raw bytes `raw` yields, read to its end and never
+    /// held whole (a table of 100,000 entries is 14 MB raw beside its 28 MB
+    /// decoded); `raw_len`, when known, is how many there are (a hint).
+    pub fn decode_from(raw: &mut dyn Read, raw_len: Option<u64>) -> Result<Table, TocError> {
+        let mut feed = Feed {
+            from: raw,
+            buf: Vec::with_capacity(FEED_CHUNK),
+            at: 0,
+            ended: false,
+        };
+        let version: u16 = feed.next()?;
         if version != VERSION {
             return Err(TocError::Version(version));
         }
         // `Wire`'s entries, read one by one into a vector of exactly their number
-        // (a table of 100,000 entries is 20 MB decoded; grown by doubling it would
-        // hold up to twice that, and three times while it moves). The count is the
-        // table's word: no more is reserved than the bytes left could hold.
-        let (count, mut rest): (u64, _) = postcard::take_from_bytes(rest).map_err(decode)?;
-        let room = rest.len() / MIN_ENTRY_ENCODED;
-        let mut entries =
-            Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(room));
+        // (grown by doubling it would hold up to twice that, and three times while
+        // it moves). The count is the table's word: no more is reserved than the
+        // bytes could hold.
+        let count: u64 = feed.next()?;
+        let room = raw_len.unwrap_or(1 << 20) / MIN_ENTRY_ENCODED as u64;
+        let mut entries = Vec::with_capacity(usize::try_from(count.min(room)).unwrap_or(0));
         for _ in 0..count {
-            let (entry, after): (Entry, _) = postcard::take_from_bytes(rest).map_err(decode)?;
-            entries.push(entry);
-            rest = after;
+            entries.push(feed.next::<Entry>()?);
         }
-        if !rest.is_empty() {
+        let left = (feed.buf.len() - feed.at) as u64
+            + io::copy(feed.from, &mut io::sink()).map_err(|e| TocError::Decode(e.to_string()))?;
+        if left > 0 {
             return Err(TocError::Decode(format!(
-                "{} bytes follow the last entry",
-                rest.len()
+                "{left} bytes follow the last entry"
             )));
         }
         Ok(Table { entries })
@@ -578,11 +676,10 @@ impl Table {
                 footer.table_len
             )));
         }
-        let raw = footer
-            .codec
-            .decompress_member(member, MAX_TABLE_DECODED)
-            .map_err(TocError::Decode)?;
-        let table = Table::decode(&raw)?;
+        let stated = footer.codec.stated_raw_len(member);
+        let table = footer.codec.read_member(member, MAX_TABLE_DECODED, |raw| {
+            Table::decode_from(raw, stated.map(|n| n.min(MAX_TABLE_DECODED)))
+        })?;
         table.validate(footer.table_offset)?;
         Ok(table)
     }
@@ -1098,6 +1195,61 @@ mod tests {
         let mut t = good();
         t.entries[2].mtime.nanos = 1_000_000_000;
         refused(&t, "a/x", "nanoseconds");
+    }
+
+    /// A reader that yields one byte a read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((b, rest)), Some(out)) => {
+                    *out = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_from_a_stream_reads_values_across_refills() {
+        let mut t = good();
+        // An entry longer than the feed's first window.
+        t.entries.push(other(&"l/".repeat(70_000), Kind::Dir));
+        let raw = t.encode();
+        assert_eq!(Table::decode_from(&mut Trickle(&raw), None).unwrap(), t);
+        assert_eq!(Table::decode_from(&mut &raw[..], Some(3)).unwrap(), t);
+        let mut extra = raw.clone();
+        extra.extend_from_slice(&[0; 70_000]);
+        assert_eq!(
+            Table::decode_from(&mut Trickle(&extra), None),
+            Err(TocError::Decode("70000 bytes follow the last entry".into()))
+        );
+        let cut = &raw[..raw.len() - 1];
+        assert!(matches!(
+            Table::decode_from(&mut Trickle(cut), None),
+            Err(TocError::Decode(_))
+        ));
+        // Through a member: the same table, and a member cut short refused.
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let member = codec.compress(&raw);
+            let back = codec
+                .read_member(&member, raw.len() as u64, |r| Table::decode_from(r, None))
+                .unwrap();
+            assert_eq!(back, t);
+            assert!(codec
+                .read_member(&member, raw.len() as u64 - 1, |r| Table::decode_from(
+                    r, None
+                ))
+                .is_err());
+            assert!(codec
+                .read_member(&member[..member.len() - 4], raw.len() as u64, |r| {
+                    Table::decode_from(r, None)
+                })
+                .is_err());
+        }
     }
 
     #[test]

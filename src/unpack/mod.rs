@@ -160,8 +160,9 @@ pub(crate) struct KnownFile {
     pub(crate) attrs: FileAttrs,
     /// Its content's sha256.
     pub(crate) digest: Digest,
-    /// What the probe's `find` saw of it (at `rel` in the probe's tree).
-    pub(crate) found: Found,
+    /// What the probe's `find` saw of it (at `rel` in the probe's tree): needed when
+    /// the file is linked (`link_unchanged`), and only then.
+    pub(crate) found: Option<Found>,
 }
 
 /// A file an [`Unchanged`] probe found, as its `lstat` showed it: which inode, and the

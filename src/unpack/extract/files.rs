@@ -141,6 +141,12 @@ impl Extractor<'_, '_> {
         Ok(())
     }
 
+    /// Room for `n` files to [`adopt`](Self::adopt), reserved at once.
+    pub(in super::super) fn reserve_adopted(&mut self, n: usize) {
+        self.reused.reserve_adopted(n);
+        self.adopted_digests.reserve_exact(n + self.digests.len());
+    }
+
     /// A file whose data the stream leaves out because the caller knows the probe's
     /// tree holds it (`KnownFile`): listed as an unchanged file the probe found is
     /// (left out, or linked), its digest the known one. The probe is not asked again
@@ -166,16 +172,25 @@ impl Extractor<'_, '_> {
         if self.unchanged.is_none() {
             return Err(changed());
         }
-        self.reused.insert(&rel, attrs);
+        self.reused.adopt(&rel, attrs);
         // Left out, it needs no directory in staging (the caller may list its
         // directories apart: `Staged::listed_dirs`); a link does.
         if self.opts.link_unchanged {
             self.parents(&rel, &raw)?;
         }
-        if !self.keep(&rel, &raw, found, false)? {
+        let kept = match found {
+            Some(found) => self.keep(&rel, &raw, found, false)?,
+            // Left out, not linked: nothing reads what the probe saw (as `keep`).
+            None if !self.opts.link_unchanged => {
+                self.entries += 1;
+                true
+            }
+            None => false,
+        };
+        if !kept {
             return Err(changed());
         }
-        self.digests.insert(dkey(&rel), digest);
+        self.adopted_digests.push((dkey(&rel), digest));
         Ok(())
     }
 

@@ -153,6 +153,9 @@ pub(super) struct Extractor<'a, 'u> {
     /// `Staged::digests`, by the path's key ([`dkey`]): every regular file written
     /// or reused (a key, not a copy of the path: 100,000 files are 6 MB less).
     digests: HashMap<PathKey, Digest>,
+    /// The digests of the adopted files (`adopt`), listed after `digests`: each path
+    /// once and none of the stream's, so a vector.
+    adopted_digests: Vec<(PathKey, Digest)>,
     /// The data of a file the probe found, read whole before it is judged (allocated
     /// when first needed, reused for every file, at most `files::CONFIRM_BUF`).
     held: Vec<u8>,
@@ -181,6 +184,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             kept_at: HashMap::new(),
             written: HashSet::new(),
             digests: HashMap::new(),
+            adopted_digests: Vec::new(),
             held: Vec::new(),
             space: Space::new(tree),
         }
@@ -339,7 +343,11 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.fix_dirs()?;
         let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
         written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let digests = Digests::from_keyed(self.digests.into_iter().collect());
+        // A map's keys, and adopted files' (each path once, none of the stream's):
+        // distinct.
+        let mut digests = self.adopted_digests;
+        digests.extend(self.digests);
+        let digests = Digests::from_distinct(digests);
         let root_id = self
             .tree
             .id()
