@@ -695,9 +695,26 @@ pub mod serf {
 
     /// The running agents by name; each killed (SIGKILL, by pid) and reaped when
     /// dropped, also when the test fails.
-    #[derive(Default)]
     pub struct Cluster {
         agents: Vec<(String, Child)>,
+        /// The gossip key of this cluster's agents (`-encrypt`), its own: agents
+        /// of tests that run at once never merge into one cluster (an agent retries
+        /// a failed member's address, which another test's agent may have taken
+        /// since).
+        key: String,
+    }
+
+    impl Default for Cluster {
+        fn default() -> Cluster {
+            use base64::Engine;
+            let key: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+                .take(16)
+                .collect();
+            Cluster {
+                agents: Vec::new(),
+                key: base64::engine::general_purpose::STANDARD.encode(key),
+            }
+        }
     }
 
     impl Cluster {
@@ -724,6 +741,7 @@ pub mod serf {
                 .arg(format!("-node={}", node.name))
                 .arg(format!("-bind=127.0.0.1:{}", node.bind))
                 .arg(node.rpc_flag())
+                .arg(format!("-encrypt={}", self.key))
                 .arg("-log-level=info");
             if let Some(p) = spec.profile {
                 cmd.arg(format!("-profile={p}"));
