@@ -8,7 +8,9 @@
 //! mtimes to the nanosecond, link targets), fetches within 1.2 × the changed and
 //! added files' members plus the table, and a redeploy changes nothing; a server
 //! without ranges, a wrong `toc`, a tampered member, a malformed table that matches
-//! `toc` and an endless range answer behave as SPEC §18 says.
+//! `toc` and an endless range answer behave as SPEC §18 says; another account that
+//! owns dest and plants symlinks to root-only files cannot make it read or write
+//! through them (SPEC §17).
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -928,4 +930,105 @@ fn a_file_changed_in_dest_after_the_delta_judged_it_is_caught_and_the_result_is_
     assert_eq!(tree(&dest, &[]), tree(&full, &[]), "{}", run.stderr);
     assert_eq!(std::fs::read(dest.join("still/a")).unwrap(), b"a");
     assert_eq!(std::fs::read(dest.join("still/inner/b")).unwrap(), b"bb");
+}
+
+/// What the root-only victim of the attack below holds.
+const SECRET: &[u8] = b"root's secret, never to be read into dest";
+
+/// Root among other users (SPEC §17) in a delta deploy: another account owns dest's
+/// parent and dest (the directory). Before the deploy it swaps a file the delta would
+/// keep and one whose bytes it would read from dest (same content, new mtime) for
+/// symlinks to a root-only file; after the delta staged its result (from `pre`, run
+/// as that account, before the sync) it swaps a kept file and another read from dest
+/// (new mode) for such symlinks, and a directory the delta leaves in place (`still/`)
+/// for a symlink to a root-only directory holding the same names. Root never reads or writes through them: the victims are as they were,
+/// their bytes are nowhere in dest, and dest is v2 exactly (or, if the deploy fails,
+/// it says which file).
+#[test]
+fn another_user_owning_dest_cannot_steer_a_delta_through_symlinks() {
+    let Some(user) = TestUser::new() else { return };
+    let s = Scratch::new();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    user.give(&s.path().join("parent"));
+    let r = releases_with_still(&s);
+    s.stretcher().arg(&r.m1).run().assert_ok();
+    let dest = s.dest();
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+
+    // The victims: a root-only file and a root-only directory with `still/`'s names.
+    let secret = s.path().join("secret");
+    std::fs::create_dir_all(secret.join("dir/inner")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let victim = secret.join("victim");
+    std::fs::write(&victim, SECRET).unwrap();
+    std::fs::write(secret.join("dir/a"), SECRET).unwrap();
+    std::fs::write(secret.join("dir/inner/b"), SECRET).unwrap();
+    for f in [&victim, &secret.join("dir/a"), &secret.join("dir/inner/b")] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let before = tree(&secret, &[]);
+
+    // Before the deploy: a file v2 keeps as it is, and one it only touches.
+    for name in ["f011", "f008"] {
+        assert!(user.run("rm", &[dest.join(name).as_os_str()]));
+        assert!(user.run(
+            "ln",
+            &[
+                "-s".as_ref(),
+                victim.as_os_str(),
+                dest.join(name).as_os_str()
+            ]
+        ));
+    }
+    // After the staging, as the user: a kept file (f010), a file read from dest
+    // (f007: new mode), and `still/` (nothing of the stream below it).
+    let swap = format!(
+        "setpriv --reuid={uid} --regid={gid} --clear-groups -- sh -c 'cd {d} && mv still still.moved && ln -s {dir} still && rm f007 f010 && ln -s {v} f007 && ln -s {v} f010'",
+        d = dest.display(),
+        dir = secret.join("dir").display(),
+        v = victim.display()
+    );
+    let m2 = with_pre(&s, &r.m2, "m2-pre.yml", &swap);
+    let run = s.stretcher().arg(&m2).run();
+
+    assert_eq!(tree(&secret, &[]), before, "a root-only victim changed");
+    let meta = std::fs::symlink_metadata(&victim).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
+    for e in walkdir::WalkDir::new(&dest) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let data = std::fs::read(e.path()).unwrap();
+            assert!(
+                !data.windows(SECRET.len()).any(|w| w == SECRET),
+                "{} holds the victim's bytes\n{}",
+                e.path().display(),
+                run.stderr
+            );
+        }
+    }
+    if run.code() == 0 {
+        run.assert_log("bytes by range from");
+        let full = full_deploy(&s, &r.m2, "full");
+        assert_eq!(tree(&dest, &[]), tree(&full, &[]), "{}", run.stderr);
+        assert!(
+            !dest.join("still.moved").exists(),
+            "the swap did not happen: {}",
+            run.stderr
+        );
+    } else {
+        // Refused: dest holds what the user left (the symlinks are theirs).
+        assert!(
+            run.stderr.contains("f007")
+                || run.stderr.contains("f010")
+                || run.stderr.contains("still"),
+            "{}",
+            run.stderr
+        );
+        assert!(dest.join("still.moved").is_dir(), "{}", run.stderr);
+        for n in ["f007", "f010", "still"] {
+            let m = std::fs::symlink_metadata(dest.join(n)).unwrap();
+            assert!(m.file_type().is_symlink(), "{n}: {}", run.stderr);
+        }
+    }
 }
