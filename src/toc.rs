@@ -209,26 +209,25 @@ impl Codec {
     ) -> Result<T, TocError> {
         let failed = |e: io::Error| TocError::Decode(e.to_string());
         let over = || TocError::Decode(format!("it decompresses to more than {limit} bytes"));
+        // `read` over the decoder, cut one byte past the limit.
+        let capped = |dec: &mut dyn Read| {
+            let mut capped = dec.take(limit + 1);
+            let out = read(&mut capped);
+            if capped.limit() == 0 {
+                return Err(over());
+            }
+            out
+        };
         let (out, rest): (T, &[u8]) = match self {
             Codec::Gzip => {
                 let mut dec = flate2::bufread::GzDecoder::new(member);
-                let mut capped = (&mut dec).take(limit + 1);
-                let out = read(&mut capped);
-                if capped.limit() == 0 {
-                    return Err(over());
-                }
-                (out?, dec.into_inner())
+                (capped(&mut dec)?, dec.into_inner())
             }
             Codec::Zstd => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(member)
                     .map_err(failed)?
                     .single_frame();
-                let mut capped = (&mut dec).take(limit + 1);
-                let out = read(&mut capped);
-                if capped.limit() == 0 {
-                    return Err(over());
-                }
-                (out?, dec.finish())
+                (capped(&mut dec)?, dec.finish())
             }
         };
         if !rest.is_empty() {
