@@ -130,6 +130,11 @@ pub fn path_key(path: &[u8]) -> PathKey {
     key
 }
 
+/// A key as a number that sorts as its bytes do (one comparison, not a byte loop).
+fn order(key: &PathKey) -> u128 {
+    u128::from_be_bytes(*key)
+}
+
 /// Values by path, each path kept as its [`PathKey`] only: a sorted vector, found by
 /// binary search, one allocation whatever the number of paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +151,7 @@ impl<V: Copy> Keyed<V> {
     /// (no buffer beside the list, as [`Keyed::from_unsorted`]'s stable sort takes).
     /// Of a key given twice, either value stays.
     pub fn from_distinct(mut list: Vec<(PathKey, V)>) -> Keyed<V> {
-        list.sort_unstable_by_key(|a| a.0);
+        list.sort_unstable_by_key(|a| order(&a.0));
         list.dedup_by_key(|a| a.0);
         list.shrink_to_fit();
         Keyed(list)
@@ -155,7 +160,7 @@ impl<V: Copy> Keyed<V> {
     /// From `(key, value)` pairs in any order; a key given twice keeps its last.
     pub fn from_unsorted(mut list: Vec<(PathKey, V)>) -> Keyed<V> {
         // Stable: of equal keys, the last one given stays last.
-        list.sort_by_key(|a| a.0);
+        list.sort_by_key(|a| order(&a.0));
         let mut kept = 0;
         for i in 0..list.len() {
             if kept > 0 && list[kept - 1].0 == list[i].0 {
@@ -170,6 +175,38 @@ impl<V: Copy> Keyed<V> {
         Keyed(list)
     }
 
+    /// Where `key` stands (as `binary_search` answers). The keys are a hash's bytes,
+    /// spread evenly: a few rounds of interpolation on their first 8 bytes narrow the
+    /// search to a handful of entries (each probe of a plain binary search over a
+    /// large list is a cache miss), then a binary search ends it; uneven keys cost at
+    /// most those few rounds more.
+    fn search(&self, key: &PathKey) -> std::result::Result<usize, usize> {
+        let list = &self.0;
+        let want = order(key);
+        let (mut lo, mut hi) = (0usize, list.len());
+        // Every key of `list[lo..hi]` lies in `[lo_k, hi_k]`.
+        let (mut lo_k, mut hi_k) = (0u128, u128::MAX);
+        for _ in 0..4 {
+            if hi - lo <= 8 {
+                break;
+            }
+            let n = (hi - lo) as u128;
+            // Both under 2^64 (`lo_k <= want <= hi_k`): the product fits.
+            let off = ((want - lo_k) >> 64) * n / (((hi_k - lo_k) >> 64) + 1);
+            let g = lo + usize::try_from(off).unwrap_or(usize::MAX).min(hi - lo - 1);
+            let at = order(&list[g].0);
+            match at.cmp(&want) {
+                std::cmp::Ordering::Equal => return Ok(g),
+                std::cmp::Ordering::Less => (lo, lo_k) = (g + 1, at),
+                std::cmp::Ordering::Greater => (hi, hi_k) = (g, at),
+            }
+        }
+        match list[lo..hi].binary_search_by(|(k, _)| order(k).cmp(&want)) {
+            Ok(i) => Ok(lo + i),
+            Err(i) => Err(lo + i),
+        }
+    }
+
     /// The value of `path`, when there is one.
     pub fn get(&self, path: &[u8]) -> Option<&V> {
         self.get_key(&path_key(path))
@@ -177,25 +214,25 @@ impl<V: Copy> Keyed<V> {
 
     /// The value of the path whose key is `key`.
     pub fn get_key(&self, key: &PathKey) -> Option<&V> {
-        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let i = self.search(key).ok()?;
         Some(&self.0[i].1)
     }
 
     /// The value of the path whose key is `key`, with where it stands among all (see
     /// [`Keyed::position`]): one search for both.
     pub fn get_with_position(&self, key: &PathKey) -> Option<(usize, &V)> {
-        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let i = self.search(key).ok()?;
         Some((i, &self.0[i].1))
     }
 
     /// Where the value of `key` stands among all (0 to `len() - 1`), if it has one.
     pub fn position(&self, key: &PathKey) -> Option<usize> {
-        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+        self.search(key).ok()
     }
 
     /// Whether `key` has a value.
     pub fn contains_key(&self, key: &PathKey) -> bool {
-        self.0.binary_search_by(|(k, _)| k.cmp(key)).is_ok()
+        self.search(key).is_ok()
     }
 
     /// Keeps only the paths whose key `keep` answers true for; the room of the others
@@ -349,6 +386,38 @@ mod tests {
         assert_eq!(k.get(b"p1000"), None);
     }
 
+    #[test]
+    fn the_search_answers_as_a_binary_search_for_even_and_uneven_keys() {
+        let even: Vec<PathKey> = (0..5000u32)
+            .map(|i| path_key(format!("f{i}").as_bytes()))
+            .collect();
+        // Uneven: most keys crowded at the low end, a few far apart, equal first
+        // 8 bytes, and the extremes.
+        let mut uneven: Vec<PathKey> = (0..3000u128)
+            .map(|i| (i * 7).to_be_bytes())
+            .chain((0..200u128).map(|i| (u128::MAX / 200 * i).to_be_bytes()))
+            .chain((0..50u128).map(|i| ((5u128 << 64) + i).to_be_bytes()))
+            .chain([u128::MAX.to_be_bytes()])
+            .collect();
+        uneven.sort_unstable();
+        uneven.dedup();
+        for keys in [even, uneven] {
+            let k = Keyed::from_distinct(keys.iter().map(|k| (*k, 0u8)).collect());
+            let sorted: Vec<u128> = k.iter().map(|(key, _)| order(key)).collect();
+            // Every key present, its neighbours absent or present, as binary search says.
+            for key in &keys {
+                let v = order(key);
+                for probe in [v.wrapping_sub(1), v, v.wrapping_add(1)] {
+                    assert_eq!(
+                        k.search(&probe.to_be_bytes()),
+                        sorted.binary_search(&probe),
+                        "{probe:#x}"
+                    );
+                }
+            }
+        }
+        assert_eq!(Keyed::<u8>::default().search(&[0; 16]), Err(0));
+    }
     #[test]
     fn digests_keep_the_last_of_a_path_and_known_needs_the_same_stamp() {
         let d = Digests::from_unsorted(vec![
