@@ -46,7 +46,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -61,11 +61,12 @@ use crate::unpack::{self, FileAttrs, Found, KnownFile, Staged, Unchanged, Unpack
 use crate::urls::redact;
 use crate::verify::{Checksum, Hashed, HashingReader, Verified};
 
+mod ranges;
+use ranges::{Member, Ranges};
+
 /// Ranges closer than this are fetched as one (a request costs more than the gap),
 /// while the gaps fetched so add up to at most a tenth of the members' bytes.
 const MERGE_GAP: u64 = 16 * 1024;
-/// Range requests in flight at once.
-const IN_FLIGHT: usize = 4;
 
 /// What one delta deploy reads.
 pub(crate) struct Delta<'a> {
@@ -118,6 +119,9 @@ pub(crate) struct Plan {
     /// was asked to keep it (a release links them and checks each is still that
     /// file; 48 bytes a file otherwise not held).
     found: Vec<Found>,
+    /// The members to fetch, in archive order, with how much of each one's output
+    /// the stream reads.
+    members: Vec<Member>,
     /// The members to fetch, merged: (offset, length) in archive order.
     spans: Vec<(u64, u64)>,
     /// The sealed digest of the table member (the trust of the whole result).
@@ -188,15 +192,21 @@ pub(crate) fn plan(
     })?;
     let (fates, found) = judge(&table, probe, d.same_owner, keep_found);
     let mut counts = Counts::default();
-    let mut members: Vec<(u64, u64)> = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     for (e, fate) in table.entries.iter().zip(&fates) {
         match (fate, &e.kind) {
             (Fate::Kept, _) => counts.kept += 1,
             (Fate::Local, _) => counts.local += 1,
             (Fate::Fetched, Kind::File { member, .. }) => {
                 counts.fetched += 1;
-                if members.last() != Some(&(member.offset, member.len)) {
-                    members.push((member.offset, member.len));
+                let end = member.data_offset.saturating_add(e.size);
+                match members.last_mut() {
+                    Some(m) if m.offset == member.offset => m.need = m.need.max(end),
+                    _ => members.push(Member {
+                        offset: member.offset,
+                        len: member.len,
+                        need: end,
+                    }),
                 }
             }
             _ => {}
@@ -205,13 +215,14 @@ pub(crate) fn plan(
     if counts.kept + counts.local == 0 && counts.fetched > 0 {
         return Ok(Err("no file of the archive is in dest".to_string()));
     }
-    let spans = merge(members);
+    let spans = merge(members.iter().map(|m| (m.offset, m.len)));
     let plan = Plan {
         codec: footer.codec,
         archive_len,
         table,
         fates,
         found,
+        members,
         spans,
         hashed,
         counts,
@@ -298,8 +309,15 @@ fn read_table(d: &Delta, start: Instant) -> Result<(Footer, u64, Vec<u8>)> {
     Ok((footer, archive_len, member))
 }
 
+/// Tables with fewer entries than this are judged on one thread (a second one costs
+/// more than it saves).
+const JUDGED_ON_TWO: usize = 4096;
+
 /// Each entry's fate, judged as the unpack's probe judges a file (SPEC §18, §21),
-/// and with `keep_found` what the probe saw of each kept file, in table order.
+/// and with `keep_found` what the probe saw of each kept file, in table order. A
+/// large table is judged in two halves at once, the second by
+/// [`Unchanged::another`] probe of the same tree on a thread of its own (an `lstat`
+/// a file, and the index's digest: each half bound by one core).
 fn judge(
     table: &Table,
     probe: &mut dyn Unchanged,
@@ -315,11 +333,40 @@ fn judge(
             _ => None,
         })
         .collect();
+    let entries = &table.entries[..];
+    let other = (entries.len() >= JUDGED_ON_TWO)
+        .then(|| probe.another())
+        .flatten();
+    let Some(mut other) = other else {
+        return judge_part(entries, probe, &linked, same_owner, keep_found);
+    };
+    let (first, second) = entries.split_at(entries.len() / 2);
+    let linked = &linked;
+    std::thread::scope(|s| {
+        let later =
+            s.spawn(move || judge_part(second, &mut *other, linked, same_owner, keep_found));
+        let (mut fates, mut found) = judge_part(first, probe, linked, same_owner, keep_found);
+        let (more_fates, more_found) = later
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        fates.extend(more_fates);
+        found.extend(more_found);
+        (fates, found)
+    })
+}
+
+/// [`judge`] of consecutive entries.
+fn judge_part(
+    entries: &[Entry],
+    probe: &mut dyn Unchanged,
+    linked: &HashSet<&[u8]>,
+    same_owner: bool,
+    keep_found: bool,
+) -> (Vec<Fate>, Vec<Found>) {
     let mut owners = Owners::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut kept_found = Vec::new();
-    let fates = table
-        .entries
+    let fates = entries
         .iter()
         .map(|e| {
             let Kind::File { sha256, .. } = &e.kind else {
@@ -334,7 +381,7 @@ fn judge(
             };
             if let Some((at, found)) = probe.find(rel, &attrs) {
                 // Kept and local files are taken from `rel` in the probe's tree.
-                if at == rel && same_content(probe, rel, &at, &found, sha256, &mut buf) {
+                if at == rel && same_content(&*probe, rel, &at, &found, sha256, &mut buf) {
                     return if linked.contains(&e.path[..]) {
                         Fate::Local
                     } else {
@@ -355,7 +402,7 @@ fn judge(
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
                         == rustix::fs::FileType::RegularFile
                         && st.st_size as u64 == e.size
-                        && same_content(probe, rel, rel, &st, sha256, &mut buf) =>
+                        && same_content(&*probe, rel, rel, &st, sha256, &mut buf) =>
                 {
                     Fate::Local
                 }
@@ -430,8 +477,8 @@ fn lookup(
 
 /// Members in archive order → ranges, neighbours closer than `MERGE_GAP` merged
 /// while the gaps taken in stay within a tenth of the members' bytes.
-fn merge(members: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    let mut budget = members.iter().map(|m| m.1).sum::<u64>() / 10;
+fn merge(members: impl Iterator<Item = (u64, u64)> + Clone) -> Vec<(u64, u64)> {
+    let mut budget = members.clone().map(|m| m.1).sum::<u64>() / 10;
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for (off, len) in members {
         match spans.last_mut() {
@@ -478,64 +525,6 @@ pub(crate) fn dry_run(d: &Delta, probe: Option<crate::sync::DestProbe>) -> Resul
     })
 }
 
-/// Fetches the plan's ranges into `scratch` (at their archive offsets), with up to
-/// `IN_FLIGHT` requests at once; the bandwidth cap is shared between them.
-fn fetch_members(d: &Delta, plan: &Plan, scratch: &File, start: Instant) -> Result<()> {
-    let opts = d.fetch_opts;
-    let next = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = IN_FLIGHT.min(plan.spans.len());
-    let share = opts
-        .max_bandwidth
-        .map(|b| (b / threads.max(1) as u64).max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= plan.spans.len() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let (off, len) = plan.spans[i];
-                let mut got = 0u64;
-                let r = fetch::read_range(
-                    d.src,
-                    Span::At { start: off, len },
-                    opts,
-                    start,
-                    share,
-                    &mut |at, b| {
-                        if stop.load(Ordering::Relaxed) {
-                            return Err(Error::Interrupted("another range failed"));
-                        }
-                        if at == off {
-                            got = 0;
-                        }
-                        scratch
-                            .write_all_at(b, at)
-                            .map_err(|e| Error::io("write", "the scratch file of the ranges", e))?;
-                        got += b.len() as u64;
-                        Ok(())
-                    },
-                );
-                d.downloaded.fetch_add(got, Ordering::Relaxed);
-                if let Err(e) = r {
-                    stop.store(true, Ordering::Relaxed);
-                    let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                    if f.is_none() {
-                        *f = Some(e);
-                    }
-                    return;
-                }
-            });
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 /// One delta deploy into a fresh stage of the strategy's (`stage`, whose probe is
 /// the tree compared with): the verified staged tree, or why a full download is
 /// needed (the stage then dropped).
@@ -559,7 +548,98 @@ pub(crate) fn unpack(
     let read = d.downloaded.load(Ordering::Relaxed);
     logln!("delta {}: {}", redact(d.src), plan.describe(read));
     let scratch = scratch()?;
-    if let Err(e) = fetch_members(d, &plan, &scratch, start) {
+    let dest_tree = match probe.tree() {
+        Some(t) => t.try_clone().map_err(|e| Error::io("open", t.path(), e))?,
+        None => return Ok(Outcome::Full("dest holds no tree".into())),
+    };
+    let Plan {
+        codec,
+        table,
+        mut fates,
+        found,
+        members,
+        spans,
+        hashed,
+        counts,
+        ..
+    } = plan;
+    let entries = &table.entries;
+    let ranges = Ranges::new(&spans, &members, codec);
+    let failed: Arc<Mutex<Option<Error>>> = Arc::default();
+    // The members are fetched while the stream is unpacked: it waits for each span.
+    let staged = std::thread::scope(|s| {
+        ranges.start(s, d, &scratch, start);
+        // The release strategy's staging becomes the release: every directory is made.
+        let listed = if stage.link_unchanged {
+            Vec::new()
+        } else {
+            list_dirs(entries, &mut fates, &dest_tree, d.same_owner)
+        };
+        let stream = Stream {
+            items: entries.iter().zip(&fates),
+            out: Vec::new(),
+            pos: 0,
+            data: None,
+            member: None,
+            scratch: &scratch,
+            ranges: &ranges,
+            codec,
+            dest: dest_tree,
+            failed: Arc::clone(&failed),
+            ended: false,
+        };
+        // The kept files, made one at a time as the unpack adopts them (a list of
+        // them all, paths and attributes, would be held beside the table).
+        let mut owners = Owners::default();
+        let same_owner = d.same_owner;
+        let mut found = found.into_iter();
+        let kept = entries.iter().zip(&fates).filter_map(move |(e, fate)| {
+            let (Fate::Kept, Kind::File { sha256, .. }) = (fate, &e.kind) else {
+                return None;
+            };
+            Some(KnownFile {
+                rel: PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)),
+                attrs: FileAttrs {
+                    size: e.size,
+                    mtime: e.mtime.secs,
+                    mode: e.mode,
+                    owner: same_owner.then(|| owners.of(e)),
+                },
+                digest: *sha256,
+                found: found.next(),
+            })
+        });
+        let known = Counted {
+            inner: kept,
+            left: usize::try_from(counts.kept).unwrap_or(0),
+        };
+        let opts = UnpackOptions {
+            same_owner: d.same_owner,
+            label: label.to_string(),
+            link_unchanged: stage.link_unchanged,
+        };
+        let into = stage.staging.tree();
+        logln!(
+            "Extract archive: {label} to {} (delta)",
+            into.path().display()
+        );
+        // The probe is borrowed again by the unpack (the plan's borrow has ended).
+        let staged = stage
+            .probe
+            .as_mut()
+            .map(|probe| unpack::unpack_known(stream, into, &opts, probe, known));
+        if !matches!(staged, Some(Ok(_))) {
+            ranges.abandon();
+        }
+        staged.map(|r| {
+            r.map(|mut staged| {
+                staged.listed_dirs = listed;
+                staged
+            })
+        })
+    });
+    // A request's failure first: the stream's is its consequence.
+    if let Err(e) = ranges.finish() {
         return match e {
             Error::Interrupted(_) | Error::Timeout { .. } => Err(e),
             e => Ok(Outcome::Full(format!("a range cannot be read: {e}"))),
@@ -571,84 +651,13 @@ pub(crate) fn unpack(
         d.downloaded.load(Ordering::Relaxed),
         redact(d.src)
     );
-    let dest_tree = match probe.tree() {
-        Some(t) => t.try_clone().map_err(|e| Error::io("open", t.path(), e))?,
-        None => return Ok(Outcome::Full("dest holds no tree".into())),
-    };
-    let Plan {
-        codec,
-        table,
-        mut fates,
-        found,
-        hashed,
-        counts,
-        ..
-    } = plan;
-    let entries = &table.entries;
-    // The release strategy's staging becomes the release: every directory is made.
-    let listed = if stage.link_unchanged {
-        Vec::new()
-    } else {
-        list_dirs(entries, &mut fates, &dest_tree, d.same_owner)
-    };
-    let failed: Arc<Mutex<Option<Error>>> = Arc::default();
-    let stream = Stream {
-        items: entries.iter().zip(&fates),
-        out: Vec::new(),
-        pos: 0,
-        data: None,
-        member: None,
-        scratch: Arc::new(scratch),
-        codec,
-        dest: dest_tree,
-        failed: Arc::clone(&failed),
-        ended: false,
-    };
-    // The kept files, made one at a time as the unpack adopts them (a list of them
-    // all, paths and attributes, would be held beside the table).
-    let mut owners = Owners::default();
-    let same_owner = d.same_owner;
-    let mut found = found.into_iter();
-    let kept = entries.iter().zip(&fates).filter_map(move |(e, fate)| {
-        let (Fate::Kept, Kind::File { sha256, .. }) = (fate, &e.kind) else {
-            return None;
-        };
-        Some(KnownFile {
-            rel: PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)),
-            attrs: FileAttrs {
-                size: e.size,
-                mtime: e.mtime.secs,
-                mode: e.mode,
-                owner: same_owner.then(|| owners.of(e)),
-            },
-            digest: *sha256,
-            found: found.next(),
-        })
-    });
-    let known = Counted {
-        inner: kept,
-        left: usize::try_from(counts.kept).unwrap_or(0),
-    };
-    let opts = UnpackOptions {
-        same_owner: d.same_owner,
-        label: label.to_string(),
-        link_unchanged: stage.link_unchanged,
-    };
-    let into = stage.staging.tree();
-    logln!(
-        "Extract archive: {label} to {} (delta)",
-        into.path().display()
-    );
-    // The probe is borrowed again by the unpack (the plan's borrow has ended).
-    let Some(probe) = stage.probe.as_mut() else {
+    let Some(staged) = staged else {
         return Ok(Outcome::Full("nothing to compare with".into()));
     };
-    let staged = unpack::unpack_known(stream, into, &opts, probe, known);
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    let mut staged = staged?;
-    staged.listed_dirs = listed;
+    let staged = staged?;
     // Every byte staged matched the table's sha256, and the table matched `toc`.
     Ok(Outcome::Staged(Box::new(hashed.verify((stage, staged))?)))
 }
@@ -770,8 +779,10 @@ struct Stream<'t> {
     /// The file whose bytes are being handed out.
     data: Option<Data>,
     /// The member being decompressed: its offset, decoder, and the output read so far.
-    member: Option<(u64, Box<dyn Read + Send>, u64)>,
-    scratch: Arc<File>,
+    member: Option<(u64, Box<dyn Read + Send + 't>, u64)>,
+    scratch: &'t File,
+    /// The fetching of the members' spans: a member is read once its span is written.
+    ranges: &'t Ranges<'t>,
     codec: Codec,
     dest: Tree,
     /// The first verdict (a digest mismatch, a read error), kept whole for the caller.
@@ -790,7 +801,7 @@ struct Data {
     local: Option<File>,
 }
 
-impl Stream<'_> {
+impl<'t> Stream<'t> {
     /// The stream's verdict, kept for the caller and told to the unpack.
     fn fail(&self, e: Error) -> io::Error {
         let shown = io::Error::other(e.to_string());
@@ -854,17 +865,10 @@ impl Stream<'_> {
         let reuse =
             matches!(&self.member, Some((o, _, pos)) if *o == offset && *pos <= data_offset);
         if !reuse {
-            let part = Part {
-                file: Arc::clone(&self.scratch),
-                at: offset,
-                end: offset + len,
-            };
-            let reader = BufReader::with_capacity(64 * 1024, part);
-            let dec: Box<dyn Read + Send> = match self.codec {
-                Codec::Gzip => Box::new(flate2::bufread::GzDecoder::new(reader)),
-                Codec::Zstd => {
-                    Box::new(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame())
-                }
+            // Decompressed ahead by the requests' threads, else here.
+            let dec: Box<dyn Read + Send + 't> = match self.ranges.take(offset)? {
+                Some(out) => Box::new(io::Cursor::new(out)),
+                None => member_reader(self.codec, self.scratch, offset, len)?,
             };
             self.member = Some((offset, dec, 0));
         }
@@ -956,14 +960,36 @@ impl Read for Stream<'_> {
     }
 }
 
+/// The output of the member `[offset, offset + len)` of the scratch file.
+fn member_reader(
+    codec: Codec,
+    scratch: &File,
+    offset: u64,
+    len: u64,
+) -> io::Result<Box<dyn Read + Send + '_>> {
+    let part = Part {
+        file: scratch,
+        at: offset,
+        end: offset + len,
+    };
+    let cap = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .clamp(512, 64 * 1024);
+    let reader = BufReader::with_capacity(cap, part);
+    Ok(match codec {
+        Codec::Gzip => Box::new(flate2::bufread::GzDecoder::new(reader)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame()),
+    })
+}
+
 /// A range of the scratch file, read by offset.
-struct Part {
-    file: Arc<File>,
+struct Part<'f> {
+    file: &'f File,
     at: u64,
     end: u64,
 }
 
-impl Read for Part {
+impl Read for Part<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = usize::try_from(self.end - self.at)
             .unwrap_or(usize::MAX)
@@ -1096,16 +1122,19 @@ mod tests {
     #[test]
     fn near_members_merge_into_one_range() {
         let big = 10 * MERGE_GAP;
-        let m = merge(vec![
-            (0, big),
-            (big, 50),
-            (big + 50 + MERGE_GAP, 10),
-            (1 << 30, 5),
-        ]);
+        let m = merge(
+            [
+                (0, big),
+                (big, 50),
+                (big + 50 + MERGE_GAP, 10),
+                (1 << 30, 5),
+            ]
+            .into_iter(),
+        );
         assert_eq!(m, vec![(0, big + 60 + MERGE_GAP), (1 << 30, 5)]);
-        assert_eq!(merge(vec![(10, 5), (10, 5)]), vec![(10, 5)]);
+        assert_eq!(merge([(10, 5), (10, 5)].into_iter()), vec![(10, 5)]);
         // Gaps beyond a tenth of the members' bytes are not fetched.
-        let m = merge(vec![(0, 100), (200, 100), (400, 100)]);
+        let m = merge([(0, 100), (200, 100), (400, 100)].into_iter());
         assert_eq!(m, vec![(0, 100), (200, 100), (400, 100)]);
     }
 }

@@ -125,6 +125,15 @@ impl crate::unpack::Unchanged for DestProbe {
     fn tree(&self) -> Option<&Tree> {
         self.tree.as_ref()
     }
+
+    fn another(&self) -> Option<Box<dyn crate::unpack::Unchanged + Send>> {
+        let tree = self.tree.as_ref()?.try_clone().ok()?;
+        Some(Box::new(DestProbe {
+            tree: Some(tree),
+            known: self.known.clone(),
+            never: self.never.clone(),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -132,6 +132,12 @@ pub trait Unchanged {
         }
     }
 
+    /// Another probe of the same tree, judging exactly as this one, for a second
+    /// thread (the delta deploy judges a large table on two); `None`: one thread.
+    fn another(&self) -> Option<Box<dyn Unchanged + Send>> {
+        None
+    }
+
     /// The open tree the probe looks into (dest, or the live release), when it works
     /// through one: a hard link to a file it found is then made from that tree's
     /// descriptor, never by path. Without one, the link is made from the path `find`
