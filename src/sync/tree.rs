@@ -63,7 +63,7 @@ pub(crate) fn source(root: &Tree, filter: &Filter) -> Result<Listing> {
         root: root.path().to_path_buf(),
         id: Some(id),
         root_meta: Some(Meta::from(&st)),
-        walked: walk(root, Path::new(""), filter)?,
+        walked: walk_whole(root, filter)?,
         inside_excluded: HashMap::new(),
     })
 }
@@ -100,7 +100,7 @@ pub(crate) fn dest(
     let st = root
         .lstat(Path::new(""))
         .map_err(|e| Error::io("stat", path, e))?;
-    let walked = walk(root, Path::new(""), filter)?;
+    let walked = walk_whole(root, filter)?;
     let mut inside_excluded = HashMap::new();
     for (rel, kind) in &walked.excluded {
         let in_src = || {
@@ -126,6 +126,86 @@ pub(crate) fn dest(
 /// paths relative to `root`. Excluded entries are not descended into; they are listed
 /// apart.
 pub(crate) fn walk(root: &Tree, sub: &Path, filter: &Filter) -> Result<Walked> {
+    walk_to(root, sub, filter, true)
+}
+
+/// [`walk`] of the whole tree, on two threads: the root's entries are listed first,
+/// then its directories are walked from the first on by this thread and from the
+/// last back by a second one (each with its own descriptor of the root) until they
+/// meet, and the parts are put together in walk order. The listing is the one
+/// [`walk`] makes; the two threads share the time of the `lstat`s a large tree costs.
+fn walk_whole(root: &Tree, filter: &Filter) -> Result<Walked> {
+    let mut top = walk_to(root, Path::new(""), filter, false)?;
+    let dirs: Vec<usize> = (0..top.entries.len())
+        .filter(|i| top.entries[*i].meta.kind() == Kind::Dir)
+        .collect();
+    let second = match root.try_clone() {
+        Ok(t) if dirs.len() >= 2 => t,
+        // One directory to walk, or no second descriptor: one thread.
+        _ => return walk(root, Path::new(""), filter),
+    };
+    // The directories not yet taken: `dirs[front..back]`.
+    let left = std::sync::Mutex::new((0usize, dirs.len()));
+    let take = |from_front: bool| {
+        // A poisoned pair is still a valid pair.
+        let mut l = left.lock().unwrap_or_else(|p| p.into_inner());
+        (l.0 < l.1).then(|| {
+            if from_front {
+                l.0 += 1;
+                l.0 - 1
+            } else {
+                l.1 -= 1;
+                l.1
+            }
+        })
+    };
+    let entries = &top.entries;
+    let walk_dirs = |tree: &Tree, from_front: bool| {
+        let mut parts = Vec::new();
+        while let Some(d) = take(from_front) {
+            parts.push((d, walk(tree, entries[dirs[d]].rel(), filter)));
+        }
+        parts
+    };
+    let mut parts: Vec<Option<Result<Walked>>> = (0..dirs.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let walk_dirs = &walk_dirs;
+        let later = s.spawn(move || walk_dirs(&second, false));
+        for (d, w) in walk_dirs(root, true) {
+            parts[d] = Some(w);
+        }
+        let theirs = later
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        for (d, w) in theirs {
+            parts[d] = Some(w);
+        }
+    });
+    // Put together in walk order: each directory followed by what is below it.
+    let mut below = Vec::with_capacity(dirs.len());
+    for part in parts {
+        // Every directory was taken by one thread or the other.
+        below.push(part.unwrap_or_else(|| Ok(Walked::default()))?);
+    }
+    let total = top.entries.len() + below.iter().map(|w| w.entries.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
+    let mut below = below.into_iter();
+    for e in std::mem::take(&mut top.entries) {
+        let is_dir = e.meta.kind() == Kind::Dir;
+        out.push(e);
+        if let Some(w) = is_dir.then(|| below.next()).flatten() {
+            out.extend(w.entries);
+            top.excluded.extend(w.excluded);
+            top.linked.extend(w.linked);
+        }
+    }
+    top.entries = out;
+    Ok(top)
+}
+
+/// [`walk`], descending into directories or (`descend` false) listing `sub`'s own
+/// entries only.
+fn walk_to(root: &Tree, sub: &Path, filter: &Filter, descend: bool) -> Result<Walked> {
     let mut entries = Vec::new();
     let mut excluded = HashMap::new();
     let mut linked = HashSet::new();
@@ -151,7 +231,7 @@ pub(crate) fn walk(root: &Tree, sub: &Path, filter: &Filter) -> Result<Walked> {
         if kind == Kind::File && st.st_nlink > 1 {
             linked.insert(rel.to_path_buf());
         }
-        Ok(true)
+        Ok(descend)
     });
     walked.map_err(|e| match failed.take() {
         Some(f) => f,
@@ -255,5 +335,61 @@ mod tests {
         assert_eq!(walked.excluded.get(Path::new("c/cache")), Some(&Kind::Dir));
         assert!(walked.listed.contains(Path::new("a/a")));
         assert!(!walked.listed.contains(Path::new("x/y")));
+    }
+
+    #[test]
+    fn the_whole_walk_on_two_threads_lists_what_one_thread_lists() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for dir in [
+            "a/x/y",
+            "b",
+            "b-c/deep/er",
+            "cache/k",
+            "d/cache",
+            "e",
+            "z/1/2/3",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for (i, f) in [
+            "0",
+            "a/x/f",
+            "a/x/y/g",
+            "a-file",
+            "b/h",
+            "b-c/deep/er/i",
+            "cache/k/j",
+            "d/cache/n",
+            "d/m",
+            "e/o",
+            "z/1/2/3/p",
+            "zz",
+        ]
+        .iter()
+        .enumerate()
+        {
+            std::fs::write(root.join(f), vec![b'x'; i]).unwrap();
+        }
+        std::os::unix::fs::symlink("a/x", root.join("b/link")).unwrap();
+        std::fs::hard_link(root.join("e/o"), root.join("e/o2")).unwrap();
+        let tree = Tree::open(root, false).unwrap();
+        for rules in [vec![], vec!["cache/".to_string(), "*.tmp".to_string()]] {
+            let filter = Filter::new(None, &rules).unwrap();
+            let one = walk(&tree, Path::new(""), &filter).unwrap();
+            let two = walk_whole(&tree, &filter).unwrap();
+            assert_eq!(two, one);
+            assert!(two.entries.len() > 20);
+        }
+        // A tree with one directory, or none: the same too.
+        let small = tempfile::tempdir().unwrap();
+        std::fs::create_dir(small.path().join("only")).unwrap();
+        std::fs::write(small.path().join("only/f"), b"f").unwrap();
+        let tree = Tree::open(small.path(), false).unwrap();
+        let filter = Filter::new(None, &[]).unwrap();
+        assert_eq!(
+            walk_whole(&tree, &filter).unwrap(),
+            walk(&tree, Path::new(""), &filter).unwrap()
+        );
     }
 }
