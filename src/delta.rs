@@ -62,7 +62,7 @@ use crate::urls::redact;
 use crate::verify::{Checksum, Hashed, HashingReader, Verified};
 
 mod ranges;
-use ranges::{Member, Ranges};
+use ranges::Ranges;
 
 /// Ranges closer than this are fetched as one (a request costs more than the gap),
 /// while the gaps fetched so add up to at most a tenth of the members' bytes.
@@ -119,9 +119,6 @@ pub(crate) struct Plan {
     /// was asked to keep it (a release links them and checks each is still that
     /// file; 48 bytes a file otherwise not held).
     found: Vec<Found>,
-    /// The members to fetch, in archive order, with how much of each one's output
-    /// the stream reads.
-    members: Vec<Member>,
     /// The members to fetch, merged: (offset, length) in archive order.
     spans: Vec<(u64, u64)>,
     /// The sealed digest of the table member (the trust of the whole result).
@@ -192,21 +189,15 @@ pub(crate) fn plan(
     })?;
     let (fates, found) = judge(&table, probe, d.same_owner, keep_found);
     let mut counts = Counts::default();
-    let mut members: Vec<Member> = Vec::new();
+    let mut members: Vec<(u64, u64)> = Vec::new();
     for (e, fate) in table.entries.iter().zip(&fates) {
         match (fate, &e.kind) {
             (Fate::Kept, _) => counts.kept += 1,
             (Fate::Local, _) => counts.local += 1,
             (Fate::Fetched, Kind::File { member, .. }) => {
                 counts.fetched += 1;
-                let end = member.data_offset.saturating_add(e.size);
-                match members.last_mut() {
-                    Some(m) if m.offset == member.offset => m.need = m.need.max(end),
-                    _ => members.push(Member {
-                        offset: member.offset,
-                        len: member.len,
-                        need: end,
-                    }),
+                if members.last() != Some(&(member.offset, member.len)) {
+                    members.push((member.offset, member.len));
                 }
             }
             _ => {}
@@ -215,14 +206,13 @@ pub(crate) fn plan(
     if counts.kept + counts.local == 0 && counts.fetched > 0 {
         return Ok(Err("no file of the archive is in dest".to_string()));
     }
-    let spans = merge(members.iter().map(|m| (m.offset, m.len)));
+    let spans = merge(members.into_iter());
     let plan = Plan {
         codec: footer.codec,
         archive_len,
         table,
         fates,
         found,
-        members,
         spans,
         hashed,
         counts,
@@ -557,14 +547,13 @@ pub(crate) fn unpack(
         table,
         mut fates,
         found,
-        members,
         spans,
         hashed,
         counts,
         ..
     } = plan;
     let entries = &table.entries;
-    let ranges = Ranges::new(&spans, &members, codec);
+    let ranges = Ranges::new(&spans);
     let failed: Arc<Mutex<Option<Error>>> = Arc::default();
     // The members are fetched while the stream is unpacked: it waits for each span.
     let staged = std::thread::scope(|s| {
@@ -865,11 +854,8 @@ impl<'t> Stream<'t> {
         let reuse =
             matches!(&self.member, Some((o, _, pos)) if *o == offset && *pos <= data_offset);
         if !reuse {
-            // Decompressed ahead by the requests' threads, else here.
-            let dec: Box<dyn Read + Send + 't> = match self.ranges.take(offset)? {
-                Some(out) => Box::new(io::Cursor::new(out)),
-                None => member_reader(self.codec, self.scratch, offset, len)?,
-            };
+            self.ranges.wait_for(offset)?;
+            let dec = member_reader(self.codec, self.scratch, offset, len)?;
             self.member = Some((offset, dec, 0));
         }
         if let Some((_, dec, pos)) = self.member.as_mut() {

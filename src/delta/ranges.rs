@@ -1,60 +1,26 @@
 //! The fetched members' ranges (SPEC §18): read by range into the scratch file at
 //! their archive offsets, a few requests in flight, while the stream that reads them
-//! runs; a span is handed out only once every byte of it is written. Each thread then
-//! decompresses its span's small members ahead of the stream (as much of each as the
-//! stream reads, within `AHEAD_BUDGET` bytes held), so that the stream, one thread,
-//! mostly copies; a member not decompressed ahead (too large, no room yet, or a
-//! failure, which the stream then meets itself) the stream decompresses.
+//! runs; a span is handed out only once every byte of it is written.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::Scope;
 use std::time::Instant;
 
-use super::{member_reader, Delta};
+use super::Delta;
 use crate::error::{Error, Result};
 use crate::fetch::{self, Span};
-use crate::toc::Codec;
 
 /// Range requests in flight at once.
 const IN_FLIGHT: usize = 4;
-/// Members whose output the stream reads more of than this are never decompressed
-/// ahead (the stream decompresses them, streaming).
-const AHEAD_MAX: u64 = 512 << 10;
-/// Output decompressed ahead and not yet taken by the stream: at most this much (or
-/// one member), besides the members being decompressed.
-const AHEAD_BUDGET: u64 = 1 << 20;
-
-/// A member to fetch: where it is, and how much of its output the stream reads (the
-/// end of the last fetched file's data in it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Member {
-    pub offset: u64,
-    pub len: u64,
-    pub need: u64,
-}
-
-/// A member's output, ahead of the stream.
-enum Ahead {
-    /// Not started: the stream decompresses it itself if it comes first.
-    Waiting,
-    /// A request thread is decompressing it.
-    Decoding,
-    /// Decompressed, not yet taken.
-    Ready(Vec<u8>),
-    /// Taken, or left to the stream.
-    Gone,
-}
 
 /// The spans to fetch (merged members: `(offset, length)` in archive order) and how
 /// far their fetching is.
 pub(super) struct Ranges<'a> {
     spans: &'a [(u64, u64)],
-    members: &'a [Member],
-    codec: Codec,
     /// The next span a request is to be sent for.
     next: AtomicUsize,
     /// Set when a request failed or the reader gave up: no further request is sent,
@@ -76,17 +42,12 @@ struct State {
     abandoned: bool,
     /// The first failure of a request.
     failed: Option<Error>,
-    /// Each member's output ahead of the stream, and the bytes of it held.
-    ahead: Vec<Ahead>,
-    held: u64,
 }
 
 impl<'a> Ranges<'a> {
-    pub(super) fn new(spans: &'a [(u64, u64)], members: &'a [Member], codec: Codec) -> Ranges<'a> {
+    pub(super) fn new(spans: &'a [(u64, u64)]) -> Ranges<'a> {
         Ranges {
             spans,
-            members,
-            codec,
             next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -96,8 +57,6 @@ impl<'a> Ranges<'a> {
                 ended: 0,
                 abandoned: false,
                 failed: None,
-                ahead: members.iter().map(|_| Ahead::Waiting).collect(),
-                held: 0,
             }),
             changed: Condvar::new(),
         }
@@ -171,8 +130,6 @@ impl<'a> Ranges<'a> {
                         s.ready += 1;
                     }
                     self.changed.notify_all();
-                    drop(s);
-                    self.decode_ahead(off, len, scratch);
                 }
                 Err(e) => {
                     self.stop.store(true, Ordering::Relaxed);
@@ -182,86 +139,6 @@ impl<'a> Ranges<'a> {
                     self.changed.notify_all();
                     return;
                 }
-            }
-        }
-    }
-
-    /// Decompresses the small members of the span `[off, off + len)` (written) ahead
-    /// of the stream, as room allows; stops when the stream has passed them.
-    fn decode_ahead(&self, off: u64, len: u64, scratch: &File) {
-        let first = self.members.partition_point(|m| m.offset < off);
-        let last = self
-            .members
-            .partition_point(|m| m.offset < off.saturating_add(len));
-        for (i, m) in self.members[first..last].iter().enumerate() {
-            let i = first + i;
-            if m.need > AHEAD_MAX {
-                continue;
-            }
-            let mut s = self.state();
-            loop {
-                if self.stop.load(Ordering::Relaxed) || !matches!(s.ahead[i], Ahead::Waiting) {
-                    break;
-                }
-                if s.held == 0 || s.held + m.need <= AHEAD_BUDGET {
-                    s.ahead[i] = Ahead::Decoding;
-                    s.held += m.need;
-                    break;
-                }
-                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-            if !matches!(s.ahead[i], Ahead::Decoding) {
-                continue;
-            }
-            drop(s);
-            let out = self.decode(m, scratch);
-            let mut s = self.state();
-            s.ahead[i] = match out {
-                Ok(out) => Ahead::Ready(out),
-                Err(_) => {
-                    // The stream decompresses it again and meets the failure itself.
-                    s.held -= m.need;
-                    Ahead::Gone
-                }
-            };
-            self.changed.notify_all();
-        }
-    }
-
-    /// The first `need` bytes of the member's output.
-    fn decode(&self, m: &Member, scratch: &File) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(usize::try_from(m.need).unwrap_or(0));
-        member_reader(self.codec, scratch, m.offset, m.len)?
-            .take(m.need)
-            .read_to_end(&mut out)?;
-        if (out.len() as u64) < m.need {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(out)
-    }
-
-    /// Once the span holding the member at `offset` is written: the member's output
-    /// decompressed ahead (its first `need` bytes), or `None` when the stream is to
-    /// decompress it (it was not, or was taken already).
-    pub(super) fn take(&self, offset: u64) -> io::Result<Option<Vec<u8>>> {
-        self.wait_for(offset)?;
-        let Ok(i) = self.members.binary_search_by(|m| m.offset.cmp(&offset)) else {
-            return Ok(None);
-        };
-        let mut s = self.state();
-        loop {
-            match std::mem::replace(&mut s.ahead[i], Ahead::Gone) {
-                Ahead::Ready(out) => {
-                    s.held -= self.members[i].need;
-                    self.changed.notify_all();
-                    return Ok(Some(out));
-                }
-                Ahead::Decoding => {
-                    s.ahead[i] = Ahead::Decoding;
-                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
-                }
-                // Gone now: a request thread that comes to it leaves it.
-                Ahead::Waiting | Ahead::Gone => return Ok(None),
             }
         }
     }
@@ -329,7 +206,7 @@ mod tests {
     #[test]
     fn a_span_is_found_by_any_offset_inside_it() {
         let spans = [(10, 5), (20, 10)];
-        let r = Ranges::new(&spans, &[], Codec::Gzip);
+        let r = Ranges::new(&spans);
         {
             let mut s = r.state();
             s.threads = 1;
@@ -349,7 +226,7 @@ mod tests {
     #[test]
     fn a_waiting_reader_wakes_when_its_span_is_written() {
         let spans = [(0, 4), (4, 4)];
-        let r = Ranges::new(&spans, &[], Codec::Gzip);
+        let r = Ranges::new(&spans);
         r.state().threads = 1;
         std::thread::scope(|s| {
             let waiter = s.spawn(|| r.wait_for(5));
@@ -367,87 +244,9 @@ mod tests {
     #[test]
     fn an_abandoned_fetch_reports_no_failure() {
         let spans = [(0, 4)];
-        let r = Ranges::new(&spans, &[], Codec::Gzip);
+        let r = Ranges::new(&spans);
         r.abandon();
         assert!(r.wait_for(0).is_err());
         assert!(r.finish().is_ok());
-    }
-
-    /// A scratch file holding gzip members of `outputs` back to back: the members.
-    fn members_of(outputs: &[Vec<u8>], scratch: &File) -> Vec<Member> {
-        use std::io::Write;
-        let mut at = 0u64;
-        let mut members = Vec::new();
-        for out in outputs {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(out).unwrap();
-            let bytes = enc.finish().unwrap();
-            scratch.write_all_at(&bytes, at).unwrap();
-            members.push(Member {
-                offset: at,
-                len: bytes.len() as u64,
-                need: out.len() as u64,
-            });
-            at += bytes.len() as u64;
-        }
-        members
-    }
-
-    #[test]
-    fn members_decompressed_ahead_are_taken_in_order_within_the_budget() {
-        let scratch = tempfile::tempfile().unwrap();
-        // Five members of 400 KiB: at most two are held ahead at once.
-        let outputs: Vec<Vec<u8>> = (0..5u8)
-            .map(|i| (0..400 * 1024).map(|j| (j as u8) ^ i).collect())
-            .collect();
-        let members = members_of(&outputs, &scratch);
-        let end = members.last().map(|m| m.offset + m.len).unwrap();
-        let spans = [(0, end)];
-        let r = Ranges::new(&spans, &members, Codec::Gzip);
-        {
-            let mut s = r.state();
-            s.threads = 1;
-            s.written[0] = true;
-            s.ready = 1;
-        }
-        std::thread::scope(|sc| {
-            let ahead = sc.spawn(|| r.decode_ahead(0, end, &scratch));
-            for (m, want) in members.iter().zip(&outputs) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                assert!(r.state().held <= AHEAD_BUDGET);
-                // Taken whole when decompressed ahead; else the stream's to do.
-                if let Some(got) = r.take(m.offset).unwrap() {
-                    assert_eq!(&got, want);
-                }
-                // Taken once only.
-                assert!(r.take(m.offset).unwrap().is_none());
-            }
-            ahead.join().unwrap();
-        });
-        assert_eq!(r.state().held, 0);
-    }
-
-    #[test]
-    fn a_corrupt_member_is_left_to_the_stream() {
-        let scratch = tempfile::tempfile().unwrap();
-        let outputs = vec![vec![7u8; 5000], vec![9u8; 5000]];
-        let members = members_of(&outputs, &scratch);
-        // The first member's deflate data damaged.
-        scratch
-            .write_all_at(&[0xff; 8], members[0].offset + 12)
-            .unwrap();
-        let end = members[1].offset + members[1].len;
-        let spans = [(0, end)];
-        let r = Ranges::new(&spans, &members, Codec::Gzip);
-        {
-            let mut s = r.state();
-            s.threads = 1;
-            s.written[0] = true;
-            s.ready = 1;
-        }
-        r.decode_ahead(0, end, &scratch);
-        assert!(r.take(members[0].offset).unwrap().is_none());
-        assert_eq!(r.take(members[1].offset).unwrap(), Some(outputs[1].clone()));
-        assert_eq!(r.state().held, 0);
     }
 }
