@@ -12,6 +12,7 @@
 
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -369,6 +370,58 @@ impl Known {
     }
 }
 
+/// An index's digests ([`Known`]) read on a thread of their own while the deploy goes
+/// on (a delta deploy reads its table meanwhile), waited for when first asked.
+pub struct KnownLater {
+    reading: std::sync::Mutex<Option<std::thread::JoinHandle<Option<Known>>>>,
+    read: std::sync::OnceLock<Option<Arc<Known>>>,
+}
+
+impl KnownLater {
+    /// `read` started on a thread of its own. When no thread can be started there
+    /// are no digests (files are then compared by their bytes).
+    pub fn start(read: impl FnOnce() -> Option<Known> + Send + 'static) -> KnownLater {
+        let reading = std::thread::Builder::new()
+            .name("stretcher-index".into())
+            .spawn(read)
+            .ok();
+        KnownLater {
+            reading: std::sync::Mutex::new(reading),
+            read: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Digests read already (or none).
+    pub fn ready(known: Option<Arc<Known>>) -> KnownLater {
+        KnownLater {
+            reading: std::sync::Mutex::new(None),
+            read: std::sync::OnceLock::from(known),
+        }
+    }
+
+    /// The digests, waited for. A reader that panicked gave none (files are then
+    /// compared by their bytes).
+    pub fn get(&self) -> Option<&Arc<Known>> {
+        self.read
+            .get_or_init(|| {
+                // A poisoned slot still holds the handle (or none).
+                let reading = self
+                    .reading
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                reading.and_then(|h| h.join().ok().flatten()).map(Arc::new)
+            })
+            .as_ref()
+    }
+
+    /// The digests taken out, waited for (none are left here).
+    pub fn take(&mut self) -> Option<Arc<Known>> {
+        self.get();
+        self.read.take().flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,5 +529,30 @@ mod tests {
             to_hex(&d),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn digests_read_later_are_waited_for_once_and_taken_whole() {
+        let meta = Meta {
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            mtime_nsec: 0,
+            size: 1,
+            mtime: 1,
+        };
+        let known = move || Known::new([(&b"a"[..], &meta, [1; 32])].into_iter());
+        let mut later = KnownLater::start(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Some(known())
+        });
+        assert_eq!(later.get().map(|k| k.len()), Some(1));
+        assert!(later.get().is_some());
+        assert!(later.take().is_some());
+        assert!(later.get().is_none());
+        // A reader that panics gives no digests, never a hang.
+        let panicked = KnownLater::start(|| panic!("reader"));
+        assert!(panicked.get().is_none());
+        assert!(KnownLater::ready(None).get().is_none());
     }
 }

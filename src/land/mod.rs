@@ -24,7 +24,7 @@ mod rsync;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::digest::{Digests, Known};
+use crate::digest::{Digests, KnownLater};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::index;
@@ -139,24 +139,31 @@ pub(crate) fn for_deploy<'a>(ctx: Ctx<'a>, dry_run: bool) -> Result<Box<dyn Land
 }
 
 /// What the deploy index of dest says of its files' content (SPEC §21), for the
-/// unpack's probe and the plan; `None` without a state directory, an index, or a
-/// readable one (then a found file is compared with its bytes).
-fn known(ctx: &Ctx) -> Option<Arc<Known>> {
-    let known = index::read_known(ctx.state?, &record::key_for_dest(ctx.dest)).ok()??;
-    Some(Arc::new(known))
+/// unpack's probe and the plan, read on a thread of its own while the deploy goes on
+/// and waited for when first asked (a delta deploy reads its table meanwhile); none
+/// without a state directory, an index, or a readable one (then a found file is
+/// compared with its bytes).
+fn known_later(ctx: &Ctx) -> Arc<KnownLater> {
+    let Some(state) = ctx.state else {
+        return Arc::new(KnownLater::ready(None));
+    };
+    let (state, key) = (state.to_path_buf(), record::key_for_dest(ctx.dest));
+    Arc::new(KnownLater::start(move || {
+        index::read_known(&state, &key).ok().flatten()
+    }))
 }
 
 /// The unpack's probe of `root`, exact by content: judged by `known` (the index's
 /// digests), else by the found file's bytes; the `exclude_from` rule file is never
 /// reused (always read from staging).
-fn probe(ctx: &Ctx, root: &Path, follow: bool, known: Option<Arc<Known>>) -> DestProbe {
+fn probe(ctx: &Ctx, root: &Path, follow: bool, known: Arc<KnownLater>) -> DestProbe {
     DestProbe::new(root, follow)
-        .with_known(known)
+        .with_known_later(known)
         .never_reusing(crate::staging::exclude_from_rel(ctx.manifest))
 }
 
 /// A private staging directory beside dest, the probe (if any) over `probed`.
-fn staging_beside(ctx: &Ctx, probed: Option<(&Path, Option<Arc<Known>>)>) -> Result<Stage> {
+fn staging_beside(ctx: &Ctx, probed: Option<(&Path, Arc<KnownLater>)>) -> Result<Stage> {
     Ok(Stage {
         staging: ctx.work.staging_dir()?,
         probe: probed.map(|(dest, known)| probe(ctx, dest, true, known)),

@@ -34,7 +34,7 @@ use crate::sync::{dry_run, DestProbe};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{known, probe, staging_beside, Ctx, Land, Landed, Stage};
+use super::{known_later, probe, staging_beside, Ctx, Land, Landed, Stage};
 use crate::strategy::Strategy;
 
 /// The release strategy of one deploy.
@@ -147,7 +147,7 @@ impl Land for Releaser<'_> {
                 &self.ctx,
                 &slot.dir.join(live),
                 false,
-                known(&self.ctx),
+                known_later(&self.ctx),
             )),
             _ => None,
         };
@@ -170,7 +170,7 @@ impl Land for Releaser<'_> {
     /// The live release, as a real deploy's stage compares with it.
     fn dry_run_probe(&self) -> Result<Option<DestProbe>> {
         let live = release::live_release(self.ctx.manifest, self.ctx.dest)?;
-        Ok(live.map(|l| probe(&self.ctx, &l, false, known(&self.ctx))))
+        Ok(live.map(|l| probe(&self.ctx, &l, false, known_later(&self.ctx))))
     }
 
     /// The new release's changes against the live one, and the switch.

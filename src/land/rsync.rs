@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::digest::Known;
+use crate::digest::KnownLater;
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::index;
@@ -14,28 +14,29 @@ use crate::sync::{self, dry_run, DestProbe, SyncOptions};
 use crate::unpack::Staged;
 use crate::verify::Verified;
 
-use super::{known, probe, staging_beside, Ctx, Land, Landed, Stage};
+use super::{known_later, probe, staging_beside, Ctx, Land, Landed, Stage};
 
 /// The rsync strategy of one deploy.
 pub(super) struct Rsync<'a> {
     ctx: Ctx<'a>,
     /// A dry run: dest's files are compared by the plan, not left out by the unpack.
     dry_run: bool,
-    /// What dest's index says of its files' content (the probe's and the plan's).
-    known: Option<Arc<Known>>,
-    /// `known` was narrowed to the files the unpack wrote (see `land`): read again
-    /// whole for another unpack.
-    narrowed: bool,
+    /// What dest's index says of its files' content (the probe's and the plan's),
+    /// read on a thread of its own from the start of the deploy.
+    known: Arc<KnownLater>,
+    /// `known` was taken by a landing (see `land`): read again whole for another
+    /// unpack.
+    taken: bool,
 }
 
 impl<'a> Rsync<'a> {
     pub(super) fn new(ctx: Ctx<'a>, dry_run: bool) -> Rsync<'a> {
-        let known = known(&ctx);
+        let known = known_later(&ctx);
         Rsync {
             ctx,
             dry_run,
             known,
-            narrowed: false,
+            taken: false,
         }
     }
 }
@@ -44,8 +45,8 @@ impl Land for Rsync<'_> {
     /// Staging beside dest; dest's unchanged files (size, mtime, mode, owner) are left
     /// where they are, not written (not in a dry run).
     fn stage(&mut self, reuse: bool) -> Result<Stage> {
-        if std::mem::take(&mut self.narrowed) {
-            self.known = known(&self.ctx);
+        if std::mem::take(&mut self.taken) {
+            self.known = known_later(&self.ctx);
         }
         let probed = (reuse && !self.dry_run).then(|| (self.ctx.dest, self.known.clone()));
         staging_beside(&self.ctx, probed)
@@ -61,7 +62,12 @@ impl Land for Rsync<'_> {
     }
 
     fn dry_run(&self, staged: &Verified<Staged>, filter: &Filter) -> Result<Vec<dry_run::Change>> {
-        dry_run::planned(staged, self.ctx.dest, filter, self.known.as_deref())
+        dry_run::planned(
+            staged,
+            self.ctx.dest,
+            filter,
+            self.known.get().map(|k| &**k),
+        )
     }
 
     /// The plan, applied; the index is the plan's view of the result (no walk).
@@ -91,17 +97,22 @@ impl Land for Rsync<'_> {
         // The plan asks the index only of files in staging: those the unpack left in
         // dest are never asked about again, so their digests go before dest is listed.
         let reused = &staged.get().reused;
-        if let Some(k) = self.known.take_if(|_| !reused.is_empty()) {
+        // The stage's probe is gone: the digests are this landing's alone (a copy
+        // only if not).
+        let mut known = match Arc::get_mut(&mut self.known) {
+            Some(k) => k.take(),
+            None => self.known.get().cloned(),
+        };
+        self.taken = true;
+        if let Some(k) = known.take_if(|_| !reused.is_empty()) {
             let mut k = Arc::unwrap_or_clone(k);
             k.retain_keys(|key| reused.get_key(key).is_none());
-            self.known = Some(Arc::new(k));
-            self.narrowed = true;
+            known = Some(Arc::new(k));
         }
-        let known = self.known.as_deref();
-        let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known)?;
-        // Planned: the index's digests are not asked again (a `Stale` plan above keeps
-        // them for another attempt, read again whole by `stage`).
-        self.known = None;
+        let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known.as_deref())?;
+        // Planned: the index's digests are not asked again (a `Stale` plan above has
+        // them read again whole by `stage`).
+        drop(known);
         let stats = sync::apply(&plan, &sync_opts)?;
         drop(staging);
         // Of the staged tree only the digests are needed any more (for the index).

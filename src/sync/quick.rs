@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::Kept;
 use crate::at::Tree;
-use crate::digest::{Digest, Known};
+use crate::digest::{Digest, Known, KnownLater};
 use crate::entry::{Kind, Meta};
 use rustix::fs::Stat;
 use std::os::unix::ffi::OsStrExt;
@@ -69,8 +69,9 @@ pub fn quick_check(a: impl Into<Quick>, b: impl Into<Quick>) -> bool {
 pub struct DestProbe {
     /// `None` when the tree could not be opened (absent): nothing is found.
     tree: Option<Tree>,
-    /// What the deploy index says of the tree's files' content.
-    known: Option<Arc<Known>>,
+    /// What the deploy index says of the tree's files' content (perhaps still being
+    /// read).
+    known: Arc<KnownLater>,
     /// A file never found (the `exclude_from` rule file: always staged).
     never: Option<PathBuf>,
 }
@@ -81,7 +82,7 @@ impl DestProbe {
     pub fn new(root: &Path, follow: bool) -> DestProbe {
         DestProbe {
             tree: Tree::open(root, follow).ok(),
-            known: None,
+            known: Arc::new(KnownLater::ready(None)),
             never: None,
         }
     }
@@ -89,7 +90,13 @@ impl DestProbe {
     /// The probe, with the digests the index of the tree holds: a found file whose
     /// size and mtime are still the indexed ones is judged by its indexed digest
     /// (else by its bytes).
-    pub fn with_known(mut self, known: Option<Arc<Known>>) -> DestProbe {
+    pub fn with_known(self, known: Option<Arc<Known>>) -> DestProbe {
+        self.with_known_later(Arc::new(KnownLater::ready(known)))
+    }
+
+    /// [`DestProbe::with_known`], the digests perhaps still being read (waited for
+    /// when first asked).
+    pub fn with_known_later(mut self, known: Arc<KnownLater>) -> DestProbe {
         self.known = known;
         self
     }
@@ -116,7 +123,7 @@ impl crate::unpack::Unchanged for DestProbe {
     }
 
     fn digest(&self, rel: &Path, found: &Stat) -> Option<Digest> {
-        let known = self.known.as_ref()?;
+        let known = self.known.get()?;
         known
             .get(rel.as_os_str().as_bytes(), &Meta::from(found))
             .copied()
