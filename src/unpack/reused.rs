@@ -144,10 +144,11 @@ impl Building {
         self.adopted.reserve_exact(n + self.attrs.len());
     }
 
-    /// `rel`, a file the caller knows (see `adopted`), is reused with `attrs`.
-    pub(super) fn adopt(&mut self, rel: &Path, attrs: FileAttrs) {
+    /// `rel` (whose `digest::path_key` is `key`), a file the caller knows (see
+    /// `adopted`), is reused with `attrs`.
+    pub(super) fn adopt(&mut self, rel: &Path, key: PathKey, attrs: FileAttrs) {
         let path = rel.as_os_str().as_bytes();
-        self.adopted.push((digest::path_key(path), attrs));
+        self.adopted.push((key, attrs));
         self.name(path);
     }
 

@@ -162,24 +162,26 @@ impl Extractor<'_, '_> {
             digest,
             found,
         } = known;
-        let raw = key(&rel).to_vec();
+        let raw = key(&rel);
         let changed = || {
             fail(
-                &raw,
+                raw,
                 "changed in the tree it was found in while the deploy ran",
             )
         };
         if self.unchanged.is_none() {
             return Err(changed());
         }
-        self.reused.adopt(&rel, attrs);
+        // The path's key, hashed once for both lists.
+        let k = dkey(&rel);
+        self.reused.adopt(&rel, k, attrs);
         // Left out, it needs no directory in staging (the caller may list its
         // directories apart: `Staged::listed_dirs`); a link does.
         if self.opts.link_unchanged {
-            self.parents(&rel, &raw)?;
+            self.parents(&rel, raw)?;
         }
         let kept = match found {
-            Some(found) => self.keep(&rel, &raw, found, false)?,
+            Some(found) => self.keep(&rel, raw, found, false)?,
             // Left out, not linked: nothing reads what the probe saw (as `keep`).
             None if !self.opts.link_unchanged => {
                 self.entries += 1;
@@ -190,7 +192,7 @@ impl Extractor<'_, '_> {
         if !kept {
             return Err(changed());
         }
-        self.adopted_digests.push((dkey(&rel), digest));
+        self.adopted_digests.push((k, digest));
         Ok(())
     }
 
