@@ -392,4 +392,28 @@ mod tests {
             walk(&tree, Path::new(""), &filter).unwrap()
         );
     }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_before_its_part_is_walked_is_never_followed() {
+        // What the two-thread walk relies on: a part walked after the root was
+        // listed opens its directory beneath the root, never through a symlink
+        // another user put there meanwhile.
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("sub")).unwrap();
+        let tree = Tree::open(d.path(), false).unwrap();
+        let filter = Filter::new(None, &[]).unwrap();
+        let got = walk(&tree, Path::new("sub"), &filter);
+        assert!(got.is_err(), "{got:?}");
+        // The whole walk lists the symlink as a symlink, nothing below it.
+        let whole = walk_whole(&tree, &filter).unwrap();
+        let rels: Vec<_> = whole
+            .entries
+            .iter()
+            .map(|e| e.rel().to_path_buf())
+            .collect();
+        assert_eq!(rels, [PathBuf::from("sub")]);
+        assert_eq!(whole.entries[0].meta.kind(), Kind::Symlink);
+    }
 }
