@@ -206,7 +206,7 @@ pub(crate) fn plan(
     if counts.kept + counts.local == 0 && counts.fetched > 0 {
         return Ok(Err("no file of the archive is in dest".to_string()));
     }
-    let spans = merge(members.into_iter());
+    let spans = merge(members);
     let plan = Plan {
         codec: footer.codec,
         archive_len,
@@ -467,8 +467,8 @@ fn lookup(
 
 /// Members in archive order → ranges, neighbours closer than `MERGE_GAP` merged
 /// while the gaps taken in stay within a tenth of the members' bytes.
-fn merge(members: impl Iterator<Item = (u64, u64)> + Clone) -> Vec<(u64, u64)> {
-    let mut budget = members.clone().map(|m| m.1).sum::<u64>() / 10;
+fn merge(members: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut budget = members.iter().map(|m| m.1).sum::<u64>() / 10;
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for (off, len) in members {
         match spans.last_mut() {
@@ -1108,19 +1108,16 @@ mod tests {
     #[test]
     fn near_members_merge_into_one_range() {
         let big = 10 * MERGE_GAP;
-        let m = merge(
-            [
-                (0, big),
-                (big, 50),
-                (big + 50 + MERGE_GAP, 10),
-                (1 << 30, 5),
-            ]
-            .into_iter(),
-        );
+        let m = merge(vec![
+            (0, big),
+            (big, 50),
+            (big + 50 + MERGE_GAP, 10),
+            (1 << 30, 5),
+        ]);
         assert_eq!(m, vec![(0, big + 60 + MERGE_GAP), (1 << 30, 5)]);
-        assert_eq!(merge([(10, 5), (10, 5)].into_iter()), vec![(10, 5)]);
+        assert_eq!(merge(vec![(10, 5), (10, 5)]), vec![(10, 5)]);
         // Gaps beyond a tenth of the members' bytes are not fetched.
-        let m = merge([(0, 100), (200, 100), (400, 100)].into_iter());
+        let m = merge(vec![(0, 100), (200, 100), (400, 100)]);
         assert_eq!(m, vec![(0, 100), (200, 100), (400, 100)]);
     }
 }
