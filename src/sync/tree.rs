@@ -139,10 +139,11 @@ fn walk_whole(root: &Tree, filter: &Filter) -> Result<Walked> {
     let dirs: Vec<usize> = (0..top.entries.len())
         .filter(|i| top.entries[*i].meta.kind() == Kind::Dir)
         .collect();
-    let second = match root.try_clone() {
-        Ok(t) if dirs.len() >= 2 => t,
-        // One directory to walk, or no second descriptor: one thread.
-        _ => return walk(root, Path::new(""), filter),
+    // One directory to walk, or no second descriptor: this thread walks them all.
+    let second = if dirs.len() >= 2 {
+        root.try_clone().ok()
+    } else {
+        None
     };
     // The directories not yet taken: `dirs[front..back]`.
     let left = std::sync::Mutex::new((0usize, dirs.len()));
@@ -170,14 +171,12 @@ fn walk_whole(root: &Tree, filter: &Filter) -> Result<Walked> {
     let mut parts: Vec<Option<Result<Walked>>> = (0..dirs.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let walk_dirs = &walk_dirs;
-        let later = s.spawn(move || walk_dirs(&second, false));
+        let later = second.map(|t| s.spawn(move || walk_dirs(&t, false)));
         for (d, w) in walk_dirs(root, true) {
             parts[d] = Some(w);
         }
-        let theirs = later
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        for (d, w) in theirs {
+        let theirs = later.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        for (d, w) in theirs.into_iter().flatten() {
             parts[d] = Some(w);
         }
     });
