@@ -536,6 +536,20 @@ impl Tree {
         names_of(fd.as_fd())
     }
 
+    /// Whether the tree's root holds no entry (reads only until the first one).
+    pub fn is_empty(&self) -> io::Result<bool> {
+        let fd = self.open_dir(Path::new(""))?;
+        let mut dir = rustix::fs::Dir::read_from(fd.as_fd()).map_err(err)?;
+        while let Some(e) = dir.read() {
+            let e = e.map_err(err)?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Walks the directory `sub` in sorted pre-order (names by bytes), never following
     /// a symlink: `visit(rel, stat)` is called for each entry (paths relative to the
     /// root) and answers whether to descend into a directory. One descriptor is held

@@ -125,9 +125,103 @@ fn write_stderr(bytes: &[u8]) {
     }
 }
 
+/// Lines for stderr held while a [`Burst`] is alive.
+struct Held {
+    /// The bursts alive.
+    bursts: usize,
+    /// Lines not yet written (at most `FLUSH_AT` bytes and one line).
+    bytes: Vec<u8>,
+}
+
+static HELD: Mutex<Held> = Mutex::new(Held {
+    bursts: 0,
+    bytes: Vec::new(),
+});
+
+fn held() -> MutexGuard<'static, Held> {
+    // A panic while holding the lock leaves at worst a line half in the buffer.
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// While one is alive, log lines reach stderr in writes of up to 64 KiB instead of
+/// one write a line (a sync that lists each of 20,000 files it creates); whatever is
+/// held is written when the last one is dropped. Lines keep their order, whichever
+/// thread logs them.
+#[must_use = "the lines are held only while the burst is alive"]
+pub(crate) struct Burst(());
+
+/// Starts a [`Burst`].
+pub(crate) fn burst() -> Burst {
+    held().bursts += 1;
+    Burst(())
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        held().end_burst(&mut write_stderr);
+    }
+}
+
+impl Held {
+    /// One burst fewer; the last one writes what is held.
+    fn end_burst(&mut self, write: &mut dyn FnMut(&[u8])) {
+        self.bursts = self.bursts.saturating_sub(1);
+        if self.bursts == 0 && !self.bytes.is_empty() {
+            write(&self.bytes);
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// `bytes` written now, or held during a burst (written once `FLUSH_AT` is reached).
+    fn take(&mut self, bytes: &[u8], write: &mut dyn FnMut(&[u8])) {
+        if self.bursts == 0 {
+            write(bytes);
+            return;
+        }
+        self.bytes.extend_from_slice(bytes);
+        if self.bytes.len() >= FLUSH_AT {
+            write(&self.bytes);
+            self.bytes.clear();
+        }
+    }
+}
+
+/// `bytes` (whole lines) to stderr: now, or held during a [`Burst`].
+fn to_stderr(bytes: &[u8]) {
+    held().take(bytes, &mut write_stderr);
+}
+
+/// The stamp of the second `secs` (since the epoch) in local time, and that second.
+type Stamp = (u64, String);
+
+thread_local! {
+    /// The last stamp made on this thread: a run that logs thousands of lines a
+    /// second formats it once a second.
+    static STAMP: std::cell::RefCell<Option<Stamp>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `2006/01/02 15:04:05` of the time now, in local time.
+fn stamp_now(out: &mut String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    STAMP.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        match &*cell {
+            Some((s, text)) if *s == secs => out.push_str(text),
+            _ => {
+                let text = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
+                out.push_str(&text);
+                *cell = Some((secs, text));
+            }
+        }
+    });
+}
+
 /// `msg` as log lines: each of its lines stamped with the local time.
 fn line_text(msg: &str) -> String {
-    let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S").to_string();
+    let mut stamp = String::with_capacity(19);
+    stamp_now(&mut stamp);
     let mut out = String::with_capacity(msg.len() + 24);
     let body = msg.strip_suffix('\n').unwrap_or(msg);
     for l in body.split('\n') {
@@ -150,7 +244,8 @@ pub(crate) fn line(msg: impl Display) {
     let out = line_text(&msg.to_string());
     let mut copy = copy();
     copy.append(out.as_bytes());
-    write_stderr(out.as_bytes());
+    // Still under the copy's lock: stderr gets the lines in the copy's order.
+    to_stderr(out.as_bytes());
 }
 
 /// The log of this run up to the moment [`saved`] was called, for the stdin of the
@@ -325,6 +420,45 @@ macro_rules! logln {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_holds_lines_until_it_ends_or_64_kib_are_held() {
+        let mut written: Vec<Vec<u8>> = Vec::new();
+        let mut held = Held {
+            bursts: 0,
+            bytes: Vec::new(),
+        };
+        held.take(b"now\n", &mut |b| written.push(b.to_vec()));
+        assert_eq!(written, [b"now\n".to_vec()]);
+        // two bursts at once: only the end of the last writes
+        held.bursts += 2;
+        held.take(b"a\n", &mut |b| written.push(b.to_vec()));
+        held.take(b"b\n", &mut |b| written.push(b.to_vec()));
+        assert_eq!(written.len(), 1);
+        held.end_burst(&mut |b| written.push(b.to_vec()));
+        assert_eq!(written.len(), 1);
+        held.end_burst(&mut |b| written.push(b.to_vec()));
+        assert_eq!(written, [b"now\n".to_vec(), b"a\nb\n".to_vec()]);
+        // a long burst writes in pieces of at least FLUSH_AT, in order
+        held.bursts += 1;
+        let one = [b'x'; 99].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        for _ in 0..2000 {
+            held.take(&one, &mut |b| written.push(b.to_vec()));
+        }
+        held.end_burst(&mut |b| written.push(b.to_vec()));
+        assert_eq!(held.bursts, 0);
+        let pieces = &written[2..];
+        assert_eq!(pieces.len(), 2000 * 100 / FLUSH_AT + 1);
+        assert!(pieces[..pieces.len() - 1]
+            .iter()
+            .all(|p| p.len() >= FLUSH_AT));
+        assert_eq!(pieces.concat(), one.repeat(2000));
+        // and a line logged in a burst reaches the copy at once
+        let b = burst();
+        line("held in a burst");
+        assert!(String::from_utf8_lossy(&snapshot()).contains("held in a burst"));
+        drop(b);
+    }
 
     #[test]
     fn every_line_is_stamped() {

@@ -70,6 +70,8 @@ impl Trees {
 
 /// Carries out `plan`. Stops at the first error, which names the path.
 pub fn apply(plan: &Plan, opts: &SyncOptions) -> Result<Stats> {
+    // A line for each entry: written to stderr 64 KiB at a time.
+    let _burst = crate::log::burst();
     let mut stats = Stats {
         unchanged: plan.uptodate,
         ..Stats::default()

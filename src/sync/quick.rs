@@ -78,10 +78,14 @@ pub struct DestProbe {
 
 impl DestProbe {
     /// A probe of the tree at `root`; `follow`: a symlink at `root` itself is followed
-    /// (rsync's `DEST/`), else refused. A root that cannot be opened finds nothing.
+    /// (rsync's `DEST/`), else refused. A root that cannot be opened, or that is empty
+    /// (a first deploy: nothing to look up for each file), finds nothing.
     pub fn new(root: &Path, follow: bool) -> DestProbe {
+        let tree = Tree::open(root, follow)
+            .ok()
+            .filter(|t| !t.is_empty().unwrap_or(true));
         DestProbe {
-            tree: Tree::open(root, follow).ok(),
+            tree,
             known: Arc::new(KnownLater::ready(None)),
             never: None,
         }
@@ -193,9 +197,18 @@ mod tests {
         assert_eq!(rel, Path::new("d/f"));
         assert!(probe.find(Path::new("l/f"), &want).is_none());
         assert!(probe.tree().is_some());
-        // An absent dest finds nothing.
+        // An absent dest finds nothing, nor does an empty one (which is not looked
+        // into at all).
         let mut none = DestProbe::new(&dest.path().join("absent"), true);
         assert!(none.find(Path::new("d/f"), &want).is_none());
+        std::fs::create_dir(dest.path().join("empty")).unwrap();
+        let empty = DestProbe::new(&dest.path().join("empty"), true);
+        assert!(empty.tree().is_none() && empty.another().is_none());
+        assert!(Tree::open(&dest.path().join("empty"), false)
+            .unwrap()
+            .is_empty()
+            .unwrap());
+        assert!(!Tree::open(dest.path(), false).unwrap().is_empty().unwrap());
     }
 
     /// A tar of regular files `(name, bytes)` (mtime 10, mode 0644) and hard links
