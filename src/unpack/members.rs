@@ -31,7 +31,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::{Crc, Decompress, FlushDecompress, Status};
+use super::inflate::{self, Failure, Inflate};
 use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, ResetDirective};
 
 use super::pipe::{read_up_to, Chunks, CHUNK};
@@ -662,7 +662,10 @@ impl Queue {
 /// A worker's decompressors, kept from member to member.
 #[derive(Default)]
 struct Inflater {
-    gzip: Option<Decompress>,
+    gzip: Option<Inflate>,
+    /// A member larger than the room left in the output buffer is inflated here
+    /// first (at most `MEMBER_MAX` bytes), then copied across the buffers.
+    scratch: Vec<u8>,
     zstd: Option<DCtx<'static>>,
 }
 
@@ -728,41 +731,47 @@ impl Inflater {
                 let body = member
                     .get(GZIP_HEAD..member.len().saturating_sub(GZIP_TRAILER))
                     .ok_or_else(|| invalid("a gzip member is too short"))?;
-                let d = self.gzip.get_or_insert_with(|| Decompress::new(false));
-                d.reset(false);
-                let mut crc = Crc::new();
-                loop {
+                let want = usize::try_from(raw_len).map_err(|_| too_long(raw_len, MEMBER_MAX))?;
+                let inflate = match &mut self.gzip {
+                    Some(i) => i,
+                    none => none.insert(Inflate::new()?),
+                };
+                let fail = |f: Failure| match f {
+                    Failure::Corrupt => invalid("a member's deflate data is corrupt"),
+                    Failure::TooLong => too_long(raw_len + 1, raw_len),
+                    Failure::EndsEarly => {
+                        invalid("a member's deflate data ends before its trailer")
+                    }
+                };
+                let crc = if outs.cur.capacity() - outs.cur.len() >= want {
                     let start = outs.cur.len();
-                    let read = usize::try_from(d.total_in()).unwrap_or(usize::MAX);
-                    let status = d
-                        .decompress_vec(
-                            body.get(read..).unwrap_or_default(),
-                            &mut outs.cur,
-                            FlushDecompress::Finish,
-                        )
-                        .map_err(|e| invalid(format!("a member's deflate data is corrupt: {e}")))?;
-                    crc.update(&outs.cur[start..]);
-                    got += (outs.cur.len() - start) as u64;
-                    if got > raw_len {
-                        return Err(too_long(got, raw_len));
+                    got = inflate.whole(body, &mut outs.cur, want).map_err(fail)? as u64;
+                    inflate::crc32(0, &outs.cur[start..])
+                } else {
+                    // Inflated whole into the scratch buffer, then copied into the
+                    // output buffers as they fill.
+                    self.scratch.clear();
+                    self.scratch.reserve(want);
+                    got = inflate.whole(body, &mut self.scratch, want).map_err(fail)? as u64;
+                    let mut rest = &self.scratch[..];
+                    while !rest.is_empty() {
+                        let room = outs.cur.capacity() - outs.cur.len();
+                        if room == 0 {
+                            if outs.cur.capacity() == 0 {
+                                return Err(too_long(raw_len + 1, raw_len));
+                            }
+                            outs.next();
+                            continue;
+                        }
+                        let n = room.min(rest.len());
+                        outs.cur.extend_from_slice(&rest[..n]);
+                        rest = &rest[n..];
                     }
-                    if status == Status::StreamEnd {
-                        break;
-                    }
-                    if outs.cur.len() < outs.cur.capacity() {
-                        return Err(invalid("a member's deflate data ends early"));
-                    }
-                    if outs.cur.capacity() == 0 {
-                        return Err(too_long(got + 1, raw_len));
-                    }
-                    outs.next();
-                }
-                if d.total_in() != body.len() as u64 {
-                    return Err(invalid("a member's deflate data ends before its trailer"));
-                }
+                    inflate::crc32(0, &self.scratch)
+                };
                 let trailer = &member[member.len() - GZIP_TRAILER..];
                 let le = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                if crc.sum() != le(&trailer[..4]) {
+                if crc != le(&trailer[..4]) {
                     return Err(invalid("a member's CRC does not match its data"));
                 }
                 if le(&trailer[4..]) != got as u32 {
@@ -999,6 +1008,15 @@ mod tests {
         let len = two.len() as u64;
         two[16..24].copy_from_slice(&(len + 10).to_le_bytes());
         two.extend(Codec::Gzip.compress(&a));
-        assert!(decode(Format::Gzip, &two).is_err());
+        let e = decode(Format::Gzip, &two).unwrap_err().to_string();
+        assert!(e.contains("ends before its trailer"), "{e}");
+        // A member larger than one output buffer (inflated aside, then copied
+        // across the buffers) whose CRC is wrong.
+        let big = data(super::CHUNK * 3 + 17, 3);
+        let mut member = Codec::Gzip.compress(&big);
+        let at = member.len() - 8;
+        member[at] ^= 1;
+        let e = decode(Format::Gzip, &member).unwrap_err().to_string();
+        assert!(e.contains("CRC"), "{e}");
     }
 }

@@ -46,6 +46,7 @@ mod errors;
 mod extract;
 mod format;
 mod gnu;
+mod inflate;
 mod members;
 mod path;
 mod pipe;
