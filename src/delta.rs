@@ -606,6 +606,7 @@ pub(crate) fn unpack(
             same_owner: d.same_owner,
             label: label.to_string(),
             link_unchanged: stage.link_unchanged,
+            digests_from_table: false,
         };
         let into = stage.staging.tree();
         logln!(

@@ -834,6 +834,7 @@ impl Job<'_> {
             same_owner,
             ..
         } = *self;
+        let toc = self.manifest.toc;
         let downloaded = &self.downloaded;
         let shown = redact(src);
         fetch::stream(src, checksum, self.manifest.size, fetch_opts, |reader| {
@@ -847,6 +848,8 @@ impl Job<'_> {
                 same_owner,
                 label: shown.clone(),
                 link_unchanged: stage.link_unchanged,
+                // `checksum` verifies the whole archive, its table included (SPEC §18).
+                digests_from_table: toc.is_some(),
             };
             let into = stage.staging.tree();
             let probe = stage

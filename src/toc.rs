@@ -627,6 +627,29 @@ impl Table {
     /// held whole (a table of 100,000 entries is 14 MB raw beside its 28 MB
     /// decoded); `raw_len`, when known, is how many there are (a hint).
     pub fn decode_from(raw: &mut dyn Read, raw_len: Option<u64>) -> Result<Table, TocError> {
+        let mut entries = Vec::new();
+        Table::decode_each(raw, &mut |count, e| {
+            if entries.capacity() == 0 {
+                // The count is the table's word: no more is reserved than the bytes
+                // could hold (grown by doubling, a vector would hold up to twice its
+                // entries, and three times while it moves).
+                let room = raw_len.unwrap_or(1 << 20) / MIN_ENTRY_ENCODED as u64;
+                entries.reserve_exact(usize::try_from(count.min(room)).unwrap_or(0));
+            }
+            entries.push(e);
+            Ok(())
+        })?;
+        Ok(Table { entries })
+    }
+
+    /// The entries of the raw table bytes `raw` yields, each handed to `each` as it is
+    /// decoded with the number of entries the table states, none kept (what a reader
+    /// that needs a few fields of each wants: the table of 100,000 entries is 28 MB
+    /// decoded). The same checks as [`Table::decode`]; `raw` is read to its end.
+    pub fn decode_each(
+        raw: &mut dyn Read,
+        each: &mut dyn FnMut(u64, Entry) -> Result<(), TocError>,
+    ) -> Result<(), TocError> {
         let mut feed = Feed {
             from: raw,
             buf: Vec::with_capacity(FEED_CHUNK),
@@ -637,15 +660,9 @@ impl Table {
         if version != VERSION {
             return Err(TocError::Version(version));
         }
-        // `Wire`'s entries, read one by one into a vector of exactly their number
-        // (grown by doubling it would hold up to twice that, and three times while
-        // it moves). The count is the table's word: no more is reserved than the
-        // bytes could hold.
-        let count: u64 = feed.next()?;
-        let room = raw_len.unwrap_or(1 << 20) / MIN_ENTRY_ENCODED as u64;
-        let mut entries = Vec::with_capacity(usize::try_from(count.min(room)).unwrap_or(0));
-        for _ in 0..count {
-            entries.push(feed.next::<Entry>()?);
+        let n: u64 = feed.next()?;
+        for _ in 0..n {
+            each(n, feed.next::<Entry>()?)?;
         }
         let left = (feed.buf.len() - feed.at) as u64
             + io::copy(feed.from, &mut io::sink()).map_err(|e| TocError::Decode(e.to_string()))?;
@@ -654,7 +671,7 @@ impl Table {
                 "{left} bytes follow the last entry"
             )));
         }
-        Ok(Table { entries })
+        Ok(())
     }
 
     /// The table member as it lies in the archive: the raw bytes as one gzip member or

@@ -81,6 +81,12 @@ pub struct UnpackOptions {
     /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
     /// too many links) is written. Also fills `Staged::written`.
     pub link_unchanged: bool,
+    /// The stream is a packed archive's (SPEC §18) whose every byte the manifest's
+    /// `checksum` verifies: the files written are not hashed, their digests
+    /// (`Staged::digests`) are the table's, read where the stream holds it, after the
+    /// tar's end (a file the table does not describe as written, by path, size and a
+    /// single entry, is left without a digest: compared by its bytes when next asked).
+    pub digests_from_table: bool,
 }
 
 /// A regular file entry's attributes as the unpack would write them.
@@ -289,4 +295,115 @@ pub(crate) fn unpack_known<R: Read + Send>(
             known,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A tree of files small and large, a hard link and a symlink, packed (gzip or
+    /// zstd) by `stretcher pack`: the archive's bytes.
+    fn packed(dir: &Path, ext: &str) -> Vec<u8> {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("d/e")).unwrap();
+        for i in 0..40u32 {
+            let body: Vec<u8> = (0..i * 997).map(|j| (j * 31 + i) as u8).collect();
+            std::fs::write(tree.join(format!("d/f{i}")), body).unwrap();
+        }
+        std::fs::write(tree.join("d/e/big"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(tree.join("empty"), b"").unwrap();
+        std::fs::hard_link(tree.join("d/f3"), tree.join("link")).unwrap();
+        std::os::unix::fs::symlink("d/f1", tree.join("sym")).unwrap();
+        let out = dir.join(format!("p.tar.{ext}"));
+        crate::pack::run(&crate::cli::PackOptions {
+            dir: tree,
+            out: out.clone(),
+            excludes: Vec::new(),
+            owner: false,
+            manifest: None,
+        })
+        .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    fn unpack_to(dir: &Path, name: &str, archive: &[u8], from_table: bool) -> Staged {
+        let into = dir.join(name);
+        std::fs::create_dir(&into).unwrap();
+        let opts = UnpackOptions {
+            label: "file:///p.tar".into(),
+            digests_from_table: from_table,
+            ..UnpackOptions::default()
+        };
+        unpack(archive, &into, &opts, None).unwrap()
+    }
+
+    /// Every regular file's digest in `d`, by path (absent: `None`).
+    fn files(d: &crate::digest::Digests) -> Vec<Option<crate::digest::Digest>> {
+        let mut paths: Vec<String> = (0..40).map(|i| format!("d/f{i}")).collect();
+        paths.extend(["d/e/big", "empty", "link"].map(String::from));
+        paths.iter().map(|p| d.get(p.as_bytes()).copied()).collect()
+    }
+
+    #[test]
+    fn a_packed_archive_s_digests_come_from_its_table_as_hashing_gives_them() {
+        for ext in ["gz", "zst"] {
+            let t = tempfile::tempdir().unwrap();
+            let archive = packed(t.path(), ext);
+            let hashed = unpack_to(t.path(), "hashed", &archive, false);
+            let told = unpack_to(t.path(), "told", &archive, true);
+            // every regular file, the hard link too
+            assert_eq!(hashed.digests.len(), 43, "{ext}");
+            assert!(files(&hashed.digests).iter().all(Option::is_some), "{ext}");
+            assert_eq!(files(&told.digests), files(&hashed.digests), "{ext}");
+            assert_eq!(told.digests.len(), 43, "{ext}");
+            let link = std::fs::metadata(t.path().join("told/link")).unwrap();
+            assert_eq!(
+                link.ino(),
+                std::fs::metadata(t.path().join("told/d/f3")).unwrap().ino()
+            );
+            assert!(told.digests.get(b"link").is_some());
+        }
+    }
+
+    #[test]
+    fn without_a_table_the_files_written_have_no_digest_and_the_unpack_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        // a plain tar.gz of the same tree: nothing after the tar's end
+        let archive = packed(t.path(), "gz");
+        let told = unpack_to(t.path(), "first", &archive, true);
+        let mut plain = Vec::new();
+        {
+            let gz = flate2::write::GzEncoder::new(&mut plain, flate2::Compression::fast());
+            let mut b = tar::Builder::new(gz);
+            b.append_dir_all(".", t.path().join("first")).unwrap();
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let staged = unpack_to(t.path(), "plain", &plain, true);
+        assert!(staged.digests.is_empty());
+        assert_eq!(told.digests.len(), 43);
+        // a table that does not decode (bytes after it): no digests either
+        let mut tail = Vec::new();
+        {
+            let mut gz = flate2::write::GzEncoder::new(&mut tail, flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, b"\x01\x00junk").unwrap();
+            gz.finish().unwrap();
+        }
+        let mut odd = plain.clone();
+        odd.extend(&tail);
+        let staged = unpack_to(t.path(), "odd", &odd, true);
+        assert!(staged.digests.is_empty());
+        // the stream's own damage after the tar is still an error
+        let mut bad = plain.clone();
+        let n = bad.len();
+        bad[n - 6] ^= 0xff; // the last member's CRC
+        let into = t.path().join("bad");
+        std::fs::create_dir(&into).unwrap();
+        let opts = UnpackOptions {
+            label: "file:///p.tar".into(),
+            digests_from_table: true,
+            ..UnpackOptions::default()
+        };
+        assert!(unpack(&bad[..], &into, &opts, None).is_err());
+    }
 }

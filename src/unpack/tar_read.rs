@@ -70,8 +70,13 @@ pub(super) fn read_archive<R: Read>(
         );
     }
     // Read to the very end: the padding after the end-of-archive blocks, and for gzip
-    // the member trailers, whose CRC and length the decoder checks as it reaches them.
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, e))?;
+    // the member trailers, whose CRC and length the decoder checks as it reaches them
+    // (and a packed archive's table, when the files' digests are taken from it).
+    if opts.digests_from_table {
+        x.table_digests(&mut rest)?;
+    } else {
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(opts, e))?;
+    }
     let known = known.into_iter();
     x.reserve_adopted(known.size_hint().0);
     for file in known {

@@ -29,7 +29,7 @@ use crate::Result;
 use super::super::errors::{archive_error, corrupt, fail, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
 use super::super::{FileAttrs, Found, KnownFile};
-use super::{dkey, key, set_attrs, Extractor, Meta};
+use super::{dkey, key, set_attrs, Extractor, Meta, Sum};
 use crate::at::Tree;
 use crate::digest::{self, Digest, Hasher};
 use crate::entry;
@@ -71,7 +71,7 @@ impl Extractor<'_, '_> {
                 if self.same_as_found(rel, &found, &digest)
                     && self.keep(rel, raw, Found::from(&found), true)?
                 {
-                    self.digests.insert(dkey(rel), digest);
+                    self.digests.insert(dkey(rel), Sum::Now(digest));
                     return Ok(());
                 }
                 self.forget_reuse(rel);
@@ -91,6 +91,11 @@ impl Extractor<'_, '_> {
                 file.write_all(&self.held)
                     .map_err(|e| fail_io(raw, "write", e))?;
                 Some(digest)
+            }
+            (None, None) if self.opts.digests_from_table && judge_after.is_none() => {
+                // The table's digest, read at the stream's end (`table_digests`).
+                self.copy_data(entry, &mut file, size, raw, None)?;
+                None
             }
             (None, None) => {
                 let mut hasher = Hasher::default();
@@ -118,7 +123,7 @@ impl Extractor<'_, '_> {
                     .unlink(rel)
                     .map_err(|e| fail_io(raw, "remove", e))?;
                 if let Some(d) = digest {
-                    self.digests.insert(dkey(rel), d);
+                    self.digests.insert(dkey(rel), Sum::Now(d));
                 }
                 self.entries += 1;
                 return Ok(());
@@ -134,7 +139,10 @@ impl Extractor<'_, '_> {
             None,
         )?;
         match digest {
-            Some(d) => self.digests.insert(dkey(rel), d),
+            Some(d) => self.digests.insert(dkey(rel), Sum::Now(d)),
+            None if sparse.is_none() && self.opts.digests_from_table => {
+                self.digests.insert(dkey(rel), Sum::Table(size))
+            }
             None => self.digests.remove(&dkey(rel)),
         };
         self.entries += 1;

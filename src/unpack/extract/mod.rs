@@ -24,7 +24,7 @@ mod special;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -105,6 +105,19 @@ fn key(rel: &Path) -> &[u8] {
     rel.as_os_str().as_bytes()
 }
 
+/// A written file's digest in `Extractor::digests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sum {
+    /// Computed from the bytes written.
+    Now(Digest),
+    /// Not computed (`digests_from_table`): the table's, for a file of this size.
+    Table(u64),
+    /// The table's.
+    Told(Digest),
+    /// The table describes the file twice, or not as written: no digest.
+    Doubt,
+}
+
 /// The key of a relative path in `Extractor::digests`.
 fn dkey(rel: &Path) -> PathKey {
     crate::digest::path_key(key(rel))
@@ -152,7 +165,7 @@ pub(super) struct Extractor<'a, 'u> {
     written: HashSet<Listed>,
     /// `Staged::digests`, by the path's key ([`dkey`]): every regular file written
     /// or reused (a key, not a copy of the path: 100,000 files are 6 MB less).
-    digests: HashMap<PathKey, Digest>,
+    digests: HashMap<PathKey, Sum>,
     /// The digests of the adopted files (`adopt`), listed after `digests`: each path
     /// once and none of the stream's, so a vector.
     adopted_digests: Vec<(PathKey, Digest)>,
@@ -338,6 +351,85 @@ impl<'a, 'u> Extractor<'a, 'u> {
         self.written.replace(Listed(entry));
     }
 
+    /// The digests of the files written unhashed ([`Sum::Table`]) from the packed
+    /// archive's table: `rest`, the stream after the tar's end blocks (zero padding,
+    /// then the table's raw bytes), read to its very end. A table that cannot be
+    /// decoded leaves them without digests (told at `finish`); an error of the stream
+    /// itself is the unpack's.
+    pub(super) fn table_digests(&mut self, rest: &mut dyn Read) -> Result<()> {
+        let mut stream = Watched {
+            inner: rest,
+            error: None,
+        };
+        let mut r = io::BufReader::with_capacity(64 * 1024, &mut stream);
+        // The zero blocks (and any zero padding) before the table, whose first byte
+        // (its version) is not zero.
+        let mut zeros = true;
+        while zeros {
+            let buf = match r.fill_buf() {
+                Ok(b) => b,
+                Err(e) => return Err(super::errors::corrupt(self.opts, e)),
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let n = buf.iter().take_while(|&&b| b == 0).count();
+            zeros = n == buf.len();
+            r.consume(n);
+        }
+        let decoded = if zeros {
+            Err(crate::toc::TocError::Decode(
+                "no table after the tar".into(),
+            ))
+        } else {
+            crate::toc::Table::decode_each(&mut r, &mut |_, e| {
+                self.told(&e);
+                Ok(())
+            })
+        };
+        // Whatever the table was, the stream is read to its very end.
+        io::copy(&mut r, &mut io::sink()).map_err(|e| super::errors::corrupt(self.opts, e))?;
+        drop(r);
+        if let Some(e) = stream.error {
+            return Err(super::errors::corrupt(self.opts, e));
+        }
+        if let Err(e) = decoded {
+            crate::logln!(
+                "archive {}: warning: its table of contents cannot be read ({e}): the files written have no digest",
+                self.opts.label
+            );
+        }
+        Ok(())
+    }
+
+    /// What the table's entry `e` says of a file written unhashed.
+    fn told(&mut self, e: &crate::toc::Entry) {
+        use crate::toc::Kind;
+        let key = crate::digest::path_key(&e.path);
+        let said = match &e.kind {
+            Kind::File { sha256, .. } => Some(*sha256),
+            Kind::HardLink { target } => match self.digests.get(&crate::digest::path_key(target)) {
+                Some(Sum::Now(d) | Sum::Told(d)) => Some(*d),
+                _ => None,
+            },
+            _ => return,
+        };
+        let Some(sum) = self.digests.get_mut(&key) else {
+            return;
+        };
+        *sum = match (*sum, said) {
+            (Sum::Table(size), Some(d))
+                if size == e.size || matches!(e.kind, Kind::HardLink { .. }) =>
+            {
+                Sum::Told(d)
+            }
+            (Sum::Told(was), Some(d)) if was == d => Sum::Told(d),
+            (Sum::Now(d), _) => Sum::Now(d),
+            (Sum::Doubt, _) => Sum::Doubt,
+            _ => Sum::Doubt,
+        };
+    }
+
     /// The directory fixes (see `dirs`), then the tree.
     pub(super) fn finish(mut self) -> Result<Staged> {
         self.fix_dirs()?;
@@ -346,7 +438,20 @@ impl<'a, 'u> Extractor<'a, 'u> {
         // A map's keys, and adopted files' (each path once, none of the stream's):
         // distinct.
         let mut digests = self.adopted_digests;
-        digests.extend(self.digests);
+        let mut unknown = 0u64;
+        digests.extend(self.digests.into_iter().filter_map(|(k, sum)| match sum {
+            Sum::Now(d) | Sum::Told(d) => Some((k, d)),
+            Sum::Table(_) | Sum::Doubt => {
+                unknown += 1;
+                None
+            }
+        }));
+        if unknown > 0 {
+            crate::logln!(
+                "archive {}: warning: the table of contents gives no digest of {unknown} files written (they are compared by their bytes when next deployed)",
+                self.opts.label
+            );
+        }
         let digests = Digests::from_distinct(digests);
         let root_id = self
             .tree
@@ -362,6 +467,28 @@ impl<'a, 'u> Extractor<'a, 'u> {
             digests,
             listed_dirs: Vec::new(),
         })
+    }
+}
+
+/// A reader that keeps its first error: an error of the stream itself is told apart
+/// from the table's own (which the table's decoder words).
+struct Watched<'r> {
+    inner: &'r mut dyn Read,
+    error: Option<io::Error>,
+}
+
+impl Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.error.is_some() {
+            return Err(io::Error::other("the stream failed"));
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                self.error = Some(e);
+                Err(io::Error::other("the stream failed"))
+            }
+            other => other,
+        }
     }
 }
 
