@@ -166,7 +166,7 @@ impl Extractor<'_, '_> {
             } else {
                 rel.as_os_str().as_bytes()
             };
-            let dir = apply_dir(self.tree, rel, fix).map_err(|why| why.of(name))?;
+            let dir = apply_dir(self.tree, rel, fix, self.creator).map_err(|why| why.of(name))?;
             if !rel.as_os_str().is_empty() {
                 let stat = || dir.metadata().map(|m| crate::entry::Meta::from(&m));
                 self.note(rel, rel.as_os_str().as_bytes(), stat, None)?;
@@ -177,15 +177,21 @@ impl Extractor<'_, '_> {
 }
 
 /// Applies `fix` to the directory `rel` (empty: the root) through its descriptor;
-/// answers the open directory (for its final `fstat`).
-fn apply_dir(tree: &Tree, rel: &Path, fix: &DirFix) -> std::result::Result<fs::File, Why> {
+/// answers the open directory (for its final `fstat`). An owner that is `creator`, the
+/// ids the unpack's directories were made with, is not set again.
+fn apply_dir(
+    tree: &Tree,
+    rel: &Path,
+    fix: &DirFix,
+    creator: Option<(u32, u32)>,
+) -> std::result::Result<fs::File, Why> {
     // Opened with no symlink followed on the way or at the end, even one swapped in.
     let dir = fs::File::from(
         tree.open_dir(rel)
             .map_err(|e| Why::io("open directory", e))?,
     );
     let attrs = Attrs {
-        owner: fix.owner,
+        owner: fix.owner.filter(|&o| Some(o) != creator),
         mode: Some(fix.mode),
         mtime: fix.mtime.map(seconds),
         atime: None,

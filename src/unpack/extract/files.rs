@@ -130,7 +130,11 @@ impl Extractor<'_, '_> {
             }
             self.forget_reuse(rel);
         }
-        let attrs = meta.attrs(self.needs_chmod(meta.mode), false);
+        let mut attrs = meta.attrs(self.needs_chmod(meta.mode), false);
+        if attrs.owner.is_some() && attrs.owner == self.creator {
+            // Created with these ids already.
+            attrs.owner = None;
+        }
         set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
         self.note(
             rel,

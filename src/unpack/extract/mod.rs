@@ -153,6 +153,12 @@ pub(super) struct Extractor<'a, 'u> {
     /// The process umask if known; `None` means "always chmod explicitly".
     umask: Option<u32>,
     owners: Owners,
+    /// The owner and group every node this unpack creates gets (this process's
+    /// effective ids: the staging root has them, so no setgid directory or `grpid`
+    /// mount hands a node another group, as the unpack makes no directory setgid
+    /// before `fix_dirs`); `None` when the root has others. An owner to set that is
+    /// this one needs no `chown`.
+    creator: Option<(u32, u32)>,
     warned_absolute: bool,
     root_mode: Option<u32>,
     entries: u64,
@@ -190,6 +196,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             fixes: HashMap::new(),
             umask: current_umask(),
             owners: Owners::default(),
+            creator: creator(tree),
             warned_absolute: false,
             root_mode: None,
             entries: 0,
@@ -490,6 +497,17 @@ impl Read for Watched<'_> {
             other => other,
         }
     }
+}
+
+/// The ids a node made in `tree` gets, when the tree's root has them too (see
+/// `Extractor::creator`).
+fn creator(tree: &Tree) -> Option<(u32, u32)> {
+    let ids = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let root = tree.lstat(Path::new("")).ok()?;
+    ((root.st_uid, root.st_gid) == ids).then_some(ids)
 }
 
 /// The `lstat` of `rel` through the tree, as `Staged::written` lists it.
