@@ -602,6 +602,19 @@ pub(crate) fn unpack(
             inner: kept,
             left: usize::try_from(counts.kept).unwrap_or(0),
         };
+        // The stream checks each file it holds against these as its last byte passes.
+        let told = digest::Digests::from_keyed(
+            entries
+                .iter()
+                .zip(&fates)
+                .filter_map(|(e, fate)| match (fate, &e.kind) {
+                    (Fate::Fetched | Fate::Local, Kind::File { sha256, .. }) => {
+                        Some((digest::path_key(&e.path), *sha256))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        );
         let opts = UnpackOptions {
             same_owner: d.same_owner,
             label: label.to_string(),
@@ -617,7 +630,7 @@ pub(crate) fn unpack(
         let staged = stage
             .probe
             .as_mut()
-            .map(|probe| unpack::unpack_known(stream, into, &opts, probe, known));
+            .map(|probe| unpack::unpack_known(stream, into, &opts, probe, known, told));
         if !matches!(staged, Some(Ok(_))) {
             ranges.abandon();
         }

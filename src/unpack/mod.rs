@@ -270,7 +270,7 @@ pub fn unpack_in<R: Read + Send>(
     let packed = format::packed(format, &magic[..n]);
     let input = (&magic[..n]).chain(reader);
     pipe::run(input, format, packed, opts, |stream| {
-        tar_read::read_archive(stream, into, opts, format, unchanged, Vec::new())
+        tar_read::read_archive(stream, into, opts, format, unchanged, Vec::new(), None)
     })
 }
 
@@ -278,12 +278,17 @@ pub fn unpack_in<R: Read + Send>(
 /// each is then taken from the probe's tree as an unchanged file is (a file the
 /// probe no longer finds as it was judged fails the unpack, naming it). `known` is
 /// drawn one file at a time, after the stream's last entry.
+///
+/// `told`: the digests of the files the stream holds whose bytes the stream itself
+/// checks against them as they pass (failing before its end on a mismatch): such a
+/// file is not hashed again.
 pub(crate) fn unpack_known<R: Read + Send>(
     reader: R,
     into: &Tree,
     opts: &UnpackOptions,
     unchanged: &mut dyn Unchanged,
     known: impl IntoIterator<Item = KnownFile>,
+    told: crate::digest::Digests,
 ) -> Result<Staged> {
     pipe::run(reader, format::Format::Tar, false, opts, |stream| {
         tar_read::read_archive(
@@ -293,6 +298,7 @@ pub(crate) fn unpack_known<R: Read + Send>(
             format::Format::Tar,
             Some(unchanged),
             known,
+            Some(told),
         )
     })
 }

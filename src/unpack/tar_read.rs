@@ -37,6 +37,7 @@ impl<R: Read> Read for EofTracker<R> {
 
 /// Every member of the tar `stream` through the `Extractor` into `into`, then the
 /// stream to its very end, then the directory fixes: the tree, or the first error.
+/// `told`: digests the stream checks itself (see `unpack_known`).
 pub(super) fn read_archive<R: Read>(
     stream: R,
     into: &Tree,
@@ -44,12 +45,14 @@ pub(super) fn read_archive<R: Read>(
     format: Format,
     unchanged: Option<&mut dyn Unchanged>,
     known: impl IntoIterator<Item = KnownFile>,
+    told: Option<crate::digest::Digests>,
 ) -> Result<Staged> {
     let mut archive = tar::Archive::new(EofTracker {
         inner: stream,
         hit_eof: false,
     });
     let mut x = Extractor::new(into, opts, unchanged);
+    x.told = told;
     // The last member read, for errors in the header that follows it.
     let mut last: Option<Vec<u8>> = None;
     for entry in archive.entries().map_err(|e| corrupt(opts, e))? {

@@ -425,6 +425,8 @@ fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members(
         let nginx = Nginx::start(&served);
         let r = releases(&s, &served, |n| nginx.url(n), ext);
         s.stretcher().arg(&r.m1).run().assert_ok();
+        // The full download took its digests from the table: each is the content's.
+        verify_content(&s);
         // Excluded: kept in dest through every deploy.
         std::fs::write(s.dest().join("app.log"), b"runtime").unwrap();
         nginx.clear_log();
@@ -452,6 +454,9 @@ fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members(
             "{ext}:\n{}",
             run.stderr
         );
+        // The delta's digests (the files it streamed were not hashed twice) are the
+        // content's too.
+        verify_content(&s);
 
         // Again: nothing changes (the delta finds every file as it is).
         nginx.clear_log();
@@ -459,6 +464,17 @@ fn a_delta_over_nginx_equals_a_full_deploy_and_fetches_only_the_changed_members(
         let (again, _) = nginx.served(&format!("v2.{ext}"));
         assert!(again < bound, "{again}");
     }
+}
+
+/// `verify --content` of dest: every file's bytes are the indexed digest's (exit 0,
+/// no difference; a wrong digest is a `changed PATH (content)` line and exit 1).
+fn verify_content(s: &Scratch) {
+    let run = stretcher()
+        .args(["verify", "--content", "--state-dir"])
+        .arg(s.state_dir())
+        .arg(s.dest())
+        .run();
+    assert!(run.code() == 0 && run.stdout.is_empty(), "{run:?}");
 }
 
 /// The text of the log line that starts with `prefix`, after it.

@@ -231,8 +231,10 @@ fn three_serf_agents_deploy_and_update() {
         .args(["fleet", "status", "--timeout", "2s", "--rpc-addr"])
         .arg(nodes[0].node.rpc_addr())
         .run();
-    assert_eq!(run.code(), 1, "{run:?}");
-    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // (who answered, if anyone did: the table on stdout, and each agent's log)
+    let who = || format!("{run:?}\n{}", report());
+    assert_eq!(run.code(), 1, "{}", who());
+    assert_eq!(run.stderr.lines().count(), 1, "{}", who());
     assert!(
         run.stderr
             .contains("no member answered serf query stretcher-status"),

@@ -92,6 +92,14 @@ impl Extractor<'_, '_> {
                     .map_err(|e| fail_io(raw, "write", e))?;
                 Some(digest)
             }
+            (None, None)
+                if judge_after.is_none()
+                    && (self.told.as_ref()).is_some_and(|t| t.get(key(rel)).is_some()) =>
+            {
+                // The stream checks these bytes against this digest as they pass.
+                self.copy_data(entry, &mut file, size, raw, None)?;
+                self.told.as_ref().and_then(|t| t.get(key(rel)).copied())
+            }
             (None, None) if self.opts.digests_from_table && judge_after.is_none() => {
                 // The table's digest, read at the stream's end (`table_digests`).
                 self.copy_data(entry, &mut file, size, raw, None)?;

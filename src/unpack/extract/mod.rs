@@ -159,6 +159,9 @@ pub(super) struct Extractor<'a, 'u> {
     /// before `fix_dirs`); `None` when the root has others. An owner to set that is
     /// this one needs no `chown`.
     creator: Option<(u32, u32)>,
+    /// The digests of files whose bytes the stream itself checks against them as
+    /// they pass (`unpack_known`): such a file is not hashed again.
+    pub(super) told: Option<Digests>,
     warned_absolute: bool,
     root_mode: Option<u32>,
     entries: u64,
@@ -197,6 +200,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             umask: current_umask(),
             owners: Owners::default(),
             creator: creator(tree),
+            told: None,
             warned_absolute: false,
             root_mode: None,
             entries: 0,
