@@ -61,6 +61,9 @@ pub(super) fn read_archive<R: Read>(
         last = Some(entry.path_bytes().into_owned());
         x.entry(&mut entry)?;
     }
+    // Every file of the stream is written: its told digests are no longer asked for
+    // (freed before the kept files are adopted, the unpack's peak).
+    x.told = None;
     let mut rest = archive.into_inner();
     if rest.hit_eof {
         if last.is_none() {
