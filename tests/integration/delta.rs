@@ -1036,3 +1036,51 @@ fn another_user_owning_dest_cannot_steer_a_delta_through_symlinks() {
         run.stderr
     );
 }
+
+/// A full download takes the files' digests from the table the manifest's checksum
+/// covers (docs/packed-archive.md): a server that serves the archive with a table that
+/// lies fails the checksum, dest untouched; a table the manifest itself vouches for is
+/// the author's word, and `verify --content` shows where it lies.
+#[test]
+fn a_table_that_lies_in_a_full_download_fails_the_checksum_or_shows_in_verify() {
+    let s = Scratch::new();
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    let r = releases(
+        &s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    );
+    let lie = |t: &mut Table| {
+        let e = t.entries.iter_mut().find(|e| e.path == b"f011").unwrap();
+        match &mut e.kind {
+            Kind::File { sha256, .. } => sha256[0] ^= 1,
+            _ => panic!("not a file"),
+        }
+    };
+    // the server's copy swapped for one whose table lies; the manifest is the true one
+    let liar = with_table(&s, &r, "liar.tar.gz", lie);
+    let original = std::fs::read(&r.archive2).unwrap();
+    std::fs::copy(r.archive2.with_file_name("liar.tar.gz"), &r.archive2).unwrap();
+    let run = s.stretcher().arg(&r.m2).run();
+    run.assert_fail().assert_log("checksum mismatch");
+    assert!(!s.dest().exists() || std::fs::read_dir(s.dest()).unwrap().next().is_none());
+    std::fs::write(&r.archive2, original).unwrap();
+    // the manifest vouches for the lying table: deployed as the author packed it, the
+    // file's bytes are right, and verify --content names the file the table lies about
+    s.stretcher().arg(&liar).run().assert_ok();
+    let full = full_deploy(&s, &r.m2, "full");
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
+    let verify = stretcher()
+        .args(["verify", "--content", "--state-dir"])
+        .arg(s.state_dir())
+        .arg(s.dest())
+        .run();
+    assert_eq!(verify.stdout.trim(), "changed f011 (content)", "{verify:?}");
+    // the next deploy of the true archive judges the file by the true table's digest
+    // against the index's: it is fetched again, and the index is right after
+    s.stretcher().arg(&r.m2).run().assert_ok();
+    assert_eq!(tree(&s.dest(), &["app.log"]), tree(&full, &[]));
+    verify_content(&s);
+}
