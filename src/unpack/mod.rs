@@ -399,6 +399,12 @@ mod tests {
         odd.extend(&tail);
         let staged = unpack_to(t.path(), "odd", &odd, true);
         assert!(staged.digests.is_empty());
+        // a whole table, then bytes after it: nothing of it is taken, not even the
+        // entries before the fault
+        let mut after = archive.clone();
+        after.extend(&tail);
+        let staged = unpack_to(t.path(), "after", &after, true);
+        assert!(staged.digests.is_empty());
         // the stream's own damage after the tar is still an error
         let mut bad = plain.clone();
         let n = bad.len();

@@ -393,10 +393,21 @@ impl<'a, 'u> Extractor<'a, 'u> {
                 "no table after the tar".into(),
             ))
         } else {
-            crate::toc::Table::decode_each(&mut r, &mut |_, e| {
+            // As the delta reads a table: at most `MAX_TABLE_DECODED` bytes of it (the
+            // stream is verified only at its end, so an endless one is cut here).
+            let mut table = (&mut r).take(crate::toc::MAX_TABLE_DECODED);
+            let decoded = crate::toc::Table::decode_each(&mut table, &mut |_, e| {
                 self.told(&e);
                 Ok(())
-            })
+            });
+            if table.limit() == 0 {
+                Err(crate::toc::TocError::Decode(format!(
+                    "more than {} bytes after the tar",
+                    crate::toc::MAX_TABLE_DECODED
+                )))
+            } else {
+                decoded
+            }
         };
         // Whatever the table was, the stream is read to its very end.
         io::copy(&mut r, &mut io::sink()).map_err(|e| super::errors::corrupt(self.opts, e))?;
@@ -405,6 +416,13 @@ impl<'a, 'u> Extractor<'a, 'u> {
             return Err(super::errors::corrupt(self.opts, e));
         }
         if let Err(e) = decoded {
+            // Nothing of a table that does not decode is taken, the entries before the
+            // fault included.
+            for sum in self.digests.values_mut() {
+                if let Sum::Told(_) = sum {
+                    *sum = Sum::Doubt;
+                }
+            }
             crate::logln!(
                 "archive {}: warning: its table of contents cannot be read ({e}): the files written have no digest",
                 self.opts.label
