@@ -539,15 +539,12 @@ impl Tree {
     /// Whether the tree's root holds no entry (reads only until the first one).
     pub fn is_empty(&self) -> io::Result<bool> {
         let fd = self.open_dir(Path::new(""))?;
-        let mut dir = rustix::fs::Dir::read_from(fd.as_fd()).map_err(err)?;
-        while let Some(e) = dir.read() {
-            let e = e.map_err(err)?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let mut empty = true;
+        each_name(fd.as_fd(), &mut |_| {
+            empty = false;
+            false
+        })?;
+        Ok(empty)
     }
 
     /// Walks the directory `sub` in sorted pre-order (names by bytes), never following
@@ -696,16 +693,26 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 
 /// The names of an open directory (no `.`, `..`).
 fn names_of(fd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
-    let mut dir = rustix::fs::Dir::read_from(fd).map_err(err)?;
     let mut names = Vec::new();
+    each_name(fd, &mut |n| {
+        names.push(OsString::from_vec(n.to_vec()));
+        true
+    })?;
+    Ok(names)
+}
+
+/// Each name of an open directory (no `.`, `..`) to `go`, as read, until it answers
+/// false.
+fn each_name(fd: BorrowedFd<'_>, go: &mut dyn FnMut(&[u8]) -> bool) -> io::Result<()> {
+    let mut dir = rustix::fs::Dir::read_from(fd).map_err(err)?;
     while let Some(e) = dir.read() {
         let e = e.map_err(err)?;
         let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(OsString::from_vec(n.to_vec()));
+        if n != b"." && n != b".." && !go(n) {
+            break;
         }
     }
-    Ok(names)
+    Ok(())
 }
 
 /// Who may be removed by [`remove_tree`].

@@ -346,6 +346,18 @@ fn releases(s: &Scratch, served: &Path, url: impl Fn(&str) -> String, ext: &str)
     }
 }
 
+/// [`releases`] as .tar.gz, read from `file://` URLs.
+fn file_releases(s: &Scratch) -> Release {
+    let served = s.path().join("www");
+    std::fs::create_dir(&served).unwrap();
+    releases(
+        s,
+        &served,
+        |n| format!("file://{}", served.join(n).display()),
+        "tar.gz",
+    )
+}
+
 /// A full deploy of `manifest` onto a fresh dest `name` (its `dest` replaced).
 fn full_deploy(s: &Scratch, manifest: &Path, name: &str) -> PathBuf {
     full_deploy_by(s, manifest, name, &|| s.stretcher())
@@ -567,14 +579,7 @@ fn a_server_without_ranges_gets_a_full_download() {
 #[test]
 fn a_wrong_toc_is_a_full_download_verified_by_checksum() {
     let s = Scratch::new();
-    let served = s.path().join("www");
-    std::fs::create_dir(&served).unwrap();
-    let r = releases(
-        &s,
-        &served,
-        |n| format!("file://{}", served.join(n).display()),
-        "tar.gz",
-    );
+    let r = file_releases(&s);
     s.stretcher().arg(&r.m1).run().assert_ok();
     let text = std::fs::read_to_string(&r.m2).unwrap();
     let toc_line = text
@@ -597,14 +602,7 @@ fn a_wrong_toc_is_a_full_download_verified_by_checksum() {
 #[test]
 fn a_tampered_member_fails_and_dest_is_unchanged() {
     let s = Scratch::new();
-    let served = s.path().join("www");
-    std::fs::create_dir(&served).unwrap();
-    let r = releases(
-        &s,
-        &served,
-        |n| format!("file://{}", served.join(n).display()),
-        "tar.gz",
-    );
+    let r = file_releases(&s);
     s.stretcher().arg(&r.m1).run().assert_ok();
     let before = tree(&s.dest(), &[]);
     // A changed file's member (one file of its own) with a byte of its compressed
@@ -746,14 +744,7 @@ fn member_of<'a>(table: &'a mut Table, path: &[u8]) -> &'a mut stretcher::toc::M
 #[test]
 fn a_malformed_table_that_matches_toc_fails_naming_the_entry_and_dest_is_unchanged() {
     let s = Scratch::new();
-    let served = s.path().join("www");
-    std::fs::create_dir(&served).unwrap();
-    let r = releases(
-        &s,
-        &served,
-        |n| format!("file://{}", served.join(n).display()),
-        "tar.gz",
-    );
+    let r = file_releases(&s);
     s.stretcher().arg(&r.m1).run().assert_ok();
     let before = tree(&s.dest(), &[]);
     type Edit = Box<dyn FnOnce(&mut Table)>;
@@ -1044,14 +1035,7 @@ fn another_user_owning_dest_cannot_steer_a_delta_through_symlinks() {
 #[test]
 fn a_table_that_lies_in_a_full_download_fails_the_checksum_or_shows_in_verify() {
     let s = Scratch::new();
-    let served = s.path().join("www");
-    std::fs::create_dir(&served).unwrap();
-    let r = releases(
-        &s,
-        &served,
-        |n| format!("file://{}", served.join(n).display()),
-        "tar.gz",
-    );
+    let r = file_releases(&s);
     let lie = |t: &mut Table| {
         let e = t.entries.iter_mut().find(|e| e.path == b"f011").unwrap();
         match &mut e.kind {

@@ -86,24 +86,22 @@ impl Extractor<'_, '_> {
             None => self.space.claim(size, self.tree, self.opts)?,
         }
         let mut file = self.create(rel, raw, meta.mode)?;
+        // A file judged once written needs its digest now; any other is not hashed
+        // when the stream checks its bytes against a digest it told (`told`), or when
+        // its digest is the table's, read at the stream's end (`table_digests`).
+        let told = (self.told.as_ref())
+            .and_then(|t| t.get(key(rel)).copied())
+            .filter(|_| judge_after.is_none());
+        let unhashed = judge_after.is_none() && (told.is_some() || self.opts.digests_from_table);
         let digest = match (&sparse, held) {
             (_, Some(digest)) => {
                 file.write_all(&self.held)
                     .map_err(|e| fail_io(raw, "write", e))?;
                 Some(digest)
             }
-            (None, None)
-                if judge_after.is_none()
-                    && (self.told.as_ref()).is_some_and(|t| t.get(key(rel)).is_some()) =>
-            {
-                // The stream checks these bytes against this digest as they pass.
+            (None, None) if unhashed => {
                 self.copy_data(entry, &mut file, size, raw, None)?;
-                self.told.as_ref().and_then(|t| t.get(key(rel)).copied())
-            }
-            (None, None) if self.opts.digests_from_table && judge_after.is_none() => {
-                // The table's digest, read at the stream's end (`table_digests`).
-                self.copy_data(entry, &mut file, size, raw, None)?;
-                None
+                told
             }
             (None, None) => {
                 let mut hasher = Hasher::default();

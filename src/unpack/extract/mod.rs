@@ -453,8 +453,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
                 Sum::Told(d)
             }
             (Sum::Told(was), Some(d)) if was == d => Sum::Told(d),
+            // Computed from the bytes: the table's word is not needed.
             (Sum::Now(d), _) => Sum::Now(d),
-            (Sum::Doubt, _) => Sum::Doubt,
             _ => Sum::Doubt,
         };
     }
