@@ -194,6 +194,7 @@ fn benches(c: &mut Criterion) {
                     same_owner: false,
                     label: "bench".into(),
                     link_unchanged: false,
+                    list_written: false,
                     digests_from_table: false,
                 };
                 let mut probe = sync::DestProbe::new(&dest, true);

@@ -619,6 +619,9 @@ pub(crate) fn unpack(
             same_owner: d.same_owner,
             label: label.to_string(),
             link_unchanged: stage.link_unchanged,
+            // Staging holds the files fetched only: its walk is short, and a listing
+            // held through the unpack would add to the delta's peak (the table's).
+            list_written: false,
             digests_from_table: false,
         };
         let into = stage.staging.tree();

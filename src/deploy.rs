@@ -848,6 +848,7 @@ impl Job<'_> {
                 same_owner,
                 label: shown.clone(),
                 link_unchanged: stage.link_unchanged,
+                list_written: stage.list_written,
                 // `checksum` verifies the whole archive, its table included (SPEC §18).
                 digests_from_table: toc.is_some(),
             };

@@ -199,6 +199,12 @@ impl<T> Verified<T> {
     pub fn into_inner(self) -> T {
         self.0
     }
+
+    /// A part of the verified value (which `part` names) taken out, as verified as the
+    /// whole, its default left in its place.
+    pub fn take<U: Default>(&mut self, part: impl FnOnce(&mut T) -> &mut U) -> Verified<U> {
+        Verified(std::mem::take(part(&mut self.0)))
+    }
 }
 
 impl<A, B> Verified<(A, B)> {

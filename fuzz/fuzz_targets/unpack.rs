@@ -152,6 +152,7 @@ fuzz_target!(|data: &[u8]| {
         same_owner: false,
         label: "fuzz.tar".to_string(),
         link_unchanged: false,
+        list_written: false,
         digests_from_table: false,
     };
     match unpack(&input[..], &stage, &opts, None) {

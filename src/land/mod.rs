@@ -72,6 +72,9 @@ pub(crate) struct Stage {
     pub probe: Option<DestProbe>,
     /// Unchanged files are hard-linked into staging rather than left out.
     pub link_unchanged: bool,
+    /// The unpack lists what it writes (`UnpackOptions::list_written`): the landing
+    /// plans from that listing rather than a walk of staging.
+    pub list_written: bool,
     /// How the log names what became of unchanged files (`left in place in DEST`).
     pub reused_how: String,
 }
@@ -168,6 +171,7 @@ fn staging_beside(ctx: &Ctx, probed: Option<(&Path, Arc<KnownLater>)>) -> Result
         staging: ctx.work.staging_dir()?,
         probe: probed.map(|(dest, known)| probe(ctx, dest, true, known)),
         link_unchanged: false,
+        list_written: false,
         reused_how: format!("left in place in {}", ctx.dest.display()),
     })
 }

@@ -159,7 +159,9 @@ impl Land for Releaser<'_> {
         Ok(Stage {
             staging,
             probe,
+            // (which lists what the unpack wrote: the release's listing)
             link_unchanged: true,
+            list_written: false,
             reused_how: format!(
                 "linked from {}",
                 slot.live.as_deref().unwrap_or("no live release")
@@ -202,10 +204,13 @@ impl Land for Releaser<'_> {
         })?;
         // What the unpack wrote is the release's listing (SPEC §11: no second walk).
         let Staged {
-            written: mut listed,
-            digests,
-            ..
+            written, digests, ..
         } = staged.into_inner();
+        // `link_unchanged` (`stage`) always lists what the unpack wrote.
+        let mut listed = written.ok_or_else(|| Error::Release {
+            path: partial.clone(),
+            msg: "the unpack did not list the release".into(),
+        })?;
         let excluded = remove_excluded(part, filter, &mut listed)?;
         if excluded > 0 {
             logln!("Left {excluded} excluded entries out of release {id}");

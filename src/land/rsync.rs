@@ -49,7 +49,10 @@ impl Land for Rsync<'_> {
             self.known = known_later(&self.ctx);
         }
         let probed = (reuse && !self.dry_run).then(|| (self.ctx.dest, self.known.clone()));
-        staging_beside(&self.ctx, probed)
+        let mut stage = staging_beside(&self.ctx, probed)?;
+        // The plan of `land` lists staging from the unpack (a dry run's walks it).
+        stage.list_written = !self.dry_run;
+        Ok(stage)
     }
 
     fn dry_run_probe(&self) -> Result<Option<DestProbe>> {
@@ -76,7 +79,7 @@ impl Land for Rsync<'_> {
     fn land(
         &mut self,
         staging: Staging,
-        staged: Verified<Staged>,
+        mut staged: Verified<Staged>,
         filter: &Filter,
         mode: u32,
         _settings: &index::Header,
@@ -109,7 +112,8 @@ impl Land for Rsync<'_> {
             k.retain_keys(|key| reused.get_key(key).is_none());
             known = Some(Arc::new(k));
         }
-        let plan = sync::plan_staged_with(&staged, dest, filter, &sync_opts, known.as_deref())?;
+        let plan =
+            sync::plan_staged_listed(&mut staged, dest, filter, &sync_opts, known.as_deref())?;
         // Planned: the index's digests are not asked again (a `Stale` plan above has
         // them read again whole by `stage`).
         drop(known);

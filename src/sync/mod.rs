@@ -470,9 +470,38 @@ pub fn plan_staged_with(
     opts: &SyncOptions,
     known: Option<&Known>,
 ) -> Result<Plan> {
-    let staged = staged.get();
+    plan_from(staged.get(), None, dest, filter, opts, known)
+}
+
+/// [`plan_staged_with`], the staged tree listed by what the unpack says it wrote
+/// (`Staged::written`, taken out of `staged`) instead of a walk of it, when the unpack
+/// listed it.
+pub fn plan_staged_listed(
+    staged: &mut Verified<Staged>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+    known: Option<&Known>,
+) -> Result<Plan> {
+    let written = staged.take(|s| &mut s.written).into_inner();
+    plan_from(staged.get(), written, dest, filter, opts, known)
+}
+
+/// The plan of the sync of `staged` (`written`: its listing by the unpack, else it is
+/// walked) onto `dest`.
+fn plan_from(
+    staged: &Staged,
+    written: Option<Vec<Entry>>,
+    dest: &Path,
+    filter: &Filter,
+    opts: &SyncOptions,
+    known: Option<&Known>,
+) -> Result<Plan> {
     let src_tree = open_source(staged)?;
-    let mut src = tree::source(&src_tree, filter)?;
+    let mut src = match written {
+        Some(written) => tree::source_listed(&src_tree, written, filter)?,
+        None => tree::source(&src_tree, filter)?,
+    };
     tree::add_listed(&mut src.walked, &staged.listed_dirs, filter);
     if let (Some(mode), Some(root)) = (opts.dest_mode, src.root_meta.as_mut()) {
         root.mode = (root.mode & !0o7777) | (mode & 0o7777);

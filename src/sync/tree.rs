@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::at::Tree;
-use crate::entry::{Entry, Kind, Meta};
+use crate::entry::{walk_order, Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::{Error, Result};
 
@@ -64,6 +64,58 @@ pub(crate) fn source(root: &Tree, filter: &Filter) -> Result<Listing> {
         id: Some(id),
         root_meta: Some(Meta::from(&st)),
         walked: walk_whole(root, filter)?,
+        inside_excluded: HashMap::new(),
+    })
+}
+
+/// [`source`], from what the unpack says it wrote below `root` (`Staged::written`: a
+/// listing that equals a walk of it, in any order) instead of a walk: sorted as a walk
+/// lists, the excluded entries put apart and what is below them left out as a walk
+/// leaves it. No file in it has a second link (the unpack lists none when it made one).
+pub(crate) fn source_listed(
+    root: &Tree,
+    mut written: Vec<Entry>,
+    filter: &Filter,
+) -> Result<Listing> {
+    let st = root
+        .lstat(Path::new(""))
+        .map_err(|e| Error::io("stat", root.path(), e))?;
+    // (The unpack sorts it so when it lists for the sync.)
+    if !written.is_sorted_by(|a, b| walk_order(&a.path, &b.path).is_le()) {
+        written.sort_unstable_by(|a, b| walk_order(&a.path, &b.path));
+    }
+    let mut entries = Vec::with_capacity(written.len());
+    let mut excluded = HashMap::new();
+    // The excluded directory whose entries are being passed over.
+    let mut skipping: Option<Box<[u8]>> = None;
+    for e in written {
+        if let Some(dir) = &skipping {
+            if e.path.starts_with(dir) && e.path.get(dir.len()) == Some(&b'/') {
+                continue;
+            }
+            skipping = None;
+        }
+        let kind = e.meta.kind();
+        if filter.is_excluded(e.rel(), kind == Kind::Dir) {
+            excluded.insert(e.rel().to_path_buf(), kind);
+            if kind == Kind::Dir {
+                skipping = Some(e.path);
+            }
+            continue;
+        }
+        entries.push(e);
+    }
+    entries.shrink_to_fit();
+    Ok(Listing {
+        root: root.path().to_path_buf(),
+        id: Some((st.st_dev, st.st_ino)),
+        root_meta: Some(Meta::from(&st)),
+        walked: Walked {
+            entries,
+            excluded,
+            linked: HashSet::new(),
+            listed: HashSet::new(),
+        },
         inside_excluded: HashMap::new(),
     })
 }
@@ -334,6 +386,124 @@ mod tests {
         assert_eq!(walked.excluded.get(Path::new("c/cache")), Some(&Kind::Dir));
         assert!(walked.listed.contains(Path::new("a/a")));
         assert!(!walked.listed.contains(Path::new("x/y")));
+    }
+
+    /// GNU tar's archive of `dir`'s entries `what` (appended to `archive` when it
+    /// exists; `--no-recursion`: the names given, their parents left implicit).
+    fn gnu_tar(archive: &Path, dir: &Path, what: &[&str], no_recursion: bool) {
+        let mut tar = std::process::Command::new("tar");
+        tar.arg(if archive.exists() { "-rf" } else { "-cf" })
+            .arg(archive)
+            .arg("-C")
+            .arg(dir);
+        if no_recursion {
+            tar.arg("--no-recursion");
+        }
+        assert!(tar.args(what).status().unwrap().success());
+    }
+
+    /// The unpack of `archive` into a new `name` below `d`, listing what it writes.
+    fn unpack_listing(d: &Path, name: &str, archive: &Path) -> (Tree, Option<Vec<Entry>>) {
+        let into = d.join(name);
+        std::fs::create_dir(&into).unwrap();
+        let opts = crate::unpack::UnpackOptions {
+            label: "file:///t.tar".into(),
+            list_written: true,
+            ..Default::default()
+        };
+        let bytes = std::fs::read(archive).unwrap();
+        let staged = crate::unpack::unpack(&bytes[..], &into, &opts, None).unwrap();
+        (Tree::open(&into, false).unwrap(), staged.written)
+    }
+
+    #[test]
+    fn what_the_unpack_lists_is_what_a_walk_lists_under_every_rule() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (src, later) = (d.path().join("src"), d.path().join("later"));
+        for dir in ["a/c", "a.b", "cache/k", "logs", "ro", "later"] {
+            std::fs::create_dir_all(src.join(dir)).unwrap();
+        }
+        for f in [
+            "a/b.txt",
+            "a/c/d.txt",
+            "a-b.txt",
+            "a.b/x",
+            "a0",
+            "cache/k/j",
+            "logs/app.log",
+            "logs/keep.txt",
+            "ro/f",
+            "z",
+        ] {
+            std::fs::write(src.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("a/b.txt", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("a", src.join("dlink")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::set_permissions(src.join("a/c"), PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(src.join("ro"), PermissionsExt::from_mode(0o555)).unwrap();
+        // later members: a file again, a directory where a file was, a file whose
+        // parents the archive never lists, a symlink where a directory was
+        for dir in ["a0", "deep/er"] {
+            std::fs::create_dir_all(later.join(dir)).unwrap();
+        }
+        for f in ["a/b.txt", "a0/inner", "deep/er/f"] {
+            std::fs::create_dir_all(later.join(f).parent().unwrap()).unwrap();
+            std::fs::write(later.join(f), format!("later {f}")).unwrap();
+        }
+        std::os::unix::fs::symlink("z", later.join("a.b")).unwrap();
+        let archive = d.path().join("t.tar");
+        gnu_tar(&archive, &src, &["."], false);
+        gnu_tar(&archive, &later, &["./a/b.txt", "./a0", "./a0/inner"], true);
+        gnu_tar(&archive, &later, &["./deep/er/f", "./a.b"], true);
+
+        let (tree, written) = unpack_listing(d.path(), "staged", &archive);
+        let written = written.expect("no hard link: listed");
+        assert!(written.iter().any(|e| e.rel() == Path::new("deep/er")));
+        let rules: [&[&str]; 4] = [
+            &[],
+            &["cache/", "*.log", "a/c"],
+            &["a", "a0"],
+            &["k/", "/ro", "fifo", "a.b"],
+        ];
+        for excludes in rules {
+            let excludes: Vec<String> = excludes.iter().map(|e| e.to_string()).collect();
+            let filter = Filter::new(None, &excludes).unwrap();
+            let listed = source_listed(&tree, written.clone(), &filter).unwrap();
+            let walked = source(&tree, &filter).unwrap();
+            assert_eq!(listed, walked, "excludes {excludes:?}");
+            // in any order
+            let backwards = written.iter().rev().cloned().collect();
+            let listed = source_listed(&tree, backwards, &filter).unwrap();
+            assert_eq!(listed, walked, "excludes {excludes:?}, listed backwards");
+        }
+        std::fs::set_permissions(tree.path().join("ro"), PermissionsExt::from_mode(0o755)).unwrap();
+
+        // a hard link: the unpack lists nothing (a walk notes the files' links)
+        std::fs::hard_link(src.join("z"), src.join("z2")).unwrap();
+        let linked = d.path().join("linked.tar");
+        gnu_tar(&linked, &src, &["."], false);
+        let (tree, written) = unpack_listing(d.path(), "linked", &linked);
+        assert!(written.is_none());
+        assert!(source(&tree, &Filter::default())
+            .unwrap()
+            .walked
+            .linked
+            .contains(Path::new("z")));
+        std::fs::set_permissions(tree.path().join("ro"), PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(src.join("ro"), PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn walk_order_is_the_order_of_paths() {
+        let mut names = [
+            "a/b", "a-c", "a", "a/b/c", "a.b", "ab", "a0/x", "a/b-c", "b",
+        ];
+        names.sort_by(|a, b| walk_order(a.as_bytes(), b.as_bytes()));
+        let mut paths = names.map(Path::new);
+        paths.sort();
+        assert_eq!(names.map(Path::new), paths);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct UnpackOptions {
     /// `release` strategy, SPEC §14). A link that cannot be made (another filesystem,
     /// too many links) is written. Also fills `Staged::written`.
     pub link_unchanged: bool,
+    /// Fill `Staged::written` (without `link_unchanged`: only when the unpack makes no
+    /// hard link, so that it lists `into` exactly as a walk of it would), so that the
+    /// sync lists the staged tree without walking it.
+    pub list_written: bool,
     /// The stream is a packed archive's (SPEC §18) whose every byte the manifest's
     /// `checksum` verifies: the files written are not hashed, their digests
     /// (`Staged::digests`) are the table's, read where the stream holds it, after the
@@ -218,12 +222,15 @@ pub struct Staged {
     /// Files left out of staging because the [`Unchanged`] probe found them as the
     /// archive has them (content included), with the archive's attributes.
     pub reused: Reused,
-    /// With `link_unchanged`: every node below `root` (not `root` itself), sorted by
-    /// path bytes, as it is once the unpack returns — the listing of the whole tree
-    /// without a walk of it: a written file's fstat after its last change, a linked
-    /// file's lstat by the [`Unchanged`] probe, a directory's after its deferred fixes,
-    /// a symlink's or special's lstat. Empty otherwise.
-    pub written: Vec<Entry>,
+    /// With `link_unchanged` or `list_written`: every node below `root` (not `root`
+    /// itself), sorted by path bytes (`list_written` alone: in the order of a walk,
+    /// `entry::walk_order`), as it is once the unpack returns — the listing of
+    /// the whole tree without a walk of it: a written file's fstat after its last
+    /// change, a linked file's lstat by the [`Unchanged`] probe, a directory's after its
+    /// deferred fixes, a symlink's or special's lstat. `None` otherwise, and with
+    /// `list_written` alone when the unpack made a hard link (a walk notes which files
+    /// have more than one link; this listing does not).
+    pub written: Option<Vec<Entry>>,
     /// The content digest (sha256) of every regular file the tree holds, written or
     /// reused, by path: computed from the bytes the unpack decompressed (a sparse
     /// file's holes as zeros).

@@ -106,6 +106,7 @@ impl Stage {
             same_owner,
             label: "file:///test/app.tar.gz".into(),
             link_unchanged: false,
+            list_written: false,
             digests_from_table: false,
         };
         unpack(archive, &self.into, &opts, None)
@@ -782,6 +783,7 @@ fn unchanged_files_are_listed_not_written() {
         same_owner: false,
         label: "t".into(),
         link_unchanged: false,
+        list_written: false,
         digests_from_table: false,
     };
     let mut probe = stretcher::sync::DestProbe::new(&dest, true);

@@ -144,7 +144,7 @@ impl Extractor<'_, '_> {
     /// directory would bump its mtime, and a read-only or unsearchable parent would
     /// block fixing its children.
     pub(super) fn fix_dirs(&mut self) -> Result<()> {
-        if self.opts.link_unchanged {
+        if self.listing() {
             // A directory without a fix is final now (a fix changes its own directory
             // only); read before a fix can make its parent unsearchable.
             let tree = self.tree;

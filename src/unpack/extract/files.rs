@@ -343,7 +343,12 @@ impl Extractor<'_, '_> {
         }
         // The entry's data is skipped by the parser (still read, so a cut stream
         // is still noticed).
-        if !self.opts.link_unchanged || self.link_reused(rel, raw, &found)? {
+        if !self.opts.link_unchanged {
+            // Left out of staging: not listed.
+            self.entries += 1;
+            return Ok(true);
+        }
+        if self.link_reused(rel, raw, &found)? {
             // A link shares the inode the probe read.
             self.note(rel, raw, || Ok(found.meta), None)?;
             self.entries += 1;

@@ -94,6 +94,7 @@ impl Extractor<'_, '_> {
             other => other,
         }
         .map_err(|e| fail_io(raw, &format!("hard link to {target:?}"), e))?;
+        self.hard_linked = true;
         // The same content as the target's (a regular file's digest with it).
         match self.digests.get(&dkey(&target)).copied() {
             Some(d) => self.digests.insert(dkey(rel), d),

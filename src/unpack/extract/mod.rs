@@ -170,8 +170,11 @@ pub(super) struct Extractor<'a, 'u> {
     /// is not its own path (a probe of dest or the live release answers that: then
     /// nothing is kept here, see [`Extractor::kept_path`]).
     kept_at: HashMap<PathBuf, PathBuf>,
-    /// `Staged::written` (kept only with `link_unchanged`), by path.
+    /// `Staged::written` (kept only with `link_unchanged` or `list_written`, see
+    /// [`Extractor::listing`]), by path.
     written: HashSet<Listed>,
+    /// A hard link was made: without `link_unchanged`, nothing is listed.
+    hard_linked: bool,
     /// `Staged::digests`, by the path's key ([`dkey`]): every regular file written
     /// or reused (a key, not a copy of the path: 100,000 files are 6 MB less).
     digests: HashMap<PathKey, Sum>,
@@ -207,6 +210,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             reused: reused::Building::default(),
             kept_at: HashMap::new(),
             written: HashSet::new(),
+            hard_linked: false,
             digests: HashMap::new(),
             adopted_digests: Vec::new(),
             held: Vec::new(),
@@ -338,7 +342,12 @@ impl<'a, 'u> Extractor<'a, 'u> {
         }
     }
 
-    /// `link_unchanged`: lists what is now at `rel` (`stat` runs only then).
+    /// Whether `Staged::written` is kept.
+    fn listing(&self) -> bool {
+        self.opts.link_unchanged || self.opts.list_written
+    }
+
+    /// [`Extractor::listing`]: lists what is now at `rel` (`stat` runs only then).
     fn note(
         &mut self,
         rel: &Path,
@@ -346,7 +355,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
         stat: impl FnOnce() -> io::Result<crate::entry::Meta>,
         target: Option<&[u8]>,
     ) -> Result<()> {
-        if self.opts.link_unchanged {
+        if self.listing() {
             let meta = stat().map_err(|e| fail_io(raw, "stat", e))?;
             self.list(Entry {
                 path: key(rel).into(),
@@ -462,8 +471,17 @@ impl<'a, 'u> Extractor<'a, 'u> {
     /// The directory fixes (see `dirs`), then the tree.
     pub(super) fn finish(mut self) -> Result<Staged> {
         self.fix_dirs()?;
-        let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
-        written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let listed = self.listing() && (self.opts.link_unchanged || !self.hard_linked);
+        let written = listed.then(|| {
+            let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
+            if self.opts.link_unchanged {
+                written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            } else {
+                // For the sync, as its walk lists.
+                written.sort_unstable_by(|a, b| crate::entry::walk_order(&a.path, &b.path));
+            }
+            written
+        });
         // A map's keys, and adopted files' (each path once, none of the stream's):
         // distinct.
         let mut digests = self.adopted_digests;
