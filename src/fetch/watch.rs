@@ -6,14 +6,16 @@
 //! chunk finds nobody to take it, and the connection with it. A thread left waiting
 //! on a server that sends nothing more (a stall, a signal) cannot be woken: it stays,
 //! holding only its connection, until the server answers or closes or the process
-//! ends, while the caller has long gone on.
+//! ends, while the caller has long gone on. A thread whose download has ended waits
+//! a while (`IDLE_FOR`) for the next one (a delta's hundreds of range requests are
+//! not a thread each).
 //!
 //! Never retries, logs or reads the environment.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Halt, Source};
@@ -27,6 +29,71 @@ const TICK: Duration = Duration::from_millis(100);
 /// this bounds the memory of a download.
 const CHUNK: usize = 64 * 1024;
 const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// How long a thread whose download has ended waits for the next.
+const IDLE_FOR: Duration = Duration::from_secs(2);
+
+/// A download's work on a thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads waiting for a download, each by a number of its own and where its next
+/// job goes.
+static IDLE: Mutex<Vec<(u64, SyncSender<Job>)>> = Mutex::new(Vec::new());
+
+fn idle() -> std::sync::MutexGuard<'static, Vec<(u64, SyncSender<Job>)>> {
+    // A poisoned list is still a valid list.
+    IDLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `job` on a thread that waits for one, else on a new thread.
+fn on_a_thread(mut job: Job) -> io::Result<()> {
+    while let Some((_, next)) = idle().pop() {
+        match next.send(job) {
+            Ok(()) => return Ok(()),
+            // That thread is gone (it cannot be: it leaves the list before it ends).
+            Err(mpsc::SendError(back)) => job = back,
+        }
+    }
+    std::thread::Builder::new()
+        .name("stretcher-fetch".into())
+        .spawn(move || jobs(job))
+        .map(|_| ())
+}
+
+/// A thread's jobs: `first`, then each one handed to it while it waits in the idle
+/// list, until it has waited `IDLE_FOR` for one.
+fn jobs(first: Job) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let mut job = first;
+    loop {
+        job();
+        let (tx, rx) = mpsc::sync_channel(1);
+        idle().push((id, tx));
+        job = match rx.recv_timeout(IDLE_FOR) {
+            Ok(next) => next,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut list = idle();
+                match list.iter().position(|(i, _)| *i == id) {
+                    Some(at) => {
+                        // Still listed: nobody can hand it a job any more.
+                        list.remove(at);
+                        return;
+                    }
+                    // Taken from the list meanwhile: its job is on its way.
+                    None => {
+                        drop(list);
+                        match rx.recv() {
+                            Ok(next) => next,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+    }
+}
 
 /// What ends a wait besides a signal.
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +146,7 @@ where
         since_ms: AtomicU64::new(0),
     });
     let thread_clock = Arc::clone(&clock);
-    std::thread::Builder::new()
-        .name("stretcher-fetch".into())
-        .spawn(move || pump(open, &tx, &thread_clock))
+    on_a_thread(Box::new(move || pump(open, &tx, &thread_clock)))
         .map_err(|e| Error::fetch_from(label, e))?;
     let watched = Watched {
         rx,
@@ -218,6 +283,38 @@ impl Read for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits (up to 5 s) until some thread waits for a download.
+    fn until_one_idles() {
+        let t0 = Instant::now();
+        while idle().is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn downloads_one_after_another_reuse_their_thread_and_none_is_lost() {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..20 {
+            let tx = tx.clone();
+            on_a_thread(Box::new(move || {
+                let _ = tx.send(std::thread::current().id());
+            }))
+            .unwrap();
+            until_one_idles();
+        }
+        let ran: Vec<_> = rx.iter().take(20).collect();
+        let threads: std::collections::HashSet<_> = ran.iter().collect();
+        assert!(threads.len() < 10, "{} threads for 20 jobs", threads.len());
+        // a thread that waited longer than IDLE_FOR has left the list: a job after
+        // that runs all the same
+        std::thread::sleep(IDLE_FOR + Duration::from_millis(500));
+        on_a_thread(Box::new(move || {
+            let _ = tx.send(std::thread::current().id());
+        }))
+        .unwrap();
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
+    }
 
     /// A source that sends `chunks`, each after its pause.
     struct Slow(Vec<(Duration, Vec<u8>)>);
