@@ -147,16 +147,6 @@ pub struct Entry {
     pub target: Option<Box<[u8]>>,
 }
 
-/// The order of a walk (`Path`'s, component by component) of two relative paths'
-/// bytes: a `/` sorts before every byte a name can hold.
-pub(crate) fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
-    match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => rank(a[i]).cmp(&rank(b[i])),
-        None => a.len().cmp(&b.len()),
-    }
-}
-
 impl Entry {
     /// The entry at the relative path `rel`.
     pub(crate) fn new(rel: &Path, meta: Meta, target: Option<&Path>) -> Entry {

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::at::Tree;
-use crate::entry::{walk_order, Entry, Kind, Meta};
+use crate::entry::{Entry, Kind, Meta};
 use crate::filter::Filter;
 use crate::{Error, Result};
 
@@ -80,10 +80,7 @@ pub(crate) fn source_listed(
     let st = root
         .lstat(Path::new(""))
         .map_err(|e| Error::io("stat", root.path(), e))?;
-    // (The unpack sorts it so when it lists for the sync.)
-    if !written.is_sorted_by(|a, b| walk_order(&a.path, &b.path).is_le()) {
-        written.sort_unstable_by(|a, b| walk_order(&a.path, &b.path));
-    }
+    written.sort_unstable_by(|a, b| walk_order(&a.path, &b.path));
     let mut entries = Vec::with_capacity(written.len());
     let mut excluded = HashMap::new();
     // The excluded directory whose entries are being passed over.
@@ -118,6 +115,16 @@ pub(crate) fn source_listed(
         },
         inside_excluded: HashMap::new(),
     })
+}
+
+/// The order of a walk (`Path`'s, component by component) of two relative paths'
+/// bytes: a `/` sorts before every byte a name can hold.
+fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => rank(a[i]).cmp(&rank(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// Opens the destination `root` as a tree: a symlink at `root` itself is followed

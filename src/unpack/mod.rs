@@ -223,8 +223,8 @@ pub struct Staged {
     /// archive has them (content included), with the archive's attributes.
     pub reused: Reused,
     /// With `link_unchanged` or `list_written`: every node below `root` (not `root`
-    /// itself), sorted by path bytes (`list_written` alone: in the order of a walk,
-    /// `entry::walk_order`), as it is once the unpack returns — the listing of
+    /// itself), sorted by path bytes (`list_written` alone: in no order; the sync
+    /// sorts it), as it is once the unpack returns — the listing of
     /// the whole tree without a walk of it: a written file's fstat after its last
     /// change, a linked file's lstat by the [`Unchanged`] probe, a directory's after its
     /// deferred fixes, a symlink's or special's lstat. `None` otherwise, and with

@@ -474,11 +474,9 @@ impl<'a, 'u> Extractor<'a, 'u> {
         let listed = self.listing() && (self.opts.link_unchanged || !self.hard_linked);
         let written = listed.then(|| {
             let mut written: Vec<Entry> = self.written.into_iter().map(|l| l.0).collect();
+            // The release's listing; the sync sorts its own as its walk lists.
             if self.opts.link_unchanged {
                 written.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-            } else {
-                // For the sync, as its walk lists.
-                written.sort_unstable_by(|a, b| crate::entry::walk_order(&a.path, &b.path));
             }
             written
         });
