@@ -702,10 +702,13 @@ fn names_of(fd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
 }
 
 /// Each name of an open directory (no `.`, `..`) to `go`, as read, until it answers
-/// false.
+/// false. Reads `fd` itself from its offset (`getdents64` into one buffer, no second
+/// descriptor opened on `.` as `Dir::read_from` does): every caller passes a directory
+/// it has just opened and reads it once.
 fn each_name(fd: BorrowedFd<'_>, go: &mut dyn FnMut(&[u8]) -> bool) -> io::Result<()> {
-    let mut dir = rustix::fs::Dir::read_from(fd).map_err(err)?;
-    while let Some(e) = dir.read() {
+    let mut buf = [const { std::mem::MaybeUninit::<u8>::uninit() }; DIR_BUF];
+    let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+    while let Some(e) = dir.next() {
         let e = e.map_err(err)?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." && !go(n) {
@@ -714,6 +717,9 @@ fn each_name(fd: BorrowedFd<'_>, go: &mut dyn FnMut(&[u8]) -> bool) -> io::Resul
     }
     Ok(())
 }
+
+/// The buffer `each_name` reads a directory into: a few hundred names a call.
+const DIR_BUF: usize = 16 * 1024;
 
 /// Who may be removed by [`remove_tree`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
