@@ -596,7 +596,16 @@ impl<'a> EntriesFields<'a> {
             );
             (&seekable_archive.inner).seek(pos)?;
         } else {
-            let mut buf = [0u8; 4096 * 8];
+            // PATCH(skip-buf): the padding after each member (under 512 bytes) is
+            // skipped through a small buffer; upstream zeroed 32 KiB for every skip.
+            let mut small = [0u8; 512];
+            let mut large = Vec::new();
+            let buf: &mut [u8] = if amt <= small.len() as u64 {
+                &mut small
+            } else {
+                large.resize(4096 * 8, 0);
+                &mut large
+            };
             while amt > 0 {
                 let n = cmp::min(amt, buf.len() as u64);
                 let n = (&self.archive.inner).read(&mut buf[..n as usize])?;

@@ -97,6 +97,37 @@ fn read_sparse_to_string<R: Read>(entry: &mut Entry<'_, R>) -> String {
 
 /// test that we can concatenate the simple.tar archive and extract the same entries twice when we
 /// use the ignore_zeros option.
+/// stretcher, PATCH(skip-buf) (PATCHES.md): data left unread is skipped, whether it
+/// is only a member's padding (the small buffer) or a large member's data and padding
+/// (the large one), through a reader that answers in short reads.
+#[test]
+fn unread_data_and_padding_are_skipped() {
+    let mut ar = Builder::new(Vec::new());
+    for (name, len) in [("a", 100_001usize), ("b", 3), ("c", 70_000), ("d", 512)] {
+        let mut h = Header::new_gnu();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        ar.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let bytes = ar.into_inner().unwrap();
+    // Nothing read: every member's data and padding skipped.
+    let mut names = Vec::new();
+    for e in Archive::new(random_cursor_reader(&bytes)).entries().unwrap() {
+        names.push(e.unwrap().path_bytes().into_owned());
+    }
+    assert_eq!(names, [&b"a"[..], b"b", b"c", b"d"]);
+    // Part of each read: the rest skipped, the next member's data intact.
+    let mut ar = Archive::new(random_cursor_reader(&bytes));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut first = [0u8; 2];
+        e.read_exact(&mut first).unwrap();
+        assert_eq!(first, [0, 1]);
+    }
+}
+
 #[test]
 fn simple_concat() {
     let bytes = tar!("simple.tar");
