@@ -61,8 +61,10 @@ use crate::strategy::Strategy;
 const MAGIC: &[u8] = b"STRIDX2\n";
 /// The magic of version 1 (no digests), still read.
 const MAGIC_V1: &[u8] = b"STRIDX1\n";
-/// zstd level: the index is small; level 3 is fast and near the best ratio here.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level: a third of an index is digests, which do not compress. At 20,000 files
+/// (1.2 MB raw) level 1 compresses at 234 MB/s to 1.05 MB, level 3 at 104 MB/s to
+/// 1.00 MB: 7 ms more on every deploy's calling thread for 5 % of the file.
+const ZSTD_LEVEL: i32 = 1;
 
 /// The settings of the sync an index describes (compared before the walk).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -974,7 +976,7 @@ mod tests {
     /// `fixtures/golden/index-v1.index` was written by the format's first encoder (one
     /// entry of each kind, a special's device number, negative times, a path that is
     /// not UTF-8, an empty link target): it still reads as the same entries, and
-    /// encoding them again gives the same bytes.
+    /// encoding them again gives the same bytes (before compression).
     #[test]
     fn the_first_encoders_file_reads_and_is_written_byte_for_byte() {
         let golden = include_bytes!("../fixtures/golden/index-v1.index");
@@ -1050,11 +1052,17 @@ mod tests {
             .filter()
             .unwrap()
             .is_excluded(Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9")), true));
-        assert_eq!(encode(&h2, &want, &digests).unwrap(), golden2);
+        // The same bytes before compression (the zstd level may change what they
+        // compress to, never what they are).
+        let raw = |index: &[u8]| {
+            assert_eq!(&index[..MAGIC.len()], MAGIC);
+            zstd::decode_all(&index[MAGIC.len()..]).unwrap()
+        };
+        assert_eq!(raw(&encode(&h2, &want, &digests).unwrap()), raw(golden2));
         // A special read from a disk has its type bits; the index does not keep them.
         let mut fifo = want.clone();
         fifo[6].meta.mode |= 0o010_000;
-        assert_eq!(encode(&h2, &fifo, &digests).unwrap(), golden2);
+        assert_eq!(raw(&encode(&h2, &fifo, &digests).unwrap()), raw(golden2));
     }
 
     #[test]
