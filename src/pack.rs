@@ -1057,8 +1057,8 @@ fn table_entry(
         mode: item.mode,
         uid: item.uid,
         gid: item.gid,
-        uname: item.uname.to_vec(),
-        gname: item.gname.to_vec(),
+        uname: toc::Name::from_slice(&item.uname),
+        gname: toc::Name::from_slice(&item.gname),
         mtime: item.mtime,
         size,
     }
