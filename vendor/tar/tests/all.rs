@@ -114,7 +114,10 @@ fn unread_data_and_padding_are_skipped() {
     let bytes = ar.into_inner().unwrap();
     // Nothing read: every member's data and padding skipped.
     let mut names = Vec::new();
-    for e in Archive::new(random_cursor_reader(&bytes)).entries().unwrap() {
+    for e in Archive::new(random_cursor_reader(&bytes))
+        .entries()
+        .unwrap()
+    {
         names.push(e.unwrap().path_bytes().into_owned());
     }
     assert_eq!(names, [&b"a"[..], b"b", b"c", b"d"]);
