@@ -577,9 +577,11 @@ fn deploy(
         pre(draft, manifest, hook_env)?;
     }
     let settings = wanted.settings(exclude_rules);
-    let landed = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
+    let mut landed = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
+    // Staging may still be going (`Landed::removal`): waited for when this returns.
+    let _removal = landed.removal.take();
     draft.changes = Some(landed.changes);
-    draft.release = landed.release;
+    draft.release = landed.release.take();
     if let Err(e) = post(draft, manifest, hook_env) {
         strategy.undo(&e);
         return Err(e);

@@ -245,6 +245,33 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Removes the staging directory on a thread of its own (what is left of it after
+    /// a sync: the directories the unpack made), while the deploy goes on; the
+    /// returned guard waits for the removal when it is dropped, so the deploy never
+    /// ends before it. Where no thread can be started, removed here and now.
+    pub(crate) fn remove_behind(self) -> Removal {
+        let spawned = std::thread::Builder::new()
+            .name("stretcher-rm".into())
+            // A failed spawn drops the closure, and with it `self`: removed here.
+            .spawn(move || drop(self));
+        Removal(spawned.ok())
+    }
+}
+
+/// A staging directory being removed ([`Staging::remove_behind`]); dropped, waits
+/// until it is.
+pub(crate) struct Removal(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // The removal logs its own failure; a panic in it has nothing more to say.
+            let _ = h.join();
+        }
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if self.kept {
@@ -340,6 +367,25 @@ mod tests {
         }
         drop(staging);
         assert!(!path.exists());
+    }
+
+    /// Removed on a thread of its own: gone once the guard has been dropped, and not
+    /// before the guard says so (it waits), deep directories and files included.
+    #[test]
+    fn staging_removed_behind_is_gone_when_its_guard_is_dropped() {
+        let parent = tempfile::tempdir().unwrap();
+        let w = workspace(&parent);
+        let staging = w.staging_dir().unwrap();
+        let path = staging.path().to_path_buf();
+        for i in 0..50 {
+            let d = path.join(format!("d{i}/e/f"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("x"), b"x").unwrap();
+        }
+        let removal = staging.remove_behind();
+        drop(removal);
+        assert!(!path.exists(), "{path:?}");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub(crate) struct Landed {
     pub digests: Digests,
     /// The release dest now points at (release strategy).
     pub release: Option<String>,
+    /// Staging, being removed while the deploy goes on (rsync strategy): held until
+    /// the index is written, then waited for.
+    pub removal: Option<crate::staging::Removal>,
 }
 
 /// One strategy of one deploy: see the module documentation.

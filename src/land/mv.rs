@@ -67,6 +67,7 @@ impl Land for Mv<'_> {
             entries: index::scan(dest, filter),
             digests: staged.digests,
             release: None,
+            removal: None,
         })
     }
 }

@@ -280,6 +280,7 @@ impl Land for Releaser<'_> {
             entries,
             digests,
             release,
+            removal: None,
         })
     }
 

@@ -118,7 +118,9 @@ impl Land for Rsync<'_> {
         // them read again whole by `stage`).
         drop(known);
         let stats = sync::apply(&plan, &sync_opts)?;
-        drop(staging);
+        // What is left of staging (the directories the unpack made) goes while the
+        // index is built and written.
+        let removal = staging.remove_behind();
         // Of the staged tree only the digests are needed any more (for the index).
         let digests = staged.into_inner().digests;
         Ok(Landed {
@@ -126,6 +128,7 @@ impl Land for Rsync<'_> {
             entries: Ok(index::from_plan(plan, same_owner)),
             digests,
             release: None,
+            removal: Some(removal),
         })
     }
 }
