@@ -577,19 +577,24 @@ fn deploy(
         pre(draft, manifest, hook_env)?;
     }
     let settings = wanted.settings(exclude_rules);
-    let mut landed = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
-    // Staging may still be going (`Landed::removal`): waited for when this returns.
-    let _removal = landed.removal.take();
-    draft.changes = Some(landed.changes);
-    draft.release = landed.release.take();
+    let Landed {
+        changes,
+        entries,
+        digests,
+        release,
+        // Staging may still be going: waited for when this returns.
+        removal: _removal,
+    } = job.land(draft, strategy, (staging, staged), &filter, &settings)?;
+    draft.changes = Some(changes);
+    draft.release = release;
     if let Err(e) = post(draft, manifest, hook_env) {
         strategy.undo(&e);
         return Err(e);
     }
     strategy.confirm()?;
     if let Some(dir) = state {
-        match landed.entries {
-            Ok(entries) => crate::index::save(dir, dest, &settings, &entries, &landed.digests),
+        match entries {
+            Ok(entries) => crate::index::save(dir, dest, &settings, &entries, &digests),
             Err(e) => logln!("warning: no deploy index for {}: {e}", dest.display()),
         }
     }
