@@ -61,6 +61,8 @@ pub(super) fn read_archive<R: Read>(
         last = Some(entry.path_bytes().into_owned());
         x.entry(&mut entry)?;
     }
+    // Every file handed to the writer thread finished, before the stream's rest.
+    x.files_written()?;
     // Every file of the stream is written: its told digests are no longer asked for
     // (freed before the kept files are adopted, the unpack's peak).
     x.told = None;

@@ -811,3 +811,114 @@ fn unchanged_files_are_listed_not_written() {
     // dest itself was only read
     assert_eq!(fs::read_to_string(dest.join("older.txt")).unwrap(), "diff");
 }
+
+/// Files are finished on a writer thread beside the parser (`extract/writer.rs`): the
+/// tree, its listing and its digests are still those of writing in archive order. A
+/// large file still being written when a later member replaces it (by a file, a
+/// directory, a symlink), or when a hard link names it, never leaves its own listing
+/// or digest behind.
+#[test]
+fn files_finished_beside_the_parser_keep_the_archive_order() {
+    use sha2::Digest as _;
+    let s = Stage::new();
+    let big = |seed: u8| -> Vec<u8> {
+        (0..900_000u32)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    };
+    let mut tar = Tar::new().dir("d/", 0o755, T0);
+    for i in 0..300 {
+        tar = tar.file(
+            &format!("d/f{i:03}"),
+            format!("file {i}\n").as_bytes(),
+            0o640,
+            T0 + i,
+        );
+    }
+    let tar = tar
+        .file("twice", &big(1), 0o644, T0)
+        .file("twice", b"small, later", 0o600, T0 + 1)
+        .file("dir-later", &big(2), 0o644, T0)
+        .dir("dir-later/", 0o750, T0 + 2)
+        .file("dir-later/in", b"inside", 0o644, T0)
+        .file("link-later", &big(3), 0o644, T0)
+        .symlink("link-later", "twice")
+        .file("target", &big(4), 0o604, T0 + 3)
+        .link(EntryType::Link, "hard", "target")
+        .file("last", &big(5), 0o644, T0 + 4)
+        .gz();
+    let opts = UnpackOptions {
+        same_owner: false,
+        label: "file:///test/app.tar.gz".into(),
+        link_unchanged: false,
+        list_written: true,
+        digests_from_table: false,
+    };
+    let staged = unpack(&tar[..], &s.into, &opts, None).unwrap();
+    assert_eq!(fs::read(s.path("twice")).unwrap(), b"small, later");
+    assert_eq!(mode(&s.path("twice")), 0o600);
+    assert_eq!(fs::read(s.path("dir-later/in")).unwrap(), b"inside");
+    assert_eq!(mode(&s.path("dir-later")), 0o750);
+    assert_eq!(
+        fs::read_link(s.path("link-later")).unwrap(),
+        Path::new("twice")
+    );
+    assert_eq!(fs::read(s.path("hard")).unwrap(), big(4));
+    assert_eq!(fs::read(s.path("last")).unwrap(), big(5));
+    assert_eq!(mtime(&s.path("last")), secs(T0 + 4));
+    for i in 0..300 {
+        let p = s.path(&format!("d/f{i:03}"));
+        assert_eq!(fs::read(&p).unwrap(), format!("file {i}\n").as_bytes());
+        assert_eq!((mode(&p), mtime(&p)), (0o640, secs(T0 + i)));
+    }
+    // The hard link: listings are not kept (the sync walks staging instead).
+    assert!(staged.written.is_none());
+    // Every regular file's digest is its final content's; none for what is no file.
+    let mut files = 0;
+    for e in walkdir::WalkDir::new(&s.into).min_depth(1) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(&s.into).unwrap();
+        let key = rel.as_os_str().as_bytes();
+        if e.file_type().is_file() {
+            let want: [u8; 32] = sha2::Sha256::digest(fs::read(e.path()).unwrap()).into();
+            assert_eq!(staged.digests.get(key), Some(&want), "{rel:?}");
+            files += 1;
+        } else {
+            assert_eq!(staged.digests.get(key), None, "{rel:?}");
+        }
+    }
+    assert_eq!(files, 300 + 5);
+    assert_eq!(staged.digests.len(), files);
+
+    // Without a hard link the listing is kept: each path once, as it is on disk.
+    let s = Stage::new();
+    let tar = Tar::new()
+        .file("twice", &big(1), 0o644, T0)
+        .file("twice", b"small, later", 0o600, T0 + 1)
+        .file("dir-later", &big(2), 0o644, T0)
+        .dir("dir-later/", 0o750, T0 + 2)
+        .file("dir-later/in", b"inside", 0o644, T0)
+        .file("link-later", &big(3), 0o644, T0)
+        .symlink("link-later", "twice")
+        .file("last", &big(5), 0o644, T0 + 4)
+        .gz();
+    let staged = unpack(&tar[..], &s.into, &opts, None).unwrap();
+    let mut listed: Vec<(String, u64, u32)> = (staged.written.unwrap().iter())
+        .map(|e| {
+            let p = String::from_utf8(e.path.to_vec()).unwrap();
+            (p, e.meta.size, e.meta.mode & 0o7777)
+        })
+        .collect();
+    listed.sort();
+    let on_disk = |rel: &str| {
+        let m = fs::symlink_metadata(s.path(rel)).unwrap();
+        let size = if m.is_file() { m.len() } else { 0 };
+        (rel.to_string(), size, m.mode() & 0o7777)
+    };
+    let want: Vec<_> = ["dir-later", "dir-later/in", "last", "link-later", "twice"]
+        .iter()
+        .map(|r| on_disk(r))
+        .collect();
+    assert_eq!(listed, want);
+    assert_eq!(staged.digests.len(), 3);
+}

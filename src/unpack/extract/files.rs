@@ -2,7 +2,9 @@
 //! the size guard, then the file created `O_EXCL` and written — a sparse one with
 //! holes seeked over — and its owner, mode and mtime set on the open handle. Every
 //! file's content digest is computed from the bytes written (a sparse file's read
-//! back, holes as zeros) for `Staged::digests`.
+//! back, holes as zeros) for `Staged::digests`. A plain file of at most
+//! [`JOB_MAX`] bytes (neither sparse nor judged against the probe's) is created
+//! here, its data read whole, and the rest done by the writer thread (`writer`).
 //!
 //! A file the probe finds (size, mtime, mode, owner equal) is reused only when its
 //! content is the entry's too (SPEC §21): the entry's data (up to `CONFIRM_BUF`) is
@@ -28,12 +30,13 @@ use crate::Result;
 
 use super::super::errors::{archive_error, corrupt, fail, fail_io};
 use super::super::gnu::{chunk_start, sparse_layout, PaxInfo, Sparse};
-use super::super::{FileAttrs, Found, KnownFile};
-use super::{dkey, key, set_attrs, Extractor, Meta, Sum};
+use super::super::{FileAttrs, Found, KnownFile, UnpackOptions};
+use super::writer::{Finished, Writer, JOB_MAX};
+use super::{dkey, finished, key, set_attrs, Extractor, Meta, Sum};
 use crate::at::Tree;
 use crate::digest::{self, Digest, Hasher};
 use crate::entry;
-use crate::fsops::Node;
+use crate::fsops::{Attrs, Node};
 
 /// Buffer for copying file contents (one per unpack, reused for every file).
 pub(super) const COPY_BUF: usize = 256 * 1024;
@@ -93,6 +96,14 @@ impl Extractor<'_, '_> {
             .and_then(|t| t.get(key(rel)).copied())
             .filter(|_| judge_after.is_none());
         let unhashed = judge_after.is_none() && (told.is_some() || self.opts.digests_from_table);
+        if sparse.is_none() && held.is_none() && judge_after.is_none() && size <= JOB_MAX {
+            if let Some(mut w) = self.writer() {
+                let done =
+                    self.hand_over(&mut w, entry, file, rel, raw, size, meta, told, unhashed);
+                self.writer = Some(w);
+                return done;
+            }
+        }
         let digest = match (&sparse, held) {
             (_, Some(digest)) => {
                 file.write_all(&self.held)
@@ -136,11 +147,7 @@ impl Extractor<'_, '_> {
             }
             self.forget_reuse(rel);
         }
-        let mut attrs = meta.attrs(self.needs_chmod(meta.mode), false);
-        if attrs.owner.is_some() && attrs.owner == self.creator {
-            // Created with these ids already.
-            attrs.owner = None;
-        }
+        let attrs = self.file_attrs(meta);
         set_attrs(Node::Open(&file), &attrs).map_err(|why| why.of(raw))?;
         self.note(
             rel,
@@ -157,6 +164,79 @@ impl Extractor<'_, '_> {
         };
         self.entries += 1;
         Ok(())
+    }
+
+    /// Owner → mode → mtime of a file just created with `meta.mode`.
+    fn file_attrs(&self, meta: &Meta) -> Attrs {
+        let mut attrs = meta.attrs(self.needs_chmod(meta.mode), false);
+        if attrs.owner.is_some() && attrs.owner == self.creator {
+            // Created with these ids already.
+            attrs.owner = None;
+        }
+        attrs
+    }
+
+    /// The writer thread (`writer`), started when first asked for; taken out of the
+    /// `Extractor` while it is used. `None` when it cannot run.
+    fn writer(&mut self) -> Option<Writer> {
+        if let Some(w) = self.writer.take() {
+            return Some(w);
+        }
+        if self.writer_tried {
+            return None;
+        }
+        self.writer_tried = true;
+        Writer::start(self.tree.path())
+    }
+
+    /// The just created `file` handed to the writer thread with its data (read here
+    /// whole), its attributes and whether to hash and list it; its digest recorded
+    /// here when it needs no hashing (see `file`).
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over(
+        &mut self,
+        w: &mut Writer,
+        entry: &mut impl Read,
+        file: fs::File,
+        rel: &Path,
+        raw: &[u8],
+        size: u64,
+        meta: &Meta,
+        told: Option<Digest>,
+        unhashed: bool,
+    ) -> Result<()> {
+        // `size` is at most `JOB_MAX`.
+        let mut data = w.buffer(usize::try_from(size).unwrap_or(0));
+        let mut got = 0;
+        while got < data.len() {
+            match entry.read(&mut data[got..]) {
+                Ok(0) => return Err(truncated(self.opts, raw, size - got as u64)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(corrupt(self.opts, e)),
+            }
+        }
+        let attrs = self.file_attrs(meta);
+        match told {
+            Some(d) => self.digests.insert(dkey(rel), Sum::Now(d)),
+            None if unhashed => self.digests.insert(dkey(rel), Sum::Table(size)),
+            // The writer's, when it has hashed the file.
+            None => None,
+        };
+        self.entries += 1;
+        let stat = self.listing();
+        let (written, digests) = (&mut self.written, &mut self.digests);
+        let mut record = |f: Finished| finished(written, digests, f);
+        w.send(
+            rel.to_path_buf(),
+            file,
+            data,
+            attrs,
+            raw,
+            !unhashed,
+            stat,
+            &mut record,
+        )
     }
 
     /// Room for `n` files to [`adopt`](Self::adopt), reserved at once.
@@ -462,16 +542,21 @@ impl Extractor<'_, '_> {
             left -= n as u64;
         }
         if left > 0 {
-            return Err(archive_error(
-                self.opts,
-                format!(
-                    "truncated in member \"{}\": the stream ends {left} bytes before the end of its data",
-                    shown(raw)
-                ),
-            ));
+            return Err(truncated(self.opts, raw, left));
         }
         Ok(())
     }
+}
+
+/// A member whose data the stream ends `left` bytes short of.
+fn truncated(opts: &UnpackOptions, raw: &[u8], left: u64) -> crate::Error {
+    archive_error(
+        opts,
+        format!(
+            "truncated in member \"{}\": the stream ends {left} bytes before the end of its data",
+            shown(raw)
+        ),
+    )
 }
 
 /// A hard link at `rel` in `tree` to the file the [`Unchanged`](super::super::Unchanged) probe answered as

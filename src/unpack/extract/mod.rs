@@ -6,7 +6,9 @@
 //! - `dirs` — directories, the parents an entry needs, the deferred directory fixes;
 //! - `links` — symlinks and hard links;
 //! - `special` — fifos and device nodes;
-//! - `owners` — user / group names → ids, cached per unpack.
+//! - `owners` — user / group names → ids, cached per unpack;
+//! - `writer` — files finished (written, hashed, their attributes set, listed) on a
+//!   thread of their own, outcomes recorded in archive order.
 //!
 //! Never creates, changes or follows anything outside `into`, and never writes
 //! through a symlink: `into` is an open [`Tree`], every node is reached relative to its
@@ -20,6 +22,7 @@ mod links;
 mod owners;
 mod space;
 mod special;
+mod writer;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -185,6 +188,11 @@ pub(super) struct Extractor<'a, 'u> {
     /// when first needed, reused for every file, at most `files::CONFIRM_BUF`).
     held: Vec<u8>,
     space: Space,
+    /// Files finished on a thread of their own (`writer`), once started; out of
+    /// here while it is used.
+    writer: Option<writer::Writer>,
+    /// Whether it was started (or could not be).
+    writer_tried: bool,
 }
 
 impl<'a, 'u> Extractor<'a, 'u> {
@@ -215,6 +223,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
             adopted_digests: Vec::new(),
             held: Vec::new(),
             space: Space::new(tree),
+            writer: None,
+            writer_tried: false,
         }
     }
 
@@ -259,7 +269,11 @@ impl<'a, 'u> Extractor<'a, 'u> {
                 self.dir(&rel, &raw, meta)
             }
             EntryType::Symlink => self.symlink(entry, &pax, &rel, &raw),
-            EntryType::Link => self.hard_link(entry, &rel, &raw),
+            EntryType::Link => {
+                // Its target may be a file still being written.
+                self.settle()?;
+                self.hard_link(entry, &rel, &raw)
+            }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 self.special(entry, &pax, kind, &rel, &raw)
             }
@@ -312,6 +326,8 @@ impl<'a, 'u> Extractor<'a, 'u> {
 
     /// A later entry replaces what an earlier one put at `rel` (as GNU tar does).
     fn remove_existing(&mut self, rel: &Path, raw: &[u8]) -> Result<()> {
+        // What it removes may be (or hold) a file still being written.
+        self.settle()?;
         let st = self.tree.lstat(rel).map_err(|e| fail_io(raw, "stat", e))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             // Two descriptors whatever the depth, never following a symlink inside.
@@ -340,6 +356,28 @@ impl<'a, 'u> Extractor<'a, 'u> {
             Some(umask) => mode & umask != 0 || mode & 0o7000 != 0,
             None => true,
         }
+    }
+
+    /// Waits for every file handed to the writer thread, recording each (see
+    /// `writer`); the first failure of one is returned.
+    pub(super) fn settle(&mut self) -> Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        if w.idle() {
+            return Ok(());
+        }
+        let (written, digests) = (&mut self.written, &mut self.digests);
+        w.settle(&mut |f| finished(written, digests, f))
+    }
+
+    /// The stream's files all written: every file handed to the writer thread
+    /// recorded ([`settle`](Self::settle)), and the thread ended, its buffers freed
+    /// before the kept files are adopted (the delta's peak of memory).
+    pub(super) fn files_written(&mut self) -> Result<()> {
+        self.settle()?;
+        self.writer = None;
+        Ok(())
     }
 
     /// Whether `Staged::written` is kept.
@@ -470,6 +508,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
 
     /// The directory fixes (see `dirs`), then the tree.
     pub(super) fn finish(mut self) -> Result<Staged> {
+        self.settle()?;
         self.fix_dirs()?;
         let listed = self.listing() && (self.opts.link_unchanged || !self.hard_linked);
         let written = listed.then(|| {
@@ -512,6 +551,25 @@ impl<'a, 'u> Extractor<'a, 'u> {
             digests,
             listed_dirs: Vec::new(),
         })
+    }
+}
+
+/// What the writer thread finished, recorded as `Extractor::note` and `file` would
+/// have: its listing (when it was `stat`ed) and its digest (when it hashed it).
+fn finished(
+    written: &mut HashSet<Listed>,
+    digests: &mut HashMap<PathKey, Sum>,
+    f: writer::Finished,
+) {
+    if let Some(meta) = f.meta {
+        written.replace(Listed(Entry {
+            path: key(&f.rel).into(),
+            meta,
+            target: None,
+        }));
+    }
+    if let Some(d) = f.digest {
+        digests.insert(dkey(&f.rel), Sum::Now(d));
     }
 }
 
