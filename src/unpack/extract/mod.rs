@@ -193,6 +193,8 @@ pub(super) struct Extractor<'a, 'u> {
     writer: Option<writer::Writer>,
     /// Whether it was started (or could not be).
     writer_tried: bool,
+    /// The journal's commit, once the stream's files are written.
+    commit: Option<Commit>,
 }
 
 impl<'a, 'u> Extractor<'a, 'u> {
@@ -225,6 +227,7 @@ impl<'a, 'u> Extractor<'a, 'u> {
             space: Space::new(tree),
             writer: None,
             writer_tried: false,
+            commit: None,
         }
     }
 
@@ -373,10 +376,15 @@ impl<'a, 'u> Extractor<'a, 'u> {
 
     /// The stream's files all written: every file handed to the writer thread
     /// recorded ([`settle`](Self::settle)), and the thread ended, its buffers freed
-    /// before the kept files are adopted (the delta's peak of memory).
+    /// before the kept files are adopted (the delta's peak of memory). After a
+    /// stream of many entries, the filesystem journal's commit of them is started
+    /// (`Commit`).
     pub(super) fn files_written(&mut self) -> Result<()> {
         self.settle()?;
         self.writer = None;
+        if self.entries >= COMMIT_AFTER {
+            self.commit = Commit::start(self.tree);
+        }
         Ok(())
     }
 
@@ -573,6 +581,39 @@ fn finished(
     }
 }
 
+/// Entries of a stream after which the journal's commit is started early.
+const COMMIT_AFTER: u64 = 1024;
+
+/// An `fsync` of the staging root on a thread of its own, waited for when dropped.
+/// On a journalling filesystem it commits the transaction that holds every inode and
+/// directory entry the stream made (tens of milliseconds for 20,000 files), beside
+/// the table's decode, the directory fixes and the sync's plan; the deploy's own
+/// `fsync`s (index, record) then wait for a small commit. Only a head start: its
+/// error is left to those `fsync`s to meet.
+struct Commit(Option<std::thread::JoinHandle<()>>);
+
+impl Commit {
+    fn start(tree: &Tree) -> Option<Commit> {
+        let tree = tree.try_clone().ok()?;
+        let thread = std::thread::Builder::new()
+            .name("unpack-commit".into())
+            .spawn(move || {
+                let _ = tree.sync();
+            })
+            .ok()?;
+        Some(Commit(Some(thread)))
+    }
+}
+
+impl Drop for Commit {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            // It cannot panic; a panic would only mean no head start.
+            let _ = t.join();
+        }
+    }
+}
+
 /// A reader that keeps its first error: an error of the stream itself is told apart
 /// from the table's own (which the table's decoder words).
 struct Watched<'r> {
@@ -616,4 +657,22 @@ fn current_umask() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
     u32::from_str_radix(value.trim(), 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_runs_beside_and_is_waited_for_when_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let tree = Tree::open(t.path(), false).unwrap();
+        let commit = Commit::start(&tree).expect("a thread starts");
+        let thread = commit.0.as_ref().map(|h| h.thread().id());
+        assert!(thread.is_some_and(|id| id != std::thread::current().id()));
+        drop(commit);
+        // The tree is still usable, its descriptor its own.
+        assert!(tree.lstat(Path::new("f")).is_ok());
+    }
 }
