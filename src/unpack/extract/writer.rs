@@ -7,10 +7,12 @@
 //! quarter).
 //!
 //! A file goes over whole, up to [`JOB_MAX`] bytes; a larger one, a sparse one and one
-//! judged against dest are written by the unpack's thread as before. At most
-//! [`BYTES_MAX`] bytes and [`JOBS_MAX`] files are in flight. Outcomes come back in
-//! the order the files went: the listing (`Staged::written`), the digest, or the
-//! error, which names the file's member. The `Extractor` waits for every file in
+//! judged against dest are written by the unpack's thread as before. Files go in
+//! batches of up to [`BATCH_FILES`] files or [`BATCH_BYTES`] bytes (one at a time,
+//! the thread was woken for nearly each, and the wake-ups cost more CPU than the
+//! thread took off the unpack's); at most [`BYTES_MAX`] bytes and [`JOBS_MAX`] files
+//! are in flight. Outcomes come back in the order the files went: the listing
+//! (`Staged::written`), the digest, or the error, which names the file's member. The `Extractor` waits for every file in
 //! flight ([`Writer::settle`]) before anything that could touch one: a later member
 //! replacing a path (`remove_existing`), a hard link, and the stream's end. So the
 //! tree, its listing and its digests are those of writing in archive order.
